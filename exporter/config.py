@@ -1,0 +1,378 @@
+"""Configuration: a YAML file validated by pydantic, overridden by environment variables.
+
+Environment overrides use the prefix ``FR_`` and ``__`` between levels, values parsed as YAML
+scalars: ``FR_EXCHANGES__BINANCE__ENABLED=false``, ``FR_LISTEN_ADDRESS=127.0.0.1:9466``.
+Secrets are never in this file's values: only the *names* of environment variables or files that
+hold them (``api_key_env``, ``api_key_file``), read by :func:`read_secret` when needed.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from exporter.model import Exchange
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Market data
+
+
+class Fees(_Model):
+    """Trading fees per side, in basis points of notional."""
+
+    maker_bp: float = Field(2.0, ge=0)
+    taker_bp: float = Field(5.0, ge=0)
+
+
+class StaleLimits(_Model):
+    """How old a value may be before its series leaves /metrics (seconds)."""
+
+    stream_seconds: float = Field(30.0, gt=0)  # no websocket message for this long -> fr_up 0
+    price_seconds: float = Field(30.0, gt=0)
+    funding_seconds: float = Field(120.0, gt=0)
+    open_interest_seconds: float = Field(300.0, gt=0)
+    long_short_ratio_seconds: float = Field(1800.0, gt=0)
+    insurance_fund_seconds: float = Field(7200.0, gt=0)
+
+
+class PollIntervals(_Model):
+    """REST polling periods (seconds) for what has no stream."""
+
+    open_interest_seconds: float = Field(30.0, gt=0)
+    long_short_ratio_seconds: float = Field(300.0, gt=0)
+    insurance_fund_seconds: float = Field(1800.0, gt=0)
+    instruments_seconds: float = Field(3600.0, gt=0)
+
+
+DEFAULT_INSTRUMENTS: dict[Exchange, list[str]] = {
+    Exchange.BINANCE: ["BTCUSDT", "ETHUSDT"],
+    Exchange.BYBIT: ["BTCUSDT", "ETHUSDT"],
+    Exchange.OKX: ["BTC-USDT-SWAP", "ETH-USDT-SWAP"],
+    Exchange.DERIBIT: ["BTC-PERPETUAL", "ETH-PERPETUAL"],
+}
+
+LIVE_URLS: dict[Exchange, tuple[str, str]] = {
+    # (websocket base, REST base); feed modules append the protocol's own paths.
+    Exchange.BINANCE: ("wss://fstream.binance.com", "https://fapi.binance.com"),
+    Exchange.BYBIT: ("wss://stream.bybit.com", "https://api.bybit.com"),
+    Exchange.OKX: ("wss://ws.okx.com:8443", "https://www.okx.com"),
+    Exchange.DERIBIT: ("wss://www.deribit.com", "https://www.deribit.com"),
+}
+
+
+class Credentials(_Model):
+    """Where a read-only API key lives. Values are env-var names or file paths, never the key."""
+
+    api_key_env: str | None = None
+    api_secret_env: str | None = None
+    passphrase_env: str | None = None  # OKX
+    api_key_file: Path | None = None
+    api_secret_file: Path | None = None
+    passphrase_file: Path | None = None
+
+    def configured(self) -> bool:
+        return any(
+            (self.api_key_env, self.api_secret_env, self.api_key_file, self.api_secret_file)
+        )
+
+
+class ExchangeConfig(_Model):
+    enabled: bool = True
+    instruments: list[str] | None = None  # None -> DEFAULT_INSTRUMENTS
+    all_perpetuals: bool = False  # follow every USDT perpetual the exchange lists ...
+    max_instruments: int = Field(500, ge=1, le=5000)  # ... up to this many
+    ws_url: str | None = None  # None -> LIVE_URLS
+    rest_url: str | None = None
+    stale: StaleLimits = Field(default_factory=StaleLimits)
+    poll: PollIntervals = Field(default_factory=PollIntervals)
+    fees: Fees = Field(default_factory=Fees)
+    backfill: bool = True  # load funding history at start so the z-score is valid at once
+    credentials: Credentials = Field(default_factory=Credentials)
+    # Maintenance-margin tiers when the exchange publishes none we can read: [[notional_usd, mmr], ...]
+    maintenance_tiers: list[tuple[float, float]] | None = None
+
+
+class AnalyticsConfig(_Model):
+    zscore_window_seconds: float = Field(30 * 86400.0, gt=0)  # 30 days of settlements
+    zscore_min_observations: int = Field(10, ge=3)
+    holding_period_hours: float = Field(7 * 24.0, gt=0)  # fees amortised over this holding period
+    fee_kind: Literal["maker", "taker"] = "taker"
+    anchor_window_seconds: float = Field(6 * 3600.0, gt=0)  # funding-vs-premium regression window
+    spread_top_n: int = Field(10, ge=1)
+    # Threshold crossings reported as events in /api/state (the sidecar reacts at once to them)
+    funding_event_rate_8h: float = Field(0.0005, gt=0)  # |rate| per 8 h-equivalent
+    liquidation_event_usd_per_minute: float = Field(5_000_000.0, gt=0)
+
+
+class TlsConfig(_Model):
+    cert_file: Path
+    key_file: Path
+
+
+# ---------------------------------------------------------------------------------------------
+# Positions (issue 3)
+
+
+class HedgeLeg(_Model):
+    kind: Literal["spot", "perp"]
+    exchange: Exchange | None = None  # for a perp hedge
+    instrument: str | None = None
+    size: float = Field(gt=0)  # base coin, the opposite side of the main leg
+    entry_price: float = Field(gt=0)
+    fees_paid_usd: float = Field(0.0, ge=0)
+
+
+class PositionConfig(_Model):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    exchange: Exchange
+    instrument: str
+    side: Literal["long", "short"]
+    size: float = Field(gt=0)  # base coin
+    entry_price: float = Field(gt=0)
+    margin_mode: Literal["isolated", "cross"] = "isolated"
+    leverage: float | None = Field(None, gt=0)
+    isolated_margin_usd: float | None = Field(None, gt=0)
+    wallet_balance_usd: float | None = Field(None, gt=0)  # cross margin
+    opened_at: datetime | None = None
+    fees_paid_usd: float = Field(0.0, ge=0)
+    borrow_apr: float = Field(0.0, ge=0)  # fraction per year on locked capital
+    gas_usd: float = Field(0.0, ge=0)  # gas and bridge costs
+    locked_capital_usd: float | None = Field(None, gt=0)
+    hedge: HedgeLeg | None = None
+
+    @model_validator(mode="after")
+    def _margin_given(self) -> PositionConfig:
+        if self.margin_mode == "isolated" and self.leverage is None and self.isolated_margin_usd is None:
+            raise ValueError("isolated position needs leverage or isolated_margin_usd")
+        if self.margin_mode == "cross" and self.wallet_balance_usd is None:
+            raise ValueError("cross position needs wallet_balance_usd")
+        return self
+
+
+class PositionsConfig(_Model):
+    from_accounts: bool = False  # read positions with the exchanges' read-only keys
+    poll_seconds: float = Field(15.0, gt=0)
+    db_path: Path = Path("var/positions.sqlite")  # funding accruals, exactly once per settlement
+    hit_horizons_hours: list[float] = Field(default_factory=lambda: [1.0, 8.0])
+    shocks_pct: list[float] = Field(default_factory=lambda: [-15.0, -10.0, -5.0, 5.0, 10.0, 15.0])
+
+
+# ---------------------------------------------------------------------------------------------
+# AI sidecar (issue 5)
+
+
+class ModelConfig(_Model):
+    name: str = Field(min_length=1)  # label value of model=
+    base_url: str  # OpenAI-compatible, e.g. http://127.0.0.1:8000/v1
+    model: str
+    api_key_env: str | None = None
+    api_key_file: Path | None = None
+    timeout_seconds: float = Field(30.0, gt=0)
+    retries: int = Field(2, ge=0, le=10)
+    max_tokens: int = Field(800, gt=0)
+    temperature: float = Field(0.0, ge=0, le=2)
+    price_prompt_per_million_usd: float = Field(0.0, ge=0)
+    price_completion_per_million_usd: float = Field(0.0, ge=0)
+
+
+class SlackConfig(_Model):
+    webhook_url_env: str | None = None
+    webhook_url_file: Path | None = None
+    bot_token_env: str | None = None
+    bot_token_file: Path | None = None
+    channel: str | None = None
+    api_base_url: str | None = None  # tests point this at a local fake Slack
+    cooldown_seconds: float = Field(60.0, ge=0)
+    max_text_chars: int = Field(1500, ge=100)
+
+
+class SidecarConfig(_Model):
+    exporter_url: str = "http://127.0.0.1:9466"
+    listen_address: str = "0.0.0.0:9467"
+    interval_seconds: float = Field(300.0, gt=0)
+    event_poll_seconds: float = Field(5.0, gt=0)  # how often /api/state is checked for threshold events
+    bases: list[str] | None = None  # None: every base the exporter reports
+    horizon_hours: float = Field(8.0, gt=0)
+    event_threshold_usd: float = Field(10_000_000.0, gt=0)  # liquidated notional that counts as "event"
+    baseline: bool = True  # run the local baseline model (always, when no model is configured)
+    models: list[ModelConfig] = Field(default_factory=list)
+    db_path: Path = Path("var/predictions.sqlite")
+    slack: SlackConfig = Field(default_factory=SlackConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class Config(_Model):
+    listen_address: str = "0.0.0.0:9466"
+    tls: TlsConfig | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    exchanges: dict[Exchange, ExchangeConfig] = Field(
+        default_factory=lambda: {ex: ExchangeConfig() for ex in Exchange}
+    )
+    analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig)
+    positions: list[PositionConfig] = Field(default_factory=list)
+    position_settings: PositionsConfig = Field(default_factory=PositionsConfig)
+    sidecar: SidecarConfig = Field(default_factory=SidecarConfig)
+
+    @field_validator("listen_address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        parse_listen_address(v)
+        return v
+
+    def enabled_exchanges(self) -> dict[Exchange, ExchangeConfig]:
+        return {ex: c for ex, c in self.exchanges.items() if c.enabled}
+
+    def instruments_for(self, exchange: Exchange) -> list[str]:
+        c = self.exchanges.get(exchange)
+        if c is None or c.instruments is None:
+            return list(DEFAULT_INSTRUMENTS[exchange])
+        return list(c.instruments)
+
+    def urls_for(self, exchange: Exchange) -> tuple[str, str]:
+        ws, rest = LIVE_URLS[exchange]
+        c = self.exchanges.get(exchange)
+        if c is not None:
+            ws = c.ws_url or ws
+            rest = c.rest_url or rest
+        return ws.rstrip("/"), rest.rstrip("/")
+
+
+def parse_listen_address(value: str) -> tuple[str, int]:
+    """``host:port`` or ``:port`` (Prometheus style) -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"listen address {value!r} is not host:port")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used. The message names the field and, if known, the line."""
+
+
+def _line_index(text: str) -> dict[tuple[str | int, ...], int]:
+    """Map each YAML path (keys and list indexes) to its 1-based line number."""
+    index: dict[tuple[str | int, ...], int] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return index
+
+    def walk(node: Any, path: tuple[str | int, ...]) -> None:
+        index[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = k.value
+                index[(*path, key)] = k.start_mark.line + 1
+                walk(v, (*path, key))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk(v, (*path, i))
+
+    if root is not None:
+        walk(root, ())
+    return index
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith("FR_"):
+            continue
+        path = [p.lower() for p in name[3:].split("__") if p]
+        if not path or path[0] not in Config.model_fields:
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node[path[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def format_validation_error(err: ValidationError, lines: dict[tuple[str | int, ...], int], source: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+        dotted = ".".join(str(x) for x in loc) or "(top level)"
+        line = None
+        for n in range(len(loc), -1, -1):
+            if loc[:n] in lines:
+                line = lines[loc[:n]]
+                break
+        where = f"{source}:{line}" if line else source
+        parts.append(f"{where}: {dotted}: {e['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(parts)
+
+
+def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Load, merge environment overrides, validate. Raises ConfigError with field and line."""
+    environ = dict(os.environ if environ is None else environ)
+    data: dict[str, Any] = {}
+    lines: dict[tuple[str | int, ...], int] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}:1: the configuration must be a mapping, not {type(loaded).__name__}")
+        data = loaded
+        lines = _line_index(text)
+    data = _merge(data, _env_overrides(environ))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, lines, source)) from None
+
+
+def read_secret(env_name: str | None, file_path: Path | None, environ: dict[str, str] | None = None) -> str | None:
+    """A secret from an environment variable or a file (file wins). Never log the result."""
+    environ = os.environ if environ is None else environ
+    if file_path is not None:
+        try:
+            return Path(file_path).read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            raise ConfigError(f"cannot read secret file {file_path}: {exc.strerror}") from exc
+    if env_name:
+        value = environ.get(env_name)
+        return value.strip() if value else None
+    return None

@@ -1,0 +1,72 @@
+"""What every exchange feed module provides.
+
+A feed module (``binance.py``, ``bybit.py``, ``okx.py``, ``deribit.py``) is pure protocol: it says
+which websocket connections to open and what to send on them, and turns received frames and REST
+bodies into typed records. It performs no I/O; ``connection.py`` and ``exporter.rest`` do that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from exporter.model import (
+    Exchange,
+    FundingSettlement,
+    InstrumentInfo,
+    InsuranceFund,
+    LongShortRatio,
+    MarketUpdate,
+    Record,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WsPlan:
+    """One websocket connection: where to connect and what to say once connected."""
+
+    stream: str  # label value of fr_stream_* series, e.g. "markPrice", "tickers", "public"
+    url: str
+    subscribe: tuple[str, ...] = ()  # text frames sent after connect (and after every reconnect)
+    ping_frame: str | None = None  # application-level ping text (Bybit/OKX), None if not needed
+    ping_interval_s: float = 20.0
+    max_lifetime_s: float | None = None  # planned reconnect before the exchange cuts us (Binance 24 h)
+    silence_timeout_s: float = 30.0  # no frame for this long -> the watchdog reconnects
+
+
+@dataclass(slots=True)
+class FeedContext:
+    """What a parser may need to know besides the frame: instrument facts (contract sizes...)."""
+
+    exchange: Exchange
+    instruments: Mapping[str, InstrumentInfo] = field(default_factory=dict)
+
+
+class Feed(Protocol):
+    """The protocol of one exchange. Implemented by a class in each feed module."""
+
+    exchange: Exchange
+
+    def ws_plans(self, ws_base_url: str, instruments: Sequence[InstrumentInfo]) -> list[WsPlan]:
+        """Connections to open for these instruments (split when the exchange caps streams)."""
+        ...
+
+    def parse_ws(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
+        """Records in one frame. Acks, pongs and other control frames give []. Raise ParseError."""
+        ...
+
+    def heartbeat_setup(self) -> tuple[str, ...]:
+        """Frames sent once after subscribing to start a server-driven heartbeat (Deribit)."""
+        ...
+
+    # REST bodies (bytes as received) -> records. Raise ParseError on a body that is not as expected.
+    def parse_instruments(self, body: bytes) -> list[InstrumentInfo]: ...
+
+    def parse_funding_history(self, body: bytes, ctx: FeedContext) -> list[FundingSettlement]: ...
+
+    def parse_open_interest(self, body: bytes, ctx: FeedContext) -> list[MarketUpdate]: ...
+
+    def parse_long_short_ratio(self, body: bytes, ctx: FeedContext) -> list[LongShortRatio]: ...
+
+    def parse_insurance_fund(self, body: bytes, ctx: FeedContext) -> list[InsuranceFund]: ...

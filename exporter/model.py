@@ -1,0 +1,166 @@
+"""Typed records shared by every layer.
+
+Parsers turn exchange frames into these records; the state store applies them; analytics and
+collectors read state. Nothing here knows about sockets, HTTP or Prometheus.
+
+Conventions: prices in quote currency, times in Unix seconds (float), rates as the fraction the
+exchange delivers per funding interval, sizes in base coin, notionals in USD. ``None`` always means
+"not in this message" (a Bybit delta leaves the field unchanged), never zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Exchange(StrEnum):
+    BINANCE = "binance"
+    BYBIT = "bybit"
+    OKX = "okx"
+    DERIBIT = "deribit"
+
+
+EXCHANGES: tuple[Exchange, ...] = tuple(Exchange)
+
+EIGHT_HOURS = 8 * 3600.0
+SECONDS_PER_YEAR = 365.0 * 24 * 3600
+
+
+class Side(StrEnum):
+    """Side of a *position* (a liquidation's side is the side of the liquidated position)."""
+
+    LONG = "long"
+    SHORT = "short"
+
+
+@dataclass(frozen=True, slots=True)
+class InstrumentInfo:
+    """Static facts about one perpetual, from the exchange's instrument list or configuration."""
+
+    exchange: Exchange
+    instrument: str  # the exchange's own id: BTCUSDT, BTC-USDT-SWAP, BTC-PERPETUAL
+    base: str  # BTC
+    quote: str  # USDT, USDC, USD
+    contract_size: float = 1.0  # base coin per contract (OKX ctVal); inverse: USD per contract
+    inverse: bool = False  # contract value fixed in USD (Deribit BTC-PERPETUAL, OKX BTC-USD-SWAP)
+    funding_interval_s: float | None = None  # None: unknown yet; Deribit continuous -> 28800
+    funding_cap: float | None = None  # per interval, fraction
+    funding_floor: float | None = None
+
+
+@dataclass(slots=True)
+class MarketUpdate:
+    """Mark/index/funding/open-interest fields of one instrument at one moment.
+
+    Every field except the key is optional: only the fields present in the frame are set.
+    """
+
+    exchange: Exchange
+    instrument: str
+    event_time: float | None = None  # exchange timestamp, Unix seconds
+    mark_price: float | None = None
+    index_price: float | None = None
+    funding_rate: float | None = None  # current/predicted rate for the next settlement
+    next_funding_time: float | None = None  # Unix seconds
+    funding_interval_s: float | None = None
+    funding_cap: float | None = None
+    funding_floor: float | None = None
+    funding_rate_8h: float | None = None  # Deribit's funding_8h (8 h-equivalent, continuous)
+    premium: float | None = None  # exchange-published premium index, if any
+    open_interest_base: float | None = None  # base coin
+    open_interest_usd: float | None = None  # USD notional
+
+
+@dataclass(frozen=True, slots=True)
+class Liquidation:
+    exchange: Exchange
+    instrument: str
+    event_time: float
+    side: Side  # side of the liquidated position
+    price: float
+    quantity_base: float
+    notional_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class FundingSettlement:
+    """A settled (historical) funding rate, from REST history or a settlement push."""
+
+    exchange: Exchange
+    instrument: str
+    funding_time: float  # Unix seconds of the settlement
+    rate: float  # fraction per that instrument's interval
+    interval_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LongShortRatio:
+    exchange: Exchange
+    instrument: str
+    event_time: float
+    ratio: float  # long accounts / short accounts
+
+
+@dataclass(frozen=True, slots=True)
+class InsuranceFund:
+    exchange: Exchange
+    pool: str  # e.g. "USDT", or the exchange's pool id
+    event_time: float
+    balance_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatRequest:
+    """The server asks for a reply (Deribit ``test_request``). The connection layer answers."""
+
+    exchange: Exchange
+    reply: str  # the exact text frame to send back
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionError:
+    """The exchange refused a subscription (bad symbol...). Counted, logged; not retried blindly."""
+
+    exchange: Exchange
+    message: str
+
+
+Record = (
+    MarketUpdate
+    | Liquidation
+    | FundingSettlement
+    | LongShortRatio
+    | InsuranceFund
+    | HeartbeatRequest
+    | SubscriptionError
+)
+
+
+class ParseError(ValueError):
+    """A frame that cannot be turned into records. The caller counts it and changes nothing."""
+
+
+def base_of(exchange: Exchange, instrument: str) -> tuple[str, str]:
+    """Best-effort (base, quote) from an instrument id when no instrument list is known.
+
+    >>> base_of(Exchange.BINANCE, "ETHUSDT")
+    ('ETH', 'USDT')
+    >>> base_of(Exchange.OKX, "BTC-USDT-SWAP")
+    ('BTC', 'USDT')
+    >>> base_of(Exchange.DERIBIT, "ETH_USDC-PERPETUAL")
+    ('ETH', 'USDC')
+    """
+    if exchange is Exchange.OKX:
+        parts = instrument.split("-")
+        return parts[0], parts[1] if len(parts) > 1 else "USD"
+    if exchange is Exchange.DERIBIT:
+        head = instrument.split("-")[0]
+        if "_" in head:
+            b, q = head.split("_", 1)
+            return b, q
+        return head, "USD"
+    for quote in ("USDT", "USDC", "BUSD", "USD"):
+        if instrument.endswith(quote) and len(instrument) > len(quote):
+            return instrument[: -len(quote)], quote
+    return instrument, "USDT"

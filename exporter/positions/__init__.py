@@ -1,0 +1,1 @@
+"""Positions and carry risk: configured or account positions, liquidation distance, funding accrual."""

@@ -1,0 +1,353 @@
+"""In-process state: the latest value of everything, with its receive time, and rolling windows.
+
+Written only by the event-loop thread (feeds and REST pollers call :meth:`MarketState.apply`);
+read at scrape time by collectors in the HTTP server thread. Readers take copies
+(``tuple(deque)``, ``list(dict.values())`` are single C calls, so they are consistent under the GIL)
+and never mutate anything.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from exporter.model import (
+    EIGHT_HOURS,
+    Exchange,
+    FundingSettlement,
+    HeartbeatRequest,
+    InstrumentInfo,
+    InsuranceFund,
+    Liquidation,
+    LongShortRatio,
+    MarketUpdate,
+    Record,
+    Side,
+    SubscriptionError,
+)
+
+Key = tuple[Exchange, str]
+
+# Bounds that keep memory flat whatever the uptime.
+MAX_SETTLEMENTS = 2000  # 1 h funding for ~83 days
+ANCHOR_SAMPLE_SECONDS = 60.0  # (funding, premium) pairs for the anchor regression, one a minute
+OI_SAMPLE_SECONDS = 60.0
+LIQ_FLOW_WINDOW_SECONDS = 3600.0
+CONTINUOUS_OBSERVATION_SECONDS = 3600.0  # Deribit: one funding observation an hour
+
+
+@dataclass(slots=True)
+class InstrumentState:
+    info: InstrumentInfo
+    mark_price: float | None = None
+    index_price: float | None = None
+    premium: float | None = None  # exchange-published premium index
+    funding_rate: float | None = None  # per the instrument's own interval
+    next_funding_time: float | None = None
+    funding_interval_s: float | None = None
+    funding_cap: float | None = None
+    funding_floor: float | None = None
+    open_interest_base: float | None = None
+    open_interest_usd: float | None = None
+    long_short_ratio: float | None = None
+    # receive times (wall clock, Unix seconds); 0.0 = never received
+    price_at: float = 0.0
+    funding_at: float = 0.0
+    oi_at: float = 0.0
+    ratio_at: float = 0.0
+    event_time: float | None = None  # exchange's own timestamp of the last update
+    # rolling windows
+    settlements: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=MAX_SETTLEMENTS))
+    settlements_version: int = 0  # bumped on every change, so readers can cache window stats
+    anchor_samples: deque[tuple[float, float, float]] = field(default_factory=lambda: deque(maxlen=2000))
+    oi_samples: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=180))
+    # liquidations seen on the public stream, per side of the liquidated position
+    liq_count: dict[Side, int] = field(default_factory=lambda: {Side.LONG: 0, Side.SHORT: 0})
+    liq_notional_usd: dict[Side, float] = field(default_factory=lambda: {Side.LONG: 0.0, Side.SHORT: 0.0})
+    liq_recent: deque[tuple[float, Side, float]] = field(default_factory=lambda: deque(maxlen=20000))
+
+    @property
+    def key(self) -> Key:
+        return (self.info.exchange, self.info.instrument)
+
+    @property
+    def interval_s(self) -> float | None:
+        return self.funding_interval_s or self.info.funding_interval_s
+
+    def settlement_window(self) -> tuple[tuple[float, float], ...]:
+        """(funding_time, rate) pairs, oldest first; a copy safe to use from another thread."""
+        return tuple(self.settlements)
+
+
+@dataclass(slots=True)
+class StreamHealth:
+    exchange: Exchange
+    stream: str
+    connected: bool = False
+    last_message_at: float = 0.0
+    messages: int = 0
+    reconnects: int = 0
+    parse_errors: int = 0
+    subscription_errors: int = 0
+
+
+@dataclass(slots=True)
+class RestHealth:
+    exchange: Exchange
+    endpoint: str
+    requests: int = 0
+    failures: dict[str, int] = field(default_factory=dict)  # reason -> count (rate_limited, http_5xx...)
+    last_success_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdEvent:
+    """A funding or liquidation threshold crossing, reported in /api/state for the AI sidecar."""
+
+    seq: int
+    at: float
+    base: str
+    kind: str  # "funding" | "liquidation"
+    exchange: str
+    instrument: str
+    value: float
+
+
+class MarketState:
+    """Everything the exporter knows now. See the module docstring for the threading rule."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        funding_event_rate_8h: float = 0.0005,
+        liquidation_event_usd_per_minute: float = 5_000_000.0,
+    ) -> None:
+        self.clock = clock
+        self.started_at = clock()
+        self.instruments: dict[Key, InstrumentState] = {}
+        self.streams: dict[tuple[Exchange, str], StreamHealth] = {}
+        self.rest: dict[tuple[Exchange, str], RestHealth] = {}
+        self.insurance: dict[tuple[Exchange, str], tuple[float, float]] = {}  # -> (balance_usd, at)
+        self.exchanges: set[Exchange] = set()  # configured exchanges: fr_up is always present for them
+        self.unknown_instrument_updates = 0
+        self.events: deque[ThresholdEvent] = deque(maxlen=200)
+        self._event_seq = 0
+        self._funding_event_rate_8h = funding_event_rate_8h
+        self._liq_event_usd = liquidation_event_usd_per_minute
+        self._funding_extreme: set[Key] = set()
+        self._liq_event_last: dict[str, float] = {}
+
+    # ---- registration -------------------------------------------------------------------------
+
+    def register_exchange(self, exchange: Exchange) -> None:
+        self.exchanges.add(exchange)
+
+    def register(self, info: InstrumentInfo) -> InstrumentState:
+        """Add an instrument (or refresh its static facts, keeping its live values)."""
+        self.exchanges.add(info.exchange)
+        key = (info.exchange, info.instrument)
+        st = self.instruments.get(key)
+        if st is None:
+            st = InstrumentState(info=info)
+            self.instruments[key] = st
+        else:
+            st.info = info
+        if info.funding_cap is not None:
+            st.funding_cap = info.funding_cap
+        if info.funding_floor is not None:
+            st.funding_floor = info.funding_floor
+        return st
+
+    def stream(self, exchange: Exchange, stream: str) -> StreamHealth:
+        h = self.streams.get((exchange, stream))
+        if h is None:
+            h = self.streams[(exchange, stream)] = StreamHealth(exchange, stream)
+        return h
+
+    def rest_endpoint(self, exchange: Exchange, endpoint: str) -> RestHealth:
+        h = self.rest.get((exchange, endpoint))
+        if h is None:
+            h = self.rest[(exchange, endpoint)] = RestHealth(exchange, endpoint)
+        return h
+
+    # ---- writing ------------------------------------------------------------------------------
+
+    def apply(self, record: Record, received_at: float | None = None) -> None:
+        now = self.clock() if received_at is None else received_at
+        if isinstance(record, MarketUpdate):
+            self._apply_market(record, now)
+        elif isinstance(record, Liquidation):
+            self._apply_liquidation(record, now)
+        elif isinstance(record, FundingSettlement):
+            st = self.instruments.get((record.exchange, record.instrument))
+            if st is None:
+                self.unknown_instrument_updates += 1
+                return
+            self.add_settlements(st, [(record.funding_time, record.rate)])
+            if record.interval_s and st.funding_interval_s is None:
+                st.funding_interval_s = record.interval_s
+        elif isinstance(record, LongShortRatio):
+            st = self.instruments.get((record.exchange, record.instrument))
+            if st is None:
+                self.unknown_instrument_updates += 1
+                return
+            st.long_short_ratio = record.ratio
+            st.ratio_at = now
+        elif isinstance(record, InsuranceFund):
+            self.insurance[(record.exchange, record.pool)] = (record.balance_usd, now)
+        elif isinstance(record, HeartbeatRequest | SubscriptionError):
+            pass  # the connection layer acts on these; nothing to store
+
+    def apply_many(self, records: Iterable[Record], received_at: float | None = None) -> None:
+        now = self.clock() if received_at is None else received_at
+        for r in records:
+            self.apply(r, now)
+
+    def add_settlements(self, st: InstrumentState, pairs: Iterable[tuple[float, float]]) -> None:
+        """Merge settled (time, rate) pairs, keeping the window sorted and free of duplicates."""
+        known = {t for t, _ in st.settlements}
+        new = sorted((t, r) for t, r in pairs if t not in known and r == r)  # r == r drops NaN
+        if not new:
+            return
+        if st.settlements and new[0][0] < st.settlements[-1][0]:
+            merged = sorted([*st.settlements, *new])
+            st.settlements.clear()
+            st.settlements.extend(merged)
+        else:
+            st.settlements.extend(new)
+        st.settlements_version += 1
+        if st.funding_interval_s is None and st.info.funding_interval_s is None and len(st.settlements) >= 2:
+            gap = st.settlements[-1][0] - st.settlements[-2][0]
+            if gap > 0:
+                st.funding_interval_s = round(gap / 3600.0) * 3600.0 or gap
+
+    def _apply_market(self, u: MarketUpdate, now: float) -> None:
+        st = self.instruments.get((u.exchange, u.instrument))
+        if st is None:
+            self.unknown_instrument_updates += 1
+            return
+        if u.event_time is not None:
+            st.event_time = u.event_time
+        if u.mark_price is not None or u.index_price is not None:
+            if u.mark_price is not None:
+                st.mark_price = u.mark_price
+            if u.index_price is not None:
+                st.index_price = u.index_price
+            st.price_at = now
+        if u.premium is not None:
+            st.premium = u.premium
+        if u.funding_interval_s is not None:
+            st.funding_interval_s = u.funding_interval_s
+        if u.funding_cap is not None:
+            st.funding_cap = u.funding_cap
+        if u.funding_floor is not None:
+            st.funding_floor = u.funding_floor
+        rate = u.funding_rate if u.funding_rate is not None else u.funding_rate_8h
+        if rate is not None or u.next_funding_time is not None:
+            if u.next_funding_time is not None:
+                old = st.next_funding_time
+                # The predicted rate in force when the settlement time rolls over is what settled.
+                if old is not None and u.next_funding_time > old + 1.0 and st.funding_rate is not None:
+                    if now >= old - 5.0:
+                        self.add_settlements(st, [(old, st.funding_rate)])
+                st.next_funding_time = u.next_funding_time
+            if rate is not None:
+                st.funding_rate = rate
+                self._continuous_observation(st, u, now)
+                self._check_funding_event(st, now)
+            st.funding_at = now
+        if u.open_interest_base is not None or u.open_interest_usd is not None:
+            if u.open_interest_base is not None:
+                st.open_interest_base = u.open_interest_base
+            if u.open_interest_usd is not None:
+                st.open_interest_usd = u.open_interest_usd
+            elif u.open_interest_base is not None and st.mark_price is not None:
+                st.open_interest_usd = u.open_interest_base * st.mark_price
+            st.oi_at = now
+            if st.open_interest_usd is not None and (
+                not st.oi_samples or now - st.oi_samples[-1][0] >= OI_SAMPLE_SECONDS
+            ):
+                st.oi_samples.append((now, st.open_interest_usd))
+        prem = self.premium_of(st)
+        if prem is not None and st.funding_rate is not None and (
+            not st.anchor_samples or now - st.anchor_samples[-1][0] >= ANCHOR_SAMPLE_SECONDS
+        ):
+            st.anchor_samples.append((now, st.funding_rate, prem))
+
+    def _continuous_observation(self, st: InstrumentState, u: MarketUpdate, now: float) -> None:
+        """Instruments without settlements (Deribit) get one observation an hour for the z-score."""
+        if st.next_funding_time is not None or u.funding_rate_8h is None:
+            return
+        t = (u.event_time or now) // CONTINUOUS_OBSERVATION_SECONDS * CONTINUOUS_OBSERVATION_SECONDS
+        if not st.settlements or t > st.settlements[-1][0]:
+            self.add_settlements(st, [(t, u.funding_rate_8h)])
+
+    def _apply_liquidation(self, liq: Liquidation, now: float) -> None:
+        st = self.instruments.get((liq.exchange, liq.instrument))
+        if st is None:
+            self.unknown_instrument_updates += 1
+            return
+        st.liq_count[liq.side] += 1
+        st.liq_notional_usd[liq.side] += liq.notional_usd
+        st.liq_recent.append((liq.event_time or now, liq.side, liq.notional_usd))
+        horizon = now - LIQ_FLOW_WINDOW_SECONDS
+        while st.liq_recent and st.liq_recent[0][0] < horizon:
+            st.liq_recent.popleft()
+        self._check_liquidation_event(st, now)
+
+    # ---- threshold events ---------------------------------------------------------------------
+
+    def _emit(self, st: InstrumentState, kind: str, value: float, now: float) -> None:
+        self._event_seq += 1
+        self.events.append(
+            ThresholdEvent(self._event_seq, now, st.info.base, kind, st.info.exchange.value, st.info.instrument, value)
+        )
+
+    def _check_funding_event(self, st: InstrumentState, now: float) -> None:
+        r8 = self.funding_rate_8h(st)
+        if r8 is None:
+            return
+        extreme = abs(r8) >= self._funding_event_rate_8h
+        if extreme and st.key not in self._funding_extreme:
+            self._funding_extreme.add(st.key)
+            self._emit(st, "funding", r8, now)
+        elif not extreme:
+            self._funding_extreme.discard(st.key)
+
+    def _check_liquidation_event(self, st: InstrumentState, now: float) -> None:
+        base = st.info.base
+        if now - self._liq_event_last.get(base, 0.0) < 60.0:
+            return
+        minute = now - 60.0
+        total = 0.0
+        for other in self.instruments.values():
+            if other.info.base != base:
+                continue
+            for t, _side, usd in reversed(other.liq_recent):
+                if t < minute:
+                    break
+                total += usd
+        if total >= self._liq_event_usd:
+            self._liq_event_last[base] = now
+            self._emit(st, "liquidation", total, now)
+
+    # ---- reading helpers (pure, used by collectors and /api/state) ----------------------------
+
+    @staticmethod
+    def premium_of(st: InstrumentState) -> float | None:
+        if st.mark_price is not None and st.index_price:
+            return (st.mark_price - st.index_price) / st.index_price
+        return st.premium
+
+    @staticmethod
+    def funding_rate_8h(st: InstrumentState) -> float | None:
+        """The current rate scaled to an 8 h interval with the instrument's own interval."""
+        interval = st.interval_s
+        if st.funding_rate is None or not interval:
+            return None
+        return st.funding_rate * EIGHT_HOURS / interval
+
+    def snapshot(self) -> list[InstrumentState]:
+        return list(self.instruments.values())
