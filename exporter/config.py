@@ -225,6 +225,12 @@ class Config(_Model):
     position_settings: PositionsConfig = Field(default_factory=PositionsConfig)
     sidecar: SidecarConfig = Field(default_factory=SidecarConfig)
 
+    @field_validator("exchanges")
+    @classmethod
+    def _all_exchanges(cls, v: dict[Exchange, ExchangeConfig]) -> dict[Exchange, ExchangeConfig]:
+        # An exchange left out of the file keeps its defaults; disable one with `enabled: false`.
+        return {ex: v.get(ex) or ExchangeConfig() for ex in Exchange}
+
     @field_validator("listen_address")
     @classmethod
     def _address(cls, v: str) -> str:
