@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from exporter.model import Exchange
+from exporter.redact import register_secret
 
 
 class _Model(BaseModel):
@@ -373,12 +374,14 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
 def read_secret(env_name: str | None, file_path: Path | None, environ: dict[str, str] | None = None) -> str | None:
     """A secret from an environment variable or a file (file wins). Never log the result."""
     environ = os.environ if environ is None else environ
+    value: str | None = None
     if file_path is not None:
         try:
-            return Path(file_path).read_text(encoding="utf-8").strip() or None
+            value = Path(file_path).read_text(encoding="utf-8").strip() or None
         except OSError as exc:
             raise ConfigError(f"cannot read secret file {file_path}: {exc.strerror}") from exc
-    if env_name:
-        value = environ.get(env_name)
-        return value.strip() if value else None
-    return None
+    elif env_name:
+        raw = environ.get(env_name)
+        value = raw.strip() if raw else None
+    register_secret(value)  # from now on it is redacted from every log line
+    return value

@@ -1,1 +1,160 @@
-"""feeds"""
+"""Exchange feeds: pure protocol modules (one per exchange) and the helpers they share.
+
+``feed_for(Exchange.OKX)`` gives the :class:`~exporter.feeds.base.Feed` of that exchange; ``FEEDS``
+maps every exchange to its feed. The helpers below convert wire values strictly: a value that is not
+a finite number raises :class:`~exporter.model.ParseError` instead of becoming a wrong number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+
+from exporter.model import Exchange, ParseError
+
+if TYPE_CHECKING:
+    from exporter.feeds.base import Feed
+
+T = TypeVar("T")
+
+# Quotes whose unit is (close enough to) one US dollar: notional in them is reported as USD.
+USD_QUOTES = frozenset({"USDT", "USDC", "USD", "BUSD", "FDUSD", "USDE"})
+
+
+def loads(frame: str | bytes | bytearray | memoryview) -> Any:
+    """JSON text -> Python objects; invalid or truncated JSON (and NaN/Infinity literals) -> ParseError."""
+    try:
+        return orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
+        raise ParseError(f"invalid JSON: {exc}") from None
+
+
+def num(v: object, key: str) -> float:
+    """A required finite number, from a decimal string (Binance/Bybit/OKX) or a JSON number (Deribit)."""
+    tv = type(v)
+    if tv is str:
+        try:
+            x = float(v)  # type: ignore[arg-type]
+        except ValueError:
+            raise ParseError(f"field {key!r}: not a number: {v!r}") from None
+    elif tv is float or tv is int:  # bool is excluded on purpose: True is not 1.0
+        try:
+            x = float(v)  # type: ignore[arg-type]
+        except OverflowError:
+            raise ParseError(f"field {key!r}: number out of range") from None
+    else:
+        raise ParseError(f"field {key!r}: expected a number, got {tv.__name__}")
+    if x - x != 0.0:  # NaN and +-inf: inf - inf is NaN, and NaN compares unequal to everything
+        raise ParseError(f"field {key!r}: not a finite number: {v!r}")
+    return x
+
+
+def opt_num(v: object, key: str) -> float | None:
+    """Like :func:`num`, but absent (``None``) or an empty string means "not given" -> None, never 0."""
+    if v is None or v == "":
+        return None
+    return num(v, key)
+
+
+def ms(v: object, key: str) -> float:
+    """Exchange milliseconds (string or integer) -> Unix seconds."""
+    return num(v, key) / 1000.0
+
+
+def opt_ms(v: object, key: str) -> float | None:
+    if v is None or v == "":
+        return None
+    return num(v, key) / 1000.0
+
+
+def text(v: object, key: str) -> str:
+    """A required non-empty string field."""
+    if type(v) is not str or not v:
+        raise ParseError(f"field {key!r}: expected a non-empty string, got {v!r}")
+    return v
+
+
+def obj(v: object, what: str) -> dict[str, Any]:
+    if type(v) is not dict:
+        raise ParseError(f"{what}: expected a JSON object, got {type(v).__name__}")
+    return v
+
+
+def arr(v: object, what: str) -> list[Any]:
+    if type(v) is not list:
+        raise ParseError(f"{what}: expected a JSON array, got {type(v).__name__}")
+    return v
+
+
+# What a parse step may raise on a bad frame: a missing key, a value of the wrong JSON type, a bad number.
+PARSE_FAILURES = (ValueError, KeyError, TypeError, AttributeError, IndexError)
+
+
+def parse_error(exchange: Exchange, what: str, exc: Exception) -> ParseError:
+    """Turn any parse failure into a ParseError that names the exchange and the message kind.
+
+    Parsers wrap their work in ``try/except PARSE_FAILURES`` (free in CPython 3.11 when nothing
+    is raised), so a half-parsed frame never gets through and every failure reads the same way.
+    """
+    if isinstance(exc, KeyError):
+        detail = f"missing field {exc}"
+    elif isinstance(exc, ValueError):  # ParseError included
+        detail = str(exc)
+    else:
+        detail = f"unexpected shape ({exc})"
+    return ParseError(f"{exchange.value} {what}: {detail}")
+
+
+def chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def interval_from_gaps(times: Sequence[float]) -> list[float | None]:
+    """Funding interval per settlement from the gap to its neighbour (sorted times, seconds).
+
+    The gap is rounded to whole hours (settlements land on the hour); a lone settlement gets None.
+    """
+    out: list[float | None] = []
+    n = len(times)
+    for k in range(n):
+        gap = times[k] - times[k - 1] if k > 0 else (times[1] - times[0] if n > 1 else 0.0)
+        hours = round(gap / 3600.0)
+        out.append(hours * 3600.0 if hours > 0 else None)
+    return out
+
+
+def label(name: str, index: int, total: int) -> str:
+    """Stream label for the fr_stream_* series: ``tickers``, or ``tickers-2`` when split."""
+    return name if total <= 1 or index == 0 else f"{name}-{index + 1}"
+
+
+# The feed modules import the helpers above, so they are imported after them.
+from exporter.feeds.binance import BinanceFeed  # noqa: E402
+from exporter.feeds.bybit import BybitFeed  # noqa: E402
+from exporter.feeds.deribit import DeribitFeed  # noqa: E402
+from exporter.feeds.okx import OkxFeed  # noqa: E402
+
+FEEDS: dict[Exchange, Feed] = {
+    Exchange.BINANCE: BinanceFeed(),
+    Exchange.BYBIT: BybitFeed(),
+    Exchange.OKX: OkxFeed(),
+    Exchange.DERIBIT: DeribitFeed(),
+}
+
+
+def feed_for(exchange: Exchange) -> Feed:
+    """The protocol implementation of one exchange."""
+    return FEEDS[Exchange(exchange)]
+
+
+__all__ = [
+    "FEEDS",
+    "BinanceFeed",
+    "BybitFeed",
+    "DeribitFeed",
+    "OkxFeed",
+    "feed_for",
+]

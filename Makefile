@@ -1,0 +1,36 @@
+# fr-exporter: `make demo` (offline, simulated exchanges), `make test`, `make run` (live), `make bench`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DURATION ?= 0
+CONFIG ?= config/live.yaml
+
+.PHONY: install demo run test lint bench generate clean
+
+$(BIN)/fr-exporter: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/fr-exporter
+
+demo: install
+	$(BIN)/fr-exporter demo --config config/demo.yaml --duration $(DURATION)
+
+run: install
+	$(BIN)/fr-exporter --config $(CONFIG)
+
+lint: install
+	$(BIN)/ruff check .
+
+test: install lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+bench: install
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+generate: install
+	$(BIN)/python -m mixin.generate
+
+clean:
+	rm -rf var build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,327 @@
+"""The one reconnecting websocket loop, shared by all four exchanges.
+
+A :class:`FeedConnection` owns one :class:`~exporter.feeds.base.WsPlan`: it connects, sends the
+plan's subscribe frames (again after every reconnect), hands every frame to the feed's pure parser
+and applies the records to :class:`~exporter.state.MarketState`. Around that it keeps the
+connection alive:
+
+* application-level ping every ``plan.ping_interval_s`` when the protocol wants one (Bybit, OKX);
+* server heartbeats answered (Deribit ``test_request`` -> :class:`HeartbeatRequest` reply);
+* a silence watchdog: no frame for ``plan.silence_timeout_s`` -> close and reconnect;
+* a planned rotation before ``plan.max_lifetime_s`` (Binance cuts at 24 h): the new connection is
+  opened and subscribed before the old one is closed, so no gap;
+* jittered, capped exponential backoff between attempts, reset once a connection has been
+  healthy for a while; HTTP 4xx on the handshake (other than 429) or a bad URL is *fatal*: logged
+  as an error and retried only slowly.
+
+Stop it with the ``stop`` event given to :meth:`FeedConnection.run` or by cancelling its task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from exporter.feeds.base import Feed, FeedContext, WsPlan
+from exporter.model import HeartbeatRequest, ParseError, SubscriptionError
+from exporter.state import MarketState, StreamHealth
+
+log = logging.getLogger(__name__)
+
+Verdict = Literal["retry", "fatal"]
+
+# Large all-symbol arrays (Binance !markPrice@arr) exceed websockets' 1 MiB default.
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+EXCERPT_CHARS = 120
+
+
+@dataclass(frozen=True, slots=True)
+class BackoffPolicy:
+    """Delays between connection attempts (seconds)."""
+
+    initial_s: float = 0.5
+    factor: float = 2.0
+    max_s: float = 30.0
+    healthy_after_s: float = 60.0  # a connection that lived this long resets the backoff
+    fatal_retry_s: float = 300.0  # after a fatal handshake error: retry this rarely
+    rotation_retry_s: float = 30.0  # a failed planned rotation is retried after this (old socket kept)
+
+
+def backoff_delay(attempt: int, policy: BackoffPolicy, rand: Callable[[], float] = random.random) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(max, initial * factor**attempt)].
+
+    ``attempt`` counts consecutive failures from 0. Full jitter spreads many exporters (or many
+    connections of one exporter) that lost the exchange at the same moment.
+    """
+    if attempt < 0:
+        raise ValueError("attempt must be >= 0")
+    # min() before the power would overflow for large attempts
+    exp = min(attempt, 64)
+    ceiling = min(policy.max_s, policy.initial_s * policy.factor**exp)
+    return rand() * ceiling
+
+
+def classify_error(exc: BaseException) -> Verdict:
+    """Whether a connection error is worth retrying soon.
+
+    Retryable: refused/reset/closed connections, timeouts, HTTP 429 and 5xx on the handshake.
+    Fatal: an invalid URL, any other HTTP status on the handshake (401, 403, 404, ...) -- retrying
+    fast would not change the answer and might get the IP banned.
+    """
+    if isinstance(exc, InvalidURI | ValueError):
+        return "fatal"
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        return "retry" if status == 429 or status >= 500 else "fatal"
+    if isinstance(exc, OSError | TimeoutError | asyncio.TimeoutError | ConnectionClosed | InvalidHandshake):
+        return "retry"
+    return "retry"  # unknown trouble: keep trying with backoff rather than die
+
+
+def _excerpt(frame: str | bytes) -> str:
+    text = frame if isinstance(frame, str) else frame[: EXCERPT_CHARS * 4].decode("utf-8", "replace")
+    return text[:EXCERPT_CHARS] + ("..." if len(text) > EXCERPT_CHARS else "")
+
+
+class _Rotate(Exception):
+    """Internal: the session ended because the planned lifetime is over."""
+
+
+class FeedConnection:
+    """One websocket connection (one :class:`WsPlan`) kept alive until stopped."""
+
+    def __init__(
+        self,
+        feed: Feed,
+        plan: WsPlan,
+        ctx: FeedContext,
+        state: MarketState,
+        *,
+        backoff: BackoffPolicy | None = None,
+        open_timeout_s: float = 10.0,
+        close_timeout_s: float = 2.0,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+        connect_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.feed = feed
+        self.plan = plan
+        self.ctx = ctx
+        self.state = state
+        self.backoff = backoff or BackoffPolicy()
+        self.open_timeout_s = open_timeout_s
+        self.close_timeout_s = close_timeout_s
+        self.clock = clock
+        self.rand = rand
+        self.connect_kwargs = connect_kwargs or {}
+        self.exchange = feed.exchange
+        self.health: StreamHealth = state.stream(self.exchange, plan.stream)
+        self.connections_opened = 0  # sessions established (first one included)
+        self.silence_reconnects = 0
+        self.rotations = 0
+        self.last_error: BaseException | None = None
+        self._ws: ClientConnection | None = None
+
+    # ---- public ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Keep the connection up until ``stop`` is set (or the task is cancelled)."""
+        stop = stop or asyncio.Event()
+        loop_task = asyncio.create_task(self._run_forever(), name=f"ws-{self.exchange}-{self.plan.stream}")
+        stop_task = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({loop_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (loop_task, stop_task):
+                t.cancel()
+            for t in (loop_task, stop_task):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            await self._close_current()
+            self.health.connected = False
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    async def _run_forever(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                ws = await self._open()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.last_error = exc
+                self.health.connected = False
+                if classify_error(exc) == "fatal":
+                    log.error(
+                        "%s %s: connection to %s refused for good (%s); retrying in %.0f s",
+                        self.exchange, self.plan.stream, self.plan.url, _describe(exc), self.backoff.fatal_retry_s,
+                    )
+                    await asyncio.sleep(self.backoff.fatal_retry_s)
+                else:
+                    delay = backoff_delay(attempt, self.backoff, self.rand)
+                    log.warning(
+                        "%s %s: cannot connect (%s); retry %d in %.2f s",
+                        self.exchange, self.plan.stream, _describe(exc), attempt + 1, delay,
+                    )
+                    attempt += 1
+                    await asyncio.sleep(delay)
+                continue
+
+            started = self.clock()
+            try:
+                await self._session(ws)
+            except asyncio.CancelledError:
+                raise
+            except ConnectionClosed as exc:
+                log.warning("%s %s: connection closed (%s)", self.exchange, self.plan.stream, _describe(exc))
+            except Exception as exc:  # a bug or odd socket state must not end the feed
+                log.warning("%s %s: session failed: %s", self.exchange, self.plan.stream, _describe(exc), exc_info=True)
+            finally:
+                self.health.connected = False
+                await self._close_current()
+            if self.clock() - started >= self.backoff.healthy_after_s:
+                attempt = 0
+            delay = backoff_delay(attempt, self.backoff, self.rand)
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _open(self) -> ClientConnection:
+        """Connect and subscribe. The socket becomes current only when fully set up."""
+        kwargs: dict[str, Any] = {
+            "open_timeout": self.open_timeout_s,
+            "close_timeout": self.close_timeout_s,
+            "max_size": MAX_FRAME_BYTES,
+            "max_queue": 256,
+        }
+        kwargs.update(self.connect_kwargs)
+        ws = await connect(self.plan.url, **kwargs)
+        try:
+            for frame in self.plan.subscribe:
+                await ws.send(frame)
+            for frame in self.feed.heartbeat_setup():
+                await ws.send(frame)
+        except BaseException:
+            await _close_quietly(ws)
+            raise
+        if self.connections_opened > 0:
+            self.health.reconnects += 1
+        self.connections_opened += 1
+        self._ws = ws
+        self.health.connected = True
+        log.info("%s %s: connected to %s (%d subscribe frames)", self.exchange, self.plan.stream, self.plan.url,
+                 len(self.plan.subscribe))
+        return ws
+
+    async def _session(self, ws: ClientConnection) -> None:
+        """Read frames until the socket closes, goes silent, or its lifetime is over."""
+        plan = self.plan
+        now = self.clock()
+        last_frame = now
+        next_ping = now + plan.ping_interval_s if plan.ping_frame else None
+        rotate_at = now + plan.max_lifetime_s if plan.max_lifetime_s else None
+        while True:
+            now = self.clock()
+            deadlines = [last_frame + plan.silence_timeout_s]
+            if next_ping is not None:
+                deadlines.append(next_ping)
+            if rotate_at is not None:
+                deadlines.append(rotate_at)
+            timeout = max(0.0, min(deadlines) - now)
+            try:
+                frame = await asyncio.wait_for(ws.recv(), timeout)  # recv() is safe to cancel
+            except TimeoutError:
+                now = self.clock()
+                if rotate_at is not None and now >= rotate_at:
+                    new_ws = await self._rotate(ws)
+                    if new_ws is None:
+                        rotate_at = now + self.backoff.rotation_retry_s
+                        continue
+                    ws = new_ws
+                    now = self.clock()
+                    last_frame = now
+                    rotate_at = now + plan.max_lifetime_s if plan.max_lifetime_s else None
+                    next_ping = now + plan.ping_interval_s if plan.ping_frame else None
+                    continue
+                if now - last_frame >= plan.silence_timeout_s:
+                    self.silence_reconnects += 1
+                    log.warning(
+                        "%s %s: no frame for %.1f s; reconnecting", self.exchange, plan.stream, now - last_frame
+                    )
+                    return
+                if next_ping is not None and now >= next_ping and plan.ping_frame:
+                    await ws.send(plan.ping_frame)
+                    next_ping = now + plan.ping_interval_s
+                continue
+            last_frame = self.clock()
+            await self._handle(ws, frame, last_frame)
+
+    async def _rotate(self, old: ClientConnection) -> ClientConnection | None:
+        """Planned reconnect: open and subscribe the new socket first, then close the old one."""
+        log.info("%s %s: planned reconnect (lifetime %.0f s)", self.exchange, self.plan.stream,
+                 self.plan.max_lifetime_s or 0)
+        self._ws = None
+        try:
+            new = await self._open()
+        except asyncio.CancelledError:
+            self._ws = old
+            raise
+        except Exception as exc:
+            self._ws = old  # keep serving from the old socket until it is cut
+            log.warning("%s %s: planned reconnect failed (%s); keeping the old connection",
+                        self.exchange, self.plan.stream, _describe(exc))
+            return None
+        self.rotations += 1
+        await _close_quietly(old)
+        return new
+
+    async def _handle(self, ws: ClientConnection, frame: str | bytes, received_at: float) -> None:
+        h = self.health
+        h.messages += 1
+        h.last_message_at = received_at
+        try:
+            records = self.feed.parse_ws(frame, self.ctx)
+        except ParseError as exc:
+            h.parse_errors += 1
+            log.debug("%s %s: unparsable frame (%s): %s", self.exchange, self.plan.stream, exc, _excerpt(frame))
+            return
+        except Exception as exc:  # a parser bug on odd input: same treatment, louder log
+            h.parse_errors += 1
+            log.warning("%s %s: parser raised %s on frame: %s", self.exchange, self.plan.stream,
+                        type(exc).__name__, _excerpt(frame), exc_info=True)
+            return
+        if not records:
+            return
+        for r in records:
+            if isinstance(r, HeartbeatRequest):
+                await ws.send(r.reply)
+            elif isinstance(r, SubscriptionError):
+                h.subscription_errors += 1
+                log.warning("%s %s: subscription refused: %s", self.exchange, self.plan.stream, r.message)
+        self.state.apply_many(records, received_at)
+
+    async def _close_current(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await _close_quietly(ws)
+
+
+async def _close_quietly(ws: ClientConnection) -> None:
+    with contextlib.suppress(Exception):
+        await ws.close()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, InvalidStatus):
+        return f"HTTP {exc.response.status_code} on handshake"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
