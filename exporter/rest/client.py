@@ -1,0 +1,181 @@
+"""httpx wrapper for the exchanges' public REST APIs: counting, backoff, Retry-After.
+
+Every HTTP attempt is counted in ``state.rest_endpoint(exchange, endpoint).requests``; every
+failed attempt in ``.failures[reason]`` with reason one of :data:`FAILURE_REASONS`. A rate-limit
+answer (429, or 418 = Binance IP ban) closes a gate for the whole exchange -- limits are per IP --
+until its ``Retry-After`` (seconds or HTTP date, capped) has passed: every later request on this
+client waits at the gate. 5xx, timeouts and connection errors are retried a few times with
+jittered backoff. When all attempts fail, :class:`RestError` is raised and the caller keeps the
+values it had: a failed poll changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import httpx
+
+from exporter.model import Exchange
+from exporter.state import MarketState
+
+log = logging.getLogger(__name__)
+
+FAILURE_REASONS = ("rate_limited", "http_4xx", "http_5xx", "timeout", "connection", "parse")
+
+Params = Mapping[str, str | int | float]
+
+
+class RestError(Exception):
+    """A request that failed after its retries. ``reason`` is one of FAILURE_REASONS."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class RestPolicy:
+    timeout_s: float = 10.0
+    attempts: int = 3  # per call, first try included
+    retry_initial_s: float = 0.5  # backoff for 5xx / timeout / connection errors
+    retry_max_s: float = 10.0
+    rate_limit_default_s: float = 5.0  # 429 without Retry-After
+    ban_default_s: float = 120.0  # 418 without Retry-After (Binance bans start at 2 min)
+    retry_after_cap_s: float = 600.0  # never trust a Retry-After longer than this
+    max_wait_in_call_s: float = 60.0  # a gate further away than this fails the call instead of waiting
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date. None if absent/bad."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            dt = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if dt is None:
+            return None
+        seconds = dt.timestamp() - now
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)
+
+
+class RestClient:
+    """One exchange's REST base URL with shared rate-limit state."""
+
+    def __init__(
+        self,
+        exchange: Exchange,
+        base_url: str,
+        state: MarketState,
+        *,
+        policy: RestPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.exchange = exchange
+        self.base_url = base_url.rstrip("/")
+        self.state = state
+        self.policy = policy or RestPolicy()
+        self.clock = clock
+        self.sleep = sleep
+        self.rand = rand
+        self._gate_until = 0.0  # no request before this time (rate limit / ban)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(self.policy.timeout_s),
+            transport=transport,
+            headers={"Accept": "application/json", "User-Agent": "fr-exporter/0.1"},
+            follow_redirects=False,
+        )
+
+    @property
+    def gate_until(self) -> float:
+        return self._gate_until
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def count_failure(self, endpoint: str, reason: str) -> None:
+        """Count a failure found after the HTTP call (e.g. ``parse``) against the endpoint."""
+        failures = self.state.rest_endpoint(self.exchange, endpoint).failures
+        failures[reason] = failures.get(reason, 0) + 1
+
+    def _count_success(self, endpoint: str) -> None:
+        self.state.rest_endpoint(self.exchange, endpoint).last_success_at = self.clock()
+
+    def _close_gate(self, seconds: float) -> None:
+        seconds = min(seconds, self.policy.retry_after_cap_s)
+        self._gate_until = max(self._gate_until, self.clock() + seconds)
+
+    async def get(self, endpoint: str, path: str, params: Params | None = None) -> bytes:
+        """GET ``path`` and return the body. Raises :class:`RestError` when every attempt failed.
+
+        ``endpoint`` is the label the call is counted under (``funding_history``...).
+        """
+        health = self.state.rest_endpoint(self.exchange, endpoint)
+        p = self.policy
+        last: RestError | None = None
+        for attempt in range(p.attempts):
+            wait = self._gate_until - self.clock()
+            if wait > 0:
+                if wait > p.max_wait_in_call_s:
+                    raise RestError("rate_limited", f"{self.exchange} {endpoint}: rate-limited for {wait:.0f} s more")
+                await self.sleep(wait)
+            health.requests += 1
+            retry_in: float | None = None
+            try:
+                resp = await self._http.get(path, params=dict(params) if params else None)
+            except httpx.TimeoutException as exc:
+                last = RestError("timeout", f"{self.exchange} {endpoint}: timeout ({type(exc).__name__})")
+            except httpx.TransportError as exc:
+                last = RestError("connection", f"{self.exchange} {endpoint}: {type(exc).__name__}: {exc}")
+            else:
+                status = resp.status_code
+                if 200 <= status < 300:
+                    self._count_success(endpoint)
+                    return resp.content
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"), self.clock())
+                if status in (429, 418):
+                    default = p.ban_default_s if status == 418 else p.rate_limit_default_s
+                    self._close_gate(retry_after if retry_after is not None else default)
+                    last = RestError("rate_limited", f"{self.exchange} {endpoint}: HTTP {status}")
+                elif status >= 500:
+                    last = RestError("http_5xx", f"{self.exchange} {endpoint}: HTTP {status}")
+                    if retry_after is not None:
+                        self._close_gate(retry_after)
+                else:
+                    # 4xx other than rate limits: the request itself is wrong; retrying won't help
+                    self.count_failure(endpoint, "http_4xx")
+                    raise RestError("http_4xx", f"{self.exchange} {endpoint}: HTTP {status}: {_snippet(resp)}")
+            assert last is not None
+            self.count_failure(endpoint, last.reason)
+            if last.reason != "rate_limited":
+                # the gate (if any) already covers rate limits; other errors back off per call
+                ceiling = min(p.retry_max_s, p.retry_initial_s * 2**attempt)
+                retry_in = self.rand() * ceiling
+            if attempt + 1 < p.attempts and retry_in:
+                await self.sleep(retry_in)
+        assert last is not None
+        log.warning("%s", last)
+        raise last
+
+
+def _snippet(resp: httpx.Response) -> str:
+    text = resp.text[:200]
+    return text.replace("\n", " ")
