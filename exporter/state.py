@@ -249,9 +249,13 @@ class MarketState:
             if u.next_funding_time is not None:
                 old = st.next_funding_time
                 # The predicted rate in force when the settlement time rolls over is what settled.
-                if old is not None and u.next_funding_time > old + 1.0 and st.funding_rate is not None:
-                    if now >= old - 5.0:
-                        self.add_settlements(st, [(old, st.funding_rate)])
+                if (
+                    old is not None
+                    and u.next_funding_time > old + 1.0
+                    and st.funding_rate is not None
+                    and now >= old - 5.0
+                ):
+                    self.add_settlements(st, [(old, st.funding_rate)])
                 st.next_funding_time = u.next_funding_time
             if rate is not None:
                 st.funding_rate = rate

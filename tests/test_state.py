@@ -1,0 +1,101 @@
+"""MarketState: delta semantics, settlement detection, staleness inputs, threshold events."""
+
+from __future__ import annotations
+
+from exporter.model import (
+    Exchange,
+    FundingSettlement,
+    InstrumentInfo,
+    Liquidation,
+    MarketUpdate,
+    Side,
+)
+from exporter.state import MarketState
+
+
+class Clock:
+    def __init__(self, t: float = 1_700_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make_state(clock: Clock | None = None, **kw: float) -> tuple[MarketState, Clock]:
+    clock = clock or Clock()
+    st = MarketState(clock=clock, **kw)
+    st.register(InstrumentInfo(Exchange.BYBIT, "BTCUSDT", "BTC", "USDT", funding_interval_s=28800))
+    st.register(InstrumentInfo(Exchange.BINANCE, "BTCUSDT", "BTC", "USDT"))
+    st.register(InstrumentInfo(Exchange.DERIBIT, "BTC-PERPETUAL", "BTC", "USD", inverse=True))
+    return st, clock
+
+
+def test_absent_fields_leave_values_unchanged() -> None:
+    st, clock = make_state()
+    st.apply(MarketUpdate(Exchange.BYBIT, "BTCUSDT", mark_price=100.0, index_price=99.0, funding_rate=0.0001))
+    clock.t += 5
+    st.apply(MarketUpdate(Exchange.BYBIT, "BTCUSDT", mark_price=101.0))  # a delta: only mark changed
+    s = st.instruments[(Exchange.BYBIT, "BTCUSDT")]
+    assert (s.mark_price, s.index_price, s.funding_rate) == (101.0, 99.0, 0.0001)
+    assert s.price_at == clock.t and s.funding_at == clock.t - 5
+
+
+def test_unknown_instrument_is_counted_not_stored() -> None:
+    st, _ = make_state()
+    st.apply(MarketUpdate(Exchange.BYBIT, "DOGEUSDT", mark_price=1.0))
+    assert st.unknown_instrument_updates == 1
+    assert (Exchange.BYBIT, "DOGEUSDT") not in st.instruments
+
+
+def test_rollover_of_next_funding_time_records_the_settled_rate() -> None:
+    st, clock = make_state()
+    t0 = clock.t + 60
+    st.apply(MarketUpdate(Exchange.BINANCE, "BTCUSDT", funding_rate=0.0003, next_funding_time=t0))
+    clock.t = t0 + 1
+    st.apply(MarketUpdate(Exchange.BINANCE, "BTCUSDT", funding_rate=0.0001, next_funding_time=t0 + 28800))
+    s = st.instruments[(Exchange.BINANCE, "BTCUSDT")]
+    assert s.settlement_window() == ((t0, 0.0003),)
+    assert s.funding_rate == 0.0001
+
+
+def test_settlements_merge_sorted_without_duplicates_and_infer_interval() -> None:
+    st, _ = make_state()
+    s = st.instruments[(Exchange.BINANCE, "BTCUSDT")]
+    for t, r in [(7200.0, 0.2), (0.0, 0.1), (14400.0, 0.3), (7200.0, 0.2), (3600.0, float("nan"))]:
+        st.apply(FundingSettlement(Exchange.BINANCE, "BTCUSDT", t, r))
+    assert [t for t, _ in s.settlement_window()] == [0.0, 7200.0, 14400.0]
+    assert s.interval_s == 7200.0
+
+
+def test_funding_8h_uses_the_instruments_own_interval() -> None:
+    st, _ = make_state()
+    st.apply(MarketUpdate(Exchange.BINANCE, "BTCUSDT", funding_rate=0.0001, funding_interval_s=3600))
+    assert abs(MarketState.funding_rate_8h(st.instruments[(Exchange.BINANCE, "BTCUSDT")]) - 0.0008) < 1e-15
+
+
+def test_deribit_continuous_funding_gets_hourly_observations() -> None:
+    st, clock = make_state()
+    for _ in range(3):
+        st.apply(MarketUpdate(Exchange.DERIBIT, "BTC-PERPETUAL", event_time=clock.t, funding_rate=0.0002,
+                              funding_rate_8h=0.0002, funding_interval_s=28800))
+        clock.t += 1800
+    s = st.instruments[(Exchange.DERIBIT, "BTC-PERPETUAL")]
+    assert len(s.settlement_window()) == 2  # three updates half an hour apart span two hours
+
+
+def test_liquidations_accumulate_per_side_and_fire_an_event() -> None:
+    st, clock = make_state(liquidation_event_usd_per_minute=1_000_000.0)
+    for usd in (400_000.0, 700_000.0):
+        st.apply(Liquidation(Exchange.BYBIT, "BTCUSDT", clock.t, Side.LONG, 100.0, usd / 100, usd))
+    s = st.instruments[(Exchange.BYBIT, "BTCUSDT")]
+    assert s.liq_count[Side.LONG] == 2 and s.liq_count[Side.SHORT] == 0
+    assert s.liq_notional_usd[Side.LONG] == 1_100_000.0
+    kinds = [(e.kind, e.base) for e in st.events]
+    assert kinds == [("liquidation", "BTC")]
+
+
+def test_funding_event_fires_once_per_crossing() -> None:
+    st, _ = make_state(funding_event_rate_8h=0.001)
+    for rate in (0.0002, 0.0015, 0.002, 0.0001, -0.0012):
+        st.apply(MarketUpdate(Exchange.BYBIT, "BTCUSDT", funding_rate=rate))
+    assert [round(e.value, 6) for e in st.events if e.kind == "funding"] == [0.0015, -0.0012]
