@@ -1,0 +1,183 @@
+"""Run the four simulated exchanges: ``fr-exporter simulate`` (via the lead's CLI) or programmatically.
+
+>>> sim = Simulator(seed=1, base_port=0)      # doctest: +SKIP
+>>> await sim.start(); sim.urls(Exchange.BINANCE)   # ('ws://127.0.0.1:PORT', 'http://127.0.0.1:PORT')
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from exporter.model import Exchange
+from exporter.sim.binance import BinanceServer
+from exporter.sim.bybit import BybitServer
+from exporter.sim.deribit import DeribitServer
+from exporter.sim.market import MarketModel, Scenario
+from exporter.sim.okx import OkxServer
+from exporter.sim.server import ExchangeServer, SimOptions
+
+log = logging.getLogger("exporter.sim")
+
+SERVERS: dict[Exchange, type[ExchangeServer]] = {
+    Exchange.BINANCE: BinanceServer,
+    Exchange.BYBIT: BybitServer,
+    Exchange.OKX: OkxServer,
+    Exchange.DERIBIT: DeribitServer,
+}
+PORT_OFFSET = {Exchange.BINANCE: 0, Exchange.BYBIT: 1, Exchange.OKX: 2, Exchange.DERIBIT: 3}
+
+
+class Simulator:
+    """The market model plus one aiohttp server per exchange, stepped by one ticker task."""
+
+    def __init__(
+        self,
+        seed: int = 1,
+        host: str = "127.0.0.1",
+        base_port: int = 18001,
+        scenario: str = Scenario.CALM,
+        instruments_per_exchange: int = 2,
+        tick_seconds: float = 0.25,
+        options: SimOptions | None = None,
+        exchanges: tuple[Exchange, ...] = tuple(Exchange),
+    ) -> None:
+        self.host = host
+        self.base_port = base_port
+        self.tick_seconds = tick_seconds
+        self.exchanges = exchanges
+        self.market = MarketModel(seed=seed, instruments_per_exchange=instruments_per_exchange,
+                                  start_time=time.time(), exchanges=exchanges)
+        if scenario != Scenario.CALM:
+            self.market.set_scenario(scenario)
+        self.options = options or SimOptions()
+        self.servers: dict[Exchange, ExchangeServer] = {ex: SERVERS[ex](self.market, self.options) for ex in exchanges}
+        self.ports: dict[Exchange, int] = {}
+        self._runners: list[web.AppRunner] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def urls(self, exchange: Exchange) -> tuple[str, str]:
+        port = self.ports[exchange]
+        return f"ws://{self.host}:{port}", f"http://{self.host}:{port}"
+
+    def describe(self) -> dict[str, Any]:
+        return {"simulator": {ex.value: {"ws": self.urls(ex)[0], "rest": self.urls(ex)[1], "port": self.ports[ex]}
+                              for ex in self.exchanges}}
+
+    async def start(self) -> None:
+        for ex in self.exchanges:
+            runner = web.AppRunner(self.servers[ex].make_app(), access_log=None, handle_signals=False)
+            await runner.setup()
+            port = 0 if self.base_port == 0 else self.base_port + PORT_OFFSET[ex]
+            site = web.TCPSite(runner, self.host, port)
+            await site.start()
+            self._runners.append(runner)
+            server = site._server  # the bound port when 0 (ephemeral) was asked for
+            sockets = getattr(server, "sockets", None) or []
+            self.ports[ex] = int(sockets[0].getsockname()[1]) if sockets else port
+        self._task = asyncio.get_running_loop().create_task(self._ticker())
+
+    async def _ticker(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at += self.tick_seconds
+            try:
+                self.market.step(self.tick_seconds, now=time.time())
+                for srv in self.servers.values():
+                    srv.on_tick(self.market.now)
+            except Exception:  # a bug in one step must not stop the market
+                log.exception("simulator step failed")
+            delay = next_at - loop.time()
+            if delay < -5 * self.tick_seconds:
+                next_at = loop.time()  # fell far behind (huge universe): do not try to catch up
+                delay = 0.0
+            await asyncio.sleep(max(0.0, delay))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for srv in self.servers.values():
+            await srv.close_all()
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--base-port", type=int, default=18001,
+                        help="binance port; bybit +1, okx +2, deribit +3; 0 = ephemeral ports (printed)")
+    parser.add_argument("--seed", type=int, default=1, help="market model seed")
+    parser.add_argument("--scenario", choices=Scenario.ALL, default=Scenario.CALM)
+    parser.add_argument("--instruments-per-exchange", type=int, default=2,
+                        help="2 = BTC and ETH; more adds SOL, XRP, ... then numbered synthetic symbols")
+    parser.add_argument("--tick-seconds", type=float, default=0.25, help="model step (seconds)")
+    parser.add_argument("--max-lifetime-seconds", type=float, default=24 * 3600.0,
+                        help="Binance closes connections after this long (default 24 h)")
+    parser.add_argument("--ping-interval-seconds", type=float, default=180.0,
+                        help="Binance server ping frame interval (default 3 min)")
+    parser.add_argument("--deribit-min-heartbeat", type=float, default=10.0,
+                        help="smallest public/set_heartbeat interval accepted (Deribit: 10 s)")
+    parser.add_argument("--okx-funding-push-seconds", type=float, default=30.0,
+                        help="OKX funding-rate push period (real: 30-90 s)")
+
+
+async def run(args: argparse.Namespace, stop: asyncio.Event | None = None) -> None:
+    options = SimOptions(
+        ping_interval_s=getattr(args, "ping_interval_seconds", 180.0) or None,
+        max_lifetime_s=getattr(args, "max_lifetime_seconds", 24 * 3600.0) or None,
+        deribit_min_heartbeat_s=getattr(args, "deribit_min_heartbeat", 10.0),
+        okx_funding_push_s=getattr(args, "okx_funding_push_seconds", 30.0),
+    )
+    sim = Simulator(seed=args.seed, host=args.host, base_port=args.base_port, scenario=args.scenario,
+                    instruments_per_exchange=args.instruments_per_exchange, tick_seconds=args.tick_seconds,
+                    options=options)
+    await sim.start()
+    sys.stdout.write(orjson.dumps(sim.describe()).decode() + "\n")
+    sys.stdout.flush()
+    stop = stop or asyncio.Event()
+    try:
+        await stop.wait()
+    finally:
+        await sim.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Standalone entry point (``python -m exporter.sim.main``); stops cleanly on SIGINT/SIGTERM."""
+    parser = argparse.ArgumentParser(prog="fr-exporter-sim", description="simulated exchanges")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await run(args, stop)
+
+    asyncio.run(_main())
+
+
+if __name__ == "__main__":
+    main()
