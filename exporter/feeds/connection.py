@@ -24,12 +24,13 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
 from exporter.feeds.base import Feed, FeedContext, WsPlan
 from exporter.model import HeartbeatRequest, ParseError, SubscriptionError
@@ -82,9 +83,9 @@ def classify_error(exc: BaseException) -> Verdict:
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
         return "retry" if status == 429 or status >= 500 else "fatal"
-    if isinstance(exc, OSError | TimeoutError | asyncio.TimeoutError | ConnectionClosed | InvalidHandshake):
-        return "retry"
-    return "retry"  # unknown trouble: keep trying with backoff rather than die
+    # OSError (refused, reset, DNS), TimeoutError, ConnectionClosed, other handshake trouble -- and
+    # anything unforeseen: keep trying with backoff rather than let the feed die
+    return "retry"
 
 
 def _excerpt(frame: str | bytes) -> str:
@@ -129,7 +130,10 @@ class FeedConnection:
         self.silence_reconnects = 0
         self.rotations = 0
         self.last_error: BaseException | None = None
+        self.backoff_delays: deque[float] = deque(maxlen=32)  # recent waits before reconnecting (for tests/debug)
         self._ws: ClientConnection | None = None
+        self._last_frame = 0.0  # clock() of the last frame of the current session
+        self._silenced = False  # the keeper closed the current socket for silence
 
     # ---- public ------------------------------------------------------------------------------
 
@@ -169,6 +173,7 @@ class FeedConnection:
                     await asyncio.sleep(self.backoff.fatal_retry_s)
                 else:
                     delay = backoff_delay(attempt, self.backoff, self.rand)
+                    self.backoff_delays.append(delay)
                     log.warning(
                         "%s %s: cannot connect (%s); retry %d in %.2f s",
                         self.exchange, self.plan.stream, _describe(exc), attempt + 1, delay,
@@ -192,11 +197,13 @@ class FeedConnection:
             if self.clock() - started >= self.backoff.healthy_after_s:
                 attempt = 0
             delay = backoff_delay(attempt, self.backoff, self.rand)
+            self.backoff_delays.append(delay)
             attempt += 1
             await asyncio.sleep(delay)
 
-    async def _open(self) -> ClientConnection:
-        """Connect and subscribe. The socket becomes current only when fully set up."""
+    async def _open(self, replacing: ClientConnection | None = None) -> ClientConnection:
+        """Connect and subscribe. The socket becomes current only when fully set up, so during a
+        rotation the old one (``replacing``) keeps serving until then."""
         kwargs: dict[str, Any] = {
             "open_timeout": self.open_timeout_s,
             "close_timeout": self.close_timeout_s,
@@ -213,8 +220,12 @@ class FeedConnection:
         except BaseException:
             await _close_quietly(ws)
             raise
+        if replacing is not None and self._ws is not replacing:
+            # the old socket died while this one was being set up: the reader has moved on
+            await _close_quietly(ws)
+            raise ConnectionError("connection replaced during rotation")
         if self.connections_opened > 0:
-            self.health.reconnects += 1
+            self.health.reconnects += 1  # planned rotations included: fr_stream_reconnects_total says so
         self.connections_opened += 1
         self._ws = ws
         self.health.connected = True
@@ -223,65 +234,86 @@ class FeedConnection:
         return ws
 
     async def _session(self, ws: ClientConnection) -> None:
-        """Read frames until the socket closes, goes silent, or its lifetime is over."""
+        """Read frames until the socket closes or the keeper closes it (silence).
+
+        Deadlines (ping, silence, rotation) live in a separate keeper task, so the per-frame path
+        carries no timer: a fast stream pays only for recv, counting and parsing.
+        """
+        self._last_frame = self.clock()
+        self._silenced = False
+        keeper = asyncio.create_task(self._keeper(), name=f"keeper-{self.exchange}-{self.plan.stream}")
+        try:
+            while True:
+                try:
+                    frame = await ws.recv()
+                except ConnectionClosed:
+                    current = self._ws
+                    if current is not None and current is not ws:
+                        ws = current  # a planned rotation replaced the socket: go on with the new one
+                        continue
+                    if self._silenced:
+                        return  # the keeper closed it; already logged and counted
+                    raise
+                now = self.clock()
+                self._last_frame = now
+                await self._handle(ws, frame, now)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await keeper
+
+    async def _keeper(self) -> None:
+        """Application pings, the silence watchdog and planned rotation for the current session."""
         plan = self.plan
         now = self.clock()
-        last_frame = now
         next_ping = now + plan.ping_interval_s if plan.ping_frame else None
         rotate_at = now + plan.max_lifetime_s if plan.max_lifetime_s else None
         while True:
-            now = self.clock()
-            deadlines = [last_frame + plan.silence_timeout_s]
+            deadline = self._last_frame + plan.silence_timeout_s
             if next_ping is not None:
-                deadlines.append(next_ping)
+                deadline = min(deadline, next_ping)
             if rotate_at is not None:
-                deadlines.append(rotate_at)
-            timeout = max(0.0, min(deadlines) - now)
-            try:
-                frame = await asyncio.wait_for(ws.recv(), timeout)  # recv() is safe to cancel
-            except TimeoutError:
-                now = self.clock()
-                if rotate_at is not None and now >= rotate_at:
-                    new_ws = await self._rotate(ws)
-                    if new_ws is None:
-                        rotate_at = now + self.backoff.rotation_retry_s
-                        continue
-                    ws = new_ws
+                deadline = min(deadline, rotate_at)
+            await asyncio.sleep(max(0.0, deadline - self.clock()))
+            now = self.clock()
+            ws = self._ws
+            if ws is None:
+                return
+            if rotate_at is not None and now >= rotate_at:
+                if await self._rotate(ws) is None:
+                    rotate_at = now + self.backoff.rotation_retry_s
+                else:
                     now = self.clock()
-                    last_frame = now
+                    self._last_frame = now
                     rotate_at = now + plan.max_lifetime_s if plan.max_lifetime_s else None
                     next_ping = now + plan.ping_interval_s if plan.ping_frame else None
-                    continue
-                if now - last_frame >= plan.silence_timeout_s:
-                    self.silence_reconnects += 1
-                    log.warning(
-                        "%s %s: no frame for %.1f s; reconnecting", self.exchange, plan.stream, now - last_frame
-                    )
-                    return
-                if next_ping is not None and now >= next_ping and plan.ping_frame:
-                    await ws.send(plan.ping_frame)
-                    next_ping = now + plan.ping_interval_s
                 continue
-            last_frame = self.clock()
-            await self._handle(ws, frame, last_frame)
+            if now - self._last_frame >= plan.silence_timeout_s:
+                self.silence_reconnects += 1
+                self._silenced = True
+                log.warning("%s %s: no frame for %.1f s; reconnecting", self.exchange, plan.stream,
+                            now - self._last_frame)
+                await _close_quietly(ws)
+                return
+            if next_ping is not None and now >= next_ping and plan.ping_frame:
+                with contextlib.suppress(ConnectionClosed):
+                    await ws.send(plan.ping_frame)
+                next_ping = now + plan.ping_interval_s
 
     async def _rotate(self, old: ClientConnection) -> ClientConnection | None:
         """Planned reconnect: open and subscribe the new socket first, then close the old one."""
         log.info("%s %s: planned reconnect (lifetime %.0f s)", self.exchange, self.plan.stream,
                  self.plan.max_lifetime_s or 0)
-        self._ws = None
         try:
-            new = await self._open()
+            new = await self._open(replacing=old)
         except asyncio.CancelledError:
-            self._ws = old
             raise
         except Exception as exc:
-            self._ws = old  # keep serving from the old socket until it is cut
             log.warning("%s %s: planned reconnect failed (%s); keeping the old connection",
                         self.exchange, self.plan.stream, _describe(exc))
             return None
         self.rotations += 1
-        await _close_quietly(old)
+        await _close_quietly(old)  # the reader sees it closed, finds the new socket and carries on
         return new
 
     async def _handle(self, ws: ClientConnection, frame: str | bytes, received_at: float) -> None:

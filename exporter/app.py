@@ -1,0 +1,386 @@
+"""Wiring: instruments, backfill, websocket tasks, REST pollers -> MarketState; HTTP server.
+
+Start order (why): instruments first (the streams and parsers need contract sizes); websocket
+tasks next, so prices flow while the funding history is backfilled; the HTTP server and
+``ready(port)`` only once the backfill is done (or its startup budget is spent), so the very first
+scrape already carries a z-score built from the full window. Everything runs on one event loop,
+the only writer of :class:`~exporter.state.MarketState`; the server thread only reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from exporter.config import Config, ExchangeConfig
+from exporter.feeds.base import Feed, FeedContext, WsPlan
+from exporter.feeds.connection import BackoffPolicy, FeedConnection
+from exporter.model import Exchange, InstrumentInfo, base_of
+from exporter.rest.client import RestClient, RestError, RestPolicy
+from exporter.rest.endpoints import ExchangeRest, rest_api_for
+from exporter.state import MarketState
+
+log = logging.getLogger(__name__)
+
+STARTUP_BUDGET_S = 20.0  # instruments + backfill before the server answers; the rest continues behind
+FIRST_DATA_WAIT_S = 5.0  # after backfill: wait this long at most for the first stream values
+INSTRUMENTS_RETRY_S = 30.0  # instrument list unavailable at start: try again this soon
+BACKFILL_CONCURRENCY = 4  # per exchange; funding-history buckets are small (Binance 500 / 5 min)
+POLL_CONCURRENCY = 4
+POSITIONS_STOP_S = 3.0
+
+
+@dataclass(slots=True)
+class ExchangeRuntime:
+    """Everything the exporter holds for one enabled exchange."""
+
+    exchange: Exchange
+    cfg: ExchangeConfig
+    feed: Feed
+    ctx: FeedContext
+    client: RestClient
+    rest: ExchangeRest
+    ws_base: str
+    configured: list[str]
+    instruments: list[InstrumentInfo] = field(default_factory=list)
+    listed: bool = False  # True once the exchange's own instrument list was applied
+    unknown: list[str] = field(default_factory=list)  # configured ids the exchange does not list
+    streams: dict[WsPlan, asyncio.Task[None]] = field(default_factory=dict)
+
+
+def fallback_instrument(exchange: Exchange, instrument: str) -> InstrumentInfo:
+    """Static facts guessed from the id when the instrument list cannot be read."""
+    base, quote = base_of(exchange, instrument)
+    inverse = quote == "USD" and exchange in (Exchange.OKX, Exchange.DERIBIT)
+    return InstrumentInfo(exchange=exchange, instrument=instrument, base=base, quote=quote, inverse=inverse)
+
+
+def select_instruments(
+    exchange: Exchange, cfg: ExchangeConfig, configured: Sequence[str], listed: Sequence[InstrumentInfo] | None
+) -> tuple[list[InstrumentInfo], list[str]]:
+    """The instruments to follow and the configured ids the exchange does not list.
+
+    ``listed`` None means the list could not be read: follow the configured ids as given.
+    """
+    if not listed:
+        return [fallback_instrument(exchange, i) for i in configured], []
+    by_id = {i.instrument: i for i in listed}
+    chosen = [by_id[i] for i in configured if i in by_id]
+    unknown = [i for i in configured if i not in by_id]
+    if cfg.all_perpetuals:
+        seen = {i.instrument for i in chosen}
+        # "every USDT perpetual"; Deribit lists no USDT-margined perpetuals, so take all of its
+        extra = [i for i in listed if i.instrument not in seen and (exchange is Exchange.DERIBIT or i.quote == "USDT")]
+        chosen = (chosen + extra)[: cfg.max_instruments]
+    return chosen, unknown
+
+
+class Exporter:
+    """The running exporter; :func:`run_exporter` is the usual entry point."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        state: MarketState | None = None,
+        feed_factory: Callable[[Exchange], Feed] | None = None,
+        rest_policy: RestPolicy | None = None,
+        backoff: BackoffPolicy | None = None,
+        startup_budget_s: float = STARTUP_BUDGET_S,
+    ) -> None:
+        self.config = config
+        a = config.analytics
+        self.state = state or MarketState(
+            funding_event_rate_8h=a.funding_event_rate_8h,
+            liquidation_event_usd_per_minute=a.liquidation_event_usd_per_minute,
+        )
+        if feed_factory is None:
+            from exporter.feeds import feed_for
+
+            feed_factory = feed_for
+        self.feed_factory = feed_factory
+        self.rest_policy = rest_policy
+        self.backoff = backoff
+        self.startup_budget_s = startup_budget_s
+        self.runtimes: dict[Exchange, ExchangeRuntime] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stop = asyncio.Event()
+        self.server: Any = None
+        self.positions: Any = None
+        self._positions_task: asyncio.Task[Any] | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, ready: Callable[[int], None] | None = None) -> None:
+        starting = asyncio.create_task(self.start(), name="startup")
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            # a stop during the startup (slow exchanges) must not wait for the startup budget
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if starting.done():
+                starting.result()  # startup errors (cannot listen...) propagate
+                if ready is not None and self.server is not None:
+                    ready(int(self.server.port))
+                await stopping
+        finally:
+            for t in (starting, stopping):
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):  # already raised above
+                    await t
+            await self.shutdown()
+
+    async def start(self) -> None:
+        for ex, cfg in self.config.enabled_exchanges().items():
+            self.state.register_exchange(ex)
+            self.runtimes[ex] = self._runtime(ex, cfg)
+        # Startup: instruments -> streams (prices flow) -> backfill, all exchanges in parallel.
+        t0 = time.monotonic()
+        startup = [asyncio.create_task(self._start_exchange(rt)) for rt in self.runtimes.values()]
+        self._tasks.extend(startup)  # shutdown cancels them if we are stopped while starting
+        done, pending = await asyncio.wait(startup, timeout=self.startup_budget_s) if startup else (set(), set())
+        for t in done:
+            if t.exception() is not None:
+                log.error("startup of an exchange failed: %r", t.exception())
+        if pending:
+            log.warning("startup still loading after %.0f s (instrument list or funding history); serving now",
+                        self.startup_budget_s)
+        remaining = self.startup_budget_s - (time.monotonic() - t0)
+        await self._wait_first_data(min(FIRST_DATA_WAIT_S, max(0.0, remaining)))
+        registry = self._build_registry()
+        self.server = self._start_server(registry)
+        for rt in self.runtimes.values():
+            self._start_pollers(rt)
+        if self.positions is not None:
+            self._positions_task = asyncio.create_task(self.positions.run(self._stop), name="positions")
+
+    async def _wait_first_data(self, timeout: float) -> None:
+        """Give the streams a moment to deliver a first price and funding rate for every instrument,
+        so the first scrape is complete. Bounded: a dead exchange shows as fr_up 0, not as a hang."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            missing = [
+                st for rt in self.runtimes.values() if rt.streams for i in rt.instruments
+                if (st := self.state.instruments.get((rt.exchange, i.instrument))) is not None
+                and (st.price_at == 0.0 or st.funding_at == 0.0)
+            ]
+            if not missing:
+                return
+            await asyncio.sleep(0.05)
+
+    async def shutdown(self) -> None:
+        self._stop.set()
+        if self._positions_task is not None:
+            # the position service closes its store on stop: give it a moment before cancelling
+            with contextlib.suppress(Exception):
+                await asyncio.wait({self._positions_task}, timeout=POSITIONS_STOP_S)
+        tasks = list(self._tasks)
+        if self._positions_task is not None:
+            tasks.append(self._positions_task)
+            self._positions_task = None
+        for rt in self.runtimes.values():
+            tasks.extend(rt.streams.values())
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        for rt in self.runtimes.values():
+            rt.streams.clear()
+            with contextlib.suppress(Exception):
+                await rt.client.aclose()
+        if self.server is not None:
+            server, self.server = self.server, None
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(server.stop)
+        log.info("exporter stopped")
+
+    # ---- per exchange ------------------------------------------------------------------------
+
+    def _runtime(self, ex: Exchange, cfg: ExchangeConfig) -> ExchangeRuntime:
+        feed = self.feed_factory(ex)
+        ws_base, rest_base = self.config.urls_for(ex)
+        ctx = FeedContext(exchange=ex, instruments={})
+        client = RestClient(ex, rest_base, self.state, policy=self.rest_policy)
+        rest = rest_api_for(ex, client, feed, ctx)
+        return ExchangeRuntime(ex, cfg, feed, ctx, client, rest, ws_base, self.config.instruments_for(ex))
+
+    async def _start_exchange(self, rt: ExchangeRuntime) -> None:
+        await self._load_instruments(rt)
+        self._sync_streams(rt)
+        jobs: list[Awaitable[Any]] = []
+        if rt.rest.has_funding_info:
+            jobs.append(self._funding_info(rt))
+        if rt.cfg.backfill:
+            jobs.append(self._backfill(rt))
+        if jobs:
+            await asyncio.gather(*jobs)
+
+    async def _load_instruments(self, rt: ExchangeRuntime) -> None:
+        listed: list[InstrumentInfo] | None = None
+        try:
+            listed = await rt.rest.instruments()
+        except RestError as exc:
+            log.warning("%s: instrument list unavailable (%s); using the configured ids", rt.exchange, exc)
+        if listed is not None and not listed:
+            log.warning("%s: the instrument list is empty; using the configured ids", rt.exchange)
+            listed = None
+        chosen, unknown = select_instruments(rt.exchange, rt.cfg, rt.configured, listed)
+        if unknown and unknown != rt.unknown:
+            log.error("%s: configured instrument(s) not listed by the exchange, not followed: %s",
+                      rt.exchange, ", ".join(unknown))
+        rt.unknown = unknown
+        if listed is None and rt.listed:
+            return  # a failed refresh keeps what the last good list said
+        rt.listed = rt.listed or listed is not None
+        rt.instruments = chosen
+        for info in chosen:
+            self.state.register(info)
+        # The parsers filter all-symbol streams (Binance !forceOrder@arr) by this mapping: followed only.
+        rt.ctx.instruments = {i.instrument: i for i in chosen}
+        if not chosen:
+            log.error("%s: no instrument to follow", rt.exchange)
+
+    def _sync_streams(self, rt: ExchangeRuntime) -> None:
+        """Run exactly one connection task per current WsPlan (plans change with the instrument set)."""
+        plans = rt.feed.ws_plans(rt.ws_base, rt.instruments) if rt.instruments else []
+        for plan, task in list(rt.streams.items()):
+            if plan not in plans or task.done():
+                task.cancel()
+                del rt.streams[plan]
+        for plan in plans:
+            if plan not in rt.streams:
+                conn = FeedConnection(rt.feed, plan, rt.ctx, self.state, backoff=self.backoff)
+                rt.streams[plan] = asyncio.create_task(conn.run(self._stop), name=f"ws-{rt.exchange}-{plan.stream}")
+
+    async def _funding_info(self, rt: ExchangeRuntime) -> None:
+        try:
+            self.state.apply_many(await rt.rest.funding_info())
+        except RestError as exc:
+            log.warning("%s: funding info unavailable: %s", rt.exchange, exc)
+
+    async def _backfill(self, rt: ExchangeRuntime) -> None:
+        end = time.time()
+        start = end - self.config.analytics.zscore_window_seconds
+        sem = asyncio.Semaphore(BACKFILL_CONCURRENCY)
+        failed: list[str] = []
+
+        async def one(info: InstrumentInfo) -> None:
+            async with sem:
+                try:
+                    records = await rt.rest.funding_history(info.instrument, start, end)
+                except RestError as exc:
+                    failed.append(info.instrument)
+                    log.debug("%s %s: backfill failed: %s", rt.exchange, info.instrument, exc)
+                    return
+                self.state.apply_many(records)
+
+        await asyncio.gather(*(one(i) for i in rt.instruments))
+        if failed:
+            log.warning("%s: funding history backfill failed for %d instrument(s): %s", rt.exchange, len(failed),
+                        ", ".join(failed[:10]))
+        else:
+            log.info("%s: funding history backfilled for %d instrument(s)", rt.exchange, len(rt.instruments))
+
+    # ---- pollers -----------------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=name))
+
+    def _start_pollers(self, rt: ExchangeRuntime) -> None:
+        poll = rt.cfg.poll
+        ex = rt.exchange
+        if rt.rest.polls_open_interest:
+            self._spawn(self._every(poll.open_interest_seconds, lambda: self._per_instrument(rt, rt.rest.open_interest),
+                                    f"{ex} open interest"), f"poll-{ex}-oi")
+        if rt.rest.has_long_short_ratio:
+            self._spawn(self._every(poll.long_short_ratio_seconds,
+                                    lambda: self._per_instrument(rt, rt.rest.long_short_ratio),
+                                    f"{ex} long/short ratio"), f"poll-{ex}-lsr")
+        if rt.rest.has_insurance_fund:
+            self._spawn(self._every(poll.insurance_fund_seconds, lambda: self._insurance(rt),
+                                    f"{ex} insurance fund"), f"poll-{ex}-insurance")
+        self._spawn(self._refresh_instruments(rt), f"poll-{ex}-instruments")
+
+    async def _every(self, period: float, job: Callable[[], Awaitable[None]], what: str) -> None:
+        while True:
+            try:
+                await job()
+            except RestError:
+                pass  # counted by the client; the last good values stay until they go stale
+            except Exception:
+                log.exception("%s poll failed", what)
+            await asyncio.sleep(period)
+
+    async def _per_instrument(self, rt: ExchangeRuntime, fetch: Callable[[str], Awaitable[Sequence[Any]]]) -> None:
+        sem = asyncio.Semaphore(POLL_CONCURRENCY)
+
+        async def one(info: InstrumentInfo) -> None:
+            async with sem:
+                try:
+                    records = await fetch(info.instrument)
+                except RestError:
+                    return
+                self.state.apply_many(records)
+
+        await asyncio.gather(*(one(i) for i in list(rt.instruments)))
+
+    async def _insurance(self, rt: ExchangeRuntime) -> None:
+        self.state.apply_many(await rt.rest.insurance_fund(rt.instruments))
+
+    async def _refresh_instruments(self, rt: ExchangeRuntime) -> None:
+        while True:
+            period = rt.cfg.poll.instruments_seconds if rt.listed else min(INSTRUMENTS_RETRY_S,
+                                                                          rt.cfg.poll.instruments_seconds)
+            await asyncio.sleep(period)
+            try:
+                await self._load_instruments(rt)
+                self._sync_streams(rt)
+                if rt.rest.has_funding_info:
+                    await self._funding_info(rt)
+            except Exception:
+                log.exception("%s: instrument refresh failed", rt.exchange)
+
+    # ---- registry, positions, server ---------------------------------------------------------
+
+    def _build_registry(self) -> Any:
+        from exporter.metrics import build_registry
+
+        registry = build_registry(self.config, self.state)
+        if self.config.positions or self.config.position_settings.from_accounts:
+            try:
+                module = importlib.import_module("exporter.positions.service")
+            except ImportError as exc:
+                log.warning("positions configured but the position service is not available (%s); skipped", exc)
+            else:
+                try:
+                    self.positions = module.PositionService(self.config, self.state)
+                except Exception as exc:  # e.g. an unwritable accrual database: market data still serves
+                    log.error("position service cannot start, positions not exported: %s", exc)
+                else:
+                    registry.register(self.positions.collector)
+        return registry
+
+    def _start_server(self, registry: Any) -> Any:
+        from exporter.server import start_server
+
+        extra_api = self.positions.api_rows if self.positions is not None else None
+        try:
+            return start_server(self.config, self.state, registry, extra_api=extra_api)
+        except OSError as exc:
+            log.error("cannot listen on %s: %s", self.config.listen_address, exc.strerror or exc)
+            raise
+
+
+async def run_exporter(config: Config, stop: asyncio.Event, ready: Callable[[int], None] | None = None) -> None:
+    """Run the exporter until ``stop`` is set; ``ready(port)`` once /metrics is being served."""
+    httpx_log = logging.getLogger("httpx")
+    if httpx_log.level == logging.NOTSET:
+        httpx_log.setLevel(logging.WARNING)  # one INFO line per poll request is noise; failures are counted
+    await Exporter(config).run(stop, ready)
