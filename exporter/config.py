@@ -99,8 +99,9 @@ class ExchangeConfig(_Model):
     fees: Fees = Field(default_factory=Fees)
     backfill: bool = True  # load funding history at start so the z-score is valid at once
     credentials: Credentials = Field(default_factory=Credentials)
-    # Maintenance-margin tiers when the exchange publishes none we can read: [[notional_usd, mmr], ...]
-    maintenance_tiers: list[tuple[float, float]] | None = None
+    # Maintenance-margin tiers when the exchange publishes none we can read:
+    # [[notional_cap_usd, mmr], ...] or [[notional_cap_usd, mmr, max_leverage], ...], ascending caps
+    maintenance_tiers: list[tuple[float, float] | tuple[float, float, float]] | None = None
 
 
 class AnalyticsConfig(_Model):
@@ -166,6 +167,8 @@ class PositionsConfig(_Model):
     db_path: Path = Path("var/positions.sqlite")  # funding accruals, exactly once per settlement
     hit_horizons_hours: list[float] = Field(default_factory=lambda: [1.0, 8.0])
     shocks_pct: list[float] = Field(default_factory=lambda: [-15.0, -10.0, -5.0, 5.0, 10.0, 15.0])
+    # marks sampled this often for the hit probability's realised volatility; 20 returns are needed
+    vol_sample_seconds: float = Field(10.0, gt=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,6 +187,9 @@ class ModelConfig(_Model):
     temperature: float = Field(0.0, ge=0, le=2)
     price_prompt_per_million_usd: float = Field(0.0, ge=0)
     price_completion_per_million_usd: float = Field(0.0, ge=0)
+    backoff_seconds: float = Field(1.0, ge=0)  # first retry delay on 429/5xx without Retry-After; doubles
+    max_backoff_seconds: float = Field(60.0, ge=0)  # a longer Retry-After blocks the model until then
+    max_concurrency: int = Field(4, ge=1, le=64)  # calls in flight at once (one per base asset at most)
 
 
 class SlackConfig(_Model):
@@ -209,6 +215,27 @@ class SidecarConfig(_Model):
     models: list[ModelConfig] = Field(default_factory=list)
     db_path: Path = Path("var/predictions.sqlite")
     slack: SlackConfig = Field(default_factory=SlackConfig)
+    # Baseline model (docs/sidecar.md): volatility and liquidation-flow memories, cascade distance
+    vol_half_life_seconds: float = Field(3600.0, gt=0)
+    flow_half_life_seconds: float = Field(900.0, gt=0)
+    cascade_distance_ratio: float = Field(0.05, gt=0, lt=1)  # move that starts a cascade in a calm market
+    default_vol_per_sqrt_hour: float = Field(0.006, gt=0)  # until enough mark prices are recorded
+    observation_max_gap_seconds: float = Field(600.0, gt=0)  # a longer read gap cannot be placed in time
+
+    @field_validator("listen_address")
+    @classmethod
+    def _sidecar_address(cls, v: str) -> str:
+        parse_listen_address(v)
+        return v
+
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, v: list[ModelConfig]) -> list[ModelConfig]:
+        # the name is the model= label: two models with one name would overwrite each other's series
+        names = [m.name for m in v]
+        if len(set(names)) != len(names) or "baseline" in names:
+            raise ValueError("model names must be unique and not 'baseline'")
+        return v
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,9 +284,9 @@ class Config(_Model):
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
-    """``host:port`` or ``:port`` (Prometheus style) -> (host, port)."""
+    """``host:port`` or ``:port`` (Prometheus style) -> (host, port). Port 0: any free port (tests)."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"listen address {value!r} is not host:port")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)

@@ -1,0 +1,267 @@
+"""The sidecar's own /metrics: the "AI risk" section of the metric contract.
+
+Values live in :class:`AiMetrics` (written by the scheduler, on the event loop) and are turned into
+metric families at scrape time by one collector on a private CollectorRegistry, so there are no
+``_created`` series and no process/GC noise. Only validated answers are ever recorded here.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.openmetrics import exposition as openmetrics
+
+from exporter.sidecar.schema import RISK_LEVELS, RiskAnswer
+
+FAILURE_REASONS: tuple[str, ...] = (
+    "timeout",
+    "http_error",
+    "rate_limited",
+    "connection_error",
+    "bad_response",
+    "invalid_json",
+    "schema",
+    "internal",
+)
+DURATION_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+
+
+def horizon_label(hours: float) -> str:
+    return f"{hours:g}h"
+
+
+@dataclass(slots=True)
+class _Histogram:
+    counts: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(DURATION_BUCKETS, value)] += 1
+        self.total += value
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    answer: RiskAnswer
+    horizon: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelScoreValues:
+    count: int
+    brier: float | None
+    precision: float | None
+    recall: float | None
+
+
+class AiMetrics:
+    """State behind the AI series. Keys: model, (model, base), (model, reason), (model, kind)."""
+
+    def __init__(self) -> None:
+        self.models: set[str] = set()
+        self.latest: dict[tuple[str, str], Published] = {}
+        self.requests: dict[str, int] = {}
+        self.failures: dict[tuple[str, str], int] = {}
+        self.durations: dict[str, _Histogram] = {}
+        self.tokens: dict[tuple[str, str], int] = {}
+        self.cost: dict[str, float] = {}
+        self.scores: dict[str, ModelScoreValues] = {}
+        self.state_reads: dict[str, int] = {"ok": 0, "error": 0}
+        self.slack: dict[str, int] = {}
+
+    def register_model(self, model: str) -> None:
+        # Series exist from the start at zero, so rate() and absent() behave before the first call.
+        self.models.add(model)
+        self.requests.setdefault(model, 0)
+        self.durations.setdefault(model, _Histogram())
+        self.cost.setdefault(model, 0.0)
+        for kind in ("prompt", "completion"):
+            self.tokens.setdefault((model, kind), 0)
+        for reason in FAILURE_REASONS:
+            self.failures.setdefault((model, reason), 0)
+
+    def attempt(self, model: str, duration: float, reason: str | None) -> None:
+        self.requests[model] = self.requests.get(model, 0) + 1
+        self.durations.setdefault(model, _Histogram()).observe(duration)
+        if reason is not None:
+            self.failure(model, reason)
+
+    def failure(self, model: str, reason: str) -> None:
+        self.failures[(model, reason)] = self.failures.get((model, reason), 0) + 1
+
+    def usage(self, model: str, prompt_tokens: int, completion_tokens: int, cost_usd: float) -> None:
+        self.tokens[(model, "prompt")] = self.tokens.get((model, "prompt"), 0) + prompt_tokens
+        self.tokens[(model, "completion")] = self.tokens.get((model, "completion"), 0) + completion_tokens
+        self.cost[model] = self.cost.get(model, 0.0) + cost_usd
+
+    def publish(self, model: str, base: str, horizon_hours: float, answer: RiskAnswer, at: float | None = None) -> None:
+        self.latest[(model, base)] = Published(answer, horizon_label(horizon_hours), time.time() if at is None else at)
+
+
+class AiCollector:
+    def __init__(self, state: AiMetrics) -> None:
+        self.state = state
+
+    def collect(self) -> Iterable[Metric]:
+        s = self.state
+        prob = GaugeMetricFamily(
+            "fr_ai_risk_probability",
+            "Probability (0..1) of a large liquidation event for the base asset within the horizon, "
+            "by model (last valid answer).",
+            labels=["base", "horizon", "model"],
+        )
+        conf = GaugeMetricFamily(
+            "fr_ai_confidence",
+            "The model's stated confidence (0..1) in its last valid answer.",
+            labels=["base", "horizon", "model"],
+        )
+        level = GaugeMetricFamily(
+            "fr_ai_risk_level",
+            "1 for the model's current risk level (label level), 0 for the others.",
+            labels=["base", "model", "level"],
+        )
+        volume = GaugeMetricFamily(
+            "fr_ai_estimated_liquidation_volume_usd",
+            "The model's estimate of liquidated notional within the horizon, in USD.",
+            labels=["base", "horizon", "model"],
+        )
+        last = GaugeMetricFamily(
+            "fr_ai_last_success_timestamp_seconds",
+            "Unix time (seconds) when the last valid answer arrived for the base asset.",
+            labels=["base", "model"],
+        )
+        for (model, base), pub in sorted(s.latest.items()):
+            a = pub.answer
+            prob.add_metric([base, pub.horizon, model], a.liquidation_probability)
+            conf.add_metric([base, pub.horizon, model], a.confidence)
+            volume.add_metric([base, pub.horizon, model], a.estimated_liquidation_volume_usd)
+            last.add_metric([base, model], pub.at)
+            for name in RISK_LEVELS:
+                level.add_metric([base, model, name], 1.0 if a.risk_level.value == name else 0.0)
+        yield from (prob, conf, level, volume, last)
+
+        requests = CounterMetricFamily(
+            "fr_ai_requests", "Calls to the model (HTTP attempts, retries included; baseline runs).", labels=["model"]
+        )
+        for model, n in sorted(s.requests.items()):
+            requests.add_metric([model], n)
+        failures = CounterMetricFamily(
+            "fr_ai_request_failures",
+            "Failed calls or rejected answers by reason (timeout, http_error, rate_limited, connection_error, "
+            "bad_response, invalid_json, schema, internal).",
+            labels=["model", "reason"],
+        )
+        for (model, reason), n in sorted(s.failures.items()):
+            failures.add_metric([model, reason], n)
+        duration = HistogramMetricFamily(
+            "fr_ai_request_duration_seconds", "Model call latency per attempt, in seconds.", labels=["model"]
+        )
+        for model, h in sorted(s.durations.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*DURATION_BUCKETS, float("inf")), h.counts, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else f"{bound:g}", cumulative))
+            duration.add_metric([model], buckets, h.total)
+        tokens = CounterMetricFamily(
+            "fr_ai_tokens", "Tokens reported by the model's API (kind = prompt | completion).", labels=["model", "kind"]
+        )
+        for (model, kind), n in sorted(s.tokens.items()):
+            tokens.add_metric([model, kind], n)
+        cost = CounterMetricFamily(
+            "fr_ai_cost_usd",
+            "Cost of the model's tokens at the configured prices per million tokens, in USD.",
+            labels=["model"],
+        )
+        for model, usd in sorted(s.cost.items()):
+            cost.add_metric([model], usd)
+        yield from (requests, failures, duration, tokens, cost)
+
+        brier = GaugeMetricFamily(
+            "fr_ai_brier_score",
+            "Brier score (mean squared error of the probability, 0 best, 0.25 = constant 0.5) of scored predictions.",
+            labels=["model"],
+        )
+        precision = GaugeMetricFamily(
+            "fr_ai_precision_ratio",
+            "Precision (0..1) of scored predictions at probability >= 0.5 (absent while no prediction was >= 0.5).",
+            labels=["model"],
+        )
+        recall = GaugeMetricFamily(
+            "fr_ai_recall_ratio",
+            "Recall (0..1) of scored predictions at probability >= 0.5 (absent while no event occurred).",
+            labels=["model"],
+        )
+        scored = CounterMetricFamily(
+            "fr_ai_scored_predictions",
+            "Predictions whose horizon has passed and that were scored against the observed liquidation flow.",
+            labels=["model"],
+        )
+        for model, sc in sorted(s.scores.items()):
+            scored.add_metric([model], sc.count)
+            if sc.brier is not None:
+                brier.add_metric([model], sc.brier)
+            if sc.precision is not None:
+                precision.add_metric([model], sc.precision)
+            if sc.recall is not None:
+                recall.add_metric([model], sc.recall)
+        yield from (brier, precision, recall, scored)
+
+        reads = CounterMetricFamily(
+            "fr_ai_state_reads", "Reads of the exporter's /api/state by result (ok | error).", labels=["result"]
+        )
+        for result, n in sorted(s.state_reads.items()):
+            reads.add_metric([result], n)
+        slack = CounterMetricFamily(
+            "fr_ai_slack_messages", "Slack messages by result (sent | failed | dropped).", labels=["result"]
+        )
+        for result, n in sorted(s.slack.items()):
+            slack.add_metric([result], n)
+        yield from (reads, slack)
+
+
+def make_registry(state: AiMetrics) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(AiCollector(state))
+    return registry
+
+
+def make_app(registry: CollectorRegistry) -> web.Application:
+    async def metrics(request: web.Request) -> web.Response:
+        if "application/openmetrics-text" in request.headers.get("Accept", ""):
+            body = openmetrics.generate_latest(registry)  # type: ignore[no-untyped-call]
+            return web.Response(body=body, headers={"Content-Type": openmetrics.CONTENT_TYPE_LATEST})
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(text="fr-exporter AI sidecar: /metrics /healthz\n")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/", index)
+    return app
+
+
+async def start_server(registry: CollectorRegistry, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(make_app(registry), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return runner

@@ -1,0 +1,152 @@
+"""End to end: simulator (cascade scenario) -> exporter process -> sidecar baseline.
+
+The baseline's probability for BTC must rise during the build-up, before the crash, and fall after
+the cascade once the market has calmed (the sidecar's memories are shortened to the simulator's
+time scale through configuration: volatility and flow half-lives of seconds, not hours).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import ROOT, free_port
+
+from exporter.config import Config, SidecarConfig
+from exporter.sidecar.main import Sidecar
+
+sim_main = pytest.importorskip("exporter.sim.main", reason="the simulator (exporter.sim.main) is not built yet")
+if not hasattr(sim_main, "Simulator"):
+    pytest.skip("exporter.sim.main has no Simulator yet", allow_module_level=True)
+try:
+    import exporter.app  # noqa: F401  # the exporter process needs it
+except ImportError as exc:
+    pytest.skip(f"the exporter (exporter.app) cannot be imported: {exc}", allow_module_level=True)
+
+from exporter.model import Exchange  # noqa: E402
+
+
+def _exporter_config(sim: object, port: int, path: Path) -> None:
+    lines = [f"listen_address: 127.0.0.1:{port}", "log_level: WARNING", "exchanges:"]
+    for ex in Exchange:
+        ws, rest = sim.urls(ex)  # type: ignore[attr-defined]
+        lines += [
+            f"  {ex.value}:",
+            f"    ws_url: {ws}",
+            f"    rest_url: {rest}",
+            "    poll:",
+            "      open_interest_seconds: 1",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+async def _wait_state(url: str, deadline: float) -> None:
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            try:
+                doc = (await client.get(f"{url}/api/state")).json()
+                if any(i.get("base") == "BTC" and i.get("mark_price") for i in doc.get("instruments", [])):
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            await asyncio.sleep(0.2)
+    raise AssertionError("the exporter never served BTC in /api/state")
+
+
+async def test_baseline_rises_before_cascade_and_falls_after(tmp_path: Path) -> None:
+    sim = sim_main.Simulator(seed=7, base_port=0)
+    await sim.start()
+    port = free_port()
+    cfg_path = tmp_path / "exporter.yaml"
+    _exporter_config(sim, port, cfg_path)
+    log_file = (tmp_path / "exporter.log").open("wb")  # a file, not a pipe nobody reads
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter.cli", "--config", str(cfg_path)],
+        cwd=ROOT,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    exporter_url = f"http://127.0.0.1:{port}"
+    sc: Sidecar | None = None
+    stop = asyncio.Event()
+    runner: asyncio.Task[None] | None = None
+    try:
+        await _wait_state(exporter_url, time.monotonic() + 20)
+        cfg = Config(
+            sidecar=SidecarConfig(
+                exporter_url=exporter_url,
+                listen_address=f"127.0.0.1:{free_port()}",
+                db_path=tmp_path / "sim.sqlite",
+                interval_seconds=0.5,
+                event_poll_seconds=0.25,
+                bases=["BTC"],
+                vol_half_life_seconds=8.0,
+                flow_half_life_seconds=4.0,
+                event_threshold_usd=1_000_000.0,
+            )
+        )
+        sc = Sidecar(cfg)
+        runner = asyncio.create_task(sc.run(stop))
+        _, rest = sim.urls(Exchange.BINANCE)
+        samples: list[tuple[float, str, float]] = []
+
+        async def sample(client: httpx.AsyncClient) -> str:
+            truth = (await client.get(f"{rest}/_sim/truth")).json()
+            phase = truth.get("cascade_phase") or ""
+            pub = sc.metrics.latest.get(("baseline", "BTC")) if sc else None
+            if pub is not None:
+                samples.append((time.monotonic(), phase, pub.answer.liquidation_probability))
+            return phase
+
+        async with httpx.AsyncClient() as client:
+            end = time.monotonic() + 5
+            while time.monotonic() < end:  # calm warm-up: volatility history
+                await sample(client)
+                await asyncio.sleep(0.25)
+            calm = [p for _, _, p in samples[-8:]]
+            r = await client.post(f"{rest}/_sim/scenario", json={"name": "cascade", "seconds": 8})
+            assert r.status_code == 200, r.text
+            build: list[float] = []
+            crash_seen = False
+            end = time.monotonic() + 40
+            while time.monotonic() < end:
+                phase = await sample(client)
+                if phase == "build":
+                    build.append(samples[-1][2])
+                elif phase == "crash":
+                    crash_seen = True
+                elif crash_seen:
+                    break
+                await asyncio.sleep(0.25)
+            assert crash_seen, "the simulator never reached the crash"
+            end = time.monotonic() + 15  # calm again: flow and volatility memories decay
+            while time.monotonic() < end:
+                await sample(client)
+                await asyncio.sleep(0.25)
+        after = [p for _, _, p in samples[-4:]]
+        crash = [p for _, ph, p in samples if ph == "crash"]
+        trace = [(round(t - samples[0][0], 1), ph, round(p, 3)) for t, ph, p in samples]
+        assert build and crash, trace
+        peak_before_crash = max(build[-8:])
+        assert peak_before_crash > 2 * max(calm), f"no rise before the cascade: {trace}"
+        assert max(after) < peak_before_crash, f"no fall after the cascade: {trace}"
+        assert max(after) < 0.8 * max(crash), f"no fall after the cascade: {trace}"
+    finally:
+        stop.set()
+        if runner is not None:
+            await asyncio.wait_for(runner, 10)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log_file.close()
+        await sim.stop()
