@@ -126,8 +126,14 @@ def cmd_check_config(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         print(f"fr-exporter: {exc}", file=sys.stderr)
         return 1
+    for issue in config.position_issues:
+        print(f"fr-exporter: position skipped: {issue.message}", file=sys.stderr)
     exchanges = ", ".join(f"{ex.value} ({len(config.instruments_for(ex))} instruments)"
                           for ex in config.enabled_exchanges())
+    if config.position_issues:
+        print(f"{args.file}: {len(config.position_issues)} invalid position(s); the exporter would skip them",
+              file=sys.stderr)
+        return 1
     print(f"{args.file}: OK — exchanges: {exchanges or 'none'}; positions: {len(config.positions)}")
     return 0
 

@@ -9,12 +9,13 @@ hold them (``api_key_env``, ``api_key_file``), read by :func:`read_secret` when 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from exporter.model import Exchange
 from exporter.redact import register_secret
@@ -252,6 +253,12 @@ class Config(_Model):
     positions: list[PositionConfig] = Field(default_factory=list)
     position_settings: PositionsConfig = Field(default_factory=PositionsConfig)
     sidecar: SidecarConfig = Field(default_factory=SidecarConfig)
+    # Positions that failed validation: skipped, reported by the position service; the rest runs.
+    _position_issues: list[PositionIssue] = PrivateAttr(default_factory=list)
+
+    @property
+    def position_issues(self) -> list[PositionIssue]:
+        return self._position_issues
 
     @field_validator("exchanges")
     @classmethod
@@ -290,6 +297,16 @@ def parse_listen_address(value: str) -> tuple[str, int]:
         raise ValueError(f"listen address {value!r} is not host:port")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
+
+
+@dataclass(frozen=True, slots=True)
+class PositionIssue:
+    """One invalid entry of ``positions:``: skipped at start, the rest of the exporter keeps running."""
+
+    index: int
+    name: str
+    field: str  # e.g. "size"
+    message: str  # names the file, line and field
 
 
 class ConfigError(Exception):
@@ -392,10 +409,37 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
         data = loaded
         lines = _line_index(text)
     data = _merge(data, _env_overrides(environ))
+    data, issues = _split_invalid_positions(data, lines, source)
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, lines, source)) from None
+    config._position_issues = issues
+    return config
+
+
+def _split_invalid_positions(
+    data: dict[str, Any], lines: dict[tuple[str | int, ...], int], source: str
+) -> tuple[dict[str, Any], list[PositionIssue]]:
+    """Validate each position alone, so one bad position is reported and skipped, not fatal."""
+    raw = data.get("positions")
+    if not isinstance(raw, list):
+        return data, []
+    good: list[Any] = []
+    issues: list[PositionIssue] = []
+    for i, item in enumerate(raw):
+        try:
+            PositionConfig.model_validate(item)
+        except ValidationError as exc:
+            name = str(item.get("name", f"#{i}")) if isinstance(item, dict) else f"#{i}"
+            for err in exc.errors():
+                field = ".".join(str(x) for x in err["loc"]) or "(position)"
+                line = lines.get(("positions", i, *err["loc"])) or lines.get(("positions", i))
+                where = f"{source}:{line}" if line else source
+                issues.append(PositionIssue(i, name, field, f"{where}: positions.{i}.{field}: {err['msg']}"))
+            continue
+        good.append(item)
+    return {**data, "positions": good}, issues
 
 
 def read_secret(env_name: str | None, file_path: Path | None, environ: dict[str, str] | None = None) -> str | None:

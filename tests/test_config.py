@@ -60,15 +60,26 @@ def test_broken_files_give_clear_errors(tmp_path: Path, text: str, fragment: str
     assert fragment in str(err.value)
 
 
-def test_position_errors_name_the_position_field(tmp_path: Path) -> None:
-    p = write(
-        tmp_path,
-        "positions:\n  - name: a\n    exchange: binance\n    instrument: BTCUSDT\n    side: long\n"
-        "    size: -2\n    entry_price: 100\n    leverage: 3\n",
-    )
-    with pytest.raises(ConfigError) as err:
-        load_config(p, environ={})
-    assert f"{p}:6: positions.0.size" in str(err.value)
+POSITIONS = (
+    "positions:\n  - name: a\n    exchange: binance\n    instrument: BTCUSDT\n    side: long\n"
+    "    size: -2\n    entry_price: 100\n    leverage: 3\n"
+    "  - {name: b, exchange: okx, instrument: BTC-USDT-SWAP, side: short, size: 1, entry_price: 100, leverage: 2}\n"
+)
+
+
+def test_a_bad_position_is_skipped_with_its_field_and_line(tmp_path: Path) -> None:
+    p = write(tmp_path, POSITIONS)
+    cfg = load_config(p, environ={})  # the rest of the configuration still loads
+    assert [pc.name for pc in cfg.positions] == ["b"]
+    [issue] = cfg.position_issues
+    assert (issue.name, issue.field) == ("a", "size")
+    assert f"{p}:6: positions.0.size" in issue.message
+
+
+def test_check_config_fails_on_a_bad_position(tmp_path: Path) -> None:
+    bad = run_cli("check-config", str(write(tmp_path, POSITIONS)))
+    assert bad.returncode == 1
+    assert "positions.0.size" in bad.stderr
 
 
 def test_environment_overrides_file(tmp_path: Path) -> None:

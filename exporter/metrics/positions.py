@@ -1,0 +1,237 @@
+"""Collector for positions and carry: liquidation distance, stress, hit probability, ADL, funding.
+
+Reads an immutable snapshot the positions service rebuilds on the event loop; a scrape never
+touches the service's mutable state or the database.
+
+Example exposition::
+
+    fr_liquidation_price{position="carry-btc",exchange="binance",instrument="BTCUSDT",side="short",
+                         source="computed"} 41234.5
+    fr_liq_gap_pct{position="carry-btc",exchange="binance",instrument="BTCUSDT",side="short"} 37.2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+POSITION_LABELS = ["position", "exchange", "instrument", "side"]
+
+
+@dataclass(frozen=True, slots=True)
+class StressView:
+    shock_pct: float
+    equity_usd: float
+    survives: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PositionView:
+    """Everything published for one position, computed at one moment."""
+
+    position: str
+    exchange: str
+    instrument: str
+    side: str
+    source: str  # "config" | "account"
+    size: float
+    entry_price: float
+    mark_price: float | None
+    notional_usd: float | None
+    liq_exchange: float | None
+    liq_computed: float | None
+    liq_gap_pct: float | None
+    hit_probability: Mapping[str, float] = field(default_factory=dict)  # horizon label -> probability
+    adl_rank: float | None = None
+    adl_raw: float | None = None
+    funding_pnl_usd: float = 0.0
+    funding_received_usd: float = 0.0
+    funding_paid_usd: float = 0.0
+    settlements: int = 0
+    apy_realized_pct: float | None = None
+    apy_projected_pct: float | None = None
+    locked_capital_usd: float | None = None
+    stress: Sequence[StressView] = ()
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.position, self.exchange, self.instrument, self.side]
+
+    @property
+    def liquidation_price(self) -> float | None:
+        return self.liq_exchange if self.liq_exchange is not None else self.liq_computed
+
+
+class PositionSource(Protocol):
+    def views(self) -> Sequence[PositionView]: ...
+
+    def health(self) -> tuple[Mapping[str, int], Mapping[str, int], Mapping[tuple[str, str], int]]:
+        """(config errors by field, account reads by exchange, failures by (exchange, reason))."""
+        ...
+
+
+def _fmt(v: float) -> str:
+    return f"{v:g}"
+
+
+class PositionCollector(Collector):
+    def __init__(self, source: PositionSource) -> None:
+        self.source = source
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families(())
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families(self.source.views(), health=True)
+
+    def _families(self, views: Sequence[PositionView], health: bool = False) -> Iterator[Metric]:
+        liq = GaugeMetricFamily(
+            "fr_liquidation_price",
+            "Liquidation price of the position in quote currency. source=exchange: the exchange's own figure "
+            "read with a read-only key; otherwise source=computed: the exchange's isolated/cross formula with its "
+            "maintenance-margin tiers (public tiers where published, else configured); see docs/positions.md.",
+            labels=[*POSITION_LABELS, "source"],
+        )
+        gap = GaugeMetricFamily(
+            "fr_liq_gap_pct",
+            "Distance from the live mark price to the liquidation price, percent of mark (long: (mark-liq)/mark, "
+            "short: (liq-mark)/mark); 0 at the liquidation price, negative beyond it. Uses the exchange's "
+            "liquidation price when known, else the computed one.",
+            labels=POSITION_LABELS,
+        )
+        hit = GaugeMetricFamily(
+            "fr_liq_hit_probability",
+            "Probability (0..1) that the mark touches the liquidation price within label horizon. First passage "
+            "of a driftless Brownian motion with an inverse-gamma volatility mixture (reflection principle: "
+            "P = 2*sf_t(d/(sigma*sqrt(T)*sqrt((nu-2)/nu)), nu), Student-t tails), sigma = realised volatility of "
+            "the mark sampled by the exporter (up to 24 h), nu from the excess kurtosis of its returns (3..30).",
+            labels=[*POSITION_LABELS, "horizon"],
+        )
+        adl = GaugeMetricFamily(
+            "fr_adl_rank",
+            "ADL rank of the position normalised to 0 (safest) .. 4 (first in line). Raw scales: Binance "
+            "adlQuantile 0-4 (as is); Bybit adlRankIndicator 1-5 (minus 1; 0 = no position); OKX adl 0-5 "
+            "(x 4/5); Deribit has no ADL ranking (absent). Needs a read-only API key.",
+            labels=POSITION_LABELS,
+        )
+        pnl = CounterMetricFamily(
+            "fr_funding_pnl_usd",
+            "Net funding received (+) / paid (-) by the position in USD, accrued exactly once per settlement "
+            "(persisted in SQLite across restarts; Deribit accrues continuously at its 8 h-equivalent rate). "
+            "Both legs of a hedged position count. Can decrease: use fr_funding_received_usd_total / "
+            "fr_funding_paid_usd_total for rate().",
+            labels=POSITION_LABELS,
+        )
+        received = CounterMetricFamily(
+            "fr_funding_received_usd", "Funding received by the position, USD (monotonic).", labels=POSITION_LABELS
+        )
+        paid = CounterMetricFamily(
+            "fr_funding_paid_usd", "Funding paid by the position, USD (monotonic, positive).", labels=POSITION_LABELS
+        )
+        settled = CounterMetricFamily(
+            "fr_position_funding_accruals",
+            "Funding accruals recorded for the position (one per settlement per leg; Deribit: per period).",
+            labels=POSITION_LABELS,
+        )
+        apy = GaugeMetricFamily(
+            "fr_net_apy_pct",
+            "Net carry APY in percent: (funding received - funding paid - fees - borrow interest - gas) / locked "
+            "capital, annualised. basis=realized: since the position opened (shown after 1 h); basis=projected: "
+            "one year at the current funding rate of every perp leg with its own interval, minus borrow APR, "
+            "minus fees and gas amortised over analytics.holding_period_hours.",
+            labels=[*POSITION_LABELS, "basis"],
+        )
+        stress_eq = GaugeMetricFamily(
+            "fr_position_stress_equity_usd",
+            "Margin equity (margin + unrealised PnL) of the position in USD if the mark moved instantly by "
+            "label shock_pct percent.",
+            labels=[*POSITION_LABELS, "shock_pct"],
+        )
+        stress_ok = GaugeMetricFamily(
+            "fr_position_stress_survives",
+            "1 if the position would not be liquidated after an instant mark move of shock_pct percent, else 0.",
+            labels=[*POSITION_LABELS, "shock_pct"],
+        )
+        size = GaugeMetricFamily("fr_position_size", "Position size in base coin.", labels=POSITION_LABELS)
+        notional = GaugeMetricFamily(
+            "fr_position_notional_usd", "Position size x live mark price, USD.", labels=POSITION_LABELS
+        )
+        capital = GaugeMetricFamily(
+            "fr_position_locked_capital_usd",
+            "Capital the carry APY is computed on: configured, else margin of the perp leg plus the hedge's capital.",
+            labels=POSITION_LABELS,
+        )
+        for v in views:
+            lab = v.labels
+            # one series per position: the exchange's figure when known, else ours (api rows carry both)
+            if v.liq_exchange is not None:
+                liq.add_metric([*lab, "exchange"], v.liq_exchange)
+            elif v.liq_computed is not None:
+                liq.add_metric([*lab, "computed"], v.liq_computed)
+            if v.liq_gap_pct is not None:
+                gap.add_metric(lab, v.liq_gap_pct)
+            for horizon, prob in v.hit_probability.items():
+                hit.add_metric([*lab, horizon], prob)
+            if v.adl_rank is not None:
+                adl.add_metric(lab, v.adl_rank)
+            pnl.add_metric(lab, v.funding_pnl_usd)
+            received.add_metric(lab, v.funding_received_usd)
+            paid.add_metric(lab, v.funding_paid_usd)
+            settled.add_metric(lab, v.settlements)
+            if v.apy_realized_pct is not None:
+                apy.add_metric([*lab, "realized"], v.apy_realized_pct)
+            if v.apy_projected_pct is not None:
+                apy.add_metric([*lab, "projected"], v.apy_projected_pct)
+            for s in v.stress:
+                stress_eq.add_metric([*lab, _fmt(s.shock_pct)], s.equity_usd)
+                stress_ok.add_metric([*lab, _fmt(s.shock_pct)], 1.0 if s.survives else 0.0)
+            size.add_metric(lab, v.size)
+            if v.notional_usd is not None:
+                notional.add_metric(lab, v.notional_usd)
+            if v.locked_capital_usd is not None:
+                capital.add_metric(lab, v.locked_capital_usd)
+        yield from (
+            liq,
+            gap,
+            hit,
+            adl,
+            pnl,
+            received,
+            paid,
+            settled,
+            apy,
+            stress_eq,
+            stress_ok,
+            size,
+            notional,
+            capital,
+        )
+
+        errors = CounterMetricFamily(
+            "fr_position_config_errors",
+            "Configured positions skipped at start because of an error, by the field at fault (the error is "
+            "logged with the position's index and name).",
+            labels=["field"],
+        )
+        reads = CounterMetricFamily(
+            "fr_position_account_reads", "Signed account reads attempted, per exchange.", labels=["exchange"]
+        )
+        failures = CounterMetricFamily(
+            "fr_position_account_read_failures",
+            "Failed signed account reads, per exchange and reason (auth, rate_limited, http_5xx, timeout, "
+            "connect, exchange_error, invalid_response).",
+            labels=["exchange", "reason"],
+        )
+        if health:
+            by_field, by_exchange, by_failure = self.source.health()
+            for f, n in sorted(by_field.items()):
+                errors.add_metric([f], n)
+            for ex, n in sorted(by_exchange.items()):
+                reads.add_metric([ex], n)
+            for (ex, reason), n in sorted(by_failure.items()):
+                failures.add_metric([ex, reason], n)
+        yield from (errors, reads, failures)

@@ -1,0 +1,84 @@
+"""A position as the positions service sees it, whether configured or read from an account."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from exporter.analytics.risk import Tier
+from exporter.model import Exchange, Side
+
+# OKX contract values (base coin per contract) used when the instrument list cannot be read.
+OKX_CT_VAL_FALLBACK = {"BTC-USDT-SWAP": 0.01, "ETH-USDT-SWAP": 0.1, "BTC-USDC-SWAP": 0.0001, "ETH-USDC-SWAP": 0.001}
+
+
+@dataclass(frozen=True, slots=True)
+class Hedge:
+    kind: str  # "spot" | "perp"
+    side: Side  # opposite of the main leg
+    size: float  # base coin
+    entry_price: float
+    fees_usd: float = 0.0
+    exchange: Exchange | None = None  # perp hedge only
+    instrument: str | None = None
+
+
+@dataclass(slots=True)
+class Position:
+    name: str
+    exchange: Exchange
+    instrument: str
+    side: Side
+    size: float  # base coin, > 0
+    entry_price: float
+    margin_mode: str = "isolated"  # "isolated" | "cross"
+    margin_usd: float | None = None  # isolated margin, or cross wallet balance; None: unknown
+    leverage: float | None = None
+    opened_at: float | None = None  # Unix seconds; None: first seen by the service
+    fees_usd: float = 0.0
+    borrow_apr: float = 0.0
+    gas_usd: float = 0.0
+    locked_capital_usd: float | None = None
+    hedge: Hedge | None = None
+    source: str = "config"  # "config" | "account"
+    inverse: bool = False  # Deribit BTC-PERPETUAL / ETH-PERPETUAL
+    contract_size: float = 1.0  # OKX ctVal (base per contract)
+    # read from the account (None for configured positions)
+    exchange_liq_price: float | None = None
+    adl_raw: float | None = None
+    mark_price: float | None = None
+    tiers: list[Tier] | None = field(default=None, repr=False)
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+    def capital_usd(self) -> float | None:
+        """Locked capital: configured, else margin of the perp leg plus the hedge's capital."""
+        if self.locked_capital_usd is not None:
+            return self.locked_capital_usd
+        main = self.margin_usd
+        if main is None and self.leverage:
+            main = self.size * self.entry_price / self.leverage
+        if main is None:
+            return None
+        if self.hedge is not None:
+            notional = self.hedge.size * self.hedge.entry_price
+            # a spot hedge ties up its full value; a perp hedge its margin at the main leg's leverage
+            main += notional if self.hedge.kind == "spot" else notional / (self.leverage or 1.0)
+        return main
+
+
+def normalise_adl(exchange: Exchange, raw: float | None) -> float | None:
+    """Map each exchange's ADL indicator to 0 (safest) .. 4 (first in line).
+
+    Binance ``adlQuantile`` 0..4: as is. Bybit ``adlRankIndicator`` 0 (no position) / 1..5:
+    ``max(raw - 1, 0)``. OKX ``adl`` 0..5: ``raw x 4/5``. Deribit has no ADL ranking (socialised
+    losses), so no value.
+    """
+    if raw is None or exchange is Exchange.DERIBIT:
+        return None
+    if exchange is Exchange.BINANCE:
+        return float(min(max(raw, 0.0), 4.0))
+    if exchange is Exchange.BYBIT:
+        return float(min(max(raw - 1.0, 0.0), 4.0))
+    return float(min(max(raw, 0.0), 5.0) * 4.0 / 5.0)
