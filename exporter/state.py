@@ -224,61 +224,88 @@ class MarketState:
                 st.funding_interval_s = round(gap / 3600.0) * 3600.0 or gap
 
     def _apply_market(self, u: MarketUpdate, now: float) -> None:
+        # Hot path (every update of every stream). Fields are read once into locals, and
+        # _continuous_observation, _check_funding_event and premium_of are inlined; same behaviour.
         st = self.instruments.get((u.exchange, u.instrument))
         if st is None:
             self.unknown_instrument_updates += 1
             return
-        if u.event_time is not None:
-            st.event_time = u.event_time
-        if u.mark_price is not None or u.index_price is not None:
-            if u.mark_price is not None:
-                st.mark_price = u.mark_price
-            if u.index_price is not None:
-                st.index_price = u.index_price
+        v = u.event_time
+        if v is not None:
+            st.event_time = v
+        mark = u.mark_price
+        index = u.index_price
+        if mark is not None or index is not None:
+            if mark is not None:
+                st.mark_price = mark
+            if index is not None:
+                st.index_price = index
             st.price_at = now
-        if u.premium is not None:
-            st.premium = u.premium
-        if u.funding_interval_s is not None:
-            st.funding_interval_s = u.funding_interval_s
-        if u.funding_cap is not None:
-            st.funding_cap = u.funding_cap
-        if u.funding_floor is not None:
-            st.funding_floor = u.funding_floor
-        rate = u.funding_rate if u.funding_rate is not None else u.funding_rate_8h
-        if rate is not None or u.next_funding_time is not None:
-            if u.next_funding_time is not None:
+        v = u.premium
+        if v is not None:
+            st.premium = v
+        v = u.funding_interval_s
+        if v is not None:
+            st.funding_interval_s = v
+        v = u.funding_cap
+        if v is not None:
+            st.funding_cap = v
+        v = u.funding_floor
+        if v is not None:
+            st.funding_floor = v
+        rate_8h = u.funding_rate_8h
+        rate = u.funding_rate
+        if rate is None:
+            rate = rate_8h
+        nft = u.next_funding_time
+        if rate is not None or nft is not None:
+            if nft is not None:
                 old = st.next_funding_time
                 # The predicted rate in force when the settlement time rolls over is what settled.
-                if (
-                    old is not None
-                    and u.next_funding_time > old + 1.0
-                    and st.funding_rate is not None
-                    and now >= old - 5.0
-                ):
+                if old is not None and nft > old + 1.0 and st.funding_rate is not None and now >= old - 5.0:
                     self.add_settlements(st, [(old, st.funding_rate)])
-                st.next_funding_time = u.next_funding_time
+                st.next_funding_time = nft
             if rate is not None:
                 st.funding_rate = rate
-                self._continuous_observation(st, u, now)
-                self._check_funding_event(st, now)
+                if rate_8h is not None and st.next_funding_time is None:  # _continuous_observation, inlined
+                    t = (u.event_time or now) // CONTINUOUS_OBSERVATION_SECONDS * CONTINUOUS_OBSERVATION_SECONDS
+                    if not st.settlements or t > st.settlements[-1][0]:
+                        self.add_settlements(st, [(t, rate_8h)])
+                interval = st.funding_interval_s or st.info.funding_interval_s
+                if interval:  # _check_funding_event, inlined
+                    r8 = rate * EIGHT_HOURS / interval
+                    if abs(r8) >= self._funding_event_rate_8h:
+                        key = (st.info.exchange, st.info.instrument)
+                        if key not in self._funding_extreme:
+                            self._funding_extreme.add(key)
+                            self._emit(st, "funding", r8, now)
+                    elif self._funding_extreme:
+                        self._funding_extreme.discard((st.info.exchange, st.info.instrument))
             st.funding_at = now
-        if u.open_interest_base is not None or u.open_interest_usd is not None:
-            if u.open_interest_base is not None:
-                st.open_interest_base = u.open_interest_base
-            if u.open_interest_usd is not None:
-                st.open_interest_usd = u.open_interest_usd
-            elif u.open_interest_base is not None and st.mark_price is not None:
-                st.open_interest_usd = u.open_interest_base * st.mark_price
+        oi_base = u.open_interest_base
+        oi_usd = u.open_interest_usd
+        if oi_base is not None or oi_usd is not None:
+            if oi_base is not None:
+                st.open_interest_base = oi_base
+            if oi_usd is not None:
+                st.open_interest_usd = oi_usd
+            elif oi_base is not None and st.mark_price is not None:
+                st.open_interest_usd = oi_base * st.mark_price
             st.oi_at = now
-            if st.open_interest_usd is not None and (
-                not st.oi_samples or now - st.oi_samples[-1][0] >= OI_SAMPLE_SECONDS
-            ):
-                st.oi_samples.append((now, st.open_interest_usd))
-        prem = self.premium_of(st)
-        if prem is not None and st.funding_rate is not None and (
-            not st.anchor_samples or now - st.anchor_samples[-1][0] >= ANCHOR_SAMPLE_SECONDS
-        ):
-            st.anchor_samples.append((now, st.funding_rate, prem))
+            oi_now = st.open_interest_usd
+            if oi_now is not None:
+                oi_samples = st.oi_samples
+                if not oi_samples or now - oi_samples[-1][0] >= OI_SAMPLE_SECONDS:
+                    oi_samples.append((now, oi_now))
+        funding = st.funding_rate
+        if funding is not None:
+            samples = st.anchor_samples
+            if not samples or now - samples[-1][0] >= ANCHOR_SAMPLE_SECONDS:
+                m = st.mark_price
+                i = st.index_price
+                prem = (m - i) / i if m is not None and i else st.premium  # premium_of, inlined
+                if prem is not None:
+                    samples.append((now, funding, prem))
 
     def _continuous_observation(self, st: InstrumentState, u: MarketUpdate, now: float) -> None:
         """Instruments without settlements (Deribit) get one observation an hour for the z-score."""

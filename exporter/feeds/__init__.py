@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from exporter.model import Exchange, ParseError
+from exporter.model import Exchange, FundingSettlement, ParseError
 
 if TYPE_CHECKING:
     from exporter.feeds.base import Feed
@@ -49,6 +49,30 @@ def num(v: object, key: str) -> float:
     if x - x != 0.0:  # NaN and +-inf: inf - inf is NaN, and NaN compares unequal to everything
         raise ParseError(f"field {key!r}: not a finite number: {v!r}")
     return x
+
+
+def explain(row: dict[str, Any], keys: tuple[str, ...], exc: Exception) -> ParseError:
+    """The precise error for a row whose fast conversion failed: the first bad field, by name."""
+    for k in keys:
+        v = row.get(k)
+        if v is not None and v != "":
+            num(v, k)  # raises the ParseError naming the field
+    return ParseError(str(exc))
+
+
+def jnum(v: object, key: str) -> float:
+    """A required JSON number (Deribit): a string or bool is the wrong type. orjson never yields NaN/inf."""
+    tv = type(v)
+    if tv is float:
+        return v  # type: ignore[return-value]
+    if tv is int:
+        return float(v)  # type: ignore[arg-type]
+    raise ParseError(f"field {key!r}: expected a JSON number, got {tv.__name__} {v!r}")
+
+
+def not_finite(key: str, v: object) -> ParseError:
+    """For hot paths that convert with float() and test ``x - x`` (NaN, hence truthy, for NaN/inf)."""
+    return ParseError(f"field {key!r}: not a finite number: {v!r}")
 
 
 def opt_num(v: object, key: str) -> float | None:
@@ -92,6 +116,11 @@ def arr(v: object, what: str) -> list[Any]:
 PARSE_FAILURES = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 
+# What makes a typed fast path give up (the same kinds; msgspec errors are ValueErrors): the strict
+# (orjson) path then parses the frame again and either accepts it or raises a ParseError naming the problem.
+FAST_FAILURES = PARSE_FAILURES
+
+
 def parse_error(exchange: Exchange, what: str, exc: Exception) -> ParseError:
     """Turn any parse failure into a ParseError that names the exchange and the message kind.
 
@@ -123,6 +152,19 @@ def interval_from_gaps(times: Sequence[float]) -> list[float | None]:
         gap = times[k] - times[k - 1] if k > 0 else (times[1] - times[0] if n > 1 else 0.0)
         hours = round(gap / 3600.0)
         out.append(hours * 3600.0 if hours > 0 else None)
+    return out
+
+
+def settlements(
+    exchange: Exchange, rows: dict[str, list[tuple[float, float]]], interval_s: float | None = None
+) -> list[FundingSettlement]:
+    """(time, rate) pairs per instrument -> settlements, oldest first; the interval from the gaps
+    between consecutive settlements unless the exchange has a fixed one."""
+    out: list[FundingSettlement] = []
+    for inst, pairs in rows.items():
+        pairs.sort()
+        intervals = [interval_s] * len(pairs) if interval_s else interval_from_gaps([t for t, _ in pairs])
+        out.extend(FundingSettlement(exchange, inst, t, r, iv) for (t, r), iv in zip(pairs, intervals, strict=True))
     return out
 
 

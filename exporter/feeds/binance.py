@@ -1,0 +1,370 @@
+"""Binance USDⓈ-M futures: combined streams on ``/market`` and the public REST bodies.
+
+Reference: exchanges.md §2. Numbers arrive as decimal strings, times in milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from exporter.feeds import (
+    FAST_FAILURES,
+    PARSE_FAILURES,
+    USD_QUOTES,
+    arr,
+    chunks,
+    explain,
+    label,
+    loads,
+    ms,
+    num,
+    obj,
+    opt_ms,
+    opt_num,
+    parse_error,
+    settlements,
+    text,
+)
+from exporter.feeds.base import FeedContext, WsPlan
+from exporter.model import (
+    Exchange,
+    FundingSettlement,
+    InstrumentInfo,
+    InsuranceFund,
+    Liquidation,
+    LongShortRatio,
+    MarketUpdate,
+    ParseError,
+    Record,
+    Side,
+    SubscriptionError,
+    base_of,
+)
+
+EX = Exchange.BINANCE
+MAX_STREAMS_PER_CONNECTION = 200  # docs now say 1024; older copies say 200, the safe choice
+ALL_SYMBOLS_THRESHOLD = 50  # from this many symbols on, one !markPrice@arr@1s beats per-symbol streams
+MAX_LIFETIME_S = 23.5 * 3600  # Binance cuts every connection at 24 h: rotate before it does
+DEFAULT_INTERVAL_S = 8 * 3600.0  # symbols missing from /fapi/v1/fundingInfo use the default 8 h
+
+_LIQ_SIDE = {"SELL": Side.LONG, "BUY": Side.SHORT}  # order side -> side of the liquidated position
+
+
+class BinanceFeed:
+    exchange = EX
+
+    def __init__(self, all_symbols_threshold: int = ALL_SYMBOLS_THRESHOLD, fast: bool = True) -> None:
+        self.all_symbols_threshold = all_symbols_threshold
+        self.fast = fast  # typed msgspec decoding of mark-price frames; False: the orjson path only (tests)
+
+    # ---- websocket ----------------------------------------------------------------------------
+
+    def ws_plans(self, ws_base_url: str, instruments: Sequence[InstrumentInfo]) -> list[WsPlan]:
+        base = ws_base_url.rstrip("/")
+        symbols = [i.instrument for i in instruments]
+        if len(symbols) >= self.all_symbols_threshold:
+            groups: list[list[str]] = [["!markPrice@arr@1s", "!forceOrder@arr"]]
+        else:
+            # The liquidation stream rides on the first markPrice connection: it may stay silent for
+            # hours, and a connection that also carries 1 s mark prices never looks dead to the watchdog.
+            streams = [f"{s.lower()}@markPrice@1s" for s in symbols]
+            groups = [list(c) for c in chunks(streams, MAX_STREAMS_PER_CONNECTION - 1)] or [[]]
+            groups[0].append("!forceOrder@arr")
+        return [
+            WsPlan(
+                stream=label("markPrice", k, len(groups)),
+                url=f"{base}/market/stream?streams={'/'.join(g)}",
+                max_lifetime_s=MAX_LIFETIME_S,
+                silence_timeout_s=30.0,
+            )
+            for k, g in enumerate(groups)
+        ]
+
+    def heartbeat_setup(self) -> tuple[str, ...]:
+        return ()  # the server pings with control frames; the websocket library answers them
+
+    def parse_ws(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
+        if self.fast:
+            try:
+                out = _fast(frame, ctx.instruments)
+            except FAST_FAILURES:
+                out = None  # not the usual shape: the strict path decides (and names the problem)
+            if out is not None:
+                return out
+        return self._parse_ws_strict(frame, ctx)
+
+    def _parse_ws_strict(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
+        msg = loads_or_fail(frame)
+        try:
+            if type(msg) is dict:
+                data = msg.get("data")
+                if data is None:
+                    if "e" in msg:  # raw payload (ws mode /market/ws/<stream>)
+                        return _event(msg, ctx.instruments)
+                    return _control(msg)
+                if "stream" not in msg:
+                    raise ParseError("object with 'data' but no 'stream'")
+            else:
+                data = msg
+            instruments = ctx.instruments
+            if type(data) is not list:
+                return _event(data, instruments)
+            out: list[Record] = []
+            append = out.append
+            for el in data:
+                if el["e"] == "markPriceUpdate":
+                    s = el["s"]
+                    # every symbol is in the array: skip unfollowed ones before converting numbers
+                    if not instruments or s in instruments:
+                        append(_mark(msgspec.convert(el, _Mark)))
+                else:
+                    out.extend(_event(el, instruments))
+            return out
+        except PARSE_FAILURES as exc:
+            raise parse_error(EX, "stream frame", exc) from None
+
+    # ---- REST ---------------------------------------------------------------------------------
+
+    def parse_instruments(self, body: bytes) -> list[InstrumentInfo]:
+        """``GET /fapi/v1/exchangeInfo`` -> the perpetuals that are trading."""
+        try:
+            out = []
+            for s in arr(obj(loads(body), "exchangeInfo")["symbols"], "symbols"):
+                if s["contractType"] != "PERPETUAL" or s.get("status", "TRADING") != "TRADING":
+                    continue
+                out.append(
+                    InstrumentInfo(
+                        exchange=EX,
+                        instrument=text(s["symbol"], "symbol"),
+                        base=text(s["baseAsset"], "baseAsset"),
+                        quote=text(s["quoteAsset"], "quoteAsset"),
+                        funding_interval_s=DEFAULT_INTERVAL_S,
+                    )
+                )
+            return out
+        except PARSE_FAILURES as exc:
+            raise parse_error(EX, "exchangeInfo", exc) from None
+
+    def parse_funding_info(self, body: bytes) -> list[MarketUpdate]:
+        """``GET /fapi/v1/fundingInfo`` -> cap, floor and interval of the symbols Binance adjusted."""
+        try:
+            out = []
+            for row in arr(loads(body), "fundingInfo"):
+                hours = opt_num(row.get("fundingIntervalHours"), "fundingIntervalHours")
+                out.append(
+                    MarketUpdate(
+                        exchange=EX,
+                        instrument=text(row["symbol"], "symbol"),
+                        funding_cap=opt_num(row.get("adjustedFundingRateCap"), "adjustedFundingRateCap"),
+                        funding_floor=opt_num(row.get("adjustedFundingRateFloor"), "adjustedFundingRateFloor"),
+                        funding_interval_s=hours * 3600.0 if hours else None,
+                    )
+                )
+            return out
+        except PARSE_FAILURES as exc:
+            raise parse_error(EX, "fundingInfo", exc) from None
+
+    def parse_funding_history(self, body: bytes, ctx: FeedContext) -> list[FundingSettlement]:
+        """``GET /fapi/v1/fundingRate`` -> settlements; "Special" (dividend) rates are left out."""
+        try:
+            rows: dict[str, list[tuple[float, float]]] = {}
+            for row in arr(loads(body), "fundingRate"):
+                if row.get("rateType", "Regular") == "Special":
+                    continue
+                sym = text(row["symbol"], "symbol")
+                t = ms(row["fundingTime"], "fundingTime")
+                rows.setdefault(sym, []).append((t, num(row["fundingRate"], "fundingRate")))
+            return settlements(EX, rows)
+        except PARSE_FAILURES as exc:
+            raise parse_error(EX, "fundingRate", exc) from None
+
+    def parse_open_interest(self, body: bytes, ctx: FeedContext) -> list[MarketUpdate]:
+        """``GET /fapi/v1/openInterest`` (one object, or a list of them) -> open interest in base coin."""
+        try:
+            msg = loads(body)
+            out = []
+            for row in msg if type(msg) is list else [msg]:
+                sym = text(row["symbol"], "symbol")
+                oi = num(row["openInterest"], "openInterest")
+                info = ctx.instruments.get(sym)
+                t = opt_ms(row.get("time"), "time")
+                if info is not None and info.inverse:
+                    # COIN-M style body: the count is contracts of a fixed USD value
+                    out.append(MarketUpdate(EX, sym, event_time=t, open_interest_usd=oi * info.contract_size))
+                elif "_" in sym:
+                    raise ParseError(f"{sym}: delivery/COIN-M symbol without contract size in the instrument list")
+                else:
+                    out.append(MarketUpdate(EX, sym, event_time=t, open_interest_base=oi))
+            return out
+        except PARSE_FAILURES as exc:
+            raise parse_error(EX, "openInterest", exc) from None
+
+    def parse_long_short_ratio(self, body: bytes, ctx: FeedContext) -> list[LongShortRatio]:
+        """``GET /futures/data/globalLongShortAccountRatio`` -> ratios, oldest first."""
+        try:
+            out = [
+                LongShortRatio(
+                    EX,
+                    text(row["symbol"], "symbol"),
+                    ms(row["timestamp"], "timestamp"),  # string before 2026-07, integer after
+                    num(row["longShortRatio"], "longShortRatio"),
+                )
+                for row in arr(loads(body), "globalLongShortAccountRatio")
+            ]
+            out.sort(key=lambda r: r.event_time)
+            return out
+        except PARSE_FAILURES as exc:
+            raise parse_error(EX, "globalLongShortAccountRatio", exc) from None
+
+    def parse_insurance_fund(self, body: bytes, ctx: FeedContext) -> list[InsuranceFund]:
+        """``GET /fapi/v1/insuranceBalance`` (one pool object or a list of pools) -> USD-like balances.
+
+        A pool is named by its asset and the alphabetically first symbol it covers, which stays the
+        same whether the body was asked for one symbol or for all.
+        """
+        try:
+            msg = loads(body)
+            out = []
+            for group in msg if type(msg) is list else [msg]:
+                symbols = arr(group["symbols"], "symbols")
+                first = min(symbols) if symbols else "all"
+                for a in arr(group["assets"], "assets"):
+                    asset = text(a["asset"], "asset")
+                    if asset not in USD_QUOTES:
+                        continue  # a BNB/BTC balance has no USD value in this body
+                    out.append(
+                        InsuranceFund(
+                            EX,
+                            f"{asset}:{first}",
+                            ms(a["updateTime"], "updateTime"),
+                            num(a["marginBalance"], "marginBalance"),
+                        )
+                    )
+            return out
+        except PARSE_FAILURES as exc:
+            raise parse_error(EX, "insuranceBalance", exc) from None
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def loads_or_fail(frame: str | bytes) -> Any:
+    try:
+        return loads(frame)
+    except ParseError as exc:
+        raise ParseError(f"binance stream frame: {exc}") from None
+
+
+def _control(msg: dict[str, Any]) -> list[Record]:
+    """Frames without data: the SUBSCRIBE ack ``{"result":null,"id":1}`` or an error."""
+    err = msg.get("error")
+    if err is not None:
+        detail = err.get("msg", err) if type(err) is dict else err
+        return [SubscriptionError(EX, f"binance error (id {msg.get('id')}): {detail}")]
+    if "code" in msg and "msg" in msg:
+        return [SubscriptionError(EX, f"binance error {msg['code']}: {msg['msg']}")]
+    if "id" in msg:
+        return []  # ack of SUBSCRIBE / LIST_SUBSCRIPTIONS
+    raise ParseError(f"unknown frame with keys {sorted(msg)[:6]}")
+
+
+def _event(d: Any, instruments: Mapping[str, InstrumentInfo]) -> list[Record]:
+    e = d["e"]
+    if e == "markPriceUpdate":
+        s = d["s"]
+        # !markPrice@arr carries every symbol: skip unfollowed ones before converting numbers
+        if instruments and s not in instruments:
+            return []
+        return [_mark(msgspec.convert(d, _Mark))]
+    if e == "forceOrder":
+        liq = _force_order(d["o"], d.get("E"), instruments)
+        return [liq] if liq is not None else []
+    if type(e) is not str:
+        raise ParseError(f"event type {e!r} is not a string")
+    return []  # a stream we do not use (ticker, trade...): valid, nothing to record
+
+
+# ---- mark price -------------------------------------------------------------------------------
+# Only the fields used are declared: msgspec skips the rest (P, ap, st...) without building objects
+# for them, and a value of the wrong JSON type fails the decoding. The fast path decodes whole frames
+# straight into these; the strict path converts each orjson-decoded element, so both end in _mark().
+
+
+class _Mark(msgspec.Struct, gc=False):
+    e: str
+    s: str
+    p: str
+    E: int | None = None
+    i: str | None = None  # absent in 2019 captures
+    r: str | None = None  # "" for symbols without funding
+    T: int | None = None
+
+
+class _MarkFrame(msgspec.Struct, gc=False):
+    stream: str
+    data: _Mark | list[_Mark]
+
+
+_decode_mark_frame = msgspec.json.Decoder(_MarkFrame).decode
+_MARK_KEYS = ("p", "i", "r")
+
+
+def _mark(m: _Mark) -> MarketUpdate:
+    if not m.s:
+        raise ParseError("field 's' is empty")
+    i = m.i
+    r = m.r
+    try:
+        mark = float(m.p)
+        index = float(i) if i else None
+        rate = float(r) if r else None
+    except ValueError as exc:
+        raise explain(msgspec.structs.asdict(m), _MARK_KEYS, exc) from None
+    # float() accepts "nan"/"inf": x - x is NaN (truthy) exactly when x is NaN or infinite
+    if mark - mark or (index is not None and index - index) or (rate is not None and rate - rate):
+        raise explain(msgspec.structs.asdict(m), _MARK_KEYS, ValueError("not a finite number"))
+    t = m.T
+    e = m.E
+    return MarketUpdate(EX, m.s, None if e is None else e / 1000.0, mark, index, rate, t / 1000.0 if t else None)
+
+
+def _fast(frame: str | bytes, instruments: Mapping[str, InstrumentInfo]) -> list[Record] | None:
+    decoded = _decode_mark_frame(frame).data
+    data = decoded if isinstance(decoded, list) else [decoded]
+    out: list[Record] = []
+    append = out.append
+    for m in data:
+        if m.e != "markPriceUpdate":
+            return None
+        # !markPrice@arr carries every symbol: skip unfollowed ones before converting numbers
+        if not instruments or m.s in instruments:
+            append(_mark(m))
+    return out
+
+
+def _force_order(o: dict[str, Any], event_ms: Any, instruments: Mapping[str, InstrumentInfo]) -> Liquidation | None:
+    sym = text(o["s"], "o.s")
+    if instruments and sym not in instruments:
+        return None
+    side = _LIQ_SIDE.get(o["S"])
+    if side is None:
+        raise ParseError(f"field 'o.S': unknown order side {o['S']!r}")
+    # Filled accumulated quantity at the average price is what was actually liquidated;
+    # the order's own quantity and limit price are the fallback for older/partial shapes.
+    qty = opt_num(o.get("z"), "o.z")
+    if not qty:
+        qty = num(o["q"], "o.q")
+    price = opt_num(o.get("ap"), "o.ap")
+    if not price:
+        price = num(o["p"], "o.p")
+    if qty <= 0 or price <= 0:
+        raise ParseError(f"non-positive quantity {qty} or price {price}")
+    info = instruments.get(sym)
+    quote = info.quote if info is not None else base_of(EX, sym)[1]
+    if quote not in USD_QUOTES:
+        return None  # no USD notional can be given for a coin-quoted symbol
+    t = o.get("T") or event_ms
+    return Liquidation(EX, sym, ms(t, "o.T"), side, price, qty, price * qty)

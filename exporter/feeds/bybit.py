@@ -1,0 +1,398 @@
+"""Bybit v5 linear: ``tickers.{symbol}`` (snapshot + delta), ``allLiquidation.{symbol}``, REST bodies.
+
+Reference: exchanges.md §3. Numbers arrive as decimal strings, times in milliseconds. A ticker delta
+carries only the fields that changed, so every absent field stays None ("unchanged"), never 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+import orjson
+
+from exporter.feeds import (
+    FAST_FAILURES,
+    PARSE_FAILURES,
+    USD_QUOTES,
+    arr,
+    chunks,
+    explain,
+    label,
+    loads,
+    ms,
+    not_finite,
+    num,
+    obj,
+    opt_num,
+    parse_error,
+    settlements,
+    text,
+)
+from exporter.feeds.base import FeedContext, WsPlan
+from exporter.model import (
+    Exchange,
+    FundingSettlement,
+    InstrumentInfo,
+    InsuranceFund,
+    Liquidation,
+    LongShortRatio,
+    MarketUpdate,
+    ParseError,
+    Record,
+    Side,
+    SubscriptionError,
+)
+
+EX = Exchange.BYBIT
+ARGS_PER_SUBSCRIBE = 10  # tardis batches 10; futures have no documented per-request limit
+MAX_ARGS_CHARS = 20_000  # "args" may not exceed 21,000 characters per public connection
+PING = '{"op":"ping"}'
+
+_POSITION_SIDE = {"Buy": Side.LONG, "Sell": Side.SHORT}  # S is the liquidated *position* side
+
+
+def is_inverse(symbol: str, instruments: Mapping[str, InstrumentInfo]) -> bool:
+    """Inverse contracts (BTCUSD, BTCUSDU23) count size in USD; linear (BTCUSDT, BTCPERP) in coin."""
+    info = instruments.get(symbol)
+    if info is not None:
+        return info.inverse
+    return "USD" in symbol and "USDT" not in symbol and "USDC" not in symbol and not symbol.endswith("PERP")
+
+
+class BybitFeed:
+    exchange = EX
+
+    def __init__(self, fast: bool = True) -> None:
+        self.fast = fast  # typed msgspec decoding of ticker pushes; False: the orjson path only (tests)
+
+    # ---- websocket ----------------------------------------------------------------------------
+
+    def ws_plans(self, ws_base_url: str, instruments: Sequence[InstrumentInfo]) -> list[WsPlan]:
+        url = ws_base_url.rstrip("/") + "/v5/public/linear"
+        # Liquidations share the connection with the 100 ms tickers, so a quiet liquidation topic
+        # never trips the silence watchdog.
+        conns: list[list[str]] = [[]]
+        size = 0
+        for i in instruments:
+            pair = [f"tickers.{i.instrument}", f"allLiquidation.{i.instrument}"]
+            n = sum(len(a) + 3 for a in pair)  # quotes and comma in the JSON array
+            if size + n > MAX_ARGS_CHARS and conns[-1]:
+                conns.append([])
+                size = 0
+            conns[-1].extend(pair)
+            size += n
+        return [
+            WsPlan(
+                stream=label("tickers", k, len(conns)),
+                url=url,
+                subscribe=tuple(
+                    orjson.dumps({"op": "subscribe", "args": list(c)}).decode()
+                    for c in chunks(args, ARGS_PER_SUBSCRIBE)
+                ),
+                ping_frame=PING,
+                ping_interval_s=20.0,
+                silence_timeout_s=30.0,
+            )
+            for k, args in enumerate(conns)
+        ]
+
+    def heartbeat_setup(self) -> tuple[str, ...]:
+        return ()
+
+    def parse_ws(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
+        if self.fast:
+            try:
+                m = _decode_ticker_message(frame)
+                if m.topic.startswith("tickers."):
+                    return _ticker(m.data, None if m.ts is None else m.ts / 1000.0, ctx.instruments)
+            except FAST_FAILURES:
+                pass  # not a ticker push, or not the usual shape: the strict path decides
+        return self._parse_ws_strict(frame, ctx)
+
+    def _parse_ws_strict(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
+        try:
+            msg = loads(frame)
+            topic = msg.get("topic")
+            if topic is None:
+                return _control(msg)
+            if topic.startswith("tickers."):
+                t = msgspec.convert(obj(msg["data"], "data"), _Ticker)
+                ts = msg.get("ts")
+                return _ticker(t, None if ts is None else num(ts, "ts") / 1000.0, ctx.instruments)
+            if topic.startswith("allLiquidation."):
+                out: list[Record] = []
+                for d in arr(msg["data"], "data"):
+                    liq = _liquidation(d["s"], d["S"], d["v"], d["p"], d["T"], ctx.instruments)
+                    if liq is not None:
+                        out.append(liq)
+                return out
+            if topic.startswith("liquidation."):  # deprecated 2025-02: one object per message
+                d = obj(msg["data"], "data")
+                liq = _liquidation(d["symbol"], d["side"], d["size"], d["price"], d["updatedTime"], ctx.instruments)
+                return [liq] if liq is not None else []
+            if type(topic) is not str:
+                raise ParseError(f"topic {topic!r} is not a string")
+            return []  # a topic we do not use
+        except PARSE_FAILURES as exc:
+            raise parse_error(EX, "stream frame", exc) from None
+
+    # ---- REST ---------------------------------------------------------------------------------
+
+    def parse_instruments(self, body: bytes) -> list[InstrumentInfo]:
+        """``GET /v5/market/instruments-info?category=linear`` -> trading perpetuals."""
+        try:
+            out = []
+            for s in arr(_result(body, "instruments-info")["list"], "list"):
+                kind = s.get("contractType")
+                if kind not in ("LinearPerpetual", "InversePerpetual") or s.get("status", "Trading") != "Trading":
+                    continue
+                minutes = opt_num(s.get("fundingInterval"), "fundingInterval")  # minutes, not hours
+                upper = opt_num(s.get("upperFundingRate"), "upperFundingRate")
+                lower = opt_num(s.get("lowerFundingRate"), "lowerFundingRate")
+                out.append(
+                    InstrumentInfo(
+                        exchange=EX,
+                        instrument=text(s["symbol"], "symbol"),
+                        base=text(s["baseCoin"], "baseCoin"),
+                        quote=text(s["quoteCoin"], "quoteCoin"),
+                        inverse=kind == "InversePerpetual",
+                        funding_interval_s=minutes * 60.0 if minutes else None,
+                        funding_cap=upper,
+                        funding_floor=lower,
+                    )
+                )
+            return out
+        except PARSE_FAILURES as exc:
+            raise parse_error(EX, "instruments-info", exc) from None
+
+    def parse_funding_history(self, body: bytes, ctx: FeedContext) -> list[FundingSettlement]:
+        """``GET /v5/market/funding/history`` (newest first on the wire) -> settlements, oldest first."""
+        try:
+            rows: dict[str, list[tuple[float, float]]] = {}
+            for row in arr(_result(body, "funding/history")["list"], "list"):
+                t = ms(row["fundingRateTimestamp"], "fundingRateTimestamp")
+                rows.setdefault(text(row["symbol"], "symbol"), []).append((t, num(row["fundingRate"], "fundingRate")))
+            return settlements(EX, rows)
+        except PARSE_FAILURES as exc:
+            raise parse_error(EX, "funding/history", exc) from None
+
+    def parse_open_interest(self, body: bytes, ctx: FeedContext) -> list[MarketUpdate]:
+        """``GET /v5/market/open-interest`` -> the newest open interest of the symbol.
+
+        ``openInterest`` is the sum of both sides since 2023-11; the single-side value is used
+        where Bybit gives it, so it compares with Binance/OKX.
+        """
+        try:
+            res = _result(body, "open-interest")
+            sym = text(res["symbol"], "symbol")
+            rows = arr(res["list"], "list")
+            if not rows:
+                return []
+            newest = max(rows, key=lambda r: num(r["timestamp"], "timestamp"))
+            oi = opt_num(newest.get("singleOpenInterest"), "singleOpenInterest")
+            if oi is None:
+                oi = num(newest["openInterest"], "openInterest")
+            t = ms(newest["timestamp"], "timestamp")
+            if is_inverse(sym, ctx.instruments):
+                return [MarketUpdate(EX, sym, event_time=t, open_interest_usd=oi)]
+            return [MarketUpdate(EX, sym, event_time=t, open_interest_base=oi)]
+        except PARSE_FAILURES as exc:
+            raise parse_error(EX, "open-interest", exc) from None
+
+    def parse_long_short_ratio(self, body: bytes, ctx: FeedContext) -> list[LongShortRatio]:
+        """``GET /v5/market/account-ratio`` -> buyRatio / sellRatio, oldest first."""
+        try:
+            out = []
+            for row in arr(_result(body, "account-ratio")["list"], "list"):
+                buy = num(row["buyRatio"], "buyRatio")
+                sell = num(row["sellRatio"], "sellRatio")
+                if sell <= 0:
+                    continue  # no short accounts: the ratio is undefined, not infinite
+                out.append(
+                    LongShortRatio(EX, text(row["symbol"], "symbol"), ms(row["timestamp"], "timestamp"), buy / sell)
+                )
+            out.sort(key=lambda r: r.event_time)
+            return out
+        except PARSE_FAILURES as exc:
+            raise parse_error(EX, "account-ratio", exc) from None
+
+    def parse_insurance_fund(self, body: bytes, ctx: FeedContext) -> list[InsuranceFund]:
+        """``GET /v5/market/insurance`` -> one balance per pool.
+
+        An isolated pool (one symbol) is named ``USDT:BTCUSDT``; a shared pool (many symbols) by its
+        coin, with its first symbol appended only if a coin has several shared pools.
+        """
+        try:
+            res = _result(body, "insurance")
+            t = ms(res["updatedTime"], "updatedTime")
+            pools: list[tuple[str, list[str], float]] = []
+            for row in arr(res["list"], "list"):
+                coin = text(row["coin"], "coin")
+                symbols = [s for s in str(row.get("symbols") or "").split(",") if s]
+                value = opt_num(row.get("value"), "value")  # USD value of the balance
+                if value is None:
+                    if coin not in USD_QUOTES:
+                        continue
+                    value = num(row["balance"], "balance")
+                pools.append((coin, symbols, value))
+            shared_per_coin: dict[str, int] = {}
+            for coin, symbols, _ in pools:
+                if len(symbols) != 1:
+                    shared_per_coin[coin] = shared_per_coin.get(coin, 0) + 1
+            out = []
+            for coin, symbols, value in pools:
+                if len(symbols) == 1:
+                    name = f"{coin}:{symbols[0]}"
+                elif shared_per_coin[coin] > 1 and symbols:
+                    name = f"{coin}:{symbols[0]}+"
+                else:
+                    name = coin
+                out.append(InsuranceFund(EX, name, t, value))
+            return out
+        except PARSE_FAILURES as exc:
+            raise parse_error(EX, "insurance", exc) from None
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def _result(body: bytes, what: str) -> dict[str, Any]:
+    msg = obj(loads(body), what)
+    code = msg.get("retCode")
+    if code != 0:
+        raise ParseError(f"retCode {code!r}: {msg.get('retMsg')!r}")
+    return obj(msg["result"], "result")
+
+
+def _control(msg: dict[str, Any]) -> list[Record]:
+    """Acks and pongs: ``{"success":true,"ret_msg":"pong","op":"ping",...}``."""
+    op = msg.get("op")
+    if op is None:
+        raise ParseError(f"frame without topic or op, keys {sorted(msg)[:6]}")
+    if msg.get("success") is False:
+        return [SubscriptionError(EX, f"bybit {op} refused: {msg.get('ret_msg')}")]
+    return []
+
+
+# ---- tickers ----------------------------------------------------------------------------------
+# Only the fields used are declared: msgspec skips the rest without building objects for them, and a
+# value that is not a string (Bybit sends every number as a string) fails the decoding.
+
+
+class _Ticker(msgspec.Struct, gc=False):
+    symbol: str
+    markPrice: str | None = None
+    indexPrice: str | None = None
+    fundingRate: str | None = None
+    nextFundingTime: str | None = None
+    fundingIntervalHour: str | None = None
+    fundingCap: str | None = None
+    openInterest: str | None = None
+    openInterestValue: str | None = None
+    singleOpenInterest: str | None = None
+    singleOpenInterestValue: str | None = None
+
+
+class _TickerMessage(msgspec.Struct, gc=False):
+    topic: str
+    data: _Ticker
+    ts: int | None = None
+
+
+_decode_ticker_message = msgspec.json.Decoder(_TickerMessage).decode
+_TICKER_KEYS = tuple(f for f in _Ticker.__struct_fields__ if f != "symbol")
+
+
+def _ticker(t: _Ticker, event_time: float | None, instruments: Mapping[str, InstrumentInfo]) -> list[Record]:
+    """One snapshot or delta -> the fields present (absent = unchanged = None). Both paths end here.
+
+    float() accepts "nan"/"inf": ``x - x`` is NaN (truthy) exactly when x is NaN or infinite.
+    """
+    sym = t.symbol
+    if not sym:
+        raise ParseError("field 'symbol' is empty")
+    info = instruments.get(sym)
+    if info is not None:
+        inverse = info.inverse
+    elif instruments:
+        return []  # not followed
+    else:
+        inverse = is_inverse(sym, instruments)
+    u = MarketUpdate(EX, sym, event_time)
+    try:
+        v = t.markPrice
+        if v is not None:
+            x = float(v)
+            if x - x:
+                raise not_finite("markPrice", v)
+            u.mark_price = x
+        v = t.indexPrice
+        if v is not None:
+            x = float(v)
+            if x - x:
+                raise not_finite("indexPrice", v)
+            u.index_price = x
+        v = t.fundingRate
+        if v:  # dated futures carry "" (no funding)
+            x = float(v)
+            if x - x:
+                raise not_finite("fundingRate", v)
+            u.funding_rate = x
+        v = t.nextFundingTime
+        if v and v != "0":
+            u.next_funding_time = num(v, "nextFundingTime") / 1000.0
+        v = t.fundingIntervalHour
+        if v:
+            u.funding_interval_s = num(v, "fundingIntervalHour") * 3600.0
+        v = t.fundingCap
+        if v:
+            cap = num(v, "fundingCap")
+            u.funding_cap = cap
+            u.funding_floor = -cap  # one symmetric limit
+        # openInterest sums both sides (exchanges.md §3.2): the single-side value wins where given
+        oi, value = t.singleOpenInterest, t.singleOpenInterestValue
+        oi_key, value_key = "singleOpenInterest", "singleOpenInterestValue"
+        if oi is None and value is None:
+            oi, value = t.openInterest, t.openInterestValue
+            oi_key, value_key = "openInterest", "openInterestValue"
+        if oi:
+            x = float(oi)
+            if x - x:
+                raise not_finite(oi_key, oi)
+            if inverse:
+                u.open_interest_usd = x  # inverse: size counts USD contracts
+            else:
+                u.open_interest_base = x
+        if value:
+            x = float(value)
+            if x - x:
+                raise not_finite(value_key, value)
+            if inverse:
+                u.open_interest_base = x  # inverse: the "value" is in coin
+            else:
+                u.open_interest_usd = x
+    except ParseError:
+        raise
+    except ValueError as exc:
+        raise explain(msgspec.structs.asdict(t), _TICKER_KEYS, exc) from None
+    return [u]
+
+
+def _liquidation(
+    sym: Any, side: Any, size: Any, price: Any, t: Any, instruments: Mapping[str, InstrumentInfo]
+) -> Liquidation | None:
+    sym = text(sym, "symbol")
+    if instruments and sym not in instruments:
+        return None
+    pos = _POSITION_SIDE.get(side)
+    if pos is None:
+        raise ParseError(f"field 'S': unknown position side {side!r}")
+    v = num(size, "v")
+    p = num(price, "p")  # bankruptcy price
+    if v <= 0 or p <= 0:
+        raise ParseError(f"non-positive size {v} or price {p}")
+    if is_inverse(sym, instruments):
+        return Liquidation(EX, sym, ms(t, "T"), pos, p, v / p, v)  # size counts USD contracts
+    return Liquidation(EX, sym, ms(t, "T"), pos, p, v, v * p)

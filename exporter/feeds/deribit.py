@@ -1,0 +1,353 @@
+"""Deribit perpetuals over JSON-RPC: ``ticker.{inst}.100ms``, ``trades.{inst}.100ms``; REST bodies.
+
+Reference: exchanges.md §5. Numbers are JSON floats, times in milliseconds. Funding is continuous:
+``funding_8h`` is exported as the rate of an 8 h interval. Inverse perpetuals (``BTC-PERPETUAL``)
+count amounts and open interest in USD; linear ``*_USDC-PERPETUAL`` in coin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+import orjson
+
+from exporter.feeds import (
+    FAST_FAILURES,
+    PARSE_FAILURES,
+    arr,
+    chunks,
+    jnum,
+    label,
+    loads,
+    ms,
+    obj,
+    parse_error,
+    settlements,
+    text,
+)
+from exporter.feeds.base import FeedContext, WsPlan
+from exporter.model import (
+    EIGHT_HOURS,
+    Exchange,
+    FundingSettlement,
+    HeartbeatRequest,
+    InstrumentInfo,
+    InsuranceFund,
+    Liquidation,
+    LongShortRatio,
+    MarketUpdate,
+    ParseError,
+    Record,
+    Side,
+    SubscriptionError,
+)
+
+EX = Exchange.DERIBIT
+INSTRUMENTS_PER_CONNECTION = 250  # 32 connections per IP in all: keep few, but not one huge one
+CHANNELS_PER_SUBSCRIBE = 200  # subscribe calls cost credits each; fewer, larger calls are cheaper
+HEARTBEAT_INTERVAL_S = 15  # public/set_heartbeat accepts >= 10 s
+HEARTBEAT_REQUEST_ID = 1
+TEST_REPLY_ID = 2
+SUBSCRIBE_ID_BASE = 100
+
+# public/test is how a client answers the server's test_request (exchanges.md §5.1)
+TEST_REPLY = orjson.dumps({"jsonrpc": "2.0", "id": TEST_REPLY_ID, "method": "public/test", "params": {}}).decode()
+
+
+def is_inverse(instrument: str, instruments: Mapping[str, InstrumentInfo]) -> bool:
+    """``BTC-PERPETUAL`` is inverse (USD amounts); ``BTC_USDC-PERPETUAL`` is linear (coin amounts)."""
+    info = instruments.get(instrument)
+    if info is not None:
+        return info.inverse
+    return "_" not in instrument.split("-")[0]
+
+
+# Side of the liquidated position, by liquidation flag and the taker's direction (exchanges.md §5.3):
+# "T": the taker was liquidated, so a taker sell closes a long; "M": the maker was, on the other side.
+_LIQUIDATED: dict[tuple[str, str], tuple[Side, ...]] = {
+    ("T", "sell"): (Side.LONG,),
+    ("T", "buy"): (Side.SHORT,),
+    ("M", "buy"): (Side.LONG,),
+    ("M", "sell"): (Side.SHORT,),
+    ("MT", "sell"): (Side.LONG, Side.SHORT),
+    ("MT", "buy"): (Side.SHORT, Side.LONG),
+}
+
+
+class DeribitFeed:
+    exchange = EX
+
+    def __init__(self, fast: bool = True) -> None:
+        self.fast = fast  # typed msgspec decoding of notifications; False: the orjson path only (tests)
+
+    # ---- websocket ----------------------------------------------------------------------------
+
+    def ws_plans(self, ws_base_url: str, instruments: Sequence[InstrumentInfo]) -> list[WsPlan]:
+        url = ws_base_url.rstrip("/") + "/ws/api/v2"
+        groups = [list(g) for g in chunks(list(instruments), INSTRUMENTS_PER_CONNECTION)] or [[]]
+        plans = []
+        for k, group in enumerate(groups):
+            # trades (liquidations) share the connection with the 100 ms ticker: never silent for long
+            channels = [c for i in group for c in (f"ticker.{i.instrument}.100ms", f"trades.{i.instrument}.100ms")]
+            subscribe = tuple(
+                orjson.dumps(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": SUBSCRIBE_ID_BASE + n,
+                        "method": "public/subscribe",
+                        "params": {"channels": list(c)},
+                    }
+                ).decode()
+                for n, c in enumerate(chunks(channels, CHANNELS_PER_SUBSCRIBE))
+            )
+            plans.append(
+                WsPlan(
+                    stream=label("public", k, len(groups)),
+                    url=url,
+                    subscribe=subscribe,
+                    ping_frame=None,  # the server-driven heartbeat replaces pings
+                    silence_timeout_s=HEARTBEAT_INTERVAL_S * 3.0,
+                )
+            )
+        return plans
+
+    def heartbeat_setup(self) -> tuple[str, ...]:
+        return (
+            orjson.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": HEARTBEAT_REQUEST_ID,
+                    "method": "public/set_heartbeat",
+                    "params": {"interval": HEARTBEAT_INTERVAL_S},
+                }
+            ).decode(),
+        )
+
+    def parse_ws(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
+        if self.fast:
+            try:
+                out = _fast(frame, ctx.instruments)
+            except FAST_FAILURES:
+                out = None  # not the usual shape: the strict path decides (and names the problem)
+            if out is not None:
+                return out
+        return self._parse_ws_strict(frame, ctx)
+
+    def _parse_ws_strict(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
+        try:
+            msg = loads(frame)
+            method = msg.get("method")
+            if method == "subscription":
+                params = msg["params"]
+                channel = params["channel"]
+                if channel.startswith("ticker."):
+                    return _ticker(msgspec.convert(obj(params["data"], "data"), _Ticker), ctx.instruments)
+                if channel.startswith("trades."):
+                    return _trades(arr(params["data"], "data"), ctx.instruments)
+                return []  # a channel we do not use
+            if method == "heartbeat":
+                if msg["params"]["type"] == "test_request":
+                    return [HeartbeatRequest(EX, TEST_REPLY)]
+                return []
+            if method is not None:
+                raise ParseError(f"unknown method {method!r}")
+            err = msg.get("error")
+            if err is not None:
+                return [SubscriptionError(EX, f"deribit error (id {msg.get('id')}): {_error_text(err)}")]
+            if "result" in msg:
+                return []  # answer to subscribe / set_heartbeat / test
+            raise ParseError(f"frame without method, result or error, keys {sorted(msg)[:6]}")
+        except PARSE_FAILURES as exc:
+            raise parse_error(EX, "stream frame", exc) from None
+
+    # ---- REST ---------------------------------------------------------------------------------
+
+    def parse_instruments(self, body: bytes) -> list[InstrumentInfo]:
+        """``public/get_instruments`` -> perpetuals; contract_size is USD for inverse ones."""
+        try:
+            out = []
+            for s in arr(_result(body, "get_instruments"), "result"):
+                if s.get("settlement_period") != "perpetual" or s.get("is_active") is False:
+                    continue
+                inst = text(s["instrument_name"], "instrument_name")
+                kind = s.get("instrument_type")  # "reversed" | "linear" in newer bodies
+                inverse = kind == "reversed" if kind else "_" not in inst.split("-")[0]
+                out.append(
+                    InstrumentInfo(
+                        exchange=EX,
+                        instrument=inst,
+                        base=text(s["base_currency"], "base_currency"),
+                        quote=text(s["quote_currency"], "quote_currency"),
+                        contract_size=jnum(s["contract_size"], "contract_size"),
+                        inverse=inverse,
+                        funding_interval_s=EIGHT_HOURS,  # continuous, exported as 8 h-equivalent
+                    )
+                )
+            return out
+        except PARSE_FAILURES as exc:
+            raise parse_error(EX, "get_instruments", exc) from None
+
+    def parse_funding_history(
+        self, body: bytes, ctx: FeedContext, instrument: str | None = None
+    ) -> list[FundingSettlement]:
+        """``public/get_funding_rate_history`` -> one 8 h-equivalent observation (interest_8h) an hour.
+
+        The body does not name the instrument: pass ``instrument``, or a one-instrument context.
+        """
+        try:
+            rows = arr(_result(body, "get_funding_rate_history"), "result")
+            if instrument is None:
+                if len(ctx.instruments) != 1:
+                    raise ParseError("the body names no instrument: pass instrument= or a one-instrument context")
+                instrument = next(iter(ctx.instruments))
+            pairs = [(ms(r["timestamp"], "timestamp"), jnum(r["interest_8h"], "interest_8h")) for r in rows]
+            return settlements(EX, {instrument: pairs}, EIGHT_HOURS)
+        except PARSE_FAILURES as exc:
+            raise parse_error(EX, "get_funding_rate_history", exc) from None
+
+    def parse_open_interest(self, body: bytes, ctx: FeedContext) -> list[MarketUpdate]:
+        """``public/get_book_summary_by_currency`` -> open interest of the perpetuals in it."""
+        try:
+            out = []
+            for r in arr(_result(body, "get_book_summary_by_currency"), "result"):
+                inst = text(r["instrument_name"], "instrument_name")
+                if not inst.endswith("-PERPETUAL") or (ctx.instruments and inst not in ctx.instruments):
+                    continue
+                oi = jnum(r["open_interest"], "open_interest")
+                t = r.get("creation_timestamp")
+                event_time = ms(t, "creation_timestamp") if t is not None else None
+                if is_inverse(inst, ctx.instruments):
+                    out.append(MarketUpdate(EX, inst, event_time, open_interest_usd=oi))
+                else:
+                    mark_raw = r.get("mark_price")
+                    mark = None if mark_raw is None else jnum(mark_raw, "mark_price")
+                    usd = oi * mark if mark is not None else None
+                    out.append(MarketUpdate(EX, inst, event_time, open_interest_base=oi, open_interest_usd=usd))
+            return out
+        except PARSE_FAILURES as exc:
+            raise parse_error(EX, "get_book_summary_by_currency", exc) from None
+
+    def parse_long_short_ratio(self, body: bytes, ctx: FeedContext) -> list[LongShortRatio]:
+        return []  # Deribit publishes no long/short ratio
+
+    def parse_insurance_fund(self, body: bytes, ctx: FeedContext) -> list[InsuranceFund]:
+        return []  # no API for the insurance fund balance (web page only)
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def _error_text(err: Any) -> str:
+    if type(err) is dict:
+        data = err.get("data")
+        return f"{err.get('code')} {err.get('message')}" + (f" {data}" if data else "")
+    return str(err)
+
+
+def _result(body: bytes, what: str) -> Any:
+    msg = obj(loads(body), what)
+    err = msg.get("error")
+    if err is not None:
+        raise ParseError(f"error {_error_text(err)}")
+    return msg["result"]
+
+
+# ---- typed decoding ---------------------------------------------------------------------------
+# Only the fields used are declared, so msgspec skips the rest without building objects for them, and
+# types are enforced (a string or bool where a number belongs fails; JSON has no NaN/inf and msgspec
+# refuses numbers out of range). The fast path decodes frames straight into these; anything it does
+# not expect makes it fail or return None, and the strict path (orjson, then msgspec.convert for the
+# ticker) runs and names the problem.
+
+
+class _Ticker(msgspec.Struct, gc=False):
+    instrument_name: str
+    timestamp: int
+    mark_price: float
+    index_price: float | None = None
+    funding_8h: float | None = None
+    open_interest: float | None = None
+
+
+class _Params(msgspec.Struct, gc=False):
+    channel: str
+    data: msgspec.Raw
+
+
+class _Notification(msgspec.Struct, gc=False):
+    method: str
+    params: _Params
+
+
+_decode_notification = msgspec.json.Decoder(_Notification).decode
+_decode_ticker = msgspec.json.Decoder(_Ticker).decode
+
+
+def _ticker(t: _Ticker, instruments: Mapping[str, InstrumentInfo]) -> list[Record]:
+    """A decoded ticker -> its update ([] for an instrument not followed). Both paths end here."""
+    inst = t.instrument_name
+    if not inst:
+        raise ParseError("field 'instrument_name' is empty")
+    if instruments and inst not in instruments:
+        return []
+    inverse = is_inverse(inst, instruments)
+    rate = t.funding_8h  # perpetuals only; already the 8 h-equivalent rate
+    oi = t.open_interest
+    # positional arguments (fastest): the field order is pinned by a test (tests/test_feeds_deribit.py)
+    return [
+        MarketUpdate(
+            EX,
+            inst,
+            t.timestamp / 1000.0,
+            t.mark_price,
+            t.index_price,
+            rate,
+            None,  # continuous funding: no settlement time
+            EIGHT_HOURS if rate is not None else None,
+            None,
+            None,
+            rate,
+            None,
+            None if oi is None or inverse else oi,  # linear *_USDC-PERPETUAL: coin
+            oi if inverse else None,  # inverse perpetuals count open interest in USD
+        )
+    ]
+
+
+def _fast(frame: str | bytes, instruments: Mapping[str, InstrumentInfo]) -> list[Record] | None:
+    n = _decode_notification(frame)
+    if n.method != "subscription":
+        return None
+    channel = n.params.channel
+    if channel.startswith("ticker."):
+        return _ticker(_decode_ticker(n.params.data), instruments)
+    if channel.startswith("trades."):
+        return _trades(arr(orjson.loads(memoryview(n.params.data)), "data"), instruments)
+    return None
+
+
+def _trades(rows: list[Any], instruments: Mapping[str, InstrumentInfo]) -> list[Record]:
+    out: list[Record] = []
+    for t in rows:
+        flag = t.get("liquidation")
+        if flag is None:
+            continue
+        inst = text(t["instrument_name"], "instrument_name")
+        if instruments and inst not in instruments:
+            continue
+        sides = _LIQUIDATED.get((flag, t["direction"]))
+        if sides is None:
+            raise ParseError(f"unknown liquidation {flag!r} / direction {t['direction']!r}")
+        price = jnum(t["price"], "price")
+        amount = jnum(t["amount"], "amount")
+        if price <= 0 or amount <= 0:
+            raise ParseError(f"non-positive price {price} or amount {amount}")
+        if is_inverse(inst, instruments):
+            qty, usd = amount / price, amount  # amount counts USD
+        else:
+            qty, usd = amount, amount * price
+        when = ms(t["timestamp"], "timestamp")
+        out.extend(Liquidation(EX, inst, when, side, price, qty, usd) for side in sides)
+    return out

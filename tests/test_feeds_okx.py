@@ -1,0 +1,312 @@
+"""OKX v5 parser: funding-rate, mark-price, index-tickers, open-interest, liquidations, REST, plans."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from exporter.feeds import feed_for
+from exporter.feeds.base import FeedContext
+from exporter.feeds.okx import OkxFeed
+from exporter.model import (
+    Exchange,
+    FundingSettlement,
+    InstrumentInfo,
+    Liquidation,
+    MarketUpdate,
+    ParseError,
+    Side,
+    SubscriptionError,
+)
+
+EX = Exchange.OKX
+FEED = OkxFeed()
+EMPTY = FeedContext(EX)
+LINEAR = InstrumentInfo(EX, "BTC-USDT-SWAP", "BTC", "USDT", contract_size=0.01)
+INVERSE = InstrumentInfo(EX, "BTC-USD-SWAP", "BTC", "USD", contract_size=100.0, inverse=True)
+CTX = FeedContext(EX, {i.instrument: i for i in (LINEAR, INVERSE)})
+
+FUNDING: dict[str, Any] = {
+    "formulaType": "withRate",
+    "fundingRate": "-0.0004270396398519",
+    "fundingTime": "1785888000000",
+    "instId": "BTC-USDT-SWAP",
+    "instType": "SWAP",
+    "interestRate": "0.0001000000000000",
+    "maxFundingRate": "0.00375",
+    "method": "current_period",
+    "minFundingRate": "-0.00375",
+    "nextFundingRate": "",
+    "nextFundingTime": "1785916800000",
+    "premium": "-0.0008949500017283",
+    "prevFundingTime": "1785859200000",
+    "settFundingRate": "-0.0001996513270201",
+    "settState": "settled",
+    "ts": "1785870855692",
+}  # shape of the 2026 capture (exchanges.md §4.2) on a SWAP id
+
+
+def push(channel: str, rows: list[dict[str, Any]], **arg: str) -> bytes:
+    return orjson.dumps({"arg": {"channel": channel, **arg}, "data": rows})
+
+
+def test_feed_for_gives_the_okx_feed() -> None:
+    assert isinstance(feed_for(EX), OkxFeed)
+
+
+def test_funding_rate_push() -> None:
+    u, s = FEED.parse_ws(push("funding-rate", [FUNDING], instId="BTC-USDT-SWAP"), EMPTY)
+    assert isinstance(u, MarketUpdate) and isinstance(s, FundingSettlement)
+    assert u.funding_rate == float(FUNDING["fundingRate"])
+    assert u.next_funding_time == int(FUNDING["fundingTime"]) / 1000  # the settlement this rate is for
+    assert u.funding_interval_s == (int(FUNDING["nextFundingTime"]) - int(FUNDING["fundingTime"])) / 1000
+    assert (u.funding_cap, u.funding_floor) == (0.00375, -0.00375)
+    assert u.premium == float(FUNDING["premium"])
+    assert u.event_time == int(FUNDING["ts"]) / 1000
+    assert (s.funding_time, s.rate) == (int(FUNDING["prevFundingTime"]) / 1000, float(FUNDING["settFundingRate"]))
+
+
+def test_interval_from_previous_settlement_when_next_is_absent() -> None:
+    row = {k: v for k, v in FUNDING.items() if k != "nextFundingTime"}
+    u, _ = FEED.parse_ws(push("funding-rate", [row]), EMPTY)
+    assert u.funding_interval_s == (int(FUNDING["fundingTime"]) - int(FUNDING["prevFundingTime"])) / 1000
+
+
+def test_processing_settlement_is_not_reported_as_settled() -> None:
+    got = FEED.parse_ws(push("funding-rate", [{**FUNDING, "settState": "processing"}]), EMPTY)
+    assert [type(r) for r in got] == [MarketUpdate]
+
+
+def test_old_shape_without_funding_rate_invents_nothing() -> None:
+    row = {"fundingTime": "1640851200000", "instId": "SOS-USDT-SWAP", "instType": "SWAP", "nextFundingRate": "0.0003"}
+    (u,) = FEED.parse_ws(push("funding-rate", [row]), EMPTY)
+    assert u.funding_rate is None  # nextFundingRate is the following period's, not the current rate
+    assert (u.funding_interval_s, u.funding_cap, u.premium) == (None, None, None)
+    assert u.next_funding_time == 1640851200.0
+
+
+def test_mark_price() -> None:
+    row = {"instId": "BTC-USDT-SWAP", "instType": "SWAP", "markPx": "2.1729", "ts": "1640131259180"}
+    (u,) = FEED.parse_ws(push("mark-price", [row]), CTX)
+    assert (u.instrument, u.mark_price, u.event_time) == ("BTC-USDT-SWAP", 2.1729, 1640131259.18)
+    assert u.index_price is None and u.funding_rate is None
+
+
+def test_index_ticker_maps_to_followed_swaps() -> None:
+    row = {"instId": "BTC-USDT", "idxPx": "64280", "open24h": "1", "ts": "1785870839964"}
+    (u,) = FEED.parse_ws(push("index-tickers", [row]), CTX)
+    assert (u.instrument, u.index_price, u.mark_price) == ("BTC-USDT-SWAP", 64280.0, None)
+    (u2,) = FEED.parse_ws(push("index-tickers", [{**row, "instId": "ETH-USDT"}]), EMPTY)
+    assert u2.instrument == "ETH-USDT-SWAP"  # no instrument list: the swap of the same name
+    assert FEED.parse_ws(push("index-tickers", [{**row, "instId": "ETH-USDT"}]), CTX) == []
+
+
+def test_index_mapping_follows_a_changed_instrument_list() -> None:
+    row = {"instId": "ETH-USDT", "idxPx": "3000", "ts": "1"}
+    instruments = dict(CTX.instruments)
+    ctx = FeedContext(EX, instruments)
+    assert FEED.parse_ws(push("index-tickers", [row]), ctx) == []
+    instruments["ETH-USDT-SWAP"] = InstrumentInfo(EX, "ETH-USDT-SWAP", "ETH", "USDT", contract_size=0.1)
+    (u,) = FEED.parse_ws(push("index-tickers", [row]), ctx)
+    assert u.instrument == "ETH-USDT-SWAP"
+
+
+@pytest.mark.parametrize(
+    ("row", "base", "usd"),
+    [
+        ({"instId": "BTC-USDT-SWAP", "oi": "5000", "oiCcy": "50", "oiUsd": "3000000", "ts": "1"}, 50.0, 3e6),
+        ({"instId": "BTC-USDT-SWAP", "oi": "5000", "ts": "1"}, 50.0, None),  # contracts x ctVal 0.01
+        ({"instId": "BTC-USD-SWAP", "oi": "4092973", "oiCcy": "13840.0488", "ts": "1"}, 13840.0488, 409297300.0),
+    ],
+)
+def test_open_interest_units(row: dict[str, Any], base: float, usd: float | None) -> None:
+    (u,) = FEED.parse_ws(push("open-interest", [row]), CTX)
+    assert u.open_interest_base == pytest.approx(base)
+    assert u.open_interest_usd == (pytest.approx(usd) if usd is not None else None)
+
+
+def test_open_interest_in_contracts_without_contract_size_is_refused() -> None:
+    with pytest.raises(ParseError, match="ctVal"):
+        FEED.parse_ws(push("open-interest", [{"instId": "X-USDT-SWAP", "oi": "5", "ts": "1"}]), EMPTY)
+
+
+def liq_push(*details: dict[str, Any], inst: str = "BTC-USDT-SWAP") -> bytes:
+    return push(
+        "liquidation-orders",
+        [{"details": list(details), "instFamily": inst[:-5], "instId": inst, "instType": "SWAP", "uly": inst[:-5]}],
+        instType="SWAP",
+    )
+
+
+DETAIL = {
+    "bkLoss": "0",
+    "bkPx": "60000",
+    "ccy": "",
+    "posSide": "long",
+    "side": "sell",
+    "sz": "30",
+    "ts": "1680173247614",
+}
+
+
+@pytest.mark.parametrize(
+    ("pos_side", "side", "position"),
+    [("long", "sell", Side.LONG), ("short", "buy", Side.SHORT), ("net", "sell", Side.LONG), ("net", "buy", Side.SHORT)],
+)
+def test_liquidation_side(pos_side: str, side: str, position: Side) -> None:
+    (liq,) = FEED.parse_ws(liq_push({**DETAIL, "posSide": pos_side, "side": side}), CTX)
+    assert isinstance(liq, Liquidation) and liq.side is position
+
+
+def test_liquidation_contracts_to_coin() -> None:
+    (lin,) = FEED.parse_ws(liq_push(DETAIL), CTX)
+    assert lin.quantity_base == pytest.approx(30 * 0.01)
+    assert lin.notional_usd == pytest.approx(30 * 0.01 * 60000)
+    assert (lin.price, lin.event_time) == (60000.0, 1680173247.614)
+    (inv,) = FEED.parse_ws(liq_push(DETAIL, inst="BTC-USD-SWAP"), CTX)
+    assert inv.notional_usd == pytest.approx(30 * 100.0)  # inverse: contracts of 100 USD
+    assert inv.quantity_base == pytest.approx(3000 / 60000)
+
+
+def test_liquidation_of_unknown_instrument_is_dropped() -> None:
+    assert FEED.parse_ws(liq_push(DETAIL, inst="DOGE-USDT-SWAP"), CTX) == []
+
+
+# ---- control frames and refusals ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "pong",
+        b"pong",
+        b'{"event":"subscribe","arg":{"channel":"mark-price","instId":"BTC-USDT-SWAP"},"connId":"a4d3ae55"}',
+        b'{"event":"notice","code":"64008","msg":"The connection will soon be closed","connId":"a"}',
+        b'{"arg":{"channel":"tickers","instId":"BTC-USDT-SWAP"},"data":[{"instId":"BTC-USDT-SWAP","last":"1"}]}',
+    ],
+)
+def test_control_frames_give_nothing(frame: str | bytes) -> None:
+    assert FEED.parse_ws(frame, EMPTY) == []
+
+
+def test_error_event_is_a_subscription_error() -> None:
+    (err,) = FEED.parse_ws(b'{"event":"error","code":"60012","msg":"Invalid request","connId":"a"}', EMPTY)
+    assert isinstance(err, SubscriptionError)
+    assert "60012" in err.message and "Invalid request" in err.message
+
+
+MARK = {"instId": "BTC-USDT-SWAP", "instType": "SWAP", "markPx": "2.1729", "ts": "1640131259180"}
+OI = {"instId": "BTC-USDT-SWAP", "oi": "5000", "oiCcy": "50", "ts": "1"}
+BAD_FRAMES: list[tuple[str, bytes, str]] = [
+    ("invalid json", b"{'arg': 1}", "invalid JSON"),
+    ("truncated", push("mark-price", [MARK])[:-20], "invalid JSON"),
+    ("ping text", b"ping", "invalid JSON"),
+    ("missing markPx", push("mark-price", [{k: v for k, v in MARK.items() if k != "markPx"}]), "'markPx'"),
+    ("missing ts", push("mark-price", [{k: v for k, v in MARK.items() if k != "ts"}]), "'ts'"),
+    ("missing channel", orjson.dumps({"arg": {}, "data": [MARK]}), "'channel'"),
+    ("NaN mark", push("mark-price", [{**MARK, "markPx": "NaN"}]), "markPx"),
+    ("inf index", push("index-tickers", [{"instId": "BTC-USDT", "idxPx": "inf", "ts": "1"}]), "idxPx"),
+    ("inf ts", push("mark-price", [{**MARK, "ts": "inf"}]), "'ts'"),
+    ("text rate", push("funding-rate", [{**FUNDING, "fundingRate": "high"}]), "fundingRate"),
+    ("-inf cap", push("funding-rate", [{**FUNDING, "maxFundingRate": "-Infinity"}]), "maxFundingRate"),
+    ("bool mark", push("mark-price", [{**MARK, "markPx": False}]), "markPx"),
+    ("NaN oi", push("open-interest", [{**OI, "oi": "nan"}]), "'oi'"),
+    ("data not a list", orjson.dumps({"arg": {"channel": "mark-price"}, "data": MARK}), "array"),
+    ("instId not a string", push("mark-price", [{**MARK, "instId": 3}]), "instId"),
+    ("liquidation bad side", liq_push({**DETAIL, "posSide": "net", "side": "hold"}), "side"),
+    ("liquidation NaN size", liq_push({**DETAIL, "sz": "NaN"}), "'sz'"),
+    ("no data, no event", b'{"arg":{"channel":"mark-price"}}', "event"),
+]
+
+
+@pytest.mark.parametrize(("frame", "needle"), [(f, n) for _, f, n in BAD_FRAMES], ids=[c for c, _, _ in BAD_FRAMES])
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "strict"])
+def test_malformed_frames_raise_parse_error(frame: bytes, needle: str, fast: bool) -> None:
+    with pytest.raises(ParseError) as exc:
+        OkxFeed(fast=fast).parse_ws(frame, CTX if b"liquidation" in frame else EMPTY)
+    assert needle in str(exc.value)
+    assert str(exc.value).startswith("okx")
+
+
+# ---- plans --------------------------------------------------------------------------------------
+
+
+def test_plan_channels() -> None:
+    eth = InstrumentInfo(EX, "ETH-USDT-SWAP", "ETH", "USDT", contract_size=0.1)
+    (plan,) = FEED.ws_plans("wss://ws.okx.com:8443", [LINEAR, INVERSE, eth])
+    assert plan.url == "wss://ws.okx.com:8443/ws/v5/public"
+    assert (plan.ping_frame, plan.ping_interval_s) == ("ping", 20.0)
+    args = [a for s in plan.subscribe for a in orjson.loads(s)["args"]]
+    assert all(orjson.loads(s)["op"] == "subscribe" for s in plan.subscribe)
+    per_inst = {(a["channel"], a["instId"]) for a in args if "instId" in a}
+    for inst in ("BTC-USDT-SWAP", "BTC-USD-SWAP", "ETH-USDT-SWAP"):
+        assert {("funding-rate", inst), ("mark-price", inst), ("open-interest", inst)} <= per_inst
+    assert {("index-tickers", i) for i in ("BTC-USDT", "BTC-USD", "ETH-USDT")} <= per_inst
+    assert [a for a in args if a["channel"] == "liquidation-orders"] == [
+        {"channel": "liquidation-orders", "instType": "SWAP"}
+    ]
+
+
+def test_plan_splits_large_instrument_lists() -> None:
+    infos = [InstrumentInfo(EX, f"C{k}-USDT-SWAP", f"C{k}", "USDT") for k in range(250)]
+    plans = FEED.ws_plans("ws://127.0.0.1:18003", infos)
+    assert len(plans) == 3
+    marks = [a for p in plans for s in p.subscribe for a in orjson.loads(s)["args"] if a["channel"] == "mark-price"]
+    assert len(marks) == 250
+    assert all(len(s) < 64 * 1024 for p in plans for s in p.subscribe)
+    liq = [p.stream for p in plans for s in p.subscribe if "liquidation-orders" in s]
+    assert liq == [plans[0].stream]
+
+
+# ---- REST (documented shapes, exchanges.md §4.4-4.5) ----------------------------------------------
+
+
+def ok(data: Any) -> bytes:
+    return orjson.dumps({"code": "0", "msg": "", "data": data})
+
+
+def test_long_short_ratio_rows_need_the_instrument() -> None:
+    body = ok([["1701417600000", "1.25"], ["1701417300000", "1.5"]])
+    got = FEED.parse_long_short_ratio(body, CTX, instrument="BTC-USDT-SWAP")
+    assert [(r.instrument, r.event_time, r.ratio) for r in got] == [
+        ("BTC-USDT-SWAP", 1701417300.0, 1.5),
+        ("BTC-USDT-SWAP", 1701417600.0, 1.25),
+    ]
+    one = FeedContext(EX, {"BTC-USDT-SWAP": LINEAR})
+    assert FEED.parse_long_short_ratio(body, one) == got
+    with pytest.raises(ParseError, match="instrument"):
+        FEED.parse_long_short_ratio(body, CTX)
+
+
+def test_insurance_fund_total_per_family() -> None:
+    body = ok(
+        [
+            {
+                "details": [
+                    {"amt": "", "balance": "1343.1308", "ccy": "BTC", "ts": "1704883083000", "type": "regular_update"},
+                    {"amt": "", "balance": "1342", "ccy": "BTC", "ts": "1704880000000", "type": "regular_update"},
+                ],
+                "instFamily": "BTC-USDT",
+                "instType": "SWAP",
+                "total": "1369179138.7489",
+            }
+        ]
+    )
+    (f,) = FEED.parse_insurance_fund(body, CTX)
+    assert (f.pool, f.balance_usd, f.event_time) == ("BTC-USDT", 1369179138.7489, 1704883083.0)
+
+
+@pytest.mark.parametrize(
+    "method", ["parse_funding_history", "parse_open_interest", "parse_long_short_ratio", "parse_insurance_fund"]
+)
+def test_error_code_names_the_exchange_message(method: str) -> None:
+    body = b'{"code":"51001","msg":"Instrument ID does not exist","data":[]}'
+    with pytest.raises(ParseError, match="Instrument ID does not exist"):
+        getattr(FEED, method)(body, CTX)
+
+
+def test_error_code_on_instruments() -> None:
+    with pytest.raises(ParseError, match="50011"):
+        FEED.parse_instruments(b'{"code":"50011","msg":"Rate limit reached","data":[]}')
