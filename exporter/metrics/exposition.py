@@ -1,0 +1,293 @@
+"""Fast exposition: text format 0.0.4 and OpenMetrics 1.0.0, and the HTTP content negotiation.
+
+``prometheus_client.generate_latest`` costs 12-17 µs per sample (label validation, escaping and
+float formatting on every scrape), about 0.5 s at 2,000 instruments. Here label blocks are escaped
+once per instrument (:class:`LabelSet`, cached by the collectors) and each family's HELP/TYPE
+head once per process (:class:`Spec`), so a sample line is one f-string.
+
+The output is byte-identical to ``generate_latest`` / ``openmetrics.generate_latest`` of the same
+registry (labels in sorted order, Go-style float formatting); the tests hold both to that.
+Collectors that offer ``families()`` take the fast path; any other collector's ``collect()`` is
+rendered by :func:`render_metric_family`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+log = logging.getLogger(__name__)
+
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+_INF = float("inf")
+
+# A scrape runs in the HTTP thread while the asyncio thread applies frames. A thread that wants the
+# GIL waits up to sys.getswitchinterval() (5 ms) for it, on every wake-up; releasing it
+# voluntarily every thousand samples (~1 ms of work) hands it over at once, so frames don't queue
+# behind a scrape. Each release is a syscall, so not more often than that.
+YIELD_EVERY = 1000
+
+
+def yield_gil() -> None:
+    time.sleep(0)
+
+
+def format_value(v: float) -> str:
+    """A sample value as Prometheus' Go code writes it: repr(float), +Inf/-Inf/NaN, and Go's
+    switch to an exponent for numbers of 1e6 and more (``1.234567e+06``)."""
+    v = float(v)
+    if v != v:
+        return "NaN"
+    if v == _INF:
+        return "+Inf"
+    if v == -_INF:
+        return "-Inf"
+    s = repr(v)
+    if v >= 1e6:
+        dot = s.find(".")
+        if dot > 6:
+            mantissa = (s[0] + "." + s[1:dot] + s[dot + 1 :]).rstrip("0.")
+            return f"{mantissa}e+{dot - 1:02d}"
+    return s
+
+
+def escape_label_value(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help_text(doc: str) -> str:
+    return doc.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _escape_help_om(doc: str) -> str:
+    return doc.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class LabelSet:
+    """Label names and values with their rendered ``{a="x",b="y"}`` block (sorted by name)."""
+
+    __slots__ = ("names", "text", "values")
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        items = sorted(pairs)
+        self.names: tuple[str, ...] = tuple(k for k, _ in items)
+        self.values: tuple[str, ...] = tuple(v for _, v in items)
+        self.text = "{" + ",".join(f'{k}="{escape_label_value(v)}"' for k, v in items) + "}" if items else ""
+
+    def with_(self, **extra: str) -> LabelSet:
+        return LabelSet([*zip(self.names, self.values, strict=True), *extra.items()])
+
+    def __repr__(self) -> str:
+        return f"LabelSet({self.text})"
+
+
+EMPTY_LABELS = LabelSet(())
+
+
+class Spec:
+    """A metric family's fixed parts: name, type, HELP, and its pre-rendered head lines.
+
+    ``name`` is the sample name; a counter's ends in ``_total`` (OpenMetrics names the family
+    without it, as the spec requires).
+    """
+
+    __slots__ = ("head_om", "head_text", "help", "kind", "name", "om_name")
+
+    def __init__(self, name: str, kind: str, help: str) -> None:
+        if kind not in ("gauge", "counter"):
+            raise ValueError(f"unsupported fast-path type {kind!r}")
+        if kind == "counter" and not name.endswith("_total"):
+            raise ValueError(f"counter {name} must end in _total")
+        self.name = name
+        self.kind = kind
+        self.help = help
+        self.om_name = name[: -len("_total")] if kind == "counter" else name
+        self.head_text = f"# HELP {name} {_escape_help_text(help)}\n# TYPE {name} {kind}\n"
+        self.head_om = f"# HELP {self.om_name} {_escape_help_om(help)}\n# TYPE {self.om_name} {kind}\n"
+
+    def family(self, labels: list[LabelSet] | None = None, values: list[float] | None = None) -> Family:
+        return Family(self, labels, values)
+
+
+class Family:
+    """One scrape's samples of a family, as two parallel lists (labels, values).
+
+    Two flat lists instead of a (labels, value) tuple per sample: 40,000 fewer GC-tracked objects
+    per scrape, so scrapes do not keep triggering full collections of a large heap.
+    """
+
+    __slots__ = ("labels", "spec", "values")
+
+    def __init__(self, spec: Spec, labels: list[LabelSet] | None = None, values: list[float] | None = None) -> None:
+        self.spec = spec
+        self.labels: list[LabelSet] = labels if labels is not None else []
+        self.values: list[float] = values if values is not None else []
+
+    def add(self, labels: LabelSet, value: float) -> None:
+        self.labels.append(labels)
+        self.values.append(float(value))
+
+    @property
+    def samples(self) -> list[tuple[LabelSet, float]]:
+        return list(zip(self.labels, self.values, strict=True))
+
+    def to_metric_family(self) -> Metric:
+        """The same data as a prometheus_client family, for ``collect()`` / ``generate_latest``."""
+        spec = self.spec
+        names = self.labels[0].names if self.labels else ()
+        mf: Metric
+        if spec.kind == "counter":
+            mf = CounterMetricFamily(spec.name, spec.help, labels=names)
+        else:
+            mf = GaugeMetricFamily(spec.name, spec.help, labels=names)
+        for labels, value in zip(self.labels, self.values, strict=True):
+            mf.add_metric(labels.values, value)
+        return mf
+
+
+@runtime_checkable
+class FastCollector(Protocol):
+    """A collector that can hand its scrape to the fast renderer as :class:`Family` objects."""
+
+    def families(self) -> Sequence[Family]: ...
+
+    def collect(self) -> Iterable[Metric]: ...
+
+
+def render_family(fam: Family, out: list[str], openmetrics: bool) -> None:
+    spec = fam.spec
+    out.append(spec.head_om if openmetrics else spec.head_text)
+    name = spec.name
+    fmt = format_value
+    # repr() is exactly Go's formatting for finite floats below 1e6 (most samples); the rest, NaN
+    # included (its comparisons are false), go through format_value. Values must be floats here.
+    labels, values = fam.labels, fam.values
+    for i in range(0, len(values), YIELD_EVERY):
+        if i:
+            yield_gil()
+        out.extend([
+            f"{name}{lb.text} {repr(v) if -1e300 < v < 1e6 else fmt(v)}\n"
+            for lb, v in zip(labels[i : i + YIELD_EVERY], values[i : i + YIELD_EVERY], strict=True)
+        ])
+
+
+def _labels_block(labels: dict[str, str]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{escape_label_value(v)}"' for k, v in sorted(labels.items())) + "}"
+
+
+_TEXT_TYPE = {"counter": "counter", "info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram",
+              "unknown": "untyped"}
+_TEXT_SUFFIX = {"counter": "_total", "info": "_info"}
+
+
+def render_metric_family(mf: Metric, out: list[str], openmetrics: bool) -> None:
+    """Any prometheus_client family (histograms, info, ... from other collectors), same output as
+    prometheus_client's own encoders apart from exemplars and native histograms, which we never use."""
+    if openmetrics:
+        out.append(f"# HELP {mf.name} {_escape_help_om(mf.documentation)}\n# TYPE {mf.name} {mf.type}\n")
+        if mf.unit:
+            out.append(f"# UNIT {mf.name} {mf.unit}\n")
+        for s in mf.samples:
+            ts = f" {s.timestamp}" if s.timestamp is not None else ""
+            out.append(f"{s.name}{_labels_block(s.labels)} {format_value(s.value)}{ts}\n")
+        return
+    name = mf.name + _TEXT_SUFFIX.get(mf.type, "")
+    help_line = _escape_help_text(mf.documentation)
+    out.append(f"# HELP {name} {help_line}\n# TYPE {name} {_TEXT_TYPE.get(mf.type, mf.type)}\n")
+    extra: dict[str, list[str]] = {}
+    for s in mf.samples:
+        ts = f" {int(float(s.timestamp) * 1000):d}" if s.timestamp is not None else ""
+        line = f"{s.name}{_labels_block(s.labels)} {format_value(s.value)}{ts}\n"
+        for suffix in ("_created", "_gsum", "_gcount"):
+            # The text format has no place for these: they go out as separate gauges, as upstream does.
+            if s.name == mf.name + suffix:
+                extra.setdefault(suffix, []).append(line)
+                break
+        else:
+            out.append(line)
+    for suffix, lines in sorted(extra.items()):
+        out.append(f"# HELP {mf.name}{suffix} {help_line}\n# TYPE {mf.name}{suffix} gauge\n")
+        out.extend(lines)
+
+
+def render(collectors: Iterable[Any], openmetrics: bool = False) -> bytes:
+    """Everything the collectors hold now, in the text format or OpenMetrics."""
+    out: list[str] = []
+    for c in collectors:
+        part: list[str] = []
+        try:
+            fams = getattr(c, "families", None)
+            if fams is not None:
+                for fam in fams():
+                    render_family(fam, part, openmetrics)
+            else:
+                for mf in c.collect():
+                    render_metric_family(mf, part, openmetrics)
+        except Exception:
+            # One broken collector (a position source...) must not take every other series down.
+            log.exception("collector %s failed; its series are left out of this scrape", type(c).__name__)
+            continue
+        out.extend(part)
+    if openmetrics:
+        out.append("# EOF\n")
+    return "".join(out).encode("utf-8")
+
+
+# ---- content negotiation ----------------------------------------------------------------------
+
+
+def _params(part: str) -> tuple[str, dict[str, str]]:
+    media, *params = (p.strip() for p in part.split(";"))
+    kv = {}
+    for p in params:
+        k, _, v = p.partition("=")
+        kv[k.strip().lower()] = v.strip().strip('"')
+    return media.lower(), kv
+
+
+def _q(params: dict[str, str]) -> float:
+    try:
+        return float(params.get("q", "1"))
+    except ValueError:
+        return 0.0
+
+
+def wants_openmetrics(accept: str | None) -> bool:
+    """True when the client accepts application/openmetrics-text (Prometheus asks for it first)."""
+    if not accept:
+        return False
+    for part in accept.split(","):
+        media, params = _params(part)
+        if media == "application/openmetrics-text" and _q(params) > 0:
+            return True
+    return False
+
+
+def content_type(openmetrics: bool) -> str:
+    return OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    if not accept_encoding:
+        return False
+    for part in accept_encoding.split(","):
+        coding, params = _params(part)
+        if coding in ("gzip", "x-gzip") and _q(params) > 0:
+            return True
+    return False
+
+
+def maybe_gzip(body: bytes, accept_encoding: str | None) -> tuple[bytes, str | None]:
+    """Level 1: a quarter of the size for a tenth of level 9's CPU, which matters at 40k samples."""
+    if accepts_gzip(accept_encoding):
+        return gzip.compress(body, compresslevel=1), "gzip"
+    return body, None

@@ -1,0 +1,117 @@
+"""Exporter-health collector: is each exchange's data flowing, and what did it cost to get it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client.core import Metric
+
+from exporter import __version__
+from exporter.config import Config
+from exporter.metrics.exposition import EMPTY_LABELS, Family, LabelSet, Spec
+from exporter.model import Exchange
+from exporter.state import MarketState
+
+
+def exchange_up(config: Config, state: MarketState, exchange: Exchange, now: float) -> bool:
+    """At least one connected stream of the exchange had a message within ``stale.stream_seconds``."""
+    ex_cfg = config.exchanges.get(exchange)
+    limit = ex_cfg.stale.stream_seconds if ex_cfg is not None else 30.0
+    return any(
+        h.exchange == exchange and h.connected and h.last_message_at > 0.0 and now - h.last_message_at <= limit
+        for h in list(state.streams.values())
+    )
+
+
+class HealthCollector:
+    """Per exchange / stream / REST endpoint health, and the build.
+
+    # HELP fr_up 1 when at least one websocket stream of the exchange is connected ...
+    # TYPE fr_up gauge
+    fr_up{exchange="binance"} 1.0
+    # HELP fr_stream_connected 1 while the websocket connection of the stream is open, else 0.
+    # TYPE fr_stream_connected gauge
+    fr_stream_connected{exchange="binance",stream="markPrice"} 1.0
+    # TYPE fr_stream_last_message_timestamp_seconds gauge
+    fr_stream_last_message_timestamp_seconds{exchange="binance",stream="markPrice"} 1.7000000004e+09
+    # TYPE fr_stream_messages_total counter
+    fr_stream_messages_total{exchange="binance",stream="markPrice"} 1234.0
+    ... fr_stream_reconnects_total, fr_parse_errors_total, fr_stream_subscription_errors_total (same labels)
+    fr_rest_requests_total{endpoint="openInterest",exchange="binance"} 12.0
+    fr_rest_request_failures_total{endpoint="openInterest",exchange="binance",reason="rate_limited"} 1.0
+    fr_rest_last_success_timestamp_seconds{endpoint="openInterest",exchange="binance"} 1.7e+09
+    fr_unknown_instrument_updates_total 0.0
+    fr_build_info{version="0.1.0"} 1.0
+    """
+
+    def __init__(self, config: Config, state: MarketState, version: str = __version__) -> None:
+        self.config = config
+        self.state = state
+        self.s_up = Spec("fr_up", "gauge",
+                         "1 when at least one websocket stream of the exchange is connected and had a message within "
+                         "the exchange's stream staleness limit (stale.stream_seconds), else 0. Present for every "
+                         "configured exchange.")
+        self.s_conn = Spec("fr_stream_connected", "gauge",
+                           "1 while the websocket connection of the stream is open, else 0.")
+        self.s_last = Spec("fr_stream_last_message_timestamp_seconds", "gauge",
+                           "Unix time in seconds of the last message received on the stream (absent before the "
+                           "first one).")
+        self.s_msgs = Spec("fr_stream_messages_total", "counter", "Websocket messages received on the stream.")
+        self.s_rec = Spec("fr_stream_reconnects_total", "counter",
+                          "Reconnections of the stream (after errors, silence or planned rotation).")
+        self.s_perr = Spec("fr_parse_errors_total", "counter",
+                           "Messages of the stream that could not be parsed (dropped, state unchanged).")
+        self.s_suberr = Spec("fr_stream_subscription_errors_total", "counter",
+                             "Subscriptions the exchange refused on the stream.")
+        self.s_req = Spec("fr_rest_requests_total", "counter", "REST requests sent to the exchange endpoint.")
+        self.s_fail = Spec("fr_rest_request_failures_total", "counter",
+                           "Failed REST requests per endpoint and reason (rate_limited, http_5xx, timeout, ...).")
+        self.s_rest_ok = Spec("fr_rest_last_success_timestamp_seconds", "gauge",
+                              "Unix time in seconds of the endpoint's last successful response.")
+        self.s_unknown = Spec("fr_unknown_instrument_updates_total", "counter",
+                              "Records for instruments the exporter does not follow (ignored).")
+        self.s_build = Spec("fr_build_info", "gauge", "Always 1; label version = the exporter's version.")
+        self._build_labels = LabelSet([("version", version)])
+        self._labels: dict[tuple[str, ...], LabelSet] = {}
+
+    def _label(self, *pairs: tuple[str, str]) -> LabelSet:
+        key = tuple(v for _, v in pairs)
+        lbl = self._labels.get(key)
+        if lbl is None:
+            lbl = self._labels[key] = LabelSet(pairs)
+        return lbl
+
+    def families(self) -> list[Family]:
+        state = self.state
+        now = state.clock()
+        f_up = self.s_up.family()
+        for ex in sorted(set(state.exchanges)):
+            f_up.add(self._label(("exchange", ex.value)), 1.0 if exchange_up(self.config, state, ex, now) else 0.0)
+        f_conn, f_last, f_msgs = self.s_conn.family(), self.s_last.family(), self.s_msgs.family()
+        f_rec, f_perr, f_suberr = self.s_rec.family(), self.s_perr.family(), self.s_suberr.family()
+        for (ex, stream), h in sorted(list(state.streams.items())):
+            lbl = self._label(("exchange", ex.value), ("stream", stream))
+            f_conn.add(lbl, 1.0 if h.connected else 0.0)
+            if h.last_message_at > 0.0:
+                f_last.add(lbl, h.last_message_at)
+            f_msgs.add(lbl, h.messages)
+            f_rec.add(lbl, h.reconnects)
+            f_perr.add(lbl, h.parse_errors)
+            f_suberr.add(lbl, h.subscription_errors)
+        f_req, f_fail, f_ok = self.s_req.family(), self.s_fail.family(), self.s_rest_ok.family()
+        for (ex, endpoint), r in sorted(list(state.rest.items())):
+            lbl = self._label(("exchange", ex.value), ("endpoint", endpoint))
+            f_req.add(lbl, r.requests)
+            for reason, n in sorted(dict(r.failures).items()):
+                f_fail.add(self._label(("exchange", ex.value), ("endpoint", endpoint), ("reason", reason)), n)
+            if r.last_success_at > 0.0:
+                f_ok.add(lbl, r.last_success_at)
+        f_unknown = self.s_unknown.family()
+        f_unknown.add(EMPTY_LABELS, state.unknown_instrument_updates)
+        f_build = self.s_build.family()
+        f_build.add(self._build_labels, 1.0)
+        return [f_up, f_conn, f_last, f_msgs, f_rec, f_perr, f_suberr, f_req, f_fail, f_ok, f_unknown, f_build]
+
+    def collect(self) -> Iterable[Metric]:
+        for fam in self.families():
+            yield fam.to_metric_family()

@@ -1,0 +1,450 @@
+"""Market and cross-exchange collectors over a state snapshot.
+
+:class:`MarketAnalytics` turns the live :class:`~exporter.state.MarketState` into one
+:class:`InstrumentView` per instrument at scrape time: stale values become ``None`` (so their series
+disappear) and the derived values are computed from the fresh ones only. The collectors and
+``/api/state`` both read these views, so the two can never disagree. Nothing here writes to state.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_left
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.core import Metric
+
+from exporter.analytics import funding as fa
+from exporter.analytics.cross import FundingPoint, funding_spreads, oi_weighted_funding
+from exporter.config import Config
+from exporter.metrics.exposition import Family, LabelSet, Spec, yield_gil
+from exporter.model import EIGHT_HOURS, Exchange, InstrumentInfo, Side
+from exporter.state import InstrumentState, Key, MarketState
+
+
+def _window_text(seconds: float) -> str:
+    if seconds % 86400 == 0:
+        return f"{seconds / 86400:g} d"
+    if seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    return f"{seconds:g} s"
+
+
+@dataclass(slots=True)
+class InstrumentView:
+    """One instrument at one scrape. ``None``: unknown, stale, or not computable from fresh inputs."""
+
+    st: InstrumentState
+    labels: LabelSet
+    side_labels: dict[str, LabelSet]
+    stale: bool  # price or funding older than its limit (or never received)
+    mark_price: float | None
+    index_price: float | None
+    premium_ratio: float | None
+    funding_rate: float | None
+    funding_interval_s: float | None
+    funding_rate_8h: float | None
+    funding_rate_annualized: float | None
+    next_funding_timestamp: float | None
+    funding_cap: float | None
+    funding_floor: float | None
+    open_interest_usd: float | None
+    long_short_ratio: float | None
+    zscore: float | None
+    momentum: float | None
+    acceleration: float | None
+    edge_side: str | None
+    edge_bp: float | None
+    anchor_strength: float | None
+    fee_bp: float
+
+
+class MarketAnalytics:
+    """Builds :class:`InstrumentView` lists; owns the label and window caches shared by scrapes."""
+
+    def __init__(self, config: Config, state: MarketState) -> None:
+        self.config = config
+        self.state = state
+        self.cache = fa.WindowCache()
+        self._labels: dict[Key, tuple[InstrumentInfo, LabelSet, dict[str, LabelSet]]] = {}
+        self._scrapes = 0
+        self._tls = threading.local()
+
+    @contextmanager
+    def scrape(self) -> Iterator[None]:
+        """Within this scope (one scrape, one thread) every collector shares one list of views."""
+        tls = self._tls
+        depth = getattr(tls, "depth", 0)
+        tls.depth = depth + 1
+        try:
+            yield
+        finally:
+            tls.depth = depth
+            if depth == 0:
+                tls.views = None
+
+    def current_views(self) -> list[InstrumentView]:
+        tls = self._tls
+        if not getattr(tls, "depth", 0):
+            return self.views()
+        views = getattr(tls, "views", None)
+        if views is None:
+            views = tls.views = self.views()
+        return views
+
+    def labels_of(self, st: InstrumentState) -> tuple[LabelSet, dict[str, LabelSet]]:
+        hit = self._labels.get(st.key)
+        info = st.info
+        if hit is not None and (hit[0] is info or hit[0] == info):
+            return hit[1], hit[2]
+        base = LabelSet(
+            [("exchange", info.exchange.value), ("instrument", info.instrument), ("base", info.base),
+             ("quote", info.quote)]
+        )
+        sides = {s.value: base.with_(side=s.value) for s in Side}
+        self._labels[st.key] = (info, base, sides)
+        return base, sides
+
+    def views(self, now: float | None = None) -> list[InstrumentView]:
+        state = self.state
+        now = state.clock() if now is None else now
+        cfg = self.config
+        an = cfg.analytics
+        z_start = now - an.zscore_window_seconds
+        anchor_start = now - an.anchor_window_seconds
+        min_obs = an.zscore_min_observations
+        hold_h = an.holding_period_hours
+        limits = {}
+        for ex, ex_cfg in cfg.exchanges.items():
+            s = ex_cfg.stale
+            fee = ex_cfg.fees.taker_bp if an.fee_kind == "taker" else ex_cfg.fees.maker_bp
+            limits[ex] = (now - s.price_seconds, now - s.funding_seconds, now - s.open_interest_seconds,
+                          now - s.long_short_ratio_seconds, fee)
+        instruments = state.snapshot()
+        out: list[InstrumentView] = []
+        cache = self.cache
+        for i, st in enumerate(instruments):
+            if i and not i % 500:
+                yield_gil()
+            info = st.info
+            price_cut, funding_cut, oi_cut, ratio_cut, fee_bp = limits[info.exchange]
+            labels, sides = self.labels_of(st)
+            price_ok = st.price_at > 0.0 and st.price_at >= price_cut
+            funding_ok = st.funding_at > 0.0 and st.funding_at >= funding_cut and st.funding_rate is not None
+            oi_ok = st.oi_at > 0.0 and st.oi_at >= oi_cut
+            ratio_ok = st.ratio_at > 0.0 and st.ratio_at >= ratio_cut
+            # Deribit funds continuously; its rate is the 8 h equivalent, so its interval is 8 h by
+            # definition (never the 1 h spacing of the observations state keeps for the z-score).
+            interval = EIGHT_HOURS if info.exchange is Exchange.DERIBIT else st.interval_s
+            mark = st.mark_price if price_ok else None
+            index = st.index_price if price_ok else None
+            premium = state.premium_of(st) if price_ok else None
+            rate = st.funding_rate if funding_ok else None
+            r8 = ann = z = mom = acc = edge = anchor = None
+            side = None
+            if rate is not None:
+                version = st.settlements_version  # read before the data (see WindowCache)
+                stats = cache.settlement_stats(st.key, version, st, z_start)
+                z = fa.zscore(rate, stats, min_obs)
+                mom = fa.momentum(rate, stats, min_obs)
+                acc = stats.acceleration if stats is not None else None
+                if interval:
+                    r8 = fa.rate_8h(rate, interval)
+                    ann = fa.annualize(rate, interval)
+                    side = fa.receiving_side(rate)
+                    edge = fa.edge_bp(rate, interval, fee_bp, hold_h)
+                if premium is not None:
+                    anchor = cache.anchor(st.key, st, anchor_start)
+            oi = st.open_interest_usd if oi_ok else None
+            out.append(
+                InstrumentView(
+                    st=st,
+                    labels=labels,
+                    side_labels=sides,
+                    stale=not (price_ok and funding_ok),
+                    mark_price=mark,
+                    index_price=index,
+                    premium_ratio=premium,
+                    funding_rate=rate,
+                    funding_interval_s=interval,
+                    funding_rate_8h=r8,
+                    funding_rate_annualized=ann,
+                    next_funding_timestamp=st.next_funding_time if rate is not None else None,
+                    funding_cap=st.funding_cap,
+                    funding_floor=st.funding_floor,
+                    open_interest_usd=oi,
+                    long_short_ratio=st.long_short_ratio if ratio_ok else None,
+                    zscore=z,
+                    momentum=mom,
+                    acceleration=acc,
+                    edge_side=side,
+                    edge_bp=edge,
+                    anchor_strength=anchor,
+                    fee_bp=fee_bp,
+                )
+            )
+        self._scrapes += 1
+        if self._scrapes % 100 == 0 or len(self._labels) > len(instruments) + 64:
+            # Instruments delisted from state: drop their cached labels and windows (bounded memory).
+            live: set[Hashable] = {st.key for st in instruments}
+            self.cache.forget(live)
+            for k in [k for k in list(self._labels) if k not in live]:  # list(): other scrapes may insert
+                self._labels.pop(k, None)
+        return out
+
+    def funding_points(self, views: Iterable[InstrumentView]) -> list[FundingPoint]:
+        return [
+            FundingPoint(v.st.info.base, v.st.info.exchange.value, v.st.info.instrument, v.funding_rate_8h,
+                         v.open_interest_usd, v.fee_bp)
+            for v in views
+            if v.funding_rate_8h is not None
+        ]
+
+
+def oi_change_1h(st: InstrumentState, oi_usd: float | None, now: float) -> float | None:
+    """Relative change of open interest since the sample nearest one hour ago (none within 10 min of it: None)."""
+    if oi_usd is None:
+        return None
+    samples = tuple(st.oi_samples)  # time-ordered
+    if len(samples) < 2:
+        return None
+    target = now - 3600.0
+    i = bisect_left(samples, (target,))
+    best = min(samples[max(0, i - 1) : i + 1], key=lambda s: abs(s[0] - target))
+    if abs(best[0] - target) > 600.0 or not best[1]:
+        return None
+    return oi_usd / best[1] - 1.0
+
+
+def liquidations_since(st: InstrumentState, since: float) -> dict[str, dict[str, float]]:
+    """Liquidation count and USD notional per side after ``since`` (from the 1 h flow window)."""
+    long_: dict[str, float] = {"count": 0, "notional_usd": 0.0}
+    short_: dict[str, float] = {"count": 0, "notional_usd": 0.0}
+    # A full pass: event times from the exchange are not guaranteed to arrive in order.
+    for t, side, usd in tuple(st.liq_recent):
+        if t < since:
+            continue
+        d = long_ if side is Side.LONG else short_
+        d["count"] += 1
+        d["notional_usd"] += usd
+    return {"long": long_, "short": short_}
+
+
+
+class MarketCollector:
+    """Per exchange x instrument series (labels exchange, instrument, base, quote).
+
+    # HELP fr_funding_rate Current (predicted, next-settlement) funding rate ...
+    # TYPE fr_funding_rate gauge
+    fr_funding_rate{base="BTC",exchange="binance",instrument="BTCUSDT",quote="USDT"} 0.0001
+    # HELP fr_funding_interval_seconds ...
+    # TYPE fr_funding_interval_seconds gauge
+    fr_funding_interval_seconds{base="BTC",exchange="binance",instrument="BTCUSDT",quote="USDT"} 28800.0
+    ... fr_funding_rate_annualized_ratio, fr_next_funding_timestamp_seconds, fr_funding_cap_ratio,
+    fr_funding_floor_ratio, fr_mark_price, fr_index_price, fr_premium_ratio, fr_open_interest_usd,
+    fr_long_short_account_ratio, fr_funding_zscore, fr_funding_momentum, fr_funding_acceleration,
+    fr_effective_anchor_strength (same labels), then
+    fr_edge_bp{base="BTC",exchange="binance",instrument="BTCUSDT",quote="USDT",side="short"} 0.58
+    fr_liquidations_total{base="BTC",exchange="binance",instrument="BTCUSDT",quote="USDT",side="long"} 3.0
+    fr_liquidated_notional_usd_total{...,side="long"} 150000.0
+    fr_insurance_fund_balance_usd{exchange="binance",pool="USDT"} 1.2e+09
+
+    A stale value's series is absent, and so are the values derived from it.
+    """
+
+    def __init__(self, analytics: MarketAnalytics) -> None:
+        self.analytics = analytics
+        cfg = analytics.config
+        an = cfg.analytics
+        zw = _window_text(an.zscore_window_seconds)
+        aw = _window_text(an.anchor_window_seconds)
+        per = "fraction per the instrument's funding interval"
+        self.s_rate = Spec("fr_funding_rate", "gauge",
+                           f"Current (predicted, next-settlement) funding rate as delivered by the exchange, {per} "
+                           "(see fr_funding_interval_seconds). Positive: longs pay shorts. Absent when older than "
+                           "the exchange's funding staleness limit.")
+        self.s_interval = Spec("fr_funding_interval_seconds", "gauge",
+                               "Funding interval of the instrument in seconds (8 h = 28800, 4 h, 1 h). Deribit funds "
+                               "continuously and is exported as 28800 with its 8 h-equivalent rate.")
+        self.s_ann = Spec("fr_funding_rate_annualized_ratio", "gauge",
+                          "fr_funding_rate x 31536000 / fr_funding_interval_seconds: simple (not compounded) "
+                          "annual funding rate, fraction per year, using the instrument's own interval.")
+        self.s_next = Spec("fr_next_funding_timestamp_seconds", "gauge",
+                           "Unix time in seconds of the next funding settlement; absent where the exchange has "
+                           "none (Deribit, continuous).")
+        self.s_cap = Spec("fr_funding_cap_ratio", "gauge",
+                          f"Published funding rate cap, {per}, where the exchange publishes it.")
+        self.s_floor = Spec("fr_funding_floor_ratio", "gauge",
+                            f"Published funding rate floor, {per}, where the exchange publishes it.")
+        self.s_mark = Spec("fr_mark_price", "gauge", "Mark price in quote currency.")
+        self.s_index = Spec("fr_index_price", "gauge", "Index (spot reference) price in quote currency.")
+        self.s_premium = Spec("fr_premium_ratio", "gauge",
+                              "(mark - index) / index as a ratio; the exchange's published premium index when "
+                              "mark or index is unknown.")
+        self.s_oi = Spec("fr_open_interest_usd", "gauge",
+                         "Open interest in USD notional (contracts converted with the contract size).")
+        self.s_ls = Spec("fr_long_short_account_ratio", "gauge",
+                         "Exchange-published ratio of accounts net long to accounts net short (dimensionless), "
+                         "where available.")
+        self.s_z = Spec("fr_funding_zscore", "gauge",
+                        f"z-score of the current funding rate against the settled funding rates of the trailing "
+                        f"{zw} window: (fr_funding_rate - mean) / sample standard deviation (n-1). Needs "
+                        f"{an.zscore_min_observations} observations; absent when all rates in the window are "
+                        "equal. The window is backfilled from the exchange's history at start. Deribit "
+                        "(continuous): hourly observations of the 8 h-equivalent rate.")
+        self.s_mom = Spec("fr_funding_momentum", "gauge",
+                          f"fr_funding_rate minus the mean settled rate of the trailing {zw} window, {per}.")
+        self.s_acc = Spec("fr_funding_acceleration", "gauge",
+                          "Change of the change between consecutive settlements, over the last three settled "
+                          f"rates of the trailing {zw} window: (r3 - r2) - (r2 - r1), {per}.")
+        self.s_edge = Spec("fr_edge_bp", "gauge",
+                           "Carry edge per funding interval for the side that receives funding (label side: short "
+                           "when the rate is >= 0, long when negative), in basis points: |fr_funding_rate| x 1e4 "
+                           "- 2 x fee_bp x fr_funding_interval_seconds / (holding_hours x 3600), where fee_bp is "
+                           f"the configured {an.fee_kind} fee per side and holding_hours = "
+                           f"{an.holding_period_hours:g}. Negative: the carry does not pay its fees.")
+        self.s_anchor = Spec("fr_effective_anchor_strength", "gauge",
+                             "Effective anchor strength l: ordinary least-squares slope of the funding rate on "
+                             f"the premium ratio over the trailing {aw} window of one-a-minute samples "
+                             "(dimensionless; needs 10 samples).")
+        self.s_liq = Spec("fr_liquidations_total", "counter",
+                          "Liquidation orders seen on the exchange's public liquidation stream since the exporter "
+                          "started; label side = side of the liquidated position. Sampled feeds: Binance and OKX "
+                          "push at most one liquidation per instrument per second (cascades are undercounted); "
+                          "Bybit allLiquidation sends all; Deribit: trades flagged as liquidations.")
+        self.s_liq_usd = Spec("fr_liquidated_notional_usd_total", "counter",
+                              "USD notional of the liquidations counted in fr_liquidations_total (same sampling).")
+        self.s_ins = Spec("fr_insurance_fund_balance_usd", "gauge",
+                          "Insurance fund balance in USD per exchange and pool, where published.")
+        self._ins_labels: dict[tuple[str, str], LabelSet] = {}
+
+    def families(self, views: Sequence[InstrumentView] | None = None) -> list[Family]:
+        if views is None:
+            views = self.analytics.current_views()
+        # One comprehension per family: a C-speed loop each, instead of 2,000 Python iterations of
+        # twenty branches. Values must be floats for the renderer's repr() fast path. (`x or 0.0`
+        # where x was filtered to be not None only tells the type checker so: 0.0 stays 0.0.)
+        fresh = [v for v in views if v.funding_rate is not None]
+        fams: list[Family] = []
+
+        def fam(spec: Spec, sel: list[InstrumentView], values: list[Any]) -> None:
+            fams.append(spec.family([v.labels for v in sel], values))
+            yield_gil()
+
+        fam(self.s_rate, fresh, [v.funding_rate for v in fresh])
+        sel = [v for v in views if v.funding_interval_s]
+        fam(self.s_interval, sel, [float(v.funding_interval_s or 0.0) for v in sel])
+        sel = [v for v in fresh if v.funding_rate_annualized is not None]
+        fam(self.s_ann, sel, [v.funding_rate_annualized for v in sel])
+        sel = [v for v in fresh if v.next_funding_timestamp is not None]
+        fam(self.s_next, sel, [float(v.next_funding_timestamp or 0.0) for v in sel])
+        sel = [v for v in views if v.funding_cap is not None]
+        fam(self.s_cap, sel, [float(v.funding_cap or 0.0) for v in sel])
+        sel = [v for v in views if v.funding_floor is not None]
+        fam(self.s_floor, sel, [float(v.funding_floor or 0.0) for v in sel])
+        sel = [v for v in views if v.mark_price is not None]
+        fam(self.s_mark, sel, [v.mark_price for v in sel])
+        sel = [v for v in views if v.index_price is not None]
+        fam(self.s_index, sel, [v.index_price for v in sel])
+        sel = [v for v in views if v.premium_ratio is not None]
+        fam(self.s_premium, sel, [v.premium_ratio for v in sel])
+        sel = [v for v in views if v.open_interest_usd is not None]
+        fam(self.s_oi, sel, [v.open_interest_usd for v in sel])
+        sel = [v for v in views if v.long_short_ratio is not None]
+        fam(self.s_ls, sel, [v.long_short_ratio for v in sel])
+        sel = [v for v in fresh if v.zscore is not None]
+        fam(self.s_z, sel, [v.zscore for v in sel])
+        sel = [v for v in fresh if v.momentum is not None]
+        fam(self.s_mom, sel, [v.momentum for v in sel])
+        sel = [v for v in fresh if v.acceleration is not None]
+        fam(self.s_acc, sel, [v.acceleration for v in sel])
+        sel = [v for v in fresh if v.edge_bp is not None and v.edge_side is not None]
+        fams.append(self.s_edge.family([v.side_labels[v.edge_side or "short"] for v in sel],
+                                       [v.edge_bp or 0.0 for v in sel]))
+        sel = [v for v in fresh if v.anchor_strength is not None]
+        fam(self.s_anchor, sel, [v.anchor_strength for v in sel])
+        # Counters are always present (0 before the first liquidation) so rate() works from the start.
+        side_labels = [lb for v in views for lb in (v.side_labels["long"], v.side_labels["short"])]
+        long_, short_ = Side.LONG, Side.SHORT
+        counts = [(v.st.liq_count, v.st.liq_notional_usd) for v in views]
+        fams.append(self.s_liq.family(side_labels, [float(c.get(s, 0)) for c, _ in counts for s in (long_, short_)]))
+        fams.append(self.s_liq_usd.family(list(side_labels),
+                                          [float(n.get(s, 0.0)) for _, n in counts for s in (long_, short_)]))
+        f_ins = self.s_ins.family()
+        state = self.analytics.state
+        now = state.clock()
+        cfg = self.analytics.config.exchanges
+        for (ex, pool), (balance, at) in sorted(list(state.insurance.items())):
+            ex_cfg = cfg.get(ex)
+            limit = ex_cfg.stale.insurance_fund_seconds if ex_cfg is not None else 7200.0
+            if at > 0.0 and now - at <= limit:
+                lbl = self._ins_labels.get((ex, pool))
+                if lbl is None:
+                    lbl = self._ins_labels[(ex, pool)] = LabelSet([("exchange", ex.value), ("pool", pool)])
+                f_ins.add(lbl, balance)
+        fams.append(f_ins)
+        return fams
+
+    def collect(self) -> Iterable[Metric]:
+        for fam in self.families():
+            yield fam.to_metric_family()
+
+
+class CrossCollector:
+    """Per base asset, across exchanges.
+
+    # HELP fr_oi_weighted_funding_rate Open-interest-weighted funding rate ...
+    # TYPE fr_oi_weighted_funding_rate gauge
+    fr_oi_weighted_funding_rate{base="BTC"} 0.00012
+    # HELP fr_funding_spread_bp Funding earned per 8 h by shorting ...
+    # TYPE fr_funding_spread_bp gauge
+    fr_funding_spread_bp{base="BTC",long_exchange="okx",short_exchange="binance"} 1.7
+    """
+
+    def __init__(self, analytics: MarketAnalytics) -> None:
+        self.analytics = analytics
+        an = analytics.config.analytics
+        self.s_oiw = Spec("fr_oi_weighted_funding_rate", "gauge",
+                          "Open-interest-weighted funding rate per base across exchanges and instruments, each rate "
+                          "normalised to an 8 h interval: sum(rate_8h x open_interest_usd) / sum(open_interest_usd); "
+                          "fraction per 8 h; instruments with fresh funding and open interest only.")
+        self.s_spread = Spec("fr_funding_spread_bp", "gauge",
+                             "Funding earned per 8 h by shorting the highest-rate instrument of the base on "
+                             "short_exchange and longing the lowest-rate one on long_exchange, in basis points: "
+                             "(rate_8h short - rate_8h long) x 1e4 - 2 x (fee_bp long + fee_bp short) x 8 / "
+                             f"{an.holding_period_hours:g} (round-trip {an.fee_kind} fees of both legs amortised over "
+                             "the holding period). Only pairs with a positive gross spread, best "
+                             f"{an.spread_top_n} per base.")
+        self._labels: dict[tuple[str, ...], LabelSet] = {}
+
+    def _label(self, *pairs: tuple[str, str]) -> LabelSet:
+        key = tuple(v for _, v in pairs)
+        lbl = self._labels.get(key)
+        if lbl is None:
+            if len(self._labels) > 10000:  # bases come and go with all_perpetuals: keep the cache bounded
+                self._labels.clear()
+            lbl = self._labels[key] = LabelSet(pairs)
+        return lbl
+
+    def families(self, views: Sequence[InstrumentView] | None = None) -> list[Family]:
+        an = self.analytics
+        if views is None:
+            views = an.current_views()
+        points = an.funding_points(views)
+        f_oiw, f_spread = self.s_oiw.family(), self.s_spread.family()
+        for base, rate in sorted(oi_weighted_funding(points).items()):
+            f_oiw.add(self._label(("base", base)), rate)
+        cfg = an.config.analytics
+        for s in funding_spreads(points, cfg.holding_period_hours, cfg.spread_top_n):
+            f_spread.add(
+                self._label(("base", s.base), ("long_exchange", s.long_exchange), ("short_exchange", s.short_exchange)),
+                s.net_bp,
+            )
+        return [f_oiw, f_spread]
+
+    def collect(self) -> Iterable[Metric]:
+        for fam in self.families():
+            yield fam.to_metric_family()

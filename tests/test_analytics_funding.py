@@ -1,0 +1,292 @@
+"""Funding analytics: checked against independent computations, on real settlement history."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections import deque
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exporter.analytics import funding as fa
+from exporter.config import Config
+from exporter.metrics import build_registry
+from exporter.model import EIGHT_HOURS, SECONDS_PER_YEAR, Exchange, InstrumentInfo, MarketUpdate
+from exporter.state import MarketState
+
+T0 = 1_700_000_000.0
+
+
+class Clock:
+    def __init__(self, t: float = T0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def load_history(path: Path) -> list[tuple[float, float]]:
+    """(UTC settlement time, rate) rows; the file's clock is UTC+3 with millisecond jitter."""
+    rows = []
+    with path.open() as f:
+        for r in csv.DictReader(f):
+            local = datetime.fromisoformat(r["Date"]).replace(tzinfo=UTC)
+            t = round((local - timedelta(hours=3)).timestamp())
+            rows.append((float(t), float(r["Funding Rate"])))
+    rows.sort()
+    return rows
+
+
+def labels(ex: str = "binance", inst: str = "BTCUSDT", base: str = "BTC", quote: str = "USDT", **extra: str):
+    return {"exchange": ex, "instrument": inst, "base": base, "quote": quote, **extra}
+
+
+@pytest.mark.parametrize(
+    "name", ["BTC-USDT_binance_2020-01-01_2024-01-01_funding_history.csv",
+             "BTC-USDT_bybit_2021-01-01_2024-01-01_funding_history.csv"]
+)
+def test_zscore_matches_independent_computation_on_real_history(shared_dir: Path, name: str) -> None:
+    history = load_history(shared_dir / "data" / "funding-history" / name)
+    assert len(history) > 3000
+    clock = Clock(history[0][0])
+    cfg = Config()
+    window = cfg.analytics.zscore_window_seconds
+    min_obs = cfg.analytics.zscore_min_observations
+    state = MarketState(clock=clock)
+    st = state.register(InstrumentInfo(Exchange.BINANCE, "BTCUSDT", "BTC", "USDT", funding_interval_s=EIGHT_HOURS))
+    reg = build_registry(cfg, state)
+    checked = none_seen = 0
+    for i, (t, rate) in enumerate(history[:-1]):
+        state.add_settlements(st, [(t, rate)])
+        clock.t = t + 60.0
+        current = history[i + 1][1]  # the predicted rate for the next settlement
+        state.apply(MarketUpdate(Exchange.BINANCE, "BTCUSDT", funding_rate=current))
+        if i % 5:
+            continue
+        got = reg.get_sample_value("fr_funding_zscore", labels())
+        win = [r for (ts, r) in history[: i + 1] if ts > clock.t - window]
+        if len(win) < min_obs or len(set(win)) == 1:
+            assert got is None
+            none_seen += 1
+            continue
+        expected = (current - statistics.fmean(win)) / statistics.stdev(win)
+        assert got == pytest.approx(expected, rel=1e-9, abs=1e-9), (i, t)
+        mom = reg.get_sample_value("fr_funding_momentum", labels())
+        assert mom == pytest.approx(current - statistics.fmean(win), rel=1e-9, abs=1e-15)
+        acc = reg.get_sample_value("fr_funding_acceleration", labels())
+        assert acc == pytest.approx((win[-1] - win[-2]) - (win[-2] - win[-3]), abs=1e-15)
+        checked += 1
+    assert checked > 500
+    assert none_seen >= 1  # the first settlements: fewer than min_observations
+
+
+def test_window_expires_with_time_without_new_settlements(shared_dir: Path) -> None:
+    """The cached window must still shrink as time passes when no settlement arrives."""
+    history = load_history(shared_dir / "data" / "funding-history" /
+                           "BTC-USDT_binance_2020-01-01_2024-01-01_funding_history.csv")[:400]
+    clock = Clock(history[-1][0] + 60)
+    cfg = Config()
+    state = MarketState(clock=clock)
+    st = state.register(InstrumentInfo(Exchange.BINANCE, "BTCUSDT", "BTC", "USDT", funding_interval_s=EIGHT_HOURS))
+    state.add_settlements(st, history)
+    cache = fa.WindowCache()
+    window = cfg.analytics.zscore_window_seconds
+    for days in (0, 3, 10, 20, 29):
+        clock.t = history[-1][0] + 60 + days * 86400
+        stats = cache.settlement_stats(st.key, st.settlements_version, st, clock.t - window)
+        win = [r for (ts, r) in history if ts > clock.t - window]
+        assert stats is not None and stats.n == len(win)
+        assert stats.mean == pytest.approx(statistics.fmean(win), rel=1e-12)
+        if len(set(win)) > 1:
+            assert stats.std == pytest.approx(statistics.stdev(win), rel=1e-9)
+        else:
+            assert stats.std is None  # pinned at one value: no spread, no z-score
+    clock.t += 40 * 86400
+    assert cache.settlement_stats(st.key, st.settlements_version, st, clock.t - window) is None
+
+
+def test_cache_reuses_unchanged_windows_and_recomputes_on_new_version() -> None:
+    state = MarketState(clock=Clock())
+    st = state.register(InstrumentInfo(Exchange.BINANCE, "BTCUSDT", "BTC", "USDT", funding_interval_s=EIGHT_HOURS))
+    state.add_settlements(st, [(T0 - i * EIGHT_HOURS, 1e-4 * (i % 7)) for i in range(1, 50)])
+    cache = fa.WindowCache()
+    start = T0 - 30 * 86400
+    a = cache.settlement_stats(st.key, st.settlements_version, st, start)
+    b = cache.settlement_stats(st.key, st.settlements_version, st, start)
+    assert a is b  # same object: nothing recomputed
+    state.add_settlements(st, [(T0, 5e-4)])
+    c = cache.settlement_stats(st.key, st.settlements_version, st, start)
+    assert c is not a and c is not None and c.n == a.n + 1  # type: ignore[union-attr]
+
+
+def test_constant_window_gives_no_zscore_and_few_observations_none() -> None:
+    rates = np.full(50, 1e-4)
+    stats = fa._stats(rates)
+    assert stats is not None and stats.std is None
+    assert fa.zscore(2e-4, stats, 10) is None
+    assert fa.momentum(2e-4, stats, 10) == pytest.approx(1e-4)
+    few = fa._stats(np.array([1e-4, 2e-4, 3e-4]))
+    assert fa.zscore(2e-4, few, 10) is None
+    assert fa.zscore(2e-4, few, 3) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_interval_awareness_same_per_8h_rate_annualises_identically() -> None:
+    clock = Clock()
+    state = MarketState(clock=clock)
+    r8 = 0.0003
+    for inst, interval in (("A8H", 8 * 3600.0), ("B4H", 4 * 3600.0), ("C1H", 3600.0)):
+        state.register(InstrumentInfo(Exchange.BINANCE, inst, inst, "USDT", funding_interval_s=interval))
+        state.apply(MarketUpdate(Exchange.BINANCE, inst, funding_rate=r8 * interval / EIGHT_HOURS))
+    reg = build_registry(Config(), state)
+    anns = [reg.get_sample_value("fr_funding_rate_annualized_ratio", labels(inst=i, base=i)) for i in
+            ("A8H", "B4H", "C1H")]
+    assert anns[0] == pytest.approx(r8 * 3 * 365)
+    assert anns[1] == pytest.approx(anns[0]) and anns[2] == pytest.approx(anns[0])
+    assert reg.get_sample_value("fr_funding_interval_seconds", labels(inst="C1H", base="C1H")) == 3600.0
+    # A 1 h instrument pays 8 times per 8 h: its per-interval rate is one eighth, its annual rate the same.
+    assert reg.get_sample_value("fr_funding_rate", labels(inst="C1H", base="C1H")) == pytest.approx(r8 / 8)
+
+
+def test_deribit_continuous_exported_as_8h() -> None:
+    clock = Clock()
+    state = MarketState(clock=clock)
+    state.register(InstrumentInfo(Exchange.DERIBIT, "BTC-PERPETUAL", "BTC", "USD", inverse=True,
+                                  funding_interval_s=EIGHT_HOURS))
+    state.apply(MarketUpdate(Exchange.DERIBIT, "BTC-PERPETUAL", funding_rate_8h=1.742e-05, mark_price=92281.78,
+                             index_price=92263.55))
+    reg = build_registry(Config(), state)
+    lb = labels("deribit", "BTC-PERPETUAL", "BTC", "USD")
+    assert reg.get_sample_value("fr_funding_interval_seconds", lb) == 28800.0
+    assert reg.get_sample_value("fr_funding_rate", lb) == 1.742e-05
+    assert reg.get_sample_value("fr_funding_rate_annualized_ratio", lb) == pytest.approx(1.742e-05 * 1095)
+    assert reg.get_sample_value("fr_next_funding_timestamp_seconds", lb) is None
+
+
+def test_annualize_and_rate_8h() -> None:
+    assert fa.annualize(0.0001, EIGHT_HOURS) == pytest.approx(0.1095)
+    assert fa.annualize(0.0001, 3600.0) == pytest.approx(0.876)
+    assert fa.rate_8h(0.0001, 3600.0) == pytest.approx(0.0008)
+    assert fa.intervals_per_year(4 * 3600.0) == pytest.approx(SECONDS_PER_YEAR / 14400)
+
+
+def test_edge_formula_and_receiving_side() -> None:
+    # 3 bp per 8 h, 5 bp taker per side, 7 days held: 21 intervals share 10 bp of fees.
+    assert fa.edge_bp(0.0003, EIGHT_HOURS, 5.0, 168.0) == pytest.approx(3.0 - 10.0 / 21.0)
+    # Negative rates pay the longs the same amount.
+    assert fa.edge_bp(-0.0003, EIGHT_HOURS, 5.0, 168.0) == pytest.approx(3.0 - 10.0 / 21.0)
+    # A 1 h interval spreads the fee over 168 intervals.
+    assert fa.edge_bp(0.0001, 3600.0, 5.0, 168.0) == pytest.approx(1.0 - 10.0 / 168.0)
+    assert fa.edge_bp(0.00001, EIGHT_HOURS, 5.0, 24.0) < 0  # the carry does not pay its fees
+    assert fa.receiving_side(0.0001) == "short"
+    assert fa.receiving_side(-0.0001) == "long"
+
+
+def test_edge_series_uses_configured_fee_kind_and_side() -> None:
+    clock = Clock()
+    state = MarketState(clock=clock)
+    state.register(InstrumentInfo(Exchange.OKX, "ETH-USDT-SWAP", "ETH", "USDT", funding_interval_s=EIGHT_HOURS))
+    state.apply(MarketUpdate(Exchange.OKX, "ETH-USDT-SWAP", funding_rate=-0.0005))
+    cfg = Config.model_validate({
+        "analytics": {"fee_kind": "maker", "holding_period_hours": 48},
+        "exchanges": {"okx": {"fees": {"maker_bp": 2.0, "taker_bp": 5.0}}},
+    })
+    reg = build_registry(cfg, state)
+    lb = labels("okx", "ETH-USDT-SWAP", "ETH")
+    assert reg.get_sample_value("fr_edge_bp", {**lb, "side": "long"}) == pytest.approx(5.0 - 4.0 / 6.0)
+    assert reg.get_sample_value("fr_edge_bp", {**lb, "side": "short"}) is None
+
+
+def test_anchor_strength_is_the_ols_slope_over_the_window() -> None:
+    rng = np.random.default_rng(7)
+    now = T0
+    ts = now - np.arange(600)[::-1] * 60.0  # 10 h of one-a-minute samples
+    prem = rng.normal(0, 5e-4, ts.size)
+    fund = 0.3 * prem + 1e-4 + rng.normal(0, 2e-5, ts.size)
+    fund[: 240] = -2.0 * prem[:240]  # an older regime, outside a 6 h window
+    samples = list(zip(ts.tolist(), fund.tolist(), prem.tolist(), strict=True))
+    start = now - 6 * 3600.0
+    m = ts > start
+    expected = np.polyfit(prem[m], fund[m], 1)[0]
+    assert fa.anchor_strength(samples, start) == pytest.approx(expected, rel=1e-9)
+
+    class Holder:
+        anchor_samples = samples
+
+    cache = fa.WindowCache()
+    assert cache.anchor("k", Holder(), start) == pytest.approx(expected, rel=1e-9)
+    assert cache.anchor("k", Holder(), start) == pytest.approx(expected, rel=1e-9)  # cached path
+    assert fa.anchor_strength(samples[:5], start - 1e9) is None  # too few points
+    flat = [(t, f, 1e-4) for t, f, _ in samples]
+    assert fa.anchor_strength(flat, start) is None  # no spread in premium
+
+
+@pytest.mark.parametrize("maxlen", [2000, 200])  # 200 < a 6 h window of minutes: the source drops rows
+def test_incremental_anchor_matches_a_fresh_regression_at_every_step(maxlen: int) -> None:
+    """Samples arrive about one a minute, with gaps, and leave the 6 h window; scrapes come at odd
+    times, sometimes with no new sample. The running sums must equal polyfit every time."""
+    rng = np.random.default_rng(3)
+
+    class Holder:
+        def __init__(self) -> None:
+            self.anchor_samples: deque[tuple[float, float, float]] = deque(maxlen=maxlen)
+
+    h = Holder()
+    cache = fa.WindowCache()
+    window = 6 * 3600.0
+    t = now = T0
+    checked = 0
+    for i in range(2500):
+        gap = float(rng.choice([60.0, 60.0, 60.0, 61.5, 600.0, 3 * 3600.0, 7 * 3600.0],
+                               p=[0.5, 0.2, 0.15, 0.1, 0.03, 0.015, 0.005]))
+        t += gap
+        beta = 0.2 if i < 1200 else -1.5  # a regime change the window must forget
+        x = float(rng.normal(3e-4, 4e-4))
+        h.anchor_samples.append((t, beta * x + 1e-4 + float(rng.normal(0, 1e-5)), x))
+        for _ in range(int(rng.integers(0, 3))):  # zero, one or two scrapes, at times of their own
+            now = max(now, t) + float(rng.uniform(0, 120))
+            got = cache.anchor("k", h, now - window)
+            arr = np.array(h.anchor_samples)
+            arr = arr[arr[:, 0] > now - window]
+            if len(arr) < 10:
+                assert got is None, i
+                continue
+            assert got == pytest.approx(np.polyfit(arr[:, 2], arr[:, 1], 1)[0], rel=1e-7), i
+            checked += 1
+    assert checked > 1000
+
+
+def test_anchor_series_through_state() -> None:
+    clock = Clock(T0)
+    state = MarketState(clock=clock)
+    state.register(InstrumentInfo(Exchange.BYBIT, "BTCUSDT", "BTC", "USDT", funding_interval_s=EIGHT_HOURS))
+    rng = np.random.default_rng(1)
+    xs, ys = [], []
+    for _ in range(60):
+        clock.t += 61.0
+        p = float(rng.normal(0, 1e-3))
+        f = 0.5 * p + 1e-4
+        xs.append(p)
+        ys.append(f)
+        state.apply(MarketUpdate(Exchange.BYBIT, "BTCUSDT", mark_price=100.0 * (1 + p), index_price=100.0,
+                                 funding_rate=f))
+    reg = build_registry(Config(), state)
+    got = reg.get_sample_value("fr_effective_anchor_strength", labels("bybit"))
+    assert got == pytest.approx(0.5, rel=1e-6)
+    # The samples the regression saw are exactly the ones state took, one a minute.
+    assert len(state.instruments[(Exchange.BYBIT, "BTCUSDT")].anchor_samples) == 60
+
+
+def test_deribit_interval_is_8h_even_when_state_inferred_hourly_observations() -> None:
+    clock = Clock()
+    state = MarketState(clock=clock)
+    st = state.register(InstrumentInfo(Exchange.DERIBIT, "ETH-PERPETUAL", "ETH", "USD", inverse=True))
+    # Hourly observations only: state infers a 1 h spacing when nothing else says otherwise.
+    state.add_settlements(st, [(T0 - i * 3600.0, 2e-5) for i in range(1, 5)])
+    state.apply(MarketUpdate(Exchange.DERIBIT, "ETH-PERPETUAL", funding_rate_8h=2e-5))
+    reg = build_registry(Config(), state)
+    lb = labels("deribit", "ETH-PERPETUAL", "ETH", "USD")
+    assert reg.get_sample_value("fr_funding_interval_seconds", lb) == 28800.0
+    assert reg.get_sample_value("fr_funding_rate_annualized_ratio", lb) == pytest.approx(2e-5 * 1095)

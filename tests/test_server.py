@@ -1,0 +1,205 @@
+"""HTTP server: endpoints, negotiation, /api/state, TLS."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import trustme
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter import __version__
+from exporter.config import Config
+from exporter.metrics import build_registry
+from exporter.model import EIGHT_HOURS, Exchange, InstrumentInfo, Liquidation, MarketUpdate, Side
+from exporter.server import ServerHandle, start_server
+from exporter.state import MarketState
+
+T0 = 1_700_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = T0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make_state() -> tuple[Clock, MarketState]:
+    clock = Clock()
+    state = MarketState(clock=clock)
+    st = state.register(InstrumentInfo(Exchange.BINANCE, "BTCUSDT", "BTC", "USDT", funding_interval_s=EIGHT_HOURS))
+    state.add_settlements(st, [(T0 - i * EIGHT_HOURS, 1e-4 * (1 + i % 3)) for i in range(1, 40)])
+    state.apply(MarketUpdate(Exchange.BINANCE, "BTCUSDT", mark_price=101.0, index_price=100.0, funding_rate=2e-4,
+                             next_funding_time=T0 + 600, open_interest_usd=5e8))
+    state.apply(Liquidation(Exchange.BINANCE, "BTCUSDT", T0, Side.LONG, 100.0, 10.0, 1000.0))
+    h = state.stream(Exchange.BINANCE, "markPrice")
+    h.connected, h.last_message_at, h.messages = True, T0, 5
+    return clock, state
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Clock, MarketState, ServerHandle]]:
+    monkeypatch.setenv("FR_TEST_API_KEY", "sk-very-secret-value")
+    clock, state = make_state()
+    cfg = Config.model_validate({
+        "listen_address": "127.0.0.1:0",
+        "exchanges": {"binance": {"credentials": {"api_key_env": "FR_TEST_API_KEY"}}},
+    })
+    reg = build_registry(cfg, state)
+    handle = start_server(cfg, state, reg, extra_api=lambda: {"positions": [{"position": "carry-btc", "size": 1.0}]})
+    try:
+        yield clock, state, handle
+    finally:
+        handle.stop()
+
+
+def test_metrics_text_default(served) -> None:
+    _, _, h = served
+    r = httpx.get(h.url + "/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    fams = {f.name: f for f in text_string_to_metric_families(r.text)}
+    assert fams["fr_funding_rate"].samples[0].value == 2e-4
+    assert "# EOF" not in r.text
+
+
+def test_metrics_openmetrics_and_gzip(served) -> None:
+    _, _, h = served
+    accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+    with httpx.Client() as c:
+        r = c.get(h.url + "/metrics", headers={"Accept": accept, "Accept-Encoding": "gzip"})
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+        assert r.headers["content-encoding"] == "gzip"
+        assert r.text.endswith("# EOF\n")  # httpx decompressed it
+        raw = c.get(h.url + "/metrics", headers={"Accept-Encoding": "identity"})
+        assert "content-encoding" not in raw.headers
+        zipped = c.get(h.url + "/metrics", headers={"Accept-Encoding": "gzip"})
+        # Content-Length is the compressed size on the wire.
+        assert int(zipped.headers["content-length"]) < len(raw.content) / 3
+        assert zipped.content == raw.content
+
+
+def test_landing_healthz_404_head(served) -> None:
+    _, _, h = served
+    root = httpx.get(h.url + "/")
+    assert root.status_code == 200 and 'href="/metrics"' in root.text and __version__ in root.text
+    hz = httpx.get(h.url + "/healthz")
+    assert hz.status_code == 200 and hz.text.strip() == "ok"
+    assert httpx.get(h.url + "/nope").status_code == 404
+    head = httpx.head(h.url + "/metrics")
+    assert head.status_code == 200 and int(head.headers["content-length"]) > 0 and head.content == b""
+
+
+def test_api_state_document(served) -> None:
+    clock, _, h = served
+    doc = httpx.get(h.url + "/api/state").json()
+    assert doc["version"] == __version__ and doc["generated_at"] == T0
+    assert doc["exchanges"]["binance"]["up"] is True
+    assert doc["exchanges"]["binance"]["streams"][0] == {
+        "stream": "markPrice", "connected": True, "last_message_age_seconds": 0.0, "messages": 5, "reconnects": 0,
+        "parse_errors": 0}
+    (row,) = doc["instruments"]
+    assert row["exchange"] == "binance" and row["instrument"] == "BTCUSDT" and row["base"] == "BTC"
+    assert row["stale"] is False
+    assert row["funding_rate"] == 2e-4 and row["funding_rate_8h"] == pytest.approx(2e-4)
+    assert row["funding_rate_annualized"] == pytest.approx(2e-4 * 1095)
+    assert row["funding_zscore"] is not None
+    assert row["premium_ratio"] == pytest.approx(0.01)
+    assert row["liquidations"]["long"] == {"count": 1, "notional_usd": 1000.0}
+    assert row["liquidations_1h"]["long"]["count"] == 1
+    assert row["ages_seconds"]["long_short_ratio"] is None
+    assert doc["positions"] == [{"position": "carry-btc", "size": 1.0}]
+    assert isinstance(doc["events"], list)
+    # Stale values are null, never the old number.
+    clock.t = T0 + 200
+    row = httpx.get(h.url + "/api/state").json()["instruments"][0]
+    assert row["stale"] is True
+    assert row["mark_price"] is None and row["funding_rate"] is None and row["funding_zscore"] is None
+    assert row["open_interest_usd"] == 5e8  # 300 s limit
+    assert row["ages_seconds"]["price"] == pytest.approx(200.0)
+    assert httpx.get(h.url + "/api/state").json()["exchanges"]["binance"]["up"] is False
+
+
+def test_api_state_never_contains_secrets(served) -> None:
+    _, _, h = served
+    body = httpx.get(h.url + "/api/state").text
+    assert "sk-very-secret-value" not in body and "FR_TEST_API_KEY" not in body
+    assert orjson.loads(body)
+
+
+def test_extra_api_failure_does_not_break_api_state() -> None:
+    _, state = make_state()
+    cfg = Config(listen_address="127.0.0.1:0")
+
+    def broken() -> dict:
+        raise RuntimeError("position store down")
+
+    h = start_server(cfg, state, build_registry(cfg, state), extra_api=broken)
+    try:
+        r = httpx.get(h.url + "/api/state")
+        assert r.status_code == 200 and r.json()["instruments"]
+    finally:
+        h.stop()
+
+
+def test_https_with_tls_config(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    _, state = make_state()
+    cfg = Config.model_validate({"listen_address": "127.0.0.1:0",
+                                 "tls": {"cert_file": str(cert_file), "key_file": str(key_file)}})
+    h = start_server(cfg, state, build_registry(cfg, state))
+    try:
+        assert h.url.startswith("https://127.0.0.1:")
+        ctx = ssl.create_default_context()
+        ca.configure_trust(ctx)
+        r = httpx.get(h.url + "/metrics", verify=ctx)
+        assert r.status_code == 200 and "fr_funding_rate{" in r.text
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{h.port}/metrics", timeout=5)  # plain HTTP is refused
+        # A client that does not trust the CA fails the handshake; the server keeps serving.
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(h.url + "/healthz", verify=ssl.create_default_context())
+        assert httpx.get(h.url + "/healthz", verify=ctx).text.strip() == "ok"
+    finally:
+        h.stop()
+
+
+def test_stop_releases_the_port() -> None:
+    _, state = make_state()
+    cfg = Config(listen_address="127.0.0.1:0")
+    h = start_server(cfg, state, build_registry(cfg, state))
+    port = h.port
+    h.stop()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_requests_are_logged_at_debug_only(served, caplog: pytest.LogCaptureFixture) -> None:
+    _, _, h = served
+    with caplog.at_level(logging.INFO, logger="exporter.server"):
+        httpx.get(h.url + "/healthz")
+    assert not [r for r in caplog.records if r.name == "exporter.server"]
+    with caplog.at_level(logging.DEBUG, logger="exporter.server"):
+        httpx.get(h.url + "/nope")
+        deadline = time.monotonic() + 5
+        # The line is written just after the response went out: give the server thread a moment.
+        while time.monotonic() < deadline:
+            lines = [r.getMessage() for r in caplog.records if r.name == "exporter.server"]
+            if any("GET /nope -> 404" in m for m in lines):
+                break
+            time.sleep(0.01)
+    assert any("GET /nope -> 404" in m for m in lines), lines
+    assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == "exporter.server")
