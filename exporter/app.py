@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import logging
 import time
@@ -99,6 +100,8 @@ class Exporter:
         self.state = state or MarketState(
             funding_event_rate_8h=a.funding_event_rate_8h,
             liquidation_event_usd_per_minute=a.liquidation_event_usd_per_minute,
+            settlement_span_seconds=a.zscore_window_seconds + 86400.0,
+            anchor_span_seconds=a.anchor_window_seconds,
         )
         if feed_factory is None:
             from exporter.feeds import feed_for
@@ -153,6 +156,10 @@ class Exporter:
         remaining = self.startup_budget_s - (time.monotonic() - t0)
         await self._wait_first_data(min(FIRST_DATA_WAIT_S, max(0.0, remaining)))
         registry = self._build_registry()
+        # Everything loaded so far (modules, backfilled windows) lives for the whole run: moving it
+        # out of the collector's reach keeps full collections short, so frames are not held up.
+        gc.collect()
+        gc.freeze()
         self.server = self._start_server(registry)
         for rt in self.runtimes.values():
             self._start_pollers(rt)

@@ -2,15 +2,20 @@
 
 Written only by the event-loop thread (feeds and REST pollers call :meth:`MarketState.apply`);
 read at scrape time by collectors in the HTTP server thread. Readers take copies
-(``tuple(deque)``, ``list(dict.values())`` are single C calls, so they are consistent under the GIL)
-and never mutate anything.
+(``tuple(deque)``, ``list(dict.values())``, ``array[:]`` are single C calls, so they are consistent
+under the GIL) and never mutate anything.
+
+Rolling windows are :class:`Window` objects: flat ``array('d')`` storage, 8 bytes a value and no
+Python object per sample, so 2,000 instruments with full windows stay small and the garbage
+collector has nothing to walk in them.
 """
 
 from __future__ import annotations
 
 import time
+from array import array
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from exporter.model import (
@@ -34,8 +39,97 @@ Key = tuple[Exchange, str]
 MAX_SETTLEMENTS = 2000  # 1 h funding for ~83 days
 ANCHOR_SAMPLE_SECONDS = 60.0  # (funding, premium) pairs for the anchor regression, one a minute
 OI_SAMPLE_SECONDS = 60.0
+OI_SPAN_SECONDS = 2 * 3600.0
 LIQ_FLOW_WINDOW_SECONDS = 3600.0
 CONTINUOUS_OBSERVATION_SECONDS = 3600.0  # Deribit: one funding observation an hour
+
+
+class Window:
+    """Time-ordered records of ``width`` floats (time first), bounded by count and by time span.
+
+    Iteration and indexing work on a copy taken in one C call, so a reader in another thread sees a
+    consistent window while the event loop appends.
+    """
+
+    __slots__ = ("_a", "maxlen", "span", "width")
+
+    def __init__(self, width: int, maxlen: int, span: float | None = None) -> None:
+        self._a = array("d")
+        self.width = width
+        self.maxlen = maxlen
+        self.span = span  # records older than (newest time - span) are dropped
+
+    def append(self, record: Iterable[float]) -> None:
+        self._a.extend(record)
+        self._trim()
+
+    def extend(self, records: Iterable[Iterable[float]]) -> None:
+        a = self._a
+        for r in records:
+            a.extend(r)
+        self._trim()
+
+    def replace(self, records: Iterable[Iterable[float]]) -> None:
+        """Swap in a whole new (sorted) content at once: readers see the old or the new, never a mix."""
+        fresh = array("d")
+        for r in records:
+            fresh.extend(r)
+        self._a = fresh
+        self._trim()
+
+    def clear(self) -> None:
+        self._a = array("d")
+
+    def last_time(self) -> float | None:
+        a = self._a
+        return a[len(a) - self.width] if a else None
+
+    def _trim(self) -> None:
+        a, w = self._a, self.width
+        n = len(a) // w
+        drop = max(0, n - self.maxlen)
+        if self.span is not None and n:
+            cutoff = a[(n - 1) * w] - self.span
+            lo, hi = drop, n
+            while lo < hi:  # first record at or after the cutoff
+                mid = (lo + hi) // 2
+                if a[mid * w] < cutoff:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            drop = lo
+        if drop:
+            del a[: drop * w]
+
+    def __len__(self) -> int:
+        return len(self._a) // self.width
+
+    def __bool__(self) -> bool:
+        return len(self._a) > 0
+
+    def __iter__(self) -> Iterator[tuple[float, ...]]:
+        data, w = self._a[:], self.width
+        for i in range(0, len(data) - len(data) % w, w):
+            yield tuple(data[i : i + w])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Window):
+            return NotImplemented
+        return (self.width, self.maxlen, self.span, self._a) == (other.width, other.maxlen, other.span, other._a)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"Window(width={self.width}, records={len(self)}, span={self.span})"
+
+    def __getitem__(self, index: int) -> tuple[float, ...]:
+        data, w = self._a[:], self.width
+        n = len(data) // w
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError("window index out of range")
+        return tuple(data[index * w : (index + 1) * w])
 
 
 @dataclass(slots=True)
@@ -59,10 +153,13 @@ class InstrumentState:
     ratio_at: float = 0.0
     event_time: float | None = None  # exchange's own timestamp of the last update
     # rolling windows
-    settlements: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=MAX_SETTLEMENTS))
+    # (funding_time, rate); span set by MarketState from the z-score window
+    settlements: Window = field(default_factory=lambda: Window(2, MAX_SETTLEMENTS))
     settlements_version: int = 0  # bumped on every change, so readers can cache window stats
-    anchor_samples: deque[tuple[float, float, float]] = field(default_factory=lambda: deque(maxlen=2000))
-    oi_samples: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=180))
+    # (time, funding_rate, premium), one a minute; span = the anchor regression window
+    anchor_samples: Window = field(default_factory=lambda: Window(3, 2000))
+    # (time, open_interest_usd), one a minute, two hours (for the 1 h change)
+    oi_samples: Window = field(default_factory=lambda: Window(2, 180, OI_SPAN_SECONDS))
     # liquidations seen on the public stream, per side of the liquidated position
     liq_count: dict[Side, int] = field(default_factory=lambda: {Side.LONG: 0, Side.SHORT: 0})
     liq_notional_usd: dict[Side, float] = field(default_factory=lambda: {Side.LONG: 0.0, Side.SHORT: 0.0})
@@ -78,7 +175,7 @@ class InstrumentState:
 
     def settlement_window(self) -> tuple[tuple[float, float], ...]:
         """(funding_time, rate) pairs, oldest first; a copy safe to use from another thread."""
-        return tuple(self.settlements)
+        return tuple(self.settlements)  # type: ignore[arg-type]
 
 
 @dataclass(slots=True)
@@ -123,8 +220,13 @@ class MarketState:
         clock: Callable[[], float] = time.time,
         funding_event_rate_8h: float = 0.0005,
         liquidation_event_usd_per_minute: float = 5_000_000.0,
+        settlement_span_seconds: float = 31 * 86400.0,
+        anchor_span_seconds: float = 6 * 3600.0,
     ) -> None:
         self.clock = clock
+        # Windows keep a little more than the analytics windows (z-score, anchor regression) use.
+        self._settlement_span = settlement_span_seconds
+        self._anchor_span = anchor_span_seconds + ANCHOR_SAMPLE_SECONDS
         self.started_at = clock()
         self.instruments: dict[Key, InstrumentState] = {}
         self.streams: dict[tuple[Exchange, str], StreamHealth] = {}
@@ -150,7 +252,11 @@ class MarketState:
         key = (info.exchange, info.instrument)
         st = self.instruments.get(key)
         if st is None:
-            st = InstrumentState(info=info)
+            st = InstrumentState(
+                info=info,
+                settlements=Window(2, MAX_SETTLEMENTS, self._settlement_span),
+                anchor_samples=Window(3, 2000, self._anchor_span),
+            )
             self.instruments[key] = st
         else:
             st.info = info
@@ -211,14 +317,13 @@ class MarketState:
 
     def add_settlements(self, st: InstrumentState, pairs: Iterable[tuple[float, float]]) -> None:
         """Merge settled (time, rate) pairs, keeping the window sorted and free of duplicates."""
-        known = {t for t, _ in st.settlements}
+        known = {r[0] for r in st.settlements}
         new = sorted((t, r) for t, r in pairs if t not in known and r == r)  # r == r drops NaN
         if not new:
             return
-        if st.settlements and new[0][0] < st.settlements[-1][0]:
-            merged = sorted([*st.settlements, *new])
-            st.settlements.clear()
-            st.settlements.extend(merged)
+        last = st.settlements.last_time()
+        if last is not None and new[0][0] < last:
+            st.settlements.replace(sorted([*st.settlements, *new]))
         else:
             st.settlements.extend(new)
         st.settlements_version += 1
@@ -273,7 +378,8 @@ class MarketState:
                 st.funding_rate = rate
                 if rate_8h is not None and st.next_funding_time is None:  # _continuous_observation, inlined
                     t = (u.event_time or now) // CONTINUOUS_OBSERVATION_SECONDS * CONTINUOUS_OBSERVATION_SECONDS
-                    if not st.settlements or t > st.settlements[-1][0]:
+                    last = st.settlements.last_time()
+                    if last is None or t > last:
                         self.add_settlements(st, [(t, rate_8h)])
                 interval = st.funding_interval_s or st.info.funding_interval_s
                 if interval:  # _check_funding_event, inlined
@@ -299,12 +405,14 @@ class MarketState:
             oi_now = st.open_interest_usd
             if oi_now is not None:
                 oi_samples = st.oi_samples
-                if not oi_samples or now - oi_samples[-1][0] >= OI_SAMPLE_SECONDS:
+                last = oi_samples.last_time()
+                if last is None or now - last >= OI_SAMPLE_SECONDS:
                     oi_samples.append((now, oi_now))
         funding = st.funding_rate
         if funding is not None:
             samples = st.anchor_samples
-            if not samples or now - samples[-1][0] >= ANCHOR_SAMPLE_SECONDS:
+            last = samples.last_time()
+            if last is None or now - last >= ANCHOR_SAMPLE_SECONDS:
                 m = st.mark_price
                 i = st.index_price
                 prem = (m - i) / i if m is not None and i else st.premium  # premium_of, inlined
@@ -316,7 +424,8 @@ class MarketState:
         if st.next_funding_time is not None or u.funding_rate_8h is None:
             return
         t = (u.event_time or now) // CONTINUOUS_OBSERVATION_SECONDS * CONTINUOUS_OBSERVATION_SECONDS
-        if not st.settlements or t > st.settlements[-1][0]:
+        last = st.settlements.last_time()
+        if last is None or t > last:
             self.add_settlements(st, [(t, u.funding_rate_8h)])
 
     def _apply_liquidation(self, liq: Liquidation, now: float) -> None:
