@@ -1,0 +1,108 @@
+"""Every knob of the monitoring mixin in one place: selectors, thresholds, durations, URLs.
+
+The rules (:mod:`mixin.rules`) and dashboards (:mod:`mixin.dashboards`) read only this object, so
+changing a threshold here and running ``python -m mixin.generate`` changes the alert expression,
+its description, the line drawn on the dashboard and the runbook's numbers together.
+
+Funding thresholds are fractions per 8 h-equivalent (0.0005 = 0.05 % per 8 h), either sign.
+Durations are Prometheus duration strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    # Funding, per 8 h-equivalent, |rate| above
+    funding_warning: float = 0.0005  # 0.05 %
+    funding_critical: float = 0.0008  # 0.08 %
+    funding_emergency: float = 0.0012  # 0.12 %
+    zscore: float = 2.5  # |fr_funding_zscore| above
+    edge_min_bp: float = 0.0  # fr_edge_bp below
+    net_apy_min_pct: float = 0.0  # fr_net_apy_pct{basis="projected"} below
+    liq_gap_warning_pct: float = 10.0  # fr_liq_gap_pct below
+    liq_gap_critical_pct: float = 5.0
+    liq_hit_probability: float = 0.25  # fr_liq_hit_probability above (any horizon)
+    adl_rank: float = 3.0  # fr_adl_rank at or above (0 safest .. 4 first in line)
+    # Liquidation spike: 5 m notional rate above `factor` x its own 1 h average, and above a floor
+    liquidation_spike_factor: float = 5.0
+    liquidation_spike_min_usd_per_second: float = 50_000.0  # 3 M USD per minute
+    funding_spread_bp: float = 10.0  # fr_funding_spread_bp above (informational)
+    ai_risk_probability: float = 0.7
+    ai_stale_seconds: float = 1800.0  # no valid model answer for this long (sidecar default period 300 s)
+    ai_failure_ratio: float = 0.5  # failed / all model calls over the failure window
+    stream_stale_seconds: float = 120.0  # no websocket message for this long
+
+
+@dataclass(frozen=True)
+class Durations:
+    """`for:` of each alert (how long the condition must hold before it fires)."""
+
+    funding: str = "5m"
+    zscore: str = "15m"
+    edge: str = "30m"
+    net_apy: str = "30m"
+    liq_gap: str = "1m"
+    liq_hit: str = "5m"
+    adl: str = "5m"
+    liquidation_spike: str = "2m"
+    funding_spread: str = "30m"
+    ai_risk: str = "10m"
+    ai_stale: str = "5m"
+    ai_failing: str = "15m"
+    exporter_down: str = "5m"
+    stream_down: str = "2m"
+    stream_stale: str = "2m"
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Range-vector windows used inside rule expressions."""
+
+    rate: str = "5m"  # liquidation notional rates (the recording rules' names say 5m)
+    liquidation_baseline: str = "1h"
+    ai_failures: str = "15m"
+
+
+@dataclass(frozen=True)
+class MixinConfig:
+    exporter_job: str = "fr-exporter"
+    sidecar_job: str = "fr-ai-sidecar"
+    exporter_port: int = 9466
+    sidecar_port: int = 9467
+    # Links put into every alert. The runbook anchor is the lower-cased alert name.
+    runbook_base_url: str = "https://github.com/fr-exporter/fr-exporter/blob/main/docs/runbook.md"
+    grafana_url: str = "http://localhost:3000"
+    dashboard_tag: str = "fr-exporter"
+    grafana_schema_version: int = 41  # Grafana 11.6, the image pinned in docker-compose.yml
+    datasource_uid: str = "prometheus"
+    scrape_interval: str = "15s"
+    evaluation_interval: str = "15s"
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    durations: Durations = field(default_factory=Durations)
+    windows: Windows = field(default_factory=Windows)
+
+    def runbook_url(self, alert: str) -> str:
+        return f"{self.runbook_base_url}#{alert.lower()}"
+
+
+DEFAULT = MixinConfig()
+
+
+def fast_variant(cfg: MixinConfig = DEFAULT) -> MixinConfig:
+    """The same rules with `for:` durations and staleness limits shortened for the end-to-end test.
+
+    Only durations and the two "how long is too long" limits change; every expression, label and
+    annotation keeps its shape (tests/test_rules.py checks that).
+    """
+    short = {name: "2s" for name in Durations.__dataclass_fields__}
+    short["stream_stale"] = "4s"
+    return replace(
+        cfg,
+        durations=Durations(**short),
+        thresholds=replace(cfg.thresholds, stream_stale_seconds=10.0, ai_stale_seconds=60.0),
+        scrape_interval="1s",
+        evaluation_interval="1s",
+    )

@@ -1,0 +1,609 @@
+"""Grafana dashboards as plain dictionaries (dashboard JSON model, schemaVersion from the config).
+
+A deliberately small builder instead of grafana-foundation-sdk: the dashboards use five panel
+types and a handful of fields, the JSON stays diffable and readable in review, the generator runs
+with the standard library only (no pinned epoch-versioned wheel in the project's dependencies), and
+the lint that matters (datasource variable, units, ``$__rate_interval``) is in tests/test_dashboards.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mixin.config import MixinConfig
+from mixin.rules import DASHBOARDS, FUNDING_8H, LIQ_RATE_BASELINE, LIQ_RATE_EXCHANGE
+
+DS = {"type": "prometheus", "uid": "${datasource}"}
+MKT = 'exchange=~"$exchange",base=~"$base",instrument=~"$instrument"'
+POS = 'exchange=~"$exchange",instrument=~"$instrument"'
+RI = "$__rate_interval"
+LATENCY = f"sum by (le, model) (rate(fr_ai_request_duration_seconds_bucket[{RI}]))"
+
+
+@dataclass
+class Panel:
+    title: str
+    description: str
+    targets: list[tuple[str, str]]  # (expr, legendFormat)
+    unit: str
+    kind: str = "timeseries"
+    width: int = 12
+    height: int = 8
+    thresholds: list[tuple[str, float | None]] = field(default_factory=list)  # (color, from value)
+    threshold_style: str | None = None  # timeseries: "line", "line+area", "dashed"
+    min: float | None = None
+    max: float | None = None
+    extra_defaults: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    instant: bool = False
+
+    def build(self, pid: int, x: int, y: int) -> dict[str, Any]:
+        defaults: dict[str, Any] = {"unit": self.unit}
+        if self.min is not None:
+            defaults["min"] = self.min
+        if self.max is not None:
+            defaults["max"] = self.max
+        if self.thresholds:
+            defaults["thresholds"] = {
+                "mode": "absolute",
+                "steps": [{"color": c, "value": v} for c, v in self.thresholds],
+            }
+        if self.threshold_style:
+            defaults["custom"] = {"thresholdsStyle": {"mode": self.threshold_style}}
+        defaults.update(self.extra_defaults)
+        targets = []
+        for i, (expr, legend) in enumerate(self.targets):
+            t: dict[str, Any] = {"datasource": DS, "expr": expr, "legendFormat": legend, "refId": chr(ord("A") + i)}
+            if self.instant:
+                t["instant"] = True
+                t["range"] = False
+                t["format"] = "table"
+            targets.append(t)
+        return {
+            "id": pid,
+            "type": self.kind,
+            "title": self.title,
+            "description": self.description,
+            "datasource": DS,
+            "gridPos": {"h": self.height, "w": self.width, "x": x, "y": y},
+            "fieldConfig": {"defaults": defaults, "overrides": []},
+            "options": self.options,
+            "targets": targets,
+        }
+
+
+def _variables(cfg: MixinConfig) -> list[dict[str, Any]]:
+    def query(name: str, label: str, q: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "label": label,
+            "type": "query",
+            "datasource": DS,
+            "query": q,
+            "definition": q,
+            "refresh": 2,  # on time-range change
+            "multi": True,
+            "includeAll": True,
+            "allValue": ".*",
+            "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+            "sort": 1,
+            "hide": 0,
+            "regex": "",
+        }
+
+    return [
+        {
+            "name": "datasource",
+            "label": "Data Source",
+            "type": "datasource",
+            "query": "prometheus",
+            "current": {},
+            "hide": 0,
+            "refresh": 1,
+            "regex": "",
+            "includeAll": False,
+            "multi": False,
+        },
+        query("exchange", "Exchange", "label_values(fr_up, exchange)"),
+        query("base", "Base asset", 'label_values(fr_funding_rate{exchange=~"$exchange"}, base)'),
+        query(
+            "instrument", "Instrument", 'label_values(fr_funding_rate{exchange=~"$exchange",base=~"$base"}, instrument)'
+        ),
+    ]
+
+
+def _layout(panels: list[Panel]) -> list[dict[str, Any]]:
+    out, x, y, row_h = [], 0, 0, 0
+    for i, p in enumerate(panels, start=1):
+        if x + p.width > 24:
+            x, y, row_h = 0, y + row_h, 0
+        out.append(p.build(i, x, y))
+        x += p.width
+        row_h = max(row_h, p.height)
+    return out
+
+
+def _dashboard(cfg: MixinConfig, key: str, description: str, panels: list[Panel]) -> dict[str, Any]:
+    uid, title = DASHBOARDS[key]
+    links = [
+        {"title": t, "type": "link", "url": f"/d/{u}", "keepTime": True, "includeVars": True}
+        for k, (u, t) in DASHBOARDS.items()
+        if k != key
+    ]
+    return {
+        "id": None,
+        "uid": uid,
+        "title": f"FR exporter / {title}",
+        "description": description,
+        "tags": [cfg.dashboard_tag],
+        "editable": False,
+        "graphTooltip": 1,
+        "refresh": "30s",
+        "time": {"from": "now-6h", "to": "now"},
+        "timezone": "utc",
+        "schemaVersion": cfg.grafana_schema_version,
+        "version": 1,
+        "links": links,
+        "annotations": {"list": []},
+        "templating": {"list": _variables(cfg)},
+        "panels": _layout(panels),
+    }
+
+
+def _funding(cfg: MixinConfig) -> dict[str, Any]:
+    t = cfg.thresholds
+    levels = [
+        ("red", None),  # below -emergency
+        ("orange", -t.funding_emergency),
+        ("yellow", -t.funding_critical),
+        ("green", -t.funding_warning),
+        ("yellow", t.funding_warning),
+        ("orange", t.funding_critical),
+        ("red", t.funding_emergency),
+    ]
+    f8 = f"{FUNDING_8H}{{{MKT}}}"
+    return _dashboard(
+        cfg,
+        "funding",
+        "Funding per exchange and instrument, normalised to 8 h; z-score, edge after fees, cross-exchange views.",
+        [
+            Panel(
+                "Funding heat map: exchange x instrument (8 h-equivalent)",
+                "Each row is one instrument on one exchange; colour is the funding rate normalised to 8 h "
+                f"(yellow beyond ±{t.funding_warning:.2%}, orange ±{t.funding_critical:.2%}, "
+                f"red ±{t.funding_emergency:.2%}).",
+                [(f8, "{{exchange}} {{instrument}}")],
+                "percentunit",
+                kind="state-timeline",
+                width=24,
+                height=10,
+                thresholds=levels,
+                extra_defaults={"color": {"mode": "thresholds"}},
+                options={"showValue": "never", "mergeValues": False, "rowHeight": 0.8},
+            ),
+            Panel(
+                "Funding rate, 8 h-equivalent",
+                "fr_funding_rate x 28800 / fr_funding_interval_seconds. Lines: alert thresholds (either sign).",
+                [(f8, "{{exchange}} {{instrument}}")],
+                "percentunit",
+                thresholds=levels,
+                threshold_style="dashed",
+            ),
+            Panel(
+                "Funding z-score",
+                f"Current funding against the trailing window of settlements; the alert fires beyond ±{t.zscore:g}.",
+                [(f"fr_funding_zscore{{{MKT}}}", "{{exchange}} {{instrument}}")],
+                "none",
+                thresholds=[("red", None), ("green", -t.zscore), ("red", t.zscore)],
+                threshold_style="dashed",
+            ),
+            Panel(
+                "Edge after fees",
+                "Funding received over one interval minus amortised trading cost, for the side that receives "
+                "funding. Below zero the carry does not pay its fees.",
+                [(f"fr_edge_bp{{{MKT}}}", "{{exchange}} {{instrument}} ({{side}} receives)")],
+                "suffix: bp",
+                thresholds=[("red", None), ("green", t.edge_min_bp)],
+                threshold_style="dashed",
+            ),
+            Panel(
+                "Open-interest-weighted funding (8 h)",
+                "Funding across exchanges weighted by open interest, each normalised to 8 h.",
+                [('fr_oi_weighted_funding_rate{base=~"$base"}', "{{base}}")],
+                "percentunit",
+            ),
+            Panel(
+                "Cross-exchange funding spreads",
+                "Funding earned per 8 h by shorting on short_exchange and longing on long_exchange, after fees. "
+                f"Informational alert above {t.funding_spread_bp:g} bp.",
+                [('fr_funding_spread_bp{base=~"$base"}', "{{base}} short {{short_exchange}} / long {{long_exchange}}")],
+                "suffix: bp",
+            ),
+            Panel(
+                "Time to next settlement",
+                "Seconds until the next funding settlement (instruments with scheduled settlements only).",
+                [(f"fr_next_funding_timestamp_seconds{{{MKT}}} - time()", "{{exchange}} {{instrument}}")],
+                "s",
+                kind="bargauge",
+                options={"orientation": "horizontal", "displayMode": "basic"},
+            ),
+            Panel(
+                "Annualised funding",
+                "fr_funding_rate x intervals per year, with each instrument's own interval.",
+                [(f"fr_funding_rate_annualized_ratio{{{MKT}}}", "{{exchange}} {{instrument}}")],
+                "percentunit",
+            ),
+            Panel(
+                "Premium (mark vs index)",
+                "(mark - index) / index: what drives the next funding rate.",
+                [(f"fr_premium_ratio{{{MKT}}}", "{{exchange}} {{instrument}}")],
+                "percentunit",
+            ),
+            Panel(
+                "Open interest",
+                "Open interest in USD notional.",
+                [(f"fr_open_interest_usd{{{MKT}}}", "{{exchange}} {{instrument}}")],
+                "currencyUSD",
+            ),
+        ],
+    )
+
+
+def _positions(cfg: MixinConfig) -> dict[str, Any]:
+    t = cfg.thresholds
+    legend = "{{position}} ({{side}} {{exchange}} {{instrument}})"
+    return _dashboard(
+        cfg,
+        "positions",
+        "Configured and account positions: distance to liquidation, hit probability, ADL, carry.",
+        [
+            Panel(
+                "Distance to liquidation",
+                f"Mark to liquidation price in % of mark. Warning below {t.liq_gap_warning_pct:g} %, "
+                f"critical below {t.liq_gap_critical_pct:g} % (the shaded bands).",
+                [(f"fr_liq_gap_pct{{{POS}}}", legend)],
+                "percent",
+                thresholds=[("red", None), ("orange", t.liq_gap_critical_pct), ("green", t.liq_gap_warning_pct)],
+                threshold_style="line+area",
+                min=0,
+            ),
+            Panel(
+                "Liquidation hit probability",
+                f"Probability that mark touches the liquidation price within the horizon; alert above "
+                f"{t.liq_hit_probability:.0%}.",
+                [(f"fr_liq_hit_probability{{{POS}}}", "{{position}} within {{horizon}}")],
+                "percentunit",
+                thresholds=[("green", None), ("red", t.liq_hit_probability)],
+                threshold_style="dashed",
+                min=0,
+                max=1,
+            ),
+            Panel(
+                "ADL rank",
+                f"0 safest .. 4 first in the auto-deleveraging queue; alert at {t.adl_rank:g} and above.",
+                [(f"fr_adl_rank{{{POS}}}", legend)],
+                "none",
+                thresholds=[("green", None), ("red", t.adl_rank)],
+                threshold_style="dashed",
+                min=0,
+                max=4,
+            ),
+            Panel(
+                "Net APY: realised vs projected",
+                "(funding received - paid - fees - borrow - gas) / locked capital, annualised. Realised since the "
+                "position opened; projected at the current funding rate.",
+                [(f"fr_net_apy_pct{{{POS}}}", "{{position}} {{basis}}")],
+                "percent",
+                thresholds=[("red", None), ("green", t.net_apy_min_pct)],
+                threshold_style="dashed",
+            ),
+            Panel(
+                "Funding PnL (cumulative)",
+                "Funding received (positive) or paid (negative), accumulated at each settlement.",
+                [(f"fr_funding_pnl_usd_total{{{POS}}}", legend)],
+                "currencyUSD",
+            ),
+            Panel(
+                "Liquidation price and mark",
+                "Liquidation price (source: exchange or computed) next to the instrument's mark price.",
+                [
+                    (f"fr_liquidation_price{{{POS}}}", "{{position}} liquidation ({{source}})"),
+                    (
+                        f"fr_mark_price{{{POS}}} and on (exchange, instrument) fr_liquidation_price",
+                        "{{exchange}} {{instrument}} mark",
+                    ),
+                ],
+                "currencyUSD",
+            ),
+        ],
+    )
+
+
+def _liquidations(cfg: MixinConfig) -> dict[str, Any]:
+    t = cfg.thresholds
+    return _dashboard(
+        cfg,
+        "liquidations",
+        "Liquidations seen on the exchanges' public streams (Binance and OKX send at most one per instrument "
+        "per second), by exchange and side of the liquidated position.",
+        [
+            Panel(
+                "Liquidated notional by exchange and side (USD/s)",
+                "USD notional liquidated per second; side = side of the liquidated position.",
+                [
+                    (
+                        f"sum by (exchange, side) (rate(fr_liquidated_notional_usd_total{{{MKT}}}[{RI}]))",
+                        "{{exchange}} {{side}}",
+                    )
+                ],
+                "currencyUSD",
+                width=24,
+                extra_defaults={"custom": {"drawStyle": "bars", "stacking": {"mode": "normal"}, "fillOpacity": 80}},
+            ),
+            Panel(
+                "Liquidation orders by exchange and side",
+                "Liquidation orders per second seen on the stream (sampled on Binance and OKX).",
+                [(f"sum by (exchange, side) (rate(fr_liquidations_total{{{MKT}}}[{RI}]))", "{{exchange}} {{side}}")],
+                "cps",
+            ),
+            Panel(
+                "Liquidated notional by base asset and side (USD/s)",
+                "Across exchanges.",
+                [
+                    (
+                        f"sum by (base, side) (rate(fr_liquidated_notional_usd_total{{{MKT}}}[{RI}]))",
+                        "{{base}} {{side}}",
+                    )
+                ],
+                "currencyUSD",
+            ),
+            Panel(
+                "Spike detector: 5 m rate vs its 1 h baseline",
+                f"The LiquidationSpike alert fires when the 5 m rate exceeds {t.liquidation_spike_factor:g}x the "
+                f"1 h average and {t.liquidation_spike_min_usd_per_second:g} USD/s.",
+                [
+                    (f'{LIQ_RATE_EXCHANGE}{{exchange=~"$exchange",base=~"$base"}}', "{{exchange}} {{base}} 5m rate"),
+                    (
+                        f'{t.liquidation_spike_factor:g} * {LIQ_RATE_BASELINE}{{exchange=~"$exchange",base=~"$base"}}',
+                        "{{exchange}} {{base}} spike level",
+                    ),
+                ],
+                "currencyUSD",
+                width=24,
+            ),
+        ],
+    )
+
+
+def _ai(cfg: MixinConfig) -> dict[str, Any]:
+    t = cfg.thresholds
+    sc = f'job="{cfg.sidecar_job}"'
+    return _dashboard(
+        cfg,
+        "ai",
+        "The AI sidecar: predicted probability of a large liquidation event per base asset, its confidence, "
+        "cost, latency and how well past predictions scored.",
+        [
+            Panel(
+                "AI risk probability",
+                "Probability of a large liquidation event within the horizon; "
+                f"alert above {t.ai_risk_probability:.0%}.",
+                [('fr_ai_risk_probability{base=~"$base"}', "{{base}} {{horizon}} ({{model}})")],
+                "percentunit",
+                thresholds=[("green", None), ("red", t.ai_risk_probability)],
+                threshold_style="dashed",
+                min=0,
+                max=1,
+            ),
+            Panel(
+                "Confidence",
+                "The model's stated confidence in its answer.",
+                [('fr_ai_confidence{base=~"$base"}', "{{base}} ({{model}})")],
+                "percentunit",
+                min=0,
+                max=1,
+            ),
+            Panel(
+                "Risk level",
+                "Current level per base asset and model (low, medium, high, critical).",
+                [('fr_ai_risk_level{base=~"$base"} == 1', "{{base}} {{model}}: {{level}}")],
+                "none",
+                kind="table",
+                instant=True,
+            ),
+            Panel(
+                "Model latency",
+                "50th and 90th percentile of model call duration.",
+                [
+                    (
+                        f"histogram_quantile(0.5, {LATENCY})",
+                        "p50 {{model}}",
+                    ),
+                    (
+                        f"histogram_quantile(0.9, {LATENCY})",
+                        "p90 {{model}}",
+                    ),
+                ],
+                "s",
+            ),
+            Panel(
+                "Cost (USD per hour)",
+                "Spend at the configured token prices.",
+                [(f"sum by (model) (rate(fr_ai_cost_usd_total[{RI}])) * 3600", "{{model}}")],
+                "currencyUSD",
+            ),
+            Panel(
+                "Tokens per second",
+                "Prompt and completion tokens.",
+                [(f"sum by (model, kind) (rate(fr_ai_tokens_total[{RI}]))", "{{model}} {{kind}}")],
+                "short",
+            ),
+            Panel(
+                "Model calls",
+                "Calls to each model per second.",
+                [(f"sum by (model) (rate(fr_ai_requests_total[{RI}]))", "{{model}}")],
+                "reqps",
+            ),
+            Panel(
+                "Failed model calls",
+                f"Failures per second by reason; AiSidecarFailing fires above {t.ai_failure_ratio:.0%} of calls.",
+                [(f"sum by (model, reason) (rate(fr_ai_request_failures_total[{RI}]))", "{{model}} {{reason}}")],
+                "reqps",
+            ),
+            Panel(
+                "Prediction scores",
+                "Brier score (lower is better), precision and recall of past predictions against the liquidation "
+                "events that followed.",
+                [
+                    ("fr_ai_brier_score", "Brier {{model}}"),
+                    ("fr_ai_precision_ratio", "precision {{model}}"),
+                    ("fr_ai_recall_ratio", "recall {{model}}"),
+                ],
+                "none",
+                min=0,
+                max=1,
+            ),
+            Panel(
+                "Scored predictions",
+                "Past predictions scored against the events that followed.",
+                [("fr_ai_scored_predictions_total", "{{model}}")],
+                "short",
+            ),
+            Panel(
+                "Age of the last valid answer",
+                f"Seconds since the last valid model answer; AiSidecarStale fires above {t.ai_stale_seconds:g} s.",
+                [("time() - fr_ai_last_success_timestamp_seconds", "{{model}}")],
+                "s",
+                thresholds=[("green", None), ("red", t.ai_stale_seconds)],
+                threshold_style="dashed",
+            ),
+            Panel(
+                "Sidecar up",
+                "Prometheus scrape of the sidecar.",
+                [(f"up{{{sc}}}", "{{instance}}")],
+                "none",
+                kind="stat",
+                width=12,
+                height=8,
+                extra_defaults={
+                    "mappings": [{"type": "value", "options": {"0": {"text": "down"}, "1": {"text": "up"}}}]
+                },
+            ),
+        ],
+    )
+
+
+def _health(cfg: MixinConfig) -> dict[str, Any]:
+    t = cfg.thresholds
+    ex = 'exchange=~"$exchange"'
+    updown = {
+        "mappings": [
+            {"type": "value", "options": {"0": {"text": "down", "color": "red"}, "1": {"text": "up", "color": "green"}}}
+        ],
+        "color": {"mode": "thresholds"},
+    }
+    return _dashboard(
+        cfg,
+        "health",
+        "Is the exporter scraped, are the exchange streams connected and fresh, how many errors.",
+        [
+            Panel(
+                "Scrape targets up",
+                "Prometheus `up` for the exporter and the AI sidecar.",
+                [(f'up{{job=~"{cfg.exporter_job}|{cfg.sidecar_job}"}}', "{{job}} {{instance}}")],
+                "none",
+                kind="state-timeline",
+                thresholds=[("red", None), ("green", 1)],
+                extra_defaults=updown,
+            ),
+            Panel(
+                "Exchange streams up (fr_up)",
+                "1 when the exchange's streams are connected and fresh.",
+                [(f"fr_up{{{ex}}}", "{{exchange}}")],
+                "none",
+                kind="state-timeline",
+                thresholds=[("red", None), ("green", 1)],
+                extra_defaults=updown,
+            ),
+            Panel(
+                "Stream messages per second",
+                "WebSocket messages received per exchange and stream.",
+                [
+                    (
+                        f"sum by (exchange, stream) (rate(fr_stream_messages_total{{{ex}}}[{RI}]))",
+                        "{{exchange}} {{stream}}",
+                    )
+                ],
+                "mps",
+            ),
+            Panel(
+                "Age of the last stream message",
+                f"ExchangeStreamStale fires above {t.stream_stale_seconds:g} s.",
+                [(f"time() - fr_stream_last_message_timestamp_seconds{{{ex}}}", "{{exchange}} {{stream}}")],
+                "s",
+                thresholds=[("green", None), ("red", t.stream_stale_seconds)],
+                threshold_style="dashed",
+            ),
+            Panel(
+                "Reconnects",
+                "WebSocket reconnects per rate interval.",
+                [
+                    (
+                        f"sum by (exchange, stream) (increase(fr_stream_reconnects_total{{{ex}}}[{RI}]))",
+                        "{{exchange}} {{stream}}",
+                    )
+                ],
+                "short",
+            ),
+            Panel(
+                "Parse errors per second",
+                "Frames that could not be parsed (malformed, truncated or unknown).",
+                [(f"sum by (exchange, stream) (rate(fr_parse_errors_total{{{ex}}}[{RI}]))", "{{exchange}} {{stream}}")],
+                "cps",
+            ),
+            Panel(
+                "REST requests per second",
+                "Backfill and polling requests per exchange and endpoint.",
+                [
+                    (
+                        f"sum by (exchange, endpoint) (rate(fr_rest_requests_total{{{ex}}}[{RI}]))",
+                        "{{exchange}} {{endpoint}}",
+                    )
+                ],
+                "reqps",
+            ),
+            Panel(
+                "REST errors per second",
+                "Failed REST requests (HTTP errors, 429, timeouts).",
+                [
+                    (
+                        f"sum by (exchange, endpoint) (rate(fr_rest_request_failures_total{{{ex}}}[{RI}]))",
+                        "{{exchange}} {{endpoint}}",
+                    )
+                ],
+                "reqps",
+            ),
+            Panel(
+                "Build",
+                "Exporter version.",
+                [("fr_build_info", "{{version}}")],
+                "none",
+                kind="table",
+                width=24,
+                height=5,
+                instant=True,
+            ),
+        ],
+    )
+
+
+def dashboards(cfg: MixinConfig) -> dict[str, dict[str, Any]]:
+    """File name -> dashboard JSON model."""
+    return {
+        "fr-funding-overview.json": _funding(cfg),
+        "fr-positions-risk.json": _positions(cfg),
+        "fr-liquidations.json": _liquidations(cfg),
+        "fr-ai-risk.json": _ai(cfg),
+        "fr-exporter-health.json": _health(cfg),
+    }

@@ -1,0 +1,374 @@
+"""Prometheus recording and alerting rules, built from :class:`mixin.config.MixinConfig`.
+
+Every alert carries labels ``severity`` (``info`` < ``warning`` < ``critical`` < ``emergency``),
+``family`` (alerts that are levels of one condition share it; Alertmanager inhibits the lower level
+with it) and ``component`` (``exporter`` or ``sidecar``: what must be up for the alert to mean
+anything; ``scrape`` for ExporterDown itself), and annotations ``summary``, ``description`` (with
+the live value), ``value``, ``runbook_url`` and ``dashboard_url`` (Grafana variables filled in from the alert's labels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mixin.config import MixinConfig
+
+# Dashboards that alerts link to: key -> (uid, title). dashboards.py builds them with these uids.
+DASHBOARDS: dict[str, tuple[str, str]] = {
+    "funding": ("fr-funding-overview", "Funding overview"),
+    "positions": ("fr-positions-risk", "Positions and risk"),
+    "liquidations": ("fr-liquidations", "Liquidations"),
+    "ai": ("fr-ai-risk", "AI risk"),
+    "health": ("fr-exporter-health", "Exporter health"),
+}
+
+# Recording rules
+FUNDING_8H = "fr:funding_rate_8h:ratio"
+LIQ_RATE = "fr:liquidated_notional_usd:rate5m"  # by exchange, base, instrument, side
+LIQ_RATE_EXCHANGE = "fr_exchange_base:liquidated_notional_usd:rate5m"  # by exchange, base
+LIQ_RATE_BASELINE = "fr_exchange_base:liquidated_notional_usd:rate5m_avg1h"
+
+PCT = "humanizePercentage"
+
+
+def _fmt(x: float) -> str:
+    """A threshold as PromQL/prose text: 0.0005 -> '0.0005', 10.0 -> '10'."""
+    return f"{x:g}"
+
+
+def _pct(x: float) -> str:
+    """A fraction as a percentage for prose: 0.0005 -> '0.05 %'."""
+    return f"{x * 100:g} %"
+
+
+@dataclass(frozen=True)
+class Alert:
+    name: str
+    expr: str
+    for_: str
+    severity: str
+    summary: str
+    description: str
+    value: str  # template of the live value, e.g. '{{ $value | humanizePercentage }}'
+    dashboard: str
+    dashboard_vars: tuple[str, ...]
+    family: str | None = None
+    component: str = "exporter"
+
+    def rule(self, cfg: MixinConfig) -> dict[str, Any]:
+        uid, _ = DASHBOARDS[self.dashboard]
+        query = "&".join(f"var-{v}={{{{ $labels.{v} }}}}" for v in self.dashboard_vars)
+        url = f"{cfg.grafana_url.rstrip('/')}/d/{uid}" + (f"?{query}" if query else "")
+        return {
+            "alert": self.name,
+            "expr": self.expr,
+            "for": self.for_,
+            "labels": {"severity": self.severity, "family": self.family or self.name, "component": self.component},
+            "annotations": {
+                "summary": self.summary,
+                "description": self.description,
+                "value": self.value,
+                "runbook_url": cfg.runbook_url(self.name),
+                "dashboard_url": url,
+            },
+        }
+
+
+MARKET = ("exchange", "base", "instrument")
+POSITION = ("exchange", "instrument")
+
+
+def recording_rules(cfg: MixinConfig) -> list[dict[str, Any]]:
+    w = cfg.windows
+    return [
+        {
+            "record": FUNDING_8H,
+            # Funding normalised to 8 h: rate per interval x (8 h / interval). Deribit reports 28800.
+            "expr": "fr_funding_rate * 28800 / on (exchange, instrument) group_left () fr_funding_interval_seconds",
+        },
+        {
+            "record": LIQ_RATE,
+            "expr": (f"sum by (exchange, base, instrument, side) (rate(fr_liquidated_notional_usd_total[{w.rate}]))"),
+        },
+        {"record": LIQ_RATE_EXCHANGE, "expr": f"sum by (exchange, base) ({LIQ_RATE})"},
+        {
+            "record": LIQ_RATE_BASELINE,
+            "expr": f"avg_over_time({LIQ_RATE_EXCHANGE}[{w.liquidation_baseline}])",
+        },
+    ]
+
+
+def _funding_alerts(cfg: MixinConfig) -> list[Alert]:
+    t, d = cfg.thresholds, cfg.durations
+    out = []
+    for level, thr, severity in (
+        ("Warning", t.funding_warning, "warning"),
+        ("Critical", t.funding_critical, "critical"),
+        ("Emergency", t.funding_emergency, "emergency"),
+    ):
+        out.append(
+            Alert(
+                name=f"FundingRate{level}",
+                expr=f"{FUNDING_8H} > {_fmt(thr)} or {FUNDING_8H} < -{_fmt(thr)}",
+                for_=d.funding,
+                severity=severity,
+                summary="Funding on {{ $labels.exchange }} {{ $labels.instrument }} beyond " + f"±{_pct(thr)} per 8 h.",
+                description="{{ $labels.exchange }} {{ $labels.instrument }} ({{ $labels.base }}) funding is "
+                "{{ $value | humanizePercentage }} per 8 h-equivalent"
+                + f" (threshold ±{_pct(thr)}, held {d.funding}).",
+                value="{{ $value | humanizePercentage }}",
+                dashboard="funding",
+                dashboard_vars=MARKET,
+                family="FundingRate",
+            )
+        )
+    out.append(
+        Alert(
+            name="FundingZScoreExtreme",
+            expr=f"fr_funding_zscore > {_fmt(t.zscore)} or fr_funding_zscore < -{_fmt(t.zscore)}",
+            for_=d.zscore,
+            severity="warning",
+            summary="Funding on {{ $labels.exchange }} {{ $labels.instrument }} far from its own history.",
+            description="{{ $labels.exchange }} {{ $labels.instrument }} funding z-score is "
+            '{{ $value | printf "%.2f" }}' + f" (|z| > {_fmt(t.zscore)} for {d.zscore}).",
+            value='{{ $value | printf "%.2f" }}',
+            dashboard="funding",
+            dashboard_vars=MARKET,
+        )
+    )
+    out.append(
+        Alert(
+            name="EdgeTurnedNegative",
+            expr=f"fr_edge_bp < {_fmt(t.edge_min_bp)}",
+            for_=d.edge,
+            severity="warning",
+            summary="Carry on {{ $labels.exchange }} {{ $labels.instrument }} no longer pays its fees.",
+            description="Edge for the {{ $labels.side }} side of {{ $labels.exchange }} {{ $labels.instrument }} is "
+            "{{ $value | humanize }} bp per interval after fees" + f" (below {_fmt(t.edge_min_bp)} bp for {d.edge}).",
+            value="{{ $value | humanize }} bp",
+            dashboard="funding",
+            dashboard_vars=MARKET,
+        )
+    )
+    out.append(
+        Alert(
+            name="FundingSpreadWide",
+            expr=f"fr_funding_spread_bp > {_fmt(t.funding_spread_bp)}",
+            for_=d.funding_spread,
+            severity="info",
+            summary="Wide {{ $labels.base }} funding spread between {{ $labels.short_exchange }} and "
+            "{{ $labels.long_exchange }}.",
+            description="Short {{ $labels.base }} on {{ $labels.short_exchange }} and long on "
+            "{{ $labels.long_exchange }} earns {{ $value | humanize }} bp per 8 h after fees"
+            + f" (above {_fmt(t.funding_spread_bp)} bp for {d.funding_spread}).",
+            value="{{ $value | humanize }} bp",
+            dashboard="funding",
+            dashboard_vars=("base",),
+        )
+    )
+    return out
+
+
+def _position_alerts(cfg: MixinConfig) -> list[Alert]:
+    t, d = cfg.thresholds, cfg.durations
+    gap = []
+    for thr, severity in ((t.liq_gap_warning_pct, "warning"), (t.liq_gap_critical_pct, "critical")):
+        gap.append(
+            Alert(
+                name="LiquidationGapLow",
+                expr=f"fr_liq_gap_pct < {_fmt(thr)}",
+                for_=d.liq_gap,
+                severity=severity,
+                summary="Position {{ $labels.position }} is within " + f"{_fmt(thr)} % of liquidation.",
+                description="Position {{ $labels.position }} ({{ $labels.side }} {{ $labels.exchange }} "
+                "{{ $labels.instrument }}) is {{ $value | humanize }} % from its liquidation price"
+                + f" (below {_fmt(thr)} %).",
+                value="{{ $value | humanize }} %",
+                dashboard="positions",
+                dashboard_vars=POSITION,
+            )
+        )
+    return [
+        Alert(
+            name="NetApyNegative",
+            expr=f'fr_net_apy_pct{{basis="projected"}} < {_fmt(t.net_apy_min_pct)}',
+            for_=d.net_apy,
+            severity="warning",
+            summary="Position {{ $labels.position }} is projected to lose money.",
+            description="Projected net APY of {{ $labels.position }} ({{ $labels.exchange }} {{ $labels.instrument }}) "
+            "is {{ $value | humanize }} % at the current funding rate" + f" (below {_fmt(t.net_apy_min_pct)} %).",
+            value="{{ $value | humanize }} %",
+            dashboard="positions",
+            dashboard_vars=POSITION,
+        ),
+        *gap,
+        Alert(
+            name="LiquidationHitProbabilityHigh",
+            expr=f"fr_liq_hit_probability > {_fmt(t.liq_hit_probability)}",
+            for_=d.liq_hit,
+            severity="warning",
+            summary="Position {{ $labels.position }} may be liquidated within {{ $labels.horizon }}.",
+            description="Probability that {{ $labels.exchange }} {{ $labels.instrument }} touches the liquidation "
+            "price of {{ $labels.position }} within {{ $labels.horizon }} is {{ $value | humanizePercentage }}"
+            + f" (above {_pct(t.liq_hit_probability)}).",
+            value="{{ $value | humanizePercentage }}",
+            dashboard="positions",
+            dashboard_vars=POSITION,
+        ),
+        Alert(
+            name="AdlRankHigh",
+            expr=f"fr_adl_rank >= {_fmt(t.adl_rank)}",
+            for_=d.adl,
+            severity="warning",
+            summary="Position {{ $labels.position }} is near the front of the auto-deleveraging queue.",
+            description="ADL rank of {{ $labels.position }} ({{ $labels.exchange }} {{ $labels.instrument }}) is "
+            "{{ $value }} of 4" + f" (at or above {_fmt(t.adl_rank)}).",
+            value="{{ $value }}",
+            dashboard="positions",
+            dashboard_vars=POSITION,
+        ),
+    ]
+
+
+def _liquidation_alerts(cfg: MixinConfig) -> list[Alert]:
+    t, d, w = cfg.thresholds, cfg.durations, cfg.windows
+    return [
+        Alert(
+            name="LiquidationSpike",
+            expr=(
+                f"{LIQ_RATE_EXCHANGE} > {_fmt(t.liquidation_spike_factor)} * {LIQ_RATE_BASELINE}"
+                f" and {LIQ_RATE_EXCHANGE} > {_fmt(t.liquidation_spike_min_usd_per_second)}"
+            ),
+            for_=d.liquidation_spike,
+            severity="warning",
+            summary="{{ $labels.base }} liquidations on {{ $labels.exchange }} far above their recent baseline.",
+            description="{{ $labels.exchange }} is liquidating {{ $value | humanize }} USD/s of {{ $labels.base }} "
+            f"positions ({w.rate} rate), more than {_fmt(t.liquidation_spike_factor)}x its "
+            f"{w.liquidation_baseline} average and above {_fmt(t.liquidation_spike_min_usd_per_second)} USD/s.",
+            value="{{ $value | humanize }} USD/s",
+            dashboard="liquidations",
+            dashboard_vars=("exchange", "base"),
+        )
+    ]
+
+
+def _ai_alerts(cfg: MixinConfig) -> list[Alert]:
+    t, d, w = cfg.thresholds, cfg.durations, cfg.windows
+    return [
+        Alert(
+            name="AiRiskHigh",
+            expr=f"fr_ai_risk_probability > {_fmt(t.ai_risk_probability)}",
+            for_=d.ai_risk,
+            severity="warning",
+            summary="{{ $labels.model }} sees a high {{ $labels.base }} liquidation risk.",
+            description="{{ $labels.model }} puts the probability of a large {{ $labels.base }} liquidation event "
+            "within {{ $labels.horizon }} at {{ $value | humanizePercentage }}"
+            + f" (above {_pct(t.ai_risk_probability)} for {d.ai_risk}).",
+            value="{{ $value | humanizePercentage }}",
+            dashboard="ai",
+            dashboard_vars=("base",),
+            component="sidecar",
+        ),
+        Alert(
+            name="AiSidecarStale",
+            expr=f"time() - fr_ai_last_success_timestamp_seconds > {_fmt(t.ai_stale_seconds)}",
+            for_=d.ai_stale,
+            severity="warning",
+            summary="The AI sidecar has produced no valid answer for a while.",
+            description="Last valid answer from {{ $labels.model }} was {{ $value | humanizeDuration }} ago"
+            + f" (limit {_fmt(t.ai_stale_seconds)} s).",
+            value="{{ $value | humanizeDuration }}",
+            dashboard="ai",
+            dashboard_vars=(),
+            component="sidecar",
+        ),
+        Alert(
+            name="AiSidecarFailing",
+            expr=(
+                f"sum by (job, model) (rate(fr_ai_request_failures_total[{w.ai_failures}]))"
+                f" / sum by (job, model) (rate(fr_ai_requests_total[{w.ai_failures}]))"
+                f" > {_fmt(t.ai_failure_ratio)}"
+            ),
+            for_=d.ai_failing,
+            severity="warning",
+            summary="Most calls to {{ $labels.model }} fail.",
+            description="{{ $value | humanizePercentage }} of the calls to {{ $labels.model }} failed over the last "
+            f"{w.ai_failures} (above {_pct(t.ai_failure_ratio)}).",
+            value="{{ $value | humanizePercentage }}",
+            dashboard="ai",
+            dashboard_vars=(),
+            component="sidecar",
+        ),
+    ]
+
+
+def _health_alerts(cfg: MixinConfig) -> list[Alert]:
+    t, d = cfg.thresholds, cfg.durations
+    job = f'job="{cfg.exporter_job}"'
+    return [
+        Alert(
+            name="ExporterDown",
+            expr=f"up{{{job}}} == 0 or absent(up{{{job}}})",
+            for_=d.exporter_down,
+            severity="critical",
+            summary="The funding-rate exporter is down or not scraped.",
+            description="Prometheus has had no successful scrape of {{ $labels.job }}"
+            "{{ with $labels.instance }} at {{ . }}{{ end }}" + f" for {d.exporter_down} (up = {{{{ $value }}}}).",
+            value="{{ $value }}",
+            dashboard="health",
+            dashboard_vars=(),
+            component="scrape",
+        ),
+        Alert(
+            name="ExchangeStreamDown",
+            expr="fr_up == 0",
+            for_=d.stream_down,
+            severity="critical",
+            summary="No live market data from {{ $labels.exchange }}.",
+            description="The exporter's streams to {{ $labels.exchange }} are disconnected or silent "
+            f"(fr_up = {{{{ $value }}}} for {d.stream_down}); its funding and liquidation series are absent.",
+            value="{{ $value }}",
+            dashboard="health",
+            dashboard_vars=("exchange",),
+        ),
+        Alert(
+            name="ExchangeStreamStale",
+            expr=f"time() - fr_stream_last_message_timestamp_seconds > {_fmt(t.stream_stale_seconds)}",
+            for_=d.stream_stale,
+            severity="warning",
+            summary="Stream {{ $labels.stream }} of {{ $labels.exchange }} is silent.",
+            description="Last message on {{ $labels.exchange }} {{ $labels.stream }} was "
+            "{{ $value | humanizeDuration }} ago" + f" (limit {_fmt(t.stream_stale_seconds)} s).",
+            value="{{ $value | humanizeDuration }}",
+            dashboard="health",
+            dashboard_vars=("exchange",),
+        ),
+    ]
+
+
+def alerts(cfg: MixinConfig) -> dict[str, list[Alert]]:
+    """Alert groups by name."""
+    return {
+        "fr-exporter.funding": _funding_alerts(cfg),
+        "fr-exporter.positions": _position_alerts(cfg),
+        "fr-exporter.liquidations": _liquidation_alerts(cfg),
+        "fr-exporter.ai": _ai_alerts(cfg),
+        "fr-exporter.health": _health_alerts(cfg),
+    }
+
+
+def alert_names(cfg: MixinConfig) -> list[str]:
+    seen: dict[str, None] = {}
+    for group in alerts(cfg).values():
+        for a in group:
+            seen.setdefault(a.name, None)
+    return list(seen)
+
+
+def recording_file(cfg: MixinConfig) -> dict[str, Any]:
+    return {"groups": [{"name": "fr-exporter.recording", "rules": recording_rules(cfg)}]}
+
+
+def alerts_file(cfg: MixinConfig) -> dict[str, Any]:
+    return {"groups": [{"name": name, "rules": [a.rule(cfg) for a in group]} for name, group in alerts(cfg).items()]}

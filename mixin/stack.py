@@ -1,0 +1,287 @@
+"""Run the shipped Prometheus / Alertmanager configuration locally for tests, on loopback ports.
+
+The shipped files are loaded and only what a local run must change is rewritten: listen
+addresses and targets, the Slack webhook URL file, absolute template/rule paths, and (for speed)
+intervals and Alertmanager's group timings. A :class:`FakeSlack` records what Alertmanager posts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PROM_DIR = ROOT / "prometheus"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def binary(*names: str) -> str | None:
+    for n in names:
+        path = shutil.which(n)
+        if path:
+            return path
+    return None
+
+
+def http_json(url: str, data: Any = None, timeout: float = 5.0) -> Any:
+    body = None if data is None else json.dumps(data).encode()
+    req = urllib.request.Request(url, data=body, method="GET" if data is None else "POST")
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        raw = resp.read()
+    return json.loads(raw) if raw.strip() else None
+
+
+def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.25, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something truthy; raise TimeoutError with ``what``."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except (OSError, urllib.error.URLError, ValueError, KeyError) as exc:
+            last_exc = exc
+            value = None
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(
+        f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else "")
+    )
+
+
+class FakeSlack:
+    """A Slack incoming webhook on 127.0.0.1 that records every JSON POST."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                try:
+                    payload = json.loads(body)
+                except ValueError:
+                    payload = {"_raw": body.decode(errors="replace")}
+                with owner._lock:
+                    owner.messages.append({"path": self.path, "payload": payload, "at": time.time()})
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/services/T000/B000/XXXX"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeSlack:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.messages)
+
+    @staticmethod
+    def text_of(message: dict[str, Any]) -> str:
+        """Title and text of every attachment of one recorded message, joined."""
+        payload = message["payload"]
+        parts = [str(payload.get("text", ""))]
+        for att in payload.get("attachments", []) or []:
+            parts += [str(att.get("title", "")), str(att.get("text", "")), str(att.get("fallback", ""))]
+        return "\n".join(p for p in parts if p)
+
+    def texts(self) -> list[str]:
+        return [self.text_of(m) for m in self.snapshot()]
+
+
+class Process:
+    """A child process with its output in a log file; terminated on exit."""
+
+    def __init__(self, args: list[str], log: Path, cwd: Path | None = None, env: dict[str, str] | None = None):
+        self.args, self.log_path = args, log
+        self._log = log.open("wb")
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._log.close()
+
+
+def alertmanager_config(
+    dst: Path, slack_url: str, *, group_wait: str = "1s", group_interval: str = "2s", repeat_interval: str = "1h"
+) -> Path:
+    """The shipped alertmanager.yml with the webhook URL file, template path and timings made local."""
+    cfg = yaml.safe_load((PROM_DIR / "alertmanager.yml").read_text())
+    secret = dst / "slack_webhook_url"
+    secret.write_text(slack_url + "\n")
+    cfg["templates"] = [str(PROM_DIR / t) for t in cfg.get("templates", [])]
+    for receiver in cfg["receivers"]:
+        for sc in receiver.get("slack_configs", []):
+            sc["api_url_file"] = str(secret)
+
+    def shorten(route: dict[str, Any]) -> None:
+        for key, value in (
+            ("group_wait", group_wait),
+            ("group_interval", group_interval),
+            ("repeat_interval", repeat_interval),
+        ):
+            if key in route or route is cfg["route"]:
+                route[key] = value
+        for child in route.get("routes", []):
+            shorten(child)
+
+    shorten(cfg["route"])
+    path = dst / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@contextlib.contextmanager
+def run_alertmanager(workdir: Path, config: Path) -> Iterator[str]:
+    exe = binary("prometheus-alertmanager", "alertmanager")
+    if exe is None:
+        raise FileNotFoundError("alertmanager binary not installed (apt-get install prometheus-alertmanager)")
+    port = free_port()
+    data = workdir / "am-data"
+    data.mkdir(exist_ok=True)
+    proc = Process(
+        [
+            exe,
+            f"--config.file={config}",
+            f"--storage.path={data}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+            "--log.level=debug",
+        ],
+        workdir / "alertmanager.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(
+            lambda: urllib.request.urlopen(url + "/-/ready", timeout=2).status == 200,
+            20,
+            what=f"alertmanager ready; log:\n{proc.log()}",
+        )
+        yield url
+    finally:
+        proc.stop()
+
+
+def prometheus_config(
+    dst: Path,
+    *,
+    rule_files: list[Path],
+    exporter: str,
+    sidecar: str | None,
+    alertmanager: str,
+    interval: str = "1s",
+) -> Path:
+    """The shipped prometheus.yml with targets on loopback, the given rule files and short intervals."""
+    cfg = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
+    cfg["global"]["scrape_interval"] = interval
+    cfg["global"]["evaluation_interval"] = interval
+    cfg["rule_files"] = [str(p) for p in rule_files]
+    cfg["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": [alertmanager]}]}]
+    targets = {"fr-exporter": exporter, "fr-ai-sidecar": sidecar}
+    jobs = []
+    for job in cfg["scrape_configs"]:
+        if job["job_name"] in targets:
+            if targets[job["job_name"]] is None:
+                continue
+            job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+            jobs.append(job)
+    cfg["scrape_configs"] = jobs
+    path = dst / "prometheus.yml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@contextlib.contextmanager
+def run_prometheus(workdir: Path, config: Path) -> Iterator[str]:
+    exe = binary("prometheus")
+    if exe is None:
+        raise FileNotFoundError("prometheus binary not installed (apt-get install prometheus)")
+    port = free_port()
+    data = workdir / "prom-data"
+    data.mkdir(exist_ok=True)
+    proc = Process(
+        [
+            exe,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={data}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--rules.alert.resend-delay=1s",
+            "--log.level=info",
+        ],
+        workdir / "prometheus.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(
+            lambda: urllib.request.urlopen(url + "/-/ready", timeout=2).status == 200,
+            30,
+            what=f"prometheus ready; log:\n{proc.log()}",
+        )
+        yield url
+    finally:
+        proc.stop()
+
+
+def query(prom: str, expr: str) -> list[dict[str, Any]]:
+    url = prom + "/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    body = http_json(url)
+    if body.get("status") != "success":
+        raise ValueError(f"query failed: {expr}: {body}")
+    return list(body["data"]["result"])
+
+
+def am_alerts(am: str) -> list[dict[str, Any]]:
+    return list(http_json(am + "/api/v2/alerts?active=true&silenced=true&inhibited=true&unprocessed=true"))
+
+
+def post_alerts(am: str, alerts: list[dict[str, Any]]) -> None:
+    http_json(am + "/api/v2/alerts", alerts)

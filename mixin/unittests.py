@@ -1,0 +1,589 @@
+"""`promtool test rules` cases for every alert: one where it fires and one where it must not.
+
+Inputs, eval times, expected label sets, descriptions and values are written here by hand; the
+summary, runbook_url and dashboard_url are rendered from the alert's own templates by
+:func:`_render_labels` (which only knows ``{{ $labels.x }}``), so a wrong label in a link template
+still fails the test. ``python -m mixin.generate`` writes the result to prometheus/tests/.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from mixin.config import MixinConfig
+from mixin.rules import alerts
+
+_LABEL = re.compile(r"\{\{ \$labels\.([a-z_]+) \}\}")
+
+
+def _render_labels(template: str, labels: dict[str, str]) -> str:
+    out = _LABEL.sub(lambda m: labels.get(m.group(1), ""), template)
+    if "{{" in out:
+        raise ValueError(f"template needs more than label substitution: {template!r}")
+    return out
+
+
+class _Spec:
+    def __init__(self, cfg: MixinConfig) -> None:
+        self.cfg = cfg
+        self.by_key = {(a.name, a.severity): a for group in alerts(cfg).values() for a in group}
+
+    def exp(self, name: str, severity: str, labels: dict[str, str], description: str, value: str) -> dict[str, Any]:
+        a = self.by_key[(name, severity)]
+        rule = a.rule(self.cfg)
+        ann = rule["annotations"]
+        return {
+            "exp_labels": {**labels, **rule["labels"]},
+            "exp_annotations": {
+                "summary": _render_labels(ann["summary"], labels),
+                "description": description,
+                "value": value,
+                "runbook_url": ann["runbook_url"],
+                "dashboard_url": _render_labels(ann["dashboard_url"], labels),
+            },
+        }
+
+
+def _s(name: str, labels: dict[str, str], values: str) -> dict[str, str]:
+    inner = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    return {"series": f"{name}{{{inner}}}", "values": values}
+
+
+def _none(at: str, name: str) -> dict[str, Any]:
+    return {"eval_time": at, "alertname": name, "exp_alerts": []}
+
+
+def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
+    """The test groups. They assume the shipped thresholds and durations (checked by the caller)."""
+    sp = _Spec(cfg)
+    bin_btc = {"base": "BTC", "exchange": "binance", "instrument": "BTCUSDT", "quote": "USDT"}
+    byb_eth = {"base": "ETH", "exchange": "bybit", "instrument": "ETHUSDT", "quote": "USDT"}
+    okx_eth = {"base": "ETH", "exchange": "okx", "instrument": "ETH-USDT-SWAP", "quote": "USDT"}
+    der_btc = {"base": "BTC", "exchange": "deribit", "instrument": "BTC-PERPETUAL", "quote": "USD"}
+    thr = "(threshold ±{}, held 5m)."
+
+    def fund(labels: dict[str, str], value: str, level: str) -> str:
+        t = {"warning": "0.05 %", "critical": "0.08 %", "emergency": "0.12 %"}[level]
+        return (
+            f"{labels['exchange']} {labels['instrument']} ({labels['base']}) funding is {value} per 8 h-equivalent "
+            + thr.format(t)
+        )
+
+    groups: list[dict[str, Any]] = []
+
+    # --- funding levels: normalisation to 8 h and either sign --------------------------------
+    groups.append(
+        {
+            "name": "funding levels use the 8 h-equivalent rate, either sign",
+            "interval": "1m",
+            "input_series": [
+                _s("fr_funding_rate", bin_btc, "0.0013x15"),  # 0.13 % per 8 h: all three levels
+                _s("fr_funding_interval_seconds", bin_btc, "28800x15"),
+                _s("fr_funding_rate", byb_eth, "0.0003x15"),  # 4 h interval: 0.06 % per 8 h -> warning
+                _s("fr_funding_interval_seconds", byb_eth, "14400x15"),
+                _s("fr_funding_rate", okx_eth, "-0.0009x15"),  # negative: warning + critical
+                _s("fr_funding_interval_seconds", okx_eth, "28800x15"),
+                _s("fr_funding_rate", der_btc, "0.00025x15"),  # calm
+                _s("fr_funding_interval_seconds", der_btc, "28800x15"),
+            ],
+            "promql_expr_test": [
+                {
+                    "expr": "fr:funding_rate_8h:ratio",
+                    "eval_time": "1m",
+                    "exp_samples": [
+                        {"labels": "fr:funding_rate_8h:ratio" + _s("", bin_btc, "")["series"], "value": 0.0013},
+                        {"labels": "fr:funding_rate_8h:ratio" + _s("", byb_eth, "")["series"], "value": 0.0006},
+                        {"labels": "fr:funding_rate_8h:ratio" + _s("", okx_eth, "")["series"], "value": -0.0009},
+                        {"labels": "fr:funding_rate_8h:ratio" + _s("", der_btc, "")["series"], "value": 0.00025},
+                    ],
+                }
+            ],
+            "alert_rule_test": [
+                _none("4m", "FundingRateWarning"),  # pending: `for: 5m` not yet held
+                {
+                    "eval_time": "6m",
+                    "alertname": "FundingRateWarning",
+                    "exp_alerts": [
+                        sp.exp("FundingRateWarning", "warning", bin_btc, fund(bin_btc, "0.13%", "warning"), "0.13%"),
+                        sp.exp("FundingRateWarning", "warning", byb_eth, fund(byb_eth, "0.06%", "warning"), "0.06%"),
+                        sp.exp("FundingRateWarning", "warning", okx_eth, fund(okx_eth, "-0.09%", "warning"), "-0.09%"),
+                    ],
+                },
+                {
+                    "eval_time": "6m",
+                    "alertname": "FundingRateCritical",
+                    "exp_alerts": [
+                        sp.exp("FundingRateCritical", "critical", bin_btc, fund(bin_btc, "0.13%", "critical"), "0.13%"),
+                        sp.exp(
+                            "FundingRateCritical", "critical", okx_eth, fund(okx_eth, "-0.09%", "critical"), "-0.09%"
+                        ),
+                    ],
+                },
+                {
+                    "eval_time": "6m",
+                    "alertname": "FundingRateEmergency",
+                    "exp_alerts": [
+                        sp.exp(
+                            "FundingRateEmergency", "emergency", bin_btc, fund(bin_btc, "0.13%", "emergency"), "0.13%"
+                        ),
+                    ],
+                },
+            ],
+        }
+    )
+    groups.append(
+        {
+            "name": "funding just inside the thresholds never fires",
+            "interval": "1m",
+            "input_series": [
+                _s("fr_funding_rate", bin_btc, "0.00049x30"),
+                _s("fr_funding_interval_seconds", bin_btc, "28800x30"),
+                _s("fr_funding_rate", okx_eth, "-0.00079x30"),  # past warning only
+                _s("fr_funding_interval_seconds", okx_eth, "28800x30"),
+                _s("fr_funding_rate", byb_eth, "0.00059x30"),  # 4 h: 0.118 % per 8 h, below emergency
+                _s("fr_funding_interval_seconds", byb_eth, "14400x30"),
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": "20m",
+                    "alertname": "FundingRateWarning",
+                    "exp_alerts": [
+                        sp.exp("FundingRateWarning", "warning", byb_eth, fund(byb_eth, "0.118%", "warning"), "0.118%"),
+                        sp.exp(
+                            "FundingRateWarning", "warning", okx_eth, fund(okx_eth, "-0.079%", "warning"), "-0.079%"
+                        ),
+                    ],
+                },
+                {
+                    "eval_time": "20m",
+                    "alertname": "FundingRateCritical",
+                    "exp_alerts": [
+                        sp.exp(
+                            "FundingRateCritical", "critical", byb_eth, fund(byb_eth, "0.118%", "critical"), "0.118%"
+                        ),
+                    ],
+                },
+                _none("20m", "FundingRateEmergency"),
+            ],
+        }
+    )
+
+    groups.append(
+        {
+            "name": "funding between warning and critical fires only the warning",
+            "interval": "1m",
+            "input_series": [
+                _s("fr_funding_rate", okx_eth, "-0.00079x30"),
+                _s("fr_funding_interval_seconds", okx_eth, "28800x30"),
+                _s("fr_funding_rate", byb_eth, "0.00039x30"),  # 4 h: 0.078 % per 8 h
+                _s("fr_funding_interval_seconds", byb_eth, "14400x30"),
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": "20m",
+                    "alertname": "FundingRateWarning",
+                    "exp_alerts": [
+                        sp.exp("FundingRateWarning", "warning", byb_eth, fund(byb_eth, "0.078%", "warning"), "0.078%"),
+                        sp.exp(
+                            "FundingRateWarning", "warning", okx_eth, fund(okx_eth, "-0.079%", "warning"), "-0.079%"
+                        ),
+                    ],
+                },
+                _none("20m", "FundingRateCritical"),
+                _none("20m", "FundingRateEmergency"),
+            ],
+        }
+    )
+
+    # --- z-score, edge, spread ------------------------------------------------------------------
+    def z(labels: dict[str, str], v: str) -> dict[str, Any]:
+        d = f"{labels['exchange']} {labels['instrument']} funding z-score is {v} (|z| > 2.5 for 15m)."
+        return sp.exp("FundingZScoreExtreme", "warning", labels, d, v)
+
+    groups.append(
+        {
+            "name": "z-score beyond 2.5 either sign, sustained",
+            "interval": "1m",
+            "input_series": [
+                _s("fr_funding_zscore", bin_btc, "3x20"),
+                _s("fr_funding_zscore", okx_eth, "-3.1x20"),
+                _s("fr_funding_zscore", byb_eth, "2.4x20"),
+                _s("fr_funding_zscore", der_btc, "0 3 0 3 0 3 0 3 0 3 0 3 0 3 0 3 0 3 0 3"),  # flapping: not sustained
+            ],
+            "alert_rule_test": [
+                _none("10m", "FundingZScoreExtreme"),
+                {
+                    "eval_time": "16m",
+                    "alertname": "FundingZScoreExtreme",
+                    "exp_alerts": [z(bin_btc, "3.00"), z(okx_eth, "-3.10")],
+                },
+            ],
+        }
+    )
+    edge = {**bin_btc, "side": "short"}
+    groups.append(
+        {
+            "name": "edge below zero for 30m",
+            "interval": "1m",
+            "input_series": [
+                _s("fr_edge_bp", edge, "2 2 -1.5x40"),
+                _s("fr_edge_bp", {**okx_eth, "side": "long"}, "0.5x42"),
+            ],
+            "alert_rule_test": [
+                _none("20m", "EdgeTurnedNegative"),
+                {
+                    "eval_time": "35m",
+                    "alertname": "EdgeTurnedNegative",
+                    "exp_alerts": [
+                        sp.exp(
+                            "EdgeTurnedNegative",
+                            "warning",
+                            edge,
+                            "Edge for the short side of binance BTCUSDT is -1.5 bp per interval after fees "
+                            "(below 0 bp for 30m).",
+                            "-1.5 bp",
+                        )
+                    ],
+                },
+            ],
+        }
+    )
+    spread = {"base": "BTC", "long_exchange": "okx", "short_exchange": "binance"}
+    groups.append(
+        {
+            "name": "funding spread wide (informational)",
+            "interval": "1m",
+            "input_series": [
+                _s("fr_funding_spread_bp", spread, "12x40"),
+                _s("fr_funding_spread_bp", {"base": "ETH", "long_exchange": "bybit", "short_exchange": "okx"}, "5x40"),
+            ],
+            "alert_rule_test": [
+                _none("20m", "FundingSpreadWide"),
+                {
+                    "eval_time": "35m",
+                    "alertname": "FundingSpreadWide",
+                    "exp_alerts": [
+                        sp.exp(
+                            "FundingSpreadWide",
+                            "info",
+                            spread,
+                            "Short BTC on binance and long on okx earns 12 bp per 8 h after fees "
+                            "(above 10 bp for 30m).",
+                            "12 bp",
+                        )
+                    ],
+                },
+            ],
+        }
+    )
+
+    # --- positions -------------------------------------------------------------------------------
+    pos_a = {"exchange": "binance", "instrument": "BTCUSDT", "position": "carry-btc", "side": "short"}
+    pos_b = {"exchange": "okx", "instrument": "ETH-USDT-SWAP", "position": "carry-eth", "side": "short"}
+    pos_c = {"exchange": "bybit", "instrument": "ETHUSDT", "position": "hedge-eth", "side": "long"}
+
+    def gap(labels: dict[str, str], v: str, severity: str) -> dict[str, Any]:
+        limit = "10" if severity == "warning" else "5"
+        d = (
+            f"Position {labels['position']} ({labels['side']} {labels['exchange']} {labels['instrument']}) is "
+            f"{v} % from its liquidation price (below {limit} %)."
+        )
+        return sp.exp("LiquidationGapLow", severity, labels, d, f"{v} %")
+
+    groups.append(
+        {
+            "name": "positions: projected APY, liquidation gap, hit probability, ADL rank",
+            "interval": "1m",
+            "input_series": [
+                _s("fr_net_apy_pct", {**pos_a, "basis": "projected"}, "-2.5x40"),
+                _s("fr_net_apy_pct", {**pos_a, "basis": "realized"}, "-10x40"),  # realised loss alone: no alert
+                _s("fr_net_apy_pct", {**pos_b, "basis": "projected"}, "8x40"),
+                _s("fr_liq_gap_pct", pos_a, "8x40"),
+                _s("fr_liq_gap_pct", pos_b, "4x40"),
+                _s("fr_liq_gap_pct", pos_c, "20x40"),
+                _s("fr_liq_hit_probability", {**pos_a, "horizon": "1h"}, "0.05x40"),
+                _s("fr_liq_hit_probability", {**pos_a, "horizon": "8h"}, "0.4x40"),
+                _s("fr_adl_rank", pos_a, "3x40"),
+                _s("fr_adl_rank", pos_b, "2x40"),
+            ],
+            "alert_rule_test": [
+                _none("20m", "NetApyNegative"),
+                {
+                    "eval_time": "35m",
+                    "alertname": "NetApyNegative",
+                    "exp_alerts": [
+                        sp.exp(
+                            "NetApyNegative",
+                            "warning",
+                            {**pos_a, "basis": "projected"},
+                            "Projected net APY of carry-btc (binance BTCUSDT) is -2.5 % at the current funding rate "
+                            "(below 0 %).",
+                            "-2.5 %",
+                        )
+                    ],
+                },
+                _none("0m", "LiquidationGapLow"),
+                {
+                    "eval_time": "2m",
+                    "alertname": "LiquidationGapLow",
+                    "exp_alerts": [gap(pos_a, "8", "warning"), gap(pos_b, "4", "warning"), gap(pos_b, "4", "critical")],
+                },
+                _none("3m", "LiquidationHitProbabilityHigh"),
+                {
+                    "eval_time": "6m",
+                    "alertname": "LiquidationHitProbabilityHigh",
+                    "exp_alerts": [
+                        sp.exp(
+                            "LiquidationHitProbabilityHigh",
+                            "warning",
+                            {**pos_a, "horizon": "8h"},
+                            "Probability that binance BTCUSDT touches the liquidation price of carry-btc within 8h "
+                            "is 40% (above 25 %).",
+                            "40%",
+                        )
+                    ],
+                },
+                _none("3m", "AdlRankHigh"),
+                {
+                    "eval_time": "6m",
+                    "alertname": "AdlRankHigh",
+                    "exp_alerts": [
+                        sp.exp(
+                            "AdlRankHigh",
+                            "warning",
+                            pos_a,
+                            "ADL rank of carry-btc (binance BTCUSDT) is 3 of 4 (at or above 3).",
+                            "3",
+                        )
+                    ],
+                },
+            ],
+        }
+    )
+
+    # --- liquidations ----------------------------------------------------------------------------
+    liq_bin = {"base": "BTC", "exchange": "binance", "instrument": "BTCUSDT", "side": "long"}
+    liq_byb = {"base": "ETH", "exchange": "bybit", "instrument": "ETHUSDT", "side": "short"}
+    groups.append(
+        {
+            "name": "liquidation spike: far above its own 1h baseline and above the floor",
+            "interval": "1m",
+            "input_series": [
+                # 100 USD/s for an hour, then 100 000 USD/s
+                _s("fr_liquidated_notional_usd_total", liq_bin, "0+6000x60 6360000+6000000x15"),
+                # nothing, then 1 000 USD/s: many times its baseline but under the 50 000 USD/s floor
+                _s("fr_liquidated_notional_usd_total", liq_byb, "0x60 60000+60000x15"),
+            ],
+            "promql_expr_test": [
+                {
+                    "expr": "fr:liquidated_notional_usd:rate5m",
+                    "eval_time": "30m",
+                    "exp_samples": [
+                        {"labels": "fr:liquidated_notional_usd:rate5m" + _s("", liq_bin, "")["series"], "value": 100},
+                        {"labels": "fr:liquidated_notional_usd:rate5m" + _s("", liq_byb, "")["series"], "value": 0},
+                    ],
+                }
+            ],
+            "alert_rule_test": [
+                _none("60m", "LiquidationSpike"),
+                {
+                    "eval_time": "70m",
+                    "alertname": "LiquidationSpike",
+                    "exp_alerts": [
+                        sp.exp(
+                            "LiquidationSpike",
+                            "warning",
+                            {"base": "BTC", "exchange": "binance"},
+                            "binance is liquidating 100k USD/s of BTC positions (5m rate), more than 5x its 1h "
+                            "average and above 50000 USD/s.",
+                            "100k USD/s",
+                        )
+                    ],
+                },
+            ],
+        }
+    )
+
+    # --- AI sidecar --------------------------------------------------------------------------------
+    ai_btc = {"base": "BTC", "horizon": "8h", "model": "baseline"}
+    sidecar = {"job": cfg.sidecar_job}
+    groups.append(
+        {
+            "name": "AI risk probability above 0.7, sustained",
+            "interval": "1m",
+            "input_series": [
+                _s("fr_ai_risk_probability", ai_btc, "0.8x20"),
+                _s("fr_ai_risk_probability", {**ai_btc, "base": "ETH"}, "0.5x20"),
+            ],
+            "alert_rule_test": [
+                _none("5m", "AiRiskHigh"),
+                {
+                    "eval_time": "15m",
+                    "alertname": "AiRiskHigh",
+                    "exp_alerts": [
+                        sp.exp(
+                            "AiRiskHigh",
+                            "warning",
+                            ai_btc,
+                            "baseline puts the probability of a large BTC liquidation event within 8h at 80% "
+                            "(above 70 % for 10m).",
+                            "80%",
+                        )
+                    ],
+                },
+            ],
+        }
+    )
+    stale_model = {**sidecar, "model": "gpt"}
+    groups.append(
+        {
+            "name": "AI sidecar stale, AI calls failing",
+            "interval": "1m",
+            "input_series": [
+                _s("fr_ai_last_success_timestamp_seconds", stale_model, "0x40"),  # never succeeded since t=0
+                _s("fr_ai_last_success_timestamp_seconds", {**sidecar, "model": "baseline"}, "0+60x40"),  # fresh
+                _s("fr_ai_requests_total", stale_model, "0+10x40"),
+                _s("fr_ai_request_failures_total", {**stale_model, "reason": "timeout"}, "0+8x40"),
+                _s("fr_ai_requests_total", {**sidecar, "model": "baseline"}, "0+10x40"),
+                _s("fr_ai_request_failures_total", {**sidecar, "model": "baseline", "reason": "schema"}, "0+1x40"),
+            ],
+            "alert_rule_test": [
+                _none("20m", "AiSidecarStale"),
+                {
+                    "eval_time": "36m",
+                    "alertname": "AiSidecarStale",
+                    "exp_alerts": [
+                        sp.exp(
+                            "AiSidecarStale",
+                            "warning",
+                            stale_model,
+                            "Last valid answer from gpt was 36m 0s ago (limit 1800 s).",
+                            "36m 0s",
+                        )
+                    ],
+                },
+                _none("10m", "AiSidecarFailing"),
+                {
+                    "eval_time": "20m",
+                    "alertname": "AiSidecarFailing",
+                    "exp_alerts": [
+                        sp.exp(
+                            "AiSidecarFailing",
+                            "warning",
+                            stale_model,
+                            "80% of the calls to gpt failed over the last 15m (above 50 %).",
+                            "80%",
+                        )
+                    ],
+                },
+            ],
+        }
+    )
+
+    # --- exporter health ---------------------------------------------------------------------------
+    job = {"job": cfg.exporter_job}
+    inst = {**job, "instance": "exporter:9466"}
+    groups.append(
+        {
+            "name": "exporter never scraped: absent(up) fires",
+            "interval": "1m",
+            "input_series": [],
+            "alert_rule_test": [
+                _none("4m", "ExporterDown"),
+                {
+                    "eval_time": "6m",
+                    "alertname": "ExporterDown",
+                    "exp_alerts": [
+                        sp.exp(
+                            "ExporterDown",
+                            "critical",
+                            job,
+                            "Prometheus has had no successful scrape of fr-exporter for 5m (up = 1).",
+                            "1",
+                        )
+                    ],
+                },
+            ],
+        }
+    )
+    groups.append(
+        {
+            "name": "exporter scrape failing: up == 0 fires, up == 1 does not",
+            "interval": "1m",
+            "input_series": [
+                _s("up", inst, "1x5 0x10"),
+                _s("up", {"job": cfg.sidecar_job, "instance": "sidecar:9467"}, "0x15"),  # another job: not ours
+            ],
+            "alert_rule_test": [
+                _none("8m", "ExporterDown"),
+                {
+                    "eval_time": "12m",
+                    "alertname": "ExporterDown",
+                    "exp_alerts": [
+                        sp.exp(
+                            "ExporterDown",
+                            "critical",
+                            inst,
+                            "Prometheus has had no successful scrape of fr-exporter at exporter:9466 for 5m (up = 0).",
+                            "0",
+                        )
+                    ],
+                },
+            ],
+        }
+    )
+    down = {**inst, "exchange": "okx"}
+    stream = {**inst, "exchange": "bybit", "stream": "tickers"}
+    groups.append(
+        {
+            "name": "exchange stream down and stale",
+            "interval": "1m",
+            "input_series": [
+                _s("fr_up", down, "0x10"),
+                _s("fr_up", {**inst, "exchange": "binance"}, "1x10"),
+                _s("fr_stream_last_message_timestamp_seconds", stream, "0x10"),  # stuck since t=0
+                _s(
+                    "fr_stream_last_message_timestamp_seconds",
+                    {**inst, "exchange": "binance", "stream": "markPrice"},
+                    "0+60x10",
+                ),
+            ],
+            "alert_rule_test": [
+                _none("1m", "ExchangeStreamDown"),
+                {
+                    "eval_time": "3m",
+                    "alertname": "ExchangeStreamDown",
+                    "exp_alerts": [
+                        sp.exp(
+                            "ExchangeStreamDown",
+                            "critical",
+                            down,
+                            "The exporter's streams to okx are disconnected or silent (fr_up = 0 for 2m); "
+                            "its funding and liquidation series are absent.",
+                            "0",
+                        )
+                    ],
+                },
+                _none("4m", "ExchangeStreamStale"),
+                {
+                    "eval_time": "6m",
+                    "alertname": "ExchangeStreamStale",
+                    "exp_alerts": [
+                        sp.exp(
+                            "ExchangeStreamStale",
+                            "warning",
+                            stream,
+                            "Last message on bybit tickers was 6m 0s ago (limit 120 s).",
+                            "6m 0s",
+                        )
+                    ],
+                },
+            ],
+        }
+    )
+    return groups
+
+
+def test_file(cfg: MixinConfig, rule_files: list[str]) -> dict[str, Any]:
+    return {"rule_files": rule_files, "evaluation_interval": "1m", "tests": tests(cfg)}

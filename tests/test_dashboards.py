@@ -1,0 +1,197 @@
+"""Grafana dashboards and provisioning: generated in sync, linted (a re-implementation of the
+dashboard-linter rules that matter), every query valid PromQL and built on contract metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mixin import generate
+from mixin.config import DEFAULT
+from mixin.lint import base_metric, contract_metrics, metric_names, panel_targets, substitute
+from mixin.rules import DASHBOARDS
+
+ROOT = Path(__file__).resolve().parent.parent
+DASH_DIR = ROOT / "grafana" / "dashboards"
+CONTRACT = ROOT.parent / "shared" / "contract" / "metrics.md"
+DASH_FILES = sorted(DASH_DIR.glob("*.json"))
+UNITS = {
+    "percentunit", "percent", "s", "none", "short", "currencyUSD", "suffix: bp", "cps", "mps", "reqps",
+    "dateTimeFromNow",
+}  # fmt: skip
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def _all() -> dict[str, dict[str, Any]]:
+    return {p.name: _load(p) for p in DASH_FILES}
+
+
+def test_committed_dashboards_match_the_generator(tmp_path: Path) -> None:
+    generate.write(tmp_path)
+    produced = {p.name for p in (tmp_path / "grafana" / "dashboards").glob("*.json")}
+    assert produced == {p.name for p in DASH_FILES}
+    for name in produced:
+        assert (tmp_path / "grafana" / "dashboards" / name).read_text() == (DASH_DIR / name).read_text(), (
+            f"{name} is stale: run python -m mixin.generate"
+        )
+
+
+def test_five_dashboards_with_stable_unique_uids() -> None:
+    dashes = _all()
+    uids = [d["uid"] for d in dashes.values()]
+    assert sorted(uids) == sorted(uid for uid, _ in DASHBOARDS.values())
+    assert len(set(uids)) == len(uids) and all(8 <= len(u) <= 40 for u in uids)
+    titles = [d["title"] for d in dashes.values()]
+    assert len(set(titles)) == len(titles)
+    for name, d in dashes.items():
+        assert name == f"{d['uid']}.json"
+        assert d["id"] is None and d["schemaVersion"] == DEFAULT.grafana_schema_version
+        assert DEFAULT.dashboard_tag in d["tags"]
+
+
+def test_variables() -> None:
+    for name, d in _all().items():
+        variables = {v["name"]: v for v in d["templating"]["list"]}
+        ds = variables["datasource"]
+        assert ds["type"] == "datasource" and ds["query"] == "prometheus" and ds["label"] == "Data Source", name
+        assert [v for v in d["templating"]["list"] if v["type"] == "datasource"] == [ds]
+        for var in ("exchange", "base", "instrument"):
+            v = variables[var]
+            assert v["type"] == "query" and v["datasource"]["uid"] == "${datasource}", (name, var)
+            assert v["multi"] and v["includeAll"] and v["query"].startswith("label_values("), (name, var)
+            assert f", {var})" in v["query"]
+
+
+def test_panels_lint() -> None:
+    """dashboard-linter's panel-datasource, panel-units, panel-title-description, target-rate-interval,
+    template-label-promql (multi-value variables used with =~) rules."""
+    for name, d in _all().items():
+        ids = [p["id"] for p in d["panels"]]
+        assert len(set(ids)) == len(ids), name
+        for panel in d["panels"]:
+            where = f"{name}: {panel['title']!r}"
+            assert panel["title"] and panel["description"], where
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, where
+            unit = panel["fieldConfig"]["defaults"].get("unit")
+            assert unit in UNITS, f"{where}: unit {unit!r}"
+            g = panel["gridPos"]
+            assert g["x"] + g["w"] <= 24 and g["w"] > 0 and g["h"] > 0, where
+            assert panel["targets"], where
+        for panel, target in panel_targets(d):
+            where = f"{name}: {panel['title']!r}"
+            assert target["datasource"]["uid"] == "${datasource}", where
+            expr = target["expr"]
+            for fn in re.finditer(r"\b(rate|irate|increase)\(", expr):
+                window = re.match(r"[^\[]*\[([^\]]+)\]", expr[fn.end() :])
+                assert window and window.group(1) == "$__rate_interval", (
+                    f"{where}: {fn.group(1)} without $__rate_interval"
+                )
+            for var in ("exchange", "base", "instrument"):
+                assert f'="${var}"' not in expr and f'!="${var}"' not in expr, f"{where}: use =~ for ${var}"
+            assert target.get("legendFormat"), where
+
+
+def test_required_panels() -> None:
+    titles = {d["uid"]: " | ".join(p["title"].lower() for p in d["panels"]) for d in _all().values()}
+    want = {
+        "fr-funding-overview": ["heat map", "z-score", "edge", "open-interest-weighted", "spread", "next settlement"],
+        "fr-positions-risk": ["liquidation", "hit probability", "adl rank", "realised vs projected", "funding pnl"],
+        "fr-liquidations": ["by exchange and side"],
+        "fr-ai-risk": ["probability", "confidence", "level", "latency", "cost", "scores"],
+        "fr-exporter-health": ["up", "messages", "age", "reconnects", "parse errors", "rest errors"],
+    }
+    for uid, words in want.items():
+        for w in words:
+            assert w in titles[uid], f"{uid}: no panel about {w!r}"
+
+
+def test_gap_panel_draws_the_alert_thresholds() -> None:
+    d = _load(DASH_DIR / "fr-positions-risk.json")
+    panel = next(p for p in d["panels"] if "fr_liq_gap_pct" in p["targets"][0]["expr"])
+    steps = [s["value"] for s in panel["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+    assert steps == [None, DEFAULT.thresholds.liq_gap_critical_pct, DEFAULT.thresholds.liq_gap_warning_pct]
+    assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] != "off"
+    assert panel["fieldConfig"]["defaults"]["unit"] == "percent"
+
+
+def test_funding_panels_colour_by_the_alert_levels() -> None:
+    t = DEFAULT.thresholds
+    d = _load(DASH_DIR / "fr-funding-overview.json")
+    heat = next(p for p in d["panels"] if p["type"] == "state-timeline")
+    steps = heat["fieldConfig"]["defaults"]["thresholds"]["steps"]
+
+    def colour(v: float) -> str:
+        out = steps[0]["color"]
+        for s in steps[1:]:
+            if v >= s["value"]:
+                out = s["color"]
+        return out
+
+    assert [colour(v) for v in (0.0, 0.0004, -0.0004)] == ["green"] * 3
+    for sign in (1, -1):
+        assert colour(sign * (t.funding_warning + 1e-6)) == "yellow"
+        assert colour(sign * (t.funding_critical + 1e-6)) == "orange"
+        assert colour(sign * (t.funding_emergency + 1e-6)) == "red"
+
+
+def _all_exprs() -> list[tuple[str, str]]:
+    return [(f"{n}: {p['title']}", t["expr"]) for n, d in _all().items() for p, t in panel_targets(d)]
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)")
+def test_every_query_is_valid_promql(tmp_path: Path) -> None:
+    values = {"exchange": ".*", "base": ".*", "instrument": ".*", "datasource": "prometheus"}
+    rules = [{"record": f"dash:expr_{i}", "expr": substitute(e, values)} for i, (_, e) in enumerate(_all_exprs())]
+    path = tmp_path / "dash.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    res = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_every_metric_is_in_the_contract_or_recorded() -> None:
+    if not CONTRACT.is_file():
+        pytest.skip(f"metric contract not found at {CONTRACT}")
+    names, histograms = contract_metrics(CONTRACT)
+    recorded = {
+        r["record"]
+        for p in (ROOT / "prometheus" / "rules").glob("*.yml")
+        for g in yaml.safe_load(p.read_text())["groups"]
+        for r in g["rules"]
+        if "record" in r
+    }
+    used = set()
+    for where, expr in _all_exprs():
+        for name in metric_names(expr):
+            used.add(name)
+            if name in recorded or name == "up":
+                continue
+            assert base_metric(name, histograms) in names, f"{where}: {name} is not in the metric contract"
+    for d in _all().values():
+        for v in d["templating"]["list"]:
+            for name in metric_names(v.get("query", "").removeprefix("label_values(")):
+                assert name in names or name in {"prometheus", "exchange", "base", "instrument"}, name
+    assert len(used) > 30  # the parser saw the queries
+
+
+def test_provisioning() -> None:
+    ds = yaml.safe_load((ROOT / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert ds["apiVersion"] == 1
+    (prom,) = ds["datasources"]
+    assert prom["type"] == "prometheus" and prom["uid"] == DEFAULT.datasource_uid and prom["isDefault"]
+    assert prom["url"] == "http://prometheus:9090"
+    scrape = yaml.safe_load((ROOT / "prometheus/prometheus.yml").read_text())["global"]["scrape_interval"]
+    assert prom["jsonData"]["timeInterval"] == scrape == DEFAULT.scrape_interval
+    prov = yaml.safe_load((ROOT / "grafana/provisioning/dashboards/fr-exporter.yml").read_text())
+    (provider,) = prov["providers"]
+    assert provider["type"] == "file" and provider["folder"]
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
