@@ -306,10 +306,13 @@ async def test_okx_history_pages_with_after(fake: Fake) -> None:
     assert all(s.rate == 0.0001 for s in got)  # realised, not predicted
     assert len(fake.calls) == 3
     assert "after" not in fake.calls[0][2] and fake.calls[1][2]["after"] == rows[150]["fundingTime"]
-    # applied to state: a sorted, duplicate-free window
+    # applied to state: a sorted, duplicate-free window, trimmed to the state's span (31 days default)
     st = state.register(InstrumentInfo(Exchange.OKX, "BTC-USDT-SWAP", "BTC", "USDT"))
     state.apply_many(got + got)
-    assert len(st.settlement_window()) == 250
+    window = st.settlement_window()
+    newest = int(rows[-1]["fundingTime"]) / 1000
+    assert [t for t, _ in window] == [int(r["fundingTime"]) / 1000 for r in rows
+                                      if int(r["fundingTime"]) / 1000 >= newest - 31 * 86400]
     await client.aclose()
 
 
