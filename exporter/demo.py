@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import ConfigError, load_config
 
@@ -37,21 +38,37 @@ def _wait_http(url: str, timeout: float) -> bool:
     return False
 
 
+def _samples(url: str) -> list[tuple[str, dict[str, str], float]]:
+    text = httpx.get(f"{url}/metrics", timeout=2.0).text
+    return [(s.name, s.labels, s.value) for fam in text_string_to_metric_families(text) for s in fam.samples]
+
+
 def _status(exporter: str, sidecar: str) -> str:
+    """One line: streams up, BTC funding per exchange (8 h-equivalent), liquidations, positions, AI."""
     parts = []
     try:
-        text = httpx.get(f"{exporter}/metrics", timeout=2.0).text
-        ups = [ln for ln in text.splitlines() if ln.startswith("fr_up{")]
-        parts.append(" ".join(ln.split('"')[1] + "=" + ln.rsplit(" ", 1)[1] for ln in ups))
-        parts.append(f"{sum(1 for ln in text.splitlines() if ln and not ln.startswith('#'))} samples")
-    except httpx.HTTPError as exc:
+        samples = _samples(exporter)
+        up = {lab["exchange"]: v for n, lab, v in samples if n == "fr_up"}
+        parts.append("up " + " ".join(f"{ex}={'yes' if v == 1 else 'NO'}" for ex, v in sorted(up.items())))
+        rate = {(lab["exchange"], lab["instrument"]): v for n, lab, v in samples if n == "fr_funding_rate"}
+        interval = {(lab["exchange"], lab["instrument"]): v for n, lab, v in samples
+                    if n == "fr_funding_interval_seconds"}
+        btc = [f"{ex[:3]} {rate[k] * 28800 / interval[k] * 1e4:+.1f}"
+               for k in sorted(rate) if k in interval and k[1].startswith("BTC") for ex in [k[0]]]
+        parts.append("BTC funding bp/8h " + " ".join(btc))
+        liq = sum(v for n, _, v in samples if n == "fr_liquidated_notional_usd_total")
+        parts.append(f"liquidated ${liq / 1e6:,.1f}M")
+        gaps = [f"{lab['position']} {v:.1f}%" for n, lab, v in samples if n == "fr_liq_gap_pct"]
+        if gaps:
+            parts.append("liq gap " + " ".join(gaps))
+    except (httpx.HTTPError, ValueError) as exc:
         parts.append(f"exporter: {type(exc).__name__}")
     try:
-        text = httpx.get(f"{sidecar}/metrics", timeout=2.0).text
-        probs = [ln for ln in text.splitlines() if ln.startswith("fr_ai_risk_probability{")]
-        parts.append(f"ai: {len(probs)} predictions")
-    except httpx.HTTPError:
-        parts.append("ai: not up")
+        probs = [f"{lab['base']} {v:.2f}" for n, lab, v in _samples(sidecar)
+                 if n == "fr_ai_risk_probability" and lab.get("model") == "baseline"]
+        parts.append("AI risk " + (" ".join(sorted(probs)) or "pending"))
+    except (httpx.HTTPError, ValueError):
+        parts.append("AI: starting")
     return " | ".join(parts)
 
 
@@ -61,6 +78,8 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: until Ctrl-C)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--scenario", default="calm", choices=["calm", "funding_spike", "cascade"])
+    p.add_argument("--tour", action=argparse.BooleanOptionalAction, default=True,
+                   help="after 60 s a funding spike, after 180 s a liquidation cascade (default: on)")
     args = p.parse_args(argv)
     try:
         config = load_config(args.config)
@@ -102,11 +121,19 @@ def main(argv: Sequence[str]) -> int:
         print("Ctrl-C stops." if not args.duration else f"Stopping by itself after {args.duration:.0f} s.")
         started = time.monotonic()
         next_status = 0.0
+        # (seconds after start, scenario): something to watch on the dashboards and in the alerts
+        tour = [(60.0, "funding_spike"), (180.0, "cascade")] if args.tour else []
+        sim_rest = config.urls_for(next(iter(config.enabled_exchanges())))[1]
         while not stopping and (not args.duration or time.monotonic() - started < args.duration):
             for name, proc in procs.items():
                 if proc.poll() is not None:
                     print(f"{name} exited with {proc.returncode}; see {logs}/{name}.log", file=sys.stderr)
                     return 1
+            if tour and time.monotonic() - started >= tour[0][0]:
+                _, scenario = tour.pop(0)
+                with contextlib.suppress(httpx.HTTPError):
+                    httpx.post(f"{sim_rest}/_sim/scenario", json={"name": scenario}, timeout=5.0)
+                    print(f"-- simulator scenario: {scenario}", flush=True)
             if time.monotonic() >= next_status:
                 print(f"[{time.monotonic() - started:5.0f} s] {_status(exporter_url, sidecar_url)}", flush=True)
                 next_status = time.monotonic() + 5.0

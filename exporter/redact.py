@@ -47,6 +47,9 @@ def install(level: str = "INFO") -> None:
         level=getattr(logging, level, logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if level != "DEBUG":
+        # httpx logs every request at INFO: pollers would drown the log
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     root = logging.getLogger()
     for handler in root.handlers:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
