@@ -127,7 +127,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_check_config_command(tmp_path: Path) -> None:
     ok = run_cli("check-config", str(ROOT / "config" / "demo.yaml"))
     assert ok.returncode == 0, ok.stderr
-    assert "OK" in ok.stdout and "positions: 1" in ok.stdout
+    assert "OK" in ok.stdout and "positions: 2" in ok.stdout
     bad = run_cli("check-config", str(write(tmp_path, "analytics:\n  spread_top_n: 0\n")))
     assert bad.returncode == 1
     assert "config.yaml:2: analytics.spread_top_n" in bad.stderr

@@ -319,6 +319,20 @@ def test_metrics_used_exist_in_the_real_exposition(stack: Stack) -> None:
         pytest.fail(f"used by rules or dashboards but not exposed by the exporter or sidecar: {sorted(missing())}")
 
 
+def test_every_exposed_series_is_documented(stack: Stack) -> None:
+    """What users see on /metrics is what the docs list (docs/metrics.md, docs/sidecar.md)."""
+    docs = (ROOT / "docs" / "metrics.md").read_text() + (ROOT / "docs" / "sidecar.md").read_text()
+    exposed: set[str] = set()
+    for url in (stack.exporter, stack.sidecar):
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+            names, hist = exposition_metrics(resp.read().decode())
+        exposed |= {n for n in names if base_metric(n, hist) not in hist}  # a histogram's family, not _bucket
+        exposed |= hist
+    assert {"fr_up", "fr_funding_zscore", "fr_liq_gap_pct", "fr_ai_risk_probability"} <= exposed
+    undocumented = sorted(n for n in exposed if f"`{n}`" not in docs)
+    assert not undocumented, f"exposed but not in docs/metrics.md or docs/sidecar.md: {undocumented}"
+
+
 def test_exchange_down_fires_and_inhibits_its_dependents(stack: Stack) -> None:
     stack.sim_post("okx", "/_sim/stop")
     try:
