@@ -99,3 +99,25 @@ def test_funding_event_fires_once_per_crossing() -> None:
     for rate in (0.0002, 0.0015, 0.002, 0.0001, -0.0012):
         st.apply(MarketUpdate(Exchange.BYBIT, "BTCUSDT", funding_rate=rate))
     assert [round(e.value, 6) for e in st.events if e.kind == "funding"] == [0.0015, -0.0012]
+
+
+def test_window_bounds_by_count_and_span_and_reads_records() -> None:
+    from exporter.state import Window
+
+    w = Window(2, maxlen=5, span=100.0)
+    assert not w and w.last_time() is None
+    w.extend((float(t), t * 10.0) for t in range(0, 50, 10))
+    assert list(w) == [(0.0, 0.0), (10.0, 100.0), (20.0, 200.0), (30.0, 300.0), (40.0, 400.0)]
+    w.append((50.0, 500.0))  # over the count: the oldest goes
+    assert len(w) == 5 and w[0] == (10.0, 100.0) and w[-1] == (50.0, 500.0) and w[-2] == (40.0, 400.0)
+    w.append((200.0, 2000.0))  # the span drops everything older than 200 - 100
+    assert list(w) == [(200.0, 2000.0)] and w.last_time() == 200.0
+    for bad in (1, -2):
+        try:
+            w[bad]
+        except IndexError:
+            pass
+        else:
+            raise AssertionError(f"index {bad} should be out of range")
+    w.replace([(1.0, 1.0), (2.0, 2.0)])
+    assert tuple(w) == ((1.0, 1.0), (2.0, 2.0)) and list(w.raw()) == [1.0, 1.0, 2.0, 2.0]
