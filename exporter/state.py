@@ -341,8 +341,7 @@ class MarketState:
                 st.funding_interval_s = round(gap / 3600.0) * 3600.0 or gap
 
     def _apply_market(self, u: MarketUpdate, now: float) -> None:
-        # Hot path (every update of every stream). Fields are read once into locals, and
-        # _continuous_observation, _check_funding_event and premium_of are inlined; same behaviour.
+        # The hot path (every update of every stream): fields read once into locals, helpers inlined.
         st = self.instruments.get((u.exchange, u.instrument))
         if st is None:
             self.unknown_instrument_updates += 1
@@ -384,13 +383,14 @@ class MarketState:
                 st.next_funding_time = nft
             if rate is not None:
                 st.funding_rate = rate
-                if rate_8h is not None and st.next_funding_time is None:  # _continuous_observation, inlined
+                # continuous funding (Deribit): one observation an hour for the z-score window
+                if rate_8h is not None and st.next_funding_time is None:
                     t = (u.event_time or now) // CONTINUOUS_OBSERVATION_SECONDS * CONTINUOUS_OBSERVATION_SECONDS
                     last = st.settlements.last_time()
                     if last is None or t > last:
                         self.add_settlements(st, [(t, rate_8h)])
                 interval = st.funding_interval_s or st.info.funding_interval_s
-                if interval:  # _check_funding_event, inlined
+                if interval:  # threshold event, once per crossing
                     r8 = rate * EIGHT_HOURS / interval
                     if abs(r8) >= self._funding_event_rate_8h:
                         key = (st.info.exchange, st.info.instrument)
@@ -427,15 +427,6 @@ class MarketState:
                 if prem is not None:
                     samples.append((now, funding, prem))
 
-    def _continuous_observation(self, st: InstrumentState, u: MarketUpdate, now: float) -> None:
-        """Instruments without settlements (Deribit) get one observation an hour for the z-score."""
-        if st.next_funding_time is not None or u.funding_rate_8h is None:
-            return
-        t = (u.event_time or now) // CONTINUOUS_OBSERVATION_SECONDS * CONTINUOUS_OBSERVATION_SECONDS
-        last = st.settlements.last_time()
-        if last is None or t > last:
-            self.add_settlements(st, [(t, u.funding_rate_8h)])
-
     def _apply_liquidation(self, liq: Liquidation, now: float) -> None:
         st = self.instruments.get((liq.exchange, liq.instrument))
         if st is None:
@@ -456,17 +447,6 @@ class MarketState:
         self.events.append(
             ThresholdEvent(self._event_seq, now, st.info.base, kind, st.info.exchange.value, st.info.instrument, value)
         )
-
-    def _check_funding_event(self, st: InstrumentState, now: float) -> None:
-        r8 = self.funding_rate_8h(st)
-        if r8 is None:
-            return
-        extreme = abs(r8) >= self._funding_event_rate_8h
-        if extreme and st.key not in self._funding_extreme:
-            self._funding_extreme.add(st.key)
-            self._emit(st, "funding", r8, now)
-        elif not extreme:
-            self._funding_extreme.discard(st.key)
 
     def _check_liquidation_event(self, st: InstrumentState, now: float) -> None:
         base = st.info.base
