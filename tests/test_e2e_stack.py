@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import subprocess
 import sys
 import time
 import urllib.request
@@ -331,6 +333,20 @@ def test_every_exposed_series_is_documented(stack: Stack) -> None:
     assert {"fr_up", "fr_funding_zscore", "fr_liq_gap_pct", "fr_ai_risk_probability"} <= exposed
     undocumented = sorted(n for n in exposed if f"`{n}`" not in docs)
     assert not undocumented, f"exposed but not in docs/metrics.md or docs/sidecar.md: {undocumented}"
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)")
+def test_promtool_accepts_the_real_scrapes_with_positions_and_ai(stack: Stack) -> None:
+    """promtool check metrics on what the exporter (positions included) and the sidecar really serve.
+    Only the contract's fixed names with their unit in the name (_bp, _pct) may draw a unit lint."""
+    for url in (stack.exporter, stack.sidecar):
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+            body = resp.read()
+        assert b"fr_" in body
+        proc = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=60)
+        problems = [ln for ln in (proc.stdout + proc.stderr).decode().splitlines() if ln.strip()]
+        real = [p for p in problems if not p.split()[0].endswith(("_bp", "_pct"))]
+        assert not real, f"{url}: {problems}"
 
 
 def test_exchange_down_fires_and_inhibits_its_dependents(stack: Stack) -> None:
