@@ -64,8 +64,9 @@ def test_snapshot_fields() -> None:
     assert u.next_funding_time == int(d["nextFundingTime"]) / 1000
     assert u.funding_interval_s == 8 * 3600
     assert (u.funding_cap, u.funding_floor) == (0.005, -0.005)
-    assert u.open_interest_base == float(d["openInterest"])
-    assert u.open_interest_usd == float(d["openInterestValue"])
+    # openInterest / openInterestValue count both sides (exchanges.md §3.2): halved
+    assert u.open_interest_base == float(d["openInterest"]) / 2
+    assert u.open_interest_usd == float(d["openInterestValue"]) / 2
     assert u.event_time == SNAPSHOT["ts"] / 1000
 
 
@@ -87,7 +88,7 @@ def test_delta_leaves_state_unchanged_for_absent_fields() -> None:
     assert st.mark_price == float(SNAPSHOT["data"]["markPrice"])
     assert st.index_price == 100.5
     assert st.funding_rate == float(SNAPSHOT["data"]["fundingRate"])
-    assert st.open_interest_base == float(SNAPSHOT["data"]["openInterest"])
+    assert st.open_interest_base == float(SNAPSHOT["data"]["openInterest"]) / 2  # both sides, halved
 
 
 @pytest.mark.parametrize("field", ["fundingRate", "nextFundingTime", "fundingIntervalHour", "fundingCap"])
@@ -103,6 +104,22 @@ def test_single_side_open_interest_preferred() -> None:
     assert (u.open_interest_base, u.open_interest_usd) == (246186.86, 16412440920.87)
 
 
+def test_delta_without_single_side_twin_does_not_double_open_interest() -> None:
+    # A delta may carry openInterestValue (it moves with the mark price) without singleOpenInterestValue:
+    # the both-sides value must not replace the single-side one (it would double the USD open interest).
+    state = MarketState(clock=lambda: 1_760_325_053.0)
+    state.register(InstrumentInfo(EX, "BTCUSDT", "BTC", "USDT"))
+    ctx = FeedContext(EX, {"BTCUSDT": state.instruments[(EX, "BTCUSDT")].info})
+    snap = dict(SNAPSHOT, data=dict(SNAPSHOT["data"], singleOpenInterest="246186.86",
+                                    singleOpenInterestValue="16412440920.87"))  # fmt: skip
+    state.apply_many(FEED.parse_ws(orjson.dumps(snap), ctx))
+    delta = frame({"symbol": "BTCUSDT", "openInterestValue": "32824881900.00"}, type="delta")
+    state.apply_many(FEED.parse_ws(delta, ctx))
+    st = state.instruments[(EX, "BTCUSDT")]
+    assert st.open_interest_base == 246186.86
+    assert st.open_interest_usd == pytest.approx(16412440950.0)
+
+
 def test_inverse_ticker_open_interest_counts_usd() -> None:
     (u,) = FEED.parse_ws(
         frame(
@@ -110,7 +127,7 @@ def test_inverse_ticker_open_interest_counts_usd() -> None:
         ),
         EMPTY,
     )
-    assert (u.open_interest_usd, u.open_interest_base) == (449736676.0, 15747.08)
+    assert (u.open_interest_usd, u.open_interest_base) == (449736676.0 / 2, 15747.08 / 2)  # both sides, halved
 
 
 def test_unfollowed_symbol_gives_nothing() -> None:
@@ -277,7 +294,7 @@ def test_open_interest_newest_row() -> None:
         }
     )
     (u,) = FEED.parse_open_interest(body, EMPTY)
-    assert (u.open_interest_base, u.event_time) == (461134384.0, 1669571400.0)
+    assert (u.open_interest_base, u.event_time) == (461134384.0 / 2, 1669571400.0)  # "sum of both sides"
 
 
 def test_account_ratio_is_buy_over_sell() -> None:

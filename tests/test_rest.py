@@ -150,6 +150,70 @@ async def test_retry_after_too_far_fails_fast_and_cap_applies(fake: Fake) -> Non
     await client.aclose()
 
 
+async def test_418_ban_retry_after_is_not_capped_like_a_429(fake: Fake) -> None:
+    # exchanges.md 2.9: a 418 is an IP ban of 2 minutes up to 3 days; its Retry-After says when it
+    # ends, and asking before then only prolongs it. The 429 cap must not shorten it.
+    async def h(request: web.Request) -> web.Response:
+        return jr({}, 418, {"Retry-After": "7200"})
+
+    fake.routes["/x"] = h
+    policy = RestPolicy(attempts=3, retry_after_cap_s=120.0, max_wait_in_call_s=5.0)
+    client, _ = client_for(fake, policy=policy)
+    with pytest.raises(RestError) as err:
+        await client.get("ep", "/x")
+    assert err.value.reason == "rate_limited"
+    assert len(fake.calls) == 1
+    assert client.gate_until - time.time() >= 7200.0 - 5.0
+    with pytest.raises(RestError):
+        await client.get("other", "/x")  # still banned: no request at all
+    assert len(fake.calls) == 1
+    await client.aclose()
+
+
+async def test_bybit_403_access_too_frequent_closes_the_gate_for_10_minutes(fake: Fake) -> None:
+    # exchanges.md 3.9: Bybit "403, access too frequent" => stop and wait >= 10 minutes
+    async def h(request: web.Request) -> web.Response:
+        return web.Response(status=403, text="access too frequent")
+
+    fake.routes["/v5/market/tickers"] = h
+    client, state = client_for(fake, Exchange.BYBIT, policy=RestPolicy(attempts=3, max_wait_in_call_s=5.0))
+    with pytest.raises(RestError) as err:
+        await client.get("ep", "/v5/market/tickers")
+    assert err.value.reason == "rate_limited"
+    assert len(fake.calls) == 1
+    assert client.gate_until - time.time() >= 600.0 - 5.0
+    assert state.rest_endpoint(Exchange.BYBIT, "ep").failures == {"rate_limited": 1}
+    await client.aclose()
+
+
+async def test_bybit_retcode_10006_is_a_rate_limit_not_a_body(fake: Fake) -> None:
+    # exchanges.md 3.9: retCode 10006 = too many visits (sent with HTTP 200)
+    n = {"calls": 0}
+    reset_ms = {"v": 0}
+
+    async def h(request: web.Request) -> web.Response:
+        n["calls"] += 1
+        if n["calls"] == 1:
+            reset_ms["v"] = int((time.time() + 1.0) * 1000)
+            return jr({"retCode": 10006, "retMsg": "Too many visits!", "result": {}},
+                      headers={"X-Bapi-Limit-Reset-Timestamp": str(reset_ms["v"])})
+        return jr({"retCode": 0, "retMsg": "OK", "result": {"list": []}})
+
+    fake.routes["/v5/market/tickers"] = h
+    client, state = client_for(fake, Exchange.BYBIT)
+    body = await client.get("ep", "/v5/market/tickers")
+    assert json.loads(body)["retCode"] == 0
+    t = fake.times("/v5/market/tickers")
+    assert len(t) == 2 and t[1] - t[0] >= 0.9  # waited for the reset time
+    assert state.rest_endpoint(Exchange.BYBIT, "ep").failures == {"rate_limited": 1}
+    # a Binance body that happens to contain 10006 is just a body
+    n["calls"] = 1
+    bclient, _ = client_for(fake, Exchange.BINANCE)
+    assert json.loads(await bclient.get("ep", "/v5/market/tickers"))["retCode"] == 0
+    await client.aclose()
+    await bclient.aclose()
+
+
 def test_parse_retry_after() -> None:
     now = 1_700_000_000.0
     assert parse_retry_after("5", now) == 5.0

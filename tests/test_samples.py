@@ -189,18 +189,19 @@ def _bybit_tickers(path: Path) -> None:
         want_next = ms(d["nextFundingTime"]) if d.get("nextFundingTime") else None
         assert u.next_funding_time == want_next
         inverse = d["symbol"] != "BTCUSDT"
-        oi, value = d.get("openInterest"), d.get("openInterestValue")
-        assert u.open_interest_usd == (float(oi) if inverse and oi else float(value) if value and not inverse else None)
+        oi, value = d.get("openInterest"), d.get("openInterestValue")  # both sides (§3.2): halved
+        want_usd = float(oi) / 2 if inverse and oi else float(value) / 2 if value and not inverse else None
+        assert u.open_interest_usd == want_usd
         if msg["type"] == "delta":
             assert u.mark_price is None and u.index_price is None  # absent in the delta: unchanged
         state.apply(u)
     btc = state.instruments[(Y, "BTCUSD")]
     snapshot, delta = (json.loads(r)["data"] for r in raws[:2])
     assert btc.mark_price == float(snapshot["markPrice"])  # kept through the delta
-    assert btc.open_interest_usd == float(delta["openInterest"])  # updated by the delta
+    assert btc.open_interest_usd == float(delta["openInterest"]) / 2  # updated by the delta
     assert state.instruments[(Y, "BTCUSDU23")].funding_rate is None
     lin = state.instruments[(Y, "BTCUSDT")]
-    assert lin.open_interest_base == float(json.loads(raws[4])["data"]["openInterest"])
+    assert lin.open_interest_base == float(json.loads(raws[4])["data"]["openInterest"]) / 2
 
 
 @check("bybit/ws_ticker_linear_nautilus.json")
@@ -215,7 +216,9 @@ def _bybit_ticker_linear(path: Path) -> None:
         float(d["fundingRate"]),
     )
     assert u.funding_interval_s == int(d["fundingIntervalHour"]) * 3600
-    assert (u.open_interest_base, u.open_interest_usd) == (float(d["openInterest"]), float(d["openInterestValue"]))
+    # no singleOpenInterest in this capture: openInterest counts both sides (exchanges.md §3.2, §6.4)
+    want = (float(d["openInterest"]) / 2, float(d["openInterestValue"]) / 2)
+    assert (u.open_interest_base, u.open_interest_usd) == want
 
 
 @check("bybit/ws_liquidation_v5_tardis.jsonl")

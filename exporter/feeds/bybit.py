@@ -182,7 +182,7 @@ class BybitFeed:
         """``GET /v5/market/open-interest`` -> the newest open interest of the symbol.
 
         ``openInterest`` is the sum of both sides since 2023-11; the single-side value is used
-        where Bybit gives it, so it compares with Binance/OKX.
+        where Bybit gives it, else half the sum, so it compares with Binance/OKX.
         """
         try:
             res = _result(body, "open-interest")
@@ -193,7 +193,7 @@ class BybitFeed:
             newest = max(rows, key=lambda r: num(r["timestamp"], "timestamp"))
             oi = opt_num(newest.get("singleOpenInterest"), "singleOpenInterest")
             if oi is None:
-                oi = num(newest["openInterest"], "openInterest")
+                oi = num(newest["openInterest"], "openInterest") / 2.0  # "the sum of both sides"
             t = ms(newest["timestamp"], "timestamp")
             if is_inverse(sym, ctx.instruments):
                 return [MarketUpdate(EX, sym, event_time=t, open_interest_usd=oi)]
@@ -351,16 +351,21 @@ def _ticker(t: _Ticker, event_time: float | None, instruments: Mapping[str, Inst
             cap = num(v, "fundingCap")
             u.funding_cap = cap
             u.funding_floor = -cap  # one symmetric limit
-        # openInterest sums both sides (exchanges.md §3.2): the single-side value wins where given
-        oi, value = t.singleOpenInterest, t.singleOpenInterestValue
-        oi_key, value_key = "singleOpenInterest", "singleOpenInterestValue"
-        if oi is None and value is None:
-            oi, value = t.openInterest, t.openInterestValue
-            oi_key, value_key = "openInterest", "openInterestValue"
+        # openInterest is "Open interest size (both sides)" (exchanges.md §3.2, §6.4): the single-side
+        # value wins where given, else the both-sides one is halved -- field by field, since a delta
+        # may carry a both-sides field without its single-side twin (never mix the two conventions).
+        oi, oi_key, oi_half = t.singleOpenInterest, "singleOpenInterest", False
+        if oi is None and t.openInterest is not None:
+            oi, oi_key, oi_half = t.openInterest, "openInterest", True
+        value, value_key, value_half = t.singleOpenInterestValue, "singleOpenInterestValue", False
+        if value is None and t.openInterestValue is not None:
+            value, value_key, value_half = t.openInterestValue, "openInterestValue", True
         if oi:
             x = float(oi)
             if x - x:
                 raise not_finite(oi_key, oi)
+            if oi_half:
+                x *= 0.5
             if inverse:
                 u.open_interest_usd = x  # inverse: size counts USD contracts
             else:
@@ -369,6 +374,8 @@ def _ticker(t: _Ticker, event_time: float | None, instruments: Mapping[str, Inst
             x = float(value)
             if x - x:
                 raise not_finite(value_key, value)
+            if value_half:
+                x *= 0.5
             if inverse:
                 u.open_interest_base = x  # inverse: the "value" is in coin
             else:

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import httpx
+import orjson
 
 from exporter.model import Exchange
 from exporter.state import MarketState
@@ -47,7 +48,13 @@ class RestPolicy:
     retry_max_s: float = 10.0
     rate_limit_default_s: float = 5.0  # 429 without Retry-After
     ban_default_s: float = 120.0  # 418 without Retry-After (Binance bans start at 2 min)
-    retry_after_cap_s: float = 600.0  # never trust a Retry-After longer than this
+    retry_after_cap_s: float = 600.0  # never trust a 429 Retry-After longer than this
+    # A 418 is a Binance IP ban "from 2 minutes up to 3 days" whose Retry-After says when it ends
+    # (exchanges.md 2.9): asking again before then only prolongs it, so it is honoured up to 3 days.
+    ban_cap_s: float = 3 * 86400.0
+    # Bybit answers HTTP 403 "access too frequent" to an IP over its limit: "stop and wait >= 10
+    # minutes" (exchanges.md 3.9); its retCode 10006 ("too many visits") is a plain rate limit.
+    bybit_403_wait_s: float = 600.0
     max_wait_in_call_s: float = 60.0  # a gate further away than this fails the call instead of waiting
 
 
@@ -119,8 +126,8 @@ class RestClient:
     def _count_success(self, endpoint: str) -> None:
         self.state.rest_endpoint(self.exchange, endpoint).last_success_at = self.clock()
 
-    def _close_gate(self, seconds: float) -> None:
-        seconds = min(seconds, self.policy.retry_after_cap_s)
+    def _close_gate(self, seconds: float, cap: float | None = None) -> None:
+        seconds = min(seconds, self.policy.retry_after_cap_s if cap is None else cap)
         self._gate_until = max(self._gate_until, self.clock() + seconds)
 
     async def get(self, endpoint: str, path: str, params: Params | None = None) -> bytes:
@@ -147,14 +154,28 @@ class RestClient:
                 last = RestError("connection", f"{self.exchange} {endpoint}: {type(exc).__name__}: {exc}")
             else:
                 status = resp.status_code
+                bybit = self.exchange == Exchange.BYBIT
                 if 200 <= status < 300:
-                    self._count_success(endpoint)
-                    return resp.content
+                    if not (bybit and _bybit_too_many_visits(resp.content)):
+                        self._count_success(endpoint)
+                        return resp.content
+                    # HTTP 200 with retCode 10006: rate-limited until the reset time Bybit gives
+                    reset = _bybit_reset_in(resp.headers.get("X-Bapi-Limit-Reset-Timestamp"), self.clock())
+                    self._close_gate(reset if reset is not None else p.rate_limit_default_s)
+                    last = RestError("rate_limited", f"{self.exchange} {endpoint}: retCode 10006 (too many visits)")
+                    self.count_failure(endpoint, last.reason)
+                    continue
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"), self.clock())
                 if status in (429, 418):
-                    default = p.ban_default_s if status == 418 else p.rate_limit_default_s
-                    self._close_gate(retry_after if retry_after is not None else default)
+                    if status == 418:
+                        self._close_gate(retry_after if retry_after is not None else p.ban_default_s, p.ban_cap_s)
+                    else:
+                        self._close_gate(retry_after if retry_after is not None else p.rate_limit_default_s)
                     last = RestError("rate_limited", f"{self.exchange} {endpoint}: HTTP {status}")
+                elif status == 403 and bybit:
+                    wait = max(p.bybit_403_wait_s, retry_after or 0.0)
+                    self._close_gate(wait, max(p.bybit_403_wait_s, p.retry_after_cap_s))
+                    last = RestError("rate_limited", f"{self.exchange} {endpoint}: HTTP 403 (access too frequent)")
                 elif status >= 500:
                     last = RestError("http_5xx", f"{self.exchange} {endpoint}: HTTP {status}")
                     if retry_after is not None:
@@ -174,6 +195,31 @@ class RestClient:
         assert last is not None
         log.warning("%s", last)
         raise last
+
+
+def _bybit_too_many_visits(body: bytes) -> bool:
+    """Whether a Bybit body is the rate-limit answer ``{"retCode":10006,...}`` (sent with HTTP 200)."""
+    head = body[:64]
+    if b"10006" not in head:
+        return False
+    try:
+        msg = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(msg, dict) and msg.get("retCode") == 10006
+
+
+def _bybit_reset_in(value: str | None, now: float) -> float | None:
+    """Seconds until ``X-Bapi-Limit-Reset-Timestamp`` (epoch ms); None if absent or bad."""
+    if not value:
+        return None
+    try:
+        at = float(value) / 1000.0
+    except ValueError:
+        return None
+    if at != at:
+        return None
+    return max(0.0, at - now)
 
 
 def _snippet(resp: httpx.Response) -> str:
