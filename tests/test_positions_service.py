@@ -291,3 +291,168 @@ def test_a_position_invalid_in_the_file_is_counted_and_the_rest_runs(tmp_path: P
     assert [p.name for p in svc.positions] == ["ok"]
     assert [(e.name, e.field) for e in svc.config_errors] == [("neg", "size")]
     assert 'fr_position_config_errors_total{field="size"} 1.0' in render(svc)
+
+
+async def test_account_zero_liquidation_price_means_none_for_a_short() -> None:
+    # "0"/"" from Bybit/OKX/Deribit: a long gets 0 (no price liquidates it), a short no value
+    import httpx
+
+    from exporter.positions.accounts import BybitAccount, OkxAccount
+    from exporter.positions.signing import ApiKey
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/v5/"):
+            rows = [
+                {
+                    "symbol": "BTCUSDT",
+                    "side": side,
+                    "size": "1",
+                    "avgPrice": "50000",
+                    "tradeMode": 1,
+                    "positionBalance": "60000",
+                    "leverage": "1",
+                    "liqPrice": liq,
+                    "markPrice": "50000",
+                }
+                for side, liq in (("Sell", "0"), ("Buy", "0"))
+            ]
+            return httpx.Response(200, json={"retCode": 0, "result": {"list": rows, "nextPageCursor": ""}})
+        rows = [
+            {
+                "instId": "BTC-USDT-SWAP",
+                "pos": "-100",
+                "posSide": "net",
+                "avgPx": "50000",
+                "mgnMode": "isolated",
+                "margin": "60000",
+                "lever": "1",
+                "liqPx": "0",
+                "markPx": "50000",
+                "adl": "1",
+            }
+        ]
+        return httpx.Response(200, json={"code": "0", "data": rows})
+
+    key = ApiKey("k", "s", "p")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        bybit = {p.side.value: p for p in await BybitAccount("http://x", key, client).positions()}
+        okx = await OkxAccount("http://x", key, client).positions()
+    assert bybit["short"].exchange_liq_price is None
+    assert bybit["long"].exchange_liq_price == 0.0
+    assert okx[0].side.value == "short" and okx[0].exchange_liq_price is None
+
+
+async def test_okx_non_json_error_page_uses_a_documented_reason() -> None:
+    import httpx
+
+    from exporter.positions.accounts import AccountError, OkxAccount
+    from exporter.positions.signing import ApiKey
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(403, text="<html>forbidden</html>"))
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(AccountError) as err:
+            await OkxAccount("http://x", ApiKey("k", "s", "p"), client).positions()
+    documented = {"auth", "rate_limited", "http_5xx", "timeout", "connect", "exchange_error", "invalid_response"}
+    assert err.value.reason in documented
+
+
+async def test_bybit_opened_at_is_not_the_symbols_first_ever_position() -> None:
+    # Bybit v5 position list: createdTime is "the first time a position was created on this symbol";
+    # the current position's opening is openTime (0/absent when unknown -> first seen).
+    import httpx
+
+    from exporter.positions.accounts import BybitAccount
+    from exporter.positions.signing import ApiKey
+
+    row = {
+        "symbol": "BTCUSDT",
+        "side": "Sell",
+        "size": "1",
+        "avgPrice": "50000",
+        "tradeMode": 0,
+        "leverage": "5",
+        "liqPrice": "60000",
+        "markPrice": "50000",
+        "createdTime": "1652063737916",
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"retCode": 0, "result": {"list": [dict(row)], "nextPageCursor": ""}})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        src = BybitAccount("http://x", ApiKey("k", "s"), client)
+        (p,) = await src.positions()
+        assert p.opened_at is None
+        row["openTime"] = "1767225600000"
+        (p,) = await src.positions()
+        assert p.opened_at == 1_767_225_600.0
+
+
+def test_realized_apy_counts_only_funding_since_the_current_opening(tmp_path: Path) -> None:
+    # an account position that closed and reopened under the same name "starts again": its
+    # realised APY must not divide the old position's funding by the new one's short lifetime
+    from exporter.analytics.carry import net_apy_realized_pct
+
+    clock = Clock()
+    state = make_state(clock)
+    pos = {**SHORT_BTC, "name": "drb", "exchange": "deribit", "instrument": "BTC-PERPETUAL"}
+    svc = PositionService(make_config(tmp_path, [pos]), state, clock=clock)
+
+    def run(hours: int) -> None:
+        for _ in range(2 * hours):
+            clock.t += 1800.0
+            mark(state, Exchange.DERIBIT, "BTC-PERPETUAL", 50_000.0, 0.0002)
+            svc.tick()
+
+    mark(state, Exchange.DERIBIT, "BTC-PERPETUAL", 50_000.0, 0.0002)
+    svc.tick()
+    run(24)
+    svc.store.forget_first_seen("drb")  # what poll_accounts does when the account no longer reports it
+    clock.t += 3600.0
+    mark(state, Exchange.DERIBIT, "BTC-PERPETUAL", 50_000.0, 0.0002)
+    svc.tick()  # reopened
+    run(2)
+    v = svc.views()[0]
+    assert v.funding_pnl_usd == pytest.approx(0.0002 * 50_000 * 26 / 8)  # the counter keeps counting
+    expected = net_apy_realized_pct(0.0002 * 50_000 * 2 / 8, 25.0, 0.0, 0.0, 10_000.0, 2 * 3600.0)
+    assert v.apy_realized_pct == pytest.approx(expected)
+    svc.store.close()
+
+
+def test_opened_at_without_a_zone_is_utc(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time as _time
+
+    from exporter.positions.config_source import to_position
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    _time.tzset()
+    try:
+        pc = PositionConfig.model_validate({**SHORT_BTC, "opened_at": "2026-01-01T00:00:00"})
+        assert to_position(pc).opened_at == T0
+    finally:
+        monkeypatch.delenv("TZ")
+        _time.tzset()
+
+
+async def test_a_malformed_public_body_does_not_freeze_the_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import exporter.positions.service as service_mod
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise AttributeError("'list' object has no attribute 'get'")
+
+    monkeypatch.setattr(service_mod, "funding_history", broken)
+    clock = Clock()
+    state = make_state(clock)
+    svc = PositionService(make_config(tmp_path, [SHORT_BTC]), state, clock=clock)
+    mark(state, Exchange.BINANCE, "BTCUSDT", 50_000.0, 0.0001)
+    await svc.step()
+    assert [v.mark_price for v in svc.views()] == [50_000.0]
+    clock.t += 60.0
+    mark(state, Exchange.BINANCE, "BTCUSDT", 40_000.0, 0.0001)
+    await svc.step()
+    assert [v.mark_price for v in svc.views()] == [40_000.0]
+    if svc._client is not None:
+        await svc._client.aclose()
+    svc.store.close()

@@ -9,15 +9,19 @@ import numpy as np
 import pytest
 
 from exporter.analytics.risk import (
+    LiqInput,
+    Tier,
     Volatility,
     betainc,
     hit_probability,
+    liq_gap_pct,
     liq_hit_probability,
     normal_sf,
     realised_volatility,
+    stress,
     student_t_sf,
 )
-from exporter.model import Side
+from exporter.model import Exchange, Side
 
 
 def test_student_t_tail_known_values() -> None:
@@ -101,3 +105,13 @@ def test_realised_volatility_recovers_sigma_and_tails() -> None:
     assert vf.sigma_per_sqrt_s == pytest.approx(sigma, rel=0.1)
     assert 3.0 <= vf.nu <= 12.0
     assert realised_volatility([(0.0, 1.0), (1.0, 1.1)]) is None  # too few returns
+
+
+def test_short_with_an_exchange_zero_liquidation_price_is_safe_not_a_crash() -> None:
+    # Bybit/OKX may report "0" for a position no price liquidates; for a short that is no finite
+    # price, not a price already crossed (and log(0) must not be taken).
+    vol = Volatility(0.5 / math.sqrt(365 * 86400), 5.0, 100)
+    assert liq_hit_probability(Side.SHORT, 100.0, 0.0, vol, 3600.0) == 0.0
+    assert liq_gap_pct(Side.SHORT, 100.0, 0.0) is None
+    p = LiqInput(Exchange.BYBIT, Side.SHORT, 1.0, 100.0, 1000.0, [Tier(0.0, float("inf"), 0.005)])
+    assert all(s.survives for s in stress(p, 100.0, 0.0, [-10.0, 10.0]))

@@ -252,8 +252,8 @@ def equity_usd(p: LiqInput, price: float) -> float:
 
 def liq_gap_pct(side: Side, mark: float, liq: float | None) -> float | None:
     """Distance from mark to the liquidation price in percent of mark; 0 at the price, < 0 beyond."""
-    if liq is None or mark <= 0:
-        return None
+    if liq is None or mark <= 0 or (side is Side.SHORT and liq <= 0):
+        return None  # a short with no finite liquidation price (an exchange's "0") has no gap
     return (mark - liq) / mark * 100.0 if side is Side.LONG else (liq - mark) / mark * 100.0
 
 
@@ -270,7 +270,7 @@ def stress(p: LiqInput, mark: float, liq: float | None, shocks_pct: Sequence[flo
     out = []
     for shock in shocks_pct:
         price = mark * (1.0 + shock / 100.0)
-        if liq is None:
+        if liq is None or (p.side is Side.SHORT and liq <= 0):
             survives = True
         elif p.side is Side.LONG:
             survives = price > liq
@@ -393,7 +393,7 @@ def liq_hit_probability(side: Side, mark: float, liq: float | None, vol: Volatil
     """First-passage probability to the liquidation price; 1 when mark is already past it."""
     if mark <= 0:
         return None
-    if liq is None or (side is Side.LONG and liq <= 0):
-        return 0.0
+    if liq is None or liq <= 0:
+        return 0.0  # no price liquidates it (a long's 0, a short's None or an exchange's "0")
     distance = math.log(mark / liq) if side is Side.LONG else math.log(liq / mark)
     return hit_probability(distance, vol.sigma_per_sqrt_s, horizon_s, vol.nu)

@@ -54,6 +54,15 @@ def _f(v: Any, default: float | None = None) -> float | None:
         return default
 
 
+def _liq(v: Any, side: Side) -> float | None:
+    """The exchange's liquidation price; ``"0"``/``""``/negative mean "no price liquidates it":
+    0 for a long (as the computed figure), no value for a short (a 0 would read as already past it)."""
+    liq = _f(v)
+    if liq is not None and liq > 0:
+        return liq
+    return 0.0 if side is Side.LONG and liq is not None else None
+
+
 async def _get_json(
     client: httpx.AsyncClient, exchange: Exchange, url: str, headers: dict[str, str] | None = None
 ) -> tuple[int, Any]:
@@ -216,9 +225,12 @@ class BybitAccount(AccountSource):
                         margin_mode="isolated" if isolated else "cross",
                         margin_usd=_f(r.get("positionBalance")) if isolated else None,
                         leverage=_f(r.get("leverage")),
-                        opened_at=(_f(r.get("createdTime"), 0.0) or 0.0) / 1000.0 or None,
+                        # not createdTime: "the first time a position was created on this symbol", which
+                        # would count funding from before a reopened position existed; openTime is 0 or
+                        # absent when unknown -> first seen by the exporter
+                        opened_at=(_f(r.get("openTime"), 0.0) or 0.0) / 1000.0 or None,
                         source="account",
-                        exchange_liq_price=_f(r.get("liqPrice")),
+                        exchange_liq_price=_liq(r.get("liqPrice"), side),
                         adl_raw=_f(r.get("adlRankIndicator")),
                         mark_price=_f(r.get("markPrice")),
                     )
@@ -244,7 +256,8 @@ class OkxAccount(AccountSource):
         headers = okx_headers("GET", path, "", self.key, self.clock())
         status, body = await _get_json(self.client, self.exchange, f"{self.base_url}{path}", headers)
         if not isinstance(body, dict):
-            raise AccountError(self.exchange, "invalid_response" if status == 200 else "http_error")
+            # "http_error" is no documented reason label: a non-JSON error page counts as the others do
+            raise AccountError(self.exchange, "invalid_response") if status == 200 else _fail(self.exchange, status)
         if str(body.get("code")) != "0":
             raise _fail(self.exchange, body.get("code"))
         out = []
@@ -271,7 +284,7 @@ class OkxAccount(AccountSource):
                     opened_at=(_f(r.get("cTime"), 0.0) or 0.0) / 1000.0 or None,
                     source="account",
                     contract_size=ct,
-                    exchange_liq_price=_f(r.get("liqPx")),
+                    exchange_liq_price=_liq(r.get("liqPx"), side),
                     adl_raw=_f(r.get("adl")),
                     mark_price=_f(r.get("markPx")),
                 )
@@ -322,7 +335,7 @@ class DeribitAccount(AccountSource):
                     leverage=_f(r.get("leverage")),
                     source="account",
                     inverse=inverse,
-                    exchange_liq_price=_f(r.get("estimated_liquidation_price")),
+                    exchange_liq_price=_liq(r.get("estimated_liquidation_price"), side),
                     mark_price=_f(r.get("mark_price")),
                 )
             )

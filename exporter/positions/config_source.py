@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from exporter.analytics.risk import Tier, tier_for
 from exporter.config import Config, PositionConfig
@@ -59,7 +60,7 @@ def to_position(pc: PositionConfig, contract_size: float = 1.0) -> Position:
         margin_mode=pc.margin_mode,
         margin_usd=margin,
         leverage=pc.leverage,
-        opened_at=pc.opened_at.timestamp() if pc.opened_at is not None else None,
+        opened_at=_unix_utc(pc.opened_at) if pc.opened_at is not None else None,
         fees_usd=pc.fees_paid_usd,
         borrow_apr=pc.borrow_apr,
         gas_usd=pc.gas_usd,
@@ -69,6 +70,11 @@ def to_position(pc: PositionConfig, contract_size: float = 1.0) -> Position:
         inverse=pc.exchange is Exchange.DERIBIT and "_" not in pc.instrument.split("-")[0],
         contract_size=contract_size,
     )
+
+
+def _unix_utc(t: datetime) -> float:
+    """A time without a zone is UTC (as everywhere in the exporter), not the host's local time."""
+    return (t if t.tzinfo is not None else t.replace(tzinfo=UTC)).timestamp()
 
 
 def effective_leverage(p: Position) -> float | None:

@@ -103,6 +103,9 @@ class PositionService:
         self._accrued: dict[tuple[str, str], set[float]] = {}
         self._last_accrual: dict[tuple[str, str], float] = {}
         self._pnl: dict[str, list[float]] = {k: list(v) for k, v in self.store.aggregates().items()}
+        # net funding since the current opening (the realised APY's numerator): an account position
+        # that closed and reopened under the same name must not carry the old one's funding
+        self._pnl_since: dict[str, tuple[float, float]] = {}
         self._tiers: dict[tuple[Exchange, str, str], list[Tier]] = {}
         self._tiers_at: dict[tuple[Exchange, str, str], float] = {}
         self._history: dict[tuple[Exchange, str], dict[float, tuple[float, float, float | None]]] = {}
@@ -257,7 +260,10 @@ class PositionService:
                 await self.poll_accounts()
         if now - self._last_public_poll >= self.settings.poll_seconds:
             self._last_public_poll = now
-            await self.poll_public()
+            try:
+                await self.poll_public()
+            except Exception as exc:  # an odd public body must not freeze the snapshot (stale gaps)
+                log.warning("positions: public read failed (%s)", type(exc).__name__)
         self.tick()
 
     def _http(self) -> httpx.AsyncClient:
@@ -472,6 +478,9 @@ class PositionService:
 
     def _count(self, name: str, amount: float) -> None:
         agg = self._pnl.setdefault(name, [0.0, 0.0, 0.0, 0])
+        if name in self._pnl_since:  # every new accrual is after the current opening
+            opened, net = self._pnl_since[name]
+            self._pnl_since[name] = (opened, net + amount)
         agg[0] += amount
         agg[1] += max(amount, 0.0)
         agg[2] += max(-amount, 0.0)
@@ -596,7 +605,10 @@ class PositionService:
         apy_real = None
         apy_proj = None
         if capital:
-            apy_real = net_apy_realized_pct(pnl, fees, p.gas_usd, p.borrow_apr, capital, now - opened)
+            since = self._pnl_since.get(p.name)
+            if since is None or since[0] != opened:
+                since = self._pnl_since[p.name] = (opened, self.store.net_since(p.name, opened))
+            apy_real = net_apy_realized_pct(since[1], fees, p.gas_usd, p.borrow_apr, capital, now - opened)
             legs = []
             r = self._fresh_rate(p.exchange, p.instrument)
             if r is not None and mark is not None:

@@ -112,6 +112,13 @@ class AccrualStore:
         )
         return {str(p): (float(a), float(r), float(d), int(n)) for p, a, r, d, n in self._db.execute(q)}
 
+    def net_since(self, position: str, after: float) -> float:
+        """Net funding (USD) of the accruals after ``after`` (settlement / period end), all legs."""
+        row = self._db.execute(
+            "SELECT SUM(amount_usd) FROM accruals WHERE position=? AND funding_time>?", (position, after)
+        ).fetchone()
+        return 0.0 if row is None or row[0] is None else float(row[0])
+
     def counts(self) -> dict[str, int]:
         return {p: int(n) for p, n in self._db.execute("SELECT position, COUNT(*) FROM accruals GROUP BY 1")}
 
