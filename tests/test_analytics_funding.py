@@ -258,6 +258,48 @@ def test_incremental_anchor_matches_a_fresh_regression_at_every_step(maxlen: int
     assert checked > 1000
 
 
+def test_incremental_anchor_survives_a_window_start_that_moves_back() -> None:
+    """Two scrape threads (/metrics and /api/state) read the clock a little apart, so one may ask
+    for a window starting earlier than the last one did. A sample already subtracted from the
+    running sums must not be counted as inside them: that corrupted the slope until the next
+    rebase (500 updates, ~8 h of one-a-minute samples)."""
+    rng = np.random.default_rng(5)
+
+    class Holder:
+        def __init__(self) -> None:
+            self.anchor_samples: deque[tuple[float, float, float]] = deque(maxlen=2000)
+
+    def add(t: float) -> None:
+        x = float(rng.normal(3e-4, 4e-4))
+        h.anchor_samples.append((t, 0.3 * x + 1e-4 + float(rng.normal(0, 1e-5)), x))
+
+    def fresh(start: float) -> float:
+        arr = np.array(h.anchor_samples)
+        arr = arr[arr[:, 0] > start]
+        return float(np.polyfit(arr[:, 2], arr[:, 1], 1)[0])
+
+    h = Holder()
+    cache = fa.WindowCache()
+    window = 3600.0
+    for i in range(120):
+        add(T0 + 60.0 * i)
+    now = T0 + 60.0 * 119 + 30.0
+    cache.anchor("k", h, now - window)
+    # Thread B, a little later: the oldest sample leaves the window.
+    later = now + 40.0
+    assert cache.anchor("k", h, later - window) == pytest.approx(fresh(later - window), rel=1e-7)
+    # A new sample, then thread A with the clock it read before B's.
+    add(T0 + 60.0 * 120)
+    assert cache.anchor("k", h, now - window) == pytest.approx(fresh(now - window), rel=1e-7)
+    # And every scrape after that, with time moving forward again.
+    t = T0 + 60.0 * 120
+    for _ in range(30):
+        t += 60.0
+        add(t)
+        got = cache.anchor("k", h, t + 5.0 - window)
+        assert got == pytest.approx(fresh(t + 5.0 - window), rel=1e-7)
+
+
 def test_anchor_series_through_state() -> None:
     clock = Clock(T0)
     state = MarketState(clock=clock)

@@ -152,6 +152,18 @@ def test_health_counters() -> None:
     assert value(reg, "fr_rest_last_success_timestamp_seconds", ep) == T0
 
 
+
+def test_stream_and_rest_endpoint_of_the_same_name_keep_their_own_label_names() -> None:
+    """The health collector caches label sets; a stream and an endpoint both called "public" on one
+    exchange must still give {exchange, stream} and {exchange, endpoint}, not one of them twice."""
+    _, state = populated()
+    h = state.stream(Exchange.OKX, "public")
+    h.connected, h.last_message_at, h.messages = True, T0, 4
+    state.rest_endpoint(Exchange.OKX, "public").requests = 9
+    reg = build_registry(Config(), state)
+    assert value(reg, "fr_stream_messages_total", {"exchange": "okx", "stream": "public"}) == 4
+    assert value(reg, "fr_rest_requests_total", {"exchange": "okx", "endpoint": "public"}) == 9
+
 def test_liquidation_counters_start_at_zero_and_count_per_side() -> None:
     _, state = populated()
     reg = build_registry(Config(), state)

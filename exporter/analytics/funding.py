@@ -199,10 +199,13 @@ class _AnchorWindow:
             self._rebuild(rows, start)
         else:
             lo = bisect_left(rows, (self.oldest,))  # our oldest summed sample in the source deque
-            if lo >= len(rows) or rows[lo][0] != self.oldest:
-                self._rebuild(rows, start)  # the source dropped samples we summed: start over
+            inside = bisect_right(rows, (start, np.inf, np.inf))  # first sample inside the window
+            if lo >= len(rows) or rows[lo][0] != self.oldest or inside < lo:
+                # The source dropped samples we summed, or the window start moved back (two scrape
+                # threads read the clock a little apart, or the wall clock stepped back) past samples
+                # already subtracted: the running sums cannot follow, start over.
+                self._rebuild(rows, start)
             else:
-                inside = bisect_right(rows, (start, np.inf, np.inf))  # first sample inside the window
                 first_new = bisect_right(rows, (self.newest, np.inf, np.inf))
                 for _, y, x in rows[lo : min(inside, first_new)]:  # summed, now outside
                     self._add(x, y, -1)

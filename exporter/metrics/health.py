@@ -72,10 +72,12 @@ class HealthCollector:
                               "Records for instruments the exporter does not follow (ignored).")
         self.s_build = Spec("fr_build_info", "gauge", "Always 1; label version = the exporter's version.")
         self._build_labels = LabelSet([("version", version)])
-        self._labels: dict[tuple[str, ...], LabelSet] = {}
+        self._labels: dict[tuple[tuple[str, str], ...], LabelSet] = {}
 
     def _label(self, *pairs: tuple[str, str]) -> LabelSet:
-        key = tuple(v for _, v in pairs)
+        # Keyed by names and values: a stream and a REST endpoint of the same name on one exchange
+        # must not share a label set ({exchange, stream} vs {exchange, endpoint}).
+        key = pairs
         lbl = self._labels.get(key)
         if lbl is None:
             lbl = self._labels[key] = LabelSet(pairs)
