@@ -70,6 +70,9 @@ class MarketUpdate:
     premium: float | None = None  # exchange-published premium index, if any
     open_interest_base: float | None = None  # base coin
     open_interest_usd: float | None = None  # USD notional
+    # True when the message is a snapshot or delta of a whole ticker (Bybit): fields it leaves out
+    # are unchanged *and still current*, so every value already known is fresh as of this message.
+    confirms_ticker: bool = False
 
 
 @dataclass(frozen=True, slots=True)

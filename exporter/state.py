@@ -400,6 +400,14 @@ class MarketState:
                     elif self._funding_extreme:
                         self._funding_extreme.discard((st.info.exchange, st.info.instrument))
             st.funding_at = now
+        if u.confirms_ticker:
+            # A delta omits what did not change: the known funding and open interest are current too.
+            if st.funding_rate is not None:
+                st.funding_at = now
+            if st.open_interest_usd is not None or st.open_interest_base is not None:
+                st.oi_at = now
+            if st.mark_price is not None or st.index_price is not None:
+                st.price_at = now
         oi_base = u.open_interest_base
         oi_usd = u.open_interest_usd
         if oi_base is not None or oi_usd is not None:

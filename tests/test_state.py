@@ -121,3 +121,39 @@ def test_window_bounds_by_count_and_span_and_reads_records() -> None:
             raise AssertionError(f"index {bad} should be out of range")
     w.replace([(1.0, 1.0), (2.0, 2.0)])
     assert tuple(w) == ((1.0, 1.0), (2.0, 2.0)) and list(w.raw()) == [1.0, 1.0, 2.0, 2.0]
+
+
+def test_bybit_deltas_keep_unchanged_funding_fresh_but_other_streams_do_not() -> None:
+    """A Bybit delta omits the funding rate when it did not change: it is still current, and must not
+    go stale (and vanish from /metrics) while the ticker keeps streaming. An OKX mark-price push says
+    nothing about funding, so it must not refresh it."""
+    import json
+
+    from exporter.config import Config
+    from exporter.feeds.base import FeedContext
+    from exporter.feeds.bybit import BybitFeed
+    from exporter.metrics import build_registry
+
+    st, clock = make_state()
+    info = st.instruments[(Exchange.BYBIT, "BTCUSDT")].info
+    feed, ctx = BybitFeed(), FeedContext(Exchange.BYBIT, {"BTCUSDT": info})
+    t0 = clock.t
+    snap = {"topic": "tickers.BTCUSDT", "type": "snapshot", "ts": int(t0 * 1000),
+            "data": {"symbol": "BTCUSDT", "markPrice": "100", "indexPrice": "100", "fundingRate": "0.0001",
+                     "nextFundingTime": str(int((t0 + 3600) * 1000)), "openInterestValue": "2000"}}
+    st.apply_many(feed.parse_ws(json.dumps(snap), ctx))
+    st.register(InstrumentInfo(Exchange.OKX, "BTC-USDT-SWAP", "BTC", "USDT", funding_interval_s=28800))
+    st.apply(MarketUpdate(Exchange.OKX, "BTC-USDT-SWAP", funding_rate=0.0002))
+    for i in range(1, 31):  # 300 s of mark-only deltas, past the 120 s funding staleness limit
+        clock.t = t0 + 10 * i
+        delta = {"topic": "tickers.BTCUSDT", "type": "delta", "ts": int(clock.t * 1000),
+                 "data": {"symbol": "BTCUSDT", "markPrice": str(100 + i)}}
+        st.apply_many(feed.parse_ws(json.dumps(delta), ctx))
+        st.apply(MarketUpdate(Exchange.OKX, "BTC-USDT-SWAP", mark_price=100.0 + i))
+    reg = build_registry(Config(), st)
+    bybit = {"exchange": "bybit", "instrument": "BTCUSDT", "base": "BTC", "quote": "USDT"}
+    okx = {"exchange": "okx", "instrument": "BTC-USDT-SWAP", "base": "BTC", "quote": "USDT"}
+    assert reg.get_sample_value("fr_funding_rate", bybit) == 0.0001
+    assert reg.get_sample_value("fr_open_interest_usd", bybit) == 1000.0  # both sides, halved
+    assert reg.get_sample_value("fr_mark_price", okx) == 130.0
+    assert reg.get_sample_value("fr_funding_rate", okx) is None  # 300 s old: stale, gone

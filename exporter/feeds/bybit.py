@@ -320,7 +320,7 @@ def _ticker(t: _Ticker, event_time: float | None, instruments: Mapping[str, Inst
         return []  # not followed
     else:
         inverse = is_inverse(sym, instruments)
-    u = MarketUpdate(EX, sym, event_time)
+    u = MarketUpdate(EX, sym, event_time, confirms_ticker=True)
     try:
         v = t.markPrice
         if v is not None:
