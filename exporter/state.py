@@ -162,7 +162,9 @@ class InstrumentState:
     event_time: float | None = None  # exchange's own timestamp of the last update
     # rolling windows
     # (funding_time, rate); span set by MarketState from the z-score window
-    settlements: Window = field(default_factory=lambda: Window(2, MAX_SETTLEMENTS))
+    # (funding_time, rate, interval_s the rate was for; 0 = unknown): rates are per *their* interval,
+    # so a window that spans an interval change (Binance moves capped symbols to 1 h) can be rescaled
+    settlements: Window = field(default_factory=lambda: Window(3, MAX_SETTLEMENTS))
     settlements_version: int = 0  # bumped on every change, so readers can cache window stats
     # (time, funding_rate, premium), one a minute; span = the anchor regression window
     anchor_samples: Window = field(default_factory=lambda: Window(3, 2000))
@@ -182,8 +184,20 @@ class InstrumentState:
         return self.funding_interval_s or self.info.funding_interval_s
 
     def settlement_window(self) -> tuple[tuple[float, float], ...]:
-        """(funding_time, rate) pairs, oldest first; a copy safe to use from another thread."""
-        return tuple(self.settlements)  # type: ignore[arg-type]
+        """(funding_time, rate) pairs as settled, oldest first; a copy safe to use from another thread."""
+        data = self.settlements.raw()
+        return tuple(zip(data[0::3], data[1::3], strict=True))
+
+    def settlement_window_in(self, interval_s: float | None) -> tuple[tuple[float, float], ...]:
+        """(funding_time, rate) with every rate rescaled to ``interval_s`` (the current interval), so
+        statistics over a window that spans an interval change compare like with like."""
+        data = self.settlements.raw()
+        times, rates, intervals = data[0::3], data[1::3], data[2::3]
+        if not interval_s or intervals.count(interval_s) + intervals.count(0.0) == len(intervals):
+            return tuple(zip(times, rates, strict=True))  # the usual case: nothing to rescale, all in C
+        return tuple(
+            (t, r * interval_s / iv if iv else r) for t, r, iv in zip(times, rates, intervals, strict=True)
+        )
 
 
 @dataclass(slots=True)
@@ -262,7 +276,7 @@ class MarketState:
         if st is None:
             st = InstrumentState(
                 info=info,
-                settlements=Window(2, MAX_SETTLEMENTS, self._settlement_span),
+                settlements=Window(3, MAX_SETTLEMENTS, self._settlement_span),
                 anchor_samples=Window(3, 2000, self._anchor_span),
             )
             self.instruments[key] = st
@@ -299,9 +313,9 @@ class MarketState:
             if st is None:
                 self.unknown_instrument_updates += 1
                 return
-            self.add_settlements(st, [(record.funding_time, record.rate)])
             if record.interval_s and st.funding_interval_s is None:
                 st.funding_interval_s = record.interval_s
+            self.add_settlements(st, [(record.funding_time, record.rate)], record.interval_s)
         elif isinstance(record, LongShortRatio):
             st = self.instruments.get((record.exchange, record.instrument))
             if st is None:
@@ -323,10 +337,15 @@ class MarketState:
             else:
                 self.apply(r, now)
 
-    def add_settlements(self, st: InstrumentState, pairs: Iterable[tuple[float, float]]) -> None:
-        """Merge settled (time, rate) pairs, keeping the window sorted and free of duplicates."""
+    def add_settlements(
+        self, st: InstrumentState, pairs: Iterable[tuple[float, float]], interval_s: float | None = None
+    ) -> None:
+        """Merge settled (time, rate) pairs, keeping the window sorted and free of duplicates.
+
+        ``interval_s``: the interval the rates were for; default the instrument's current one."""
         known = {r[0] for r in st.settlements}
-        new = sorted((t, r) for t, r in pairs if t not in known and r == r)  # r == r drops NaN
+        iv = interval_s or st.funding_interval_s or st.info.funding_interval_s or 0.0
+        new = sorted((t, r, iv) for t, r in pairs if t not in known and r == r)  # r == r drops NaN
         if not new:
             return
         last = st.settlements.last_time()
@@ -360,6 +379,7 @@ class MarketState:
         v = u.premium
         if v is not None:
             st.premium = v
+        prev_interval = st.funding_interval_s or st.info.funding_interval_s
         v = u.funding_interval_s
         if v is not None:
             st.funding_interval_s = v
@@ -379,7 +399,7 @@ class MarketState:
                 old = st.next_funding_time
                 # The predicted rate in force when the settlement time rolls over is what settled.
                 if old is not None and nft > old + 1.0 and st.funding_rate is not None and now >= old - 5.0:
-                    self.add_settlements(st, [(old, st.funding_rate)])
+                    self.add_settlements(st, [(old, st.funding_rate)], prev_interval)
                 st.next_funding_time = nft
             if rate is not None:
                 st.funding_rate = rate
@@ -388,7 +408,7 @@ class MarketState:
                     t = (u.event_time or now) // CONTINUOUS_OBSERVATION_SECONDS * CONTINUOUS_OBSERVATION_SECONDS
                     last = st.settlements.last_time()
                     if last is None or t > last:
-                        self.add_settlements(st, [(t, rate_8h)])
+                        self.add_settlements(st, [(t, rate_8h)], EIGHT_HOURS)
                 interval = st.funding_interval_s or st.info.funding_interval_s
                 if interval:  # threshold event, once per crossing
                     r8 = rate * EIGHT_HOURS / interval

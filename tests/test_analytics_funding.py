@@ -332,3 +332,32 @@ def test_deribit_interval_is_8h_even_when_state_inferred_hourly_observations() -
     lb = labels("deribit", "ETH-PERPETUAL", "ETH", "USD")
     assert reg.get_sample_value("fr_funding_interval_seconds", lb) == 28800.0
     assert reg.get_sample_value("fr_funding_rate_annualized_ratio", lb) == pytest.approx(2e-5 * 1095)
+
+
+def test_zscore_rescales_a_window_that_spans_an_interval_change() -> None:
+    """Binance moves a capped symbol from 8 h to 1 h: the 8 h settlements before the switch are
+    eight times larger per interval. Compared per the current interval, an hourly rate three times
+    the usual level is extreme; mixing per-8 h and per-1 h rates would hide it."""
+    from exporter.model import FundingSettlement
+
+    now = T0
+    state = MarketState(clock=lambda: now)
+    state.register(InstrumentInfo(Exchange.BINANCE, "XUSDT", "X", "USDT", funding_interval_s=EIGHT_HOURS))
+    for i in range(40, 0, -1):  # 40 settlements at 8 h, around 8e-4 per 8 h
+        state.apply(FundingSettlement(Exchange.BINANCE, "XUSDT", now - 48 * 3600 - i * EIGHT_HOURS,
+                                      8e-4 + 1e-5 * (i % 5), EIGHT_HOURS))
+    state.apply(MarketUpdate(Exchange.BINANCE, "XUSDT", funding_interval_s=3600.0))  # the switch
+    for i in range(47, 0, -1):  # 47 hourly settlements since, around 1e-4 per hour (same 8 h level)
+        state.apply(FundingSettlement(Exchange.BINANCE, "XUSDT", now - i * 3600, 1e-4 + 1.25e-6 * (i % 5), 3600.0))
+    state.apply(MarketUpdate(Exchange.BINANCE, "XUSDT", mark_price=1.0, index_price=1.0, funding_rate=3e-4))
+    reg = build_registry(Config(), state)
+    lab = {"exchange": "binance", "instrument": "XUSDT", "base": "X", "quote": "USDT"}
+    rescaled = [r * 3600 / EIGHT_HOURS if t < now - 47.5 * 3600 else r
+                for t, r in state.instruments[(Exchange.BINANCE, "XUSDT")].settlement_window()]
+    expected = (3e-4 - statistics.fmean(rescaled)) / statistics.stdev(rescaled)
+    z = reg.get_sample_value("fr_funding_zscore", lab)
+    assert z is not None and abs(z - expected) < 1e-9
+    raw = [r for _, r in state.instruments[(Exchange.BINANCE, "XUSDT")].settlement_window()]
+    unscaled = (3e-4 - statistics.fmean(raw)) / statistics.stdev(raw)
+    assert z > 2.5 > 1.0 > abs(unscaled)  # the spike shows per the current interval; mixed, it hides
+    assert reg.get_sample_value("fr_funding_interval_seconds", lab) == 3600.0

@@ -102,7 +102,7 @@ def test_ticker_in_state_gives_hourly_observations() -> None:
     state.apply_many(FEED.parse_ws(ticker(), CTX))
     st = state.instruments[(EX, "BTC-PERPETUAL")]
     assert st.funding_rate == TICKER["funding_8h"] and st.interval_s == 28800
-    assert [r for _, r in st.settlements] == [TICKER["funding_8h"]]
+    assert [r for _, r in st.settlement_window()] == [TICKER["funding_8h"]]
 
 
 @pytest.mark.parametrize(

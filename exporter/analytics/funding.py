@@ -241,12 +241,12 @@ class WindowCache:
 
     def __init__(self) -> None:
         # key -> (version, oldest time in the window, window times, window rates, stats)
-        self._settle: dict[Hashable, tuple[int, float, np.ndarray, np.ndarray, WindowStats | None]] = {}
+        self._settle: dict[Hashable, tuple[Hashable, float, np.ndarray, np.ndarray, WindowStats | None]] = {}
         self._anchor: dict[Hashable, _AnchorWindow] = {}
         self._lock = threading.Lock()
 
     def settlement_stats(
-        self, key: Hashable, version: int, settlements: _SettlementSource, start: float
+        self, key: Hashable, version: Hashable, settlements: _SettlementSource, start: float
     ) -> WindowStats | None:
         hit = self._settle.get(key)
         if hit is not None and hit[0] == version:

@@ -33,6 +33,19 @@ def _window_text(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
+
+class _InInterval:
+    """An instrument's settlement window with every rate expressed per ``interval`` (see state)."""
+
+    __slots__ = ("interval", "st")
+
+    def __init__(self, st: InstrumentState, interval: float | None) -> None:
+        self.st = st
+        self.interval = interval
+
+    def settlement_window(self) -> tuple[tuple[float, float], ...]:
+        return self.st.settlement_window_in(self.interval)
+
 @dataclass(slots=True)
 class InstrumentView:
     """One instrument at one scrape. ``None``: unknown, stale, or not computable from fresh inputs."""
@@ -146,8 +159,10 @@ class MarketAnalytics:
             r8 = ann = z = mom = acc = edge = anchor = None
             side = None
             if rate is not None:
-                version = st.settlements_version  # read before the data (see WindowCache)
-                stats = cache.settlement_stats(st.key, version, st, z_start)
+                # read the version before the data (see WindowCache); the interval is part of it, as
+                # the window is rescaled to the current interval when an exchange changes it
+                version = (st.settlements_version, interval)
+                stats = cache.settlement_stats(st.key, version, _InInterval(st, interval), z_start)
                 z = fa.zscore(rate, stats, min_obs)
                 mom = fa.momentum(rate, stats, min_obs)
                 acc = stats.acceleration if stats is not None else None
