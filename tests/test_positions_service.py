@@ -456,3 +456,30 @@ async def test_a_malformed_public_body_does_not_freeze_the_snapshot(
     if svc._client is not None:
         await svc._client.aclose()
     svc.store.close()
+
+
+def test_hit_probability_is_absent_when_the_liquidation_price_is_unknown(tmp_path: Path) -> None:
+    """An account position in cross margin whose exchange gave no liquidation price (and whose wallet
+    we don't know) has an unknown risk: no fr_liq_hit_probability, rather than a reassuring 0."""
+    from exporter.model import Side
+    from exporter.positions.model import Position
+
+    clock = Clock()
+    state = make_state(clock)
+    svc = PositionService(make_config(tmp_path, []), state, clock=clock)
+    mark(state, Exchange.BYBIT, "BTCUSDT", 50_000.0, 0.0001)
+    svc.add_mark_samples(Exchange.BYBIT, "BTCUSDT",
+                         [(T0 - 3600.0 + 10 * i, 50_000.0 * (1 + 0.001 * ((-1) ** i))) for i in range(200)])
+    unknown = Position("acct-cross", Exchange.BYBIT, "BTCUSDT", Side.LONG, 1.0, 50_000.0, margin_mode="cross",
+                       source="account", mark_price=50_000.0)
+    known = Position("acct-iso", Exchange.BYBIT, "BTCUSDT", Side.LONG, 1.0, 50_000.0, source="account",
+                     exchange_liq_price=40_000.0, mark_price=50_000.0)
+    svc._account[Exchange.BYBIT] = (clock.t, [unknown, known])
+    svc.tick()
+    views = {v.position: v for v in svc.views()}
+    assert views["acct-cross"].hit_probability == {} and views["acct-cross"].liq_gap_pct is None
+    assert set(views["acct-iso"].hit_probability) == {"1h", "8h"}
+    out = render(svc)
+    assert 'fr_liq_hit_probability{exchange="bybit",horizon="1h",instrument="BTCUSDT",position="acct-iso"' in out
+    assert 'position="acct-cross"' in out and 'horizon="1h",instrument="BTCUSDT",position="acct-cross"' not in out
+    svc.store.close()

@@ -587,7 +587,9 @@ class PositionService:
 
         hit: dict[str, float] = {}
         vol = self._volatility(p.exchange, p.instrument, now)
-        if mark is not None and vol is not None and (liq is not None or p.exchange_liq_price is None):
+        # Published only when the liquidation price is known, or our formula ran and found none (a
+        # position that cannot be liquidated: 0). Unknown (no figure, no margin to compute it) is absent.
+        if mark is not None and vol is not None and (liq is not None or liq_in is not None):
             for hours in self.settings.hit_horizons_hours:
                 prob = liq_hit_probability(p.side, mark, liq, vol, hours * 3600.0)
                 if prob is not None:
