@@ -79,6 +79,24 @@ def _fmt(v: float) -> str:
 
 
 class PositionCollector(Collector):
+    """Per configured or account position (labels position, exchange, instrument, side).
+
+    # HELP fr_liquidation_price Liquidation price of the position in quote currency. ...
+    # TYPE fr_liquidation_price gauge
+    fr_liquidation_price{exchange="binance",instrument="BTCUSDT",position="btc",side="short",source="computed"} 1e5
+    # HELP fr_liq_gap_pct Distance from the live mark price to the liquidation price, percent of mark ...
+    # TYPE fr_liq_gap_pct gauge
+    fr_liq_gap_pct{exchange="binance",instrument="BTCUSDT",position="btc",side="short"} 19.4
+    fr_liq_hit_probability{exchange="binance",horizon="8h",instrument="BTCUSDT",position="btc",side="short"} 0.003
+    fr_adl_rank{...} 2.0                        (account positions with a read-only key)
+    fr_funding_pnl_usd_total{...} 12.5          (+ fr_funding_received_usd_total, fr_funding_paid_usd_total)
+    fr_net_apy_pct{basis="projected",...} 11.2  (and basis="realized" after an hour)
+    fr_position_stress_equity_usd{...,shock_pct="-10",...} 8120.0, fr_position_stress_survives{...} 1.0
+    fr_position_size, fr_position_notional_usd, fr_position_locked_capital_usd,
+    fr_position_funding_accruals_total, and health: fr_position_config_errors_total{field},
+    fr_position_account_reads_total{exchange}, fr_position_account_read_failures_total{exchange,reason}
+    """
+
     def __init__(self, source: PositionSource) -> None:
         self.source = source
 

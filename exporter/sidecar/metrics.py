@@ -112,6 +112,22 @@ class AiMetrics:
 
 
 class AiCollector:
+    """The AI sidecar's series (its own registry and port), per model and base asset.
+
+    # HELP fr_ai_risk_probability Probability (0..1) of a large liquidation event for the base asset ...
+    # TYPE fr_ai_risk_probability gauge
+    fr_ai_risk_probability{base="BTC",horizon="8h",model="baseline"} 0.07
+    fr_ai_confidence{base="BTC",horizon="8h",model="baseline"} 0.6
+    fr_ai_risk_level{base="BTC",level="low",model="baseline"} 1.0   (0.0 for medium, high, critical)
+    fr_ai_last_success_timestamp_seconds{base="BTC",model="baseline"} 1.7e+09
+    fr_ai_requests_total{model="gpt"} 12.0
+    fr_ai_request_failures_total{model="gpt",reason="timeout"} 1.0
+    fr_ai_request_duration_seconds_bucket{le="1.0",model="gpt"} 9.0   (histogram)
+    fr_ai_tokens_total{kind="prompt",model="gpt"} 5400.0, fr_ai_cost_usd_total{model="gpt"} 0.02
+    fr_ai_brier_score{model="baseline"} 0.08, fr_ai_precision_ratio, fr_ai_recall_ratio,
+    fr_ai_scored_predictions_total{model="baseline"} 40.0
+    """
+
     def __init__(self, state: AiMetrics) -> None:
         self.state = state
 
