@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from prometheus_client.core import Metric
@@ -349,38 +350,34 @@ class MarketCollector:
             fams.append(spec.family([v.labels for v in sel], values))
             yield_gil()
 
+        def present(spec: Spec, source: Sequence[InstrumentView], get: Callable[[InstrumentView], Any]) -> None:
+            """The family of one optional value: only the instruments that have it."""
+            pairs = [(v.labels, x) for v in source if (x := get(v)) is not None]
+            fams.append(spec.family([lb for lb, _ in pairs], [float(x) for _, x in pairs]))
+            yield_gil()
+
         fam(self.s_rate, fresh, [v.funding_rate for v in fresh])
         sel = [v for v in views if v.funding_interval_s]
         fam(self.s_interval, sel, [float(v.funding_interval_s or 0.0) for v in sel])
-        sel = [v for v in fresh if v.funding_rate_annualized is not None]
-        fam(self.s_ann, sel, [v.funding_rate_annualized for v in sel])
-        sel = [v for v in fresh if v.next_funding_timestamp is not None]
-        fam(self.s_next, sel, [float(v.next_funding_timestamp or 0.0) for v in sel])
-        sel = [v for v in views if v.funding_cap is not None]
-        fam(self.s_cap, sel, [float(v.funding_cap or 0.0) for v in sel])
-        sel = [v for v in views if v.funding_floor is not None]
-        fam(self.s_floor, sel, [float(v.funding_floor or 0.0) for v in sel])
-        sel = [v for v in views if v.mark_price is not None]
-        fam(self.s_mark, sel, [v.mark_price for v in sel])
-        sel = [v for v in views if v.index_price is not None]
-        fam(self.s_index, sel, [v.index_price for v in sel])
-        sel = [v for v in views if v.premium_ratio is not None]
-        fam(self.s_premium, sel, [v.premium_ratio for v in sel])
-        sel = [v for v in views if v.open_interest_usd is not None]
-        fam(self.s_oi, sel, [v.open_interest_usd for v in sel])
-        sel = [v for v in views if v.long_short_ratio is not None]
-        fam(self.s_ls, sel, [v.long_short_ratio for v in sel])
-        sel = [v for v in fresh if v.zscore is not None]
-        fam(self.s_z, sel, [v.zscore for v in sel])
-        sel = [v for v in fresh if v.momentum is not None]
-        fam(self.s_mom, sel, [v.momentum for v in sel])
-        sel = [v for v in fresh if v.acceleration is not None]
-        fam(self.s_acc, sel, [v.acceleration for v in sel])
+        for spec, source, attr in (
+            (self.s_ann, fresh, "funding_rate_annualized"),
+            (self.s_next, fresh, "next_funding_timestamp"),
+            (self.s_cap, views, "funding_cap"),
+            (self.s_floor, views, "funding_floor"),
+            (self.s_mark, views, "mark_price"),
+            (self.s_index, views, "index_price"),
+            (self.s_premium, views, "premium_ratio"),
+            (self.s_oi, views, "open_interest_usd"),
+            (self.s_ls, views, "long_short_ratio"),
+            (self.s_z, fresh, "zscore"),
+            (self.s_mom, fresh, "momentum"),
+            (self.s_acc, fresh, "acceleration"),
+        ):
+            present(spec, source, attrgetter(attr))
         sel = [v for v in fresh if v.edge_bp is not None and v.edge_side is not None]
         fams.append(self.s_edge.family([v.side_labels[v.edge_side or "short"] for v in sel],
                                        [v.edge_bp or 0.0 for v in sel]))
-        sel = [v for v in fresh if v.anchor_strength is not None]
-        fam(self.s_anchor, sel, [v.anchor_strength for v in sel])
+        present(self.s_anchor, fresh, attrgetter("anchor_strength"))
         # Counters are always present (0 before the first liquidation) so rate() works from the start.
         side_labels = [lb for v in views for lb in (v.side_labels["long"], v.side_labels["short"])]
         long_, short_ = Side.LONG, Side.SHORT
