@@ -12,6 +12,7 @@ from exporter.model import Exchange, Side
 from exporter.sim.market import Instrument, SimLiquidation
 from exporter.sim.server import Conn, ExchangeServer, Handler, dumps, fmt, fmt_g, ms, query_int
 
+PERIODS = {"5min": 300, "15min": 900, "30min": 1800, "1h": 3600, "4h": 14400, "1d": 86400}
 
 class _Stats:
     """24 h statistics the ticker carries (open, high, low, volume), kept loosely."""
@@ -273,18 +274,26 @@ class BybitServer(ExchangeServer):
                for h in rows]
         return self._ok({"category": "linear", "list": out})
 
-    async def open_interest(self, request: web.Request) -> web.Response:
+    def _period_query(
+        self, request: web.Request, param: str, max_limit: int
+    ) -> web.Response | tuple[Instrument, int, int]:
+        """Shared checks of the period-series endpoints: (instrument, period seconds, limit) or an error."""
         if (e := self._category(request)) is not None:
             return e
         found = self._symbol(request, required=True)
         if isinstance(found, web.Response):
             return found
         assert found is not None
-        periods = {"5min": 300, "15min": 900, "30min": 1800, "1h": 3600, "4h": 14400, "1d": 86400}
-        period = periods.get(request.query.get("intervalTime", ""))
+        period = PERIODS.get(request.query.get(param, ""))
         if period is None:
-            return self._err(10001, "params error: intervalTime invalid")
-        limit = max(1, min(200, query_int(request, "limit") or 50))
+            return self._err(10001, f"params error: {param} invalid")
+        return found, period, max(1, min(max_limit, query_int(request, "limit") or 50))
+
+    async def open_interest(self, request: web.Request) -> web.Response:
+        q = self._period_query(request, "intervalTime", 200)
+        if isinstance(q, web.Response):
+            return q
+        found, period, limit = q
         last = math.floor(self.market.now / period) * period
         out = []
         for k in range(limit):
@@ -296,17 +305,10 @@ class BybitServer(ExchangeServer):
         return self._ok({"symbol": found.spec.symbol, "category": "linear", "list": out, "nextPageCursor": ""})
 
     async def account_ratio(self, request: web.Request) -> web.Response:
-        if (e := self._category(request)) is not None:
-            return e
-        found = self._symbol(request, required=True)
-        if isinstance(found, web.Response):
-            return found
-        assert found is not None
-        periods = {"5min": 300, "15min": 900, "30min": 1800, "1h": 3600, "4h": 14400, "1d": 86400}
-        period = periods.get(request.query.get("period", ""))
-        if period is None:
-            return self._err(10001, "params error: period invalid")
-        limit = max(1, min(500, query_int(request, "limit") or 50))
+        q = self._period_query(request, "period", 500)
+        if isinstance(q, web.Response):
+            return q
+        found, period, limit = q
         last = math.floor(self.market.now / period) * period
         out = []
         for k in range(limit):
