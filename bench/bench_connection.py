@@ -83,8 +83,9 @@ async def run_once(n: int, mode: str) -> float:
                 return (time.process_time() - t0) / n * 1e6
         done = asyncio.Event()
         plan = WsPlan("bench", url, subscribe=("go",), silence_timeout_s=30.0)
-        conn = FeedConnection(NullFeed(done), plan, FeedContext(Exchange.BYBIT), MarketState(),
-                              connect_kwargs={"compression": None})
+        conn = FeedConnection(
+            NullFeed(done), plan, FeedContext(Exchange.BYBIT), MarketState(), connect_kwargs={"compression": None}
+        )
         stop = asyncio.Event()
         t0 = time.process_time()  # includes connect: negligible against n frames
         task = asyncio.create_task(conn.run(stop))

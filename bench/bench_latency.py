@@ -64,8 +64,18 @@ def sender_main(port_q: Any, small_rate: float, seconds: float) -> None:
         for s in syms:
             p = prices[s] = prices[s] * (1 + rng.gauss(0, 1e-4))
             nxt = (ms // 28_800_000 + 1) * 28_800_000
-            rows.append({"e": "markPriceUpdate", "E": ms, "s": s, "p": f"{p:.8f}", "i": f"{p * 0.9999:.8f}",
-                         "P": f"{p:.8f}", "r": f"{rng.uniform(-3e-4, 5e-4):.8f}", "T": nxt})
+            rows.append(
+                {
+                    "e": "markPriceUpdate",
+                    "E": ms,
+                    "s": s,
+                    "p": f"{p:.8f}",
+                    "i": f"{p * 0.9999:.8f}",
+                    "P": f"{p:.8f}",
+                    "r": f"{rng.uniform(-3e-4, 5e-4):.8f}",
+                    "T": nxt,
+                }
+            )
         return stamp(orjson.dumps({"stream": "!markPrice@arr@1s", "data": rows}))
 
     def liq_frame() -> bytes:
@@ -73,8 +83,19 @@ def sender_main(port_q: Any, small_rate: float, seconds: float) -> None:
         s = rng.choice(syms)
         p = prices[s]
         q = rng.uniform(0.01, 10)
-        o = {"s": s, "S": rng.choice(("BUY", "SELL")), "o": "LIMIT", "f": "IOC", "q": f"{q:.3f}", "p": f"{p:.4f}",
-             "ap": f"{p:.4f}", "X": "FILLED", "l": f"{q:.3f}", "z": f"{q:.3f}", "T": ms}
+        o = {
+            "s": s,
+            "S": rng.choice(("BUY", "SELL")),
+            "o": "LIMIT",
+            "f": "IOC",
+            "q": f"{q:.3f}",
+            "p": f"{p:.4f}",
+            "ap": f"{p:.4f}",
+            "X": "FILLED",
+            "l": f"{q:.3f}",
+            "z": f"{q:.3f}",
+            "T": ms,
+        }
         return stamp(orjson.dumps({"stream": "!forceOrder@arr", "data": {"e": "forceOrder", "E": ms, "o": o}}))
 
     async def handler(ws: Any) -> None:
@@ -136,8 +157,10 @@ def pct(xs: list[float], q: float) -> float:
 
 def line(name: str, xs: list[float]) -> str:
     ms = [x * 1e3 for x in xs]
-    return (f"{name:34s} p50 {statistics.median(ms):6.2f} ms  p90 {pct(ms, 0.9):6.2f}  p99 {pct(ms, 0.99):6.2f}  "
-            f"max {max(ms):6.2f}  (n={len(ms)})")
+    return (
+        f"{name:34s} p50 {statistics.median(ms):6.2f} ms  p90 {pct(ms, 0.9):6.2f}  p99 {pct(ms, 0.99):6.2f}  "
+        f"max {max(ms):6.2f}  (n={len(ms)})"
+    )
 
 
 async def exporter_main(args: argparse.Namespace, port: int, url_q: Any) -> tuple[list[float], list[float], dict]:
@@ -186,7 +209,7 @@ async def exporter_main(args: argparse.Namespace, port: int, url_q: Any) -> tupl
             raw = frame if isinstance(frame, bytes) else frame.encode()
             if raw.startswith(SENT_PREFIX):
                 end = raw.index(b",", len(SENT_PREFIX))
-                self.last_sent = float(raw[len(SENT_PREFIX):end])
+                self.last_sent = float(raw[len(SENT_PREFIX) : end])
             return feed.parse_ws(frame, ctx)
 
         def __getattr__(self, name: str) -> Any:
@@ -204,8 +227,11 @@ async def exporter_main(args: argparse.Namespace, port: int, url_q: Any) -> tupl
 
     state.apply_many = apply_many  # type: ignore[method-assign]
     instruments = {st.info.instrument: st.info for st in state.snapshot() if st.info.exchange is Exchange.BINANCE}
-    plan = WsPlan(stream="markPrice", url=f"ws://127.0.0.1:{port}/market/stream?streams=!markPrice@arr@1s/"
-                  "!forceOrder@arr", silence_timeout_s=30.0)
+    plan = WsPlan(
+        stream="markPrice",
+        url=f"ws://127.0.0.1:{port}/market/stream?streams=!markPrice@arr@1s/!forceOrder@arr",
+        silence_timeout_s=30.0,
+    )
     conn = FeedConnection(timed, plan, FeedContext(Exchange.BINANCE, instruments), state)  # type: ignore[arg-type]
     stop = asyncio.Event()
 
@@ -216,9 +242,15 @@ async def exporter_main(args: argparse.Namespace, port: int, url_q: Any) -> tupl
         k = 0
         while not stop.is_set():
             for st in others[k::10]:
-                state.apply(MarketUpdate(st.info.exchange, st.info.instrument, mark_price=(st.mark_price or 1.0) *
-                                         (1 + rng.gauss(0, 1e-4)), index_price=st.index_price,
-                                         funding_rate=st.funding_rate))
+                state.apply(
+                    MarketUpdate(
+                        st.info.exchange,
+                        st.info.instrument,
+                        mark_price=(st.mark_price or 1.0) * (1 + rng.gauss(0, 1e-4)),
+                        index_price=st.index_price,
+                        funding_rate=st.funding_rate,
+                    )
+                )
             k = (k + 1) % 10
             await asyncio.sleep(0.1)
 
@@ -231,8 +263,11 @@ async def exporter_main(args: argparse.Namespace, port: int, url_q: Any) -> tupl
     stop.set()
     await task
     others.cancel()
-    info = {"messages": state.stream(Exchange.BINANCE, "markPrice").messages,
-            "parse_errors": state.stream(Exchange.BINANCE, "markPrice").parse_errors, "gc2": pauses}
+    info = {
+        "messages": state.stream(Exchange.BINANCE, "markPrice").messages,
+        "parse_errors": state.stream(Exchange.BINANCE, "markPrice").parse_errors,
+        "gc2": pauses,
+    }
     handle.stop()
     return sent_to_applied, recv_to_applied, info
 
@@ -257,16 +292,20 @@ def main() -> None:
     finally:
         sender.terminate()
         scraper.terminate()
-    print(f"frames: {info['messages']} received ({len(sent)} measured over {args.seconds:.0f} s: one 500-symbol "
-          f"markPrice array a second + {args.small_rate:g}/s liquidation frames), parse errors {info['parse_errors']}")
+    print(
+        f"frames: {info['messages']} received ({len(sent)} measured over {args.seconds:.0f} s: one 500-symbol "
+        f"markPrice array a second + {args.small_rate:g}/s liquidation frames), parse errors {info['parse_errors']}"
+    )
     print(line("sent -> value in state", sent))
     print(line("recv() returned -> value in state", recv))
     print(line("scrape GET /metrics (gzip), client", durations))
     print(f"scrape size: {statistics.median(sizes) / 1e6:.2f} MB gzip (median)")
     gc2 = info["gc2"]
     if gc2:
-        print(f"full (generation 2) GC pauses: {len(gc2)}, median {statistics.median(gc2) * 1e3:.0f} ms, "
-              f"max {max(gc2) * 1e3:.0f} ms (gc.freeze() {'on' if args.gc_freeze else 'off'})")
+        print(
+            f"full (generation 2) GC pauses: {len(gc2)}, median {statistics.median(gc2) * 1e3:.0f} ms, "
+            f"max {max(gc2) * 1e3:.0f} ms (gc.freeze() {'on' if args.gc_freeze else 'off'})"
+        )
     else:
         print(f"full (generation 2) GC pauses: none (gc.freeze() {'on' if args.gc_freeze else 'off'})")
     p99 = pct(sent, 0.99) * 1e3

@@ -67,11 +67,15 @@ def main() -> None:
     after_state = status_mb("VmRSS")
     n = len(state.instruments)
     settlements = sum(len(s.settlements) for s in state.snapshot())
-    print(f"state: {n} instruments, {settlements} settlements, "
-          f"{sum(len(s.anchor_samples) for s in state.snapshot())} anchor samples, "
-          f"{sum(len(s.liq_recent) for s in state.snapshot())} recent liquidations")
-    print(f"RSS with state                                                : {after_state:7.1f} MB "
-          f"(+{after_state - base:.1f})")
+    print(
+        f"state: {n} instruments, {settlements} settlements, "
+        f"{sum(len(s.anchor_samples) for s in state.snapshot())} anchor samples, "
+        f"{sum(len(s.liq_recent) for s in state.snapshot())} recent liquidations"
+    )
+    print(
+        f"RSS with state                                                : {after_state:7.1f} MB "
+        f"(+{after_state - base:.1f})"
+    )
     for name, mb in breakdown(state):
         print(f"  ~{mb:6.1f} MB  {name}")
     reg = build_registry(cfg, state)
@@ -81,8 +85,10 @@ def main() -> None:
     gc.collect()
     rss = status_mb("VmRSS")
     peak = status_mb("VmHWM")
-    print(f"RSS with registry, caches filled, one {len(body) / 1e6:.1f} MB scrape held        : {rss:7.1f} MB "
-          f"(+{rss - after_state:.1f})")
+    print(
+        f"RSS with registry, caches filled, one {len(body) / 1e6:.1f} MB scrape held        : {rss:7.1f} MB "
+        f"(+{rss - after_state:.1f})"
+    )
     print(f"peak RSS (VmHWM)                                              : {peak:7.1f} MB")
     print(f"per instrument (state + caches)                               : {(rss - base) * 1024 / n:7.1f} KB")
     print(f"target <= 250 MB: {'met' if peak <= 250 else 'NOT met'} (peak {peak:.0f} MB)")

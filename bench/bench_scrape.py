@@ -53,8 +53,10 @@ def machine() -> str:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
     except OSError:
         pass
-    return (f"machine: {cpu}, {os.cpu_count()} vCPU, {platform.system()} {platform.release()}, "
-            f"CPython {platform.python_version()}")
+    return (
+        f"machine: {cpu}, {os.cpu_count()} vCPU, {platform.system()} {platform.release()}, "
+        f"CPython {platform.python_version()}"
+    )
 
 
 def _symbol(ex: Exchange, n: int) -> tuple[str, str, str]:
@@ -91,9 +93,17 @@ def build_state(
         for n in range(per_exchange):
             sym, base, quote = _symbol(ex, n)
             interval = _interval(ex, n)
-            st = state.register(InstrumentInfo(ex, sym, base, quote, funding_interval_s=interval,
-                                               funding_cap=0.003 if ex is not Exchange.DERIBIT else None,
-                                               funding_floor=-0.003 if ex is not Exchange.DERIBIT else None))
+            st = state.register(
+                InstrumentInfo(
+                    ex,
+                    sym,
+                    base,
+                    quote,
+                    funding_interval_s=interval,
+                    funding_cap=0.003 if ex is not Exchange.DERIBIT else None,
+                    funding_floor=-0.003 if ex is not Exchange.DERIBIT else None,
+                )
+            )
             step = 3600.0 if ex is Exchange.DERIBIT else interval  # Deribit: hourly observations
             count = MAX_SETTLEMENTS if worst else int(window // step)
             level = rng.uniform(-2e-4, 4e-4)
@@ -110,9 +120,18 @@ def build_state(
                 st.liq_recent.append((now - 3600 + i * 180.0, side, rng.uniform(1e3, 1e5)))
                 st.liq_count[side] += 1
                 st.liq_notional_usd[side] += 5e4
-            state.apply(MarketUpdate(ex, sym, mark_price=px, index_price=px * (1 + rng.gauss(0, 5e-4)),
-                                     funding_rate=rate, next_funding_time=None if ex is Exchange.DERIBIT else now + 600,
-                                     open_interest_usd=rng.uniform(1e6, 5e9)), now)
+            state.apply(
+                MarketUpdate(
+                    ex,
+                    sym,
+                    mark_price=px,
+                    index_price=px * (1 + rng.gauss(0, 5e-4)),
+                    funding_rate=rate,
+                    next_funding_time=None if ex is Exchange.DERIBIT else now + 600,
+                    open_interest_usd=rng.uniform(1e6, 5e9),
+                ),
+                now,
+            )
         for stream in ("markPrice", "forceOrder", "tickers"):
             h = state.stream(ex, stream)
             h.connected, h.last_message_at, h.messages = True, now, 1000
@@ -131,8 +150,10 @@ def churn(clock: Clock, state: MarketState, rng: random.Random, settle_share: fl
     for st in state.snapshot():
         info = st.info
         rate = (st.funding_rate or 0.0) + rng.gauss(0, 1e-6)
-        state.apply(MarketUpdate(info.exchange, info.instrument, mark_price=(st.mark_price or 1.0) * 1.0001,
-                                 funding_rate=rate), clock.t)
+        state.apply(
+            MarketUpdate(info.exchange, info.instrument, mark_price=(st.mark_price or 1.0) * 1.0001, funding_rate=rate),
+            clock.t,
+        )
         if rng.random() < settle_share:
             state.add_settlements(st, [(clock.t, rate)])
 
@@ -161,8 +182,10 @@ def main() -> None:
     print(machine())
     t = time.perf_counter()
     clock, state, cfg = build_state(args.per_exchange, args.worst)
-    print(f"state: {len(state.instruments)} instruments, built in {time.perf_counter() - t:.1f} s; "
-          f"settlements per instrument {statistics.median(len(s.settlements) for s in state.snapshot()):.0f} (median)")
+    print(
+        f"state: {len(state.instruments)} instruments, built in {time.perf_counter() - t:.1f} s; "
+        f"settlements per instrument {statistics.median(len(s.settlements) for s in state.snapshot()):.0f} (median)"
+    )
     reg: ExporterRegistry = build_registry(cfg, state)
     rng = random.Random(2)
 
@@ -190,17 +213,23 @@ def main() -> None:
     om = timed(lambda: reg.render(openmetrics=True), args.runs)
     print(f"render OpenMetrics, warm                     : {ms(om)}")
     gz = timed(lambda: gzip.compress(body, compresslevel=1), args.runs)
-    print(f"gzip level 1 of the text body                : {ms(gz)}  -> "
-          f"{len(gzip.compress(body, compresslevel=1)) / 1e6:.2f} MB")
+    print(
+        f"gzip level 1 of the text body                : {ms(gz)}  -> "
+        f"{len(gzip.compress(body, compresslevel=1)) / 1e6:.2f} MB"
+    )
     assert generate_latest(reg) == reg.render()  # same bytes, so the comparison is like for like
     ref = timed(lambda: generate_latest(reg), max(3, args.runs // 3))
     print(f"prometheus_client.generate_latest, same data : {ms(ref)}")
     print(f"ratio generate_latest / fast render (warm)   : {statistics.median(ref) / statistics.median(warm):5.1f}x")
-    print(f"per sample: fast {statistics.median(warm) / samples * 1e6:.2f} us, "
-          f"generate_latest {statistics.median(ref) / samples * 1e6:.2f} us")
+    print(
+        f"per sample: fast {statistics.median(warm) / samples * 1e6:.2f} us, "
+        f"generate_latest {statistics.median(ref) / samples * 1e6:.2f} us"
+    )
     target = statistics.median(churned) * 1e3
-    print(f"target full render <= 150 ms: {'met' if target <= 150 else 'NOT met'} ({target:.1f} ms median, "
-          "churned state, no gc.freeze)")
+    print(
+        f"target full render <= 150 ms: {'met' if target <= 150 else 'NOT met'} ({target:.1f} ms median, "
+        "churned state, no gc.freeze)"
+    )
     sys.stdout.flush()
 
 

@@ -103,8 +103,15 @@ def build_state_document(
         "instruments": [instrument_row(v, now) for v in views],
         "positions": [],
         "events": [
-            {"seq": e.seq, "at": e.at, "base": e.base, "kind": e.kind, "exchange": e.exchange,
-             "instrument": e.instrument, "value": e.value}
+            {
+                "seq": e.seq,
+                "at": e.at,
+                "base": e.base,
+                "kind": e.kind,
+                "exchange": e.exchange,
+                "instrument": e.instrument,
+                "value": e.value,
+            }
             for e in tuple(state.events)
         ],
     }

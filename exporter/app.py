@@ -151,8 +151,10 @@ class Exporter:
             if t.exception() is not None:
                 log.error("startup of an exchange failed: %r", t.exception())
         if pending:
-            log.warning("startup still loading after %.0f s (instrument list or funding history); serving now",
-                        self.startup_budget_s)
+            log.warning(
+                "startup still loading after %.0f s (instrument list or funding history); serving now",
+                self.startup_budget_s,
+            )
         remaining = self.startup_budget_s - (time.monotonic() - t0)
         await self._wait_first_data(min(FIRST_DATA_WAIT_S, max(0.0, remaining)))
         registry = self._build_registry()
@@ -172,7 +174,10 @@ class Exporter:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             missing = [
-                st for rt in self.runtimes.values() if rt.streams for i in rt.instruments
+                st
+                for rt in self.runtimes.values()
+                if rt.streams
+                for i in rt.instruments
                 if (st := self.state.instruments.get((rt.exchange, i.instrument))) is not None
                 and (st.price_at == 0.0 or st.funding_at == 0.0)
             ]
@@ -240,8 +245,11 @@ class Exporter:
             listed = None
         chosen, unknown = select_instruments(rt.exchange, rt.cfg, rt.configured, listed)
         if unknown and unknown != rt.unknown:
-            log.error("%s: configured instrument(s) not listed by the exchange, not followed: %s",
-                      rt.exchange, ", ".join(unknown))
+            log.error(
+                "%s: configured instrument(s) not listed by the exchange, not followed: %s",
+                rt.exchange,
+                ", ".join(unknown),
+            )
         rt.unknown = unknown
         if listed is None and rt.listed:
             return  # a failed refresh keeps what the last good list said
@@ -290,8 +298,12 @@ class Exporter:
 
         await asyncio.gather(*(one(i) for i in rt.instruments))
         if failed:
-            log.warning("%s: funding history backfill failed for %d instrument(s): %s", rt.exchange, len(failed),
-                        ", ".join(failed[:10]))
+            log.warning(
+                "%s: funding history backfill failed for %d instrument(s): %s",
+                rt.exchange,
+                len(failed),
+                ", ".join(failed[:10]),
+            )
         else:
             log.info("%s: funding history backfilled for %d instrument(s)", rt.exchange, len(rt.instruments))
 
@@ -304,15 +316,28 @@ class Exporter:
         poll = rt.cfg.poll
         ex = rt.exchange
         if rt.rest.polls_open_interest:
-            self._spawn(self._every(poll.open_interest_seconds, lambda: self._per_instrument(rt, rt.rest.open_interest),
-                                    f"{ex} open interest"), f"poll-{ex}-oi")
+            self._spawn(
+                self._every(
+                    poll.open_interest_seconds,
+                    lambda: self._per_instrument(rt, rt.rest.open_interest),
+                    f"{ex} open interest",
+                ),
+                f"poll-{ex}-oi",
+            )
         if rt.rest.has_long_short_ratio:
-            self._spawn(self._every(poll.long_short_ratio_seconds,
-                                    lambda: self._per_instrument(rt, rt.rest.long_short_ratio),
-                                    f"{ex} long/short ratio"), f"poll-{ex}-lsr")
+            self._spawn(
+                self._every(
+                    poll.long_short_ratio_seconds,
+                    lambda: self._per_instrument(rt, rt.rest.long_short_ratio),
+                    f"{ex} long/short ratio",
+                ),
+                f"poll-{ex}-lsr",
+            )
         if rt.rest.has_insurance_fund:
-            self._spawn(self._every(poll.insurance_fund_seconds, lambda: self._insurance(rt),
-                                    f"{ex} insurance fund"), f"poll-{ex}-insurance")
+            self._spawn(
+                self._every(poll.insurance_fund_seconds, lambda: self._insurance(rt), f"{ex} insurance fund"),
+                f"poll-{ex}-insurance",
+            )
         self._spawn(self._refresh_instruments(rt), f"poll-{ex}-instruments")
 
     async def _every(self, period: float, job: Callable[[], Awaitable[None]], what: str) -> None:
@@ -343,8 +368,11 @@ class Exporter:
 
     async def _refresh_instruments(self, rt: ExchangeRuntime) -> None:
         while True:
-            period = rt.cfg.poll.instruments_seconds if rt.listed else min(INSTRUMENTS_RETRY_S,
-                                                                          rt.cfg.poll.instruments_seconds)
+            period = (
+                rt.cfg.poll.instruments_seconds
+                if rt.listed
+                else min(INSTRUMENTS_RETRY_S, rt.cfg.poll.instruments_seconds)
+            )
             await asyncio.sleep(period)
             try:
                 await self._load_instruments(rt)

@@ -51,17 +51,31 @@ def _load(path: str | None) -> Config:
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("--config", "--config.file", dest="config", required=required, metavar="FILE",
-                   help="YAML configuration file (environment variables FR_* override it)")
-    p.add_argument("--log.level", dest="log_level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                   help="log level (default: the configuration's log_level)")
+    p.add_argument(
+        "--config",
+        "--config.file",
+        dest="config",
+        required=required,
+        metavar="FILE",
+        help="YAML configuration file (environment variables FR_* override it)",
+    )
+    p.add_argument(
+        "--log.level",
+        dest="log_level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level (default: the configuration's log_level)",
+    )
 
 
 def cmd_run(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="fr-exporter", description="Funding-rate and liquidation-risk exporter.")
     _config_args(p)
-    p.add_argument("--web.listen-address", dest="listen", metavar="HOST:PORT",
-                   help="address for /metrics, /api/state, /healthz (default :9466)")
+    p.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        metavar="HOST:PORT",
+        help="address for /metrics, /api/state, /healthz (default :9466)",
+    )
     p.add_argument("--version", action="version", version=f"fr-exporter {__version__}")
     args = p.parse_args(argv)
     config = _load(args.config)
@@ -84,8 +98,9 @@ def cmd_run(argv: Sequence[str]) -> int:
 def cmd_simulate(argv: Sequence[str]) -> int:
     from exporter.sim import main as sim
 
-    p = argparse.ArgumentParser(prog="fr-exporter simulate",
-                                description="Serve the four exchanges' public protocols on loopback.")
+    p = argparse.ArgumentParser(
+        prog="fr-exporter simulate", description="Serve the four exchanges' public protocols on loopback."
+    )
     p.add_argument("--log.level", dest="log_level", default="INFO")
     sim.add_arguments(p)
     args = p.parse_args(argv)
@@ -128,11 +143,14 @@ def cmd_check_config(argv: Sequence[str]) -> int:
         return 1
     for issue in config.position_issues:
         print(f"fr-exporter: position skipped: {issue.message}", file=sys.stderr)
-    exchanges = ", ".join(f"{ex.value} ({len(config.instruments_for(ex))} instruments)"
-                          for ex in config.enabled_exchanges())
+    exchanges = ", ".join(
+        f"{ex.value} ({len(config.instruments_for(ex))} instruments)" for ex in config.enabled_exchanges()
+    )
     if config.position_issues:
-        print(f"{args.file}: {len(config.position_issues)} invalid position(s); the exporter would skip them",
-              file=sys.stderr)
+        print(
+            f"{args.file}: {len(config.position_issues)} invalid position(s); the exporter would skip them",
+            file=sys.stderr,
+        )
         return 1
     print(f"{args.file}: OK — exchanges: {exchanges or 'none'}; positions: {len(config.positions)}")
     return 0

@@ -83,9 +83,7 @@ class Credentials(_Model):
     passphrase_file: Path | None = None
 
     def configured(self) -> bool:
-        return any(
-            (self.api_key_env, self.api_secret_env, self.api_key_file, self.api_secret_file)
-        )
+        return any((self.api_key_env, self.api_secret_env, self.api_key_file, self.api_secret_file))
 
 
 class ExchangeConfig(_Model):
@@ -246,9 +244,7 @@ class Config(_Model):
     listen_address: str = "0.0.0.0:9466"
     tls: TlsConfig | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    exchanges: dict[Exchange, ExchangeConfig] = Field(
-        default_factory=lambda: {ex: ExchangeConfig() for ex in Exchange}
-    )
+    exchanges: dict[Exchange, ExchangeConfig] = Field(default_factory=lambda: {ex: ExchangeConfig() for ex in Exchange})
     analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig)
     positions: list[PositionConfig] = Field(default_factory=list)
     position_settings: PositionsConfig = Field(default_factory=PositionsConfig)

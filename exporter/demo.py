@@ -24,8 +24,9 @@ from exporter.config import ConfigError, load_config
 
 def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     log_file = log_path.open("wb")
-    return subprocess.Popen([sys.executable, "-m", "exporter.cli", *args], stdout=log_file,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "exporter.cli", *args], stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def _wait_http(url: str, timeout: float) -> bool:
@@ -51,10 +52,15 @@ def _status(exporter: str, sidecar: str) -> str:
         up = {lab["exchange"]: v for n, lab, v in samples if n == "fr_up"}
         parts.append("up " + " ".join(f"{ex}={'yes' if v == 1 else 'NO'}" for ex, v in sorted(up.items())))
         rate = {(lab["exchange"], lab["instrument"]): v for n, lab, v in samples if n == "fr_funding_rate"}
-        interval = {(lab["exchange"], lab["instrument"]): v for n, lab, v in samples
-                    if n == "fr_funding_interval_seconds"}
-        btc = [f"{ex[:3]} {rate[k] * 28800 / interval[k] * 1e4:+.1f}"
-               for k in sorted(rate) if k in interval and k[1].startswith("BTC") for ex in [k[0]]]
+        interval = {
+            (lab["exchange"], lab["instrument"]): v for n, lab, v in samples if n == "fr_funding_interval_seconds"
+        }
+        btc = [
+            f"{ex[:3]} {rate[k] * 28800 / interval[k] * 1e4:+.1f}"
+            for k in sorted(rate)
+            if k in interval and k[1].startswith("BTC")
+            for ex in [k[0]]
+        ]
         parts.append("BTC funding bp/8h " + " ".join(btc))
         liq = sum(v for n, _, v in samples if n == "fr_liquidated_notional_usd_total")
         parts.append(f"liquidated ${liq / 1e6:,.1f}M")
@@ -64,8 +70,11 @@ def _status(exporter: str, sidecar: str) -> str:
     except (httpx.HTTPError, ValueError) as exc:
         parts.append(f"exporter: {type(exc).__name__}")
     try:
-        probs = [f"{lab['base']} {v:.2f}" for n, lab, v in _samples(sidecar)
-                 if n == "fr_ai_risk_probability" and lab.get("model") == "baseline"]
+        probs = [
+            f"{lab['base']} {v:.2f}"
+            for n, lab, v in _samples(sidecar)
+            if n == "fr_ai_risk_probability" and lab.get("model") == "baseline"
+        ]
         parts.append("AI risk " + (" ".join(sorted(probs)) or "pending"))
     except (httpx.HTTPError, ValueError):
         parts.append("AI: starting")
@@ -78,8 +87,12 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: until Ctrl-C)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--scenario", default="calm", choices=["calm", "funding_spike", "cascade"])
-    p.add_argument("--tour", action=argparse.BooleanOptionalAction, default=True,
-                   help="after 60 s a funding spike, after 180 s a liquidation cascade (default: on)")
+    p.add_argument(
+        "--tour",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after 60 s a funding spike, after 180 s a liquidation cascade (default: on)",
+    )
     args = p.parse_args(argv)
     try:
         config = load_config(args.config)
@@ -91,8 +104,9 @@ def main(argv: Sequence[str]) -> int:
     exporter_url = "http://" + config.listen_address.replace("0.0.0.0", "127.0.0.1")
     sidecar_url = "http://" + config.sidecar.listen_address.replace("0.0.0.0", "127.0.0.1")
     procs = {
-        "simulator": _spawn(["simulate", "--seed", str(args.seed), "--scenario", args.scenario],
-                            logs / "simulator.log"),
+        "simulator": _spawn(
+            ["simulate", "--seed", str(args.seed), "--scenario", args.scenario], logs / "simulator.log"
+        ),
     }
     stopping = False
 

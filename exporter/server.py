@@ -54,12 +54,12 @@ class ServerHandle:
 def _landing_page() -> bytes:
     v = html.escape(__version__)
     return (
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>fr-exporter</title></head><body>"
+        '<!doctype html><html><head><meta charset="utf-8"><title>fr-exporter</title></head><body>'
         f"<h1>fr-exporter {v}</h1>"
         "<p>Prometheus exporter for crypto perpetual-futures funding rates and liquidations.</p><ul>"
-        "<li><a href=\"/metrics\">/metrics</a> (text 0.0.4 or OpenMetrics by Accept)</li>"
-        "<li><a href=\"/api/state\">/api/state</a> (JSON snapshot)</li>"
-        "<li><a href=\"/healthz\">/healthz</a></li></ul></body></html>\n"
+        '<li><a href="/metrics">/metrics</a> (text 0.0.4 or OpenMetrics by Accept)</li>'
+        '<li><a href="/api/state">/api/state</a> (JSON snapshot)</li>'
+        '<li><a href="/healthz">/healthz</a></li></ul></body></html>\n'
     ).encode()
 
 
@@ -86,7 +86,10 @@ class _Server6(_Server):
 
 
 def _make_handler(
-    state: MarketState, registry: CollectorRegistry, analytics: MarketAnalytics, config: Config,
+    state: MarketState,
+    registry: CollectorRegistry,
+    analytics: MarketAnalytics,
+    config: Config,
     extra_api: ExtraApi | None,
 ) -> type[BaseHTTPRequestHandler]:
     landing = _landing_page()
@@ -110,8 +113,9 @@ def _make_handler(
         def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
             self.status = int(code) if str(code).isdigit() else 0  # logged once, with the duration, by _route
 
-        def _send(self, status: int, body: bytes, ctype: str, head_only: bool = False,
-                  encoding: str | None = None) -> None:
+        def _send(
+            self, status: int, body: bytes, ctype: str, head_only: bool = False, encoding: str | None = None
+        ) -> None:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
@@ -150,8 +154,14 @@ def _make_handler(
                     self._send(500, b"internal error\n", "text/plain; charset=utf-8", head_only)
                 except OSError:
                     pass
-            log.debug("%s %s %s -> %d in %.1f ms", self.address_string(), self.command, path, self.status,
-                      (time.perf_counter() - t0) * 1e3)
+            log.debug(
+                "%s %s %s -> %d in %.1f ms",
+                self.address_string(),
+                self.command,
+                path,
+                self.status,
+                (time.perf_counter() - t0) * 1e3,
+            )
 
         def do_GET(self) -> None:
             self._route(head_only=False)
@@ -189,8 +199,7 @@ def start_server(
     url_host = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
     if ":" in url_host and not url_host.startswith("["):
         url_host = f"[{url_host}]"
-    thread = threading.Thread(target=server.serve_forever, name="fr-http", daemon=True,
-                              kwargs={"poll_interval": 0.2})
+    thread = threading.Thread(target=server.serve_forever, name="fr-http", daemon=True, kwargs={"poll_interval": 0.2})
     thread.start()
     log.info("serving %s://%s:%d/metrics", scheme, host, bound_port)
     return ServerHandle(bound_port, f"{scheme}://{url_host}:{bound_port}", server, thread)

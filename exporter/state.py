@@ -195,9 +195,7 @@ class InstrumentState:
         times, rates, intervals = data[0::3], data[1::3], data[2::3]
         if not interval_s or intervals.count(interval_s) + intervals.count(0.0) == len(intervals):
             return tuple(zip(times, rates, strict=True))  # the usual case: nothing to rescale, all in C
-        return tuple(
-            (t, r * interval_s / iv if iv else r) for t, r, iv in zip(times, rates, intervals, strict=True)
-        )
+        return tuple((t, r * interval_s / iv if iv else r) for t, r, iv in zip(times, rates, intervals, strict=True))
 
 
 @dataclass(slots=True)

@@ -18,8 +18,13 @@ def P(base: str, ex: str, r8: float, oi: float | None = 1e9, fee: float = 5.0, i
 
 
 def test_oi_weighted_funding_weights_by_open_interest_per_base() -> None:
-    pts = [P("BTC", "binance", 1e-4, 3e9), P("BTC", "okx", 4e-4, 1e9), P("BTC", "bybit", 9.0, None),
-           P("BTC", "deribit", 9.0, 0.0), P("ETH", "binance", -2e-4, 5e8)]
+    pts = [
+        P("BTC", "binance", 1e-4, 3e9),
+        P("BTC", "okx", 4e-4, 1e9),
+        P("BTC", "bybit", 9.0, None),
+        P("BTC", "deribit", 9.0, 0.0),
+        P("ETH", "binance", -2e-4, 5e8),
+    ]
     got = oi_weighted_funding(pts)
     assert got["BTC"] == pytest.approx((1e-4 * 3e9 + 4e-4 * 1e9) / 4e9)
     assert got["ETH"] == pytest.approx(-2e-4)
@@ -43,8 +48,11 @@ def test_spreads_keep_positive_gross_pairs_best_first_with_fees() -> None:
 def test_spreads_top_n_per_base_and_best_instrument_per_exchange() -> None:
     pts = [P("BTC", ex, r) for ex, r in (("binance", 1e-4), ("okx", 2e-4), ("bybit", 3e-4), ("deribit", 4e-4))]
     # Two instruments on binance for ETH: the long leg takes the lowest, the short leg the highest.
-    pts += [P("ETH", "binance", -1e-4, inst="ETHUSDT"), P("ETH", "binance", 5e-4, inst="ETHUSDC"),
-            P("ETH", "okx", 1e-4)]
+    pts += [
+        P("ETH", "binance", -1e-4, inst="ETHUSDT"),
+        P("ETH", "binance", 5e-4, inst="ETHUSDC"),
+        P("ETH", "okx", 1e-4),
+    ]
     spreads = funding_spreads(pts, 168.0, top_n=2)
     btc = [s for s in spreads if s.base == "BTC"]
     assert len(btc) == 2 and (btc[0].long_exchange, btc[0].short_exchange) == ("binance", "deribit")
@@ -68,11 +76,14 @@ def test_cross_series_normalise_intervals_and_skip_stale() -> None:
     state.apply(MarketUpdate(Exchange.BINANCE, "BTCUSDT", funding_rate=0.0001, open_interest_usd=3e9))
     reg = build_registry(Config(), state)
     assert reg.get_sample_value("fr_oi_weighted_funding_rate", {"base": "BTC"}) == pytest.approx(
-        (0.0004 * 1e9 + 0.0001 * 3e9) / 4e9)
+        (0.0004 * 1e9 + 0.0001 * 3e9) / 4e9
+    )
     lb = {"base": "BTC", "long_exchange": "binance", "short_exchange": "bybit"}
     assert reg.get_sample_value("fr_funding_spread_bp", lb) == pytest.approx(3.0 - 2 * 10 * 8 / 168)
     # OKX's funding is 500 s old (limit 120 s): its absurd rate must not appear in any pair.
     text = reg.render().decode()
     assert 'short_exchange="okx"' not in text and 'long_exchange="okx"' not in text
-    assert reg.get_sample_value("fr_funding_spread_bp", {**lb, "long_exchange": "bybit",
-                                                         "short_exchange": "binance"}) is None
+    assert (
+        reg.get_sample_value("fr_funding_spread_bp", {**lb, "long_exchange": "bybit", "short_exchange": "binance"})
+        is None
+    )

@@ -45,8 +45,11 @@ def labels(ex: str = "binance", inst: str = "BTCUSDT", base: str = "BTC", quote:
 
 
 @pytest.mark.parametrize(
-    "name", ["BTC-USDT_binance_2020-01-01_2024-01-01_funding_history.csv",
-             "BTC-USDT_bybit_2021-01-01_2024-01-01_funding_history.csv"]
+    "name",
+    [
+        "BTC-USDT_binance_2020-01-01_2024-01-01_funding_history.csv",
+        "BTC-USDT_bybit_2021-01-01_2024-01-01_funding_history.csv",
+    ],
 )
 def test_zscore_matches_independent_computation_on_real_history(shared_dir: Path, name: str) -> None:
     history = load_history(shared_dir / "data" / "funding-history" / name)
@@ -85,8 +88,9 @@ def test_zscore_matches_independent_computation_on_real_history(shared_dir: Path
 
 def test_window_expires_with_time_without_new_settlements(shared_dir: Path) -> None:
     """The cached window must still shrink as time passes when no settlement arrives."""
-    history = load_history(shared_dir / "data" / "funding-history" /
-                           "BTC-USDT_binance_2020-01-01_2024-01-01_funding_history.csv")[:400]
+    history = load_history(
+        shared_dir / "data" / "funding-history" / "BTC-USDT_binance_2020-01-01_2024-01-01_funding_history.csv"
+    )[:400]
     clock = Clock(history[-1][0] + 60)
     cfg = Config()
     state = MarketState(clock=clock)
@@ -141,8 +145,9 @@ def test_interval_awareness_same_per_8h_rate_annualises_identically() -> None:
         state.register(InstrumentInfo(Exchange.BINANCE, inst, inst, "USDT", funding_interval_s=interval))
         state.apply(MarketUpdate(Exchange.BINANCE, inst, funding_rate=r8 * interval / EIGHT_HOURS))
     reg = build_registry(Config(), state)
-    anns = [reg.get_sample_value("fr_funding_rate_annualized_ratio", labels(inst=i, base=i)) for i in
-            ("A8H", "B4H", "C1H")]
+    anns = [
+        reg.get_sample_value("fr_funding_rate_annualized_ratio", labels(inst=i, base=i)) for i in ("A8H", "B4H", "C1H")
+    ]
     assert anns[0] == pytest.approx(r8 * 3 * 365)
     assert anns[1] == pytest.approx(anns[0]) and anns[2] == pytest.approx(anns[0])
     assert reg.get_sample_value("fr_funding_interval_seconds", labels(inst="C1H", base="C1H")) == 3600.0
@@ -153,10 +158,14 @@ def test_interval_awareness_same_per_8h_rate_annualises_identically() -> None:
 def test_deribit_continuous_exported_as_8h() -> None:
     clock = Clock()
     state = MarketState(clock=clock)
-    state.register(InstrumentInfo(Exchange.DERIBIT, "BTC-PERPETUAL", "BTC", "USD", inverse=True,
-                                  funding_interval_s=EIGHT_HOURS))
-    state.apply(MarketUpdate(Exchange.DERIBIT, "BTC-PERPETUAL", funding_rate_8h=1.742e-05, mark_price=92281.78,
-                             index_price=92263.55))
+    state.register(
+        InstrumentInfo(Exchange.DERIBIT, "BTC-PERPETUAL", "BTC", "USD", inverse=True, funding_interval_s=EIGHT_HOURS)
+    )
+    state.apply(
+        MarketUpdate(
+            Exchange.DERIBIT, "BTC-PERPETUAL", funding_rate_8h=1.742e-05, mark_price=92281.78, index_price=92263.55
+        )
+    )
     reg = build_registry(Config(), state)
     lb = labels("deribit", "BTC-PERPETUAL", "BTC", "USD")
     assert reg.get_sample_value("fr_funding_interval_seconds", lb) == 28800.0
@@ -189,10 +198,12 @@ def test_edge_series_uses_configured_fee_kind_and_side() -> None:
     state = MarketState(clock=clock)
     state.register(InstrumentInfo(Exchange.OKX, "ETH-USDT-SWAP", "ETH", "USDT", funding_interval_s=EIGHT_HOURS))
     state.apply(MarketUpdate(Exchange.OKX, "ETH-USDT-SWAP", funding_rate=-0.0005))
-    cfg = Config.model_validate({
-        "analytics": {"fee_kind": "maker", "holding_period_hours": 48},
-        "exchanges": {"okx": {"fees": {"maker_bp": 2.0, "taker_bp": 5.0}}},
-    })
+    cfg = Config.model_validate(
+        {
+            "analytics": {"fee_kind": "maker", "holding_period_hours": 48},
+            "exchanges": {"okx": {"fees": {"maker_bp": 2.0, "taker_bp": 5.0}}},
+        }
+    )
     reg = build_registry(cfg, state)
     lb = labels("okx", "ETH-USDT-SWAP", "ETH")
     assert reg.get_sample_value("fr_edge_bp", {**lb, "side": "long"}) == pytest.approx(5.0 - 4.0 / 6.0)
@@ -205,7 +216,7 @@ def test_anchor_strength_is_the_ols_slope_over_the_window() -> None:
     ts = now - np.arange(600)[::-1] * 60.0  # 10 h of one-a-minute samples
     prem = rng.normal(0, 5e-4, ts.size)
     fund = 0.3 * prem + 1e-4 + rng.normal(0, 2e-5, ts.size)
-    fund[: 240] = -2.0 * prem[:240]  # an older regime, outside a 6 h window
+    fund[:240] = -2.0 * prem[:240]  # an older regime, outside a 6 h window
     samples = list(zip(ts.tolist(), fund.tolist(), prem.tolist(), strict=True))
     start = now - 6 * 3600.0
     m = ts > start
@@ -239,8 +250,11 @@ def test_incremental_anchor_matches_a_fresh_regression_at_every_step(maxlen: int
     t = now = T0
     checked = 0
     for i in range(2500):
-        gap = float(rng.choice([60.0, 60.0, 60.0, 61.5, 600.0, 3 * 3600.0, 7 * 3600.0],
-                               p=[0.5, 0.2, 0.15, 0.1, 0.03, 0.015, 0.005]))
+        gap = float(
+            rng.choice(
+                [60.0, 60.0, 60.0, 61.5, 600.0, 3 * 3600.0, 7 * 3600.0], p=[0.5, 0.2, 0.15, 0.1, 0.03, 0.015, 0.005]
+            )
+        )
         t += gap
         beta = 0.2 if i < 1200 else -1.5  # a regime change the window must forget
         x = float(rng.normal(3e-4, 4e-4))
@@ -312,8 +326,9 @@ def test_anchor_series_through_state() -> None:
         f = 0.5 * p + 1e-4
         xs.append(p)
         ys.append(f)
-        state.apply(MarketUpdate(Exchange.BYBIT, "BTCUSDT", mark_price=100.0 * (1 + p), index_price=100.0,
-                                 funding_rate=f))
+        state.apply(
+            MarketUpdate(Exchange.BYBIT, "BTCUSDT", mark_price=100.0 * (1 + p), index_price=100.0, funding_rate=f)
+        )
     reg = build_registry(Config(), state)
     got = reg.get_sample_value("fr_effective_anchor_strength", labels("bybit"))
     assert got == pytest.approx(0.5, rel=1e-6)
@@ -344,16 +359,21 @@ def test_zscore_rescales_a_window_that_spans_an_interval_change() -> None:
     state = MarketState(clock=lambda: now)
     state.register(InstrumentInfo(Exchange.BINANCE, "XUSDT", "X", "USDT", funding_interval_s=EIGHT_HOURS))
     for i in range(40, 0, -1):  # 40 settlements at 8 h, around 8e-4 per 8 h
-        state.apply(FundingSettlement(Exchange.BINANCE, "XUSDT", now - 48 * 3600 - i * EIGHT_HOURS,
-                                      8e-4 + 1e-5 * (i % 5), EIGHT_HOURS))
+        state.apply(
+            FundingSettlement(
+                Exchange.BINANCE, "XUSDT", now - 48 * 3600 - i * EIGHT_HOURS, 8e-4 + 1e-5 * (i % 5), EIGHT_HOURS
+            )
+        )
     state.apply(MarketUpdate(Exchange.BINANCE, "XUSDT", funding_interval_s=3600.0))  # the switch
     for i in range(47, 0, -1):  # 47 hourly settlements since, around 1e-4 per hour (same 8 h level)
         state.apply(FundingSettlement(Exchange.BINANCE, "XUSDT", now - i * 3600, 1e-4 + 1.25e-6 * (i % 5), 3600.0))
     state.apply(MarketUpdate(Exchange.BINANCE, "XUSDT", mark_price=1.0, index_price=1.0, funding_rate=3e-4))
     reg = build_registry(Config(), state)
     lab = {"exchange": "binance", "instrument": "XUSDT", "base": "X", "quote": "USDT"}
-    rescaled = [r * 3600 / EIGHT_HOURS if t < now - 47.5 * 3600 else r
-                for t, r in state.instruments[(Exchange.BINANCE, "XUSDT")].settlement_window()]
+    rescaled = [
+        r * 3600 / EIGHT_HOURS if t < now - 47.5 * 3600 else r
+        for t, r in state.instruments[(Exchange.BINANCE, "XUSDT")].settlement_window()
+    ]
     expected = (3e-4 - statistics.fmean(rescaled)) / statistics.stdev(rescaled)
     z = reg.get_sample_value("fr_funding_zscore", lab)
     assert z is not None and abs(z - expected) < 1e-9

@@ -51,8 +51,9 @@ class Env:
         r = await self.http.post(self.sim.urls(ex)[1] + f"/_sim/{what}", json=body or {})
         assert r.status_code == 200, r.text
 
-    async def wait_metrics(self, cond: Callable[[dict[str, list[Sample]]], bool], timeout: float = 10.0
-                           ) -> dict[str, list[Sample]]:
+    async def wait_metrics(
+        self, cond: Callable[[dict[str, list[Sample]]], bool], timeout: float = 10.0
+    ) -> dict[str, list[Sample]]:
         deadline = time.monotonic() + timeout
         while True:
             m = await self.scrape()
@@ -81,8 +82,12 @@ def make_config(sim: Any, **overrides: Any) -> Config:
         exchanges[ex.value] = {
             "ws_url": ws,
             "rest_url": rest,
-            "stale": {"stream_seconds": 1.5, "price_seconds": 1.5, "funding_seconds": 4.0,
-                      "open_interest_seconds": 10.0},
+            "stale": {
+                "stream_seconds": 1.5,
+                "price_seconds": 1.5,
+                "funding_seconds": 4.0,
+                "open_interest_seconds": 10.0,
+            },
             "poll": {"open_interest_seconds": 1.0, "long_short_ratio_seconds": 2.0, "insurance_fund_seconds": 5.0},
         }
     data: dict[str, Any] = {"listen_address": "127.0.0.1:0", "exchanges": exchanges}
@@ -155,7 +160,11 @@ async def test_first_scrape_and_values_agree_with_truth() -> None:
                 truth_rate = "funding_rate_8h" if ex is Exchange.DERIBIT else "funding_rate"
                 assert rate is not None
                 assert within(rate, tb[truth_rate], ta[truth_rate], 0.05) or abs(rate - ta[truth_rate]) < 2e-6, (
-                    lbl, rate, tb[truth_rate], ta[truth_rate])
+                    lbl,
+                    rate,
+                    tb[truth_rate],
+                    ta[truth_rate],
+                )
 
         # liquidations: a cascade, then calm; the exporter's counts catch up with what was published
         base_m = await env.scrape()
@@ -210,8 +219,12 @@ async def test_malformed_frames_counted_values_unchanged() -> None:
         assert total(m1, "fr_stream_reconnects_total", exchange="binance") == 0  # bad frames cost no connection
         # the values are still the exchange's values, not garbage (a symbol whose frame was dropped may
         # be stale for a moment under the test's 1.5 s limit: wait for its next good frame)
-        m2 = await env.wait_metrics(lambda m: all(get(m, "fr_mark_price", exchange="binance", instrument=i)
-                                                  is not None for i in INSTRUMENTS[Exchange.BINANCE]))
+        m2 = await env.wait_metrics(
+            lambda m: all(
+                get(m, "fr_mark_price", exchange="binance", instrument=i) is not None
+                for i in INSTRUMENTS[Exchange.BINANCE]
+            )
+        )
         t = await env.truth(Exchange.BINANCE)
         for inst in INSTRUMENTS[Exchange.BINANCE]:
             mark = get(m2, "fr_mark_price", exchange="binance", instrument=inst)
@@ -226,8 +239,10 @@ async def test_stall_goes_stale_and_recovers() -> None:
         await env.wait_metrics(lambda m: get(m, "fr_mark_price", exchange="okx", instrument="BTC-USDT-SWAP") is None)
         assert get(stale, "fr_up", exchange="bybit") == 1.0  # other exchanges unaffected
         back = await env.wait_metrics(
-            lambda m: get(m, "fr_up", exchange="okx") == 1.0
-            and get(m, "fr_mark_price", exchange="okx", instrument="BTC-USDT-SWAP") is not None,
+            lambda m: (
+                get(m, "fr_up", exchange="okx") == 1.0
+                and get(m, "fr_mark_price", exchange="okx", instrument="BTC-USDT-SWAP") is not None
+            ),
             timeout=15.0,
         )
         assert get(back, "fr_funding_rate", exchange="okx", instrument="BTC-USDT-SWAP") is not None
@@ -241,8 +256,10 @@ async def test_rest_429_backed_off_and_counted() -> None:
         t_fail = time.time()
         # polling goes on after the Retry-After; open interest keeps being served
         m2 = await env.wait_metrics(
-            lambda m: (get(m, "fr_rest_last_success_timestamp_seconds", exchange="binance", endpoint="open_interest")
-                       or 0) > t_fail,
+            lambda m: (
+                (get(m, "fr_rest_last_success_timestamp_seconds", exchange="binance", endpoint="open_interest") or 0)
+                > t_fail
+            ),
         )
         assert total(m2, "fr_rest_request_failures_total", **lbl) == total(m1, "fr_rest_request_failures_total", **lbl)
         assert get(m2, "fr_open_interest_usd", exchange="binance", instrument="BTCUSDT") is not None
@@ -255,18 +272,31 @@ async def test_rest_unreachable_uses_configured_ids_and_streams_flow(port: int) 
             lambda m: get(m, "fr_mark_price", exchange="bybit", instrument="ETHUSDT") is not None
         )
         assert get(m, "fr_up", exchange="bybit") == 1.0
-        assert total(m, "fr_rest_request_failures_total", exchange="bybit", endpoint="instruments",
-                     reason="connection") >= 1
-        assert total(m, "fr_rest_request_failures_total", exchange="bybit", endpoint="funding_history",
-                     reason="connection") >= 1
+        assert (
+            total(m, "fr_rest_request_failures_total", exchange="bybit", endpoint="instruments", reason="connection")
+            >= 1
+        )
+        assert (
+            total(
+                m, "fr_rest_request_failures_total", exchange="bybit", endpoint="funding_history", reason="connection"
+            )
+            >= 1
+        )
         # the other exchanges' backfill is unaffected
         assert get(m, "fr_funding_zscore", exchange="okx", instrument="BTC-USDT-SWAP") is not None
 
 
 async def test_positions_service_wired(tmp_path: Any) -> None:
     pytest.importorskip("exporter.positions.service")
-    position = {"name": "carry-btc", "exchange": "binance", "instrument": "BTCUSDT", "side": "short",
-                "size": 0.5, "entry_price": 90000.0, "leverage": 5.0}
+    position = {
+        "name": "carry-btc",
+        "exchange": "binance",
+        "instrument": "BTCUSDT",
+        "side": "short",
+        "size": 0.5,
+        "entry_price": 90000.0,
+        "leverage": 5.0,
+    }
     async with running(positions=[position], position_settings={"db_path": str(tmp_path / "acc.sqlite")}) as env:
         m = await env.wait_metrics(lambda m: get(m, "fr_position_size", position="carry-btc") is not None)
         assert get(m, "fr_position_size", position="carry-btc") == 0.5

@@ -120,8 +120,9 @@ def test_secret_from_file_wins_and_is_redacted_from_logs(tmp_path: Path) -> None
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
 
 
 def test_check_config_command(tmp_path: Path) -> None:

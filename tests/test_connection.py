@@ -138,9 +138,15 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
 class Running:
     """A server plus a FeedConnection task; stops both cleanly."""
 
-    def __init__(self, behaviour: Any, plan_kw: dict[str, Any] | None = None, feed: JsonFeed | None = None,
-                 backoff: BackoffPolicy = FAST, process_request: Any = None,
-                 rand: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        behaviour: Any,
+        plan_kw: dict[str, Any] | None = None,
+        feed: JsonFeed | None = None,
+        backoff: BackoffPolicy = FAST,
+        process_request: Any = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
         self.server = Server(behaviour)
         self.plan_kw = plan_kw or {}
         self.feed = feed or JsonFeed()
@@ -156,8 +162,9 @@ class Running:
         self.server.port = srv.sockets[0].getsockname()[1]
         kw = {"subscribe": (SUB,), "silence_timeout_s": 5.0, **self.plan_kw}
         self.plan = WsPlan("tickers", f"ws://127.0.0.1:{self.server.port}/ws", **kw)
-        self.conn = FeedConnection(self.feed, self.plan, FeedContext(EX), self.state, backoff=self.backoff,
-                                   rand=self.rand)
+        self.conn = FeedConnection(
+            self.feed, self.plan, FeedContext(EX), self.state, backoff=self.backoff, rand=self.rand
+        )
         self.task = asyncio.create_task(self.conn.run(self.stop))
         return self
 

@@ -47,9 +47,19 @@ class OtherCollector:
 
     def collect(self) -> Iterable[Metric]:
         g = GaugeMetricFamily("x_values", 'Special values; HELP with "quotes", \\ and\nnewline.', labels=["k"])
-        for k, v in (("nan", math.nan), ("inf", math.inf), ("-inf", -math.inf), ("big", 1234567.0),
-                     ("huge", 1e22), ("tiny", 1.5e-12), ("neg", -2.5e7), ("int", 3), ("zero", 0.0),
-                     ("million", 1e6), ("esc", 1.0)):
+        for k, v in (
+            ("nan", math.nan),
+            ("inf", math.inf),
+            ("-inf", -math.inf),
+            ("big", 1234567.0),
+            ("huge", 1e22),
+            ("tiny", 1.5e-12),
+            ("neg", -2.5e7),
+            ("int", 3),
+            ("zero", 0.0),
+            ("million", 1e6),
+            ("esc", 1.0),
+        ):
             g.add_metric([NASTY if k == "esc" else k], v)
         yield g
         c = CounterMetricFamily("x_events", "Events.", labels=["side"])
@@ -69,14 +79,23 @@ def rich_state() -> MarketState:
     state = MarketState(clock=lambda: T0)
     for ex, inst, base, quote, interval in (
         (Exchange.BINANCE, "BTCUSDT", "BTC", "USDT", EIGHT_HOURS),
-        (Exchange.BYBIT, NASTY, "BT\"C", "USDT", 3600.0),
+        (Exchange.BYBIT, NASTY, 'BT"C', "USDT", 3600.0),
         (Exchange.OKX, "BTC-USDT-SWAP", "BTC", "USDT", EIGHT_HOURS),
         (Exchange.DERIBIT, "BTC-PERPETUAL", "BTC", "USD", EIGHT_HOURS),
     ):
         st = state.register(InstrumentInfo(ex, inst, base, quote, funding_interval_s=interval, funding_cap=0.003))
         state.add_settlements(st, [(T0 - i * interval, 1e-4 * ((i * 7) % 5 - 1)) for i in range(1, 80)])
-        state.apply(MarketUpdate(ex, inst, mark_price=50_000.5, index_price=49_990.25, funding_rate=3e-4,
-                                 next_funding_time=T0 + 1800, open_interest_usd=1.23456789e9))
+        state.apply(
+            MarketUpdate(
+                ex,
+                inst,
+                mark_price=50_000.5,
+                index_price=49_990.25,
+                funding_rate=3e-4,
+                next_funding_time=T0 + 1800,
+                open_interest_usd=1.23456789e9,
+            )
+        )
         state.apply(Liquidation(ex, inst, T0, Side.SHORT, 50_000.0, 0.5, 25_000.0))
     state.apply(InsuranceFund(Exchange.BINANCE, 'pool "a"', T0, 5.5e8))
     h = state.stream(Exchange.BINANCE, "markPrice")
@@ -129,8 +148,18 @@ def test_openmetrics_is_identical_and_parses_the_same() -> None:
 
 
 def test_format_value_matches_the_go_style() -> None:
-    cases = {math.inf: "+Inf", -math.inf: "-Inf", 0.0001: "0.0001", 1234567.0: "1.234567e+06", 1e6: "1e+06",
-             999999.5: "999999.5", -2.5e7: "-25000000.0", 1e22: "1e+22", 3: "3.0", 1.5e-12: "1.5e-12"}
+    cases = {
+        math.inf: "+Inf",
+        -math.inf: "-Inf",
+        0.0001: "0.0001",
+        1234567.0: "1.234567e+06",
+        1e6: "1e+06",
+        999999.5: "999999.5",
+        -2.5e7: "-25000000.0",
+        1e22: "1e+22",
+        3: "3.0",
+        1.5e-12: "1.5e-12",
+    }
     for v, s in cases.items():
         assert format_value(v) == s, v
     assert format_value(math.nan) == "NaN"
@@ -156,8 +185,10 @@ def test_render_of_plain_collectors_without_fast_path() -> None:
 
 
 def test_negotiation() -> None:
-    prom = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
-            "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+    prom = (
+        "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+        "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+    )
     assert wants_openmetrics(prom)
     assert wants_openmetrics("application/openmetrics-text")
     assert not wants_openmetrics("application/openmetrics-text;q=0")

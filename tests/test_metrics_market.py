@@ -41,11 +41,29 @@ class Clock:
 def populated() -> tuple[Clock, MarketState]:
     clock = Clock()
     state = MarketState(clock=clock)
-    st = state.register(InstrumentInfo(Exchange.BINANCE, "BTCUSDT", "BTC", "USDT", funding_interval_s=EIGHT_HOURS,
-                                       funding_cap=0.003, funding_floor=-0.003))
+    st = state.register(
+        InstrumentInfo(
+            Exchange.BINANCE,
+            "BTCUSDT",
+            "BTC",
+            "USDT",
+            funding_interval_s=EIGHT_HOURS,
+            funding_cap=0.003,
+            funding_floor=-0.003,
+        )
+    )
     state.add_settlements(st, [(T0 - i * EIGHT_HOURS, 1e-4 + 1e-5 * (i % 4)) for i in range(1, 60)])
-    state.apply(MarketUpdate(Exchange.BINANCE, "BTCUSDT", mark_price=50_050.0, index_price=50_000.0,
-                             funding_rate=2e-4, next_funding_time=T0 + 3600, open_interest_usd=2e9))
+    state.apply(
+        MarketUpdate(
+            Exchange.BINANCE,
+            "BTCUSDT",
+            mark_price=50_050.0,
+            index_price=50_000.0,
+            funding_rate=2e-4,
+            next_funding_time=T0 + 3600,
+            open_interest_usd=2e9,
+        )
+    )
     state.apply(LongShortRatio(Exchange.BINANCE, "BTCUSDT", T0, 1.3))
     state.apply(InsuranceFund(Exchange.BINANCE, "USDT", T0, 1e9))
     h = state.stream(Exchange.BINANCE, "markPrice")
@@ -86,8 +104,14 @@ def test_stale_values_disappear_with_their_derived_values() -> None:
     assert value(reg, "fr_premium_ratio") is None
     assert value(reg, "fr_funding_rate") == 2e-4  # funding limit is 120 s
     clock.t = T0 + 121
-    for name in ("fr_funding_rate", "fr_funding_rate_annualized_ratio", "fr_funding_zscore", "fr_funding_momentum",
-                 "fr_funding_acceleration", "fr_next_funding_timestamp_seconds"):
+    for name in (
+        "fr_funding_rate",
+        "fr_funding_rate_annualized_ratio",
+        "fr_funding_zscore",
+        "fr_funding_momentum",
+        "fr_funding_acceleration",
+        "fr_next_funding_timestamp_seconds",
+    ):
         assert value(reg, name) is None, name
     assert value(reg, "fr_edge_bp", {**BTC, "side": "short"}) is None
     assert value(reg, "fr_oi_weighted_funding_rate", {"base": "BTC"}) is None
@@ -131,8 +155,10 @@ def test_fr_up_follows_connection_and_freshness_and_is_always_present() -> None:
     h.connected, h.last_message_at = True, clock.t
     assert value(reg, "fr_up", {"exchange": "binance"}) == 1.0
     assert value(reg, "fr_stream_connected", {"exchange": "binance", "stream": "markPrice"}) == 0.0
-    assert value(reg, "fr_stream_last_message_timestamp_seconds", {"exchange": "binance", "stream": "forceOrder"}) \
+    assert (
+        value(reg, "fr_stream_last_message_timestamp_seconds", {"exchange": "binance", "stream": "forceOrder"})
         == clock.t
+    )
 
 
 def test_health_counters() -> None:
@@ -152,7 +178,6 @@ def test_health_counters() -> None:
     assert value(reg, "fr_rest_last_success_timestamp_seconds", ep) == T0
 
 
-
 def test_stream_and_rest_endpoint_of_the_same_name_keep_their_own_label_names() -> None:
     """The health collector caches label sets; a stream and an endpoint both called "public" on one
     exchange must still give {exchange, stream} and {exchange, endpoint}, not one of them twice."""
@@ -163,6 +188,7 @@ def test_stream_and_rest_endpoint_of_the_same_name_keep_their_own_label_names() 
     reg = build_registry(Config(), state)
     assert value(reg, "fr_stream_messages_total", {"exchange": "okx", "stream": "public"}) == 4
     assert value(reg, "fr_rest_requests_total", {"exchange": "okx", "endpoint": "public"}) == 9
+
 
 def test_liquidation_counters_start_at_zero_and_count_per_side() -> None:
     _, state = populated()
@@ -180,18 +206,37 @@ def test_scrapes_never_mutate_state() -> None:
     state.apply(Liquidation(Exchange.BINANCE, "BTCUSDT", T0, Side.SHORT, 50_000.0, 1.0, 50_000.0))
     for t in range(0, 120, 7):
         clock.t = T0 + t
-        state.apply(MarketUpdate(Exchange.BINANCE, "BTCUSDT", mark_price=50_000.0 + t, index_price=50_000.0,
-                                 funding_rate=1e-4 + t * 1e-7))
-    before = copy.deepcopy((state.instruments, state.streams, state.rest, state.insurance, state.exchanges,
-                            list(state.events), state.unknown_instrument_updates))
+        state.apply(
+            MarketUpdate(
+                Exchange.BINANCE, "BTCUSDT", mark_price=50_000.0 + t, index_price=50_000.0, funding_rate=1e-4 + t * 1e-7
+            )
+        )
+    before = copy.deepcopy(
+        (
+            state.instruments,
+            state.streams,
+            state.rest,
+            state.insurance,
+            state.exchanges,
+            list(state.events),
+            state.unknown_instrument_updates,
+        )
+    )
     reg = build_registry(Config(), state)
     for t in (0, 50, 500, 5000):
         clock.t = T0 + 120 + t
         reg.render()
         reg.render(openmetrics=True)
         generate_latest(reg)
-    after = (state.instruments, state.streams, state.rest, state.insurance, state.exchanges, list(state.events),
-             state.unknown_instrument_updates)
+    after = (
+        state.instruments,
+        state.streams,
+        state.rest,
+        state.insurance,
+        state.exchanges,
+        list(state.events),
+        state.unknown_instrument_updates,
+    )
     assert after == before
 
 
@@ -254,12 +299,21 @@ def test_concurrent_scrapes_while_state_is_written() -> None:
             i += 1
             inst = f"X{i % 300}USDT"
             if (Exchange.BYBIT, inst) not in state.instruments:
-                st = state.register(InstrumentInfo(Exchange.BYBIT, inst, f"X{i % 300}", "USDT",
-                                                   funding_interval_s=3600.0))
+                st = state.register(
+                    InstrumentInfo(Exchange.BYBIT, inst, f"X{i % 300}", "USDT", funding_interval_s=3600.0)
+                )
             else:
                 st = state.instruments[(Exchange.BYBIT, inst)]
-            state.apply(MarketUpdate(Exchange.BYBIT, inst, mark_price=1.0 + i, index_price=1.0, funding_rate=1e-5 * i,
-                                     open_interest_usd=1e6))
+            state.apply(
+                MarketUpdate(
+                    Exchange.BYBIT,
+                    inst,
+                    mark_price=1.0 + i,
+                    index_price=1.0,
+                    funding_rate=1e-5 * i,
+                    open_interest_usd=1e6,
+                )
+            )
             state.add_settlements(st, [(T0 - 3600.0 * (i % 50), 1e-5 * (i % 7))])
             state.apply(Liquidation(Exchange.BYBIT, inst, T0, Side.LONG, 1.0, 1.0, 1.0))
 

@@ -468,12 +468,31 @@ def test_hit_probability_is_absent_when_the_liquidation_price_is_unknown(tmp_pat
     state = make_state(clock)
     svc = PositionService(make_config(tmp_path, []), state, clock=clock)
     mark(state, Exchange.BYBIT, "BTCUSDT", 50_000.0, 0.0001)
-    svc.add_mark_samples(Exchange.BYBIT, "BTCUSDT",
-                         [(T0 - 3600.0 + 10 * i, 50_000.0 * (1 + 0.001 * ((-1) ** i))) for i in range(200)])
-    unknown = Position("acct-cross", Exchange.BYBIT, "BTCUSDT", Side.LONG, 1.0, 50_000.0, margin_mode="cross",
-                       source="account", mark_price=50_000.0)
-    known = Position("acct-iso", Exchange.BYBIT, "BTCUSDT", Side.LONG, 1.0, 50_000.0, source="account",
-                     exchange_liq_price=40_000.0, mark_price=50_000.0)
+    svc.add_mark_samples(
+        Exchange.BYBIT, "BTCUSDT", [(T0 - 3600.0 + 10 * i, 50_000.0 * (1 + 0.001 * ((-1) ** i))) for i in range(200)]
+    )
+    unknown = Position(
+        "acct-cross",
+        Exchange.BYBIT,
+        "BTCUSDT",
+        Side.LONG,
+        1.0,
+        50_000.0,
+        margin_mode="cross",
+        source="account",
+        mark_price=50_000.0,
+    )
+    known = Position(
+        "acct-iso",
+        Exchange.BYBIT,
+        "BTCUSDT",
+        Side.LONG,
+        1.0,
+        50_000.0,
+        source="account",
+        exchange_liq_price=40_000.0,
+        mark_price=50_000.0,
+    )
     svc._account[Exchange.BYBIT] = (clock.t, [unknown, known])
     svc.tick()
     views = {v.position: v for v in svc.views()}

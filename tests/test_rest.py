@@ -195,8 +195,10 @@ async def test_bybit_retcode_10006_is_a_rate_limit_not_a_body(fake: Fake) -> Non
         n["calls"] += 1
         if n["calls"] == 1:
             reset_ms["v"] = int((time.time() + 1.0) * 1000)
-            return jr({"retCode": 10006, "retMsg": "Too many visits!", "result": {}},
-                      headers={"X-Bapi-Limit-Reset-Timestamp": str(reset_ms["v"])})
+            return jr(
+                {"retCode": 10006, "retMsg": "Too many visits!", "result": {}},
+                headers={"X-Bapi-Limit-Reset-Timestamp": str(reset_ms["v"])},
+            )
         return jr({"retCode": 0, "retMsg": "OK", "result": {"list": []}})
 
     fake.routes["/v5/market/tickers"] = h
@@ -310,8 +312,15 @@ T0_MS = 1_700_000_000_000 - (1_700_000_000_000 % HOUR_MS)
 
 
 async def test_binance_history_pages_forward(fake: Fake) -> None:
-    rows = [{"symbol": "BTCUSDT", "fundingRate": f"{k * 1e-6:.8f}", "fundingTime": T0_MS + k * 8 * HOUR_MS,
-             "markPrice": "1"} for k in range(2500)]
+    rows = [
+        {
+            "symbol": "BTCUSDT",
+            "fundingRate": f"{k * 1e-6:.8f}",
+            "fundingTime": T0_MS + k * 8 * HOUR_MS,
+            "markPrice": "1",
+        }
+        for k in range(2500)
+    ]
 
     async def h(request: web.Request) -> web.Response:
         q = request.query
@@ -330,8 +339,10 @@ async def test_binance_history_pages_forward(fake: Fake) -> None:
 
 
 async def test_bybit_history_pages_backward(fake: Fake) -> None:
-    rows = [{"symbol": "BTCUSDT", "fundingRate": "0.0001", "fundingRateTimestamp": str(T0_MS + k * 8 * HOUR_MS)}
-            for k in range(450)]
+    rows = [
+        {"symbol": "BTCUSDT", "fundingRate": "0.0001", "fundingRateTimestamp": str(T0_MS + k * 8 * HOUR_MS)}
+        for k in range(450)
+    ]
 
     async def h(request: web.Request) -> web.Response:
         q = request.query
@@ -351,8 +362,17 @@ async def test_bybit_history_pages_backward(fake: Fake) -> None:
 
 
 async def test_okx_history_pages_with_after(fake: Fake) -> None:
-    rows = [{"instType": "SWAP", "instId": "BTC-USDT-SWAP", "fundingRate": "0.0002", "realizedRate": "0.0001",
-             "fundingTime": str(T0_MS + k * 8 * HOUR_MS), "method": "current_period"} for k in range(250)]
+    rows = [
+        {
+            "instType": "SWAP",
+            "instId": "BTC-USDT-SWAP",
+            "fundingRate": "0.0002",
+            "realizedRate": "0.0001",
+            "fundingTime": str(T0_MS + k * 8 * HOUR_MS),
+            "method": "current_period",
+        }
+        for k in range(250)
+    ]
 
     async def h(request: web.Request) -> web.Response:
         q = request.query
@@ -375,8 +395,9 @@ async def test_okx_history_pages_with_after(fake: Fake) -> None:
     state.apply_many(got + got)
     window = st.settlement_window()
     newest = int(rows[-1]["fundingTime"]) / 1000
-    assert [t for t, _ in window] == [int(r["fundingTime"]) / 1000 for r in rows
-                                      if int(r["fundingTime"]) / 1000 >= newest - 31 * 86400]
+    assert [t for t, _ in window] == [
+        int(r["fundingTime"]) / 1000 for r in rows if int(r["fundingTime"]) / 1000 >= newest - 31 * 86400
+    ]
     await client.aclose()
 
 
@@ -385,8 +406,10 @@ async def test_deribit_history_chunks_by_time(fake: Fake) -> None:
         q = request.query
         start, end = int(q["start_timestamp"]), int(q["end_timestamp"])
         first = -(-start // HOUR_MS) * HOUR_MS
-        result = [{"timestamp": t, "index_price": 1.0, "prev_index_price": 1.0, "interest_1h": 1e-6,
-                   "interest_8h": 8e-6} for t in range(first, end + 1, HOUR_MS)]
+        result = [
+            {"timestamp": t, "index_price": 1.0, "prev_index_price": 1.0, "interest_1h": 1e-6, "interest_8h": 8e-6}
+            for t in range(first, end + 1, HOUR_MS)
+        ]
         return jr({"jsonrpc": "2.0", "result": result})
 
     fake.routes["/api/v2/public/get_funding_rate_history"] = h

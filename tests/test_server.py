@@ -37,8 +37,17 @@ def make_state() -> tuple[Clock, MarketState]:
     state = MarketState(clock=clock)
     st = state.register(InstrumentInfo(Exchange.BINANCE, "BTCUSDT", "BTC", "USDT", funding_interval_s=EIGHT_HOURS))
     state.add_settlements(st, [(T0 - i * EIGHT_HOURS, 1e-4 * (1 + i % 3)) for i in range(1, 40)])
-    state.apply(MarketUpdate(Exchange.BINANCE, "BTCUSDT", mark_price=101.0, index_price=100.0, funding_rate=2e-4,
-                             next_funding_time=T0 + 600, open_interest_usd=5e8))
+    state.apply(
+        MarketUpdate(
+            Exchange.BINANCE,
+            "BTCUSDT",
+            mark_price=101.0,
+            index_price=100.0,
+            funding_rate=2e-4,
+            next_funding_time=T0 + 600,
+            open_interest_usd=5e8,
+        )
+    )
     state.apply(Liquidation(Exchange.BINANCE, "BTCUSDT", T0, Side.LONG, 100.0, 10.0, 1000.0))
     h = state.stream(Exchange.BINANCE, "markPrice")
     h.connected, h.last_message_at, h.messages = True, T0, 5
@@ -49,10 +58,12 @@ def make_state() -> tuple[Clock, MarketState]:
 def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Clock, MarketState, ServerHandle]]:
     monkeypatch.setenv("FR_TEST_API_KEY", "sk-very-secret-value")
     clock, state = make_state()
-    cfg = Config.model_validate({
-        "listen_address": "127.0.0.1:0",
-        "exchanges": {"binance": {"credentials": {"api_key_env": "FR_TEST_API_KEY"}}},
-    })
+    cfg = Config.model_validate(
+        {
+            "listen_address": "127.0.0.1:0",
+            "exchanges": {"binance": {"credentials": {"api_key_env": "FR_TEST_API_KEY"}}},
+        }
+    )
     reg = build_registry(cfg, state)
     handle = start_server(cfg, state, reg, extra_api=lambda: {"positions": [{"position": "carry-btc", "size": 1.0}]})
     try:
@@ -105,8 +116,13 @@ def test_api_state_document(served) -> None:
     assert doc["version"] == __version__ and doc["generated_at"] == T0
     assert doc["exchanges"]["binance"]["up"] is True
     assert doc["exchanges"]["binance"]["streams"][0] == {
-        "stream": "markPrice", "connected": True, "last_message_age_seconds": 0.0, "messages": 5, "reconnects": 0,
-        "parse_errors": 0}
+        "stream": "markPrice",
+        "connected": True,
+        "last_message_age_seconds": 0.0,
+        "messages": 5,
+        "reconnects": 0,
+        "parse_errors": 0,
+    }
     (row,) = doc["instruments"]
     assert row["exchange"] == "binance" and row["instrument"] == "BTCUSDT" and row["base"] == "BTC"
     assert row["stale"] is False
@@ -158,8 +174,9 @@ def test_https_with_tls_config(tmp_path: Path) -> None:
     cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
     cert.private_key_pem.write_to_path(str(key_file))
     _, state = make_state()
-    cfg = Config.model_validate({"listen_address": "127.0.0.1:0",
-                                 "tls": {"cert_file": str(cert_file), "key_file": str(key_file)}})
+    cfg = Config.model_validate(
+        {"listen_address": "127.0.0.1:0", "tls": {"cert_file": str(cert_file), "key_file": str(key_file)}}
+    )
     h = start_server(cfg, state, build_registry(cfg, state))
     try:
         assert h.url.startswith("https://127.0.0.1:")

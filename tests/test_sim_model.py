@@ -15,8 +15,10 @@ START = 1_767_225_600.0 + 3 * 3600  # 2026-01-01 03:00 UTC: mid-interval for eve
 
 
 def _fingerprint(m: MarketModel) -> list[tuple[float, ...]]:
-    return [(i.mark, i.index, i.funding_rate, i.oi_base, i.liq_all[Side.LONG].count, len(i.history))
-            for i in m.all_instruments()]
+    return [
+        (i.mark, i.index, i.funding_rate, i.oi_base, i.liq_all[Side.LONG].count, len(i.history))
+        for i in m.all_instruments()
+    ]
 
 
 def test_same_seed_same_market_different_seed_different_market() -> None:
@@ -126,8 +128,9 @@ def test_settled_rate_follows_the_interval_average_premium() -> None:
     assert inst.settlements_count == 1
     settled = inst.history[-1].rate
     # the formula applied to the model's own premium level
-    expect = funding_formula(Exchange.BYBIT, inst.asset.sentiment + inst.offset, EIGHT_HOURS, inst.spec.cap,
-                             inst.spec.floor)
+    expect = funding_formula(
+        Exchange.BYBIT, inst.asset.sentiment + inst.offset, EIGHT_HOURS, inst.spec.cap, inst.spec.floor
+    )
     assert settled == pytest.approx(expect, abs=0.0002)
 
 
@@ -183,8 +186,11 @@ def test_cascade_builds_up_then_liquidates_in_a_burst() -> None:
     # liquidation events carry the price and size of the liquidated positions
     liqs = m.drain_liquidations(Exchange.BINANCE)
     assert liqs and all(x.side is Side.LONG and x.qty_base > 0 and x.notional_usd > 0 for x in liqs)
-    assert all(math.isclose(x.notional_usd, x.qty_base * round(x.price, 2), rel_tol=1e-9) for x in liqs
-               if x.symbol == "BTCUSDT")
+    assert all(
+        math.isclose(x.notional_usd, x.qty_base * round(x.price, 2), rel_tol=1e-9)
+        for x in liqs
+        if x.symbol == "BTCUSDT"
+    )
     while m.scenario != Scenario.CALM:
         m.step(dt)
     assert m.cascade_phase == ""

@@ -21,8 +21,9 @@ from exporter.sim.server import SimOptions
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
-    s = Simulator(seed=42, base_port=0, tick_seconds=0.1,
-                  options=SimOptions(deribit_min_heartbeat_s=0.3, okx_funding_push_s=1.0))
+    s = Simulator(
+        seed=42, base_port=0, tick_seconds=0.1, options=SimOptions(deribit_min_heartbeat_s=0.3, okx_funding_push_s=1.0)
+    )
     await s.start()
     try:
         yield s
@@ -98,8 +99,9 @@ async def test_binance_combined_stream_live_subscribe_and_raw_mode(sim: Simulato
         msg = await recv_json(ws)
         assert msg["stream"] == "btcusdt@markPrice@1s"
         assert msg["data"]["e"] == "markPriceUpdate" and msg["data"]["s"] == "BTCUSDT"
-        await ws.send(json.dumps({"method": "SUBSCRIBE", "params": ["ethusdt@markPrice@1s", "!markPrice@arr@1s"],
-                                  "id": 5}))
+        await ws.send(
+            json.dumps({"method": "SUBSCRIBE", "params": ["ethusdt@markPrice@1s", "!markPrice@arr@1s"], "id": 5})
+        )
         ack = await recv_until(ws, lambda m: "id" in m)
         assert ack == {"result": None, "id": 5}
         arr = await recv_until(ws, lambda m: m.get("stream") == "!markPrice@arr@1s")
@@ -170,8 +172,11 @@ async def test_bybit_snapshot_then_deltas_with_only_changed_fields(sim: Simulato
         assert err["success"] is False
     # REST reflects the same truth (openInterest is both sides, singleOpenInterest one side)
     async with httpx.AsyncClient() as h:
-        r = (await h.get(sim.urls(Exchange.BYBIT)[1] + "/v5/market/tickers",
-                         params={"category": "linear", "symbol": "BTCUSDT"})).json()
+        r = (
+            await h.get(
+                sim.urls(Exchange.BYBIT)[1] + "/v5/market/tickers", params={"category": "linear", "symbol": "BTCUSDT"}
+            )
+        ).json()
     t = await truth(sim, Exchange.BYBIT)
     row = r["result"]["list"][0]
     oi = t["instruments"]["BTCUSDT"]["open_interest_base"]
@@ -207,11 +212,13 @@ async def test_bybit_all_liquidation_is_complete(sim: Simulator) -> None:
 
 async def test_okx_subscribe_ack_channels_and_text_ping(sim: Simulator) -> None:
     ws_base, _ = sim.urls(Exchange.OKX)
-    args = [{"channel": "funding-rate", "instId": "BTC-USDT-SWAP"},
-            {"channel": "mark-price", "instId": "BTC-USDT-SWAP"},
-            {"channel": "index-tickers", "instId": "BTC-USDT"},
-            {"channel": "open-interest", "instId": "ETH-USDT-SWAP"},
-            {"channel": "liquidation-orders", "instType": "SWAP"}]
+    args = [
+        {"channel": "funding-rate", "instId": "BTC-USDT-SWAP"},
+        {"channel": "mark-price", "instId": "BTC-USDT-SWAP"},
+        {"channel": "index-tickers", "instId": "BTC-USDT"},
+        {"channel": "open-interest", "instId": "ETH-USDT-SWAP"},
+        {"channel": "liquidation-orders", "instType": "SWAP"},
+    ]
     async with websockets.connect(ws_base + "/ws/v5/public") as ws:
         await ws.send(json.dumps({"op": "subscribe", "args": args}))
         seen_acks, seen_data = [], set()
@@ -251,18 +258,28 @@ async def _next_text(ws: Any, want: str) -> str:
 async def test_deribit_subscribe_and_heartbeat(sim: Simulator) -> None:
     ws_base, _ = sim.urls(Exchange.DERIBIT)
     async with websockets.connect(ws_base + "/ws/api/v2") as ws:
-        await ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "public/subscribe",
-                                  "params": {"channels": ["ticker.BTC-PERPETUAL.100ms", "ticker.BTC-PERPETUAL.raw"]}}))
+        await ws.send(
+            json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "public/subscribe",
+                    "params": {"channels": ["ticker.BTC-PERPETUAL.100ms", "ticker.BTC-PERPETUAL.raw"]},
+                }
+            )
+        )
         res = await recv_until(ws, lambda m: m.get("id") == 1)
         assert res["result"] == ["ticker.BTC-PERPETUAL.100ms"]  # raw needs authorisation
         note = await recv_until(ws, lambda m: m.get("method") == "subscription")
         assert note["params"]["channel"] == "ticker.BTC-PERPETUAL.100ms"
         assert isinstance(note["params"]["data"]["funding_8h"], float)
-        await ws.send(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "public/set_heartbeat",
-                                  "params": {"interval": 0.1}}))
+        await ws.send(
+            json.dumps({"jsonrpc": "2.0", "id": 2, "method": "public/set_heartbeat", "params": {"interval": 0.1}})
+        )
         assert "error" in await recv_until(ws, lambda m: m.get("id") == 2)  # below the minimum
-        await ws.send(json.dumps({"jsonrpc": "2.0", "id": 3, "method": "public/set_heartbeat",
-                                  "params": {"interval": 0.5}}))
+        await ws.send(
+            json.dumps({"jsonrpc": "2.0", "id": 3, "method": "public/set_heartbeat", "params": {"interval": 0.5}})
+        )
         assert (await recv_until(ws, lambda m: m.get("id") == 3))["result"] == "ok"
         # answer three test_requests: the connection stays open
         for k in range(3):
@@ -281,9 +298,16 @@ async def test_deribit_rest_history_pagination(sim: Simulator) -> None:
     _, rest = sim.urls(Exchange.DERIBIT)
     now_ms = int(sim.market.now * 1000)
     async with httpx.AsyncClient() as h:
-        r = (await h.get(rest + "/api/v2/public/get_funding_rate_history",
-                         params={"instrument_name": "BTC-PERPETUAL", "start_timestamp": now_ms - 86_400_000,
-                                 "end_timestamp": now_ms})).json()
+        r = (
+            await h.get(
+                rest + "/api/v2/public/get_funding_rate_history",
+                params={
+                    "instrument_name": "BTC-PERPETUAL",
+                    "start_timestamp": now_ms - 86_400_000,
+                    "end_timestamp": now_ms,
+                },
+            )
+        ).json()
         rows = r["result"]
         assert 23 <= len(rows) <= 25
         assert all(b["timestamp"] - a["timestamp"] == 3_600_000 for a, b in itertools.pairwise(rows))
@@ -299,26 +323,40 @@ async def test_history_pagination_binance_bybit_okx(sim: Simulator) -> None:
     hist = sim.market.instruments[Exchange.BINANCE]["BTCUSDT"].history
     async with httpx.AsyncClient() as h:
         b = sim.urls(Exchange.BINANCE)[1]
-        r = (await h.get(b + "/fapi/v1/fundingRate", params={"symbol": "BTCUSDT", "startTime": hist[0].time_ms,
-                                                              "limit": 50})).json()
+        r = (
+            await h.get(
+                b + "/fapi/v1/fundingRate", params={"symbol": "BTCUSDT", "startTime": hist[0].time_ms, "limit": 50}
+            )
+        ).json()
         assert [x["fundingTime"] for x in r] == [x.time_ms for x in hist[:50]]
         r = (await h.get(b + "/fapi/v1/fundingRate", params={"symbol": "BTCUSDT", "limit": 1000})).json()
         assert len(r) == len(hist) >= 180
         y = sim.urls(Exchange.BYBIT)[1]
         end = sim.market.instruments[Exchange.BYBIT]["BTCUSDT"].history[-10].time_ms
-        r = (await h.get(y + "/v5/market/funding/history", params={"category": "linear", "symbol": "BTCUSDT",
-                                                                    "endTime": end, "limit": 5})).json()
+        r = (
+            await h.get(
+                y + "/v5/market/funding/history",
+                params={"category": "linear", "symbol": "BTCUSDT", "endTime": end, "limit": 5},
+            )
+        ).json()
         ts = [int(x["fundingRateTimestamp"]) for x in r["result"]["list"]]
         assert ts[0] == end and ts == sorted(ts, reverse=True) and len(ts) == 5
-        r = (await h.get(y + "/v5/market/funding/history", params={"category": "linear", "symbol": "BTCUSDT",
-                                                                    "startTime": end})).json()
+        r = (
+            await h.get(
+                y + "/v5/market/funding/history", params={"category": "linear", "symbol": "BTCUSDT", "startTime": end}
+            )
+        ).json()
         assert r["retCode"] != 0  # startTime alone is an error
         o = sim.urls(Exchange.OKX)[1]
-        first = (await h.get(o + "/api/v5/public/funding-rate-history",
-                             params={"instId": "BTC-USDT-SWAP", "limit": 3})).json()["data"]
-        older = (await h.get(o + "/api/v5/public/funding-rate-history",
-                             params={"instId": "BTC-USDT-SWAP", "limit": 3,
-                                     "after": first[-1]["fundingTime"]})).json()["data"]
+        first = (
+            await h.get(o + "/api/v5/public/funding-rate-history", params={"instId": "BTC-USDT-SWAP", "limit": 3})
+        ).json()["data"]
+        older = (
+            await h.get(
+                o + "/api/v5/public/funding-rate-history",
+                params={"instId": "BTC-USDT-SWAP", "limit": 3, "after": first[-1]["fundingTime"]},
+            )
+        ).json()["data"]
         assert int(older[0]["fundingTime"]) == int(first[-1]["fundingTime"]) - 8 * 3_600_000
 
 
@@ -329,8 +367,11 @@ async def test_settle_moves_next_funding_time_and_appends_history(sim: Simulator
     assert after["next_funding_time"] == before["next_funding_time"] + 8 * 3600
     assert after["settlements_count"] == before["settlements_count"] + 1
     async with httpx.AsyncClient() as h:
-        last = (await h.get(sim.urls(Exchange.BINANCE)[1] + "/fapi/v1/fundingRate",
-                            params={"symbol": "BTCUSDT", "limit": 1})).json()[0]
+        last = (
+            await h.get(
+                sim.urls(Exchange.BINANCE)[1] + "/fapi/v1/fundingRate", params={"symbol": "BTCUSDT", "limit": 1}
+            )
+        ).json()[0]
     assert last["fundingTime"] == int(before["next_funding_time"] * 1000)
     assert float(last["fundingRate"]) == pytest.approx(after["last_settled_rate"], abs=1e-8)
     # the next mark price push carries the new next funding time

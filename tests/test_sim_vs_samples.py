@@ -50,8 +50,14 @@ def _numeric(s: str) -> bool:
     return True
 
 
-def shape_diff(sim: Any, sample: Any, path: str = "", extra: frozenset[str] = frozenset(),
-               absent: frozenset[str] = frozenset(), subset: frozenset[str] = frozenset()) -> list[str]:
+def shape_diff(
+    sim: Any,
+    sample: Any,
+    path: str = "",
+    extra: frozenset[str] = frozenset(),
+    absent: frozenset[str] = frozenset(),
+    subset: frozenset[str] = frozenset(),
+) -> list[str]:
     """Differences between the simulator's message and the sample, as readable strings.
 
     Paths: ``data.p``, ``data[].details[].sz``. ``subset``: objects at these paths are compared only on
@@ -108,20 +114,38 @@ async def _capture() -> dict[str, Any]:
     got: dict[str, Any] = {}
     try:
         urls = {ex: sim.urls(ex) for ex in Exchange}
-        b = await websockets.connect(urls[Exchange.BINANCE][0] + "/market/stream?streams="
-                                     "btcusdt@markPrice@1s/!markPrice@arr@1s/btcusdt@forceOrder")
+        b = await websockets.connect(
+            urls[Exchange.BINANCE][0] + "/market/stream?streams="
+            "btcusdt@markPrice@1s/!markPrice@arr@1s/btcusdt@forceOrder"
+        )
         y = await websockets.connect(urls[Exchange.BYBIT][0] + "/v5/public/linear")
         await y.send(json.dumps({"op": "subscribe", "args": ["tickers.BTCUSDT", "allLiquidation.BTCUSDT"]}))
         o = await websockets.connect(urls[Exchange.OKX][0] + "/ws/v5/public")
-        await o.send(json.dumps({"op": "subscribe", "args": [
-            {"channel": "funding-rate", "instId": "BTC-USDT-SWAP"},
-            {"channel": "mark-price", "instId": "BTC-USDT-SWAP"},
-            {"channel": "index-tickers", "instId": "BTC-USDT"},
-            {"channel": "open-interest", "instId": "BTC-USDT-SWAP"},
-            {"channel": "liquidation-orders", "instType": "SWAP"}]}))
+        await o.send(
+            json.dumps(
+                {
+                    "op": "subscribe",
+                    "args": [
+                        {"channel": "funding-rate", "instId": "BTC-USDT-SWAP"},
+                        {"channel": "mark-price", "instId": "BTC-USDT-SWAP"},
+                        {"channel": "index-tickers", "instId": "BTC-USDT"},
+                        {"channel": "open-interest", "instId": "BTC-USDT-SWAP"},
+                        {"channel": "liquidation-orders", "instType": "SWAP"},
+                    ],
+                }
+            )
+        )
         d = await websockets.connect(urls[Exchange.DERIBIT][0] + "/ws/api/v2")
-        await d.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "public/subscribe", "params": {
-            "channels": ["ticker.BTC-PERPETUAL.100ms", "trades.BTC-PERPETUAL.100ms"]}}))
+        await d.send(
+            json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "public/subscribe",
+                    "params": {"channels": ["ticker.BTC-PERPETUAL.100ms", "trades.BTC-PERPETUAL.100ms"]},
+                }
+            )
+        )
         sim.market.set_scenario("cascade", 0.5)
         until = time.monotonic() + 5.0
         frames: dict[str, list[Any]] = {"b": [], "y": [], "o": [], "d": []}
@@ -147,6 +171,7 @@ async def _capture() -> dict[str, Any]:
                     kind = "deribit:liq_trade" if "liquidation" in item else "deribit:trade"
                     got.setdefault(kind, {**m, "params": {**m["params"], "data": [item]}})
         async with httpx.AsyncClient() as h:
+
             async def rest(ex: Exchange, path: str, **params: Any) -> Any:
                 r = await h.get(urls[ex][1] + path, params=params)
                 r.raise_for_status()
@@ -156,19 +181,25 @@ async def _capture() -> dict[str, Any]:
             got["rest:binance:exchangeInfo"] = await rest(Exchange.BINANCE, "/fapi/v1/exchangeInfo")
             got["rest:binance:fundingRate"] = await rest(Exchange.BINANCE, "/fapi/v1/fundingRate", symbol="BTCUSDT")
             got["rest:binance:premiumIndex"] = await rest(Exchange.BINANCE, "/fapi/v1/premiumIndex", symbol="BTCUSDT")
-            got["rest:binance:insuranceBalance"] = await rest(Exchange.BINANCE, "/fapi/v1/insuranceBalance",
-                                                              symbol="BTCUSDT")
-            got["rest:bybit:funding"] = await rest(Exchange.BYBIT, "/v5/market/funding/history", category="linear",
-                                                   symbol="BTCUSDT", limit=2)
-            got["rest:okx:fundingHistory"] = await rest(Exchange.OKX, "/api/v5/public/funding-rate-history",
-                                                        instId="BTC-USDT-SWAP", limit=2)
-            got["rest:okx:instruments"] = await rest(Exchange.OKX, "/api/v5/public/instruments", instType="SWAP",
-                                                     instId="BTC-USDT-SWAP")
+            got["rest:binance:insuranceBalance"] = await rest(
+                Exchange.BINANCE, "/fapi/v1/insuranceBalance", symbol="BTCUSDT"
+            )
+            got["rest:bybit:funding"] = await rest(
+                Exchange.BYBIT, "/v5/market/funding/history", category="linear", symbol="BTCUSDT", limit=2
+            )
+            got["rest:okx:fundingHistory"] = await rest(
+                Exchange.OKX, "/api/v5/public/funding-rate-history", instId="BTC-USDT-SWAP", limit=2
+            )
+            got["rest:okx:instruments"] = await rest(
+                Exchange.OKX, "/api/v5/public/instruments", instType="SWAP", instId="BTC-USDT-SWAP"
+            )
             got["rest:okx:openInterest"] = await rest(Exchange.OKX, "/api/v5/public/open-interest", instType="SWAP")
             got["rest:deribit:bookSummary"] = await rest(
-                Exchange.DERIBIT, "/api/v2/public/get_book_summary_by_currency", currency="BTC", kind="future")
-            got["rest:deribit:instruments"] = await rest(Exchange.DERIBIT, "/api/v2/public/get_instruments",
-                                                         currency="BTC", kind="future")
+                Exchange.DERIBIT, "/api/v2/public/get_book_summary_by_currency", currency="BTC", kind="future"
+            )
+            got["rest:deribit:instruments"] = await rest(
+                Exchange.DERIBIT, "/api/v2/public/get_instruments", currency="BTC", kind="future"
+            )
     finally:
         await sim.stop()
     return got
@@ -199,9 +230,21 @@ CASES: list[tuple[str, str, int | None, set[str], set[str], set[str]]] = [
     # Bybit -----------------------------------------------------------------------------------
     # 2023 fixture; fundingCap (2025-10), singleOpenInterest[Value] (2026-06-11) and the pre-listing
     # fields preOpenPrice/preQty/curPreListingPhase (doc example 2025-10) are newer
-    ("bybit:tickers:snapshot", "bybit/ws_ticker_linear_nautilus.json", None,
-     {"data.fundingCap", "data.singleOpenInterest", "data.singleOpenInterestValue", "data.preOpenPrice",
-      "data.preQty", "data.curPreListingPhase"}, set(), set()),
+    (
+        "bybit:tickers:snapshot",
+        "bybit/ws_ticker_linear_nautilus.json",
+        None,
+        {
+            "data.fundingCap",
+            "data.singleOpenInterest",
+            "data.singleOpenInterestValue",
+            "data.preOpenPrice",
+            "data.preQty",
+            "data.curPreListingPhase",
+        },
+        set(),
+        set(),
+    ),
     # a delta carries only the changed fields: `data` is compared on the fields both messages have
     ("bybit:tickers:delta", "bybit/ws_tickers_v5_tardis.jsonl", 1, set(), set(), {"data"}),
     ("bybit:allLiquidation:snapshot", "bybit/ws_liquidation_v5_tardis.jsonl", 2, set(), set(), set()),
@@ -216,33 +259,80 @@ CASES: list[tuple[str, str, int | None, set[str], set[str], set[str]]] = [
     # the subscribe response carries connId (reference 4.1); the 2022 recording has none
     ("okx:subscribe", "okx/ws_tickers_swap_with_acks_cryptofeed.jsonl", 0, {"connId"}, set(), set()),
     # formulaType and method are documented fields of funding-rate-history (reference 4.5)
-    ("rest:okx:fundingHistory", "okx/rest_funding_rate_history_nautilus.json", None,
-     {"data[].formulaType", "data[].method"}, set(), set()),
+    (
+        "rest:okx:fundingHistory",
+        "okx/rest_funding_rate_history_nautilus.json",
+        None,
+        {"data[].formulaType", "data[].method"},
+        set(),
+        set(),
+    ),
     # instFamily (reference 4.9) postdates the 2022 recording
-    ("rest:okx:instruments", "okx/rest_instruments_swap_2022-05_excerpt.json", None, {"data[].instFamily"}, set(),
-     set()),
+    (
+        "rest:okx:instruments",
+        "okx/rest_instruments_swap_2022-05_excerpt.json",
+        None,
+        {"data[].instFamily"},
+        set(),
+        set(),
+    ),
     ("rest:okx:openInterest", "okx/rest_open_interest_cmp.jsonl", 0, {"data[].oiUsd"}, set(), set()),
     # Deribit ---------------------------------------------------------------------------------
     ("deribit:ticker", "deribit/ws_ticker_trades_2025_nautilus.jsonl", 0, set(), set(), set()),
     # 2022 ticker: interest_value and stats.volume_notional appear in the 2025 capture above
-    ("deribit:ticker", "deribit/ws_perpetual_ticker_trades_cmp.jsonl", 1,
-     {"params.data.interest_value", "params.data.stats.volume_notional"}, set(), set()),
+    (
+        "deribit:ticker",
+        "deribit/ws_perpetual_ticker_trades_cmp.jsonl",
+        1,
+        {"params.data.interest_value", "params.data.stats.volume_notional"},
+        set(),
+        set(),
+    ),
     # first item of the 2025 trades sample is a combo-trade leg; combo_trade_id exists only on those
-    ("deribit:trade", "deribit/ws_ticker_trades_2025_nautilus.jsonl", 1, set(), {"params.data[].combo_trade_id"},
-     set()),
+    (
+        "deribit:trade",
+        "deribit/ws_ticker_trades_2025_nautilus.jsonl",
+        1,
+        set(),
+        {"params.data[].combo_trade_id"},
+        set(),
+    ),
     # 2020 liquidation trade: mark_price and contracts are in every later capture (2021, 2025)
-    ("deribit:liq_trade", "deribit/ws_perpetual_ticker_trades_tardis.jsonl", 3,
-     {"params.data[].mark_price", "params.data[].contracts"}, set(), set()),
+    (
+        "deribit:liq_trade",
+        "deribit/ws_perpetual_ticker_trades_tardis.jsonl",
+        3,
+        {"params.data[].mark_price", "params.data[].contracts"},
+        set(),
+        set(),
+    ),
     ("rest:deribit:bookSummary", "deribit/rest_book_summary_by_currency_cmp.jsonl", 0, set(), set(), set()),
-    ("rest:deribit:instruments", "deribit/rest_get_instruments_btc_perpetual_2021-07_excerpt.json", None, set(),
-     set(), set()),
+    (
+        "rest:deribit:instruments",
+        "deribit/rest_get_instruments_btc_perpetual_2021-07_excerpt.json",
+        None,
+        set(),
+        set(),
+        set(),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("key", "rel", "line", "extra", "absent", "subset"), CASES,
-                         ids=[f"{c[0]}<-{c[1].split('/')[-1]}:{c[2]}" for c in CASES])
-def test_same_shape_as_real_sample(captured: dict[str, Any], shared_dir: Path, key: str, rel: str, line: int | None,
-                                   extra: set[str], absent: set[str], subset: set[str]) -> None:
+@pytest.mark.parametrize(
+    ("key", "rel", "line", "extra", "absent", "subset"),
+    CASES,
+    ids=[f"{c[0]}<-{c[1].split('/')[-1]}:{c[2]}" for c in CASES],
+)
+def test_same_shape_as_real_sample(
+    captured: dict[str, Any],
+    shared_dir: Path,
+    key: str,
+    rel: str,
+    line: int | None,
+    extra: set[str],
+    absent: set[str],
+    subset: set[str],
+) -> None:
     assert key in captured, f"the simulator produced no {key} message (got {sorted(captured)})"
     real = sample(shared_dir, rel, line)
     sim = captured[key]
@@ -255,15 +345,26 @@ def test_same_shape_as_real_sample(captured: dict[str, Any], shared_dir: Path, k
 def test_message_kinds_without_a_capture_match_the_documented_fields(captured: dict[str, Any]) -> None:
     """No attributable capture exists for these (samples/README.md "Known gaps"): use the doc examples
     quoted in the reference."""
-    doc_funding = [{"symbol": "BTCUSDT", "fundingRate": "-0.03750000", "fundingTime": 1570608000000,
-                    "markPrice": "34287.54619963"}]
+    doc_funding = [
+        {"symbol": "BTCUSDT", "fundingRate": "-0.03750000", "fundingTime": 1570608000000, "markPrice": "34287.54619963"}
+    ]
     # rateType (Regular | Special) was added 2026-07-28 (reference 2.5)
     assert shape_diff(captured["rest:binance:fundingRate"], doc_funding, extra=frozenset({"[].rateType"})) == []
-    doc_premium = {"symbol": "BTCUSDT", "markPrice": "1", "indexPrice": "1", "estimatedSettlePrice": "1",
-                   "lastFundingRate": "0.0001", "interestRate": "0.0001", "nextFundingTime": 1, "time": 1}
+    doc_premium = {
+        "symbol": "BTCUSDT",
+        "markPrice": "1",
+        "indexPrice": "1",
+        "estimatedSettlePrice": "1",
+        "lastFundingRate": "0.0001",
+        "interestRate": "0.0001",
+        "nextFundingTime": 1,
+        "time": 1,
+    }
     assert shape_diff(captured["rest:binance:premiumIndex"], doc_premium) == []
-    doc_ins = {"symbols": ["BNBUSDT"], "assets": [{"asset": "USDC", "marginBalance": "299999998.6497832",
-                                                   "updateTime": 1745366402000}]}
+    doc_ins = {
+        "symbols": ["BNBUSDT"],
+        "assets": [{"asset": "USDC", "marginBalance": "299999998.6497832", "updateTime": 1745366402000}],
+    }
     assert shape_diff(captured["rest:binance:insuranceBalance"], doc_ins) == []
     ack = captured["bybit:ack"]
     doc_ack = {"success": True, "ret_msg": "", "conn_id": "3cd84cb1", "req_id": "", "op": "subscribe"}

@@ -76,8 +76,16 @@ def test_funding_8h_uses_the_instruments_own_interval() -> None:
 def test_deribit_continuous_funding_gets_hourly_observations() -> None:
     st, clock = make_state()
     for _ in range(3):
-        st.apply(MarketUpdate(Exchange.DERIBIT, "BTC-PERPETUAL", event_time=clock.t, funding_rate=0.0002,
-                              funding_rate_8h=0.0002, funding_interval_s=28800))
+        st.apply(
+            MarketUpdate(
+                Exchange.DERIBIT,
+                "BTC-PERPETUAL",
+                event_time=clock.t,
+                funding_rate=0.0002,
+                funding_rate_8h=0.0002,
+                funding_interval_s=28800,
+            )
+        )
         clock.t += 1800
     s = st.instruments[(Exchange.DERIBIT, "BTC-PERPETUAL")]
     assert len(s.settlement_window()) == 2  # three updates half an hour apart span two hours
@@ -138,16 +146,30 @@ def test_bybit_deltas_keep_unchanged_funding_fresh_but_other_streams_do_not() ->
     info = st.instruments[(Exchange.BYBIT, "BTCUSDT")].info
     feed, ctx = BybitFeed(), FeedContext(Exchange.BYBIT, {"BTCUSDT": info})
     t0 = clock.t
-    snap = {"topic": "tickers.BTCUSDT", "type": "snapshot", "ts": int(t0 * 1000),
-            "data": {"symbol": "BTCUSDT", "markPrice": "100", "indexPrice": "100", "fundingRate": "0.0001",
-                     "nextFundingTime": str(int((t0 + 3600) * 1000)), "openInterestValue": "2000"}}
+    snap = {
+        "topic": "tickers.BTCUSDT",
+        "type": "snapshot",
+        "ts": int(t0 * 1000),
+        "data": {
+            "symbol": "BTCUSDT",
+            "markPrice": "100",
+            "indexPrice": "100",
+            "fundingRate": "0.0001",
+            "nextFundingTime": str(int((t0 + 3600) * 1000)),
+            "openInterestValue": "2000",
+        },
+    }
     st.apply_many(feed.parse_ws(json.dumps(snap), ctx))
     st.register(InstrumentInfo(Exchange.OKX, "BTC-USDT-SWAP", "BTC", "USDT", funding_interval_s=28800))
     st.apply(MarketUpdate(Exchange.OKX, "BTC-USDT-SWAP", funding_rate=0.0002))
     for i in range(1, 31):  # 300 s of mark-only deltas, past the 120 s funding staleness limit
         clock.t = t0 + 10 * i
-        delta = {"topic": "tickers.BTCUSDT", "type": "delta", "ts": int(clock.t * 1000),
-                 "data": {"symbol": "BTCUSDT", "markPrice": str(100 + i)}}
+        delta = {
+            "topic": "tickers.BTCUSDT",
+            "type": "delta",
+            "ts": int(clock.t * 1000),
+            "data": {"symbol": "BTCUSDT", "markPrice": str(100 + i)},
+        }
         st.apply_many(feed.parse_ws(json.dumps(delta), ctx))
         st.apply(MarketUpdate(Exchange.OKX, "BTC-USDT-SWAP", mark_price=100.0 + i))
     reg = build_registry(Config(), st)

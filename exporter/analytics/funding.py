@@ -300,5 +300,3 @@ class WindowCache:
 
     def __len__(self) -> int:
         return len(self._settle)
-
-

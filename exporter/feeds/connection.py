@@ -168,7 +168,11 @@ class FeedConnection:
                 if classify_error(exc) == "fatal":
                     log.error(
                         "%s %s: connection to %s refused for good (%s); retrying in %.0f s",
-                        self.exchange, self.plan.stream, self.plan.url, _describe(exc), self.backoff.fatal_retry_s,
+                        self.exchange,
+                        self.plan.stream,
+                        self.plan.url,
+                        _describe(exc),
+                        self.backoff.fatal_retry_s,
                     )
                     await asyncio.sleep(self.backoff.fatal_retry_s)
                 else:
@@ -176,7 +180,11 @@ class FeedConnection:
                     self.backoff_delays.append(delay)
                     log.warning(
                         "%s %s: cannot connect (%s); retry %d in %.2f s",
-                        self.exchange, self.plan.stream, _describe(exc), attempt + 1, delay,
+                        self.exchange,
+                        self.plan.stream,
+                        _describe(exc),
+                        attempt + 1,
+                        delay,
                     )
                     attempt += 1
                     await asyncio.sleep(delay)
@@ -229,8 +237,13 @@ class FeedConnection:
         self.connections_opened += 1
         self._ws = ws
         self.health.connected = True
-        log.info("%s %s: connected to %s (%d subscribe frames)", self.exchange, self.plan.stream, self.plan.url,
-                 len(self.plan.subscribe))
+        log.info(
+            "%s %s: connected to %s (%d subscribe frames)",
+            self.exchange,
+            self.plan.stream,
+            self.plan.url,
+            len(self.plan.subscribe),
+        )
         return ws
 
     async def _session(self, ws: ClientConnection) -> None:
@@ -291,8 +304,9 @@ class FeedConnection:
             if now - self._last_frame >= plan.silence_timeout_s:
                 self.silence_reconnects += 1
                 self._silenced = True
-                log.warning("%s %s: no frame for %.1f s; reconnecting", self.exchange, plan.stream,
-                            now - self._last_frame)
+                log.warning(
+                    "%s %s: no frame for %.1f s; reconnecting", self.exchange, plan.stream, now - self._last_frame
+                )
                 await _close_quietly(ws)
                 return
             if next_ping is not None and now >= next_ping and plan.ping_frame:
@@ -302,15 +316,20 @@ class FeedConnection:
 
     async def _rotate(self, old: ClientConnection) -> ClientConnection | None:
         """Planned reconnect: open and subscribe the new socket first, then close the old one."""
-        log.info("%s %s: planned reconnect (lifetime %.0f s)", self.exchange, self.plan.stream,
-                 self.plan.max_lifetime_s or 0)
+        log.info(
+            "%s %s: planned reconnect (lifetime %.0f s)", self.exchange, self.plan.stream, self.plan.max_lifetime_s or 0
+        )
         try:
             new = await self._open(replacing=old)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("%s %s: planned reconnect failed (%s); keeping the old connection",
-                        self.exchange, self.plan.stream, _describe(exc))
+            log.warning(
+                "%s %s: planned reconnect failed (%s); keeping the old connection",
+                self.exchange,
+                self.plan.stream,
+                _describe(exc),
+            )
             return None
         self.rotations += 1
         await _close_quietly(old)  # the reader sees it closed, finds the new socket and carries on
@@ -328,8 +347,14 @@ class FeedConnection:
             return
         except Exception as exc:  # a parser bug on odd input: same treatment, louder log
             h.parse_errors += 1
-            log.warning("%s %s: parser raised %s on frame: %s", self.exchange, self.plan.stream,
-                        type(exc).__name__, _excerpt(frame), exc_info=True)
+            log.warning(
+                "%s %s: parser raised %s on frame: %s",
+                self.exchange,
+                self.plan.stream,
+                type(exc).__name__,
+                _excerpt(frame),
+                exc_info=True,
+            )
             return
         if not records:
             return

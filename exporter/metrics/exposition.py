@@ -172,10 +172,12 @@ def render_family(fam: Family, out: list[str], openmetrics: bool) -> None:
     for i in range(0, len(values), YIELD_EVERY):
         if i:
             yield_gil()
-        out.extend([
-            f"{name}{lb.text} {repr(v) if -1e300 < v < 1e6 else fmt(v)}\n"
-            for lb, v in zip(labels[i : i + YIELD_EVERY], values[i : i + YIELD_EVERY], strict=True)
-        ])
+        out.extend(
+            [
+                f"{name}{lb.text} {repr(v) if -1e300 < v < 1e6 else fmt(v)}\n"
+                for lb, v in zip(labels[i : i + YIELD_EVERY], values[i : i + YIELD_EVERY], strict=True)
+            ]
+        )
 
 
 def _labels_block(labels: dict[str, str]) -> str:
@@ -184,8 +186,13 @@ def _labels_block(labels: dict[str, str]) -> str:
     return "{" + ",".join(f'{k}="{escape_label_value(v)}"' for k, v in sorted(labels.items())) + "}"
 
 
-_TEXT_TYPE = {"counter": "counter", "info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram",
-              "unknown": "untyped"}
+_TEXT_TYPE = {
+    "counter": "counter",
+    "info": "gauge",
+    "stateset": "gauge",
+    "gaugehistogram": "histogram",
+    "unknown": "untyped",
+}
 _TEXT_SUFFIX = {"counter": "_total", "info": "_info"}
 
 

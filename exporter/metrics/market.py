@@ -34,7 +34,6 @@ def _window_text(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
-
 class _InInterval:
     """An instrument's settlement window with every rate expressed per ``interval`` (see state)."""
 
@@ -46,6 +45,7 @@ class _InInterval:
 
     def settlement_window(self) -> tuple[tuple[float, float], ...]:
         return self.st.settlement_window_in(self.interval)
+
 
 @dataclass(slots=True)
 class InstrumentView:
@@ -115,8 +115,12 @@ class MarketAnalytics:
         if hit is not None and (hit[0] is info or hit[0] == info):
             return hit[1], hit[2]
         base = LabelSet(
-            [("exchange", info.exchange.value), ("instrument", info.instrument), ("base", info.base),
-             ("quote", info.quote)]
+            [
+                ("exchange", info.exchange.value),
+                ("instrument", info.instrument),
+                ("base", info.base),
+                ("quote", info.quote),
+            ]
         )
         sides = {s.value: base.with_(side=s.value) for s in Side}
         self._labels[st.key] = (info, base, sides)
@@ -135,8 +139,13 @@ class MarketAnalytics:
         for ex, ex_cfg in cfg.exchanges.items():
             s = ex_cfg.stale
             fee = ex_cfg.fees.taker_bp if an.fee_kind == "taker" else ex_cfg.fees.maker_bp
-            limits[ex] = (now - s.price_seconds, now - s.funding_seconds, now - s.open_interest_seconds,
-                          now - s.long_short_ratio_seconds, fee)
+            limits[ex] = (
+                now - s.price_seconds,
+                now - s.funding_seconds,
+                now - s.open_interest_seconds,
+                now - s.long_short_ratio_seconds,
+                fee,
+            )
         instruments = state.snapshot()
         out: list[InstrumentView] = []
         cache = self.cache
@@ -213,8 +222,14 @@ class MarketAnalytics:
 
     def funding_points(self, views: Iterable[InstrumentView]) -> list[FundingPoint]:
         return [
-            FundingPoint(v.st.info.base, v.st.info.exchange.value, v.st.info.instrument, v.funding_rate_8h,
-                         v.open_interest_usd, v.fee_bp)
+            FundingPoint(
+                v.st.info.base,
+                v.st.info.exchange.value,
+                v.st.info.instrument,
+                v.funding_rate_8h,
+                v.open_interest_usd,
+                v.fee_bp,
+            )
             for v in views
             if v.funding_rate_8h is not None
         ]
@@ -249,7 +264,6 @@ def liquidations_since(st: InstrumentState, since: float) -> dict[str, dict[str,
     return {"long": long_, "short": short_}
 
 
-
 class MarketCollector:
     """Per exchange x instrument series (labels exchange, instrument, base, quote).
 
@@ -278,63 +292,108 @@ class MarketCollector:
         zw = _window_text(an.zscore_window_seconds)
         aw = _window_text(an.anchor_window_seconds)
         per = "fraction per the instrument's funding interval"
-        self.s_rate = Spec("fr_funding_rate", "gauge",
-                           f"Current (predicted, next-settlement) funding rate as delivered by the exchange, {per} "
-                           "(see fr_funding_interval_seconds). Positive: longs pay shorts. Absent when older than "
-                           "the exchange's funding staleness limit.")
-        self.s_interval = Spec("fr_funding_interval_seconds", "gauge",
-                               "Funding interval of the instrument in seconds (8 h = 28800, 4 h, 1 h). Deribit funds "
-                               "continuously and is exported as 28800 with its 8 h-equivalent rate.")
-        self.s_ann = Spec("fr_funding_rate_annualized_ratio", "gauge",
-                          "fr_funding_rate x 31536000 / fr_funding_interval_seconds: simple (not compounded) "
-                          "annual funding rate, fraction per year, using the instrument's own interval.")
-        self.s_next = Spec("fr_next_funding_timestamp_seconds", "gauge",
-                           "Unix time in seconds of the next funding settlement; absent where the exchange has "
-                           "none (Deribit, continuous).")
-        self.s_cap = Spec("fr_funding_cap_ratio", "gauge",
-                          f"Published funding rate cap, {per}, where the exchange publishes it.")
-        self.s_floor = Spec("fr_funding_floor_ratio", "gauge",
-                            f"Published funding rate floor, {per}, where the exchange publishes it.")
+        self.s_rate = Spec(
+            "fr_funding_rate",
+            "gauge",
+            f"Current (predicted, next-settlement) funding rate as delivered by the exchange, {per} "
+            "(see fr_funding_interval_seconds). Positive: longs pay shorts. Absent when older than "
+            "the exchange's funding staleness limit.",
+        )
+        self.s_interval = Spec(
+            "fr_funding_interval_seconds",
+            "gauge",
+            "Funding interval of the instrument in seconds (8 h = 28800, 4 h, 1 h). Deribit funds "
+            "continuously and is exported as 28800 with its 8 h-equivalent rate.",
+        )
+        self.s_ann = Spec(
+            "fr_funding_rate_annualized_ratio",
+            "gauge",
+            "fr_funding_rate x 31536000 / fr_funding_interval_seconds: simple (not compounded) "
+            "annual funding rate, fraction per year, using the instrument's own interval.",
+        )
+        self.s_next = Spec(
+            "fr_next_funding_timestamp_seconds",
+            "gauge",
+            "Unix time in seconds of the next funding settlement; absent where the exchange has "
+            "none (Deribit, continuous).",
+        )
+        self.s_cap = Spec(
+            "fr_funding_cap_ratio", "gauge", f"Published funding rate cap, {per}, where the exchange publishes it."
+        )
+        self.s_floor = Spec(
+            "fr_funding_floor_ratio", "gauge", f"Published funding rate floor, {per}, where the exchange publishes it."
+        )
         self.s_mark = Spec("fr_mark_price", "gauge", "Mark price in quote currency.")
         self.s_index = Spec("fr_index_price", "gauge", "Index (spot reference) price in quote currency.")
-        self.s_premium = Spec("fr_premium_ratio", "gauge",
-                              "(mark - index) / index as a ratio; the exchange's published premium index when "
-                              "mark or index is unknown.")
-        self.s_oi = Spec("fr_open_interest_usd", "gauge",
-                         "Open interest in USD notional (contracts converted with the contract size).")
-        self.s_ls = Spec("fr_long_short_account_ratio", "gauge",
-                         "Exchange-published ratio of accounts net long to accounts net short (dimensionless), "
-                         "where available.")
-        self.s_z = Spec("fr_funding_zscore", "gauge",
-                        f"z-score of the current funding rate against the settled funding rates of the trailing "
-                        f"{zw} window: (fr_funding_rate - mean) / sample standard deviation (n-1). Needs "
-                        f"{an.zscore_min_observations} observations; absent when all rates in the window are "
-                        "equal. The window is backfilled from the exchange's history at start. Deribit "
-                        "(continuous): hourly observations of the 8 h-equivalent rate.")
-        self.s_mom = Spec("fr_funding_momentum", "gauge",
-                          f"fr_funding_rate minus the mean settled rate of the trailing {zw} window, {per}.")
-        self.s_acc = Spec("fr_funding_acceleration", "gauge",
-                          "Change of the change between consecutive settlements, over the last three settled "
-                          f"rates of the trailing {zw} window: (r3 - r2) - (r2 - r1), {per}.")
-        self.s_edge = Spec("fr_edge_bp", "gauge",
-                           "Carry edge per funding interval for the side that receives funding (label side: short "
-                           "when the rate is >= 0, long when negative), in basis points: |fr_funding_rate| x 1e4 "
-                           "- 2 x fee_bp x fr_funding_interval_seconds / (holding_hours x 3600), where fee_bp is "
-                           f"the configured {an.fee_kind} fee per side and holding_hours = "
-                           f"{an.holding_period_hours:g}. Negative: the carry does not pay its fees.")
-        self.s_anchor = Spec("fr_effective_anchor_strength", "gauge",
-                             "Effective anchor strength l: ordinary least-squares slope of the funding rate on "
-                             f"the premium ratio over the trailing {aw} window of one-a-minute samples "
-                             "(dimensionless; needs 10 samples).")
-        self.s_liq = Spec("fr_liquidations_total", "counter",
-                          "Liquidation orders seen on the exchange's public liquidation stream since the exporter "
-                          "started; label side = side of the liquidated position. Sampled feeds: Binance and OKX "
-                          "push at most one liquidation per instrument per second (cascades are undercounted); "
-                          "Bybit allLiquidation sends all; Deribit: trades flagged as liquidations.")
-        self.s_liq_usd = Spec("fr_liquidated_notional_usd_total", "counter",
-                              "USD notional of the liquidations counted in fr_liquidations_total (same sampling).")
-        self.s_ins = Spec("fr_insurance_fund_balance_usd", "gauge",
-                          "Insurance fund balance in USD per exchange and pool, where published.")
+        self.s_premium = Spec(
+            "fr_premium_ratio",
+            "gauge",
+            "(mark - index) / index as a ratio; the exchange's published premium index when mark or index is unknown.",
+        )
+        self.s_oi = Spec(
+            "fr_open_interest_usd",
+            "gauge",
+            "Open interest in USD notional (contracts converted with the contract size).",
+        )
+        self.s_ls = Spec(
+            "fr_long_short_account_ratio",
+            "gauge",
+            "Exchange-published ratio of accounts net long to accounts net short (dimensionless), where available.",
+        )
+        self.s_z = Spec(
+            "fr_funding_zscore",
+            "gauge",
+            f"z-score of the current funding rate against the settled funding rates of the trailing "
+            f"{zw} window: (fr_funding_rate - mean) / sample standard deviation (n-1). Needs "
+            f"{an.zscore_min_observations} observations; absent when all rates in the window are "
+            "equal. The window is backfilled from the exchange's history at start. Deribit "
+            "(continuous): hourly observations of the 8 h-equivalent rate.",
+        )
+        self.s_mom = Spec(
+            "fr_funding_momentum",
+            "gauge",
+            f"fr_funding_rate minus the mean settled rate of the trailing {zw} window, {per}.",
+        )
+        self.s_acc = Spec(
+            "fr_funding_acceleration",
+            "gauge",
+            "Change of the change between consecutive settlements, over the last three settled "
+            f"rates of the trailing {zw} window: (r3 - r2) - (r2 - r1), {per}.",
+        )
+        self.s_edge = Spec(
+            "fr_edge_bp",
+            "gauge",
+            "Carry edge per funding interval for the side that receives funding (label side: short "
+            "when the rate is >= 0, long when negative), in basis points: |fr_funding_rate| x 1e4 "
+            "- 2 x fee_bp x fr_funding_interval_seconds / (holding_hours x 3600), where fee_bp is "
+            f"the configured {an.fee_kind} fee per side and holding_hours = "
+            f"{an.holding_period_hours:g}. Negative: the carry does not pay its fees.",
+        )
+        self.s_anchor = Spec(
+            "fr_effective_anchor_strength",
+            "gauge",
+            "Effective anchor strength l: ordinary least-squares slope of the funding rate on "
+            f"the premium ratio over the trailing {aw} window of one-a-minute samples "
+            "(dimensionless; needs 10 samples).",
+        )
+        self.s_liq = Spec(
+            "fr_liquidations_total",
+            "counter",
+            "Liquidation orders seen on the exchange's public liquidation stream since the exporter "
+            "started; label side = side of the liquidated position. Sampled feeds: Binance and OKX "
+            "push at most one liquidation per instrument per second (cascades are undercounted); "
+            "Bybit allLiquidation sends all; Deribit: trades flagged as liquidations.",
+        )
+        self.s_liq_usd = Spec(
+            "fr_liquidated_notional_usd_total",
+            "counter",
+            "USD notional of the liquidations counted in fr_liquidations_total (same sampling).",
+        )
+        self.s_ins = Spec(
+            "fr_insurance_fund_balance_usd",
+            "gauge",
+            "Insurance fund balance in USD per exchange and pool, where published.",
+        )
         self._ins_labels: dict[tuple[str, str], LabelSet] = {}
 
     def families(self, views: Sequence[InstrumentView] | None = None) -> list[Family]:
@@ -375,16 +434,18 @@ class MarketCollector:
         ):
             present(spec, source, attrgetter(attr))
         sel = [v for v in fresh if v.edge_bp is not None and v.edge_side is not None]
-        fams.append(self.s_edge.family([v.side_labels[v.edge_side or "short"] for v in sel],
-                                       [v.edge_bp or 0.0 for v in sel]))
+        fams.append(
+            self.s_edge.family([v.side_labels[v.edge_side or "short"] for v in sel], [v.edge_bp or 0.0 for v in sel])
+        )
         present(self.s_anchor, fresh, attrgetter("anchor_strength"))
         # Counters are always present (0 before the first liquidation) so rate() works from the start.
         side_labels = [lb for v in views for lb in (v.side_labels["long"], v.side_labels["short"])]
         long_, short_ = Side.LONG, Side.SHORT
         counts = [(v.st.liq_count, v.st.liq_notional_usd) for v in views]
         fams.append(self.s_liq.family(side_labels, [float(c.get(s, 0)) for c, _ in counts for s in (long_, short_)]))
-        fams.append(self.s_liq_usd.family(list(side_labels),
-                                          [float(n.get(s, 0.0)) for _, n in counts for s in (long_, short_)]))
+        fams.append(
+            self.s_liq_usd.family(list(side_labels), [float(n.get(s, 0.0)) for _, n in counts for s in (long_, short_)])
+        )
         f_ins = self.s_ins.family()
         state = self.analytics.state
         now = state.clock()
@@ -419,17 +480,23 @@ class CrossCollector:
     def __init__(self, analytics: MarketAnalytics) -> None:
         self.analytics = analytics
         an = analytics.config.analytics
-        self.s_oiw = Spec("fr_oi_weighted_funding_rate", "gauge",
-                          "Open-interest-weighted funding rate per base across exchanges and instruments, each rate "
-                          "normalised to an 8 h interval: sum(rate_8h x open_interest_usd) / sum(open_interest_usd); "
-                          "fraction per 8 h; instruments with fresh funding and open interest only.")
-        self.s_spread = Spec("fr_funding_spread_bp", "gauge",
-                             "Funding earned per 8 h by shorting the highest-rate instrument of the base on "
-                             "short_exchange and longing the lowest-rate one on long_exchange, in basis points: "
-                             "(rate_8h short - rate_8h long) x 1e4 - 2 x (fee_bp long + fee_bp short) x 8 / "
-                             f"{an.holding_period_hours:g} (round-trip {an.fee_kind} fees of both legs amortised over "
-                             "the holding period). Only pairs with a positive gross spread, best "
-                             f"{an.spread_top_n} per base.")
+        self.s_oiw = Spec(
+            "fr_oi_weighted_funding_rate",
+            "gauge",
+            "Open-interest-weighted funding rate per base across exchanges and instruments, each rate "
+            "normalised to an 8 h interval: sum(rate_8h x open_interest_usd) / sum(open_interest_usd); "
+            "fraction per 8 h; instruments with fresh funding and open interest only.",
+        )
+        self.s_spread = Spec(
+            "fr_funding_spread_bp",
+            "gauge",
+            "Funding earned per 8 h by shorting the highest-rate instrument of the base on "
+            "short_exchange and longing the lowest-rate one on long_exchange, in basis points: "
+            "(rate_8h short - rate_8h long) x 1e4 - 2 x (fee_bp long + fee_bp short) x 8 / "
+            f"{an.holding_period_hours:g} (round-trip {an.fee_kind} fees of both legs amortised over "
+            "the holding period). Only pairs with a positive gross spread, best "
+            f"{an.spread_top_n} per base.",
+        )
         self._labels: dict[tuple[str, ...], LabelSet] = {}
 
     def _label(self, *pairs: tuple[str, str]) -> LabelSet:

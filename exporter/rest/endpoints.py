@@ -185,8 +185,11 @@ class BybitRest(ExchangeRest):
         end_ms = _ms(end)
         for _ in range(MAX_PAGES):
             params = {
-                "category": "linear", "symbol": instrument,
-                "startTime": _ms(start), "endTime": end_ms, "limit": self.history_limit,
+                "category": "linear",
+                "symbol": instrument,
+                "startTime": _ms(start),
+                "endTime": end_ms,
+                "limit": self.history_limit,
             }
             body = await self._fetch(FUNDING_HISTORY, "/v5/market/funding/history", params)
             page = self._history(body)

@@ -94,7 +94,7 @@ class BinanceServer(ExchangeServer):
             streams = request.query.get("streams", "")
         else:
             conn.extra["wrap"] = False
-            streams = path[len("/market/ws"):].lstrip("/")
+            streams = path[len("/market/ws") :].lstrip("/")
         for s in streams.split("/"):
             if s:
                 conn.topics.add(self.canonical(s))
@@ -161,8 +161,10 @@ class BinanceServer(ExchangeServer):
             liqs = list(self._window.values())
             for liq in liqs:
                 inst = insts[liq.symbol]
-                p = orjson.dumps(force_order(liq, inst.spec.qty_decimals, inst.spec.price_decimals, sec + 0.003),
-                                 option=orjson.OPT_SERIALIZE_NUMPY)
+                p = orjson.dumps(
+                    force_order(liq, inst.spec.qty_decimals, inst.spec.price_decimals, sec + 0.003),
+                    option=orjson.OPT_SERIALIZE_NUMPY,
+                )
                 self._push(f"{liq.symbol.lower()}@forceOrder", p)
                 self._push("!forceOrder@arr", p)
                 self.market.record_sent(liq)
@@ -207,34 +209,76 @@ class BinanceServer(ExchangeServer):
         symbols = []
         for sym, inst in self.market.instruments[self.exchange].items():
             s = inst.spec
-            tick = 10 ** -s.price_decimals
-            step = 10 ** -s.qty_decimals
-            symbols.append({
-                "symbol": sym, "pair": sym, "contractType": "PERPETUAL", "deliveryDate": 4133404800000,
-                "onboardDate": 1569398400000, "status": "TRADING", "maintMarginPercent": "2.5000",
-                "requiredMarginPercent": "5.0000", "baseAsset": s.base, "quoteAsset": s.quote, "marginAsset": s.quote,
-                "pricePrecision": s.price_decimals, "quantityPrecision": s.qty_decimals, "baseAssetPrecision": 8,
-                "quotePrecision": 8, "underlyingType": "COIN", "underlyingSubType": [], "settlePlan": 0,
-                "triggerProtect": "0.0500", "liquidationFee": "0.012500", "marketTakeBound": "0.05",
-                "filters": [
-                    {"minPrice": fmt(tick, s.price_decimals), "maxPrice": "4529764", "filterType": "PRICE_FILTER",
-                     "tickSize": fmt(tick, s.price_decimals)},
-                    {"stepSize": fmt(step, s.qty_decimals), "filterType": "LOT_SIZE", "maxQty": "1000",
-                     "minQty": fmt(step, s.qty_decimals)},
-                    {"stepSize": fmt(step, s.qty_decimals), "filterType": "MARKET_LOT_SIZE", "maxQty": "120",
-                     "minQty": fmt(step, s.qty_decimals)},
-                    {"limit": 200, "filterType": "MAX_NUM_ORDERS"},
-                    {"limit": 10, "filterType": "MAX_NUM_ALGO_ORDERS"},
-                    {"notional": "100", "filterType": "MIN_NOTIONAL"},
-                    {"multiplierDown": "0.9500", "multiplierUp": "1.0500", "multiplierDecimal": "4",
-                     "filterType": "PERCENT_PRICE"},
-                ],
-                "orderTypes": ["LIMIT", "MARKET", "STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET",
-                               "TRAILING_STOP_MARKET"],
-                "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
-            })
+            tick = 10**-s.price_decimals
+            step = 10**-s.qty_decimals
+            symbols.append(
+                {
+                    "symbol": sym,
+                    "pair": sym,
+                    "contractType": "PERPETUAL",
+                    "deliveryDate": 4133404800000,
+                    "onboardDate": 1569398400000,
+                    "status": "TRADING",
+                    "maintMarginPercent": "2.5000",
+                    "requiredMarginPercent": "5.0000",
+                    "baseAsset": s.base,
+                    "quoteAsset": s.quote,
+                    "marginAsset": s.quote,
+                    "pricePrecision": s.price_decimals,
+                    "quantityPrecision": s.qty_decimals,
+                    "baseAssetPrecision": 8,
+                    "quotePrecision": 8,
+                    "underlyingType": "COIN",
+                    "underlyingSubType": [],
+                    "settlePlan": 0,
+                    "triggerProtect": "0.0500",
+                    "liquidationFee": "0.012500",
+                    "marketTakeBound": "0.05",
+                    "filters": [
+                        {
+                            "minPrice": fmt(tick, s.price_decimals),
+                            "maxPrice": "4529764",
+                            "filterType": "PRICE_FILTER",
+                            "tickSize": fmt(tick, s.price_decimals),
+                        },
+                        {
+                            "stepSize": fmt(step, s.qty_decimals),
+                            "filterType": "LOT_SIZE",
+                            "maxQty": "1000",
+                            "minQty": fmt(step, s.qty_decimals),
+                        },
+                        {
+                            "stepSize": fmt(step, s.qty_decimals),
+                            "filterType": "MARKET_LOT_SIZE",
+                            "maxQty": "120",
+                            "minQty": fmt(step, s.qty_decimals),
+                        },
+                        {"limit": 200, "filterType": "MAX_NUM_ORDERS"},
+                        {"limit": 10, "filterType": "MAX_NUM_ALGO_ORDERS"},
+                        {"notional": "100", "filterType": "MIN_NOTIONAL"},
+                        {
+                            "multiplierDown": "0.9500",
+                            "multiplierUp": "1.0500",
+                            "multiplierDecimal": "4",
+                            "filterType": "PERCENT_PRICE",
+                        },
+                    ],
+                    "orderTypes": [
+                        "LIMIT",
+                        "MARKET",
+                        "STOP",
+                        "STOP_MARKET",
+                        "TAKE_PROFIT",
+                        "TAKE_PROFIT_MARKET",
+                        "TRAILING_STOP_MARKET",
+                    ],
+                    "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
+                }
+            )
         body = {
-            "timezone": "UTC", "serverTime": ms(self.market.now), "futuresType": "U_MARGINED",
+            "timezone": "UTC",
+            "serverTime": ms(self.market.now),
+            "futuresType": "U_MARGINED",
             "rateLimits": [
                 {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 2400},
                 {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200},
@@ -258,10 +302,19 @@ class BinanceServer(ExchangeServer):
         for inst in insts:
             for h in inst.history:
                 if (start is None or h.time_ms >= start) and (end is None or h.time_ms <= end):
-                    rows.append((h.time_ms, inst.spec.symbol, {
-                        "symbol": inst.spec.symbol, "fundingRate": fmt(h.rate, 8), "fundingTime": h.time_ms,
-                        "markPrice": fmt(h.mark, 8), "rateType": "Regular",
-                    }))
+                    rows.append(
+                        (
+                            h.time_ms,
+                            inst.spec.symbol,
+                            {
+                                "symbol": inst.spec.symbol,
+                                "fundingRate": fmt(h.rate, 8),
+                                "fundingTime": h.time_ms,
+                                "markPrice": fmt(h.mark, 8),
+                                "rateType": "Regular",
+                            },
+                        )
+                    )
         rows.sort(key=lambda r: (r[0], r[1]))
         # ascending; with a start the first `limit` from it, otherwise the latest `limit`
         picked = rows[:limit] if start is not None else rows[-limit:]
@@ -273,18 +326,27 @@ class BinanceServer(ExchangeServer):
         for sym, inst in self.market.instruments[self.exchange].items():
             s = inst.spec
             if s.interval_s != 8 * 3600 or sym not in ("BTCUSDT", "ETHUSDT"):
-                out.append({"symbol": sym, "adjustedFundingRateCap": fmt(s.cap, 8),
-                            "adjustedFundingRateFloor": fmt(s.floor, 8),
-                            "fundingIntervalHours": int(s.interval_s // 3600), "disclaimer": False})
+                out.append(
+                    {
+                        "symbol": sym,
+                        "adjustedFundingRateCap": fmt(s.cap, 8),
+                        "adjustedFundingRateFloor": fmt(s.floor, 8),
+                        "fundingIntervalHours": int(s.interval_s // 3600),
+                        "disclaimer": False,
+                    }
+                )
         return web.json_response(out, dumps=dumps, headers=self._headers())
 
     def _premium(self, inst: Instrument) -> dict[str, Any]:
         return {
-            "symbol": inst.spec.symbol, "markPrice": fmt(inst.mark, 8), "indexPrice": fmt(inst.index, 8),
+            "symbol": inst.spec.symbol,
+            "markPrice": fmt(inst.mark, 8),
+            "indexPrice": fmt(inst.index, 8),
             "estimatedSettlePrice": fmt(inst.index * (1 + inst.index_dev), 8),
             "lastFundingRate": fmt(inst.funding_rate, 8),
             "interestRate": fmt(0.0001 * inst.spec.interval_s / 28800, 8),
-            "nextFundingTime": ms(inst.next_funding_time), "time": ms(self.market.now),
+            "nextFundingTime": ms(inst.next_funding_time),
+            "time": ms(self.market.now),
         }
 
     async def premium_index(self, request: web.Request) -> web.Response:
@@ -302,8 +364,11 @@ class BinanceServer(ExchangeServer):
         if isinstance(found, web.Response):
             return found
         assert found is not None
-        body = {"symbol": found.spec.symbol, "openInterest": fmt(found.oi_base, found.spec.qty_decimals),
-                "time": ms(self.market.now)}
+        body = {
+            "symbol": found.spec.symbol,
+            "openInterest": fmt(found.oi_base, found.spec.qty_decimals),
+            "time": ms(self.market.now),
+        }
         return web.json_response(body, dumps=dumps, headers=self._headers())
 
     async def long_short(self, request: web.Request) -> web.Response:
@@ -311,8 +376,17 @@ class BinanceServer(ExchangeServer):
         if isinstance(found, web.Response):
             return found
         assert found is not None
-        periods = {"5m": 300, "15m": 900, "30m": 1800, "1h": 3600, "2h": 7200, "4h": 14400, "6h": 21600,
-                   "12h": 43200, "1d": 86400}
+        periods = {
+            "5m": 300,
+            "15m": 900,
+            "30m": 1800,
+            "1h": 3600,
+            "2h": 7200,
+            "4h": 14400,
+            "6h": 21600,
+            "12h": 43200,
+            "1d": 86400,
+        }
         period = periods.get(request.query.get("period", ""))
         if period is None:
             return self._error(-1130, "Invalid period.")
@@ -324,19 +398,28 @@ class BinanceServer(ExchangeServer):
             # past points wobble deterministically around today's ratio
             ratio = found.ls_ratio * (1 + 0.03 * math.sin(t / 7919.0 + len(found.spec.symbol)))
             long_acc = ratio / (1 + ratio)
-            out.append({"symbol": found.spec.symbol, "longShortRatio": fmt(ratio, 4),
-                        "longAccount": fmt(long_acc, 4), "shortAccount": fmt(1 - long_acc, 4),
-                        "timestamp": int(t * 1000)})
+            out.append(
+                {
+                    "symbol": found.spec.symbol,
+                    "longShortRatio": fmt(ratio, 4),
+                    "longAccount": fmt(long_acc, 4),
+                    "shortAccount": fmt(1 - long_acc, 4),
+                    "timestamp": int(t * 1000),
+                }
+            )
         return web.json_response(out, dumps=dumps, headers=self._headers())
 
     async def insurance(self, request: web.Request) -> web.Response:
         syms = sorted(self.market.instruments[self.exchange])
         bal = self.market.insurance[self.exchange]
         t = int(math.floor(self.market.now / 60) * 60 * 1000)
-        group = {"symbols": syms, "assets": [
-            {"asset": "USDC", "marginBalance": fmt(bal * 0.3, 8), "updateTime": t},
-            {"asset": "USDT", "marginBalance": fmt(bal * 0.7, 8), "updateTime": t},
-        ]}
+        group = {
+            "symbols": syms,
+            "assets": [
+                {"asset": "USDC", "marginBalance": fmt(bal * 0.3, 8), "updateTime": t},
+                {"asset": "USDT", "marginBalance": fmt(bal * 0.7, 8), "updateTime": t},
+            ],
+        }
         if request.query.get("symbol"):
             found = self._inst(request)
             if isinstance(found, web.Response):

@@ -14,6 +14,7 @@ from exporter.sim.server import Conn, ExchangeServer, Handler, dumps, fmt, fmt_g
 
 PERIODS = {"5min": 300, "15min": 900, "30min": 1800, "1h": 3600, "4h": 14400, "1d": 86400}
 
+
 class _Stats:
     """24 h statistics the ticker carries (open, high, low, volume), kept loosely."""
 
@@ -58,7 +59,7 @@ class BybitServer(ExchangeServer):
         last = st.last if st else inst.mark
         op = st.open if st else inst.mark
         oi2 = inst.oi_base * 2  # Bybit linear openInterest is the sum of both sides (reference 3.2)
-        spread = 10 ** -pd
+        spread = 10**-pd
         return {
             "symbol": s.symbol,
             "tickDirection": "PlusTick" if last >= inst.mark else "MinusTick",
@@ -97,8 +98,13 @@ class BybitServer(ExchangeServer):
     # websocket
 
     def _ack(self, conn: Conn, op: str, req_id: Any, ok: bool = True, msg: str = "") -> None:
-        body = {"success": ok, "ret_msg": msg, "conn_id": conn.conn_id, "req_id": "" if req_id is None else req_id,
-                "op": op}
+        body = {
+            "success": ok,
+            "ret_msg": msg,
+            "conn_id": conn.conn_id,
+            "req_id": "" if req_id is None else req_id,
+            "op": op,
+        }
         self.send(conn, dumps(body), data=False)
 
     def _valid(self, topic: str) -> bool:
@@ -164,13 +170,20 @@ class BybitServer(ExchangeServer):
         if slot != self._last_liq_slot:
             self._last_liq_slot = slot
             for sym, liqs in self._liqs.items():
-                data = [{"T": ms(x.time), "s": sym, "S": "Buy" if x.side is Side.LONG else "Sell",
-                         "v": fmt(x.qty_base, self.market.instruments[self.exchange][sym].spec.qty_decimals),
-                         "p": fmt(x.bankruptcy_price, self.market.instruments[self.exchange][sym].spec.price_decimals)}
-                        for x in liqs]
-                self.broadcast(f"allLiquidation.{sym}",
-                               dumps({"topic": f"allLiquidation.{sym}", "type": "snapshot", "ts": ms(now),
-                                      "data": data}))
+                data = [
+                    {
+                        "T": ms(x.time),
+                        "s": sym,
+                        "S": "Buy" if x.side is Side.LONG else "Sell",
+                        "v": fmt(x.qty_base, self.market.instruments[self.exchange][sym].spec.qty_decimals),
+                        "p": fmt(x.bankruptcy_price, self.market.instruments[self.exchange][sym].spec.price_decimals),
+                    }
+                    for x in liqs
+                ]
+                self.broadcast(
+                    f"allLiquidation.{sym}",
+                    dumps({"topic": f"allLiquidation.{sym}", "type": "snapshot", "ts": ms(now), "data": data}),
+                )
                 for x in liqs:
                     self.market.record_sent(x)
             self._liqs.clear()
@@ -190,12 +203,14 @@ class BybitServer(ExchangeServer):
         ]
 
     def _ok(self, result: dict[str, Any]) -> web.Response:
-        return web.json_response({"retCode": 0, "retMsg": "OK", "result": result, "time": ms(self.market.now)},
-                                 dumps=dumps)
+        return web.json_response(
+            {"retCode": 0, "retMsg": "OK", "result": result, "time": ms(self.market.now)}, dumps=dumps
+        )
 
     def _err(self, code: int, msg: str) -> web.Response:
-        return web.json_response({"retCode": code, "retMsg": msg, "result": {}, "time": ms(self.market.now)},
-                                 dumps=dumps)
+        return web.json_response(
+            {"retCode": code, "retMsg": msg, "result": {}, "time": ms(self.market.now)}, dumps=dumps
+        )
 
     def _category(self, request: web.Request) -> web.Response | None:
         if request.query.get("category") != "linear":
@@ -223,21 +238,39 @@ class BybitServer(ExchangeServer):
         out = []
         for inst in insts:
             s = inst.spec
-            tick = fmt(10 ** -s.price_decimals, s.price_decimals)
-            step = fmt(10 ** -s.qty_decimals, s.qty_decimals)
-            out.append({
-                "symbol": s.symbol, "contractType": "LinearPerpetual", "status": "Trading", "baseCoin": s.base,
-                "quoteCoin": s.quote, "launchTime": "1585526400000", "deliveryTime": "0", "deliveryFeeRate": "",
-                "priceScale": str(s.price_decimals),
-                "leverageFilter": {"minLeverage": "1", "maxLeverage": "100.00", "leverageStep": "0.01"},
-                "priceFilter": {"minPrice": tick, "maxPrice": "1999999.80", "tickSize": tick},
-                "lotSizeFilter": {"maxOrderQty": "1190.000", "minOrderQty": step, "qtyStep": step,
-                                  "postOnlyMaxOrderQty": "1190.000", "maxMktOrderQty": "500.000",
-                                  "minNotionalValue": "5"},
-                "unifiedMarginTrade": True, "fundingInterval": int(s.interval_s // 60), "settleCoin": s.quote,
-                "copyTrading": "both", "upperFundingRate": fmt_g(s.cap), "lowerFundingRate": fmt_g(s.floor),
-                "isPreListing": False, "preListingInfo": None,
-            })
+            tick = fmt(10**-s.price_decimals, s.price_decimals)
+            step = fmt(10**-s.qty_decimals, s.qty_decimals)
+            out.append(
+                {
+                    "symbol": s.symbol,
+                    "contractType": "LinearPerpetual",
+                    "status": "Trading",
+                    "baseCoin": s.base,
+                    "quoteCoin": s.quote,
+                    "launchTime": "1585526400000",
+                    "deliveryTime": "0",
+                    "deliveryFeeRate": "",
+                    "priceScale": str(s.price_decimals),
+                    "leverageFilter": {"minLeverage": "1", "maxLeverage": "100.00", "leverageStep": "0.01"},
+                    "priceFilter": {"minPrice": tick, "maxPrice": "1999999.80", "tickSize": tick},
+                    "lotSizeFilter": {
+                        "maxOrderQty": "1190.000",
+                        "minOrderQty": step,
+                        "qtyStep": step,
+                        "postOnlyMaxOrderQty": "1190.000",
+                        "maxMktOrderQty": "500.000",
+                        "minNotionalValue": "5",
+                    },
+                    "unifiedMarginTrade": True,
+                    "fundingInterval": int(s.interval_s // 60),
+                    "settleCoin": s.quote,
+                    "copyTrading": "both",
+                    "upperFundingRate": fmt_g(s.cap),
+                    "lowerFundingRate": fmt_g(s.floor),
+                    "isPreListing": False,
+                    "preListingInfo": None,
+                }
+            )
         return self._ok({"category": "linear", "list": out, "nextPageCursor": ""})
 
     async def tickers(self, request: web.Request) -> web.Response:
@@ -252,8 +285,9 @@ class BybitServer(ExchangeServer):
             t = self.ticker(inst)
             for k in ("tickDirection", "preOpenPrice", "preQty", "curPreListingPhase"):
                 t.pop(k, None)
-            t.update({"predictedDeliveryPrice": "", "basisRate": "", "deliveryFeeRate": "", "deliveryTime": "0",
-                      "basis": ""})
+            t.update(
+                {"predictedDeliveryPrice": "", "basisRate": "", "deliveryFeeRate": "", "deliveryTime": "0", "basis": ""}
+            )
             out.append(t)
         return self._ok({"category": "linear", "list": out})
 
@@ -270,8 +304,10 @@ class BybitServer(ExchangeServer):
         limit = max(1, min(200, query_int(request, "limit") or 200))
         rows = [h for h in found.history if (start is None or h.time_ms >= start) and (end is None or h.time_ms <= end)]
         rows = rows[-limit:][::-1]  # newest first, up to endTime (or now)
-        out = [{"symbol": found.spec.symbol, "fundingRate": fmt_g(h.rate), "fundingRateTimestamp": str(h.time_ms)}
-               for h in rows]
+        out = [
+            {"symbol": found.spec.symbol, "fundingRate": fmt_g(h.rate), "fundingRateTimestamp": str(h.time_ms)}
+            for h in rows
+        ]
         return self._ok({"category": "linear", "list": out})
 
     def _period_query(
@@ -300,8 +336,13 @@ class BybitServer(ExchangeServer):
             t = last - k * period
             f = 1.0 if k == 0 else 1 + 0.01 * math.sin(t / 5003.0)
             oi = found.oi_base * f
-            out.append({"openInterest": fmt(oi * 2, found.spec.qty_decimals),
-                        "singleOpenInterest": fmt(oi, found.spec.qty_decimals), "timestamp": str(int(t * 1000))})
+            out.append(
+                {
+                    "openInterest": fmt(oi * 2, found.spec.qty_decimals),
+                    "singleOpenInterest": fmt(oi, found.spec.qty_decimals),
+                    "timestamp": str(int(t * 1000)),
+                }
+            )
         return self._ok({"symbol": found.spec.symbol, "category": "linear", "list": out, "nextPageCursor": ""})
 
     async def account_ratio(self, request: web.Request) -> web.Response:
@@ -315,8 +356,14 @@ class BybitServer(ExchangeServer):
             t = last - k * period
             ratio = found.ls_ratio * (1.0 if k == 0 else 1 + 0.03 * math.sin(t / 7919.0))
             buy = ratio / (1 + ratio)
-            out.append({"symbol": found.spec.symbol, "buyRatio": fmt(buy, 4), "sellRatio": fmt(1 - buy, 4),
-                        "timestamp": str(int(t * 1000))})
+            out.append(
+                {
+                    "symbol": found.spec.symbol,
+                    "buyRatio": fmt(buy, 4),
+                    "sellRatio": fmt(1 - buy, 4),
+                    "timestamp": str(int(t * 1000)),
+                }
+            )
         return self._ok({"list": out, "nextPageCursor": ""})
 
     async def insurance(self, request: web.Request) -> web.Response:

@@ -47,8 +47,10 @@ class DeribitServer(ExchangeServer):
         self._trade_seq = 200_000_000
         self._trade_id = 400_000_000
         self._last_agg2 = -1
-        self._stats = {sym: {"open": i.mark * 0.99, "high": i.mark * 1.01, "low": i.mark * 0.985, "volume": 0.0}
-                       for sym, i in self.market.instruments[self.exchange].items()}
+        self._stats = {
+            sym: {"open": i.mark * 0.99, "high": i.mark * 1.01, "low": i.mark * 0.985, "volume": 0.0}
+            for sym, i in self.market.instruments[self.exchange].items()
+        }
         self._methods: dict[str, Callable[[dict[str, Any]], Any]] = {
             "public/get_instruments": self.m_get_instruments,
             "public/get_funding_rate_history": self.m_funding_history,
@@ -64,16 +66,20 @@ class DeribitServer(ExchangeServer):
     def ticker(self, inst: Instrument) -> dict[str, Any]:
         s = inst.spec
         st = self._stats[s.symbol]
-        tick = 0.5 if s.base == "BTC" and s.inverse else 10 ** -s.price_decimals
+        tick = 0.5 if s.base == "BTC" and s.inverse else 10**-s.price_decimals
         last = round(round(inst.mark / tick) * tick, s.price_decimals)
         oi = round(inst.oi_usd / s.contract_size) * s.contract_size if s.inverse else round(inst.oi_base, 4)
         return {
             "timestamp": ms(self.market.now),
             "state": "open",
-            "stats": {"high": round(st["high"], 2), "low": round(st["low"], 2),
-                      "price_change": round((inst.mark / st["open"] - 1) * 100, 4), "volume": round(st["volume"], 8),
-                      "volume_usd": round(st["volume"] * inst.mark, 0),
-                      "volume_notional": round(st["volume"] * inst.mark, 0)},
+            "stats": {
+                "high": round(st["high"], 2),
+                "low": round(st["low"], 2),
+                "price_change": round((inst.mark / st["open"] - 1) * 100, 4),
+                "volume": round(st["volume"], 8),
+                "volume_usd": round(st["volume"] * inst.mark, 0),
+                "volume_notional": round(st["volume"] * inst.mark, 0),
+            },
             "index_price": round(inst.index, 2 if inst.index > 100 else 6),
             "instrument_name": s.symbol,
             "last_price": last,
@@ -92,15 +98,23 @@ class DeribitServer(ExchangeServer):
             "funding_8h": round(inst.funding_8h, 12),
         }
 
-    def trade(self, inst: Instrument, t: float, price: float, amount: float, direction: str,
-              liquidation: str | None) -> dict[str, Any]:
+    def trade(
+        self, inst: Instrument, t: float, price: float, amount: float, direction: str, liquidation: str | None
+    ) -> dict[str, Any]:
         self._trade_seq += 1
         self._trade_id += 1
         item: dict[str, Any] = {
-            "timestamp": ms(t), "price": price, "amount": amount, "direction": direction,
-            "index_price": round(inst.index, 2), "instrument_name": inst.spec.symbol, "trade_seq": self._trade_seq,
-            "mark_price": round(inst.mark, 2), "tick_direction": 0 if direction == "buy" else 2,
-            "contracts": amount / inst.spec.contract_size, "trade_id": str(self._trade_id),
+            "timestamp": ms(t),
+            "price": price,
+            "amount": amount,
+            "direction": direction,
+            "index_price": round(inst.index, 2),
+            "instrument_name": inst.spec.symbol,
+            "trade_seq": self._trade_seq,
+            "mark_price": round(inst.mark, 2),
+            "tick_direction": 0 if direction == "buy" else 2,
+            "contracts": amount / inst.spec.contract_size,
+            "trade_id": str(self._trade_id),
         }
         if liquidation:
             item["liquidation"] = liquidation
@@ -159,15 +173,26 @@ class DeribitServer(ExchangeServer):
         out = []
         for inst in self._by_currency(params):
             s = inst.spec
-            out.append({
-                "tick_size": 0.5 if s.inverse and s.base == "BTC" else 10 ** -s.price_decimals,
-                "taker_commission": 0.0005, "settlement_period": "perpetual",
-                "quote_currency": s.quote, "min_trade_amount": s.contract_size,
-                "max_liquidation_commission": 0.0075, "max_leverage": 50, "maker_commission": 0.0,
-                "kind": "future", "is_active": True, "instrument_name": s.symbol,
-                "expiration_timestamp": 32503708800000, "creation_timestamp": 1534242287000,
-                "contract_size": s.contract_size, "block_trade_commission": 0.00025, "base_currency": s.base,
-            })
+            out.append(
+                {
+                    "tick_size": 0.5 if s.inverse and s.base == "BTC" else 10**-s.price_decimals,
+                    "taker_commission": 0.0005,
+                    "settlement_period": "perpetual",
+                    "quote_currency": s.quote,
+                    "min_trade_amount": s.contract_size,
+                    "max_liquidation_commission": 0.0075,
+                    "max_leverage": 50,
+                    "maker_commission": 0.0,
+                    "kind": "future",
+                    "is_active": True,
+                    "instrument_name": s.symbol,
+                    "expiration_timestamp": 32503708800000,
+                    "creation_timestamp": 1534242287000,
+                    "contract_size": s.contract_size,
+                    "block_trade_commission": 0.00025,
+                    "base_currency": s.base,
+                }
+            )
         return out
 
     def m_funding_history(self, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -177,25 +202,46 @@ class DeribitServer(ExchangeServer):
             end = int(params["end_timestamp"])
         except (KeyError, TypeError, ValueError):
             raise invalid("start_timestamp", "start_timestamp and end_timestamp must be present") from None
-        return [{"timestamp": h.time_ms, "index_price": round(h.index, 2), "prev_index_price": round(h.prev_index, 2),
-                 "interest_8h": h.rate, "interest_1h": h.interest_1h}
-                for h in inst.history if start <= h.time_ms <= end]
+        return [
+            {
+                "timestamp": h.time_ms,
+                "index_price": round(h.index, 2),
+                "prev_index_price": round(h.prev_index, 2),
+                "interest_8h": h.rate,
+                "interest_1h": h.interest_1h,
+            }
+            for h in inst.history
+            if start <= h.time_ms <= end
+        ]
 
     def m_book_summary(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         out = []
         for inst in self._by_currency(params):
             t = self.ticker(inst)
             s = inst.spec
-            out.append({
-                "volume_usd": t["stats"]["volume_usd"], "volume_notional": t["stats"]["volume_notional"],
-                "volume": t["stats"]["volume"], "quote_currency": s.quote, "price_change": t["stats"]["price_change"],
-                "open_interest": t["open_interest"], "mid_price": (t["best_bid_price"] + t["best_ask_price"]) / 2,
-                "mark_price": t["mark_price"], "low": t["stats"]["low"], "last": t["last_price"],
-                "instrument_name": s.symbol, "high": t["stats"]["high"], "funding_8h": t["funding_8h"],
-                "estimated_delivery_price": t["estimated_delivery_price"], "current_funding": t["current_funding"],
-                "creation_timestamp": ms(self.market.now), "bid_price": t["best_bid_price"], "base_currency": s.base,
-                "ask_price": t["best_ask_price"],
-            })
+            out.append(
+                {
+                    "volume_usd": t["stats"]["volume_usd"],
+                    "volume_notional": t["stats"]["volume_notional"],
+                    "volume": t["stats"]["volume"],
+                    "quote_currency": s.quote,
+                    "price_change": t["stats"]["price_change"],
+                    "open_interest": t["open_interest"],
+                    "mid_price": (t["best_bid_price"] + t["best_ask_price"]) / 2,
+                    "mark_price": t["mark_price"],
+                    "low": t["stats"]["low"],
+                    "last": t["last_price"],
+                    "instrument_name": s.symbol,
+                    "high": t["stats"]["high"],
+                    "funding_8h": t["funding_8h"],
+                    "estimated_delivery_price": t["estimated_delivery_price"],
+                    "current_funding": t["current_funding"],
+                    "creation_timestamp": ms(self.market.now),
+                    "bid_price": t["best_bid_price"],
+                    "base_currency": s.base,
+                    "ask_price": t["best_ask_price"],
+                }
+            )
         return out
 
     def m_ticker(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -206,8 +252,12 @@ class DeribitServer(ExchangeServer):
 
     def _valid_channel(self, ch: str) -> bool:
         parts = ch.split(".")
-        return (len(parts) == 3 and parts[0] in ("ticker", "trades") and parts[2] in ("100ms", "agg2")
-                and parts[1] in self.market.instruments[self.exchange])
+        return (
+            len(parts) == 3
+            and parts[0] in ("ticker", "trades")
+            and parts[2] in ("100ms", "agg2")
+            and parts[1] in self.market.instruments[self.exchange]
+        )
 
     async def on_open(self, conn: Conn, request: web.Request) -> None:
         conn.extra["awaiting"] = False
@@ -227,8 +277,11 @@ class DeribitServer(ExchangeServer):
                     await conn.ws.close(code=1000, message=b"heartbeat test_request not answered")
                     return
                 conn.extra["awaiting"] = True
-                self.send(conn, dumps({"jsonrpc": "2.0", "method": "heartbeat", "params": {"type": "test_request"}}),
-                          data=False)
+                self.send(
+                    conn,
+                    dumps({"jsonrpc": "2.0", "method": "heartbeat", "params": {"type": "test_request"}}),
+                    data=False,
+                )
 
     async def on_text(self, conn: Conn, text: str) -> None:
         try:
@@ -312,8 +365,9 @@ class DeribitServer(ExchangeServer):
             if int(now * 4) % 7 == 0:
                 amt = 10.0 * inst.spec.contract_size if inst.spec.inverse else inst.spec.contract_size
                 self._stats[sym]["volume"] += amt / inst.mark if inst.spec.inverse else amt
-                trades.append(self.trade(inst, now, round(inst.mark, 2), amt,
-                                         "buy" if inst.noise >= 0 else "sell", None))
+                trades.append(
+                    self.trade(inst, now, round(inst.mark, 2), amt, "buy" if inst.noise >= 0 else "sell", None)
+                )
             ch = f"trades.{sym}.100ms"
             if trades and self.subscribers(ch):
                 self.broadcast(ch, self.notify(ch, trades))

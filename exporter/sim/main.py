@@ -55,8 +55,9 @@ class Simulator:
         self.base_port = base_port
         self.tick_seconds = tick_seconds
         self.exchanges = exchanges
-        self.market = MarketModel(seed=seed, instruments_per_exchange=instruments_per_exchange,
-                                  start_time=time.time(), exchanges=exchanges)
+        self.market = MarketModel(
+            seed=seed, instruments_per_exchange=instruments_per_exchange, start_time=time.time(), exchanges=exchanges
+        )
         if scenario != Scenario.CALM:
             self.market.set_scenario(scenario)
         self.options = options or SimOptions()
@@ -70,8 +71,12 @@ class Simulator:
         return f"ws://{self.host}:{port}", f"http://{self.host}:{port}"
 
     def describe(self) -> dict[str, Any]:
-        return {"simulator": {ex.value: {"ws": self.urls(ex)[0], "rest": self.urls(ex)[1], "port": self.ports[ex]}
-                              for ex in self.exchanges}}
+        return {
+            "simulator": {
+                ex.value: {"ws": self.urls(ex)[0], "rest": self.urls(ex)[1], "port": self.ports[ex]}
+                for ex in self.exchanges
+            }
+        }
 
     async def start(self) -> None:
         for ex in self.exchanges:
@@ -125,21 +130,39 @@ class Simulator:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--base-port", type=int, default=18001,
-                        help="binance port; bybit +1, okx +2, deribit +3; 0 = ephemeral ports (printed)")
+    parser.add_argument(
+        "--base-port",
+        type=int,
+        default=18001,
+        help="binance port; bybit +1, okx +2, deribit +3; 0 = ephemeral ports (printed)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="market model seed")
     parser.add_argument("--scenario", choices=Scenario.ALL, default=Scenario.CALM)
-    parser.add_argument("--instruments-per-exchange", type=int, default=2,
-                        help="2 = BTC and ETH; more adds SOL, XRP, ... then numbered synthetic symbols")
+    parser.add_argument(
+        "--instruments-per-exchange",
+        type=int,
+        default=2,
+        help="2 = BTC and ETH; more adds SOL, XRP, ... then numbered synthetic symbols",
+    )
     parser.add_argument("--tick-seconds", type=float, default=0.25, help="model step (seconds)")
-    parser.add_argument("--max-lifetime-seconds", type=float, default=24 * 3600.0,
-                        help="Binance closes connections after this long (default 24 h)")
-    parser.add_argument("--ping-interval-seconds", type=float, default=180.0,
-                        help="Binance server ping frame interval (default 3 min)")
-    parser.add_argument("--deribit-min-heartbeat", type=float, default=10.0,
-                        help="smallest public/set_heartbeat interval accepted (Deribit: 10 s)")
-    parser.add_argument("--okx-funding-push-seconds", type=float, default=30.0,
-                        help="OKX funding-rate push period (real: 30-90 s)")
+    parser.add_argument(
+        "--max-lifetime-seconds",
+        type=float,
+        default=24 * 3600.0,
+        help="Binance closes connections after this long (default 24 h)",
+    )
+    parser.add_argument(
+        "--ping-interval-seconds", type=float, default=180.0, help="Binance server ping frame interval (default 3 min)"
+    )
+    parser.add_argument(
+        "--deribit-min-heartbeat",
+        type=float,
+        default=10.0,
+        help="smallest public/set_heartbeat interval accepted (Deribit: 10 s)",
+    )
+    parser.add_argument(
+        "--okx-funding-push-seconds", type=float, default=30.0, help="OKX funding-rate push period (real: 30-90 s)"
+    )
 
 
 async def run(args: argparse.Namespace, stop: asyncio.Event | None = None) -> None:
@@ -149,9 +172,15 @@ async def run(args: argparse.Namespace, stop: asyncio.Event | None = None) -> No
         deribit_min_heartbeat_s=getattr(args, "deribit_min_heartbeat", 10.0),
         okx_funding_push_s=getattr(args, "okx_funding_push_seconds", 30.0),
     )
-    sim = Simulator(seed=args.seed, host=args.host, base_port=args.base_port, scenario=args.scenario,
-                    instruments_per_exchange=args.instruments_per_exchange, tick_seconds=args.tick_seconds,
-                    options=options)
+    sim = Simulator(
+        seed=args.seed,
+        host=args.host,
+        base_port=args.base_port,
+        scenario=args.scenario,
+        instruments_per_exchange=args.instruments_per_exchange,
+        tick_seconds=args.tick_seconds,
+        options=options,
+    )
     await sim.start()
     sys.stdout.write(orjson.dumps(sim.describe()).decode() + "\n")
     sys.stdout.flush()

@@ -41,15 +41,38 @@ DEFAULT_CAP: dict[Exchange, float] = {
 }
 
 KNOWN_BASES: list[tuple[str, float]] = [
-    ("BTC", 90_000.0), ("ETH", 3_000.0), ("SOL", 150.0), ("XRP", 2.2), ("DOGE", 0.32), ("ADA", 0.75),
-    ("AVAX", 35.0), ("LINK", 18.0), ("DOT", 6.5), ("LTC", 95.0), ("BNB", 620.0), ("TRX", 0.24),
-    ("BCH", 420.0), ("NEAR", 4.8), ("APT", 9.0), ("ARB", 0.8), ("OP", 1.9), ("SUI", 3.6),
-    ("ATOM", 6.2), ("FIL", 4.9), ("ETC", 26.0), ("UNI", 11.0), ("AAVE", 260.0), ("INJ", 22.0),
+    ("BTC", 90_000.0),
+    ("ETH", 3_000.0),
+    ("SOL", 150.0),
+    ("XRP", 2.2),
+    ("DOGE", 0.32),
+    ("ADA", 0.75),
+    ("AVAX", 35.0),
+    ("LINK", 18.0),
+    ("DOT", 6.5),
+    ("LTC", 95.0),
+    ("BNB", 620.0),
+    ("TRX", 0.24),
+    ("BCH", 420.0),
+    ("NEAR", 4.8),
+    ("APT", 9.0),
+    ("ARB", 0.8),
+    ("OP", 1.9),
+    ("SUI", 3.6),
+    ("ATOM", 6.2),
+    ("FIL", 4.9),
+    ("ETC", 26.0),
+    ("UNI", 11.0),
+    ("AAVE", 260.0),
+    ("INJ", 22.0),
 ]
 
 # Passive open interest per exchange as a share of the BTC Binance figure (USD).
 OI_SHARE: dict[Exchange, float] = {
-    Exchange.BINANCE: 1.0, Exchange.BYBIT: 0.65, Exchange.OKX: 0.4, Exchange.DERIBIT: 0.15,
+    Exchange.BINANCE: 1.0,
+    Exchange.BYBIT: 0.65,
+    Exchange.OKX: 0.4,
+    Exchange.DERIBIT: 0.15,
 }
 BTC_BINANCE_OI_USD = 8.0e9
 
@@ -297,10 +320,27 @@ class MarketModel:
                 elif ex is Exchange.DERIBIT:
                     ct = 10.0 if asset.base == "BTC" else (1.0 if inverse else 0.1)
                 pdec = max(2, min(8, 4 - math.floor(math.log10(asset.price))))
-                spec = Spec(ex, sym, asset.base, quote, interval, cap, -cap, ct, inverse, ex is Exchange.DERIBIT,
-                            price_decimals=pdec, qty_decimals=3 if asset.price > 100 else 1)
-                inst = Instrument(spec=spec, asset=asset, offset=offsets[ex], noise_sd=noise_sd[ex],
-                                  index_dev=float(self.rng.normal(0.0, 0.00005)))
+                spec = Spec(
+                    ex,
+                    sym,
+                    asset.base,
+                    quote,
+                    interval,
+                    cap,
+                    -cap,
+                    ct,
+                    inverse,
+                    ex is Exchange.DERIBIT,
+                    price_decimals=pdec,
+                    qty_decimals=3 if asset.price > 100 else 1,
+                )
+                inst = Instrument(
+                    spec=spec,
+                    asset=asset,
+                    offset=offsets[ex],
+                    noise_sd=noise_sd[ex],
+                    index_dev=float(self.rng.normal(0.0, 0.00005)),
+                )
                 oi_usd = BTC_BINANCE_OI_USD * OI_SHARE[ex] * asset.index_scale
                 inst.passive_oi_base = inst.oi_target_base = oi_usd / asset.price
                 inst.ls_ratio = float(np.exp(self.rng.normal(0.2, 0.15)))
@@ -424,8 +464,16 @@ class MarketModel:
             i8[:7] = [rates[: k + 1].mean() for k in range(7)]
             ks = range(max(1, len(times) - last_only) if last_only else 1, len(times))
             for k in ks:
-                out.append(Settlement(int(times[k] * 1000), round(float(i8[k]), 12), float(marks[k]), float(idx[k]),
-                                      float(idx[k - 1]), round(float(rates[k]) / 8, 12)))
+                out.append(
+                    Settlement(
+                        int(times[k] * 1000),
+                        round(float(i8[k]), 12),
+                        float(marks[k]),
+                        float(idx[k]),
+                        float(idx[k - 1]),
+                        round(float(rates[k]) / 8, 12),
+                    )
+                )
             return out
         step = int(spec.interval_s // HOUR)
         w = np.arange(1, step + 1, dtype=float)
@@ -434,7 +482,7 @@ class MarketModel:
             ks = ks[-last_only:]
         interest = INTEREST_8H * spec.interval_s / EIGHT_HOURS
         for k in ks:
-            avg = float((prem[k - step + 1: k + 1] * w).sum() / w.sum())  # linearly increasing weights
+            avg = float((prem[k - step + 1 : k + 1] * w).sum() / w.sum())  # linearly increasing weights
             raw = avg + min(CLAMP_BAND, max(-CLAMP_BAND, interest - avg))
             rate = round(min(spec.cap, max(spec.floor, raw)), 8)
             out.append(Settlement(int(times[k] * 1000), rate, float(marks[k]), float(idx[k]), float(idx[k - step])))
@@ -612,12 +660,14 @@ class MarketModel:
             inst.oi_target_base += (base_oi - inst.oi_target_base) * dt / (6 * HOUR)
         a = math.exp(-dt / (10.0 if phase == "build" else 600.0))  # leverage piles in fast in a build-up
         dev = (inst.passive_oi_base - inst.oi_target_base) * a
-        inst.passive_oi_base = max(0.0, inst.oi_target_base + dev + inst.oi_target_base * 0.0005
-                                   * math.sqrt(1 - a * a) * r.standard_normal())
+        inst.passive_oi_base = max(
+            0.0, inst.oi_target_base + dev + inst.oi_target_base * 0.0005 * math.sqrt(1 - a * a) * r.standard_normal()
+        )
         lsa = math.exp(-dt / 1800.0)
         target = 1.0 + 300.0 * inst.asset.sentiment
-        inst.ls_ratio = max(0.2, target + lsa * (inst.ls_ratio - target) + 0.05 * math.sqrt(1 - lsa * lsa)
-                            * r.standard_normal())
+        inst.ls_ratio = max(
+            0.2, target + lsa * (inst.ls_ratio - target) + 0.05 * math.sqrt(1 - lsa * lsa) * r.standard_normal()
+        )
         # crowd churn: open at the mark, close at random (mean holding 1 h)
         if phase == "build":
             n_open = int(r.poisson(self.crowd_size * 2.0 / self.scenario_params["build"] * dt))
@@ -674,7 +724,7 @@ class MarketModel:
                 return usd / fill, float(usd)
             q = max(1, round(qty / spec.contract_size)) * spec.contract_size
             return q, q * round(fill, spec.price_decimals)
-        step = 10.0 ** -spec.qty_decimals
+        step = 10.0**-spec.qty_decimals
         q = max(1, round(qty / step)) * step
         q = round(q, spec.qty_decimals)
         price = round(fill, spec.price_decimals) if ex is Exchange.BINANCE else round(bk, spec.price_decimals)
@@ -698,8 +748,9 @@ class MarketModel:
                 "index": inst.index,
                 "premium": inst.premium,
                 "funding_rate": inst.funding_rate,
-                "funding_rate_8h": inst.funding_8h if spec.continuous else inst.funding_rate * EIGHT_HOURS
-                / spec.interval_s,
+                "funding_rate_8h": inst.funding_8h
+                if spec.continuous
+                else inst.funding_rate * EIGHT_HOURS / spec.interval_s,
                 "funding_interval_seconds": spec.interval_s,
                 "funding_cap": spec.cap,
                 "funding_floor": spec.floor,

@@ -63,30 +63,57 @@ class OkxServer(ExchangeServer):
         }
 
     def mark_item(self, inst: Instrument) -> dict[str, str]:
-        return {"instId": inst.spec.symbol, "instType": "SWAP", "markPx": fmt(inst.mark, inst.spec.price_decimals),
-                "ts": str(ms(self.market.now))}
+        return {
+            "instId": inst.spec.symbol,
+            "instType": "SWAP",
+            "markPx": fmt(inst.mark, inst.spec.price_decimals),
+            "ts": str(ms(self.market.now)),
+        }
 
     def index_item(self, inst: Instrument) -> dict[str, str]:
         sym, pd = inst.spec.symbol, inst.spec.price_decimals
-        return {"instId": index_id(inst), "idxPx": fmt(inst.index, pd), "open24h": fmt(self._open[sym], pd),
-                "high24h": fmt(self._hi[sym], pd), "low24h": fmt(self._lo[sym], pd),
-                "sodUtc0": fmt(self._open[sym] * 1.001, pd), "sodUtc8": fmt(self._open[sym] * 0.999, pd),
-                "ts": str(ms(self.market.now))}
+        return {
+            "instId": index_id(inst),
+            "idxPx": fmt(inst.index, pd),
+            "open24h": fmt(self._open[sym], pd),
+            "high24h": fmt(self._hi[sym], pd),
+            "low24h": fmt(self._lo[sym], pd),
+            "sodUtc0": fmt(self._open[sym] * 1.001, pd),
+            "sodUtc8": fmt(self._open[sym] * 0.999, pd),
+            "ts": str(ms(self.market.now)),
+        }
 
     def oi_item(self, inst: Instrument) -> dict[str, str]:
         ct = inst.spec.contract_size
-        return {"instId": inst.spec.symbol, "instType": "SWAP", "oi": fmt_g(round(inst.oi_base / ct, 2)),
-                "oiCcy": fmt_g(round(inst.oi_base, 6)), "oiUsd": fmt(inst.oi_usd, 4), "ts": str(ms(self.market.now))}
+        return {
+            "instId": inst.spec.symbol,
+            "instType": "SWAP",
+            "oi": fmt_g(round(inst.oi_base / ct, 2)),
+            "oiCcy": fmt_g(round(inst.oi_base, 6)),
+            "oiUsd": fmt(inst.oi_usd, 4),
+            "ts": str(ms(self.market.now)),
+        }
 
     def liq_item(self, inst: Instrument, liq: SimLiquidation) -> dict[str, Any]:
         long = liq.side is Side.LONG
         fam = index_id(inst)
         contracts = liq.qty_base / inst.spec.contract_size
         return {
-            "details": [{"bkLoss": "0", "bkPx": fmt(liq.bankruptcy_price, inst.spec.price_decimals), "ccy": "",
-                         "posSide": "long" if long else "short", "side": "sell" if long else "buy",
-                         "sz": fmt_g(round(contracts, 2)), "ts": str(ms(liq.time))}],
-            "instFamily": fam, "instId": inst.spec.symbol, "instType": "SWAP", "uly": fam,
+            "details": [
+                {
+                    "bkLoss": "0",
+                    "bkPx": fmt(liq.bankruptcy_price, inst.spec.price_decimals),
+                    "ccy": "",
+                    "posSide": "long" if long else "short",
+                    "side": "sell" if long else "buy",
+                    "sz": fmt_g(round(contracts, 2)),
+                    "ts": str(ms(liq.time)),
+                }
+            ],
+            "instFamily": fam,
+            "instId": inst.spec.symbol,
+            "instType": "SWAP",
+            "uly": fam,
         }
 
     @staticmethod
@@ -114,12 +141,22 @@ class OkxServer(ExchangeServer):
         try:
             req = orjson.loads(text)
         except orjson.JSONDecodeError:
-            self.send(conn, dumps({"event": "error", "code": "60012", "msg": f"Invalid request: {text[:100]}",
-                                   "connId": conn.conn_id}), data=False)
+            self.send(
+                conn,
+                dumps(
+                    {"event": "error", "code": "60012", "msg": f"Invalid request: {text[:100]}", "connId": conn.conn_id}
+                ),
+                data=False,
+            )
             return
         if not isinstance(req, dict) or req.get("op") not in ("subscribe", "unsubscribe"):
-            self.send(conn, dumps({"event": "error", "code": "60012", "msg": f"Invalid request: {text[:100]}",
-                                   "connId": conn.conn_id}), data=False)
+            self.send(
+                conn,
+                dumps(
+                    {"event": "error", "code": "60012", "msg": f"Invalid request: {text[:100]}", "connId": conn.conn_id}
+                ),
+                data=False,
+            )
             return
         op = req["op"]
         rid = req.get("id")
@@ -127,10 +164,13 @@ class OkxServer(ExchangeServer):
             topic = self._topic(arg) if isinstance(arg, dict) else None
             if topic is None:
                 desc = ",".join(f"{k}:{v}" for k, v in (arg.items() if isinstance(arg, dict) else []))
-                err: dict[str, Any] = {"event": "error", "code": "60018",
-                                       "msg": f"Wrong URL or channel:{desc} doesn't exist. Please use the correct URL,"
-                                              " channel and parameters referring to API document.",
-                                       "connId": conn.conn_id}
+                err: dict[str, Any] = {
+                    "event": "error",
+                    "code": "60018",
+                    "msg": f"Wrong URL or channel:{desc} doesn't exist. Please use the correct URL,"
+                    " channel and parameters referring to API document.",
+                    "connId": conn.conn_id,
+                }
                 if rid is not None:
                     err["id"] = rid
                 self.send(conn, dumps(err), data=False)
@@ -148,8 +188,12 @@ class OkxServer(ExchangeServer):
             inst = self._by_index.get(key) if ch == "index-tickers" else self.market.get(self.exchange, key)
             if inst is None:
                 continue
-            item = {"funding-rate": self.funding_item, "mark-price": self.mark_item,
-                    "index-tickers": self.index_item, "open-interest": self.oi_item}[ch](inst)
+            item = {
+                "funding-rate": self.funding_item,
+                "mark-price": self.mark_item,
+                "index-tickers": self.index_item,
+                "open-interest": self.oi_item,
+            }[ch](inst)
             self.send(conn, self._push({"channel": ch, "instId": key}, [item]))
 
     def on_settle(self) -> None:
@@ -196,8 +240,10 @@ class OkxServer(ExchangeServer):
             self._push_funding()
         if new_sec:
             for sym, liq in self._window.items():
-                self.broadcast("liquidation-orders:SWAP", self._push(
-                    {"channel": "liquidation-orders", "instType": "SWAP"}, [self.liq_item(insts[sym], liq)]))
+                self.broadcast(
+                    "liquidation-orders:SWAP",
+                    self._push({"channel": "liquidation-orders", "instType": "SWAP"}, [self.liq_item(insts[sym], liq)]),
+                )
                 self.market.record_sent(liq)
             self._window.clear()
 
@@ -250,15 +296,38 @@ class OkxServer(ExchangeServer):
         for inst in sel:
             s = inst.spec
             fam = index_id(inst)
-            out.append({
-                "alias": "", "baseCcy": "", "category": "1", "ctMult": "1", "ctType": "linear",
-                "ctVal": fmt_g(s.contract_size), "ctValCcy": s.base, "expTime": "", "instFamily": fam,
-                "instId": s.symbol, "instType": "SWAP", "lever": "100", "listTime": "1611916828000", "lotSz": "1",
-                "maxIcebergSz": "100000000", "maxLmtSz": "100000000", "maxMktSz": "5000", "maxStopSz": "5000",
-                "maxTriggerSz": "100000000", "maxTwapSz": "100000000", "minSz": "1", "optType": "", "quoteCcy": "",
-                "settleCcy": s.quote, "state": "live", "stk": "",
-                "tickSz": fmt_g(10 ** -s.price_decimals), "uly": fam,
-            })
+            out.append(
+                {
+                    "alias": "",
+                    "baseCcy": "",
+                    "category": "1",
+                    "ctMult": "1",
+                    "ctType": "linear",
+                    "ctVal": fmt_g(s.contract_size),
+                    "ctValCcy": s.base,
+                    "expTime": "",
+                    "instFamily": fam,
+                    "instId": s.symbol,
+                    "instType": "SWAP",
+                    "lever": "100",
+                    "listTime": "1611916828000",
+                    "lotSz": "1",
+                    "maxIcebergSz": "100000000",
+                    "maxLmtSz": "100000000",
+                    "maxMktSz": "5000",
+                    "maxStopSz": "5000",
+                    "maxTriggerSz": "100000000",
+                    "maxTwapSz": "100000000",
+                    "minSz": "1",
+                    "optType": "",
+                    "quoteCcy": "",
+                    "settleCcy": s.quote,
+                    "state": "live",
+                    "stk": "",
+                    "tickSz": fmt_g(10**-s.price_decimals),
+                    "uly": fam,
+                }
+            )
         return self._ok(out)
 
     async def funding_rate(self, request: web.Request) -> web.Response:
@@ -279,14 +348,26 @@ class OkxServer(ExchangeServer):
         before, after = query_int(request, "before"), query_int(request, "after")
         limit = max(1, min(400, query_int(request, "limit") or 400))
         # `after`: records older than that fundingTime; `before`: newer. Newest first.
-        rows = [h for h in reversed(inst.history)
-                if (after is None or h.time_ms < after) and (before is None or h.time_ms > before)]
+        rows = [
+            h
+            for h in reversed(inst.history)
+            if (after is None or h.time_ms < after) and (before is None or h.time_ms > before)
+        ]
         if before is not None and after is None:
             rows = rows[-limit:]  # the records just newer than `before`
         rows = rows[:limit]
-        out = [{"formulaType": "withRate", "fundingRate": f"{h.rate:.10f}", "fundingTime": str(h.time_ms),
-                "instId": inst.spec.symbol, "instType": "SWAP", "method": "current_period",
-                "realizedRate": fmt_g(h.rate)} for h in rows]
+        out = [
+            {
+                "formulaType": "withRate",
+                "fundingRate": f"{h.rate:.10f}",
+                "fundingTime": str(h.time_ms),
+                "instId": inst.spec.symbol,
+                "instType": "SWAP",
+                "method": "current_period",
+                "realizedRate": fmt_g(h.rate),
+            }
+            for h in rows
+        ]
         return self._ok(out)
 
     async def open_interest(self, request: web.Request) -> web.Response:
@@ -308,8 +389,17 @@ class OkxServer(ExchangeServer):
         if isinstance(sel, web.Response):
             return sel
         inst = sel[0]
-        periods = {"5m": 300, "15m": 900, "30m": 1800, "1H": 3600, "2H": 7200, "4H": 14400, "6H": 21600,
-                   "12H": 43200, "1D": 86400}
+        periods = {
+            "5m": 300,
+            "15m": 900,
+            "30m": 1800,
+            "1H": 3600,
+            "2H": 7200,
+            "4H": 14400,
+            "6H": 21600,
+            "12H": 43200,
+            "1D": 86400,
+        }
         period = periods.get(request.query.get("period", "5m"))
         if period is None:
             return self._err("51000", "Parameter period error")
@@ -334,7 +424,17 @@ class OkxServer(ExchangeServer):
         n = len(self.market.instruments[self.exchange])
         bal = self.market.insurance[self.exchange] / n
         t = int(math.floor(self.market.now / 60) * 60000)
-        details = [{"adlType": "", "amt": "", "balance": fmt(bal, 8), "ccy": "USDT", "decRate": "",
-                    "maxBal": fmt(bal * 1.02, 8), "maxBalTs": str(t - 86_400_000), "ts": str(t),
-                    "type": "regular_update"}]
+        details = [
+            {
+                "adlType": "",
+                "amt": "",
+                "balance": fmt(bal, 8),
+                "ccy": "USDT",
+                "decRate": "",
+                "maxBal": fmt(bal * 1.02, 8),
+                "maxBalTs": str(t - 86_400_000),
+                "ts": str(t),
+                "type": "regular_update",
+            }
+        ]
         return self._ok([{"details": details, "instFamily": fam, "instType": "SWAP", "total": fmt(bal, 8)}])
