@@ -31,6 +31,7 @@ import httpx
 from tqdm import tqdm
 
 from exporter.config import Config, ConfigError, ModelConfig, load_config, parse_listen_address, read_secret
+from exporter.redact import redact
 from exporter.sidecar import baseline
 from exporter.sidecar.features import BaseSnapshot, events, snapshots
 from exporter.sidecar.llm import ChatClient, ModelError
@@ -226,6 +227,11 @@ class Sidecar:
     def accept(self, model: str, base: str, answer: RiskAnswer) -> None:
         """A validated answer: persist, publish, maybe tell Slack."""
         now = self.clock()
+        # A model may echo a key or token it saw: every configured secret is redacted before the text
+        # is stored or posted (the same redaction as the log lines).
+        answer = answer.model_copy(
+            update={"reasoning": redact(answer.reasoning), "key_factors": [redact(k) for k in answer.key_factors]}
+        )
         self.store.add_prediction(model, base, now, self.sc.horizon_hours, answer)
         self.metrics.publish(model, base, self.sc.horizon_hours, answer, now)
         self.slack.notify(model, base, self.sc.horizon_hours, answer)
