@@ -4,6 +4,7 @@ Writes, relative to DIR (default: the repository root):
   prometheus/rules/fr-exporter.recording.yml, prometheus/rules/fr-exporter.alerts.yml
   prometheus/tests/fr-exporter.test.yml     (promtool test rules)
   grafana/dashboards/*.json
+  docs/metrics.md                           (from the metric catalog, exporter/metrics/catalog.py)
 
 ``--fast`` writes the end-to-end test variant instead (short ``for:`` and staleness limits); it is
 never committed. tests/test_rules.py regenerates into a temporary directory and fails on any
@@ -19,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from mixin import docs
 from mixin.config import DEFAULT, MixinConfig, fast_variant
 from mixin.dashboards import dashboards
 from mixin.rules import alerts_file, recording_file
@@ -61,6 +63,7 @@ def render(cfg: MixinConfig = DEFAULT, *, with_tests: bool = True) -> dict[str, 
         files[TEST_FILE] = dump_yaml(test_file(cfg, [f"../rules/{Path(p).name}" for p in RULE_FILES]))
     for name, dash in dashboards(cfg).items():
         files[f"grafana/dashboards/{name}"] = dump_json(dash)
+    files[docs.PATH] = docs.metrics_markdown()
     return files
 
 

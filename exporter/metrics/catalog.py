@@ -1,0 +1,865 @@
+"""Every metric family the exporter and the AI sidecar publish, declared once.
+
+Each :class:`MetricDef` holds a family's name, type, label names, unit, HELP text and the meaning
+written in ``docs/metrics.md``. The collectors build their families from these declarations
+(:meth:`MetricDef.spec` for the fast renderer, :meth:`MetricDef.family` for prometheus_client
+families), ``python -m mixin.generate`` writes ``docs/metrics.md`` from them, and the mixin's PromQL
+takes its metric names from them (``f"{catalog.FUNDING_ZSCORE} > 2.5"``: a definition's ``str()``
+is its name). Renaming a series here renames it everywhere; tests/test_golden.py shows the change.
+
+A HELP text may hold ``{placeholders}`` for configured values (windows, fees); the collector fills
+them when it builds the family (``help_params`` names them). Counters are declared with their
+sample name, ending in ``_total``, as they appear in the text format and in PromQL.
+
+This module imports nothing from the rest of the exporter but the renderer's ``Spec``, so the
+mixin can read it without a configuration or a state.
+"""
+
+# ruff: noqa: RUF001 (the documentation text uses math signs and Greek letters on purpose)
+from __future__ import annotations
+
+import string
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from exporter.metrics.exposition import Spec
+
+Kind = Literal["gauge", "counter", "histogram"]
+
+MARKET_LABELS: tuple[str, ...] = ("exchange", "instrument", "base", "quote")
+POSITION_LABELS: tuple[str, ...] = ("position", "exchange", "instrument", "side")
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """A group of families: one table of ``docs/metrics.md``."""
+
+    key: str
+    title: str
+    intro: str = ""
+
+
+SECTIONS: tuple[Section, ...] = (
+    Section("market", "Market (per exchange × instrument)"),
+    Section("cross", "Cross-exchange (per base)"),
+    Section("health", "Exporter health"),
+    Section(
+        "positions",
+        "Positions and carry (per configured or account position)",
+        "Labels: `position`, `exchange`, `instrument`, `side` (`long`/`short`). Method details in `docs/positions.md`.",
+    ),
+    Section(
+        "ai",
+        "AI risk (served by the sidecar on its own port, default 9467)",
+        "Scheduling, failure reasons and scoring in `docs/sidecar.md`.",
+    ),
+)
+_SECTION_KEYS = {s.key for s in SECTIONS}
+
+
+@dataclass(frozen=True, slots=True)
+class MetricDef:
+    """One family. ``name`` is the sample name (a counter's ends in ``_total``; a histogram's is
+    the family name, its samples add ``_bucket``/``_sum``/``_count``)."""
+
+    name: str
+    kind: Kind
+    labels: tuple[str, ...]
+    unit: str  # as docs/metrics.md states it
+    help: str  # HELP line, possibly with {placeholders}
+    doc: str  # the meaning column of docs/metrics.md (Markdown)
+    section: str
+    fixed: bool = False  # the contract fixes this name
+    label_note: str = ""  # shown after the label names in the docs (e.g. the values of a label)
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def help_params(self) -> tuple[str, ...]:
+        """Names of the placeholders in the HELP text, in order of appearance."""
+        return tuple(f for _, f, _, _ in string.Formatter().parse(self.help) if f)
+
+    def help_text(self, **params: object) -> str:
+        """The HELP line with its placeholders filled (a missing or unknown one is an error)."""
+        missing = set(self.help_params) - params.keys()
+        unknown = params.keys() - set(self.help_params)
+        if missing or unknown:
+            raise ValueError(f"{self.name}: HELP parameters missing {sorted(missing)}, unknown {sorted(unknown)}")
+        return self.help.format(**params) if params else self.help
+
+    def spec(self, **params: object) -> Spec:
+        """The fast renderer's head for this family (gauges and counters)."""
+        if self.kind == "histogram":
+            raise ValueError(f"{self.name}: the fast renderer has no histograms")
+        return Spec(self.name, self.kind, self.help_text(**params))
+
+    def family(self, **params: object) -> Metric:
+        """An empty prometheus_client family with the declared labels, for a ``collect()``."""
+        text = self.help_text(**params)
+        if self.kind == "counter":
+            return CounterMetricFamily(self.name, text, labels=self.labels)
+        if self.kind == "histogram":
+            return HistogramMetricFamily(self.name, text, labels=self.labels)
+        return GaugeMetricFamily(self.name, text, labels=self.labels)
+
+    @property
+    def family_name(self) -> str:
+        """The name of the family in a scrape's ``# TYPE`` line of OpenMetrics (counters lose ``_total``)."""
+        return self.name[: -len("_total")] if self.kind == "counter" else self.name
+
+    def sample_names(self) -> tuple[str, ...]:
+        """Every series name this family puts on a scrape (what PromQL may select)."""
+        if self.kind == "histogram":
+            return tuple(self.name + s for s in ("_bucket", "_sum", "_count"))
+        return (self.name,)
+
+
+FAMILIES: dict[str, MetricDef] = {}
+
+
+def _def(
+    name: str,
+    kind: Kind,
+    section: str,
+    labels: Sequence[str],
+    unit: str,
+    help: str,
+    doc: str,
+    *,
+    fixed: bool = False,
+    label_note: str = "",
+) -> MetricDef:
+    if name in FAMILIES:
+        raise ValueError(f"{name} declared twice")
+    if section not in _SECTION_KEYS:
+        raise ValueError(f"{name}: unknown section {section!r}")
+    if (kind == "counter") != name.endswith("_total"):
+        raise ValueError(f"{name}: counters, and only counters, end in _total")
+    m = MetricDef(name, kind, tuple(labels), unit, help, doc, section, fixed, label_note)
+    FAMILIES[name] = m
+    return m
+
+
+def in_section(key: str) -> Iterator[MetricDef]:
+    return (m for m in FAMILIES.values() if m.section == key)
+
+
+def by_sample_name(name: str) -> MetricDef | None:
+    """The family a series name belongs to (``fr_x_bucket`` -> the histogram ``fr_x``)."""
+    hit = FAMILIES.get(name)
+    if hit is not None:
+        return hit
+    for suffix in ("_bucket", "_sum", "_count"):
+        if name.endswith(suffix):
+            m = FAMILIES.get(name[: -len(suffix)])
+            if m is not None and m.kind == "histogram":
+                return m
+    return None
+
+
+_PER = "fraction per the instrument's funding interval"
+_MARKET_SIDE = (*MARKET_LABELS, "side")
+
+# ---- market (per exchange x instrument) -------------------------------------------------------
+
+FUNDING_RATE = _def(
+    "fr_funding_rate",
+    "gauge",
+    "market",
+    MARKET_LABELS,
+    "fraction per interval",
+    f"Current (predicted, next-settlement) funding rate as delivered by the exchange, {_PER} "
+    "(see fr_funding_interval_seconds). Positive: longs pay shorts. Absent when older than "
+    "the exchange's funding staleness limit.",
+    "Current (predicted, next-settlement) funding rate as delivered by the exchange. Positive: longs "
+    "pay shorts. Deribit: its 8 h-equivalent `funding_8h`.",
+)
+FUNDING_INTERVAL = _def(
+    "fr_funding_interval_seconds",
+    "gauge",
+    "market",
+    MARKET_LABELS,
+    "seconds",
+    "Funding interval of the instrument in seconds (8 h = 28800, 4 h, 1 h). Deribit funds "
+    "continuously and is exported as 28800 with its 8 h-equivalent rate.",
+    "Funding interval: 28800 (8 h), 14400 (4 h), 3600 (1 h). Deribit funds continuously and is "
+    "exported as 28800 with its 8 h-equivalent rate.",
+)
+FUNDING_RATE_ANNUALIZED = _def(
+    "fr_funding_rate_annualized_ratio",
+    "gauge",
+    "market",
+    MARKET_LABELS,
+    "fraction per year",
+    "fr_funding_rate x 31536000 / fr_funding_interval_seconds: simple (not compounded) "
+    "annual funding rate, fraction per year, using the instrument's own interval.",
+    "`fr_funding_rate × 31536000 / fr_funding_interval_seconds` (simple, not compounded), with the "
+    "instrument's own interval. The same per-8 h rate on a 1 h and an 8 h instrument annualises identically.",
+)
+NEXT_FUNDING_TIMESTAMP = _def(
+    "fr_next_funding_timestamp_seconds",
+    "gauge",
+    "market",
+    MARKET_LABELS,
+    "Unix seconds",
+    "Unix time in seconds of the next funding settlement; absent where the exchange has none (Deribit, continuous).",
+    "Next settlement. Absent where the exchange has none (Deribit).",
+)
+FUNDING_CAP = _def(
+    "fr_funding_cap_ratio",
+    "gauge",
+    "market",
+    MARKET_LABELS,
+    "fraction per interval",
+    f"Published funding rate cap, {_PER}, where the exchange publishes it.",
+    "Published cap, where the exchange publishes it.",
+)
+FUNDING_FLOOR = _def(
+    "fr_funding_floor_ratio",
+    "gauge",
+    "market",
+    MARKET_LABELS,
+    "fraction per interval",
+    f"Published funding rate floor, {_PER}, where the exchange publishes it.",
+    "Published floor, where the exchange publishes it.",
+)
+MARK_PRICE = _def(
+    "fr_mark_price",
+    "gauge",
+    "market",
+    MARKET_LABELS,
+    "quote currency",
+    "Mark price in quote currency.",
+    "Mark price.",
+)
+INDEX_PRICE = _def(
+    "fr_index_price",
+    "gauge",
+    "market",
+    MARKET_LABELS,
+    "quote currency",
+    "Index (spot reference) price in quote currency.",
+    "Index (spot reference) price.",
+)
+PREMIUM = _def(
+    "fr_premium_ratio",
+    "gauge",
+    "market",
+    MARKET_LABELS,
+    "ratio",
+    "(mark - index) / index as a ratio; the exchange's published premium index when mark or index is unknown.",
+    "`(mark − index) / index`; the exchange's published premium index when mark or index is unknown.",
+)
+OPEN_INTEREST = _def(
+    "fr_open_interest_usd",
+    "gauge",
+    "market",
+    MARKET_LABELS,
+    "USD",
+    "Open interest in USD notional (contracts converted with the contract size).",
+    "Open interest notional (contracts converted with the contract size).",
+)
+LONG_SHORT_RATIO = _def(
+    "fr_long_short_account_ratio",
+    "gauge",
+    "market",
+    MARKET_LABELS,
+    "dimensionless",
+    "Exchange-published ratio of accounts net long to accounts net short (dimensionless), where available.",
+    "Exchange-published long/short account ratio, where available.",
+)
+FUNDING_ZSCORE = _def(
+    "fr_funding_zscore",
+    "gauge",
+    "market",
+    MARKET_LABELS,
+    "dimensionless",
+    "z-score of the current funding rate against the settled funding rates of the trailing "
+    "{window} window: (fr_funding_rate - mean) / sample standard deviation (n-1). Needs "
+    "{min_observations} observations; absent when all rates in the window are "
+    "equal. The window is backfilled from the exchange's history at start. Deribit "
+    "(continuous): hourly observations of the 8 h-equivalent rate.",
+    "`(fr_funding_rate − mean) / std` over the settled rates of the trailing "
+    "`analytics.zscore_window_seconds` [30 d]; **sample** standard deviation (n − 1). Needs "
+    "`analytics.zscore_min_observations` [10]; absent when every rate in the window is the same (no "
+    "spread). The window is backfilled from the exchange's history at start. Settlements made under "
+    "another interval (an exchange moving a symbol from 8 h to 1 h) are rescaled to the current "
+    "interval first. Deribit: hourly observations of its 8 h-equivalent rate.",
+    fixed=True,
+)
+FUNDING_MOMENTUM = _def(
+    "fr_funding_momentum",
+    "gauge",
+    "market",
+    MARKET_LABELS,
+    "fraction per interval",
+    f"fr_funding_rate minus the mean settled rate of the trailing {{window}} window, {_PER}.",
+    "`fr_funding_rate` − mean of the same window (needs the same `analytics.zscore_min_observations`).",
+)
+FUNDING_ACCELERATION = _def(
+    "fr_funding_acceleration",
+    "gauge",
+    "market",
+    MARKET_LABELS,
+    "fraction per interval",
+    "Change of the change between consecutive settlements, over the last three settled "
+    f"rates of the trailing {{window}} window: (r3 - r2) - (r2 - r1), {_PER}.",
+    "Change of the change over the last three settlements in the window: `(r₃ − r₂) − (r₂ − r₁)`.",
+)
+EDGE = _def(
+    "fr_edge_bp",
+    "gauge",
+    "market",
+    _MARKET_SIDE,
+    "basis points per interval",
+    "Carry edge per funding interval for the side that receives funding (label side: short "
+    "when the rate is >= 0, long when negative), in basis points: |fr_funding_rate| x 1e4 "
+    "- 2 x fee_bp x fr_funding_interval_seconds / (holding_hours x 3600), where fee_bp is "
+    "the configured {fee_kind} fee per side and holding_hours = "
+    "{holding_hours}. Negative: the carry does not pay its fees.",
+    'Carry edge of the side that receives funding (`side="short"` when the rate ≥ 0, `"long"` when '
+    "negative): `|rate| × 1e4 − 2 × fee_bp × interval_s / (holding_period_hours × 3600)`. `fee_bp` is "
+    "the exchange's configured `fees.taker_bp` or `fees.maker_bp` per `analytics.fee_kind` [taker]; "
+    "`holding_period_hours` [168]. Negative: the carry does not pay its fees.",
+    fixed=True,
+)
+ANCHOR_STRENGTH = _def(
+    "fr_effective_anchor_strength",
+    "gauge",
+    "market",
+    MARKET_LABELS,
+    "dimensionless",
+    "Effective anchor strength l: ordinary least-squares slope of the funding rate on "
+    "the premium ratio over the trailing {window} window of one-a-minute samples "
+    "(dimensionless; needs 10 samples).",
+    "Effective anchor ℓ: OLS slope of the funding rate on the premium over the trailing "
+    "`analytics.anchor_window_seconds` [6 h] of one-a-minute (rate, premium) samples; needs 10 "
+    "samples and spread in the premium.",
+)
+LIQUIDATIONS = _def(
+    "fr_liquidations_total",
+    "counter",
+    "market",
+    _MARKET_SIDE,
+    "orders",
+    "Liquidation orders seen on the exchange's public liquidation stream since the exporter "
+    "started; label side = side of the liquidated position. Sampled feeds: Binance and OKX "
+    "push at most one liquidation per instrument per second (cascades are undercounted); "
+    "Bybit allLiquidation sends all; Deribit: trades flagged as liquidations.",
+    "Liquidations seen on the public stream since start; `side` = side of the liquidated position. "
+    "Sampled feeds: Binance and OKX send at most one per instrument per second (cascades are "
+    "undercounted); Bybit `allLiquidation` sends all; Deribit: trades flagged as liquidations. "
+    "Present from 0.",
+)
+LIQUIDATED_NOTIONAL = _def(
+    "fr_liquidated_notional_usd_total",
+    "counter",
+    "market",
+    _MARKET_SIDE,
+    "USD",
+    "USD notional of the liquidations counted in fr_liquidations_total (same sampling).",
+    "Notional of the liquidations counted in `fr_liquidations_total` (same sampling).",
+)
+INSURANCE_FUND = _def(
+    "fr_insurance_fund_balance_usd",
+    "gauge",
+    "market",
+    ("exchange", "pool"),
+    "USD",
+    "Insurance fund balance in USD per exchange and pool, where published.",
+    "Insurance fund balance, where published.",
+)
+
+# ---- cross-exchange (per base) ----------------------------------------------------------------
+
+OI_WEIGHTED_FUNDING = _def(
+    "fr_oi_weighted_funding_rate",
+    "gauge",
+    "cross",
+    ("base",),
+    "fraction per 8 h",
+    "Open-interest-weighted funding rate per base across exchanges and instruments, each rate "
+    "normalised to an 8 h interval: sum(rate_8h x open_interest_usd) / sum(open_interest_usd); "
+    "fraction per 8 h; instruments with fresh funding and open interest only.",
+    "`Σ rate_8h × OI_usd / Σ OI_usd` over every instrument of the base with fresh funding and fresh, "
+    "positive open interest.",
+)
+FUNDING_SPREAD = _def(
+    "fr_funding_spread_bp",
+    "gauge",
+    "cross",
+    ("base", "long_exchange", "short_exchange"),
+    "basis points per 8 h",
+    "Funding earned per 8 h by shorting the highest-rate instrument of the base on "
+    "short_exchange and longing the lowest-rate one on long_exchange, in basis points: "
+    "(rate_8h short - rate_8h long) x 1e4 - 2 x (fee_bp long + fee_bp short) x 8 / "
+    "{holding_hours} (round-trip {fee_kind} fees of both legs amortised over "
+    "the holding period). Only pairs with a positive gross spread, best "
+    "{top_n} per base.",
+    "Short the highest-rate instrument of the base on `short_exchange`, long the lowest-rate one on "
+    "`long_exchange`: `(rate_8h short − rate_8h long) × 1e4 − 2 × (fee_bp long + fee_bp short) × 8 / "
+    "holding_period_hours`. Only pairs with a positive gross spread, best `analytics.spread_top_n` [10] "
+    "per base by net value.",
+)
+
+# ---- exporter health --------------------------------------------------------------------------
+
+_STREAM = ("exchange", "stream")
+_ENDPOINT = ("exchange", "endpoint")
+
+UP = _def(
+    "fr_up",
+    "gauge",
+    "health",
+    ("exchange",),
+    "0/1",
+    "1 when at least one websocket stream of the exchange is connected and had a message within "
+    "the exchange's stream staleness limit (stale.stream_seconds), else 0. Present for every "
+    "configured exchange.",
+    "1 when at least one of the exchange's websocket streams is connected and had a message within "
+    "`stale.stream_seconds`. Always present for every configured exchange.",
+)
+STREAM_CONNECTED = _def(
+    "fr_stream_connected",
+    "gauge",
+    "health",
+    _STREAM,
+    "0/1",
+    "1 while the websocket connection of the stream is open, else 0.",
+    "The stream's websocket is open.",
+)
+STREAM_LAST_MESSAGE = _def(
+    "fr_stream_last_message_timestamp_seconds",
+    "gauge",
+    "health",
+    _STREAM,
+    "Unix seconds",
+    "Unix time in seconds of the last message received on the stream (absent before the first one).",
+    "Last message on the stream (absent before the first). Alert on `time() - x`.",
+)
+STREAM_MESSAGES = _def(
+    "fr_stream_messages_total",
+    "counter",
+    "health",
+    _STREAM,
+    "messages",
+    "Websocket messages received on the stream.",
+    "Websocket messages received.",
+)
+STREAM_RECONNECTS = _def(
+    "fr_stream_reconnects_total",
+    "counter",
+    "health",
+    _STREAM,
+    "reconnects",
+    "Reconnections of the stream (after errors, silence or planned rotation).",
+    "Reconnections (errors, silence, planned rotation).",
+)
+PARSE_ERRORS = _def(
+    "fr_parse_errors_total",
+    "counter",
+    "health",
+    _STREAM,
+    "messages",
+    "Messages of the stream that could not be parsed (dropped, state unchanged).",
+    "Messages that could not be parsed (dropped; state unchanged).",
+)
+SUBSCRIPTION_ERRORS = _def(
+    "fr_stream_subscription_errors_total",
+    "counter",
+    "health",
+    _STREAM,
+    "errors",
+    "Subscriptions the exchange refused on the stream.",
+    "Subscriptions the exchange refused.",
+)
+REST_REQUESTS = _def(
+    "fr_rest_requests_total",
+    "counter",
+    "health",
+    _ENDPOINT,
+    "requests",
+    "REST requests sent to the exchange endpoint.",
+    "REST requests sent.",
+)
+REST_FAILURES = _def(
+    "fr_rest_request_failures_total",
+    "counter",
+    "health",
+    (*_ENDPOINT, "reason"),
+    "requests",
+    "Failed REST requests per endpoint and reason (rate_limited, http_5xx, timeout, ...).",
+    "Failed requests by reason (`rate_limited`, `http_5xx`, `timeout`, ...).",
+)
+REST_LAST_SUCCESS = _def(
+    "fr_rest_last_success_timestamp_seconds",
+    "gauge",
+    "health",
+    _ENDPOINT,
+    "Unix seconds",
+    "Unix time in seconds of the endpoint's last successful response.",
+    "Last successful response.",
+)
+UNKNOWN_INSTRUMENT_UPDATES = _def(
+    "fr_unknown_instrument_updates_total",
+    "counter",
+    "health",
+    (),
+    "records",
+    "Records for instruments the exporter does not follow (ignored).",
+    "Records for instruments the exporter does not follow (ignored).",
+)
+BUILD_INFO = _def(
+    "fr_build_info",
+    "gauge",
+    "health",
+    ("version",),
+    "—",
+    "Always 1; label version = the exporter's version.",
+    "Always 1.",
+)
+
+# ---- positions and carry ----------------------------------------------------------------------
+
+LIQUIDATION_PRICE = _def(
+    "fr_liquidation_price",
+    "gauge",
+    "positions",
+    (*POSITION_LABELS, "source"),
+    "quote currency",
+    "Liquidation price of the position in quote currency. source=exchange: the exchange's own figure "
+    "read with a read-only key; otherwise source=computed: the exchange's isolated/cross formula with its "
+    "maintenance-margin tiers (public tiers where published, else configured); see docs/positions.md.",
+    '`source="exchange"`: the exchange\'s own figure (read-only key); `source="computed"`: the exchange\'s '
+    "isolated/cross formula with its maintenance-margin tiers. One series per position.",
+)
+LIQ_GAP = _def(
+    "fr_liq_gap_pct",
+    "gauge",
+    "positions",
+    POSITION_LABELS,
+    "percent of mark",
+    "Distance from the live mark price to the liquidation price, percent of mark (long: (mark-liq)/mark, "
+    "short: (liq-mark)/mark); 0 at the liquidation price, negative beyond it. Uses the exchange's "
+    "liquidation price when known, else the computed one.",
+    "Long `(mark − liq) / mark`, short `(liq − mark) / mark`, × 100; 0 at the liquidation price, negative beyond it.",
+    fixed=True,
+)
+LIQ_HIT_PROBABILITY = _def(
+    "fr_liq_hit_probability",
+    "gauge",
+    "positions",
+    (*POSITION_LABELS, "horizon"),
+    "probability 0..1",
+    "Probability (0..1) that the mark touches the liquidation price within label horizon. First passage "
+    "of a driftless Brownian motion with an inverse-gamma volatility mixture (reflection principle: "
+    "P = 2*sf_t(d/(sigma*sqrt(T)*sqrt((nu-2)/nu)), nu), Student-t tails), sigma = realised volatility of "
+    "the mark sampled by the exporter (up to 24 h), nu from the excess kurtosis of its returns (3..30).",
+    "First passage of the mark to the liquidation price within the horizon: driftless Brownian motion "
+    "with Student-t tails (volatility mixture), σ = realised volatility of the mark, ν from the excess "
+    "kurtosis of its returns. Checked against a Monte Carlo in the tests.",
+    label_note="(`1h`, `8h`)",
+)
+ADL_RANK = _def(
+    "fr_adl_rank",
+    "gauge",
+    "positions",
+    POSITION_LABELS,
+    "0 (safest) .. 4 (first in line)",
+    "ADL rank of the position normalised to 0 (safest) .. 4 (first in line). Raw scales: Binance "
+    "adlQuantile 0-4 (as is); Bybit adlRankIndicator 1-5 (minus 1; 0 = no position); OKX adl 0-5 "
+    "(x 4/5); Deribit has no ADL ranking (absent). Needs a read-only API key.",
+    "Raw scales: Binance `adlQuantile` 0–4 as is; Bybit `adlRankIndicator` 1–5 minus 1; OKX `adl` 0–5 "
+    "× 4/5; Deribit has no ADL ranking (absent). Needs a read-only key.",
+    fixed=True,
+)
+FUNDING_PNL = _def(
+    "fr_funding_pnl_usd_total",
+    "counter",
+    "positions",
+    POSITION_LABELS,
+    "USD",
+    "Net funding received (+) / paid (-) by the position in USD, accrued exactly once per settlement "
+    "(persisted in SQLite across restarts; Deribit accrues continuously at its 8 h-equivalent rate). "
+    "Both legs of a hedged position count. Can decrease: use fr_funding_received_usd_total / "
+    "fr_funding_paid_usd_total for rate().",
+    "Net funding received (+) / paid (−), accrued once per settlement (SQLite, survives restarts); "
+    "Deribit continuously. Both legs of a hedge count. Net, so it can decrease: use "
+    "`fr_funding_received_usd_total` and `fr_funding_paid_usd_total` with `rate()`.",
+)
+FUNDING_RECEIVED = _def(
+    "fr_funding_received_usd_total",
+    "counter",
+    "positions",
+    POSITION_LABELS,
+    "USD",
+    "Funding received by the position, USD (monotonic).",
+    "Funding received: the monotonic half of `fr_funding_pnl_usd_total` that grows on receipts.",
+)
+FUNDING_PAID = _def(
+    "fr_funding_paid_usd_total",
+    "counter",
+    "positions",
+    POSITION_LABELS,
+    "USD",
+    "Funding paid by the position, USD (monotonic, positive).",
+    "Funding paid (positive): the monotonic half of `fr_funding_pnl_usd_total` that grows on payments.",
+)
+FUNDING_ACCRUALS = _def(
+    "fr_position_funding_accruals_total",
+    "counter",
+    "positions",
+    POSITION_LABELS,
+    "accruals",
+    "Funding accruals recorded for the position (one per settlement per leg; Deribit: per period).",
+    "Settlements accrued (one per settlement per leg).",
+)
+NET_APY = _def(
+    "fr_net_apy_pct",
+    "gauge",
+    "positions",
+    (*POSITION_LABELS, "basis"),
+    "percent per year",
+    "Net carry APY in percent: (funding received - funding paid - fees - borrow interest - gas) / locked "
+    "capital, annualised. basis=realized: since the position opened (shown after 1 h); basis=projected: "
+    "one year at the current funding rate of every perp leg with its own interval, minus borrow APR, "
+    "minus fees and gas amortised over analytics.holding_period_hours.",
+    "`(funding received − funding paid − fees − borrow interest − gas) / locked capital`, annualised. "
+    "`realized`: since the position opened (after 1 h); `projected`: at the current funding rate of "
+    "every perp leg with its own interval.",
+    fixed=True,
+)
+STRESS_EQUITY = _def(
+    "fr_position_stress_equity_usd",
+    "gauge",
+    "positions",
+    (*POSITION_LABELS, "shock_pct"),
+    "USD",
+    "Margin equity (margin + unrealised PnL) of the position in USD if the mark moved instantly by "
+    "label shock_pct percent.",
+    "Margin equity after an instant mark move of `shock_pct` (±5, ±10, ±15 %).",
+)
+STRESS_SURVIVES = _def(
+    "fr_position_stress_survives",
+    "gauge",
+    "positions",
+    (*POSITION_LABELS, "shock_pct"),
+    "0/1",
+    "1 if the position would not be liquidated after an instant mark move of shock_pct percent, else 0.",
+    "1 if the position survives that move.",
+)
+POSITION_SIZE = _def(
+    "fr_position_size",
+    "gauge",
+    "positions",
+    POSITION_LABELS,
+    "base coin",
+    "Position size in base coin.",
+    "Size.",
+)
+POSITION_NOTIONAL = _def(
+    "fr_position_notional_usd",
+    "gauge",
+    "positions",
+    POSITION_LABELS,
+    "USD",
+    "Position size x live mark price, USD.",
+    "Size × live mark.",
+)
+LOCKED_CAPITAL = _def(
+    "fr_position_locked_capital_usd",
+    "gauge",
+    "positions",
+    POSITION_LABELS,
+    "USD",
+    "Capital the carry APY is computed on: configured, else margin of the perp leg plus the hedge's capital.",
+    "Capital the APY is computed on.",
+)
+POSITION_CONFIG_ERRORS = _def(
+    "fr_position_config_errors_total",
+    "counter",
+    "positions",
+    ("field",),
+    "positions",
+    "Configured positions skipped at start because of an error, by the field at fault (the error is "
+    "logged with the position's index and name).",
+    "Configured positions skipped at start (unknown instrument, negative size, leverage above the "
+    "tier's maximum, ...), by the offending field.",
+)
+ACCOUNT_READS = _def(
+    "fr_position_account_reads_total",
+    "counter",
+    "positions",
+    ("exchange",),
+    "requests",
+    "Signed account reads attempted, per exchange.",
+    "Signed read-only account reads.",
+)
+ACCOUNT_READ_FAILURES = _def(
+    "fr_position_account_read_failures_total",
+    "counter",
+    "positions",
+    ("exchange", "reason"),
+    "requests",
+    "Failed signed account reads, per exchange and reason (auth, rate_limited, http_5xx, timeout, "
+    "connect, exchange_error, invalid_response).",
+    "Failed signed account reads by reason (`auth`, `rate_limited`, `http_5xx`, `timeout`, `connect`, "
+    "`exchange_error`, `invalid_response`).",
+)
+
+# ---- AI risk (the sidecar's own /metrics) -----------------------------------------------------
+
+_AI_ANSWER = ("base", "horizon", "model")
+
+AI_RISK_PROBABILITY = _def(
+    "fr_ai_risk_probability",
+    "gauge",
+    "ai",
+    _AI_ANSWER,
+    "probability 0..1",
+    "Probability (0..1) of a large liquidation event for the base asset within the horizon, "
+    "by model (last valid answer).",
+    "Last valid probability of a large liquidation event for the base within the horizon, per model.",
+    fixed=True,
+)
+AI_CONFIDENCE = _def(
+    "fr_ai_confidence",
+    "gauge",
+    "ai",
+    _AI_ANSWER,
+    "0..1",
+    "The model's stated confidence (0..1) in its last valid answer.",
+    "Last valid confidence.",
+)
+AI_RISK_LEVEL = _def(
+    "fr_ai_risk_level",
+    "gauge",
+    "ai",
+    ("base", "model", "level"),
+    "0/1",
+    "1 for the model's current risk level (label level), 0 for the others.",
+    "1 for the current level, 0 for the other three.",
+    label_note="(`low`, `medium`, `high`, `critical`)",
+)
+AI_LIQUIDATION_VOLUME = _def(
+    "fr_ai_estimated_liquidation_volume_usd",
+    "gauge",
+    "ai",
+    _AI_ANSWER,
+    "USD",
+    "The model's estimate of liquidated notional within the horizon, in USD.",
+    "The model's volume estimate.",
+)
+AI_LAST_SUCCESS = _def(
+    "fr_ai_last_success_timestamp_seconds",
+    "gauge",
+    "ai",
+    ("base", "model"),
+    "Unix seconds",
+    "Unix time (seconds) when the last valid answer arrived for the base asset.",
+    "When the last valid answer arrived. A stale prediction is not removed: alert on `time() - x`.",
+)
+AI_REQUESTS = _def(
+    "fr_ai_requests_total",
+    "counter",
+    "ai",
+    ("model",),
+    "requests",
+    "Calls to the model (HTTP attempts, retries included; baseline runs).",
+    "HTTP attempts (baseline: runs).",
+)
+AI_REQUEST_FAILURES = _def(
+    "fr_ai_request_failures_total",
+    "counter",
+    "ai",
+    ("model", "reason"),
+    "requests",
+    "Failed calls or rejected answers by reason (timeout, http_error, rate_limited, connection_error, "
+    "bad_response, invalid_json, schema, internal).",
+    "Failed calls or rejected answers by reason (see `docs/sidecar.md`); all reasons start at 0.",
+)
+AI_REQUEST_DURATION = _def(
+    "fr_ai_request_duration_seconds",
+    "histogram",
+    "ai",
+    ("model",),
+    "seconds",
+    "Model call latency per attempt, in seconds.",
+    "Model call latency per attempt, buckets 0.05 s .. 120 s.",
+)
+AI_TOKENS = _def(
+    "fr_ai_tokens_total",
+    "counter",
+    "ai",
+    ("model", "kind"),
+    "tokens",
+    "Tokens reported by the model's API (kind = prompt | completion).",
+    "`prompt` / `completion`, as reported in `usage`.",
+)
+AI_COST = _def(
+    "fr_ai_cost_usd_total",
+    "counter",
+    "ai",
+    ("model",),
+    "USD",
+    "Cost of the model's tokens at the configured prices per million tokens, in USD.",
+    "Tokens × configured price per million.",
+)
+AI_BRIER = _def(
+    "fr_ai_brier_score",
+    "gauge",
+    "ai",
+    ("model",),
+    "0 (best) .. 1",
+    "Brier score (mean squared error of the probability, 0 best, 0.25 = constant 0.5) of scored predictions.",
+    "Over all scored predictions (0 best, 0.25 = a constant 0.5).",
+)
+AI_PRECISION = _def(
+    "fr_ai_precision_ratio",
+    "gauge",
+    "ai",
+    ("model",),
+    "ratio 0..1",
+    "Precision (0..1) of scored predictions at probability >= 0.5 (absent while no prediction was >= 0.5).",
+    "At p ≥ 0.5; absent while undefined.",
+)
+AI_RECALL = _def(
+    "fr_ai_recall_ratio",
+    "gauge",
+    "ai",
+    ("model",),
+    "ratio 0..1",
+    "Recall (0..1) of scored predictions at probability >= 0.5 (absent while no event occurred).",
+    "At p ≥ 0.5; absent while undefined.",
+)
+AI_SCORED = _def(
+    "fr_ai_scored_predictions_total",
+    "counter",
+    "ai",
+    ("model",),
+    "predictions",
+    "Predictions whose horizon has passed and that were scored against the observed liquidation flow.",
+    "Predictions scored so far (persisted).",
+)
+AI_STATE_READS = _def(
+    "fr_ai_state_reads_total",
+    "counter",
+    "ai",
+    ("result",),
+    "reads",
+    "Reads of the exporter's /api/state by result (ok | error).",
+    "`/api/state` reads, `ok` / `error`.",
+)
+AI_SLACK_MESSAGES = _def(
+    "fr_ai_slack_messages_total",
+    "counter",
+    "ai",
+    ("result",),
+    "messages",
+    "Slack messages by result (sent | failed | dropped).",
+    "`sent` / `failed` / `dropped`.",
+)

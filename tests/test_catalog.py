@@ -1,0 +1,112 @@
+"""The metric catalog: declarations are well-formed, docs/metrics.md is generated from it, and every
+metric name the rules, promtool tests, dashboards and runbook use is declared there."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+from exporter.metrics import catalog
+from exporter.metrics.catalog import FAMILIES, MetricDef
+from mixin import docs
+
+ROOT = Path(__file__).resolve().parent.parent
+# a family name as a word of its own; recording rules (fr:..., fr_exchange_base:...) contain a colon
+NAME = re.compile(r"(?<![:\w])fr_[a-z0-9_]+(?![:\w])")
+USERS = [
+    *sorted((ROOT / "prometheus" / "rules").glob("*.yml")),
+    *sorted((ROOT / "prometheus" / "tests").glob("*.yml")),
+    *sorted((ROOT / "grafana" / "dashboards").glob("*.json")),
+    ROOT / "docs" / "runbook.md",
+]
+
+
+def test_docs_metrics_md_is_what_the_generator_writes() -> None:
+    committed = (ROOT / docs.PATH).read_text(encoding="utf-8")
+    assert committed == docs.metrics_markdown(), "docs/metrics.md is stale: run `make generate`"
+
+
+def test_every_catalog_family_is_documented_with_its_unit() -> None:
+    text = (ROOT / docs.PATH).read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| `fr_")}
+    for m in FAMILIES.values():
+        row = rows.get(f"`{m.name}`" + (" (**fixed**)" if m.fixed else ""))
+        assert row is not None, f"{m.name} has no row in docs/metrics.md"
+        cells = [c.strip() for c in row.split("|")[2:-1]]
+        assert cells[0] == m.kind and cells[2] == m.unit, row
+
+
+def test_every_family_has_a_documented_meaning_unit_and_help() -> None:
+    for m in FAMILIES.values():
+        assert m.name.startswith("fr_") and re.fullmatch(r"[a-z][a-z0-9_]*", m.name), m.name
+        assert m.help.strip() and m.doc.strip() and m.unit.strip(), m.name
+        assert len(set(m.labels)) == len(m.labels), f"{m.name}: a label twice"
+        assert m.section in {s.key for s in catalog.SECTIONS}
+    assert len({m.name for m in FAMILIES.values()}) == len(FAMILIES)
+
+
+@pytest.mark.parametrize("path", USERS, ids=lambda p: p.name)
+def test_every_metric_name_used_is_declared(path: Path) -> None:
+    used = set(NAME.findall(path.read_text(encoding="utf-8")))
+    assert used or path.suffix == ".md", f"{path.name}: no fr_ name found (pattern broken?)"
+    unknown = sorted(n for n in used if catalog.by_sample_name(n) is None)
+    assert not unknown, f"{path.name} uses series the catalog does not declare: {unknown}"
+
+
+def test_sample_names_of_a_histogram_resolve_to_its_family() -> None:
+    h = catalog.AI_REQUEST_DURATION
+    assert h.kind == "histogram"
+    assert catalog.by_sample_name("fr_ai_request_duration_seconds_bucket") is h
+    assert catalog.by_sample_name("fr_funding_rate_bucket") is None  # a gauge has no buckets
+    assert catalog.by_sample_name("fr_no_such_series") is None
+
+
+def test_help_placeholders_must_all_be_given() -> None:
+    z = catalog.FUNDING_ZSCORE
+    assert z.help_params == ("window", "min_observations")
+    with pytest.raises(ValueError, match="missing"):
+        z.help_text(window="30 d")
+    with pytest.raises(ValueError, match="unknown"):
+        z.help_text(window="30 d", min_observations=10, extra=1)
+    text = z.help_text(window="30 d", min_observations=10)
+    assert "trailing 30 d window" in text and "Needs 10 observations" in text
+    assert catalog.MARK_PRICE.help_text() == "Mark price in quote currency."
+
+
+def test_families_carry_the_declared_type_and_labels() -> None:
+    spec = catalog.LIQUIDATIONS.spec()
+    assert (spec.name, spec.kind, spec.om_name) == ("fr_liquidations_total", "counter", "fr_liquidations")
+    fam = catalog.FUNDING_RECEIVED.family()
+    assert isinstance(fam, CounterMetricFamily) and fam.name == "fr_funding_received_usd"
+    fam.add_metric(["p", "binance", "BTCUSDT", "short"], 1.0)
+    assert fam.samples[0].labels == {"position": "p", "exchange": "binance", "instrument": "BTCUSDT", "side": "short"}
+    assert isinstance(catalog.AI_REQUEST_DURATION.family(), HistogramMetricFamily)
+    with pytest.raises(ValueError):
+        catalog.AI_REQUEST_DURATION.spec()
+    assert f"{catalog.FUNDING_ZSCORE} > 2" == "fr_funding_zscore > 2"  # str() is the name, for PromQL
+
+
+def test_a_family_cannot_be_declared_twice_or_misnamed() -> None:
+    with pytest.raises(ValueError, match="twice"):
+        catalog._def("fr_funding_rate", "gauge", "market", (), "x", "h", "d")
+    with pytest.raises(ValueError, match="_total"):
+        catalog._def("fr_new_events", "counter", "market", (), "x", "h", "d")
+    with pytest.raises(ValueError, match="_total"):
+        catalog._def("fr_new_level_total", "gauge", "market", (), "x", "h", "d")
+    with pytest.raises(ValueError, match="section"):
+        catalog._def("fr_new_thing", "gauge", "nowhere", (), "x", "h", "d")
+    assert "fr_new_thing" not in FAMILIES and "fr_new_events" not in FAMILIES
+
+
+def test_the_label_column_names_the_label_groups() -> None:
+    assert docs._labels(catalog.EDGE) == "market + `side`"
+    assert docs._labels(catalog.LIQ_HIT_PROBABILITY) == "position + `horizon` (`1h`, `8h`)"
+    assert docs._labels(catalog.FUNDING_SPREAD) == "`base`, `long_exchange`, `short_exchange`"
+    assert docs._labels(catalog.UNKNOWN_INSTRUMENT_UPDATES) == "—"
+    m = MetricDef("fr_x", "gauge", ("a|b",), "u", "h", "x | y", "market")
+    row = docs._row(m)
+    assert len(re.findall(r"(?<!\\)\|", row)) == 6, row  # a pipe inside a cell is escaped, not a column
+    assert "x \\| y" in row
