@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from exporter.metrics import catalog as m
 from mixin.config import MixinConfig
 from mixin.rules import DASHBOARDS, FUNDING_8H, LIQ_RATE_BASELINE, LIQ_RATE_EXCHANGE
 
@@ -18,7 +19,7 @@ DS = {"type": "prometheus", "uid": "${datasource}"}
 MKT = 'exchange=~"$exchange",base=~"$base",instrument=~"$instrument"'
 POS = 'exchange=~"$exchange",instrument=~"$instrument"'
 RI = "$__rate_interval"
-LATENCY = f"sum by (le, model) (rate(fr_ai_request_duration_seconds_bucket[{RI}]))"
+LATENCY = f"sum by (le, model) (rate({m.AI_REQUEST_DURATION}_bucket[{RI}]))"
 
 
 @dataclass
@@ -105,10 +106,12 @@ def _variables(cfg: MixinConfig) -> list[dict[str, Any]]:
             "includeAll": False,
             "multi": False,
         },
-        query("exchange", "Exchange", "label_values(fr_up, exchange)"),
-        query("base", "Base asset", 'label_values(fr_funding_rate{exchange=~"$exchange"}, base)'),
+        query("exchange", "Exchange", f"label_values({m.UP}, exchange)"),
+        query("base", "Base asset", f'label_values({m.FUNDING_RATE}{{exchange=~"$exchange"}}, base)'),
         query(
-            "instrument", "Instrument", 'label_values(fr_funding_rate{exchange=~"$exchange",base=~"$base"}, instrument)'
+            "instrument",
+            "Instrument",
+            f'label_values({m.FUNDING_RATE}{{exchange=~"$exchange",base=~"$base"}}, instrument)',
         ),
     ]
 
@@ -184,7 +187,7 @@ def _funding(cfg: MixinConfig) -> dict[str, Any]:
             ),
             Panel(
                 "Funding rate, 8 h-equivalent",
-                "fr_funding_rate x 28800 / fr_funding_interval_seconds. Lines: alert thresholds (either sign).",
+                f"{m.FUNDING_RATE} x 28800 / {m.FUNDING_INTERVAL}. Lines: alert thresholds (either sign).",
                 [(f8, "{{exchange}} {{instrument}}")],
                 "percentunit",
                 thresholds=levels,
@@ -193,7 +196,7 @@ def _funding(cfg: MixinConfig) -> dict[str, Any]:
             Panel(
                 "Funding z-score",
                 f"Current funding against the trailing window of settlements; the alert fires beyond ±{t.zscore:g}.",
-                [(f"fr_funding_zscore{{{MKT}}}", "{{exchange}} {{instrument}}")],
+                [(f"{m.FUNDING_ZSCORE}{{{MKT}}}", "{{exchange}} {{instrument}}")],
                 "none",
                 thresholds=[("red", None), ("green", -t.zscore), ("red", t.zscore)],
                 threshold_style="dashed",
@@ -202,7 +205,7 @@ def _funding(cfg: MixinConfig) -> dict[str, Any]:
                 "Edge after fees",
                 "Funding received over one interval minus amortised trading cost, for the side that receives "
                 "funding. Below zero the carry does not pay its fees.",
-                [(f"fr_edge_bp{{{MKT}}}", "{{exchange}} {{instrument}} ({{side}} receives)")],
+                [(f"{m.EDGE}{{{MKT}}}", "{{exchange}} {{instrument}} ({{side}} receives)")],
                 "suffix: bp",
                 thresholds=[("red", None), ("green", t.edge_min_bp)],
                 threshold_style="dashed",
@@ -210,40 +213,45 @@ def _funding(cfg: MixinConfig) -> dict[str, Any]:
             Panel(
                 "Open-interest-weighted funding (8 h)",
                 "Funding across exchanges weighted by open interest, each normalised to 8 h.",
-                [('fr_oi_weighted_funding_rate{base=~"$base"}', "{{base}}")],
+                [(f'{m.OI_WEIGHTED_FUNDING}{{base=~"$base"}}', "{{base}}")],
                 "percentunit",
             ),
             Panel(
                 "Cross-exchange funding spreads",
                 "Funding earned per 8 h by shorting on short_exchange and longing on long_exchange, after fees. "
                 f"Informational alert above {t.funding_spread_bp:g} bp.",
-                [('fr_funding_spread_bp{base=~"$base"}', "{{base}} short {{short_exchange}} / long {{long_exchange}}")],
+                [
+                    (
+                        f'{m.FUNDING_SPREAD}{{base=~"$base"}}',
+                        "{{base}} short {{short_exchange}} / long {{long_exchange}}",
+                    )
+                ],
                 "suffix: bp",
             ),
             Panel(
                 "Time to next settlement",
                 "Seconds until the next funding settlement (instruments with scheduled settlements only).",
-                [(f"fr_next_funding_timestamp_seconds{{{MKT}}} - time()", "{{exchange}} {{instrument}}")],
+                [(f"{m.NEXT_FUNDING_TIMESTAMP}{{{MKT}}} - time()", "{{exchange}} {{instrument}}")],
                 "s",
                 kind="bargauge",
                 options={"orientation": "horizontal", "displayMode": "basic"},
             ),
             Panel(
                 "Annualised funding",
-                "fr_funding_rate x intervals per year, with each instrument's own interval.",
-                [(f"fr_funding_rate_annualized_ratio{{{MKT}}}", "{{exchange}} {{instrument}}")],
+                f"{m.FUNDING_RATE} x intervals per year, with each instrument's own interval.",
+                [(f"{m.FUNDING_RATE_ANNUALIZED}{{{MKT}}}", "{{exchange}} {{instrument}}")],
                 "percentunit",
             ),
             Panel(
                 "Premium (mark vs index)",
                 "(mark - index) / index: what drives the next funding rate.",
-                [(f"fr_premium_ratio{{{MKT}}}", "{{exchange}} {{instrument}}")],
+                [(f"{m.PREMIUM}{{{MKT}}}", "{{exchange}} {{instrument}}")],
                 "percentunit",
             ),
             Panel(
                 "Open interest",
                 "Open interest in USD notional.",
-                [(f"fr_open_interest_usd{{{MKT}}}", "{{exchange}} {{instrument}}")],
+                [(f"{m.OPEN_INTEREST}{{{MKT}}}", "{{exchange}} {{instrument}}")],
                 "currencyUSD",
             ),
         ],
@@ -262,7 +270,7 @@ def _positions(cfg: MixinConfig) -> dict[str, Any]:
                 "Distance to liquidation",
                 f"Mark to liquidation price in % of mark. Warning below {t.liq_gap_warning_pct:g} %, "
                 f"critical below {t.liq_gap_critical_pct:g} % (the shaded bands).",
-                [(f"fr_liq_gap_pct{{{POS}}}", legend)],
+                [(f"{m.LIQ_GAP}{{{POS}}}", legend)],
                 "percent",
                 thresholds=[("red", None), ("orange", t.liq_gap_critical_pct), ("green", t.liq_gap_warning_pct)],
                 threshold_style="line+area",
@@ -272,7 +280,7 @@ def _positions(cfg: MixinConfig) -> dict[str, Any]:
                 "Liquidation hit probability",
                 f"Probability that mark touches the liquidation price within the horizon; alert above "
                 f"{t.liq_hit_probability:.0%}.",
-                [(f"fr_liq_hit_probability{{{POS}}}", "{{position}} within {{horizon}}")],
+                [(f"{m.LIQ_HIT_PROBABILITY}{{{POS}}}", "{{position}} within {{horizon}}")],
                 "percentunit",
                 thresholds=[("green", None), ("red", t.liq_hit_probability)],
                 threshold_style="dashed",
@@ -282,7 +290,7 @@ def _positions(cfg: MixinConfig) -> dict[str, Any]:
             Panel(
                 "ADL rank",
                 f"0 safest .. 4 first in the auto-deleveraging queue; alert at {t.adl_rank:g} and above.",
-                [(f"fr_adl_rank{{{POS}}}", legend)],
+                [(f"{m.ADL_RANK}{{{POS}}}", legend)],
                 "none",
                 thresholds=[("green", None), ("red", t.adl_rank)],
                 threshold_style="dashed",
@@ -293,7 +301,7 @@ def _positions(cfg: MixinConfig) -> dict[str, Any]:
                 "Net APY: realised vs projected",
                 "(funding received - paid - fees - borrow - gas) / locked capital, annualised. Realised since the "
                 "position opened; projected at the current funding rate.",
-                [(f"fr_net_apy_pct{{{POS}}}", "{{position}} {{basis}}")],
+                [(f"{m.NET_APY}{{{POS}}}", "{{position}} {{basis}}")],
                 "percent",
                 thresholds=[("red", None), ("green", t.net_apy_min_pct)],
                 threshold_style="dashed",
@@ -301,16 +309,16 @@ def _positions(cfg: MixinConfig) -> dict[str, Any]:
             Panel(
                 "Funding PnL (cumulative)",
                 "Funding received (positive) or paid (negative), accumulated at each settlement.",
-                [(f"fr_funding_pnl_usd_total{{{POS}}}", legend)],
+                [(f"{m.FUNDING_PNL}{{{POS}}}", legend)],
                 "currencyUSD",
             ),
             Panel(
                 "Liquidation price and mark",
                 "Liquidation price (source: exchange or computed) next to the instrument's mark price.",
                 [
-                    (f"fr_liquidation_price{{{POS}}}", "{{position}} liquidation ({{source}})"),
+                    (f"{m.LIQUIDATION_PRICE}{{{POS}}}", "{{position}} liquidation ({{source}})"),
                     (
-                        f"fr_mark_price{{{POS}}} and on (exchange, instrument) fr_liquidation_price",
+                        f"{m.MARK_PRICE}{{{POS}}} and on (exchange, instrument) {m.LIQUIDATION_PRICE}",
                         "{{exchange}} {{instrument}} mark",
                     ),
                 ],
@@ -333,7 +341,7 @@ def _liquidations(cfg: MixinConfig) -> dict[str, Any]:
                 "USD notional liquidated per second; side = side of the liquidated position.",
                 [
                     (
-                        f"sum by (exchange, side) (rate(fr_liquidated_notional_usd_total{{{MKT}}}[{RI}]))",
+                        f"sum by (exchange, side) (rate({m.LIQUIDATED_NOTIONAL}{{{MKT}}}[{RI}]))",
                         "{{exchange}} {{side}}",
                     )
                 ],
@@ -344,7 +352,7 @@ def _liquidations(cfg: MixinConfig) -> dict[str, Any]:
             Panel(
                 "Liquidation orders by exchange and side",
                 "Liquidation orders per second seen on the stream (sampled on Binance and OKX).",
-                [(f"sum by (exchange, side) (rate(fr_liquidations_total{{{MKT}}}[{RI}]))", "{{exchange}} {{side}}")],
+                [(f"sum by (exchange, side) (rate({m.LIQUIDATIONS}{{{MKT}}}[{RI}]))", "{{exchange}} {{side}}")],
                 "cps",
             ),
             Panel(
@@ -352,7 +360,7 @@ def _liquidations(cfg: MixinConfig) -> dict[str, Any]:
                 "Across exchanges.",
                 [
                     (
-                        f"sum by (base, side) (rate(fr_liquidated_notional_usd_total{{{MKT}}}[{RI}]))",
+                        f"sum by (base, side) (rate({m.LIQUIDATED_NOTIONAL}{{{MKT}}}[{RI}]))",
                         "{{base}} {{side}}",
                     )
                 ],
@@ -389,7 +397,7 @@ def _ai(cfg: MixinConfig) -> dict[str, Any]:
                 "AI risk probability",
                 "Probability of a large liquidation event within the horizon; "
                 f"alert above {t.ai_risk_probability:.0%}.",
-                [('fr_ai_risk_probability{base=~"$base"}', "{{base}} {{horizon}} ({{model}})")],
+                [(f'{m.AI_RISK_PROBABILITY}{{base=~"$base"}}', "{{base}} {{horizon}} ({{model}})")],
                 "percentunit",
                 thresholds=[("green", None), ("red", t.ai_risk_probability)],
                 threshold_style="dashed",
@@ -399,7 +407,7 @@ def _ai(cfg: MixinConfig) -> dict[str, Any]:
             Panel(
                 "Confidence",
                 "The model's stated confidence in its answer.",
-                [('fr_ai_confidence{base=~"$base"}', "{{base}} ({{model}})")],
+                [(f'{m.AI_CONFIDENCE}{{base=~"$base"}}', "{{base}} ({{model}})")],
                 "percentunit",
                 min=0,
                 max=1,
@@ -407,7 +415,7 @@ def _ai(cfg: MixinConfig) -> dict[str, Any]:
             Panel(
                 "Risk level",
                 "Current level per base asset and model (low, medium, high, critical).",
-                [('fr_ai_risk_level{base=~"$base"} == 1', "{{base}} {{model}}: {{level}}")],
+                [(f'{m.AI_RISK_LEVEL}{{base=~"$base"}} == 1', "{{base}} {{model}}: {{level}}")],
                 "none",
                 kind="table",
                 instant=True,
@@ -430,25 +438,25 @@ def _ai(cfg: MixinConfig) -> dict[str, Any]:
             Panel(
                 "Cost (USD per hour)",
                 "Spend at the configured token prices.",
-                [(f"sum by (model) (rate(fr_ai_cost_usd_total[{RI}])) * 3600", "{{model}}")],
+                [(f"sum by (model) (rate({m.AI_COST}[{RI}])) * 3600", "{{model}}")],
                 "currencyUSD",
             ),
             Panel(
                 "Tokens per second",
                 "Prompt and completion tokens.",
-                [(f"sum by (model, kind) (rate(fr_ai_tokens_total[{RI}]))", "{{model}} {{kind}}")],
+                [(f"sum by (model, kind) (rate({m.AI_TOKENS}[{RI}]))", "{{model}} {{kind}}")],
                 "short",
             ),
             Panel(
                 "Model calls",
                 "Calls to each model per second.",
-                [(f"sum by (model) (rate(fr_ai_requests_total[{RI}]))", "{{model}}")],
+                [(f"sum by (model) (rate({m.AI_REQUESTS}[{RI}]))", "{{model}}")],
                 "reqps",
             ),
             Panel(
                 "Failed model calls",
                 f"Failures per second by reason; AiSidecarFailing fires above {t.ai_failure_ratio:.0%} of calls.",
-                [(f"sum by (model, reason) (rate(fr_ai_request_failures_total[{RI}]))", "{{model}} {{reason}}")],
+                [(f"sum by (model, reason) (rate({m.AI_REQUEST_FAILURES}[{RI}]))", "{{model}} {{reason}}")],
                 "reqps",
             ),
             Panel(
@@ -456,9 +464,9 @@ def _ai(cfg: MixinConfig) -> dict[str, Any]:
                 "Brier score (lower is better), precision and recall of past predictions against the liquidation "
                 "events that followed.",
                 [
-                    ("fr_ai_brier_score", "Brier {{model}}"),
-                    ("fr_ai_precision_ratio", "precision {{model}}"),
-                    ("fr_ai_recall_ratio", "recall {{model}}"),
+                    (m.AI_BRIER.name, "Brier {{model}}"),
+                    (m.AI_PRECISION.name, "precision {{model}}"),
+                    (m.AI_RECALL.name, "recall {{model}}"),
                 ],
                 "none",
                 min=0,
@@ -467,13 +475,13 @@ def _ai(cfg: MixinConfig) -> dict[str, Any]:
             Panel(
                 "Scored predictions",
                 "Past predictions scored against the events that followed.",
-                [("fr_ai_scored_predictions_total", "{{model}}")],
+                [(m.AI_SCORED.name, "{{model}}")],
                 "short",
             ),
             Panel(
                 "Age of the last valid answer",
                 f"Seconds since the last valid model answer; AiSidecarStale fires above {t.ai_stale_seconds:g} s.",
-                [("time() - fr_ai_last_success_timestamp_seconds", "{{model}}")],
+                [(f"time() - {m.AI_LAST_SUCCESS}", "{{model}}")],
                 "s",
                 thresholds=[("green", None), ("red", t.ai_stale_seconds)],
                 threshold_style="dashed",
@@ -518,9 +526,9 @@ def _health(cfg: MixinConfig) -> dict[str, Any]:
                 extra_defaults=updown,
             ),
             Panel(
-                "Exchange streams up (fr_up)",
+                f"Exchange streams up ({m.UP})",
                 "1 when the exchange's streams are connected and fresh.",
-                [(f"fr_up{{{ex}}}", "{{exchange}}")],
+                [(f"{m.UP}{{{ex}}}", "{{exchange}}")],
                 "none",
                 kind="state-timeline",
                 thresholds=[("red", None), ("green", 1)],
@@ -531,7 +539,7 @@ def _health(cfg: MixinConfig) -> dict[str, Any]:
                 "WebSocket messages received per exchange and stream.",
                 [
                     (
-                        f"sum by (exchange, stream) (rate(fr_stream_messages_total{{{ex}}}[{RI}]))",
+                        f"sum by (exchange, stream) (rate({m.STREAM_MESSAGES}{{{ex}}}[{RI}]))",
                         "{{exchange}} {{stream}}",
                     )
                 ],
@@ -540,7 +548,7 @@ def _health(cfg: MixinConfig) -> dict[str, Any]:
             Panel(
                 "Age of the last stream message",
                 f"ExchangeStreamStale fires above {t.stream_stale_seconds:g} s.",
-                [(f"time() - fr_stream_last_message_timestamp_seconds{{{ex}}}", "{{exchange}} {{stream}}")],
+                [(f"time() - {m.STREAM_LAST_MESSAGE}{{{ex}}}", "{{exchange}} {{stream}}")],
                 "s",
                 thresholds=[("green", None), ("red", t.stream_stale_seconds)],
                 threshold_style="dashed",
@@ -550,7 +558,7 @@ def _health(cfg: MixinConfig) -> dict[str, Any]:
                 "WebSocket reconnects per rate interval.",
                 [
                     (
-                        f"sum by (exchange, stream) (increase(fr_stream_reconnects_total{{{ex}}}[{RI}]))",
+                        f"sum by (exchange, stream) (increase({m.STREAM_RECONNECTS}{{{ex}}}[{RI}]))",
                         "{{exchange}} {{stream}}",
                     )
                 ],
@@ -559,7 +567,7 @@ def _health(cfg: MixinConfig) -> dict[str, Any]:
             Panel(
                 "Parse errors per second",
                 "Frames that could not be parsed (malformed, truncated or unknown).",
-                [(f"sum by (exchange, stream) (rate(fr_parse_errors_total{{{ex}}}[{RI}]))", "{{exchange}} {{stream}}")],
+                [(f"sum by (exchange, stream) (rate({m.PARSE_ERRORS}{{{ex}}}[{RI}]))", "{{exchange}} {{stream}}")],
                 "cps",
             ),
             Panel(
@@ -567,7 +575,7 @@ def _health(cfg: MixinConfig) -> dict[str, Any]:
                 "Backfill and polling requests per exchange and endpoint.",
                 [
                     (
-                        f"sum by (exchange, endpoint) (rate(fr_rest_requests_total{{{ex}}}[{RI}]))",
+                        f"sum by (exchange, endpoint) (rate({m.REST_REQUESTS}{{{ex}}}[{RI}]))",
                         "{{exchange}} {{endpoint}}",
                     )
                 ],
@@ -578,7 +586,7 @@ def _health(cfg: MixinConfig) -> dict[str, Any]:
                 "Failed REST requests (HTTP errors, 429, timeouts).",
                 [
                     (
-                        f"sum by (exchange, endpoint) (rate(fr_rest_request_failures_total{{{ex}}}[{RI}]))",
+                        f"sum by (exchange, endpoint) (rate({m.REST_FAILURES}{{{ex}}}[{RI}]))",
                         "{{exchange}} {{endpoint}}",
                     )
                 ],
@@ -587,7 +595,7 @@ def _health(cfg: MixinConfig) -> dict[str, Any]:
             Panel(
                 "Build",
                 "Exporter version.",
-                [("fr_build_info", "{{version}}")],
+                [(m.BUILD_INFO.name, "{{version}}")],
                 "none",
                 kind="table",
                 width=24,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from exporter.metrics import catalog as m
 from mixin.config import MixinConfig
 
 # Dashboards that alerts link to: key -> (uid, title). dashboards.py builds them with these uids.
@@ -85,11 +86,11 @@ def recording_rules(cfg: MixinConfig) -> list[dict[str, Any]]:
         {
             "record": FUNDING_8H,
             # Funding normalised to 8 h: rate per interval x (8 h / interval). Deribit reports 28800.
-            "expr": "fr_funding_rate * 28800 / on (exchange, instrument) group_left () fr_funding_interval_seconds",
+            "expr": f"{m.FUNDING_RATE} * 28800 / on (exchange, instrument) group_left () {m.FUNDING_INTERVAL}",
         },
         {
             "record": LIQ_RATE,
-            "expr": (f"sum by (exchange, base, instrument, side) (rate(fr_liquidated_notional_usd_total[{w.rate}]))"),
+            "expr": f"sum by (exchange, base, instrument, side) (rate({m.LIQUIDATED_NOTIONAL}[{w.rate}]))",
         },
         {"record": LIQ_RATE_EXCHANGE, "expr": f"sum by (exchange, base) ({LIQ_RATE})"},
         {
@@ -126,7 +127,7 @@ def _funding_alerts(cfg: MixinConfig) -> list[Alert]:
     out.append(
         Alert(
             name="FundingZScoreExtreme",
-            expr=f"fr_funding_zscore > {_fmt(t.zscore)} or fr_funding_zscore < -{_fmt(t.zscore)}",
+            expr=f"{m.FUNDING_ZSCORE} > {_fmt(t.zscore)} or {m.FUNDING_ZSCORE} < -{_fmt(t.zscore)}",
             for_=d.zscore,
             severity="warning",
             summary="Funding on {{ $labels.exchange }} {{ $labels.instrument }} far from its own history.",
@@ -140,7 +141,7 @@ def _funding_alerts(cfg: MixinConfig) -> list[Alert]:
     out.append(
         Alert(
             name="EdgeTurnedNegative",
-            expr=f"fr_edge_bp < {_fmt(t.edge_min_bp)}",
+            expr=f"{m.EDGE} < {_fmt(t.edge_min_bp)}",
             for_=d.edge,
             severity="warning",
             summary="Carry on {{ $labels.exchange }} {{ $labels.instrument }} no longer pays its fees.",
@@ -154,7 +155,7 @@ def _funding_alerts(cfg: MixinConfig) -> list[Alert]:
     out.append(
         Alert(
             name="FundingSpreadWide",
-            expr=f"fr_funding_spread_bp > {_fmt(t.funding_spread_bp)}",
+            expr=f"{m.FUNDING_SPREAD} > {_fmt(t.funding_spread_bp)}",
             for_=d.funding_spread,
             severity="info",
             summary="Wide {{ $labels.base }} funding spread between {{ $labels.short_exchange }} and "
@@ -177,7 +178,7 @@ def _position_alerts(cfg: MixinConfig) -> list[Alert]:
         gap.append(
             Alert(
                 name="LiquidationGapLow",
-                expr=f"fr_liq_gap_pct < {_fmt(thr)}",
+                expr=f"{m.LIQ_GAP} < {_fmt(thr)}",
                 for_=d.liq_gap,
                 severity=severity,
                 summary="Position {{ $labels.position }} is within " + f"{_fmt(thr)} % of liquidation.",
@@ -192,7 +193,7 @@ def _position_alerts(cfg: MixinConfig) -> list[Alert]:
     return [
         Alert(
             name="NetApyNegative",
-            expr=f'fr_net_apy_pct{{basis="projected"}} < {_fmt(t.net_apy_min_pct)}',
+            expr=f'{m.NET_APY}{{basis="projected"}} < {_fmt(t.net_apy_min_pct)}',
             for_=d.net_apy,
             severity="warning",
             summary="Position {{ $labels.position }} is projected to lose money.",
@@ -205,7 +206,7 @@ def _position_alerts(cfg: MixinConfig) -> list[Alert]:
         *gap,
         Alert(
             name="LiquidationHitProbabilityHigh",
-            expr=f"fr_liq_hit_probability > {_fmt(t.liq_hit_probability)}",
+            expr=f"{m.LIQ_HIT_PROBABILITY} > {_fmt(t.liq_hit_probability)}",
             for_=d.liq_hit,
             severity="warning",
             summary="Position {{ $labels.position }} may be liquidated within {{ $labels.horizon }}.",
@@ -218,7 +219,7 @@ def _position_alerts(cfg: MixinConfig) -> list[Alert]:
         ),
         Alert(
             name="AdlRankHigh",
-            expr=f"fr_adl_rank >= {_fmt(t.adl_rank)}",
+            expr=f"{m.ADL_RANK} >= {_fmt(t.adl_rank)}",
             for_=d.adl,
             severity="warning",
             summary="Position {{ $labels.position }} is near the front of the auto-deleveraging queue.",
@@ -258,7 +259,7 @@ def _ai_alerts(cfg: MixinConfig) -> list[Alert]:
     return [
         Alert(
             name="AiRiskHigh",
-            expr=f"fr_ai_risk_probability > {_fmt(t.ai_risk_probability)}",
+            expr=f"{m.AI_RISK_PROBABILITY} > {_fmt(t.ai_risk_probability)}",
             for_=d.ai_risk,
             severity="warning",
             summary="{{ $labels.model }} sees a high {{ $labels.base }} liquidation risk.",
@@ -272,7 +273,7 @@ def _ai_alerts(cfg: MixinConfig) -> list[Alert]:
         ),
         Alert(
             name="AiSidecarStale",
-            expr=f"time() - fr_ai_last_success_timestamp_seconds > {_fmt(t.ai_stale_seconds)}",
+            expr=f"time() - {m.AI_LAST_SUCCESS} > {_fmt(t.ai_stale_seconds)}",
             for_=d.ai_stale,
             severity="warning",
             summary="The AI sidecar has produced no valid answer for a while.",
@@ -286,8 +287,8 @@ def _ai_alerts(cfg: MixinConfig) -> list[Alert]:
         Alert(
             name="AiSidecarFailing",
             expr=(
-                f"sum by (job, model) (rate(fr_ai_request_failures_total[{w.ai_failures}]))"
-                f" / sum by (job, model) (rate(fr_ai_requests_total[{w.ai_failures}]))"
+                f"sum by (job, model) (rate({m.AI_REQUEST_FAILURES}[{w.ai_failures}]))"
+                f" / sum by (job, model) (rate({m.AI_REQUESTS}[{w.ai_failures}]))"
                 f" > {_fmt(t.ai_failure_ratio)}"
             ),
             for_=d.ai_failing,
@@ -322,19 +323,19 @@ def _health_alerts(cfg: MixinConfig) -> list[Alert]:
         ),
         Alert(
             name="ExchangeStreamDown",
-            expr="fr_up == 0",
+            expr=f"{m.UP} == 0",
             for_=d.stream_down,
             severity="critical",
             summary="No live market data from {{ $labels.exchange }}.",
             description="The exporter's streams to {{ $labels.exchange }} are disconnected or silent "
-            f"(fr_up = {{{{ $value }}}} for {d.stream_down}); its funding and liquidation series are absent.",
+            f"({m.UP} = {{{{ $value }}}} for {d.stream_down}); its funding and liquidation series are absent.",
             value="{{ $value }}",
             dashboard="health",
             dashboard_vars=("exchange",),
         ),
         Alert(
             name="ExchangeStreamStale",
-            expr=f"time() - fr_stream_last_message_timestamp_seconds > {_fmt(t.stream_stale_seconds)}",
+            expr=f"time() - {m.STREAM_LAST_MESSAGE} > {_fmt(t.stream_stale_seconds)}",
             for_=d.stream_stale,
             severity="warning",
             summary="Stream {{ $labels.stream }} of {{ $labels.exchange }} is silent.",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from exporter.metrics import catalog as m
 from mixin.config import MixinConfig
 from mixin.rules import alerts
 
@@ -45,9 +46,10 @@ class _Spec:
         }
 
 
-def _s(name: str, labels: dict[str, str], values: str) -> dict[str, str]:
+def _s(metric: m.MetricDef | str, labels: dict[str, str], values: str) -> dict[str, str]:
+    """An input series; ``metric``: a catalog family, or the name of another series (``up``)."""
     inner = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    return {"series": f"{name}{{{inner}}}", "values": values}
+    return {"series": f"{metric}{{{inner}}}", "values": values}
 
 
 def _none(at: str, name: str) -> dict[str, Any]:
@@ -78,14 +80,14 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
             "name": "funding levels use the 8 h-equivalent rate, either sign",
             "interval": "1m",
             "input_series": [
-                _s("fr_funding_rate", bin_btc, "0.0013x15"),  # 0.13 % per 8 h: all three levels
-                _s("fr_funding_interval_seconds", bin_btc, "28800x15"),
-                _s("fr_funding_rate", byb_eth, "0.0003x15"),  # 4 h interval: 0.06 % per 8 h -> warning
-                _s("fr_funding_interval_seconds", byb_eth, "14400x15"),
-                _s("fr_funding_rate", okx_eth, "-0.0009x15"),  # negative: warning + critical
-                _s("fr_funding_interval_seconds", okx_eth, "28800x15"),
-                _s("fr_funding_rate", der_btc, "0.00025x15"),  # calm
-                _s("fr_funding_interval_seconds", der_btc, "28800x15"),
+                _s(m.FUNDING_RATE, bin_btc, "0.0013x15"),  # 0.13 % per 8 h: all three levels
+                _s(m.FUNDING_INTERVAL, bin_btc, "28800x15"),
+                _s(m.FUNDING_RATE, byb_eth, "0.0003x15"),  # 4 h interval: 0.06 % per 8 h -> warning
+                _s(m.FUNDING_INTERVAL, byb_eth, "14400x15"),
+                _s(m.FUNDING_RATE, okx_eth, "-0.0009x15"),  # negative: warning + critical
+                _s(m.FUNDING_INTERVAL, okx_eth, "28800x15"),
+                _s(m.FUNDING_RATE, der_btc, "0.00025x15"),  # calm
+                _s(m.FUNDING_INTERVAL, der_btc, "28800x15"),
             ],
             "promql_expr_test": [
                 {
@@ -137,12 +139,12 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
             "name": "funding just inside the thresholds never fires",
             "interval": "1m",
             "input_series": [
-                _s("fr_funding_rate", bin_btc, "0.00049x30"),
-                _s("fr_funding_interval_seconds", bin_btc, "28800x30"),
-                _s("fr_funding_rate", okx_eth, "-0.00079x30"),  # past warning only
-                _s("fr_funding_interval_seconds", okx_eth, "28800x30"),
-                _s("fr_funding_rate", byb_eth, "0.00059x30"),  # 4 h: 0.118 % per 8 h, below emergency
-                _s("fr_funding_interval_seconds", byb_eth, "14400x30"),
+                _s(m.FUNDING_RATE, bin_btc, "0.00049x30"),
+                _s(m.FUNDING_INTERVAL, bin_btc, "28800x30"),
+                _s(m.FUNDING_RATE, okx_eth, "-0.00079x30"),  # past warning only
+                _s(m.FUNDING_INTERVAL, okx_eth, "28800x30"),
+                _s(m.FUNDING_RATE, byb_eth, "0.00059x30"),  # 4 h: 0.118 % per 8 h, below emergency
+                _s(m.FUNDING_INTERVAL, byb_eth, "14400x30"),
             ],
             "alert_rule_test": [
                 {
@@ -174,10 +176,10 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
             "name": "funding between warning and critical fires only the warning",
             "interval": "1m",
             "input_series": [
-                _s("fr_funding_rate", okx_eth, "-0.00079x30"),
-                _s("fr_funding_interval_seconds", okx_eth, "28800x30"),
-                _s("fr_funding_rate", byb_eth, "0.00039x30"),  # 4 h: 0.078 % per 8 h
-                _s("fr_funding_interval_seconds", byb_eth, "14400x30"),
+                _s(m.FUNDING_RATE, okx_eth, "-0.00079x30"),
+                _s(m.FUNDING_INTERVAL, okx_eth, "28800x30"),
+                _s(m.FUNDING_RATE, byb_eth, "0.00039x30"),  # 4 h: 0.078 % per 8 h
+                _s(m.FUNDING_INTERVAL, byb_eth, "14400x30"),
             ],
             "alert_rule_test": [
                 {
@@ -206,10 +208,10 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
             "name": "z-score beyond 2.5 either sign, sustained",
             "interval": "1m",
             "input_series": [
-                _s("fr_funding_zscore", bin_btc, "3x20"),
-                _s("fr_funding_zscore", okx_eth, "-3.1x20"),
-                _s("fr_funding_zscore", byb_eth, "2.4x20"),
-                _s("fr_funding_zscore", der_btc, "0 3 0 3 0 3 0 3 0 3 0 3 0 3 0 3 0 3 0 3"),  # flapping: not sustained
+                _s(m.FUNDING_ZSCORE, bin_btc, "3x20"),
+                _s(m.FUNDING_ZSCORE, okx_eth, "-3.1x20"),
+                _s(m.FUNDING_ZSCORE, byb_eth, "2.4x20"),
+                _s(m.FUNDING_ZSCORE, der_btc, "0 3 0 3 0 3 0 3 0 3 0 3 0 3 0 3 0 3 0 3"),  # flapping: not sustained
             ],
             "alert_rule_test": [
                 _none("10m", "FundingZScoreExtreme"),
@@ -227,8 +229,8 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
             "name": "edge below zero for 30m",
             "interval": "1m",
             "input_series": [
-                _s("fr_edge_bp", edge, "2 2 -1.5x40"),
-                _s("fr_edge_bp", {**okx_eth, "side": "long"}, "0.5x42"),
+                _s(m.EDGE, edge, "2 2 -1.5x40"),
+                _s(m.EDGE, {**okx_eth, "side": "long"}, "0.5x42"),
             ],
             "alert_rule_test": [
                 _none("20m", "EdgeTurnedNegative"),
@@ -255,8 +257,8 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
             "name": "funding spread wide (informational)",
             "interval": "1m",
             "input_series": [
-                _s("fr_funding_spread_bp", spread, "12x40"),
-                _s("fr_funding_spread_bp", {"base": "ETH", "long_exchange": "bybit", "short_exchange": "okx"}, "5x40"),
+                _s(m.FUNDING_SPREAD, spread, "12x40"),
+                _s(m.FUNDING_SPREAD, {"base": "ETH", "long_exchange": "bybit", "short_exchange": "okx"}, "5x40"),
             ],
             "alert_rule_test": [
                 _none("20m", "FundingSpreadWide"),
@@ -296,16 +298,16 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
             "name": "positions: projected APY, liquidation gap, hit probability, ADL rank",
             "interval": "1m",
             "input_series": [
-                _s("fr_net_apy_pct", {**pos_a, "basis": "projected"}, "-2.5x40"),
-                _s("fr_net_apy_pct", {**pos_a, "basis": "realized"}, "-10x40"),  # realised loss alone: no alert
-                _s("fr_net_apy_pct", {**pos_b, "basis": "projected"}, "8x40"),
-                _s("fr_liq_gap_pct", pos_a, "8x40"),
-                _s("fr_liq_gap_pct", pos_b, "4x40"),
-                _s("fr_liq_gap_pct", pos_c, "20x40"),
-                _s("fr_liq_hit_probability", {**pos_a, "horizon": "1h"}, "0.05x40"),
-                _s("fr_liq_hit_probability", {**pos_a, "horizon": "8h"}, "0.4x40"),
-                _s("fr_adl_rank", pos_a, "3x40"),
-                _s("fr_adl_rank", pos_b, "2x40"),
+                _s(m.NET_APY, {**pos_a, "basis": "projected"}, "-2.5x40"),
+                _s(m.NET_APY, {**pos_a, "basis": "realized"}, "-10x40"),  # realised loss alone: no alert
+                _s(m.NET_APY, {**pos_b, "basis": "projected"}, "8x40"),
+                _s(m.LIQ_GAP, pos_a, "8x40"),
+                _s(m.LIQ_GAP, pos_b, "4x40"),
+                _s(m.LIQ_GAP, pos_c, "20x40"),
+                _s(m.LIQ_HIT_PROBABILITY, {**pos_a, "horizon": "1h"}, "0.05x40"),
+                _s(m.LIQ_HIT_PROBABILITY, {**pos_a, "horizon": "8h"}, "0.4x40"),
+                _s(m.ADL_RANK, pos_a, "3x40"),
+                _s(m.ADL_RANK, pos_b, "2x40"),
             ],
             "alert_rule_test": [
                 _none("20m", "NetApyNegative"),
@@ -371,9 +373,9 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
             "interval": "1m",
             "input_series": [
                 # 100 USD/s for an hour, then 100 000 USD/s
-                _s("fr_liquidated_notional_usd_total", liq_bin, "0+6000x60 6360000+6000000x15"),
+                _s(m.LIQUIDATED_NOTIONAL, liq_bin, "0+6000x60 6360000+6000000x15"),
                 # nothing, then 1 000 USD/s: many times its baseline but under the 50 000 USD/s floor
-                _s("fr_liquidated_notional_usd_total", liq_byb, "0x60 60000+60000x15"),
+                _s(m.LIQUIDATED_NOTIONAL, liq_byb, "0x60 60000+60000x15"),
             ],
             "promql_expr_test": [
                 {
@@ -413,8 +415,8 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
             "name": "AI risk probability above 0.7, sustained",
             "interval": "1m",
             "input_series": [
-                _s("fr_ai_risk_probability", ai_btc, "0.8x20"),
-                _s("fr_ai_risk_probability", {**ai_btc, "base": "ETH"}, "0.5x20"),
+                _s(m.AI_RISK_PROBABILITY, ai_btc, "0.8x20"),
+                _s(m.AI_RISK_PROBABILITY, {**ai_btc, "base": "ETH"}, "0.5x20"),
             ],
             "alert_rule_test": [
                 _none("5m", "AiRiskHigh"),
@@ -441,12 +443,12 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
             "name": "AI sidecar stale, AI calls failing",
             "interval": "1m",
             "input_series": [
-                _s("fr_ai_last_success_timestamp_seconds", stale_model, "0x40"),  # never succeeded since t=0
-                _s("fr_ai_last_success_timestamp_seconds", {**sidecar, "model": "baseline"}, "0+60x40"),  # fresh
-                _s("fr_ai_requests_total", stale_model, "0+10x40"),
-                _s("fr_ai_request_failures_total", {**stale_model, "reason": "timeout"}, "0+8x40"),
-                _s("fr_ai_requests_total", {**sidecar, "model": "baseline"}, "0+10x40"),
-                _s("fr_ai_request_failures_total", {**sidecar, "model": "baseline", "reason": "schema"}, "0+1x40"),
+                _s(m.AI_LAST_SUCCESS, stale_model, "0x40"),  # never succeeded since t=0
+                _s(m.AI_LAST_SUCCESS, {**sidecar, "model": "baseline"}, "0+60x40"),  # fresh
+                _s(m.AI_REQUESTS, stale_model, "0+10x40"),
+                _s(m.AI_REQUEST_FAILURES, {**stale_model, "reason": "timeout"}, "0+8x40"),
+                _s(m.AI_REQUESTS, {**sidecar, "model": "baseline"}, "0+10x40"),
+                _s(m.AI_REQUEST_FAILURES, {**sidecar, "model": "baseline", "reason": "schema"}, "0+1x40"),
             ],
             "alert_rule_test": [
                 _none("20m", "AiSidecarStale"),
@@ -540,11 +542,11 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
             "name": "exchange stream down and stale",
             "interval": "1m",
             "input_series": [
-                _s("fr_up", down, "0x10"),
-                _s("fr_up", {**inst, "exchange": "binance"}, "1x10"),
-                _s("fr_stream_last_message_timestamp_seconds", stream, "0x10"),  # stuck since t=0
+                _s(m.UP, down, "0x10"),
+                _s(m.UP, {**inst, "exchange": "binance"}, "1x10"),
+                _s(m.STREAM_LAST_MESSAGE, stream, "0x10"),  # stuck since t=0
                 _s(
-                    "fr_stream_last_message_timestamp_seconds",
+                    m.STREAM_LAST_MESSAGE,
                     {**inst, "exchange": "binance", "stream": "markPrice"},
                     "0+60x10",
                 ),
@@ -559,7 +561,7 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
                             "ExchangeStreamDown",
                             "critical",
                             down,
-                            "The exporter's streams to okx are disconnected or silent (fr_up = 0 for 2m); "
+                            f"The exporter's streams to okx are disconnected or silent ({m.UP} = 0 for 2m); "
                             "its funding and liquidation series are absent.",
                             "0",
                         )

@@ -3,7 +3,9 @@ metric name the rules, promtool tests, dashboards and runbook use is declared th
 
 from __future__ import annotations
 
+import io
 import re
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -110,3 +112,19 @@ def test_the_label_column_names_the_label_groups() -> None:
     row = docs._row(m)
     assert len(re.findall(r"(?<!\\)\|", row)) == 6, row  # a pipe inside a cell is escaped, not a column
     assert "x \\| y" in row
+
+
+MIXIN_MODULES = sorted((ROOT / "mixin").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", MIXIN_MODULES, ids=lambda p: p.name)
+def test_the_mixin_spells_no_metric_name_itself(path: Path) -> None:
+    """Rules, dashboards and promtool tests take family names from the catalog (``{m.FUNDING_RATE}``),
+    so a rename there reaches every expression; a string literal naming a family would not follow."""
+    literals = [
+        (t.start[0], t.string)
+        for t in tokenize.generate_tokens(io.StringIO(path.read_text(encoding="utf-8")).readline)
+        if t.type == tokenize.STRING
+    ]
+    spelled = [(line, name) for line, text in literals for name in NAME.findall(text)]
+    assert not spelled, f"{path.name} spells family names instead of using the catalog: {spelled}"
