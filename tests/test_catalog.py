@@ -81,11 +81,13 @@ def test_help_placeholders_must_all_be_given() -> None:
 def test_families_carry_the_declared_type_and_labels() -> None:
     spec = catalog.LIQUIDATIONS.spec()
     assert (spec.name, spec.kind, spec.om_name) == ("fr_liquidations_total", "counter", "fr_liquidations")
-    fam = catalog.FUNDING_RECEIVED.family()
+    fam = catalog.FUNDING_RECEIVED.counter()
     assert isinstance(fam, CounterMetricFamily) and fam.name == "fr_funding_received_usd"
     fam.add_metric(["p", "binance", "BTCUSDT", "short"], 1.0)
     assert fam.samples[0].labels == {"position": "p", "exchange": "binance", "instrument": "BTCUSDT", "side": "short"}
-    assert isinstance(catalog.AI_REQUEST_DURATION.family(), HistogramMetricFamily)
+    assert isinstance(catalog.AI_REQUEST_DURATION.histogram(), HistogramMetricFamily)
+    with pytest.raises(TypeError, match="declared a counter"):
+        catalog.FUNDING_RECEIVED.gauge()
     with pytest.raises(ValueError):
         catalog.AI_REQUEST_DURATION.spec()
     assert f"{catalog.FUNDING_ZSCORE} > 2" == "fr_funding_zscore > 2"  # str() is the name, for PromQL

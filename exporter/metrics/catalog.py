@@ -2,10 +2,11 @@
 
 Each :class:`MetricDef` holds a family's name, type, label names, unit, HELP text and the meaning
 written in ``docs/metrics.md``. The collectors build their families from these declarations
-(:meth:`MetricDef.spec` for the fast renderer, :meth:`MetricDef.family` for prometheus_client
-families), ``python -m mixin.generate`` writes ``docs/metrics.md`` from them, and the mixin's PromQL
-takes its metric names from them (``f"{catalog.FUNDING_ZSCORE} > 2.5"``: a definition's ``str()``
-is its name). Renaming a series here renames it everywhere; tests/test_golden.py shows the change.
+(:meth:`MetricDef.spec` for the fast renderer; ``gauge()``, ``counter()``, ``histogram()`` for
+prometheus_client families), ``python -m mixin.generate`` writes ``docs/metrics.md`` from them,
+and the mixin's PromQL takes its metric names from them (``f"{m.FUNDING_ZSCORE} > 2.5"``: a
+definition's ``str()`` is its name). Renaming a series here renames it everywhere, and
+tests/test_golden.py shows the change.
 
 A HELP text may hold ``{placeholders}`` for configured values (windows, fees); the collector fills
 them when it builds the family (``help_params`` names them). Counters are declared with their
@@ -23,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from exporter.metrics.exposition import Spec
 
@@ -97,14 +98,22 @@ class MetricDef:
             raise ValueError(f"{self.name}: the fast renderer has no histograms")
         return Spec(self.name, self.kind, self.help_text(**params))
 
-    def family(self, **params: object) -> Metric:
-        """An empty prometheus_client family with the declared labels, for a ``collect()``."""
-        text = self.help_text(**params)
-        if self.kind == "counter":
-            return CounterMetricFamily(self.name, text, labels=self.labels)
-        if self.kind == "histogram":
-            return HistogramMetricFamily(self.name, text, labels=self.labels)
-        return GaugeMetricFamily(self.name, text, labels=self.labels)
+    def gauge(self, **params: object) -> GaugeMetricFamily:
+        """An empty prometheus_client gauge family with the declared labels, for a ``collect()``."""
+        return GaugeMetricFamily(self.name, self._help_of("gauge", params), labels=self.labels)
+
+    def counter(self, **params: object) -> CounterMetricFamily:
+        """An empty counter family (prometheus_client names it without ``_total``; the samples keep it)."""
+        return CounterMetricFamily(self.name, self._help_of("counter", params), labels=self.labels)
+
+    def histogram(self, **params: object) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self.name, self._help_of("histogram", params), labels=self.labels)
+
+    def _help_of(self, kind: Kind, params: dict[str, object]) -> str:
+        # the collector says which type it builds: a catalog change of type fails here, not in Grafana
+        if kind != self.kind:
+            raise TypeError(f"{self.name} is declared a {self.kind}, built as a {kind}")
+        return self.help_text(**params)
 
     @property
     def family_name(self) -> str:

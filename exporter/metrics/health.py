@@ -8,7 +8,8 @@ from prometheus_client.core import Metric
 
 from exporter import __version__
 from exporter.config import Config
-from exporter.metrics.exposition import EMPTY_LABELS, Family, LabelSet, Spec
+from exporter.metrics import catalog as m
+from exporter.metrics.exposition import EMPTY_LABELS, Family, LabelSet
 from exporter.model import Exchange
 from exporter.state import MarketState
 
@@ -47,52 +48,18 @@ class HealthCollector:
     def __init__(self, config: Config, state: MarketState, version: str = __version__) -> None:
         self.config = config
         self.state = state
-        self.s_up = Spec(
-            "fr_up",
-            "gauge",
-            "1 when at least one websocket stream of the exchange is connected and had a message within "
-            "the exchange's stream staleness limit (stale.stream_seconds), else 0. Present for every "
-            "configured exchange.",
-        )
-        self.s_conn = Spec(
-            "fr_stream_connected", "gauge", "1 while the websocket connection of the stream is open, else 0."
-        )
-        self.s_last = Spec(
-            "fr_stream_last_message_timestamp_seconds",
-            "gauge",
-            "Unix time in seconds of the last message received on the stream (absent before the first one).",
-        )
-        self.s_msgs = Spec("fr_stream_messages_total", "counter", "Websocket messages received on the stream.")
-        self.s_rec = Spec(
-            "fr_stream_reconnects_total",
-            "counter",
-            "Reconnections of the stream (after errors, silence or planned rotation).",
-        )
-        self.s_perr = Spec(
-            "fr_parse_errors_total",
-            "counter",
-            "Messages of the stream that could not be parsed (dropped, state unchanged).",
-        )
-        self.s_suberr = Spec(
-            "fr_stream_subscription_errors_total", "counter", "Subscriptions the exchange refused on the stream."
-        )
-        self.s_req = Spec("fr_rest_requests_total", "counter", "REST requests sent to the exchange endpoint.")
-        self.s_fail = Spec(
-            "fr_rest_request_failures_total",
-            "counter",
-            "Failed REST requests per endpoint and reason (rate_limited, http_5xx, timeout, ...).",
-        )
-        self.s_rest_ok = Spec(
-            "fr_rest_last_success_timestamp_seconds",
-            "gauge",
-            "Unix time in seconds of the endpoint's last successful response.",
-        )
-        self.s_unknown = Spec(
-            "fr_unknown_instrument_updates_total",
-            "counter",
-            "Records for instruments the exporter does not follow (ignored).",
-        )
-        self.s_build = Spec("fr_build_info", "gauge", "Always 1; label version = the exporter's version.")
+        self.s_up = m.UP.spec()
+        self.s_conn = m.STREAM_CONNECTED.spec()
+        self.s_last = m.STREAM_LAST_MESSAGE.spec()
+        self.s_msgs = m.STREAM_MESSAGES.spec()
+        self.s_rec = m.STREAM_RECONNECTS.spec()
+        self.s_perr = m.PARSE_ERRORS.spec()
+        self.s_suberr = m.SUBSCRIPTION_ERRORS.spec()
+        self.s_req = m.REST_REQUESTS.spec()
+        self.s_fail = m.REST_FAILURES.spec()
+        self.s_rest_ok = m.REST_LAST_SUCCESS.spec()
+        self.s_unknown = m.UNKNOWN_INSTRUMENT_UPDATES.spec()
+        self.s_build = m.BUILD_INFO.spec()
         self._build_labels = LabelSet([("version", version)])
         self._labels: dict[tuple[tuple[str, str], ...], LabelSet] = {}
 

@@ -15,14 +15,10 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 
+from exporter.metrics import catalog as m
 from exporter.sidecar.schema import RISK_LEVELS, RiskAnswer
 
 FAILURE_REASONS: tuple[str, ...] = (
@@ -133,32 +129,11 @@ class AiCollector:
 
     def collect(self) -> Iterable[Metric]:
         s = self.state
-        prob = GaugeMetricFamily(
-            "fr_ai_risk_probability",
-            "Probability (0..1) of a large liquidation event for the base asset within the horizon, "
-            "by model (last valid answer).",
-            labels=["base", "horizon", "model"],
-        )
-        conf = GaugeMetricFamily(
-            "fr_ai_confidence",
-            "The model's stated confidence (0..1) in its last valid answer.",
-            labels=["base", "horizon", "model"],
-        )
-        level = GaugeMetricFamily(
-            "fr_ai_risk_level",
-            "1 for the model's current risk level (label level), 0 for the others.",
-            labels=["base", "model", "level"],
-        )
-        volume = GaugeMetricFamily(
-            "fr_ai_estimated_liquidation_volume_usd",
-            "The model's estimate of liquidated notional within the horizon, in USD.",
-            labels=["base", "horizon", "model"],
-        )
-        last = GaugeMetricFamily(
-            "fr_ai_last_success_timestamp_seconds",
-            "Unix time (seconds) when the last valid answer arrived for the base asset.",
-            labels=["base", "model"],
-        )
+        prob = m.AI_RISK_PROBABILITY.gauge()
+        conf = m.AI_CONFIDENCE.gauge()
+        level = m.AI_RISK_LEVEL.gauge()
+        volume = m.AI_LIQUIDATION_VOLUME.gauge()
+        last = m.AI_LAST_SUCCESS.gauge()
         for (model, base), pub in sorted(s.latest.items()):
             a = pub.answer
             prob.add_metric([base, pub.horizon, model], a.liquidation_probability)
@@ -169,62 +144,31 @@ class AiCollector:
                 level.add_metric([base, model, name], 1.0 if a.risk_level.value == name else 0.0)
         yield from (prob, conf, level, volume, last)
 
-        requests = CounterMetricFamily(
-            "fr_ai_requests", "Calls to the model (HTTP attempts, retries included; baseline runs).", labels=["model"]
-        )
+        requests = m.AI_REQUESTS.counter()
         for model, n in sorted(s.requests.items()):
             requests.add_metric([model], n)
-        failures = CounterMetricFamily(
-            "fr_ai_request_failures",
-            "Failed calls or rejected answers by reason (timeout, http_error, rate_limited, connection_error, "
-            "bad_response, invalid_json, schema, internal).",
-            labels=["model", "reason"],
-        )
+        failures = m.AI_REQUEST_FAILURES.counter()
         for (model, reason), n in sorted(s.failures.items()):
             failures.add_metric([model, reason], n)
-        duration = HistogramMetricFamily(
-            "fr_ai_request_duration_seconds", "Model call latency per attempt, in seconds.", labels=["model"]
-        )
+        duration = m.AI_REQUEST_DURATION.histogram()
         for model, h in sorted(s.durations.items()):
             cumulative, buckets = 0, []
             for bound, count in zip((*DURATION_BUCKETS, float("inf")), h.counts, strict=True):
                 cumulative += count
                 buckets.append(("+Inf" if bound == float("inf") else f"{bound:g}", cumulative))
             duration.add_metric([model], buckets, h.total)
-        tokens = CounterMetricFamily(
-            "fr_ai_tokens", "Tokens reported by the model's API (kind = prompt | completion).", labels=["model", "kind"]
-        )
+        tokens = m.AI_TOKENS.counter()
         for (model, kind), n in sorted(s.tokens.items()):
             tokens.add_metric([model, kind], n)
-        cost = CounterMetricFamily(
-            "fr_ai_cost_usd",
-            "Cost of the model's tokens at the configured prices per million tokens, in USD.",
-            labels=["model"],
-        )
+        cost = m.AI_COST.counter()
         for model, usd in sorted(s.cost.items()):
             cost.add_metric([model], usd)
         yield from (requests, failures, duration, tokens, cost)
 
-        brier = GaugeMetricFamily(
-            "fr_ai_brier_score",
-            "Brier score (mean squared error of the probability, 0 best, 0.25 = constant 0.5) of scored predictions.",
-            labels=["model"],
-        )
-        precision = GaugeMetricFamily(
-            "fr_ai_precision_ratio",
-            "Precision (0..1) of scored predictions at probability >= 0.5 (absent while no prediction was >= 0.5).",
-            labels=["model"],
-        )
-        recall = GaugeMetricFamily(
-            "fr_ai_recall_ratio",
-            "Recall (0..1) of scored predictions at probability >= 0.5 (absent while no event occurred).",
-            labels=["model"],
-        )
-        scored = CounterMetricFamily(
-            "fr_ai_scored_predictions",
-            "Predictions whose horizon has passed and that were scored against the observed liquidation flow.",
-            labels=["model"],
-        )
+        brier = m.AI_BRIER.gauge()
+        precision = m.AI_PRECISION.gauge()
+        recall = m.AI_RECALL.gauge()
+        scored = m.AI_SCORED.counter()
         for model, sc in sorted(s.scores.items()):
             scored.add_metric([model], sc.count)
             if sc.brier is not None:
@@ -235,14 +179,10 @@ class AiCollector:
                 recall.add_metric([model], sc.recall)
         yield from (brier, precision, recall, scored)
 
-        reads = CounterMetricFamily(
-            "fr_ai_state_reads", "Reads of the exporter's /api/state by result (ok | error).", labels=["result"]
-        )
+        reads = m.AI_STATE_READS.counter()
         for result, n in sorted(s.state_reads.items()):
             reads.add_metric([result], n)
-        slack = CounterMetricFamily(
-            "fr_ai_slack_messages", "Slack messages by result (sent | failed | dropped).", labels=["result"]
-        )
+        slack = m.AI_SLACK_MESSAGES.counter()
         for result, n in sorted(s.slack.items()):
             slack.add_metric([result], n)
         yield from (reads, slack)
