@@ -21,6 +21,7 @@ from prometheus_client.core import Metric
 from exporter.analytics import funding as fa
 from exporter.analytics.cross import FundingPoint, funding_spreads, oi_weighted_funding
 from exporter.config import Config
+from exporter.metrics import catalog as m
 from exporter.metrics.exposition import Family, LabelSet, Spec, yield_gil
 from exporter.model import EIGHT_HOURS, Exchange, InstrumentInfo, Side
 from exporter.state import InstrumentState, Key, MarketState
@@ -291,109 +292,25 @@ class MarketCollector:
         an = cfg.analytics
         zw = _window_text(an.zscore_window_seconds)
         aw = _window_text(an.anchor_window_seconds)
-        per = "fraction per the instrument's funding interval"
-        self.s_rate = Spec(
-            "fr_funding_rate",
-            "gauge",
-            f"Current (predicted, next-settlement) funding rate as delivered by the exchange, {per} "
-            "(see fr_funding_interval_seconds). Positive: longs pay shorts. Absent when older than "
-            "the exchange's funding staleness limit.",
-        )
-        self.s_interval = Spec(
-            "fr_funding_interval_seconds",
-            "gauge",
-            "Funding interval of the instrument in seconds (8 h = 28800, 4 h, 1 h). Deribit funds "
-            "continuously and is exported as 28800 with its 8 h-equivalent rate.",
-        )
-        self.s_ann = Spec(
-            "fr_funding_rate_annualized_ratio",
-            "gauge",
-            "fr_funding_rate x 31536000 / fr_funding_interval_seconds: simple (not compounded) "
-            "annual funding rate, fraction per year, using the instrument's own interval.",
-        )
-        self.s_next = Spec(
-            "fr_next_funding_timestamp_seconds",
-            "gauge",
-            "Unix time in seconds of the next funding settlement; absent where the exchange has "
-            "none (Deribit, continuous).",
-        )
-        self.s_cap = Spec(
-            "fr_funding_cap_ratio", "gauge", f"Published funding rate cap, {per}, where the exchange publishes it."
-        )
-        self.s_floor = Spec(
-            "fr_funding_floor_ratio", "gauge", f"Published funding rate floor, {per}, where the exchange publishes it."
-        )
-        self.s_mark = Spec("fr_mark_price", "gauge", "Mark price in quote currency.")
-        self.s_index = Spec("fr_index_price", "gauge", "Index (spot reference) price in quote currency.")
-        self.s_premium = Spec(
-            "fr_premium_ratio",
-            "gauge",
-            "(mark - index) / index as a ratio; the exchange's published premium index when mark or index is unknown.",
-        )
-        self.s_oi = Spec(
-            "fr_open_interest_usd",
-            "gauge",
-            "Open interest in USD notional (contracts converted with the contract size).",
-        )
-        self.s_ls = Spec(
-            "fr_long_short_account_ratio",
-            "gauge",
-            "Exchange-published ratio of accounts net long to accounts net short (dimensionless), where available.",
-        )
-        self.s_z = Spec(
-            "fr_funding_zscore",
-            "gauge",
-            f"z-score of the current funding rate against the settled funding rates of the trailing "
-            f"{zw} window: (fr_funding_rate - mean) / sample standard deviation (n-1). Needs "
-            f"{an.zscore_min_observations} observations; absent when all rates in the window are "
-            "equal. The window is backfilled from the exchange's history at start. Deribit "
-            "(continuous): hourly observations of the 8 h-equivalent rate.",
-        )
-        self.s_mom = Spec(
-            "fr_funding_momentum",
-            "gauge",
-            f"fr_funding_rate minus the mean settled rate of the trailing {zw} window, {per}.",
-        )
-        self.s_acc = Spec(
-            "fr_funding_acceleration",
-            "gauge",
-            "Change of the change between consecutive settlements, over the last three settled "
-            f"rates of the trailing {zw} window: (r3 - r2) - (r2 - r1), {per}.",
-        )
-        self.s_edge = Spec(
-            "fr_edge_bp",
-            "gauge",
-            "Carry edge per funding interval for the side that receives funding (label side: short "
-            "when the rate is >= 0, long when negative), in basis points: |fr_funding_rate| x 1e4 "
-            "- 2 x fee_bp x fr_funding_interval_seconds / (holding_hours x 3600), where fee_bp is "
-            f"the configured {an.fee_kind} fee per side and holding_hours = "
-            f"{an.holding_period_hours:g}. Negative: the carry does not pay its fees.",
-        )
-        self.s_anchor = Spec(
-            "fr_effective_anchor_strength",
-            "gauge",
-            "Effective anchor strength l: ordinary least-squares slope of the funding rate on "
-            f"the premium ratio over the trailing {aw} window of one-a-minute samples "
-            "(dimensionless; needs 10 samples).",
-        )
-        self.s_liq = Spec(
-            "fr_liquidations_total",
-            "counter",
-            "Liquidation orders seen on the exchange's public liquidation stream since the exporter "
-            "started; label side = side of the liquidated position. Sampled feeds: Binance and OKX "
-            "push at most one liquidation per instrument per second (cascades are undercounted); "
-            "Bybit allLiquidation sends all; Deribit: trades flagged as liquidations.",
-        )
-        self.s_liq_usd = Spec(
-            "fr_liquidated_notional_usd_total",
-            "counter",
-            "USD notional of the liquidations counted in fr_liquidations_total (same sampling).",
-        )
-        self.s_ins = Spec(
-            "fr_insurance_fund_balance_usd",
-            "gauge",
-            "Insurance fund balance in USD per exchange and pool, where published.",
-        )
+        self.s_rate = m.FUNDING_RATE.spec()
+        self.s_interval = m.FUNDING_INTERVAL.spec()
+        self.s_ann = m.FUNDING_RATE_ANNUALIZED.spec()
+        self.s_next = m.NEXT_FUNDING_TIMESTAMP.spec()
+        self.s_cap = m.FUNDING_CAP.spec()
+        self.s_floor = m.FUNDING_FLOOR.spec()
+        self.s_mark = m.MARK_PRICE.spec()
+        self.s_index = m.INDEX_PRICE.spec()
+        self.s_premium = m.PREMIUM.spec()
+        self.s_oi = m.OPEN_INTEREST.spec()
+        self.s_ls = m.LONG_SHORT_RATIO.spec()
+        self.s_z = m.FUNDING_ZSCORE.spec(window=zw, min_observations=an.zscore_min_observations)
+        self.s_mom = m.FUNDING_MOMENTUM.spec(window=zw)
+        self.s_acc = m.FUNDING_ACCELERATION.spec(window=zw)
+        self.s_edge = m.EDGE.spec(fee_kind=an.fee_kind, holding_hours=f"{an.holding_period_hours:g}")
+        self.s_anchor = m.ANCHOR_STRENGTH.spec(window=aw)
+        self.s_liq = m.LIQUIDATIONS.spec()
+        self.s_liq_usd = m.LIQUIDATED_NOTIONAL.spec()
+        self.s_ins = m.INSURANCE_FUND.spec()
         self._ins_labels: dict[tuple[str, str], LabelSet] = {}
 
     def families(self, views: Sequence[InstrumentView] | None = None) -> list[Family]:
@@ -480,22 +397,9 @@ class CrossCollector:
     def __init__(self, analytics: MarketAnalytics) -> None:
         self.analytics = analytics
         an = analytics.config.analytics
-        self.s_oiw = Spec(
-            "fr_oi_weighted_funding_rate",
-            "gauge",
-            "Open-interest-weighted funding rate per base across exchanges and instruments, each rate "
-            "normalised to an 8 h interval: sum(rate_8h x open_interest_usd) / sum(open_interest_usd); "
-            "fraction per 8 h; instruments with fresh funding and open interest only.",
-        )
-        self.s_spread = Spec(
-            "fr_funding_spread_bp",
-            "gauge",
-            "Funding earned per 8 h by shorting the highest-rate instrument of the base on "
-            "short_exchange and longing the lowest-rate one on long_exchange, in basis points: "
-            "(rate_8h short - rate_8h long) x 1e4 - 2 x (fee_bp long + fee_bp short) x 8 / "
-            f"{an.holding_period_hours:g} (round-trip {an.fee_kind} fees of both legs amortised over "
-            "the holding period). Only pairs with a positive gross spread, best "
-            f"{an.spread_top_n} per base.",
+        self.s_oiw = m.OI_WEIGHTED_FUNDING.spec()
+        self.s_spread = m.FUNDING_SPREAD.spec(
+            holding_hours=f"{an.holding_period_hours:g}", fee_kind=an.fee_kind, top_n=an.spread_top_n
         )
         self._labels: dict[tuple[str, ...], LabelSet] = {}
 
