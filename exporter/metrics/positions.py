@@ -16,10 +16,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-POSITION_LABELS = ["position", "exchange", "instrument", "side"]
+from exporter.metrics import catalog as m
+
+POSITION_LABELS = list(m.POSITION_LABELS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,82 +109,20 @@ class PositionCollector(Collector):
         yield from self._families(self.source.views(), health=True)
 
     def _families(self, views: Sequence[PositionView], health: bool = False) -> Iterator[Metric]:
-        liq = GaugeMetricFamily(
-            "fr_liquidation_price",
-            "Liquidation price of the position in quote currency. source=exchange: the exchange's own figure "
-            "read with a read-only key; otherwise source=computed: the exchange's isolated/cross formula with its "
-            "maintenance-margin tiers (public tiers where published, else configured); see docs/positions.md.",
-            labels=[*POSITION_LABELS, "source"],
-        )
-        gap = GaugeMetricFamily(
-            "fr_liq_gap_pct",
-            "Distance from the live mark price to the liquidation price, percent of mark (long: (mark-liq)/mark, "
-            "short: (liq-mark)/mark); 0 at the liquidation price, negative beyond it. Uses the exchange's "
-            "liquidation price when known, else the computed one.",
-            labels=POSITION_LABELS,
-        )
-        hit = GaugeMetricFamily(
-            "fr_liq_hit_probability",
-            "Probability (0..1) that the mark touches the liquidation price within label horizon. First passage "
-            "of a driftless Brownian motion with an inverse-gamma volatility mixture (reflection principle: "
-            "P = 2*sf_t(d/(sigma*sqrt(T)*sqrt((nu-2)/nu)), nu), Student-t tails), sigma = realised volatility of "
-            "the mark sampled by the exporter (up to 24 h), nu from the excess kurtosis of its returns (3..30).",
-            labels=[*POSITION_LABELS, "horizon"],
-        )
-        adl = GaugeMetricFamily(
-            "fr_adl_rank",
-            "ADL rank of the position normalised to 0 (safest) .. 4 (first in line). Raw scales: Binance "
-            "adlQuantile 0-4 (as is); Bybit adlRankIndicator 1-5 (minus 1; 0 = no position); OKX adl 0-5 "
-            "(x 4/5); Deribit has no ADL ranking (absent). Needs a read-only API key.",
-            labels=POSITION_LABELS,
-        )
-        pnl = CounterMetricFamily(
-            "fr_funding_pnl_usd",
-            "Net funding received (+) / paid (-) by the position in USD, accrued exactly once per settlement "
-            "(persisted in SQLite across restarts; Deribit accrues continuously at its 8 h-equivalent rate). "
-            "Both legs of a hedged position count. Can decrease: use fr_funding_received_usd_total / "
-            "fr_funding_paid_usd_total for rate().",
-            labels=POSITION_LABELS,
-        )
-        received = CounterMetricFamily(
-            "fr_funding_received_usd", "Funding received by the position, USD (monotonic).", labels=POSITION_LABELS
-        )
-        paid = CounterMetricFamily(
-            "fr_funding_paid_usd", "Funding paid by the position, USD (monotonic, positive).", labels=POSITION_LABELS
-        )
-        settled = CounterMetricFamily(
-            "fr_position_funding_accruals",
-            "Funding accruals recorded for the position (one per settlement per leg; Deribit: per period).",
-            labels=POSITION_LABELS,
-        )
-        apy = GaugeMetricFamily(
-            "fr_net_apy_pct",
-            "Net carry APY in percent: (funding received - funding paid - fees - borrow interest - gas) / locked "
-            "capital, annualised. basis=realized: since the position opened (shown after 1 h); basis=projected: "
-            "one year at the current funding rate of every perp leg with its own interval, minus borrow APR, "
-            "minus fees and gas amortised over analytics.holding_period_hours.",
-            labels=[*POSITION_LABELS, "basis"],
-        )
-        stress_eq = GaugeMetricFamily(
-            "fr_position_stress_equity_usd",
-            "Margin equity (margin + unrealised PnL) of the position in USD if the mark moved instantly by "
-            "label shock_pct percent.",
-            labels=[*POSITION_LABELS, "shock_pct"],
-        )
-        stress_ok = GaugeMetricFamily(
-            "fr_position_stress_survives",
-            "1 if the position would not be liquidated after an instant mark move of shock_pct percent, else 0.",
-            labels=[*POSITION_LABELS, "shock_pct"],
-        )
-        size = GaugeMetricFamily("fr_position_size", "Position size in base coin.", labels=POSITION_LABELS)
-        notional = GaugeMetricFamily(
-            "fr_position_notional_usd", "Position size x live mark price, USD.", labels=POSITION_LABELS
-        )
-        capital = GaugeMetricFamily(
-            "fr_position_locked_capital_usd",
-            "Capital the carry APY is computed on: configured, else margin of the perp leg plus the hedge's capital.",
-            labels=POSITION_LABELS,
-        )
+        liq = m.LIQUIDATION_PRICE.gauge()
+        gap = m.LIQ_GAP.gauge()
+        hit = m.LIQ_HIT_PROBABILITY.gauge()
+        adl = m.ADL_RANK.gauge()
+        pnl = m.FUNDING_PNL.counter()
+        received = m.FUNDING_RECEIVED.counter()
+        paid = m.FUNDING_PAID.counter()
+        settled = m.FUNDING_ACCRUALS.counter()
+        apy = m.NET_APY.gauge()
+        stress_eq = m.STRESS_EQUITY.gauge()
+        stress_ok = m.STRESS_SURVIVES.gauge()
+        size = m.POSITION_SIZE.gauge()
+        notional = m.POSITION_NOTIONAL.gauge()
+        capital = m.LOCKED_CAPITAL.gauge()
         for v in views:
             lab = v.labels
             # one series per position: the exchange's figure when known, else ours (api rows carry both)
@@ -229,21 +169,9 @@ class PositionCollector(Collector):
             capital,
         )
 
-        errors = CounterMetricFamily(
-            "fr_position_config_errors",
-            "Configured positions skipped at start because of an error, by the field at fault (the error is "
-            "logged with the position's index and name).",
-            labels=["field"],
-        )
-        reads = CounterMetricFamily(
-            "fr_position_account_reads", "Signed account reads attempted, per exchange.", labels=["exchange"]
-        )
-        failures = CounterMetricFamily(
-            "fr_position_account_read_failures",
-            "Failed signed account reads, per exchange and reason (auth, rate_limited, http_5xx, timeout, "
-            "connect, exchange_error, invalid_response).",
-            labels=["exchange", "reason"],
-        )
+        errors = m.POSITION_CONFIG_ERRORS.counter()
+        reads = m.ACCOUNT_READS.counter()
+        failures = m.ACCOUNT_READ_FAILURES.counter()
         if health:
             by_field, by_exchange, by_failure = self.source.health()
             for f, n in sorted(by_field.items()):
