@@ -406,11 +406,8 @@ class Exporter:
         from exporter.server import start_server
 
         extra_api = self.positions.api_rows if self.positions is not None else None
-        try:
-            return start_server(self.config, self.state, registry, extra_api=extra_api)
-        except OSError as exc:
-            log.error("cannot listen on %s: %s", self.config.listen_address, exc.strerror or exc)
-            raise
+        # ListenError / ConfigError (web config) propagate: the CLI prints them as one line
+        return start_server(self.config, self.state, registry, extra_api=extra_api)
 
 
 async def run_exporter(config: Config, stop: asyncio.Event, ready: Callable[[int], None] | None = None) -> None:

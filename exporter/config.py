@@ -202,9 +202,22 @@ class SlackConfig(_Model):
     max_text_chars: int = Field(1500, ge=100)
 
 
+class ExporterClientConfig(_Model):
+    """How the sidecar authenticates to an exporter that has a web config (basic auth, TLS)."""
+
+    username: str | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None  # to verify the exporter's certificate (default: system CAs)
+    cert_file: Path | None = None  # client certificate, for an exporter that requires mTLS
+    key_file: Path | None = None
+
+
 class SidecarConfig(_Model):
     exporter_url: str = "http://127.0.0.1:9466"
+    exporter_client: ExporterClientConfig = Field(default_factory=ExporterClientConfig)
     listen_address: str = "0.0.0.0:9467"
+    web_config_file: Path | None = None  # exporter-toolkit web config of the sidecar's own /metrics
     interval_seconds: float = Field(300.0, gt=0)
     event_poll_seconds: float = Field(5.0, gt=0)  # how often /api/state is checked for threshold events
     bases: list[str] | None = None  # None: every base the exporter reports
@@ -242,7 +255,10 @@ class SidecarConfig(_Model):
 
 class Config(_Model):
     listen_address: str = "0.0.0.0:9466"
-    tls: TlsConfig | None = None
+    # exporter-toolkit web config (TLS, mTLS, basic auth): docs in exporter/web.py, README "Security"
+    web_config_file: Path | None = None
+    telemetry_path: str = Field("/metrics", pattern=r"^/[^?#\s]*$")
+    tls: TlsConfig | None = None  # older, TLS only; web_config_file replaces it
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     exchanges: dict[Exchange, ExchangeConfig] = Field(default_factory=lambda: {ex: ExchangeConfig() for ex in Exchange})
     analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig)

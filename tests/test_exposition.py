@@ -105,7 +105,8 @@ def rich_state() -> MarketState:
 
 
 def registry():
-    return build_registry(Config(), rich_state(), extra_collectors=[OtherCollector()])
+    # no process_* here: CPU seconds move between the two renders these tests compare
+    return build_registry(Config(), rich_state(), extra_collectors=[OtherCollector()], process=False)
 
 
 def normalise(families) -> list[tuple]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import platform
 import threading
 from collections.abc import Iterable
 
@@ -12,6 +13,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import __version__
+from exporter.build import git_revision
 from exporter.config import Config
 from exporter.metrics import build_registry
 from exporter.model import (
@@ -91,7 +93,8 @@ def test_fresh_values_are_exported() -> None:
     assert value(reg, "fr_funding_zscore") is not None
     assert value(reg, "fr_edge_bp", {**BTC, "side": "short"}) is not None
     assert value(reg, "fr_insurance_fund_balance_usd", {"exchange": "binance", "pool": "USDT"}) == 1e9
-    assert value(reg, "fr_build_info", {"version": __version__}) == 1.0
+    build = {"version": __version__, "revision": git_revision(), "python_version": platform.python_version()}
+    assert value(reg, "fr_build_info", build) == 1.0
 
 
 def test_stale_values_disappear_with_their_derived_values() -> None:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import logging
+import select
+import socket
+import socketserver
 import ssl
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -18,7 +24,7 @@ from exporter import __version__
 from exporter.config import Config
 from exporter.metrics import build_registry
 from exporter.model import EIGHT_HOURS, Exchange, InstrumentInfo, Liquidation, MarketUpdate, Side
-from exporter.server import ServerHandle, start_server
+from exporter.server import ListenError, ServerHandle, ServerLimits, bind_check, start_server
 from exporter.state import MarketState
 
 T0 = 1_700_000_000.0
@@ -220,3 +226,130 @@ def test_requests_are_logged_at_debug_only(served, caplog: pytest.LogCaptureFixt
             time.sleep(0.01)
     assert any("GET /nope -> 404" in m for m in lines), lines
     assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == "exporter.server")
+
+
+# ---- limits (issue 9, item 7) ---------------------------------------------------------------
+
+
+def _raw(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def _closed_by_server(sock: socket.socket, within: float, trickle: bytes = b"") -> bool:
+    """Trickle ``trickle`` a byte every 0.1 s; True once the server has closed the connection."""
+    deadline = time.monotonic() + within
+    i = 0
+    while time.monotonic() < deadline:
+        try:
+            if i < len(trickle):
+                sock.sendall(trickle[i : i + 1])
+                i += 1
+            ready, _, _ = select.select([sock], [], [], 0.1)
+            if ready and sock.recv(4096) == b"":
+                return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+    return False
+
+
+def _limited(limits: ServerLimits) -> ServerHandle:
+    _, state = make_state()
+    cfg = Config(listen_address="127.0.0.1:0")
+    return start_server(cfg, state, build_registry(cfg, state, process=False), limits=limits)
+
+
+def test_connections_are_capped_and_the_excess_refused_at_once() -> None:
+    h = _limited(ServerLimits(max_connections=4, request_read_timeout_s=30.0))
+    idle = [_raw(h.port) for _ in range(4)]
+    try:
+        deadline = time.monotonic() + 5
+        while h.active_connections < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert h.active_connections == 4
+        extra = _raw(h.port)
+        extra.settimeout(5)
+        assert extra.recv(100).startswith(b"HTTP/1.1 503")
+        extra.close()
+        assert len([t for t in threading.enumerate() if t.name == "fr-http-conn"]) <= 4
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.monotonic() + 5
+    while h.active_connections and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        assert httpx.get(h.url + "/healthz").status_code == 200  # slots come back
+    finally:
+        h.stop()
+
+
+def test_a_slow_or_silent_client_is_cut_at_the_read_deadline() -> None:
+    h = _limited(ServerLimits(request_read_timeout_s=0.5, idle_timeout_s=60.0))
+    try:
+        silent = _raw(h.port)  # half-open: connects, sends nothing
+        slow = _raw(h.port)  # a byte every 0.1 s: each read is quick, the request never completes
+        assert _closed_by_server(slow, 5.0, b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100)
+        assert _closed_by_server(silent, 5.0)
+        # an ordinary keep-alive client is not affected: idle between requests is the idle timeout
+        with httpx.Client() as c:
+            assert c.get(h.url + "/healthz").status_code == 200
+            time.sleep(0.8)  # longer than the read deadline, between two requests
+            assert c.get(h.url + "/healthz").status_code == 200
+    finally:
+        h.stop()
+
+
+def test_backlog_nodelay_and_one_write_per_response(monkeypatch: pytest.MonkeyPatch) -> None:
+    writes: list[int] = []
+    original = socketserver._SocketWriter.write
+
+    def counting(self: Any, b: Any) -> int:
+        writes.append(len(b))
+        return original(self, b)
+
+    monkeypatch.setattr(socketserver._SocketWriter, "write", counting)
+    h = _limited(ServerLimits())
+    try:
+        assert h._server.request_queue_size >= 128
+        ss = subprocess.run(["ss", "-ltnH", f"sport = :{h.port}"], capture_output=True, text=True, check=False)
+        if ss.returncode == 0 and ss.stdout.strip():
+            assert int(ss.stdout.split()[2]) >= 128  # a listening socket's Send-Q is its backlog
+        with httpx.Client() as c:
+            for path in ("/metrics", "/healthz", "/api/state", "/nope"):
+                writes.clear()
+                assert c.get(h.url + path).status_code in (200, 404)
+                assert len(writes) == 1, (path, writes)
+            conn = _raw(h.port)
+            deadline = time.monotonic() + 5
+            while h.active_connections < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            flags = {s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in list(h._server._active)}
+            conn.close()
+        assert flags == {1}
+    finally:
+        h.stop()
+
+
+def test_start_line_says_all_interfaces(caplog: pytest.LogCaptureFixture) -> None:
+    _, state = make_state()
+    for address, expect in (("0.0.0.0:0", True), ("127.0.0.1:0", False)):
+        cfg = Config(listen_address=address)
+        with caplog.at_level(logging.INFO, logger="exporter.server"):
+            caplog.clear()
+            h = start_server(cfg, state, build_registry(cfg, state, process=False))
+            h.stop()
+        (line,) = [r.getMessage() for r in caplog.records if r.name == "exporter.server"]
+        assert ("all interfaces" in line) is expect, line
+
+
+def test_busy_port_is_a_listen_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        _, state = make_state()
+        cfg = Config(listen_address=f"127.0.0.1:{port}")
+        with pytest.raises(ListenError, match=f"cannot listen on 127.0.0.1:{port}: Address already in use"):
+            start_server(cfg, state, build_registry(cfg, state, process=False))
+        with pytest.raises(ListenError):
+            bind_check(f"127.0.0.1:{port}")

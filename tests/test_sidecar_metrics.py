@@ -110,7 +110,7 @@ async def test_metrics_endpoint_contract_and_no_secrets(
             else:
                 assert set(s.labels) == labels, (name, s.labels)
     for fam in families.values():
-        assert fam.name.startswith("fr_ai_") and fam.documentation
+        assert fam.name.startswith(("fr_ai_", "process_")) and fam.documentation
     prob = {s.labels["model"] + "/" + s.labels["base"]: s.value for s in families["fr_ai_risk_probability"].samples}
     assert set(prob) >= {"baseline/BTC", "baseline/ETH"} and len(prob) == 3  # one gpt-a call failed
     levels = [s for s in families["fr_ai_risk_level"].samples if s.labels["model"] == "baseline"]

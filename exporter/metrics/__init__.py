@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, disable_created_metrics
+from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
 from prometheus_client.core import Metric
 
 from exporter.config import Config
@@ -52,20 +52,26 @@ class ExporterRegistry(CollectorRegistry):
         with self.market.scrape():
             yield from super().collect()
 
-    def render(self, openmetrics: bool = False) -> bytes:
-        """The whole registry in the text format 0.0.4, or OpenMetrics 1.0.0."""
+    def render(self, openmetrics: bool = False, names: set[str] | None = None) -> bytes:
+        """The whole registry (or the families named in ``names``) in the text format 0.0.4, or OpenMetrics 1.0.0."""
         with self.market.scrape():
-            return render(self.collectors(), openmetrics)
+            return render(self.collectors(), openmetrics, names)
 
 
-def build_registry(config: Config, state: MarketState, extra_collectors: Iterable[Any] = ()) -> ExporterRegistry:
-    """Our own registry (never the global one) with the market, cross-exchange and health collectors."""
+def build_registry(
+    config: Config, state: MarketState, extra_collectors: Iterable[Any] = (), *, process: bool = True
+) -> ExporterRegistry:
+    """Our own registry (never the global one) with the market, cross-exchange and health collectors,
+    and (``process``) this process's process_* series."""
     disable_created_metrics()  # no *_created series: they would double the counters' cardinality
     market = MarketAnalytics(config, state)
     reg = ExporterRegistry(market)
     reg.register(MarketCollector(market))
     reg.register(CrossCollector(market))
     reg.register(HealthCollector(config, state))
+    # process_* (resident memory, CPU, open fds): the "Exporter health" dashboard's memory panel
+    if process:
+        ProcessCollector(registry=reg)
     for c in extra_collectors:
         reg.register(c)
     return reg

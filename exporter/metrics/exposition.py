@@ -226,8 +226,9 @@ def render_metric_family(mf: Metric, out: list[str], openmetrics: bool) -> None:
         out.extend(lines)
 
 
-def render(collectors: Iterable[Any], openmetrics: bool = False) -> bytes:
-    """Everything the collectors hold now, in the text format or OpenMetrics."""
+def render(collectors: Iterable[Any], openmetrics: bool = False, names: set[str] | None = None) -> bytes:
+    """Everything the collectors hold now, in the text format or OpenMetrics; with ``names`` only the
+    families with a sample of one of those names (``?name[]=``, as prometheus_client filters)."""
     out: list[str] = []
     for c in collectors:
         part: list[str] = []
@@ -235,10 +236,12 @@ def render(collectors: Iterable[Any], openmetrics: bool = False) -> bytes:
             fams = getattr(c, "families", None)
             if fams is not None:
                 for fam in fams():
-                    render_family(fam, part, openmetrics)
+                    if names is None or fam.spec.name in names:
+                        render_family(fam, part, openmetrics)
             else:
                 for mf in c.collect():
-                    render_metric_family(mf, part, openmetrics)
+                    if names is None or mf.name in names or any(s.name in names for s in mf.samples):
+                        render_metric_family(mf, part, openmetrics)
         except Exception:
             # One broken collector (a position source...) must not take every other series down.
             log.exception("collector %s failed; its series are left out of this scrape", type(c).__name__)

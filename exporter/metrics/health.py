@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from prometheus_client.core import Metric
 
 from exporter import __version__
+from exporter.build import build_labels
 from exporter.config import Config
 from exporter.metrics import catalog as m
 from exporter.metrics.exposition import EMPTY_LABELS, Family, LabelSet
@@ -42,7 +43,7 @@ class HealthCollector:
     fr_rest_request_failures_total{endpoint="openInterest",exchange="binance",reason="rate_limited"} 1.0
     fr_rest_last_success_timestamp_seconds{endpoint="openInterest",exchange="binance"} 1.7e+09
     fr_unknown_instrument_updates_total 0.0
-    fr_build_info{version="0.1.0"} 1.0
+    fr_build_info{python_version="3.11.9",revision="22e54d6a1b2c",version="0.1.0"} 1.0
     """
 
     def __init__(self, config: Config, state: MarketState, version: str = __version__) -> None:
@@ -60,7 +61,7 @@ class HealthCollector:
         self.s_rest_ok = m.REST_LAST_SUCCESS.spec()
         self.s_unknown = m.UNKNOWN_INSTRUMENT_UPDATES.spec()
         self.s_build = m.BUILD_INFO.spec()
-        self._build_labels = LabelSet([("version", version)])
+        self._build_labels = LabelSet({**build_labels(), "version": version}.items())
         self._labels: dict[tuple[tuple[str, str], ...], LabelSet] = {}
 
     def _label(self, *pairs: tuple[str, str]) -> LabelSet:

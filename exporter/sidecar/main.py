@@ -35,12 +35,14 @@ from exporter.redact import redact
 from exporter.sidecar import baseline
 from exporter.sidecar.features import BaseSnapshot, events, snapshots
 from exporter.sidecar.llm import ChatClient, ModelError
-from exporter.sidecar.metrics import AiMetrics, ModelScoreValues, make_registry, start_server
+from exporter.sidecar.metrics import AiMetrics, ModelScoreValues, make_registry
 from exporter.sidecar.prompt import build_messages
 from exporter.sidecar.schema import AnswerError, RiskAnswer, parse_answer
 from exporter.sidecar.scoring import calibration_table, scores
+from exporter.sidecar.serve import exporter_client, start_server
 from exporter.sidecar.slack import SlackNotifier
 from exporter.sidecar.store import Store
+from exporter.web import WebSecurity
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ class Sidecar:
         self.metrics = AiMetrics()
         self.registry = make_registry(self.metrics)
         self.store = Store(sc.db_path, sc.observation_max_gap_seconds)
-        self.http = httpx.AsyncClient(base_url=sc.exporter_url.rstrip("/"), timeout=httpx.Timeout(10.0))
+        self.http = exporter_client(sc)
         self.runners: list[_Runner] = []
         if sc.baseline or not sc.models:
             self.runners.append(_Runner(BASELINE, None))
@@ -254,8 +256,9 @@ class Sidecar:
     async def run(self, stop: asyncio.Event) -> None:
         host, port = parse_listen_address(self.sc.listen_address)
         try:
-            server = await start_server(self.registry, host, port)
-        except OSError:
+            security = WebSecurity.from_file(self.sc.web_config_file)
+            server = await start_server(self.registry, host, port, security)
+        except (OSError, ConfigError):
             await self.close()
             raise
         self.slack.start()
@@ -310,6 +313,9 @@ async def run_sidecar(config: Config, stop: asyncio.Event) -> int:
         return 2
     try:
         await sidecar.run(stop)
+    except ConfigError as exc:
+        log.error("sidecar: %s", exc)
+        return 2
     except OSError as exc:
         log.error("sidecar: cannot serve on %s: %s", config.sidecar.listen_address, exc.strerror or exc)
         return 1

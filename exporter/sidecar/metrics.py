@@ -2,7 +2,8 @@
 
 Values live in :class:`AiMetrics` (written by the scheduler, on the event loop) and are turned into
 metric families at scrape time by one collector on a private CollectorRegistry, so there are no
-``_created`` series and no process/GC noise. Only validated answers are ever recorded here.
+``_created`` series and no GC noise (process_* yes: memory and CPU of the sidecar). Served by
+:mod:`exporter.sidecar.serve`. Only validated answers are ever recorded here.
 """
 
 from __future__ import annotations
@@ -12,11 +13,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from aiohttp import web
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.metrics_core import Metric
-from prometheus_client.openmetrics import exposition as openmetrics
 
 from exporter.metrics import catalog as m
 from exporter.sidecar.schema import RISK_LEVELS, RiskAnswer
@@ -188,36 +186,9 @@ class AiCollector:
         yield from (reads, slack)
 
 
-def make_registry(state: AiMetrics) -> CollectorRegistry:
+def make_registry(state: AiMetrics, process: bool = True) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(AiCollector(state))
+    if process:
+        ProcessCollector(registry=registry)  # process_* (memory, CPU, fds), as on the exporter
     return registry
-
-
-def make_app(registry: CollectorRegistry) -> web.Application:
-    async def metrics(request: web.Request) -> web.Response:
-        if "application/openmetrics-text" in request.headers.get("Accept", ""):
-            body = openmetrics.generate_latest(registry)  # type: ignore[no-untyped-call]
-            return web.Response(body=body, headers={"Content-Type": openmetrics.CONTENT_TYPE_LATEST})
-        body = generate_latest(registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def index(request: web.Request) -> web.Response:
-        return web.Response(text="fr-exporter AI sidecar: /metrics /healthz\n")
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/", index)
-    return app
-
-
-async def start_server(registry: CollectorRegistry, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(make_app(registry), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    return runner
