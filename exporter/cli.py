@@ -1,7 +1,9 @@
-"""Command line: ``fr-exporter [run] | simulate | sidecar | evaluate | check-config | demo``.
+"""Command line: ``fr-exporter [run] | simulate | sidecar | evaluate | check-config | demo | top``.
 
-Prometheus-style flags for the exporter (``--web.listen-address``, ``--config.file`` as an alias of
-``--config``). Subcommands import their package lazily, so ``check-config`` stays instant.
+Prometheus-style flags (``--web.listen-address``, ``--web.config.file``, ``--web.telemetry-path``,
+``--log.level``, ``--log.format``, ``--config.file`` as an alias of ``--config``). ``run`` is the
+default command. Subcommands import their package lazily, so ``check-config`` stays instant. User
+errors (bad config, busy port, missing TLS file) are one line on stderr and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -9,19 +11,40 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import difflib
 import logging
 import signal
+import socket
 import sys
+import threading
+import urllib.parse
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from exporter import __version__
 from exporter.config import Config, ConfigError, load_config, parse_listen_address
-from exporter.redact import install as install_logging
+from exporter.logs import FORMATS, log_level
+from exporter.logs import setup as setup_logging
 
 log = logging.getLogger("exporter.cli")
 
-SUBCOMMANDS = ("run", "simulate", "sidecar", "evaluate", "check-config", "demo")
+COMMANDS: dict[str, str] = {
+    # one line each in `fr-exporter --help` (kept short enough not to wrap at 80 columns)
+    "run": "run the exporter (the default command)",
+    "simulate": "serve four simulated exchanges on loopback",
+    "sidecar": "run the AI risk sidecar",
+    "evaluate": "score the sidecar's stored predictions",
+    "check-config": "validate a configuration file and exit",
+    "demo": "simulator + exporter + sidecar, offline",
+    "top": "live terminal table of the exporter's state",
+}
+EXIT_CONFIG = 2  # unusable configuration
+EXIT_LISTEN = 1  # cannot serve (busy port...)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"fr-exporter: {message}", file=sys.stderr)
+    return code
 
 
 def _run_until_signal(make: Callable[[asyncio.Event], Coroutine[Any, Any, Any]]) -> int:
@@ -47,7 +70,7 @@ def _load(path: str | None) -> Config:
         return load_config(path)
     except ConfigError as exc:
         print(f"fr-exporter: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_CONFIG) from None
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -59,83 +82,178 @@ def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
         metavar="FILE",
         help="YAML configuration file (environment variables FR_* override it)",
     )
+
+
+def _log_args(p: argparse.ArgumentParser, default_level: str | None = None) -> None:
     p.add_argument(
         "--log.level",
         dest="log_level",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log level (default: the configuration's log_level)",
+        type=log_level,
+        default=default_level,
+        metavar="LEVEL",
+        help="debug, info, warn or error, any case (default: the configuration's log_level)",
     )
+    p.add_argument("--log.format", dest="log_format", choices=FORMATS, default="logfmt", help="default: logfmt")
 
 
-def cmd_run(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="fr-exporter", description="Funding-rate and liquidation-risk exporter.")
-    _config_args(p)
+def _web_args(p: argparse.ArgumentParser, default_port: int) -> None:
     p.add_argument(
         "--web.listen-address",
         dest="listen",
         metavar="HOST:PORT",
-        help="address for /metrics, /api/state, /healthz (default :9466)",
+        help=f"address to serve on (default :{default_port}; a bare :PORT means all interfaces)",
     )
-    p.add_argument("--version", action="version", version=f"fr-exporter {__version__}")
-    args = p.parse_args(argv)
+    p.add_argument(
+        "--web.config.file",
+        dest="web_config",
+        metavar="FILE",
+        help="exporter-toolkit web config: TLS, client certificates, basic auth (bcrypt)",
+    )
+
+
+# ---- run ---------------------------------------------------------------------------------------
+
+
+def _reachability(config: Config, timeout: float = 4.0) -> None:
+    """One line when no exchange can be reached at all (offline machine, DNS down), instead of only
+    per-stream warnings. Runs beside the start-up; the exporter keeps retrying either way."""
+    failures: dict[str, str] = {}
+    enabled = list(config.enabled_exchanges())
+    for ex in enabled:
+        url = urllib.parse.urlsplit(config.urls_for(ex)[1])
+        host = url.hostname or ""
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError:
+            failures[ex.value] = f"DNS lookup of {host} failed"
+            continue
+        last = "no address"
+        for family, kind, proto, _, addr in infos:
+            try:
+                with socket.socket(family, kind, proto) as s:
+                    s.settimeout(timeout)
+                    s.connect(addr)
+                break
+            except OSError as exc:
+                last = exc.strerror or type(exc).__name__
+        else:
+            failures[ex.value] = f"cannot connect to {host}:{port} ({last})"
+    if enabled and len(failures) == len(enabled):
+        log.error(
+            "cannot reach any exchange: %s. Offline or DNS down? The exporter keeps retrying.",
+            "; ".join(f"{k}: {v}" for k, v in failures.items()),
+        )
+    elif failures:
+        log.warning("cannot reach %s; the others are reachable", "; ".join(f"{k}: {v}" for k, v in failures.items()))
+
+
+def banner(config: Config, config_file: str | None, scheme: str) -> str:
+    from exporter.build import build_labels
+    from exporter.server import all_interfaces
+
+    b = build_labels()
+    host, port = parse_listen_address(config.listen_address)
+    where = " (all interfaces)" if all_interfaces(host) else ""
+    exchanges = ", ".join(
+        f"{ex.value} ({len(config.instruments_for(ex))}"
+        + (f", all perpetuals up to {c.max_instruments}" if c.all_perpetuals else "")
+        + ")"
+        for ex, c in config.enabled_exchanges().items()
+    )
+    return (
+        f"fr-exporter {__version__} (revision {b['revision']}, Python {b['python_version']}); "
+        f"config {config_file or '(defaults)'}; listening on {scheme}://{host}:{port}{config.telemetry_path}{where}; "
+        f"exchanges: {exchanges or 'none'}; positions: {len(config.positions)}"
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if args.listen:
         try:
             parse_listen_address(args.listen)
         except ValueError as exc:
-            p.error(str(exc))
+            return _fail(str(exc), EXIT_CONFIG)
         config.listen_address = args.listen
-    install_logging(args.log_level or config.log_level)
+    if args.web_config:
+        config.web_config_file = args.web_config
+    if args.telemetry_path:
+        if not args.telemetry_path.startswith("/"):
+            return _fail(f"--web.telemetry-path {args.telemetry_path!r} must start with /", EXIT_CONFIG)
+        config.telemetry_path = args.telemetry_path
+    setup_logging(args.log_level or config.log_level, args.log_format)
+    from exporter.server import ListenError, bind_check, security_for
+
+    try:
+        security = security_for(config)  # TLS files and web config checked now, not after start-up
+        bind_check(config.listen_address)  # a busy port reported now, not after the backfill
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    except ListenError as exc:
+        return _fail(exc.strerror or str(exc), EXIT_LISTEN)
+    log.info("%s", banner(config, args.config, security.scheme))
+    if config.positions and not security.auth_required:
+        log.warning("positions are configured and /api/state has no authentication: see README, Security")
+    threading.Thread(target=_reachability, args=(config,), name="reachability", daemon=True).start()
     from exporter.app import run_exporter
 
     def ready(port: int) -> None:
-        host, _ = parse_listen_address(config.listen_address)
-        log.info("serving /metrics on %s:%d", host, port)
+        log.info("ready: serving %s on port %d", config.telemetry_path, port)
 
-    return _run_until_signal(lambda stop: run_exporter(config, stop, ready))
+    try:
+        return _run_until_signal(lambda stop: run_exporter(config, stop, ready))
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    except ListenError as exc:
+        return _fail(exc.strerror or str(exc), EXIT_LISTEN)
 
 
-def cmd_simulate(argv: Sequence[str]) -> int:
+# ---- the other commands ------------------------------------------------------------------------
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
     from exporter.sim import main as sim
 
-    p = argparse.ArgumentParser(
-        prog="fr-exporter simulate", description="Serve the four exchanges' public protocols on loopback."
-    )
-    p.add_argument("--log.level", dest="log_level", default="INFO")
-    sim.add_arguments(p)
-    args = p.parse_args(argv)
-    install_logging(args.log_level)
+    setup_logging(args.log_level or "INFO", args.log_format)
     return _run_until_signal(lambda stop: sim.run(args, stop))
 
 
-def cmd_sidecar(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="fr-exporter sidecar", description="AI risk sidecar.")
-    _config_args(p)
-    args = p.parse_args(argv)
+def cmd_sidecar(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    install_logging(args.log_level or config.log_level)
+    if args.listen:
+        try:
+            parse_listen_address(args.listen)
+        except ValueError as exc:
+            return _fail(str(exc), EXIT_CONFIG)
+        config.sidecar.listen_address = args.listen
+    if args.web_config:
+        config.sidecar.web_config_file = args.web_config
+    setup_logging(args.log_level or config.log_level, args.log_format)
+    from exporter.server import ListenError, bind_check
+    from exporter.web import WebSecurity
+
+    try:
+        WebSecurity.from_file(config.sidecar.web_config_file)
+        bind_check(config.sidecar.listen_address)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    except ListenError as exc:
+        return _fail(exc.strerror or str(exc), EXIT_LISTEN)
     from exporter.sidecar.main import run_sidecar
 
     return _run_until_signal(lambda stop: run_sidecar(config, stop))
 
 
-def cmd_evaluate(argv: Sequence[str]) -> int:
+def cmd_evaluate(args: argparse.Namespace) -> int:
     from exporter.sidecar import main as sidecar
 
-    p = argparse.ArgumentParser(prog="fr-exporter evaluate", description="Score the stored predictions.")
-    _config_args(p)
-    p.add_argument("--db", dest="db", help="predictions database (default: sidecar.db_path)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    args = p.parse_args(argv)
     config = _load(args.config)
-    install_logging(args.log_level or "WARNING")
+    setup_logging(args.log_level or "WARNING", args.log_format)
     return int(sidecar.evaluate(config, args))
 
 
-def cmd_check_config(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="fr-exporter check-config", description="Validate a configuration file.")
-    p.add_argument("file")
-    args = p.parse_args(argv)
+def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.file)
     except ConfigError as exc:
@@ -146,35 +264,104 @@ def cmd_check_config(argv: Sequence[str]) -> int:
     exchanges = ", ".join(
         f"{ex.value} ({len(config.instruments_for(ex))} instruments)" for ex in config.enabled_exchanges()
     )
-    if config.position_issues:
-        print(
-            f"{args.file}: {len(config.position_issues)} invalid position(s); the exporter would skip them",
-            file=sys.stderr,
-        )
+    # positions, not errors: one position with two bad fields is one invalid position
+    invalid = len({i.index for i in config.position_issues})
+    if invalid:
+        print(f"{args.file}: {invalid} invalid position(s); the exporter would skip them", file=sys.stderr)
         return 1
     print(f"{args.file}: OK — exchanges: {exchanges or 'none'}; positions: {len(config.positions)}")
     return 0
 
 
-def cmd_demo(argv: Sequence[str]) -> int:
-    from exporter.demo import main as demo_main
+def cmd_demo(args: argparse.Namespace) -> int:
+    from exporter.demo import run
 
-    return demo_main(argv)
+    return run(args)
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from exporter.top import run
+
+    return run(args)
+
+
+# ---- the parser --------------------------------------------------------------------------------
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Room for the longest command name: argparse (3.11) measures subcommands without their
+    indent, which pushed ``check-config``'s help onto a second line."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        self._action_max_length = max(self._action_max_length, 4 + max(map(len, COMMANDS)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fr-exporter",
+        description="Prometheus exporter for crypto perpetual-futures funding rates and liquidation risk.",
+        epilog="`fr-exporter COMMAND --help` for a command's flags. Without a command: run.",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"fr-exporter {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", title="commands", required=True)
+    parsers = {
+        name: sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        for name, text in COMMANDS.items()
+    }
+
+    run = parsers["run"]
+    _config_args(run)
+    _web_args(run, 9466)
+    run.add_argument("--web.telemetry-path", dest="telemetry_path", metavar="PATH", help="default /metrics")
+    run.add_argument("--version", action="version", version=f"fr-exporter {__version__}")
+    _log_args(run)
+    run.set_defaults(handler=cmd_run)
+
+    from exporter.sim import main as sim
+
+    simulate = parsers["simulate"]
+    _log_args(simulate, "INFO")
+    sim.add_arguments(simulate)
+    simulate.set_defaults(handler=cmd_simulate)
+
+    sidecar = parsers["sidecar"]
+    _config_args(sidecar)
+    _web_args(sidecar, 9467)
+    _log_args(sidecar)
+    sidecar.set_defaults(handler=cmd_sidecar)
+
+    evaluate = parsers["evaluate"]
+    _config_args(evaluate)
+    evaluate.add_argument("--db", dest="db", help="predictions database (default: sidecar.db_path)")
+    evaluate.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    _log_args(evaluate)
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    check = parsers["check-config"]
+    check.add_argument("file")
+    check.set_defaults(handler=cmd_check_config)
+
+    from exporter import demo, top
+
+    demo.add_arguments(parsers["demo"])
+    parsers["demo"].set_defaults(handler=cmd_demo)
+    top.add_arguments(parsers["top"])
+    parsers["top"].set_defaults(handler=cmd_top)
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv and argv[0] in SUBCOMMANDS else "run"
-    rest = argv[1:] if argv and argv[0] in SUBCOMMANDS else argv
-    handler = {
-        "run": cmd_run,
-        "simulate": cmd_simulate,
-        "sidecar": cmd_sidecar,
-        "evaluate": cmd_evaluate,
-        "check-config": cmd_check_config,
-        "demo": cmd_demo,
-    }[command]
-    return handler(rest)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["run", *argv]  # `fr-exporter --config x.yaml` runs the exporter
+    elif not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        close = difflib.get_close_matches(argv[0], list(COMMANDS), n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return _fail(f"unknown command {argv[0]!r}{hint} (commands: {', '.join(COMMANDS)})", EXIT_CONFIG)
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
 
 
 if __name__ == "__main__":

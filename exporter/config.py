@@ -381,11 +381,34 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def format_validation_error(err: ValidationError, lines: dict[tuple[str | int, ...], int], source: str) -> str:
+def _env_names(environ: dict[str, str]) -> dict[tuple[str, ...], str]:
+    """Config path -> the FR_* variable that set it, so an error names the variable, not a line."""
+    out: dict[tuple[str, ...], str] = {}
+    for name in environ:
+        if name.startswith("FR_"):
+            path = tuple(p.lower() for p in name[3:].split("__") if p)
+            if path and path[0] in Config.model_fields:
+                out[path] = name
+    return out
+
+
+def format_validation_error(
+    err: ValidationError,
+    lines: dict[tuple[str | int, ...], int],
+    source: str,
+    env: dict[tuple[str, ...], str] | None = None,
+) -> str:
     parts = []
     for e in err.errors():
         loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
         dotted = ".".join(str(x) for x in loc) or "(top level)"
+        var = next(
+            (env[loc[:n]] for n in range(len(loc), 0, -1) if env and loc[:n] in env),  # type: ignore[index]
+            None,
+        )
+        if var is not None:
+            parts.append(f"environment variable {var}: {dotted}: {e['msg']}")
+            continue
         line = None
         for n in range(len(loc), -1, -1):
             if loc[:n] in lines:
@@ -405,9 +428,12 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
     if path is not None:
         source = str(path)
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = Path(path).read_bytes().decode("utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            line = Path(path).read_bytes()[: exc.start].count(b"\n") + 1
+            raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x})") from None
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -425,7 +451,7 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, lines, source)) from None
+        raise ConfigError(format_validation_error(exc, lines, source, _env_names(environ))) from None
     config._position_issues = issues
     return config
 

@@ -13,13 +13,14 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.config import ConfigError, load_config
+from exporter.config import Config, ConfigError, load_config
 
 
 def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -81,10 +82,18 @@ def _status(exporter: str, sidecar: str) -> str:
     return " | ".join(parts)
 
 
-def main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="fr-exporter demo", description="Simulator + exporter + sidecar, offline.")
-    p.add_argument("--config", default="config/demo.yaml")
-    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: until Ctrl-C)")
+TOUR: tuple[tuple[float, str], ...] = ((60.0, "funding_spike"), (180.0, "cascade"))
+TOUR_SECONDS = 300  # the whole tour: the cascade at 180 s and two minutes of its aftermath
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="config/demo.yaml", help="its exchange URLs name the simulator's ports")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=0.0,
+        help=f"stop after this many seconds (0: until Ctrl-C; {TOUR_SECONDS} shows the whole tour)",
+    )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--scenario", default="calm", choices=["calm", "funding_spike", "cascade"])
     p.add_argument(
@@ -93,9 +102,43 @@ def main(argv: Sequence[str]) -> int:
         default=True,
         help="after 60 s a funding spike, after 180 s a liquidation cascade (default: on)",
     )
-    args = p.parse_args(argv)
+
+
+def simulator_base_port(config: Config) -> int:
+    """The simulator serves binance on a base port and bybit, okx, deribit on the next three; the
+    config's REST URLs must name those ports (they are where the exporter will connect)."""
+    from exporter.sim.main import PORT_OFFSET
+
+    ports = {}
+    for ex in config.enabled_exchanges():
+        url = urllib.parse.urlsplit(config.urls_for(ex)[1])
+        if url.hostname not in ("127.0.0.1", "localhost", "::1") or url.port is None:
+            raise ConfigError(
+                f"demo: exchanges.{ex.value}.rest_url must be a loopback simulator URL, not {url.geturl()}"
+            )
+        ports[ex] = url.port
+    if not ports:
+        raise ConfigError("demo: no exchange is enabled")
+    first = next(iter(ports))
+    base = ports[first] - PORT_OFFSET[first]
+    expected = {ex: base + PORT_OFFSET[ex] for ex in ports}
+    if ports != expected:
+        want = ", ".join(f"{ex.value} {p}" for ex, p in expected.items())
+        have = ", ".join(f"{ex.value} {p}" for ex, p in ports.items())
+        raise ConfigError(f"demo: the simulator's ports follow binance's ({want}); the config has {have}")
+    return base
+
+
+def main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="fr-exporter demo", description="Simulator + exporter + sidecar, offline.")
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
+        base_port = simulator_base_port(config)
     except ConfigError as exc:
         print(f"fr-exporter demo: {exc}", file=sys.stderr)
         return 2
@@ -105,7 +148,8 @@ def main(argv: Sequence[str]) -> int:
     sidecar_url = "http://" + config.sidecar.listen_address.replace("0.0.0.0", "127.0.0.1")
     procs = {
         "simulator": _spawn(
-            ["simulate", "--seed", str(args.seed), "--scenario", args.scenario], logs / "simulator.log"
+            ["simulate", "--seed", str(args.seed), "--scenario", args.scenario, "--base-port", str(base_port)],
+            logs / "simulator.log",
         ),
     }
     stopping = False
@@ -136,7 +180,7 @@ def main(argv: Sequence[str]) -> int:
         started = time.monotonic()
         next_status = 0.0
         # (seconds after start, scenario): something to watch on the dashboards and in the alerts
-        tour = [(60.0, "funding_spike"), (180.0, "cascade")] if args.tour else []
+        tour = list(TOUR) if args.tour else []
         sim_rest = config.urls_for(next(iter(config.enabled_exchanges())))[1]
         while not stopping and (not args.duration or time.monotonic() - started < args.duration):
             for name, proc in procs.items():

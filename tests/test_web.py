@@ -126,7 +126,7 @@ def pki(tmp_path: Path) -> dict[str, object]:
         "tls_server_config:\n"
         "  cert_file: server.crt\n  key_file: server.key\n"
         "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: clients-ca.crt\n"
-        "  min_version: TLS12\n",
+        "  min_version: TLS13\n",
     )
     return {"ca": ca, "client": client, "stranger": stranger, "web": web}
 
@@ -148,7 +148,7 @@ def check_mtls(url: str, pki: dict[str, object]) -> None:
     r = httpx.get(url + "/metrics", verify=_ctx(pki, "client"), timeout=5)
     assert r.status_code == 200 and "process_open_fds" in r.text
     old = _ctx(pki, "client")
-    old.maximum_version = ssl.TLSVersion.TLSv1_1
+    old.maximum_version = ssl.TLSVersion.TLSv1_2
     with pytest.raises(httpx.HTTPError):  # below min_version
         httpx.get(url + "/metrics", verify=old, timeout=5)
 
