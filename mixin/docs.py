@@ -63,6 +63,16 @@ FOOTER = """\
 - A collector that raises (a position source, say) is logged and left out of that scrape; every
   other series is still served.
 - `GET /healthz`: `ok`. `GET /`: a landing page with links.
+- `?name[]=fr_up&name[]=process_open_fds` serves only the named families (by sample name, as
+  `prometheus_client` filters), on the exporter and on the sidecar alike.
+- With `--web.config.file` (exporter-toolkit format: TLS, client certificates, bcrypt basic auth)
+  every path but `/healthz` needs the credentials, `/api/state` included; README, "Security".
+
+## Process series (exporter and sidecar)
+
+`prometheus_client`'s process collector, on each process's own registry: `process_resident_memory_bytes`
+and `process_virtual_memory_bytes` (bytes), `process_cpu_seconds_total` (user + system CPU seconds),
+`process_open_fds` and `process_max_fds`, `process_start_time_seconds` (Unix seconds).
 """
 
 

@@ -526,10 +526,11 @@ BUILD_INFO = _def(
     "fr_build_info",
     "gauge",
     "health",
-    ("version",),
+    ("version", "revision", "python_version"),
     "—",
-    "Always 1; label version = the exporter's version.",
-    "Always 1.",
+    "Always 1; labels: the exporter's version, git revision and Python version.",
+    "Always 1; the release, its git revision (`$FR_BUILD_REVISION` in the image, else the checkout's HEAD, "
+    "else `unknown`) and the Python version.",
 )
 
 # ---- positions and carry ----------------------------------------------------------------------
