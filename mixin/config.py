@@ -11,6 +11,13 @@ Durations are Prometheus duration strings.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LINKS_FILE = Path(__file__).resolve().parent / "links.yml"
+LINK_KEYS = ("runbook_base_url", "grafana_url")
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,8 @@ class MixinConfig:
     sidecar_job: str = "fr-ai-sidecar"
     exporter_port: int = 9466
     sidecar_port: int = 9467
-    # Links put into every alert. The runbook anchor is the lower-cased alert name.
+    # Links put into every alert (the runbook anchor is the lower-cased alert name). The shipped
+    # values come from mixin/links.yml (load_links): change them there, not here.
     runbook_base_url: str = "https://github.com/fr-exporter/fr-exporter/blob/main/docs/runbook.md"
     grafana_url: str = "http://localhost:3000"
     dashboard_tag: str = "fr-exporter"
@@ -88,7 +96,26 @@ class MixinConfig:
         return f"{self.runbook_base_url}#{alert.lower()}"
 
 
-DEFAULT = MixinConfig()
+def load_links(path: Path = LINKS_FILE) -> dict[str, str]:
+    """The link settings of a links YAML file (mixin/links.yml): only the known keys, each an
+    http(s) URL; anything else is an error naming the file and key."""
+    data: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of {', '.join(LINK_KEYS)}")
+    unknown = sorted(set(data) - set(LINK_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(LINK_KEYS)})")
+    for key, value in data.items():
+        if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+            raise ValueError(f"{path}: {key} must be an http(s) URL, not {value!r}")
+    return {k: str(v).rstrip("/") for k, v in data.items()}
+
+
+def with_links(cfg: MixinConfig, path: Path = LINKS_FILE) -> MixinConfig:
+    return replace(cfg, **load_links(path))
+
+
+DEFAULT = with_links(MixinConfig())
 
 
 def fast_variant(cfg: MixinConfig = DEFAULT) -> MixinConfig:

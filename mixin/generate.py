@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from mixin import docs
-from mixin.config import DEFAULT, MixinConfig, fast_variant
+from mixin.config import DEFAULT, LINKS_FILE, MixinConfig, fast_variant, with_links
 from mixin.dashboards import dashboards
 from mixin.rules import alerts_file, recording_file
 from mixin.unittests import test_file
@@ -81,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mixin.generate", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT, help="directory to write into (default: repository root)")
     ap.add_argument("--fast", action="store_true", help="write the end-to-end test variant (no promtool tests)")
+    ap.add_argument("--links", type=Path, default=LINKS_FILE, help="links YAML (default: mixin/links.yml)")
     args = ap.parse_args(argv)
-    cfg = fast_variant() if args.fast else DEFAULT
+    cfg = with_links(fast_variant() if args.fast else DEFAULT, args.links)
     for path in write(args.out, cfg, with_tests=not args.fast):
         print(path)
     return 0

@@ -314,9 +314,12 @@ def _health_alerts(cfg: MixinConfig) -> list[Alert]:
             for_=d.exporter_down,
             severity="critical",
             summary="The funding-rate exporter is down or not scraped.",
-            description="Prometheus has had no successful scrape of {{ $labels.job }}"
-            "{{ with $labels.instance }} at {{ . }}{{ end }}" + f" for {d.exporter_down} (up = {{{{ $value }}}}).",
-            value="{{ $value }}",
+            # absent(up{...}) has no instance label and the value 1: say "no target", never "(up = 1)"
+            description="{{ if $labels.instance }}Prometheus has had no successful scrape of {{ $labels.job }} at "
+            "{{ $labels.instance }}" + f" for {d.exporter_down} (up = {{{{ $value }}}})."
+            "{{ else }}Prometheus has no target of job {{ $labels.job }}" + f" for {d.exporter_down} "
+            "(it is absent from the scrape targets: check the scrape configuration or service discovery).{{ end }}",
+            value="{{ if $labels.instance }}up = {{ $value }}{{ else }}no target{{ end }}",
             dashboard="health",
             dashboard_vars=(),
             component="scrape",

@@ -154,13 +154,17 @@ class Process:
 def alertmanager_config(
     dst: Path, slack_url: str, *, group_wait: str = "1s", group_interval: str = "2s", repeat_interval: str = "1h"
 ) -> Path:
-    """The shipped alertmanager.yml with the webhook URL file, template path and timings made local."""
+    """The shipped alertmanager.yml with the webhook URL files, template path and timings made local.
+    The receiver's webhook file ``slack_webhook_url_critical`` posts to ``{slack_url}/slack_webhook_url_critical``."""
     cfg = yaml.safe_load((PROM_DIR / "alertmanager.yml").read_text())
-    secret = dst / "slack_webhook_url"
-    secret.write_text(slack_url + "\n")
     cfg["templates"] = [str(PROM_DIR / t) for t in cfg.get("templates", [])]
     for receiver in cfg["receivers"]:
         for sc in receiver.get("slack_configs", []):
+            # one webhook file per receiver, as shipped; each URL ends in the file's name, so a
+            # test can tell which webhook a message went to (FakeSlack records the path)
+            name = Path(sc["api_url_file"]).name
+            secret = dst / name
+            secret.write_text(f"{slack_url}/{name}\n")
             sc["api_url_file"] = str(secret)
 
     def shorten(route: dict[str, Any]) -> None:

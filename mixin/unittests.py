@@ -501,8 +501,9 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
                             "ExporterDown",
                             "critical",
                             job,
-                            "Prometheus has had no successful scrape of fr-exporter for 5m (up = 1).",
-                            "1",
+                            "Prometheus has no target of job fr-exporter for 5m (it is absent from the scrape targets: "
+                            "check the scrape configuration or service discovery).",
+                            "no target",
                         )
                     ],
                 },
@@ -528,7 +529,7 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
                             "critical",
                             inst,
                             "Prometheus has had no successful scrape of fr-exporter at exporter:9466 for 5m (up = 0).",
-                            "0",
+                            "up = 0",
                         )
                     ],
                 },

@@ -74,15 +74,23 @@ def test_slack_receivers_and_grouping() -> None:
     cfg = _config()
     assert cfg["route"]["group_by"] == ["base", "exchange"]
     assert "slack_api_url" not in cfg.get("global", {})
+    files = []
     for receiver in cfg["receivers"]:
         assert receiver["slack_configs"], receiver["name"]
         for sc in receiver["slack_configs"]:
             assert sc["send_resolved"] is True
-            assert sc["api_url_file"] == "/run/secrets/slack_webhook_url"  # the compose secret's mount point
-            assert "api_url" not in sc
+            # each receiver its own webhook (the compose secret's mount point): a Slack app webhook
+            # ignores `channel`, so one webhook with four channels lands everything in one channel
+            severity = receiver["name"].removeprefix("slack-")
+            assert sc["api_url_file"] == f"/run/secrets/slack_webhook_url_{severity}"
+            assert "channel" not in sc and "api_url" not in sc
+            files.append(sc["api_url_file"])
             assert 'template "fr.slack.text"' in sc["text"] and 'template "fr.slack.title"' in sc["title"]
+    assert len(set(files)) == len(files) == 4
     for pattern in cfg["templates"]:
         assert list(PROM.glob(pattern)), pattern
+    for f in files:  # each has a template the README points to
+        assert (ROOT / "secrets" / (Path(f).name + ".example")).is_file(), f
 
 
 def _alert(key: tuple[str, str], labels: dict[str, str], value: str = "1", ends: dt.datetime | None = None) -> dict:
@@ -158,26 +166,56 @@ def test_inhibition_levels_and_exchange_down(tmp_path: Path) -> None:
 
 
 @needs_am
-def test_exporter_down_silences_what_depends_on_it(tmp_path: Path) -> None:
+def test_exporter_down_silences_its_own_alerts_only(tmp_path: Path) -> None:
+    """Two exporters: the one that is down has its alerts inhibited; the other's still go out."""
+    a = {**BTC, "instance": "exporter-a:9466"}
+    b = {**BTC, "instance": "exporter-b:9466"}
     with FakeSlack() as slack, run_alertmanager(tmp_path, alertmanager_config(tmp_path, slack.url)) as am:
         # the source fires first (as it does in Prometheus), then what depends on it arrives
-        post_alerts(am, [_alert(("ExporterDown", "critical"), {"job": "fr-exporter"}, "0")])
-        wait_for(lambda: len(_status(am)) == 1, 10, what="source alert processed")
+        down = _alert(("ExporterDown", "critical"), {"job": "fr-exporter", "instance": "exporter-a:9466"}, "0")
+        post_alerts(am, [down])
+        wait_for(lambda: len(am_alerts(am)) == 1, 10, what="source alert processed")
         time.sleep(0.5)
         post_alerts(
             am,
             [
-                _alert(("FundingRateEmergency", "emergency"), BTC, "0.2%"),
-                _alert(("AiRiskHigh", "warning"), {"base": "BTC", "model": "baseline", "horizon": "8h"}, "80%"),
+                _alert(("FundingRateEmergency", "emergency"), a, "0.2%"),
+                _alert(("FundingRateEmergency", "emergency"), b, "0.3%"),
             ],
         )
-        st = wait_for(lambda: len(_status(am)) == 3 and _status(am), 15, what="alerts processed")
-        assert st[("FundingRateEmergency", "emergency", "binance")]["inhibitedBy"]
-        assert st[("AiRiskHigh", "warning", "")]["inhibitedBy"]
-        assert st[("ExporterDown", "critical", "")]["state"] == "active"
-        texts = wait_for(lambda: slack.texts(), 20, what="slack notification")
-        assert all("FundingRateEmergency" not in t and "AiRiskHigh" not in t for t in texts), texts
-        assert any("ExporterDown" in t for t in texts)
+
+        def by_instance() -> dict[tuple[str, str], dict[str, Any]] | None:
+            got = {(x["labels"]["alertname"], x["labels"].get("instance", "")): x["status"] for x in am_alerts(am)}
+            return got if len(got) == 3 else None
+
+        st = wait_for(by_instance, 15, what="alerts processed")
+        assert st[("FundingRateEmergency", "exporter-a:9466")]["inhibitedBy"]
+        assert st[("FundingRateEmergency", "exporter-b:9466")]["state"] == "active"
+        assert not st[("FundingRateEmergency", "exporter-b:9466")]["inhibitedBy"]
+        assert st[("ExporterDown", "exporter-a:9466")]["state"] == "active"
+        texts = wait_for(lambda: len(slack.texts()) >= 2 and slack.texts(), 20, what="slack notifications")
+        joined = "\n".join(texts)
+        assert "ExporterDown" in joined and "0.3%" in joined  # the healthy exporter's alert went out
+        assert "0.2%" not in joined  # the down exporter's did not
+
+
+@needs_am
+def test_each_severity_posts_to_its_own_webhook(tmp_path: Path) -> None:
+    with FakeSlack() as slack, run_alertmanager(tmp_path, alertmanager_config(tmp_path, slack.url)) as am:
+        post_alerts(
+            am,
+            [
+                _alert(("FundingRateEmergency", "emergency"), BTC, "0.2%"),
+                _alert(("FundingRateCritical", "critical"), ETH_OKX, "0.09%"),
+                _alert(("FundingRateWarning", "warning"), {**BTC, "base": "SOL", "instrument": "SOLUSDT"}, "0.06%"),
+            ],
+        )
+        msgs = wait_for(lambda: len(slack.snapshot()) >= 3 and slack.snapshot(), 20, what="three notifications")
+        by_path = {m["path"].rsplit("/", 1)[-1]: FakeSlack.text_of(m) for m in msgs}
+        assert "FundingRateEmergency" in by_path["slack_webhook_url_emergency"]
+        assert "FundingRateCritical" in by_path["slack_webhook_url_critical"]
+        assert "FundingRateWarning" in by_path["slack_webhook_url_warning"]
+        assert "slack_webhook_url_info" not in by_path
 
 
 @needs_am
@@ -187,7 +225,8 @@ def test_slack_message_text_and_resolution(tmp_path: Path) -> None:
         post_alerts(am, [alert])
         first = wait_for(lambda: slack.snapshot(), 20, what="firing notification")[0]
         payload = first["payload"]
-        assert payload["channel"] == "#funding-emergency"
+        assert first["path"].endswith("/slack_webhook_url_emergency")  # the emergency channel's webhook
+        assert "channel" not in payload
         att = payload["attachments"][0]
         assert att["title"] == "[FIRING:1] FundingRateEmergency BTC on binance"
         assert att["color"] == "danger"

@@ -90,18 +90,19 @@ def test_startup_order_waits_for_health() -> None:
 def test_secrets_are_files() -> None:
     c = _compose()
     secrets = c["secrets"]
-    assert set(secrets) == {"slack_webhook_url", "llm_api_key", "grafana_admin_password"}
+    webhooks = {f"slack_webhook_url_{s}" for s in ("emergency", "critical", "warning", "info")}
+    assert set(secrets) == webhooks | {"slack_webhook_url_ai", "llm_api_key", "grafana_admin_password"}
     for name, spec in secrets.items():
         path = ROOT / spec["file"]
         assert path.is_file() or path.with_name(path.name + ".example").is_file(), f"{name}: no file or example"
     services = c["services"]
-    assert "slack_webhook_url" in services["alertmanager"]["secrets"]
-    assert {"slack_webhook_url", "llm_api_key"} <= set(services["sidecar"]["secrets"])
+    assert set(services["alertmanager"]["secrets"]) == webhooks
+    assert {"slack_webhook_url_ai", "llm_api_key"} <= set(services["sidecar"]["secrets"])
     env = services["grafana"]["environment"]
     assert env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
     am = yaml.safe_load((ROOT / "prometheus/alertmanager.yml").read_text())
     files = {sc["api_url_file"] for r in am["receivers"] for sc in r["slack_configs"]}
-    assert files == {"/run/secrets/slack_webhook_url"}
+    assert files == {f"/run/secrets/{w}" for w in webhooks}
     # nothing secret-looking inline
     text = COMPOSE.read_text()
     assert not re.search(r"hooks\.slack\.com|xox[bp]-|sk-[A-Za-z0-9]{10}", text)
@@ -157,3 +158,15 @@ def test_dockerfile() -> None:
     assert 'ENTRYPOINT ["fr-exporter"]' in lines
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     assert "*" in ignore and "!exporter/" in ignore and "!pyproject.toml" in ignore
+
+
+def test_prometheus_and_alertmanager_know_their_external_urls() -> None:
+    """Links in alerts (Prometheus' generator URL) and in Slack (Alertmanager's silence links) must
+    open from a user's browser, not from inside the container network."""
+    services = _compose()["services"]
+    for name, var, port in (
+        ("prometheus", "PROMETHEUS_EXTERNAL_URL", 9090),
+        ("alertmanager", "ALERTMANAGER_EXTERNAL_URL", 9093),
+    ):
+        flags = [c for c in services[name]["command"] if c.startswith("--web.external-url=")]
+        assert flags == [f"--web.external-url=${{{var}:-http://localhost:{port}}}"], name
