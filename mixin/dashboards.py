@@ -593,9 +593,32 @@ def _health(cfg: MixinConfig) -> dict[str, Any]:
                 "reqps",
             ),
             Panel(
+                "Resident memory",
+                "Resident memory of the exporter and the AI sidecar (process_resident_memory_bytes); "
+                "the README quotes 126 MB at 2,000 instruments.",
+                [
+                    (
+                        f'process_resident_memory_bytes{{job=~"{cfg.exporter_job}|{cfg.sidecar_job}"}}',
+                        "{{job}} {{instance}}",
+                    )
+                ],
+                "bytes",
+            ),
+            Panel(
+                "CPU",
+                "CPU time per second (1 = one core) of the exporter and the AI sidecar.",
+                [
+                    (
+                        f'rate(process_cpu_seconds_total{{job=~"{cfg.exporter_job}|{cfg.sidecar_job}"}}[{RI}])',
+                        "{{job}} {{instance}}",
+                    )
+                ],
+                "percentunit",
+            ),
+            Panel(
                 "Build",
-                "Exporter version.",
-                [(m.BUILD_INFO.name, "{{version}}")],
+                "Exporter version, git revision and Python version.",
+                [(m.BUILD_INFO.name, "{{version}} {{revision}} Python {{python_version}}")],
                 "none",
                 kind="table",
                 width=24,

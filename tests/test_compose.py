@@ -151,13 +151,17 @@ def test_images_pinned() -> None:
 def test_dockerfile() -> None:
     text = (ROOT / "Dockerfile").read_text()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-    assert lines[0] == "FROM python:3.11-slim"
-    assert any(ln.startswith("RUN pip install .") for ln in lines)
+    froms = [ln for ln in lines if ln.startswith("FROM ")]
+    assert froms == ["FROM python:3.11-slim AS build", "FROM python:3.11-slim"]
+    # the image installs the wheel `python -m build` makes, not the source tree
+    assert any("python -m build --wheel --outdir /dist" in ln for ln in lines)
+    assert any(ln.startswith("RUN pip install /tmp/dist/*.whl") for ln in lines)
+    assert "FR_BUILD_REVISION=${REVISION}" in text
     users = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
     assert users and users[-1] not in {"root", "0"}
     assert 'ENTRYPOINT ["fr-exporter"]' in lines
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
-    assert "*" in ignore and "!exporter/" in ignore and "!pyproject.toml" in ignore
+    assert "*" in ignore and "!exporter/" in ignore and "!pyproject.toml" in ignore and "!LICENSE" in ignore
 
 
 def test_prometheus_and_alertmanager_know_their_external_urls() -> None:
