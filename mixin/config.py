@@ -112,7 +112,12 @@ def load_links(path: Path = LINKS_FILE) -> dict[str, str]:
 
 
 def with_links(cfg: MixinConfig, path: Path = LINKS_FILE) -> MixinConfig:
-    return replace(cfg, **load_links(path))
+    links = load_links(path)
+    return replace(
+        cfg,
+        runbook_base_url=links.get("runbook_base_url", cfg.runbook_base_url),
+        grafana_url=links.get("grafana_url", cfg.grafana_url),
+    )
 
 
 DEFAULT = with_links(MixinConfig())
