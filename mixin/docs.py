@@ -63,7 +63,7 @@ FOOTER = """\
 - A collector that raises (a position source, say) is logged and left out of that scrape; every
   other series is still served.
 - `GET /healthz`: `ok`. `GET /`: a landing page with links.
-- `?name[]=fr_up&name[]=process_open_fds` serves only the named families (by sample name, as
+- `?name[]=process_open_fds&name[]=process_max_fds` serves only the named families (by sample name, as
   `prometheus_client` filters), on the exporter and on the sidecar alike.
 - With `--web.config.file` (exporter-toolkit format: TLS, client certificates, bcrypt basic auth)
   every path but `/healthz` needs the credentials, `/api/state` included; README, "Security".
