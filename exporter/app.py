@@ -395,11 +395,15 @@ class Exporter:
                 log.warning("positions configured but the position service is not available (%s); skipped", exc)
             else:
                 try:
-                    self.positions = module.PositionService(self.config, self.state)
+                    # the exporter's REST endpoints: account reads share their rate-limit gates and counts
+                    rest = {ex: rt.rest for ex, rt in self.runtimes.items()}
+                    self.positions = module.PositionService(self.config, self.state, rest=rest)
                 except Exception as exc:  # e.g. an unwritable accrual database: market data still serves
                     log.error("position service cannot start, positions not exported: %s", exc)
                 else:
-                    registry.register(self.positions.collector)
+                    from exporter.metrics.positions import PositionCollector
+
+                    registry.register(PositionCollector(self.positions))
         return registry
 
     def _start_server(self, registry: Any) -> Any:

@@ -95,6 +95,7 @@ class FundingSettlement:
     funding_time: float  # Unix seconds of the settlement
     rate: float  # fraction per that instrument's interval
     interval_s: float | None = None
+    mark_price: float | None = None  # mark at the settlement, where the exchange gives it (Binance)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,47 @@ class InsuranceFund:
     pool: str  # e.g. "USDT", or the exchange's pool id
     event_time: float
     balance_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """One maintenance-margin tier.
+
+    ``floor``/``cap`` bound the tier's size: USD notional (Binance, Bybit, Deribit) or contracts
+    (OKX). ``deduction`` is Binance ``cum`` / Bybit ``mmDeduction`` (USD), so that
+    ``MM = size_value x mmr - deduction``.
+    """
+
+    floor: float
+    cap: float
+    mmr: float
+    max_leverage: float | None = None
+    deduction: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class AccountPosition:
+    """One open position as an exchange account reports it (signed, read-only read).
+
+    ``size`` is in base coin (OKX contracts already multiplied by ``contract_size``); inverse
+    (Deribit ``BTC-PERPETUAL``) sizes are in coin too. ``liquidation_price``: the exchange's own
+    figure; 0 for a long no price liquidates, None when unknown or none for a short.
+    """
+
+    exchange: Exchange
+    instrument: str
+    side: Side
+    size: float
+    entry_price: float
+    margin_mode: str  # "isolated" | "cross"
+    margin_usd: float | None  # isolated margin; None in cross (the wallet is not read)
+    leverage: float | None
+    liquidation_price: float | None
+    adl_raw: float | None  # the exchange's own ADL indicator (scale differs per exchange)
+    mark_price: float | None
+    opened_at: float | None = None  # Unix seconds of the current opening, when the exchange says
+    contract_size: float = 1.0  # OKX ctVal used for ``size``
+    inverse: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@ restart), Deribit continuous accrual, hedged carry, and the published series."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter.config import Config, PositionConfig
-from exporter.model import Exchange, InstrumentInfo, MarketUpdate
+from exporter.metrics.positions import PositionCollector
+from exporter.model import Exchange, FundingSettlement, InstrumentInfo, MarketUpdate
 from exporter.positions.service import PositionService
 from exporter.state import MarketState
 
@@ -78,7 +80,7 @@ SHORT_BTC = {
 
 def render(svc: PositionService) -> str:
     reg = CollectorRegistry()
-    reg.register(svc.collector)
+    reg.register(PositionCollector(svc))
     return generate_latest(reg).decode()
 
 
@@ -148,7 +150,9 @@ def test_settlement_accrues_exactly_once_across_restart(tmp_path: Path) -> None:
     mark(state, Exchange.BINANCE, "BTCUSDT", 50_000.0, 0.0001)
     state.add_settlements(st, [(clock.t, 0.0001)])
     # the same settlement from REST history, its time a few ms off: still one settlement
-    svc._history[(Exchange.BINANCE, "BTCUSDT")] = {round(clock.t / 60) * 60: (clock.t + 0.003, 0.0001, 50_000.0)}
+    svc.ledger.add_history(
+        [FundingSettlement(Exchange.BINANCE, "BTCUSDT", clock.t + 0.003, 0.0001, mark_price=50_000.0)]
+    )
     for _ in range(3):
         svc.tick()
     v = svc.views()[0]
@@ -293,76 +297,79 @@ def test_a_position_invalid_in_the_file_is_counted_and_the_rest_runs(tmp_path: P
     assert 'fr_position_config_errors_total{field="size"} 1.0' in render(svc)
 
 
-async def test_account_zero_liquidation_price_means_none_for_a_short() -> None:
+def test_account_zero_liquidation_price_means_none_for_a_short() -> None:
     # "0"/"" from Bybit/OKX/Deribit: a long gets 0 (no price liquidates it), a short no value
-    import httpx
+    from exporter.feeds import bybit_account, okx_account
 
-    from exporter.positions.accounts import BybitAccount, OkxAccount
-    from exporter.positions.signing import ApiKey
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path.startswith("/v5/"):
-            rows = [
-                {
-                    "symbol": "BTCUSDT",
-                    "side": side,
-                    "size": "1",
-                    "avgPrice": "50000",
-                    "tradeMode": 1,
-                    "positionBalance": "60000",
-                    "leverage": "1",
-                    "liqPrice": liq,
-                    "markPrice": "50000",
-                }
-                for side, liq in (("Sell", "0"), ("Buy", "0"))
-            ]
-            return httpx.Response(200, json={"retCode": 0, "result": {"list": rows, "nextPageCursor": ""}})
-        rows = [
-            {
-                "instId": "BTC-USDT-SWAP",
-                "pos": "-100",
-                "posSide": "net",
-                "avgPx": "50000",
-                "mgnMode": "isolated",
-                "margin": "60000",
-                "lever": "1",
-                "liqPx": "0",
-                "markPx": "50000",
-                "adl": "1",
-            }
-        ]
-        return httpx.Response(200, json={"code": "0", "data": rows})
-
-    key = ApiKey("k", "s", "p")
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        bybit = {p.side.value: p for p in await BybitAccount("http://x", key, client).positions()}
-        okx = await OkxAccount("http://x", key, client).positions()
-    assert bybit["short"].exchange_liq_price is None
-    assert bybit["long"].exchange_liq_price == 0.0
-    assert okx[0].side.value == "short" and okx[0].exchange_liq_price is None
+    rows = [
+        {
+            "symbol": "BTCUSDT",
+            "side": side,
+            "size": "1",
+            "avgPrice": "50000",
+            "tradeMode": 1,
+            "positionBalance": "60000",
+            "leverage": "1",
+            "liqPrice": liq,
+            "markPrice": "50000",
+        }
+        for side, liq in (("Sell", "0"), ("Buy", "0"))
+    ]
+    body = json.dumps({"retCode": 0, "result": {"list": rows, "nextPageCursor": ""}}).encode()
+    page, cursor = bybit_account.parse_positions(body)
+    bybit = {p.side.value: p for p in page}
+    okx_rows = [
+        {
+            "instId": "BTC-USDT-SWAP",
+            "pos": "-100",
+            "posSide": "net",
+            "avgPx": "50000",
+            "mgnMode": "isolated",
+            "margin": "60000",
+            "lever": "1",
+            "liqPx": "0",
+            "markPx": "50000",
+            "adl": "1",
+        }
+    ]
+    okx = okx_account.parse_positions(json.dumps({"code": "0", "data": okx_rows}).encode(), lambda inst: 0.01)
+    assert cursor == ""
+    assert bybit["short"].liquidation_price is None
+    assert bybit["long"].liquidation_price == 0.0
+    assert okx[0].side.value == "short" and okx[0].liquidation_price is None
+    assert okx[0].size == pytest.approx(100 * 0.01) and okx[0].contract_size == 0.01
 
 
 async def test_okx_non_json_error_page_uses_a_documented_reason() -> None:
     import httpx
 
-    from exporter.positions.accounts import AccountError, OkxAccount
-    from exporter.positions.signing import ApiKey
+    from exporter.feeds import feed_for
+    from exporter.feeds.base import FeedContext
+    from exporter.rest.accounts import AccountError, OkxAccount
+    from exporter.rest.client import RestClient
+    from exporter.rest.endpoints import rest_api_for
+    from exporter.rest.signing import ApiKey
 
+    state = MarketState()
     transport = httpx.MockTransport(lambda request: httpx.Response(403, text="<html>forbidden</html>"))
-    async with httpx.AsyncClient(transport=transport) as client:
+    client = RestClient(Exchange.OKX, "http://x", state, transport=transport)
+    api = rest_api_for(Exchange.OKX, client, feed_for(Exchange.OKX), FeedContext(Exchange.OKX, {}))
+    try:
         with pytest.raises(AccountError) as err:
-            await OkxAccount("http://x", ApiKey("k", "s", "p"), client).positions()
+            await OkxAccount(api, ApiKey("k", "s", "p")).positions(lambda inst: 1.0)
+    finally:
+        await client.aclose()
     documented = {"auth", "rate_limited", "http_5xx", "timeout", "connect", "exchange_error", "invalid_response"}
     assert err.value.reason in documented
+    # the read went through the shared client: counted in fr_rest_* as a failed request
+    health = state.rest[(Exchange.OKX, "account_positions")]
+    assert health.requests == 1 and health.failures == {"http_4xx": 1}
 
 
-async def test_bybit_opened_at_is_not_the_symbols_first_ever_position() -> None:
+def test_bybit_opened_at_is_not_the_symbols_first_ever_position() -> None:
     # Bybit v5 position list: createdTime is "the first time a position was created on this symbol";
     # the current position's opening is openTime (0/absent when unknown -> first seen).
-    import httpx
-
-    from exporter.positions.accounts import BybitAccount
-    from exporter.positions.signing import ApiKey
+    from exporter.feeds import bybit_account
 
     row = {
         "symbol": "BTCUSDT",
@@ -376,16 +383,14 @@ async def test_bybit_opened_at_is_not_the_symbols_first_ever_position() -> None:
         "createdTime": "1652063737916",
     }
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"retCode": 0, "result": {"list": [dict(row)], "nextPageCursor": ""}})
+    def body() -> bytes:
+        return json.dumps({"retCode": 0, "result": {"list": [dict(row)], "nextPageCursor": ""}}).encode()
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        src = BybitAccount("http://x", ApiKey("k", "s"), client)
-        (p,) = await src.positions()
-        assert p.opened_at is None
-        row["openTime"] = "1767225600000"
-        (p,) = await src.positions()
-        assert p.opened_at == 1_767_225_600.0
+    ((p,), _) = bybit_account.parse_positions(body())
+    assert p.opened_at is None
+    row["openTime"] = "1767225600000"
+    ((p,), _) = bybit_account.parse_positions(body())
+    assert p.opened_at == 1_767_225_600.0
 
 
 def test_realized_apy_counts_only_funding_since_the_current_opening(tmp_path: Path) -> None:
@@ -437,12 +442,12 @@ def test_opened_at_without_a_zone_is_utc(monkeypatch: pytest.MonkeyPatch) -> Non
 async def test_a_malformed_public_body_does_not_freeze_the_snapshot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import exporter.positions.service as service_mod
+    from exporter.rest.accounts import ExchangeAccount
 
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise AttributeError("'list' object has no attribute 'get'")
 
-    monkeypatch.setattr(service_mod, "funding_history", broken)
+    monkeypatch.setattr(ExchangeAccount, "funding_history", broken)
     clock = Clock()
     state = make_state(clock)
     svc = PositionService(make_config(tmp_path, [SHORT_BTC]), state, clock=clock)
@@ -453,9 +458,7 @@ async def test_a_malformed_public_body_does_not_freeze_the_snapshot(
     mark(state, Exchange.BINANCE, "BTCUSDT", 40_000.0, 0.0001)
     await svc.step()
     assert [v.mark_price for v in svc.views()] == [40_000.0]
-    if svc._client is not None:
-        await svc._client.aclose()
-    svc.store.close()
+    await svc.aclose()
 
 
 def test_hit_probability_is_absent_when_the_liquidation_price_is_unknown(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import base64
 import hashlib
 import hmac
 
-from exporter.positions.signing import (
+from exporter.rest.signing import (
     ApiKey,
     binance_signed_query,
     bybit_headers,

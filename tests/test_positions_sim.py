@@ -18,9 +18,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter.config import Config
+from exporter.metrics.positions import PositionCollector
 from exporter.model import Exchange
 from exporter.positions.service import PositionService
-from exporter.positions.signing import (
+from exporter.rest.signing import (
     ApiKey,
     binance_signed_query,
     bybit_headers,
@@ -112,7 +113,7 @@ def config(
 
 def render(svc: PositionService) -> str:
     reg = CollectorRegistry()
-    reg.register(svc.collector)
+    reg.register(PositionCollector(svc))
     return generate_latest(reg).decode()
 
 
@@ -453,3 +454,78 @@ async def test_leverage_above_the_published_tier_maximum_is_a_config_error(
     fine = svc.views()[0]
     assert fine.liq_computed == pytest.approx((80_000 - 4_000) / (1 - 0.0055))  # M/q = 80 000 / 20
     svc.store.close()
+
+
+async def sim_private_requests(sim: Simulator, ex: Exchange) -> int:
+    """Signed requests the simulated exchange has received (its private API's own count)."""
+    async with httpx.AsyncClient() as c:
+        r = await c.get(sim.urls(ex)[1] + "/_sim/positions")
+        return int(r.json()["requests"])
+
+
+async def test_account_reads_go_through_the_exchanges_rate_limit_gate_and_are_counted(
+    sim: Simulator, creds: dict[str, str], tmp_path: Path
+) -> None:
+    """An account read shares the market data's REST client: it is counted in fr_rest_*, it waits
+    while a 429 on market data has closed the exchange's gate, and fails without a request while
+    the gate is further away than a call may wait (a Binance ban)."""
+    from exporter.clock import VirtualClock
+    from exporter.feeds import feed_for
+    from exporter.feeds.base import FeedContext
+    from exporter.metrics.health import HealthCollector
+    from exporter.rest.client import RestClient, RestError, RestPolicy
+    from exporter.rest.endpoints import rest_api_for
+
+    await install_credentials(sim, creds)
+    await open_positions(sim)
+    ex = Exchange.BINANCE
+    state = MarketState()
+    gate_clock = VirtualClock(start=time.time())
+    client = RestClient(
+        ex, sim.urls(ex)[1], state, policy=RestPolicy(attempts=1), clock=gate_clock.time, sleep=gate_clock.sleep
+    )
+    api = rest_api_for(ex, client, feed_for(ex), FeedContext(ex, {}))
+    svc = PositionService(config(sim, tmp_path), state, environ=creds, rest={ex: api})
+    try:
+        await svc.poll_accounts()
+        assert state.rest[(ex, "account_positions")].requests == 1
+        assert state.rest[(ex, "account_adl")].requests == 1
+        assert {p.exchange for p in svc.account_positions()} == set(Exchange)
+        sent = await sim_private_requests(sim, ex)
+
+        # a 429 on market data closes Binance's gate for 2 s: the account read waits at it
+        await post(sim, ex, "/_sim/fault", {"kind": "rest_429", "seconds": 2, "count": 1})
+        with pytest.raises(RestError):
+            await api.open_interest("BTCUSDT")
+        assert state.rest[(ex, "open_interest")].failures == {"rate_limited": 1}
+        task = asyncio.create_task(svc.poll_accounts())
+        for _ in range(500):
+            if gate_clock.pending():
+                break
+            await asyncio.sleep(0.01)
+        assert gate_clock.pending() == 1  # the read is waiting at the gate ...
+        assert await sim_private_requests(sim, ex) == sent  # ... and has not gone out
+        assert state.rest[(ex, "account_positions")].requests == 1
+        gate_clock.advance(2.0)
+        await asyncio.wait_for(task, 10.0)
+        assert await sim_private_requests(sim, ex) == sent + 2  # positionRisk + adlQuantile, after the wait
+        assert state.rest[(ex, "account_positions")].requests == 2
+        assert svc.failures == {}
+
+        # a ban further away than a call may wait: the read fails at once, nothing is sent
+        await post(sim, ex, "/_sim/fault", {"kind": "rest_429", "seconds": 300, "count": 1})
+        with pytest.raises(RestError):
+            await api.open_interest("BTCUSDT")
+        await svc.poll_accounts()
+        assert svc.failures == {(ex.value, "rate_limited"): 1}
+        assert await sim_private_requests(sim, ex) == sent + 2
+        assert state.rest[(ex, "account_positions")].requests == 2
+        svc.tick()
+        assert 'fr_position_account_read_failures_total{exchange="binance",reason="rate_limited"} 1.0' in render(svc)
+        reg = CollectorRegistry()
+        reg.register(HealthCollector(svc.config, state))
+        exposed = generate_latest(reg).decode()
+        assert 'fr_rest_requests_total{endpoint="account_positions",exchange="binance"} 2.0' in exposed
+    finally:
+        await svc.aclose()
+        await client.aclose()

@@ -30,23 +30,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from exporter.model import Exchange, Side
-
-
-@dataclass(frozen=True, slots=True)
-class Tier:
-    """One maintenance-margin tier.
-
-    ``floor``/``cap`` bound the tier's size: USD notional (Binance, Bybit, Deribit) or contracts
-    (OKX). ``deduction`` is Binance ``cum`` / Bybit ``mmDeduction`` (USD), so that
-    ``MM = size_value x mmr - deduction``.
-    """
-
-    floor: float
-    cap: float
-    mmr: float
-    max_leverage: float | None = None
-    deduction: float = 0.0
+from exporter.model import Exchange, Side, Tier
 
 
 def tiers_from_caps(rows: Sequence[Sequence[float]]) -> list[Tier]:

@@ -6,6 +6,7 @@ Reference: exchanges.md §2. Numbers arrive as decimal strings, times in millise
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import msgspec
@@ -168,16 +169,27 @@ class BinanceFeed:
             raise parse_error(EX, "fundingInfo", exc) from None
 
     def parse_funding_history(self, body: bytes, ctx: FeedContext) -> list[FundingSettlement]:
-        """``GET /fapi/v1/fundingRate`` -> settlements; "Special" (dividend) rates are left out."""
+        """``GET /fapi/v1/fundingRate`` -> settlements; "Special" (dividend) rates are left out.
+
+        The settlement's ``markPrice`` is kept where given (the funding was charged on it); the
+        market backfill and the positions' funding accrual both read history through this parser.
+        """
         try:
             rows: dict[str, list[tuple[float, float]]] = {}
+            marks: dict[tuple[str, float], float] = {}
             for row in arr(loads(body), "fundingRate"):
                 if row.get("rateType", "Regular") == "Special":
                     continue
                 sym = text(row["symbol"], "symbol")
                 t = ms(row["fundingTime"], "fundingTime")
                 rows.setdefault(sym, []).append((t, num(row["fundingRate"], "fundingRate")))
-            return settlements(EX, rows)
+                mark = opt_num(row.get("markPrice"), "markPrice")
+                if mark is not None:
+                    marks[(sym, t)] = mark
+            out = settlements(EX, rows)
+            if marks:
+                out = [replace(s, mark_price=marks.get((s.instrument, s.funding_time))) for s in out]
+            return out
         except PARSE_FAILURES as exc:
             raise parse_error(EX, "fundingRate", exc) from None
 

@@ -1,7 +1,8 @@
 """Collector for positions and carry: liquidation distance, stress, hit probability, ADL, funding.
 
-Reads an immutable snapshot the positions service rebuilds on the event loop; a scrape never
-touches the service's mutable state or the database.
+Reads the immutable snapshot of :class:`~exporter.positions.view.PositionView` the positions
+service rebuilds on the event loop; a scrape never touches the service's mutable state or the
+database.
 
 Example exposition::
 
@@ -13,59 +14,15 @@ Example exposition::
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from exporter.metrics import catalog as m
+from exporter.positions.view import PositionView
 
 POSITION_LABELS = list(m.POSITION_LABELS)
-
-
-@dataclass(frozen=True, slots=True)
-class StressView:
-    shock_pct: float
-    equity_usd: float
-    survives: bool
-
-
-@dataclass(frozen=True, slots=True)
-class PositionView:
-    """Everything published for one position, computed at one moment."""
-
-    position: str
-    exchange: str
-    instrument: str
-    side: str
-    source: str  # "config" | "account"
-    size: float
-    entry_price: float
-    mark_price: float | None
-    notional_usd: float | None
-    liq_exchange: float | None
-    liq_computed: float | None
-    liq_gap_pct: float | None
-    hit_probability: Mapping[str, float] = field(default_factory=dict)  # horizon label -> probability
-    adl_rank: float | None = None
-    adl_raw: float | None = None
-    funding_pnl_usd: float = 0.0
-    funding_received_usd: float = 0.0
-    funding_paid_usd: float = 0.0
-    settlements: int = 0
-    apy_realized_pct: float | None = None
-    apy_projected_pct: float | None = None
-    locked_capital_usd: float | None = None
-    stress: Sequence[StressView] = ()
-
-    @property
-    def labels(self) -> list[str]:
-        return [self.position, self.exchange, self.instrument, self.side]
-
-    @property
-    def liquidation_price(self) -> float | None:
-        return self.liq_exchange if self.liq_exchange is not None else self.liq_computed
 
 
 class PositionSource(Protocol):

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from exporter.analytics.risk import Tier, tier_for
+from exporter.analytics.risk import tier_for
 from exporter.config import Config, PositionConfig
-from exporter.model import Exchange, Side
+from exporter.model import Exchange, Side, Tier
 from exporter.positions.model import Hedge, Position
 
 
@@ -153,3 +153,30 @@ def load_positions(
         names.add(pc.name)
         good.append(p)
     return good, errors
+
+
+def recheck(
+    config: Config, positions: Iterable[Position], problem: Callable[[Position], tuple[str, str] | None]
+) -> tuple[list[Position], list[PositionConfigError]]:
+    """Check configured positions again once more is known (published tiers, the instrument list):
+    the ones with a ``problem`` (field, message) become errors, the others are kept."""
+    keep: list[Position] = []
+    errors: list[PositionConfigError] = []
+    for p in positions:
+        found = problem(p)
+        if found is None:
+            keep.append(p)
+            continue
+        idx = next((i for i, pc in enumerate(config.positions) if pc.name == p.name), -1)
+        errors.append(PositionConfigError(idx, p.name, *found))
+    return keep, errors
+
+
+def unknown_instrument(config: Config, listed: set[str], p: Position) -> tuple[str, str] | None:
+    """For an exchange following all perpetuals, whose list arrived after the positions were loaded."""
+    ec = config.exchanges.get(p.exchange)
+    if ec is None or not ec.all_perpetuals or not listed:
+        return None
+    if p.instrument in listed | set(config.instruments_for(p.exchange)):
+        return None
+    return "instrument", f"unknown instrument {p.instrument!r} on {p.exchange.value}"

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from exporter.analytics.risk import Tier
-from exporter.model import Exchange, Side
+from exporter.feeds.okx_account import CT_VAL_FALLBACK as OKX_CT_VAL_FALLBACK
+from exporter.model import AccountPosition, Exchange, Side, Tier
 
-# OKX contract values (base coin per contract) used when the instrument list cannot be read.
-OKX_CT_VAL_FALLBACK = {"BTC-USDT-SWAP": 0.01, "ETH-USDT-SWAP": 0.1, "BTC-USDC-SWAP": 0.0001, "ETH-USDC-SWAP": 0.001}
+__all__ = ["OKX_CT_VAL_FALLBACK", "Hedge", "Position", "from_account", "normalise_adl"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +65,28 @@ class Position:
             # a spot hedge ties up its full value; a perp hedge its margin at the main leg's leverage
             main += notional if self.hedge.kind == "spot" else notional / (self.leverage or 1.0)
         return main
+
+
+def from_account(a: AccountPosition) -> Position:
+    """An account position as the service tracks it, named ``exchange:instrument:side``."""
+    return Position(
+        name=f"{a.exchange.value}:{a.instrument}:{a.side.value}",
+        exchange=a.exchange,
+        instrument=a.instrument,
+        side=a.side,
+        size=a.size,
+        entry_price=a.entry_price,
+        margin_mode=a.margin_mode,
+        margin_usd=a.margin_usd,
+        leverage=a.leverage,
+        opened_at=a.opened_at,
+        source="account",
+        inverse=a.inverse,
+        contract_size=a.contract_size,
+        exchange_liq_price=a.liquidation_price,
+        adl_raw=a.adl_raw,
+        mark_price=a.mark_price,
+    )
 
 
 def normalise_adl(exchange: Exchange, raw: float | None) -> float | None:

@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 import httpx
 import orjson
@@ -33,11 +34,22 @@ Params = Mapping[str, str | int | float]
 
 
 class RestError(Exception):
-    """A request that failed after its retries. ``reason`` is one of FAILURE_REASONS."""
+    """A request that failed after its retries. ``reason`` is one of FAILURE_REASONS.
 
-    def __init__(self, reason: str, message: str) -> None:
+    For ``http_4xx`` the status and body are kept: a signed account read finds the exchange's
+    error code there (auth or not). The body is for parsing, never for logging.
+    """
+
+    def __init__(self, reason: str, message: str, status: int | None = None, body: bytes = b"") -> None:
         super().__init__(message)
         self.reason = reason
+        self.status = status
+        self.body = body
+
+
+# A signed request: (path, encoded query) -> (query to send, headers). Called for every attempt,
+# after any wait at the rate-limit gate, so the timestamp in the signature is fresh.
+Signer = Callable[[str, str], tuple[str, dict[str, str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,10 +142,11 @@ class RestClient:
         seconds = min(seconds, self.policy.retry_after_cap_s if cap is None else cap)
         self._gate_until = max(self._gate_until, self.clock() + seconds)
 
-    async def get(self, endpoint: str, path: str, params: Params | None = None) -> bytes:
+    async def get(self, endpoint: str, path: str, params: Params | None = None, *, sign: Signer | None = None) -> bytes:
         """GET ``path`` and return the body. Raises :class:`RestError` when every attempt failed.
 
-        ``endpoint`` is the label the call is counted under (``funding_history``...).
+        ``endpoint`` is the label the call is counted under (``funding_history``...). ``sign``
+        makes it a signed (account) request: the query is sent exactly as the signer returns it.
         """
         health = self.state.rest_endpoint(self.exchange, endpoint)
         p = self.policy
@@ -147,7 +160,11 @@ class RestClient:
             health.requests += 1
             retry_in: float | None = None
             try:
-                resp = await self._http.get(path, params=dict(params) if params else None)
+                if sign is None:
+                    resp = await self._http.get(path, params=dict(params) if params else None)
+                else:
+                    query, headers = sign(path, urlencode(list(params.items())) if params else "")
+                    resp = await self._http.get(f"{path}?{query}" if query else path, headers=headers)
             except httpx.TimeoutException as exc:
                 last = RestError("timeout", f"{self.exchange} {endpoint}: timeout ({type(exc).__name__})")
             except httpx.TransportError as exc:
@@ -183,7 +200,10 @@ class RestClient:
                 else:
                     # 4xx other than rate limits: the request itself is wrong; retrying won't help
                     self.count_failure(endpoint, "http_4xx")
-                    raise RestError("http_4xx", f"{self.exchange} {endpoint}: HTTP {status}: {_snippet(resp)}")
+                    # a signed request's error text may echo what was signed: not in the message
+                    detail = "" if sign is not None else f": {_snippet(resp)}"
+                    msg = f"{self.exchange} {endpoint}: HTTP {status}{detail}"
+                    raise RestError("http_4xx", msg, status, resp.content)
             assert last is not None
             self.count_failure(endpoint, last.reason)
             if last.reason != "rate_limited":

@@ -50,7 +50,15 @@ def binance_signed_query(
     params: list[tuple[str, str]], key: ApiKey, timestamp_ms: int, recv_window_ms: int = DEFAULT_RECV_WINDOW_MS
 ) -> tuple[str, dict[str, str]]:
     """(query string incl. signature, headers) for a GET to a SIGNED Binance endpoint."""
-    total = urlencode([*params, ("recvWindow", str(recv_window_ms)), ("timestamp", str(timestamp_ms))])
+    return binance_sign(urlencode(params), key, timestamp_ms, recv_window_ms)
+
+
+def binance_sign(
+    query: str, key: ApiKey, timestamp_ms: int, recv_window_ms: int = DEFAULT_RECV_WINDOW_MS
+) -> tuple[str, dict[str, str]]:
+    """Like :func:`binance_signed_query` for an already encoded query (``symbol=BTCUSDT`` or "")."""
+    extra = urlencode([("recvWindow", str(recv_window_ms)), ("timestamp", str(timestamp_ms))])
+    total = f"{query}&{extra}" if query else extra
     sig = hmac_sha256(key.secret, total).hex()
     return f"{total}&signature={sig}", {"X-MBX-APIKEY": key.key}
 

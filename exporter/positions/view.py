@@ -1,0 +1,190 @@
+"""A position's view: the pure function from a position and its inputs to the published record.
+
+:func:`build_view` takes everything as arguments (mark, tiers, volatility, funding totals, carry
+legs...) and returns an immutable :class:`PositionView`: liquidation price (the exchange's or
+ours), gap, hit probabilities, stress, APY. No I/O, no clock, no state: the service gathers the
+inputs, the collector (``metrics/positions.py``) and ``/api/state`` read the views.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from exporter.analytics.carry import PerpLeg, net_apy_projected_pct, net_apy_realized_pct
+from exporter.analytics.risk import (
+    LiqInput,
+    Volatility,
+    liq_gap_pct,
+    liq_hit_probability,
+    liquidation_price,
+    stress,
+)
+from exporter.model import Tier
+from exporter.positions.ledger import Totals
+from exporter.positions.model import Position
+
+
+@dataclass(frozen=True, slots=True)
+class StressView:
+    shock_pct: float
+    equity_usd: float
+    survives: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PositionView:
+    """Everything published for one position, computed at one moment."""
+
+    position: str
+    exchange: str
+    instrument: str
+    side: str
+    source: str  # "config" | "account"
+    size: float
+    entry_price: float
+    mark_price: float | None
+    notional_usd: float | None
+    liq_exchange: float | None
+    liq_computed: float | None
+    liq_gap_pct: float | None
+    hit_probability: Mapping[str, float] = field(default_factory=dict)  # horizon label -> probability
+    adl_rank: float | None = None
+    adl_raw: float | None = None
+    funding_pnl_usd: float = 0.0
+    funding_received_usd: float = 0.0
+    funding_paid_usd: float = 0.0
+    settlements: int = 0
+    apy_realized_pct: float | None = None
+    apy_projected_pct: float | None = None
+    locked_capital_usd: float | None = None
+    stress: Sequence[StressView] = ()
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.position, self.exchange, self.instrument, self.side]
+
+    @property
+    def liquidation_price(self) -> float | None:
+        return self.liq_exchange if self.liq_exchange is not None else self.liq_computed
+
+
+@dataclass(frozen=True, slots=True)
+class ViewSettings:
+    hit_horizons_hours: Sequence[float]
+    shocks_pct: Sequence[float]
+    holding_period_hours: float
+
+
+@dataclass(frozen=True, slots=True)
+class ViewInputs:
+    """What the service gathered for one position at ``now``."""
+
+    now: float
+    opened: float  # start of the current opening (configured, exchange's, else first seen)
+    mark: float | None  # live mark (None: stale/unknown)
+    tiers: Sequence[Tier]
+    taker_fee: float  # fraction, where the exchange's liquidation includes it (OKX), else 0
+    volatility: Volatility | None
+    funding: Totals  # ledger totals: net, received, paid, accruals
+    net_since_opening: float  # funding accrued since ``opened`` (realised APY numerator)
+    legs: Sequence[PerpLeg]  # carry legs at current rates; empty when a leg's rate/mark is unknown
+    adl_rank: float | None
+
+
+def horizon_label(hours: float) -> str:
+    return f"{hours:g}h"
+
+
+def build_view(p: Position, x: ViewInputs, s: ViewSettings) -> PositionView:
+    mark = x.mark
+    liq_in = None
+    liq_computed = None
+    if p.margin_usd is not None and p.size > 0 and p.entry_price > 0:
+        liq_in = LiqInput(
+            p.exchange, p.side, p.size, p.entry_price, p.margin_usd, x.tiers, p.contract_size, x.taker_fee, p.inverse
+        )
+        liq_computed = liquidation_price(liq_in)
+    liq = p.exchange_liq_price if p.exchange_liq_price is not None else liq_computed
+    gap = liq_gap_pct(p.side, mark, liq) if mark is not None else None
+
+    hit: dict[str, float] = {}
+    # Published only when the liquidation price is known, or our formula ran and found none (a
+    # position that cannot be liquidated: 0). Unknown (no figure, no margin to compute it) is absent.
+    if mark is not None and x.volatility is not None and (liq is not None or liq_in is not None):
+        for hours in s.hit_horizons_hours:
+            prob = liq_hit_probability(p.side, mark, liq, x.volatility, hours * 3600.0)
+            if prob is not None:
+                hit[horizon_label(hours)] = prob
+
+    stress_views: tuple[StressView, ...] = ()
+    if liq_in is not None and mark is not None:
+        stress_views = tuple(
+            StressView(r.shock_pct, r.equity_usd, r.survives) for r in stress(liq_in, mark, liq, s.shocks_pct)
+        )
+
+    capital = p.capital_usd()
+    h = p.hedge
+    fees = p.fees_usd + (h.fees_usd if h is not None else 0.0)
+    apy_real = apy_proj = None
+    if capital:
+        apy_real = net_apy_realized_pct(x.net_since_opening, fees, p.gas_usd, p.borrow_apr, capital, x.now - x.opened)
+        if x.legs:
+            hold = s.holding_period_hours * 3600.0
+            apy_proj = net_apy_projected_pct(x.legs, fees, p.gas_usd, p.borrow_apr, capital, hold)
+
+    pnl, received, paid, n = x.funding
+    return PositionView(
+        position=p.name,
+        exchange=p.exchange.value,
+        instrument=p.instrument,
+        side=p.side.value,
+        source=p.source,
+        size=p.size,
+        entry_price=p.entry_price,
+        mark_price=mark,
+        notional_usd=p.size * mark if mark is not None else None,
+        liq_exchange=p.exchange_liq_price,
+        liq_computed=liq_computed,
+        liq_gap_pct=gap,
+        hit_probability=hit,
+        adl_rank=x.adl_rank,
+        adl_raw=p.adl_raw,
+        funding_pnl_usd=pnl,
+        funding_received_usd=received,
+        funding_paid_usd=paid,
+        settlements=n,
+        apy_realized_pct=apy_real,
+        apy_projected_pct=apy_proj,
+        locked_capital_usd=capital,
+        stress=stress_views,
+    )
+
+
+def api_row(v: PositionView) -> dict[str, Any]:
+    """One row of /api/state "positions" (no secrets: only what /metrics shows)."""
+    return {
+        "position": v.position,
+        "exchange": v.exchange,
+        "instrument": v.instrument,
+        "side": v.side,
+        "source": v.source,
+        "size": v.size,
+        "entry_price": v.entry_price,
+        "mark_price": v.mark_price,
+        "notional_usd": v.notional_usd,
+        "liquidation_price": v.liquidation_price,
+        "liquidation_price_computed": v.liq_computed,
+        "liquidation_price_source": "exchange"
+        if v.liq_exchange is not None
+        else ("computed" if v.liq_computed is not None else None),
+        "liq_gap_pct": v.liq_gap_pct,
+        "liq_hit_probability": dict(v.hit_probability),
+        "adl_rank": v.adl_rank,
+        "funding_pnl_usd": v.funding_pnl_usd,
+        "funding_settlements": v.settlements,
+        "net_apy_pct": {"realized": v.apy_realized_pct, "projected": v.apy_projected_pct},
+        "locked_capital_usd": v.locked_capital_usd,
+        "stress": [{"shock_pct": s.shock_pct, "equity_usd": s.equity_usd, "survives": s.survives} for s in v.stress],
+    }
