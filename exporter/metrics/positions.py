@@ -20,7 +20,9 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from exporter.metrics import catalog as m
-from exporter.positions.view import PositionView
+from exporter.positions.view import PositionView, StressView
+
+__all__ = ["PositionCollector", "PositionSource", "PositionView", "StressView"]
 
 POSITION_LABELS = list(m.POSITION_LABELS)
 
