@@ -1,5 +1,5 @@
 """What the exporter's and the sidecar's HTTP servers share: the web configuration, TLS, basic auth,
-the /metrics content negotiation, and the process/build series.
+and the /metrics content negotiation (text 0.0.4, OpenMetrics, gzip, ``?name[]=``).
 
 ``--web.config.file`` takes exporter-toolkit's YAML (the file node_exporter reads)::
 
@@ -12,7 +12,8 @@ the /metrics content negotiation, and the process/build series.
     http_server_config:
       headers: {X-Frame-Options: deny}
     basic_auth_users:
-      prometheus: $2y$10$...                          # bcrypt hash (htpasswd -nbB, or python -m bcrypt)
+      prometheus: $2y$10$...                          # bcrypt hash: htpasswd -nbB, or
+                  # python -c 'import bcrypt; print(bcrypt.hashpw(b"PASSWORD", bcrypt.gensalt()).decode())'
 
 Relative paths are relative to the web config file. Both servers are thin adapters over this
 module: each reads a request, asks :class:`WebSecurity` and :func:`metrics_response`, writes.
@@ -29,18 +30,14 @@ import os
 import ssl
 import threading
 import urllib.parse
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import bcrypt
 import yaml
-from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily, Metric
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from exporter.build import build_labels
 from exporter.config import ConfigError, _line_index, format_validation_error
 from exporter.metrics.exposition import accepts_gzip, content_type, render, wants_openmetrics
 
@@ -224,8 +221,9 @@ class WebSecurity:
             return False
         hashed = users.get(user)
         if not sep or hashed is None:
-            # Same cost as a real check, so a wrong user name cannot be told from a wrong password.
-            bcrypt.checkpw(b"x", _DUMMY_HASH)
+            # A check against a configured hash (same cost) so an unknown user name answers as
+            # slowly as a wrong password: the timing does not tell which user names exist.
+            bcrypt.checkpw(password.encode(), next(iter(users.values())).encode())
             return False
         # bcrypt costs ~50-250 ms by design; Prometheus sends the same credentials every scrape, so
         # a verified (user, password, hash) is remembered by digest (never the password itself).
@@ -241,7 +239,6 @@ class WebSecurity:
         return True
 
 
-_DUMMY_HASH = bcrypt.hashpw(b"dummy", bcrypt.gensalt(rounds=10))
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Basic realm="fr-exporter", charset="UTF-8"'}
 
 
@@ -279,26 +276,3 @@ def metrics_response(
         headers["Content-Encoding"] = "gzip"
         headers["Vary"] = "Accept-Encoding"
     return Payload(body, headers)
-
-
-# ---- process and build series -----------------------------------------------------------------
-
-
-class BuildInfoCollector:
-    """``<prefix>_build_info{version,revision,python_version} 1``."""
-
-    def __init__(self, name: str = "fr_build_info") -> None:
-        self.name = name
-
-    def collect(self) -> Iterable[Metric]:
-        labels = build_labels()
-        g = GaugeMetricFamily(
-            self.name, "Always 1; the build's version, git revision and Python version.", labels=sorted(labels)
-        )
-        g.add_metric([labels[k] for k in sorted(labels)], 1.0)
-        yield g
-
-
-def add_process_collector(registry: CollectorRegistry) -> None:
-    """process_* (resident memory, CPU seconds, open fds...) of this process on our own registry."""
-    ProcessCollector(registry=registry)
