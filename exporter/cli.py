@@ -314,7 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = parsers["run"]
     _config_args(run)
     _web_args(run, 9466)
-    run.add_argument("--web.telemetry-path", dest="telemetry_path", metavar="PATH", help="default /metrics")
+    run.add_argument(
+        "--web.telemetry-path", dest="telemetry_path", metavar="PATH", help="path of the metrics (default /metrics)"
+    )
     run.add_argument("--version", action="version", version=f"fr-exporter {__version__}")
     _log_args(run)
     run.set_defaults(handler=cmd_run)

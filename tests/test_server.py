@@ -353,3 +353,17 @@ def test_busy_port_is_a_listen_error() -> None:
             start_server(cfg, state, build_registry(cfg, state, process=False))
         with pytest.raises(ListenError):
             bind_check(f"127.0.0.1:{port}")
+
+
+def test_telemetry_path() -> None:
+    _, state = make_state()
+    cfg = Config.model_validate({"listen_address": "127.0.0.1:0", "telemetry_path": "/prom/metrics"})
+    h = start_server(cfg, state, build_registry(cfg, state, process=False))
+    try:
+        assert "fr_funding_rate{" in httpx.get(h.url + "/prom/metrics").text
+        assert httpx.get(h.url + "/metrics").status_code == 404
+        assert 'href="/prom/metrics"' in httpx.get(h.url + "/").text
+    finally:
+        h.stop()
+    with pytest.raises(ValueError):
+        Config.model_validate({"telemetry_path": "metrics"})  # must start with /
