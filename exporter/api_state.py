@@ -1,6 +1,6 @@
 """The /api/state document (schema in docs/ARCHITECTURE.md), read by the AI sidecar.
 
-Built from the same :class:`~exporter.metrics.market.InstrumentView` objects as /metrics, so a value
+Built from the same :class:`~exporter.views.InstrumentView` objects as /metrics, so a value
 that has left /metrics for being stale is ``null`` here, never the old number. Nothing from the
 configuration is copied in, so no credential (or the name of where one lives) can leak.
 """
@@ -13,33 +13,21 @@ from typing import Any
 
 from exporter import __version__
 from exporter.config import Config
-from exporter.metrics.health import exchange_up
-from exporter.metrics.market import InstrumentView, MarketAnalytics, liquidations_since, oi_change_1h
-from exporter.model import Side
-from exporter.state import LIQ_FLOW_WINDOW_SECONDS, InstrumentState, MarketState
+from exporter.state import MarketState
+from exporter.views import (
+    LIQ_FLOW_WINDOW_SECONDS,
+    InstrumentView,
+    MarketViews,
+    ages,
+    exchange_up,
+    liquidation_totals,
+    liquidations_since,
+    oi_change_1h,
+)
 
 log = logging.getLogger(__name__)
 
 ExtraApi = Callable[[], Any]
-
-
-def _liq_totals(v: InstrumentView) -> dict[str, dict[str, float]]:
-    st = v.st
-    count, notional = dict(st.liq_count), dict(st.liq_notional_usd)
-    return {
-        "long": {"count": count.get(Side.LONG, 0), "notional_usd": notional.get(Side.LONG, 0.0)},
-        "short": {"count": count.get(Side.SHORT, 0), "notional_usd": notional.get(Side.SHORT, 0.0)},
-    }
-
-
-def ages(st: InstrumentState, now: float) -> dict[str, float | None]:
-    """Seconds since each group of values was received (None: never), stale or not."""
-    return {
-        "price": now - st.price_at if st.price_at else None,
-        "funding": now - st.funding_at if st.funding_at else None,
-        "open_interest": now - st.oi_at if st.oi_at else None,
-        "long_short_ratio": now - st.ratio_at if st.ratio_at else None,
-    }
 
 
 def instrument_row(v: InstrumentView, now: float) -> dict[str, Any]:
@@ -62,7 +50,7 @@ def instrument_row(v: InstrumentView, now: float) -> dict[str, Any]:
         "open_interest_usd": v.open_interest_usd,
         "open_interest_change_1h_ratio": oi_change_1h(v.st, v.open_interest_usd, now),
         "long_short_ratio": v.long_short_ratio,
-        "liquidations": _liq_totals(v),
+        "liquidations": liquidation_totals(v.st),
         "liquidations_1h": liquidations_since(v.st, now - LIQ_FLOW_WINDOW_SECONDS),
         "ages_seconds": ages(v.st, now),
     }
@@ -91,16 +79,16 @@ def exchanges_block(config: Config, state: MarketState, now: float) -> dict[str,
 
 
 def build_state_document(
-    config: Config, state: MarketState, analytics: MarketAnalytics, extra_api: ExtraApi | None = None
+    config: Config, state: MarketState, views: MarketViews, extra_api: ExtraApi | None = None
 ) -> dict[str, Any]:
     """The whole /api/state document. ``extra_api()`` (positions...) is merged at the top level."""
     now = state.clock()
-    views = analytics.views(now)
+    rows = views.views(now)
     doc: dict[str, Any] = {
         "generated_at": now,
         "version": __version__,
         "exchanges": exchanges_block(config, state, now),
-        "instruments": [instrument_row(v, now) for v in views],
+        "instruments": [instrument_row(v, now) for v in rows],
         "positions": [],
         "events": [
             {

@@ -1,4 +1,4 @@
-"""Wiring: instruments, backfill, websocket tasks, REST pollers -> MarketState; HTTP server.
+"""Wiring: instruments, backfill, websocket tasks, REST pollers -> record sink (MarketState); HTTP server.
 
 Start order (why): instruments first (the streams and parsers need contract sizes); websocket
 tasks next, so prices flow while the funding history is backfilled; the HTTP server and
@@ -25,6 +25,7 @@ from exporter.feeds.connection import BackoffPolicy, FeedConnection
 from exporter.model import Exchange, InstrumentInfo, base_of
 from exporter.rest.client import RestClient, RestError, RestPolicy
 from exporter.rest.endpoints import ExchangeRest, rest_api_for
+from exporter.sink import RecordSink
 from exporter.state import MarketState
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,8 @@ class Exporter:
             settlement_span_seconds=a.zscore_window_seconds + 86400.0,
             anchor_span_seconds=a.anchor_window_seconds,
         )
+        # What the streams, the REST client and the pollers write to: only the sink protocol.
+        self.sink: RecordSink = self.state
         if feed_factory is None:
             from exporter.feeds import feed_for
 
@@ -219,7 +222,7 @@ class Exporter:
         feed = self.feed_factory(ex)
         ws_base, rest_base = self.config.urls_for(ex)
         ctx = FeedContext(exchange=ex, instruments={})
-        client = RestClient(ex, rest_base, self.state, policy=self.rest_policy)
+        client = RestClient(ex, rest_base, self.sink, policy=self.rest_policy)
         rest = rest_api_for(ex, client, feed, ctx)
         return ExchangeRuntime(ex, cfg, feed, ctx, client, rest, ws_base, self.config.instruments_for(ex))
 
@@ -271,12 +274,12 @@ class Exporter:
                 del rt.streams[plan]
         for plan in plans:
             if plan not in rt.streams:
-                conn = FeedConnection(rt.feed, plan, rt.ctx, self.state, backoff=self.backoff)
+                conn = FeedConnection(rt.feed, plan, rt.ctx, self.sink, backoff=self.backoff)
                 rt.streams[plan] = asyncio.create_task(conn.run(self._stop), name=f"ws-{rt.exchange}-{plan.stream}")
 
     async def _funding_info(self, rt: ExchangeRuntime) -> None:
         try:
-            self.state.apply_many(await rt.rest.funding_info())
+            self.sink.apply_many(await rt.rest.funding_info())
         except RestError as exc:
             log.warning("%s: funding info unavailable: %s", rt.exchange, exc)
 
@@ -294,7 +297,7 @@ class Exporter:
                     failed.append(info.instrument)
                     log.debug("%s %s: backfill failed: %s", rt.exchange, info.instrument, exc)
                     return
-                self.state.apply_many(records)
+                self.sink.apply_many(records)
 
         await asyncio.gather(*(one(i) for i in rt.instruments))
         if failed:
@@ -359,12 +362,12 @@ class Exporter:
                     records = await fetch(info.instrument)
                 except RestError:
                     return
-                self.state.apply_many(records)
+                self.sink.apply_many(records)
 
         await asyncio.gather(*(one(i) for i in list(rt.instruments)))
 
     async def _insurance(self, rt: ExchangeRuntime) -> None:
-        self.state.apply_many(await rt.rest.insurance_fund(rt.instruments))
+        self.sink.apply_many(await rt.rest.insurance_fund(rt.instruments))
 
     async def _refresh_instruments(self, rt: ExchangeRuntime) -> None:
         while True:

@@ -28,9 +28,9 @@ from exporter import __version__
 from exporter.api_state import ExtraApi, build_state_document
 from exporter.config import Config, parse_listen_address
 from exporter.metrics.exposition import maybe_gzip
-from exporter.metrics.market import MarketAnalytics
 from exporter.redact import redact
 from exporter.state import MarketState
+from exporter.views import MarketViews
 from exporter.web import (
     UNAUTHORIZED_HEADERS,
     TlsServerConfig,
@@ -203,7 +203,7 @@ class _DeadlineReader(io.RawIOBase):
 def _make_handler(
     state: MarketState,
     registry: CollectorRegistry,
-    analytics: MarketAnalytics,
+    views: MarketViews,
     config: Config,
     extra_api: ExtraApi | None,
     security: WebSecurity,
@@ -293,7 +293,7 @@ def _make_handler(
                 elif path == "/healthz":
                     self._text(200, "ok\n", head_only)
                 elif path == "/api/state":
-                    doc = build_state_document(config, state, analytics, extra_api)
+                    doc = build_state_document(config, state, views, extra_api)
                     # Defence in depth: anything that looks like a registered secret is masked.
                     text = redact(orjson.dumps(doc).decode())
                     body, enc = maybe_gzip(text.encode(), self.headers.get("Accept-Encoding"))
@@ -366,10 +366,10 @@ def start_server(
     if security is None:
         security = security_for(config)
     path = telemetry_path or config.telemetry_path
-    analytics = getattr(registry, "market", None)
-    if not isinstance(analytics, MarketAnalytics):
-        analytics = MarketAnalytics(config, state)
-    handler = _make_handler(state, registry, analytics, config, extra_api, security, limits, path)
+    views = getattr(registry, "views", None)  # one view layer (and its caches) for /metrics and /api/state
+    if not isinstance(views, MarketViews):
+        views = MarketViews(config, state)
+    handler = _make_handler(state, registry, views, config, extra_api, security, limits, path)
     cls = _Server6 if ":" in host else _Server
     try:
         server = cls((host, port), handler, limits)

@@ -32,6 +32,9 @@ from exporter.model import (
     Side,
     SubscriptionError,
 )
+from exporter.sink import RestHealth, StreamHealth
+
+__all__ = ["InstrumentState", "Key", "MarketState", "RestHealth", "StreamHealth", "ThresholdEvent", "Window"]
 
 Key = tuple[Exchange, str]
 
@@ -196,27 +199,6 @@ class InstrumentState:
         if not interval_s or intervals.count(interval_s) + intervals.count(0.0) == len(intervals):
             return tuple(zip(times, rates, strict=True))  # the usual case: nothing to rescale, all in C
         return tuple((t, r * interval_s / iv if iv else r) for t, r, iv in zip(times, rates, intervals, strict=True))
-
-
-@dataclass(slots=True)
-class StreamHealth:
-    exchange: Exchange
-    stream: str
-    connected: bool = False
-    last_message_at: float = 0.0
-    messages: int = 0
-    reconnects: int = 0
-    parse_errors: int = 0
-    subscription_errors: int = 0
-
-
-@dataclass(slots=True)
-class RestHealth:
-    exchange: Exchange
-    endpoint: str
-    requests: int = 0
-    failures: dict[str, int] = field(default_factory=dict)  # reason -> count (rate_limited, http_5xx...)
-    last_success_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

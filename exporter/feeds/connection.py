@@ -2,8 +2,8 @@
 
 A :class:`FeedConnection` owns one :class:`~exporter.feeds.base.WsPlan`: it connects, sends the
 plan's subscribe frames (again after every reconnect), hands every frame to the feed's pure parser
-and applies the records to :class:`~exporter.state.MarketState`. Around that it keeps the
-connection alive:
+and hands the records to a :class:`~exporter.sink.RecordSink` (the state store implements it, this
+module does not know it). Around that it keeps the connection alive:
 
 * application-level ping every ``plan.ping_interval_s`` when the protocol wants one (Bybit, OKX);
 * server heartbeats answered (Deribit ``test_request`` -> :class:`HeartbeatRequest` reply);
@@ -34,7 +34,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
 from exporter.feeds.base import Feed, FeedContext, WsPlan
 from exporter.model import HeartbeatRequest, ParseError, SubscriptionError
-from exporter.state import MarketState, StreamHealth
+from exporter.sink import RecordSink, StreamHealth
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class FeedConnection:
         feed: Feed,
         plan: WsPlan,
         ctx: FeedContext,
-        state: MarketState,
+        sink: RecordSink,
         *,
         backoff: BackoffPolicy | None = None,
         open_timeout_s: float = 10.0,
@@ -117,7 +117,7 @@ class FeedConnection:
         self.feed = feed
         self.plan = plan
         self.ctx = ctx
-        self.state = state
+        self.sink = sink
         self.backoff = backoff or BackoffPolicy()
         self.open_timeout_s = open_timeout_s
         self.close_timeout_s = close_timeout_s
@@ -125,7 +125,7 @@ class FeedConnection:
         self.rand = rand
         self.connect_kwargs = connect_kwargs or {}
         self.exchange = feed.exchange
-        self.health: StreamHealth = state.stream(self.exchange, plan.stream)
+        self.health: StreamHealth = sink.stream(self.exchange, plan.stream)
         self.connections_opened = 0  # sessions established (first one included)
         self.silence_reconnects = 0
         self.rotations = 0
@@ -364,7 +364,7 @@ class FeedConnection:
             elif isinstance(r, SubscriptionError):
                 h.subscription_errors += 1
                 log.warning("%s %s: subscription refused: %s", self.exchange, self.plan.stream, r.message)
-        self.state.apply_many(records, received_at)
+        self.sink.apply_many(records, received_at)
 
     async def _close_current(self) -> None:
         ws, self._ws = self._ws, None

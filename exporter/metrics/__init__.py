@@ -18,8 +18,9 @@ from prometheus_client.core import Metric
 from exporter.config import Config
 from exporter.metrics.exposition import render
 from exporter.metrics.health import HealthCollector
-from exporter.metrics.market import CrossCollector, MarketAnalytics, MarketCollector
+from exporter.metrics.market import CrossCollector, MarketCollector
 from exporter.state import MarketState
+from exporter.views import MarketViews
 
 __all__ = ["ExporterRegistry", "build_registry"]
 
@@ -27,10 +28,10 @@ __all__ = ["ExporterRegistry", "build_registry"]
 class ExporterRegistry(CollectorRegistry):
     """A CollectorRegistry that knows its collectors in registration order and renders fast."""
 
-    def __init__(self, market: MarketAnalytics) -> None:
+    def __init__(self, views: MarketViews) -> None:
         # auto_describe off: registration must not run a scrape.
         super().__init__(auto_describe=False)
-        self.market = market
+        self.views = views
         self._ordered: list[Any] = []
         self._order_lock = threading.Lock()
 
@@ -49,12 +50,12 @@ class ExporterRegistry(CollectorRegistry):
             return list(self._ordered)
 
     def collect(self) -> Iterator[Metric]:
-        with self.market.scrape():
+        with self.views.scrape():
             yield from super().collect()
 
     def render(self, openmetrics: bool = False, names: set[str] | None = None) -> bytes:
         """The whole registry (or the families named in ``names``) in the text format 0.0.4, or OpenMetrics 1.0.0."""
-        with self.market.scrape():
+        with self.views.scrape():
             return render(self.collectors(), openmetrics, names)
 
 
@@ -64,10 +65,10 @@ def build_registry(
     """Our own registry (never the global one) with the market, cross-exchange and health collectors,
     and (``process``) this process's process_* series."""
     disable_created_metrics()  # no *_created series: they would double the counters' cardinality
-    market = MarketAnalytics(config, state)
-    reg = ExporterRegistry(market)
-    reg.register(MarketCollector(market))
-    reg.register(CrossCollector(market))
+    views = MarketViews(config, state)
+    reg = ExporterRegistry(views)
+    reg.register(MarketCollector(views))
+    reg.register(CrossCollector(views))
     reg.register(HealthCollector(config, state))
     # process_* (resident memory, CPU, open fds): the "Exporter health" dashboard's memory panel
     if process:

@@ -1,4 +1,8 @@
-"""Exporter-health collector: is each exchange's data flowing, and what did it cost to get it."""
+"""Exporter-health collector: is each exchange's data flowing, and what did it cost to get it.
+
+The counters are published as the connection and REST layers keep them; whether an exchange is up
+is a view (:func:`exporter.views.exchange_up`), shared with /api/state.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +15,8 @@ from exporter.build import build_labels
 from exporter.config import Config
 from exporter.metrics import catalog as m
 from exporter.metrics.exposition import EMPTY_LABELS, Family, LabelSet
-from exporter.model import Exchange
 from exporter.state import MarketState
-
-
-def exchange_up(config: Config, state: MarketState, exchange: Exchange, now: float) -> bool:
-    """At least one connected stream of the exchange had a message within ``stale.stream_seconds``."""
-    ex_cfg = config.exchanges.get(exchange)
-    limit = ex_cfg.stale.stream_seconds if ex_cfg is not None else 30.0
-    return any(
-        h.exchange == exchange and h.connected and h.last_message_at > 0.0 and now - h.last_message_at <= limit
-        for h in list(state.streams.values())
-    )
+from exporter.views import exchange_up
 
 
 class HealthCollector:

@@ -1,6 +1,6 @@
 """httpx wrapper for the exchanges' public REST APIs: counting, backoff, Retry-After.
 
-Every HTTP attempt is counted in ``state.rest_endpoint(exchange, endpoint).requests``; every
+Every HTTP attempt is counted in ``sink.rest_endpoint(exchange, endpoint).requests``; every
 failed attempt in ``.failures[reason]`` with reason one of :data:`FAILURE_REASONS`. A rate-limit
 answer (429, or 418 = Binance IP ban) closes a gate for the whole exchange -- limits are per IP --
 until its ``Retry-After`` (seconds or HTTP date, capped) has passed: every later request on this
@@ -24,7 +24,7 @@ import httpx
 import orjson
 
 from exporter.model import Exchange
-from exporter.state import MarketState
+from exporter.sink import RecordSink
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class RestClient:
         self,
         exchange: Exchange,
         base_url: str,
-        state: MarketState,
+        sink: RecordSink,
         *,
         policy: RestPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -109,7 +109,7 @@ class RestClient:
     ) -> None:
         self.exchange = exchange
         self.base_url = base_url.rstrip("/")
-        self.state = state
+        self.sink = sink
         self.policy = policy or RestPolicy()
         self.clock = clock
         self.sleep = sleep
@@ -132,11 +132,11 @@ class RestClient:
 
     def count_failure(self, endpoint: str, reason: str) -> None:
         """Count a failure found after the HTTP call (e.g. ``parse``) against the endpoint."""
-        failures = self.state.rest_endpoint(self.exchange, endpoint).failures
+        failures = self.sink.rest_endpoint(self.exchange, endpoint).failures
         failures[reason] = failures.get(reason, 0) + 1
 
     def _count_success(self, endpoint: str) -> None:
-        self.state.rest_endpoint(self.exchange, endpoint).last_success_at = self.clock()
+        self.sink.rest_endpoint(self.exchange, endpoint).last_success_at = self.clock()
 
     def _close_gate(self, seconds: float, cap: float | None = None) -> None:
         seconds = min(seconds, self.policy.retry_after_cap_s if cap is None else cap)
@@ -148,7 +148,7 @@ class RestClient:
         ``endpoint`` is the label the call is counted under (``funding_history``...). ``sign``
         makes it a signed (account) request: the query is sent exactly as the signer returns it.
         """
-        health = self.state.rest_endpoint(self.exchange, endpoint)
+        health = self.sink.rest_endpoint(self.exchange, endpoint)
         p = self.policy
         last: RestError | None = None
         for attempt in range(p.attempts):

@@ -1,0 +1,302 @@
+"""The view layer: where a stored value becomes what a reader is shown.
+
+:class:`MarketViews` turns a snapshot of :class:`~exporter.state.MarketState` into one
+:class:`InstrumentView` per instrument: a stale value becomes ``None`` (so its series disappears
+and /api/state says ``null``), and derived values (8 h rate, APY, z-score, edge, anchor strength)
+are computed from fresh inputs only. The metric collectors, ``/api/state`` and the server read
+these views, so /metrics and /api/state can never disagree. Exchange liveness (``fr_up``), fresh
+insurance funds and the /api/state extras (1 h open-interest change, liquidations of the last
+hour, ages) are views too.
+
+Nothing here writes to state, knows about Prometheus, or does I/O.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Hashable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from exporter.analytics import funding as fa
+from exporter.analytics.cross import FundingPoint
+from exporter.config import Config
+from exporter.model import EIGHT_HOURS, Exchange, Side
+from exporter.state import LIQ_FLOW_WINDOW_SECONDS, InstrumentState, MarketState
+
+__all__ = [
+    "LIQ_FLOW_WINDOW_SECONDS",
+    "InstrumentView",
+    "MarketViews",
+    "ages",
+    "exchange_up",
+    "fresh_insurance",
+    "liquidation_totals",
+    "liquidations_since",
+    "oi_change_1h",
+]
+
+YIELD_EVERY_INSTRUMENTS = 500
+
+
+def _yield_gil() -> None:
+    # A scrape runs in the HTTP thread: hand the GIL to the event loop now and then (see exposition).
+    time.sleep(0)
+
+
+class _InInterval:
+    """An instrument's settlement window with every rate expressed per ``interval`` (see state)."""
+
+    __slots__ = ("interval", "st")
+
+    def __init__(self, st: InstrumentState, interval: float | None) -> None:
+        self.st = st
+        self.interval = interval
+
+    def settlement_window(self) -> tuple[tuple[float, float], ...]:
+        return self.st.settlement_window_in(self.interval)
+
+
+@dataclass(slots=True)
+class InstrumentView:
+    """One instrument at one scrape. ``None``: unknown, stale, or not computable from fresh inputs.
+
+    ``st`` is the stored instrument, for what is shown as stored (counters, windows, receive times).
+    """
+
+    st: InstrumentState
+    stale: bool  # price or funding older than its limit (or never received)
+    mark_price: float | None
+    index_price: float | None
+    premium_ratio: float | None
+    funding_rate: float | None
+    funding_interval_s: float | None
+    funding_rate_8h: float | None
+    funding_rate_annualized: float | None
+    next_funding_timestamp: float | None
+    funding_cap: float | None
+    funding_floor: float | None
+    open_interest_usd: float | None
+    long_short_ratio: float | None
+    zscore: float | None
+    momentum: float | None
+    acceleration: float | None
+    edge_side: str | None
+    edge_bp: float | None
+    anchor_strength: float | None
+    fee_bp: float
+
+
+class MarketViews:
+    """Builds :class:`InstrumentView` lists; owns the window caches shared by scrapes."""
+
+    def __init__(self, config: Config, state: MarketState) -> None:
+        self.config = config
+        self.state = state
+        self.cache = fa.WindowCache()
+        self._builds = 0
+        self._tls = threading.local()
+
+    @contextmanager
+    def scrape(self) -> Iterator[None]:
+        """Within this scope (one scrape, one thread) every reader shares one list of views."""
+        tls = self._tls
+        depth = getattr(tls, "depth", 0)
+        tls.depth = depth + 1
+        try:
+            yield
+        finally:
+            tls.depth = depth
+            if depth == 0:
+                tls.views = None
+
+    def current_views(self) -> list[InstrumentView]:
+        tls = self._tls
+        if not getattr(tls, "depth", 0):
+            return self.views()
+        views = getattr(tls, "views", None)
+        if views is None:
+            views = tls.views = self.views()
+        return views
+
+    def views(self, now: float | None = None) -> list[InstrumentView]:
+        state = self.state
+        now = state.clock() if now is None else now
+        cfg = self.config
+        an = cfg.analytics
+        z_start = now - an.zscore_window_seconds
+        anchor_start = now - an.anchor_window_seconds
+        min_obs = an.zscore_min_observations
+        hold_h = an.holding_period_hours
+        limits = {}
+        for ex, ex_cfg in cfg.exchanges.items():
+            s = ex_cfg.stale
+            fee = ex_cfg.fees.taker_bp if an.fee_kind == "taker" else ex_cfg.fees.maker_bp
+            limits[ex] = (
+                now - s.price_seconds,
+                now - s.funding_seconds,
+                now - s.open_interest_seconds,
+                now - s.long_short_ratio_seconds,
+                fee,
+            )
+        instruments = state.snapshot()
+        out: list[InstrumentView] = []
+        cache = self.cache
+        for i, st in enumerate(instruments):
+            if i and not i % YIELD_EVERY_INSTRUMENTS:
+                _yield_gil()
+            info = st.info
+            price_cut, funding_cut, oi_cut, ratio_cut, fee_bp = limits[info.exchange]
+            price_ok = st.price_at > 0.0 and st.price_at >= price_cut
+            funding_ok = st.funding_at > 0.0 and st.funding_at >= funding_cut and st.funding_rate is not None
+            oi_ok = st.oi_at > 0.0 and st.oi_at >= oi_cut
+            ratio_ok = st.ratio_at > 0.0 and st.ratio_at >= ratio_cut
+            # Deribit funds continuously; its rate is the 8 h equivalent, so its interval is 8 h by
+            # definition (never the 1 h spacing of the observations state keeps for the z-score).
+            interval = EIGHT_HOURS if info.exchange is Exchange.DERIBIT else st.interval_s
+            mark = st.mark_price if price_ok else None
+            index = st.index_price if price_ok else None
+            premium = state.premium_of(st) if price_ok else None
+            rate = st.funding_rate if funding_ok else None
+            r8 = ann = z = mom = acc = edge = anchor = None
+            side = None
+            if rate is not None:
+                # read the version before the data (see WindowCache); the interval is part of it, as
+                # the window is rescaled to the current interval when an exchange changes it
+                version = (st.settlements_version, interval)
+                stats = cache.settlement_stats(st.key, version, _InInterval(st, interval), z_start)
+                z = fa.zscore(rate, stats, min_obs)
+                mom = fa.momentum(rate, stats, min_obs)
+                acc = stats.acceleration if stats is not None else None
+                if interval:
+                    r8 = fa.rate_8h(rate, interval)
+                    ann = fa.annualize(rate, interval)
+                    side = fa.receiving_side(rate)
+                    edge = fa.edge_bp(rate, interval, fee_bp, hold_h)
+                if premium is not None:
+                    anchor = cache.anchor(st.key, st, anchor_start)
+            oi = st.open_interest_usd if oi_ok else None
+            out.append(
+                InstrumentView(
+                    st=st,
+                    stale=not (price_ok and funding_ok),
+                    mark_price=mark,
+                    index_price=index,
+                    premium_ratio=premium,
+                    funding_rate=rate,
+                    funding_interval_s=interval,
+                    funding_rate_8h=r8,
+                    funding_rate_annualized=ann,
+                    next_funding_timestamp=st.next_funding_time if rate is not None else None,
+                    funding_cap=st.funding_cap,
+                    funding_floor=st.funding_floor,
+                    open_interest_usd=oi,
+                    long_short_ratio=st.long_short_ratio if ratio_ok else None,
+                    zscore=z,
+                    momentum=mom,
+                    acceleration=acc,
+                    edge_side=side,
+                    edge_bp=edge,
+                    anchor_strength=anchor,
+                    fee_bp=fee_bp,
+                )
+            )
+        self._builds += 1
+        if self._builds % 100 == 0:
+            # Instruments delisted from state: drop their cached windows (bounded memory).
+            live: set[Hashable] = {st.key for st in instruments}
+            self.cache.forget(live)
+        return out
+
+    def funding_points(self, views: Iterable[InstrumentView]) -> list[FundingPoint]:
+        """The cross-exchange inputs: instruments with a fresh 8 h rate."""
+        return [
+            FundingPoint(
+                v.st.info.base,
+                v.st.info.exchange.value,
+                v.st.info.instrument,
+                v.funding_rate_8h,
+                v.open_interest_usd,
+                v.fee_bp,
+            )
+            for v in views
+            if v.funding_rate_8h is not None
+        ]
+
+    def exchange_up(self, exchange: Exchange, now: float) -> bool:
+        return exchange_up(self.config, self.state, exchange, now)
+
+    def insurance(self, now: float) -> list[tuple[Exchange, str, float]]:
+        return fresh_insurance(self.config, self.state, now)
+
+
+def exchange_up(config: Config, state: MarketState, exchange: Exchange, now: float) -> bool:
+    """At least one connected stream of the exchange had a message within ``stale.stream_seconds``."""
+    ex_cfg = config.exchanges.get(exchange)
+    limit = ex_cfg.stale.stream_seconds if ex_cfg is not None else 30.0
+    return any(
+        h.exchange == exchange and h.connected and h.last_message_at > 0.0 and now - h.last_message_at <= limit
+        for h in list(state.streams.values())
+    )
+
+
+def fresh_insurance(config: Config, state: MarketState, now: float) -> list[tuple[Exchange, str, float]]:
+    """(exchange, pool, balance_usd) of the insurance funds within their staleness limit, sorted."""
+    out = []
+    cfg = config.exchanges
+    for (ex, pool), (balance, at) in sorted(list(state.insurance.items())):
+        ex_cfg = cfg.get(ex)
+        limit = ex_cfg.stale.insurance_fund_seconds if ex_cfg is not None else 7200.0
+        if at > 0.0 and now - at <= limit:
+            out.append((ex, pool, balance))
+    return out
+
+
+def oi_change_1h(st: InstrumentState, oi_usd: float | None, now: float) -> float | None:
+    """Relative change of open interest since the sample nearest one hour ago (none within 10 min of it: None)."""
+    if oi_usd is None:
+        return None
+    samples = tuple(st.oi_samples)  # time-ordered
+    if len(samples) < 2:
+        return None
+    target = now - 3600.0
+    i = bisect_left(samples, (target,))
+    best = min(samples[max(0, i - 1) : i + 1], key=lambda s: abs(s[0] - target))
+    if abs(best[0] - target) > 600.0 or not best[1]:
+        return None
+    return oi_usd / best[1] - 1.0
+
+
+def liquidations_since(st: InstrumentState, since: float) -> dict[str, dict[str, float]]:
+    """Liquidation count and USD notional per side after ``since`` (from the 1 h flow window)."""
+    long_: dict[str, float] = {"count": 0, "notional_usd": 0.0}
+    short_: dict[str, float] = {"count": 0, "notional_usd": 0.0}
+    # A full pass: event times from the exchange are not guaranteed to arrive in order.
+    for t, side, usd in tuple(st.liq_recent):
+        if t < since:
+            continue
+        d = long_ if side is Side.LONG else short_
+        d["count"] += 1
+        d["notional_usd"] += usd
+    return {"long": long_, "short": short_}
+
+
+def liquidation_totals(st: InstrumentState) -> dict[str, dict[str, float]]:
+    """Liquidation count and USD notional per side since the exporter started."""
+    count, notional = dict(st.liq_count), dict(st.liq_notional_usd)
+    return {
+        "long": {"count": count.get(Side.LONG, 0), "notional_usd": notional.get(Side.LONG, 0.0)},
+        "short": {"count": count.get(Side.SHORT, 0), "notional_usd": notional.get(Side.SHORT, 0.0)},
+    }
+
+
+def ages(st: InstrumentState, now: float) -> dict[str, float | None]:
+    """Seconds since each group of values was received (None: never), stale or not."""
+    return {
+        "price": now - st.price_at if st.price_at else None,
+        "funding": now - st.funding_at if st.funding_at else None,
+        "open_interest": now - st.oi_at if st.oi_at else None,
+        "long_short_ratio": now - st.ratio_at if st.ratio_at else None,
+    }
