@@ -1,7 +1,13 @@
 """In-process state: the latest value of everything, with its receive time, and rolling windows.
 
+:class:`MarketState` is the record sink (:class:`~exporter.sink.RecordSink`) of the connection and
+REST layers. It only stores: what a value implies beyond itself (settlements inferred from the
+stream, one-a-minute samples, threshold events) is decided by the small trackers of
+:mod:`exporter.trackers`, which it calls. What readers are shown is the view layer's
+(:mod:`exporter.views`).
+
 Written only by the event-loop thread (feeds and REST pollers call :meth:`MarketState.apply`);
-read at scrape time by collectors in the HTTP server thread. Readers take copies
+read at scrape time by the view layer in the HTTP server thread. Readers take copies
 (``tuple(deque)``, ``list(dict.values())``, ``array[:]`` are single C calls, so they are consistent
 under the GIL) and never mutate anything.
 
@@ -33,18 +39,37 @@ from exporter.model import (
     SubscriptionError,
 )
 from exporter.sink import RestHealth, StreamHealth
+from exporter.trackers import (
+    ANCHOR_SAMPLE_SECONDS,
+    CONTINUOUS_OBSERVATION_SECONDS,
+    OI_SAMPLE_SECONDS,
+    EventLog,
+    FundingThreshold,
+    LiquidationThreshold,
+    Sampler,
+    SettlementTracker,
+    ThresholdEvent,
+)
 
-__all__ = ["InstrumentState", "Key", "MarketState", "RestHealth", "StreamHealth", "ThresholdEvent", "Window"]
+__all__ = [
+    "ANCHOR_SAMPLE_SECONDS",
+    "CONTINUOUS_OBSERVATION_SECONDS",
+    "OI_SAMPLE_SECONDS",
+    "InstrumentState",
+    "Key",
+    "MarketState",
+    "RestHealth",
+    "StreamHealth",
+    "ThresholdEvent",
+    "Window",
+]
 
 Key = tuple[Exchange, str]
 
 # Bounds that keep memory flat whatever the uptime.
 MAX_SETTLEMENTS = 2000  # 1 h funding for ~83 days
-ANCHOR_SAMPLE_SECONDS = 60.0  # (funding, premium) pairs for the anchor regression, one a minute
-OI_SAMPLE_SECONDS = 60.0
 OI_SPAN_SECONDS = 2 * 3600.0
 LIQ_FLOW_WINDOW_SECONDS = 3600.0
-CONTINUOUS_OBSERVATION_SECONDS = 3600.0  # Deribit: one funding observation an hour
 
 
 class Window:
@@ -201,19 +226,6 @@ class InstrumentState:
         return tuple((t, r * interval_s / iv if iv else r) for t, r, iv in zip(times, rates, intervals, strict=True))
 
 
-@dataclass(frozen=True, slots=True)
-class ThresholdEvent:
-    """A funding or liquidation threshold crossing, reported in /api/state for the AI sidecar."""
-
-    seq: int
-    at: float
-    base: str
-    kind: str  # "funding" | "liquidation"
-    exchange: str
-    instrument: str
-    value: float
-
-
 class MarketState:
     """Everything the exporter knows now. See the module docstring for the threading rule."""
 
@@ -236,12 +248,13 @@ class MarketState:
         self.insurance: dict[tuple[Exchange, str], tuple[float, float]] = {}  # -> (balance_usd, at)
         self.exchanges: set[Exchange] = set()  # configured exchanges: fr_up is always present for them
         self.unknown_instrument_updates = 0
-        self.events: deque[ThresholdEvent] = deque(maxlen=200)
-        self._event_seq = 0
-        self._funding_event_rate_8h = funding_event_rate_8h
-        self._liq_event_usd = liquidation_event_usd_per_minute
-        self._funding_extreme: set[Key] = set()
-        self._liq_event_last: dict[str, float] = {}
+        # What a stored value implies beyond itself is decided by small trackers (exporter.trackers).
+        log = EventLog()
+        self.events: deque[ThresholdEvent] = log.events
+        self._settlements = SettlementTracker()
+        self._sampler = Sampler()
+        self._funding_events = FundingThreshold(funding_event_rate_8h, log)
+        self._liquidation_events = LiquidationThreshold(liquidation_event_usd_per_minute, log)
 
     # ---- registration -------------------------------------------------------------------------
 
@@ -320,27 +333,14 @@ class MarketState:
     def add_settlements(
         self, st: InstrumentState, pairs: Iterable[tuple[float, float]], interval_s: float | None = None
     ) -> None:
-        """Merge settled (time, rate) pairs, keeping the window sorted and free of duplicates.
+        """Merge settled (time, rate) pairs into the instrument's settlement window (sorted, no duplicates).
 
         ``interval_s``: the interval the rates were for; default the instrument's current one."""
-        known = {r[0] for r in st.settlements}
-        iv = interval_s or st.funding_interval_s or st.info.funding_interval_s or 0.0
-        new = sorted((t, r, iv) for t, r in pairs if t not in known and r == r)  # r == r drops NaN
-        if not new:
-            return
-        last = st.settlements.last_time()
-        if last is not None and new[0][0] < last:
-            st.settlements.replace(sorted([*st.settlements, *new]))
-        else:
-            st.settlements.extend(new)
-        st.settlements_version += 1
-        if st.funding_interval_s is None and st.info.funding_interval_s is None and len(st.settlements) >= 2:
-            gap = st.settlements[-1][0] - st.settlements[-2][0]
-            if gap > 0:
-                st.funding_interval_s = round(gap / 3600.0) * 3600.0 or gap
+        self._settlements.merge(st, pairs, interval_s)
 
     def _apply_market(self, u: MarketUpdate, now: float) -> None:
-        # The hot path (every update of every stream): fields read once into locals, helpers inlined.
+        # The hot path (every update of every stream): store the fields present, then let the trackers
+        # see the values they follow. Fields are read once into locals.
         st = self.instruments.get((u.exchange, u.instrument))
         if st is None:
             self.unknown_instrument_updates += 1
@@ -376,38 +376,17 @@ class MarketState:
         nft = u.next_funding_time
         if rate is not None or nft is not None:
             if nft is not None:
-                old = st.next_funding_time
-                # The predicted rate in force when the settlement time rolls over is what settled.
-                if old is not None and nft > old + 1.0 and st.funding_rate is not None and now >= old - 5.0:
-                    self.add_settlements(st, [(old, st.funding_rate)], prev_interval)
+                if nft != st.next_funding_time:
+                    self._settlements.next_funding(st, nft, prev_interval, now)
                 st.next_funding_time = nft
             if rate is not None:
                 st.funding_rate = rate
-                # continuous funding (Deribit): one observation an hour for the z-score window
                 if rate_8h is not None and st.next_funding_time is None:
-                    t = (u.event_time or now) // CONTINUOUS_OBSERVATION_SECONDS * CONTINUOUS_OBSERVATION_SECONDS
-                    last = st.settlements.last_time()
-                    if last is None or t > last:
-                        self.add_settlements(st, [(t, rate_8h)], EIGHT_HOURS)
-                interval = st.funding_interval_s or st.info.funding_interval_s
-                if interval:  # threshold event, once per crossing
-                    r8 = rate * EIGHT_HOURS / interval
-                    if abs(r8) >= self._funding_event_rate_8h:
-                        key = (st.info.exchange, st.info.instrument)
-                        if key not in self._funding_extreme:
-                            self._funding_extreme.add(key)
-                            self._emit(st, "funding", r8, now)
-                    elif self._funding_extreme:
-                        self._funding_extreme.discard((st.info.exchange, st.info.instrument))
+                    self._settlements.continuous(st, rate_8h, u.event_time, now)
+                self._funding_events.observe(st, rate, now)
             st.funding_at = now
         if u.confirms_ticker:
-            # A delta omits what did not change: the known funding and open interest are current too.
-            if st.funding_rate is not None:
-                st.funding_at = now
-            if st.open_interest_usd is not None or st.open_interest_base is not None:
-                st.oi_at = now
-            if st.mark_price is not None or st.index_price is not None:
-                st.price_at = now
+            self._confirm_ticker(st, now)
         oi_base = u.open_interest_base
         oi_usd = u.open_interest_usd
         if oi_base is not None or oi_usd is not None:
@@ -418,60 +397,34 @@ class MarketState:
             elif oi_base is not None and st.mark_price is not None:
                 st.open_interest_usd = oi_base * st.mark_price
             st.oi_at = now
-            oi_now = st.open_interest_usd
-            if oi_now is not None:
-                oi_samples = st.oi_samples
-                last = oi_samples.last_time()
-                if last is None or now - last >= OI_SAMPLE_SECONDS:
-                    oi_samples.append((now, oi_now))
-        funding = st.funding_rate
-        if funding is not None:
-            samples = st.anchor_samples
-            last = samples.last_time()
-            if last is None or now - last >= ANCHOR_SAMPLE_SECONDS:
-                m = st.mark_price
-                i = st.index_price
-                prem = (m - i) / i if m is not None and i else st.premium  # premium_of, inlined
-                if prem is not None:
-                    samples.append((now, funding, prem))
+            self._sampler.open_interest(st, now)
+        self._sampler.anchor(st, now)
+
+    @staticmethod
+    def _confirm_ticker(st: InstrumentState, now: float) -> None:
+        """A delta omits what did not change: the known funding, open interest and prices are current too."""
+        if st.funding_rate is not None:
+            st.funding_at = now
+        if st.open_interest_usd is not None or st.open_interest_base is not None:
+            st.oi_at = now
+        if st.mark_price is not None or st.index_price is not None:
+            st.price_at = now
 
     def _apply_liquidation(self, liq: Liquidation, now: float) -> None:
         st = self.instruments.get((liq.exchange, liq.instrument))
         if st is None:
             self.unknown_instrument_updates += 1
             return
-        st.liq_count[liq.side] += 1
-        st.liq_notional_usd[liq.side] += liq.notional_usd
-        st.liq_recent.append((liq.event_time or now, liq.side, liq.notional_usd))
+        at = liq.event_time or now
+        side, usd = liq.side, liq.notional_usd
+        st.liq_count[side] += 1
+        st.liq_notional_usd[side] += usd
+        recent = st.liq_recent
+        recent.append((at, side, usd))
         horizon = now - LIQ_FLOW_WINDOW_SECONDS
-        while st.liq_recent and st.liq_recent[0][0] < horizon:
-            st.liq_recent.popleft()
-        self._check_liquidation_event(st, now)
-
-    # ---- threshold events ---------------------------------------------------------------------
-
-    def _emit(self, st: InstrumentState, kind: str, value: float, now: float) -> None:
-        self._event_seq += 1
-        self.events.append(
-            ThresholdEvent(self._event_seq, now, st.info.base, kind, st.info.exchange.value, st.info.instrument, value)
-        )
-
-    def _check_liquidation_event(self, st: InstrumentState, now: float) -> None:
-        base = st.info.base
-        if now - self._liq_event_last.get(base, 0.0) < 60.0:
-            return
-        minute = now - 60.0
-        total = 0.0
-        for other in self.instruments.values():
-            if other.info.base != base:
-                continue
-            for t, _side, usd in reversed(other.liq_recent):
-                if t < minute:
-                    break
-                total += usd
-        if total >= self._liq_event_usd:
-            self._liq_event_last[base] = now
-            self._emit(st, "liquidation", total, now)
+        while recent and recent[0][0] < horizon:
+            recent.popleft()
+        self._liquidation_events.observe(st, at, usd, now)
 
     # ---- reading helpers (pure, used by collectors and /api/state) ----------------------------
 

@@ -179,3 +179,76 @@ def test_bybit_deltas_keep_unchanged_funding_fresh_but_other_streams_do_not() ->
     assert reg.get_sample_value("fr_open_interest_usd", bybit) == 1000.0  # both sides, halved
     assert reg.get_sample_value("fr_mark_price", okx) == 130.0
     assert reg.get_sample_value("fr_funding_rate", okx) is None  # 300 s old: stale, gone
+
+
+def _liq(ex: Exchange, inst: str, t: float, usd: float) -> Liquidation:
+    return Liquidation(ex, inst, t, Side.LONG, 100.0, usd / 100, usd)
+
+
+def test_liquidation_events_sum_one_base_across_exchanges_within_the_minute() -> None:
+    st, clock = make_state(liquidation_event_usd_per_minute=1_000_000.0)
+    st.register(InstrumentInfo(Exchange.BYBIT, "ETHUSDT", "ETH", "USDT", funding_interval_s=28800))
+    st.apply(_liq(Exchange.BYBIT, "BTCUSDT", clock.t, 600_000.0))
+    st.apply(_liq(Exchange.BYBIT, "ETHUSDT", clock.t, 900_000.0))  # another base: not added to BTC
+    assert not st.events
+    clock.t += 61.0  # the first BTC liquidation has left the minute
+    st.apply(_liq(Exchange.BINANCE, "BTCUSDT", clock.t, 500_000.0))
+    st.apply(_liq(Exchange.BINANCE, "BTCUSDT", clock.t - 120.0, 900_000.0))  # arrived late: not in the minute
+    assert not st.events
+    clock.t += 30.0
+    st.apply(_liq(Exchange.DERIBIT, "BTC-PERPETUAL", clock.t, 500_000.0))  # binance + deribit: 1.0M
+    events = [(e.kind, e.base, e.exchange, e.value) for e in st.events]
+    assert events == [("liquidation", "BTC", "deribit", 1_000_000.0)]
+
+
+def test_liquidation_events_match_a_full_scan_of_the_minute() -> None:
+    """Rolling per-base sums give the events a scan of every liquidation of the last minute gives:
+    at each liquidation, once the base's last event is a minute old, sum its liquidations with
+    t >= now - 60 s; an event when the sum reaches the limit."""
+    import random
+
+    limit = 4_000_000.0
+    st, clock = make_state(liquidation_event_usd_per_minute=limit)
+    keys = [(Exchange.BYBIT, "BTCUSDT"), (Exchange.BINANCE, "BTCUSDT"), (Exchange.DERIBIT, "BTC-PERPETUAL")]
+    for i in range(3):
+        for ex in (Exchange.BYBIT, Exchange.OKX):
+            st.register(InstrumentInfo(ex, f"A{i}USDT", f"A{i}", "USDT", funding_interval_s=28800))
+            keys.append((ex, f"A{i}USDT"))
+    rng = random.Random(3)
+    seen: list[tuple[str, float, float]] = []  # (base, t, usd)
+    last_event: dict[str, float] = {}
+    expected = []
+    for _ in range(6000):
+        clock.t += rng.expovariate(5.0)
+        ex, inst = rng.choice(keys)
+        usd = rng.lognormvariate(10.0, 1.5)
+        st.apply(_liq(ex, inst, clock.t, usd))
+        base = st.instruments[(ex, inst)].info.base
+        seen.append((base, clock.t, usd))
+        if clock.t - last_event.get(base, 0.0) >= 60.0:
+            total = sum(u for b, t, u in seen if b == base and t >= clock.t - 60.0)
+            if total >= limit:
+                last_event[base] = clock.t
+                expected.append((base, clock.t, total))
+    got = [(e.base, e.at, e.value) for e in st.events if e.kind == "liquidation"][-len(expected) :]
+    assert len(expected) > 30  # the stream crosses the limit often, and not always
+    assert [(b, t) for b, t, _ in got] == [(b, t) for b, t, _ in expected[-len(got) :]]
+    for (_, _, v), (_, _, w) in zip(got, expected[-len(got) :], strict=True):
+        assert abs(v - w) <= 1e-9 * w
+
+
+def test_a_liquidation_never_walks_the_instruments() -> None:
+    """O(1) in the number of instruments: a liquidation looks up its own instrument and nothing else."""
+
+    class NoScan(dict):  # type: ignore[type-arg]
+        def values(self):  # type: ignore[no-untyped-def]
+            raise AssertionError("liquidation scanned every instrument")
+
+        items = keys = __iter__ = values
+
+    st, clock = make_state(liquidation_event_usd_per_minute=1_000.0)
+    st.instruments = NoScan(st.instruments)
+    for i in range(5):
+        clock.t += 1.0
+        st.apply(_liq(Exchange.BYBIT, "BTCUSDT", clock.t, 600.0 * (i + 1)))
+    assert [e.kind for e in st.events] == ["liquidation"]

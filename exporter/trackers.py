@@ -1,0 +1,218 @@
+"""Small trackers the state store calls: what a stored value implies beyond itself.
+
+:class:`~exporter.state.MarketState` stores the latest values; on the way in it hands them to:
+
+* :class:`SettlementTracker`: the settlement window (settled funding rates, sorted, no duplicates)
+  and what is inferred into it: the rate in force when the next funding time rolls over is what
+  settled; continuous funding (Deribit) is observed once an hour; an unknown interval is taken
+  from the gap between settlements.
+* :class:`Sampler`: one-a-minute samples of open interest (its 1 h change) and of (funding, premium)
+  (the anchor regression).
+* :class:`FundingThreshold` and :class:`LiquidationThreshold`: threshold events for /api/state (the
+  AI sidecar), numbered by an :class:`EventLog`. The liquidation tracker keeps rolling per-base sums,
+  so a liquidation costs O(1) whatever the number of instruments followed.
+
+They run on the event-loop thread, the only writer, like the store itself.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from exporter.model import EIGHT_HOURS
+
+if TYPE_CHECKING:  # the store imports the trackers; they only read its instrument records
+    from exporter.state import InstrumentState
+
+ANCHOR_SAMPLE_SECONDS = 60.0  # (funding, premium) pairs for the anchor regression, one a minute
+OI_SAMPLE_SECONDS = 60.0
+CONTINUOUS_OBSERVATION_SECONDS = 3600.0  # Deribit: one funding observation an hour
+LIQ_EVENT_WINDOW_SECONDS = 60.0  # liquidation events: USD liquidated per base in the last minute
+
+
+class SettlementTracker:
+    """Keeps each instrument's settlement window: merges settled rates and infers new ones."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def merge(st: InstrumentState, pairs: Iterable[tuple[float, float]], interval_s: float | None = None) -> None:
+        """Merge settled (time, rate) pairs, keeping the window sorted and free of duplicates.
+
+        ``interval_s``: the interval the rates were for; default the instrument's current one."""
+        known = {r[0] for r in st.settlements}
+        iv = interval_s or st.funding_interval_s or st.info.funding_interval_s or 0.0
+        new = sorted((t, r, iv) for t, r in pairs if t not in known and r == r)  # r == r drops NaN
+        if not new:
+            return
+        last = st.settlements.last_time()
+        if last is not None and new[0][0] < last:
+            st.settlements.replace(sorted([*st.settlements, *new]))
+        else:
+            st.settlements.extend(new)
+        st.settlements_version += 1
+        if st.funding_interval_s is None and st.info.funding_interval_s is None and len(st.settlements) >= 2:
+            # nobody said the interval: the spacing of the last two settlements says it
+            gap = st.settlements[-1][0] - st.settlements[-2][0]
+            if gap > 0:
+                st.funding_interval_s = round(gap / 3600.0) * 3600.0 or gap
+
+    def next_funding(self, st: InstrumentState, nft: float, prev_interval: float | None, now: float) -> None:
+        """Called before a new next-funding time is stored: when it moved on, the predicted rate in
+        force at the old one is what settled."""
+        old = st.next_funding_time
+        if old is not None and nft > old + 1.0 and st.funding_rate is not None and now >= old - 5.0:
+            self.merge(st, [(old, st.funding_rate)], prev_interval)
+
+    def continuous(self, st: InstrumentState, rate_8h: float, event_time: float | None, now: float) -> None:
+        """Continuous funding (no settlement times): one observation an hour for the z-score window."""
+        t = (event_time or now) // CONTINUOUS_OBSERVATION_SECONDS * CONTINUOUS_OBSERVATION_SECONDS
+        last = st.settlements.last_time()
+        if last is None or t > last:
+            self.merge(st, [(t, rate_8h)], EIGHT_HOURS)
+
+
+class Sampler:
+    """One-a-minute samples of the values whose history the analytics read."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def open_interest(st: InstrumentState, now: float) -> None:
+        oi = st.open_interest_usd
+        if oi is not None:
+            samples = st.oi_samples
+            last = samples.last_time()
+            if last is None or now - last >= OI_SAMPLE_SECONDS:
+                samples.append((now, oi))
+
+    @staticmethod
+    def anchor(st: InstrumentState, now: float) -> None:
+        """(time, funding, premium) for the anchor regression, when the funding rate is known."""
+        funding = st.funding_rate
+        if funding is None:
+            return
+        samples = st.anchor_samples
+        last = samples.last_time()
+        if last is None or now - last >= ANCHOR_SAMPLE_SECONDS:
+            m = st.mark_price
+            i = st.index_price
+            prem = (m - i) / i if m is not None and i else st.premium  # premium_of, inlined
+            if prem is not None:
+                samples.append((now, funding, prem))
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdEvent:
+    """A funding or liquidation threshold crossing, reported in /api/state for the AI sidecar."""
+
+    seq: int
+    at: float
+    base: str
+    kind: str  # "funding" | "liquidation"
+    exchange: str
+    instrument: str
+    value: float
+
+
+class EventLog:
+    """The last ``maxlen`` threshold events, numbered from 1."""
+
+    __slots__ = ("_seq", "events")
+
+    def __init__(self, maxlen: int = 200) -> None:
+        self.events: deque[ThresholdEvent] = deque(maxlen=maxlen)
+        self._seq = 0
+
+    def emit(self, st: InstrumentState, kind: str, value: float, now: float) -> None:
+        self._seq += 1
+        info = st.info
+        self.events.append(ThresholdEvent(self._seq, now, info.base, kind, info.exchange.value, info.instrument, value))
+
+
+class FundingThreshold:
+    """An event when an instrument's funding rate (per 8 h) reaches the limit, once per crossing."""
+
+    __slots__ = ("_extreme", "_log", "limit_8h")
+
+    def __init__(self, limit_8h: float, log: EventLog) -> None:
+        self.limit_8h = limit_8h
+        self._log = log
+        self._extreme: set[tuple[object, str]] = set()  # instruments at or beyond the limit now
+
+    def observe(self, st: InstrumentState, rate: float, now: float) -> None:
+        interval = st.funding_interval_s or st.info.funding_interval_s
+        if not interval:
+            return
+        r8 = rate * EIGHT_HOURS / interval
+        if abs(r8) >= self.limit_8h:
+            key = (st.info.exchange, st.info.instrument)
+            if key not in self._extreme:
+                self._extreme.add(key)
+                self._log.emit(st, "funding", r8, now)
+        elif self._extreme:
+            self._extreme.discard((st.info.exchange, st.info.instrument))
+
+
+class _BaseFlow:
+    """One base asset's liquidations of the last minute and their running USD sum."""
+
+    __slots__ = ("entries", "last_event", "total")
+
+    def __init__(self) -> None:
+        self.entries: deque[tuple[float, float]] = deque()  # (time, usd) in arrival order
+        self.total = 0.0
+        self.last_event = 0.0
+
+
+class LiquidationThreshold:
+    """An event when the USD liquidated on one base asset, across exchanges and instruments, within
+    the last minute reaches the limit; at most one event a minute per base.
+
+    A running sum per base (added on arrival, subtracted when a liquidation leaves the minute) makes a
+    liquidation cost O(1) however many instruments are followed. The running sum only decides when to
+    look: the event's value is the exact sum of the minute, so float drift never fires or shows one.
+    """
+
+    __slots__ = ("_bases", "_log", "limit_usd", "window_s")
+
+    def __init__(self, limit_usd: float, log: EventLog, window_s: float = LIQ_EVENT_WINDOW_SECONDS) -> None:
+        self.limit_usd = limit_usd
+        self.window_s = window_s
+        self._log = log
+        self._bases: dict[str, _BaseFlow] = {}
+
+    def observe(self, st: InstrumentState, at: float, usd: float, now: float) -> None:
+        """A liquidation of ``usd`` at exchange time ``at``, received at ``now``."""
+        base = st.info.base
+        flow = self._bases.get(base)
+        if flow is None:
+            flow = self._bases[base] = _BaseFlow()
+        window = self.window_s
+        cutoff = now - window
+        entries = flow.entries
+        if at >= cutoff:  # one already older than the minute (a late arrival) never counts
+            entries.append((at, usd))
+            flow.total += usd
+        if now - flow.last_event < window:
+            # No event possible yet: leaving entries wait for the next look (at most one more window).
+            return
+        while entries and entries[0][0] < cutoff:
+            flow.total -= entries.popleft()[1]
+        if not entries:
+            flow.total = 0.0  # drift stops here
+            return
+        limit = self.limit_usd
+        if flow.total < limit * (1.0 - 1e-9):
+            return
+        # Rare (at most about once a minute per base): the exact sum decides, and resets the running
+        # one; liquidations that arrived out of order and left the minute go now.
+        fresh = deque(e for e in entries if e[0] >= cutoff)
+        total = sum(u for _, u in fresh)
+        flow.entries, flow.total = fresh, total
+        if total >= limit:
+            flow.last_event = now
+            self._log.emit(st, "liquidation", total, now)
