@@ -22,6 +22,8 @@ run: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy exporter
 
 test: install lint
 	$(BIN)/pytest -q -p no:cacheprovider

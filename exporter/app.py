@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import importlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -22,7 +21,9 @@ from typing import Any
 from exporter.config import Config, ExchangeConfig
 from exporter.feeds.base import Feed, FeedContext, WsPlan
 from exporter.feeds.connection import BackoffPolicy, FeedConnection
+from exporter.metrics.positions import PositionCollector
 from exporter.model import Exchange, InstrumentInfo, base_of
+from exporter.positions.service import PositionService
 from exporter.rest.client import RestClient, RestError, RestPolicy
 from exporter.rest.endpoints import ExchangeRest, rest_api_for
 from exporter.sink import RecordSink
@@ -393,20 +394,13 @@ class Exporter:
         registry = build_registry(self.config, self.state)
         if self.config.positions or self.config.position_settings.from_accounts:
             try:
-                module = importlib.import_module("exporter.positions.service")
-            except ImportError as exc:
-                log.warning("positions configured but the position service is not available (%s); skipped", exc)
+                # the exporter's REST endpoints: account reads share their rate-limit gates and counts
+                rest = {ex: rt.rest for ex, rt in self.runtimes.items()}
+                self.positions = PositionService(self.config, self.state, rest=rest)
+            except Exception as exc:  # e.g. an unwritable accrual database: market data still serves
+                log.error("position service cannot start, positions not exported: %s", exc)
             else:
-                try:
-                    # the exporter's REST endpoints: account reads share their rate-limit gates and counts
-                    rest = {ex: rt.rest for ex, rt in self.runtimes.items()}
-                    self.positions = module.PositionService(self.config, self.state, rest=rest)
-                except Exception as exc:  # e.g. an unwritable accrual database: market data still serves
-                    log.error("position service cannot start, positions not exported: %s", exc)
-                else:
-                    from exporter.metrics.positions import PositionCollector
-
-                    registry.register(PositionCollector(self.positions))
+                registry.register(PositionCollector(self.positions))
         return registry
 
     def _start_server(self, registry: Any) -> Any:

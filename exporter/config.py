@@ -9,6 +9,7 @@ hold them (``api_key_env``, ``api_key_file``), read by :func:`read_secret` when 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -480,9 +481,9 @@ def _split_invalid_positions(
     return {**data, "positions": good}, issues
 
 
-def read_secret(env_name: str | None, file_path: Path | None, environ: dict[str, str] | None = None) -> str | None:
+def read_secret(env_name: str | None, file_path: Path | None, environ: Mapping[str, str] | None = None) -> str | None:
     """A secret from an environment variable or a file (file wins). Never log the result."""
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     value: str | None = None
     if file_path is not None:
         try:
@@ -490,7 +491,7 @@ def read_secret(env_name: str | None, file_path: Path | None, environ: dict[str,
         except OSError as exc:
             raise ConfigError(f"cannot read secret file {file_path}: {exc.strerror}") from exc
     elif env_name:
-        raw = environ.get(env_name)
+        raw = env.get(env_name)
         value = raw.strip() if raw else None
     register_secret(value)  # from now on it is redacted from every log line
     return value

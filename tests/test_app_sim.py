@@ -20,10 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.app import fallback_instrument, run_exporter, select_instruments
 from exporter.config import Config, ExchangeConfig
 from exporter.model import Exchange, InstrumentInfo
-
-sim_main = pytest.importorskip("exporter.sim.main")
-sim_server = pytest.importorskip("exporter.sim.server")
-pytest.importorskip("exporter.server")
+from exporter.sim import main as sim_main
+from exporter.sim import server as sim_server
 
 Sample = tuple[dict[str, str], float]
 
@@ -287,7 +285,6 @@ async def test_rest_unreachable_uses_configured_ids_and_streams_flow(port: int) 
 
 
 async def test_positions_service_wired(tmp_path: Any) -> None:
-    pytest.importorskip("exporter.positions.service")
     position = {
         "name": "carry-btc",
         "exchange": "binance",

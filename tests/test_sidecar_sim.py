@@ -16,21 +16,13 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 from conftest import ROOT, free_port
 
+import exporter.app  # noqa: F401  # the exporter process needs it: fail here, not in the subprocess
 from exporter.config import Config, SidecarConfig
+from exporter.model import Exchange
 from exporter.sidecar.main import Sidecar
-
-sim_main = pytest.importorskip("exporter.sim.main", reason="the simulator (exporter.sim.main) is not built yet")
-if not hasattr(sim_main, "Simulator"):
-    pytest.skip("exporter.sim.main has no Simulator yet", allow_module_level=True)
-try:
-    import exporter.app  # noqa: F401  # the exporter process needs it
-except ImportError as exc:
-    pytest.skip(f"the exporter (exporter.app) cannot be imported: {exc}", allow_module_level=True)
-
-from exporter.model import Exchange  # noqa: E402
+from exporter.sim import main as sim_main
 
 
 def _exporter_config(sim: object, port: int, path: Path) -> None:

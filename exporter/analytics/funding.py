@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left, bisect_right
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import Protocol
@@ -31,9 +31,17 @@ class _SettlementSource(Protocol):
     def settlement_window(self) -> tuple[tuple[float, float], ...]: ...
 
 
+class _Samples(Protocol):
+    """(time, premium, ...) records, newest last: a sequence or the state's Window."""
+
+    def __getitem__(self, index: int, /) -> tuple[float, ...]: ...
+
+    def __iter__(self) -> Iterator[tuple[float, ...]]: ...
+
+
 class _AnchorSource(Protocol):
     @property
-    def anchor_samples(self) -> Sequence[tuple[float, float, float]]: ...
+    def anchor_samples(self) -> _Samples: ...
 
 
 def intervals_per_year(interval_s: float) -> float:
@@ -174,7 +182,7 @@ class _AnchorWindow:
         self.sxx += sign * x * x
         self.sxy += sign * x * y
 
-    def _rebuild(self, rows: tuple[tuple[float, float, float], ...], start: float) -> None:
+    def _rebuild(self, rows: tuple[tuple[float, ...], ...], start: float) -> None:
         i = bisect_right(rows, (start, np.inf, np.inf))
         window = rows[i:]
         self.updates = 0
@@ -191,7 +199,7 @@ class _AnchorWindow:
         self.sxx, self.sxy = float(x @ x), float(x @ y)
         self.oldest = window[0][0]
 
-    def advance(self, rows: tuple[tuple[float, float, float], ...], start: float, min_points: int) -> float | None:
+    def advance(self, rows: tuple[tuple[float, ...], ...], start: float, min_points: int) -> float | None:
         newest = rows[-1][0]
         if newest == self.newest and self.oldest > start:
             return self.slope  # nothing arrived, nothing left the window

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from exporter.config import Config, read_secret
 from exporter.model import Exchange
+from exporter.redact import register_secret
 from exporter.rest.signing import ApiKey
 
 log = logging.getLogger("exporter.positions")
@@ -39,9 +40,5 @@ def read_keys(config: Config, environ: Mapping[str, str] | None = None) -> dict[
 
 
 def _register_secrets(*values: str | None) -> None:
-    try:
-        from exporter.redact import register_secret
-    except ImportError:  # redaction is a safety net; the positions code never logs secrets itself
-        return
     for v in values:
         register_secret(v)

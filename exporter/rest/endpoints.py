@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import orjson
@@ -126,7 +127,12 @@ class BinanceRest(ExchangeRest):
         out: list[FundingSettlement] = []
         cursor = _ms(start)
         for _ in range(MAX_PAGES):
-            params = {"symbol": instrument, "startTime": cursor, "endTime": _ms(end), "limit": self.history_limit}
+            params: Params = {
+                "symbol": instrument,
+                "startTime": cursor,
+                "endTime": _ms(end),
+                "limit": self.history_limit,
+            }
             body = await self._fetch(FUNDING_HISTORY, "/fapi/v1/fundingRate", params)
             page = self._history(body)
             out.extend(page)
@@ -150,7 +156,7 @@ class BinanceRest(ExchangeRest):
         return self._parse(OPEN_INTEREST, lambda: self.feed.parse_open_interest(body, self.ctx), body)
 
     async def long_short_ratio(self, instrument: str) -> list[LongShortRatio]:
-        params = {"symbol": instrument, "period": "5m", "limit": 1}
+        params: Params = {"symbol": instrument, "period": "5m", "limit": 1}
         body = await self._fetch(LONG_SHORT_RATIO, "/futures/data/globalLongShortAccountRatio", params)
         return self._parse(LONG_SHORT_RATIO, lambda: self.feed.parse_long_short_ratio(body, self.ctx), body)
 
@@ -173,7 +179,7 @@ class BybitRest(ExchangeRest):
             if cursor:
                 params["cursor"] = cursor
             body = await self._fetch(INSTRUMENTS, "/v5/market/instruments-info", params)
-            out.extend(self._parse(INSTRUMENTS, lambda b=body: self.feed.parse_instruments(b), body))
+            out.extend(self._parse(INSTRUMENTS, partial(self.feed.parse_instruments, body), body))
             cursor = _bybit_cursor(body)
             if not cursor:
                 break
@@ -184,7 +190,7 @@ class BybitRest(ExchangeRest):
         out: list[FundingSettlement] = []
         end_ms = _ms(end)
         for _ in range(MAX_PAGES):
-            params = {
+            params: Params = {
                 "category": "linear",
                 "symbol": instrument,
                 "startTime": _ms(start),
@@ -203,7 +209,7 @@ class BybitRest(ExchangeRest):
         return out
 
     async def long_short_ratio(self, instrument: str) -> list[LongShortRatio]:
-        params = {"category": "linear", "symbol": instrument, "period": "5min", "limit": 1}
+        params: Params = {"category": "linear", "symbol": instrument, "period": "5min", "limit": 1}
         body = await self._fetch(LONG_SHORT_RATIO, "/v5/market/account-ratio", params)
         return self._parse(LONG_SHORT_RATIO, lambda: self.feed.parse_long_short_ratio(body, self.ctx), body)
 
@@ -242,7 +248,7 @@ class OkxRest(ExchangeRest):
         return out
 
     async def long_short_ratio(self, instrument: str) -> list[LongShortRatio]:
-        params = {"instId": instrument, "period": "5m", "limit": 1}
+        params: Params = {"instId": instrument, "period": "5m", "limit": 1}
         path = "/api/v5/rubik/stat/contracts/long-short-account-ratio-contract"
         body = await self._fetch(LONG_SHORT_RATIO, path, params)
         parse: Any = self.feed.parse_long_short_ratio  # the body does not name the instrument
@@ -254,10 +260,10 @@ class OkxRest(ExchangeRest):
         families = sorted({f"{i.base}-{i.quote}" for i in instruments})
         errors: list[RestError] = []
         for fam in families:
-            params = {"instType": "SWAP", "instFamily": fam, "limit": 1}
+            params: Params = {"instType": "SWAP", "instFamily": fam, "limit": 1}
             try:
                 body = await self._fetch(INSURANCE_FUND, "/api/v5/public/insurance-fund", params)
-                rows = self._parse(INSURANCE_FUND, lambda b=body: self.feed.parse_insurance_fund(b, self.ctx), body)
+                rows = self._parse(INSURANCE_FUND, partial(self.feed.parse_insurance_fund, body, self.ctx), body)
                 out.extend(rows)
             except RestError as exc:
                 errors.append(exc)
@@ -282,9 +288,9 @@ class DeribitRest(ExchangeRest):
         t = start
         while t < end:
             t2 = min(end, t + self.history_chunk_s)
-            params = {"instrument_name": instrument, "start_timestamp": _ms(t), "end_timestamp": _ms(t2)}
+            params: Params = {"instrument_name": instrument, "start_timestamp": _ms(t), "end_timestamp": _ms(t2)}
             body = await self._fetch(FUNDING_HISTORY, "/api/v2/public/get_funding_rate_history", params)
-            out.extend(self._parse(FUNDING_HISTORY, lambda b=body: parse(b, self.ctx, instrument=instrument), body))
+            out.extend(self._parse(FUNDING_HISTORY, partial(parse, body, self.ctx, instrument=instrument), body))
             t = t2
         return out
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -462,7 +462,7 @@ class MarketModel:
             rates = np.clip(raw, spec.floor, spec.cap)
             i8 = np.convolve(rates, np.ones(8) / 8.0)[: len(rates)]  # trailing 8 h mean
             i8[:7] = [rates[: k + 1].mean() for k in range(7)]
-            ks = range(max(1, len(times) - last_only) if last_only else 1, len(times))
+            ks: Sequence[int] = range(max(1, len(times) - last_only) if last_only else 1, len(times))
             for k in ks:
                 out.append(
                     Settlement(
@@ -483,8 +483,8 @@ class MarketModel:
         interest = INTEREST_8H * spec.interval_s / EIGHT_HOURS
         for k in ks:
             avg = float((prem[k - step + 1 : k + 1] * w).sum() / w.sum())  # linearly increasing weights
-            raw = avg + min(CLAMP_BAND, max(-CLAMP_BAND, interest - avg))
-            rate = round(min(spec.cap, max(spec.floor, raw)), 8)
+            unclamped = avg + min(CLAMP_BAND, max(-CLAMP_BAND, interest - avg))
+            rate = round(min(spec.cap, max(spec.floor, unclamped)), 8)
             out.append(Settlement(int(times[k] * 1000), rate, float(marks[k]), float(idx[k]), float(idx[k - step])))
         return out
 
