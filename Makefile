@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DURATION ?= 0
 CONFIG ?= config/live.yaml
 
-.PHONY: install demo run test lint bench generate clean
+.PHONY: install demo run test test-fast lint tools bench generate clean
 
 $(BIN)/fr-exporter: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,17 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy exporter
 
-test: install lint
-	$(BIN)/pytest -q -p no:cacheprovider
+# the external tools the e2e tests run: a missing one fails here, naming its Debian package
+tools:
+	@bash .ci/tools
+
+# -rs prints the reason of every skip; with CI=true a skip fails the run (tests/conftest.py)
+test: install lint tools
+	$(BIN)/pytest -q -p no:cacheprovider -rs $(PYTEST_ARGS)
+
+# everything but the end-to-end tests (no external tools needed)
+test-fast: install
+	$(BIN)/pytest -q -p no:cacheprovider -rs -m "not e2e" $(PYTEST_ARGS)
 
 bench: install
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -1,15 +1,42 @@
-"""Shared test fixtures: where ../shared is, free loopback ports."""
+"""Suite-wide fixtures and hooks: ../shared, free loopback ports, the loopback guard, and in CI (CI=true)
+every skip turned into a failure (CI has every tool installed: a skip there hides a test)."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from support import ROOT, SHARED, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+__all__ = ["ROOT", "SHARED", "free_port"]  # older tests import these from conftest
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _fail_skip(report: Any, what: str) -> None:
+    if report.skipped and not hasattr(report, "wasxfail") and _in_ci():
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"{what} skipped in CI (CI=true; every tool is installed there): {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    _fail_skip(outcome.get_result(), item.nodeid)  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    outcome = yield
+    _fail_skip(outcome.get_result(), collector.nodeid)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")
@@ -17,12 +44,6 @@ def shared_dir() -> Path:
     if not (SHARED / "samples").is_dir():
         pytest.skip(f"../shared is absent ({SHARED}): real sample data not available")
     return SHARED
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -12,20 +12,16 @@ from typing import Any
 
 import pytest
 import yaml
+from support import needs_tool
 
-from mixin.stack import FakeSlack, alertmanager_config, am_alerts, binary, post_alerts, run_alertmanager, wait_for
+from mixin.stack import FakeSlack, alertmanager_config, am_alerts, post_alerts, run_alertmanager, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PROM = ROOT / "prometheus"
 AM_FILE = PROM / "alertmanager.yml"
 amtool = shutil.which("amtool")
-needs_amtool = pytest.mark.skipif(
-    amtool is None, reason="amtool not installed (apt-get install prometheus-alertmanager)"
-)
-needs_am = pytest.mark.skipif(
-    binary("prometheus-alertmanager", "alertmanager") is None,
-    reason="alertmanager not installed (apt-get install prometheus-alertmanager)",
-)
+needs_amtool = needs_tool("amtool", package="prometheus-alertmanager")
+needs_am = needs_tool("prometheus-alertmanager", "alertmanager", package="prometheus-alertmanager")
 
 
 def _config() -> dict[str, Any]:

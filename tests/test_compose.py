@@ -34,6 +34,7 @@ def _compose_binary() -> list[str] | None:
     return None
 
 
+@pytest.mark.e2e  # runs docker-compose (.ci/tools installs it)
 @pytest.mark.parametrize("profile", [None, "demo"])
 def test_docker_compose_config_validates(profile: str | None, tmp_path: Path) -> None:
     cmd = _compose_binary()

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from support import needs_tool
 
 from mixin import generate
 from mixin.config import DEFAULT
@@ -148,7 +148,7 @@ def _all_exprs() -> list[tuple[str, str]]:
     return [(f"{n}: {p['title']}", t["expr"]) for n, d in _all().items() for p, t in panel_targets(d)]
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)")
+@needs_tool("promtool", package="prometheus")
 def test_every_query_is_valid_promql(tmp_path: Path) -> None:
     values = {"exchange": ".*", "base": ".*", "instrument": ".*", "datasource": "prometheus"}
     rules = [{"record": f"dash:expr_{i}", "expr": substitute(e, values)} for i, (_, e) in enumerate(_all_exprs())]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support import needs_tool
 
 from mixin import generate
 from mixin.config import fast_variant
@@ -335,7 +335,7 @@ def test_every_exposed_series_is_documented(stack: Stack) -> None:
     assert not undocumented, f"exposed but not in docs/metrics.md or docs/sidecar.md: {undocumented}"
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)")
+@needs_tool("promtool", package="prometheus")
 def test_promtool_accepts_the_real_scrapes_with_positions_and_ai(stack: Stack) -> None:
     """promtool check metrics on what the exporter (positions included) and the sidecar really serve.
     Only the contract's fixed names with their unit in the name (_bp, _pct) may draw a unit lint."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import subprocess
 from collections.abc import Iterable
 
@@ -21,6 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.openmetrics.exposition import generate_latest as generate_latest_om
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
+from support import needs_tool
 
 from exporter.config import Config
 from exporter.metrics import build_registry
@@ -207,7 +207,7 @@ def test_negotiation() -> None:
 EXEMPT_SUFFIXES = ("_bp", "_pct")
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)")
+@needs_tool("promtool", package="prometheus")
 def test_promtool_check_metrics_on_a_real_scrape() -> None:
     cfg = Config(listen_address="127.0.0.1:0")
     state = rich_state()

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support import needs_tool
 
 from mixin import generate
 from mixin.config import DEFAULT, MixinConfig, fast_variant
@@ -33,7 +34,7 @@ REQUIRED_ALERTS = {
 }  # fmt: skip
 
 promtool = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(promtool is None, reason="promtool not installed (apt-get install prometheus)")
+needs_promtool = needs_tool("promtool", package="prometheus")
 
 
 def _rules(path: Path) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT
+from support import ROOT
 
 TESTS = ROOT / "tests"
 
@@ -33,7 +33,7 @@ def test_no_test_skips_on_our_own_import() -> None:
     offenders = [
         f"{p.relative_to(ROOT)}:{n}"
         for p in sorted(TESTS.rglob("*.py"))
-        if p.name != "test_imports.py"
+        if p.name != "test_suite_rules.py"
         for n, line in enumerate(p.read_text().splitlines(), 1)
         if pattern.search(line)
     ]
@@ -66,3 +66,31 @@ def test_exporter_does_not_start_without_its_position_service(tmp_path: Path) ->
     # no positions configured, still an error at start: a broken module is never a quietly missing feature
     assert r.returncode != 0
     assert "ModuleNotFoundError" in r.stderr and "exporter.positions.service" in r.stderr, r.stderr
+
+
+SKIPPING = """
+import pytest
+
+def test_needs_a_tool():
+    pytest.skip("sometool not installed (apt-get install sometool)")
+
+def test_plain():
+    assert 1 + 1 == 2
+"""
+
+
+def test_a_skip_fails_the_run_in_ci(tmp_path: Path) -> None:
+    (tmp_path / "test_one.py").write_text(SKIPPING)
+    (tmp_path / "conftest.py").write_text((TESTS / "conftest.py").read_text())
+    base = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs", "-q", str(tmp_path)]
+    env = {"PYTHONPATH": f"{TESTS}:{ROOT}", "PATH": "/usr/bin:/bin"}
+
+    def run(**extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(base, cwd=tmp_path, env={**env, **extra}, capture_output=True, text=True, timeout=120)
+
+    local = run()
+    assert local.returncode == 0, local.stdout
+    assert "SKIPPED [1]" in local.stdout and "sometool not installed" in local.stdout  # -rs names the reason
+    ci = run(CI="true")
+    assert ci.returncode == 1, ci.stdout
+    assert "1 failed, 1 passed" in ci.stdout and "skipped in CI" in ci.stdout, ci.stdout
