@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
+from support import needs_tool
 
 from exporter import __version__
 from exporter.build import build_labels
@@ -314,7 +314,7 @@ def test_the_golden_files_cover_the_whole_catalog() -> None:
 EXEMPT_SUFFIXES = ("_bp", "_pct")
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus)")
+@needs_tool("promtool", package="prometheus")
 @pytest.mark.parametrize("name", ["exposition.txt", "sidecar.txt"])
 def test_promtool_check_metrics_accepts_the_golden_file(name: str) -> None:
     body = (GOLDEN / name).read_bytes()
