@@ -2,6 +2,11 @@
 
 >>> sim = Simulator(seed=1, base_port=0)      # doctest: +SKIP
 >>> await sim.start(); sim.urls(Exchange.BINANCE)   # ('ws://127.0.0.1:PORT', 'http://127.0.0.1:PORT')
+
+Market time comes from a :class:`~exporter.clock.Clock`: wall time by default, N times faster with
+``time_scale`` (``--time-scale N``), or a :class:`~exporter.clock.VirtualClock` that a test drives.
+``await sim.advance(dt)`` (or ``POST /_sim/advance {"seconds": dt}`` on any exchange's port) moves
+market time forward at once, so a cascade or a settlement happens in milliseconds of test time.
 """
 
 from __future__ import annotations
@@ -12,12 +17,12 @@ import contextlib
 import logging
 import signal
 import sys
-import time
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from exporter.clock import SYSTEM_CLOCK, Clock, ScaledClock, VirtualClock
 from exporter.model import Exchange
 from exporter.sim.binance import BinanceServer
 from exporter.sim.bybit import BybitServer
@@ -35,6 +40,7 @@ SERVERS: dict[Exchange, type[ExchangeServer]] = {
     Exchange.DERIBIT: DeribitServer,
 }
 PORT_OFFSET = {Exchange.BINANCE: 0, Exchange.BYBIT: 1, Exchange.OKX: 2, Exchange.DERIBIT: 3}
+MAX_ADVANCE_STEPS = 2_000  # model steps one advance() may take (an 8 h jump: 14.4 s steps)
 
 
 class Simulator:
@@ -50,18 +56,26 @@ class Simulator:
         tick_seconds: float = 0.25,
         options: SimOptions | None = None,
         exchanges: tuple[Exchange, ...] = tuple(Exchange),
+        clock: Clock | None = None,
+        time_scale: float = 1.0,
     ) -> None:
         self.host = host
         self.base_port = base_port
         self.tick_seconds = tick_seconds
         self.exchanges = exchanges
+        if clock is None:
+            clock = SYSTEM_CLOCK if time_scale == 1.0 else ScaledClock(time_scale)
+        self.clock = clock
+        self._ahead = 0.0  # market time jumped ahead of the clock by advance() (clocks a test cannot move)
         self.market = MarketModel(
-            seed=seed, instruments_per_exchange=instruments_per_exchange, start_time=time.time(), exchanges=exchanges
+            seed=seed, instruments_per_exchange=instruments_per_exchange, start_time=clock.time(), exchanges=exchanges
         )
         if scenario != Scenario.CALM:
             self.market.set_scenario(scenario)
         self.options = options or SimOptions()
         self.servers: dict[Exchange, ExchangeServer] = {ex: SERVERS[ex](self.market, self.options) for ex in exchanges}
+        for srv in self.servers.values():
+            srv.advance_hook = self.advance
         self.ports: dict[Exchange, int] = {}
         self._runners: list[web.AppRunner] = []
         self._task: asyncio.Task[None] | None = None
@@ -91,22 +105,58 @@ class Simulator:
             self.ports[ex] = int(sockets[0].getsockname()[1]) if sockets else port
         self._task = asyncio.get_running_loop().create_task(self._ticker())
 
+    def now(self) -> float:
+        """Market time: the clock's, plus what advance() jumped."""
+        return self.clock.time() + self._ahead
+
+    def _step(self, dt: float) -> None:
+        try:
+            self.market.step(dt, now=self.now())
+            for srv in self.servers.values():
+                srv.on_tick(self.market.now)
+        except Exception:  # a bug in one step must not stop the market
+            log.exception("simulator step failed")
+
     async def _ticker(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
+        clock = self.clock
+        last = next_at = clock.monotonic()
+        dt = self.tick_seconds
         while True:
             next_at += self.tick_seconds
-            try:
-                self.market.step(self.tick_seconds, now=time.time())
-                for srv in self.servers.values():
-                    srv.on_tick(self.market.now)
-            except Exception:  # a bug in one step must not stop the market
-                log.exception("simulator step failed")
-            delay = next_at - loop.time()
+            self._step(dt)
+            delay = next_at - clock.monotonic()
             if delay < -5 * self.tick_seconds:
-                next_at = loop.time()  # fell far behind (huge universe): do not try to catch up
+                next_at = clock.monotonic()  # fell far behind (huge universe): do not try to catch up
                 delay = 0.0
-            await asyncio.sleep(max(0.0, delay))
+            await clock.sleep(max(0.0, delay))
+            # the model moves by the clock's elapsed time: a tick, or one step of a virtual advance()
+            now = clock.monotonic()
+            dt, last = max(now - last, 1e-6), now
+
+    async def advance(self, seconds: float) -> None:
+        """Move market time forward by ``seconds`` now, tick by tick (every step publishes as live).
+
+        On a VirtualClock the clock itself advances (everything sharing it sees the same time). On wall
+        or scaled time the model is stepped at once and stays that far ahead of its clock. Steps are a
+        tick, or ``seconds / MAX_ADVANCE_STEPS`` for long jumps (hours stay cheap; the model's decays are
+        exact for any step, a crash is coarser).
+        """
+        if not seconds >= 0 or seconds == float("inf"):
+            raise ValueError(f"advance needs a finite number of seconds >= 0, not {seconds!r}")
+        step = max(self.tick_seconds, seconds / MAX_ADVANCE_STEPS)
+        virtual = self.clock if isinstance(self.clock, VirtualClock) else None
+        done = 0.0
+        while seconds - done > 1e-9:
+            dt = min(step, seconds - done)
+            done += dt
+            if virtual is not None:
+                virtual.advance(dt)  # wakes the ticker (and whatever else shares the clock)
+                for _ in range(3):
+                    await asyncio.sleep(0)  # the ticker steps the model by dt, writers send
+            else:
+                self._ahead += dt
+                self._step(dt)
+                await asyncio.sleep(0)  # let the connections' writers send what the step published
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -146,6 +196,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tick-seconds", type=float, default=0.25, help="model step (seconds)")
     parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="market time runs N times faster than wall time (scenarios, settlements); default 1",
+    )
+    parser.add_argument(
         "--max-lifetime-seconds",
         type=float,
         default=24 * 3600.0,
@@ -180,6 +236,7 @@ async def run(args: argparse.Namespace, stop: asyncio.Event | None = None) -> No
         instruments_per_exchange=args.instruments_per_exchange,
         tick_seconds=args.tick_seconds,
         options=options,
+        time_scale=getattr(args, "time_scale", 1.0),
     )
     await sim.start()
     sys.stdout.write(orjson.dumps(sim.describe()).decode() + "\n")

@@ -28,6 +28,7 @@ from exporter.sim.market import MarketModel, Scenario
 log = logging.getLogger("exporter.sim")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_ADVANCE_S = 7 * 24 * 3600.0  # largest jump of /_sim/advance
 
 
 @dataclass(slots=True)
@@ -96,6 +97,8 @@ class ExchangeServer:
         self.conns: set[Conn] = set()
         self.frames_sent = 0
         self.counter = itertools.count(1)
+        # set by the Simulator: moves the shared market time (POST /_sim/advance)
+        self.advance_hook: Callable[[float], Awaitable[None]] | None = None
 
     # ------------------------------------------------------------------------------------------
     # to implement per exchange
@@ -259,6 +262,19 @@ class ExchangeServer:
         self.on_settle()
         return web.json_response({"ok": True, "settled": len(recs)})
 
+    async def advance(self, request: web.Request) -> web.Response:
+        data = await self._json_body(request)
+        try:
+            seconds = float(data.get("seconds"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return web.json_response({"ok": False, "error": "seconds must be a number"}, status=400)
+        if not 0 <= seconds <= MAX_ADVANCE_S:
+            return web.json_response({"ok": False, "error": f"seconds must be in [0, {MAX_ADVANCE_S:g}]"}, status=400)
+        if self.advance_hook is None:
+            return web.json_response({"ok": False, "error": "no simulator clock to advance"}, status=409)
+        await self.advance_hook(seconds)
+        return web.json_response({"ok": True, "time": self.market.now})
+
     def on_settle(self) -> None:
         """Hook: push what a settlement changes (OKX funding-rate)."""
 
@@ -294,6 +310,7 @@ class ExchangeServer:
         app.router.add_post("/_sim/fault", self.fault)
         app.router.add_post("/_sim/scenario", self.scenario)
         app.router.add_post("/_sim/settle", self.settle)
+        app.router.add_post("/_sim/advance", self.advance)
         app.router.add_post("/_sim/stop", self.stop)
         app.router.add_post("/_sim/start", self.start)
         for p in self.ws_paths:
