@@ -2,7 +2,8 @@
 
 The shipped files are loaded and only what a local run must change is rewritten: listen
 addresses and targets, the Slack webhook URL file, absolute template/rule paths, and (for speed)
-intervals and Alertmanager's group timings. A :class:`FakeSlack` records what Alertmanager posts.
+intervals and Alertmanager's group timings. The tests' FakeSlack (tests/support/fakes.py) records
+what Alertmanager posts.
 """
 
 from __future__ import annotations
@@ -12,13 +13,11 @@ import json
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -68,61 +67,6 @@ def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.25, w
     raise TimeoutError(
         f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else "")
     )
-
-
-class FakeSlack:
-    """A Slack incoming webhook on 127.0.0.1 that records every JSON POST."""
-
-    def __init__(self) -> None:
-        self.messages: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
-                try:
-                    payload = json.loads(body)
-                except ValueError:
-                    payload = {"_raw": body.decode(errors="replace")}
-                with owner._lock:
-                    owner.messages.append({"path": self.path, "payload": payload, "at": time.time()})
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return None
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/services/T000/B000/XXXX"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeSlack:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self.messages)
-
-    @staticmethod
-    def text_of(message: dict[str, Any]) -> str:
-        """Title and text of every attachment of one recorded message, joined."""
-        payload = message["payload"]
-        parts = [str(payload.get("text", ""))]
-        for att in payload.get("attachments", []) or []:
-            parts += [str(att.get("title", "")), str(att.get("text", "")), str(att.get("fallback", ""))]
-        return "\n".join(p for p in parts if p)
-
-    def texts(self) -> list[str]:
-        return [self.text_of(m) for m in self.snapshot()]
 
 
 class Process:

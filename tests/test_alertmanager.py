@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import yaml
 from support import needs_tool
+from support.fakes import FakeSlack
 
-from mixin.stack import FakeSlack, alertmanager_config, am_alerts, post_alerts, run_alertmanager, wait_for
+from mixin.stack import alertmanager_config, am_alerts, post_alerts, run_alertmanager, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PROM = ROOT / "prometheus"

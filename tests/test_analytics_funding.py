@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.clock import ManualClock as Clock
 
 from exporter.analytics import funding as fa
 from exporter.config import Config
@@ -18,14 +19,6 @@ from exporter.model import EIGHT_HOURS, SECONDS_PER_YEAR, Exchange, InstrumentIn
 from exporter.state import MarketState
 
 T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def load_history(path: Path) -> list[tuple[float, float]]:

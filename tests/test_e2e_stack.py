@@ -23,12 +23,12 @@ from typing import Any
 import pytest
 import yaml
 from support import needs_tool
+from support.fakes import FakeSlack
 
 from mixin import generate
 from mixin.config import fast_variant
 from mixin.lint import base_metric, exposition_metrics, metric_names, panel_targets, substitute
 from mixin.stack import (
-    FakeSlack,
     Process,
     alertmanager_config,
     am_alerts,

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
+from support.clock import ManualClock as Clock
 
 from exporter import __version__
 from exporter.build import git_revision
@@ -30,14 +31,6 @@ from exporter.state import MarketState
 
 T0 = 1_700_000_000.0
 BTC = {"exchange": "binance", "instrument": "BTCUSDT", "base": "BTC", "quote": "USDT"}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = T0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def populated() -> tuple[Clock, MarketState]:

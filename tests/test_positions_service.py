@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from support.clock import ManualClock as Clock
 
 from exporter.config import Config, PositionConfig
 from exporter.metrics.positions import PositionCollector
@@ -18,14 +19,6 @@ from exporter.positions.service import PositionService
 from exporter.state import MarketState
 
 T0 = 1_767_225_600.0  # 2026-01-01
-
-
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def make_config(tmp_path: Path, positions: list[dict[str, Any]], **settings: Any) -> Config:
@@ -85,7 +78,7 @@ def render(svc: PositionService) -> str:
 
 
 def test_config_errors_skip_only_the_bad_position(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     cfg = make_config(
         tmp_path,
         [
@@ -135,7 +128,7 @@ def test_config_errors_skip_only_the_bad_position(tmp_path: Path, caplog: pytest
 
 
 def test_settlement_accrues_exactly_once_across_restart(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     state = make_state(clock)
     cfg = make_config(tmp_path, [SHORT_BTC])
     mark(state, Exchange.BINANCE, "BTCUSDT", 50_000.0, 0.0001)
@@ -185,7 +178,7 @@ def test_settlement_accrues_exactly_once_across_restart(tmp_path: Path) -> None:
 
 
 def test_deribit_accrues_continuously_once(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     state = make_state(clock)
     pos = {**SHORT_BTC, "name": "drb", "exchange": "deribit", "instrument": "BTC-PERPETUAL"}
     cfg = make_config(tmp_path, [pos])
@@ -206,7 +199,7 @@ def test_deribit_accrues_continuously_once(tmp_path: Path) -> None:
 
 
 def test_hedged_carry_counts_both_legs_and_publishes_risk(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     state = make_state(clock)
     pos = {
         **SHORT_BTC,
@@ -266,7 +259,7 @@ def test_hedged_carry_counts_both_legs_and_publishes_risk(tmp_path: Path) -> Non
 
 
 def test_stale_mark_hides_mark_based_series(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     state = make_state(clock)
     svc = PositionService(make_config(tmp_path, [SHORT_BTC]), state, clock=clock)
     mark(state, Exchange.BINANCE, "BTCUSDT", 50_000.0, 0.0001)
@@ -290,7 +283,7 @@ def test_a_position_invalid_in_the_file_is_counted_and_the_rest_runs(tmp_path: P
         "  - {name: neg, exchange: binance, instrument: BTCUSDT, side: long, size: -1, entry_price: 100, leverage: 2}\n"
         "  - {name: ok, exchange: binance, instrument: BTCUSDT, side: long, size: 1, entry_price: 100, leverage: 2}\n"
     )
-    clock = Clock()
+    clock = Clock(T0)
     svc = PositionService(load_config(cfg_file, environ={}), make_state(clock), clock=clock)
     assert [p.name for p in svc.positions] == ["ok"]
     assert [(e.name, e.field) for e in svc.config_errors] == [("neg", "size")]
@@ -398,7 +391,7 @@ def test_realized_apy_counts_only_funding_since_the_current_opening(tmp_path: Pa
     # realised APY must not divide the old position's funding by the new one's short lifetime
     from exporter.analytics.carry import net_apy_realized_pct
 
-    clock = Clock()
+    clock = Clock(T0)
     state = make_state(clock)
     pos = {**SHORT_BTC, "name": "drb", "exchange": "deribit", "instrument": "BTC-PERPETUAL"}
     svc = PositionService(make_config(tmp_path, [pos]), state, clock=clock)
@@ -448,7 +441,7 @@ async def test_a_malformed_public_body_does_not_freeze_the_snapshot(
         raise AttributeError("'list' object has no attribute 'get'")
 
     monkeypatch.setattr(ExchangeAccount, "funding_history", broken)
-    clock = Clock()
+    clock = Clock(T0)
     state = make_state(clock)
     svc = PositionService(make_config(tmp_path, [SHORT_BTC]), state, clock=clock)
     mark(state, Exchange.BINANCE, "BTCUSDT", 50_000.0, 0.0001)
@@ -467,7 +460,7 @@ def test_hit_probability_is_absent_when_the_liquidation_price_is_unknown(tmp_pat
     from exporter.model import Side
     from exporter.positions.model import Position
 
-    clock = Clock()
+    clock = Clock(T0)
     state = make_state(clock)
     svc = PositionService(make_config(tmp_path, []), state, clock=clock)
     mark(state, Exchange.BYBIT, "BTCUSDT", 50_000.0, 0.0001)

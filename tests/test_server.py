@@ -19,6 +19,7 @@ import orjson
 import pytest
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
+from support.clock import ManualClock as Clock
 
 from exporter import __version__
 from exporter.config import Config
@@ -28,14 +29,6 @@ from exporter.server import ListenError, ServerHandle, ServerLimits, bind_check,
 from exporter.state import MarketState
 
 T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = T0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def make_state() -> tuple[Clock, MarketState]:

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import free_port
-from fakes import FakeExporter, instrument, state
+from support import free_port
+from support.fakes import FakeExporter, instrument, state
 
 from exporter.config import Config, SidecarConfig
 from exporter.sidecar import baseline

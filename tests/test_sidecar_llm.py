@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import free_port
-from fakes import FakeExporter, FakeOpenAI, instrument, state
+from support import free_port
+from support.fakes import FakeExporter, FakeOpenAI, instrument, state
 
 from exporter.config import Config, ModelConfig, SidecarConfig
 from exporter.sidecar.main import Sidecar

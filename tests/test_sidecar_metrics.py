@@ -11,10 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port
-from fakes import VALID_ANSWER, FakeExporter, FakeOpenAI, FakeSlack, instrument, state
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
+from support import free_port
+from support.fakes import VALID_ANSWER, FakeExporter, FakeOpenAI, FakeSlack, instrument, state
 
 from exporter.config import Config, ModelConfig, SidecarConfig, SlackConfig
 from exporter.sidecar.main import Sidecar
@@ -60,7 +60,9 @@ async def test_metrics_endpoint_contract_and_no_secrets(
                 models=[
                     ModelConfig(name="gpt-a", base_url=f"{llm.url}/v1", model="a", api_key_file=key_file, retries=0),
                 ],
-                slack=SlackConfig(bot_token_env="FR_TEST_SLACK_TOKEN", channel="#r", api_base_url=f"{slack.url}/api/"),
+                slack=SlackConfig(
+                    bot_token_env="FR_TEST_SLACK_TOKEN", channel="#r", api_base_url=f"{slack.base_url}/api/"
+                ),
             )
         )
         llm.then("valid", "500")  # one base answers, the other fails (order of tasks does not matter)

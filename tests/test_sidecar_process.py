@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import ROOT, free_port
-from fakes import FakeExporter, instrument, state
+from support import ROOT, free_port
+from support.fakes import FakeExporter, instrument, state
 
 from exporter.config import Config, ModelConfig, SidecarConfig
 from exporter.sidecar.main import run_sidecar

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port
-from fakes import FakeExporter, FakeOpenAI, FakeSlack, instrument, state
+from support import free_port
+from support.fakes import FakeExporter, FakeOpenAI, FakeSlack, instrument, state
 
 from exporter.config import Config, ModelConfig, SidecarConfig, SlackConfig
 from exporter.sidecar.main import Sidecar
@@ -32,7 +32,7 @@ async def test_echoed_secrets_are_redacted_before_store_and_slack(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with FakeSlack() as slack, FakeOpenAI() as llm, FakeExporter() as exp:
-        hook = f"{slack.url}/services/T000/B000/HOOKSECRET77"
+        hook = f"{slack.base_url}/services/T000/B000/HOOKSECRET77"
         monkeypatch.setenv(HOOK_ENV, hook)
         monkeypatch.setenv(KEY_ENV, LLM_KEY)
         llm.answer = {

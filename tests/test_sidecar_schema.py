@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from fakes import VALID_ANSWER
 from pydantic import ValidationError
+from support.fakes import VALID_ANSWER
 
 from exporter.config import Config, ConfigError, ModelConfig, SidecarConfig, load_config, read_secret
 from exporter.sidecar.llm import parse_retry_after

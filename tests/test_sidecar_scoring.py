@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port
-from fakes import VALID_ANSWER, instrument, state
+from support import free_port
+from support.fakes import VALID_ANSWER, instrument, state
 
 from exporter.config import Config, SidecarConfig
 from exporter.sidecar import main as sidecar_main

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import ROOT, free_port
+from support import ROOT, free_port
 
 import exporter.app  # noqa: F401  # the exporter process needs it: fail here, not in the subprocess
 from exporter.config import Config, SidecarConfig

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port
-from fakes import VALID_ANSWER, FakeExporter, FakeOpenAI, FakeSlack, instrument, state
+from support import free_port
+from support.fakes import VALID_ANSWER, FakeExporter, FakeOpenAI, FakeSlack, instrument, state
 
 from exporter.config import Config, ModelConfig, SidecarConfig, SlackConfig
 from exporter.sidecar.main import Sidecar
@@ -64,7 +64,7 @@ def test_message_escapes_model_text_and_caps_length() -> None:
 
 async def test_webhook_messages_cooldown_and_levels(monkeypatch: pytest.MonkeyPatch) -> None:
     async with FakeSlack() as slack:
-        monkeypatch.setenv(WEBHOOK_ENV, f"{slack.url}/services/T000/B000/SECRETHOOK")
+        monkeypatch.setenv(WEBHOOK_ENV, f"{slack.base_url}/services/T000/B000/SECRETHOOK")
         n = SlackNotifier(SlackConfig(webhook_url_env=WEBHOOK_ENV, cooldown_seconds=0.5))
         n.start()
         try:
@@ -92,7 +92,7 @@ async def test_webhook_messages_cooldown_and_levels(monkeypatch: pytest.MonkeyPa
 
 async def test_429_and_5xx_are_retried_in_background(monkeypatch: pytest.MonkeyPatch) -> None:
     async with FakeSlack() as slack:
-        monkeypatch.setenv(WEBHOOK_ENV, f"{slack.url}/services/T000/B000/SECRETHOOK")
+        monkeypatch.setenv(WEBHOOK_ENV, f"{slack.base_url}/services/T000/B000/SECRETHOOK")
         slack.script.extend([429, 500])
         slack.retry_after = "0.3"
         results: list[str] = []
@@ -114,7 +114,7 @@ async def test_bot_token_chat_post_message(monkeypatch: pytest.MonkeyPatch, capl
     caplog.set_level(logging.DEBUG)
     async with FakeSlack() as slack:
         monkeypatch.setenv(TOKEN_ENV, TOKEN)
-        cfg = SlackConfig(bot_token_env=TOKEN_ENV, channel="#risk", api_base_url=f"{slack.url}/api/")
+        cfg = SlackConfig(bot_token_env=TOKEN_ENV, channel="#risk", api_base_url=f"{slack.base_url}/api/")
         slack.script.append(429)
         slack.retry_after = "0.1"
         n = SlackNotifier(cfg)
@@ -136,7 +136,7 @@ async def test_injected_model_text_reaches_slack_escaped(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     async with FakeSlack() as slack, FakeOpenAI(default_mode="inject") as llm, FakeExporter() as exp:
-        hook = f"{slack.url}/services/T000/B000/SECRETHOOK"
+        hook = f"{slack.base_url}/services/T000/B000/SECRETHOOK"
         monkeypatch.setenv(WEBHOOK_ENV, hook)
         exp.state = state([instrument("binance", "BTCUSDT"), instrument("bybit", "BTCUSDT")])
         cfg = Config(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from support.clock import ManualClock as Clock
+
 from exporter.model import (
     Exchange,
     FundingSettlement,
@@ -11,14 +13,6 @@ from exporter.model import (
     Side,
 )
 from exporter.state import MarketState
-
-
-class Clock:
-    def __init__(self, t: float = 1_700_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def make_state(clock: Clock | None = None, **kw: float) -> tuple[MarketState, Clock]:
