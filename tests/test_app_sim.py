@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from support import wait_until
 
 from exporter.app import fallback_instrument, run_exporter, select_instruments
 from exporter.config import Config, ExchangeConfig
@@ -52,14 +53,11 @@ class Env:
     async def wait_metrics(
         self, cond: Callable[[dict[str, list[Sample]]], bool], timeout: float = 10.0
     ) -> dict[str, list[Sample]]:
-        deadline = time.monotonic() + timeout
-        while True:
+        async def met() -> dict[str, list[Sample]] | None:
             m = await self.scrape()
-            if cond(m):
-                return m
-            if time.monotonic() > deadline:
-                raise AssertionError("metrics condition not reached in time")
-            await asyncio.sleep(0.1)
+            return m if cond(m) else None
+
+        return await wait_until(met, timeout, interval=0.05, what="a metrics condition")
 
 
 def get(m: dict[str, list[Sample]], name: str, **labels: str) -> float | None:
@@ -143,7 +141,11 @@ async def test_first_scrape_and_values_agree_with_truth() -> None:
                 assert get(first, "fr_funding_zscore", exchange=ex.value, instrument=inst) is not None, (ex, inst)
                 assert get(first, "fr_mark_price", exchange=ex.value, instrument=inst) is not None, (ex, inst)
 
-        await asyncio.sleep(1.5)  # a few pushes on every stream
+        # a few more pushes on every exchange's streams
+        sent0 = {ex: total(first, "fr_stream_messages_total", exchange=ex.value) for ex in Exchange}
+        await env.wait_metrics(
+            lambda m: all(total(m, "fr_stream_messages_total", exchange=ex.value) >= sent0[ex] + 8 for ex in Exchange)
+        )
         before = {ex: await env.truth(ex) for ex in Exchange}
         m = await env.scrape()
         after = {ex: await env.truth(ex) for ex in Exchange}
@@ -169,10 +171,24 @@ async def test_first_scrape_and_values_agree_with_truth() -> None:
         base_t = {ex: await env.truth(ex) for ex in Exchange}
         for ex in Exchange:
             await env.control(ex, "scenario", {"name": "cascade", "seconds": 0.5})  # short build-up, then the crash
-        await asyncio.sleep(4.0)
+        await env.control(Exchange.BINANCE, "advance", {"seconds": 4.0})  # the market is shared: all four
         for ex in Exchange:
             await env.control(ex, "scenario", {"name": "calm"})
-        await asyncio.sleep(1.5)
+
+        def sent(ex: Exchange, inst: str, side: str) -> int:
+            return int(env.sim.market.truth(ex)["instruments"][inst]["liquidations"][side]["count"])
+
+        def caught_up(m: dict[str, list[Sample]]) -> bool:
+            return all(
+                total(m, "fr_liquidations_total", exchange=ex.value, instrument=inst, side=side)
+                - total(base_m, "fr_liquidations_total", exchange=ex.value, instrument=inst, side=side)
+                >= sent(ex, inst, side) - base_t[ex]["instruments"][inst]["liquidations"][side]["count"]
+                for ex, insts in INSTRUMENTS.items()
+                for inst in insts
+                for side in ("long", "short")
+            )
+
+        await env.wait_metrics(caught_up, timeout=15)  # the exporter has counted what was published
         t1 = {ex: await env.truth(ex) for ex in Exchange}
         m1 = await env.scrape()
         t2 = {ex: await env.truth(ex) for ex in Exchange}
@@ -332,7 +348,10 @@ def test_select_all_perpetuals_capped_usdt_only() -> None:
 
 async def test_stop_during_startup_and_listen_error() -> None:
     # an exchange that accepts connections and never answers: startup would wait for its budget
+    accepted: list[int] = []
+
     async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
         await reader.read()  # until the exporter hangs up
         writer.close()
 
@@ -345,7 +364,7 @@ async def test_stop_during_startup_and_listen_error() -> None:
     stop = asyncio.Event()
     ready: list[int] = []
     task = asyncio.create_task(run_exporter(config, stop, ready.append))
-    await asyncio.sleep(0.3)
+    await wait_until(lambda: accepted, 10, what="the exporter to connect during startup")
     stop.set()
     await asyncio.wait_for(task, 10)  # deadlock guard, not a speed claim
     assert ready == []  # never served

@@ -3,6 +3,10 @@
 The baseline's probability for BTC must rise during the build-up, before the crash, and fall after
 the cascade once the market has calmed (the sidecar's memories are shortened to the simulator's
 time scale through configuration: volatility and flow half-lives of seconds, not hours).
+
+The simulator and the sidecar share a clock running SCALE times faster than wall time (ScaledClock):
+the sidecar's half-lives and volatility are in market seconds, its periods and this test's sampling
+are divided by SCALE. The same course of events, sampled as often, in a SCALE-th of the wall time.
 """
 
 from __future__ import annotations
@@ -16,13 +20,23 @@ import time
 from pathlib import Path
 
 import httpx
-from support import ROOT, free_port
+from support import ROOT, free_port, wait_until
 
 import exporter.app  # noqa: F401  # the exporter process needs it: fail here, not in the subprocess
+from exporter.clock import ScaledClock
 from exporter.config import Config, SidecarConfig
 from exporter.model import Exchange
 from exporter.sidecar.main import Sidecar
 from exporter.sim import main as sim_main
+
+SCALE = 12.0  # market seconds per wall second
+
+
+class MarketClock(ScaledClock):
+    """The simulator's scaled clock, also callable: the sidecar takes a ``() -> float`` clock."""
+
+    def __call__(self) -> float:
+        return self.time()
 
 
 def _exporter_config(sim: object, port: int, path: Path) -> None:
@@ -39,21 +53,22 @@ def _exporter_config(sim: object, port: int, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-async def _wait_state(url: str, deadline: float) -> None:
+async def _wait_state(url: str, timeout: float) -> None:
     async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
+
+        async def serves_btc() -> bool:
             try:
                 doc = (await client.get(f"{url}/api/state")).json()
-                if any(i.get("base") == "BTC" and i.get("mark_price") for i in doc.get("instruments", [])):
-                    return
             except (httpx.HTTPError, ValueError):
-                pass
-            await asyncio.sleep(0.2)
-    raise AssertionError("the exporter never served BTC in /api/state")
+                return False
+            return any(i.get("base") == "BTC" and i.get("mark_price") for i in doc.get("instruments", []))
+
+        await wait_until(serves_btc, timeout, interval=0.05, what="the exporter to serve BTC in /api/state")
 
 
 async def test_baseline_rises_before_cascade_and_falls_after(tmp_path: Path) -> None:
-    sim = sim_main.Simulator(seed=7, base_port=0)
+    clock = MarketClock(SCALE)
+    sim = sim_main.Simulator(seed=7, base_port=0, clock=clock)
     await sim.start()
     port = free_port()
     cfg_path = tmp_path / "exporter.yaml"
@@ -71,21 +86,21 @@ async def test_baseline_rises_before_cascade_and_falls_after(tmp_path: Path) -> 
     stop = asyncio.Event()
     runner: asyncio.Task[None] | None = None
     try:
-        await _wait_state(exporter_url, time.monotonic() + 20)
+        await _wait_state(exporter_url, 20)
         cfg = Config(
             sidecar=SidecarConfig(
                 exporter_url=exporter_url,
                 listen_address=f"127.0.0.1:{free_port()}",
                 db_path=tmp_path / "sim.sqlite",
-                interval_seconds=0.5,
-                event_poll_seconds=0.25,
+                interval_seconds=0.5 / SCALE,
+                event_poll_seconds=0.25 / SCALE,
                 bases=["BTC"],
                 vol_half_life_seconds=8.0,
                 flow_half_life_seconds=4.0,
                 event_threshold_usd=1_000_000.0,
             )
         )
-        sc = Sidecar(cfg)
+        sc = Sidecar(cfg, clock=clock)
         runner = asyncio.create_task(sc.run(stop))
         _, rest = sim.urls(Exchange.BINANCE)
         samples: list[tuple[float, str, float]] = []
@@ -99,16 +114,18 @@ async def test_baseline_rises_before_cascade_and_falls_after(tmp_path: Path) -> 
             return phase
 
         async with httpx.AsyncClient() as client:
-            end = time.monotonic() + 5
+            # the sampling sleeps pace the observation (as a chart's scrape interval), they wait for nothing
+            period = 0.25 / SCALE
+            end = time.monotonic() + 5 / SCALE
             while time.monotonic() < end:  # calm warm-up: volatility history
                 await sample(client)
-                await asyncio.sleep(0.25)
+                await asyncio.sleep(period)
             calm = [p for _, _, p in samples[-8:]]
             r = await client.post(f"{rest}/_sim/scenario", json={"name": "cascade", "seconds": 8})
             assert r.status_code == 200, r.text
             build: list[float] = []
             crash_seen = False
-            end = time.monotonic() + 40
+            end = time.monotonic() + 40 / SCALE
             while time.monotonic() < end:
                 phase = await sample(client)
                 if phase == "build":
@@ -117,12 +134,12 @@ async def test_baseline_rises_before_cascade_and_falls_after(tmp_path: Path) -> 
                     crash_seen = True
                 elif crash_seen:
                     break
-                await asyncio.sleep(0.25)
+                await asyncio.sleep(period)
             assert crash_seen, "the simulator never reached the crash"
-            end = time.monotonic() + 15  # calm again: flow and volatility memories decay
+            end = time.monotonic() + 15 / SCALE  # calm again: flow and volatility memories decay
             while time.monotonic() < end:
                 await sample(client)
-                await asyncio.sleep(0.25)
+                await asyncio.sleep(period)
         after = [p for _, _, p in samples[-4:]]
         crash = [p for _, ph, p in samples if ph == "crash"]
         trace = [(round(t - samples[0][0], 1), ph, round(p, 3)) for t, ph, p in samples]

@@ -14,9 +14,21 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from exporter.clock import VirtualClock
 from exporter.model import Exchange
 from exporter.sim.main import Simulator
 from exporter.sim.server import SimOptions
+
+
+@pytest.fixture
+async def vsim() -> AsyncIterator[Simulator]:
+    """The market on a VirtualClock: it moves only by ``POST /_sim/advance`` (deterministic, instant)."""
+    s = Simulator(seed=42, base_port=0, tick_seconds=0.1, clock=VirtualClock(1_767_225_600.0 + 600.0))
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.stop()
 
 
 @pytest.fixture
@@ -115,24 +127,22 @@ async def test_binance_combined_stream_live_subscribe_and_raw_mode(sim: Simulato
         assert msg["e"] == "markPriceUpdate"  # ws mode: the payload is not wrapped
 
 
-async def test_binance_force_orders_at_most_one_per_symbol_per_second(sim: Simulator) -> None:
-    ws_base, _ = sim.urls(Exchange.BINANCE)
-    got: list[dict[str, Any]] = []
+async def test_binance_force_orders_at_most_one_per_symbol_per_second(vsim: Simulator) -> None:
+    ws_base, _ = vsim.urls(Exchange.BINANCE)
     async with websockets.connect(ws_base + "/market/stream?streams=!forceOrder@arr") as ws:
-        await post(sim, Exchange.BINANCE, "/_sim/scenario", {"name": "cascade", "seconds": 0.5})
-        end = time.monotonic() + 4.5
-        while time.monotonic() < end:
-            try:
-                got.append(await recv_json(ws, end - time.monotonic()))
-            except TimeoutError:
-                break
-        t = await truth(sim, Exchange.BINANCE)
+        await post(vsim, Exchange.BINANCE, "/_sim/scenario", {"name": "cascade", "seconds": 0.5})
+        await post(vsim, Exchange.BINANCE, "/_sim/advance", {"seconds": 4.5})  # the build-up and 4 s of crash
+        t = await truth(vsim, Exchange.BINANCE)
+        pushed = sum(v["liquidations"][s]["count"] for v in t["instruments"].values() for s in ("long", "short"))
+        got = [await recv_json(ws) for _ in range(pushed)]
+        with pytest.raises(TimeoutError):
+            await recv_json(ws, 0.2)  # and nothing more: the market stands still
     seconds = [(m["data"]["o"]["s"], m["data"]["E"] // 1000) for m in got]
     assert got and len(seconds) == len(set(seconds))  # <= 1 per symbol per second
     assert {m["data"]["o"]["S"] for m in got} == {"SELL"}  # longs were liquidated in the crash
     sent = sum(v["liquidations"]["long"]["count"] for v in t["instruments"].values())
     every = sum(v["liquidations_all"]["long"]["count"] for v in t["instruments"].values())
-    assert len(got) <= sent < every  # the stream undercounts; truth reports both
+    assert len(got) == sent < every  # the stream undercounts; truth reports both
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,22 +194,22 @@ async def test_bybit_snapshot_then_deltas_with_only_changed_fields(sim: Simulato
     assert float(row["openInterest"]) == pytest.approx(2 * oi, rel=1e-3)
 
 
-async def test_bybit_all_liquidation_is_complete(sim: Simulator) -> None:
-    ws_base, _ = sim.urls(Exchange.BYBIT)
+async def test_bybit_all_liquidation_is_complete(vsim: Simulator) -> None:
+    ws_base, _ = vsim.urls(Exchange.BYBIT)
     n = 0
     async with websockets.connect(ws_base + "/v5/public/linear") as ws:
         await ws.send(json.dumps({"op": "subscribe", "args": ["allLiquidation.BTCUSDT", "allLiquidation.ETHUSDT"]}))
         assert (await recv_json(ws))["success"] is True
-        await post(sim, Exchange.BYBIT, "/_sim/scenario", {"name": "cascade", "seconds": 0.5})
-        end = time.monotonic() + 4.5
-        while time.monotonic() < end:
-            try:
-                m = await recv_json(ws, end - time.monotonic())
-            except TimeoutError:
-                break
+        await post(vsim, Exchange.BYBIT, "/_sim/scenario", {"name": "cascade", "seconds": 0.5})
+        await post(vsim, Exchange.BYBIT, "/_sim/advance", {"seconds": 4.5})
+        t = await truth(vsim, Exchange.BYBIT)
+        published = sum(v["liquidations"][s]["count"] for v in t["instruments"].values() for s in ("long", "short"))
+        while n < published:  # read what was published (recv_json's timeout guards a shortfall)
+            m = await recv_json(ws)
             assert m["topic"].startswith("allLiquidation.") and m["type"] == "snapshot"
             n += len(m["data"])
-        t = await truth(sim, Exchange.BYBIT)
+        with pytest.raises(TimeoutError):
+            await recv_json(ws, 0.2)  # and no more than that
     every = sum(v["liquidations_all"][s]["count"] for v in t["instruments"].values() for s in ("long", "short"))
     sent = sum(v["liquidations"][s]["count"] for v in t["instruments"].values() for s in ("long", "short"))
     assert n > 20 and n == sent
