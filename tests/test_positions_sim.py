@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from support import wait_until
+from support.clock import ManualClock as Clock
 
 from exporter.config import Config
 from exporter.metrics.positions import PositionCollector
@@ -132,7 +134,8 @@ async def test_account_positions_are_read_published_and_vanish_when_closed(
 ) -> None:
     await install_credentials(sim, creds)
     await open_positions(sim)
-    svc = PositionService(config(sim, tmp_path), MarketState(), environ=creds)
+    clock = Clock(time.time())  # polls are due when this clock says so (request signing uses wall time)
+    svc = PositionService(config(sim, tmp_path), MarketState(), environ=creds, clock=clock)
     await svc.step()
     views = {v.exchange: v for v in svc.views()}
     assert set(views) == {ex.value for ex in Exchange}
@@ -161,7 +164,7 @@ async def test_account_positions_are_read_published_and_vanish_when_closed(
     assert views["bybit"].settlements == 0
     await post(sim, Exchange.BYBIT, "/_sim/settle", {})
     for _ in range(3):
-        await asyncio.sleep(0.06)
+        clock.advance(0.06)  # one poll interval (0.05 s)
         await svc.step()
     bybit = next(v for v in svc.views() if v.exchange == "bybit")
     last = sim.market.get(Exchange.BYBIT, "BTCUSDT").history[-1]
@@ -170,7 +173,7 @@ async def test_account_positions_are_read_published_and_vanish_when_closed(
 
     await post(sim, Exchange.BINANCE, "/_sim/positions/close", {"instrument": "BTCUSDT"})
     await post(sim, Exchange.OKX, "/_sim/positions/close", {})
-    await asyncio.sleep(0.06)
+    clock.advance(0.06)
     await svc.step()
     assert {v.exchange for v in svc.views()} == {"bybit", "deribit"}
     out = render(svc)
@@ -291,14 +294,15 @@ async def test_settlement_accrues_exactly_once_also_across_a_restart(
         },
     ]
     cfg = config(sim, tmp_path, from_accounts=False, positions=positions)
-    svc = PositionService(cfg, MarketState(), environ=creds)
+    clock = Clock(time.time())
+    svc = PositionService(cfg, MarketState(), environ=creds, clock=clock)
     await svc.step()
     assert {v.position: v.settlements for v in svc.views()} == {"cfg-binance": 0, "cfg-okx": 0}
 
     await post(sim, Exchange.BINANCE, "/_sim/settle", {})
-    await asyncio.sleep(0.06)
+    clock.advance(0.06)
     await svc.step()
-    await asyncio.sleep(0.06)
+    clock.advance(0.06)
     await svc.step()  # the settlement seen again: no second accrual
     v = {x.position: x for x in svc.views()}
     assert v["cfg-binance"].settlements == 1 and v["cfg-okx"].settlements == 0
@@ -310,17 +314,28 @@ async def test_settlement_accrues_exactly_once_also_across_a_restart(
     await post(sim, Exchange.BINANCE, "/_sim/settle", {})  # ... a settlement happens while it is down
     await post(sim, Exchange.OKX, "/_sim/settle", {})
 
-    svc2 = PositionService(cfg, MarketState(), environ=creds)  # ... and it starts again on the same database
+    # ... and it starts again on the same database; its loop cycles every 20 ms
+    svc2 = PositionService(cfg, MarketState(), environ=creds, tick_seconds=0.02)
+    cycles = 0
+    step = svc2.step
+
+    async def counted_step() -> None:
+        nonlocal cycles
+        await step()
+        cycles += 1
+
+    svc2.step = counted_step  # type: ignore[method-assign]
     stop = asyncio.Event()
     task = asyncio.create_task(svc2.run(stop))
     try:
-        for _ in range(100):
-            await asyncio.sleep(0.05)
-            counts = {x.position: x.settlements for x in svc2.views()}
-            if counts == {"cfg-binance": 2, "cfg-okx": 1}:
-                break
-        await asyncio.sleep(0.3)  # several more cycles: still exactly one per settlement
-        counts = {x.position: x.settlements for x in svc2.views()}
+        await wait_until(
+            lambda: {x.position: x.settlements for x in svc2.views()} == {"cfg-binance": 2, "cfg-okx": 1},
+            timeout=10,
+            what="both settlements accrued after the restart",
+        )
+        seen = cycles
+        await wait_until(lambda: cycles >= seen + 8, timeout=10, what="more cycles")  # several polls more ...
+        counts = {x.position: x.settlements for x in svc2.views()}  # ... still exactly one per settlement
     finally:
         stop.set()
         await asyncio.wait_for(task, 5.0)
@@ -398,14 +413,16 @@ async def test_exporter_serves_positions_without_secrets(
     try:
         metrics = state = ""
         async with httpx.AsyncClient() as c:
-            for _ in range(150):
-                await asyncio.sleep(0.1)
+
+            async def served() -> bool:
+                nonlocal metrics, state
                 if not ports:
-                    continue
+                    return False
                 metrics = (await c.get(f"http://127.0.0.1:{ports[0]}/metrics")).text
                 state = (await c.get(f"http://127.0.0.1:{ports[0]}/api/state")).text
-                if 'position="bybit:BTCUSDT:long"' in metrics and "fr_liq_gap_pct{" in metrics:
-                    break
+                return 'position="bybit:BTCUSDT:long"' in metrics and "fr_liq_gap_pct{" in metrics
+
+            await wait_until(served, timeout=15, interval=0.1, what="positions in /metrics")
     finally:
         stop.set()
         await asyncio.wait_for(task, 15.0)

@@ -19,6 +19,7 @@ import orjson
 import pytest
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
+from support import wait_for
 from support.clock import ManualClock as Clock
 
 from exporter import __version__
@@ -210,14 +211,13 @@ def test_requests_are_logged_at_debug_only(served, caplog: pytest.LogCaptureFixt
     assert not [r for r in caplog.records if r.name == "exporter.server"]
     with caplog.at_level(logging.DEBUG, logger="exporter.server"):
         httpx.get(h.url + "/nope")
-        deadline = time.monotonic() + 5
-        # The line is written just after the response went out: give the server thread a moment.
-        while time.monotonic() < deadline:
-            lines = [r.getMessage() for r in caplog.records if r.name == "exporter.server"]
-            if any("GET /nope -> 404" in m for m in lines):
-                break
-            time.sleep(0.01)
-    assert any("GET /nope -> 404" in m for m in lines), lines
+        # The line is written just after the response went out, by the server thread: wait for it.
+        wait_for(
+            lambda: any("GET /nope -> 404" in r.getMessage() for r in caplog.records if r.name == "exporter.server"),
+            5,
+            interval=0.01,
+            what="the request log line",
+        )
     assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == "exporter.server")
 
 

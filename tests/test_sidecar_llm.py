@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support import free_port
+from support import free_port, wait_until
 from support.fakes import FakeExporter, FakeOpenAI, instrument, state
 
 from exporter.config import Config, ModelConfig, SidecarConfig
@@ -180,13 +180,8 @@ async def test_slow_model_does_not_delay_baseline_or_metrics(tmp_path: Path) -> 
         runner = asyncio.create_task(sc.run(stop))
         try:
             host_port = cfg.sidecar.listen_address
-            deadline = time.monotonic() + 2.0
             async with httpx.AsyncClient() as client:
-                while time.monotonic() < deadline:
-                    if ("baseline", "BTC") in sc.metrics.latest:
-                        break
-                    await asyncio.sleep(0.02)
-                assert ("baseline", "BTC") in sc.metrics.latest
+                await wait_until(lambda: ("baseline", "BTC") in sc.metrics.latest, 5, what="a baseline answer")
                 assert ("fake-gpt", "BTC") not in sc.metrics.latest  # still thinking
                 t0 = time.monotonic()
                 resp = await client.get(f"http://{host_port}/metrics")
@@ -195,8 +190,7 @@ async def test_slow_model_does_not_delay_baseline_or_metrics(tmp_path: Path) -> 
                 assert (await client.get(f"http://{host_port}/healthz")).status_code == 200
             # the poll loop keeps running while the slow call is in flight, and no second call piles up
             reads = exp.reads
-            await asyncio.sleep(0.3)
-            assert exp.reads > reads
+            await wait_until(lambda: exp.reads > reads, 5, what="another state read")
             assert len(llm.requests) == 1
         finally:
             stop.set()
@@ -234,8 +228,7 @@ async def test_threshold_event_triggers_prediction_and_exporter_outage_is_surviv
             await asyncio.sleep(0.2)
             assert len(llm.requests) == 2
             exp.fail = True  # exporter down: no crash, the last value stays
-            await asyncio.sleep(0.2)
-            assert sc.metrics.state_reads["error"] > 0
+            await wait_until(lambda: sc.metrics.state_reads["error"] > 0, 5, what="a failed state read")
             assert ("fake-gpt", "BTC") in sc.metrics.latest
             exp.fail = False
             exp.state["events"] = [{"seq": 1, "at": 4.0, "base": "BTC", "kind": "funding"}]  # exporter restarted

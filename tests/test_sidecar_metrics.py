@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
-from support import free_port
+from support import free_port, wait_until
 from support.fakes import VALID_ANSWER, FakeExporter, FakeOpenAI, FakeSlack, instrument, state
 
 from exporter.config import Config, ModelConfig, SidecarConfig, SlackConfig
@@ -82,10 +82,11 @@ async def test_metrics_endpoint_contract_and_no_secrets(
         task = asyncio.create_task(sc.run(stop))
         try:
             async with httpx.AsyncClient() as client:
-                for _ in range(100):
-                    if len(llm.requests) >= 2 and len(sc.metrics.latest) >= 3 and slack.messages:
-                        break
-                    await asyncio.sleep(0.03)
+                await wait_until(
+                    lambda: len(llm.requests) >= 2 and len(sc.metrics.latest) >= 3 and slack.messages,
+                    10,
+                    what="two model calls, three answers and a Slack message",
+                )
                 text = (await client.get(f"http://{listen}/metrics")).text
                 om = await client.get(f"http://{listen}/metrics", headers={"Accept": "application/openmetrics-text"})
                 health = await client.get(f"http://{listen}/healthz")

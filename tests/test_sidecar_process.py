@@ -8,11 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
-from support import ROOT, free_port
+from support import ROOT, free_port, wait_until
 from support.fakes import FakeExporter, instrument, state
 
 from exporter.config import Config, ModelConfig, SidecarConfig
@@ -42,15 +41,16 @@ async def test_sidecar_process_serves_metrics_and_stops_on_sigterm(tmp_path: Pat
         try:
             body = ""
             async with httpx.AsyncClient() as client:
-                deadline = time.monotonic() + 15
-                while time.monotonic() < deadline:
+
+                async def answered() -> bool:
+                    nonlocal body
                     try:
                         body = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
-                        if 'model="baseline"' in body and "fr_ai_risk_probability{" in body:
-                            break
                     except httpx.HTTPError:
-                        pass
-                    await asyncio.sleep(0.1)
+                        return False
+                    return 'model="baseline"' in body and "fr_ai_risk_probability{" in body
+
+                await wait_until(answered, 15, interval=0.1, what="the sidecar process to publish")
                 assert 'fr_ai_risk_probability{base="BTC",horizon="8h",model="baseline"}' in body
                 assert (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
         finally:

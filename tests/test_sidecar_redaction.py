@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from support import free_port
+from support import wait_until as _until
 from support.fakes import FakeExporter, FakeOpenAI, FakeSlack, instrument, state
 
 from exporter.config import Config, ModelConfig, SidecarConfig, SlackConfig
@@ -17,15 +15,6 @@ from exporter.sidecar.main import Sidecar
 KEY_ENV = "FR_TEST_REDACT_LLM_KEY"
 HOOK_ENV = "FR_TEST_REDACT_HOOK"
 LLM_KEY = "sk-test-redact-LLMKEY-9f3a1c"
-
-
-async def _until(cond: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 async def test_echoed_secrets_are_redacted_before_store_and_slack(

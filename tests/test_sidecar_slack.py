@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from support import free_port
+from support import wait_until as _until
 from support.fakes import VALID_ANSWER, FakeExporter, FakeOpenAI, FakeSlack, instrument, state
 
 from exporter.config import Config, ModelConfig, SidecarConfig, SlackConfig
@@ -26,15 +27,6 @@ TOKEN = "xoxb-test-SECRET-token-42"
 
 def _answer(level: str = "high", **kw: Any) -> RiskAnswer:
     return RiskAnswer.model_validate_json(json.dumps({**VALID_ANSWER, "risk_level": level, **kw}))
-
-
-async def _until(cond: Any, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 def test_sanitize_neutralises_markup_mentions_and_links() -> None:
@@ -68,15 +60,15 @@ async def test_webhook_messages_cooldown_and_levels(monkeypatch: pytest.MonkeyPa
         n = SlackNotifier(SlackConfig(webhook_url_env=WEBHOOK_ENV, cooldown_seconds=0.5))
         n.start()
         try:
-            assert n.notify("gpt", "BTC", 8, _answer("high"))
-            assert not n.notify("gpt", "BTC", 8, _answer("critical"))  # same base, inside cooldown
-            assert not n.notify("other", "BTC", 8, _answer("critical"))  # cooldown is per base asset
-            assert n.notify("gpt", "ETH", 8, _answer("critical"))
-            assert not n.notify("gpt", "SOL", 8, _answer("medium"))  # below high: no message
-            assert not n.notify("gpt", "SOL", 8, _answer("low"))
+            t = 1000.0  # the notifier's monotonic time, given explicitly: no waiting for the cooldown
+            assert n.notify("gpt", "BTC", 8, _answer("high"), now=t)
+            assert not n.notify("gpt", "BTC", 8, _answer("critical"), now=t + 0.4)  # same base, inside cooldown
+            assert not n.notify("other", "BTC", 8, _answer("critical"), now=t + 0.4)  # cooldown is per base asset
+            assert n.notify("gpt", "ETH", 8, _answer("critical"), now=t + 0.4)
+            assert not n.notify("gpt", "SOL", 8, _answer("medium"), now=t + 0.4)  # below high: no message
+            assert not n.notify("gpt", "SOL", 8, _answer("low"), now=t + 0.4)
             await _until(lambda: len(slack.messages) == 2)
-            await asyncio.sleep(0.6)
-            assert n.notify("gpt", "BTC", 8, _answer("critical"))  # cooldown over
+            assert n.notify("gpt", "BTC", 8, _answer("critical"), now=t + 0.6)  # cooldown over
             await _until(lambda: len(slack.messages) == 3)
             await asyncio.sleep(0.1)
             texts = [m["text"] for m in slack.messages]
