@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from exporter.clock import SYSTEM_CLOCK, Clock
 from exporter.config import Config, ExchangeConfig
 from exporter.feeds.base import Feed, FeedContext, WsPlan
 from exporter.feeds.connection import BackoffPolicy, FeedConnection
@@ -96,10 +97,13 @@ class Exporter:
         rest_policy: RestPolicy | None = None,
         backoff: BackoffPolicy | None = None,
         startup_budget_s: float = STARTUP_BUDGET_S,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.config = config
+        self.clock = clock  # state timestamps, backfill window, poll periods (tests: VirtualClock)
         a = config.analytics
         self.state = state or MarketState(
+            clock=clock.time,
             funding_event_rate_8h=a.funding_event_rate_8h,
             liquidation_event_usd_per_minute=a.liquidation_event_usd_per_minute,
             settlement_span_seconds=a.zscore_window_seconds + 86400.0,
@@ -285,7 +289,7 @@ class Exporter:
             log.warning("%s: funding info unavailable: %s", rt.exchange, exc)
 
     async def _backfill(self, rt: ExchangeRuntime) -> None:
-        end = time.time()
+        end = self.clock.time()
         start = end - self.config.analytics.zscore_window_seconds
         sem = asyncio.Semaphore(BACKFILL_CONCURRENCY)
         failed: list[str] = []
@@ -352,7 +356,7 @@ class Exporter:
                 pass  # counted by the client; the last good values stay until they go stale
             except Exception:
                 log.exception("%s poll failed", what)
-            await asyncio.sleep(period)
+            await self.clock.sleep(period)
 
     async def _per_instrument(self, rt: ExchangeRuntime, fetch: Callable[[str], Awaitable[Sequence[Any]]]) -> None:
         sem = asyncio.Semaphore(POLL_CONCURRENCY)
@@ -377,7 +381,7 @@ class Exporter:
                 if rt.listed
                 else min(INSTRUMENTS_RETRY_S, rt.cfg.poll.instruments_seconds)
             )
-            await asyncio.sleep(period)
+            await self.clock.sleep(period)
             try:
                 await self._load_instruments(rt)
                 self._sync_streams(rt)

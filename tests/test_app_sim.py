@@ -18,7 +18,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import wait_until
 
-from exporter.app import fallback_instrument, run_exporter, select_instruments
+from exporter.app import Exporter, fallback_instrument, run_exporter, select_instruments
+from exporter.clock import VirtualClock
 from exporter.config import Config, ExchangeConfig
 from exporter.model import Exchange, InstrumentInfo
 from exporter.sim import main as sim_main
@@ -376,3 +377,38 @@ async def test_stop_during_startup_and_listen_error() -> None:
         await asyncio.wait_for(run_exporter(config, asyncio.Event()), 10)
     server.close()
     await server.wait_closed()
+
+
+async def test_pollers_and_state_run_on_the_exporters_clock() -> None:
+    """The REST pollers wait on the exporter's Clock, and the state stamps what it receives with it: on a
+    VirtualClock a 10-minute open-interest period passes when the test advances it, not before."""
+    sim = sim_main.Simulator(seed=7, base_port=0)
+    await sim.start()
+    clock = VirtualClock(time.time())
+    cfg = make_config(sim, binance={"poll": {"open_interest_seconds": 600.0}})
+    for ex in Exchange:
+        cfg.exchanges[ex].enabled = ex is Exchange.BINANCE
+    exporter = Exporter(cfg, clock=clock)
+    stop = asyncio.Event()
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(exporter.run(stop, ready.set_result))
+    try:
+        await asyncio.wait_for(asyncio.shield(ready), 30)
+        oi = exporter.state.rest_endpoint(Exchange.BINANCE, "open_interest")
+        st = exporter.state.instruments[(Exchange.BINANCE, "BTCUSDT")]
+        # the first poll's value, stamped by the virtual clock
+        await wait_until(lambda: st.oi_at == clock.time(), what="the first open-interest poll")
+        assert oi.requests == 2  # one per instrument
+        await wait_until(lambda: clock.pending() > 0, what="the pollers waiting on the clock")
+        assert oi.requests == 2  # nothing more until the clock moves
+        clock.advance(599.0)
+        await asyncio.sleep(0.05)  # not due: give a wrongly woken poller the chance to show itself
+        assert oi.requests == 2
+        clock.advance(1.0)
+        await wait_until(lambda: oi.requests == 4, what="the second poll, once 600 s have passed on the clock")
+        await wait_until(lambda: st.oi_at == clock.time(), what="the new value, stamped at the new time")
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 15)
+        await sim.stop()
