@@ -80,6 +80,10 @@ class VirtualClock:
         """Sleepers still waiting (cancelled ones excluded)."""
         return sum(1 for _, _, f in self._sleepers if not f.done())
 
+    def deadlines(self) -> list[float]:
+        """When the sleepers wake, earliest first (tests wait until a task is asleep on the clock)."""
+        return sorted(d for d, _, f in self._sleepers if not f.done())
+
     def next_deadline(self) -> float | None:
         live = [d for d, _, f in self._sleepers if not f.done()]
         return min(live) if live else None

@@ -399,7 +399,8 @@ async def test_pollers_and_state_run_on_the_exporters_clock() -> None:
         # the first poll's value, stamped by the virtual clock
         await wait_until(lambda: st.oi_at == clock.time(), what="the first open-interest poll")
         assert oi.requests == 2  # one per instrument
-        await wait_until(lambda: clock.pending() > 0, what="the pollers waiting on the clock")
+        t_poll = clock.time()
+        await wait_until(lambda: t_poll + 600.0 in clock.deadlines(), what="the poller asleep on the clock")
         assert oi.requests == 2  # nothing more until the clock moves
         clock.advance(599.0)
         await asyncio.sleep(0.05)  # not due: give a wrongly woken poller the chance to show itself

@@ -64,3 +64,16 @@ async def test_scaled_clock_runs_faster_than_wall_time() -> None:
     await clock.sleep(20.0)  # 20 ms of wall time
     assert clock.time() - t0 >= 20.0
     assert SYSTEM_CLOCK.time() > 1.6e9
+
+
+async def test_deadlines_list_the_live_sleepers() -> None:
+    clock = VirtualClock(100.0)
+    tasks = [asyncio.create_task(clock.sleep(dt)) for dt in (5.0, 2.0)]
+    await asyncio.sleep(0)
+    assert clock.deadlines() == [102.0, 105.0]
+    tasks[1].cancel()
+    await asyncio.sleep(0)
+    assert clock.deadlines() == [105.0]
+    clock.advance(5.0)
+    await tasks[0]
+    assert clock.deadlines() == []
