@@ -193,7 +193,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ListenError as exc:
         return _fail(exc.strerror or str(exc), EXIT_LISTEN)
     log.info("%s", banner(config, args.config, security.scheme))
-    if config.positions and not security.auth_required:
+    host, _ = parse_listen_address(config.listen_address)
+    if config.positions and not security.auth_required and host not in ("127.0.0.1", "::1", "localhost"):
+        # /api/state shows sizes and liquidation prices to whoever can reach the port
         log.warning("positions are configured and /api/state has no authentication: see README, Security")
     threading.Thread(target=_reachability, args=(config,), name="reachability", daemon=True).start()
     from exporter.app import run_exporter

@@ -158,6 +158,21 @@ def test_mtls_on_the_exporter(pki: dict[str, object]) -> None:
         check_mtls(url, pki)
 
 
+async def test_sidecar_client_certificate_for_an_mtls_exporter(pki: dict[str, object], tmp_path: Path) -> None:
+    ca_file, cert_file = tmp_path / "exporter-ca.pem", tmp_path / "client.pem"
+    pki["ca"].cert_pem.write_to_path(str(ca_file))  # type: ignore[attr-defined]
+    pki["client"].private_key_and_cert_chain_pem.write_to_path(str(cert_file))  # type: ignore[attr-defined]
+    with exporter(pki["web"]) as url:  # type: ignore[arg-type]
+        sc = SidecarConfig(exporter_url=url, exporter_client={"ca_file": ca_file, "cert_file": cert_file})
+        async with exporter_client(sc) as client:
+            assert (await client.get("/api/state")).status_code == 200
+        no_cert = SidecarConfig(exporter_url=url, exporter_client={"ca_file": ca_file})
+        async with exporter_client(no_cert) as client:
+            # TLS 1.3: the server's refusal arrives after the client's handshake, as an SSL alert
+            with pytest.raises((httpx.HTTPError, ssl.SSLError)):
+                (await client.get("/api/state")).raise_for_status()
+
+
 async def test_mtls_on_the_sidecar(pki: dict[str, object]) -> None:
     async with sidecar(pki["web"]) as url:  # type: ignore[arg-type]
         await asyncio.to_thread(check_mtls, url, pki)
