@@ -64,7 +64,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Clock, MarketState
             "exchanges": {"binance": {"credentials": {"api_key_env": "FR_TEST_API_KEY"}}},
         }
     )
-    reg = build_registry(cfg, state)
+    reg = build_registry(cfg, state, process=False)  # two scrapes are compared: CPU seconds would move
     handle = start_server(cfg, state, reg, extra_api=lambda: {"positions": [{"position": "carry-btc", "size": 1.0}]})
     try:
         yield clock, state, handle
