@@ -3,6 +3,7 @@ metric name the rules, promtool tests, dashboards and runbook use is declared th
 
 from __future__ import annotations
 
+import ast
 import io
 import re
 import tokenize
@@ -130,3 +131,40 @@ def test_the_mixin_spells_no_metric_name_itself(path: Path) -> None:
     ]
     spelled = [(line, name) for line, text in literals for name in NAME.findall(text)]
     assert not spelled, f"{path.name} spells family names instead of using the catalog: {spelled}"
+
+
+COLLECTOR_MODULES = [
+    *(p for p in sorted((ROOT / "exporter" / "metrics").glob("*.py")) if p.name != "catalog.py"),
+    ROOT / "exporter" / "sidecar" / "metrics.py",
+]
+
+
+def _string_constants_outside_docstrings(tree: ast.AST) -> list[tuple[int, str]]:
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+    ]
+
+
+@pytest.mark.parametrize("path", COLLECTOR_MODULES, ids=lambda p: p.name)
+def test_collectors_declare_no_family_themselves(path: Path) -> None:
+    """Each family is declared once, in the catalog: a collector names none in its code (its
+    docstring may show an example exposition)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    spelled = [(line, name) for line, text in _string_constants_outside_docstrings(tree) for name in NAME.findall(text)]
+    assert not spelled, f"{path.name} names families itself instead of using exporter/metrics/catalog.py: {spelled}"
+
+
+def test_the_collector_guard_sees_a_spelled_family() -> None:
+    tree = ast.parse('"""Doc: fr_up."""\nx = Spec("fr_up", "gauge", "h")\n')
+    found = [name for _, text in _string_constants_outside_docstrings(tree) for name in NAME.findall(text)]
+    assert found == ["fr_up"]
