@@ -76,9 +76,9 @@ and `process_virtual_memory_bytes` (bytes), `process_cpu_seconds_total` (user + 
 """
 
 
-def _labels(m: MetricDef) -> str:
+def _labels(fam: MetricDef) -> str:
     """Label column: the market and position label groups by name, other labels in code spans."""
-    labels = m.labels
+    labels = fam.labels
     text = ""
     for group, prefix in (("market", MARKET_LABELS), ("position", POSITION_LABELS)):
         if labels[: len(prefix)] == prefix:
@@ -87,16 +87,20 @@ def _labels(m: MetricDef) -> str:
             break
     else:
         text = ", ".join(f"`{name}`" for name in labels) if labels else "—"
-    return f"{text} {m.label_note}" if m.label_note else text
+    return f"{text} {fam.label_note}" if fam.label_note else text
 
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _row(m: MetricDef) -> str:
-    name = f"`{m.name}`" + (" (**fixed**)" if m.fixed else "")
-    cells = (name, m.kind, _labels(m), m.unit, m.doc)
+def _row(fam: MetricDef) -> str:
+    name = f"`{fam.name}`" + (" (**fixed**)" if fam.fixed else "")
+    meaning = fam.doc
+    if fam.deprecated_by:
+        name += " (**deprecated**)"
+        meaning = f"Deprecated alias of `{fam.deprecated_by}`, removed in a later release. {meaning}"
+    cells = (name, fam.kind, _labels(fam), fam.unit, meaning)
     return "| " + " | ".join(_cell(c) for c in cells) + " |"
 
 
@@ -107,6 +111,6 @@ def metrics_markdown() -> str:
         if section.intro:
             parts.append(section.intro + "\n\n")
         parts.append("| series | type | labels | unit | meaning |\n|---|---|---|---|---|\n")
-        parts.extend(_row(m) + "\n" for m in m.in_section(section.key))
+        parts.extend(_row(fam) + "\n" for fam in m.in_section(section.key))
     parts.append("\n" + FOOTER)
     return "".join(parts)

@@ -36,7 +36,9 @@ def test_every_catalog_family_is_documented_with_its_unit() -> None:
     text = (ROOT / docs.PATH).read_text(encoding="utf-8")
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| `fr_")}
     for m in FAMILIES.values():
-        row = rows.get(f"`{m.name}`" + (" (**fixed**)" if m.fixed else ""))
+        row = rows.get(
+            f"`{m.name}`" + (" (**fixed**)" if m.fixed else "") + (" (**deprecated**)" if m.deprecated_by else "")
+        )
         assert row is not None, f"{m.name} has no row in docs/metrics.md"
         cells = [c.strip() for c in row.split("|")[2:-1]]
         assert cells[0] == m.kind and cells[2] == m.unit, row
@@ -168,3 +170,46 @@ def test_the_collector_guard_sees_a_spelled_family() -> None:
     tree = ast.parse('"""Doc: fr_up."""\nx = Spec("fr_up", "gauge", "h")\n')
     found = [name for _, text in _string_constants_outside_docstrings(tree) for name in NAME.findall(text)]
     assert found == ["fr_up"]
+
+
+CONTRACT = ROOT.parent / "shared" / "contract" / "metrics.md"
+# Known differences from the contract, each with the issue that resolves it. An entry that no longer
+# differs fails the test, so the list shrinks as the work lands.
+CONTRACT_TYPE_EXCEPTIONS = {
+    "fr_funding_pnl_usd_total": "issue 14: the contract's gauge fr_funding_pnl_usd, this name a deprecated alias",
+}
+
+
+def contract_types(path: Path) -> dict[str, str]:
+    """series name -> the type cell of its row in the contract's tables."""
+    out: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
+        if len(cells) >= 2:
+            out.update(dict.fromkeys(re.findall(r"`(fr_[a-z0-9_]+)`", cells[0]), cells[1]))
+    return out
+
+
+def test_catalog_types_agree_with_the_contract() -> None:
+    if not CONTRACT.is_file():
+        pytest.skip(f"metric contract not found at {CONTRACT}")
+    types = contract_types(CONTRACT)
+    assert types.get("fr_funding_zscore") == "gauge" and "histogram" in types["fr_ai_request_duration_seconds"]
+    differ = {n for n, m in FAMILIES.items() if n in types and m.kind not in types[n]}
+    assert differ == set(CONTRACT_TYPE_EXCEPTIONS), (
+        f"types differing from the contract: {sorted(differ)}; known: {sorted(CONTRACT_TYPE_EXCEPTIONS)}"
+    )
+
+
+def test_a_deprecated_alias_keeps_its_old_name_and_says_so() -> None:
+    """The contract's renames (a counter-style name on what is now a gauge) keep the old name for a
+    release: the catalog accepts it only as a deprecated alias, and the docs row names the successor."""
+    try:
+        alias = catalog._def(
+            "fr_old_level_total", "gauge", "positions", (), "USD", "h", "Net value.", deprecated_by="fr_old_level"
+        )
+        row = docs._row(alias)
+        assert row.startswith("| `fr_old_level_total` (**deprecated**) | gauge |")
+        assert "Deprecated alias of `fr_old_level`" in row and row.endswith("Net value. |")
+    finally:
+        FAMILIES.pop("fr_old_level_total", None)

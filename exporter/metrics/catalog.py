@@ -10,7 +10,9 @@ tests/test_golden.py shows the change.
 
 A HELP text may hold ``{placeholders}`` for configured values (windows, fees); the collector fills
 them when it builds the family (``help_params`` names them). Counters are declared with their
-sample name, ending in ``_total``, as they appear in the text format and in PromQL.
+sample name, ending in ``_total``, as they appear in the text format and in PromQL. A renamed
+family keeps its old name for a release as a second declaration with ``deprecated_by`` (the docs
+mark it; the old name may break the ``_total`` rule, as the contract's gauge renames do).
 
 This module imports nothing from the rest of the exporter but the renderer's ``Spec``, so the
 mixin can read it without a configuration or a state.
@@ -75,6 +77,7 @@ class MetricDef:
     section: str
     fixed: bool = False  # the contract fixes this name
     label_note: str = ""  # shown after the label names in the docs (e.g. the values of a label)
+    deprecated_by: str = ""  # the family that replaces this one (kept for a release beside it)
 
     def __str__(self) -> str:
         return self.name
@@ -141,14 +144,16 @@ def _def(
     *,
     fixed: bool = False,
     label_note: str = "",
+    deprecated_by: str = "",
 ) -> MetricDef:
     if name in FAMILIES:
         raise ValueError(f"{name} declared twice")
     if section not in _SECTION_KEYS:
         raise ValueError(f"{name}: unknown section {section!r}")
-    if (kind == "counter") != name.endswith("_total"):
+    # a deprecated alias keeps its old name whatever its type now is (the contract's renames)
+    if (kind == "counter") != name.endswith("_total") and not deprecated_by:
         raise ValueError(f"{name}: counters, and only counters, end in _total")
-    m = MetricDef(name, kind, tuple(labels), unit, help, doc, section, fixed, label_note)
+    m = MetricDef(name, kind, tuple(labels), unit, help, doc, section, fixed, label_note, deprecated_by)
     FAMILIES[name] = m
     return m
 
