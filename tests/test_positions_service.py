@@ -489,7 +489,7 @@ def test_hit_probability_is_absent_when_the_liquidation_price_is_unknown(tmp_pat
         exchange_liq_price=40_000.0,
         mark_price=50_000.0,
     )
-    svc._account[Exchange.BYBIT] = (clock.t, [unknown, known])
+    svc.accounts.put(Exchange.BYBIT, clock.t, [unknown, known])
     svc.tick()
     views = {v.position: v for v in svc.views()}
     assert views["acct-cross"].hit_probability == {} and views["acct-cross"].liq_gap_pct is None

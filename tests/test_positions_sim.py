@@ -357,7 +357,7 @@ async def test_secrets_appear_in_no_log_metric_or_row(
         # the second run signs wrongly: Bybit's error message then echoes the signed string
         svc = PositionService(config(sim, tmp_path / str(len(texts))), MarketState(), environ=env)
         await svc.step()
-        texts += [render(svc), json.dumps(svc.api_rows()), repr(svc.health()), repr(svc._keys)]
+        texts += [render(svc), json.dumps(svc.api_rows()), repr(svc.health()), repr(svc.accounts.keys)]
         texts += [str(e) for e in svc.config_errors]
         svc.store.close()
     texts.append(caplog.text)
@@ -504,10 +504,10 @@ async def test_account_reads_go_through_the_exchanges_rate_limit_gate_and_are_co
     api = rest_api_for(ex, client, feed_for(ex), FeedContext(ex, {}))
     svc = PositionService(config(sim, tmp_path), state, environ=creds, rest={ex: api})
     try:
-        await svc.poll_accounts()
+        await svc.accounts.poll(svc.store.forget_first_seen)
         assert state.rest[(ex, "account_positions")].requests == 1
         assert state.rest[(ex, "account_adl")].requests == 1
-        assert {p.exchange for p in svc.account_positions()} == set(Exchange)
+        assert {p.exchange for p in svc.accounts.positions()} == set(Exchange)
         sent = await sim_private_requests(sim, ex)
 
         # a 429 on market data closes Binance's gate for 2 s: the account read waits at it
@@ -515,7 +515,7 @@ async def test_account_reads_go_through_the_exchanges_rate_limit_gate_and_are_co
         with pytest.raises(RestError):
             await api.open_interest("BTCUSDT")
         assert state.rest[(ex, "open_interest")].failures == {"rate_limited": 1}
-        task = asyncio.create_task(svc.poll_accounts())
+        task = asyncio.create_task(svc.accounts.poll(svc.store.forget_first_seen))
         for _ in range(500):
             if gate_clock.pending():
                 break
@@ -527,14 +527,14 @@ async def test_account_reads_go_through_the_exchanges_rate_limit_gate_and_are_co
         await asyncio.wait_for(task, 10.0)
         assert await sim_private_requests(sim, ex) == sent + 2  # positionRisk + adlQuantile, after the wait
         assert state.rest[(ex, "account_positions")].requests == 2
-        assert svc.failures == {}
+        assert svc.accounts.failures == {}
 
         # a ban further away than a call may wait: the read fails at once, nothing is sent
         await post(sim, ex, "/_sim/fault", {"kind": "rest_429", "seconds": 300, "count": 1})
         with pytest.raises(RestError):
             await api.open_interest("BTCUSDT")
-        await svc.poll_accounts()
-        assert svc.failures == {(ex.value, "rate_limited"): 1}
+        await svc.accounts.poll(svc.store.forget_first_seen)
+        assert svc.accounts.failures == {(ex.value, "rate_limited"): 1}
         assert await sim_private_requests(sim, ex) == sent + 2
         assert state.rest[(ex, "account_positions")].requests == 2
         svc.tick()

@@ -8,6 +8,8 @@ skips that one position (the rest of the exporter keeps running) and yields a
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +18,8 @@ from exporter.analytics.risk import tier_for
 from exporter.config import Config, PositionConfig
 from exporter.model import Exchange, Side, Tier
 from exporter.positions.model import Hedge, Position
+
+log = logging.getLogger("exporter.positions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,3 +184,55 @@ def unknown_instrument(config: Config, listed: set[str], p: Position) -> tuple[s
     if p.instrument in listed | set(config.instruments_for(p.exchange)):
         return None
     return "instrument", f"unknown instrument {p.instrument!r} on {p.exchange.value}"
+
+
+class ConfiguredPositions:
+    """The configured positions that passed their checks, and the errors of the ones skipped
+    (counted by field in ``fr_position_config_errors_total``, logged with index and name)."""
+
+    def __init__(
+        self,
+        config: Config,
+        listed: Callable[[Exchange], set[str]],
+        tiers_for: Callable[[Position], Sequence[Tier]],
+        contract_size_for: Callable[[Exchange, str], float],
+    ) -> None:
+        self.config = config
+        self.listed = listed
+        self.errors: list[PositionConfigError] = []
+        self.by_field: Counter[str] = Counter()
+        good, errors = load_positions(config, self._known, tiers_for, contract_size_for)
+        # Entries that failed validation when the file was loaded (negative size...) were left out.
+        for issue in config.position_issues:
+            self._error(PositionConfigError(issue.index, issue.name, issue.field, issue.message))
+        for e in errors:
+            self._error(e)
+        self.positions = good
+        follow_all = {ex for ex, ec in config.exchanges.items() if ec.all_perpetuals}
+        self._unchecked_listing = any(p.exchange in follow_all for p in good)
+
+    def _known(self, ex: Exchange) -> set[str] | None:
+        listed = self.listed(ex)
+        ec = self.config.exchanges.get(ex)
+        if ec is not None and ec.all_perpetuals and not listed:
+            return None  # the instrument list is loaded later; checked then
+        return listed | set(self.config.instruments_for(ex))
+
+    def _error(self, e: PositionConfigError) -> None:
+        self.errors.append(e)
+        self.by_field[e.field] += 1
+        log.error("position skipped: %s", e)
+
+    def recheck(self, problem: Callable[[Position], tuple[str, str] | None]) -> None:
+        self.positions, errors = recheck(self.config, self.positions, problem)
+        for e in errors:
+            self._error(e)
+
+    def recheck_leverage(self, tiers_for: Callable[[Position], Sequence[Tier]]) -> None:
+        """Published tiers arrived: a configured leverage above the real tier maximum is an error too."""
+        self.recheck(lambda p: ("leverage", m) if (m := check_leverage(p, tiers_for(p))) else None)
+
+    def recheck_instruments(self) -> None:
+        """Exchanges following all perpetuals: configured instruments checked once the list is loaded."""
+        if self._unchecked_listing:
+            self.recheck(lambda p: unknown_instrument(self.config, self.listed(p.exchange), p))
