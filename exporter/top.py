@@ -229,7 +229,12 @@ def _url(args: argparse.Namespace) -> str:
         host, port = cfg.listen_address.rsplit(":", 1)
         host = host.strip("[]")
         host = "127.0.0.1" if host in ("", "0.0.0.0") else ("::1" if host == "::" else host)
-        scheme = "https" if cfg.web_config_file is not None or cfg.tls is not None else "http"
+        tls = cfg.tls is not None
+        if cfg.web_config_file is not None:
+            from exporter.web import load_web_config
+
+            tls = load_web_config(cfg.web_config_file).tls_server_config is not None
+        scheme = "https" if tls else "http"
         return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
     return "http://127.0.0.1:9466"
 
