@@ -261,6 +261,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"fr-exporter: {exc}", file=sys.stderr)
         return 1
+    # the web configs (TLS files, bcrypt hashes) as the exporter and the sidecar would load them
+    from exporter.server import security_for
+    from exporter.web import WebSecurity
+
+    try:
+        security_for(config)
+        WebSecurity.from_file(config.sidecar.web_config_file)
+    except ConfigError as exc:
+        print(f"fr-exporter: {exc}", file=sys.stderr)
+        return 1
     for issue in config.position_issues:
         print(f"fr-exporter: position skipped: {issue.message}", file=sys.stderr)
     exchanges = ", ".join(

@@ -103,6 +103,18 @@ def test_missing_tls_files_are_named_not_reported_as_cannot_listen(tmp_path: Pat
     assert r.returncode == 2 and len(lines(r.stderr)) == 1 and "a.crt" in r.stderr
 
 
+def test_check_config_loads_the_web_configs(tmp_path: Path) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users: {prometheus: not-a-hash}\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"web_config_file: {web}\n")
+    r = cli("check-config", str(cfg))
+    assert r.returncode == 1 and "not a bcrypt hash" in r.stderr
+    cfg.write_text(f"sidecar: {{web_config_file: {tmp_path}/missing.yml}}\n")
+    r = cli("check-config", str(cfg))
+    assert r.returncode == 1 and "cannot read web config file" in r.stderr and "missing.yml" in r.stderr
+
+
 def test_check_config_counts_invalid_positions_not_errors(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
