@@ -15,6 +15,8 @@ from support import ROOT, SHARED, free_port
 
 __all__ = ["ROOT", "SHARED", "free_port"]  # older tests import these from conftest
 
+pytest_plugins = ["pytester"]  # test_suite_rules runs the suite's own hooks on a throwaway test file
+
 
 def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -29,7 +29,7 @@ from exporter.model import Exchange
 from exporter.sidecar.main import Sidecar
 from exporter.sim import main as sim_main
 
-SCALE = 12.0  # market seconds per wall second
+SCALE = 6.0  # market seconds per wall second
 
 
 class MarketClock(ScaledClock):

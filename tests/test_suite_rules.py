@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from support import ROOT
 
 TESTS = ROOT / "tests"
@@ -79,18 +80,17 @@ def test_plain():
 """
 
 
-def test_a_skip_fails_the_run_in_ci(tmp_path: Path) -> None:
-    (tmp_path / "test_one.py").write_text(SKIPPING)
-    (tmp_path / "conftest.py").write_text((TESTS / "conftest.py").read_text())
-    base = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs", "-q", str(tmp_path)]
-    env = {"PYTHONPATH": f"{TESTS}:{ROOT}", "PATH": "/usr/bin:/bin"}
-
-    def run(**extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(base, cwd=tmp_path, env={**env, **extra}, capture_output=True, text=True, timeout=120)
-
-    local = run()
-    assert local.returncode == 0, local.stdout
-    assert "SKIPPED [1]" in local.stdout and "sometool not installed" in local.stdout  # -rs names the reason
-    ci = run(CI="true")
-    assert ci.returncode == 1, ci.stdout
-    assert "1 failed, 1 passed" in ci.stdout and "skipped in CI" in ci.stdout, ci.stdout
+def test_a_skip_fails_the_run_in_ci(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makepyfile(test_one=SKIPPING)
+    pytester.makeconftest((TESTS / "conftest.py").read_text())  # the suite's own hooks
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    monkeypatch.delenv("CI", raising=False)
+    local = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rs", "-q")
+    assert local.ret == 0, local.outlines
+    local.assert_outcomes(passed=1, skipped=1)
+    assert any("SKIPPED [1]" in line and "sometool not installed" in line for line in local.outlines)  # -rs
+    monkeypatch.setenv("CI", "true")
+    ci = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-rs", "-q")
+    assert ci.ret == 1
+    ci.assert_outcomes(passed=1, failed=1)
+    assert any("skipped in CI" in line for line in ci.outlines), ci.outlines
