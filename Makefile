@@ -29,13 +29,17 @@ lint: install
 tools:
 	@bash .ci/tools
 
-# -rs prints the reason of every skip; with CI=true a skip fails the run (tests/conftest.py)
+# -rs prints the reason of every skip; with CI=true a skip fails the run (tests/conftest.py).
+# Two workers, one test file each at a time (the e2e stack is module-scoped and ordered): the long
+# Prometheus/Alertmanager tests run beside the rest. PYTEST_N=0 runs in one process.
+PYTEST_N ?= 2
+PYTEST_PAR = $(if $(filter 0,$(PYTEST_N)),,-n $(PYTEST_N) --dist loadfile)
 test: install lint tools
-	$(BIN)/pytest -q -p no:cacheprovider -rs $(PYTEST_ARGS)
+	$(BIN)/pytest -q -p no:cacheprovider -rs $(PYTEST_PAR) $(PYTEST_ARGS)
 
 # everything but the end-to-end tests (no external tools needed)
 test-fast: install
-	$(BIN)/pytest -q -p no:cacheprovider -rs -m "not e2e" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -p no:cacheprovider -rs -m "not e2e" $(PYTEST_PAR) $(PYTEST_ARGS)
 
 bench: install
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
