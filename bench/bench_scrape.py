@@ -134,7 +134,7 @@ def build_state(
             )
         for stream in ("markPrice", "forceOrder", "tickers"):
             h = state.stream(ex, stream)
-            h.connected, h.last_message_at, h.messages = True, now, 1000
+            h.connected, h.last_message_at, h.last_parsed_at, h.messages = True, now, now, 1000
         for ep in ("openInterest", "fundingRate", "longShortRatio", "exchangeInfo"):
             r = state.rest_endpoint(ex, ep)
             r.requests, r.last_success_at = 100, now

@@ -56,6 +56,27 @@ def instrument_row(v: InstrumentView, now: float) -> dict[str, Any]:
     }
 
 
+def _finite_or_none(x: Any) -> Any:
+    """A non-finite float in a row becomes null (orjson would write null too, but silently)."""
+    if type(x) is float and x - x != 0.0:
+        return None
+    if type(x) is dict:
+        return {k: _finite_or_none(v) for k, v in x.items()}
+    return x
+
+
+def _rows(views: MarketViews, rows: list[InstrumentView], now: float) -> list[dict[str, Any]]:
+    """One row per instrument; a row that cannot be built is left out (counted), never a 500."""
+    out = []
+    for v in rows:
+        try:
+            out.append({k: _finite_or_none(x) for k, x in instrument_row(v, now).items()})
+        except Exception:
+            views.errors.count("api_state")
+            log.warning("/api/state: row of %s %s failed", v.st.info.exchange, v.st.info.instrument, exc_info=True)
+    return out
+
+
 def exchanges_block(config: Config, state: MarketState, now: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
     streams = sorted(list(state.streams.items()))
@@ -67,6 +88,7 @@ def exchanges_block(config: Config, state: MarketState, now: float) -> dict[str,
                     "stream": name,
                     "connected": h.connected,
                     "last_message_age_seconds": now - h.last_message_at if h.last_message_at > 0.0 else None,
+                    "last_parsed_age_seconds": now - h.last_parsed_at if h.last_parsed_at > 0.0 else None,
                     "messages": h.messages,
                     "reconnects": h.reconnects,
                     "parse_errors": h.parse_errors,
@@ -88,7 +110,7 @@ def build_state_document(
         "generated_at": now,
         "version": __version__,
         "exchanges": exchanges_block(config, state, now),
-        "instruments": [instrument_row(v, now) for v in rows],
+        "instruments": _rows(views, rows, now),
         "positions": [],
         "events": [
             {

@@ -226,7 +226,7 @@ class Exporter:
     def _runtime(self, ex: Exchange, cfg: ExchangeConfig) -> ExchangeRuntime:
         feed = self.feed_factory(ex)
         ws_base, rest_base = self.config.urls_for(ex)
-        ctx = FeedContext(exchange=ex, instruments={})
+        ctx = FeedContext(exchange=ex, instruments={}, clock=self.state.clock)  # timestamps near now
         client = RestClient(ex, rest_base, self.sink, policy=self.rest_policy)
         rest = rest_api_for(ex, client, feed, ctx)
         return ExchangeRuntime(ex, cfg, feed, ctx, client, rest, ws_base, self.config.instruments_for(ex))

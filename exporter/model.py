@@ -73,6 +73,9 @@ class MarketUpdate:
     # True when the message is a snapshot or delta of a whole ticker (Bybit): fields it leaves out
     # are unchanged *and still current*, so every value already known is fresh as of this message.
     confirms_ticker: bool = False
+    # True for a snapshot of a snapshot+delta stream (Bybit "type":"snapshot"): a fresh baseline
+    # after which the deltas of the same session may confirm the fields they leave out.
+    snapshot: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +186,12 @@ Record = (
 
 
 class ParseError(ValueError):
-    """A frame that cannot be turned into records. The caller counts it and changes nothing."""
+    """A frame that cannot be turned into records. The caller counts it (by ``reason``, one of
+    ``exporter.feeds.validate.REASONS``) and changes nothing."""
+
+    def __init__(self, message: str, reason: str = "bad_shape") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def base_of(exchange: Exchange, instrument: str) -> tuple[str, str]:

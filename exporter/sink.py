@@ -26,10 +26,14 @@ class StreamHealth:
     stream: str
     connected: bool = False
     last_message_at: float = 0.0
+    last_parsed_at: float = 0.0  # last frame that parsed into data (fr_up follows this one)
     messages: int = 0
     reconnects: int = 0
     parse_errors: int = 0
+    parse_error_reasons: dict[str, int] = field(default_factory=dict)  # ParseError.reason -> count
     subscription_errors: int = 0
+    resyncs: int = 0  # fresh snapshots asked for after a parse error (snapshot+delta streams)
+    short_sessions: int = 0  # connections that dropped soon after opening (no backoff reset)
 
 
 @dataclass(slots=True)

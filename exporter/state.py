@@ -248,6 +248,7 @@ class MarketState:
         self.insurance: dict[tuple[Exchange, str], tuple[float, float]] = {}  # -> (balance_usd, at)
         self.exchanges: set[Exchange] = set()  # configured exchanges: fr_up is always present for them
         self.unknown_instrument_updates = 0
+        self.rejected_records = 0  # records with a value no parser should have let through (see apply)
         # What a stored value implies beyond itself is decided by small trackers (exporter.trackers).
         log = EventLog()
         self.events: deque[ThresholdEvent] = log.events
@@ -417,6 +418,9 @@ class MarketState:
             return
         at = liq.event_time or now
         side, usd = liq.side, liq.notional_usd
+        if not 0.0 <= usd < 1e15:  # a counter never takes a NaN, infinite or negative increment
+            self.rejected_records += 1
+            return
         st.liq_count[side] += 1
         st.liq_notional_usd[side] += usd
         recent = st.liq_recent

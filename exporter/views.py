@@ -13,12 +13,16 @@ Nothing here writes to state, knows about Prometheus, or does I/O.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
 import time
 from bisect import bisect_left
 from collections.abc import Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any
 
 from exporter.analytics import funding as fa
 from exporter.analytics.cross import FundingPoint
@@ -30,6 +34,7 @@ __all__ = [
     "LIQ_FLOW_WINDOW_SECONDS",
     "InstrumentView",
     "MarketViews",
+    "RenderErrors",
     "ages",
     "exchange_up",
     "fresh_insurance",
@@ -38,7 +43,36 @@ __all__ = [
     "oi_change_1h",
 ]
 
+log = logging.getLogger(__name__)
+
 YIELD_EVERY_INSTRUMENTS = 500
+# After a settlement the exchanges push the next settlement time within seconds; a next-funding
+# time older than this means the rate is the settled one, stale by definition.
+NEXT_FUNDING_GRACE_S = 60.0
+
+
+class RenderErrors:
+    """Series left out of a scrape because building or rendering them failed, per collector
+    (``fr_render_errors_total{collector}``): an instrument whose view raised or held a non-finite
+    value (market), a base whose cross-exchange figures raised (cross), an /api/state row, a
+    non-finite sample, a whole collector that raised.
+
+    Written by the scrape threads, read by the health collector; a lock keeps the counts exact.
+    """
+
+    __slots__ = ("_counts", "_lock")
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def count(self, collector: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[collector] = self._counts.get(collector, 0) + n
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
 
 
 def _yield_gil() -> None:
@@ -89,12 +123,38 @@ class InstrumentView:
     fee_bp: float
 
 
-class MarketViews:
-    """Builds :class:`InstrumentView` lists; owns the window caches shared by scrapes."""
+# The float fields of a view: none may be NaN or infinite (checked once per view, see _finite).
+_VIEW_FLOATS = tuple(f.name for f in dataclasses.fields(InstrumentView) if f.name not in ("st", "stale", "edge_side"))
+_view_floats = attrgetter(*_VIEW_FLOATS)
 
-    def __init__(self, config: Config, state: MarketState) -> None:
+
+def _finite(v: InstrumentView) -> bool:
+    # x - x is 0.0 for every finite float, NaN for NaN and the infinities
+    return all(x is None or x - x == 0.0 for x in _view_floats(v))
+
+
+def _without_non_finite(v: InstrumentView) -> InstrumentView:
+    """The view with each NaN/infinite value replaced by None (its series left out)."""
+    bad: dict[str, Any] = {
+        name: None for name, x in zip(_VIEW_FLOATS, _view_floats(v), strict=True) if x is not None and x - x != 0.0
+    }
+    if "edge_bp" in bad:
+        bad["edge_side"] = None
+    return dataclasses.replace(v, **bad)
+
+
+class MarketViews:
+    """Builds :class:`InstrumentView` lists; owns the window caches shared by scrapes.
+
+    One instrument whose view cannot be built (or holds a non-finite value) loses those values
+    for the scrape, counted in ``errors`` (``fr_render_errors_total{collector="market"}``); the
+    others are unaffected.
+    """
+
+    def __init__(self, config: Config, state: MarketState, errors: RenderErrors | None = None) -> None:
         self.config = config
         self.state = state
+        self.errors = errors if errors is not None else RenderErrors()
         self.cache = fa.WindowCache()
         self._builds = 0
         self._tls = threading.local()
@@ -144,42 +204,50 @@ class MarketViews:
         instruments = state.snapshot()
         out: list[InstrumentView] = []
         cache = self.cache
+        errors = self.errors
         for i, st in enumerate(instruments):
             if i and not i % YIELD_EVERY_INSTRUMENTS:
                 _yield_gil()
-            info = st.info
-            price_cut, funding_cut, oi_cut, ratio_cut, fee_bp = limits[info.exchange]
-            price_ok = st.price_at > 0.0 and st.price_at >= price_cut
-            funding_ok = st.funding_at > 0.0 and st.funding_at >= funding_cut and st.funding_rate is not None
-            oi_ok = st.oi_at > 0.0 and st.oi_at >= oi_cut
-            ratio_ok = st.ratio_at > 0.0 and st.ratio_at >= ratio_cut
-            # Deribit funds continuously; its rate is the 8 h equivalent, so its interval is 8 h by
-            # definition (never the 1 h spacing of the observations state keeps for the z-score).
-            interval = EIGHT_HOURS if info.exchange is Exchange.DERIBIT else st.interval_s
-            mark = st.mark_price if price_ok else None
-            index = st.index_price if price_ok else None
-            premium = state.premium_of(st) if price_ok else None
-            rate = st.funding_rate if funding_ok else None
-            r8 = ann = z = mom = acc = edge = anchor = None
-            side = None
-            if rate is not None:
-                # read the version before the data (see WindowCache); the interval is part of it, as
-                # the window is rescaled to the current interval when an exchange changes it
-                version = (st.settlements_version, interval)
-                stats = cache.settlement_stats(st.key, version, _InInterval(st, interval), z_start)
-                z = fa.zscore(rate, stats, min_obs)
-                mom = fa.momentum(rate, stats, min_obs)
-                acc = stats.acceleration if stats is not None else None
-                if interval:
-                    r8 = fa.rate_8h(rate, interval)
-                    ann = fa.annualize(rate, interval)
-                    side = fa.receiving_side(rate)
-                    edge = fa.edge_bp(rate, interval, fee_bp, hold_h)
-                if premium is not None:
-                    anchor = cache.anchor(st.key, st, anchor_start)
-            oi = st.open_interest_usd if oi_ok else None
-            out.append(
-                InstrumentView(
+            try:
+                info = st.info
+                price_cut, funding_cut, oi_cut, ratio_cut, fee_bp = limits[info.exchange]
+                price_ok = st.price_at > 0.0 and st.price_at >= price_cut
+                nft = st.next_funding_time
+                # a next settlement time in the past: the rate shown would be the one already settled
+                funding_ok = (
+                    st.funding_at > 0.0
+                    and st.funding_at >= funding_cut
+                    and st.funding_rate is not None
+                    and (nft is None or nft >= now - NEXT_FUNDING_GRACE_S)
+                )
+                oi_ok = st.oi_at > 0.0 and st.oi_at >= oi_cut
+                ratio_ok = st.ratio_at > 0.0 and st.ratio_at >= ratio_cut
+                # Deribit funds continuously; its rate is the 8 h equivalent, so its interval is 8 h by
+                # definition (never the 1 h spacing of the observations state keeps for the z-score).
+                interval = EIGHT_HOURS if info.exchange is Exchange.DERIBIT else st.interval_s
+                mark = st.mark_price if price_ok else None
+                index = st.index_price if price_ok else None
+                premium = state.premium_of(st) if price_ok else None
+                rate = st.funding_rate if funding_ok else None
+                r8 = ann = z = mom = acc = edge = anchor = None
+                side = None
+                if rate is not None:
+                    # read the version before the data (see WindowCache); the interval is part of it, as
+                    # the window is rescaled to the current interval when an exchange changes it
+                    version = (st.settlements_version, interval)
+                    stats = cache.settlement_stats(st.key, version, _InInterval(st, interval), z_start)
+                    z = fa.zscore(rate, stats, min_obs)
+                    mom = fa.momentum(rate, stats, min_obs)
+                    acc = stats.acceleration if stats is not None else None
+                    if interval:
+                        r8 = fa.rate_8h(rate, interval)
+                        ann = fa.annualize(rate, interval)
+                        side = fa.receiving_side(rate)
+                        edge = fa.edge_bp(rate, interval, fee_bp, hold_h)
+                    if premium is not None:
+                        anchor = cache.anchor(st.key, st, anchor_start)
+                oi = st.open_interest_usd if oi_ok else None
+                view = InstrumentView(
                     st=st,
                     stale=not (price_ok and funding_ok),
                     mark_price=mark,
@@ -202,7 +270,16 @@ class MarketViews:
                     anchor_strength=anchor,
                     fee_bp=fee_bp,
                 )
-            )
+                if not _finite(view):
+                    view = _without_non_finite(view)
+                    errors.count("market")
+            except Exception:
+                # One instrument whose figures cannot be built loses its values for this scrape;
+                # every other instrument, and the endpoint, carry on.
+                errors.count("market")
+                log.warning("%s %s: view failed; left out", st.info.exchange, st.info.instrument, exc_info=True)
+                continue
+            out.append(view)
         self._builds += 1
         if self._builds % 100 == 0:
             # Instruments delisted from state: drop their cached windows (bounded memory).
@@ -233,11 +310,12 @@ class MarketViews:
 
 
 def exchange_up(config: Config, state: MarketState, exchange: Exchange, now: float) -> bool:
-    """At least one connected stream of the exchange had a message within ``stale.stream_seconds``."""
+    """At least one connected stream of the exchange parsed a data message within
+    ``stale.stream_seconds`` (a flood of garbage or of pongs alone does not count)."""
     ex_cfg = config.exchanges.get(exchange)
     limit = ex_cfg.stale.stream_seconds if ex_cfg is not None else 30.0
     return any(
-        h.exchange == exchange and h.connected and h.last_message_at > 0.0 and now - h.last_message_at <= limit
+        h.exchange == exchange and h.connected and h.last_parsed_at > 0.0 and now - h.last_parsed_at <= limit
         for h in list(state.streams.values())
     )
 

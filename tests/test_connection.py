@@ -372,7 +372,7 @@ async def test_backoff_grows_while_connections_fail_fast_and_resets_when_healthy
         assert list(r.conn.backoff_delays)[:5] == [0.01, 0.02, 0.04, 0.04, 0.04]  # doubling, then capped
         assert r.health.reconnects >= 4
 
-    healthy = BackoffPolicy(initial_s=0.01, factor=2.0, max_s=0.04, healthy_after_s=0.0)
+    healthy = BackoffPolicy(initial_s=0.01, factor=2.0, max_s=0.04, healthy_after_s=0.0, short_session_s=0.0)
     async with Running(accept_then_close, backoff=healthy, rand=lambda: 1.0) as r:
         await wait_until(lambda: len(r.conn.backoff_delays) >= 4)
         assert list(r.conn.backoff_delays)[:4] == [0.01] * 4  # every session counted as healthy: reset

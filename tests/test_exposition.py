@@ -47,10 +47,7 @@ class OtherCollector:
 
     def collect(self) -> Iterable[Metric]:
         g = GaugeMetricFamily("x_values", 'Special values; HELP with "quotes", \\ and\nnewline.', labels=["k"])
-        for k, v in (
-            ("nan", math.nan),
-            ("inf", math.inf),
-            ("-inf", -math.inf),
+        for k, v in (  # NaN and the infinities are never rendered: see test_non_finite_samples_are_left_out
             ("big", 1234567.0),
             ("huge", 1e22),
             ("tiny", 1.5e-12),
@@ -99,7 +96,7 @@ def rich_state() -> MarketState:
         state.apply(Liquidation(ex, inst, T0, Side.SHORT, 50_000.0, 0.5, 25_000.0))
     state.apply(InsuranceFund(Exchange.BINANCE, 'pool "a"', T0, 5.5e8))
     h = state.stream(Exchange.BINANCE, "markPrice")
-    h.connected, h.last_message_at, h.messages = True, T0 - 1, 99
+    h.connected, h.last_message_at, h.last_parsed_at, h.messages = True, T0 - 1, T0 - 1, 99
     state.rest_endpoint(Exchange.OKX, "openInterest").failures["http_5xx"] = 2
     return state
 
@@ -236,3 +233,29 @@ def test_a_failing_collector_leaves_only_its_own_series_out(caplog: pytest.LogCa
     assert "fr_funding_rate{" in body and "x_values{" in body
     assert "x_half" not in body  # nothing half-rendered
     assert any("BrokenCollector" in r.getMessage() for r in caplog.records)
+
+
+class NonFiniteCollector:
+    def collect(self) -> Iterable[Metric]:
+        g = GaugeMetricFamily("x_odd", "Odd values.", labels=["k"])
+        for k, v in (("nan", math.nan), ("inf", math.inf), ("-inf", -math.inf), ("ok", 2.5)):
+            g.add_metric([k], v)
+        yield g
+
+
+def test_non_finite_samples_are_left_out_and_counted() -> None:
+    """No NaN or +-Inf sample is ever rendered, on the fast path or the generic one; each is counted."""
+    state = rich_state()
+    st = state.instruments[(Exchange.BINANCE, "BTCUSDT")]
+    st.liq_notional_usd[Side.LONG] = math.inf  # a counter gone wrong (state written around the checks)
+    reg = build_registry(Config(), state, extra_collectors=[NonFiniteCollector()])
+    for om in (False, True):
+        text = reg.render(openmetrics=om).decode()
+        samples = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+        assert not [ln for ln in samples if ln.rsplit(" ", 1)[1] in ("NaN", "+Inf", "-Inf")]
+        assert 'x_odd{k="ok"} 2.5' in text
+        lbl = 'base="BTC",exchange="binance",instrument="BTCUSDT",quote="USDT"'
+        assert f'fr_liquidated_notional_usd_total{{{lbl},side="short"}} 25000.0' in text
+    text = reg.render().decode()
+    assert 'fr_render_errors_total{collector="nonfinite"} 6.0' in text  # 3 per render, two renders before
+    assert 'fr_render_errors_total{collector="market"} 3.0' in text

@@ -321,7 +321,7 @@ def test_insurance_balance_one_pool_and_all_pools() -> None:
         ("USDC:BNBUSDT", 299999998.6497832),
         ("USDT:BNBUSDT", 793930579.315848),
     }
-    other = {"symbols": ["XRPUSDT"], "assets": [{"asset": "USDT", "marginBalance": "5", "updateTime": 1}]}
+    other = {"symbols": ["XRPUSDT"], "assets": [{"asset": "USDT", "marginBalance": "5", "updateTime": 1745366402000}]}
     every = FEED.parse_insurance_fund(orjson.dumps([group, other]), EMPTY)
     assert {f.pool for f in every} == {"USDC:BNBUSDT", "USDT:BNBUSDT", "USDT:XRPUSDT"}
 

@@ -26,6 +26,7 @@ from exporter.state import MarketState
 EX = Exchange.DERIBIT
 FEED = DeribitFeed()
 EMPTY = FeedContext(EX)
+T_MS = 1654340303741  # a plausible time (timestamps are checked against their domain)
 INVERSE = InstrumentInfo(EX, "BTC-PERPETUAL", "BTC", "USD", contract_size=10.0, inverse=True, funding_interval_s=28800)
 LINEAR = InstrumentInfo(EX, "ETH_USDC-PERPETUAL", "ETH", "USDC", contract_size=1.0, funding_interval_s=28800)
 CTX = FeedContext(EX, {i.instrument: i for i in (INVERSE, LINEAR)})
@@ -275,8 +276,8 @@ def test_book_summary_linear_gets_usd_from_mark() -> None:
     body = rpc(
         [
             {"instrument_name": "ETH_USDC-PERPETUAL", "open_interest": 100.0, "mark_price": 3000.0,
-             "creation_timestamp": 1654340303741},
-            {"instrument_name": "BTC-27JUN25", "open_interest": 5.0, "mark_price": 1.0, "creation_timestamp": 1},
+             "creation_timestamp": T_MS},
+            {"instrument_name": "BTC-27JUN25", "open_interest": 5.0, "mark_price": 1.0, "creation_timestamp": T_MS},
         ]
     )  # fmt: skip
     (u,) = FEED.parse_open_interest(body, EMPTY)

@@ -24,6 +24,7 @@ from exporter.model import (
 EX = Exchange.OKX
 FEED = OkxFeed()
 EMPTY = FeedContext(EX)
+TS = "1700000000000"  # ms, a plausible time (timestamps are checked against their domain)
 LINEAR = InstrumentInfo(EX, "BTC-USDT-SWAP", "BTC", "USDT", contract_size=0.01)
 INVERSE = InstrumentInfo(EX, "BTC-USD-SWAP", "BTC", "USD", contract_size=100.0, inverse=True)
 CTX = FeedContext(EX, {i.instrument: i for i in (LINEAR, INVERSE)})
@@ -104,7 +105,7 @@ def test_index_ticker_maps_to_followed_swaps() -> None:
 
 
 def test_index_mapping_follows_a_changed_instrument_list() -> None:
-    row = {"instId": "ETH-USDT", "idxPx": "3000", "ts": "1"}
+    row = {"instId": "ETH-USDT", "idxPx": "3000", "ts": TS}
     instruments = dict(CTX.instruments)
     ctx = FeedContext(EX, instruments)
     assert FEED.parse_ws(push("index-tickers", [row]), ctx) == []
@@ -116,9 +117,17 @@ def test_index_mapping_follows_a_changed_instrument_list() -> None:
 @pytest.mark.parametrize(
     ("row", "base", "usd"),
     [
-        ({"instId": "BTC-USDT-SWAP", "oi": "5000", "oiCcy": "50", "oiUsd": "3000000", "ts": "1"}, 50.0, 3e6),
-        ({"instId": "BTC-USDT-SWAP", "oi": "5000", "ts": "1"}, 50.0, None),  # contracts x ctVal 0.01
-        ({"instId": "BTC-USD-SWAP", "oi": "4092973", "oiCcy": "13840.0488", "ts": "1"}, 13840.0488, 409297300.0),
+        (
+            {"instId": "BTC-USDT-SWAP", "oi": "5000", "oiCcy": "50", "oiUsd": "3000000", "ts": TS},
+            50.0,
+            3e6,
+        ),
+        ({"instId": "BTC-USDT-SWAP", "oi": "5000", "ts": TS}, 50.0, None),  # contracts x ctVal 0.01
+        (
+            {"instId": "BTC-USD-SWAP", "oi": "4092973", "oiCcy": "13840.0488", "ts": TS},
+            13840.0488,
+            409297300.0,
+        ),
     ],
 )
 def test_open_interest_units(row: dict[str, Any], base: float, usd: float | None) -> None:
@@ -129,7 +138,7 @@ def test_open_interest_units(row: dict[str, Any], base: float, usd: float | None
 
 def test_open_interest_in_contracts_without_contract_size_is_refused() -> None:
     with pytest.raises(ParseError, match="ctVal"):
-        FEED.parse_ws(push("open-interest", [{"instId": "X-USDT-SWAP", "oi": "5", "ts": "1"}]), EMPTY)
+        FEED.parse_ws(push("open-interest", [{"instId": "X-USDT-SWAP", "oi": "5", "ts": TS}]), EMPTY)
 
 
 def liq_push(*details: dict[str, Any], inst: str = "BTC-USDT-SWAP") -> bytes:
@@ -198,7 +207,7 @@ def test_error_event_is_a_subscription_error() -> None:
 
 
 MARK = {"instId": "BTC-USDT-SWAP", "instType": "SWAP", "markPx": "2.1729", "ts": "1640131259180"}
-OI = {"instId": "BTC-USDT-SWAP", "oi": "5000", "oiCcy": "50", "ts": "1"}
+OI = {"instId": "BTC-USDT-SWAP", "oi": "5000", "oiCcy": "50", "ts": TS}
 BAD_FRAMES: list[tuple[str, bytes, str]] = [
     ("invalid json", b"{'arg': 1}", "invalid JSON"),
     ("truncated", push("mark-price", [MARK])[:-20], "invalid JSON"),
@@ -207,7 +216,7 @@ BAD_FRAMES: list[tuple[str, bytes, str]] = [
     ("missing ts", push("mark-price", [{k: v for k, v in MARK.items() if k != "ts"}]), "'ts'"),
     ("missing channel", orjson.dumps({"arg": {}, "data": [MARK]}), "'channel'"),
     ("NaN mark", push("mark-price", [{**MARK, "markPx": "NaN"}]), "markPx"),
-    ("inf index", push("index-tickers", [{"instId": "BTC-USDT", "idxPx": "inf", "ts": "1"}]), "idxPx"),
+    ("inf index", push("index-tickers", [{"instId": "BTC-USDT", "idxPx": "inf", "ts": TS}]), "idxPx"),
     ("inf ts", push("mark-price", [{**MARK, "ts": "inf"}]), "'ts'"),
     ("text rate", push("funding-rate", [{**FUNDING, "fundingRate": "high"}]), "fundingRate"),
     ("-inf cap", push("funding-rate", [{**FUNDING, "maxFundingRate": "-Infinity"}]), "maxFundingRate"),

@@ -110,7 +110,14 @@ def golden_state() -> MarketState:
     ):
         h = state.stream(ex, stream)
         h.connected, h.last_message_at = connected, T0 - age
+        h.last_parsed_at = T0 - age - (perr * 10.0)  # the unparsable frames came last
         h.messages, h.reconnects, h.parse_errors, h.subscription_errors = msgs, rec, perr, suberr
+        if perr:
+            h.parse_error_reasons.update(
+                {"invalid_json": perr - 1, "price_out_of_range": 1} if perr > 1 else {"not_finite": 1}
+            )
+        h.resyncs = 1 if ex is Exchange.BYBIT else 0
+        h.short_sessions = rec // 2
     for ex, endpoint, requests, failures, ok_age in (
         (Exchange.BINANCE, "openInterest", 240, {"rate_limited": 3}, 30.0),
         (Exchange.BYBIT, "fundingHistory", 12, {}, 600.0),
@@ -185,6 +192,7 @@ def exporter_text() -> str:
     state = golden_state()
     # process_* (CPU, memory) differ on every render: not what the golden file is about
     reg = build_registry(Config(), state, extra_collectors=[PositionCollector(GoldenPositions())], process=False)
+    reg.views.errors.count("market", 2)  # two instrument views that failed at earlier scrapes
     body = reg.render()
     assert body == generate_latest(reg), "the fast renderer differs from prometheus_client"
     # the build labels change with every release, commit and Python: neither are they

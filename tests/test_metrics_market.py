@@ -62,7 +62,7 @@ def populated() -> tuple[Clock, MarketState]:
     state.apply(LongShortRatio(Exchange.BINANCE, "BTCUSDT", T0, 1.3))
     state.apply(InsuranceFund(Exchange.BINANCE, "USDT", T0, 1e9))
     h = state.stream(Exchange.BINANCE, "markPrice")
-    h.connected, h.last_message_at, h.messages = True, T0, 10
+    h.connected, h.last_message_at, h.last_parsed_at, h.messages = True, T0, T0, 10
     state.register_exchange(Exchange.OKX)
     return clock, state
 
@@ -123,7 +123,16 @@ def test_stale_values_disappear_with_their_derived_values() -> None:
     clock.t = T0 + 7201
     assert value(reg, "fr_insurance_fund_balance_usd", {"exchange": "binance", "pool": "USDT"}) is None
     # A fresh update brings them back.
-    state.apply(MarketUpdate(Exchange.BINANCE, "BTCUSDT", mark_price=1.0, index_price=1.0, funding_rate=1e-4))
+    state.apply(
+        MarketUpdate(
+            Exchange.BINANCE,
+            "BTCUSDT",
+            mark_price=1.0,
+            index_price=1.0,
+            funding_rate=1e-4,
+            next_funding_time=clock.t + 3600,
+        )
+    )
     assert value(reg, "fr_mark_price") == 1.0 and value(reg, "fr_funding_rate") == 1e-4
 
 
@@ -142,13 +151,14 @@ def test_fr_up_follows_connection_and_freshness_and_is_always_present() -> None:
     assert value(reg, "fr_up", {"exchange": "okx"}) == 0.0  # configured, no stream at all
     clock.t = T0 + 31  # stream_seconds 30
     assert value(reg, "fr_up", {"exchange": "binance"}) == 0.0
-    state.stream(Exchange.BINANCE, "markPrice").last_message_at = clock.t
+    h0 = state.stream(Exchange.BINANCE, "markPrice")
+    h0.last_message_at = h0.last_parsed_at = clock.t
     assert value(reg, "fr_up", {"exchange": "binance"}) == 1.0
     state.stream(Exchange.BINANCE, "markPrice").connected = False
     assert value(reg, "fr_up", {"exchange": "binance"}) == 0.0
     # One fresh connected stream is enough.
     h = state.stream(Exchange.BINANCE, "forceOrder")
-    h.connected, h.last_message_at = True, clock.t
+    h.connected, h.last_message_at, h.last_parsed_at = True, clock.t, clock.t
     assert value(reg, "fr_up", {"exchange": "binance"}) == 1.0
     assert value(reg, "fr_stream_connected", {"exchange": "binance", "stream": "markPrice"}) == 0.0
     assert (
@@ -179,7 +189,7 @@ def test_stream_and_rest_endpoint_of_the_same_name_keep_their_own_label_names() 
     exchange must still give {exchange, stream} and {exchange, endpoint}, not one of them twice."""
     _, state = populated()
     h = state.stream(Exchange.OKX, "public")
-    h.connected, h.last_message_at, h.messages = True, T0, 4
+    h.connected, h.last_message_at, h.last_parsed_at, h.messages = True, T0, T0, 4
     state.rest_endpoint(Exchange.OKX, "public").requests = 9
     reg = build_registry(Config(), state)
     assert value(reg, "fr_stream_messages_total", {"exchange": "okx", "stream": "public"}) == 4

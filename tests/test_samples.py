@@ -476,7 +476,7 @@ def test_sample(shared_dir: Path, name: str) -> None:
 
 
 def binance_fast(raw: bytes) -> object:
-    return _binance_fast(raw, {})
+    return _binance_fast(raw, FeedContext(B))
 
 
 def bybit_fast(raw: bytes) -> object:
@@ -486,13 +486,13 @@ def bybit_fast(raw: bytes) -> object:
 
 def okx_fast(raw: bytes) -> object:
     try:
-        return OkxFeed()._fast(raw, {}) or None
+        return OkxFeed()._fast(raw, FeedContext(OK)) or None
     except ValueError:  # msgspec refuses shapes other than price pushes
         return None
 
 
 def deribit_fast(raw: bytes) -> object:
-    return _deribit_fast(raw, {})
+    return _deribit_fast(raw, FeedContext(D))
 
 
 STRICT = {

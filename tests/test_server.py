@@ -50,7 +50,7 @@ def make_state() -> tuple[Clock, MarketState]:
     )
     state.apply(Liquidation(Exchange.BINANCE, "BTCUSDT", T0, Side.LONG, 100.0, 10.0, 1000.0))
     h = state.stream(Exchange.BINANCE, "markPrice")
-    h.connected, h.last_message_at, h.messages = True, T0, 5
+    h.connected, h.last_message_at, h.last_parsed_at, h.messages = True, T0, T0, 5
     return clock, state
 
 
@@ -119,6 +119,7 @@ def test_api_state_document(served) -> None:
         "stream": "markPrice",
         "connected": True,
         "last_message_age_seconds": 0.0,
+        "last_parsed_age_seconds": 0.0,
         "messages": 5,
         "reconnects": 0,
         "parse_errors": 0,

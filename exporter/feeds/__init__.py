@@ -2,20 +2,23 @@
 
 ``feed_for(Exchange.OKX)`` gives the :class:`~exporter.feeds.base.Feed` of that exchange; ``FEEDS``
 maps every exchange to its feed. The helpers below convert wire values strictly: a value that is not
-a finite number raises :class:`~exporter.model.ParseError` instead of becoming a wrong number.
+a finite number raises :class:`~exporter.model.ParseError` instead of becoming a wrong number, and
+:mod:`exporter.feeds.validate` checks each converted quantity against its domain.
+:func:`fast_or_strict` is the one dispatch every feed's ``parse_ws`` uses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from exporter.model import Exchange, FundingSettlement, ParseError
+from exporter.feeds import validate as V
+from exporter.model import Exchange, FundingSettlement, ParseError, Record
 
 if TYPE_CHECKING:
-    from exporter.feeds.base import Feed
+    from exporter.feeds.base import Feed, FeedContext
 
 T = TypeVar("T")
 
@@ -28,7 +31,7 @@ def loads(frame: str | bytes | bytearray | memoryview) -> Any:
     try:
         return orjson.loads(frame)
     except orjson.JSONDecodeError as exc:
-        raise ParseError(f"invalid JSON: {exc}") from None
+        raise ParseError(f"invalid JSON: {exc}", V.INVALID_JSON) from None
 
 
 def num(v: object, key: str) -> float:
@@ -38,16 +41,16 @@ def num(v: object, key: str) -> float:
         try:
             x = float(v)  # type: ignore[arg-type]
         except ValueError:
-            raise ParseError(f"field {key!r}: not a number: {v!r}") from None
+            raise ParseError(f"field {key!r}: not a number: {v!r}", V.NOT_A_NUMBER) from None
     elif tv is float or tv is int:  # bool is excluded on purpose: True is not 1.0
         try:
             x = float(v)  # type: ignore[arg-type]
         except OverflowError:
-            raise ParseError(f"field {key!r}: number out of range") from None
+            raise ParseError(f"field {key!r}: number out of range", V.NOT_FINITE) from None
     else:
-        raise ParseError(f"field {key!r}: expected a number, got {tv.__name__}")
+        raise ParseError(f"field {key!r}: expected a number, got {tv.__name__}", V.BAD_SHAPE)
     if x - x != 0.0:  # NaN and +-inf: inf - inf is NaN, and NaN compares unequal to everything
-        raise ParseError(f"field {key!r}: not a finite number: {v!r}")
+        raise ParseError(f"field {key!r}: not a finite number: {v!r}", V.NOT_FINITE)
     return x
 
 
@@ -57,7 +60,7 @@ def explain(row: dict[str, Any], keys: tuple[str, ...], exc: Exception) -> Parse
         v = row.get(k)
         if v is not None and v != "":
             num(v, k)  # raises the ParseError naming the field
-    return ParseError(str(exc))
+    return ParseError(str(exc), getattr(exc, "reason", V.NOT_A_NUMBER))
 
 
 def jnum(v: object, key: str) -> float:
@@ -67,12 +70,12 @@ def jnum(v: object, key: str) -> float:
         return v  # type: ignore[return-value]
     if tv is int:
         return float(v)  # type: ignore[arg-type]
-    raise ParseError(f"field {key!r}: expected a JSON number, got {tv.__name__} {v!r}")
+    raise ParseError(f"field {key!r}: expected a JSON number, got {tv.__name__} {v!r}", V.BAD_SHAPE)
 
 
 def not_finite(key: str, v: object) -> ParseError:
     """For hot paths that convert with float() and test ``x - x`` (NaN, hence truthy, for NaN/inf)."""
-    return ParseError(f"field {key!r}: not a finite number: {v!r}")
+    return ParseError(f"field {key!r}: not a finite number: {v!r}", V.NOT_FINITE)
 
 
 def opt_num(v: object, key: str) -> float | None:
@@ -82,33 +85,33 @@ def opt_num(v: object, key: str) -> float | None:
     return num(v, key)
 
 
-def ms(v: object, key: str) -> float:
-    """Exchange milliseconds (string or integer) -> Unix seconds."""
-    return num(v, key) / 1000.0
+def ms(v: object, key: str, bounds: tuple[float, float] = V.STATIC_BOUNDS) -> float:
+    """Exchange milliseconds (string or integer) -> Unix seconds, within ``bounds``."""
+    return V.timestamp(num(v, key) / 1000.0, key, bounds)
 
 
-def opt_ms(v: object, key: str) -> float | None:
+def opt_ms(v: object, key: str, bounds: tuple[float, float] = V.STATIC_BOUNDS) -> float | None:
     if v is None or v == "":
         return None
-    return num(v, key) / 1000.0
+    return V.timestamp(num(v, key) / 1000.0, key, bounds)
 
 
 def text(v: object, key: str) -> str:
     """A required non-empty string field."""
     if type(v) is not str or not v:
-        raise ParseError(f"field {key!r}: expected a non-empty string, got {v!r}")
+        raise ParseError(f"field {key!r}: expected a non-empty string, got {v!r}", V.BAD_SHAPE)
     return v
 
 
 def obj(v: object, what: str) -> dict[str, Any]:
     if type(v) is not dict:
-        raise ParseError(f"{what}: expected a JSON object, got {type(v).__name__}")
+        raise ParseError(f"{what}: expected a JSON object, got {type(v).__name__}", V.BAD_SHAPE)
     return v
 
 
 def arr(v: object, what: str) -> list[Any]:
     if type(v) is not list:
-        raise ParseError(f"{what}: expected a JSON array, got {type(v).__name__}")
+        raise ParseError(f"{what}: expected a JSON array, got {type(v).__name__}", V.BAD_SHAPE)
     return v
 
 
@@ -128,12 +131,40 @@ def parse_error(exchange: Exchange, what: str, exc: Exception) -> ParseError:
     is raised), so a half-parsed frame never gets through and every failure reads the same way.
     """
     if isinstance(exc, KeyError):
-        detail = f"missing field {exc}"
-    elif isinstance(exc, ValueError):  # ParseError included
-        detail = str(exc)
+        detail, reason = f"missing field {exc}", V.MISSING_FIELD
+    elif isinstance(exc, ParseError):
+        detail, reason = str(exc), exc.reason
+    elif isinstance(exc, ValueError):  # msgspec validation, float("x")
+        detail, reason = str(exc), V.NOT_A_NUMBER if "float" in str(exc) else V.BAD_SHAPE
     else:
-        detail = f"unexpected shape ({exc})"
-    return ParseError(f"{exchange.value} {what}: {detail}")
+        detail, reason = f"unexpected shape ({exc})", V.BAD_SHAPE
+    return ParseError(f"{exchange.value} {what}: {detail}", reason)
+
+
+Frame = str | bytes
+
+
+def fast_or_strict(
+    fast: Callable[[Frame, FeedContext], list[Record] | None] | None,
+    strict: Callable[[Frame, FeedContext], list[Record]],
+    frame: Frame,
+    ctx: FeedContext,
+) -> list[Record]:
+    """The one parse dispatch of every feed: the typed fast path for the frequent pushes, the
+    strict path for everything else.
+
+    ``fast`` returns None (or raises one of :data:`FAST_FAILURES`, a ParseError included) when the
+    frame is not the usual shape or holds a bad value; the strict path then parses it again and
+    either accepts it or raises a ParseError naming the field and the reason. ``fast=None``: strict only.
+    """
+    if fast is not None:
+        try:
+            out = fast(frame, ctx)
+        except FAST_FAILURES:
+            out = None
+        if out is not None:
+            return out
+    return strict(frame, ctx)
 
 
 def chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:

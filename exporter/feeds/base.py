@@ -7,10 +7,11 @@ bodies into typed records. It performs no I/O; ``connection.py`` and ``exporter.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from exporter.feeds.validate import FUTURE_S, PAST_S, STATIC_BOUNDS
 from exporter.model import (
     Exchange,
     FundingSettlement,
@@ -33,14 +34,28 @@ class WsPlan:
     ping_interval_s: float = 20.0
     max_lifetime_s: float | None = None  # planned reconnect before the exchange cuts us (Binance 24 h)
     silence_timeout_s: float = 30.0  # no frame for this long -> the watchdog reconnects
+    # Snapshot+delta streams (Bybit tickers): frames that make the exchange send fresh snapshots
+    # (unsubscribe, then subscribe again), sent after a parse error since a lost delta would leave
+    # a stale field looking current. Empty: the stream sends whole values, nothing to resync.
+    resync: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
 class FeedContext:
-    """What a parser may need to know besides the frame: instrument facts (contract sizes...)."""
+    """What a parser may need to know besides the frame: instrument facts (contract sizes...) and,
+    when given, the clock that bounds plausible timestamps (a parser still does no I/O)."""
 
     exchange: Exchange
     instruments: Mapping[str, InstrumentInfo] = field(default_factory=dict)
+    clock: Callable[[], float] | None = None  # None: static bounds only (tests of recorded samples)
+
+    def time_bounds(self) -> tuple[float, float]:
+        """Timestamps outside these (Unix seconds) are parse errors: a window around now, if known."""
+        clock = self.clock
+        if clock is None:
+            return STATIC_BOUNDS
+        now = clock()
+        return now - PAST_S, now + FUTURE_S
 
 
 class Feed(Protocol):

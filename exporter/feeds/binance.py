@@ -12,12 +12,12 @@ from typing import Any
 import msgspec
 
 from exporter.feeds import (
-    FAST_FAILURES,
     PARSE_FAILURES,
     USD_QUOTES,
     arr,
     chunks,
     explain,
+    fast_or_strict,
     label,
     loads,
     ms,
@@ -29,6 +29,7 @@ from exporter.feeds import (
     settlements,
     text,
 )
+from exporter.feeds import validate as V
 from exporter.feeds.base import FeedContext, WsPlan
 from exporter.model import (
     Exchange,
@@ -88,23 +89,17 @@ class BinanceFeed:
         return ()  # the server pings with control frames; the websocket library answers them
 
     def parse_ws(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
-        if self.fast:
-            try:
-                out = _fast(frame, ctx.instruments)
-            except FAST_FAILURES:
-                out = None  # not the usual shape: the strict path decides (and names the problem)
-            if out is not None:
-                return out
-        return self._parse_ws_strict(frame, ctx)
+        return fast_or_strict(_fast if self.fast else None, self._parse_ws_strict, frame, ctx)
 
     def _parse_ws_strict(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
         msg = loads_or_fail(frame)
+        tb = ctx.time_bounds()
         try:
             if type(msg) is dict:
                 data = msg.get("data")
                 if data is None:
                     if "e" in msg:  # raw payload (ws mode /market/ws/<stream>)
-                        return _event(msg, ctx.instruments)
+                        return _event(msg, ctx.instruments, tb)
                     return _control(msg)
                 if "stream" not in msg:
                     raise ParseError("object with 'data' but no 'stream'")
@@ -112,7 +107,7 @@ class BinanceFeed:
                 data = msg
             instruments = ctx.instruments
             if type(data) is not list:
-                return _event(data, instruments)
+                return _event(data, instruments, tb)
             out: list[Record] = []
             append = out.append
             for el in data:
@@ -120,9 +115,9 @@ class BinanceFeed:
                     s = el["s"]
                     # every symbol is in the array: skip unfollowed ones before converting numbers
                     if not instruments or s in instruments:
-                        append(_mark(msgspec.convert(el, _Mark)))
+                        append(_mark(msgspec.convert(el, _Mark), tb))
                 else:
-                    out.extend(_event(el, instruments))
+                    out.extend(_event(el, instruments, tb))
             return out
         except PARSE_FAILURES as exc:
             raise parse_error(EX, "stream frame", exc) from None
@@ -150,18 +145,27 @@ class BinanceFeed:
             raise parse_error(EX, "exchangeInfo", exc) from None
 
     def parse_funding_info(self, body: bytes) -> list[MarketUpdate]:
-        """``GET /fapi/v1/fundingInfo`` -> cap, floor and interval of the symbols Binance adjusted."""
+        """``GET /fapi/v1/fundingInfo`` -> cap, floor and interval of the symbols Binance adjusted.
+
+        Wire (exchanges.md §2; doc example, no recorded body is kept)::
+
+            [{"symbol":"BLZUSDT","adjustedFundingRateCap":"0.02500000",
+              "adjustedFundingRateFloor":"-0.02500000","fundingIntervalHours":8,"disclaimer":false}]
+        """
         try:
             out = []
             for row in arr(loads(body), "fundingInfo"):
                 hours = opt_num(row.get("fundingIntervalHours"), "fundingIntervalHours")
+                cap = opt_num(row.get("adjustedFundingRateCap"), "adjustedFundingRateCap")
+                floor = opt_num(row.get("adjustedFundingRateFloor"), "adjustedFundingRateFloor")
                 out.append(
                     MarketUpdate(
                         exchange=EX,
                         instrument=text(row["symbol"], "symbol"),
-                        funding_cap=opt_num(row.get("adjustedFundingRateCap"), "adjustedFundingRateCap"),
-                        funding_floor=opt_num(row.get("adjustedFundingRateFloor"), "adjustedFundingRateFloor"),
-                        funding_interval_s=hours * 3600.0 if hours else None,
+                        funding_cap=V.opt(V.rate, cap, "adjustedFundingRateCap"),
+                        funding_floor=V.opt(V.rate, floor, "adjustedFundingRateFloor"),
+                        # validated after the multiplication: "1e308" hours is finite, its seconds are not
+                        funding_interval_s=V.interval(hours * 3600.0, "fundingIntervalHours") if hours else None,
                     )
                 )
             return out
@@ -177,13 +181,15 @@ class BinanceFeed:
         try:
             rows: dict[str, list[tuple[float, float]]] = {}
             marks: dict[tuple[str, float], float] = {}
+            tb = ctx.time_bounds()
             for row in arr(loads(body), "fundingRate"):
                 if row.get("rateType", "Regular") == "Special":
                     continue
                 sym = text(row["symbol"], "symbol")
-                t = ms(row["fundingTime"], "fundingTime")
-                rows.setdefault(sym, []).append((t, num(row["fundingRate"], "fundingRate")))
-                mark = opt_num(row.get("markPrice"), "markPrice")
+                t = ms(row["fundingTime"], "fundingTime", tb)
+                rate = V.rate(num(row["fundingRate"], "fundingRate"), "fundingRate")
+                rows.setdefault(sym, []).append((t, rate))
+                mark = V.opt(V.price, opt_num(row.get("markPrice"), "markPrice"), "markPrice")
                 if mark is not None:
                     marks[(sym, t)] = mark
             out = settlements(EX, rows)
@@ -198,14 +204,16 @@ class BinanceFeed:
         try:
             msg = loads(body)
             out = []
+            tb = ctx.time_bounds()
             for row in msg if type(msg) is list else [msg]:
                 sym = text(row["symbol"], "symbol")
-                oi = num(row["openInterest"], "openInterest")
+                oi = V.holding(num(row["openInterest"], "openInterest"), "openInterest")
                 info = ctx.instruments.get(sym)
-                t = opt_ms(row.get("time"), "time")
+                t = opt_ms(row.get("time"), "time", tb)
                 if info is not None and info.inverse:
                     # COIN-M style body: the count is contracts of a fixed USD value
-                    out.append(MarketUpdate(EX, sym, event_time=t, open_interest_usd=oi * info.contract_size))
+                    usd = V.usd(oi * info.contract_size, "openInterest")
+                    out.append(MarketUpdate(EX, sym, event_time=t, open_interest_usd=usd))
                 elif "_" in sym:
                     raise ParseError(f"{sym}: delivery/COIN-M symbol without contract size in the instrument list")
                 else:
@@ -217,12 +225,13 @@ class BinanceFeed:
     def parse_long_short_ratio(self, body: bytes, ctx: FeedContext) -> list[LongShortRatio]:
         """``GET /futures/data/globalLongShortAccountRatio`` -> ratios, oldest first."""
         try:
+            tb = ctx.time_bounds()
             out = [
                 LongShortRatio(
                     EX,
                     text(row["symbol"], "symbol"),
-                    ms(row["timestamp"], "timestamp"),  # string before 2026-07, integer after
-                    num(row["longShortRatio"], "longShortRatio"),
+                    ms(row["timestamp"], "timestamp", tb),  # string before 2026-07, integer after
+                    V.ratio(num(row["longShortRatio"], "longShortRatio"), "longShortRatio"),
                 )
                 for row in arr(loads(body), "globalLongShortAccountRatio")
             ]
@@ -240,6 +249,7 @@ class BinanceFeed:
         try:
             msg = loads(body)
             out = []
+            tb = ctx.time_bounds()
             for group in msg if type(msg) is list else [msg]:
                 symbols = arr(group["symbols"], "symbols")
                 first = min(symbols) if symbols else "all"
@@ -251,8 +261,8 @@ class BinanceFeed:
                         InsuranceFund(
                             EX,
                             f"{asset}:{first}",
-                            ms(a["updateTime"], "updateTime"),
-                            num(a["marginBalance"], "marginBalance"),
+                            ms(a["updateTime"], "updateTime", tb),
+                            V.usd(num(a["marginBalance"], "marginBalance"), "marginBalance"),
                         )
                     )
             return out
@@ -283,16 +293,16 @@ def _control(msg: dict[str, Any]) -> list[Record]:
     raise ParseError(f"unknown frame with keys {sorted(msg)[:6]}")
 
 
-def _event(d: Any, instruments: Mapping[str, InstrumentInfo]) -> list[Record]:
+def _event(d: Any, instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float]) -> list[Record]:
     e = d["e"]
     if e == "markPriceUpdate":
         s = d["s"]
         # !markPrice@arr carries every symbol: skip unfollowed ones before converting numbers
         if instruments and s not in instruments:
             return []
-        return [_mark(msgspec.convert(d, _Mark))]
+        return [_mark(msgspec.convert(d, _Mark), tb)]
     if e == "forceOrder":
-        liq = _force_order(d["o"], d.get("E"), instruments)
+        liq = _force_order(d["o"], d.get("E"), instruments, tb)
         return [liq] if liq is not None else []
     if type(e) is not str:
         raise ParseError(f"event type {e!r} is not a string")
@@ -324,7 +334,15 @@ _decode_mark_frame = msgspec.json.Decoder(_MarkFrame).decode
 _MARK_KEYS = ("p", "i", "r")
 
 
-def _mark(m: _Mark) -> MarketUpdate:
+def _mark(m: _Mark, tb: tuple[float, float]) -> MarketUpdate:
+    """One ``markPriceUpdate`` (both paths end here). Recorded wire (ws_markprice_cmp.jsonl, 2021-04)::
+
+        {"stream":"btcusdt@markPrice","data":{"e":"markPriceUpdate","E":1617308820003,"s":"BTCUSDT",
+         "p":"58940.14924532","P":"58905.14663658","i":"58857.26693664","r":"0.00058455","T":1617321600000}}
+
+    Every value is checked against its domain (:mod:`exporter.feeds.validate`); the comparisons
+    are false for NaN and the infinities that float() accepts, so they check finiteness too.
+    """
     if not m.s:
         raise ParseError("field 's' is empty")
     i = m.i
@@ -335,29 +353,53 @@ def _mark(m: _Mark) -> MarketUpdate:
         rate = float(r) if r else None
     except ValueError as exc:
         raise explain(msgspec.structs.asdict(m), _MARK_KEYS, exc) from None
-    # float() accepts "nan"/"inf": x - x is NaN (truthy) exactly when x is NaN or infinite
-    if mark - mark or (index is not None and index - index) or (rate is not None and rate - rate):
-        raise explain(msgspec.structs.asdict(m), _MARK_KEYS, ValueError("not a finite number"))
+    if not V.PRICE_MIN <= mark <= V.PRICE_MAX:
+        raise V.out_of_range("p", mark, V.PRICE)
+    if index is not None and not V.PRICE_MIN <= index <= V.PRICE_MAX:
+        raise V.out_of_range("i", index, V.PRICE)
+    if rate is not None and not -V.RATE_MAX <= rate <= V.RATE_MAX:
+        raise V.out_of_range("r", rate, V.RATE)
+    lo, hi = tb
     t = m.T
+    nft = None
+    if t:
+        nft = t / 1000.0
+        if not lo <= nft <= hi:
+            raise V.out_of_range("T", nft, V.TIMESTAMP)
     e = m.E
-    return MarketUpdate(EX, m.s, None if e is None else e / 1000.0, mark, index, rate, t / 1000.0 if t else None)
+    et = None
+    if e is not None:
+        et = e / 1000.0
+        if not lo <= et <= hi:
+            raise V.out_of_range("E", et, V.TIMESTAMP)
+    return MarketUpdate(EX, m.s, et, mark, index, rate, nft)
 
 
-def _fast(frame: str | bytes, instruments: Mapping[str, InstrumentInfo]) -> list[Record] | None:
+def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
     decoded = _decode_mark_frame(frame).data
     data = decoded if isinstance(decoded, list) else [decoded]
     out: list[Record] = []
     append = out.append
+    instruments = ctx.instruments
+    tb = ctx.time_bounds()
     for m in data:
         if m.e != "markPriceUpdate":
             return None
         # !markPrice@arr carries every symbol: skip unfollowed ones before converting numbers
         if not instruments or m.s in instruments:
-            append(_mark(m))
+            append(_mark(m, tb))
     return out
 
 
-def _force_order(o: dict[str, Any], event_ms: Any, instruments: Mapping[str, InstrumentInfo]) -> Liquidation | None:
+def _force_order(
+    o: dict[str, Any], event_ms: Any, instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float]
+) -> Liquidation | None:
+    """One ``forceOrder`` event's order. Recorded wire (ws_forceorder_tardis.jsonl, 2020-03)::
+
+    {"stream":"btcusdt@forceOrder","data":{"e":"forceOrder","E":1584059031426,"o":{"s":"BTCUSDT",
+     "S":"BUY","o":"LIMIT","f":"IOC","q":"0.014","p":"4793.91","ap":"4706.04","X":"FILLED",
+     "l":"0.015","z":"0.014","T":1584059031421}}}
+    """
     sym = text(o["s"], "o.s")
     if instruments and sym not in instruments:
         return None
@@ -372,11 +414,11 @@ def _force_order(o: dict[str, Any], event_ms: Any, instruments: Mapping[str, Ins
     price = opt_num(o.get("ap"), "o.ap")
     if not price:
         price = num(o["p"], "o.p")
-    if qty <= 0 or price <= 0:
-        raise ParseError(f"non-positive quantity {qty} or price {price}")
+    V.qty(qty, "o.q")
+    V.price(price, "o.p")
     info = instruments.get(sym)
     quote = info.quote if info is not None else base_of(EX, sym)[1]
     if quote not in USD_QUOTES:
         return None  # no USD notional can be given for a coin-quoted symbol
     t = o.get("T") or event_ms
-    return Liquidation(EX, sym, ms(t, "o.T"), side, price, qty, price * qty)
+    return Liquidation(EX, sym, ms(t, "o.T", tb), side, price, qty, V.usd(price * qty, "o.q"))

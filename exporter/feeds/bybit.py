@@ -13,16 +13,15 @@ import msgspec
 import orjson
 
 from exporter.feeds import (
-    FAST_FAILURES,
     PARSE_FAILURES,
     USD_QUOTES,
     arr,
     chunks,
     explain,
+    fast_or_strict,
     label,
     loads,
     ms,
-    not_finite,
     num,
     obj,
     opt_num,
@@ -30,6 +29,7 @@ from exporter.feeds import (
     settlements,
     text,
 )
+from exporter.feeds import validate as V
 from exporter.feeds.base import FeedContext, WsPlan
 from exporter.model import (
     Exchange,
@@ -94,6 +94,7 @@ class BybitFeed:
                 ping_frame=PING,
                 ping_interval_s=20.0,
                 silence_timeout_s=30.0,
+                resync=_resync_frames([a for a in args if a.startswith("tickers.")]),
             )
             for k, args in enumerate(conns)
         ]
@@ -102,14 +103,7 @@ class BybitFeed:
         return ()
 
     def parse_ws(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
-        if self.fast:
-            try:
-                m = _decode_ticker_message(frame)
-                if m.topic.startswith("tickers."):
-                    return _ticker(m.data, None if m.ts is None else m.ts / 1000.0, ctx.instruments)
-            except FAST_FAILURES:
-                pass  # not a ticker push, or not the usual shape: the strict path decides
-        return self._parse_ws_strict(frame, ctx)
+        return fast_or_strict(_fast if self.fast else None, self._parse_ws_strict, frame, ctx)
 
     def _parse_ws_strict(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
         try:
@@ -117,20 +111,22 @@ class BybitFeed:
             topic = msg.get("topic")
             if topic is None:
                 return _control(msg)
+            tb = ctx.time_bounds()
             if topic.startswith("tickers."):
                 t = msgspec.convert(obj(msg["data"], "data"), _Ticker)
                 ts = msg.get("ts")
-                return _ticker(t, None if ts is None else num(ts, "ts") / 1000.0, ctx.instruments)
+                et = None if ts is None else V.timestamp(num(ts, "ts") / 1000.0, "ts", tb)
+                return _ticker(t, et, msg.get("type") == "snapshot", ctx.instruments, tb)
             if topic.startswith("allLiquidation."):
                 out: list[Record] = []
                 for d in arr(msg["data"], "data"):
-                    liq = _liquidation(d["s"], d["S"], d["v"], d["p"], d["T"], ctx.instruments)
+                    liq = _liquidation(d["s"], d["S"], d["v"], d["p"], d["T"], ctx.instruments, tb)
                     if liq is not None:
                         out.append(liq)
                 return out
             if topic.startswith("liquidation."):  # deprecated 2025-02: one object per message
                 d = obj(msg["data"], "data")
-                liq = _liquidation(d["symbol"], d["side"], d["size"], d["price"], d["updatedTime"], ctx.instruments)
+                liq = _liquidation(d["symbol"], d["side"], d["size"], d["price"], d["updatedTime"], ctx.instruments, tb)
                 return [liq] if liq is not None else []
             if type(topic) is not str:
                 raise ParseError(f"topic {topic!r} is not a string")
@@ -141,7 +137,11 @@ class BybitFeed:
     # ---- REST ---------------------------------------------------------------------------------
 
     def parse_instruments(self, body: bytes) -> list[InstrumentInfo]:
-        """``GET /v5/market/instruments-info?category=linear`` -> trading perpetuals."""
+        """``GET /v5/market/instruments-info?category=linear`` -> trading perpetuals.
+
+        No recorded body is kept; the fields used (exchanges.md §3.6): ``symbol, contractType, status,
+        baseCoin, quoteCoin, fundingInterval`` (minutes), ``upperFundingRate, lowerFundingRate``.
+        """
         try:
             out = []
             for s in arr(_result(body, "instruments-info")["list"], "list"):
@@ -158,9 +158,9 @@ class BybitFeed:
                         base=text(s["baseCoin"], "baseCoin"),
                         quote=text(s["quoteCoin"], "quoteCoin"),
                         inverse=kind == "InversePerpetual",
-                        funding_interval_s=minutes * 60.0 if minutes else None,
-                        funding_cap=upper,
-                        funding_floor=lower,
+                        funding_interval_s=V.interval(minutes * 60.0, "fundingInterval") if minutes else None,
+                        funding_cap=V.opt(V.rate, upper, "upperFundingRate"),
+                        funding_floor=V.opt(V.rate, lower, "lowerFundingRate"),
                     )
                 )
             return out
@@ -168,12 +168,21 @@ class BybitFeed:
             raise parse_error(EX, "instruments-info", exc) from None
 
     def parse_funding_history(self, body: bytes, ctx: FeedContext) -> list[FundingSettlement]:
-        """``GET /v5/market/funding/history`` (newest first on the wire) -> settlements, oldest first."""
+        """``GET /v5/market/funding/history`` (newest first on the wire) -> settlements, oldest first.
+
+        Recorded wire (rest_funding_history_nautilus.json, 2024-03)::
+
+            {"retCode":0,"retMsg":"OK","result":{"category":"linear","list":[{"symbol":"BTCUSDT",
+             "fundingRate":"0.0001","fundingRateTimestamp":"1709884800000"},{"symbol":"BTCUSDT",
+             "fundingRate":"0.00015","fundingRateTimestamp":"1709856000000"}]},"time":1709891679050}
+        """
         try:
             rows: dict[str, list[tuple[float, float]]] = {}
+            tb = ctx.time_bounds()
             for row in arr(_result(body, "funding/history")["list"], "list"):
-                t = ms(row["fundingRateTimestamp"], "fundingRateTimestamp")
-                rows.setdefault(text(row["symbol"], "symbol"), []).append((t, num(row["fundingRate"], "fundingRate")))
+                t = ms(row["fundingRateTimestamp"], "fundingRateTimestamp", tb)
+                r = V.rate(num(row["fundingRate"], "fundingRate"), "fundingRate")
+                rows.setdefault(text(row["symbol"], "symbol"), []).append((t, r))
             return settlements(EX, rows)
         except PARSE_FAILURES as exc:
             raise parse_error(EX, "funding/history", exc) from None
@@ -194,10 +203,10 @@ class BybitFeed:
             oi = opt_num(newest.get("singleOpenInterest"), "singleOpenInterest")
             if oi is None:
                 oi = num(newest["openInterest"], "openInterest") / 2.0  # "the sum of both sides"
-            t = ms(newest["timestamp"], "timestamp")
+            t = ms(newest["timestamp"], "timestamp", ctx.time_bounds())
             if is_inverse(sym, ctx.instruments):
-                return [MarketUpdate(EX, sym, event_time=t, open_interest_usd=oi)]
-            return [MarketUpdate(EX, sym, event_time=t, open_interest_base=oi)]
+                return [MarketUpdate(EX, sym, event_time=t, open_interest_usd=V.usd(oi, "openInterest"))]
+            return [MarketUpdate(EX, sym, event_time=t, open_interest_base=V.holding(oi, "openInterest"))]
         except PARSE_FAILURES as exc:
             raise parse_error(EX, "open-interest", exc) from None
 
@@ -205,14 +214,14 @@ class BybitFeed:
         """``GET /v5/market/account-ratio`` -> buyRatio / sellRatio, oldest first."""
         try:
             out = []
+            tb = ctx.time_bounds()
             for row in arr(_result(body, "account-ratio")["list"], "list"):
                 buy = num(row["buyRatio"], "buyRatio")
                 sell = num(row["sellRatio"], "sellRatio")
                 if sell <= 0:
                     continue  # no short accounts: the ratio is undefined, not infinite
-                out.append(
-                    LongShortRatio(EX, text(row["symbol"], "symbol"), ms(row["timestamp"], "timestamp"), buy / sell)
-                )
+                t = ms(row["timestamp"], "timestamp", tb)
+                out.append(LongShortRatio(EX, text(row["symbol"], "symbol"), t, V.ratio(buy / sell, "buyRatio")))
             out.sort(key=lambda r: r.event_time)
             return out
         except PARSE_FAILURES as exc:
@@ -226,7 +235,7 @@ class BybitFeed:
         """
         try:
             res = _result(body, "insurance")
-            t = ms(res["updatedTime"], "updatedTime")
+            t = ms(res["updatedTime"], "updatedTime", ctx.time_bounds())
             pools: list[tuple[str, list[str], float]] = []
             for row in arr(res["list"], "list"):
                 coin = text(row["coin"], "coin")
@@ -236,7 +245,7 @@ class BybitFeed:
                     if coin not in USD_QUOTES:
                         continue
                     value = num(row["balance"], "balance")
-                pools.append((coin, symbols, value))
+                pools.append((coin, symbols, V.usd(value, "value")))
             shared_per_coin: dict[str, int] = {}
             for coin, symbols, _ in pools:
                 if len(symbols) != 1:
@@ -258,11 +267,21 @@ class BybitFeed:
 # ---- helpers ----------------------------------------------------------------------------------
 
 
+def _resync_frames(ticker_topics: list[str]) -> tuple[str, ...]:
+    """Unsubscribe then subscribe the ticker topics: Bybit answers a subscription with a snapshot
+    (subscribing a topic twice is refused as "already subscribed", hence the unsubscribe)."""
+    out: list[str] = []
+    for c in chunks(ticker_topics, ARGS_PER_SUBSCRIBE):
+        out.append(orjson.dumps({"op": "unsubscribe", "args": list(c)}).decode())
+        out.append(orjson.dumps({"op": "subscribe", "args": list(c)}).decode())
+    return tuple(out)
+
+
 def _result(body: bytes, what: str) -> dict[str, Any]:
     msg = obj(loads(body), what)
     code = msg.get("retCode")
     if code != 0:
-        raise ParseError(f"retCode {code!r}: {msg.get('retMsg')!r}")
+        raise ParseError(f"retCode {code!r}: {msg.get('retMsg')!r}", V.BAD_SHAPE)
     return obj(msg["result"], "result")
 
 
@@ -299,16 +318,51 @@ class _TickerMessage(msgspec.Struct, gc=False):
     topic: str
     data: _Ticker
     ts: int | None = None
+    type: str | None = None  # "snapshot" | "delta"
 
 
 _decode_ticker_message = msgspec.json.Decoder(_TickerMessage).decode
 _TICKER_KEYS = tuple(f for f in _Ticker.__struct_fields__ if f != "symbol")
 
 
-def _ticker(t: _Ticker, event_time: float | None, instruments: Mapping[str, InstrumentInfo]) -> list[Record]:
+def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
+    m = _decode_ticker_message(frame)
+    if not m.topic.startswith("tickers."):
+        return None  # liquidations, acks: the strict path
+    tb = ctx.time_bounds()
+    ts = m.ts
+    et = None
+    if ts is not None:
+        et = ts / 1000.0
+        if not tb[0] <= et <= tb[1]:
+            raise V.out_of_range("ts", et, V.TIMESTAMP)
+    return _ticker(m.data, et, m.type == "snapshot", ctx.instruments, tb)
+
+
+def _ticker(
+    t: _Ticker,
+    event_time: float | None,
+    snapshot: bool,
+    instruments: Mapping[str, InstrumentInfo],
+    tb: tuple[float, float],
+) -> list[Record]:
     """One snapshot or delta -> the fields present (absent = unchanged = None). Both paths end here.
 
-    float() accepts "nan"/"inf": ``x - x`` is NaN (truthy) exactly when x is NaN or infinite.
+    Recorded wire (ws_tickers_v5_tardis.jsonl, 2023-04; a snapshot, then a delta of the same symbol)::
+
+        {"topic":"tickers.BTCUSD","type":"snapshot","data":{"symbol":"BTCUSD","tickDirection":"MinusTick",
+         "price24hPcnt":"0.023362","lastPrice":"28560.00","prevPrice24h":"27908.00","highPrice24h":"28815.00",
+         "lowPrice24h":"27862.50","prevPrice1h":"28500.50","markPrice":"28560.00","indexPrice":"28566.94",
+         "openInterest":"449736676","openInterestValue":"15747.08","turnover24h":"23389.1894",
+         "volume24h":"661543991","nextFundingTime":"1680681600000","fundingRate":"0.0001",
+         "bid1Price":"28560.00","bid1Size":"340549","ask1Price":"28560.50","ask1Size":"70817"},
+         "cs":20856433578,"ts":1680673822577}
+        {"topic":"tickers.BTCUSD","type":"delta","data":{"symbol":"BTCUSD","price24hPcnt":"0.023362",
+         "openInterest":"449736674","fundingRate":"0.0001","bid1Price":"28560.00","bid1Size":"340549",
+         "ask1Price":"28560.50","ask1Size":"70817"},"cs":20856433603,"ts":1680673822776}
+
+    Each value is checked against its domain after conversion (:mod:`exporter.feeds.validate`);
+    the chained comparisons are false for the NaN and infinities float() accepts.
     """
     sym = t.symbol
     if not sym:
@@ -320,35 +374,36 @@ def _ticker(t: _Ticker, event_time: float | None, instruments: Mapping[str, Inst
         return []  # not followed
     else:
         inverse = is_inverse(sym, instruments)
-    u = MarketUpdate(EX, sym, event_time, confirms_ticker=True)
+    u = MarketUpdate(EX, sym, event_time, confirms_ticker=True, snapshot=snapshot)
     try:
         v = t.markPrice
         if v is not None:
             x = float(v)
-            if x - x:
-                raise not_finite("markPrice", v)
+            if not V.PRICE_MIN <= x <= V.PRICE_MAX:
+                raise V.out_of_range("markPrice", x, V.PRICE)
             u.mark_price = x
         v = t.indexPrice
         if v is not None:
             x = float(v)
-            if x - x:
-                raise not_finite("indexPrice", v)
+            if not V.PRICE_MIN <= x <= V.PRICE_MAX:
+                raise V.out_of_range("indexPrice", x, V.PRICE)
             u.index_price = x
         v = t.fundingRate
         if v:  # dated futures carry "" (no funding)
             x = float(v)
-            if x - x:
-                raise not_finite("fundingRate", v)
+            if not -V.RATE_MAX <= x <= V.RATE_MAX:
+                raise V.out_of_range("fundingRate", x, V.RATE)
             u.funding_rate = x
         v = t.nextFundingTime
         if v and v != "0":
-            u.next_funding_time = num(v, "nextFundingTime") / 1000.0
+            u.next_funding_time = V.timestamp(num(v, "nextFundingTime") / 1000.0, "nextFundingTime", tb)
         v = t.fundingIntervalHour
         if v:
-            u.funding_interval_s = num(v, "fundingIntervalHour") * 3600.0
+            # validated after the multiplication: "1e308" hours is finite, its seconds are not
+            u.funding_interval_s = V.interval(num(v, "fundingIntervalHour") * 3600.0, "fundingIntervalHour")
         v = t.fundingCap
         if v:
-            cap = num(v, "fundingCap")
+            cap = V.rate(num(v, "fundingCap"), "fundingCap")
             u.funding_cap = cap
             u.funding_floor = -cap  # one symmetric limit
         # openInterest is "Open interest size (both sides)" (exchanges.md §3.2, §6.4): the single-side
@@ -362,24 +417,20 @@ def _ticker(t: _Ticker, event_time: float | None, instruments: Mapping[str, Inst
             value, value_key, value_half = t.openInterestValue, "openInterestValue", True
         if oi:
             x = float(oi)
-            if x - x:
-                raise not_finite(oi_key, oi)
             if oi_half:
                 x *= 0.5
             if inverse:
-                u.open_interest_usd = x  # inverse: size counts USD contracts
+                u.open_interest_usd = V.usd(x, oi_key)  # inverse: size counts USD contracts
             else:
-                u.open_interest_base = x
+                u.open_interest_base = V.holding(x, oi_key)
         if value:
             x = float(value)
-            if x - x:
-                raise not_finite(value_key, value)
             if value_half:
                 x *= 0.5
             if inverse:
-                u.open_interest_base = x  # inverse: the "value" is in coin
+                u.open_interest_base = V.holding(x, value_key)  # inverse: the "value" is in coin
             else:
-                u.open_interest_usd = x
+                u.open_interest_usd = V.usd(x, value_key)
     except ParseError:
         raise
     except ValueError as exc:
@@ -388,8 +439,19 @@ def _ticker(t: _Ticker, event_time: float | None, instruments: Mapping[str, Inst
 
 
 def _liquidation(
-    sym: Any, side: Any, size: Any, price: Any, t: Any, instruments: Mapping[str, InstrumentInfo]
+    sym: Any,
+    side: Any,
+    size: Any,
+    price: Any,
+    t: Any,
+    instruments: Mapping[str, InstrumentInfo],
+    tb: tuple[float, float],
 ) -> Liquidation | None:
+    """One liquidation. Recorded wire (ws_liquidation_v5_tardis.jsonl, 2025-02, ``allLiquidation``)::
+
+    {"topic":"allLiquidation.PIPPINUSDT","type":"snapshot","ts":1740480207578,
+     "data":[{"T":1740480207110,"s":"PIPPINUSDT","S":"Sell","v":"2846","p":"0.02456"}]}
+    """
     sym = text(sym, "symbol")
     if instruments and sym not in instruments:
         return None
@@ -397,9 +459,7 @@ def _liquidation(
     if pos is None:
         raise ParseError(f"field 'S': unknown position side {side!r}")
     v = num(size, "v")
-    p = num(price, "p")  # bankruptcy price
-    if v <= 0 or p <= 0:
-        raise ParseError(f"non-positive size {v} or price {p}")
-    if is_inverse(sym, instruments):
-        return Liquidation(EX, sym, ms(t, "T"), pos, p, v / p, v)  # size counts USD contracts
-    return Liquidation(EX, sym, ms(t, "T"), pos, p, v, v * p)
+    p = V.price(num(price, "p"), "p")  # bankruptcy price
+    if is_inverse(sym, instruments):  # size counts USD contracts
+        return Liquidation(EX, sym, ms(t, "T", tb), pos, p, V.qty(v / p, "v"), V.usd(v, "v"))
+    return Liquidation(EX, sym, ms(t, "T", tb), pos, p, V.qty(v, "v"), V.usd(v * p, "v"))

@@ -10,9 +10,14 @@ module does not know it). Around that it keeps the connection alive:
 * a silence watchdog: no frame for ``plan.silence_timeout_s`` -> close and reconnect;
 * a planned rotation before ``plan.max_lifetime_s`` (Binance cuts at 24 h): the new connection is
   opened and subscribed before the old one is closed, so no gap;
-* jittered, capped exponential backoff between attempts, reset once a connection has been
-  healthy for a while; HTTP 4xx on the handshake (other than 429) or a bad URL is *fatal*: logged
-  as an error and retried only slowly.
+* jittered, capped exponential backoff between attempts, reset once a session's subscription
+  delivered data, unless the session dropped within ``short_session_s`` (a connect-then-drop loop:
+  counted, and the backoff keeps growing); HTTP 4xx on the handshake (other than 429) or a bad URL
+  is *fatal*: logged as an error and retried only slowly;
+* snapshot+delta streams (``plan.resync``, Bybit): a delta confirms the fields it leaves out only
+  after this session's snapshot of that instrument; a parse error asks for fresh snapshots;
+* ``StreamHealth.last_parsed_at``: the last frame that parsed into data, which ``fr_up`` follows
+  (a flood of garbage keeps ``last_message_at`` moving, not this).
 
 Stop it with the ``stop`` event given to :meth:`FeedConnection.run` or by cancelling its task.
 """
@@ -33,7 +38,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
 from exporter.feeds.base import Feed, FeedContext, WsPlan
-from exporter.model import HeartbeatRequest, ParseError, SubscriptionError
+from exporter.feeds.validate import PARSER_BUG
+from exporter.model import HeartbeatRequest, MarketUpdate, ParseError, SubscriptionError
 from exporter.sink import RecordSink, StreamHealth
 
 log = logging.getLogger(__name__)
@@ -52,7 +58,9 @@ class BackoffPolicy:
     initial_s: float = 0.5
     factor: float = 2.0
     max_s: float = 30.0
-    healthy_after_s: float = 60.0  # a connection that lived this long resets the backoff
+    healthy_after_s: float = 60.0  # a connection that lived this long resets the backoff, data or not
+    short_session_s: float = 5.0  # a session that ends sooner never resets it (connect-then-drop loop)
+    resync_interval_s: float = 5.0  # at most one fresh-snapshot request per this many seconds
     fatal_retry_s: float = 300.0  # after a fatal handshake error: retry this rarely
     rotation_retry_s: float = 30.0  # a failed planned rotation is retried after this (old socket kept)
 
@@ -134,6 +142,10 @@ class FeedConnection:
         self._ws: ClientConnection | None = None
         self._last_frame = 0.0  # clock() of the last frame of the current session
         self._silenced = False  # the keeper closed the current socket for silence
+        self._data_flowed = False  # the current session's subscription delivered data
+        # instruments whose snapshot arrived on this session with no parse error since (plan.resync)
+        self._synced: set[str] = set()
+        self._last_resync = float("-inf")
 
     # ---- public ------------------------------------------------------------------------------
 
@@ -191,6 +203,8 @@ class FeedConnection:
                 continue
 
             started = self.clock()
+            self._data_flowed = False
+            self._synced = set()
             try:
                 await self._session(ws)
             except asyncio.CancelledError:
@@ -202,8 +216,12 @@ class FeedConnection:
             finally:
                 self.health.connected = False
                 await self._close_current()
-            if self.clock() - started >= self.backoff.healthy_after_s:
-                attempt = 0
+            lived = self.clock() - started
+            if lived < self.backoff.short_session_s:
+                # connect-then-drop: the backoff keeps growing even if a frame or two got through
+                self.health.short_sessions += 1
+            elif self._data_flowed or lived >= self.backoff.healthy_after_s:
+                attempt = 0  # subscribed and data flowed: the exchange is reachable again
             delay = backoff_delay(attempt, self.backoff, self.rand)
             self.backoff_delays.append(delay)
             attempt += 1
@@ -343,10 +361,15 @@ class FeedConnection:
             records = self.feed.parse_ws(frame, self.ctx)
         except ParseError as exc:
             h.parse_errors += 1
+            reasons = h.parse_error_reasons
+            reasons[exc.reason] = reasons.get(exc.reason, 0) + 1
             log.debug("%s %s: unparsable frame (%s): %s", self.exchange, self.plan.stream, exc, _excerpt(frame))
+            if self.plan.resync:
+                await self._resync(ws, received_at)
             return
         except Exception as exc:  # a parser bug on odd input: same treatment, louder log
             h.parse_errors += 1
+            h.parse_error_reasons[PARSER_BUG] = h.parse_error_reasons.get(PARSER_BUG, 0) + 1
             log.warning(
                 "%s %s: parser raised %s on frame: %s",
                 self.exchange,
@@ -355,16 +378,49 @@ class FeedConnection:
                 _excerpt(frame),
                 exc_info=True,
             )
+            if self.plan.resync:
+                await self._resync(ws, received_at)
             return
         if not records:
             return
+        data = False
+        synced = self._synced
         for r in records:
-            if isinstance(r, HeartbeatRequest):
+            if isinstance(r, MarketUpdate):
+                data = True
+                if r.confirms_ticker:
+                    # A delta may stand for the fields it leaves out only on top of this session's
+                    # snapshot: after a reconnect or a lost frame, it refreshes what it carries.
+                    if r.snapshot:
+                        synced.add(r.instrument)
+                    elif r.instrument not in synced:
+                        r.confirms_ticker = False
+            elif isinstance(r, HeartbeatRequest):
                 await ws.send(r.reply)
             elif isinstance(r, SubscriptionError):
                 h.subscription_errors += 1
                 log.warning("%s %s: subscription refused: %s", self.exchange, self.plan.stream, r.message)
+            else:
+                data = True
+        if data:
+            h.last_parsed_at = received_at
+            self._data_flowed = True
         self.sink.apply_many(records, received_at)
+
+    async def _resync(self, ws: ClientConnection, now: float) -> None:
+        """After a parse error on a snapshot+delta stream: deltas stop confirming what they leave
+        out, and fresh snapshots are asked for (at most once per ``resync_interval_s``)."""
+        self._synced.clear()
+        if now - self._last_resync < self.backoff.resync_interval_s:
+            return
+        self._last_resync = now
+        self.health.resyncs += 1
+        log.info(
+            "%s %s: parse error on a snapshot+delta stream; asking for fresh snapshots", self.exchange, self.plan.stream
+        )
+        with contextlib.suppress(ConnectionClosed):
+            for frame in self.plan.resync:
+                await ws.send(frame)
 
     async def _close_current(self) -> None:
         ws, self._ws = self._ws, None

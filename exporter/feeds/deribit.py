@@ -14,10 +14,10 @@ import msgspec
 import orjson
 
 from exporter.feeds import (
-    FAST_FAILURES,
     PARSE_FAILURES,
     arr,
     chunks,
+    fast_or_strict,
     jnum,
     label,
     loads,
@@ -27,6 +27,7 @@ from exporter.feeds import (
     settlements,
     text,
 )
+from exporter.feeds import validate as V
 from exporter.feeds.base import FeedContext, WsPlan
 from exporter.model import (
     EIGHT_HOURS,
@@ -126,14 +127,7 @@ class DeribitFeed:
         )
 
     def parse_ws(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
-        if self.fast:
-            try:
-                out = _fast(frame, ctx.instruments)
-            except FAST_FAILURES:
-                out = None  # not the usual shape: the strict path decides (and names the problem)
-            if out is not None:
-                return out
-        return self._parse_ws_strict(frame, ctx)
+        return fast_or_strict(_fast if self.fast else None, self._parse_ws_strict, frame, ctx)
 
     def _parse_ws_strict(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
         try:
@@ -143,9 +137,10 @@ class DeribitFeed:
                 params = msg["params"]
                 channel = params["channel"]
                 if channel.startswith("ticker."):
-                    return _ticker(msgspec.convert(obj(params["data"], "data"), _Ticker), ctx.instruments)
+                    t = msgspec.convert(obj(params["data"], "data"), _Ticker)
+                    return _ticker(t, ctx.instruments, ctx.time_bounds())
                 if channel.startswith("trades."):
-                    return _trades(arr(params["data"], "data"), ctx.instruments)
+                    return _trades(arr(params["data"], "data"), ctx.instruments, ctx.time_bounds())
                 return []  # a channel we do not use
             if method == "heartbeat":
                 if msg["params"]["type"] == "test_request":
@@ -180,7 +175,7 @@ class DeribitFeed:
                         instrument=inst,
                         base=text(s["base_currency"], "base_currency"),
                         quote=text(s["quote_currency"], "quote_currency"),
-                        contract_size=jnum(s["contract_size"], "contract_size"),
+                        contract_size=V.qty(jnum(s["contract_size"], "contract_size"), "contract_size"),
                         inverse=inverse,
                         funding_interval_s=EIGHT_HOURS,  # continuous, exported as 8 h-equivalent
                     )
@@ -202,28 +197,44 @@ class DeribitFeed:
                 if len(ctx.instruments) != 1:
                     raise ParseError("the body names no instrument: pass instrument= or a one-instrument context")
                 instrument = next(iter(ctx.instruments))
-            pairs = [(ms(r["timestamp"], "timestamp"), jnum(r["interest_8h"], "interest_8h")) for r in rows]
+            tb = ctx.time_bounds()
+            pairs = [
+                (ms(r["timestamp"], "timestamp", tb), V.rate(jnum(r["interest_8h"], "interest_8h"), "interest_8h"))
+                for r in rows
+            ]
             return settlements(EX, {instrument: pairs}, EIGHT_HOURS)
         except PARSE_FAILURES as exc:
             raise parse_error(EX, "get_funding_rate_history", exc) from None
 
     def parse_open_interest(self, body: bytes, ctx: FeedContext) -> list[MarketUpdate]:
-        """``public/get_book_summary_by_currency`` -> open interest of the perpetuals in it."""
+        """``public/get_book_summary_by_currency`` -> open interest of the perpetuals in it.
+
+        Recorded wire (rest_book_summary_by_currency_cmp.jsonl, 2022-06)::
+
+            {"jsonrpc":"2.0","result":[{"volume_usd":223275080.0,"volume_notional":223275080.0,"volume":7539.21,
+             "quote_currency":"USD","price_change":-0.369,"open_interest":560105870,"mid_price":29700.75,
+             "mark_price":29700.53,"low":29266.5,"last":29698.0,"instrument_name":"BTC-PERPETUAL","high":29934.0,
+             "funding_8h":2.14e-06,"estimated_delivery_price":29695.49,"current_funding":0.0,
+             "creation_timestamp":1654340303741,"bid_price":29700.5,"base_currency":"BTC","ask_price":29701.0}],
+             "usIn":1654340303741682,"usOut":1654340303741855,"usDiff":173,"testnet":false}
+        """
         try:
             out = []
+            tb = ctx.time_bounds()
             for r in arr(_result(body, "get_book_summary_by_currency"), "result"):
                 inst = text(r["instrument_name"], "instrument_name")
                 if not inst.endswith("-PERPETUAL") or (ctx.instruments and inst not in ctx.instruments):
                     continue
                 oi = jnum(r["open_interest"], "open_interest")
                 t = r.get("creation_timestamp")
-                event_time = ms(t, "creation_timestamp") if t is not None else None
+                event_time = ms(t, "creation_timestamp", tb) if t is not None else None
                 if is_inverse(inst, ctx.instruments):
-                    out.append(MarketUpdate(EX, inst, event_time, open_interest_usd=oi))
+                    out.append(MarketUpdate(EX, inst, event_time, open_interest_usd=V.usd(oi, "open_interest")))
                 else:
+                    V.holding(oi, "open_interest")
                     mark_raw = r.get("mark_price")
-                    mark = None if mark_raw is None else jnum(mark_raw, "mark_price")
-                    usd = oi * mark if mark is not None else None
+                    mark = None if mark_raw is None else V.price(jnum(mark_raw, "mark_price"), "mark_price")
+                    usd = V.usd(oi * mark, "open_interest") if mark is not None else None
                     out.append(MarketUpdate(EX, inst, event_time, open_interest_base=oi, open_interest_usd=usd))
             return out
         except PARSE_FAILURES as exc:
@@ -250,7 +261,7 @@ def _result(body: bytes, what: str) -> Any:
     msg = obj(loads(body), what)
     err = msg.get("error")
     if err is not None:
-        raise ParseError(f"error {_error_text(err)}")
+        raise ParseError(f"error {_error_text(err)}", V.BAD_SHAPE)
     return msg["result"]
 
 
@@ -285,8 +296,22 @@ _decode_notification = msgspec.json.Decoder(_Notification).decode
 _decode_ticker = msgspec.json.Decoder(_Ticker).decode
 
 
-def _ticker(t: _Ticker, instruments: Mapping[str, InstrumentInfo]) -> list[Record]:
-    """A decoded ticker -> its update ([] for an instrument not followed). Both paths end here."""
+def _ticker(t: _Ticker, instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float]) -> list[Record]:
+    """A decoded ticker -> its update ([] for an instrument not followed). Both paths end here.
+
+    Recorded wire (ws_ticker_trades_2025_nautilus.jsonl, 2025-12)::
+
+        {"jsonrpc":"2.0","method":"subscription","params":{"channel":"ticker.BTC-PERPETUAL.100ms",
+         "data":{"timestamp":1765541474086,"state":"open","stats":{"high":93612.0,"low":89277.5,
+         "price_change":2.3275,"volume":11897.27640428,"volume_usd":1092371540.0,"volume_notional":1092371540.0},
+         "index_price":92263.55,"instrument_name":"BTC-PERPETUAL","last_price":92283.5,"settlement_price":92464.66,
+         "min_price":90897.5,"max_price":93666.5,"open_interest":1132329370.0,"mark_price":92281.78,
+         "interest_value":0.0028213400122472977,"best_ask_price":92284.0,"best_bid_price":92283.5,
+         "estimated_delivery_price":92263.55,"best_ask_amount":186520.0,"best_bid_amount":117660.0,
+         "current_funding":0.0,"funding_8h":1.742e-05}}}
+
+    JSON has no NaN, but 1e308 is a valid number: every value is checked against its domain.
+    """
     inst = t.instrument_name
     if not inst:
         raise ParseError("field 'instrument_name' is empty")
@@ -295,12 +320,25 @@ def _ticker(t: _Ticker, instruments: Mapping[str, InstrumentInfo]) -> list[Recor
     inverse = is_inverse(inst, instruments)
     rate = t.funding_8h  # perpetuals only; already the 8 h-equivalent rate
     oi = t.open_interest
+    x = t.mark_price
+    if not V.PRICE_MIN <= x <= V.PRICE_MAX:
+        raise V.out_of_range("mark_price", x, V.PRICE)
+    index = t.index_price
+    if index is not None and not V.PRICE_MIN <= index <= V.PRICE_MAX:
+        raise V.out_of_range("index_price", index, V.PRICE)
+    if rate is not None and not -V.RATE_MAX <= rate <= V.RATE_MAX:
+        raise V.out_of_range("funding_8h", rate, V.RATE)
+    if oi is not None and not 0.0 <= oi <= (V.USD_MAX if inverse else V.QTY_MAX):
+        raise V.out_of_range("open_interest", oi, V.USD if inverse else V.QTY)
+    et = t.timestamp / 1000.0
+    if not tb[0] <= et <= tb[1]:
+        raise V.out_of_range("timestamp", et, V.TIMESTAMP)
     # positional arguments (fastest): the field order is pinned by a test (tests/test_feeds_deribit.py)
     return [
         MarketUpdate(
             EX,
             inst,
-            t.timestamp / 1000.0,
+            et,
             t.mark_price,
             t.index_price,
             rate,
@@ -316,19 +354,26 @@ def _ticker(t: _Ticker, instruments: Mapping[str, InstrumentInfo]) -> list[Recor
     ]
 
 
-def _fast(frame: str | bytes, instruments: Mapping[str, InstrumentInfo]) -> list[Record] | None:
+def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
     n = _decode_notification(frame)
     if n.method != "subscription":
         return None
     channel = n.params.channel
     if channel.startswith("ticker."):
-        return _ticker(_decode_ticker(n.params.data), instruments)
+        return _ticker(_decode_ticker(n.params.data), ctx.instruments, ctx.time_bounds())
     if channel.startswith("trades."):
-        return _trades(arr(orjson.loads(memoryview(n.params.data)), "data"), instruments)
+        return _trades(arr(orjson.loads(memoryview(n.params.data)), "data"), ctx.instruments, ctx.time_bounds())
     return None
 
 
-def _trades(rows: list[Any], instruments: Mapping[str, InstrumentInfo]) -> list[Record]:
+def _trades(rows: list[Any], instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float]) -> list[Record]:
+    """Trades -> the liquidations among them. Recorded wire (ws_perpetual_ticker_trades_tardis.jsonl, 2020-03)::
+
+    {"jsonrpc":"2.0","method":"subscription","params":{"channel":"trades.BTC-PERPETUAL.raw",
+     "data":[{"trade_seq":40781986,"trade_id":"66460463","timestamp":1584058044032,"tick_direction":3,
+     "price":4469.5,"liquidation":"T","instrument_name":"BTC-PERPETUAL","index_price":4805.41,
+     "direction":"sell","amount":1120}]}}
+    """
     out: list[Record] = []
     for t in rows:
         flag = t.get("liquidation")
@@ -340,14 +385,14 @@ def _trades(rows: list[Any], instruments: Mapping[str, InstrumentInfo]) -> list[
         sides = _LIQUIDATED.get((flag, t["direction"]))
         if sides is None:
             raise ParseError(f"unknown liquidation {flag!r} / direction {t['direction']!r}")
-        price = jnum(t["price"], "price")
+        price = V.price(jnum(t["price"], "price"), "price")
         amount = jnum(t["amount"], "amount")
-        if price <= 0 or amount <= 0:
-            raise ParseError(f"non-positive price {price} or amount {amount}")
         if is_inverse(inst, instruments):
             qty, usd = amount / price, amount  # amount counts USD
         else:
             qty, usd = amount, amount * price
-        when = ms(t["timestamp"], "timestamp")
+        V.qty(qty, "amount")
+        V.usd(usd, "amount")
+        when = ms(t["timestamp"], "timestamp", tb)
         out.extend(Liquidation(EX, inst, when, side, price, qty, usd) for side in sides)
     return out

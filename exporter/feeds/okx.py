@@ -13,15 +13,14 @@ import msgspec
 import orjson
 
 from exporter.feeds import (
-    FAST_FAILURES,
     PARSE_FAILURES,
     arr,
     chunks,
     explain,
+    fast_or_strict,
     label,
     loads,
     ms,
-    not_finite,
     num,
     obj,
     opt_num,
@@ -29,6 +28,7 @@ from exporter.feeds import (
     settlements,
     text,
 )
+from exporter.feeds import validate as V
 from exporter.feeds.base import FeedContext, WsPlan
 from exporter.model import (
     Exchange,
@@ -112,21 +112,18 @@ class OkxFeed:
     def parse_ws(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
         if frame == "pong" or frame == b"pong":
             return []
-        if self.fast:
-            try:
-                out = self._fast(frame, ctx.instruments)
-            except FAST_FAILURES:
-                out = None  # not the usual shape: the strict path decides (and names the problem)
-            if out is not None:
-                return out
-        return self._parse_ws_strict(frame, ctx)
+        return fast_or_strict(self._fast if self.fast else None, self._parse_ws_strict, frame, ctx)
 
-    def _fast(self, frame: str | bytes, instruments: Mapping[str, InstrumentInfo]) -> list[Record] | None:
-        """The four per-instrument channels, decoded straight into typed rows."""
+    def _fast(self, frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
+        """The four per-instrument channels, decoded straight into typed rows. A value outside its
+        domain (NaN and infinities included: the comparisons are false) gives None: the strict
+        path then names the field."""
         push = _decode_price_push(frame)
         channel = push.arg.channel
+        instruments = ctx.instruments
         out: list[Record] = []
         if channel == "mark-price":
+            lo, hi = ctx.time_bounds()
             for r in push.data:
                 inst = r.instId
                 if not instruments or inst in instruments:
@@ -135,11 +132,12 @@ class OkxFeed:
                     if px is None or ts is None or not inst:
                         return None
                     x, t = float(px), float(ts) / 1000.0
-                    if x - x or t - t:  # NaN/inf: let the strict path name the field
+                    if not (V.PRICE_MIN <= x <= V.PRICE_MAX and lo <= t <= hi):
                         return None
                     out.append(MarketUpdate(EX, inst, t, x))
             return out
         if channel == "index-tickers":
+            lo, hi = ctx.time_bounds()
             mapping = self._index_map(instruments)
             for r in push.data:
                 px = r.idxPx
@@ -149,20 +147,22 @@ class OkxFeed:
                 targets = mapping.get(r.instId, ()) if instruments else (f"{r.instId}-SWAP",)
                 if targets:
                     x, t = float(px), float(ts) / 1000.0
-                    if x - x or t - t:
+                    if not (V.PRICE_MIN <= x <= V.PRICE_MAX and lo <= t <= hi):
                         return None
                     for inst in targets:
                         out.append(MarketUpdate(EX, inst, t, None, x))  # positional: index_price
             return out
         if channel == "open-interest":
+            tb = ctx.time_bounds()
             for r in push.data:
                 if not instruments or r.instId in instruments:
-                    out.append(_open_interest(r, instruments))
+                    out.append(_open_interest(r, instruments, tb))
             return out
         if channel == "funding-rate":
+            tb = ctx.time_bounds()
             for r in push.data:
                 if not instruments or r.instId in instruments:
-                    _funding(r, out)
+                    _funding(r, out, tb)
             return out
         return None
 
@@ -176,36 +176,46 @@ class OkxFeed:
             channel = arg["channel"]
             rows = arr(data, "data")
             instruments = ctx.instruments
+            tb = ctx.time_bounds()
             if channel == "mark-price":  # the most frequent push: up to 5/s per instrument
                 out_m: list[Record] = []
                 for r in rows:
                     inst = r["instId"]
                     if not instruments or inst in instruments:
-                        out_m.append(_mark(r, inst))
+                        out_m.append(_mark(r, inst, tb))
                 return out_m
             if channel == "funding-rate":
                 out: list[Record] = []
                 for r in rows:
                     if not instruments or r["instId"] in instruments:
-                        _funding(msgspec.convert(r, _PriceRow), out)
+                        _funding(msgspec.convert(r, _PriceRow), out, tb)
                 return out
             if channel == "index-tickers":
-                return self._index(rows, instruments)
+                return self._index(rows, instruments, tb)
             if channel == "open-interest":
                 return [
-                    _open_interest(msgspec.convert(r, _PriceRow), instruments)
+                    _open_interest(msgspec.convert(r, _PriceRow), instruments, tb)
                     for r in rows
                     if not instruments or r["instId"] in instruments
                 ]
             if channel == "liquidation-orders":
-                return _liquidations(rows, instruments)
+                return _liquidations(rows, instruments, tb)
             if type(channel) is not str:
                 raise ParseError(f"channel {channel!r} is not a string")
             return []  # a channel we do not use (tickers...)
         except PARSE_FAILURES as exc:
             raise parse_error(EX, "stream frame", exc) from None
 
-    def _index(self, rows: list[Any], instruments: Mapping[str, InstrumentInfo]) -> list[Record]:
+    def _index(
+        self, rows: list[Any], instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float]
+    ) -> list[Record]:
+        """``index-tickers`` rows -> the index price of every swap on that index. Recorded wire
+        (ws_public_v5_swap_tardis.jsonl, 2021-12)::
+
+            {"arg":{"channel":"index-tickers","instId":"WNCG-USDT"},"data":[{"instId":"WNCG-USDT",
+             "idxPx":"2.1675","open24h":"2.1599","high24h":"2.2499","low24h":"2.1524","sodUtc0":"2.1658",
+             "sodUtc8":"2.1641","ts":"1640131290649"}]}
+        """
         out: list[Record] = []
         mapping = self._index_map(instruments)
         for r in rows:
@@ -213,7 +223,7 @@ class OkxFeed:
             targets = mapping.get(idx, ()) if instruments else (f"{idx}-SWAP",)
             if not targets:
                 continue
-            px, t = _price_ts(r, "idxPx")
+            px, t = _price_ts(r, "idxPx", tb)
             out.extend(MarketUpdate(EX, inst, t, index_price=px) for inst in targets)
         return out
 
@@ -235,7 +245,14 @@ class OkxFeed:
     # ---- REST ---------------------------------------------------------------------------------
 
     def parse_instruments(self, body: bytes) -> list[InstrumentInfo]:
-        """``GET /api/v5/public/instruments?instType=SWAP`` -> live swaps with their contract size."""
+        """``GET /api/v5/public/instruments?instType=SWAP`` -> live swaps with their contract size.
+
+        Recorded wire (rest_instruments_swap_2022-05_excerpt.json, one row of four, trimmed to the
+        fields used)::
+
+            {"code":"0","data":[{"ctType":"linear","ctVal":"0.01","ctValCcy":"BTC",
+             "instId":"BTC-USDT-SWAP","instType":"SWAP","state":"live","uly":"BTC-USDT"}],"msg":""}
+        """
         try:
             out = []
             for s in _data(body, "instruments"):
@@ -246,8 +263,8 @@ class OkxFeed:
                 base, _, quote = family.partition("-")
                 inverse = s.get("ctType") == "inverse"
                 ct_val = num(s["ctVal"], "ctVal")
-                if ct_val <= 0:
-                    raise ParseError(f"{inst}: ctVal {ct_val} is not positive")
+                if not 0.0 < ct_val <= V.QTY_MAX:
+                    raise ParseError(f"{inst}: ctVal {ct_val} is not positive", V.QTY)
                 out.append(
                     InstrumentInfo(
                         exchange=EX,
@@ -263,24 +280,38 @@ class OkxFeed:
             raise parse_error(EX, "instruments", exc) from None
 
     def parse_funding_history(self, body: bytes, ctx: FeedContext) -> list[FundingSettlement]:
-        """``GET /api/v5/public/funding-rate-history`` -> settlements at the realised rate, oldest first."""
+        """``GET /api/v5/public/funding-rate-history`` -> settlements at the realised rate, oldest first.
+
+        Recorded wire (rest_funding_rate_history_nautilus.json, 2024-01, first row of two)::
+
+            {"code":"0","msg":"","data":[{"instType":"SWAP","instId":"BTC-USDT-SWAP",
+             "fundingRate":"0.0001515032","realizedRate":"0.00015","fundingTime":"1704067200000"}]}
+        """
         try:
             rows: dict[str, list[tuple[float, float]]] = {}
+            tb = ctx.time_bounds()
             for r in _data(body, "funding-rate-history"):
                 rate = opt_num(r.get("realizedRate"), "realizedRate")  # what was actually charged
                 if rate is None:
                     rate = num(r["fundingRate"], "fundingRate")
-                t = ms(r["fundingTime"], "fundingTime")
-                rows.setdefault(text(r["instId"], "instId"), []).append((t, rate))
+                t = ms(r["fundingTime"], "fundingTime", tb)
+                rows.setdefault(text(r["instId"], "instId"), []).append((t, V.rate(rate, "realizedRate")))
             return settlements(EX, rows)
         except PARSE_FAILURES as exc:
             raise parse_error(EX, "funding-rate-history", exc) from None
 
     def parse_open_interest(self, body: bytes, ctx: FeedContext) -> list[MarketUpdate]:
-        """``GET /api/v5/public/open-interest?instType=SWAP`` -> open interest per swap."""
+        """``GET /api/v5/public/open-interest?instType=SWAP`` -> open interest per swap.
+
+        Recorded wire (rest_open_interest_cmp.jsonl, 2022-06, first row of two)::
+
+            {"code":"0","data":[{"instId":"BTC-USD-SWAP","instType":"SWAP","oi":"4092973",
+             "oiCcy":"13840.048827662696883","ts":"1654348683853"}],"msg":""}
+        """
         try:
+            tb = ctx.time_bounds()
             return [
-                _open_interest(msgspec.convert(r, _PriceRow), ctx.instruments)
+                _open_interest(msgspec.convert(r, _PriceRow), ctx.instruments, tb)
                 for r in _data(body, "open-interest")
                 if not ctx.instruments or r["instId"] in ctx.instruments
             ]
@@ -302,12 +333,13 @@ class OkxFeed:
                     raise ParseError("the body names no instrument: pass instrument= or a one-instrument context")
                 instrument = next(iter(ctx.instruments))
             out = []
+            tb = ctx.time_bounds()
             for row in rows:
                 if type(row) is dict:  # some rubik endpoints answer objects instead of arrays
                     t, ratio = row["ts"], row.get("longShortAcctRatio", row.get("ratio"))
                 else:
                     t, ratio = row[0], row[1]
-                out.append(LongShortRatio(EX, instrument, ms(t, "ts"), num(ratio, "ratio")))
+                out.append(LongShortRatio(EX, instrument, ms(t, "ts", tb), V.ratio(num(ratio, "ratio"), "ratio")))
             out.sort(key=lambda r: r.event_time)
             return out
         except PARSE_FAILURES as exc:
@@ -317,13 +349,14 @@ class OkxFeed:
         """``GET /api/v5/public/insurance-fund?instType=SWAP&instFamily=`` -> ``total`` (USD) per family."""
         try:
             out = []
+            tb = ctx.time_bounds()
             for r in _data(body, "insurance-fund"):
                 details = arr(r.get("details") or [], "details")
-                times = [ms(d["ts"], "ts") for d in details if d.get("ts")]
+                times = [ms(d["ts"], "ts", tb) for d in details if d.get("ts")]
                 if not times:
                     continue  # no dated balance row: nothing to report
                 pool = r.get("instFamily") or r.get("uly") or r.get("instType") or "all"
-                out.append(InsuranceFund(EX, str(pool), max(times), num(r["total"], "total")))
+                out.append(InsuranceFund(EX, str(pool), max(times), V.usd(num(r["total"], "total"), "total")))
             return out
         except PARSE_FAILURES as exc:
             raise parse_error(EX, "insurance-fund", exc) from None
@@ -336,7 +369,7 @@ def _data(body: bytes, what: str) -> list[Any]:
     msg = obj(loads(body), what)
     code = msg.get("code")
     if code != "0" and code != 0:
-        raise ParseError(f"code {code!r}: {msg.get('msg')!r}")
+        raise ParseError(f"code {code!r}: {msg.get('msg')!r}", V.BAD_SHAPE)
     return arr(msg["data"], "data")
 
 
@@ -385,7 +418,7 @@ class _PricePush(msgspec.Struct, gc=False):
 _decode_price_push = msgspec.json.Decoder(_PricePush).decode
 
 
-def _price_ts(r: dict[str, Any], key: str) -> tuple[float, float]:
+def _price_ts(r: dict[str, Any], key: str, tb: tuple[float, float]) -> tuple[float, float]:
     """(price, Unix seconds) of a row; decimal strings take the fast float() path."""
     px = r[key]
     ts = r["ts"]
@@ -394,75 +427,107 @@ def _price_ts(r: dict[str, Any], key: str) -> tuple[float, float]:
         t = (float(ts) if type(ts) is str else num(ts, "ts")) / 1000.0
     except ValueError as exc:
         raise explain(r, (key, "ts"), exc) from None
-    if x - x:
-        raise not_finite(key, px)
-    if t - t:
-        raise not_finite("ts", ts)
-    return x, t
+    return V.price(x, key), V.timestamp(t, "ts", tb)
 
 
-def _mark(r: dict[str, Any], inst: Any) -> MarketUpdate:
+def _mark(r: dict[str, Any], inst: Any, tb: tuple[float, float]) -> MarketUpdate:
+    """One ``mark-price`` row. Recorded wire (ws_public_v5_swap_tardis.jsonl, 2021-12)::
+
+    {"arg":{"channel":"mark-price","instId":"WNCG-USDT-SWAP"},"data":[{"instId":"WNCG-USDT-SWAP",
+     "instType":"SWAP","markPx":"2.1729","ts":"1640131259180"}]}
+    """
     if type(inst) is not str or not inst:
         raise ParseError(f"field 'instId': bad instrument {inst!r}")
-    px, t = _price_ts(r, "markPx")
+    px, t = _price_ts(r, "markPx", tb)
     return MarketUpdate(EX, inst, t, px)
 
 
-def _funding(r: _PriceRow, out: list[Record]) -> None:
+def _funding(r: _PriceRow, out: list[Record], tb: tuple[float, float]) -> None:
+    """One ``funding-rate`` row -> the current rate (and the settled one, once settled).
+
+    Recorded wire (ws_funding_rate_index_2026_tardis.jsonl, 2026-08; an X-Perp, same schema as SWAP)::
+
+        {"arg":{"channel":"funding-rate","instId":"BTC-USD_UM_XPERP-310404"},"data":[{"formulaType":"withRate",
+         "fundingRate":"-0.0004270396398519","fundingTime":"1785888000000","impactValue":"10000.0000000000000000",
+         "instId":"BTC-USD_UM_XPERP-310404","instType":"FUTURES","interestRate":"0.0001000000000000",
+         "maxFundingRate":"0.00375","method":"current_period","minFundingRate":"-0.00375","nextFundingRate":"",
+         "nextFundingTime":"1785916800000","premium":"-0.0008949500017283","prevFundingTime":"1785859200000",
+         "settFundingRate":"-0.0001996513270201","settState":"settled","ts":"1785870855692"}]}
+    """
     inst = r.instId
     if not inst:
         raise ParseError("field 'instId' is empty")
     # fundingTime is the settlement the current rate applies to; nextFundingTime the one after.
+    # settlement times: milliseconds, each within the time bounds (validated after the division)
     t_set = opt_num(r.fundingTime, "fundingTime")
     t_next = opt_num(r.nextFundingTime, "nextFundingTime")
     t_prev = opt_num(r.prevFundingTime, "prevFundingTime")
+    if t_set is not None:
+        t_set = V.timestamp(t_set / 1000.0, "fundingTime", tb)
+    if t_next is not None:
+        t_next = V.timestamp(t_next / 1000.0, "nextFundingTime", tb)
+    if t_prev is not None:
+        t_prev = V.timestamp(t_prev / 1000.0, "prevFundingTime", tb)
     interval = None
     if t_set is not None and t_next is not None and t_next > t_set:
-        interval = (t_next - t_set) / 1000.0
+        interval = V.interval(t_next - t_set, "nextFundingTime")
     elif t_set is not None and t_prev is not None and t_set > t_prev:
-        interval = (t_set - t_prev) / 1000.0
+        interval = V.interval(t_set - t_prev, "prevFundingTime")
     ts = opt_num(r.ts, "ts")
     out.append(
         MarketUpdate(
             EX,
             inst,
-            event_time=ts / 1000.0 if ts is not None else None,
-            funding_rate=opt_num(r.fundingRate, "fundingRate"),  # absent in some 2021 pushes: unknown, not 0
-            next_funding_time=t_set / 1000.0 if t_set is not None else None,
+            event_time=V.timestamp(ts / 1000.0, "ts", tb) if ts is not None else None,
+            # absent in some 2021 pushes: unknown, not 0
+            funding_rate=V.opt(V.rate, opt_num(r.fundingRate, "fundingRate"), "fundingRate"),
+            next_funding_time=t_set,
             funding_interval_s=interval,
-            funding_cap=opt_num(r.maxFundingRate, "maxFundingRate"),
-            funding_floor=opt_num(r.minFundingRate, "minFundingRate"),
-            premium=opt_num(r.premium, "premium"),
+            funding_cap=V.opt(V.rate, opt_num(r.maxFundingRate, "maxFundingRate"), "maxFundingRate"),
+            funding_floor=V.opt(V.rate, opt_num(r.minFundingRate, "minFundingRate"), "minFundingRate"),
+            premium=V.opt(V.rate, opt_num(r.premium, "premium"), "premium"),
         )
     )
     # Once settled, settFundingRate is what was charged at the previous settlement.
-    sett = opt_num(r.settFundingRate, "settFundingRate")
+    sett = V.opt(V.rate, opt_num(r.settFundingRate, "settFundingRate"), "settFundingRate")
     if sett is not None and r.settState == "settled" and t_prev is not None:
-        out.append(FundingSettlement(EX, inst, t_prev / 1000.0, sett, interval))
+        out.append(FundingSettlement(EX, inst, t_prev, sett, interval))
 
 
-def _open_interest(r: _PriceRow, instruments: Mapping[str, InstrumentInfo]) -> MarketUpdate:
+def _open_interest(r: _PriceRow, instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float]) -> MarketUpdate:
+    """One ``open-interest`` row (stream push or REST body). Recorded wire (ws_public_v5_swap_tardis.jsonl)::
+
+    {"arg":{"channel":"open-interest","instId":"WNCG-USDT-SWAP"},"data":[{"instId":"WNCG-USDT-SWAP",
+     "instType":"SWAP","oi":"644195","oiCcy":"644195","ts":"1640131258756"}]}
+    """
     inst = r.instId
     if not inst:
         raise ParseError("field 'instId' is empty")
     if r.oi is None:
-        raise ParseError("missing field 'oi'")
-    oi = num(r.oi, "oi")  # contracts
-    coin = opt_num(r.oiCcy, "oiCcy")
-    usd = opt_num(r.oiUsd, "oiUsd")  # only in pushes since 2023
+        raise ParseError("missing field 'oi'", V.MISSING_FIELD)
+    oi = V.holding(num(r.oi, "oi"), "oi")  # contracts
+    coin = V.opt(V.holding, opt_num(r.oiCcy, "oiCcy"), "oiCcy")
+    usd = V.opt(V.usd, opt_num(r.oiUsd, "oiUsd"), "oiUsd")  # only in pushes since 2023
     info = instruments.get(inst)
     if info is not None and info.inverse:
         if usd is None:
-            usd = oi * info.contract_size  # inverse contracts are worth a fixed number of USD
+            usd = V.usd(oi * info.contract_size, "oi")  # inverse contracts are worth a fixed number of USD
     elif coin is None:
         if info is None:
             raise ParseError(f"{inst}: oi in contracts without oiCcy, and ctVal unknown")
-        coin = oi * info.contract_size
+        coin = V.holding(oi * info.contract_size, "oi")
     ts = r.ts
-    return MarketUpdate(EX, inst, ms(ts, "ts") if ts else None, open_interest_base=coin, open_interest_usd=usd)
+    return MarketUpdate(EX, inst, ms(ts, "ts", tb) if ts else None, open_interest_base=coin, open_interest_usd=usd)
 
 
-def _liquidations(rows: list[Any], instruments: Mapping[str, InstrumentInfo]) -> list[Record]:
+def _liquidations(rows: list[Any], instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float]) -> list[Record]:
+    """``liquidation-orders`` rows. Recorded wire (ws_liquidation_orders_tardis.jsonl, 2023-03, FUTURES;
+    SWAP rows have the same schema)::
+
+        {"arg":{"channel":"liquidation-orders","instType":"FUTURES"},"data":[{"details":[{"bkLoss":"0",
+         "bkPx":"0.55205","ccy":"","posSide":"short","side":"buy","sz":"39","ts":"1680173247614"}],
+         "instFamily":"XRP-USD","instId":"XRP-USD-230929","instType":"FUTURES","uly":"XRP-USD"}]}
+    """
     out: list[Record] = []
     for r in rows:
         inst = text(r["instId"], "instId")
@@ -475,15 +540,13 @@ def _liquidations(rows: list[Any], instruments: Mapping[str, InstrumentInfo]) ->
                 side = _NET_SIDE.get(d["side"])
                 if side is None:
                     raise ParseError(f"unknown side {d['side']!r} / posSide {d.get('posSide')!r}")
-            contracts = num(d["sz"], "sz")
-            price = num(d["bkPx"], "bkPx")  # bankruptcy price
-            if contracts <= 0 or price <= 0:
-                raise ParseError(f"non-positive sz {contracts} or bkPx {price}")
+            contracts = V.qty(num(d["sz"], "sz"), "sz")
+            price = V.price(num(d["bkPx"], "bkPx"), "bkPx")  # bankruptcy price
             if info.inverse:
                 usd = contracts * info.contract_size
                 qty = usd / price
             else:
                 qty = contracts * info.contract_size
                 usd = qty * price
-            out.append(Liquidation(EX, inst, ms(d["ts"], "ts"), side, price, qty, usd))
+            out.append(Liquidation(EX, inst, ms(d["ts"], "ts", tb), side, price, V.qty(qty, "sz"), V.usd(usd, "sz")))
     return out

@@ -20,7 +20,7 @@ from exporter.metrics.exposition import render
 from exporter.metrics.health import HealthCollector
 from exporter.metrics.market import CrossCollector, MarketCollector
 from exporter.state import MarketState
-from exporter.views import MarketViews
+from exporter.views import MarketViews, RenderErrors
 
 __all__ = ["ExporterRegistry", "build_registry"]
 
@@ -56,7 +56,7 @@ class ExporterRegistry(CollectorRegistry):
     def render(self, openmetrics: bool = False, names: set[str] | None = None) -> bytes:
         """The whole registry (or the families named in ``names``) in the text format 0.0.4, or OpenMetrics 1.0.0."""
         with self.views.scrape():
-            return render(self.collectors(), openmetrics, names)
+            return render(self.collectors(), openmetrics, names, self.views.errors)
 
 
 def build_registry(
@@ -65,11 +65,12 @@ def build_registry(
     """Our own registry (never the global one) with the market, cross-exchange and health collectors,
     and (``process``) this process's process_* series."""
     disable_created_metrics()  # no *_created series: they would double the counters' cardinality
-    views = MarketViews(config, state)
+    errors = RenderErrors()  # shared: views, cross-exchange figures, renderer -> fr_render_errors_total
+    views = MarketViews(config, state, errors)
     reg = ExporterRegistry(views)
     reg.register(MarketCollector(views))
     reg.register(CrossCollector(views))
-    reg.register(HealthCollector(config, state))
+    reg.register(HealthCollector(config, state, render_errors=errors))
     # process_* (resident memory, CPU, open fds): the "Exporter health" dashboard's memory panel
     if process:
         ProcessCollector(registry=reg)

@@ -431,11 +431,13 @@ UP = _def(
     "health",
     ("exchange",),
     "0/1",
-    "1 when at least one websocket stream of the exchange is connected and had a message within "
-    "the exchange's stream staleness limit (stale.stream_seconds), else 0. Present for every "
+    "1 when at least one websocket stream of the exchange is connected and parsed a data message "
+    "within the exchange's stream staleness limit (stale.stream_seconds), else 0: frames that fail "
+    "to parse do not count (see fr_stream_last_parsed_timestamp_seconds). Present for every "
     "configured exchange.",
-    "1 when at least one of the exchange's websocket streams is connected and had a message within "
-    "`stale.stream_seconds`. Always present for every configured exchange.",
+    "1 when at least one of the exchange's websocket streams is connected and parsed a data message "
+    "within `stale.stream_seconds` (a flood of unparsable frames does not keep it at 1). Always "
+    "present for every configured exchange.",
 )
 STREAM_CONNECTED = _def(
     "fr_stream_connected",
@@ -454,6 +456,18 @@ STREAM_LAST_MESSAGE = _def(
     "Unix seconds",
     "Unix time in seconds of the last message received on the stream (absent before the first one).",
     "Last message on the stream (absent before the first). Alert on `time() - x`.",
+)
+STREAM_LAST_PARSED = _def(
+    "fr_stream_last_parsed_timestamp_seconds",
+    "gauge",
+    "health",
+    _STREAM,
+    "Unix seconds",
+    "Unix time in seconds of the last message of the stream that parsed into data (fr_up follows "
+    "it; absent before the first one). Far behind fr_stream_last_message_timestamp_seconds: the "
+    "stream delivers frames that do not parse.",
+    "Last message of the stream that parsed into data; `fr_up` follows it. Far behind "
+    "`fr_stream_last_message_timestamp_seconds`: frames arrive but do not parse.",
 )
 STREAM_MESSAGES = _def(
     "fr_stream_messages_total",
@@ -481,6 +495,42 @@ PARSE_ERRORS = _def(
     "messages",
     "Messages of the stream that could not be parsed (dropped, state unchanged).",
     "Messages that could not be parsed (dropped; state unchanged).",
+)
+PARSE_ERROR_REASONS = _def(
+    "fr_parse_errors_by_reason_total",
+    "counter",
+    "health",
+    (*_STREAM, "reason"),
+    "messages",
+    "fr_parse_errors_total broken down by reason: invalid_json, missing_field, bad_shape, not_a_number, "
+    "not_finite, a domain check that failed (price_out_of_range, size_out_of_range, usd_out_of_range, "
+    "rate_out_of_range, interval_out_of_range, ratio_out_of_range, timestamp_out_of_range), parser_error.",
+    "`fr_parse_errors_total` by reason: `invalid_json`, `missing_field`, `bad_shape`, `not_a_number`, "
+    "`not_finite`, a failed domain check (`price_out_of_range`, `size_out_of_range`, `usd_out_of_range`, "
+    "`rate_out_of_range`, `interval_out_of_range`, `ratio_out_of_range`, `timestamp_out_of_range`; bounds "
+    "in `exporter/feeds/validate.py`), `parser_error`. A value outside its domain is dropped and the "
+    "previous good value stays. Present once a reason occurred.",
+)
+STREAM_RESYNCS = _def(
+    "fr_stream_resyncs_total",
+    "counter",
+    "health",
+    _STREAM,
+    "requests",
+    "Fresh snapshots asked for after a parse error on a snapshot+delta stream (Bybit tickers).",
+    "Fresh snapshots asked for after a parse error on a snapshot+delta stream (Bybit tickers); until "
+    "it arrives, a delta refreshes only the fields it carries.",
+)
+STREAM_SHORT_SESSIONS = _def(
+    "fr_stream_short_sessions_total",
+    "counter",
+    "health",
+    _STREAM,
+    "connections",
+    "Connections that ended within a few seconds of opening (connect-then-drop); they never "
+    "reset the reconnect backoff.",
+    "Connections that ended within `short_session_s` (5 s) of opening: a connect-then-drop loop. They "
+    "never reset the reconnect backoff, which otherwise resets once a session's data flows.",
 )
 SUBSCRIPTION_ERRORS = _def(
     "fr_stream_subscription_errors_total",
@@ -526,6 +576,20 @@ UNKNOWN_INSTRUMENT_UPDATES = _def(
     "records",
     "Records for instruments the exporter does not follow (ignored).",
     "Records for instruments the exporter does not follow (ignored).",
+)
+RENDER_ERRORS = _def(
+    "fr_render_errors_total",
+    "counter",
+    "health",
+    ("collector",),
+    "series",
+    "Series left out of a scrape because building them failed, per collector: an instrument whose "
+    "view raised (market), a base whose cross-exchange figures raised (cross), a non-finite sample, "
+    "a collector that raised as a whole. The other series of the scrape are unaffected.",
+    "Series left out of a scrape because building them failed: an instrument whose view raised or held "
+    "a non-finite value (`market`), a base whose cross-exchange figures raised (`cross`), an `/api/state` "
+    "row (`api_state`), non-finite samples or a whole collector that raised (its name). No NaN or ±Inf "
+    "sample is ever rendered. Present once an error occurred.",
 )
 BUILD_INFO = _def(
     "fr_build_info",

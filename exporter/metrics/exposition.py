@@ -39,6 +39,19 @@ def yield_gil() -> None:
     time.sleep(0)
 
 
+class RenderErrors(Protocol):
+    """Where the renderer counts what it left out, per collector (``exporter.views.RenderErrors``;
+    a protocol here so that the renderer, and the catalog above it, import nothing of the exporter)."""
+
+    def count(self, collector: str, n: int = 1) -> None: ...
+
+
+def collector_label(c: object) -> str:
+    """``MarketCollector`` -> ``market``: the collector= label value of fr_render_errors_total."""
+    name = type(c).__name__
+    return (name[: -len("Collector")] if name.endswith("Collector") and name != "Collector" else name).lower()
+
+
 def format_value(v: float) -> str:
     """A sample value as Prometheus' Go code writes it: repr(float), +Inf/-Inf/NaN, and Go's
     switch to an exponent for numbers of 1e6 and more (``1.234567e+06``)."""
@@ -161,14 +174,21 @@ class FastCollector(Protocol):
     def collect(self) -> Iterable[Metric]: ...
 
 
-def render_family(fam: Family, out: list[str], openmetrics: bool) -> None:
+def render_family(fam: Family, out: list[str], openmetrics: bool) -> int:
+    """Append the family's lines; returns how many samples were left out for not being finite.
+
+    A NaN or an infinity is never a market value (an overflowed product, a counter gone wrong):
+    its sample is left out, so a dashboard shows a gap instead of a wrong number.
+    """
     spec = fam.spec
     out.append(spec.head_om if openmetrics else spec.head_text)
     name = spec.name
     fmt = format_value
-    # repr() is exactly Go's formatting for finite floats below 1e6 (most samples); the rest, NaN
-    # included (its comparisons are false), go through format_value. Values must be floats here.
+    # repr() is exactly Go's formatting for finite floats below 1e6 (most samples); the rest go
+    # through format_value. The finiteness test (v - v == 0 is false for NaN and +-inf) runs only
+    # for values outside the fast range. Values must be floats here.
     labels, values = fam.labels, fam.values
+    before = len(out)
     for i in range(0, len(values), YIELD_EVERY):
         if i:
             yield_gil()
@@ -176,8 +196,10 @@ def render_family(fam: Family, out: list[str], openmetrics: bool) -> None:
             [
                 f"{name}{lb.text} {repr(v) if -1e300 < v < 1e6 else fmt(v)}\n"
                 for lb, v in zip(labels[i : i + YIELD_EVERY], values[i : i + YIELD_EVERY], strict=True)
+                if -1e300 < v < 1e6 or v - v == 0.0
             ]
         )
+    return len(values) - (len(out) - before)
 
 
 def _labels_block(labels: dict[str, str]) -> str:
@@ -196,22 +218,30 @@ _TEXT_TYPE = {
 _TEXT_SUFFIX = {"counter": "_total", "info": "_info"}
 
 
-def render_metric_family(mf: Metric, out: list[str], openmetrics: bool) -> None:
+def render_metric_family(mf: Metric, out: list[str], openmetrics: bool) -> int:
     """Any prometheus_client family (histograms, info, ... from other collectors), same output as
-    prometheus_client's own encoders apart from exemplars and native histograms, which we never use."""
+    prometheus_client's own encoders apart from exemplars and native histograms, which we never use,
+    and non-finite samples, which are left out (returns how many)."""
+    dropped = 0
     if openmetrics:
         out.append(f"# HELP {mf.name} {_escape_help_om(mf.documentation)}\n# TYPE {mf.name} {mf.type}\n")
         if mf.unit:
             out.append(f"# UNIT {mf.name} {mf.unit}\n")
         for s in mf.samples:
+            if float(s.value) - float(s.value) != 0.0:  # NaN, +-Inf: left out (a histogram's +Inf is a label)
+                dropped += 1
+                continue
             ts = f" {s.timestamp}" if s.timestamp is not None else ""
             out.append(f"{s.name}{_labels_block(s.labels)} {format_value(s.value)}{ts}\n")
-        return
+        return dropped
     name = mf.name + _TEXT_SUFFIX.get(mf.type, "")
     help_line = _escape_help_text(mf.documentation)
     out.append(f"# HELP {name} {help_line}\n# TYPE {name} {_TEXT_TYPE.get(mf.type, mf.type)}\n")
     extra: dict[str, list[str]] = {}
     for s in mf.samples:
+        if float(s.value) - float(s.value) != 0.0:
+            dropped += 1
+            continue
         ts = f" {int(float(s.timestamp) * 1000):d}" if s.timestamp is not None else ""
         line = f"{s.name}{_labels_block(s.labels)} {format_value(s.value)}{ts}\n"
         for suffix in ("_created", "_gsum", "_gcount"):
@@ -224,28 +254,42 @@ def render_metric_family(mf: Metric, out: list[str], openmetrics: bool) -> None:
     for suffix, lines in sorted(extra.items()):
         out.append(f"# HELP {mf.name}{suffix} {help_line}\n# TYPE {mf.name}{suffix} gauge\n")
         out.extend(lines)
+    return dropped
 
 
-def render(collectors: Iterable[Any], openmetrics: bool = False, names: set[str] | None = None) -> bytes:
+def render(
+    collectors: Iterable[Any],
+    openmetrics: bool = False,
+    names: set[str] | None = None,
+    errors: RenderErrors | None = None,
+) -> bytes:
     """Everything the collectors hold now, in the text format or OpenMetrics; with ``names`` only the
-    families with a sample of one of those names (``?name[]=``, as prometheus_client filters)."""
+    families with a sample of one of those names (``?name[]=``, as prometheus_client filters).
+    Left-out series (a collector that raised, non-finite samples) are counted in ``errors`` per collector."""
     out: list[str] = []
     for c in collectors:
         part: list[str] = []
+        dropped = 0
         try:
             fams = getattr(c, "families", None)
             if fams is not None:
                 for fam in fams():
                     if names is None or fam.spec.name in names:
-                        render_family(fam, part, openmetrics)
+                        dropped += render_family(fam, part, openmetrics)
             else:
                 for mf in c.collect():
                     if names is None or mf.name in names or any(s.name in names for s in mf.samples):
-                        render_metric_family(mf, part, openmetrics)
+                        dropped += render_metric_family(mf, part, openmetrics)
         except Exception:
             # One broken collector (a position source...) must not take every other series down.
             log.exception("collector %s failed; its series are left out of this scrape", type(c).__name__)
+            if errors is not None:
+                errors.count(collector_label(c))
             continue
+        if dropped:
+            log.warning("collector %s: %d non-finite samples left out", type(c).__name__, dropped)
+            if errors is not None:
+                errors.count(collector_label(c), dropped)
         out.extend(part)
     if openmetrics:
         out.append("# EOF\n")

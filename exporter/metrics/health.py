@@ -16,7 +16,7 @@ from exporter.config import Config
 from exporter.metrics import catalog as m
 from exporter.metrics.exposition import EMPTY_LABELS, Family, LabelSet
 from exporter.state import MarketState
-from exporter.views import exchange_up
+from exporter.views import RenderErrors, exchange_up
 
 
 class HealthCollector:
@@ -40,20 +40,32 @@ class HealthCollector:
     fr_build_info{python_version="3.11.9",revision="22e54d6a1b2c",version="0.1.0"} 1.0
     """
 
-    def __init__(self, config: Config, state: MarketState, version: str = __version__) -> None:
+    def __init__(
+        self,
+        config: Config,
+        state: MarketState,
+        version: str = __version__,
+        render_errors: RenderErrors | None = None,
+    ) -> None:
         self.config = config
         self.state = state
+        self.render_errors = render_errors
         self.s_up = m.UP.spec()
         self.s_conn = m.STREAM_CONNECTED.spec()
         self.s_last = m.STREAM_LAST_MESSAGE.spec()
+        self.s_parsed = m.STREAM_LAST_PARSED.spec()
         self.s_msgs = m.STREAM_MESSAGES.spec()
         self.s_rec = m.STREAM_RECONNECTS.spec()
         self.s_perr = m.PARSE_ERRORS.spec()
+        self.s_perr_reason = m.PARSE_ERROR_REASONS.spec()
         self.s_suberr = m.SUBSCRIPTION_ERRORS.spec()
+        self.s_resync = m.STREAM_RESYNCS.spec()
+        self.s_short = m.STREAM_SHORT_SESSIONS.spec()
         self.s_req = m.REST_REQUESTS.spec()
         self.s_fail = m.REST_FAILURES.spec()
         self.s_rest_ok = m.REST_LAST_SUCCESS.spec()
         self.s_unknown = m.UNKNOWN_INSTRUMENT_UPDATES.spec()
+        self.s_render = m.RENDER_ERRORS.spec()
         self.s_build = m.BUILD_INFO.spec()
         self._build_labels = LabelSet({**build_labels(), "version": version}.items())
         self._labels: dict[tuple[tuple[str, str], ...], LabelSet] = {}
@@ -75,15 +87,23 @@ class HealthCollector:
             f_up.add(self._label(("exchange", ex.value)), 1.0 if exchange_up(self.config, state, ex, now) else 0.0)
         f_conn, f_last, f_msgs = self.s_conn.family(), self.s_last.family(), self.s_msgs.family()
         f_rec, f_perr, f_suberr = self.s_rec.family(), self.s_perr.family(), self.s_suberr.family()
+        f_reason = self.s_perr_reason.family()
+        f_parsed, f_resync, f_short = self.s_parsed.family(), self.s_resync.family(), self.s_short.family()
         for (ex, stream), h in sorted(list(state.streams.items())):
             lbl = self._label(("exchange", ex.value), ("stream", stream))
             f_conn.add(lbl, 1.0 if h.connected else 0.0)
             if h.last_message_at > 0.0:
                 f_last.add(lbl, h.last_message_at)
+            if h.last_parsed_at > 0.0:
+                f_parsed.add(lbl, h.last_parsed_at)
             f_msgs.add(lbl, h.messages)
             f_rec.add(lbl, h.reconnects)
             f_perr.add(lbl, h.parse_errors)
+            for reason, n in sorted(dict(h.parse_error_reasons).items()):
+                f_reason.add(self._label(("exchange", ex.value), ("stream", stream), ("reason", reason)), n)
             f_suberr.add(lbl, h.subscription_errors)
+            f_resync.add(lbl, h.resyncs)
+            f_short.add(lbl, h.short_sessions)
         f_req, f_fail, f_ok = self.s_req.family(), self.s_fail.family(), self.s_rest_ok.family()
         for (ex, endpoint), r in sorted(list(state.rest.items())):
             lbl = self._label(("exchange", ex.value), ("endpoint", endpoint))
@@ -94,9 +114,14 @@ class HealthCollector:
                 f_ok.add(lbl, r.last_success_at)
         f_unknown = self.s_unknown.family()
         f_unknown.add(EMPTY_LABELS, state.unknown_instrument_updates)
+        f_render = self.s_render.family()
+        if self.render_errors is not None:
+            for collector, n in sorted(self.render_errors.snapshot().items()):
+                f_render.add(self._label(("collector", collector)), n)
         f_build = self.s_build.family()
         f_build.add(self._build_labels, 1.0)
-        return [f_up, f_conn, f_last, f_msgs, f_rec, f_perr, f_suberr, f_req, f_fail, f_ok, f_unknown, f_build]
+        streams = [f_conn, f_last, f_parsed, f_msgs, f_rec, f_perr, f_reason, f_suberr, f_resync, f_short]
+        return [f_up, *streams, f_req, f_fail, f_ok, f_unknown, f_render, f_build]
 
     def collect(self) -> Iterable[Metric]:
         for fam in self.families():

@@ -6,13 +6,14 @@ these collectors only give them names and labels. Nothing here writes to state o
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from operator import attrgetter
 from typing import Any
 
 from prometheus_client.core import Metric
 
-from exporter.analytics.cross import funding_spreads, oi_weighted_funding
+from exporter.analytics.cross import FundingPoint, funding_spreads, oi_weighted_funding
 from exporter.metrics import catalog as m
 from exporter.metrics.exposition import Family, LabelSet, Spec, yield_gil
 from exporter.model import InstrumentInfo, Side
@@ -30,6 +31,9 @@ def _window_text(seconds: float) -> str:
     if seconds % 3600 == 0:
         return f"{seconds / 3600:g} h"
     return f"{seconds:g} s"
+
+
+log = logging.getLogger(__name__)
 
 
 class MarketCollector:
@@ -207,16 +211,30 @@ class CrossCollector:
         mv = self.views
         if views is None:
             views = mv.current_views()
-        points = mv.funding_points(views)
+        by_base: dict[str, list[FundingPoint]] = {}
+        for p in mv.funding_points(views):
+            by_base.setdefault(p.base, []).append(p)
         f_oiw, f_spread = self.s_oiw.family(), self.s_spread.family()
-        for base, rate in sorted(oi_weighted_funding(points).items()):
-            f_oiw.add(self._label(("base", base)), rate)
         cfg = mv.config.analytics
-        for s in funding_spreads(points, cfg.holding_period_hours, cfg.spread_top_n):
-            f_spread.add(
-                self._label(("base", s.base), ("long_exchange", s.long_exchange), ("short_exchange", s.short_exchange)),
-                s.net_bp,
-            )
+        # Base by base: one base whose figures cannot be computed loses its series, not the others.
+        for base in sorted(by_base):
+            points = by_base[base]
+            try:
+                oiw = oi_weighted_funding(points).get(base)
+                spreads = funding_spreads(points, cfg.holding_period_hours, cfg.spread_top_n)
+            except Exception:
+                mv.errors.count("cross")
+                log.warning("cross-exchange figures of %s failed; its series are left out", base, exc_info=True)
+                continue
+            if oiw is not None:
+                f_oiw.add(self._label(("base", base)), oiw)
+            for s in spreads:
+                f_spread.add(
+                    self._label(
+                        ("base", s.base), ("long_exchange", s.long_exchange), ("short_exchange", s.short_exchange)
+                    ),
+                    s.net_bp,
+                )
         return [f_oiw, f_spread]
 
     def collect(self) -> Iterable[Metric]:
