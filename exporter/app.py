@@ -396,7 +396,8 @@ class Exporter:
         from exporter.metrics import build_registry
 
         registry = build_registry(self.config, self.state)
-        if self.config.positions or self.config.position_settings.from_accounts:
+        # an invalid position that is the only one still starts the service: it reports and counts it
+        if self.config.positions or self.config.position_settings.from_accounts or self.config.position_issues:
             try:
                 # the exporter's REST endpoints: account reads share their rate-limit gates and counts
                 rest = {ex: rt.rest for ex, rt in self.runtimes.items()}

@@ -22,7 +22,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from exporter import __version__
-from exporter.config import Config, ConfigError, load_config, parse_listen_address
+from exporter.config import Config, ConfigError, load_config, parse_listen_address, runtime_problems
 from exporter.logs import FORMATS, log_level
 from exporter.logs import setup as setup_logging
 
@@ -273,6 +273,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 1
     for issue in config.position_issues:
         print(f"fr-exporter: position skipped: {issue.message}", file=sys.stderr)
+    problems = runtime_problems(config)
+    for problem in problems:
+        print(f"fr-exporter: {problem}", file=sys.stderr)
+    if problems:
+        print(f"{args.file}: {len(problems)} problem(s) that would stop a start", file=sys.stderr)
+        return 1
     exchanges = ", ".join(
         f"{ex.value} ({len(config.instruments_for(ex))} instruments)" for ex in config.enabled_exchanges()
     )

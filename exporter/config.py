@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -23,7 +24,25 @@ from exporter.redact import register_secret
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    # allow_inf_nan=False: YAML reads 1e309 as infinity, and .nan/.inf are YAML floats too
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
+
+
+def check_url(value: str | None, schemes: tuple[str, ...]) -> str | None:
+    """``value`` must be an absolute URL with one of ``schemes`` and a host (None passes)."""
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises on a port that is not a number or out of range
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a URL ({exc})") from None
+    if parts.scheme not in schemes:
+        raise ValueError(f"{value!r} is not a {' or '.join(schemes)} URL")
+    if not parts.hostname or " " in value:
+        raise ValueError(f"{value!r} is not a URL with a host")
+    del port
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,6 +121,33 @@ class ExchangeConfig(_Model):
     # Maintenance-margin tiers when the exchange publishes none we can read:
     # [[notional_cap_usd, mmr], ...] or [[notional_cap_usd, mmr, max_leverage], ...], ascending caps
     maintenance_tiers: list[tuple[float, float] | tuple[float, float, float]] | None = None
+
+    @field_validator("ws_url")
+    @classmethod
+    def _ws_url(cls, v: str | None) -> str | None:
+        return check_url(v, ("ws", "wss"))
+
+    @field_validator("rest_url")
+    @classmethod
+    def _rest_url(cls, v: str | None) -> str | None:
+        return check_url(v, ("http", "https"))
+
+    @field_validator("maintenance_tiers")
+    @classmethod
+    def _tiers(
+        cls, v: list[tuple[float, float] | tuple[float, float, float]] | None
+    ) -> list[tuple[float, float] | tuple[float, float, float]] | None:
+        last = 0.0
+        for i, tier in enumerate(v or ()):
+            cap, mmr = tier[0], tier[1]
+            if not cap > last:
+                raise ValueError(f"tier {i}: notional cap {cap} must be positive and above the previous tier's")
+            if not 0.0 <= mmr < 1.0:
+                raise ValueError(f"tier {i}: maintenance margin rate {mmr} must be in [0, 1)")
+            if len(tier) == 3 and not tier[2] >= 1.0:  # type: ignore[misc]
+                raise ValueError(f"tier {i}: max leverage {tier[2]} must be at least 1")  # type: ignore[misc]
+            last = cap
+        return v
 
 
 class AnalyticsConfig(_Model):
@@ -191,6 +237,11 @@ class ModelConfig(_Model):
     max_backoff_seconds: float = Field(60.0, ge=0)  # a longer Retry-After blocks the model until then
     max_concurrency: int = Field(4, ge=1, le=64)  # calls in flight at once (one per base asset at most)
 
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        return check_url(v, ("http", "https")) or v
+
 
 class SlackConfig(_Model):
     webhook_url_env: str | None = None
@@ -201,6 +252,11 @@ class SlackConfig(_Model):
     api_base_url: str | None = None  # tests point this at a local fake Slack
     cooldown_seconds: float = Field(60.0, ge=0)
     max_text_chars: int = Field(1500, ge=100)
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _api_base_url(cls, v: str | None) -> str | None:
+        return check_url(v, ("http", "https"))
 
 
 class ExporterClientConfig(_Model):
@@ -241,6 +297,11 @@ class SidecarConfig(_Model):
         parse_listen_address(v)
         return v
 
+    @field_validator("exporter_url")
+    @classmethod
+    def _exporter_url(cls, v: str) -> str:
+        return check_url(v, ("http", "https")) or v
+
     @field_validator("models")
     @classmethod
     def _unique_models(cls, v: list[ModelConfig]) -> list[ModelConfig]:
@@ -268,6 +329,9 @@ class Config(_Model):
     sidecar: SidecarConfig = Field(default_factory=SidecarConfig)
     # Positions that failed validation: skipped, reported by the position service; the rest runs.
     _position_issues: list[PositionIssue] = PrivateAttr(default_factory=list)
+    # Where each setting was read (YAML path -> line) and from which file, for later checks' messages.
+    _lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
+    _source: str = PrivateAttr("<defaults>")
 
     @property
     def position_issues(self) -> list[PositionIssue]:
@@ -324,6 +388,30 @@ class PositionIssue:
 
 class ConfigError(Exception):
     """A configuration that cannot be used. The message names the field and, if known, the line."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML silently keeps the last)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    loader.flatten_mapping(node)  # merge keys (<<) first: an override through a merge is not a duplicate
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        try:
+            first = seen.get(key)
+        except TypeError:
+            continue  # an unhashable key: construct_mapping reports it
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first given on line {first})", key_node.start_mark
+            )
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)  # type: ignore[arg-type]
 
 
 def _line_index(text: str) -> dict[tuple[str | int, ...], int]:
@@ -436,7 +524,7 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
             line = Path(path).read_bytes()[: exc.start].count(b"\n") + 1
             raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x})") from None
         try:
-            loaded = yaml.safe_load(text)
+            loaded = yaml.load(text, Loader=_UniqueKeyLoader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -454,7 +542,68 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, lines, source, _env_names(environ))) from None
     config._position_issues = issues
+    config._lines = lines
+    config._source = source
     return config
+
+
+def runtime_problems(config: Config, environ: dict[str, str] | None = None) -> list[str]:
+    """What ``load_config`` cannot see but a start would trip on, each naming the field and line:
+    secrets (environment variables that are unset, files that cannot be read) and TLS files.
+
+    Run by ``check-config``; not at load, since the exporter and the sidecar share one file but
+    each has only its own secrets in its environment.
+    """
+    env = os.environ if environ is None else environ
+    lines, source = config._lines, config._source
+    out: list[str] = []
+
+    def where(path: tuple[str | int, ...]) -> str:
+        for n in range(len(path), -1, -1):
+            if path[:n] in lines:
+                return f"{source}:{lines[path[:n]]}"
+        return source
+
+    def need_file(path: tuple[str | int, ...], file: Path | None, what: str) -> None:
+        if file is None:
+            return
+        try:
+            with Path(file).open("rb"):
+                pass
+        except OSError as exc:
+            out.append(f"{where(path)}: {'.'.join(map(str, path))}: cannot read {what} {file}: {exc.strerror}")
+
+    def need_env(path: tuple[str | int, ...], name: str | None) -> None:
+        if name and not (env.get(name) or "").strip():
+            out.append(f"{where(path)}: {'.'.join(map(str, path))}: environment variable {name} is not set")
+
+    if config.tls is not None:
+        need_file(("tls", "cert_file"), config.tls.cert_file, "the TLS certificate")
+        need_file(("tls", "key_file"), config.tls.key_file, "the TLS key")
+    for ex, ec in config.exchanges.items():
+        if not ec.enabled:
+            continue
+        c = ec.credentials
+        base: tuple[str | int, ...] = ("exchanges", ex.value, "credentials")
+        for key in ("api_key", "api_secret", "passphrase"):
+            file = getattr(c, f"{key}_file")
+            if file is not None:  # the file wins over the variable (read_secret)
+                need_file((*base, f"{key}_file"), file, "the secret file")
+            else:
+                need_env((*base, f"{key}_env"), getattr(c, f"{key}_env"))
+    sc = config.sidecar
+    for i, m in enumerate(sc.models):
+        if m.api_key_file is not None:
+            need_file(("sidecar", "models", i, "api_key_file"), m.api_key_file, "the secret file")
+        else:
+            need_env(("sidecar", "models", i, "api_key_env"), m.api_key_env)
+    for key in ("webhook_url", "bot_token"):
+        file = getattr(sc.slack, f"{key}_file")
+        if file is not None:
+            need_file(("sidecar", "slack", f"{key}_file"), file, "the secret file")
+        else:
+            need_env(("sidecar", "slack", f"{key}_env"), getattr(sc.slack, f"{key}_env"))
+    return out
 
 
 def _split_invalid_positions(
