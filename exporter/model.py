@@ -174,6 +174,17 @@ class SubscriptionError:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """One element of a many-element frame (Binance ``!markPrice@arr``, a batch of trades or
+    liquidations) that failed its checks: the others are kept; the connection counts this one
+    as a parse error with ``reason`` (see :class:`ParseError`)."""
+
+    exchange: Exchange
+    reason: str
+    message: str
+
+
 Record = (
     MarketUpdate
     | Liquidation
@@ -182,6 +193,7 @@ Record = (
     | InsuranceFund
     | HeartbeatRequest
     | SubscriptionError
+    | Rejected
 )
 
 

@@ -35,6 +35,7 @@ from exporter.model import (
     LongShortRatio,
     MarketUpdate,
     Record,
+    Rejected,
     Side,
     SubscriptionError,
 )
@@ -319,7 +320,7 @@ class MarketState:
             st.ratio_at = now
         elif isinstance(record, InsuranceFund):
             self.insurance[(record.exchange, record.pool)] = (record.balance_usd, now)
-        elif isinstance(record, HeartbeatRequest | SubscriptionError):
+        elif isinstance(record, HeartbeatRequest | SubscriptionError | Rejected):
             pass  # the connection layer acts on these; nothing to store
 
     def apply_many(self, records: Iterable[Record], received_at: float | None = None) -> None:

@@ -8,16 +8,16 @@ import json
 from typing import Any
 
 import orjson
-from test_connection import FAST, Running, Server, wait_until
+from test_connection import FAST, JsonFeed, Running, Server, wait_until
 from websockets.asyncio.server import ServerConnection
 
 from exporter.config import Config
 from exporter.feeds.bybit import BybitFeed
 from exporter.feeds.connection import BackoffPolicy
 from exporter.metrics import build_registry
-from exporter.views import exchange_up
-from exporter.model import Exchange, InstrumentInfo, MarketUpdate
+from exporter.model import Exchange, InstrumentInfo, MarketUpdate, Rejected
 from exporter.state import MarketState
+from exporter.views import exchange_up
 
 EX = Exchange.BYBIT
 
@@ -197,3 +197,29 @@ def test_next_funding_time_in_the_past_is_stale() -> None:
     labels = {"exchange": "bybit", "instrument": "BTCUSDT", "base": "BTC", "quote": "USDT"}
     assert reg.get_sample_value("fr_funding_rate", labels) is None
     assert reg.get_sample_value("fr_mark_price", labels) == 1.0
+
+
+class _BatchFeed(JsonFeed):
+    """{"batch": [x, ...]}: one mark price per positive x, a Rejected element for the others."""
+
+    def parse_ws(self, frame: str | bytes, ctx: Any) -> list[Any]:
+        msg = json.loads(frame)
+        if "batch" not in msg:
+            return super().parse_ws(frame, ctx)
+        return [
+            MarketUpdate(EX, "BTCUSDT", mark_price=float(x)) if x > 0 else Rejected(EX, "price_out_of_range", f"{x}")
+            for x in msg["batch"]
+        ]
+
+
+async def test_a_rejected_element_is_counted_and_the_rest_applies() -> None:
+    async def behaviour(ws: ServerConnection, n: int, srv: Server) -> None:
+        await srv.recv(ws, n)
+        await ws.send(json.dumps({"batch": [101.0, 0, 102.0]}))
+        await srv.drain(ws, n)
+
+    async with Running(behaviour, feed=_BatchFeed()) as r:
+        await wait_until(lambda: r.btc.mark_price == 102.0)
+        assert r.health.parse_errors == 1
+        assert r.health.parse_error_reasons == {"price_out_of_range": 1}
+        assert r.health.last_parsed_at > 0.0

@@ -10,7 +10,16 @@ import pytest
 from exporter.feeds import feed_for
 from exporter.feeds.base import FeedContext
 from exporter.feeds.bybit import BybitFeed
-from exporter.model import Exchange, InstrumentInfo, Liquidation, MarketUpdate, ParseError, Side, SubscriptionError
+from exporter.model import (
+    Exchange,
+    InstrumentInfo,
+    Liquidation,
+    MarketUpdate,
+    ParseError,
+    Rejected,
+    Side,
+    SubscriptionError,
+)
 from exporter.state import MarketState
 
 EX = Exchange.BYBIT
@@ -207,9 +216,6 @@ BAD_FRAMES: list[tuple[str, bytes, str]] = [
     ("bad ts", frame(SNAPSHOT["data"], ts="soon"), "'ts'"),
     ("symbol not a string", ticker(symbol=7), "symbol"),
     ("liquidation data not a list", orjson.dumps({"topic": "allLiquidation.B", "data": LIQ}), "array"),
-    ("liquidation NaN size", orjson.dumps({"topic": "allLiquidation.B", "data": [{**LIQ, "v": "nan"}]}), "'v'"),
-    ("liquidation bad side", orjson.dumps({"topic": "allLiquidation.B", "data": [{**LIQ, "S": "Up"}]}), "'S'"),
-    ("liquidation missing price", orjson.dumps({"topic": "allLiquidation.B", "data": [_without(LIQ, "p")]}), "'p'"),
     ("no topic, no op", b'{"hello":"world"}', "topic"),
     ("not an object", b"[1,2,3]", "bybit"),
 ]
@@ -222,6 +228,26 @@ def test_malformed_frames_raise_parse_error(frame_: bytes, needle: str, fast: bo
         BybitFeed(fast=fast).parse_ws(frame_, EMPTY)
     assert needle in str(exc.value)
     assert str(exc.value).startswith("bybit")
+
+
+GOOD_LIQ = {**LIQ, "T": 1740480207110}
+BAD_LIQS: list[tuple[str, dict[str, Any], str]] = [
+    ("liquidation NaN size", {**GOOD_LIQ, "v": "nan"}, "'v'"),
+    ("liquidation bad side", {**GOOD_LIQ, "S": "Up"}, "'S'"),
+    ("liquidation missing price", _without(GOOD_LIQ, "p"), "'p'"),
+    ("liquidation at time 1 ms", LIQ, "'T'"),
+]
+
+
+@pytest.mark.parametrize(("bad", "needle"), [(b, n) for _, b, n in BAD_LIQS], ids=[c for c, _, _ in BAD_LIQS])
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "strict"])
+def test_a_bad_liquidation_is_rejected_alone(bad: dict[str, Any], needle: str, fast: bool) -> None:
+    """One bad element of an allLiquidation batch is dropped alone; the others count."""
+    msg = {"topic": "allLiquidation.BTCUSDT", "data": [GOOD_LIQ, bad, GOOD_LIQ]}
+    out = BybitFeed(fast=fast).parse_ws(orjson.dumps(msg), EMPTY)
+    assert [type(r) for r in out] == [Liquidation, Rejected, Liquidation]
+    rejected = out[1]
+    assert isinstance(rejected, Rejected) and needle in rejected.message and rejected.message.startswith("bybit")
 
 
 # ---- plans --------------------------------------------------------------------------------------

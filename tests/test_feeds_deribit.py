@@ -18,6 +18,7 @@ from exporter.model import (
     Liquidation,
     MarketUpdate,
     ParseError,
+    Rejected,
     Side,
     SubscriptionError,
 )
@@ -197,10 +198,6 @@ BAD_FRAMES: list[tuple[str, bytes, str]] = [
     ("list open interest", ticker(open_interest=[1]), "open_interest"),
     ("instrument not a string", ticker(instrument_name=None), "instrument_name"),
     ("trades not a list", note("trades.BTC-PERPETUAL.100ms", trade(liquidation="T")), "array"),
-    ("unknown liquidation flag", note("trades.X.100ms", [trade(liquidation="Q")]), "liquidation"),
-    ("liquidation amount inf string", note("trades.X.100ms", [trade(liquidation="T", amount="inf")]), "amount"),
-    ("liquidation missing price", note("trades.X.100ms", [{k: v for k, v in trade(liquidation="T").items()
-                                                            if k != "price"}]), "'price'"),
     ("missing channel", b'{"jsonrpc":"2.0","method":"subscription","params":{"data":{}}}', "'channel'"),
     ("unknown method", b'{"jsonrpc":"2.0","method":"surprise","params":{}}', "surprise"),
     ("nothing known", b'{"jsonrpc":"2.0"}', "method"),
@@ -214,6 +211,25 @@ def test_malformed_frames_raise_parse_error(frame: bytes, needle: str, fast: boo
         DeribitFeed(fast=fast).parse_ws(frame, EMPTY)
     assert needle in str(exc.value)
     assert str(exc.value).startswith("deribit")
+
+
+# One bad trade of a batch is dropped alone: the other liquidations of the batch still count.
+BAD_TRADES: list[tuple[str, dict[str, Any], str]] = [
+    ("unknown liquidation flag", trade(liquidation="Q"), "liquidation"),
+    ("liquidation amount inf string", trade(liquidation="T", amount="inf"), "amount"),
+    ("liquidation missing price", {k: v for k, v in trade(liquidation="T").items() if k != "price"}, "'price'"),
+    ("liquidation at price 0", trade(liquidation="T", price=0.0), "price"),
+]
+
+
+@pytest.mark.parametrize(("bad", "needle"), [(b, n) for _, b, n in BAD_TRADES], ids=[c for c, _, _ in BAD_TRADES])
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "strict"])
+def test_a_bad_trade_is_rejected_alone(bad: dict[str, Any], needle: str, fast: bool) -> None:
+    good = trade(liquidation="T")
+    out = DeribitFeed(fast=fast).parse_ws(note("trades.BTC-PERPETUAL.100ms", [good, bad, good]), EMPTY)
+    assert [type(r) for r in out] == [Liquidation, Rejected, Liquidation]
+    rejected = out[1]
+    assert isinstance(rejected, Rejected) and needle in rejected.message and rejected.message.startswith("deribit")
 
 
 # ---- plans --------------------------------------------------------------------------------------

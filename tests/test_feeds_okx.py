@@ -17,6 +17,7 @@ from exporter.model import (
     Liquidation,
     MarketUpdate,
     ParseError,
+    Rejected,
     Side,
     SubscriptionError,
 )
@@ -224,8 +225,6 @@ BAD_FRAMES: list[tuple[str, bytes, str]] = [
     ("NaN oi", push("open-interest", [{**OI, "oi": "nan"}]), "'oi'"),
     ("data not a list", orjson.dumps({"arg": {"channel": "mark-price"}, "data": MARK}), "array"),
     ("instId not a string", push("mark-price", [{**MARK, "instId": 3}]), "instId"),
-    ("liquidation bad side", liq_push({**DETAIL, "posSide": "net", "side": "hold"}), "side"),
-    ("liquidation NaN size", liq_push({**DETAIL, "sz": "NaN"}), "'sz'"),
     ("no data, no event", b'{"arg":{"channel":"mark-price"}}', "event"),
 ]
 
@@ -237,6 +236,22 @@ def test_malformed_frames_raise_parse_error(frame: bytes, needle: str, fast: boo
         OkxFeed(fast=fast).parse_ws(frame, CTX if b"liquidation" in frame else EMPTY)
     assert needle in str(exc.value)
     assert str(exc.value).startswith("okx")
+
+
+BAD_DETAILS: list[tuple[str, dict[str, Any], str]] = [
+    ("liquidation bad side", {**DETAIL, "posSide": "net", "side": "hold"}, "side"),
+    ("liquidation NaN size", {**DETAIL, "sz": "NaN"}, "'sz'"),
+    ("liquidation at price 0", {**DETAIL, "bkPx": "0"}, "'bkPx'"),
+]
+
+
+@pytest.mark.parametrize(("bad", "needle"), [(b, n) for _, b, n in BAD_DETAILS], ids=[c for c, _, _ in BAD_DETAILS])
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "strict"])
+def test_a_bad_liquidation_detail_is_rejected_alone(bad: dict[str, Any], needle: str, fast: bool) -> None:
+    out = OkxFeed(fast=fast).parse_ws(liq_push(DETAIL, bad, DETAIL), CTX)
+    assert [type(r) for r in out] == [Liquidation, Rejected, Liquidation]
+    rejected = out[1]
+    assert isinstance(rejected, Rejected) and needle in rejected.message and rejected.message.startswith("okx")
 
 
 # ---- plans --------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from exporter.feeds.binance import BinanceFeed
 from exporter.feeds.bybit import BybitFeed
 from exporter.feeds.deribit import DeribitFeed
 from exporter.feeds.okx import OkxFeed
-from exporter.model import Exchange, InstrumentInfo, MarketUpdate, ParseError
+from exporter.model import Exchange, InstrumentInfo, MarketUpdate, ParseError, Rejected
 
 B, Y, OK, D = Exchange.BINANCE, Exchange.BYBIT, Exchange.OKX, Exchange.DERIBIT
 
@@ -191,3 +191,18 @@ def test_with_a_clock_timestamps_must_be_near_now() -> None:
     with pytest.raises(ParseError) as err:  # ... or a week in its future
         feed.parse_ws(frame, FeedContext(B, info, clock=VirtualClock(recorded_at - 7 * 86400.0).time))
     assert err.value.reason == V.TIMESTAMP
+
+
+def test_one_bad_symbol_of_the_all_market_array_is_rejected_alone() -> None:
+    """!markPrice@arr carries every symbol: one symbol's absurd value must not cost the others their
+    update (before, the whole frame was refused, every second, for as long as the value stayed)."""
+    good = dict(BINANCE_MARK["data"])  # type: ignore[arg-type]
+    other = {**good, "s": "ETHUSDT", "p": "1981.15704420", "i": "1978.08197502"}
+    bad = {**good, "s": "XRPUSDT", "p": "0"}
+    frame = orjson.dumps({"stream": "!markPrice@arr", "data": [good, bad, other]})
+    for feed in FEEDS[B]:
+        out = feed.parse_ws(frame, FeedContext(B))
+        assert [type(r) for r in out] == [MarketUpdate, Rejected, MarketUpdate]
+        assert [getattr(r, "instrument", None) for r in out] == ["BTCUSDT", None, "ETHUSDT"]
+        rejected = out[1]
+        assert isinstance(rejected, Rejected) and rejected.reason == V.PRICE and "XRPUSDT" in rejected.message

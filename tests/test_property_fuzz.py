@@ -176,7 +176,7 @@ def _run(ex: Exchange, name: str, msg: Any) -> None:
         _check_finite(text)
     after = _others(reg.render().decode())
     assert after == before, "another instrument's series changed"
-    doc = build_state_document(Config(), state, reg.market)
+    doc = build_state_document(Config(), state, reg.views)
     orjson.dumps(doc)  # serialisable; orjson refuses nothing finite, and NaN would become null silently
     for row in doc["instruments"]:
         for k, v in row.items():

@@ -41,6 +41,7 @@ from exporter.model import (
     MarketUpdate,
     ParseError,
     Record,
+    Rejected,
     Side,
     SubscriptionError,
     base_of,
@@ -111,13 +112,18 @@ class BinanceFeed:
             out: list[Record] = []
             append = out.append
             for el in data:
-                if el["e"] == "markPriceUpdate":
-                    s = el["s"]
-                    # every symbol is in the array: skip unfollowed ones before converting numbers
-                    if not instruments or s in instruments:
-                        append(_mark(msgspec.convert(el, _Mark), tb))
-                else:
-                    out.extend(_event(el, instruments, tb))
+                try:
+                    if el["e"] == "markPriceUpdate":
+                        s = el["s"]
+                        # every symbol is in the array: skip unfollowed ones before converting numbers
+                        if not instruments or s in instruments:
+                            append(_mark(msgspec.convert(el, _Mark), tb))
+                    else:
+                        out.extend(_event(el, instruments, tb))
+                except PARSE_FAILURES as exc:  # one bad symbol must not cost the others their update
+                    sym = el.get("s") if type(el) is dict else None
+                    err = parse_error(EX, f"stream array element {sym}", exc)
+                    append(Rejected(EX, err.reason, str(err)))
             return out
         except PARSE_FAILURES as exc:
             raise parse_error(EX, "stream frame", exc) from None
@@ -377,7 +383,8 @@ def _mark(m: _Mark, tb: tuple[float, float]) -> MarketUpdate:
 
 def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
     decoded = _decode_mark_frame(frame).data
-    data = decoded if isinstance(decoded, list) else [decoded]
+    many = isinstance(decoded, list)
+    data: list[_Mark] = decoded if isinstance(decoded, list) else [decoded]
     out: list[Record] = []
     append = out.append
     instruments = ctx.instruments
@@ -387,7 +394,13 @@ def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
             return None
         # !markPrice@arr carries every symbol: skip unfollowed ones before converting numbers
         if not instruments or m.s in instruments:
-            append(_mark(m, tb))
+            if not many:
+                append(_mark(m, tb))
+                continue
+            try:
+                append(_mark(m, tb))
+            except ParseError as exc:  # one bad symbol of the array: the others keep their update
+                append(Rejected(EX, exc.reason, f"binance {m.s}: {exc}"))
     return out
 
 

@@ -41,6 +41,7 @@ from exporter.model import (
     MarketUpdate,
     ParseError,
     Record,
+    Rejected,
     Side,
     SubscriptionError,
 )
@@ -120,7 +121,12 @@ class BybitFeed:
             if topic.startswith("allLiquidation."):
                 out: list[Record] = []
                 for d in arr(msg["data"], "data"):
-                    liq = _liquidation(d["s"], d["S"], d["v"], d["p"], d["T"], ctx.instruments, tb)
+                    try:
+                        liq = _liquidation(d["s"], d["S"], d["v"], d["p"], d["T"], ctx.instruments, tb)
+                    except PARSE_FAILURES as exc:  # one bad liquidation: the rest of the batch counts
+                        err = parse_error(EX, "liquidation", exc)
+                        out.append(Rejected(EX, err.reason, str(err)))
+                        continue
                     if liq is not None:
                         out.append(liq)
                 return out

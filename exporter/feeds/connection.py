@@ -39,7 +39,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
 from exporter.feeds.base import Feed, FeedContext, WsPlan
 from exporter.feeds.validate import PARSER_BUG
-from exporter.model import HeartbeatRequest, MarketUpdate, ParseError, SubscriptionError
+from exporter.model import HeartbeatRequest, MarketUpdate, ParseError, Rejected, SubscriptionError
 from exporter.sink import RecordSink, StreamHealth
 
 log = logging.getLogger(__name__)
@@ -400,6 +400,10 @@ class FeedConnection:
             elif isinstance(r, SubscriptionError):
                 h.subscription_errors += 1
                 log.warning("%s %s: subscription refused: %s", self.exchange, self.plan.stream, r.message)
+            elif isinstance(r, Rejected):  # one bad element of a many-element frame; the rest applies
+                h.parse_errors += 1
+                h.parse_error_reasons[r.reason] = h.parse_error_reasons.get(r.reason, 0) + 1
+                log.debug("%s %s: element dropped: %s", self.exchange, self.plan.stream, r.message)
             else:
                 data = True
         if data:

@@ -41,6 +41,7 @@ from exporter.model import (
     MarketUpdate,
     ParseError,
     Record,
+    Rejected,
     Side,
     SubscriptionError,
 )
@@ -376,23 +377,31 @@ def _trades(rows: list[Any], instruments: Mapping[str, InstrumentInfo], tb: tupl
     """
     out: list[Record] = []
     for t in rows:
-        flag = t.get("liquidation")
-        if flag is None:
-            continue
-        inst = text(t["instrument_name"], "instrument_name")
-        if instruments and inst not in instruments:
-            continue
-        sides = _LIQUIDATED.get((flag, t["direction"]))
-        if sides is None:
-            raise ParseError(f"unknown liquidation {flag!r} / direction {t['direction']!r}")
-        price = V.price(jnum(t["price"], "price"), "price")
-        amount = jnum(t["amount"], "amount")
-        if is_inverse(inst, instruments):
-            qty, usd = amount / price, amount  # amount counts USD
-        else:
-            qty, usd = amount, amount * price
-        V.qty(qty, "amount")
-        V.usd(usd, "amount")
-        when = ms(t["timestamp"], "timestamp", tb)
-        out.extend(Liquidation(EX, inst, when, side, price, qty, usd) for side in sides)
+        try:
+            _trade(t, instruments, tb, out)
+        except PARSE_FAILURES as exc:  # one bad trade: the other liquidations of the batch count
+            err = parse_error(EX, "trade", exc)
+            out.append(Rejected(EX, err.reason, str(err)))
     return out
+
+
+def _trade(t: Any, instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float], out: list[Record]) -> None:
+    flag = t.get("liquidation")
+    if flag is None:
+        return
+    inst = text(t["instrument_name"], "instrument_name")
+    if instruments and inst not in instruments:
+        return
+    sides = _LIQUIDATED.get((flag, t["direction"]))
+    if sides is None:
+        raise ParseError(f"unknown liquidation {flag!r} / direction {t['direction']!r}")
+    price = V.price(jnum(t["price"], "price"), "price")
+    amount = jnum(t["amount"], "amount")
+    if is_inverse(inst, instruments):
+        qty, usd = amount / price, amount  # amount counts USD
+    else:
+        qty, usd = amount, amount * price
+    V.qty(qty, "amount")
+    V.usd(usd, "amount")
+    when = ms(t["timestamp"], "timestamp", tb)
+    out.extend(Liquidation(EX, inst, when, side, price, qty, usd) for side in sides)

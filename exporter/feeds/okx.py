@@ -40,6 +40,7 @@ from exporter.model import (
     MarketUpdate,
     ParseError,
     Record,
+    Rejected,
     Side,
     SubscriptionError,
     base_of,
@@ -535,18 +536,26 @@ def _liquidations(rows: list[Any], instruments: Mapping[str, InstrumentInfo], tb
         if info is None:
             continue  # not followed, or contract size unknown: sz cannot be turned into coin
         for d in arr(r["details"], "details"):
-            side = _POS_SIDE.get(d.get("posSide", "net"))
-            if side is None:
-                side = _NET_SIDE.get(d["side"])
-                if side is None:
-                    raise ParseError(f"unknown side {d['side']!r} / posSide {d.get('posSide')!r}")
-            contracts = V.qty(num(d["sz"], "sz"), "sz")
-            price = V.price(num(d["bkPx"], "bkPx"), "bkPx")  # bankruptcy price
-            if info.inverse:
-                usd = contracts * info.contract_size
-                qty = usd / price
-            else:
-                qty = contracts * info.contract_size
-                usd = qty * price
-            out.append(Liquidation(EX, inst, ms(d["ts"], "ts", tb), side, price, V.qty(qty, "sz"), V.usd(usd, "sz")))
+            try:
+                _liquidation(d, inst, info, tb, out)
+            except PARSE_FAILURES as exc:  # one bad detail: the rest of the batch counts
+                err = parse_error(EX, "liquidation", exc)
+                out.append(Rejected(EX, err.reason, str(err)))
     return out
+
+
+def _liquidation(d: Any, inst: str, info: InstrumentInfo, tb: tuple[float, float], out: list[Record]) -> None:
+    side = _POS_SIDE.get(d.get("posSide", "net"))
+    if side is None:
+        side = _NET_SIDE.get(d["side"])
+        if side is None:
+            raise ParseError(f"unknown side {d['side']!r} / posSide {d.get('posSide')!r}")
+    contracts = V.qty(num(d["sz"], "sz"), "sz")
+    price = V.price(num(d["bkPx"], "bkPx"), "bkPx")  # bankruptcy price
+    if info.inverse:
+        usd = contracts * info.contract_size
+        qty = usd / price
+    else:
+        qty = contracts * info.contract_size
+        usd = qty * price
+    out.append(Liquidation(EX, inst, ms(d["ts"], "ts", tb), side, price, V.qty(qty, "sz"), V.usd(usd, "sz")))
