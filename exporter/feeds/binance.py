@@ -131,7 +131,13 @@ class BinanceFeed:
     # ---- REST ---------------------------------------------------------------------------------
 
     def parse_instruments(self, body: bytes) -> list[InstrumentInfo]:
-        """``GET /fapi/v1/exchangeInfo`` -> the perpetuals that are trading."""
+        """``GET /fapi/v1/exchangeInfo`` -> the perpetuals that are trading.
+
+        Recorded wire (rest_exchangeinfo_2021-07.json), the fields used of its first symbol::
+
+            {"symbols":[{"symbol":"BTCUSDT","contractType":"PERPETUAL","status":"TRADING",
+              "baseAsset":"BTC","quoteAsset":"USDT", ...}, ...], ...}
+        """
         try:
             out = []
             for s in arr(obj(loads(body), "exchangeInfo")["symbols"], "symbols"):
@@ -183,6 +189,9 @@ class BinanceFeed:
 
         The settlement's ``markPrice`` is kept where given (the funding was charged on it); the
         market backfill and the positions' funding accrual both read history through this parser.
+        Wire (exchanges.md §2, doc example; no recorded body is kept)::
+
+            [{"symbol":"BTCUSDT","fundingRate":"-0.03750000","fundingTime":1570608000000,"markPrice":"34287.54619963"}]
         """
         try:
             rows: dict[str, list[tuple[float, float]]] = {}
@@ -206,7 +215,13 @@ class BinanceFeed:
             raise parse_error(EX, "fundingRate", exc) from None
 
     def parse_open_interest(self, body: bytes, ctx: FeedContext) -> list[MarketUpdate]:
-        """``GET /fapi/v1/openInterest`` (one object, or a list of them) -> open interest in base coin."""
+        """``GET /fapi/v1/openInterest`` (one object, or a list of them) -> open interest in base coin.
+
+        Recorded wire (rest_openinterest_cmp.jsonl, 2022-06; USDⓈ-M, then COIN-M)::
+
+            {"symbol":"BTCUSDT","openInterest":"84617.188","time":1654336844754}
+            {"symbol":"BTCUSD_PERP","pair":"BTCUSD","openInterest":"5827897","contractType":"PERPETUAL","time":1654336819740}
+        """
         try:
             msg = loads(body)
             out = []

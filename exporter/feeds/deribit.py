@@ -161,7 +161,14 @@ class DeribitFeed:
     # ---- REST ---------------------------------------------------------------------------------
 
     def parse_instruments(self, body: bytes) -> list[InstrumentInfo]:
-        """``public/get_instruments`` -> perpetuals; contract_size is USD for inverse ones."""
+        """``public/get_instruments`` -> perpetuals; contract_size is USD for inverse ones.
+
+        Recorded wire (rest_get_instruments_btc_perpetual_2021-07_excerpt.json), the fields used::
+
+            {"jsonrpc":"2.0","result":[{"instrument_name":"BTC-PERPETUAL","settlement_period":"perpetual",
+              "is_active":true,"kind":"future","base_currency":"BTC","quote_currency":"USD",
+              "contract_size":10.0, ...}], ...}
+        """
         try:
             out = []
             for s in arr(_result(body, "get_instruments"), "result"):
