@@ -261,6 +261,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"fr-exporter: {exc}", file=sys.stderr)
         return 1
+    # unset secret variables, unreadable secret and TLS files, each with its field and line
+    problems = runtime_problems(config)
+    for problem in problems:
+        print(f"fr-exporter: {problem}", file=sys.stderr)
+    if problems:
+        print(f"{args.file}: {len(problems)} problem(s) that would stop a start", file=sys.stderr)
+        return 1
     # the web configs (TLS files, bcrypt hashes) as the exporter and the sidecar would load them
     from exporter.server import security_for
     from exporter.web import WebSecurity
@@ -273,12 +280,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 1
     for issue in config.position_issues:
         print(f"fr-exporter: position skipped: {issue.message}", file=sys.stderr)
-    problems = runtime_problems(config)
-    for problem in problems:
-        print(f"fr-exporter: {problem}", file=sys.stderr)
-    if problems:
-        print(f"{args.file}: {len(problems)} problem(s) that would stop a start", file=sys.stderr)
-        return 1
     exchanges = ", ".join(
         f"{ex.value} ({len(config.instruments_for(ex))} instruments)" for ex in config.enabled_exchanges()
     )
