@@ -21,6 +21,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import Config, ConfigError, load_config
+from exporter.metrics import catalog as m
 
 
 def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -50,12 +51,10 @@ def _status(exporter: str, sidecar: str) -> str:
     parts = []
     try:
         samples = _samples(exporter)
-        up = {lab["exchange"]: v for n, lab, v in samples if n == "fr_up"}
+        up = {lab["exchange"]: v for n, lab, v in samples if n == m.UP.name}
         parts.append("up " + " ".join(f"{ex}={'yes' if v == 1 else 'NO'}" for ex, v in sorted(up.items())))
-        rate = {(lab["exchange"], lab["instrument"]): v for n, lab, v in samples if n == "fr_funding_rate"}
-        interval = {
-            (lab["exchange"], lab["instrument"]): v for n, lab, v in samples if n == "fr_funding_interval_seconds"
-        }
+        rate = {(lab["exchange"], lab["instrument"]): v for n, lab, v in samples if n == m.FUNDING_RATE.name}
+        interval = {(lab["exchange"], lab["instrument"]): v for n, lab, v in samples if n == m.FUNDING_INTERVAL.name}
         btc = [
             f"{ex[:3]} {rate[k] * 28800 / interval[k] * 1e4:+.1f}"
             for k in sorted(rate)
@@ -63,9 +62,9 @@ def _status(exporter: str, sidecar: str) -> str:
             for ex in [k[0]]
         ]
         parts.append("BTC funding bp/8h " + " ".join(btc))
-        liq = sum(v for n, _, v in samples if n == "fr_liquidated_notional_usd_total")
+        liq = sum(v for n, _, v in samples if n == m.LIQUIDATED_NOTIONAL.name)
         parts.append(f"liquidated ${liq / 1e6:,.1f}M")
-        gaps = [f"{lab['position']} {v:.1f}%" for n, lab, v in samples if n == "fr_liq_gap_pct"]
+        gaps = [f"{lab['position']} {v:.1f}%" for n, lab, v in samples if n == m.LIQ_GAP.name]
         if gaps:
             parts.append("liq gap " + " ".join(gaps))
     except (httpx.HTTPError, ValueError) as exc:
@@ -74,7 +73,7 @@ def _status(exporter: str, sidecar: str) -> str:
         probs = [
             f"{lab['base']} {v:.2f}"
             for n, lab, v in _samples(sidecar)
-            if n == "fr_ai_risk_probability" and lab.get("model") == "baseline"
+            if n == m.AI_RISK_PROBABILITY.name and lab.get("model") == "baseline"
         ]
         parts.append("AI risk " + (" ".join(sorted(probs)) or "pending"))
     except (httpx.HTTPError, ValueError):

@@ -332,3 +332,22 @@ def test_promtool_check_metrics_accepts_the_golden_file(name: str) -> None:
     real = [p for p in problems if not p.split()[0].endswith(EXEMPT_SUFFIXES)]
     assert not real, problems
     assert proc.returncode == 0 or problems, proc
+
+
+def test_the_demo_status_line_reads_the_golden_exposition(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's one-line status finds its series by their catalog names in a real exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from exporter import demo
+
+    texts = {"exporter": exporter_text(), "sidecar": sidecar_text()}
+
+    def samples(url: str) -> list[tuple[str, dict[str, str], float]]:
+        fams = text_string_to_metric_families(texts[url])
+        return [(s.name, s.labels, s.value) for fam in fams for s in fam.samples]
+
+    monkeypatch.setattr(demo, "_samples", samples)
+    line = demo._status("exporter", "sidecar")
+    assert line.startswith("up binance=yes bybit=yes deribit=NO okx=yes | BTC funding bp/8h bin +1.2 okx +2.8 |")
+    assert "liquidated $0.2M" in line and "liq gap carry-btc 19.6% eth-account 14.5%" in line
+    assert line.endswith("AI risk BTC 0.07 ETH 0.31")
