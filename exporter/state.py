@@ -199,6 +199,9 @@ class InstrumentState:
     anchor_samples: Window = field(default_factory=lambda: Window(3, 2000))
     # (time, open_interest_usd), one a minute, two hours (for the 1 h change)
     oi_samples: Window = field(default_factory=lambda: Window(2, 180, OI_SPAN_SECONDS))
+    # The sampler's hints: no sample is due before these times, so the hot path skips the call.
+    anchor_sample_due: float = 0.0
+    oi_sample_due: float = 0.0
     # liquidations seen on the public stream, per side of the liquidated position
     liq_count: dict[Side, int] = field(default_factory=lambda: {Side.LONG: 0, Side.SHORT: 0})
     liq_notional_usd: dict[Side, float] = field(default_factory=lambda: {Side.LONG: 0.0, Side.SHORT: 0.0})
@@ -399,8 +402,10 @@ class MarketState:
             elif oi_base is not None and st.mark_price is not None:
                 st.open_interest_usd = oi_base * st.mark_price
             st.oi_at = now
-            self._sampler.open_interest(st, now)
-        self._sampler.anchor(st, now)
+            if now >= st.oi_sample_due:
+                self._sampler.open_interest(st, now)
+        if now >= st.anchor_sample_due:
+            self._sampler.anchor(st, now)
 
     @staticmethod
     def _confirm_ticker(st: InstrumentState, now: float) -> None:

@@ -31,6 +31,7 @@ ANCHOR_SAMPLE_SECONDS = 60.0  # (funding, premium) pairs for the anchor regressi
 OI_SAMPLE_SECONDS = 60.0
 CONTINUOUS_OBSERVATION_SECONDS = 3600.0  # Deribit: one funding observation an hour
 LIQ_EVENT_WINDOW_SECONDS = 60.0  # liquidation events: USD liquidated per base in the last minute
+_EARLY = 1e-3  # sampler hints run this much early: float rounding never delays a due sample
 
 
 class SettlementTracker:
@@ -76,18 +77,27 @@ class SettlementTracker:
 
 
 class Sampler:
-    """One-a-minute samples of the values whose history the analytics read."""
+    """One-a-minute samples of the values whose history the analytics read.
+
+    After each look it leaves on the instrument the earliest time the next sample can be due
+    (``oi_sample_due``, ``anchor_sample_due``), so the store calls it about once a minute rather
+    than on every update. The hint is a lower bound (a hair early, against rounding): the check
+    against the window's last sample here still decides.
+    """
 
     __slots__ = ()
 
     @staticmethod
     def open_interest(st: InstrumentState, now: float) -> None:
         oi = st.open_interest_usd
-        if oi is not None:
-            samples = st.oi_samples
-            last = samples.last_time()
-            if last is None or now - last >= OI_SAMPLE_SECONDS:
-                samples.append((now, oi))
+        if oi is None:
+            return
+        samples = st.oi_samples
+        last = samples.last_time()
+        if last is None or now - last >= OI_SAMPLE_SECONDS:
+            samples.append((now, oi))
+            last = now
+        st.oi_sample_due = last + OI_SAMPLE_SECONDS - _EARLY
 
     @staticmethod
     def anchor(st: InstrumentState, now: float) -> None:
@@ -101,8 +111,11 @@ class Sampler:
             m = st.mark_price
             i = st.index_price
             prem = (m - i) / i if m is not None and i else st.premium  # premium_of, inlined
-            if prem is not None:
-                samples.append((now, funding, prem))
+            if prem is None:
+                return  # no premium yet: look again on the next update
+            samples.append((now, funding, prem))
+            last = now
+        st.anchor_sample_due = last + ANCHOR_SAMPLE_SECONDS - _EARLY
 
 
 @dataclass(frozen=True, slots=True)

@@ -246,3 +246,20 @@ def test_a_liquidation_never_walks_the_instruments() -> None:
         clock.t += 1.0
         st.apply(_liq(Exchange.BYBIT, "BTCUSDT", clock.t, 600.0 * (i + 1)))
     assert [e.kind for e in st.events] == ["liquidation"]
+
+
+def test_samples_are_taken_once_a_minute_and_never_late() -> None:
+    st, clock = make_state()
+    t0 = clock.t
+    for _ in range(31):  # an update every 10 s for 300 s
+        st.apply(
+            MarketUpdate(
+                Exchange.BYBIT, "BTCUSDT", mark_price=101.0, index_price=100.0, funding_rate=1e-4, open_interest_usd=5e6
+            )
+        )
+        clock.t += 10.0
+    s = st.instruments[(Exchange.BYBIT, "BTCUSDT")]
+    expected = [t0 + 60.0 * k for k in range(6)]  # at 0, 60, ..., 300 s: each on the first update due
+    assert [r[0] for r in s.oi_samples] == expected
+    assert [r[0] for r in s.anchor_samples] == expected
+    assert s.anchor_samples[-1][1:] == (1e-4, 0.01)
