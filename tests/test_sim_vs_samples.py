@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import websockets
+from support import wait_until
 
+from exporter.clock import VirtualClock
 from exporter.model import Exchange
 from exporter.sim.main import Simulator
 from exporter.sim.server import SimOptions
@@ -99,17 +100,24 @@ def test_shape_diff_catches_names_and_types() -> None:
 # capture from a running simulator
 
 
-async def _collect(ws: Any, frames: list[Any], until: float) -> None:
-    while time.monotonic() < until:
+async def _collect(ws: Any, frames: list[Any]) -> None:
+    """Read until the connection is quiet: the market stands still, so what was published has arrived."""
+    while True:
         try:
-            raw = await asyncio.wait_for(ws.recv(), max(0.01, until - time.monotonic()))
+            raw = await asyncio.wait_for(ws.recv(), 0.3)
         except TimeoutError:
             return
         frames.append(json.loads(raw))
 
 
 async def _capture() -> dict[str, Any]:
-    sim = Simulator(seed=9, base_port=0, tick_seconds=0.1, options=SimOptions(okx_funding_push_s=1.0))
+    sim = Simulator(
+        seed=9,
+        base_port=0,
+        tick_seconds=0.1,
+        options=SimOptions(okx_funding_push_s=1.0),
+        clock=VirtualClock(1_767_225_600.0 + 300.0),  # the market moves when advanced below
+    )
     await sim.start()
     got: dict[str, Any] = {}
     try:
@@ -146,10 +154,16 @@ async def _capture() -> dict[str, Any]:
                 }
             )
         )
+        # every subscription is in place before the market moves (OKX: five channels, Deribit: two)
+        subscribed = {Exchange.BINANCE: 3, Exchange.BYBIT: 2, Exchange.OKX: 5, Exchange.DERIBIT: 2}
+        await wait_until(
+            lambda: all(sum(len(c.topics) for c in sim.servers[ex].conns) >= n for ex, n in subscribed.items()),
+            what="the subscriptions",
+        )
         sim.market.set_scenario("cascade", 0.5)
-        until = time.monotonic() + 5.0
+        await sim.advance(5.0)  # 5 s of market time: the build-up and the crash, published at once
         frames: dict[str, list[Any]] = {"b": [], "y": [], "o": [], "d": []}
-        await asyncio.gather(*(_collect(ws, frames[k], until) for k, ws in (("b", b), ("y", y), ("o", o), ("d", d))))
+        await asyncio.gather(*(_collect(ws, frames[k]) for k, ws in (("b", b), ("y", y), ("o", o), ("d", d))))
         for ws in (b, y, o, d):
             await ws.close()
         for m in frames["b"]:
