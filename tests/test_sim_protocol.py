@@ -33,8 +33,13 @@ async def vsim() -> AsyncIterator[Simulator]:
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
+    # market time at 5x: the once-a-second pushes come every 0.2 s (protocol timers stay on wall time)
     s = Simulator(
-        seed=42, base_port=0, tick_seconds=0.1, options=SimOptions(deribit_min_heartbeat_s=0.3, okx_funding_push_s=1.0)
+        seed=42,
+        base_port=0,
+        tick_seconds=0.1,
+        options=SimOptions(deribit_min_heartbeat_s=0.3, okx_funding_push_s=1.0),
+        time_scale=5.0,
     )
     await s.start()
     try:
@@ -288,7 +293,7 @@ async def test_deribit_subscribe_and_heartbeat(sim: Simulator) -> None:
         )
         assert "error" in await recv_until(ws, lambda m: m.get("id") == 2)  # below the minimum
         await ws.send(
-            json.dumps({"jsonrpc": "2.0", "id": 3, "method": "public/set_heartbeat", "params": {"interval": 0.5}})
+            json.dumps({"jsonrpc": "2.0", "id": 3, "method": "public/set_heartbeat", "params": {"interval": 0.3}})
         )
         assert (await recv_until(ws, lambda m: m.get("id") == 3))["result"] == "ok"
         # answer three test_requests: the connection stays open
