@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from support import wait_until
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from exporter.clock import VirtualClock
@@ -431,12 +432,15 @@ async def test_fault_stall_sends_nothing_then_resumes(sim: Simulator) -> None:
         assert time.monotonic() - t0 > 0.8  # silence while stalled, and the socket is still open
 
 
-async def test_fault_malformed_and_truncated_frames(sim: Simulator) -> None:
-    ws_base, _ = sim.urls(Exchange.BINANCE)
+async def test_fault_malformed_and_truncated_frames(vsim: Simulator) -> None:
+    ws_base, _ = vsim.urls(Exchange.BINANCE)
     async with websockets.connect(ws_base + "/market/stream?streams=!markPrice@arr@1s") as ws:
-        await recv_json(ws)
-        await post(sim, Exchange.BINANCE, "/_sim/fault", {"kind": "malformed", "count": 1})
-        await post(sim, Exchange.BINANCE, "/_sim/fault", {"kind": "truncated", "count": 1})
+        await wait_until(lambda: any(c.topics for c in vsim.servers[Exchange.BINANCE].conns), what="subscription")
+        await post(vsim, Exchange.BINANCE, "/_sim/advance", {"seconds": 1.0})
+        await recv_json(ws)  # a good frame; nothing else is on the wire: the market stands still
+        await post(vsim, Exchange.BINANCE, "/_sim/fault", {"kind": "malformed", "count": 1})
+        await post(vsim, Exchange.BINANCE, "/_sim/fault", {"kind": "truncated", "count": 1})
+        await post(vsim, Exchange.BINANCE, "/_sim/advance", {"seconds": 3.0})  # three more frames
         bad = [await asyncio.wait_for(ws.recv(), 3) for _ in range(2)]
         for raw in bad:
             with pytest.raises(json.JSONDecodeError):

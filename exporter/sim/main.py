@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import sys
 from typing import Any
@@ -119,6 +120,7 @@ class Simulator:
 
     async def _ticker(self) -> None:
         clock = self.clock
+        virtual = isinstance(clock, VirtualClock)
         last = next_at = clock.monotonic()
         dt = self.tick_seconds
         while True:
@@ -129,9 +131,12 @@ class Simulator:
                 next_at = clock.monotonic()  # fell far behind (huge universe): do not try to catch up
                 delay = 0.0
             await clock.sleep(max(0.0, delay))
-            # the model moves by the clock's elapsed time: a tick, or one step of a virtual advance()
+            # on a VirtualClock the model moves by the time elapsed (one step of advance()); on wall or
+            # scaled time by one tick, as before (a starved loop slows the market, it does not jump)
             now = clock.monotonic()
-            dt, last = max(now - last, 1e-6), now
+            if virtual:
+                dt = max(now - last, 1e-6)
+            last = now
 
     async def advance(self, seconds: float) -> None:
         """Move market time forward by ``seconds`` now, tick by tick (every step publishes as live).
@@ -143,18 +148,18 @@ class Simulator:
         """
         if not seconds >= 0 or seconds == float("inf"):
             raise ValueError(f"advance needs a finite number of seconds >= 0, not {seconds!r}")
-        step = max(self.tick_seconds, seconds / MAX_ADVANCE_STEPS)
+        n = math.ceil(seconds / max(self.tick_seconds, seconds / MAX_ADVANCE_STEPS) - 1e-9)
         virtual = self.clock if isinstance(self.clock, VirtualClock) else None
-        done = 0.0
-        while seconds - done > 1e-9:
-            dt = min(step, seconds - done)
-            done += dt
+        t0, ahead0 = self.clock.time(), self._ahead
+        for k in range(1, n + 1):
+            done = seconds * k / n  # from the start, not summed: the jump ends exactly at +seconds
             if virtual is not None:
-                virtual.advance(dt)  # wakes the ticker (and whatever else shares the clock)
+                virtual.set_time(t0 + done)  # wakes the ticker (and whatever else shares the clock)
                 for _ in range(3):
-                    await asyncio.sleep(0)  # the ticker steps the model by dt, writers send
+                    await asyncio.sleep(0)  # the ticker steps the model by the step, writers send
             else:
-                self._ahead += dt
+                dt = ahead0 + done - self._ahead
+                self._ahead = ahead0 + done
                 self._step(dt)
                 await asyncio.sleep(0)  # let the connections' writers send what the step published
 
