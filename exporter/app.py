@@ -20,6 +20,7 @@ from typing import Any
 
 from exporter.clock import SYSTEM_CLOCK, Clock
 from exporter.config import Config, ExchangeConfig
+from exporter.feeds import dated
 from exporter.feeds.base import Feed, FeedContext, WsPlan
 from exporter.feeds.connection import BackoffPolicy, FeedConnection
 from exporter.metrics.positions import PositionCollector
@@ -38,6 +39,7 @@ INSTRUMENTS_RETRY_S = 30.0  # instrument list unavailable at start: try again th
 BACKFILL_CONCURRENCY = 4  # per exchange; funding-history buckets are small (Binance 500 / 5 min)
 POLL_CONCURRENCY = 4
 POSITIONS_STOP_S = 3.0
+FUTURES_AFTER_EXPIRY_S = 1.0  # reread the futures list this long after a delivery (the successor is listed)
 
 
 @dataclass(slots=True)
@@ -56,6 +58,7 @@ class ExchangeRuntime:
     listed: bool = False  # True once the exchange's own instrument list was applied
     unknown: list[str] = field(default_factory=list)  # configured ids the exchange does not list
     streams: dict[WsPlan, asyncio.Task[None]] = field(default_factory=dict)
+    futures: list[InstrumentInfo] = field(default_factory=list)  # dated futures followed (term structure)
 
 
 def fallback_instrument(exchange: Exchange, instrument: str) -> InstrumentInfo:
@@ -233,6 +236,7 @@ class Exporter:
 
     async def _start_exchange(self, rt: ExchangeRuntime) -> None:
         await self._load_instruments(rt)
+        await self._load_futures(rt)
         self._sync_streams(rt)
         jobs: list[Awaitable[Any]] = []
         if rt.rest.has_funding_info:
@@ -266,13 +270,31 @@ class Exporter:
         for info in chosen:
             self.state.register(info)
         # The parsers filter all-symbol streams (Binance !forceOrder@arr) by this mapping: followed only.
-        rt.ctx.instruments = {i.instrument: i for i in chosen}
+        rt.ctx.instruments = {i.instrument: i for i in (*chosen, *rt.futures)}
         if not chosen:
             log.error("%s: no instrument to follow", rt.exchange)
+
+    async def _load_futures(self, rt: ExchangeRuntime) -> None:
+        """The dated futures of the configured bases (term structure); a failed read keeps the last list."""
+        fc = rt.cfg.futures
+        if not fc.enabled:
+            return
+        try:
+            listed = await rt.rest.futures()
+        except RestError as exc:
+            log.warning("%s: dated futures list unavailable (%s)", rt.exchange, exc)
+            return
+        chosen = dated.select(listed, fc.bases, None if fc.all_expiries else fc.nearest, self.clock.time())
+        if [i.instrument for i in chosen] != [i.instrument for i in rt.futures]:
+            log.info("%s: dated futures followed: %s", rt.exchange, ", ".join(i.instrument for i in chosen) or "none")
+        rt.futures = chosen
+        self.state.set_futures(rt.exchange, chosen)
+        rt.ctx.instruments = {i.instrument: i for i in (*rt.instruments, *chosen)}
 
     def _sync_streams(self, rt: ExchangeRuntime) -> None:
         """Run exactly one connection task per current WsPlan (plans change with the instrument set)."""
         plans = rt.feed.ws_plans(rt.ws_base, rt.instruments) if rt.instruments else []
+        plans += dated.ws_plans(rt.exchange, rt.ws_base, rt.futures)
         for plan, task in list(rt.streams.items()):
             if plan not in plans or task.done():
                 task.cancel()
@@ -347,6 +369,8 @@ class Exporter:
                 f"poll-{ex}-insurance",
             )
         self._spawn(self._refresh_instruments(rt), f"poll-{ex}-instruments")
+        if rt.cfg.futures.enabled:
+            self._spawn(self._refresh_futures(rt), f"poll-{ex}-futures")
 
     async def _every(self, period: float, job: Callable[[], Awaitable[None]], what: str) -> None:
         while True:
@@ -389,6 +413,22 @@ class Exporter:
                     await self._funding_info(rt)
             except Exception:
                 log.exception("%s: instrument refresh failed", rt.exchange)
+
+    async def _refresh_futures(self, rt: ExchangeRuntime) -> None:
+        """Reread the dated futures every instrument period, and just after the nearest delivery, so
+        an expired contract's successor is followed without a restart."""
+        while True:
+            period = rt.cfg.poll.instruments_seconds
+            now = self.clock.time()
+            upcoming = [i.expiry - now for i in rt.futures if i.expiry is not None and i.expiry > now]
+            if upcoming:
+                period = min(period, min(upcoming) + FUTURES_AFTER_EXPIRY_S)
+            await self.clock.sleep(period)
+            try:
+                await self._load_futures(rt)
+                self._sync_streams(rt)
+            except Exception:
+                log.exception("%s: dated futures refresh failed", rt.exchange)
 
     # ---- registry, positions, server ---------------------------------------------------------
 

@@ -106,6 +106,15 @@ class Credentials(_Model):
         return any((self.api_key_env, self.api_secret_env, self.api_key_file, self.api_secret_file))
 
 
+class FuturesConfig(_Model):
+    """Dated (delivery) futures followed for the term structure (docs/term-structure.md)."""
+
+    enabled: bool = True
+    bases: list[str] = Field(default_factory=lambda: ["BTC", "ETH"])
+    nearest: int = Field(4, ge=1, le=50)  # expiries per base, quote and margin type, nearest first ...
+    all_expiries: bool = False  # ... or every listed expiry of the bases
+
+
 class ExchangeConfig(_Model):
     enabled: bool = True
     instruments: list[str] | None = None  # None -> DEFAULT_INSTRUMENTS
@@ -116,6 +125,7 @@ class ExchangeConfig(_Model):
     stale: StaleLimits = Field(default_factory=StaleLimits)
     poll: PollIntervals = Field(default_factory=PollIntervals)
     fees: Fees = Field(default_factory=Fees)
+    futures: FuturesConfig = Field(default_factory=FuturesConfig)
     backfill: bool = True  # load funding history at start so the z-score is valid at once
     credentials: Credentials = Field(default_factory=Credentials)
     # Maintenance-margin tiers when the exchange publishes none we can read:

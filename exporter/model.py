@@ -36,7 +36,8 @@ class Side(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class InstrumentInfo:
-    """Static facts about one perpetual, from the exchange's instrument list or configuration."""
+    """Static facts about one perpetual (or dated future: ``expiry`` set), from the exchange's
+    instrument list or configuration."""
 
     exchange: Exchange
     instrument: str  # the exchange's own id: BTCUSDT, BTC-USDT-SWAP, BTC-PERPETUAL
@@ -47,6 +48,8 @@ class InstrumentInfo:
     funding_interval_s: float | None = None  # None: unknown yet; Deribit continuous -> 28800
     funding_cap: float | None = None  # per interval, fraction
     funding_floor: float | None = None
+    # Dated (delivery) futures only: Unix seconds of the delivery; None for a perpetual.
+    expiry: float | None = None
 
 
 @dataclass(slots=True)

@@ -56,6 +56,7 @@ __all__ = [
     "ANCHOR_SAMPLE_SECONDS",
     "CONTINUOUS_OBSERVATION_SECONDS",
     "OI_SAMPLE_SECONDS",
+    "FutureState",
     "InstrumentState",
     "Key",
     "MarketState",
@@ -230,6 +231,21 @@ class InstrumentState:
         return tuple((t, r * interval_s / iv if iv else r) for t, r, iv in zip(times, rates, intervals, strict=True))
 
 
+@dataclass(slots=True)
+class FutureState:
+    """A dated future: its latest prices and when they arrived (0.0 = never)."""
+
+    info: InstrumentInfo
+    mark_price: float | None = None
+    index_price: float | None = None  # the index the exchange sends with the future, if any
+    price_at: float = 0.0
+    event_time: float | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.info.exchange, self.info.instrument)
+
+
 class MarketState:
     """Everything the exporter knows now. See the module docstring for the threading rule."""
 
@@ -247,6 +263,7 @@ class MarketState:
         self._anchor_span = anchor_span_seconds + ANCHOR_SAMPLE_SECONDS
         self.started_at = clock()
         self.instruments: dict[Key, InstrumentState] = {}
+        self.futures: dict[Key, FutureState] = {}  # dated futures (term structure), kept apart from perpetuals
         self.streams: dict[tuple[Exchange, str], StreamHealth] = {}
         self.rest: dict[tuple[Exchange, str], RestHealth] = {}
         self.insurance: dict[tuple[Exchange, str], tuple[float, float]] = {}  # -> (balance_usd, at)
@@ -285,6 +302,20 @@ class MarketState:
         if info.funding_floor is not None:
             st.funding_floor = info.funding_floor
         return st
+
+    def set_futures(self, exchange: Exchange, infos: Iterable[InstrumentInfo]) -> None:
+        """The dated futures followed on ``exchange`` now: new ones are added, delisted (expired) ones
+        dropped, kept ones keep their live values. One dict swap: readers see the old or the new set."""
+        fresh = {k: v for k, v in self.futures.items() if k[0] != exchange}
+        for info in infos:
+            key = (info.exchange, info.instrument)
+            st = self.futures.get(key)
+            if st is None:
+                st = FutureState(info)
+            else:
+                st.info = info
+            fresh[key] = st
+        self.futures = fresh
 
     def stream(self, exchange: Exchange, stream: str) -> StreamHealth:
         h = self.streams.get((exchange, stream))
@@ -348,7 +379,7 @@ class MarketState:
         # see the values they follow. Fields are read once into locals.
         st = self.instruments.get((u.exchange, u.instrument))
         if st is None:
-            self.unknown_instrument_updates += 1
+            self._apply_future(u, now)  # a miss only: the perpetuals' path is unchanged
             return
         v = u.event_time
         if v is not None:
@@ -406,6 +437,22 @@ class MarketState:
                 self._sampler.open_interest(st, now)
         if now >= st.anchor_sample_due:
             self._sampler.anchor(st, now)
+
+    def _apply_future(self, u: MarketUpdate, now: float) -> None:
+        fs = self.futures.get((u.exchange, u.instrument))
+        if fs is None:
+            self.unknown_instrument_updates += 1
+            return
+        if u.event_time is not None:
+            fs.event_time = u.event_time
+        if u.mark_price is not None:
+            fs.mark_price = u.mark_price
+            fs.price_at = now
+        if u.index_price is not None:
+            fs.index_price = u.index_price
+            fs.price_at = now
+        if u.confirms_ticker and fs.mark_price is not None:
+            fs.price_at = now
 
     @staticmethod
     def _confirm_ticker(st: InstrumentState, now: float) -> None:

@@ -25,13 +25,16 @@ from operator import attrgetter
 from typing import Any
 
 from exporter.analytics import funding as fa
+from exporter.analytics import term
 from exporter.analytics.cross import FundingPoint
 from exporter.config import Config
+from exporter.feeds.dated import expiry_date
 from exporter.model import EIGHT_HOURS, Exchange, Side
-from exporter.state import LIQ_FLOW_WINDOW_SECONDS, InstrumentState, MarketState
+from exporter.state import LIQ_FLOW_WINDOW_SECONDS, FutureState, InstrumentState, MarketState
 
 __all__ = [
     "LIQ_FLOW_WINDOW_SECONDS",
+    "FutureView",
     "InstrumentView",
     "MarketViews",
     "RenderErrors",
@@ -126,6 +129,45 @@ class InstrumentView:
 # The float fields of a view: none may be NaN or infinite (checked once per view, see _finite).
 _VIEW_FLOATS = tuple(f.name for f in dataclasses.fields(InstrumentView) if f.name not in ("st", "stale", "edge_side"))
 _view_floats = attrgetter(*_VIEW_FLOATS)
+
+
+@dataclass(slots=True)
+class FutureView:
+    """One dated future at one scrape (term structure). ``None``: stale, unknown or not defined
+    (the annualised figures under one day to expiry, see :mod:`exporter.analytics.term`)."""
+
+    st: FutureState
+    expiry: float
+    expiry_date: str  # UTC date, the ``expiry`` label
+    days_to_expiry: float
+    mark_price: float | None
+    index_price: float | None  # S: the future's own index, else the same-base perpetual's
+    basis_ratio: float | None
+    basis_annualized: float | None
+    implied_funding_8h: float | None
+    actual_funding_8h: float | None  # the same exchange's perpetual of the base, per 8 h
+    implied_minus_actual_bp: float | None
+
+
+def _reference(views: Iterable[InstrumentView]) -> dict[tuple[Exchange, str], list[InstrumentView]]:
+    """Perpetuals per (exchange, base), preferred first: USDT, then USD, then any (by id)."""
+    rank = {"USDT": 0, "USD": 1}
+    out: dict[tuple[Exchange, str], list[InstrumentView]] = {}
+    for v in views:
+        out.setdefault((v.st.info.exchange, v.st.info.base), []).append(v)
+    for vs in out.values():
+        vs.sort(key=lambda v: (rank.get(v.st.info.quote, 2), v.st.info.instrument))
+    return out
+
+
+def _pick(perps: list[InstrumentView], quote: str, field: str) -> float | None:
+    """The value of the perpetual with the future's quote when fresh, else of the preferred one."""
+    same = [v for v in perps if v.st.info.quote == quote]
+    for v in (*same, *perps):
+        x = getattr(v, field)
+        if x is not None:
+            return float(x)
+    return None
 
 
 def _finite(v: InstrumentView) -> bool:
@@ -285,6 +327,51 @@ class MarketViews:
             # Instruments delisted from state: drop their cached windows (bounded memory).
             live: set[Hashable] = {st.key for st in instruments}
             self.cache.forget(live)
+        return out
+
+    def futures(self, now: float | None = None, perps: list[InstrumentView] | None = None) -> list[FutureView]:
+        """The dated futures that have not expired; expired ones are left out at once (the instrument
+        list refresh then drops them from state and brings their successors)."""
+        state = self.state
+        now = state.clock() if now is None else now
+        perps = self.current_views() if perps is None else perps
+        ref = _reference(perps)
+        out: list[FutureView] = []
+        for fs in sorted(list(state.futures.values()), key=lambda f: f.key):
+            info = fs.info
+            expiry = info.expiry
+            if expiry is None or expiry <= now:
+                continue
+            ex_cfg = self.config.exchanges.get(info.exchange)
+            limit = ex_cfg.stale.price_seconds if ex_cfg is not None else 30.0
+            fresh = fs.price_at > 0.0 and now - fs.price_at <= limit
+            mark = fs.mark_price if fresh else None
+            candidates = ref.get((info.exchange, info.base), [])
+            index = fs.index_price if fresh and fs.index_price else _pick(candidates, info.quote, "index_price")
+            actual = _pick(candidates, info.quote, "funding_rate_8h")
+            days = term.days_to_expiry(expiry, now)
+            basis = term.basis_ratio(mark, index) if mark is not None and index is not None else None
+            ann = implied = diff = None
+            if basis is not None:
+                ann = term.annualized_basis(basis, days)
+                implied = term.implied_funding_8h(basis, days)
+                if implied is not None and actual is not None:
+                    diff = term.implied_minus_actual_bp(implied, actual)
+            out.append(
+                FutureView(
+                    st=fs,
+                    expiry=expiry,
+                    expiry_date=expiry_date(expiry),
+                    days_to_expiry=days,
+                    mark_price=mark,
+                    index_price=index,
+                    basis_ratio=basis,
+                    basis_annualized=ann,
+                    implied_funding_8h=implied,
+                    actual_funding_8h=actual,
+                    implied_minus_actual_bp=diff,
+                )
+            )
         return out
 
     def funding_points(self, views: Iterable[InstrumentView]) -> list[FundingPoint]:

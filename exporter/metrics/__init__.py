@@ -19,6 +19,7 @@ from exporter.config import Config
 from exporter.metrics.exposition import render
 from exporter.metrics.health import HealthCollector
 from exporter.metrics.market import CrossCollector, MarketCollector
+from exporter.metrics.term import TermCollector
 from exporter.state import MarketState
 from exporter.views import MarketViews, RenderErrors
 
@@ -70,6 +71,7 @@ def build_registry(
     reg = ExporterRegistry(views)
     reg.register(MarketCollector(views))
     reg.register(CrossCollector(views))
+    reg.register(TermCollector(views))
     reg.register(HealthCollector(config, state, render_errors=errors))
     # process_* (resident memory, CPU, open fds): the "Exporter health" dashboard's memory panel
     if process:

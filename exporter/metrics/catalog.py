@@ -48,6 +48,12 @@ class Section:
 SECTIONS: tuple[Section, ...] = (
     Section("market", "Market (per exchange × instrument)"),
     Section("cross", "Cross-exchange (per base)"),
+    Section(
+        "term",
+        "Term structure (per exchange × dated future)",
+        "Labels: `exchange`, `instrument`, `base`, `quote`, `expiry` (UTC delivery date, `2026-03-27`). "
+        "A contract leaves at its delivery time. Sources and formulas in `docs/term-structure.md`.",
+    ),
     Section("health", "Exporter health"),
     Section(
         "positions",
@@ -418,6 +424,87 @@ FUNDING_SPREAD = _def(
     "`long_exchange`: `(rate_8h short − rate_8h long) × 1e4 − 2 × (fee_bp long + fee_bp short) × 8 / "
     "holding_period_hours`. Only pairs with a positive gross spread, best `analytics.spread_top_n` [10] "
     "per base by net value.",
+)
+
+# ---- term structure (per exchange x dated future) ---------------------------------------------
+
+TERM_LABELS: tuple[str, ...] = (*MARKET_LABELS, "expiry")
+_S = (
+    "S is the index price the exchange sends with the future (Binance i, Bybit indexPrice, Deribit "
+    "index_price), else that of the same exchange's perpetual of the base (OKX)"
+)
+
+FUTURE_MARK_PRICE = _def(
+    "fr_future_mark_price",
+    "gauge",
+    "term",
+    TERM_LABELS,
+    "quote currency",
+    "Mark price F of a dated (delivery) future in quote currency. Absent when older than the exchange's "
+    "price staleness limit.",
+    "Mark price `F` of the dated future (Binance `p`, Bybit `markPrice`, OKX `markPx`, Deribit `mark_price`).",
+)
+FUTURE_EXPIRY = _def(
+    "fr_future_expiry_timestamp_seconds",
+    "gauge",
+    "term",
+    TERM_LABELS,
+    "Unix seconds",
+    "Unix time in seconds of the future's delivery (Binance deliveryDate, Bybit deliveryTime, OKX expTime, "
+    "Deribit expiration_timestamp).",
+    "Delivery time (Binance `deliveryDate`, Bybit `deliveryTime`, OKX `expTime`, Deribit `expiration_timestamp`).",
+)
+FUTURE_DAYS = _def(
+    "fr_future_days_to_expiry",
+    "gauge",
+    "term",
+    TERM_LABELS,
+    "days",
+    "(expiry - now) / 86400: days until the future's delivery.",
+    "`(expiry − now) / 86400`.",
+)
+BASIS = _def(
+    "fr_basis_ratio",
+    "gauge",
+    "term",
+    TERM_LABELS,
+    "ratio",
+    f"(F - S) / S: basis of the dated future against the index; F the future's mark price, {_S}.",
+    "`(F − S) / S`; `S`: the index sent with the future (Binance `i`, Bybit `indexPrice`, Deribit "
+    "`index_price`), else the index of the same exchange's perpetual of the base (OKX).",
+)
+BASIS_ANNUALIZED = _def(
+    "fr_basis_annualized_ratio",
+    "gauge",
+    "term",
+    TERM_LABELS,
+    "fraction per year",
+    "(F - S) / S x 365 / days to expiry: simple annualised basis, fraction per year. Absent under one day "
+    "to expiry (fr_basis_ratio is still given).",
+    "`(F − S) / S × 365 / days_to_expiry` (simple, as desks quote it). Absent under one day to expiry, "
+    "where a few basis points of noise would annualise into hundreds of percent.",
+)
+IMPLIED_FUNDING = _def(
+    "fr_implied_funding_rate_8h",
+    "gauge",
+    "term",
+    TERM_LABELS,
+    "fraction per 8 h",
+    "Per-8 h funding rate r that, paid from now until expiry, adds up to the basis: "
+    "r = (F - S) / S x 28800 / (expiry - now). Absent under one day to expiry.",
+    "`r = (F − S) / S × 28800 / (expiry − now)` = basis / (3 × days): the per-8 h funding that, paid until "
+    "expiry (simple, not compounded), equals the basis. Absent under one day to expiry.",
+)
+IMPLIED_MINUS_ACTUAL = _def(
+    "fr_implied_minus_actual_funding_bp",
+    "gauge",
+    "term",
+    TERM_LABELS,
+    "basis points per 8 h",
+    "(fr_implied_funding_rate_8h - the same exchange's perpetual funding rate of the base per 8 h) x 1e4, "
+    "in basis points per 8 h; the perpetual of the future's quote, else USDT, USD, any. Absent when either is.",
+    "`(implied − actual) × 1e4`; actual: the same exchange's perpetual of the base (the future's quote, "
+    "else USDT, USD, any), its current rate per 8 h. Positive: the curve pays more than the perpetual.",
 )
 
 # ---- exporter health --------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from exporter.feeds import dated
 from exporter.feeds.base import Feed, FeedContext
 from exporter.model import (
     Exchange,
@@ -37,6 +38,7 @@ FUNDING_INFO = "funding_info"
 OPEN_INTEREST = "open_interest"
 LONG_SHORT_RATIO = "long_short_ratio"
 INSURANCE_FUND = "insurance_fund"
+FUTURES = "futures_instruments"  # dated futures' list (term structure)
 
 MAX_PAGES = 200  # a runaway paginator (server ignoring our cursor) stops here
 
@@ -91,6 +93,10 @@ class ExchangeRest:
     async def instruments(self) -> list[InstrumentInfo]:
         raise NotImplementedError
 
+    async def futures(self) -> list[InstrumentInfo]:
+        """The dated futures the exchange lists (``expiry`` set), parsed by exporter.feeds.dated."""
+        return []
+
     async def funding_history(self, instrument: str, start: float, end: float) -> list[FundingSettlement]:
         raise NotImplementedError
 
@@ -121,6 +127,10 @@ class BinanceRest(ExchangeRest):
     async def instruments(self) -> list[InstrumentInfo]:
         body = await self._fetch(INSTRUMENTS, "/fapi/v1/exchangeInfo")
         return self._parse(INSTRUMENTS, lambda: self.feed.parse_instruments(body), body)
+
+    async def futures(self) -> list[InstrumentInfo]:
+        body = await self._fetch(FUTURES, "/fapi/v1/exchangeInfo")
+        return self._parse(FUTURES, lambda: dated.parse_binance(body), body)
 
     async def funding_history(self, instrument: str, start: float, end: float) -> list[FundingSettlement]:
         # ascending pages: move startTime past the last row until a short page
@@ -185,6 +195,21 @@ class BybitRest(ExchangeRest):
                 break
         return out
 
+    async def futures(self) -> list[InstrumentInfo]:
+        out: list[InstrumentInfo] = []
+        for category in ("linear", "inverse"):
+            cursor = ""
+            for _ in range(MAX_PAGES):
+                params: dict[str, str | int] = {"category": category, "limit": 1000}
+                if cursor:
+                    params["cursor"] = cursor
+                body = await self._fetch(FUTURES, "/v5/market/instruments-info", params)
+                out.extend(self._parse(FUTURES, partial(dated.parse_bybit, body), body))
+                cursor = _bybit_cursor(body)
+                if not cursor:
+                    break
+        return out
+
     async def funding_history(self, instrument: str, start: float, end: float) -> list[FundingSettlement]:
         # newest first; page backwards by moving endTime below the oldest row
         out: list[FundingSettlement] = []
@@ -227,6 +252,10 @@ class OkxRest(ExchangeRest):
     async def instruments(self) -> list[InstrumentInfo]:
         body = await self._fetch(INSTRUMENTS, "/api/v5/public/instruments", {"instType": "SWAP"})
         return self._parse(INSTRUMENTS, lambda: self.feed.parse_instruments(body), body)
+
+    async def futures(self) -> list[InstrumentInfo]:
+        body = await self._fetch(FUTURES, "/api/v5/public/instruments", {"instType": "FUTURES"})
+        return self._parse(FUTURES, lambda: dated.parse_okx(body), body)
 
     async def funding_history(self, instrument: str, start: float, end: float) -> list[FundingSettlement]:
         # newest first; `after` = rows older than this fundingTime
@@ -280,6 +309,11 @@ class DeribitRest(ExchangeRest):
         params = {"currency": "any", "kind": "future"}
         body = await self._fetch(INSTRUMENTS, "/api/v2/public/get_instruments", params)
         return self._parse(INSTRUMENTS, lambda: self.feed.parse_instruments(body), body)
+
+    async def futures(self) -> list[InstrumentInfo]:
+        params = {"currency": "any", "kind": "future"}
+        body = await self._fetch(FUTURES, "/api/v2/public/get_instruments", params)
+        return self._parse(FUTURES, lambda: dated.parse_deribit(body), body)
 
     async def funding_history(self, instrument: str, start: float, end: float) -> list[FundingSettlement]:
         out: list[FundingSettlement] = []
