@@ -188,6 +188,7 @@ for _ex, _name, _msg in SAMPLES:
     SAMPLES_BY_NAME.setdefault((_ex, _name), []).append(_msg)
 
 
+@pytest.mark.e2e  # a 1000-example fuzz campaign (~15 CPU s): with the other campaigns, in `make test`
 @pytest.mark.skipif(not CASES, reason="../shared/samples is absent")
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(
