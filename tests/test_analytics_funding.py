@@ -62,7 +62,10 @@ def test_zscore_matches_independent_computation_on_real_history(shared_dir: Path
         state.apply(MarketUpdate(Exchange.BINANCE, "BTCUSDT", funding_rate=current))
         if i % 5:
             continue
-        got = reg.get_sample_value("fr_funding_zscore", labels())
+        # one collection per check (get_sample_value collects the whole registry per call)
+        lbl = labels()
+        values = {x.name: x.value for fam in reg.collect() for x in fam.samples if x.labels == lbl}
+        got = values.get("fr_funding_zscore")
         win = [r for (ts, r) in history[: i + 1] if ts > clock.t - window]
         if len(win) < min_obs or len(set(win)) == 1:
             assert got is None
@@ -70,9 +73,9 @@ def test_zscore_matches_independent_computation_on_real_history(shared_dir: Path
             continue
         expected = (current - statistics.fmean(win)) / statistics.stdev(win)
         assert got == pytest.approx(expected, rel=1e-9, abs=1e-9), (i, t)
-        mom = reg.get_sample_value("fr_funding_momentum", labels())
+        mom = values.get("fr_funding_momentum")
         assert mom == pytest.approx(current - statistics.fmean(win), rel=1e-9, abs=1e-15)
-        acc = reg.get_sample_value("fr_funding_acceleration", labels())
+        acc = values.get("fr_funding_acceleration")
         assert acc == pytest.approx((win[-1] - win[-2]) - (win[-2] - win[-3]), abs=1e-15)
         checked += 1
     assert checked > 500
