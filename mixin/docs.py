@@ -55,9 +55,10 @@ FOOTER = """\
   `Accept-Encoding` allows it. The output is byte-identical to `prometheus_client`'s
   `generate_latest` of the same registry (tested), produced by a faster renderer
   (`exporter/metrics/exposition.py`, see `bench/bench_scrape.py`).
-- `tests/golden/exposition.txt` and `tests/golden/sidecar.txt` are the expositions of a fixed state;
-  `tests/test_golden.py` compares them with what the collectors render and runs them through
-  `promtool check metrics`, so a renamed or re-labelled series shows up as a diff in review.
+- `tests/golden/exposition.txt` (and `exposition.openmetrics.txt`) and `tests/golden/sidecar.txt`
+  are the expositions of a fixed state; `tests/test_golden.py` compares them with what the
+  collectors render and runs the text ones through `promtool check metrics`, so a renamed or
+  re-labelled series shows up as a diff in review (`UPDATE_GOLDEN=1` rewrites them).
 - `GET /api/state`: the JSON snapshot described in `docs/ARCHITECTURE.md`, built from the same
   values: a stale value is `null`.
 - A collector that raises (a position source, say) is logged and left out of that scrape; every

@@ -5,7 +5,8 @@ end-to-end stack. When a change is intended, regenerate the files and review the
 
     UPDATE_GOLDEN=1 .venv/bin/pytest -q -p no:cacheprovider tests/test_golden.py
 
-The same texts go through ``promtool check metrics`` and are held to the metric catalog: every
+The exporter's exposition is kept in both formats (text 0.0.4, and OpenMetrics, which Prometheus
+asks for). The text files go through ``promtool check metrics`` and are held to the metric catalog: every
 family exposed is declared there with the same type, labels and HELP, and every declared family
 is exposed by one of the two golden states (so the golden files cover the whole catalog).
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_latest_om
 from support import needs_tool
 
 from exporter import __version__
@@ -199,13 +201,14 @@ class GoldenPositions:
         return {"leverage": 1}, {"bybit": 12}, {("bybit", "rate_limited"): 1}
 
 
-def exporter_text() -> str:
+def exporter_text(openmetrics: bool = False) -> str:
     state = golden_state()
     # process_* (CPU, memory) differ on every render: not what the golden file is about
     reg = build_registry(Config(), state, extra_collectors=[PositionCollector(GoldenPositions())], process=False)
     reg.views.errors.count("market", 2)  # two instrument views that failed at earlier scrapes
-    body = reg.render()
-    assert body == generate_latest(reg), "the fast renderer differs from prometheus_client"
+    body = reg.render(openmetrics=openmetrics)
+    reference = generate_latest_om(reg) if openmetrics else generate_latest(reg)
+    assert body == reference, "the fast renderer differs from prometheus_client"
     # the build labels change with every release, commit and Python: neither are they
     b = build_labels()
     return (
@@ -266,6 +269,11 @@ def _check_golden(name: str, text: str) -> None:
 
 def test_exporter_exposition_matches_the_golden_file() -> None:
     _check_golden("exposition.txt", exporter_text())
+
+
+def test_exporter_openmetrics_exposition_matches_the_golden_file() -> None:
+    """What Prometheus actually asks for (counters named without _total in HELP/TYPE, # EOF)."""
+    _check_golden("exposition.openmetrics.txt", exporter_text(openmetrics=True))
 
 
 def test_sidecar_exposition_matches_the_golden_file() -> None:
