@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 
 from exporter.model import Exchange, Side
+from exporter.sim import futures_wire
 from exporter.sim.market import Instrument, SimLiquidation
 from exporter.sim.server import Conn, ExchangeServer, Handler, dumps, fmt, ms, query_int
 
@@ -286,7 +287,7 @@ class BinanceServer(ExchangeServer):
             ],
             "exchangeFilters": [],
             "assets": [{"asset": "USDT", "marginAvailable": True, "autoAssetExchange": "-10000"}],
-            "symbols": symbols,
+            "symbols": symbols + futures_wire.binance_symbols(self.market),
         }
         return web.json_response(body, dumps=dumps, headers=self._headers())
 

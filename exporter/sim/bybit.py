@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 
 from exporter.model import Exchange, Side
+from exporter.sim import futures_wire
 from exporter.sim.market import Instrument, SimLiquidation
 from exporter.sim.server import Conn, ExchangeServer, Handler, dumps, fmt, fmt_g, ms, query_int
 
@@ -109,6 +110,8 @@ class BybitServer(ExchangeServer):
 
     def _valid(self, topic: str) -> bool:
         head, _, sym = topic.partition(".")
+        if head == "tickers" and sym in futures_wire.futures_of(self.market, self.exchange):
+            return True  # a dated future: tickers only
         return head in ("tickers", "allLiquidation") and sym in self.market.instruments[self.exchange]
 
     async def on_text(self, conn: Conn, text: str) -> None:
@@ -128,8 +131,9 @@ class BybitServer(ExchangeServer):
             if bad:
                 self._ack(conn, "subscribe", req_id, ok=False, msg=f"Invalid symbol :[{','.join(map(str, bad))}]")
             good = [a for a in args if isinstance(a, str) and self._valid(a)]
+            perps = self.market.instruments[self.exchange]
             for a in good:
-                if a.startswith("tickers.") and not self.subscribers(a):
+                if a.startswith("tickers.") and a[8:] in perps and not self.subscribers(a):
                     # nobody follows this symbol: its delta baseline restarts from a fresh snapshot
                     sym = a.split(".", 1)[1]
                     self._last[sym] = self.ticker(self.market.instruments[self.exchange][sym])
@@ -137,7 +141,7 @@ class BybitServer(ExchangeServer):
             if not bad:
                 self._ack(conn, "subscribe", req_id)
             for a in good:
-                if a.startswith("tickers."):
+                if a.startswith("tickers.") and a[8:] in perps:
                     sym = a.split(".", 1)[1]
                     self.send(conn, self._frame(sym, "snapshot", self._last[sym], self.market.now))
         elif op == "unsubscribe" and isinstance(args, list):
@@ -229,6 +233,8 @@ class BybitServer(ExchangeServer):
         return self._ok({"timeSecond": str(int(t)), "timeNano": str(int(t * 1e9))})
 
     async def instruments_info(self, request: web.Request) -> web.Response:
+        if request.query.get("category") == "inverse":  # no inverse contract is simulated
+            return self._ok({"category": "inverse", "list": [], "nextPageCursor": ""})
         if (e := self._category(request)) is not None:
             return e
         found = self._symbol(request, required=False)
@@ -271,6 +277,8 @@ class BybitServer(ExchangeServer):
                     "preListingInfo": None,
                 }
             )
+        if not found:
+            out.extend(futures_wire.bybit_rows(self.market))
         return self._ok({"category": "linear", "list": out, "nextPageCursor": ""})
 
     async def tickers(self, request: web.Request) -> web.Response:

@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from exporter.model import Exchange, Side
+from exporter.sim import futures_wire
 from exporter.sim.market import Instrument, SimLiquidation
 from exporter.sim.server import Conn, ExchangeServer, Handler, dumps, ms
 
@@ -193,6 +194,8 @@ class DeribitServer(ExchangeServer):
                     "base_currency": s.base,
                 }
             )
+        if params.get("kind") in (None, "", "future", "any"):
+            out.extend(futures_wire.deribit_rows(self.market, str(params.get("currency", ""))))
         return out
 
     def m_funding_history(self, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -252,6 +255,8 @@ class DeribitServer(ExchangeServer):
 
     def _valid_channel(self, ch: str) -> bool:
         parts = ch.split(".")
+        if len(parts) == 3 and parts[0] == "ticker" and parts[1] in futures_wire.futures_of(self.market, self.exchange):
+            return parts[2] in ("100ms", "agg2")  # a dated future: its ticker
         return (
             len(parts) == 3
             and parts[0] in ("ticker", "trades")

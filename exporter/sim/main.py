@@ -25,6 +25,7 @@ from aiohttp import web
 
 from exporter.clock import SYSTEM_CLOCK, Clock, ScaledClock, VirtualClock
 from exporter.model import Exchange
+from exporter.sim import futures_wire
 from exporter.sim.binance import BinanceServer
 from exporter.sim.bybit import BybitServer
 from exporter.sim.deribit import DeribitServer
@@ -59,6 +60,7 @@ class Simulator:
         exchanges: tuple[Exchange, ...] = tuple(Exchange),
         clock: Clock | None = None,
         time_scale: float = 1.0,
+        futures_short_seconds: float | None = None,
     ) -> None:
         self.host = host
         self.base_port = base_port
@@ -69,7 +71,11 @@ class Simulator:
         self.clock = clock
         self._ahead = 0.0  # market time jumped ahead of the clock by advance() (clocks a test cannot move)
         self.market = MarketModel(
-            seed=seed, instruments_per_exchange=instruments_per_exchange, start_time=clock.time(), exchanges=exchanges
+            seed=seed,
+            instruments_per_exchange=instruments_per_exchange,
+            start_time=clock.time(),
+            exchanges=exchanges,
+            futures_short_seconds=futures_short_seconds,
         )
         if scenario != Scenario.CALM:
             self.market.set_scenario(scenario)
@@ -115,6 +121,7 @@ class Simulator:
             self.market.step(dt, now=self.now())
             for srv in self.servers.values():
                 srv.on_tick(self.market.now)
+                futures_wire.publish(srv, self.market.now)
         except Exception:  # a bug in one step must not stop the market
             log.exception("simulator step failed")
 
@@ -222,6 +229,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="smallest public/set_heartbeat interval accepted (Deribit: 10 s)",
     )
     parser.add_argument(
+        "--futures-short-seconds",
+        type=float,
+        default=None,
+        help="also list BTC dated futures this many seconds apart (the first expires that soon after start): "
+        "a test watches an expiry and a roll",
+    )
+    parser.add_argument(
         "--okx-funding-push-seconds", type=float, default=30.0, help="OKX funding-rate push period (real: 30-90 s)"
     )
 
@@ -242,6 +256,7 @@ async def run(args: argparse.Namespace, stop: asyncio.Event | None = None) -> No
         tick_seconds=args.tick_seconds,
         options=options,
         time_scale=getattr(args, "time_scale", 1.0),
+        futures_short_seconds=getattr(args, "futures_short_seconds", None),
     )
     await sim.start()
     sys.stdout.write(orjson.dumps(sim.describe()).decode() + "\n")

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from exporter.model import EIGHT_HOURS, Exchange, Side
+from exporter.sim.curve import Curve
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -274,7 +275,8 @@ class Scenario:
     CALM = "calm"
     FUNDING_SPIKE = "funding_spike"
     CASCADE = "cascade"
-    ALL = (CALM, FUNDING_SPIKE, CASCADE)
+    CURVE_DISLOCATION = "curve_dislocation"  # one exchange's dated futures pushed off the curve
+    ALL = (CALM, FUNDING_SPIKE, CASCADE, CURVE_DISLOCATION)
 
 
 class MarketModel:
@@ -288,6 +290,8 @@ class MarketModel:
         history_days: int = HISTORY_DAYS,
         exchanges: tuple[Exchange, ...] = tuple(Exchange),
         crowd_size: int = 120,
+        futures: bool = True,
+        futures_short_seconds: float | None = None,
     ) -> None:
         self.seed = seed
         self.rng = np.random.Generator(np.random.PCG64(seed))
@@ -353,6 +357,8 @@ class MarketModel:
                 self._init_funding(inst)
                 self._seed_crowd(inst)
         self._update_crowd_totals()
+        # dated futures (term structure); their own random generator leaves the perpetuals' draws as they were
+        self.curve = Curve(self, futures_short_seconds) if futures else None
 
     # ------------------------------------------------------------------------------------------
     # queries
@@ -392,6 +398,10 @@ class MarketModel:
         if name == Scenario.FUNDING_SPIKE:
             self.scenario_params["seconds"] = 60.0 if seconds is None else float(seconds)
             self.scenario_params["level"] = 0.004
+        elif name == Scenario.CURVE_DISLOCATION:
+            self.scenario_params["seconds"] = 300.0 if seconds is None else float(seconds)
+            if self.curve is not None:
+                self.curve.dislocate(self.scenario_params["seconds"])
         elif name == Scenario.CASCADE:
             # Build-up 20-40 s (seeded), then the break, then calm again.
             self.scenario_params["build"] = float(self.rng.uniform(20.0, 40.0)) if seconds is None else float(seconds)
@@ -400,7 +410,9 @@ class MarketModel:
 
     def _scenario_tick(self) -> None:
         el = self.now - self.scenario_started
-        if self.scenario == Scenario.FUNDING_SPIKE and el >= self.scenario_params["seconds"]:
+        if self.scenario == Scenario.CURVE_DISLOCATION and el >= self.scenario_params["seconds"]:
+            self.scenario = Scenario.CALM
+        elif self.scenario == Scenario.FUNDING_SPIKE and el >= self.scenario_params["seconds"]:
             self.scenario, self.relax_until = Scenario.CALM, self.now + 60.0
         elif self.scenario == Scenario.CASCADE:
             build, crash = self.scenario_params["build"], self.scenario_params["crash"]
@@ -602,6 +614,8 @@ class MarketModel:
             k = 0.08 if phase == "crash" else 0.05
             asset.pending_impact = max(-0.01, min(0.01, -k * signed_notional / asset.crowd_notional))
         self._update_crowd_totals()
+        if self.curve is not None:
+            self.curve.step(dt)
 
     def _funding_tick(self, inst: Instrument, dt: float) -> None:
         spec = inst.spec
@@ -773,4 +787,5 @@ class MarketModel:
             "cascade_phase": self.cascade_phase,
             "insurance_fund_usd": self.insurance[exchange],
             "instruments": out,
+            **(self.curve.truth(exchange) if self.curve is not None else {"futures": {}, "expired": []}),
         }

@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 
 from exporter.model import Exchange, Side
+from exporter.sim import futures_wire
 from exporter.sim.market import INTEREST_8H, Instrument, SimLiquidation
 from exporter.sim.server import Conn, ExchangeServer, Handler, dumps, fmt, fmt_g, ms, query_int
 
@@ -128,6 +129,8 @@ class OkxServer(ExchangeServer):
         insts = self.market.instruments[self.exchange]
         if ch in CHANNELS_BY_INST and arg.get("instId") in insts:
             return f"{ch}:{arg['instId']}"
+        if ch == "mark-price" and arg.get("instId") in futures_wire.futures_of(self.market, self.exchange):
+            return f"{ch}:{arg['instId']}"  # a dated future
         if ch == "index-tickers" and arg.get("instId") in self._by_index:
             return f"{ch}:{arg['instId']}"
         if ch == "liquidation-orders" and arg.get("instType") == "SWAP":
@@ -287,6 +290,9 @@ class OkxServer(ExchangeServer):
         return self._ok([{"ts": str(ms(self.market.now))}])
 
     async def instruments(self, request: web.Request) -> web.Response:
+        if request.query.get("instType") == "FUTURES":
+            fam = request.query.get("instFamily") or request.query.get("uly")
+            return self._ok([r for r in futures_wire.okx_rows(self.market) if fam is None or r["instFamily"] == fam])
         if request.query.get("instType") != "SWAP":
             return self._err("50014", "Parameter instType can not be empty.")
         sel = self._select(request)
