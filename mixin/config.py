@@ -37,6 +37,9 @@ class Thresholds:
     liquidation_spike_factor: float = 5.0
     liquidation_spike_min_usd_per_second: float = 50_000.0  # 3 M USD per minute
     funding_spread_bp: float = 10.0  # fr_funding_spread_bp above (informational)
+    basis_annualized: float = 0.10  # |fr_basis_annualized_ratio| above (10 %/yr)
+    implied_divergence_bp: float = 10.0  # |fr_implied_minus_actual_funding_bp| above (bp per 8 h)
+    roll_days: float = 10.0  # fr_future_days_to_expiry below (informational: roll window)
     ai_risk_probability: float = 0.7
     ai_stale_seconds: float = 1800.0  # no valid model answer for this long (sidecar default period 300 s)
     ai_failure_ratio: float = 0.5  # failed / all model calls over the failure window
@@ -56,6 +59,9 @@ class Durations:
     adl: str = "5m"
     liquidation_spike: str = "2m"
     funding_spread: str = "30m"
+    basis: str = "15m"
+    implied_divergence: str = "15m"
+    roll: str = "5m"
     ai_risk: str = "10m"
     ai_stale: str = "5m"
     ai_failing: str = "15m"

@@ -127,7 +127,14 @@ def _layout(panels: list[Panel]) -> list[dict[str, Any]]:
     return out
 
 
-def _dashboard(cfg: MixinConfig, key: str, description: str, panels: list[Panel]) -> dict[str, Any]:
+def _dashboard(
+    cfg: MixinConfig,
+    key: str,
+    description: str,
+    panels: list[Panel],
+    overrides: dict[str, list[tuple[str, str]]] | None = None,
+    transformations: dict[str, list[dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
     uid, title = DASHBOARDS[key]
     links = [
         {"title": t, "type": "link", "url": f"/d/{u}", "keepTime": True, "includeVars": True}
@@ -150,8 +157,22 @@ def _dashboard(cfg: MixinConfig, key: str, description: str, panels: list[Panel]
         "links": links,
         "annotations": {"list": []},
         "templating": {"list": _variables(cfg)},
-        "panels": _layout(panels),
+        "panels": _extras(_layout(panels), overrides or {}, transformations or {}),
     }
+
+
+def _extras(
+    built: list[dict[str, Any]], overrides: dict[str, list[tuple[str, str]]], transformations: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Per-column units (a table of mixed units) and transformations, by panel title."""
+    for p in built:
+        for column, unit in overrides.get(p["title"], []):
+            p["fieldConfig"]["overrides"].append(
+                {"matcher": {"id": "byName", "options": column}, "properties": [{"id": "unit", "value": unit}]}
+            )
+        if p["title"] in transformations:
+            p["transformations"] = transformations[p["title"]]
+    return built
 
 
 def _funding(cfg: MixinConfig) -> dict[str, Any]:
@@ -629,6 +650,108 @@ def _health(cfg: MixinConfig) -> dict[str, Any]:
     )
 
 
+def _term(cfg: MixinConfig) -> dict[str, Any]:
+    t = cfg.thresholds
+    sel = 'exchange=~"$exchange",base=~"$base"'
+    perp_ann = f"{m.FUNDING_RATE_ANNUALIZED}{{{sel}}}"
+    # the perpetual joins the curve at day 0 (its annualised funding), labelled expiry="perpetual"
+    as_perp = 'label_replace({}, "expiry", "perpetual", "", "")'
+    ann_lines = [("red", None), ("green", -t.basis_annualized), ("red", t.basis_annualized)]
+    div_lines = [("red", None), ("green", -t.implied_divergence_bp), ("red", t.implied_divergence_bp)]
+    table_units = [
+        ("Value #A", "d"),
+        ("Value #B", "percentunit"),
+        ("Value #C", "percentunit"),
+        ("Value #D", "percentunit"),
+        ("Value #E", "suffix: bp"),
+    ]
+    return _dashboard(
+        cfg,
+        "term",
+        "Dated futures beside the perpetuals: annualised basis against days to expiry, the per-8 h funding the "
+        "curve implies against the perpetual's, and the contracts followed (docs/term-structure.md).",
+        [
+            Panel(
+                "Curve: annualised basis against days to expiry",
+                "Each point is a dated future (x: days to expiry, y: annualised basis); the perpetual's annualised "
+                f"funding sits at day 0. FuturesBasisExtreme fires beyond ±{t.basis_annualized:.0%} a year.",
+                [
+                    (
+                        f"{m.FUTURE_DAYS}{{{sel}}} or " + as_perp.format(f"0 * {perp_ann}"),
+                        "{{exchange}} {{instrument}}",
+                    ),
+                    (f"{m.BASIS_ANNUALIZED}{{{sel}}} or " + as_perp.format(perp_ann), "{{exchange}} {{instrument}}"),
+                ],
+                "percentunit",
+                kind="xychart",
+                width=24,
+                height=10,
+                instant=True,
+                options={
+                    "seriesMapping": "auto",
+                    "dims": {"x": "Value #A"},
+                    "series": [{"x": "Value #A", "y": "Value #B"}],
+                    "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                },
+                extra_defaults={"custom": {"show": "points", "pointSize": {"fixed": 8}}},
+            ),
+            Panel(
+                "Annualised basis over time",
+                "(F - S) / S x 365 / days to expiry per contract; lines: the alert threshold (either sign).",
+                [(f"{m.BASIS_ANNUALIZED}{{{sel}}}", "{{exchange}} {{instrument}}")],
+                "percentunit",
+                thresholds=ann_lines,
+                threshold_style="dashed",
+            ),
+            Panel(
+                "Implied against actual funding (per 8 h)",
+                "The per-8 h funding each contract implies until expiry, and the perpetual's current rate per 8 h.",
+                [
+                    (f"{m.IMPLIED_FUNDING}{{{sel}}}", "implied {{exchange}} {{instrument}}"),
+                    (f"{FUNDING_8H}{{{sel}}}", "actual {{exchange}} {{instrument}}"),
+                ],
+                "percentunit",
+            ),
+            Panel(
+                "Implied minus actual funding",
+                "Basis points per 8 h; ImpliedFundingDivergence fires beyond "
+                f"±{t.implied_divergence_bp:g} bp. Positive: the curve pays more than the perpetual.",
+                [(f"{m.IMPLIED_MINUS_ACTUAL}{{{sel}}}", "{{exchange}} {{instrument}}")],
+                "suffix: bp",
+                thresholds=div_lines,
+                threshold_style="dashed",
+            ),
+            Panel(
+                "Contracts followed",
+                "One row per dated future: days to expiry (FutureRollWindow under "
+                f"{t.roll_days:g} days), basis, annualised basis, implied funding per 8 h, implied minus actual.",
+                [
+                    (f"{m.FUTURE_DAYS}{{{sel}}}", "days to expiry"),
+                    (f"{m.BASIS}{{{sel}}}", "basis"),
+                    (f"{m.BASIS_ANNUALIZED}{{{sel}}}", "annualised basis"),
+                    (f"{m.IMPLIED_FUNDING}{{{sel}}}", "implied funding"),
+                    (f"{m.IMPLIED_MINUS_ACTUAL}{{{sel}}}", "implied minus actual"),
+                ],
+                "none",
+                kind="table",
+                width=24,
+                height=10,
+                instant=True,
+                extra_defaults={},
+                options={"showHeader": True, "sortBy": [{"displayName": "Value #A", "desc": False}]},
+            ),
+        ],
+        overrides={"Contracts followed": table_units},
+        transformations={
+            "Curve: annualised basis against days to expiry": [{"id": "merge", "options": {}}],
+            "Contracts followed": [
+                {"id": "merge", "options": {}},
+                {"id": "organize", "options": {"excludeByName": {"Time": True, "__name__": True, "job": True}}},
+            ],
+        },
+    )
+
+
 def dashboards(cfg: MixinConfig) -> dict[str, dict[str, Any]]:
     """File name -> dashboard JSON model."""
     return {
@@ -637,4 +760,5 @@ def dashboards(cfg: MixinConfig) -> dict[str, dict[str, Any]]:
         "fr-liquidations.json": _liquidations(cfg),
         "fr-ai-risk.json": _ai(cfg),
         "fr-exporter-health.json": _health(cfg),
+        "fr-term-structure.json": _term(cfg),
     }

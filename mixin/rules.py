@@ -22,6 +22,7 @@ DASHBOARDS: dict[str, tuple[str, str]] = {
     "liquidations": ("fr-liquidations", "Liquidations"),
     "ai": ("fr-ai-risk", "AI risk"),
     "health": ("fr-exporter-health", "Exporter health"),
+    "term": ("fr-term-structure", "Term structure"),
 }
 
 # Recording rules
@@ -169,6 +170,53 @@ def _funding_alerts(cfg: MixinConfig) -> list[Alert]:
         )
     )
     return out
+
+
+def _term_alerts(cfg: MixinConfig) -> list[Alert]:
+    t, d = cfg.thresholds, cfg.durations
+    basis, div, days = m.BASIS_ANNUALIZED, m.IMPLIED_MINUS_ACTUAL, m.FUTURE_DAYS
+    return [
+        Alert(
+            name="FuturesBasisExtreme",
+            expr=f"{basis} > {_fmt(t.basis_annualized)} or {basis} < -{_fmt(t.basis_annualized)}",
+            for_=d.basis,
+            severity="warning",
+            summary="Annualised basis of {{ $labels.exchange }} {{ $labels.instrument }} beyond "
+            + f"±{_pct(t.basis_annualized)} a year.",
+            description="{{ $labels.exchange }} {{ $labels.instrument }} ({{ $labels.base }}, expiry "
+            "{{ $labels.expiry }}) trades at an annualised basis of {{ $value | humanizePercentage }}"
+            + f" (threshold ±{_pct(t.basis_annualized)} a year, held {d.basis}).",
+            value="{{ $value | humanizePercentage }}",
+            dashboard="term",
+            dashboard_vars=("exchange", "base"),
+        ),
+        Alert(
+            name="ImpliedFundingDivergence",
+            expr=f"{div} > {_fmt(t.implied_divergence_bp)} or {div} < -{_fmt(t.implied_divergence_bp)}",
+            for_=d.implied_divergence,
+            severity="warning",
+            summary="{{ $labels.exchange }} {{ $labels.instrument }} implies funding far from the perpetual's.",
+            description="The funding {{ $labels.exchange }} {{ $labels.instrument }} (expiry {{ $labels.expiry }}) "
+            "implies differs from the {{ $labels.base }} perpetual's by {{ $value | humanize }} bp per 8 h"
+            + f" (threshold ±{_fmt(t.implied_divergence_bp)} bp, held {d.implied_divergence}).",
+            value="{{ $value | humanize }} bp",
+            dashboard="term",
+            dashboard_vars=("exchange", "base"),
+        ),
+        Alert(
+            name="FutureRollWindow",
+            expr=f"{days} < {_fmt(t.roll_days)}",
+            for_=d.roll,
+            severity="info",
+            summary="{{ $labels.exchange }} {{ $labels.instrument }} delivers within " + f"{_fmt(t.roll_days)} days.",
+            description="{{ $labels.exchange }} {{ $labels.instrument }} ({{ $labels.base }}) delivers on "
+            "{{ $labels.expiry }}, in {{ $value | humanize }} days"
+            + f" (roll window: under {_fmt(t.roll_days)} days). Positions in it roll now or are delivered.",
+            value="{{ $value | humanize }} days",
+            dashboard="term",
+            dashboard_vars=("exchange", "base"),
+        ),
+    ]
 
 
 def _position_alerts(cfg: MixinConfig) -> list[Alert]:
@@ -355,6 +403,7 @@ def alerts(cfg: MixinConfig) -> dict[str, list[Alert]]:
     """Alert groups by name."""
     return {
         "fr-exporter.funding": _funding_alerts(cfg),
+        "fr-exporter.term": _term_alerts(cfg),
         "fr-exporter.positions": _position_alerts(cfg),
         "fr-exporter.liquidations": _liquidation_alerts(cfg),
         "fr-exporter.ai": _ai_alerts(cfg),

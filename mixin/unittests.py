@@ -536,6 +536,89 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
             ],
         }
     )
+    # --- term structure: annualised basis, implied-vs-actual funding, roll window ------------
+    okx_q = {"base": "BTC", "exchange": "okx", "expiry": "2026-03-27", "instrument": "BTC-USD-260327", "quote": "USD"}
+    bin_q = {"base": "BTC", "exchange": "binance", "expiry": "2026-06-26", "instrument": "BTCUSDT_260626",
+             "quote": "USDT"}  # fmt: skip
+    der_q = {"base": "ETH", "exchange": "deribit", "expiry": "2026-03-27", "instrument": "ETH-27MAR26", "quote": "USD"}
+
+    def basis_desc(q: dict[str, str], v: str) -> str:
+        return (
+            f"{q['exchange']} {q['instrument']} ({q['base']}, expiry {q['expiry']}) trades at an annualised basis "
+            f"of {v} (threshold ±10 % a year, held 15m)."
+        )
+
+    def div_desc(q: dict[str, str], v: str) -> str:
+        return (
+            f"The funding {q['exchange']} {q['instrument']} (expiry {q['expiry']}) implies differs from the "
+            f"{q['base']} perpetual's by {v} bp per 8 h (threshold ±10 bp, held 15m)."
+        )
+
+    groups.append(
+        {
+            "name": "term structure: basis, implied funding and roll window, either side of the thresholds",
+            "interval": "1m",
+            "input_series": [
+                _s(m.BASIS_ANNUALIZED, okx_q, "0.15x30"),  # 15 %/yr: fires after 15 m
+                _s(m.BASIS_ANNUALIZED, der_q, "-0.12x30"),  # backwardation counts too
+                _s(m.BASIS_ANNUALIZED, bin_q, "0.099x30"),  # just inside
+                _s(m.IMPLIED_MINUS_ACTUAL, okx_q, "12x30"),
+                _s(m.IMPLIED_MINUS_ACTUAL, bin_q, "-9.5x30"),  # inside
+                _s(m.FUTURE_DAYS, okx_q, "9.5-0.001x30"),  # under 10 days
+                _s(m.FUTURE_DAYS, bin_q, "45x30"),
+            ],
+            "alert_rule_test": [
+                _none("14m", "FuturesBasisExtreme"),  # pending: `for: 15m` not yet held
+                {
+                    "eval_time": "16m",
+                    "alertname": "FuturesBasisExtreme",
+                    "exp_alerts": [
+                        sp.exp("FuturesBasisExtreme", "warning", der_q, basis_desc(der_q, "-12%"), "-12%"),
+                        sp.exp("FuturesBasisExtreme", "warning", okx_q, basis_desc(okx_q, "15%"), "15%"),
+                    ],
+                },
+                _none("14m", "ImpliedFundingDivergence"),
+                {
+                    "eval_time": "16m",
+                    "alertname": "ImpliedFundingDivergence",
+                    "exp_alerts": [
+                        sp.exp("ImpliedFundingDivergence", "warning", okx_q, div_desc(okx_q, "12"), "12 bp"),
+                    ],
+                },
+                _none("4m", "FutureRollWindow"),
+                {
+                    "eval_time": "6m",
+                    "alertname": "FutureRollWindow",
+                    "exp_alerts": [
+                        sp.exp(
+                            "FutureRollWindow",
+                            "info",
+                            okx_q,
+                            "okx BTC-USD-260327 (BTC) delivers on 2026-03-27, in 9.494 days (roll window: under "
+                            "10 days). Positions in it roll now or are delivered.",
+                            "9.494 days",
+                        )
+                    ],
+                },
+            ],
+        }
+    )
+    groups.append(
+        {
+            "name": "term structure: calm curve never fires",
+            "interval": "1m",
+            "input_series": [
+                _s(m.BASIS_ANNUALIZED, okx_q, "0.05x40"),
+                _s(m.IMPLIED_MINUS_ACTUAL, okx_q, "3x40"),
+                _s(m.FUTURE_DAYS, okx_q, "40x40"),
+            ],
+            "alert_rule_test": [
+                _none("30m", "FuturesBasisExtreme"),
+                _none("30m", "ImpliedFundingDivergence"),
+                _none("30m", "FutureRollWindow"),
+            ],
+        }
+    )
     down = {**inst, "exchange": "okx"}
     stream = {**inst, "exchange": "bybit", "stream": "tickers"}
     groups.append(

@@ -257,6 +257,23 @@ def test_funding_spike_alerts_slack_and_resolves(stack: Stack) -> None:
     assert "*Value (last):*" in resolved[0]
 
 
+def test_curve_dislocation_fires_futures_basis_extreme(stack: Stack) -> None:
+    """The simulator pushes OKX's dated futures off the curve (+25 %/yr of carry); the calm curve
+    elsewhere stays within the 10 %/yr threshold."""
+    assert stack.sim_post("okx", "/_sim/scenario", {"name": "curve_dislocation", "seconds": 120})["ok"]
+    try:
+        firing = wait_for(
+            lambda: _firing(stack, 'alertname="FuturesBasisExtreme",exchange="okx"'),
+            60,
+            what="FuturesBasisExtreme for okx's dated futures",
+        )
+        labels = firing[0]["metric"]
+        assert labels["severity"] == "warning" and labels["expiry"] and labels["instrument"].startswith(("BTC", "ETH"))
+        assert not _firing(stack, 'alertname="FuturesBasisExtreme",exchange!="okx"')
+    finally:
+        stack.sim_post("okx", "/_sim/scenario", {"name": "calm"})
+
+
 def _dashboards() -> dict[str, dict[str, Any]]:
     return {d["uid"]: d for d in (json.loads(p.read_text()) for p in sorted(DASH_DIR.glob("*.json")))}
 
