@@ -6,6 +6,11 @@ updates per CPU-second of this process (median of several runs) next to plain ``
 the same bytes, measured interleaved with it so that both see the same (noisy) machine.
 
 Run: ``.venv/bin/python bench/bench_ingest.py [--seconds 3] [--runs 5]``. Prints figures; not a test.
+
+``--futures``: the same market with the term structure on (issue 11): 8 dated futures per exchange
+(BTC and ETH, four expiries each) registered and their frames (the simulator's wire shapes) mixed
+into the stream, measured interleaved with the market without them; prints the cost per update of
+both and the ratio (target: within 10 %).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -321,6 +327,95 @@ def measure(
     return per_pass, statistics.median(rates), max(rates), statistics.median(json_rates)
 
 
+def futures_of(ex: Exchange) -> tuple[list[InstrumentInfo], list[bytes]]:
+    """8 dated futures and 20 one-second frames of each, in the exchange's own wire shape."""
+    from datetime import UTC, datetime
+
+    from exporter.sim import futures_wire as fw
+    from exporter.sim.curve import DatedFuture, symbol_of
+
+    now = T0 / 1000.0
+    infos, futs = [], []
+    for base, px in (("BTC", 90_000.0), ("ETH", 3_000.0)):
+        for q in range(4):
+            expiry = now + (q + 1) * 91 * 86400.0
+            day = datetime.fromtimestamp(expiry, tz=UTC).date()
+            sym, quote, inverse, ct = symbol_of(ex, base, day)
+            f = DatedFuture(ex, sym, base, quote, inverse, ct, expiry, now, day, mark=px * 1.01, index=px)
+            futs.append(f)
+            infos.append(InstrumentInfo(ex, sym, base, quote, ct, inverse, expiry=expiry))
+    frames = []
+    for k in range(20):
+        t = now + k
+        for f in futs:
+            f.mark *= 1.0001
+            if ex is Exchange.BINANCE:
+                msg: dict[str, object] = {"stream": f"{f.symbol.lower()}@markPrice@1s", "data": fw.binance_mark(f, t)}
+            elif ex is Exchange.BYBIT:
+                msg = fw.bybit_ticker(f, t)
+            elif ex is Exchange.OKX:
+                msg = fw.okx_mark(f, t)
+            else:
+                msg = fw.deribit_ticker(f, t)
+            frames.append(orjson.dumps(msg))
+    return infos, frames
+
+
+def compare_futures(seconds: float, runs: int) -> None:
+    """Cost per update with and without the dated futures, measured interleaved."""
+    rng = random.Random(7)
+    print(f"{'exchange':<9} {'us/update off':>14} {'us/update on':>13} {'ratio':>7} {'futures upd/pass':>17}")
+    ratios = []
+    for ex, build in BUILDERS.items():
+        infos, frames = build(rng)
+        finfos, fframes = futures_of(ex)
+        feed = feed_for(ex)
+        variants = []
+        for on in (False, True):
+            state = MarketState()
+            for info in infos:
+                state.register(info)
+            ctx = FeedContext(ex, {i.instrument: i for i in infos})
+            mixed = list(frames)
+            if on:
+                state.set_futures(ex, finfos)
+                ctx = FeedContext(ex, {i.instrument: i for i in (*infos, *finfos)})
+                step = max(1, len(frames) // len(fframes))  # spread the futures frames through the market's
+                for n, f in enumerate(fframes):
+                    mixed.insert(min(len(mixed), (n + 1) * step + n), f)
+
+            def ingest(
+                mixed: list[bytes] = mixed,
+                ctx: FeedContext = ctx,
+                state: MarketState = state,
+                parse: Any = feed.parse_ws,
+            ) -> int:
+                n = 0
+                for f in mixed:
+                    recs = parse(f, ctx)
+                    state.apply_many(recs)
+                    n += len(recs)
+                return n
+
+            ingest()
+            if state.unknown_instrument_updates:
+                raise SystemExit(f"{ex}: updates for unknown instruments: the benchmark frames are wrong")
+            variants.append((ingest, state))
+        off_rates, on_rates = [], []
+        gc.collect()
+        for _ in range(runs):
+            n, dt = _timed(variants[0][0], seconds / runs / 2)
+            off_rates.append(n / dt)
+            n, dt = _timed(variants[1][0], seconds / runs / 2)
+            on_rates.append(n / dt)
+        off, on = 1e6 / statistics.median(off_rates), 1e6 / statistics.median(on_rates)
+        ratios.append(on / off)
+        futs = sum(len(feed.parse_ws(f, FeedContext(ex, {i.instrument: i for i in finfos}))) for f in fframes)
+        print(f"{ex.value:<9} {off:>14.3f} {on:>13.3f} {on / off:>7.3f} {futs:>17}")
+    worst = max(ratios)
+    print(f"worst ratio {worst:.3f}: {'within' if worst <= 1.10 else 'NOT within'} 10 % of the per-update cost")
+
+
 def run(seconds: float, runs: int) -> None:
     rng = random.Random(7)
     print(
@@ -353,8 +448,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=3.0, help="time per exchange")
     ap.add_argument("--runs", type=int, default=5, help="runs per exchange (the median is printed)")
+    ap.add_argument("--futures", action="store_true", help="compare the per-update cost with the dated futures on")
     args = ap.parse_args()
-    run(args.seconds, args.runs)
+    if args.futures:
+        compare_futures(args.seconds, args.runs)
+    else:
+        run(args.seconds, args.runs)
 
 
 if __name__ == "__main__":
