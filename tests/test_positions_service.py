@@ -498,3 +498,44 @@ def test_hit_probability_is_absent_when_the_liquidation_price_is_unknown(tmp_pat
     assert 'fr_liq_hit_probability{exchange="bybit",horizon="1h",instrument="BTCUSDT",position="acct-iso"' in out
     assert 'position="acct-cross"' in out and 'horizon="1h",instrument="BTCUSDT",position="acct-cross"' not in out
     svc.store.close()
+
+
+def test_a_dated_future_position_has_a_liquidation_price_and_no_funding(tmp_path: Path) -> None:
+    """The long quarterly leg of a perp-vs-quarterly spread: liquidation price and gap computed as for
+    the perpetual of the same margin type (same entry, leverage, mark: same figures), no funding."""
+    clock = Clock(T0)
+    state = make_state(clock)
+    quarterly = "BTCUSDT_260327"
+    info = InstrumentInfo(Exchange.BINANCE, quarterly, "BTC", "USDT", expiry=T0 + 85 * 86400)
+    state.set_futures(Exchange.BINANCE, [info])
+    leg = {"side": "long", "size": 1.0, "entry_price": 50_000.0, "leverage": 5, "margin_mode": "isolated"}
+    cfg = make_config(
+        tmp_path,
+        [
+            {"name": "q-long", "exchange": "binance", "instrument": quarterly, **leg},
+            {"name": "perp-long", "exchange": "binance", "instrument": "BTCUSDT", **leg},
+        ],
+    )
+    svc = PositionService(cfg, state, clock=clock)
+    assert not svc.config_errors
+
+    def marks() -> None:
+        mark(state, Exchange.BINANCE, "BTCUSDT", 48_000.0, 0.0003)
+        state.apply(MarketUpdate(Exchange.BINANCE, quarterly, mark_price=48_000.0))
+
+    marks()
+    svc.tick()  # both positions first seen now
+    clock.t += 8 * 3600.0
+    marks()
+    state.add_settlements(state.instruments[(Exchange.BINANCE, "BTCUSDT")], [(clock.t, 0.0003)])
+    svc.tick()
+    views = {v.position: v for v in svc.views()}
+    q, p = views["q-long"], views["perp-long"]
+    assert q.liq_computed is not None and q.liq_computed < 48_000.0
+    assert q.liq_computed == pytest.approx(p.liq_computed)
+    assert q.liq_gap_pct == pytest.approx((48_000.0 - q.liq_computed) / 48_000.0 * 100)
+    assert q.funding_pnl_usd == 0.0 and q.settlements == 0
+    assert p.settlements == 1  # the perpetual's settlement is accrued; the quarterly has none
+    out = render(svc)
+    assert f'fr_liquidation_price{{exchange="binance",instrument="{quarterly}",position="q-long"' in out
+    svc.store.close()

@@ -71,7 +71,7 @@ class Accounts:
         acct = self._adapters.get(ex)
         if acct is not None and instrument in acct.contract_sizes:
             return acct.contract_sizes[instrument]
-        st = self.state.instruments.get((ex, instrument))
+        st = self.state.instruments.get((ex, instrument)) or self.state.futures.get((ex, instrument))
         if st is not None and st.info.contract_size and st.info.contract_size != 1.0:
             return st.info.contract_size
         return OKX_CT_VAL_FALLBACK.get(instrument, 1.0)

@@ -35,6 +35,10 @@ class MarketReader:
 
     def mark(self, ex: Exchange, instrument: str) -> float | None:
         st = self.state.instruments.get((ex, instrument))
+        if st is None:
+            # a dated future (the long leg of a perp-vs-quarterly spread): priced like a perpetual,
+            # and rate() stays None for it, so no funding accrues or is projected
+            st = self.state.futures.get((ex, instrument))  # type: ignore[assignment]
         if st is None or st.mark_price is None:
             return None
         ec = self.config.exchanges.get(ex)

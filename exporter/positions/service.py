@@ -87,7 +87,8 @@ class PositionService:
         return self.configured.errors
 
     def _listed(self, ex: Exchange) -> set[str]:
-        return {inst for (e, inst) in self.state.instruments if e is ex}
+        # perpetuals and the dated futures followed (term structure) may both be held
+        return {inst for (e, inst) in (*self.state.instruments, *self.state.futures) if e is ex}
 
     def tiers_for(self, p: Position) -> list[Tier]:
         return self.tiers.for_position(p)
