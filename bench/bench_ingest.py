@@ -408,10 +408,10 @@ def compare_futures(seconds: float, runs: int) -> None:
             off_rates.append(n / dt)
             n, dt = _timed(variants[1][0], seconds / runs / 2)
             on_rates.append(n / dt)
-        off, on = 1e6 / statistics.median(off_rates), 1e6 / statistics.median(on_rates)
-        ratios.append(on / off)
+        us_off, us_on = 1e6 / statistics.median(off_rates), 1e6 / statistics.median(on_rates)
+        ratios.append(us_on / us_off)
         futs = sum(len(feed.parse_ws(f, FeedContext(ex, {i.instrument: i for i in finfos}))) for f in fframes)
-        print(f"{ex.value:<9} {off:>14.3f} {on:>13.3f} {on / off:>7.3f} {futs:>17}")
+        print(f"{ex.value:<9} {us_off:>14.3f} {us_on:>13.3f} {us_on / us_off:>7.3f} {futs:>17}")
     worst = max(ratios)
     print(f"worst ratio {worst:.3f}: {'within' if worst <= 1.10 else 'NOT within'} 10 % of the per-update cost")
 
