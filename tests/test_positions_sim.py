@@ -455,7 +455,7 @@ async def test_leverage_above_the_published_tier_maximum_is_a_config_error(
             "exchange": "okx",
             "instrument": "BTC-USDT-SWAP",
             "side": "long",
-            "size": 150.0,  # 15 000 contracts: published tier 2 (0.5 %); the fallback would say 1 %
+            "size": 120.0,  # 12 000 contracts: published tier 2 (0.5 %); the fallback would say 2.5 %
             "entry_price": 80_000.0,
             "leverage": 20,
         },

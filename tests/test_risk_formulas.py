@@ -60,14 +60,56 @@ def test_binance_general_formula_with_other_positions() -> None:
 
 def test_binance_bracket_is_picked_at_the_liquidation_price() -> None:
     tiers = tiers_from_caps(DEFAULT_TIER_ROWS)
-    # entry notional 620 000 is bracket 3 (0.65 %), the liquidation notional falls in bracket 2 (0.5 %)
-    size, entry, wb = 10.0, 62_000.0, 40_000.0
+    # entry notional 260 000 is bracket 3 (1 %), the liquidation notional falls in bracket 2 (0.5 %)
+    size, entry, wb = 10.0, 26_000.0, 13_000.0
     lp = binance_liq_price(Side.LONG, size, entry, wb, tiers)
     assert lp is not None
     b2 = tiers[1]
     assert b2.mmr == 0.005 and b2.deduction == pytest.approx(50.0)  # cum = 50 000 x (0.5 % - 0.4 %)
     assert lp == pytest.approx((size * entry - wb - b2.deduction) / (size * (1 - b2.mmr)))
     assert tier_for(tiers, size * lp) is b2
+
+
+# Binance's published BTCUSDT brackets (announcement 2021-03-18) with the maintenance amounts its
+# FAQ's formula gives (amount_n = floor_n x (MMR_n - MMR_n-1) + amount_n-1), worked by hand here.
+PUBLISHED_BTCUSDT = [
+    # (floor, cap, MMR, max leverage, maintenance amount)
+    (0, 50_000, 0.004, 125, 0),
+    (50_000, 250_000, 0.005, 100, 50),
+    (250_000, 1_000_000, 0.01, 50, 1_300),
+    (1_000_000, 10_000_000, 0.025, 20, 16_300),
+    (10_000_000, 20_000_000, 0.05, 10, 266_300),
+    (20_000_000, 50_000_000, 0.10, 5, 1_266_300),
+    (50_000_000, 100_000_000, 0.125, 4, 2_516_300),
+    (100_000_000, 200_000_000, 0.15, 3, 5_016_300),
+    (200_000_000, 300_000_000, 0.25, 2, 25_016_300),
+    (300_000_000, 500_000_000, 0.50, 1, 100_016_300),
+]
+
+
+def test_binance_default_brackets_are_the_published_table() -> None:
+    tiers = tiers_from_caps(DEFAULT_TIER_ROWS)
+    got = [(t.floor, t.cap, t.mmr, t.max_leverage, t.deduction) for t in tiers]
+    assert len(got) == len(PUBLISHED_BTCUSDT)
+    for g, want in zip(got, PUBLISHED_BTCUSDT, strict=True):
+        assert g == pytest.approx(want)
+
+
+def test_binance_faq_example_264k_notional() -> None:
+    # The FAQ's example: a 264 000 USDT notional sits at MMR 1 % with maintenance amount 1 300,
+    # so the maintenance margin is 264 000 x 1 % - 1 300 = 1 340.
+    tiers = tiers_from_caps(DEFAULT_TIER_ROWS)
+    t = tier_for(tiers, 264_000.0)
+    assert (t.mmr, t.deduction) == pytest.approx((0.01, 1_300.0))
+    p = LiqInput(Exchange.BINANCE, Side.LONG, 2.64, 100_000.0, 20_000.0, tiers)
+    assert maintenance_margin(p, 100_000.0) == pytest.approx(1_340.0)
+
+
+def test_binance_10_btc_at_100k_20x() -> None:
+    # isolated wallet 1 000 000 / 20 = 50 000; at the liquidation price the notional (~958k) is in
+    # the 250k-1M bracket: LP = (50 000 + 1 300 - 10 x 100 000) / (10 x 1 % - 10) = 95 828.28...
+    lp = binance_liq_price(Side.LONG, 10.0, 100_000.0, 50_000.0, tiers_from_caps(DEFAULT_TIER_ROWS))
+    assert lp == pytest.approx(948_700.0 / 9.9, rel=1e-12)
 
 
 def test_okx_formula() -> None:

@@ -54,21 +54,23 @@ def tiers_from_caps(rows: Sequence[Sequence[float]]) -> list[Tier]:
 
 
 # Used only when neither the exchange (public tiers / account brackets) nor the configuration
-# gives tiers. Binance BTCUSDT-like brackets as commonly shown on its web page; UNVERIFIED, and
-# brackets differ per symbol — configure `maintenance_tiers` or give a read-only key instead.
+# gives tiers. Binance's published BTCUSDT USDT-M perpetual brackets ("Updates to Leverage and Margin
+# Tiers of Binance Futures Contracts", 2021-03-18,
+# https://www.binance.com/en/support/announcement/86cf9aa472574b8cb2e05bb751c2a9a6), the table its
+# liquidation-price FAQ works its examples on (250k-1M notional at 1 %, maintenance amount 1,300).
+# Brackets differ per symbol and change over time: configure `maintenance_tiers` or give a
+# read-only key for the account's own brackets.
 DEFAULT_TIER_ROWS: tuple[tuple[float, float, float], ...] = (
     (50_000, 0.004, 125),
-    (600_000, 0.005, 100),
-    (3_000_000, 0.0065, 75),
-    (12_000_000, 0.01, 50),
-    (70_000_000, 0.02, 25),
-    (100_000_000, 0.025, 20),
-    (230_000_000, 0.05, 10),
-    (480_000_000, 0.1, 5),
-    (600_000_000, 0.125, 4),
-    (800_000_000, 0.15, 3),
-    (1_200_000_000, 0.25, 2),
-    (1_800_000_000, 0.5, 1),
+    (250_000, 0.005, 100),
+    (1_000_000, 0.01, 50),
+    (10_000_000, 0.025, 20),
+    (20_000_000, 0.05, 10),
+    (50_000_000, 0.1, 5),
+    (100_000_000, 0.125, 4),
+    (200_000_000, 0.15, 3),
+    (300_000_000, 0.25, 2),
+    (500_000_000, 0.5, 1),
 )
 DEFAULT_TIERS: list[Tier] = tiers_from_caps(DEFAULT_TIER_ROWS)
 
