@@ -128,6 +128,9 @@ class Exporter:
         self.server: Any = None
         self.positions: Any = None
         self._positions_task: asyncio.Task[Any] | None = None
+        self._facts_refresh: set[Exchange] = set()  # funding-info refreshes under way (one per exchange)
+        if isinstance(self.state, MarketState):
+            self.state.on_interval_change = self._interval_changed
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -303,6 +306,23 @@ class Exporter:
             if plan not in rt.streams:
                 conn = FeedConnection(rt.feed, plan, rt.ctx, self.sink, backoff=self.backoff)
                 rt.streams[plan] = asyncio.create_task(conn.run(self._stop), name=f"ws-{rt.exchange}-{plan.stream}")
+
+    def _interval_changed(self, exchange: Exchange, instrument: str) -> None:
+        """A stream showed a funding-interval change: refetch the exchange's funding facts now
+        rather than at the next hourly poll (one refresh at a time per exchange)."""
+        rt = self.runtimes.get(exchange)
+        if rt is None or not rt.rest.has_funding_info or exchange in self._facts_refresh:
+            return
+        log.info("%s %s: funding interval changed on the stream; refreshing funding info", exchange, instrument)
+        self._facts_refresh.add(exchange)
+
+        async def refresh() -> None:
+            try:
+                await self._funding_info(rt)
+            finally:
+                self._facts_refresh.discard(exchange)
+
+        self._tasks.append(asyncio.get_running_loop().create_task(refresh(), name=f"facts-{exchange}"))
 
     async def _funding_info(self, rt: ExchangeRuntime) -> None:
         try:

@@ -160,8 +160,13 @@ class ExchangeConfig(_Model):
         return v
 
 
+MAX_ZSCORE_WINDOW_SECONDS = 366 * 86400.0
+
+
 class AnalyticsConfig(_Model):
-    zscore_window_seconds: float = Field(30 * 86400.0, gt=0)  # 30 days of settlements
+    # 30 days of settlements; at most a year (the settlement buffer is sized from it: 1 h funding
+    # over a year is 8,784 rows, ~210 KB per instrument)
+    zscore_window_seconds: float = Field(30 * 86400.0, gt=0)
     zscore_min_observations: int = Field(10, ge=3)
     holding_period_hours: float = Field(7 * 24.0, gt=0)  # fees amortised over this holding period
     fee_kind: Literal["maker", "taker"] = "taker"
@@ -170,6 +175,17 @@ class AnalyticsConfig(_Model):
     # Threshold crossings reported as events in /api/state (the sidecar reacts at once to them)
     funding_event_rate_8h: float = Field(0.0005, gt=0)  # |rate| per 8 h-equivalent
     liquidation_event_usd_per_minute: float = Field(5_000_000.0, gt=0)
+
+    @field_validator("zscore_window_seconds")
+    @classmethod
+    def _zscore_window_bounded(cls, v: float) -> float:
+        if v > MAX_ZSCORE_WINDOW_SECONDS:
+            raise ValueError(
+                f"{v:g} s ({v / 86400:.0f} days) is longer than the supported "
+                f"{MAX_ZSCORE_WINDOW_SECONDS / 86400:.0f} days "
+                "(the settlement window is kept in memory per instrument); choose a shorter window"
+            )
+        return v
 
 
 class TlsConfig(_Model):

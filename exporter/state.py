@@ -18,6 +18,7 @@ collector has nothing to walk in them.
 
 from __future__ import annotations
 
+import math
 import time
 from array import array
 from collections import deque
@@ -69,7 +70,16 @@ __all__ = [
 Key = tuple[Exchange, str]
 
 # Bounds that keep memory flat whatever the uptime.
-MAX_SETTLEMENTS = 2000  # 1 h funding for ~83 days
+MAX_SETTLEMENTS = 2000  # the floor of the settlement buffer: 1 h funding for ~83 days
+SHORTEST_SETTLEMENT_S = 3600.0  # the shortest periodic funding interval an exchange uses (1 h)
+
+
+def settlement_capacity(span_seconds: float) -> int:
+    """Settlements a window of ``span_seconds`` can hold at 1 h funding (plus a day): the buffer is
+    sized from the z-score window, so a long window is never cut short by a count bound."""
+    return max(MAX_SETTLEMENTS, math.ceil(span_seconds / SHORTEST_SETTLEMENT_S) + 24)
+
+
 OI_SPAN_SECONDS = 2 * 3600.0
 LIQ_FLOW_WINDOW_SECONDS = 3600.0
 
@@ -260,6 +270,7 @@ class MarketState:
         self.clock = clock
         # Windows keep a little more than the analytics windows (z-score, anchor regression) use.
         self._settlement_span = settlement_span_seconds
+        self._settlement_capacity = settlement_capacity(settlement_span_seconds)
         self._anchor_span = anchor_span_seconds + ANCHOR_SAMPLE_SECONDS
         self.started_at = clock()
         self.instruments: dict[Key, InstrumentState] = {}
@@ -269,6 +280,9 @@ class MarketState:
         self.insurance: dict[tuple[Exchange, str], tuple[float, float]] = {}  # -> (balance_usd, at)
         self.exchanges: set[Exchange] = set()  # configured exchanges: fr_up is always present for them
         self.unknown_instrument_updates = 0
+        self.interval_changes = 0  # funding-interval changes seen on a stream (next-funding-time step)
+        # Called (event-loop thread) when a stream shows an interval change; the app refetches facts.
+        self.on_interval_change: Callable[[Exchange, str], None] | None = None
         self.rejected_records = 0  # records with a value no parser should have let through (see apply)
         # What a stored value implies beyond itself is decided by small trackers (exporter.trackers).
         log = EventLog()
@@ -291,7 +305,7 @@ class MarketState:
         if st is None:
             st = InstrumentState(
                 info=info,
-                settlements=Window(3, MAX_SETTLEMENTS, self._settlement_span),
+                settlements=Window(3, self._settlement_capacity, self._settlement_span),
                 anchor_samples=Window(3, 2000, self._anchor_span),
             )
             self.instruments[key] = st
@@ -413,7 +427,9 @@ class MarketState:
         if rate is not None or nft is not None:
             if nft is not None:
                 if nft != st.next_funding_time:
-                    self._settlements.next_funding(st, nft, prev_interval, now)
+                    changed = self._settlements.next_funding(st, nft, prev_interval, now)
+                    if changed is not None and u.funding_interval_s is None:
+                        self._interval_changed(st, changed)
                 st.next_funding_time = nft
             if rate is not None:
                 st.funding_rate = rate
@@ -453,6 +469,14 @@ class MarketState:
             fs.price_at = now
         if u.confirms_ticker and fs.mark_price is not None:
             fs.price_at = now
+
+    def _interval_changed(self, st: InstrumentState, interval_s: float) -> None:
+        """The stream showed a new funding interval: use it at once (the 8 h figure, settlements
+        from now on) and ask for the instrument's facts (cap, floor) again."""
+        st.funding_interval_s = interval_s
+        self.interval_changes += 1
+        if self.on_interval_change is not None:
+            self.on_interval_change(st.info.exchange, st.info.instrument)
 
     @staticmethod
     def _confirm_ticker(st: InstrumentState, now: float) -> None:

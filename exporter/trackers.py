@@ -61,12 +61,30 @@ class SettlementTracker:
             if gap > 0:
                 st.funding_interval_s = round(gap / 3600.0) * 3600.0 or gap
 
-    def next_funding(self, st: InstrumentState, nft: float, prev_interval: float | None, now: float) -> None:
+    def next_funding(self, st: InstrumentState, nft: float, prev_interval: float | None, now: float) -> float | None:
         """Called before a new next-funding time is stored: when it moved on, the predicted rate in
-        force at the old one is what settled."""
+        force at the old one is what settled (under the interval known until then).
+
+        Returns the new funding interval when the step says the interval changed: the next funding
+        time moved by a whole number of hours other than the known interval, just after a settlement
+        (before the next one under the old interval was due, so no settlement can have been missed).
+        Binance announces such switches (8 h -> 1 h when a rate hits its cap) only in a REST list."""
         old = st.next_funding_time
-        if old is not None and nft > old + 1.0 and st.funding_rate is not None and now >= old - 5.0:
+        if old is None or nft <= old + 1.0:
+            return None
+        if st.funding_rate is not None and now >= old - 5.0:
             self.merge(st, [(old, st.funding_rate)], prev_interval)
+        step = nft - old
+        hours = round(step / 3600.0)
+        if (
+            prev_interval
+            and now < old + prev_interval - 5.0
+            and 1 <= hours <= 24
+            and abs(step - hours * 3600.0) <= 60.0
+            and abs(hours * 3600.0 - prev_interval) > 60.0
+        ):
+            return hours * 3600.0
+        return None
 
     def continuous(self, st: InstrumentState, rate_8h: float, event_time: float | None, now: float) -> None:
         """Continuous funding (no settlement times): one observation an hour for the z-score window."""

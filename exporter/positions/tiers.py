@@ -2,7 +2,8 @@
 
 Order of preference for a position: tiers read with it from the account, tiers read from the
 exchange (Binance brackets with the key, Bybit/OKX published tables; refreshed hourly), the
-exchange's ``maintenance_tiers`` from the configuration, else the built-in defaults (Binance's published BTCUSDT brackets).
+exchange's ``maintenance_tiers`` from the configuration, else the built-in defaults (Binance's
+published BTCUSDT brackets).
 Configured and default tiers are by USD notional; where the exchange's tiers count contracts
 (OKX) they are converted at the position's entry price.
 """
