@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -105,3 +107,57 @@ def test_a_window_beyond_a_year_is_refused_with_a_clear_error() -> None:
     msg = str(err.value)
     assert "zscore_window_seconds" in msg and "700 days" in msg and "366 days" in msg
     assert AnalyticsConfig(zscore_window_seconds=366 * 86400.0).zscore_window_seconds == 366 * 86400.0
+
+
+# ---- 2: the accrual pages through the whole holding period, each settlement at its own mark
+
+
+class FakeHistoryAccount:
+    """The exchange adapter's funding history: 8 h settlements, each with its own mark price."""
+
+    exchange = Exchange.BINANCE
+
+    def __init__(self, first: float, n: int) -> None:
+        self.rows = [
+            FundingSettlement(Exchange.BINANCE, "BTCUSDT", first + k * 8 * H, 0.0001 * (1 + k % 3), 8 * H, 50_000.0 + k)
+            for k in range(n)
+        ]
+        self.asked: list[tuple[float, float]] = []
+
+    async def funding_history(self, instrument: str, start: float, end: float) -> list[FundingSettlement]:
+        self.asked.append((start, end))
+        return [r for r in self.rows if start <= r.funding_time <= end]
+
+
+async def test_accrual_covers_the_whole_holding_period_at_each_settlements_mark(tmp_path: Path) -> None:
+    from exporter.model import Side
+    from exporter.positions.facts import RiskFacts
+    from exporter.positions.ledger import FundingLedger
+    from exporter.positions.store import AccrualStore
+
+    n = 366  # 122 days of 8 h settlements (the issue saw 180 of them accrued)
+    opened = T0 - 60.0
+    now = T0 + n * 8 * H
+    acct = FakeHistoryAccount(T0, n)
+    ledger = FundingLedger(AccrualStore(tmp_path / "accruals.sqlite"))
+    facts = RiskFacts(accounts=None, tiers=None, ledger=ledger)  # type: ignore[arg-type]
+    await facts._history(acct, "BTCUSDT", opened, now)  # type: ignore[arg-type]
+    assert acct.asked[0][0] <= opened
+    size = 2.0
+    ledger.accrue_settled(
+        "short-btc",
+        "main",
+        Exchange.BINANCE,
+        "BTCUSDT",
+        Side.SHORT,
+        size,
+        opened,
+        now,
+        ledger.settlements(Exchange.BINANCE, "BTCUSDT", []),
+        price_now=99_999.0,
+    )
+    net, received, paid, accruals = ledger.totals("short-btc")
+    assert accruals == n
+    # a short receives a positive rate: size x the settlement's own mark x rate, summed by hand
+    want = sum(size * (50_000.0 + k) * 0.0001 * (1 + k % 3) for k in range(n))
+    assert net == pytest.approx(want, rel=1e-12) and received == pytest.approx(want, rel=1e-12) and paid == 0.0

@@ -175,9 +175,7 @@ def test_the_collector_guard_sees_a_spelled_family() -> None:
 CONTRACT = ROOT.parent / "shared" / "contract" / "metrics.md"
 # Known differences from the contract, each with the issue that resolves it. An entry that no longer
 # differs fails the test, so the list shrinks as the work lands.
-CONTRACT_TYPE_EXCEPTIONS = {
-    "fr_funding_pnl_usd_total": "issue 14: the contract's gauge fr_funding_pnl_usd, this name a deprecated alias",
-}
+CONTRACT_TYPE_EXCEPTIONS: dict[str, str] = {}
 
 
 def contract_types(path: Path) -> dict[str, str]:

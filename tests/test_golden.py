@@ -340,6 +340,9 @@ def test_the_golden_files_cover_the_whole_catalog() -> None:
 # those (a non-base unit), and only those may be waived - every other finding fails the test.
 # Issue 11 fixes fr_future_days_to_expiry (days, as the desks count them) the same way.
 EXEMPT_SUFFIXES = ("_bp", "_pct", "_days_to_expiry")
+# A deprecated alias keeps its old (counter-style) name for one release beside the renamed family:
+# promtool's "_total on a non-counter" finding on it is the very reason for the rename.
+DEPRECATED_ALIASES = {m.name for m in catalog.FAMILIES.values() if m.deprecated_by}
 
 
 @needs_tool("promtool", package="prometheus")
@@ -349,7 +352,11 @@ def test_promtool_check_metrics_accepts_the_golden_file(name: str) -> None:
     assert b"# TYPE fr_" in body
     proc = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=60)
     problems = [ln for ln in (proc.stdout + proc.stderr).decode().splitlines() if ln.strip()]
-    real = [p for p in problems if not p.split()[0].endswith(EXEMPT_SUFFIXES)]
+    real = [
+        p
+        for p in problems
+        if not p.split()[0].endswith(EXEMPT_SUFFIXES) and not (p.split()[0] in DEPRECATED_ALIASES and "_total" in p)
+    ]
     assert not real, problems
     assert proc.returncode == 0 or problems, proc
 

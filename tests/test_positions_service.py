@@ -170,10 +170,8 @@ def test_settlement_accrues_exactly_once_across_restart(tmp_path: Path) -> None:
     assert v3.funding_pnl_usd == pytest.approx(5.0 - 8.0)
     assert v3.funding_received_usd == pytest.approx(5.0) and v3.funding_paid_usd == pytest.approx(8.0)
     out = render(svc3)
-    assert (
-        'fr_funding_pnl_usd_total{exchange="binance",instrument="BTCUSDT",position="carry-btc",side="short"} -3.0'
-        in out
-    )
+    for name in ("fr_funding_pnl_usd", "fr_funding_pnl_usd_total"):  # the gauge and its deprecated alias
+        assert f'{name}{{exchange="binance",instrument="BTCUSDT",position="carry-btc",side="short"}} -3.0' in out
     svc3.store.close()
 
 
@@ -247,7 +245,8 @@ def test_hedged_carry_counts_both_legs_and_publishes_risk(tmp_path: Path) -> Non
         'fr_position_stress_survives{exchange="binance",instrument="BTCUSDT",position="carry-btc",'
         'shock_pct="15",side="short"} 1.0',
         'fr_liq_hit_probability{exchange="binance",horizon="8h"',
-        "# TYPE fr_funding_pnl_usd_total counter",
+        "# TYPE fr_funding_pnl_usd gauge",
+        "# TYPE fr_funding_pnl_usd_total gauge",
     ):
         assert needle in out
     assert 'source="exchange"' not in out  # a configured position has no exchange figure

@@ -743,19 +743,36 @@ ADL_RANK = _def(
     "× 4/5; Deribit has no ADL ranking (absent). Needs a read-only key.",
     fixed=True,
 )
+_FUNDING_PNL_HELP = (
+    "Net funding received (+) / paid (-) by the position in USD, accrued exactly once per settlement "
+    "over the whole holding period (persisted in SQLite across restarts; Deribit accrues continuously "
+    "at its 8 h-equivalent rate). Each settlement is valued at its own mark price where the exchange's "
+    "history gives one (Binance); Bybit, OKX and Deribit histories carry none, so a settlement is "
+    "valued at the mark when it is accrued (read back after a downtime: the current mark); OKX keeps "
+    "3 months of history. Both legs of a hedged position count. A gauge: it falls when funding is paid; "
+    "use fr_funding_received_usd_total / fr_funding_paid_usd_total for rate()."
+)
+_FUNDING_PNL_DOC = (
+    "Net funding received (+) / paid (−), accrued once per settlement over the whole holding period "
+    "(SQLite, survives restarts); Deribit continuously. Each settlement at its own mark where the "
+    "history gives one (Binance); Bybit, OKX and Deribit at the mark when accrued (after a downtime: "
+    "the current mark); OKX history reaches 3 months back. Both legs of a hedge count. A gauge (it "
+    "falls when funding is paid): use `fr_funding_received_usd_total` and `fr_funding_paid_usd_total` "
+    "with `rate()`."
+)
 FUNDING_PNL = _def(
+    "fr_funding_pnl_usd", "gauge", "positions", POSITION_LABELS, "USD", _FUNDING_PNL_HELP, _FUNDING_PNL_DOC
+)
+# The contract renamed the counter-style name (issue 14); the old one stays one release, same value.
+FUNDING_PNL_DEPRECATED = _def(
     "fr_funding_pnl_usd_total",
-    "counter",
+    "gauge",
     "positions",
     POSITION_LABELS,
     "USD",
-    "Net funding received (+) / paid (-) by the position in USD, accrued exactly once per settlement "
-    "(persisted in SQLite across restarts; Deribit accrues continuously at its 8 h-equivalent rate). "
-    "Both legs of a hedged position count. Can decrease: use fr_funding_received_usd_total / "
-    "fr_funding_paid_usd_total for rate().",
-    "Net funding received (+) / paid (−), accrued once per settlement (SQLite, survives restarts); "
-    "Deribit continuously. Both legs of a hedge count. Net, so it can decrease: use "
-    "`fr_funding_received_usd_total` and `fr_funding_paid_usd_total` with `rate()`.",
+    "DEPRECATED: use fr_funding_pnl_usd (same value; removed in the next release). " + _FUNDING_PNL_HELP,
+    _FUNDING_PNL_DOC,
+    deprecated_by="fr_funding_pnl_usd",
 )
 FUNDING_RECEIVED = _def(
     "fr_funding_received_usd_total",
@@ -764,7 +781,7 @@ FUNDING_RECEIVED = _def(
     POSITION_LABELS,
     "USD",
     "Funding received by the position, USD (monotonic).",
-    "Funding received: the monotonic half of `fr_funding_pnl_usd_total` that grows on receipts.",
+    "Funding received: the monotonic half of `fr_funding_pnl_usd` that grows on receipts.",
 )
 FUNDING_PAID = _def(
     "fr_funding_paid_usd_total",
@@ -773,7 +790,7 @@ FUNDING_PAID = _def(
     POSITION_LABELS,
     "USD",
     "Funding paid by the position, USD (monotonic, positive).",
-    "Funding paid (positive): the monotonic half of `fr_funding_pnl_usd_total` that grows on payments.",
+    "Funding paid (positive): the monotonic half of `fr_funding_pnl_usd` that grows on payments.",
 )
 FUNDING_ACCRUALS = _def(
     "fr_position_funding_accruals_total",

@@ -50,7 +50,7 @@ class PositionCollector(Collector):
     fr_liq_gap_pct{exchange="binance",instrument="BTCUSDT",position="btc",side="short"} 19.4
     fr_liq_hit_probability{exchange="binance",horizon="8h",instrument="BTCUSDT",position="btc",side="short"} 0.003
     fr_adl_rank{...} 2.0                        (account positions with a read-only key)
-    fr_funding_pnl_usd_total{...} 12.5          (+ fr_funding_received_usd_total, fr_funding_paid_usd_total)
+    fr_funding_pnl_usd{...} 12.5                (+ fr_funding_received_usd_total, fr_funding_paid_usd_total)
     fr_net_apy_pct{basis="projected",...} 11.2  (and basis="realized" after an hour)
     fr_position_stress_equity_usd{...,shock_pct="-10",...} 8120.0, fr_position_stress_survives{...} 1.0
     fr_position_size, fr_position_notional_usd, fr_position_locked_capital_usd,
@@ -72,7 +72,8 @@ class PositionCollector(Collector):
         gap = m.LIQ_GAP.gauge()
         hit = m.LIQ_HIT_PROBABILITY.gauge()
         adl = m.ADL_RANK.gauge()
-        pnl = m.FUNDING_PNL.counter()
+        pnl = m.FUNDING_PNL.gauge()
+        pnl_old = m.FUNDING_PNL_DEPRECATED.gauge()
         received = m.FUNDING_RECEIVED.counter()
         paid = m.FUNDING_PAID.counter()
         settled = m.FUNDING_ACCRUALS.counter()
@@ -96,6 +97,7 @@ class PositionCollector(Collector):
             if v.adl_rank is not None:
                 adl.add_metric(lab, v.adl_rank)
             pnl.add_metric(lab, v.funding_pnl_usd)
+            pnl_old.add_metric(lab, v.funding_pnl_usd)
             received.add_metric(lab, v.funding_received_usd)
             paid.add_metric(lab, v.funding_paid_usd)
             settled.add_metric(lab, v.settlements)
@@ -117,6 +119,7 @@ class PositionCollector(Collector):
             hit,
             adl,
             pnl,
+            pnl_old,
             received,
             paid,
             settled,

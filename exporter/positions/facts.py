@@ -2,8 +2,9 @@
 
 Each poll, for every instrument a position (or its perp hedge) is on: the maintenance tiers when
 due (hourly; Binance's brackets need the key, a failure is counted with the account reads), and
-the settled funding since the earliest opening that needs it (at most 32 days back), then only
-what is new. Both through the exchange adapters, so paced and counted like market data.
+the settled funding since the earliest opening that needs it (the whole holding period, paged
+through: a long downtime or a back-dated opening is accrued in full, each settlement at its own mark
+where the exchange's history gives one), then only what is new. Both through the exchange adapters, so paced and counted like market data.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from exporter.rest.accounts import AccountError, ExchangeAccount
 
 log = logging.getLogger("exporter.positions")
 
-FUNDING_HISTORY_MAX_S = 32 * 86400.0  # how far back settled funding is read for a new position
 HISTORY_AHEAD_S = 86400.0  # a settlement carries its scheduled time; a forced one may be ahead of ours
 
 
@@ -57,7 +57,7 @@ class RiskFacts:
 
     async def _history(self, acct: ExchangeAccount, inst: str, opened: float, now: float) -> None:
         k = (acct.exchange, inst)
-        need = max(opened, now - FUNDING_HISTORY_MAX_S)
+        need = opened  # the whole holding period (was capped at 32 days: realised APY then undercounted)
         covered = self._history_from.get(k)
         last = self.ledger.last_history_time(*k)
         start = need if covered is None or need < covered or last is None else max(need, last)

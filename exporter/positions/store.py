@@ -1,7 +1,7 @@
 """SQLite store of funding accruals: exactly one row per (position, leg, settlement time).
 
 The primary key makes a repeated settlement (seen again after a reconnect, a REST backfill or an
-exporter restart) a no-op, so ``fr_funding_pnl_usd_total`` never double counts. Continuous
+exporter restart) a no-op, so ``fr_funding_pnl_usd`` never double counts. Continuous
 funding (Deribit) is stored as consecutive periods; the end of the last period is the start of the
 next one, read back from the table after a restart.
 
