@@ -4,7 +4,8 @@ Each poll, for every instrument a position (or its perp hedge) is on: the mainte
 due (hourly; Binance's brackets need the key, a failure is counted with the account reads), and
 the settled funding since the earliest opening that needs it (the whole holding period, paged
 through: a long downtime or a back-dated opening is accrued in full, each settlement at its own mark
-where the exchange's history gives one), then only what is new. Both through the exchange adapters, so paced and counted like market data.
+where the exchange's history gives one), then only what is new. Both through the exchange
+adapters, so paced and counted like market data.
 """
 
 from __future__ import annotations
