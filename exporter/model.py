@@ -76,6 +76,8 @@ class MarketUpdate:
     # True when the message is a snapshot or delta of a whole ticker (Bybit): fields it leaves out
     # are unchanged *and still current*, so every value already known is fresh as of this message.
     confirms_ticker: bool = False
+    # Dated futures: the exchange's estimated delivery price (Binance ``P``; meaningful in the last hour)
+    settle_price_estimate: float | None = None
     # True for a snapshot of a snapshot+delta stream (Bybit "type":"snapshot"): a fresh baseline
     # after which the deltas of the same session may confirm the fields they leave out.
     snapshot: bool = False

@@ -248,6 +248,7 @@ class FutureState:
     info: InstrumentInfo
     mark_price: float | None = None
     index_price: float | None = None  # the index the exchange sends with the future, if any
+    settle_estimate: float | None = None  # estimated delivery price (Binance P), with price_at
     price_at: float = 0.0
     event_time: float | None = None
 
@@ -467,6 +468,8 @@ class MarketState:
         if u.index_price is not None:
             fs.index_price = u.index_price
             fs.price_at = now
+        if u.settle_price_estimate is not None:
+            fs.settle_estimate = u.settle_price_estimate
         if u.confirms_ticker and fs.mark_price is not None:
             fs.price_at = now
 

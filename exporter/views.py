@@ -147,6 +147,7 @@ class FutureView:
     implied_funding_8h: float | None
     actual_funding_8h: float | None  # the same exchange's perpetual of the base, per 8 h
     implied_minus_actual_bp: float | None
+    estimated_settle_price: float | None = None  # the last hour before delivery only (Binance P)
 
 
 def _reference(views: Iterable[InstrumentView]) -> dict[tuple[Exchange, str], list[InstrumentView]]:
@@ -370,6 +371,9 @@ class MarketViews:
                     implied_funding_8h=implied,
                     actual_funding_8h=actual,
                     implied_minus_actual_bp=diff,
+                    estimated_settle_price=fs.settle_estimate
+                    if mark is not None and expiry - now <= term.SETTLE_WINDOW_SECONDS
+                    else None,
                 )
             )
         return out

@@ -104,13 +104,19 @@ def golden_state() -> MarketState:
     # dated futures (term structure): a quarterly, and a contract under one day to expiry (no
     # annualised figures then); Deribit's index comes with its ticker, Binance's from the perpetual
     state.set_futures(
-        Exchange.BINANCE, [InstrumentInfo(Exchange.BINANCE, "BTCUSDT_231229", "BTC", "USDT", expiry=1703836800.0)]
+        Exchange.BINANCE,
+        [
+            InstrumentInfo(Exchange.BINANCE, "BTCUSDT_231229", "BTC", "USDT", expiry=1703836800.0),
+            # half an hour before its delivery: Binance's estimated settle price is published
+            InstrumentInfo(Exchange.BINANCE, "BTCUSDT_231114", "BTC", "USDT", expiry=T0 + 1800.0),
+        ],
     )
     state.set_futures(
         Exchange.DERIBIT,
         [InstrumentInfo(Exchange.DERIBIT, "ETH-15NOV23", "ETH", "USD", 1.0, True, expiry=1700035200.0)],
     )
     state.apply(MarketUpdate(Exchange.BINANCE, "BTCUSDT_231229", T0, 37_350.0))
+    state.apply(MarketUpdate(Exchange.BINANCE, "BTCUSDT_231114", T0, 37_001.5, settle_price_estimate=36_998.25))
     state.apply(MarketUpdate(Exchange.DERIBIT, "ETH-15NOV23", T0, 2_000.5, 1_998.0))
     state.apply(InsuranceFund(Exchange.BINANCE, "USDT", T0, 1.234e9))
     state.apply(InsuranceFund(Exchange.OKX, "BTC-USDT", T0, 5.5e8))

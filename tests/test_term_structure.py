@@ -160,6 +160,33 @@ def test_binance_delivery_mark_price_frame() -> None:
     )
 
 
+def test_binance_estimated_settle_price_of_delivery_symbols_only() -> None:
+    perp = InstrumentInfo(B, "BTCUSDT", "BTC", "USDT", funding_interval_s=28800.0)
+    ctx = FeedContext(B, {BTC_Q.instrument: BTC_Q, perp.instrument: perp})
+    rows = [
+        {"e": "markPriceUpdate", "E": 1774594800000, "s": "BTCUSDT_260327", "p": "92010.5", "P": "91998.75",
+         "i": "91990.0", "r": "", "T": 0},
+        {"e": "markPriceUpdate", "E": 1774594800000, "s": "BTCUSDT", "p": "92000.0", "P": "91999.0",
+         "i": "91990.0", "r": "0.0001", "T": 1774598400000},
+    ]  # fmt: skip
+    out = feed_for(B).parse_ws(_j({"stream": "!markPrice@arr@1s", "data": rows}), ctx)
+    by = {u.instrument: u for u in out if isinstance(u, MarketUpdate)}
+    assert by["BTCUSDT_260327"].settle_price_estimate == 91998.75
+    assert by["BTCUSDT"].settle_price_estimate is None  # a perpetual's P is not read
+    with pytest.raises(ParseError, match="'P'"):
+        bad = {**rows[0], "P": "soon"}
+        feed_for(B).parse_ws(_j({"stream": "btcusdt_260327@markPrice@1s", "data": bad}), ctx)
+
+
+def test_estimated_settle_price_only_in_the_last_hour() -> None:
+    st = _state([("BTCUSDT_A", 2.0 / 24, 90_050.0), ("BTCUSDT_B", 0.5 / 24, 90_010.0)], 90_000.0, 90_000.0, 1e-4)
+    for name in ("BTCUSDT_A", "BTCUSDT_B"):
+        st.apply(MarketUpdate(B, name, NOW, 90_020.0, settle_price_estimate=90_004.0), NOW)
+    views = {v.st.info.instrument: v for v in MarketViews(Config(), st).futures(NOW)}
+    assert views["BTCUSDT_A"].estimated_settle_price is None  # two hours out: not meaningful yet
+    assert views["BTCUSDT_B"].estimated_settle_price == 90_004.0
+
+
 def test_bybit_futures_ticker() -> None:
     info = InstrumentInfo(Y, "BTCUSDT-27MAR26", "BTC", "USDT", expiry=1774598400.0)
     frame = {

@@ -20,6 +20,7 @@ from exporter.model import EIGHT_HOURS
 
 DAY = 86400.0
 MIN_DAYS_TO_EXPIRY = 1.0
+SETTLE_WINDOW_SECONDS = 3600.0  # Binance's estimated settle price "only useful in the last hour"
 
 
 def days_to_expiry(expiry: float, now: float) -> float:

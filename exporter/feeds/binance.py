@@ -117,7 +117,7 @@ class BinanceFeed:
                         s = el["s"]
                         # every symbol is in the array: skip unfollowed ones before converting numbers
                         if not instruments or s in instruments:
-                            append(_mark(msgspec.convert(el, _Mark), tb))
+                            append(_mark(msgspec.convert(el, _Mark), tb, _settle_of(el)))
                     else:
                         out.extend(_event(el, instruments, tb))
                 except PARSE_FAILURES as exc:  # one bad symbol must not cost the others their update
@@ -321,7 +321,7 @@ def _event(d: Any, instruments: Mapping[str, InstrumentInfo], tb: tuple[float, f
         # !markPrice@arr carries every symbol: skip unfollowed ones before converting numbers
         if instruments and s not in instruments:
             return []
-        return [_mark(msgspec.convert(d, _Mark), tb)]
+        return [_mark(msgspec.convert(d, _Mark), tb, _settle_of(d))]
     if e == "forceOrder":
         liq = _force_order(d["o"], d.get("E"), instruments, tb)
         return [liq] if liq is not None else []
@@ -346,6 +346,20 @@ class _Mark(msgspec.Struct, gc=False):
     T: int | None = None
 
 
+# The estimated settle price P matters for delivery symbols only (BTCUSDT_260327): a frame holding
+# one is decoded a second time for it, so the perpetuals' frames never pay for converting P.
+class _Settle(msgspec.Struct, gc=False):
+    s: str
+    P: str | None = None
+
+
+class _SettleFrame(msgspec.Struct, gc=False):
+    data: _Settle | list[_Settle]
+
+
+_decode_settle = msgspec.json.Decoder(_SettleFrame).decode
+
+
 class _MarkFrame(msgspec.Struct, gc=False):
     stream: str
     data: _Mark | list[_Mark]
@@ -355,7 +369,7 @@ _decode_mark_frame = msgspec.json.Decoder(_MarkFrame).decode
 _MARK_KEYS = ("p", "i", "r")
 
 
-def _mark(m: _Mark, tb: tuple[float, float]) -> MarketUpdate:
+def _mark(m: _Mark, tb: tuple[float, float], settle: object = None) -> MarketUpdate:
     """One ``markPriceUpdate`` (both paths end here). Recorded wire (ws_markprice_cmp.jsonl, 2021-04)::
 
         {"stream":"btcusdt@markPrice","data":{"e":"markPriceUpdate","E":1617308820003,"s":"BTCUSDT",
@@ -393,7 +407,23 @@ def _mark(m: _Mark, tb: tuple[float, float]) -> MarketUpdate:
         et = e / 1000.0
         if not lo <= et <= hi:
             raise V.out_of_range("E", et, V.TIMESTAMP)
-    return MarketUpdate(EX, m.s, et, mark, index, rate, nft)
+    u = MarketUpdate(EX, m.s, et, mark, index, rate, nft)
+    if settle is not None and settle != "":  # a delivery contract: its estimated settle price (term structure)
+        if type(settle) is not str:
+            raise ParseError(f"field 'P': expected a string, got {settle!r}")
+        try:
+            est = float(settle)
+        except ValueError:
+            raise ParseError(f"field 'P': not a number: {settle!r}") from None
+        if not V.PRICE_MIN <= est <= V.PRICE_MAX:
+            raise V.out_of_range("P", est, V.PRICE)
+        u.settle_price_estimate = est
+    return u
+
+
+def _settle_of(el: Any) -> object:
+    """P of an orjson-decoded delivery symbol's element (strict path); None for a perpetual."""
+    return el.get("P") if "_" in el["s"] else None
 
 
 def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
@@ -404,16 +434,23 @@ def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
     append = out.append
     instruments = ctx.instruments
     tb = ctx.time_bounds()
+    settles: dict[str, str | None] | None = None
     for m in data:
         if m.e != "markPriceUpdate":
             return None
         # !markPrice@arr carries every symbol: skip unfollowed ones before converting numbers
         if not instruments or m.s in instruments:
+            settle = None
+            if "_" in m.s:  # a delivery symbol (rare): P from a second, narrow decoding of the frame
+                if settles is None:
+                    d = _decode_settle(frame).data
+                    settles = {x.s: x.P for x in (d if isinstance(d, list) else [d])}
+                settle = settles.get(m.s)
             if not many:
-                append(_mark(m, tb))
+                append(_mark(m, tb, settle))
                 continue
             try:
-                append(_mark(m, tb))
+                append(_mark(m, tb, settle))
             except ParseError as exc:  # one bad symbol of the array: the others keep their update
                 append(Rejected(EX, exc.reason, f"binance {m.s}: {exc}"))
     return out

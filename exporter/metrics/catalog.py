@@ -444,6 +444,16 @@ FUTURE_MARK_PRICE = _def(
     "price staleness limit.",
     "Mark price `F` of the dated future (Binance `p`, Bybit `markPrice`, OKX `markPx`, Deribit `mark_price`).",
 )
+FUTURE_SETTLE_ESTIMATE = _def(
+    "fr_future_estimated_settle_price",
+    "gauge",
+    "term",
+    TERM_LABELS,
+    "quote currency",
+    "Estimated delivery (settle) price of a dated future in quote currency, in the last hour before its "
+    "delivery only (Binance P, documented as only useful then); absent otherwise and elsewhere.",
+    "Binance `P` in the last hour before the delivery (documented as only useful then); absent otherwise.",
+)
 FUTURE_EXPIRY = _def(
     "fr_future_expiry_timestamp_seconds",
     "gauge",

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 _FIELDS: tuple[tuple[m.MetricDef, str], ...] = (
     (m.FUTURE_MARK_PRICE, "mark_price"),
+    (m.FUTURE_SETTLE_ESTIMATE, "estimated_settle_price"),
     (m.FUTURE_EXPIRY, "expiry"),
     (m.FUTURE_DAYS, "days_to_expiry"),
     (m.BASIS, "basis_ratio"),
