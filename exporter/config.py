@@ -17,7 +17,16 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from exporter.model import Exchange
 from exporter.redact import register_secret
@@ -262,6 +271,7 @@ class ModelConfig(_Model):
     backoff_seconds: float = Field(1.0, ge=0)  # first retry delay on 429/5xx without Retry-After; doubles
     max_backoff_seconds: float = Field(60.0, ge=0)  # a longer Retry-After blocks the model until then
     max_concurrency: int = Field(4, ge=1, le=64)  # calls in flight at once (one per base asset at most)
+    horizons_hours: list[PositiveFloat] | None = Field(None, min_length=1)  # None: the sidecar's horizons
 
     @field_validator("base_url")
     @classmethod
@@ -305,6 +315,9 @@ class SidecarConfig(_Model):
     event_poll_seconds: float = Field(5.0, gt=0)  # how often /api/state is checked for threshold events
     bases: list[str] | None = None  # None: every base the exporter reports
     horizon_hours: float = Field(8.0, gt=0)
+    # several horizons side by side (label horizon="15m", "4h", ...); None: [horizon_hours]
+    horizons_hours: list[float] | None = None
+    baseline_horizons_hours: list[float] | None = None  # the baseline's own; None: the sidecar's horizons
     event_threshold_usd: float = Field(10_000_000.0, gt=0)  # liquidated notional that counts as "event"
     baseline: bool = True  # run the local baseline model (always, when no model is configured)
     models: list[ModelConfig] = Field(default_factory=list)
@@ -316,6 +329,24 @@ class SidecarConfig(_Model):
     cascade_distance_ratio: float = Field(0.05, gt=0, lt=1)  # move that starts a cascade in a calm market
     default_vol_per_sqrt_hour: float = Field(0.006, gt=0)  # until enough mark prices are recorded
     observation_max_gap_seconds: float = Field(600.0, gt=0)  # a longer read gap cannot be placed in time
+    flow_persistence_seconds: float = Field(1800.0, gt=0)  # fitted (fr-exporter fit-baseline); docs/sidecar.md
+    flow_scale: float = Field(1.0, gt=0)  # fitted: expected flow within the horizon per unit of observed flow
+    stress_weight: float = Field(0.4, ge=0)  # fitted
+    distance_decay: float = Field(0.5, ge=0)  # fitted
+    # Recalibration and skill (docs/sidecar.md)
+    calibration_min_scored: int = Field(100, ge=10)  # scored predictions per model x base x horizon
+    calibration_max_history: int = Field(5000, ge=100)  # most recent scored predictions used to fit
+    alert_probability: float = Field(0.7, gt=0, lt=1)  # precision/recall/F1 threshold (= AiRiskHigh's)
+    skill_window_seconds: float = Field(7 * 86400.0, gt=0)  # the rolling window of the skill series
+    skill_min_scored: int = Field(30, ge=1)  # fewer scored predictions: skill series absent
+
+    def horizons(self) -> list[float]:
+        return sorted(set(self.horizons_hours or [self.horizon_hours]))
+
+    def horizons_for(self, model: ModelConfig | None) -> list[float]:
+        """A model's horizons (None: the baseline's)."""
+        own = self.baseline_horizons_hours if model is None else model.horizons_hours
+        return sorted(set(own)) if own else self.horizons()
 
     @field_validator("listen_address")
     @classmethod
@@ -327,6 +358,13 @@ class SidecarConfig(_Model):
     @classmethod
     def _exporter_url(cls, v: str) -> str:
         return check_url(v, ("http", "https")) or v
+
+    @field_validator("horizons_hours", "baseline_horizons_hours")
+    @classmethod
+    def _positive_horizons(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (not v or any(not h > 0 for h in v)):
+            raise ValueError("horizons must be a non-empty list of positive hours")
+        return v
 
     @field_validator("models")
     @classmethod

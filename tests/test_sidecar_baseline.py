@@ -13,6 +13,7 @@ import pytest
 from support import free_port
 from support.fakes import FakeExporter, instrument, state
 
+from exporter.clock import VirtualClock
 from exporter.config import Config, SidecarConfig
 from exporter.sidecar import baseline
 from exporter.sidecar.features import snapshots
@@ -63,11 +64,25 @@ def _snap(**kw: Any) -> Any:
     return snapshots(state(rows), 0.0)["BTC"]
 
 
-def _p(snap: Any, flow: float = 0.0, vol: float | None = 0.005) -> float:
-    inputs = baseline.BaselineInputs(vol_per_sqrt_hour=vol, returns=100, decayed_flow_usd=flow)
-    return baseline.parts(
-        snap, inputs, horizon_hours=8, threshold_usd=1e7, calm_distance=0.05, default_vol=0.006
-    ).probability
+def _p(snap: Any, flow: float = 0.0, vol: float | None = 0.005, horizon: float = 8.0) -> float:
+    f = baseline.features_of(snap, vol_per_sqrt_hour=vol, returns=100, decayed_flow_usd=flow)
+    return baseline.parts(f, baseline.Params(), horizon_hours=horizon, threshold_usd=1e7).probability
+
+
+def test_every_term_depends_on_the_horizon() -> None:
+    # a 15-minute question and an 8-hour question must not get the same answer, nor the same flow term
+    for kw in ({}, {"zscore": 3.5}, {"oi_change_1h": 0.12}):
+        ps = [_p(_snap(**kw), flow=5e6, horizon=h) for h in (0.25, 1.0, 4.0, 8.0)]
+        assert ps == sorted(ps) and ps[0] < ps[-1]
+    params = baseline.Params(flow_scale=0.8, flow_persistence_seconds=1200.0, flow_half_life_seconds=600.0)
+    f = baseline.features_of(_snap(), vol_per_sqrt_hour=0.005, returns=100, decayed_flow_usd=4e6)
+    for h in (0.25, 4.0):
+        # independent: a steady rate r has decayed sum r*T/ln2; it fades with tau: r*tau*(1-exp(-H/tau)) within H
+        rate = 4e6 * math.log(2) / 600.0
+        expected = 0.8 * rate * 1200.0 * (1 - math.exp(-h * 3600 / 1200.0))
+        parts = baseline.parts(f, params, horizon_hours=h, threshold_usd=1e7)
+        assert parts.expected_flow_usd == pytest.approx(expected, rel=1e-9)
+        assert parts.flow_probability == pytest.approx((expected / 1e7) / (1 + expected / 1e7), rel=1e-9)
 
 
 def test_probability_rises_with_each_stress_input_and_is_deterministic() -> None:
@@ -83,15 +98,10 @@ def test_probability_rises_with_each_stress_input_and_is_deterministic() -> None
 
 
 def test_prediction_is_a_valid_answer() -> None:
-    inputs = baseline.BaselineInputs(vol_per_sqrt_hour=None, returns=0, decayed_flow_usd=5e7)
-    a = baseline.predict(
-        _snap(zscore=4.0, funding_8h=0.002),
-        inputs,
-        horizon_hours=8,
-        threshold_usd=1e7,
-        calm_distance=0.05,
-        default_vol=0.006,
-    )
+    snap = _snap(zscore=4.0, funding_8h=0.002)
+    f = baseline.features_of(snap, vol_per_sqrt_hour=None, returns=0, decayed_flow_usd=5e7)
+    assert baseline.Features.from_dict(f.to_dict()).decayed_flow_usd == 5e7
+    a = baseline.predict(snap, f, baseline.Params(), horizon_hours=8, threshold_usd=1e7)
     again = RiskAnswer.model_validate_json(a.to_json())  # round-trips through the strict schema
     assert again == a
     assert a.risk_level.value in ("high", "critical") and a.action.value in ("reduce", "close")
@@ -125,7 +135,8 @@ async def test_synthetic_buildup_cascade_calm_through_the_sidecar(tmp_path: Path
                 event_threshold_usd=10_000_000,
             )
         )
-        sc = Sidecar(cfg, clock=lambda: now[0])
+        clock = VirtualClock(now[0])
+        sc = Sidecar(cfg, clock=clock)
         rng = random.Random(3)
         price, cum = 50_000.0, 0.0
         timeline: dict[str, list[float]] = {}
@@ -138,12 +149,12 @@ async def test_synthetic_buildup_cascade_calm_through_the_sidecar(tmp_path: Path
                         price *= 0.992
                         cum += 6_000_000
                     exp.state = _phase_state(price, phase, cum)
-                    now[0] += 60
+                    clock.advance(60)
                     await sc.read_state()
                     sc.trigger(["BTC"], "test")
                     await sc.wait_idle()
                     timeline.setdefault(phase, []).append(
-                        sc.metrics.latest[("baseline", "BTC")].answer.liquidation_probability
+                        sc.metrics.latest[("baseline", "BTC", 8.0)].answer.liquidation_probability
                     )
         finally:
             await sc.close()

@@ -74,9 +74,9 @@ async def test_each_failure_is_counted_and_last_good_value_is_kept(tmp_path: Pat
             llm.then("valid")
             await _predict(sc)
             labels = {"base": "BTC", "horizon": "8h", "model": "fake-gpt"}
-            assert _val(sc, "fr_ai_risk_probability", **labels) == pytest.approx(0.42)
-            assert _val(sc, "fr_ai_risk_level", base="BTC", model="fake-gpt", level="high") == 1.0
-            assert _val(sc, "fr_ai_risk_level", base="BTC", model="fake-gpt", level="low") == 0.0
+            assert _val(sc, "fr_ai_risk_probability", calibration="raw", **labels) == pytest.approx(0.42)
+            assert _val(sc, "fr_ai_risk_level", base="BTC", horizon="8h", model="fake-gpt", level="high") == 1.0
+            assert _val(sc, "fr_ai_risk_level", base="BTC", horizon="8h", model="fake-gpt", level="low") == 0.0
             last_ok = _val(sc, "fr_ai_last_success_timestamp_seconds", base="BTC", model="fake-gpt")
             assert last_ok is not None and abs(last_ok - time.time()) < 5
             # tokens and cost at the configured prices: 120 * 2 / 1e6 + 40 * 10 / 1e6
@@ -107,7 +107,7 @@ async def test_each_failure_is_counted_and_last_good_value_is_kept(tmp_path: Pat
                 for r, n in expected.items():
                     assert _val(sc, "fr_ai_request_failures_total", model="fake-gpt", reason=r) == n, (mode, r)
                 # nothing unvalidated reached a metric: the last good answer is still there, same timestamp
-                assert _val(sc, "fr_ai_risk_probability", **labels) == pytest.approx(0.42)
+                assert _val(sc, "fr_ai_risk_probability", calibration="raw", **labels) == pytest.approx(0.42)
                 assert _val(sc, "fr_ai_last_success_timestamp_seconds", base="BTC", model="fake-gpt") == last_ok
             assert _val(sc, "fr_ai_requests_total", model="fake-gpt") == 1 + len(cases)
             assert sc.store.prediction_count() == 1
@@ -116,13 +116,13 @@ async def test_each_failure_is_counted_and_last_good_value_is_kept(tmp_path: Pat
             llm.answer = {**llm.answer, "liquidation_probability": 0.55}
             llm.then("prose")
             await _predict(sc)
-            assert _val(sc, "fr_ai_risk_probability", **labels) == pytest.approx(0.55)
+            assert _val(sc, "fr_ai_risk_probability", calibration="raw", **labels) == pytest.approx(0.55)
             llm.answer = {**llm.answer, "liquidation_probability": 0.12, "risk_level": "low"}
             llm.then("fenced")
             await _predict(sc)
-            assert _val(sc, "fr_ai_risk_probability", **labels) == pytest.approx(0.12)
-            assert _val(sc, "fr_ai_risk_level", base="BTC", model="fake-gpt", level="low") == 1.0
-            assert _val(sc, "fr_ai_risk_level", base="BTC", model="fake-gpt", level="high") == 0.0
+            assert _val(sc, "fr_ai_risk_probability", calibration="raw", **labels) == pytest.approx(0.12)
+            assert _val(sc, "fr_ai_risk_level", base="BTC", horizon="8h", model="fake-gpt", level="low") == 1.0
+            assert _val(sc, "fr_ai_risk_level", base="BTC", horizon="8h", model="fake-gpt", level="high") == 0.0
             assert sc.store.prediction_count() == 3
             hist_count = _val(sc, "fr_ai_request_duration_seconds_count", model="fake-gpt")
             assert hist_count == _val(sc, "fr_ai_requests_total", model="fake-gpt")
@@ -144,7 +144,9 @@ async def test_retries_on_5xx_and_429_honour_retry_after(tmp_path: Path) -> None
             assert _val(sc, "fr_ai_requests_total", model="fake-gpt") == 3
             assert _val(sc, "fr_ai_request_failures_total", model="fake-gpt", reason="http_error") == 1
             assert _val(sc, "fr_ai_request_failures_total", model="fake-gpt", reason="rate_limited") == 1
-            assert _val(sc, "fr_ai_risk_probability", base="BTC", horizon="8h", model="fake-gpt") == pytest.approx(0.42)
+            assert _val(
+                sc, "fr_ai_risk_probability", base="BTC", calibration="raw", horizon="8h", model="fake-gpt"
+            ) == pytest.approx(0.42)
         finally:
             await sc.close()
 
@@ -181,12 +183,12 @@ async def test_slow_model_does_not_delay_baseline_or_metrics(tmp_path: Path) -> 
         try:
             host_port = cfg.sidecar.listen_address
             async with httpx.AsyncClient() as client:
-                await wait_until(lambda: ("baseline", "BTC") in sc.metrics.latest, 5, what="a baseline answer")
-                assert ("fake-gpt", "BTC") not in sc.metrics.latest  # still thinking
+                await wait_until(lambda: ("baseline", "BTC", 8.0) in sc.metrics.latest, 5, what="a baseline answer")
+                assert ("fake-gpt", "BTC", 8.0) not in sc.metrics.latest  # still thinking
                 t0 = time.monotonic()
                 resp = await client.get(f"http://{host_port}/metrics")
                 assert time.monotonic() - t0 < 0.5
-                assert 'fr_ai_risk_probability{base="BTC",horizon="8h",model="baseline"}' in resp.text
+                assert 'fr_ai_risk_probability{base="BTC",calibration="raw",horizon="8h",model="baseline"}' in resp.text
                 assert (await client.get(f"http://{host_port}/healthz")).status_code == 200
             # the poll loop keeps running while the slow call is in flight, and no second call piles up
             reads = exp.reads
@@ -229,7 +231,7 @@ async def test_threshold_event_triggers_prediction_and_exporter_outage_is_surviv
             assert len(llm.requests) == 2
             exp.fail = True  # exporter down: no crash, the last value stays
             await wait_until(lambda: sc.metrics.state_reads["error"] > 0, 5, what="a failed state read")
-            assert ("fake-gpt", "BTC") in sc.metrics.latest
+            assert ("fake-gpt", "BTC", 8.0) in sc.metrics.latest
             exp.fail = False
             exp.state["events"] = [{"seq": 1, "at": 4.0, "base": "BTC", "kind": "funding"}]  # exporter restarted
             await wait_for_requests(3)
@@ -250,6 +252,6 @@ async def test_calls_in_flight_are_bounded_per_model(tmp_path: Path) -> None:
             assert sc.trigger(sc.bases(), "test") == 5
             await sc.wait_idle()
             assert len(llm.requests) == 5 and llm.max_in_flight == 2
-            assert {b for (_, b) in sc.metrics.latest} == {"BTC", "ETH", "SOL", "XRP", "DOGE"}
+            assert {b for (_, b, _h) in sc.metrics.latest} == {"BTC", "ETH", "SOL", "XRP", "DOGE"}
         finally:
             await sc.close()

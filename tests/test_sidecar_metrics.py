@@ -24,19 +24,29 @@ LLM_KEY = "sk-file-SECRET-0a1b2c3d"
 SLACK_TOKEN = "xoxb-SECRET-slack-99"
 
 CONTRACT = {
-    "fr_ai_risk_probability": {"base", "horizon", "model"},
+    "fr_ai_risk_probability": {"base", "calibration", "horizon", "model"},
     "fr_ai_confidence": {"base", "horizon", "model"},
-    "fr_ai_risk_level": {"base", "model", "level"},
+    "fr_ai_risk_level": {"base", "horizon", "model", "level"},
+    "fr_ai_answer_truncations": {"field", "model"},
     "fr_ai_requests": {"model"},
     "fr_ai_request_failures": {"model", "reason"},
     "fr_ai_request_duration_seconds": {"model"},
     "fr_ai_tokens": {"model", "kind"},
     "fr_ai_cost_usd": {"model"},
     "fr_ai_last_success_timestamp_seconds": {"base", "model"},
-    "fr_ai_brier_score": {"model"},
-    "fr_ai_precision_ratio": {"model"},
-    "fr_ai_recall_ratio": {"model"},
-    "fr_ai_scored_predictions": {"model"},
+    "fr_ai_brier_score": {"calibration", "horizon", "model", "window"},
+    "fr_ai_brier_skill_score": set(),  # absent: one scored prediction has no climatology to beat
+    "fr_ai_log_loss": {"calibration", "horizon", "model", "window"},
+    "fr_ai_base_rate_ratio": {"calibration", "horizon", "model", "window"},
+    "fr_ai_precision_ratio": {"calibration", "horizon", "model", "window"},
+    "fr_ai_recall_ratio": {"calibration", "horizon", "model", "window"},
+    "fr_ai_f1_ratio": {"calibration", "horizon", "model", "window"},
+    "fr_ai_skill_predictions": {"calibration", "horizon", "model", "window"},
+    "fr_ai_scored_predictions": {"horizon", "model"},
+    "fr_ai_reliability_predictions": {"bin", "calibration", "horizon", "model"},
+    "fr_ai_reliability_observed_ratio": {"bin", "calibration", "horizon", "model"},
+    "fr_ai_reliability_mean_probability_ratio": {"bin", "calibration", "horizon", "model"},
+    "fr_ai_calibration_fitted_predictions": {"base", "horizon", "model"},
 }
 
 
@@ -57,6 +67,7 @@ async def test_metrics_endpoint_contract_and_no_secrets(
                 db_path=tmp_path / "m.sqlite",
                 interval_seconds=3600,
                 event_poll_seconds=0.05,
+                skill_min_scored=1,
                 models=[
                     ModelConfig(name="gpt-a", base_url=f"{llm.url}/v1", model="a", api_key_file=key_file, retries=0),
                 ],
@@ -106,7 +117,7 @@ async def test_metrics_endpoint_contract_and_no_secrets(
         fam = families.get(name)
         assert fam is not None, name
         assert fam.documentation, name
-        assert fam.samples, name
+        assert bool(fam.samples) == bool(labels), name
         for s in fam.samples:
             if s.name.endswith("_bucket"):
                 assert set(s.labels) == labels | {"le"}, name
@@ -121,8 +132,14 @@ async def test_metrics_endpoint_contract_and_no_secrets(
     assert families["fr_ai_scored_predictions"].samples[0].value >= 0
     scored = {s.labels["model"]: s.value for s in families["fr_ai_scored_predictions"].samples}
     assert scored["gpt-a"] == 1
-    brier = {s.labels["model"]: s.value for s in families["fr_ai_brier_score"].samples}
+    brier = {
+        s.labels["model"]: s.value
+        for s in families["fr_ai_brier_score"].samples
+        if s.labels["window"] == "all" and s.labels["calibration"] == "raw"
+    }
     assert brier["gpt-a"] == pytest.approx((0.8 - 1.0) ** 2)
+    f1 = {s.labels["window"]: s.value for s in families["fr_ai_f1_ratio"].samples if s.labels["model"] == "gpt-a"}
+    assert f1 == {"all": 1.0, "rolling": 1.0}  # 0.8 >= the alert threshold 0.7, and the event happened
 
     for secret in (LLM_KEY, SLACK_TOKEN):
         assert secret not in text and secret not in om.text

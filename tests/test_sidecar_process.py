@@ -51,7 +51,7 @@ async def test_sidecar_process_serves_metrics_and_stops_on_sigterm(tmp_path: Pat
                     return 'model="baseline"' in body and "fr_ai_risk_probability{" in body
 
                 await wait_until(answered, 15, interval=0.1, what="the sidecar process to publish")
-                assert 'fr_ai_risk_probability{base="BTC",horizon="8h",model="baseline"}' in body
+                assert 'fr_ai_risk_probability{base="BTC",calibration="raw",horizon="8h",model="baseline"}' in body
                 assert (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
         finally:
             proc.send_signal(signal.SIGTERM)

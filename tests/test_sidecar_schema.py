@@ -11,7 +11,15 @@ from support.fakes import VALID_ANSWER
 
 from exporter.config import Config, ConfigError, ModelConfig, SidecarConfig, load_config, read_secret
 from exporter.sidecar.llm import parse_retry_after
-from exporter.sidecar.schema import AnswerError, RiskLevel, extract_json, parse_answer
+from exporter.sidecar.schema import (
+    MAX_KEY_FACTORS,
+    MAX_REASONING_CHARS,
+    AnswerError,
+    ParseNotes,
+    RiskLevel,
+    extract_json,
+    parse_answer,
+)
 
 VALID = json.dumps(VALID_ANSWER)
 
@@ -40,7 +48,10 @@ def test_recovers_answer_from_text(text: str) -> None:
         ({"liquidation_probability": "0.4"}, "schema"),  # a string is not a number
         ({"confidence": True}, "schema"),
         ({"risk_level": "extreme"}, "schema"),
-        ({"risk_level": "HIGH"}, "schema"),
+        ({"risk_level": "HIGHEST"}, "schema"),
+        ({"trend": "sideways up"}, "schema"),
+        ({"action": "REDUCE POSITION"}, "schema"),
+        ({"confidence_score": 0.5}, "schema"),  # alias and canonical name both present
         ({"action": "buy"}, "schema"),
         ({"time_horizon_hours": 0}, "schema"),
         ({"estimated_liquidation_volume_usd": -5}, "schema"),
@@ -55,11 +66,98 @@ def test_rejects_out_of_schema(change: dict[str, object], reason: str) -> None:
     assert err.value.reason == reason
 
 
-@pytest.mark.parametrize("field", sorted(VALID_ANSWER))
-def test_every_field_is_required(field: str) -> None:
+OPTIONAL = {"estimated_liquidation_volume_usd", "key_factors"}
+
+
+@pytest.mark.parametrize("field", sorted(set(VALID_ANSWER) - OPTIONAL))
+def test_every_required_field_is_required(field: str) -> None:
     with pytest.raises(AnswerError) as err:
         parse_answer(json.dumps({k: v for k, v in VALID_ANSWER.items() if k != field}))
     assert err.value.reason == "schema" and field in err.value.detail
+
+
+@pytest.mark.parametrize(
+    ("spelling", "field", "expected"),
+    [
+        ({"risk_level": "LOW"}, "risk_level", "low"),
+        ({"risk_level": "Medium"}, "risk_level", "medium"),
+        ({"risk_level": "HIGH"}, "risk_level", "high"),
+        ({"risk_level": " CRITICAL "}, "risk_level", "critical"),
+        ({"action": "HOLD"}, "action", "hold"),
+        ({"action": "REDUCE"}, "action", "reduce"),
+        ({"action": "CLOSE"}, "action", "close"),
+        ({"action": "REDUCE_POSITION"}, "action", "reduce"),
+        ({"action": "CLOSE_ALL"}, "action", "close"),
+        ({"action": "INCREASE_SHORT"}, "action", "hedge"),
+        ({"action": "Hedge"}, "action", "hedge"),
+        ({"trend": "RISING"}, "trend", "rising"),
+        ({"trend": "falling"}, "trend", "falling"),
+        ({"trend": "Flat"}, "trend", "flat"),
+    ],
+)
+def test_users_spellings(spelling: dict[str, str], field: str, expected: str) -> None:
+    a = parse_answer(json.dumps({**VALID_ANSWER, **spelling}))
+    assert getattr(a, field).value == expected
+
+
+def test_users_field_names_and_optional_fields() -> None:
+    """The real-time monitor prompt: probability, level, time to liquidation, action, confidence, reasoning."""
+    answer = {
+        "liquidation_probability": 0.35,
+        "risk_level": "MEDIUM",
+        "time_to_liquidation_hours": 0.25,
+        "recommended_action": "REDUCE_POSITION",
+        "confidence_score": 0.8,
+        "reasoning": "OI is building.",
+        "trend": "rising",
+        "prediction": "A squeeze of longs is likely within the hour.",
+    }
+    a = parse_answer(json.dumps(answer))
+    assert (a.liquidation_probability, a.time_horizon_hours, a.confidence) == (0.35, 0.25, 0.8)
+    assert a.action.value == "reduce" and a.risk_level.value == "medium"
+    assert a.estimated_liquidation_volume_usd is None and a.key_factors == []
+    assert a.trend is not None and a.trend.value == "rising"
+    assert a.prediction == "A squeeze of longs is likely within the hour."
+    stored = json.loads(a.to_json())
+    assert stored["trend"] == "rising" and "estimated_liquidation_volume_usd" not in stored
+    assert parse_answer(json.dumps({**answer, "time_to_liquidation_hours": None})).time_horizon_hours is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        VALID + "\n" + VALID.replace("0.42", "0.9"),
+        f"First guess {VALID} revised: {json.dumps({**VALID_ANSWER, 'liquidation_probability': 0.1})}",
+        f"```json\n{VALID}\n```\nor maybe {json.dumps({'liquidation_probability': 0.1})}",
+        f"```json\n{VALID}\n```\n```json\n{json.dumps({**VALID_ANSWER, 'risk_level': 'low'})}\n```",
+    ],
+)
+def test_two_objects_are_rejected(text: str) -> None:
+    with pytest.raises(AnswerError) as err:
+        parse_answer(text)
+    assert err.value.reason == "multiple_objects"
+
+
+def test_same_object_twice_is_one_answer() -> None:
+    # a model that echoes its answer in a fence and in prose still said one thing
+    assert parse_answer(f"```json\n{VALID}\n```\nSo: {VALID}").liquidation_probability == 0.42
+
+
+def test_over_long_texts_are_truncated_not_dropped() -> None:
+    long_reasoning = "funding stretched; " * 1000  # 19 000 characters
+    notes = ParseNotes()
+    a = parse_answer(
+        json.dumps({**VALID_ANSWER, "reasoning": long_reasoning, "key_factors": [f"f{i}" for i in range(30)]}),
+        notes,
+    )
+    assert a.liquidation_probability == 0.42
+    assert len(a.reasoning) == MAX_REASONING_CHARS and a.reasoning.endswith("…")
+    assert a.reasoning[:-1] == long_reasoning[: MAX_REASONING_CHARS - 1]
+    assert a.key_factors == [f"f{i}" for i in range(MAX_KEY_FACTORS)]
+    assert sorted(notes.truncated) == ["key_factors", "reasoning"]
+    untouched = ParseNotes()
+    parse_answer(VALID, untouched)
+    assert untouched.truncated == []
 
 
 @pytest.mark.parametrize("text", ["", "no json here", '{"a": 1', "[1, 2, 3]", '{"p": NaN}'])
@@ -71,7 +169,9 @@ def test_invalid_json(text: str) -> None:
 
 def test_extract_prefers_whole_then_fence() -> None:
     assert extract_json('{"a": 1}') == {"a": 1}
-    assert extract_json('text ```json\n{"a": 2}\n``` and {"a": 3}') == {"a": 2}
+    assert extract_json('text ```json\n{"a": 2}\n``` and no other object') == {"a": 2}
+    with pytest.raises(AnswerError, match="multiple_objects"):
+        extract_json('text ```json\n{"a": 2}\n``` and {"a": 3}')
 
 
 def test_retry_after_parsing() -> None:

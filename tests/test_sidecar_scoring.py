@@ -108,18 +108,36 @@ def test_scripted_sequence_gives_independent_scores(tmp_path: Path) -> None:
 
 async def test_scores_published_per_model(tmp_path: Path) -> None:
     probs, outcomes = _fill(tmp_path / "p.sqlite")
-    cfg = Config(sidecar=SidecarConfig(db_path=tmp_path / "p.sqlite", listen_address=f"127.0.0.1:{free_port()}"))
+    cfg = Config(
+        sidecar=SidecarConfig(
+            db_path=tmp_path / "p.sqlite",
+            listen_address=f"127.0.0.1:{free_port()}",
+            alert_probability=0.5,
+            skill_min_scored=1,
+        )
+    )
     sc = Sidecar(cfg)
     try:
         p, o = np.array(probs), np.array(outcomes, dtype=float)
         tp = float(np.sum((p >= 0.5) & (o == 1)))
         get = sc.registry.get_sample_value
-        assert get("fr_ai_brier_score", {"model": "m1"}) == pytest.approx(float(np.mean((p - o) ** 2)))
-        assert get("fr_ai_precision_ratio", {"model": "m1"}) == pytest.approx(tp / float(np.sum(p >= 0.5)))
-        assert get("fr_ai_recall_ratio", {"model": "m1"}) == pytest.approx(tp / float(np.sum(o == 1)))
-        assert get("fr_ai_scored_predictions_total", {"model": "m1"}) == len(probs)
-        assert get("fr_ai_scored_predictions_total", {"model": "baseline"}) == 0
-        assert get("fr_ai_brier_score", {"model": "baseline"}) is None  # nothing scored: no value
+        h = f"{HORIZON_H:g}h"
+        m1 = {"model": "m1", "horizon": h, "window": "all", "calibration": "raw"}
+        brier = float(np.mean((p - o) ** 2))
+        assert get("fr_ai_brier_score", m1) == pytest.approx(brier)
+        precision, recall = tp / float(np.sum(p >= 0.5)), tp / float(np.sum(o == 1))
+        assert get("fr_ai_precision_ratio", m1) == pytest.approx(precision)
+        assert get("fr_ai_recall_ratio", m1) == pytest.approx(recall)
+        assert get("fr_ai_f1_ratio", m1) == pytest.approx(2 * precision * recall / (precision + recall))
+        base = float(o.mean())
+        assert get("fr_ai_base_rate_ratio", m1) == pytest.approx(base)
+        assert get("fr_ai_brier_skill_score", m1) == pytest.approx(1 - brier / float(np.mean((base - o) ** 2)))
+        assert get("fr_ai_skill_predictions", m1) == len(probs)
+        assert get("fr_ai_scored_predictions_total", {"model": "m1", "horizon": h}) == len(probs)
+        assert get("fr_ai_scored_predictions_total", {"model": "baseline", "horizon": "8h"}) == 0
+        assert get("fr_ai_brier_score", {**m1, "model": "baseline"}) is None  # nothing scored: no value
+        # the rolling window (7 days back from now) holds none of these old predictions
+        assert get("fr_ai_skill_predictions", {**m1, "window": "rolling"}) == 0
     finally:
         await sc.close()
 

@@ -912,11 +912,14 @@ AI_RISK_PROBABILITY = _def(
     "fr_ai_risk_probability",
     "gauge",
     "ai",
-    _AI_ANSWER,
+    ("base", "calibration", "horizon", "model"),
     "probability 0..1",
     "Probability (0..1) of a large liquidation event for the base asset within the horizon, "
-    "by model (last valid answer).",
-    "Last valid probability of a large liquidation event for the base within the horizon, per model.",
+    "by model (last valid answer): calibration=raw as the model said it, calibrated through the "
+    "model's isotonic recalibration (once enough predictions are scored).",
+    "Last valid probability of a large liquidation event for the base within the horizon, per model: "
+    "`calibration=\"raw\"` as the model said it, `\"calibrated\"` through its recalibration (present once "
+    "it exists; alerts use it then).",
     fixed=True,
 )
 AI_CONFIDENCE = _def(
@@ -932,7 +935,7 @@ AI_RISK_LEVEL = _def(
     "fr_ai_risk_level",
     "gauge",
     "ai",
-    ("base", "model", "level"),
+    ("base", "horizon", "model", "level"),
     "0/1",
     "1 for the model's current risk level (label level), 0 for the others.",
     "1 for the current level, 0 for the other three.",
@@ -944,8 +947,8 @@ AI_LIQUIDATION_VOLUME = _def(
     "ai",
     _AI_ANSWER,
     "USD",
-    "The model's estimate of liquidated notional within the horizon, in USD.",
-    "The model's volume estimate.",
+    "The model's estimate of liquidated notional within the horizon, in USD (absent if it gave none).",
+    "The model's volume estimate (absent if it gave none).",
 )
 AI_LAST_SUCCESS = _def(
     "fr_ai_last_success_timestamp_seconds",
@@ -972,7 +975,7 @@ AI_REQUEST_FAILURES = _def(
     ("model", "reason"),
     "requests",
     "Failed calls or rejected answers by reason (timeout, http_error, rate_limited, connection_error, "
-    "bad_response, invalid_json, schema, internal).",
+    "bad_response, invalid_json, multiple_objects, schema, internal).",
     "Failed calls or rejected answers by reason (see `docs/sidecar.md`); all reasons start at 0.",
 )
 AI_REQUEST_DURATION = _def(
@@ -1002,41 +1005,141 @@ AI_COST = _def(
     "Cost of the model's tokens at the configured prices per million tokens, in USD.",
     "Tokens × configured price per million.",
 )
+AI_ANSWER_TRUNCATIONS = _def(
+    "fr_ai_answer_truncations_total",
+    "counter",
+    "ai",
+    ("field", "model"),
+    "answers",
+    "Accepted answers whose over-long text field (label field) was cut to the schema's limit.",
+    "Accepted answers whose `reasoning` / `key_factors` / `prediction` was cut to its limit.",
+)
+
+_SKILL = ("calibration", "horizon", "model", "window")
+_OF_SCORED = (
+    " of scored predictions (window: rolling = the last skill_window_seconds, all = since start; "
+    "calibration: raw or calibrated probabilities)."
+)
 AI_BRIER = _def(
     "fr_ai_brier_score",
     "gauge",
     "ai",
-    ("model",),
+    _SKILL,
     "0 (best) .. 1",
-    "Brier score (mean squared error of the probability, 0 best, 0.25 = constant 0.5) of scored predictions.",
-    "Over all scored predictions (0 best, 0.25 = a constant 0.5).",
+    "Brier score (mean squared error, 0 best, 0.25 = constant 0.5)" + _OF_SCORED,
+    "Brier score of the scored predictions (0 best, 0.25 = a constant 0.5); absent below `skill_min_scored`.",
+)
+AI_BRIER_SKILL = _def(
+    "fr_ai_brier_skill_score",
+    "gauge",
+    "ai",
+    _SKILL,
+    "ratio (≤ 1)",
+    "Brier skill score against climatology (1 - Brier / Brier of the observed base rate; > 0 adds "
+    "information, < 0 worse than the base rate)" + _OF_SCORED,
+    "1 − Brier / Brier of climatology (the observed base rate of the same predictions): > 0 adds "
+    "information; absent while every outcome is the same.",
+)
+AI_LOG_LOSS = _def(
+    "fr_ai_log_loss",
+    "gauge",
+    "ai",
+    _SKILL,
+    "nats",
+    "Log loss (nats, p clipped to 1e-6)" + _OF_SCORED,
+    "Log loss (p clipped to [1e-6, 1 − 1e-6]).",
+)
+AI_BASE_RATE = _def(
+    "fr_ai_base_rate_ratio",
+    "gauge",
+    "ai",
+    _SKILL,
+    "ratio 0..1",
+    "Observed event frequency (climatology)" + _OF_SCORED,
+    "Observed event frequency of the same predictions (climatology).",
 )
 AI_PRECISION = _def(
     "fr_ai_precision_ratio",
     "gauge",
     "ai",
-    ("model",),
+    _SKILL,
     "ratio 0..1",
-    "Precision (0..1) of scored predictions at probability >= 0.5 (absent while no prediction was >= 0.5).",
-    "At p ≥ 0.5; absent while undefined.",
+    "Precision at the alert threshold (absent while undefined)" + _OF_SCORED,
+    "At `alert_probability` (0.7, AiRiskHigh's threshold); absent while undefined.",
 )
 AI_RECALL = _def(
     "fr_ai_recall_ratio",
     "gauge",
     "ai",
-    ("model",),
+    _SKILL,
     "ratio 0..1",
-    "Recall (0..1) of scored predictions at probability >= 0.5 (absent while no event occurred).",
-    "At p ≥ 0.5; absent while undefined.",
+    "Recall at the alert threshold (absent while undefined)" + _OF_SCORED,
+    "At `alert_probability`; absent while undefined.",
+)
+AI_F1 = _def(
+    "fr_ai_f1_ratio",
+    "gauge",
+    "ai",
+    _SKILL,
+    "ratio 0..1",
+    "F1 at the alert threshold (absent while undefined)" + _OF_SCORED,
+    "Harmonic mean of precision and recall at `alert_probability`; absent while undefined.",
+)
+AI_SKILL_PREDICTIONS = _def(
+    "fr_ai_skill_predictions",
+    "gauge",
+    "ai",
+    _SKILL,
+    "predictions",
+    "Number of scored predictions" + _OF_SCORED,
+    "How many scored predictions the skill series cover.",
 )
 AI_SCORED = _def(
     "fr_ai_scored_predictions_total",
     "counter",
     "ai",
-    ("model",),
+    ("horizon", "model"),
     "predictions",
     "Predictions whose horizon has passed and that were scored against the observed liquidation flow.",
     "Predictions scored so far (persisted).",
+)
+_RELIABILITY = ("bin", "calibration", "horizon", "model")
+AI_RELIABILITY_PREDICTIONS = _def(
+    "fr_ai_reliability_predictions",
+    "gauge",
+    "ai",
+    _RELIABILITY,
+    "predictions",
+    "Scored predictions (since start) whose probability fell in the bin (reliability diagram).",
+    "Scored predictions (since start) per probability decile `bin=\"0.3-0.4\"`.",
+)
+AI_RELIABILITY_MEAN = _def(
+    "fr_ai_reliability_mean_probability_ratio",
+    "gauge",
+    "ai",
+    _RELIABILITY,
+    "probability 0..1",
+    "Mean predicted probability of the bin's scored predictions (reliability diagram).",
+    "Mean predicted probability of the bin.",
+)
+AI_RELIABILITY_OBSERVED = _def(
+    "fr_ai_reliability_observed_ratio",
+    "gauge",
+    "ai",
+    _RELIABILITY,
+    "ratio 0..1",
+    "Observed event frequency of the bin's scored predictions (reliability diagram).",
+    "Observed event frequency of the bin (a calibrated model's equals the mean probability).",
+)
+AI_CALIBRATION_FITTED = _def(
+    "fr_ai_calibration_fitted_predictions",
+    "gauge",
+    "ai",
+    ("base", "horizon", "model"),
+    "predictions",
+    "Scored predictions the current recalibration of (model, base, horizon) was fitted on "
+    "(0: not enough yet, only the raw probability is published).",
+    "Scored predictions the current recalibration was fitted on (0: none yet).",
 )
 AI_STATE_READS = _def(
     "fr_ai_state_reads_total",

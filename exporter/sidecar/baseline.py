@@ -14,6 +14,9 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from exporter.sidecar.features import BaseSnapshot
 from exporter.sidecar.schema import Action, RiskAnswer, RiskLevel
@@ -91,10 +94,87 @@ def realised_vol(
 
 
 @dataclass(frozen=True, slots=True)
-class BaselineInputs:
+class Features:
+    """The baseline's inputs at one moment (stored with each baseline prediction for fit-baseline)."""
+
+    zscore: float  # largest |funding z-score|, capped at 6
+    funding_abs_8h: float  # largest |8 h-equivalent funding|, capped
+    funding_signed_8h: float  # OI-weighted 8 h funding (sign: the crowded side)
+    oi_change_1h: float  # OI-weighted 1 h open-interest change ratio
     vol_per_sqrt_hour: float | None  # None: not enough history, the configured default is used
     returns: int
     decayed_flow_usd: float
+    open_interest_usd: float = 0.0
+    complete_share: float = 0.0  # share of instruments with z-score and OI (confidence)
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {
+            "zscore": self.zscore,
+            "funding_abs_8h": self.funding_abs_8h,
+            "funding_signed_8h": self.funding_signed_8h,
+            "oi_change_1h": self.oi_change_1h,
+            "vol_per_sqrt_hour": self.vol_per_sqrt_hour,
+            "returns": self.returns,
+            "decayed_flow_usd": self.decayed_flow_usd,
+            "open_interest_usd": self.open_interest_usd,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Features:
+        vol = d.get("vol_per_sqrt_hour")
+        return cls(
+            zscore=float(d["zscore"]),
+            funding_abs_8h=float(d["funding_abs_8h"]),
+            funding_signed_8h=float(d["funding_signed_8h"]),
+            oi_change_1h=float(d["oi_change_1h"]),
+            vol_per_sqrt_hour=None if vol is None else float(vol),
+            returns=int(d.get("returns", 0)),
+            decayed_flow_usd=float(d["decayed_flow_usd"]),
+            open_interest_usd=float(d.get("open_interest_usd", 0.0)),
+        )
+
+
+def features_of(
+    snap: BaseSnapshot, *, vol_per_sqrt_hour: float | None, returns: int, decayed_flow_usd: float
+) -> Features:
+    rows = snap.rows
+    complete = sum(1 for r in rows if r.funding_zscore is not None and r.open_interest_usd is not None)
+    return Features(
+        zscore=min(snap.max_abs_zscore() or 0.0, 6.0),
+        funding_abs_8h=min(abs(snap.max_abs_funding_8h() or 0.0), 4 * FUNDING_SCALE_8H),
+        funding_signed_8h=snap.oi_weighted_funding_8h() or 0.0,
+        oi_change_1h=snap.oi_weighted_change_1h() or 0.0,
+        vol_per_sqrt_hour=vol_per_sqrt_hour,
+        returns=returns,
+        decayed_flow_usd=decayed_flow_usd,
+        open_interest_usd=snap.open_interest_usd(),
+        complete_share=complete / len(rows) if rows else 0.0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """The baseline's constants. Defaults: ``fr-exporter fit-baseline`` on the simulator data (docs/sidecar.md)."""
+
+    calm_distance: float = 0.05
+    distance_decay: float = DISTANCE_DECAY
+    stress_weight: float = STRESS_WEIGHT
+    flow_scale: float = 1.0
+    flow_persistence_seconds: float = 1800.0
+    flow_half_life_seconds: float = 900.0  # of the observed (decayed) flow, not fitted: an input's memory
+    default_vol: float = 0.006
+
+    @classmethod
+    def from_config(cls, sc: Any) -> Params:
+        return cls(
+            calm_distance=sc.cascade_distance_ratio,
+            distance_decay=sc.distance_decay,
+            stress_weight=sc.stress_weight,
+            flow_scale=sc.flow_scale,
+            flow_persistence_seconds=sc.flow_persistence_seconds,
+            flow_half_life_seconds=sc.flow_half_life_seconds,
+            default_vol=sc.default_vol_per_sqrt_hour,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +185,7 @@ class BaselineParts:
     vol: float
     move_probability: float
     flow_probability: float
+    expected_flow_usd: float
     probability: float
     crowded: str  # "long" | "short"
 
@@ -116,77 +197,105 @@ def level_for(probability: float) -> RiskLevel:
     return RiskLevel.CRITICAL
 
 
-def parts(
-    snap: BaseSnapshot,
-    inputs: BaselineInputs,
-    *,
-    horizon_hours: float,
-    threshold_usd: float,
-    calm_distance: float,
-    default_vol: float,
-) -> BaselineParts:
-    z = min(snap.max_abs_zscore() or 0.0, 6.0)
-    f_abs = min(abs(snap.max_abs_funding_8h() or 0.0), 4 * FUNDING_SCALE_8H)
-    oi = snap.oi_weighted_change_1h() or 0.0
-    stress = STRESS_WEIGHT * (z / Z_SCALE + f_abs / FUNDING_SCALE_8H + max(-2.0, min(3.0, oi / OI_SCALE)))
-    stress = max(-1.0, stress)  # a deleveraged market is safer, but only so much
-    f_signed = snap.oi_weighted_funding_8h() or 0.0
-    crowded = "short" if f_signed < 0 else "long"
-    vol = inputs.vol_per_sqrt_hour if inputs.vol_per_sqrt_hour is not None else default_vol
-    vol = min(max(vol, default_vol / 4), 0.2)  # a frozen feed is not a riskless market
-    d_crowded = calm_distance * math.exp(-DISTANCE_DECAY * stress)
-    d_other = calm_distance * math.exp(-DISTANCE_DECAY * min(stress, 0.0))
-    p_move = 1.0 - (1.0 - move_probability(d_crowded, vol, horizon_hours)) * (
-        1.0 - move_probability(d_other, vol, horizon_hours)
+def _t4_cdf(t: np.ndarray) -> np.ndarray:
+    u = 1.0 + t * t / 4.0
+    return 0.5 + 0.375 * (t / np.sqrt(u)) * (1.0 - t * t / (12.0 * u))
+
+
+def _move(distance: np.ndarray, vol: np.ndarray, horizon_hours: float) -> np.ndarray:
+    scale = vol * math.sqrt(horizon_hours)
+    x = np.log1p(distance) / scale * math.sqrt(STUDENT_T_DF / (STUDENT_T_DF - 2))
+    return np.minimum(1.0, 2.0 * (1.0 - _t4_cdf(x)))
+
+
+def expected_flow_factor(horizon_hours: float, params: Params) -> float:
+    """Expected liquidated notional within the horizon per USD of decayed observed flow.
+
+    The decayed flow D (half-life T) of a steady rate r is r T / ln 2; a rate that then fades with
+    persistence tau liquidates r tau (1 - exp(-H / tau)) within H. flow_scale is the fitted share.
+    """
+    h = horizon_hours * 3600.0
+    tau = params.flow_persistence_seconds
+    return params.flow_scale * math.log(2) / params.flow_half_life_seconds * tau * (1.0 - math.exp(-h / tau))
+
+
+def probabilities(
+    cols: dict[str, np.ndarray], params: Params, *, horizon_hours: float, threshold_usd: float
+) -> dict[str, np.ndarray]:
+    """The method, vectorised over samples (``cols``: the Features fields as arrays; vol NaN = default)."""
+    stress = params.stress_weight * (
+        np.minimum(cols["zscore"], 6.0) / Z_SCALE
+        + np.minimum(np.abs(cols["funding_abs_8h"]), 4 * FUNDING_SCALE_8H) / FUNDING_SCALE_8H
+        + np.clip(cols["oi_change_1h"] / OI_SCALE, -2.0, 3.0)
     )
-    q = inputs.decayed_flow_usd / threshold_usd
+    stress = np.maximum(-1.0, stress)  # a deleveraged market is safer, but only so much
+    vol = np.where(np.isnan(cols["vol_per_sqrt_hour"]), params.default_vol, cols["vol_per_sqrt_hour"])
+    vol = np.clip(vol, params.default_vol / 4, 0.2)  # a frozen feed is not a riskless market
+    d_crowded = params.calm_distance * np.exp(-params.distance_decay * stress)
+    d_other = params.calm_distance * np.exp(-params.distance_decay * np.minimum(stress, 0.0))
+    p_move = 1.0 - (1.0 - _move(d_crowded, vol, horizon_hours)) * (1.0 - _move(d_other, vol, horizon_hours))
+    expected = cols["decayed_flow_usd"] * expected_flow_factor(horizon_hours, params)
+    q = expected / threshold_usd
     p_flow = q / (1.0 + q)
-    probability = 1.0 - (1.0 - p_move) * (1.0 - p_flow)
+    p = np.clip(1.0 - (1.0 - p_move) * (1.0 - p_flow), 0.0, 1.0)
+    return {
+        "stress": stress,
+        "vol": vol,
+        "d_crowded": d_crowded,
+        "d_other": d_other,
+        "p_move": p_move,
+        "p_flow": p_flow,
+        "expected_flow": expected,
+        "p": p,
+    }
+
+
+def columns(samples: list[Features]) -> dict[str, np.ndarray]:
+    return {
+        "zscore": np.array([f.zscore for f in samples], dtype=float),
+        "funding_abs_8h": np.array([f.funding_abs_8h for f in samples], dtype=float),
+        "oi_change_1h": np.array([f.oi_change_1h for f in samples], dtype=float),
+        "vol_per_sqrt_hour": np.array(
+            [np.nan if f.vol_per_sqrt_hour is None else f.vol_per_sqrt_hour for f in samples], dtype=float
+        ),
+        "decayed_flow_usd": np.array([f.decayed_flow_usd for f in samples], dtype=float),
+    }
+
+
+def parts(features: Features, params: Params, *, horizon_hours: float, threshold_usd: float) -> BaselineParts:
+    r = probabilities(columns([features]), params, horizon_hours=horizon_hours, threshold_usd=threshold_usd)
     return BaselineParts(
-        stress=stress,
-        distance_crowded=d_crowded,
-        distance_other=d_other,
-        vol=vol,
-        move_probability=p_move,
-        flow_probability=p_flow,
-        probability=min(1.0, max(0.0, probability)),
-        crowded=crowded,
+        stress=float(r["stress"][0]),
+        distance_crowded=float(r["d_crowded"][0]),
+        distance_other=float(r["d_other"][0]),
+        vol=float(r["vol"][0]),
+        move_probability=float(r["p_move"][0]),
+        flow_probability=float(r["p_flow"][0]),
+        expected_flow_usd=float(r["expected_flow"][0]),
+        probability=float(r["p"][0]),
+        crowded="short" if features.funding_signed_8h < 0 else "long",
     )
 
 
 def predict(
-    snap: BaseSnapshot,
-    inputs: BaselineInputs,
-    *,
-    horizon_hours: float,
-    threshold_usd: float,
-    calm_distance: float,
-    default_vol: float,
+    snap: BaseSnapshot, features: Features, params: Params, *, horizon_hours: float, threshold_usd: float
 ) -> RiskAnswer:
-    p = parts(
-        snap,
-        inputs,
-        horizon_hours=horizon_hours,
-        threshold_usd=threshold_usd,
-        calm_distance=calm_distance,
-        default_vol=default_vol,
-    )
+    p = parts(features, params, horizon_hours=horizon_hours, threshold_usd=threshold_usd)
     level = level_for(p.probability)
-    rows = snap.rows
-    complete = sum(1 for r in rows if r.funding_zscore is not None and r.open_interest_usd is not None)
     # Confidence: how much of the inputs the method actually had (history length, field coverage).
-    confidence = 0.3 + 0.4 * min(1.0, inputs.returns / 60) + 0.3 * (complete / len(rows) if rows else 0.0)
+    confidence = 0.3 + 0.4 * min(1.0, features.returns / 60) + 0.3 * features.complete_share
     z = snap.max_abs_zscore()
     f8 = snap.oi_weighted_funding_8h()
     oi = snap.oi_weighted_change_1h()
     factors = [
         f"crowded side: {p.crowded}s; cascade distance {p.distance_crowded * 100:.2f}%",
         f"realised volatility {p.vol * 100:.3f}%/sqrt(h)"
-        + ("" if inputs.vol_per_sqrt_hour is not None else " (default)"),
+        + ("" if features.vol_per_sqrt_hour is not None else " (default)"),
         "max |funding z-score| " + ("n/a" if z is None else f"{z:.2f}"),
         "OI-weighted funding " + ("n/a" if f8 is None else f"{f8 * 1e4:+.2f} bp/8h"),
         "OI change 1h " + ("n/a" if oi is None else f"{oi * 100:+.2f}%"),
-        f"recent liquidation flow ${inputs.decayed_flow_usd:,.0f} (decayed)",
+        f"recent liquidation flow ${features.decayed_flow_usd:,.0f} (decayed), "
+        f"expected within {horizon_hours:g} h ${p.expected_flow_usd:,.0f}",
     ]
     reasoning = (
         f"Stress {p.stress:.2f} puts the cascade distance for {p.crowded}s at {p.distance_crowded * 100:.2f}%; "
@@ -200,6 +309,6 @@ def predict(
         confidence=round(min(1.0, confidence), 4),
         action=ACTIONS[level],
         reasoning=reasoning,
-        estimated_liquidation_volume_usd=round(p.probability * LIQUIDATED_SHARE_OF_OI * snap.open_interest_usd(), 2),
+        estimated_liquidation_volume_usd=round(p.probability * LIQUIDATED_SHARE_OF_OI * features.open_interest_usd, 2),
         key_factors=factors,
     )

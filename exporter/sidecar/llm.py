@@ -2,8 +2,10 @@
 
 Every HTTP attempt is reported to ``on_attempt(duration_seconds, failure_reason | None)`` so the
 metrics count attempts and failures by reason. 429 and 5xx are retried with exponential backoff,
-honouring Retry-After; a Retry-After longer than ``max_backoff_seconds`` is not waited for inline:
-the client stays blocked until then (the scheduler skips it) so nothing queues up behind it.
+honouring Retry-After. A Retry-After blocks the whole model (one client per model, every base asset
+and horizon): every call of this client waits until then before its next attempt, and one longer
+than ``max_backoff_seconds`` is not waited for at all: the call ends and the scheduler skips the
+model until then, so nothing queues up behind it. Time comes from the injected Clock.
 The API key is only ever put in the Authorization header; it is never logged or put in errors.
 """
 
@@ -19,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from exporter.clock import SYSTEM_CLOCK, Clock
 from exporter.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -71,11 +74,13 @@ class ChatClient:
         api_key: str | None,
         on_attempt: AttemptHook,
         *,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Clock = SYSTEM_CLOCK,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         self.cfg = cfg
         self._on_attempt = on_attempt
-        self._sleep = sleep
+        self.clock = clock
+        self._sleep = sleep or clock.sleep
         headers = {"Content-Type": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
@@ -100,11 +105,26 @@ class ChatClient:
         # wait_for bounds the whole exchange; httpx's own timeout is per phase (a trickling body escapes it).
         return await asyncio.wait_for(self._http.post("/chat/completions", json=body), self.cfg.timeout_seconds)
 
+    def blocked_for(self) -> float:
+        """Seconds until the model may be called again (0: now)."""
+        return max(0.0, self.blocked_until - self.clock.time())
+
+    def _block(self, seconds: float) -> None:
+        self.blocked_until = max(self.blocked_until, self.clock.time() + seconds)
+
+    async def _wait_unblocked(self) -> None:
+        """Wait out a model-wide Retry-After another call received; too long a wait ends the call."""
+        while (wait := self.blocked_for()) > 0:
+            if wait > self.cfg.max_backoff_seconds:
+                raise ModelError("rate_limited", f"model blocked by Retry-After for {wait:.0f}s more")
+            await self._sleep(wait)
+
     async def complete(self, messages: list[dict[str, str]]) -> Completion:
         body = self.body(messages)
         attempts = self.cfg.retries + 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
+            await self._wait_unblocked()
             started = time.monotonic()
             try:
                 resp = await self._attempt(body)
@@ -122,16 +142,16 @@ class ChatClient:
             if status == 429 or status >= 500:
                 reason = "rate_limited" if status == 429 else "http_error"
                 self._on_attempt(elapsed, reason)
-                wait = parse_retry_after(resp.headers.get("Retry-After"))
+                wait = parse_retry_after(resp.headers.get("Retry-After"), self.clock.time())
+                if wait is not None:
+                    self._block(wait)  # every call to this model waits, not only this one
                 if wait is not None and wait > self.cfg.max_backoff_seconds:
-                    self.blocked_until = time.time() + wait
                     raise ModelError(reason, f"HTTP {status}, Retry-After {wait:.0f}s")
                 if last:
-                    if wait is not None:
-                        self.blocked_until = time.time() + wait
                     raise ModelError(reason, f"HTTP {status}")
-                await self._sleep(self._backoff(attempt) if wait is None else wait)
-                continue
+                if wait is None:
+                    await self._sleep(self._backoff(attempt))
+                continue  # the Retry-After wait happens in _wait_unblocked
             if status >= 400:
                 self._on_attempt(elapsed, "http_error")
                 raise ModelError("http_error", f"HTTP {status}")

@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import signal
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -30,18 +30,20 @@ from typing import Any, TextIO
 import httpx
 from tqdm import tqdm
 
+from exporter.clock import SYSTEM_CLOCK, Clock
 from exporter.config import Config, ConfigError, ModelConfig, load_config, parse_listen_address, read_secret
 from exporter.redact import redact
 from exporter.sidecar import baseline
+from exporter.sidecar.calibration import IsotonicCalibrator
 from exporter.sidecar.features import BaseSnapshot, events, snapshots
 from exporter.sidecar.llm import ChatClient, ModelError
-from exporter.sidecar.metrics import AiMetrics, ModelScoreValues, make_registry
+from exporter.sidecar.metrics import WINDOWS, AiMetrics, horizon_label, make_registry
 from exporter.sidecar.prompt import build_messages
-from exporter.sidecar.schema import AnswerError, RiskAnswer, parse_answer
+from exporter.sidecar.schema import AnswerError, ParseNotes, RiskAnswer, parse_answer
 from exporter.sidecar.scoring import calibration_table, scores
 from exporter.sidecar.serve import exporter_client, start_server
 from exporter.sidecar.slack import SlackNotifier
-from exporter.sidecar.store import Store
+from exporter.sidecar.store import ScoredPrediction, Store
 from exporter.web import WebSecurity
 
 log = logging.getLogger(__name__)
@@ -54,35 +56,41 @@ EVENT_KINDS = ("funding", "liquidation")
 class _Runner:
     name: str
     client: ChatClient | None  # None: the local baseline
+    horizons: tuple[float, ...]
     cfg: ModelConfig | None = None
-    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    tasks: dict[tuple[str, float], asyncio.Task[None]] = field(default_factory=dict)  # (base, horizon)
     limit: asyncio.Semaphore | None = None  # bounds calls in flight (many bases, one API quota)
 
 
 class Sidecar:
-    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: Config, clock: Clock = SYSTEM_CLOCK) -> None:
         self.config = config
-        self.clock = clock  # wall time of reads and predictions (tests replay hours in milliseconds)
+        self.clock = clock  # reads, predictions, scoring and the schedule (tests: VirtualClock)
         sc = config.sidecar
         self.sc = sc
         self.metrics = AiMetrics()
+        self.metrics.skill_min_scored = sc.skill_min_scored
         self.registry = make_registry(self.metrics)
         self.store = Store(sc.db_path, sc.observation_max_gap_seconds)
         self.http = exporter_client(sc)
         self.runners: list[_Runner] = []
         if sc.baseline or not sc.models:
-            self.runners.append(_Runner(BASELINE, None))
+            self.runners.append(_Runner(BASELINE, None, tuple(sc.horizons_for(None))))
         for m in sc.models:
             key = read_secret(m.api_key_env, m.api_key_file)
-            client = ChatClient(m, key, self._attempt_hook(m.name))
-            self.runners.append(_Runner(m.name, client, m, limit=asyncio.Semaphore(m.max_concurrency)))
+            client = ChatClient(m, key, self._attempt_hook(m.name), clock=clock)
+            self.runners.append(
+                _Runner(m.name, client, tuple(sc.horizons_for(m)), m, limit=asyncio.Semaphore(m.max_concurrency))
+            )
         for r in self.runners:
             self.metrics.register_model(r.name)
         self.slack = SlackNotifier(sc.slack, on_result=self._slack_result)
         self.snaps: dict[str, BaseSnapshot] = {}
         self.last_seq: int | None = None
         self.last_read_ok = False
+        self.first_read = asyncio.Event()
         self._last_prune = 0.0
+        self.calibrators: dict[tuple[str, str, float], IsotonicCalibrator] = {}
         self.refresh_scores()
 
     def _attempt_hook(self, name: str) -> Any:
@@ -118,15 +126,17 @@ class Sidecar:
             return []
         self.metrics.state_reads["ok"] += 1
         self.last_read_ok = True
-        now = self.clock()
+        now = self.clock.time()
         self.snaps = snapshots(state, now)
         self.store.record_state(self.snaps, now)
         if self.store.score_due(now, self.sc.event_threshold_usd):
             self.refresh_scores()
         if now - self._last_prune > 3600:
-            keep = max(10 * self.sc.vol_half_life_seconds, 2 * self.sc.horizon_hours * 3600, 86400.0)
+            longest = max((h for r in self.runners for h in r.horizons), default=self.sc.horizon_hours)
+            keep = max(10 * self.sc.vol_half_life_seconds, 2 * longest * 3600, 86400.0)
             self.store.prune(now - keep)
             self._last_prune = now
+        self.first_read.set()
         return self._new_event_bases(state)
 
     def _new_event_bases(self, state: dict[str, Any]) -> list[str]:
@@ -146,19 +156,31 @@ class Sidecar:
     # -- predictions ----------------------------------------------------------------------------
 
     def trigger(self, bases: list[str], why: str) -> int:
-        """Start one task per (model, base) unless one is still running. -> tasks started."""
+        """Start one task per (model, base, horizon) unless one is still running. -> tasks started."""
         started = 0
         for runner in self.runners:
+            if (
+                runner.cfg is not None
+                and runner.client is not None
+                and (runner.client.blocked_for() > runner.cfg.max_backoff_seconds)
+            ):
+                # a long Retry-After holds for the whole model: no task until it has passed (a short one
+                # is waited out inside the client, before any request)
+                log.debug("sidecar: %s rate-limited for %.0fs, skipping", runner.name, runner.client.blocked_for())
+                continue
             for base in bases:
                 snap = self.snaps.get(base)
                 if snap is None or not snap.fresh_rows:
                     continue  # nothing current to reason about: keep the last prediction
-                task = runner.tasks.get(base)
-                if task is not None and not task.done():
-                    log.debug("sidecar: %s/%s still running, skipping %s trigger", runner.name, base, why)
-                    continue
-                runner.tasks[base] = asyncio.create_task(self._predict(runner, snap), name=f"{runner.name}/{base}")
-                started += 1
+                for horizon in runner.horizons:
+                    task = runner.tasks.get((base, horizon))
+                    if task is not None and not task.done():
+                        log.debug("sidecar: %s/%s/%gh still running, skipping %s", runner.name, base, horizon, why)
+                        continue
+                    runner.tasks[(base, horizon)] = asyncio.create_task(
+                        self._predict(runner, snap, horizon), name=f"{runner.name}/{base}/{horizon:g}h"
+                    )
+                    started += 1
         return started
 
     def vol(self, base: str, now: float) -> tuple[float | None, int]:
@@ -166,9 +188,14 @@ class Sidecar:
         prices = self.store.prices(base, now - window)
         return baseline.realised_vol(prices, now, self.sc.vol_half_life_seconds, self.sc.observation_max_gap_seconds)
 
-    async def _predict(self, runner: _Runner, snap: BaseSnapshot) -> None:
+    async def _predict(self, runner: _Runner, snap: BaseSnapshot, horizon: float) -> None:
+        features: baseline.Features | None = None
+        answer: RiskAnswer | None
         try:
-            answer = await (self._baseline(snap) if runner.client is None else self._ask(runner, snap))
+            if runner.client is None:
+                answer, features = self._baseline(snap, horizon)
+            else:
+                answer = await self._ask(runner, snap, horizon)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -176,35 +203,38 @@ class Sidecar:
             self.metrics.failure(runner.name, "internal")
             return
         if answer is not None:
-            self.accept(runner.name, snap.base, answer)
+            self.accept(runner.name, snap.base, answer, horizon, features)
 
-    async def _baseline(self, snap: BaseSnapshot) -> RiskAnswer:
-        started = time.monotonic()
-        now = self.clock()
+    def baseline_features(self, snap: BaseSnapshot) -> baseline.Features:
+        now = self.clock.time()
         vol, n = self.vol(snap.base, now)
-        inputs = baseline.BaselineInputs(
+        return baseline.features_of(
+            snap,
             vol_per_sqrt_hour=vol if n >= 10 else None,
             returns=n,
             decayed_flow_usd=self.store.decayed_flow(snap.base, now, self.sc.flow_half_life_seconds),
         )
+
+    def _baseline(self, snap: BaseSnapshot, horizon: float) -> tuple[RiskAnswer, baseline.Features]:
+        started = time.monotonic()
+        features = self.baseline_features(snap)
         answer = baseline.predict(
             snap,
-            inputs,
-            horizon_hours=self.sc.horizon_hours,
+            features,
+            baseline.Params.from_config(self.sc),
+            horizon_hours=horizon,
             threshold_usd=self.sc.event_threshold_usd,
-            calm_distance=self.sc.cascade_distance_ratio,
-            default_vol=self.sc.default_vol_per_sqrt_hour,
         )
         self.metrics.attempt(BASELINE, time.monotonic() - started, None)
-        return answer
+        return answer, features
 
-    async def _ask(self, runner: _Runner, snap: BaseSnapshot) -> RiskAnswer | None:
+    async def _ask(self, runner: _Runner, snap: BaseSnapshot, horizon: float) -> RiskAnswer | None:
         assert runner.client is not None and runner.cfg is not None
-        if runner.client.blocked_until > time.time():
+        if runner.client.blocked_for() > runner.cfg.max_backoff_seconds:
             log.debug("sidecar: %s rate-limited until %.0f, skipping", runner.name, runner.client.blocked_until)
             return None
-        vol, n = self.vol(snap.base, self.clock())
-        messages = build_messages(snap, self.sc.horizon_hours, self.sc.event_threshold_usd, vol if n >= 10 else None)
+        vol, n = self.vol(snap.base, self.clock.time())
+        messages = build_messages(snap, horizon, self.sc.event_threshold_usd, vol if n >= 10 else None)
         try:
             assert runner.limit is not None
             async with runner.limit:
@@ -218,32 +248,89 @@ class Sidecar:
             + completion.completion_tokens * cfg.price_completion_per_million_usd
         ) / 1e6
         self.metrics.usage(runner.name, completion.prompt_tokens, completion.completion_tokens, cost)
+        notes = ParseNotes()
         try:
-            return parse_answer(completion.text)
+            answer = parse_answer(completion.text, notes)
         except AnswerError as exc:
             # the reply itself is untrusted: log the reason, never the text
             log.warning("sidecar: model %s for %s rejected: %s", runner.name, snap.base, exc.reason)
             self.metrics.failure(runner.name, exc.reason)
             return None
+        for name in notes.truncated:
+            self.metrics.truncated(runner.name, name)
+        return answer
 
-    def accept(self, model: str, base: str, answer: RiskAnswer) -> None:
+    def calibrated(self, model: str, base: str, horizon: float, probability: float) -> float | None:
+        cal = self.calibrators.get((model, base, horizon))
+        return None if cal is None else round(cal(probability), 6)
+
+    def accept(
+        self,
+        model: str,
+        base: str,
+        answer: RiskAnswer,
+        horizon: float | None = None,
+        features: baseline.Features | None = None,
+    ) -> None:
         """A validated answer: persist, publish, maybe tell Slack."""
-        now = self.clock()
+        h = self.sc.horizons_for(None)[0] if horizon is None else horizon
+        now = self.clock.time()
         # A model may echo a key or token it saw: every configured secret is redacted before the text
         # is stored or posted (the same redaction as the log lines).
         answer = answer.model_copy(
-            update={"reasoning": redact(answer.reasoning), "key_factors": [redact(k) for k in answer.key_factors]}
+            update={
+                "reasoning": redact(answer.reasoning),
+                "key_factors": [redact(k) for k in answer.key_factors],
+                "prediction": None if answer.prediction is None else redact(answer.prediction),
+            }
         )
-        self.store.add_prediction(model, base, now, self.sc.horizon_hours, answer)
-        self.metrics.publish(model, base, self.sc.horizon_hours, answer, now)
-        self.slack.notify(model, base, self.sc.horizon_hours, answer)
+        cal = self.calibrated(model, base, h, answer.liquidation_probability)
+        self.store.add_prediction(
+            model, base, now, h, answer, cal, None if features is None else json.dumps(features.to_dict())
+        )
+        self.metrics.publish(model, base, h, answer, now, cal)
+        self.slack.notify(model, base, h, answer)
 
     def refresh_scores(self) -> None:
-        names = {r.name for r in self.runners} | set(self.store.models())
-        for name in names:
-            scored = self.store.scored(name)
-            sc = scores([s.probability for s in scored], [s.outcome for s in scored])
-            self.metrics.scores[name] = ModelScoreValues(sc.count, sc.brier, sc.precision, sc.recall)
+        """Refit the calibrations and recompute every skill series from the store (after new outcomes)."""
+        now = self.clock.time()
+        sc = self.sc
+        for model, base, horizon in self.store.groups():
+            history = self.store.scored(model, base, horizon, limit=sc.calibration_max_history)
+            label = horizon_label(horizon)
+            if len(history) >= sc.calibration_min_scored:
+                self.calibrators[(model, base, horizon)] = IsotonicCalibrator.fit(
+                    [s.probability for s in history], [s.outcome for s in history]
+                )
+                self.metrics.calibrated_on[(model, base, label)] = len(history)
+            else:
+                self.metrics.calibrated_on[(model, base, label)] = 0
+        for r in self.runners:
+            for h in r.horizons:
+                self.metrics.scored_total.setdefault((r.name, horizon_label(h)), 0)
+        by_group: dict[tuple[str, float], list[ScoredPrediction]] = {}
+        for s in self.store.scored():
+            by_group.setdefault((s.model, s.horizon_hours), []).append(s)
+        for (model, horizon), rows in by_group.items():
+            label = horizon_label(horizon)
+            self.metrics.scored_total[(model, label)] = len(rows)
+            for window in WINDOWS:
+                chosen = rows if window == "all" else [r for r in rows if r.made_at >= now - sc.skill_window_seconds]
+                raw = scores([r.probability for r in chosen], [r.outcome for r in chosen], sc.alert_probability)
+                self.metrics.scores[(model, label, window, "raw")] = raw
+                cal_rows = [r for r in chosen if r.calibrated is not None]
+                cal = scores(
+                    [r.calibrated or 0.0 for r in cal_rows], [r.outcome for r in cal_rows], sc.alert_probability
+                )
+                self.metrics.scores[(model, label, window, "calibrated")] = cal
+            self.metrics.reliability[(model, label, "raw")] = calibration_table(
+                [r.probability for r in rows], [r.outcome for r in rows]
+            )
+            cal_rows = [r for r in rows if r.calibrated is not None]
+            if cal_rows:
+                self.metrics.reliability[(model, label, "calibrated")] = calibration_table(
+                    [r.calibrated or 0.0 for r in cal_rows], [r.outcome for r in cal_rows]
+                )
 
     async def wait_idle(self) -> None:
         """Wait for every running prediction task (tests)."""
@@ -251,7 +338,26 @@ class Sidecar:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    # -- the loop -------------------------------------------------------------------------------
+    # -- the loops ------------------------------------------------------------------------------
+
+    async def _poll_loop(self, stop: asyncio.Event) -> None:
+        """Read /api/state every event_poll_seconds; react to threshold events at once."""
+        while not stop.is_set():
+            tick = self.clock.monotonic()
+            event_bases = await self.read_state()
+            if self.last_read_ok and event_bases:
+                log.info("sidecar: threshold event for %s", ", ".join(event_bases))
+                self.trigger(event_bases, "event")
+            await self.clock.sleep(max(0.0, tick + self.sc.event_poll_seconds - self.clock.monotonic()))
+
+    async def _schedule_loop(self, stop: asyncio.Event) -> None:
+        """Every interval_seconds every model for every base, on its own clock (not the poll's tick)."""
+        await self.first_read.wait()
+        while not stop.is_set():
+            tick = self.clock.monotonic()
+            if self.snaps:
+                self.trigger(self.bases(), "schedule")
+            await self.clock.sleep(max(0.0, tick + self.sc.interval_seconds - self.clock.monotonic()))
 
     async def run(self, stop: asyncio.Event) -> None:
         host, port = parse_listen_address(self.sc.listen_address)
@@ -266,24 +372,25 @@ class Sidecar:
             "sidecar: metrics on %s, exporter %s, models %s",
             self.sc.listen_address,
             self.sc.exporter_url,
-            ", ".join(r.name for r in self.runners),
+            ", ".join(f"{r.name} ({', '.join(horizon_label(h) for h in r.horizons)})" for r in self.runners),
         )
-        next_run = 0.0  # the first successful read triggers a full run
+        loops = [
+            asyncio.create_task(self._poll_loop(stop), name="sidecar-poll"),
+            asyncio.create_task(self._schedule_loop(stop), name="sidecar-schedule"),
+        ]
+        waiter = asyncio.create_task(stop.wait())
         try:
-            while not stop.is_set():
-                tick = time.monotonic()
-                event_bases = await self.read_state()
-                if self.last_read_ok:
-                    if tick >= next_run:
-                        self.trigger(self.bases(), "schedule")
-                        next_run = tick + self.sc.interval_seconds
-                    elif event_bases:
-                        log.info("sidecar: threshold event for %s", ", ".join(event_bases))
-                        self.trigger(event_bases, "event")
-                delay = max(0.0, tick + self.sc.event_poll_seconds - time.monotonic())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+            done, _ = await asyncio.wait([*loops, waiter], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not waiter and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
         finally:
+            waiter.cancel()
+            for t in loops:
+                t.cancel()
+            for t in loops:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
             await self.close(server)
 
     async def close(self, server: Any = None) -> None:

@@ -65,11 +65,12 @@ def sanitize(text: str, max_chars: int) -> str:
 
 def format_message(model: str, base: str, horizon_hours: float, answer: RiskAnswer, max_chars: int) -> str:
     """The message text. Only our own, validated fields are unescaped (model and base come from config/state)."""
+    volume = answer.estimated_liquidation_volume_usd
     header = (
         f":rotating_light: *{sanitize(base, 40)}* liquidation risk *{answer.risk_level.value.upper()}* "
-        f"(p={answer.liquidation_probability:.2f}, confidence {answer.confidence:.2f}, horizon {horizon_hours:g} h, "
-        f"est. ${answer.estimated_liquidation_volume_usd:,.0f}) - model `{sanitize(model, 80)}`, "
-        f"action: {answer.action.value}"
+        f"(p={answer.liquidation_probability:.2f}, confidence {answer.confidence:.2f}, horizon {horizon_hours:g} h"
+        + ("" if volume is None else f", est. ${volume:,.0f}")
+        + f") - model `{sanitize(model, 80)}`, action: {answer.action.value}"
     )
     budget = max(100, max_chars - len(header) - 40)
     reasoning = sanitize(answer.reasoning, budget // 2)

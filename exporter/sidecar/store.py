@@ -27,7 +27,9 @@ CREATE TABLE IF NOT EXISTS predictions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     model TEXT NOT NULL, base TEXT NOT NULL, made_at REAL NOT NULL, horizon_hours REAL NOT NULL,
     probability REAL NOT NULL, confidence REAL NOT NULL, risk_level TEXT NOT NULL, answer TEXT NOT NULL,
-    outcome INTEGER, liquidated_usd REAL, scored_at REAL
+    outcome INTEGER, liquidated_usd REAL, scored_at REAL,
+    calibrated REAL,  -- the calibrated probability published at the time (NULL: no calibration yet)
+    features TEXT     -- the baseline's inputs (JSON), for fr-exporter fit-baseline
 );
 CREATE INDEX IF NOT EXISTS predictions_open ON predictions (outcome, made_at);
 CREATE TABLE IF NOT EXISTS counters (
@@ -41,6 +43,10 @@ CREATE INDEX IF NOT EXISTS prices_base_at ON prices (base, at);
 """
 
 
+# columns added after the first release: (name, declaration) added to an older database on open
+_MIGRATIONS = (("calibrated", "REAL"), ("features", "TEXT"))
+
+
 @dataclass(frozen=True, slots=True)
 class ScoredPrediction:
     model: str
@@ -48,6 +54,8 @@ class ScoredPrediction:
     made_at: float
     probability: float
     outcome: bool
+    horizon_hours: float = 0.0
+    calibrated: float | None = None
 
 
 class Store:
@@ -59,6 +67,11 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(predictions)")}
+        with self._db:
+            for name, decl in _MIGRATIONS:
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE predictions ADD COLUMN {name} {decl}")
         self.max_gap_seconds = max_gap_seconds
 
     def close(self) -> None:
@@ -140,11 +153,20 @@ class Store:
 
     # -- predictions --------------------------------------------------------------------------
 
-    def add_prediction(self, model: str, base: str, made_at: float, horizon_hours: float, answer: RiskAnswer) -> int:
+    def add_prediction(
+        self,
+        model: str,
+        base: str,
+        made_at: float,
+        horizon_hours: float,
+        answer: RiskAnswer,
+        calibrated: float | None = None,
+        features: str | None = None,
+    ) -> int:
         with self._db:
             cur = self._db.execute(
                 "INSERT INTO predictions (model, base, made_at, horizon_hours, probability, confidence, risk_level,"
-                " answer) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " answer, calibrated, features) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     model,
                     base,
@@ -154,6 +176,8 @@ class Store:
                     answer.confidence,
                     answer.risk_level.value,
                     answer.to_json(),
+                    calibrated,
+                    features,
                 ),
             )
         return int(cur.lastrowid or 0)
@@ -180,15 +204,60 @@ class Store:
                 scored += 1
         return scored
 
-    def scored(self, model: str | None = None) -> list[ScoredPrediction]:
-        sql = "SELECT model, base, made_at, probability, outcome FROM predictions WHERE outcome IS NOT NULL"
-        args: tuple[str, ...] = ()
-        if model is not None:
-            sql += " AND model = ?"
-            args = (model,)
+    def scored(
+        self, model: str | None = None, base: str | None = None, horizon_hours: float | None = None, limit: int = 0
+    ) -> list[ScoredPrediction]:
+        """Scored predictions, oldest first (``limit``: only the most recent ones)."""
+        sql = (
+            "SELECT model, base, made_at, probability, outcome, horizon_hours, calibrated FROM predictions"
+            " WHERE outcome IS NOT NULL"
+        )
+        args: list[object] = []
+        for column, value in (("model", model), ("base", base), ("horizon_hours", horizon_hours)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value)
+        sql += " ORDER BY made_at DESC, id DESC" + (f" LIMIT {int(limit)}" if limit > 0 else "")
+        rows = [
+            ScoredPrediction(
+                model=m,
+                base=b,
+                made_at=float(t),
+                probability=float(p),
+                outcome=bool(o),
+                horizon_hours=float(h),
+                calibrated=None if c is None else float(c),
+            )
+            for m, b, t, p, o, h, c in self._db.execute(sql, args)
+        ]
+        rows.reverse()
+        return rows
+
+    def groups(self) -> list[tuple[str, str, float]]:
+        """Every (model, base, horizon_hours) with predictions."""
         return [
-            ScoredPrediction(model=m, base=b, made_at=float(t), probability=float(p), outcome=bool(o))
-            for m, b, t, p, o in self._db.execute(sql + " ORDER BY made_at, id", args)
+            (m, b, float(h))
+            for m, b, h in self._db.execute(
+                "SELECT DISTINCT model, base, horizon_hours FROM predictions ORDER BY model, base, horizon_hours"
+            )
+        ]
+
+    def baseline_samples(self, model: str = "baseline") -> list[tuple[str, float, str]]:
+        """(base, made_at, features JSON) of the predictions that stored their inputs."""
+        return [
+            (b, float(t), f)
+            for b, t, f in self._db.execute(
+                "SELECT base, made_at, features FROM predictions WHERE model = ? AND features IS NOT NULL"
+                " ORDER BY made_at",
+                (model,),
+            )
+        ]
+
+    def flows(self, base: str) -> list[tuple[float, float]]:
+        """(time, liquidated USD since the previous read) of every read, oldest first."""
+        return [
+            (float(a), float(u))
+            for a, u in self._db.execute("SELECT at, liquidated_usd FROM flows WHERE base = ? ORDER BY at", (base,))
         ]
 
     def models(self) -> list[str]:
@@ -199,6 +268,7 @@ class Store:
         return int(n)
 
     def predictions(self, model: str | None = None) -> Iterable[tuple[str, str, float, float, int | None]]:
+        """(model, base, made_at, probability, outcome) in insertion order."""
         sql = "SELECT model, base, made_at, probability, outcome FROM predictions"
         if model is None:
             return list(self._db.execute(sql + " ORDER BY id"))

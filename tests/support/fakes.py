@@ -85,6 +85,7 @@ class FakeOpenAI(_Server):
         self.usage = {"prompt_tokens": 120, "completion_tokens": 40}
         self.in_flight = 0
         self.max_in_flight = 0
+        self.content_script: list[str] = []  # mode "content": the next of these texts, verbatim
         self.app.router.add_post("/v1/chat/completions", self._complete)
 
     def then(self, *modes: str) -> Self:
@@ -115,6 +116,8 @@ class FakeOpenAI(_Server):
         valid = json.dumps(self.answer)
         if mode == "valid":
             return self._reply(valid)
+        if mode == "content":
+            return self._reply(self.content_script.pop(0))
         if mode == "prose":
             return self._reply(f"Sure. Here is my assessment: {valid} Let me know if you need more.")
         if mode == "fenced":
