@@ -65,6 +65,7 @@ class Durations:
     ai_risk: str = "10m"
     ai_stale: str = "5m"
     ai_failing: str = "15m"
+    ai_no_skill: str = "1h"  # skill is a slow quantity: only a lasting negative score is worth a note
     exporter_down: str = "5m"
     stream_down: str = "2m"
     stream_stale: str = "2m"

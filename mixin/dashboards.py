@@ -418,7 +418,7 @@ def _ai(cfg: MixinConfig) -> dict[str, Any]:
                 "AI risk probability",
                 "Probability of a large liquidation event within the horizon; "
                 f"alert above {t.ai_risk_probability:.0%}.",
-                [(f'{m.AI_RISK_PROBABILITY}{{base=~"$base"}}', "{{base}} {{horizon}} ({{model}})")],
+                [(f'{m.AI_RISK_PROBABILITY}{{base=~"$base"}}', "{{base}} {{horizon}} {{calibration}} ({{model}})")],
                 "percentunit",
                 thresholds=[("green", None), ("red", t.ai_risk_probability)],
                 threshold_style="dashed",
@@ -436,7 +436,7 @@ def _ai(cfg: MixinConfig) -> dict[str, Any]:
             Panel(
                 "Risk level",
                 "Current level per base asset and model (low, medium, high, critical).",
-                [(f'{m.AI_RISK_LEVEL}{{base=~"$base"}} == 1', "{{base}} {{model}}: {{level}}")],
+                [(f'{m.AI_RISK_LEVEL}{{base=~"$base"}} == 1', "{{base}} {{horizon}} {{model}}: {{level}}")],
                 "none",
                 kind="table",
                 instant=True,
@@ -481,22 +481,60 @@ def _ai(cfg: MixinConfig) -> dict[str, Any]:
                 "reqps",
             ),
             Panel(
-                "Prediction scores",
-                "Brier score (lower is better), precision and recall of past predictions against the liquidation "
-                "events that followed.",
+                "Skill against climatology (rolling window)",
+                "Brier skill score: 1 - Brier / Brier of always answering the observed base rate. Above 0 the "
+                "model adds information; AiModelNoSkill fires when raw and calibrated stay below 0 for "
+                f"{cfg.durations.ai_no_skill}.",
+                [(f'{m.AI_BRIER_SKILL}{{window="rolling"}}', "{{model}} {{horizon}} {{calibration}}")],
+                "none",
+                thresholds=[("red", None), ("green", 0)],
+                threshold_style="dashed",
+            ),
+            Panel(
+                "Prediction scores: Brier and log loss (rolling window)",
+                "Brier score and log loss of the raw and the calibrated probabilities (lower is better).",
                 [
-                    (m.AI_BRIER.name, "Brier {{model}}"),
-                    (m.AI_PRECISION.name, "precision {{model}}"),
-                    (m.AI_RECALL.name, "recall {{model}}"),
+                    (f'{m.AI_BRIER}{{window="rolling"}}', "Brier {{model}} {{horizon}} {{calibration}}"),
+                    (f'{m.AI_LOG_LOSS}{{window="rolling"}}', "log loss {{model}} {{horizon}} {{calibration}}"),
                 ],
                 "none",
+                min=0,
+            ),
+            Panel(
+                "Precision, recall, F1 at the alert threshold",
+                f"Of the predictions at or above {t.ai_risk_probability:.0%} (AiRiskHigh's threshold), the share "
+                "followed by an event (precision); of the events, the share predicted (recall); their harmonic "
+                "mean (F1). Rolling window.",
+                [
+                    (f'{m.AI_F1}{{window="rolling"}}', "F1 {{model}} {{horizon}} {{calibration}}"),
+                    (f'{m.AI_PRECISION}{{window="rolling"}}', "precision {{model}} {{horizon}} {{calibration}}"),
+                    (f'{m.AI_RECALL}{{window="rolling"}}', "recall {{model}} {{horizon}} {{calibration}}"),
+                ],
+                "percentunit",
                 min=0,
                 max=1,
             ),
             Panel(
+                "Calibration: calibrated minus raw probability",
+                "How far each model's recalibration (isotonic, fitted on its scored history per base asset and "
+                "horizon) moves its probability; 0 until enough predictions are scored. Below 0 the model "
+                "overstates the risk. The reliability diagram: fr-exporter evaluate --plot.",
+                [
+                    (
+                        f'({m.AI_RISK_PROBABILITY}{{calibration="calibrated",base=~"$base"}} or ignoring (calibration) '
+                        f'{m.AI_RISK_PROBABILITY}{{calibration="raw",base=~"$base"}}) - ignoring (calibration) '
+                        f'{m.AI_RISK_PROBABILITY}{{calibration="raw",base=~"$base"}}',
+                        "{{base}} {{horizon}} ({{model}})",
+                    )
+                ],
+                "percentunit",
+                min=-1,
+                max=1,
+            ),
+            Panel(
                 "Scored predictions",
-                "Past predictions scored against the events that followed.",
-                [(m.AI_SCORED.name, "{{model}}")],
+                "Past predictions scored against the events that followed (the skill panels need 30).",
+                [(m.AI_SCORED.name, "{{model}} {{horizon}}")],
                 "short",
             ),
             Panel(

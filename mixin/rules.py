@@ -307,12 +307,17 @@ def _ai_alerts(cfg: MixinConfig) -> list[Alert]:
     return [
         Alert(
             name="AiRiskHigh",
-            expr=f"{m.AI_RISK_PROBABILITY} > {_fmt(t.ai_risk_probability)}",
+            # the calibrated probability once the sidecar has one for the series, else the raw one
+            expr=(
+                f'({m.AI_RISK_PROBABILITY}{{calibration="calibrated"}}'
+                f' or ignoring (calibration) {m.AI_RISK_PROBABILITY}{{calibration!="calibrated"}})'
+                f" > {_fmt(t.ai_risk_probability)}"
+            ),
             for_=d.ai_risk,
             severity="warning",
             summary="{{ $labels.model }} sees a high {{ $labels.base }} liquidation risk.",
             description="{{ $labels.model }} puts the probability of a large {{ $labels.base }} liquidation event "
-            "within {{ $labels.horizon }} at {{ $value | humanizePercentage }}"
+            "within {{ $labels.horizon }} at {{ $value | humanizePercentage }} ({{ $labels.calibration }})"
             + f" (above {_pct(t.ai_risk_probability)} for {d.ai_risk}).",
             value="{{ $value | humanizePercentage }}",
             dashboard="ai",
@@ -328,6 +333,21 @@ def _ai_alerts(cfg: MixinConfig) -> list[Alert]:
             description="Last valid answer from {{ $labels.model }} was {{ $value | humanizeDuration }} ago"
             + f" (limit {_fmt(t.ai_stale_seconds)} s).",
             value="{{ $value | humanizeDuration }}",
+            dashboard="ai",
+            dashboard_vars=(),
+            component="sidecar",
+        ),
+        Alert(
+            name="AiModelNoSkill",
+            # the better of raw and calibrated: a model whose information calibration recovers has skill
+            expr=f'max by (job, model, horizon) ({m.AI_BRIER_SKILL}{{window="rolling"}}) < 0',
+            for_=d.ai_no_skill,
+            severity="info",
+            summary="{{ $labels.model }} predicts worse than the base rate at {{ $labels.horizon }}.",
+            description="Over the rolling window the Brier skill score of {{ $labels.model }} at horizon "
+            '{{ $labels.horizon }} is {{ $value | printf "%.2f" }}: always answering the observed base rate '
+            "would have scored better, raw or calibrated. Its probabilities carry no information yet.",
+            value='{{ $value | printf "%.2f" }}',
             dashboard="ai",
             dashboard_vars=(),
             component="sidecar",

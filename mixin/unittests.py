@@ -412,11 +412,17 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
     sidecar = {"job": cfg.sidecar_job}
     groups.append(
         {
-            "name": "AI risk probability above 0.7, sustained",
+            "name": "AI risk probability above 0.7, sustained; the calibrated value wins once it exists",
             "interval": "1m",
             "input_series": [
-                _s(m.AI_RISK_PROBABILITY, ai_btc, "0.8x20"),
-                _s(m.AI_RISK_PROBABILITY, {**ai_btc, "base": "ETH"}, "0.5x20"),
+                _s(m.AI_RISK_PROBABILITY, {**ai_btc, "calibration": "raw"}, "0.8x20"),
+                _s(m.AI_RISK_PROBABILITY, {**ai_btc, "base": "ETH", "calibration": "raw"}, "0.5x20"),
+                # SOL: the raw 0.9 is overconfident; calibrated it is 0.3, and the alert follows that
+                _s(m.AI_RISK_PROBABILITY, {**ai_btc, "base": "SOL", "calibration": "raw"}, "0.9x20"),
+                _s(m.AI_RISK_PROBABILITY, {**ai_btc, "base": "SOL", "calibration": "calibrated"}, "0.3x20"),
+                # XRP: raw 0.5 under the threshold, calibrated 0.85 above it
+                _s(m.AI_RISK_PROBABILITY, {**ai_btc, "base": "XRP", "calibration": "raw"}, "0.5x20"),
+                _s(m.AI_RISK_PROBABILITY, {**ai_btc, "base": "XRP", "calibration": "calibrated"}, "0.85x20"),
             ],
             "alert_rule_test": [
                 _none("5m", "AiRiskHigh"),
@@ -427,10 +433,58 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
                         sp.exp(
                             "AiRiskHigh",
                             "warning",
-                            ai_btc,
-                            "baseline puts the probability of a large BTC liquidation event within 8h at 80% "
+                            {**ai_btc, "calibration": "raw"},
+                            "baseline puts the probability of a large BTC liquidation event within 8h at 80% (raw) "
                             "(above 70 % for 10m).",
                             "80%",
+                        ),
+                        sp.exp(
+                            "AiRiskHigh",
+                            "warning",
+                            {**ai_btc, "base": "XRP", "calibration": "calibrated"},
+                            "baseline puts the probability of a large XRP liquidation event within 8h at 85% "
+                            "(calibrated) (above 70 % for 10m).",
+                            "85%",
+                        ),
+                    ],
+                },
+            ],
+        }
+    )
+    skill = {**sidecar, "horizon": "15m"}
+
+    def bss(model: str, window: str, calibration: str, values: str) -> dict[str, str]:
+        return _s(m.AI_BRIER_SKILL, {**skill, "model": model, "window": window, "calibration": calibration}, values)
+
+    groups.append(
+        {
+            "name": "AI model without skill: negative rolling skill, raw and calibrated, for an hour",
+            "interval": "5m",
+            "input_series": [
+                # gpt: negative raw and calibrated skill -> fires after 1h
+                bss("gpt", "rolling", "raw", "-0.2x30"),
+                bss("gpt", "rolling", "calibrated", "-0.05x30"),
+                bss("gpt", "all", "raw", "0.1x30"),  # since start it was fine: only the rolling window counts
+                # baseline: raw is negative but calibration recovers the information -> no alert
+                bss("baseline", "rolling", "raw", "-0.3x30"),
+                bss("baseline", "rolling", "calibrated", "0.15x30"),
+                # small: negative for only 30 minutes, then positive -> no alert
+                bss("small", "rolling", "raw", "-0.1x6 0.05x24"),
+            ],
+            "alert_rule_test": [
+                _none("50m", "AiModelNoSkill"),
+                {
+                    "eval_time": "65m",
+                    "alertname": "AiModelNoSkill",
+                    "exp_alerts": [
+                        sp.exp(
+                            "AiModelNoSkill",
+                            "info",
+                            {**skill, "model": "gpt"},
+                            "Over the rolling window the Brier skill score of gpt at horizon 15m is -0.05: always "
+                            "answering the observed base rate would have scored better, raw or calibrated. Its "
+                            "probabilities carry no information yet.",
+                            "-0.05",
                         )
                     ],
                 },

@@ -30,7 +30,7 @@ SEVERITIES = {"info", "warning", "critical", "emergency"}
 REQUIRED_ALERTS = {
     "FundingRateWarning", "FundingRateCritical", "FundingRateEmergency", "FundingZScoreExtreme",
     "EdgeTurnedNegative", "NetApyNegative", "LiquidationGapLow", "LiquidationHitProbabilityHigh", "AdlRankHigh",
-    "LiquidationSpike", "FundingSpreadWide", "AiRiskHigh", "AiSidecarStale", "AiSidecarFailing",
+    "LiquidationSpike", "FundingSpreadWide", "AiRiskHigh", "AiSidecarStale", "AiSidecarFailing", "AiModelNoSkill",
     "ExporterDown", "ExchangeStreamDown", "ExchangeStreamStale",
     "FuturesBasisExtreme", "ImpliedFundingDivergence", "FutureRollWindow",  # issue 11: term structure
 }  # fmt: skip
