@@ -1,4 +1,4 @@
-"""Command line: ``fr-exporter [run] | simulate | sidecar | evaluate | check-config | demo | top``.
+"""Command line: ``fr-exporter [run] | simulate | sidecar | evaluate | fit-baseline | check-config | demo | top``.
 
 Prometheus-style flags (``--web.listen-address``, ``--web.config.file``, ``--web.telemetry-path``,
 ``--log.level``, ``--log.format``, ``--config.file`` as an alias of ``--config``). ``run`` is the
@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "simulate": "serve four simulated exchanges on loopback",
     "sidecar": "run the AI risk sidecar",
     "evaluate": "score the sidecar's stored predictions",
+    "fit-baseline": "fit the AI baseline's constants",
     "check-config": "validate a configuration file and exit",
     "demo": "simulator + exporter + sidecar, offline",
     "top": "live terminal table of the exporter's state",
@@ -255,6 +256,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return int(sidecar.evaluate(config, args))
 
 
+def cmd_fit_baseline(args: argparse.Namespace) -> int:
+    from exporter.sidecar import fit
+
+    return fit.run(args)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.file)
@@ -357,8 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(evaluate)
     evaluate.add_argument("--db", dest="db", help="predictions database (default: sidecar.db_path)")
     evaluate.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    evaluate.add_argument("--format", dest="format", choices=["text", "json"], default="text", help="output format")
+    evaluate.add_argument("--plot", dest="plot", default=None, help="write a PNG: reliability and skill over time")
     _log_args(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
+    from exporter.sidecar import fit  # numpy only: no heavy import for the other commands
+
+    fit.add_arguments(parsers["fit-baseline"])
+    parsers["fit-baseline"].set_defaults(handler=cmd_fit_baseline)
 
     check = parsers["check-config"]
     check.add_argument("file")

@@ -326,13 +326,15 @@ class SidecarConfig(_Model):
     # Baseline model (docs/sidecar.md): volatility and liquidation-flow memories, cascade distance
     vol_half_life_seconds: float = Field(3600.0, gt=0)
     flow_half_life_seconds: float = Field(900.0, gt=0)
-    cascade_distance_ratio: float = Field(0.05, gt=0, lt=1)  # move that starts a cascade in a calm market
+    # The baseline's constants: fitted by `fr-exporter fit-baseline` on exporter/sidecar/data (docs/sidecar.md)
+    cascade_distance_ratio: float = Field(0.239466, gt=0, lt=1)  # move that starts a cascade in a calm market
     default_vol_per_sqrt_hour: float = Field(0.006, gt=0)  # until enough mark prices are recorded
     observation_max_gap_seconds: float = Field(600.0, gt=0)  # a longer read gap cannot be placed in time
-    flow_persistence_seconds: float = Field(1800.0, gt=0)  # fitted (fr-exporter fit-baseline); docs/sidecar.md
-    flow_scale: float = Field(1.0, gt=0)  # fitted: expected flow within the horizon per unit of observed flow
-    stress_weight: float = Field(0.4, ge=0)  # fitted
-    distance_decay: float = Field(0.5, ge=0)  # fitted
+    flow_persistence_seconds: float = Field(7079.78, gt=0)  # fitted: how long observed flow keeps going
+    flow_scale: float = Field(0.0, ge=0)  # fitted: expected flow within the horizon per unit of observed flow
+    stress_weight: float = Field(0.6, ge=0)  # fitted
+    distance_decay: float = Field(1.0, ge=0)  # fitted
+    background_rate_per_hour: float = Field(0.0630957, ge=0)  # fitted: events/hour the market state does not explain
     # Recalibration and skill (docs/sidecar.md)
     calibration_min_scored: int = Field(100, ge=10)  # scored predictions per model x base x horizon
     calibration_max_history: int = Field(5000, ge=100)  # most recent scored predictions used to fit

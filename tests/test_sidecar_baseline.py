@@ -66,7 +66,8 @@ def _snap(**kw: Any) -> Any:
 
 def _p(snap: Any, flow: float = 0.0, vol: float | None = 0.005, horizon: float = 8.0) -> float:
     f = baseline.features_of(snap, vol_per_sqrt_hour=vol, returns=100, decayed_flow_usd=flow)
-    return baseline.parts(f, baseline.Params(), horizon_hours=horizon, threshold_usd=1e7).probability
+    # the mechanics, with the judgement constants (the fitted ones switch the flow term off: docs/sidecar.md)
+    return baseline.parts(f, baseline.JUDGEMENT, horizon_hours=horizon, threshold_usd=1e7).probability
 
 
 def test_every_term_depends_on_the_horizon() -> None:
@@ -101,11 +102,22 @@ def test_prediction_is_a_valid_answer() -> None:
     snap = _snap(zscore=4.0, funding_8h=0.002)
     f = baseline.features_of(snap, vol_per_sqrt_hour=None, returns=0, decayed_flow_usd=5e7)
     assert baseline.Features.from_dict(f.to_dict()).decayed_flow_usd == 5e7
-    a = baseline.predict(snap, f, baseline.Params(), horizon_hours=8, threshold_usd=1e7)
+    a = baseline.predict(snap, f, baseline.JUDGEMENT, horizon_hours=8, threshold_usd=1e7)
     again = RiskAnswer.model_validate_json(a.to_json())  # round-trips through the strict schema
     assert again == a
     assert a.risk_level.value in ("high", "critical") and a.action.value in ("reduce", "close")
     assert any("(default)" in f for f in a.key_factors)  # says it had no volatility history yet
+
+
+J = baseline.JUDGEMENT
+JUDGEMENT_CONFIG: dict[str, Any] = {
+    "cascade_distance_ratio": J.calm_distance,
+    "distance_decay": J.distance_decay,
+    "stress_weight": J.stress_weight,
+    "flow_scale": J.flow_scale,
+    "flow_persistence_seconds": J.flow_persistence_seconds,
+    "background_rate_per_hour": J.background_rate_per_hour,
+}
 
 
 def _phase_state(price: float, phase: str, cum_liq: float) -> dict[str, Any]:
@@ -133,6 +145,7 @@ async def test_synthetic_buildup_cascade_calm_through_the_sidecar(tmp_path: Path
                 listen_address=f"127.0.0.1:{free_port()}",
                 db_path=tmp_path / "b.sqlite",
                 event_threshold_usd=10_000_000,
+                **JUDGEMENT_CONFIG,
             )
         )
         clock = VirtualClock(now[0])

@@ -8,6 +8,7 @@ import io
 import json
 import math
 import random
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,10 @@ from support import free_port
 from support.fakes import VALID_ANSWER, instrument, state
 
 from exporter.config import Config, SidecarConfig
-from exporter.sidecar import main as sidecar_main
+from exporter.sidecar import evaluate as evaluate_module
+from exporter.sidecar.evaluate import evaluate
 from exporter.sidecar.features import snapshots
-from exporter.sidecar.main import Sidecar, evaluate
+from exporter.sidecar.main import Sidecar
 from exporter.sidecar.schema import RiskAnswer
 from exporter.sidecar.scoring import brier_score, calibration_table, log_loss, precision_recall
 from exporter.sidecar.store import Store
@@ -179,12 +181,36 @@ def test_evaluate_prints_per_model(
     cfg = Config(sidecar=SidecarConfig(db_path=tmp_path / "elsewhere.sqlite", event_threshold_usd=THRESHOLD))
     assert evaluate(cfg, argparse.Namespace(db=None, progress=False)) == 2  # no database there
     out = io.StringIO()
-    monkeypatch.setattr(sidecar_main, "PROGRESS_MIN_ROWS", 1)
+    monkeypatch.setattr(evaluate_module, "PROGRESS_MIN_ROWS", 1)
     assert evaluate(cfg, argparse.Namespace(db=str(tmp_path / "p.sqlite"), progress=True), out=out) == 0
     text = out.getvalue()
     p, o = np.array(probs), np.array(outcomes, dtype=float)
-    assert f"model m1: {len(probs)} scored, 1 pending" in text
+    assert f"model m1, horizon 1h: {len(probs)} scored, 1 pending" in text
     assert f"brier {np.mean((p - o) ** 2):.4f}" in text
     assert f"base rate {np.mean(o):.4f}" in text
-    assert "calibration" in text and "0.9-1.0" in text
+    skill = 1 - np.mean((p - o) ** 2) / np.mean((np.mean(o) - o) ** 2)
+    assert f"skill {skill:.3f}" in text
+    assert "reliability (raw)" in text and "0.9-1.0" in text
     assert "scoring" in capsys.readouterr().err  # the tqdm bar
+
+    # --format json: the same numbers for scripts
+    out = io.StringIO()
+    ns = argparse.Namespace(db=str(tmp_path / "p.sqlite"), progress=False, format="json", plot=None)
+    assert evaluate(cfg, ns, out=out) == 0
+    doc = json.loads(out.getvalue())
+    (group,) = [g for g in doc["groups"] if g["model"] == "m1"]
+    assert group["horizon"] == "1h" and group["scored"] == len(probs) and group["pending"] == 1
+    allraw = group["scores"]["raw"]["all"]
+    assert allraw["brier"] == pytest.approx(float(np.mean((p - o) ** 2)), abs=1e-6)
+    assert allraw["brier_skill"] == pytest.approx(float(skill), abs=1e-6)
+    counts = [b["count"] for b in group["reliability"]["raw"]]
+    assert counts == [int(np.sum((p >= k / 10) & ((p < (k + 1) / 10) if k < 9 else (p <= 1)))) for k in range(10)]
+
+    # --plot: a valid PNG of non-trivial size
+    png = tmp_path / "eval.png"
+    ns = argparse.Namespace(db=str(tmp_path / "p.sqlite"), progress=False, format="text", plot=str(png))
+    assert evaluate(cfg, ns, out=io.StringIO()) == 0
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
+    assert width >= 800 and height >= 300

@@ -12,6 +12,7 @@ are divided by SCALE. The same course of events, sampled as often, in a SCALE-th
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import subprocess
@@ -98,6 +99,14 @@ async def test_baseline_rises_before_cascade_and_falls_after(tmp_path: Path) -> 
                 vol_half_life_seconds=8.0,
                 flow_half_life_seconds=4.0,
                 event_threshold_usd=1_000_000.0,
+                # the judgement constants on the simulator's seconds-long time scale: the flow term is the
+                # decayed flow itself (persistence = half-life / ln 2), as the mechanics this test checks
+                cascade_distance_ratio=0.05,
+                distance_decay=0.5,
+                stress_weight=0.4,
+                flow_scale=1.0,
+                flow_persistence_seconds=4.0 / math.log(2),
+                background_rate_per_hour=0.0,
             )
         )
         sc = Sidecar(cfg, clock=clock)

@@ -25,8 +25,6 @@ STUDENT_T_DF = 4
 Z_SCALE = 2.0  # |z| of 2 adds one unit of stress
 FUNDING_SCALE_8H = 0.0005  # 5 bp per 8 h adds one unit (a typical "normal" rate is 1 bp)
 OI_SCALE = 0.05  # +5 % open interest in one hour adds one unit
-STRESS_WEIGHT = 0.4
-DISTANCE_DECAY = 0.5  # cascade distance = calm distance * exp(-DISTANCE_DECAY * stress)
 LIQUIDATED_SHARE_OF_OI = 0.035  # a day of forced liquidations, share of OI (Cheng et al. 2021, BitMEX)
 LEVEL_BOUNDS: tuple[tuple[float, RiskLevel], ...] = (
     (0.1, RiskLevel.LOW),
@@ -156,13 +154,14 @@ def features_of(
 class Params:
     """The baseline's constants. Defaults: ``fr-exporter fit-baseline`` on the simulator data (docs/sidecar.md)."""
 
-    calm_distance: float = 0.05
-    distance_decay: float = DISTANCE_DECAY
-    stress_weight: float = STRESS_WEIGHT
-    flow_scale: float = 1.0
-    flow_persistence_seconds: float = 1800.0
+    calm_distance: float = 0.239466
+    distance_decay: float = 1.0
+    stress_weight: float = 0.6
+    flow_scale: float = 0.0
+    flow_persistence_seconds: float = 7079.78
     flow_half_life_seconds: float = 900.0  # of the observed (decayed) flow, not fitted: an input's memory
     default_vol: float = 0.006
+    background_rate_per_hour: float = 0.0630957  # events the market state does not explain (a hazard rate)
 
     @classmethod
     def from_config(cls, sc: Any) -> Params:
@@ -174,7 +173,19 @@ class Params:
             flow_persistence_seconds=sc.flow_persistence_seconds,
             flow_half_life_seconds=sc.flow_half_life_seconds,
             default_vol=sc.default_vol_per_sqrt_hour,
+            background_rate_per_hour=sc.background_rate_per_hour,
         )
+
+
+# The constants before they were fitted (judgement; docs/sidecar.md history): mechanics tests use them.
+JUDGEMENT = Params(
+    calm_distance=0.05,
+    distance_decay=0.5,
+    stress_weight=0.4,
+    flow_scale=1.0,
+    flow_persistence_seconds=900.0 / math.log(2),  # = the flow term of the unfitted model, q = decayed / threshold
+    background_rate_per_hour=0.0,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +248,8 @@ def probabilities(
     expected = cols["decayed_flow_usd"] * expected_flow_factor(horizon_hours, params)
     q = expected / threshold_usd
     p_flow = q / (1.0 + q)
-    p = np.clip(1.0 - (1.0 - p_move) * (1.0 - p_flow), 0.0, 1.0)
+    p_background = 1.0 - math.exp(-params.background_rate_per_hour * horizon_hours)
+    p = np.clip(1.0 - (1.0 - p_move) * (1.0 - p_flow) * (1.0 - p_background), 0.0, 1.0)
     return {
         "stress": stress,
         "vol": vol,

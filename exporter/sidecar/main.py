@@ -2,14 +2,15 @@
 
 Entry points (called by ``exporter.cli``):
 - :func:`run_sidecar` ``(config, stop)``: run until ``stop`` is set (``fr-exporter sidecar``).
-- :func:`evaluate` ``(config, db_path=None, progress=None)``: print scores, return an exit code
-  (``fr-exporter evaluate``); :func:`add_evaluate_arguments` adds its flags to a parser.
+- :func:`evaluate` (from :mod:`exporter.sidecar.evaluate`): ``fr-exporter evaluate``;
+  :func:`add_evaluate_arguments` adds its flags to a parser.
 
-One loop reads the exporter's /api/state every ``event_poll_seconds``: it records liquidation flow
-and prices, scores predictions whose horizon has passed, and reacts to unseen threshold events.
-Every ``interval_seconds`` (and on such events) each model gets one task per base asset; a task
-still running for a (model, base) makes the next trigger skip it, so a slow or failing model
-never delays the loop, the other models or the metrics endpoint.
+The poll loop reads the exporter's /api/state every ``event_poll_seconds``: it records liquidation
+flow and prices, scores predictions whose horizon has passed, refits the recalibrations, and reacts
+to unseen threshold events. The schedule loop, on its own timer, gives every ``interval_seconds``
+each model one task per base asset and horizon; a task still running for a (model, base, horizon)
+makes the next trigger skip it, so a slow or failing model never delays the loops, the other models
+or the metrics endpoint. Time comes from the injected Clock.
 """
 
 from __future__ import annotations
@@ -19,22 +20,21 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import httpx
-from tqdm import tqdm
 
 from exporter.clock import SYSTEM_CLOCK, Clock
 from exporter.config import Config, ConfigError, ModelConfig, load_config, parse_listen_address, read_secret
 from exporter.redact import redact
 from exporter.sidecar import baseline
 from exporter.sidecar.calibration import IsotonicCalibrator
+from exporter.sidecar.evaluate import evaluate
 from exporter.sidecar.features import BaseSnapshot, events, snapshots
 from exporter.sidecar.llm import ChatClient, ModelError
 from exporter.sidecar.metrics import WINDOWS, AiMetrics, horizon_label, make_registry
@@ -434,6 +434,8 @@ async def run_sidecar(config: Config, stop: asyncio.Event) -> int:
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", type=Path, default=None, help="predictions database (default: sidecar.db_path)")
+    parser.add_argument("--format", choices=["text", "json"], default="text")
+    parser.add_argument("--plot", default=None, help="write a PNG: reliability diagram and skill over time")
     parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -445,82 +447,6 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``fr-exporter sidecar`` (none beyond --config yet; kept for the CLI's symmetry)."""
     return None
-
-
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
-PROGRESS_MIN_ROWS = 10_000
-
-
-def evaluate(
-    config: Config,
-    options: argparse.Namespace | Path | str | None = None,
-    progress: bool | None = None,
-    out: TextIO | None = None,
-) -> int:
-    """Score what can be scored and print per model: count, base rate, Brier, log loss, P/R@0.5, calibration.
-
-    ``options`` is the CLI's parsed arguments (``db``, ``progress``) or a database path. The progress
-    bar appears for long runs (>= PROGRESS_MIN_ROWS predictions) unless ``progress`` is False; with
-    ``progress`` None only when stderr is a terminal.
-    """
-    out = out or sys.stdout
-    db_path: Path | str | None
-    if isinstance(options, argparse.Namespace):
-        db_path = getattr(options, "db", None)
-        progress = getattr(options, "progress", progress)
-    else:
-        db_path = options
-    path = Path(db_path) if db_path is not None else config.sidecar.db_path
-    if not path.exists():
-        print(f"no predictions database at {path}", file=sys.stderr)
-        return 2
-    store = Store(path, config.sidecar.observation_max_gap_seconds)
-    try:
-        store.score_due(time.time(), config.sidecar.event_threshold_usd)
-        models = store.models()
-        if not models:
-            print(f"no predictions in {path}", file=out)
-            return 0
-        total = store.prediction_count()
-        show = progress is not False and total >= PROGRESS_MIN_ROWS and (progress is True or sys.stderr.isatty())
-        with tqdm(total=total, disable=not show, desc="scoring", unit="pred", file=sys.stderr) as bar:
-            for model in models:
-                probs: list[float] = []
-                outcomes: list[bool] = []
-                pending = 0
-                for _m, _b, _t, p, o in store.predictions(model):
-                    bar.update(1)
-                    if o is None:
-                        pending += 1
-                        continue
-                    probs.append(p)
-                    outcomes.append(bool(o))
-                _print_model(out, model, probs, outcomes, pending, config.sidecar.event_threshold_usd)
-        return 0
-    finally:
-        store.close()
-
-
-def _print_model(out: TextIO, model: str, probs: list[float], outcomes: list[bool], pending: int, thr: float) -> None:
-    sc = scores(probs, outcomes)
-    print(f"model {model}: {sc.count} scored, {pending} pending (event: >= ${thr:,.0f} liquidated)", file=out)
-    print(
-        f"  base rate {_fmt(sc.base_rate)}  brier {_fmt(sc.brier)}  log loss {_fmt(sc.log_loss)}  "
-        f"precision@0.5 {_fmt(sc.precision)}  recall@0.5 {_fmt(sc.recall)}",
-        file=out,
-    )
-    if not sc.count:
-        return
-    print("  calibration:  bin        n   mean p  observed", file=out)
-    for b in calibration_table(probs, outcomes):
-        print(
-            f"             {b.low:.1f}-{b.high:.1f} {b.count:6d}  {_fmt(b.mean_probability, 3):>7}  "
-            f"{_fmt(b.observed_rate, 3):>8}",
-            file=out,
-        )
 
 
 # -- standalone entry point (python -m exporter.sidecar.main) -------------------------------------
@@ -535,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "evaluate":
-        return evaluate(config, args.db, args.progress)
+        return evaluate(config, args)
 
     async def _run() -> int:
         stop = asyncio.Event()

@@ -242,6 +242,13 @@ class Store:
             )
         ]
 
+    def pending_count(self, model: str, base: str, horizon_hours: float) -> int:
+        (n,) = self._db.execute(
+            "SELECT COUNT(*) FROM predictions WHERE outcome IS NULL AND model = ? AND base = ? AND horizon_hours = ?",
+            (model, base, horizon_hours),
+        ).fetchone()
+        return int(n)
+
     def baseline_samples(self, model: str = "baseline") -> list[tuple[str, float, str]]:
         """(base, made_at, features JSON) of the predictions that stored their inputs."""
         return [
