@@ -40,8 +40,9 @@ from exporter.model import (
     MarketUpdate,
     Side,
 )
-from exporter.sidecar.metrics import AiMetrics, ModelScoreValues, make_registry
+from exporter.sidecar.metrics import AiMetrics, make_registry
 from exporter.sidecar.schema import Action, RiskAnswer, RiskLevel
+from exporter.sidecar.scoring import calibration_table, scores
 from exporter.state import MarketState
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -244,14 +245,23 @@ def sidecar_text() -> str:
             estimated_liquidation_volume_usd=2.5e7,
             key_factors=["funding"],
         )
-        ai.publish(model, base, 8.0, answer, at=T0 - 60.0)
+        ai.publish(model, base, 8.0, answer, at=T0 - 60.0, calibrated=0.05 if model == "baseline" else None)
     ai.attempt("baseline", 0.004, None)
     for duration, reason in ((1.2, None), (30.5, "timeout"), (0.8, "schema"), (2.0, None)):
         ai.attempt("gpt-4o-mini", duration, reason)
     ai.failure("gpt-4o-mini", "invalid_json")
     ai.usage("gpt-4o-mini", 5_400, 610, 0.00118)
-    ai.scores["baseline"] = ModelScoreValues(40, 0.081, None, 0.0)
-    ai.scores["gpt-4o-mini"] = ModelScoreValues(12, 0.12, 0.5, 1.0)
+    ai.truncated("gpt-4o-mini", "reasoning")
+    ai.skill_min_scored = 30
+    probs = [0.05] * 30 + [0.4] * 8 + [0.8] * 2
+    outcomes = [False] * 29 + [True] + [False] * 6 + [True] * 2 + [True, False]
+    for window in ("all", "rolling"):
+        ai.scores[("baseline", "8h", window, "raw")] = scores(probs, outcomes, 0.7)
+        ai.scores[("baseline", "8h", window, "calibrated")] = scores(probs[:12], outcomes[:12], 0.7)  # too few
+    ai.scored_total[("baseline", "8h")] = 40
+    ai.scored_total[("gpt-4o-mini", "8h")] = 0
+    ai.reliability[("baseline", "8h", "raw")] = calibration_table(probs, outcomes)
+    ai.calibrated_on[("baseline", "BTC", "8h")] = 40
     ai.state_reads.update(ok=1_234, error=2)
     ai.slack.update(sent=3, dropped=1)
     return generate_latest(make_registry(ai, process=False)).decode()  # no process_*: they move

@@ -130,8 +130,8 @@ async def test_metrics_endpoint_contract_and_no_secrets(
     levels = [s for s in families["fr_ai_risk_level"].samples if s.labels["model"] == "baseline"]
     assert sum(s.value for s in levels) == 2  # exactly one current level per base
     assert families["fr_ai_scored_predictions"].samples[0].value >= 0
-    scored = {s.labels["model"]: s.value for s in families["fr_ai_scored_predictions"].samples}
-    assert scored["gpt-a"] == 1
+    scored = {(s.labels["model"], s.labels["horizon"]): s.value for s in families["fr_ai_scored_predictions"].samples}
+    assert scored[("gpt-a", "1h")] == 1 and scored[("gpt-a", "8h")] == 0  # the seeded one had a 1 h horizon
     brier = {
         s.labels["model"]: s.value
         for s in families["fr_ai_brier_score"].samples

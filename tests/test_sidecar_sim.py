@@ -117,7 +117,7 @@ async def test_baseline_rises_before_cascade_and_falls_after(tmp_path: Path) -> 
         async def sample(client: httpx.AsyncClient) -> str:
             truth = (await client.get(f"{rest}/_sim/truth")).json()
             phase = truth.get("cascade_phase") or ""
-            pub = sc.metrics.latest.get(("baseline", "BTC")) if sc else None
+            pub = sc.metrics.latest.get(("baseline", "BTC", 8.0)) if sc else None
             if pub is not None:
                 samples.append((time.monotonic(), phase, pub.answer.liquidation_probability))
             return phase

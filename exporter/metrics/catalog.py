@@ -918,7 +918,7 @@ AI_RISK_PROBABILITY = _def(
     "by model (last valid answer): calibration=raw as the model said it, calibrated through the "
     "model's isotonic recalibration (once enough predictions are scored).",
     "Last valid probability of a large liquidation event for the base within the horizon, per model: "
-    "`calibration=\"raw\"` as the model said it, `\"calibrated\"` through its recalibration (present once "
+    '`calibration="raw"` as the model said it, `"calibrated"` through its recalibration (present once '
     "it exists; alerts use it then).",
     fixed=True,
 )
@@ -1111,7 +1111,7 @@ AI_RELIABILITY_PREDICTIONS = _def(
     _RELIABILITY,
     "predictions",
     "Scored predictions (since start) whose probability fell in the bin (reliability diagram).",
-    "Scored predictions (since start) per probability decile `bin=\"0.3-0.4\"`.",
+    'Scored predictions (since start) per probability decile `bin="0.3-0.4"`.',
 )
 AI_RELIABILITY_MEAN = _def(
     "fr_ai_reliability_mean_probability_ratio",
