@@ -71,9 +71,11 @@ def _status(exporter: str, sidecar: str) -> str:
         parts.append(f"exporter: {type(exc).__name__}")
     try:
         probs = [
-            f"{lab['base']} {v:.2f}"
+            f"{lab['base']} {lab.get('horizon', '')} {v:.2f}"
             for n, lab, v in _samples(sidecar)
-            if n == m.AI_RISK_PROBABILITY.name and lab.get("model") == "baseline"
+            if n == m.AI_RISK_PROBABILITY.name
+            and lab.get("model") == "baseline"
+            and lab.get("calibration") != "calibrated"
         ]
         parts.append("AI risk " + (" ".join(sorted(probs)) or "pending"))
     except (httpx.HTTPError, ValueError):
@@ -81,7 +83,11 @@ def _status(exporter: str, sidecar: str) -> str:
     return " | ".join(parts)
 
 
-TOUR: tuple[tuple[float, str], ...] = ((60.0, "funding_spike"), (180.0, "cascade"))
+# then a cascade every 3 minutes: events for the sidecar's short horizon to be scored against
+TOUR: tuple[tuple[float, str], ...] = (
+    (60.0, "funding_spike"),
+    *((180.0 + 180.0 * k, "cascade") for k in range(60)),
+)
 TOUR_SECONDS = 300  # the whole tour: the cascade at 180 s and two minutes of its aftermath
 
 
@@ -99,8 +105,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--tour",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="after 60 s a funding spike, after 180 s a liquidation cascade (default: on)",
+        help="after 60 s a funding spike, after 180 s a liquidation cascade, then one every 3 minutes (default: on)",
     )
+    p.add_argument(
+        "--keep-predictions",
+        action="store_true",
+        help="continue the sidecar's prediction store instead of starting a fresh one",
+    )
+
+
+def _prepare_store(path: Path, keep: bool) -> None:
+    """A fresh prediction store for the demo, or say that an old one continues."""
+    if keep and path.exists():
+        print(f"continuing the prediction store {path} (its earlier predictions are scored too)")
+        return
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        p.unlink(missing_ok=True)
+    print(f"fresh prediction store {path} (--keep-predictions continues an old one)")
+
+
+def _evaluate_lines(config: Config) -> None:
+    """What fr-exporter evaluate says now, one line per model and horizon."""
+    from exporter.sidecar.evaluate import report_for, summary_lines
+
+    try:
+        doc = report_for(config, config.sidecar.db_path)
+    except Exception as exc:  # the store may be mid-write; the next report will do
+        print(f"-- evaluate: {type(exc).__name__}", flush=True)
+        return
+    if doc is None or not doc["groups"]:
+        print("-- evaluate: no predictions yet", flush=True)
+        return
+    for line in summary_lines(doc):
+        print(f"-- evaluate: {line}", flush=True)
 
 
 def simulator_base_port(config: Config) -> int:
@@ -167,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         if not _wait_http(f"{exporter_url}/healthz", 60):
             print("exporter did not start; see var/demo-logs/exporter.log", file=sys.stderr)
             return 1
+        _prepare_store(config.sidecar.db_path, args.keep_predictions)
         procs["sidecar"] = _spawn(["sidecar", "--config", args.config], logs / "sidecar.log")
         print("fr-exporter demo is running (offline, simulated exchanges)")
         print(f"  exporter metrics : {exporter_url}/metrics")
@@ -180,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
         next_status = 0.0
         # (seconds after start, scenario): something to watch on the dashboards and in the alerts
         tour = list(TOUR) if args.tour else []
+        next_evaluate = 150.0  # the short horizon's first predictions are scored by then
         sim_rest = config.urls_for(next(iter(config.enabled_exchanges())))[1]
         while not stopping and (not args.duration or time.monotonic() - started < args.duration):
             for name, proc in procs.items():
@@ -194,7 +233,13 @@ def run(args: argparse.Namespace) -> int:
             if time.monotonic() >= next_status:
                 print(f"[{time.monotonic() - started:5.0f} s] {_status(exporter_url, sidecar_url)}", flush=True)
                 next_status = time.monotonic() + 5.0
+            if time.monotonic() - started >= next_evaluate:
+                _evaluate_lines(config)
+                next_evaluate += 60.0
             time.sleep(0.2)
+        if "sidecar" in procs:
+            _evaluate_lines(config)
+            print(f"Full report: fr-exporter evaluate --config {args.config} (--plot FILE.png, --format json)")
         return 0
     finally:
         for proc in reversed(list(procs.values())):

@@ -136,6 +136,35 @@ def print_text(doc: dict[str, Any], out: TextIO) -> None:
                 )
 
 
+def summary_lines(doc: dict[str, Any]) -> list[str]:
+    """One line per model x horizon (the demo's running report)."""
+    lines = []
+    for g in doc["groups"]:
+        line = f"{g['model']} {g['horizon']}: {g['scored']} scored, {g['pending']} pending"
+        for calibration in ("raw", "calibrated"):
+            s = g["scores"].get(calibration, {}).get("all")
+            if s and s["count"]:
+                line += (
+                    f" | {calibration} n {s['count']} base rate {_fmt(s['base_rate'], 3)} "
+                    f"Brier {_fmt(s['brier'], 4)} skill {_fmt(s['brier_skill'], 3)}"
+                )
+        lines.append(line)
+    return lines
+
+
+def report_for(config: Config, path: Path) -> dict[str, Any] | None:
+    """Score what is due in the store at ``path`` and return the report (None: no store yet)."""
+    if not path.exists():
+        return None
+    store = Store(path, config.sidecar.observation_max_gap_seconds)
+    try:
+        now = time.time()
+        store.score_due(now, config.sidecar.event_threshold_usd)
+        return report(collect(store, False), config, now)
+    finally:
+        store.close()
+
+
 def plot(groups: list[GroupReport], path: Path) -> None:
     """One row per (model, horizon): reliability diagram with counts | Brier skill score over time."""
     import matplotlib

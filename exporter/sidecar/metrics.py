@@ -37,7 +37,7 @@ DURATION_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 def horizon_label(hours: float) -> str:
     """``8h``, ``4h``; under an hour in whole minutes: ``15m``."""
     minutes = hours * 60.0
-    if hours < 1.0 and abs(minutes - round(minutes)) < 1e-6:
+    if hours < 1.0 and abs(minutes - round(minutes)) < 1e-3:  # 0.0333333 h is "2m"
         return f"{round(minutes)}m"
     return f"{hours:g}h"
 
