@@ -48,7 +48,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("metrics", ("exporter.metrics",)),
     ("serving", ("exporter.api_state", "exporter.server")),
     ("wiring", ("exporter.app",)),
-    ("programs", ("exporter.cli", "exporter.demo", "exporter.top", "exporter.sim", "exporter.sidecar")),
+    (
+        "programs",
+        ("exporter.cli", "exporter.demo", "exporter.top", "exporter.sim", "exporter.sidecar", "exporter.simrun"),
+    ),
 ]
 
 # Programs of their own beside the exporter: they share only its foundation and pure parts.

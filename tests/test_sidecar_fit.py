@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from exporter import simrun
 from exporter.config import SidecarConfig
-from exporter.sidecar import baseline, fit, simrun
+from exporter.sidecar import baseline, fit
 from exporter.sidecar.schema import Action, RiskAnswer, RiskLevel
 from exporter.sidecar.store import Store
 

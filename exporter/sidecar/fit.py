@@ -4,7 +4,7 @@ Data: feature rows (the baseline's inputs at the moment of a prediction) and the
 observed afterwards, per base asset. Two sources, the same method:
 
 - the shipped simulator run, ``exporter/sidecar/data/baseline-{samples,flows}.csv.gz`` (written by
-  ``python -m exporter.sidecar.simrun``), from which the shipped defaults come;
+  ``python -m exporter.simrun``), from which the shipped defaults come;
 - a user's own prediction store (``--db``): the baseline stores its inputs with every prediction
   and the store keeps the flow of every read.
 
@@ -34,7 +34,7 @@ from exporter.sidecar.baseline import JUDGEMENT, Features, Params, probabilities
 from exporter.sidecar.metrics import horizon_label
 from exporter.sidecar.store import Store
 
-SAMPLES_FILE = "baseline-samples.csv.gz"  # as written by exporter.sidecar.simrun
+SAMPLES_FILE = "baseline-samples.csv.gz"  # as written by exporter.simrun
 FLOWS_FILE = "baseline-flows.csv.gz"
 
 DATA_DIR = Path(__file__).parent / "data"

@@ -1,6 +1,6 @@
 """Simulator runs for the baseline's fit and its skill test: the market model stepped directly.
 
-``python -m exporter.sidecar.simrun --out exporter/sidecar/data`` writes the shipped fit data
+``python -m exporter.simrun --out exporter/sidecar/data`` writes the shipped fit data
 (``baseline-samples.csv.gz``, ``baseline-flows.csv.gz``: 240 simulated hours, seed 1);
 ``fr-exporter fit-baseline`` fits the constants on it. No network and no exporter process: the market model
 (:mod:`exporter.sim.market`) is stepped in simulated time, and every read is turned into the rows
@@ -211,7 +211,7 @@ def _cell(v: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m exporter.sidecar.simrun", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m exporter.simrun", description=__doc__.splitlines()[0])
     p.add_argument("--hours", type=float, default=RunConfig().hours)
     p.add_argument("--seed", type=int, default=RunConfig().seed)
     p.add_argument("--cascade-gap-hours", type=float, default=RunConfig().cascade_gap_hours)
