@@ -5,8 +5,8 @@ the cascade once the market has calmed (the sidecar's memories are shortened to 
 time scale through configuration: volatility and flow half-lives of seconds, not hours).
 
 The simulator and the sidecar share a clock running SCALE times faster than wall time (ScaledClock):
-the sidecar's half-lives and volatility are in market seconds, its periods and this test's sampling
-are divided by SCALE. The same course of events, sampled as often, in a SCALE-th of the wall time.
+the sidecar's half-lives, volatility and its poll and schedule periods are in market seconds (its
+loops sleep on that clock); this test's sampling is divided by SCALE. The same course of events, sampled as often, in a SCALE-th of the wall time.
 """
 
 from __future__ import annotations
@@ -93,8 +93,9 @@ async def test_baseline_rises_before_cascade_and_falls_after(tmp_path: Path) -> 
                 exporter_url=exporter_url,
                 listen_address=f"127.0.0.1:{free_port()}",
                 db_path=tmp_path / "sim.sqlite",
-                interval_seconds=0.5 / SCALE,
-                event_poll_seconds=0.25 / SCALE,
+                # the sidecar's loops run on its clock: market seconds (0.5 s is 42 ms of wall time)
+                interval_seconds=0.5,
+                event_poll_seconds=0.25,
                 bases=["BTC"],
                 vol_half_life_seconds=8.0,
                 flow_half_life_seconds=4.0,
