@@ -6,7 +6,8 @@ time scale through configuration: volatility and flow half-lives of seconds, not
 
 The simulator and the sidecar share a clock running SCALE times faster than wall time (ScaledClock):
 the sidecar's half-lives, volatility and its poll and schedule periods are in market seconds (its
-loops sleep on that clock); this test's sampling is divided by SCALE. The same course of events, sampled as often, in a SCALE-th of the wall time.
+loops sleep on that clock); this test's sampling is divided by SCALE. The same course of events,
+sampled as often, in a SCALE-th of the wall time.
 """
 
 from __future__ import annotations
