@@ -393,4 +393,4 @@ def test_the_demo_status_line_reads_the_golden_exposition(monkeypatch: pytest.Mo
     line = demo._status("exporter", "sidecar")
     assert line.startswith("up binance=yes bybit=yes deribit=NO okx=yes | BTC funding bp/8h bin +1.2 okx +2.8 |")
     assert "liquidated $0.2M" in line and "liq gap carry-btc 19.6% eth-account 14.5%" in line
-    assert line.endswith("AI risk BTC 0.07 ETH 0.31")
+    assert line.endswith("AI risk BTC 8h 0.07 ETH 8h 0.31")  # the raw probabilities (not the calibrated 0.05)
