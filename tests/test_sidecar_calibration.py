@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port
+from support import free_port
 
 from exporter.clock import VirtualClock
 from exporter.config import Config, SidecarConfig

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import free_port
-from fakes import VALID_ANSWER, FakeExporter, FakeOpenAI, instrument, state
+from support import free_port
+from support.fakes import VALID_ANSWER, FakeExporter, FakeOpenAI, instrument, state
 
 from exporter.clock import VirtualClock
 from exporter.config import Config, ModelConfig, SidecarConfig
