@@ -94,25 +94,27 @@ async def test_curve_agrees_with_the_simulator_and_rolls_at_expiry() -> None:
             short = next(s for s, f in d["futures"].items() if f["days_to_expiry"] < 1)
             assert ("deribit", short) not in m.get("fr_basis_annualized_ratio", {})
 
-            # 2. the nearest short contract delivers: it leaves /metrics; its successor appears
-            b = await truth(Exchange.BINANCE)
-            nearest = min(b["futures"], key=lambda s: b["futures"][s]["expiry"])
-            before = set(b["futures"])
+            # 2. on every exchange the nearest short contract delivers: it leaves /metrics; its successor appears
+            before: dict[Exchange, tuple[str, set[str]]] = {}
+            for ex in Exchange:
+                t = await truth(ex)
+                before[ex] = (min(t["futures"], key=lambda s: t["futures"][s]["expiry"]), set(t["futures"]))
 
-            async def rolled() -> tuple[str, Samples] | None:
-                t = await truth(Exchange.BINANCE)
-                if nearest not in t["expired"]:
-                    return None
-                new = set(t["futures"]) - before
+            async def rolled() -> dict[Exchange, str] | None:
                 m = await scrape(http, port)
-                names = {sym for ex, sym in m.get("fr_future_expiry_timestamp_seconds", {}) if ex == "binance"}
-                if nearest in names or not new or not new <= names:
-                    return None
-                return next(iter(new)), m
+                successors = {}
+                for ex, (nearest, listed) in before.items():
+                    t = await truth(ex)
+                    new = set(t["futures"]) - listed
+                    names = {sym for e, sym in m.get("fr_future_expiry_timestamp_seconds", {}) if e == ex.value}
+                    if nearest not in t["expired"] or nearest in names or not new or not new <= names:
+                        return None
+                    successors[ex] = next(iter(new))
+                return successors
 
-            successor, m = await wait_until(rolled, SHORT_S + 20, interval=0.2, what="expiry and roll on /metrics")
-            assert ("binance", nearest) not in m.get("fr_future_mark_price", {})
-            assert successor.startswith("BTCUSDT_")
+            successors = await wait_until(rolled, SHORT_S + 25, interval=0.2, what="expiry and roll on /metrics")
+            assert successors[Exchange.BINANCE].startswith("BTCUSDT_")
+            assert successors[Exchange.DERIBIT].startswith("BTC-")
     finally:
         stop.set()
         await asyncio.wait_for(task, 20)

@@ -1,0 +1,84 @@
+"""The simulator's dated futures as a model: carry from the funding regime, convergence at delivery,
+the roll of the nearest contract, curve_dislocation, and the perpetuals untouched by the curve."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from exporter.model import Exchange
+from exporter.sim.curve import CARRY_LIMIT, DISLOCATED, DISLOCATION, quarterlies
+from exporter.sim.market import MarketModel, Scenario
+
+START = 1_767_225_600.0  # 2026-01-01 00:00 UTC
+
+
+def test_quarterlies_are_the_last_fridays_of_the_quarter_months() -> None:
+    days = [datetime.fromtimestamp(t, tz=UTC) for t in quarterlies(START, 3)]
+    assert [(d.year, d.month, d.day, d.hour) for d in days] == [(2026, 3, 27, 8), (2026, 6, 26, 8), (2026, 9, 25, 8)]
+    assert all(d.weekday() == 4 for d in days)
+
+
+def test_the_perpetuals_are_the_same_with_or_without_the_curve() -> None:
+    a, b = MarketModel(seed=3, start_time=START), MarketModel(seed=3, start_time=START, futures=False)
+    for _ in range(50):
+        a.step(1.0)
+        b.step(1.0)
+    for ex in Exchange:
+        assert a.truth(ex)["instruments"] == b.truth(ex)["instruments"]
+
+
+def test_basis_follows_the_carry_and_converges_at_delivery() -> None:
+    m = MarketModel(seed=3, start_time=START, futures_short_seconds=600.0)
+    assert m.curve is not None
+    m.step(1.0)
+    for ex in Exchange:
+        for f in m.curve.futures[ex].values():
+            days = (f.expiry - m.now) / 86400.0
+            # mark = index x (1 + carry x days / 365), carry within the calm band (+ noise)
+            assert f.mark == pytest.approx(f.index * (1 + f.carry * days / 365.0), rel=1e-12)
+            assert abs(f.carry) <= CARRY_LIMIT + 0.05
+    quarterly = max(m.curve.futures[Exchange.DERIBIT].values(), key=lambda f: f.expiry)
+    short = min(m.curve.futures[Exchange.DERIBIT].values(), key=lambda f: f.expiry)
+    while m.now < short.expiry - 5.0:
+        m.step(5.0)
+    # 5 s before delivery the basis is at most |carry| x 5 s of a year: gone, whatever the carry
+    assert abs(short.mark / short.index - 1) <= (CARRY_LIMIT + 0.05) * 5.0 / 86400.0 / 365.0
+    assert abs(quarterly.mark / quarterly.index - 1) > 1e-4  # months out it is not
+
+
+def test_the_nearest_expires_and_the_next_is_listed() -> None:
+    m = MarketModel(seed=3, start_time=START, futures_short_seconds=30.0)
+    assert m.curve is not None
+    before = dict(m.curve.futures[Exchange.BYBIT])
+    nearest = min(before.values(), key=lambda f: f.expiry)
+    for _ in range(31):
+        m.step(1.0)
+    t = m.truth(Exchange.BYBIT)
+    assert t["expired"] == [nearest.symbol]
+    new = set(t["futures"]) - set(before)
+    assert len(new) == 1
+    (sym,) = new
+    assert t["futures"][sym]["expiry"] == pytest.approx(max(f.expiry for f in before.values() if f.k) + 30.0)
+    assert len(t["futures"]) == len(before)  # one delivered, one listed
+
+
+def test_curve_dislocation_moves_one_exchange_off_the_curve() -> None:
+    m = MarketModel(seed=3, start_time=START)
+    assert m.curve is not None
+    m.step(1.0)
+    calm = {ex: {s: f.carry for s, f in m.curve.futures[ex].items()} for ex in Exchange}
+    m.set_scenario(Scenario.CURVE_DISLOCATION, 60.0)
+    m.step(1.0)
+    for ex in Exchange:
+        for s, f in m.curve.futures[ex].items():
+            jump = f.carry - calm[ex][s]
+            if ex is DISLOCATED:
+                assert jump == pytest.approx(DISLOCATION, abs=0.01)
+            else:
+                assert abs(jump) < 0.01
+    for _ in range(61):
+        m.step(1.0)
+    assert m.scenario == Scenario.CALM
+    assert all(abs(f.carry) <= CARRY_LIMIT + 0.05 for f in m.curve.futures[DISLOCATED].values())
