@@ -69,6 +69,8 @@ class Durations:
     exporter_down: str = "5m"
     stream_down: str = "2m"
     stream_stale: str = "2m"
+    shard_overlap: str = "15m"  # longer than a resharding rollout, where old and new shards overlap
+    shard_missing: str = "10m"
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,9 @@ class MixinConfig:
     dashboard_tag: str = "fr-exporter"
     grafana_schema_version: int = 41  # Grafana 11.6, the image pinned in docker-compose.yml
     datasource_uid: str = "prometheus"
+    # ShardMissing checks shard counts 2..max_shards (PromQL cannot turn the `count` label into a
+    # number, so the expression has one clause per count).
+    max_shards: int = 16
     scrape_interval: str = "15s"
     evaluation_interval: str = "15s"
     thresholds: Thresholds = field(default_factory=Thresholds)

@@ -78,6 +78,7 @@ class Alert:
 
 
 MARKET = ("exchange", "base", "instrument")
+MARKET_LABELS = "exchange, base, quote, instrument"  # the labels of one instrument's series
 POSITION = ("exchange", "instrument")
 
 
@@ -87,11 +88,19 @@ def recording_rules(cfg: MixinConfig) -> list[dict[str, Any]]:
         {
             "record": FUNDING_8H,
             # Funding normalised to 8 h: rate per interval x (8 h / interval). Deribit reports 28800.
-            "expr": f"{m.FUNDING_RATE} * 28800 / on (exchange, instrument) group_left () {m.FUNDING_INTERVAL}",
+            # Both sides are first reduced to one series per instrument: two exporters publishing one
+            # instrument (an HA pair, shards overlapping while resharding) would otherwise make the
+            # one-to-one match fail as a whole and silence every funding alert.
+            "expr": (
+                f"avg by ({MARKET_LABELS}) ({m.FUNDING_RATE}) * 28800"
+                " / on (exchange, instrument) group_left ()"
+                f" max by (exchange, instrument) ({m.FUNDING_INTERVAL})"
+            ),
         },
         {
             "record": LIQ_RATE,
-            "expr": f"sum by (exchange, base, instrument, side) (rate({m.LIQUIDATED_NOTIONAL}[{w.rate}]))",
+            # max, not sum, over duplicates: two exporters see the same liquidations once each
+            "expr": f"max by (exchange, base, instrument, side) (rate({m.LIQUIDATED_NOTIONAL}[{w.rate}]))",
         },
         {"record": LIQ_RATE_EXCHANGE, "expr": f"sum by (exchange, base) ({LIQ_RATE})"},
         {
@@ -419,6 +428,54 @@ def _health_alerts(cfg: MixinConfig) -> list[Alert]:
     ]
 
 
+# One series every followed instrument has from its start (a counter present from 0), joined to the
+# publishing exporter's fr_shard_info{index,count} by its target labels.
+_SHARD_OF_INSTRUMENT = f'{m.LIQUIDATIONS}{{side="long"}} * on (job, instance) group_left (index, count) {m.SHARD_INFO}'
+
+
+def _shard_alerts(cfg: MixinConfig) -> list[Alert]:
+    d = cfg.durations
+    job = f'job="{cfg.exporter_job}"'
+    # Distinct shard indices seen for shard count S fewer than S: the bases of the absent shards are
+    # followed by nobody. HA replicas of one index count once.
+    missing = " or ".join(
+        f'count by (job, count) (count by (job, count, index) ({m.SHARD_INFO}{{{job},count="{n}"}})) < {n}'
+        for n in range(2, cfg.max_shards + 1)
+    )
+    return [
+        Alert(
+            name="ShardOverlap",
+            expr=(
+                "count by (exchange, instrument) (count by (exchange, instrument, index, count) "
+                f"({_SHARD_OF_INSTRUMENT})) > 1"
+            ),
+            for_=d.shard_overlap,
+            severity="warning",
+            summary="{{ $labels.exchange }} {{ $labels.instrument }} is published by more than one shard.",
+            description="{{ $labels.exchange }} {{ $labels.instrument }} comes from {{ $value | humanize }} "
+            f"different shards (index/count) for {d.shard_overlap}: the shards disagree on the shard count or a "
+            "resharding was left half done. Rules and alerts deduplicate, but sums on dashboards count it twice.",
+            value="{{ $value | humanize }} shards",
+            dashboard="health",
+            dashboard_vars=("exchange",),
+        ),
+        Alert(
+            name="ShardMissing",
+            expr=missing,
+            for_=d.shard_missing,
+            severity="critical",
+            summary="Only some of the {{ $labels.count }} exporter shards report: their bases are not followed.",
+            description="{{ $value | humanize }} of {{ $labels.count }} shards of {{ $labels.job }} report "
+            f"{m.SHARD_INFO} (for {d.shard_missing}); the base assets of the others have no funding or "
+            "liquidation series and no alerts.",
+            value="{{ $value | humanize }} shards",
+            dashboard="health",
+            dashboard_vars=(),
+            component="scrape",
+        ),
+    ]
+
+
 def alerts(cfg: MixinConfig) -> dict[str, list[Alert]]:
     """Alert groups by name."""
     return {
@@ -428,6 +485,7 @@ def alerts(cfg: MixinConfig) -> dict[str, list[Alert]]:
         "fr-exporter.liquidations": _liquidation_alerts(cfg),
         "fr-exporter.ai": _ai_alerts(cfg),
         "fr-exporter.health": _health_alerts(cfg),
+        "fr-exporter.shards": _shard_alerts(cfg),
     }
 
 

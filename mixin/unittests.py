@@ -722,7 +722,150 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
             ],
         }
     )
+    groups.extend(_duplicate_and_shard_groups(cfg, sp, fund))
     return groups
+
+
+def _duplicate_and_shard_groups(cfg: MixinConfig, sp: _Spec, fund: Any) -> list[dict[str, Any]]:
+    """Two exporters publishing one instrument (HA pair, resharding overlap) and missing shards."""
+    job = {"job": cfg.exporter_job}
+    a = {**job, "instance": "exporter-a:9466"}
+    b = {**job, "instance": "exporter-b:9466"}
+    bin_btc = {"base": "BTC", "exchange": "binance", "instrument": "BTCUSDT", "quote": "USDT"}
+    okx_eth = {"base": "ETH", "exchange": "okx", "instrument": "ETH-USDT-SWAP", "quote": "USDT"}
+    liq = {"base": "BTC", "exchange": "binance", "instrument": "BTCUSDT", "side": "long"}
+    ha_pair = {
+        "name": "an HA pair: every series twice (instance a and b), one result per instrument",
+        "interval": "1m",
+        "input_series": [
+            # the two replicas received the rate at different moments: 3/2048 and 2/2048 (binary
+            # fractions, so the average 2.5/2048 = 0.1221 % compares exactly)
+            _s(m.FUNDING_RATE, {**bin_btc, **a}, "0.00146484375x15"),
+            _s(m.FUNDING_RATE, {**bin_btc, **b}, "0.0009765625x15"),
+            _s(m.FUNDING_INTERVAL, {**bin_btc, **a}, "28800x15"),
+            _s(m.FUNDING_INTERVAL, {**bin_btc, **b}, "28800x15"),
+            _s(m.FUNDING_RATE, {**okx_eth, **a}, "0.00006103515625x15"),  # calm (2^-14), one replica only
+            _s(m.FUNDING_INTERVAL, {**okx_eth, **a}, "28800x15"),
+            # both replicas count the same liquidations: 100 USD/s, not 200
+            _s(m.LIQUIDATED_NOTIONAL, {**liq, **a}, "0+6000x15"),
+            _s(m.LIQUIDATED_NOTIONAL, {**liq, **b}, "0+6000x15"),
+            _s(m.LIQUIDATIONS, {**liq, **a}, "0+1x15"),
+            _s(m.LIQUIDATIONS, {**liq, **b}, "0+1x15"),
+            _s(m.SHARD_INFO, {**a, "index": "0", "count": "1"}, "1x15"),
+            _s(m.SHARD_INFO, {**b, "index": "0", "count": "1"}, "1x15"),
+        ],
+        "promql_expr_test": [
+            {
+                "expr": "fr:funding_rate_8h:ratio",
+                "eval_time": "10m",
+                "exp_samples": [
+                    {"labels": "fr:funding_rate_8h:ratio" + _s("", bin_btc, "")["series"], "value": 0.001220703125},
+                    {"labels": "fr:funding_rate_8h:ratio" + _s("", okx_eth, "")["series"], "value": 0.00006103515625},
+                ],
+            },
+            {
+                "expr": "fr:liquidated_notional_usd:rate5m",
+                "eval_time": "10m",
+                "exp_samples": [
+                    {"labels": "fr:liquidated_notional_usd:rate5m" + _s("", liq, "")["series"], "value": 100}
+                ],
+            },
+        ],
+        "alert_rule_test": [
+            {
+                "eval_time": "10m",
+                "alertname": "FundingRateWarning",
+                "exp_alerts": [
+                    sp.exp("FundingRateWarning", "warning", bin_btc, fund(bin_btc, "0.1221%", "warning"), "0.1221%"),
+                ],
+            },
+            {
+                "eval_time": "10m",
+                "alertname": "FundingRateCritical",
+                "exp_alerts": [
+                    sp.exp("FundingRateCritical", "critical", bin_btc, fund(bin_btc, "0.1221%", "critical"), "0.1221%"),
+                ],
+            },
+            {
+                "eval_time": "10m",
+                "alertname": "FundingRateEmergency",
+                "exp_alerts": [
+                    sp.exp(
+                        "FundingRateEmergency", "emergency", bin_btc, fund(bin_btc, "0.1221%", "emergency"), "0.1221%"
+                    ),
+                ],
+            },
+            _none("14m", "ShardOverlap"),  # replicas of one shard are not an overlap
+            _none("14m", "ShardMissing"),
+        ],
+    }
+    # Resharding from 2 to 3 shards left half done: the new shard 0/3 and the old 0/2 both publish BTC.
+    s02 = {**job, "instance": "shard-0-of-2:9466"}
+    s12 = {**job, "instance": "shard-1-of-2:9466"}
+    s03 = {**job, "instance": "shard-0-of-3:9466"}
+    liq_eth = {**liq, "base": "ETH", "instrument": "ETHUSDT"}
+    overlap = {
+        "name": "shards overlap: one instrument from two different shards",
+        "interval": "1m",
+        "input_series": [
+            _s(m.SHARD_INFO, {**s02, "index": "0", "count": "2"}, "1x30"),
+            _s(m.SHARD_INFO, {**s12, "index": "1", "count": "2"}, "1x30"),
+            _s(m.SHARD_INFO, {**s03, "index": "0", "count": "3"}, "1x30"),
+            _s(m.LIQUIDATIONS, {**liq, **s02}, "0x30"),
+            _s(m.LIQUIDATIONS, {**liq, **s03}, "0x30"),
+            _s(m.LIQUIDATIONS, {**liq_eth, **s12}, "0x30"),  # ETH from one shard only
+        ],
+        "alert_rule_test": [
+            _none("10m", "ShardOverlap"),  # a rollout overlaps briefly
+            {
+                "eval_time": "20m",
+                "alertname": "ShardOverlap",
+                "exp_alerts": [
+                    sp.exp(
+                        "ShardOverlap",
+                        "warning",
+                        {"exchange": "binance", "instrument": "BTCUSDT"},
+                        "binance BTCUSDT comes from 2 different shards (index/count) for 15m: the shards disagree "
+                        "on the shard count or a resharding was left half done. Rules and alerts deduplicate, but "
+                        "sums on dashboards count it twice.",
+                        "2 shards",
+                    )
+                ],
+            },
+        ],
+    }
+    # Three shards configured, shard 2 never came up; shard 0 runs as an HA pair (counts once).
+    shards = [({**job, "instance": f"shard-{i}:9466"}, str(i)) for i in (0, 1)]
+    shards.append(({**job, "instance": "shard-0-replica:9466"}, "0"))
+    missing = {
+        "name": "a shard is missing: 2 of 3 shard indices report",
+        "interval": "1m",
+        "input_series": [
+            *(_s(m.SHARD_INFO, {**labels, "index": i, "count": "3"}, "1x20") for labels, i in shards),
+            # a complete set elsewhere: 2 of 2, and an unsharded exporter
+            _s(m.SHARD_INFO, {"job": "other", "instance": "x:1", "index": "0", "count": "2"}, "1x20"),
+            _s(m.SHARD_INFO, {"job": "other", "instance": "y:1", "index": "1", "count": "2"}, "1x20"),
+            _s(m.SHARD_INFO, {"job": "single", "instance": "z:1", "index": "0", "count": "1"}, "1x20"),
+        ],
+        "alert_rule_test": [
+            _none("5m", "ShardMissing"),
+            {
+                "eval_time": "15m",
+                "alertname": "ShardMissing",
+                "exp_alerts": [
+                    sp.exp(
+                        "ShardMissing",
+                        "critical",
+                        {**job, "count": "3"},
+                        f"2 of 3 shards of {cfg.exporter_job} report {m.SHARD_INFO} (for 10m); the base assets of "
+                        "the others have no funding or liquidation series and no alerts.",
+                        "2 shards",
+                    )
+                ],
+            },
+        ],
+    }
+    return [ha_pair, overlap, missing]
 
 
 def test_file(cfg: MixinConfig, rule_files: list[str]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ REQUIRED_ALERTS = {
     "LiquidationSpike", "FundingSpreadWide", "AiRiskHigh", "AiSidecarStale", "AiSidecarFailing", "AiModelNoSkill",
     "ExporterDown", "ExchangeStreamDown", "ExchangeStreamStale",
     "FuturesBasisExtreme", "ImpliedFundingDivergence", "FutureRollWindow",  # issue 11: term structure
+    "ShardOverlap", "ShardMissing",  # issue 10: shards
 }  # fmt: skip
 
 promtool = shutil.which("promtool")

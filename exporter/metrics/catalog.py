@@ -698,6 +698,41 @@ BUILD_INFO = _def(
     "Always 1; the release, its git revision (`$FR_BUILD_REVISION` in the image, else the checkout's HEAD, "
     "else `unknown`) and the Python version.",
 )
+SHARD_INFO = _def(
+    "fr_shard_info",
+    "gauge",
+    "health",
+    ("index", "count"),
+    "—",
+    "Always 1; this exporter follows the base assets hashed to shard index of count "
+    "(Prometheus hashmod of the base; 0 of 1 when not sharded).",
+    "Always 1: this exporter follows the base assets that Prometheus' `hashmod` of the base puts on shard "
+    "`index` of `count` (`--shard K/S`, `shard:` in the configuration). An unsharded exporter is shard 0 of 1. "
+    "See `docs/scaling.md`.",
+)
+INSTRUMENTS_LISTED = _def(
+    "fr_instruments_listed",
+    "gauge",
+    "health",
+    ("exchange",),
+    "instruments",
+    "Instruments of the followed kind the exchange lists (configured ones included; 0 when the list "
+    "could not be read).",
+    "Instruments of the followed kind the exchange lists (every USDT perpetual, every Deribit perpetual, plus "
+    "the configured ones); 0 when the list could not be read. The same on every shard.",
+)
+INSTRUMENTS_FOLLOWED = _def(
+    "fr_instruments_followed",
+    "gauge",
+    "health",
+    ("exchange",),
+    "instruments",
+    "Instruments this exporter follows on the exchange: the selection (instruments, all_perpetuals up to "
+    "max_instruments) restricted to this shard's base assets.",
+    "Instruments this exporter follows: the selection (`instruments`, then `all_perpetuals` up to "
+    "`max_instruments`) restricted to this shard's bases. Summed over the shards: the selection. Fewer than "
+    "listed when `max_instruments` cuts (the instruments left out are logged once).",
+)
 
 # ---- positions and carry ----------------------------------------------------------------------
 
