@@ -28,6 +28,7 @@ from exporter.model import Exchange, InstrumentInfo, base_of
 from exporter.positions.service import PositionService
 from exporter.rest.client import RestClient, RestError, RestPolicy
 from exporter.rest.endpoints import ExchangeRest, rest_api_for
+from exporter.shard import Coverage, Shard, left_out_by_limit
 from exporter.sink import RecordSink
 from exporter.state import MarketState
 
@@ -57,8 +58,16 @@ class ExchangeRuntime:
     instruments: list[InstrumentInfo] = field(default_factory=list)
     listed: bool = False  # True once the exchange's own instrument list was applied
     unknown: list[str] = field(default_factory=list)  # configured ids the exchange does not list
+    left_out_logged: bool = False  # the max_instruments cut is logged once
     streams: dict[WsPlan, asyncio.Task[None]] = field(default_factory=dict)
     futures: list[InstrumentInfo] = field(default_factory=list)  # dated futures followed (term structure)
+
+
+@dataclass(frozen=True, slots=True)
+class Poller:
+    name: str
+    period_s: float
+    job: Callable[[], Awaitable[None]]
 
 
 def fallback_instrument(exchange: Exchange, instrument: str) -> InstrumentInfo:
@@ -68,24 +77,60 @@ def fallback_instrument(exchange: Exchange, instrument: str) -> InstrumentInfo:
     return InstrumentInfo(exchange=exchange, instrument=instrument, base=base, quote=quote, inverse=inverse)
 
 
+def _of_kind(exchange: Exchange, info: InstrumentInfo) -> bool:
+    # "every USDT perpetual"; Deribit lists no USDT-margined perpetuals, so take all of its
+    return exchange is Exchange.DERIBIT or info.quote == "USDT"
+
+
+def _candidates(
+    exchange: Exchange, cfg: ExchangeConfig, configured: Sequence[str], listed: Sequence[InstrumentInfo]
+) -> list[InstrumentInfo]:
+    """Configured ids the exchange lists, then (all_perpetuals) every other listed one of the kind."""
+    by_id = {i.instrument: i for i in listed}
+    chosen = [by_id[i] for i in configured if i in by_id]
+    if cfg.all_perpetuals:
+        seen = {i.instrument for i in chosen}
+        chosen += [i for i in listed if i.instrument not in seen and _of_kind(exchange, i)]
+    return chosen
+
+
 def select_instruments(
     exchange: Exchange, cfg: ExchangeConfig, configured: Sequence[str], listed: Sequence[InstrumentInfo] | None
 ) -> tuple[list[InstrumentInfo], list[str]]:
     """The instruments to follow and the configured ids the exchange does not list.
 
-    ``listed`` None means the list could not be read: follow the configured ids as given.
+    ``listed`` None means the list could not be read: follow the configured ids as given. This is
+    the selection from the full listing; a shard takes its bases from it afterwards.
     """
     if not listed:
         return [fallback_instrument(exchange, i) for i in configured], []
     by_id = {i.instrument: i for i in listed}
-    chosen = [by_id[i] for i in configured if i in by_id]
     unknown = [i for i in configured if i not in by_id]
+    chosen = _candidates(exchange, cfg, configured, listed)
     if cfg.all_perpetuals:
-        seen = {i.instrument for i in chosen}
-        # "every USDT perpetual"; Deribit lists no USDT-margined perpetuals, so take all of its
-        extra = [i for i in listed if i.instrument not in seen and (exchange is Exchange.DERIBIT or i.quote == "USDT")]
-        chosen = (chosen + extra)[: cfg.max_instruments]
+        chosen = chosen[: cfg.max_instruments]
     return chosen, unknown
+
+
+def coverage_of(
+    exchange: Exchange,
+    cfg: ExchangeConfig,
+    configured: Sequence[str],
+    listed: Sequence[InstrumentInfo] | None,
+    selected: Sequence[InstrumentInfo],
+    followed: Sequence[InstrumentInfo],
+) -> Coverage:
+    """Listed (of the kind followed), selected and followed counts, and what max_instruments cut."""
+    if not listed:
+        return Coverage(listed=0, selected=len(selected), followed=len(followed))
+    candidates = _candidates(exchange, cfg, configured, listed)
+    kind = {i.instrument for i in listed if _of_kind(exchange, i)} | {i.instrument for i in candidates}
+    return Coverage(
+        listed=len(kind),
+        selected=len(selected),
+        followed=len(followed),
+        left_out=left_out_by_limit(candidates, selected),
+    )
 
 
 class Exporter:
@@ -123,6 +168,8 @@ class Exporter:
         self.backoff = backoff
         self.startup_budget_s = startup_budget_s
         self.runtimes: dict[Exchange, ExchangeRuntime] = {}
+        self.shard = Shard(config.shard.index, config.shard.count)
+        self.coverage: dict[Exchange, Coverage] = {}  # per exchange, read by the shard collector
         self._tasks: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
         self.server: Any = None
@@ -258,7 +305,10 @@ class Exporter:
         if listed is not None and not listed:
             log.warning("%s: the instrument list is empty; using the configured ids", rt.exchange)
             listed = None
-        chosen, unknown = select_instruments(rt.exchange, rt.cfg, rt.configured, listed)
+        selected, unknown = select_instruments(rt.exchange, rt.cfg, rt.configured, listed)
+        # The shard takes its bases from the selection made on the full listing, so the union of
+        # the shards never depends on their number.
+        chosen = self.shard.select(selected)
         if unknown and unknown != rt.unknown:
             log.error(
                 "%s: configured instrument(s) not listed by the exchange, not followed: %s",
@@ -268,6 +318,25 @@ class Exporter:
         rt.unknown = unknown
         if listed is None and rt.listed:
             return  # a failed refresh keeps what the last good list said
+        cov = coverage_of(rt.exchange, rt.cfg, rt.configured, listed, selected, chosen)
+        self.coverage[rt.exchange] = cov
+        if cov.left_out and not rt.left_out_logged:
+            rt.left_out_logged = True
+            log.warning(
+                "%s: max_instruments=%d leaves %d listed instrument(s) out: %s",
+                rt.exchange,
+                rt.cfg.max_instruments,
+                len(cov.left_out),
+                ", ".join(cov.left_out),
+            )
+        if self.shard.sharded:
+            log.info(
+                "%s: shard %s follows %d of %d selected instrument(s)",
+                rt.exchange,
+                self.shard,
+                len(chosen),
+                len(selected),
+            )
         rt.listed = rt.listed or listed is not None
         rt.instruments = chosen
         for info in chosen:
@@ -288,6 +357,7 @@ class Exporter:
             log.warning("%s: dated futures list unavailable (%s)", rt.exchange, exc)
             return
         chosen = dated.select(listed, fc.bases, None if fc.all_expiries else fc.nearest, self.clock.time())
+        chosen = self.shard.select(chosen)  # a base's futures live with its perpetuals
         if [i.instrument for i in chosen] != [i.instrument for i in rt.futures]:
             log.info("%s: dated futures followed: %s", rt.exchange, ", ".join(i.instrument for i in chosen) or "none")
         rt.futures = chosen
@@ -362,35 +432,37 @@ class Exporter:
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=name))
 
-    def _start_pollers(self, rt: ExchangeRuntime) -> None:
+    def pollers(self, rt: ExchangeRuntime) -> list[Poller]:
+        """The periodic REST jobs of one exchange (what has no stream), for this shard."""
         poll = rt.cfg.poll
         ex = rt.exchange
+        out: list[Poller] = []
         if rt.rest.polls_open_interest:
-            self._spawn(
-                self._every(
+            out.append(
+                Poller(
+                    f"{ex} open interest",
                     poll.open_interest_seconds,
                     lambda: self._per_instrument(rt, rt.rest.open_interest),
-                    f"{ex} open interest",
-                ),
-                f"poll-{ex}-oi",
+                )
             )
         if rt.rest.has_long_short_ratio:
-            self._spawn(
-                self._every(
+            out.append(
+                Poller(
+                    f"{ex} long/short ratio",
                     poll.long_short_ratio_seconds,
                     lambda: self._per_instrument(rt, rt.rest.long_short_ratio),
-                    f"{ex} long/short ratio",
-                ),
-                f"poll-{ex}-lsr",
+                )
             )
-        if rt.rest.has_insurance_fund:
-            self._spawn(
-                self._every(poll.insurance_fund_seconds, lambda: self._insurance(rt), f"{ex} insurance fund"),
-                f"poll-{ex}-insurance",
-            )
-        self._spawn(self._refresh_instruments(rt), f"poll-{ex}-instruments")
+        if rt.rest.has_insurance_fund and self.shard.exchange_wide:  # one shard publishes exchange-wide series
+            out.append(Poller(f"{ex} insurance fund", poll.insurance_fund_seconds, lambda: self._insurance(rt)))
+        return out
+
+    def _start_pollers(self, rt: ExchangeRuntime) -> None:
+        for p in self.pollers(rt):
+            self._spawn(self._every(p.period_s, p.job, p.name), f"poll {p.name}")
+        self._spawn(self._refresh_instruments(rt), f"poll-{rt.exchange}-instruments")
         if rt.cfg.futures.enabled:
-            self._spawn(self._refresh_futures(rt), f"poll-{ex}-futures")
+            self._spawn(self._refresh_futures(rt), f"poll-{rt.exchange}-futures")
 
     async def _every(self, period: float, job: Callable[[], Awaitable[None]], what: str) -> None:
         while True:
@@ -454,19 +526,31 @@ class Exporter:
 
     def _build_registry(self) -> Any:
         from exporter.metrics import build_registry
+        from exporter.metrics.shard import ShardCollector
 
-        registry = build_registry(self.config, self.state)
+        registry = build_registry(
+            self.config, self.state, extra_collectors=[ShardCollector(self.shard, lambda: dict(self.coverage))]
+        )
         # an invalid position that is the only one still starts the service: it reports and counts it
         if self.config.positions or self.config.position_settings.from_accounts or self.config.position_issues:
             try:
                 # the exporter's REST endpoints: account reads share their rate-limit gates and counts
                 rest = {ex: rt.rest for ex, rt in self.runtimes.items()}
-                self.positions = PositionService(self.config, self.state, rest=rest)
+                self.positions = PositionService(self._shard_config(), self.state, rest=rest, owns=self.shard.owns)
             except Exception as exc:  # e.g. an unwritable accrual database: market data still serves
                 log.error("position service cannot start, positions not exported: %s", exc)
             else:
                 registry.register(PositionCollector(self.positions))
         return registry
+
+    def _shard_config(self) -> Config:
+        """The configuration with only the positions whose base this shard follows."""
+        if not self.shard.sharded:
+            return self.config
+        kept = [p for p in self.config.positions if self.shard.owns(base_of(p.exchange, p.instrument)[0])]
+        out = self.config.model_copy(update={"positions": kept})
+        out._position_issues = list(self.config.position_issues)
+        return out
 
     def _start_server(self, registry: Any) -> Any:
         from exporter.server import start_server

@@ -179,6 +179,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         config.listen_address = args.listen
     if args.web_config:
         config.web_config_file = args.web_config
+    if args.shard:
+        from exporter.config import ShardConfig
+        from exporter.shard import Shard
+
+        try:
+            shard = Shard.parse(args.shard)
+        except ValueError as exc:
+            return _fail(f"--shard: {exc}", EXIT_CONFIG)
+        config.shard = ShardConfig(index=shard.index, count=shard.count)
     if args.telemetry_path:
         if not args.telemetry_path.startswith("/"):
             return _fail(f"--web.telemetry-path {args.telemetry_path!r} must start with /", EXIT_CONFIG)
@@ -342,6 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     _web_args(run, 9466)
     run.add_argument(
         "--web.telemetry-path", dest="telemetry_path", metavar="PATH", help="path of the metrics (default /metrics)"
+    )
+    run.add_argument(
+        "--shard",
+        metavar="K/S",
+        help="follow only the base assets of shard K of S (0-based; overrides shard: in the config)",
     )
     run.add_argument("--version", action="version", version=f"fr-exporter {__version__}")
     _log_args(run)

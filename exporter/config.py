@@ -197,6 +197,24 @@ class AnalyticsConfig(_Model):
         return v
 
 
+class ShardConfig(_Model):
+    """This exporter is shard ``index`` of ``count``; each base asset goes to one shard (docs/scaling.md).
+
+    Every shard must be given the same ``count`` and the same exchange settings (instrument lists,
+    ``all_perpetuals``, ``max_instruments``): the selection is made from the full listing first,
+    then split, so the union of the shards is what one exporter would follow.
+    """
+
+    index: int = Field(0, ge=0)
+    count: int = Field(1, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _index_below_count(self) -> ShardConfig:
+        if self.index >= self.count:
+            raise ValueError(f"shard index {self.index} must be below the shard count {self.count}")
+        return self
+
+
 class TlsConfig(_Model):
     cert_file: Path
     key_file: Path
@@ -393,6 +411,7 @@ class Config(_Model):
     positions: list[PositionConfig] = Field(default_factory=list)
     position_settings: PositionsConfig = Field(default_factory=PositionsConfig)
     sidecar: SidecarConfig = Field(default_factory=SidecarConfig)
+    shard: ShardConfig = Field(default_factory=ShardConfig)
     # Positions that failed validation: skipped, reported by the position service; the rest runs.
     _position_issues: list[PositionIssue] = PrivateAttr(default_factory=list)
     # Where each setting was read (YAML path -> line) and from which file, for later checks' messages.

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from exporter.config import Config
 from exporter.feeds import feed_for
 from exporter.feeds.base import FeedContext
-from exporter.model import Exchange
+from exporter.model import Exchange, base_of
 from exporter.positions.model import OKX_CT_VAL_FALLBACK, Position, from_account
 from exporter.rest.accounts import ACCOUNT_CLASSES, AccountError, ExchangeAccount
 from exporter.rest.client import RestClient
@@ -46,6 +46,8 @@ class Accounts:
         self.stale_after = max(3 * config.position_settings.poll_seconds, 60.0)
         self.reads: Counter[str] = Counter()
         self.failures: Counter[tuple[str, str]] = Counter()
+        # sharded exporters: an account position belongs to the shard of its base (None: all)
+        self.owns: Callable[[str], bool] | None = None
 
     def adapter(self, ex: Exchange) -> ExchangeAccount:
         acct = self._adapters.get(ex)
@@ -93,11 +95,18 @@ class Accounts:
             self.put(ex, self.clock(), [from_account(a) for a in read], closed)
 
     def put(self, ex: Exchange, at: float, got: list[Position], closed: Callable[[str], None] | None = None) -> None:
+        owns = self.owns
+        if owns is not None:
+            got = [p for p in got if owns(self._base(p))]
         for gone in {p.name for p in self._read.get(ex, (0.0, []))[1]} - {p.name for p in got}:
             log.info("account position closed: %s", gone)
             if closed is not None:
                 closed(gone)
         self._read[ex] = (at, got)
+
+    def _base(self, p: Position) -> str:
+        st = self.state.instruments.get((p.exchange, p.instrument))
+        return st.info.base if st is not None else base_of(p.exchange, p.instrument)[0]
 
     def positions(self, ex: Exchange | None = None) -> list[Position]:
         """Positions of the accounts read recently enough (all exchanges, or ``ex``)."""

@@ -47,9 +47,12 @@ class PositionService:
         environ: Mapping[str, str] | None = None,
         tick_seconds: float = 1.0,
         vol_sample_seconds: float | None = None,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         """``rest``: the exporter's REST endpoints per exchange (shared clients and gates); the
-        service makes its own for any exchange not given (tests, tools)."""
+        service makes its own for any exchange not given (tests, tools). ``owns``: whether this
+        (sharded) exporter follows a base; account positions of other bases are another shard's
+        (configured ones are filtered by the caller)."""
         self.config = config
         self.state = state
         self.settings = s = config.position_settings
@@ -65,6 +68,7 @@ class PositionService:
         self.market = MarketReader(config, state, self.clock, vol_sample_seconds or s.vol_sample_seconds)
         self.tiers = TierBook(config, self.clock)
         self.accounts = Accounts(config, state, read_keys(config, environ), rest or {}, self.clock)
+        self.accounts.owns = owns
         self.facts = RiskFacts(self.accounts, self.tiers, self.ledger)
         self.view_settings = ViewSettings(s.hit_horizons_hours, s.shocks_pct, config.analytics.holding_period_hours)
         self._last_poll = -math.inf
