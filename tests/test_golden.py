@@ -30,6 +30,7 @@ from exporter.clock import VirtualClock
 from exporter.config import Config
 from exporter.metrics import build_registry, catalog
 from exporter.metrics.positions import PositionCollector, PositionView, StressView
+from exporter.metrics.shard import ShardCollector
 from exporter.model import (
     Exchange,
     FundingSettlement,
@@ -40,6 +41,7 @@ from exporter.model import (
     MarketUpdate,
     Side,
 )
+from exporter.shard import Coverage, Shard
 from exporter.sidecar.metrics import AiMetrics, make_registry
 from exporter.sidecar.schema import Action, RiskAnswer, RiskLevel
 from exporter.sidecar.scoring import calibration_table, scores
@@ -211,7 +213,9 @@ class GoldenPositions:
 def exporter_text(openmetrics: bool = False) -> str:
     state = golden_state()
     # process_* (CPU, memory) differ on every render: not what the golden file is about
-    reg = build_registry(Config(), state, extra_collectors=[PositionCollector(GoldenPositions())], process=False)
+    coverage = {Exchange.BINANCE: Coverage(listed=412, selected=300, followed=97, left_out=("XYZUSDT",))}
+    shard = ShardCollector(Shard(1, 3), lambda: coverage)
+    reg = build_registry(Config(), state, extra_collectors=[shard, PositionCollector(GoldenPositions())], process=False)
     reg.views.errors.count("market", 2)  # two instrument views that failed at earlier scrapes
     body = reg.render(openmetrics=openmetrics)
     reference = generate_latest_om(reg) if openmetrics else generate_latest(reg)
