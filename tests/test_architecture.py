@@ -39,6 +39,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "exporter.analytics",
             "exporter.positions.model",
             "exporter.positions.config_source",
+            "exporter.shard",
         ),
     ),
     ("io", ("exporter.feeds.connection", "exporter.rest")),

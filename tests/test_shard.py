@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from support import free_port, needs_tool, wait_for
 
 from exporter.app import Exporter
 from exporter.config import Config, ConfigError, load_config
@@ -34,7 +35,6 @@ from exporter.model import (
 )
 from exporter.shard import Shard, hashmod
 from exporter.state import MarketState
-from mixin.stack import free_port, wait_for
 
 NOW = 1_750_000_000.0
 BASES = [f"C{i:02d}" for i in range(40)] + ["BTC", "ETH", "SOL", "1000PEPE"]
@@ -71,7 +71,7 @@ def test_shard_spec_parsing_and_bounds() -> None:
 prometheus = shutil.which("prometheus")
 
 
-@pytest.mark.skipif(prometheus is None, reason="prometheus not installed (apt-get install prometheus)")
+@needs_tool("prometheus", package="prometheus")
 def test_hashmod_matches_prometheus_relabelling(tmp_path: Path) -> None:
     """The real Prometheus assigns every base to the same shard as exporter.shard.hashmod."""
     targets = [{"targets": [f"127.0.0.1:{i + 1}"], "labels": {"base": b}} for i, b in enumerate(BASES)]
