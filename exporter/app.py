@@ -26,8 +26,9 @@ from exporter.feeds.connection import BackoffPolicy, FeedConnection
 from exporter.metrics.positions import PositionCollector
 from exporter.model import Exchange, InstrumentInfo, base_of
 from exporter.positions.service import PositionService
-from exporter.rest.client import RestClient, RestError, RestPolicy
+from exporter.rest.client import RequestBudget, RestClient, RestError, RestPolicy, budget_share
 from exporter.rest.endpoints import ExchangeRest, rest_api_for
+from exporter.rest.limits import LIMITS
 from exporter.shard import Coverage, Shard, left_out_by_limit
 from exporter.sink import RecordSink
 from exporter.state import MarketState
@@ -39,6 +40,7 @@ FIRST_DATA_WAIT_S = 5.0  # after backfill: wait this long at most for the first 
 INSTRUMENTS_RETRY_S = 30.0  # instrument list unavailable at start: try again this soon
 BACKFILL_CONCURRENCY = 4  # per exchange; funding-history buckets are small (Binance 500 / 5 min)
 POLL_CONCURRENCY = 4
+SPREAD_FRACTION = 0.8  # a poll round's requests start evenly over this part of its period
 POSITIONS_STOP_S = 3.0
 FUTURES_AFTER_EXPIRY_S = 1.0  # reread the futures list this long after a delivery (the successor is listed)
 
@@ -59,6 +61,7 @@ class ExchangeRuntime:
     listed: bool = False  # True once the exchange's own instrument list was applied
     unknown: list[str] = field(default_factory=list)  # configured ids the exchange does not list
     left_out_logged: bool = False  # the max_instruments cut is logged once
+    next_ws_open: float = 0.0  # loop time before which no new websocket connection is opened
     streams: dict[WsPlan, asyncio.Task[None]] = field(default_factory=dict)
     futures: list[InstrumentInfo] = field(default_factory=list)  # dated futures followed (term structure)
 
@@ -169,6 +172,8 @@ class Exporter:
         self.startup_budget_s = startup_budget_s
         self.runtimes: dict[Exchange, ExchangeRuntime] = {}
         self.shard = Shard(config.shard.index, config.shard.count)
+        rb = config.rest_budget
+        self.budget_share = budget_share(rb.fraction, self.shard.count, rb.split_between_shards)
         self.coverage: dict[Exchange, Coverage] = {}  # per exchange, read by the shard collector
         self._tasks: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
@@ -280,7 +285,8 @@ class Exporter:
         feed = self.feed_factory(ex)
         ws_base, rest_base = self.config.urls_for(ex)
         ctx = FeedContext(exchange=ex, instruments={}, clock=self.state.clock)  # timestamps near now
-        client = RestClient(ex, rest_base, self.sink, policy=self.rest_policy)
+        budget = RequestBudget(LIMITS[ex], self.budget_share)
+        client = RestClient(ex, rest_base, self.sink, policy=self.rest_policy, budget=budget)
         rest = rest_api_for(ex, client, feed, ctx)
         return ExchangeRuntime(ex, cfg, feed, ctx, client, rest, ws_base, self.config.instruments_for(ex))
 
@@ -372,10 +378,20 @@ class Exporter:
             if plan not in plans or task.done():
                 task.cancel()
                 del rt.streams[plan]
+        # Connection opens are spaced within the exchange's per-IP limit on new connections (our share).
+        spacing = 1.0 / (LIMITS[rt.exchange].ws_opens_per_s * self.budget_share)
         for plan in plans:
             if plan not in rt.streams:
                 conn = FeedConnection(rt.feed, plan, rt.ctx, self.sink, backoff=self.backoff)
-                rt.streams[plan] = asyncio.create_task(conn.run(self._stop), name=f"ws-{rt.exchange}-{plan.stream}")
+                at = max(self.clock.monotonic(), rt.next_ws_open)
+                rt.next_ws_open = at + spacing
+                rt.streams[plan] = asyncio.create_task(self._open_at(conn, at), name=f"ws-{rt.exchange}-{plan.stream}")
+
+    async def _open_at(self, conn: FeedConnection, at: float) -> None:
+        delay = at - self.clock.monotonic()
+        if delay > 0:
+            await self.clock.sleep(delay)
+        await conn.run(self._stop)
 
     def _interval_changed(self, exchange: Exchange, instrument: str) -> None:
         """A stream showed a funding-interval change: refetch the exchange's funding facts now
@@ -442,7 +458,7 @@ class Exporter:
                 Poller(
                     f"{ex} open interest",
                     poll.open_interest_seconds,
-                    lambda: self._per_instrument(rt, rt.rest.open_interest),
+                    lambda: self._per_instrument(rt, rt.rest.open_interest, poll.open_interest_seconds),
                 )
             )
         if rt.rest.has_long_short_ratio:
@@ -450,7 +466,7 @@ class Exporter:
                 Poller(
                     f"{ex} long/short ratio",
                     poll.long_short_ratio_seconds,
-                    lambda: self._per_instrument(rt, rt.rest.long_short_ratio),
+                    lambda: self._per_instrument(rt, rt.rest.long_short_ratio, poll.long_short_ratio_seconds),
                 )
             )
         if rt.rest.has_insurance_fund and self.shard.exchange_wide:  # one shard publishes exchange-wide series
@@ -466,18 +482,30 @@ class Exporter:
 
     async def _every(self, period: float, job: Callable[[], Awaitable[None]], what: str) -> None:
         while True:
+            started = self.clock.monotonic()
             try:
                 await job()
             except RestError:
                 pass  # counted by the client; the last good values stay until they go stale
             except Exception:
                 log.exception("%s poll failed", what)
-            await self.clock.sleep(period)
+            # one start per period; a round that took longer (the budget) starts the next at once
+            await self.clock.sleep(max(0.0, period - (self.clock.monotonic() - started)))
 
-    async def _per_instrument(self, rt: ExchangeRuntime, fetch: Callable[[str], Awaitable[Sequence[Any]]]) -> None:
+    async def _per_instrument(
+        self, rt: ExchangeRuntime, fetch: Callable[[str], Awaitable[Sequence[Any]]], period_s: float = 0.0
+    ) -> None:
+        """One request per instrument, started evenly over most of ``period_s``: a steady trickle
+        inside the budget rather than a burst at the top of every period."""
         sem = asyncio.Semaphore(POLL_CONCURRENCY)
+        instruments = list(rt.instruments)
+        t0 = self.clock.monotonic()
+        step = SPREAD_FRACTION * period_s / max(1, len(instruments))
 
-        async def one(info: InstrumentInfo) -> None:
+        async def one(n: int, info: InstrumentInfo) -> None:
+            delay = t0 + n * step - self.clock.monotonic()
+            if delay > 0:
+                await self.clock.sleep(delay)
             async with sem:
                 try:
                     records = await fetch(info.instrument)
@@ -485,7 +513,7 @@ class Exporter:
                     return
                 self.sink.apply_many(records)
 
-        await asyncio.gather(*(one(i) for i in list(rt.instruments)))
+        await asyncio.gather(*(one(n, i) for n, i in enumerate(instruments)))
 
     async def _insurance(self, rt: ExchangeRuntime) -> None:
         self.sink.apply_many(await rt.rest.insurance_fund(rt.instruments))

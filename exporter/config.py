@@ -215,6 +215,18 @@ class ShardConfig(_Model):
         return self
 
 
+class RestBudgetConfig(_Model):
+    """How much of each exchange's published per-IP limits this deployment uses (docs/rate-limits.md).
+
+    Every REST request waits for its share; connection opens are spaced the same way. Shards on one
+    egress IP split the share between them (the default, safe); shards with their own egress IPs
+    can each use all of it (``split_between_shards: false``).
+    """
+
+    fraction: float = Field(0.5, gt=0, le=1)  # of each published limit, for all exporters on one IP together
+    split_between_shards: bool = True
+
+
 class TlsConfig(_Model):
     cert_file: Path
     key_file: Path
@@ -412,6 +424,7 @@ class Config(_Model):
     position_settings: PositionsConfig = Field(default_factory=PositionsConfig)
     sidecar: SidecarConfig = Field(default_factory=SidecarConfig)
     shard: ShardConfig = Field(default_factory=ShardConfig)
+    rest_budget: RestBudgetConfig = Field(default_factory=RestBudgetConfig)
     # Positions that failed validation: skipped, reported by the position service; the rest runs.
     _position_issues: list[PositionIssue] = PrivateAttr(default_factory=list)
     # Where each setting was read (YAML path -> line) and from which file, for later checks' messages.

@@ -7,6 +7,10 @@ until its ``Retry-After`` (seconds or HTTP date, capped) has passed: every later
 client waits at the gate. 5xx, timeouts and connection errors are retried a few times with
 jittered backoff. When all attempts fail, :class:`RestError` is raised and the caller keeps the
 values it had: a failed poll changes nothing.
+
+Before any of that, every request waits for its share of the exchange's published per-IP limits
+(:class:`RequestBudget`, limits in rest/limits.py): the client paces itself so that the 429 gate
+is the exception, not the pacing.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import httpx
 import orjson
 
 from exporter.model import Exchange
+from exporter.rest.limits import LIMITS, ExchangeLimits
 from exporter.sink import RecordSink
 
 log = logging.getLogger(__name__)
@@ -92,6 +97,103 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, seconds)
 
 
+DEFAULT_SHARE = 0.5  # of each published limit: room for other users of the IP and for limits that shrank
+
+
+class RequestBudget:
+    """One exchange's request budget: a token bucket per published limit, refilled at ``share`` of it.
+
+    Every request of the exchange waits here first, so the startup backfill, the pollers and the
+    instrument refresh share the budget instead of racing into a 429. Requests that cost the same
+    buckets queue in arrival order (one FIFO lock per cost); others do not wait behind them (a
+    funding-history backfill held to 500 per 5 min does not hold up open-interest polls).
+
+    A bucket's burst is ``share`` x one second of its rate (at most a tenth of the limit, at least
+    one request) and its refill rate ``(share x limit - burst) / window``: in any window of the
+    exchange this budget's requests stay within ``share x limit``, so S budgets of ``share / S``
+    (shards on one IP, docs/rate-limits.md) stay within the limit together. Where ``share x limit``
+    is below one request, the refill keeps half of it.
+
+    ``now``/``sleep`` are the client's. A sleep after which ``now`` has not moved at all (a test's
+    instant sleep with a frozen clock) counts as the wait it stood for.
+    """
+
+    def __init__(
+        self,
+        limits: ExchangeLimits,
+        share: float = DEFAULT_SHARE,
+        *,
+        now: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if not 0.0 < share <= 1.0:
+            raise ValueError("share must be in (0, 1]")
+        self.limits = limits
+        self.share = share
+        self._now = now
+        self._sleep = sleep
+        self._cap: dict[str, float] = {}
+        self._rate: dict[str, float] = {}
+        for b in limits.buckets:
+            mine = share * b.limit
+            cap = max(1.0, share * min(b.rate, b.limit * 0.1))
+            self._cap[b.name] = cap
+            # 1 % below the share: a window holding exactly the limit is one rounding away from a 429
+            self._rate[b.name] = 0.99 * max(mine - cap, 0.5 * mine) / b.window_s
+        self._tokens = dict(self._cap)
+        self._base = now()  # times below are relative to this: small floats keep their precision
+        self._t = 0.0  # time of the last refill
+        self._skew = 0.0  # waits slept while the clock stood still (frozen test clocks only)
+        self._locks: dict[tuple[tuple[str, float], ...], asyncio.Lock] = {}
+        self.requests = 0
+        self.waits = 0  # requests that had to wait
+        self.waited_s = 0.0
+
+    def rate(self, bucket: str) -> float:
+        """Sustained requests per second this budget allows in ``bucket``."""
+        return self._rate[bucket]
+
+    def _refill(self) -> None:
+        t = max(self._now() - self._base + self._skew, self._t)
+        dt = t - self._t
+        self._t = t
+        if dt > 0:
+            for name, rate in self._rate.items():
+                self._tokens[name] = min(self._cap[name], self._tokens[name] + rate * dt)
+
+    async def acquire(self, path: str) -> None:
+        weights = self.limits.cost(path)
+        lock = self._locks.get(weights)
+        if lock is None:
+            lock = self._locks[weights] = asyncio.Lock()
+        async with lock:
+            waited = False
+            while True:
+                self._refill()
+                # a hair below w counts as w: float rounding must not make a loop of ever tinier waits
+                wait = max(
+                    ((w - self._tokens[b]) / self._rate[b] for b, w in weights if self._tokens[b] < w - 1e-6),
+                    default=0.0,
+                )
+                if wait <= 0.0:
+                    for b, w in weights:
+                        self._tokens[b] -= w
+                    self.requests += 1
+                    self.waits += waited
+                    return
+                waited = True
+                self.waited_s += wait
+                before = self._now()
+                await self._sleep(wait)
+                if self._now() == before:
+                    self._skew += wait
+
+
+def budget_share(fraction: float, shard_count: int, split_between_shards: bool) -> float:
+    """Each exporter's share of a limit: ``fraction``, divided among the shards when they share an IP."""
+    return fraction / (shard_count if split_between_shards else 1)
+
+
 class RestClient:
     """One exchange's REST base URL with shared rate-limit state."""
 
@@ -106,6 +208,7 @@ class RestClient:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
+        budget: RequestBudget | None = None,
     ) -> None:
         self.exchange = exchange
         self.base_url = base_url.rstrip("/")
@@ -115,6 +218,7 @@ class RestClient:
         self.sleep = sleep
         self.rand = rand
         self._gate_until = 0.0  # no request before this time (rate limit / ban)
+        self.budget = budget or RequestBudget(LIMITS[exchange], now=clock, sleep=sleep)
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(self.policy.timeout_s),
@@ -157,6 +261,7 @@ class RestClient:
                 if wait > p.max_wait_in_call_s:
                     raise RestError("rate_limited", f"{self.exchange} {endpoint}: rate-limited for {wait:.0f} s more")
                 await self.sleep(wait)
+            await self.budget.acquire(path)
             health.requests += 1
             retry_in: float | None = None
             try:

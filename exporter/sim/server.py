@@ -24,6 +24,7 @@ from exporter.model import Exchange
 from exporter.sim import private
 from exporter.sim.faults import Faults
 from exporter.sim.market import MarketModel, Scenario
+from exporter.sim.ratelimit import RateLimiter, retry_after_header
 
 log = logging.getLogger("exporter.sim")
 
@@ -38,6 +39,7 @@ class SimOptions:
     deribit_min_heartbeat_s: float = 10.0  # Deribit refuses shorter heartbeat intervals
     okx_funding_push_s: float = 30.0  # OKX pushes funding-rate every 30-90 s
     queue_max: int = 50_000  # outgoing frames buffered per connection before it is cut
+    rate_limits: bool = True  # enforce the exchanges' per-IP REST limits (429 / Binance 418 / Bybit 403)
 
 
 @dataclass(eq=False)
@@ -93,6 +95,7 @@ class ExchangeServer:
         self.market = market
         self.options = options or SimOptions()
         self.faults = Faults()
+        self.limiter = RateLimiter.for_exchange(self.exchange) if self.options.rate_limits else None
         self.down = False
         self.conns: set[Conn] = set()
         self.frames_sent = 0
@@ -222,6 +225,7 @@ class ExchangeServer:
         body["connections"] = len(self.conns)
         body["frames_sent"] = self.frames_sent
         body["faults"] = self.faults.snapshot()
+        body["rate_limits"] = self.limiter.snapshot() if self.limiter is not None else None
         return web.json_response(body, dumps=dumps)
 
     async def _json_body(self, request: web.Request) -> dict[str, Any]:
@@ -302,6 +306,14 @@ class ExchangeServer:
             if f is not None:
                 status, headers = f
                 return web.Response(status=status, headers=headers, text="simulated fault")
+            if self.limiter is not None:
+                refused = self.limiter.check(path)
+                if refused is not None:
+                    return web.Response(
+                        status=refused.status,
+                        headers={"Retry-After": retry_after_header(refused.retry_after_s)},
+                        text="too many requests (simulated per-IP limit)",
+                    )
         return await handler(request)
 
     def make_app(self) -> web.Application:
