@@ -18,6 +18,15 @@ from mixin.config import DEFAULT
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 SERVICES = {"exporter", "sidecar", "prometheus", "alertmanager", "grafana"}
+SCALEOUT = {
+    "exporter-shard-1",
+    "exporter-shard-2",
+    "prometheus-agent",
+    "victoriametrics",
+    "vmalert",
+    "grafana-scaleout",
+}
+PROFILED = {"simulator"} | SCALEOUT
 
 
 def _compose() -> dict[str, Any]:
@@ -35,7 +44,7 @@ def _compose_binary() -> list[str] | None:
 
 
 @pytest.mark.e2e  # runs docker-compose (.ci/tools installs it)
-@pytest.mark.parametrize("profile", [None, "demo"])
+@pytest.mark.parametrize("profile", [None, "demo", "scaleout"])
 def test_docker_compose_config_validates(profile: str | None, tmp_path: Path) -> None:
     cmd = _compose_binary()
     if cmd is None:
@@ -48,8 +57,9 @@ def test_docker_compose_config_validates(profile: str | None, tmp_path: Path) ->
     assert res.returncode == 0, res.stderr
     rendered = yaml.safe_load(res.stdout)
     # docker-compose 1.29 lists profile-only services too; `docker compose` v2 leaves them out
-    assert SERVICES <= set(rendered["services"]) <= SERVICES | {"simulator"}
-    assert ("simulator" in rendered["services"]) or not profile
+    assert SERVICES <= set(rendered["services"]) <= SERVICES | PROFILED
+    assert ("simulator" in rendered["services"]) or profile != "demo"
+    assert set(rendered["services"]) >= SCALEOUT or profile != "scaleout"
     config = f"/etc/fr-exporter/{profile or 'live'}.yaml"
     for service in ("exporter", "sidecar"):
         assert config in rendered["services"][service]["command"]
@@ -59,10 +69,11 @@ def test_structure() -> None:
     c = _compose()
     assert "version" not in c
     services = c["services"]
-    assert set(services) == SERVICES | {"simulator"}
+    assert set(services) == SERVICES | PROFILED
     assert services["simulator"]["profiles"] == ["demo"]
     assert services["simulator"]["command"][0] == "simulate"
-    assert all("profiles" not in s for n, s in services.items() if n != "simulator")
+    assert all(services[n]["profiles"] == ["scaleout"] for n in SCALEOUT)
+    assert all("profiles" not in s for n, s in services.items() if n not in PROFILED)
 
 
 @pytest.mark.parametrize(
@@ -175,3 +186,32 @@ def test_prometheus_and_alertmanager_know_their_external_urls() -> None:
     ):
         flags = [c for c in services[name]["command"] if c.startswith("--web.external-url=")]
         assert flags == [f"--web.external-url=${{{var}:-http://localhost:{port}}}"], name
+
+
+def test_scaleout_profile_is_consistent() -> None:
+    """The shards, the agent's targets, config/scaleout.yaml's count, vmalert's rules and Grafana's source agree."""
+    services = _compose()["services"]
+    cfg = yaml.safe_load((ROOT / "config/scaleout.yaml").read_text())
+    count = cfg["shard"]["count"]
+    shards = {"exporter": 0} | {
+        n: int(s["environment"]["FR_SHARD__INDEX"]) for n, s in services.items() if n.startswith("exporter-shard-")
+    }
+    assert sorted(shards.values()) == list(range(count))  # every index once, the base exporter is shard 0
+    agent = yaml.safe_load((ROOT / "prometheus/agent.yml").read_text())
+    jobs = {j["job_name"]: j["static_configs"][0]["targets"] for j in agent["scrape_configs"]}
+    assert sorted(jobs[DEFAULT.exporter_job]) == sorted(f"{n}:{DEFAULT.exporter_port}" for n in shards)
+    assert agent["remote_write"][0]["url"] == "http://victoriametrics:8428/api/v1/write"
+    assert "rule_files" not in agent and "alerting" not in agent  # agent mode evaluates nothing
+    assert "--enable-feature=agent" in services["prometheus-agent"]["command"]
+    vmalert = services["vmalert"]
+    assert "./prometheus/rules:/etc/vmalert/rules:ro" in vmalert["volumes"]
+    assert "-rule=/etc/vmalert/rules/*.yml" in vmalert["command"]
+    assert "-notifier.url=http://alertmanager:9093" in vmalert["command"]
+    assert "-datasource.url=http://victoriametrics:8428" in vmalert["command"]
+    ds = yaml.safe_load((ROOT / "grafana/provisioning-scaleout/datasources/victoriametrics.yml").read_text())
+    (source,) = ds["datasources"]
+    assert source["url"] == "http://victoriametrics:8428" and source["uid"] == DEFAULT.datasource_uid
+    assert source["jsonData"]["timeInterval"] == agent["global"]["scrape_interval"]
+    # the shards keep their accrual databases apart (one volume)
+    paths = [s["environment"].get("FR_POSITION_SETTINGS__DB_PATH") for n, s in services.items() if n in shards]
+    assert len({p for p in paths if p}) == count - 1
