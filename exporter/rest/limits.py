@@ -71,6 +71,9 @@ LIMITS: dict[Exchange, ExchangeLimits] = {
             Cost("/fapi/v1/fundingInfo", (("funding", 1),)),
             Cost("/futures/data/", (("weight", 1), ("futures_data", 1))),
             Cost("/fapi/v1/exchangeInfo", (("weight", 1),)),
+            # signed account reads (positions): positionRisk 5, adlQuantile 5 (exchanges.md 2.6)
+            Cost("/fapi/v2/positionRisk", (("weight", 5),)),
+            Cost("/fapi/v1/adlQuantile", (("weight", 5),)),
         ),
         default=(("weight", 1),),  # openInterest, insuranceBalance, premiumIndex with symbol: 1
         ws_opens_per_s=1.0,  # not in our sources: one a second is far below any limit seen
