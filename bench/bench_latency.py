@@ -14,7 +14,7 @@ Per frame it records sent -> applied (includes loopback and websocket receive) a
 applied (``received_at`` is taken when ``recv()`` returns: parse + apply and any wait for the GIL).
 Prints p50/p90/p99/max. Target: p99 < 20 ms.
 
-Run: ``.venv/bin/python bench/bench_latency.py [--seconds 30] [--small-rate 50]``. Prints figures; not a test.
+Run: ``.venv/bin/python bench/bench_latency.py [--seconds 30] [--small-rate 50] [--no-gc-freeze]``. Prints figures; not a test.
 """
 
 from __future__ import annotations
@@ -276,7 +276,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--small-rate", type=float, default=50.0, help="small liquidation frames per second")
-    ap.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after building the state")
+    # the exporter freezes its start-up state (app.py), so that is the default here too
+    ap.add_argument(
+        "--no-gc-freeze",
+        dest="gc_freeze",
+        action="store_false",
+        help="skip the gc.freeze() after building the state (the exporter does it; this shows why)",
+    )
     args = ap.parse_args()
     print(machine())
     ctx = mp.get_context("spawn")

@@ -224,6 +224,12 @@ class Exporter:
         remaining = self.startup_budget_s - (time.monotonic() - t0)
         await self._wait_first_data(min(FIRST_DATA_WAIT_S, max(0.0, remaining)))
         registry = self._build_registry()
+        # One render before the server answers: label strings, window statistics and the other
+        # scrape caches are built now, so the first scrape costs what every later one does.
+        try:
+            registry.render()
+        except Exception:
+            log.exception("warm-up render failed; the first scrape will build its caches")
         # Everything loaded so far (modules, backfilled windows) lives for the whole run: moving it
         # out of the collector's reach keeps full collections short, so frames are not held up.
         gc.collect()
