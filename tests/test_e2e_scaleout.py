@@ -103,10 +103,6 @@ def _exporter_config(tmp: Path, name: str, sim: dict[str, dict[str, Any]], port:
     return path
 
 
-def _healthy(url: str) -> bool:
-    return bool(http_json(url) is not None)
-
-
 def _get(url: str) -> str:
     import urllib.request
 
@@ -164,7 +160,8 @@ def scaleout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         single_cfg = _exporter_config(tmp, "single", sim, ports[SHARDS], (0, 1))
         run.procs.append(_spawn(["--config", str(single_cfg)], tmp / "single.log"))
         for port in ports:
-            wait_for(lambda p=port: _get(f"http://127.0.0.1:{p}/healthz") is not None, 60, what=f"exporter :{port}")
+            url = f"http://127.0.0.1:{port}/healthz"
+            wait_for(lambda url=url: bool(_get(url)), 60, what=f"exporter {url}")
 
         vm_port = free_port()
         vm = f"http://127.0.0.1:{vm_port}"

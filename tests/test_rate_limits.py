@@ -134,7 +134,9 @@ def test_simulated_binance_bans_after_repeated_429s_and_bybit_says_403() -> None
     first = lim.check("/fapi/v1/fundingInfo")
     assert first is not None and first.status == 429 and 0 < first.retry_after_s <= funding.window_s
     statuses = [r.status for r in (lim.check("/fapi/v1/fundingInfo") for _ in range(5)) if r is not None]
-    assert statuses[: LIMITS[Exchange.BINANCE].ban_after_429s - 1] == [429] * 2 and 418 in statuses
+    strikes = LIMITS[Exchange.BINANCE].ban_after_429s
+    assert strikes is not None
+    assert statuses[: strikes - 1] == [429] * (strikes - 1) and 418 in statuses
     t = 1.0
     banned = lim.check("/fapi/v1/openInterest")  # another bucket: the ban is for the whole IP
     assert banned is not None and banned.status == 418 and banned.retry_after_s > 100

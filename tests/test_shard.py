@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,6 +67,22 @@ def test_shard_spec_parsing_and_bounds() -> None:
         load_config(None, {"FR_SHARD__INDEX": "3", "FR_SHARD__COUNT": "3"})
     cfg = load_config(None, {"FR_SHARD__INDEX": "1", "FR_SHARD__COUNT": "3"})
     assert (cfg.shard.index, cfg.shard.count) == (1, 3)
+
+
+def test_cli_shard_flag_overrides_the_config_and_rejects_a_bad_spec() -> None:
+    root = Path(__file__).resolve().parent.parent
+    bad = subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "run", "--config", "config/demo.yaml", "--shard", "3/3"],
+        capture_output=True, text=True, timeout=60, cwd=root, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert [ln for ln in bad.stderr.splitlines() if ln.strip()] == [
+        "fr-exporter: --shard: shard 3/3: need 0 <= index < count"
+    ]
+    from exporter.cli import build_parser
+
+    args = build_parser().parse_args(["run", "--shard", "1/4"])
+    assert args.shard == "1/4"
 
 
 prometheus = shutil.which("prometheus")
