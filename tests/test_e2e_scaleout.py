@@ -161,7 +161,11 @@ def scaleout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         run.procs.append(_spawn(["--config", str(single_cfg)], tmp / "single.log"))
         for port in ports:
             url = f"http://127.0.0.1:{port}/healthz"
-            wait_for(lambda url=url: bool(_get(url)), 60, what=f"exporter {url}")
+
+            def up(url: str = url) -> bool:
+                return bool(_get(url))
+
+            wait_for(up, 60, what=f"exporter {url}")
 
         vm_port = free_port()
         vm = f"http://127.0.0.1:{vm_port}"
