@@ -23,12 +23,12 @@ from exporter.config import Config, ExchangeConfig
 from exporter.feeds import dated
 from exporter.feeds.base import Feed, FeedContext, WsPlan
 from exporter.feeds.connection import BackoffPolicy, FeedConnection
+from exporter.limits import LIMITS
 from exporter.metrics.positions import PositionCollector
 from exporter.model import Exchange, InstrumentInfo, base_of
 from exporter.positions.service import PositionService
 from exporter.rest.client import RequestBudget, RestClient, RestError, RestPolicy, budget_share
 from exporter.rest.endpoints import ExchangeRest, rest_api_for
-from exporter.rest.limits import LIMITS
 from exporter.shard import Coverage, Shard, left_out_by_limit
 from exporter.sink import RecordSink
 from exporter.state import MarketState

@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "exporter.positions.model",
             "exporter.positions.config_source",
             "exporter.shard",
+            "exporter.limits",
         ),
     ),
     ("io", ("exporter.feeds.connection", "exporter.rest")),

@@ -1,7 +1,7 @@
 """REST pacing against the exchanges' per-IP limits, judged by the simulator's own enforcement.
 
 The exporter's :class:`RequestBudget` and the simulator's :class:`RateLimiter` read the same table
-(exporter/rest/limits.py) but work differently (token buckets vs. sliding-window logs), so the
+(exporter/limits.py) but work differently (token buckets vs. sliding-window logs), so the
 limiter is an independent judge: whatever the budget lets through must never be refused.
 """
 
@@ -18,9 +18,9 @@ import pytest
 from exporter.app import run_exporter
 from exporter.clock import VirtualClock
 from exporter.config import Config
+from exporter.limits import LIMITS, ExchangeLimits
 from exporter.model import Exchange
 from exporter.rest.client import RequestBudget, RestClient, RestPolicy, budget_share
-from exporter.rest.limits import LIMITS, ExchangeLimits
 from exporter.sim import main as sim_main
 from exporter.sim import server as sim_server
 from exporter.sim.ratelimit import RateLimiter

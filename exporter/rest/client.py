@@ -9,7 +9,7 @@ jittered backoff. When all attempts fail, :class:`RestError` is raised and the c
 values it had: a failed poll changes nothing.
 
 Before any of that, every request waits for its share of the exchange's published per-IP limits
-(:class:`RequestBudget`, limits in rest/limits.py): the client paces itself so that the 429 gate
+(:class:`RequestBudget`, limits in exporter/limits.py): the client paces itself so that the 429 gate
 is the exception, not the pacing.
 """
 
@@ -27,8 +27,8 @@ from urllib.parse import urlencode
 import httpx
 import orjson
 
+from exporter.limits import LIMITS, ExchangeLimits
 from exporter.model import Exchange
-from exporter.rest.limits import LIMITS, ExchangeLimits
 from exporter.sink import RecordSink
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The exchanges' per-IP REST limits, enforced by the simulator (the table is exporter/rest/limits.py).
+"""The exchanges' per-IP REST limits, enforced by the simulator (the table is exporter/limits.py).
 
 Sliding windows (stricter than the fixed windows some exchanges count in): a request that would
 take a bucket over its limit within the last ``window_s`` is refused, and not counted:
@@ -17,8 +17,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from exporter.limits import LIMITS, ExchangeLimits
 from exporter.model import Exchange
-from exporter.rest.limits import LIMITS, ExchangeLimits
 
 
 @dataclass(slots=True)
