@@ -14,7 +14,8 @@ Per frame it records sent -> applied (includes loopback and websocket receive) a
 applied (``received_at`` is taken when ``recv()`` returns: parse + apply and any wait for the GIL).
 Prints p50/p90/p99/max. Target: p99 < 20 ms.
 
-Run: ``.venv/bin/python bench/bench_latency.py [--seconds 30] [--small-rate 50] [--no-gc-freeze]``. Prints figures; not a test.
+Run: ``.venv/bin/python bench/bench_latency.py [--seconds 30] [--small-rate 50] [--no-gc-freeze]``.
+Prints figures; not a test.
 """
 
 from __future__ import annotations
