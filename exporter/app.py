@@ -61,7 +61,7 @@ class ExchangeRuntime:
     listed: bool = False  # True once the exchange's own instrument list was applied
     unknown: list[str] = field(default_factory=list)  # configured ids the exchange does not list
     left_out_logged: bool = False  # the max_instruments cut is logged once
-    next_ws_open: float = 0.0  # loop time before which no new websocket connection is opened
+    next_ws_open: float = 0.0  # clock.monotonic() before which no new websocket connection is opened
     streams: dict[WsPlan, asyncio.Task[None]] = field(default_factory=dict)
     futures: list[InstrumentInfo] = field(default_factory=list)  # dated futures followed (term structure)
 
