@@ -40,7 +40,6 @@ FIRST_DATA_WAIT_S = 5.0  # after backfill: wait this long at most for the first 
 INSTRUMENTS_RETRY_S = 30.0  # instrument list unavailable at start: try again this soon
 BACKFILL_CONCURRENCY = 4  # per exchange; funding-history buckets are small (Binance 500 / 5 min)
 POLL_CONCURRENCY = 4
-SPREAD_FRACTION = 0.8  # a poll round's requests start evenly over this part of its period
 POSITIONS_STOP_S = 3.0
 FUTURES_AFTER_EXPIRY_S = 1.0  # reread the futures list this long after a delivery (the successor is listed)
 
@@ -464,7 +463,7 @@ class Exporter:
                 Poller(
                     f"{ex} open interest",
                     poll.open_interest_seconds,
-                    lambda: self._per_instrument(rt, rt.rest.open_interest, poll.open_interest_seconds),
+                    lambda: self._per_instrument(rt, rt.rest.open_interest),
                 )
             )
         if rt.rest.has_long_short_ratio:
@@ -472,7 +471,7 @@ class Exporter:
                 Poller(
                     f"{ex} long/short ratio",
                     poll.long_short_ratio_seconds,
-                    lambda: self._per_instrument(rt, rt.rest.long_short_ratio, poll.long_short_ratio_seconds),
+                    lambda: self._per_instrument(rt, rt.rest.long_short_ratio),
                 )
             )
         if rt.rest.has_insurance_fund and self.shard.exchange_wide:  # one shard publishes exchange-wide series
@@ -498,20 +497,13 @@ class Exporter:
             # one start per period; a round that took longer (the budget) starts the next at once
             await self.clock.sleep(max(0.0, period - (self.clock.monotonic() - started)))
 
-    async def _per_instrument(
-        self, rt: ExchangeRuntime, fetch: Callable[[str], Awaitable[Sequence[Any]]], period_s: float = 0.0
-    ) -> None:
-        """One request per instrument, started evenly over most of ``period_s``: a steady trickle
-        inside the budget rather than a burst at the top of every period."""
+    async def _per_instrument(self, rt: ExchangeRuntime, fetch: Callable[[str], Awaitable[Sequence[Any]]]) -> None:
+        """One request per instrument. The REST client's budget spreads them: beyond its burst they
+        leave at the budget's rate, queued behind the backfill and the other pollers of the bucket."""
         sem = asyncio.Semaphore(POLL_CONCURRENCY)
         instruments = list(rt.instruments)
-        t0 = self.clock.monotonic()
-        step = SPREAD_FRACTION * period_s / max(1, len(instruments))
 
-        async def one(n: int, info: InstrumentInfo) -> None:
-            delay = t0 + n * step - self.clock.monotonic()
-            if delay > 0:
-                await self.clock.sleep(delay)
+        async def one(info: InstrumentInfo) -> None:
             async with sem:
                 try:
                     records = await fetch(info.instrument)
@@ -519,7 +511,7 @@ class Exporter:
                     return
                 self.sink.apply_many(records)
 
-        await asyncio.gather(*(one(n, i) for n, i in enumerate(instruments)))
+        await asyncio.gather(*(one(i) for i in instruments))
 
     async def _insurance(self, rt: ExchangeRuntime) -> None:
         self.sink.apply_many(await rt.rest.insurance_fund(rt.instruments))

@@ -251,8 +251,6 @@ def _config(tmp_path: Path, index: int, count: int) -> Config:
             "all_perpetuals": True,
             "max_instruments": 35,  # cuts Binance and OKX: the cut is made before sharding
             "backfill": True,
-            # the pollers spread their requests over 80 % of the period: keep the rounds short here
-            "poll": {"open_interest_seconds": 0.01, "long_short_ratio_seconds": 0.01},
         }
         for e in Exchange
     }
