@@ -161,8 +161,8 @@ async def test_unpaced_burst_is_refused_and_the_client_gate_holds() -> None:
                 (await http.get("/api/v5/public/funding-rate-history", params={"instId": "BTC-USDT-SWAP"})).status_code
                 for _ in range(15)
             ]
+            truth = (await http.get("/_sim/truth")).json()
         assert codes[:10] == [200] * 10 and set(codes[10:]) == {429}
-        truth = (await httpx.AsyncClient().get(rest + "/_sim/truth")).json()
         assert truth["rate_limits"]["refused"] == 5
     finally:
         await sim.stop()
