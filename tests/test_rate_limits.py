@@ -162,8 +162,10 @@ async def test_unpaced_burst_is_refused_and_the_client_gate_holds() -> None:
                 for _ in range(15)
             ]
             truth = (await http.get("/_sim/truth")).json()
-        assert codes[:10] == [200] * 10 and set(codes[10:]) == {429}
-        assert truth["rate_limits"]["refused"] == 5
+        # 10 per 2 s: the first ten pass, the burst beyond them is refused (all of it, unless the
+        # machine took over 2 s for the fifteen and the window moved on)
+        assert codes[:10] == [200] * 10 and codes[10] == 429 and set(codes) == {200, 429}
+        assert truth["rate_limits"]["refused"] == codes.count(429)
     finally:
         await sim.stop()
 
