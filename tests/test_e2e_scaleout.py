@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from support.fakes import FakeSlack
 
 from mixin import generate
 from mixin.config import DEFAULT, fast_variant
 from mixin.stack import (
-    FakeSlack,
     Process,
     alertmanager_config,
     am_alerts,
@@ -267,7 +267,7 @@ def test_vmalert_loads_the_rules_and_fires_on_a_funding_spike(scaleout: dict[str
     http_json(scaleout["sim"]["binance"]["rest"] + "/_sim/scenario", {"name": "funding_spike", "seconds": 600})
 
     def firing() -> list[dict[str, Any]]:
-        alerts = http_json(vma + "/api/v1/alerts")["data"]["alerts"]
+        alerts = http_json(vma + "/api/v1/alerts")["data"]["alerts"] or []  # null when none
         return [
             a for a in alerts
             if a["name"] == "FundingRateWarning" and a["state"] == "firing" and a["labels"].get("exchange") == "binance"
