@@ -108,8 +108,8 @@ class RequestBudget:
     buckets queue in arrival order (one FIFO lock per cost); others do not wait behind them (a
     funding-history backfill held to 500 per 5 min does not hold up open-interest polls).
 
-    A bucket's burst is ``share`` x one second of its rate (at most a tenth of the limit, at least
-    one request) and its refill rate ``(share x limit - burst) / window``: in any window of the
+    A bucket's burst is a tenth of ``share x limit`` (at least one request: a handful of calls,
+    a test, a small exporter never wait) and its refill rate ``(share x limit - burst) / window``: in any window of the
     exchange this budget's requests stay within ``share x limit``, so S budgets of ``share / S``
     (shards on one IP, docs/rate-limits.md) stay within the limit together. Where ``share x limit``
     is below one request, the refill keeps half of it.
@@ -136,7 +136,7 @@ class RequestBudget:
         self._rate: dict[str, float] = {}
         for b in limits.buckets:
             mine = share * b.limit
-            cap = max(1.0, share * min(b.rate, b.limit * 0.1))
+            cap = max(1.0, 0.1 * mine)
             self._cap[b.name] = cap
             # 1 % below the share: a window holding exactly the limit is one rounding away from a 429
             self._rate[b.name] = 0.99 * max(mine - cap, 0.5 * mine) / b.window_s
