@@ -165,7 +165,7 @@ def scaleout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
             def up(url: str = url) -> bool:
                 return bool(_get(url))
 
-            wait_for(up, 60, what=f"exporter {url}")
+            wait_for(up, 120, what=f"exporter {url}")  # four exporters start at once on a busy machine
 
         vm_port = free_port()
         vm = f"http://127.0.0.1:{vm_port}"
