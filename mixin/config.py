@@ -29,6 +29,8 @@ class Thresholds:
     zscore: float = 2.5  # |fr_funding_zscore| above
     edge_min_bp: float = 0.0  # fr_edge_bp below
     net_apy_min_pct: float = 0.0  # fr_net_apy_pct{basis="projected"} below
+    realized_apy_min_pct: float = 0.0  # fr_net_apy_pct{basis="realized"} below (NetApyRealizedNegative)
+    margin_buffer_min: float = 0.15  # fr_margin_buffer_ratio below (MarginBufferLow)
     liq_gap_warning_pct: float = 10.0  # fr_liq_gap_pct below
     liq_gap_critical_pct: float = 5.0
     liq_hit_probability: float = 0.25  # fr_liq_hit_probability above (any horizon)
@@ -54,6 +56,8 @@ class Durations:
     zscore: str = "15m"
     edge: str = "30m"
     net_apy: str = "30m"
+    realized_apy: str = "1h"
+    margin_buffer: str = "5m"
     liq_gap: str = "1m"
     liq_hit: str = "5m"
     adl: str = "5m"
@@ -71,6 +75,18 @@ class Durations:
     stream_stale: str = "2m"
     shard_overlap: str = "15m"  # longer than a resharding rollout, where old and new shards overlap
     shard_missing: str = "10m"
+
+
+@dataclass(frozen=True)
+class Guards:
+    """What the desk's risk rule says to do, put into the Slack text of the alert (a desk changes
+    its rule here, not in the rules)."""
+
+    net_apy_negative: str = "halve the position"
+    net_apy_realized_negative: str = "review the carry: it has lost money since it opened; halve the position"
+    liq_gap_warning: str = "add margin or reduce the position"
+    liq_gap_critical: str = "close now"
+    margin_buffer_low: str = "add margin or reduce the position until the buffer is back above the limit"
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,7 @@ class MixinConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)
     durations: Durations = field(default_factory=Durations)
     windows: Windows = field(default_factory=Windows)
+    guards: Guards = field(default_factory=Guards)
 
     def runbook_url(self, alert: str) -> str:
         return f"{self.runbook_base_url}#{alert.lower()}"

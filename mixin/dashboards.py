@@ -264,6 +264,45 @@ def _funding(cfg: MixinConfig) -> dict[str, Any]:
                 "percentunit",
             ),
             Panel(
+                "Funding momentum and acceleration",
+                "Momentum: the current rate minus the mean of the z-score window; acceleration: "
+                "(r3 - r2) - (r2 - r1) of the last three settlements. Both per the instrument's interval.",
+                [
+                    (f"{m.FUNDING_MOMENTUM}{{{MKT}}}", "{{exchange}} {{instrument}} momentum"),
+                    (f"{m.FUNDING_ACCELERATION}{{{MKT}}}", "{{exchange}} {{instrument}} acceleration"),
+                ],
+                "percentunit",
+            ),
+            Panel(
+                "Anchor watcher (effective anchor l)",
+                "Slope of funding on premium over the anchor window: near the exchange's nominal anchor the "
+                "funding follows the premium; far below it the cap/floor or the interest term dominates.",
+                [(f"{m.ANCHOR_STRENGTH}{{{MKT}}}", "{{exchange}} {{instrument}}")],
+                "none",
+            ),
+            Panel(
+                "Funding cap and floor",
+                "The exchange's clamp on the funding rate per interval, beside the current rate.",
+                [
+                    (f"{m.FUNDING_CAP}{{{MKT}}}", "{{exchange}} {{instrument}} cap"),
+                    (f"{m.FUNDING_FLOOR}{{{MKT}}}", "{{exchange}} {{instrument}} floor"),
+                    (f"{m.FUNDING_RATE}{{{MKT}}}", "{{exchange}} {{instrument}} rate"),
+                ],
+                "percentunit",
+            ),
+            Panel(
+                "Long/short account ratio",
+                "Accounts net long / accounts net short, as the exchange publishes it (Binance, Bybit, OKX).",
+                [(f"{m.LONG_SHORT_RATIO}{{{MKT}}}", "{{exchange}} {{instrument}}")],
+                "none",
+            ),
+            Panel(
+                "Insurance funds",
+                "Insurance fund balance per exchange and pool, where published.",
+                [(f'{m.INSURANCE_FUND}{{exchange=~"$exchange"}}', "{{exchange}} {{pool}}")],
+                "currencyUSD",
+            ),
+            Panel(
                 "Premium (mark vs index)",
                 "(mark - index) / index: what drives the next funding rate.",
                 [(f"{m.PREMIUM}{{{MKT}}}", "{{exchange}} {{instrument}}")],
@@ -295,7 +334,59 @@ def _positions(cfg: MixinConfig) -> dict[str, Any]:
                 "percent",
                 thresholds=[("red", None), ("orange", t.liq_gap_critical_pct), ("green", t.liq_gap_warning_pct)],
                 threshold_style="line+area",
+                # no min: a position past its liquidation price has a negative gap and must show it
+            ),
+            Panel(
+                "Margin buffer",
+                f"(equity - maintenance margin) / equity; 0 at liquidation. MarginBufferLow below "
+                f"{t.margin_buffer_min:.0%}.",
+                [(f"{m.MARGIN_BUFFER}{{{POS}}}", legend)],
+                "percentunit",
+                thresholds=[("red", None), ("green", t.margin_buffer_min)],
+                threshold_style="line+area",
+                max=1,
+            ),
+            Panel(
+                "Equity and maintenance margin",
+                "Margin equity at the live mark (margin + unrealised PnL) next to the maintenance margin the "
+                "exchange requires; liquidation where they meet.",
+                [
+                    (f"{m.POSITION_EQUITY}{{{POS}}}", "{{position}} equity"),
+                    (f"{m.POSITION_MAINTENANCE_MARGIN}{{{POS}}}", "{{position}} maintenance"),
+                ],
+                "currencyUSD",
+            ),
+            Panel(
+                "Basis and total PnL",
+                "Basis PnL of both legs at the live marks, and total = basis + net funding - fees.",
+                [
+                    (f"{m.BASIS_PNL}{{{POS}}}", "{{position}} basis"),
+                    (f"{m.TOTAL_PNL}{{{POS}}}", "{{position}} total"),
+                ],
+                "currencyUSD",
+            ),
+            Panel(
+                "Stress: equity after instant moves",
+                "Margin equity if the mark moved instantly by shock_pct; below zero the position is gone.",
+                [(f"{m.STRESS_EQUITY}{{{POS}}}", "{{position}} {{shock_pct}} %")],
+                "currencyUSD",
+            ),
+            Panel(
+                "Stress: survives instant moves",
+                "1 if the position survives an instant mark move of shock_pct, else 0.",
+                [(f"{m.STRESS_SURVIVES}{{{POS}}}", "{{position}} {{shock_pct}} %")],
+                "none",
                 min=0,
+                max=1,
+            ),
+            Panel(
+                "Locked capital and notional",
+                "Capital the APY is computed on, and the perp leg's notional at the mark.",
+                [
+                    (f"{m.LOCKED_CAPITAL}{{{POS}}}", "{{position}} capital"),
+                    (f"{m.POSITION_NOTIONAL}{{{POS}}}", "{{position}} notional"),
+                ],
+                "currencyUSD",
             ),
             Panel(
                 "Liquidation hit probability",

@@ -229,9 +229,12 @@ def _term_alerts(cfg: MixinConfig) -> list[Alert]:
 
 
 def _position_alerts(cfg: MixinConfig) -> list[Alert]:
-    t, d = cfg.thresholds, cfg.durations
+    t, d, g = cfg.thresholds, cfg.durations, cfg.guards
     gap = []
-    for thr, severity in ((t.liq_gap_warning_pct, "warning"), (t.liq_gap_critical_pct, "critical")):
+    for thr, severity, action in (
+        (t.liq_gap_warning_pct, "warning", g.liq_gap_warning),
+        (t.liq_gap_critical_pct, "critical", g.liq_gap_critical),
+    ):
         gap.append(
             Alert(
                 name="LiquidationGapLow",
@@ -241,7 +244,7 @@ def _position_alerts(cfg: MixinConfig) -> list[Alert]:
                 summary="Position {{ $labels.position }} is within " + f"{_fmt(thr)} % of liquidation.",
                 description="Position {{ $labels.position }} ({{ $labels.side }} {{ $labels.exchange }} "
                 "{{ $labels.instrument }}) is {{ $value | humanize }} % from its liquidation price"
-                + f" (below {_fmt(thr)} %).",
+                + f" (below {_fmt(thr)} %). Risk rule: {action}.",
                 value="{{ $value | humanize }} %",
                 dashboard="positions",
                 dashboard_vars=POSITION,
@@ -255,8 +258,35 @@ def _position_alerts(cfg: MixinConfig) -> list[Alert]:
             severity="warning",
             summary="Position {{ $labels.position }} is projected to lose money.",
             description="Projected net APY of {{ $labels.position }} ({{ $labels.exchange }} {{ $labels.instrument }}) "
-            "is {{ $value | humanize }} % at the current funding rate" + f" (below {_fmt(t.net_apy_min_pct)} %).",
+            "is {{ $value | humanize }} % at the current funding rate"
+            + f" (below {_fmt(t.net_apy_min_pct)} %). Risk rule: {g.net_apy_negative}.",
             value="{{ $value | humanize }} %",
+            dashboard="positions",
+            dashboard_vars=POSITION,
+        ),
+        Alert(
+            name="NetApyRealizedNegative",
+            expr=f'{m.NET_APY}{{basis="realized"}} < {_fmt(t.realized_apy_min_pct)}',
+            for_=d.realized_apy,
+            severity="warning",
+            summary="Position {{ $labels.position }} has lost money since it opened.",
+            description="Realised net APY of {{ $labels.position }} ({{ $labels.exchange }} {{ $labels.instrument }}) "
+            "since it opened is {{ $value | humanize }} %"
+            + f" (below {_fmt(t.realized_apy_min_pct)} %). Risk rule: {g.net_apy_realized_negative}.",
+            value="{{ $value | humanize }} %",
+            dashboard="positions",
+            dashboard_vars=POSITION,
+        ),
+        Alert(
+            name="MarginBufferLow",
+            expr=f"{m.MARGIN_BUFFER} < {_fmt(t.margin_buffer_min)}",
+            for_=d.margin_buffer,
+            severity="warning",
+            summary="Position {{ $labels.position }} has little margin above maintenance.",
+            description="Margin buffer (equity - maintenance margin) / equity of {{ $labels.position }} "
+            "({{ $labels.side }} {{ $labels.exchange }} {{ $labels.instrument }}) is {{ $value | humanizePercentage }}"
+            + f" (below {_pct(t.margin_buffer_min)}). Recommended: {g.margin_buffer_low}.",
+            value="{{ $value | humanizePercentage }}",
             dashboard="positions",
             dashboard_vars=POSITION,
         ),

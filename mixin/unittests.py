@@ -287,9 +287,10 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
 
     def gap(labels: dict[str, str], v: str, severity: str) -> dict[str, Any]:
         limit = "10" if severity == "warning" else "5"
+        action = cfg.guards.liq_gap_warning if severity == "warning" else cfg.guards.liq_gap_critical
         d = (
             f"Position {labels['position']} ({labels['side']} {labels['exchange']} {labels['instrument']}) is "
-            f"{v} % from its liquidation price (below {limit} %)."
+            f"{v} % from its liquidation price (below {limit} %). Risk rule: {action}."
         )
         return sp.exp("LiquidationGapLow", severity, labels, d, f"{v} %")
 
@@ -308,6 +309,11 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
                 _s(m.LIQ_HIT_PROBABILITY, {**pos_a, "horizon": "8h"}, "0.4x40"),
                 _s(m.ADL_RANK, pos_a, "3x40"),
                 _s(m.ADL_RANK, pos_b, "2x40"),
+                _s(m.NET_APY, {**pos_b, "basis": "realized"}, "3x80"),  # realised gain: no alert
+                _s(m.NET_APY, {**pos_c, "basis": "realized"}, "-5x80"),  # a realised loss held an hour
+                _s(m.MARGIN_BUFFER, pos_a, "0.1x40"),  # below 0.15
+                _s(m.MARGIN_BUFFER, pos_b, "0.15x40"),  # at the limit: no alert
+                _s(m.MARGIN_BUFFER, pos_c, "0.6x40"),
             ],
             "alert_rule_test": [
                 _none("20m", "NetApyNegative"),
@@ -320,7 +326,7 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
                             "warning",
                             {**pos_a, "basis": "projected"},
                             "Projected net APY of carry-btc (binance BTCUSDT) is -2.5 % at the current funding rate "
-                            "(below 0 %).",
+                            f"(below 0 %). Risk rule: {cfg.guards.net_apy_negative}.",
                             "-2.5 %",
                         )
                     ],
@@ -343,6 +349,36 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
                             "Probability that binance BTCUSDT touches the liquidation price of carry-btc within 8h "
                             "is 40% (above 25 %).",
                             "40%",
+                        )
+                    ],
+                },
+                _none("4m", "MarginBufferLow"),
+                {
+                    "eval_time": "6m",
+                    "alertname": "MarginBufferLow",
+                    "exp_alerts": [
+                        sp.exp(
+                            "MarginBufferLow",
+                            "warning",
+                            pos_a,
+                            "Margin buffer (equity - maintenance margin) / equity of carry-btc (short binance "
+                            f"BTCUSDT) is 10% (below 15 %). Recommended: {cfg.guards.margin_buffer_low}.",
+                            "10%",
+                        )
+                    ],
+                },
+                _none("50m", "NetApyRealizedNegative"),  # held 1 h before it fires
+                {
+                    "eval_time": "65m",
+                    "alertname": "NetApyRealizedNegative",
+                    "exp_alerts": [  # pos_a's realised loss ended at 40 m; pos_b's is a gain
+                        sp.exp(
+                            "NetApyRealizedNegative",
+                            "warning",
+                            {**pos_c, "basis": "realized"},
+                            "Realised net APY of hedge-eth (bybit ETHUSDT) since it opened is -5 % (below 0 %). "
+                            f"Risk rule: {cfg.guards.net_apy_realized_negative}.",
+                            "-5 %",
                         )
                     ],
                 },

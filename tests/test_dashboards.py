@@ -165,6 +165,9 @@ def test_every_metric_is_in_the_contract_or_recorded() -> None:
     names, histograms = contract_metrics(CONTRACT)
     # issue 11 fixes the term-structure names itself (the shared contract predates them)
     names = set(names) | {d.name for d in catalog.in_section("term")}
+    # issue 14 draws every position family; the contract predates these (instant stress, capital,
+    # notional): they are declared in the catalog, which the exposition tests hold the exporter to
+    names |= {d.name for d in catalog.in_section("positions")}
     recorded = {
         r["record"]
         for p in (ROOT / "prometheus" / "rules").glob("*.yml")
@@ -198,3 +201,66 @@ def test_provisioning() -> None:
     (provider,) = prov["providers"]
     assert provider["type"] == "file" and provider["folder"]
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+# Families no panel draws, each with the reason (issue 14: every series on a dashboard where a user
+# would look for it). A family drawn later, or a new one drawn nowhere and not listed, fails.
+UNDRAWN = {
+    "fr_index_price": "the premium panel draws (mark - index) / index; the bare index is for ad-hoc queries",
+    "fr_future_mark_price": "the term-structure panels draw it as basis against the index (fr_basis_*)",
+    "fr_future_expiry_timestamp_seconds": "drawn as days to expiry (fr_future_days_to_expiry)",
+    "fr_stream_connected": "fr_up (drawn) is the data-flowing signal; connected-but-silent shows in message age",
+    "fr_stream_last_parsed_timestamp_seconds": "the message-age panel draws the same freshness per stream",
+    "fr_parse_errors_by_reason_total": "the parse-errors panel draws the total; the reason split is for diagnosis",
+    "fr_stream_resyncs_total": "diagnostic counter: reconnects (drawn) show the same trouble",
+    "fr_stream_short_sessions_total": "diagnostic counter: reconnects (drawn) show the same trouble",
+    "fr_stream_subscription_errors_total": "diagnostic counter: a rejected subscription shows as fr_up 0 (drawn)",
+    "fr_rest_last_success_timestamp_seconds": "the REST-errors panel draws the failures; this is for ad-hoc age",
+    "fr_unknown_instrument_updates_total": "diagnostic counter (instrument list out of date), logged too",
+    "fr_render_errors_total": "diagnostic counter: one bad row dropped at render, logged with the row",
+    "fr_funding_pnl_usd_total": "deprecated alias of fr_funding_pnl_usd (drawn), removed next release",
+    "fr_funding_received_usd_total": "the halves of fr_funding_pnl_usd (drawn), for rate() in ad-hoc queries",
+    "fr_funding_paid_usd_total": "the halves of fr_funding_pnl_usd (drawn), for rate() in ad-hoc queries",
+    "fr_position_funding_accruals_total": "a count of settlements accrued: its effect is the funding PnL panel",
+    "fr_position_size": "size in base coin: the notional panel draws it at the mark",
+    "fr_position_config_errors_total": "a configuration error is logged and shown by check-config at start",
+    "fr_position_account_reads_total": "diagnostic counter of the signed reads (failures logged)",
+    "fr_position_account_read_failures_total": "diagnostic counter of the signed reads (failures logged)",
+    "fr_ai_estimated_liquidation_volume_usd": "the sidecar's secondary estimate; the AI panels draw probability",
+    "fr_ai_state_reads_total": "diagnostic counter of the sidecar's /api/state reads",
+    "fr_ai_slack_messages_total": "diagnostic counter; Slack delivery is tested in the stack tests",
+}
+
+
+def _drawn_names() -> set[str]:
+    used = {name for _, expr in _all_exprs() for name in metric_names(expr)}
+    for p in (ROOT / "prometheus" / "rules").glob("*.yml"):
+        for g in yaml.safe_load(p.read_text())["groups"]:
+            for r in g["rules"]:
+                if "record" in r and r["record"] in used:  # a drawn recording rule draws its inputs
+                    used |= set(metric_names(r["expr"]))
+    return used
+
+
+def test_every_exported_family_is_drawn_or_listed_with_a_reason() -> None:
+    used = _drawn_names()
+    undrawn = {f.name for f in catalog.FAMILIES.values() if not set(f.sample_names()) & used}
+    missing = sorted(undrawn - set(UNDRAWN))
+    assert not missing, f"exported but in no panel query and not listed in UNDRAWN with a reason: {missing}"
+    drawn_now = sorted(set(UNDRAWN) - undrawn)
+    assert not drawn_now, f"listed as undrawn but drawn (or gone): take them off UNDRAWN: {drawn_now}"
+    assert all(len(reason) > 20 for reason in UNDRAWN.values())
+
+
+def test_the_coverage_check_sees_an_undrawn_family() -> None:
+    fam = catalog._def("fr_issue14_probe_ratio", "gauge", "positions", (), "ratio", "h", "d")
+    try:
+        assert not set(fam.sample_names()) & _drawn_names()
+    finally:
+        catalog.FAMILIES.pop("fr_issue14_probe_ratio", None)
+
+
+def test_positions_dashboard_shows_negative_liquidation_gaps() -> None:
+    d = _load(DASH_DIR / "fr-positions-risk.json")
+    panel = next(p for p in d["panels"] if "fr_liq_gap_pct" in p["targets"][0]["expr"])
+    assert "min" not in panel["fieldConfig"]["defaults"]  # min: 0 hid a position past its liquidation price

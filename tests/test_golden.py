@@ -181,6 +181,11 @@ class GoldenPositions:
                 apy_projected_pct=11.0,
                 locked_capital_usd=9_250.0,
                 stress=stress,
+                equity_usd=1_000.0,
+                maintenance_margin_usd=92.5,
+                margin_buffer_ratio=0.9075,
+                basis_pnl_usd=-250.0,
+                total_pnl_usd=-260.5,
             ),
             PositionView(
                 position="eth-account",

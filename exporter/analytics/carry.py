@@ -31,6 +31,18 @@ def funding_payment(side: Side, notional_usd: float, rate: float) -> float:
     return -side_sign(side) * abs(notional_usd) * rate
 
 
+def leg_pnl(side: Side, size: float, entry_price: float, mark: float) -> float:
+    """Unrealised PnL (USD) of one leg of ``size`` base coin: ``side x size x (mark - entry)``.
+
+    The same for an inverse contract valued in USD at the mark (its face value is size x entry)."""
+    return side_sign(side) * size * (mark - entry_price)
+
+
+def total_pnl(basis_pnl_usd: float, net_funding_usd: float, fees_usd: float) -> float:
+    """A carry's total PnL: basis PnL + net funding - fees (a negative fee, a rebate, adds)."""
+    return basis_pnl_usd + net_funding_usd - fees_usd
+
+
 def continuous_funding(side: Side, notional_usd: float, rate_8h: float, seconds: float) -> float:
     """Deribit: funding accrues continuously at the 8 h-equivalent rate, pro rata in time."""
     return funding_payment(side, notional_usd, rate_8h) * max(seconds, 0.0) / EIGHT_HOURS

@@ -236,6 +236,15 @@ def equity_usd(p: LiqInput, price: float) -> float:
     return p.margin_usd + s * q * (price - p.entry_price)
 
 
+def margin_buffer_ratio(equity: float, maintenance: float) -> float | None:
+    """beta = (equity - maintenance margin) / equity: the share of equity a loss can take before the
+    exchange liquidates. 1 = no maintenance requirement, 0 = at liquidation, < 0 beyond it; None when
+    the equity itself is gone (<= 0: no ratio means anything, the equity series says it)."""
+    if equity <= 0 or not math.isfinite(equity) or not math.isfinite(maintenance):
+        return None
+    return (equity - maintenance) / equity
+
+
 def liq_gap_pct(side: Side, mark: float, liq: float | None) -> float | None:
     """Distance from mark to the liquidation price in percent of mark; 0 at the price, < 0 beyond."""
     if liq is None or mark <= 0 or (side is Side.SHORT and liq <= 0):

@@ -907,6 +907,56 @@ LOCKED_CAPITAL = _def(
     "Capital the carry APY is computed on: configured, else margin of the perp leg plus the hedge's capital.",
     "Capital the APY is computed on.",
 )
+POSITION_EQUITY = _def(
+    "fr_position_equity_usd",
+    "gauge",
+    "positions",
+    POSITION_LABELS,
+    "USD",
+    "Margin equity of the position at the live mark in USD: isolated margin (or, cross, the wallet "
+    "balance) plus the position's unrealised PnL (other positions of a cross account not counted).",
+    "Margin equity at the mark: isolated margin (cross: wallet balance) + this position's unrealised PnL.",
+)
+POSITION_MAINTENANCE_MARGIN = _def(
+    "fr_position_maintenance_margin_usd",
+    "gauge",
+    "positions",
+    POSITION_LABELS,
+    "USD",
+    "Maintenance margin of the position at the live mark in USD, by the exchange's rule and tier "
+    "(notional x MMR - maintenance amount; OKX adds the taker fee).",
+    "Maintenance margin at the mark under the exchange's tiers (notional × MMR − maintenance amount).",
+)
+MARGIN_BUFFER = _def(
+    "fr_margin_buffer_ratio",
+    "gauge",
+    "positions",
+    POSITION_LABELS,
+    "ratio",
+    "Margin buffer beta = (equity - maintenance margin) / equity of the position: 1 = no requirement, "
+    "0 = at liquidation, < 0 beyond; absent when the equity is 0 or less.",
+    "β = (equity − maintenance margin) / equity: 0 at liquidation, negative beyond; absent when the equity is ≤ 0.",
+)
+BASIS_PNL = _def(
+    "fr_position_basis_pnl_usd",
+    "gauge",
+    "positions",
+    POSITION_LABELS,
+    "USD",
+    "Basis PnL of the carry in USD: side x size x (mark - entry) of the perp leg plus the same of the "
+    "hedge leg (perp: its mark; spot: the perp's index price); absent while a leg's price is unknown.",
+    "Unrealised PnL of both legs from their entry prices and the live marks (spot hedge: the index).",
+)
+TOTAL_PNL = _def(
+    "fr_position_total_pnl_usd",
+    "gauge",
+    "positions",
+    POSITION_LABELS,
+    "USD",
+    "Total PnL of the carry in USD: basis PnL + net funding since the position opened - fees of both "
+    "legs (a negative fee, a maker rebate, adds).",
+    "Basis PnL + net funding since opening − fees (rebates add).",
+)
 POSITION_CONFIG_ERRORS = _def(
     "fr_position_config_errors_total",
     "counter",

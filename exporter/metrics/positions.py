@@ -83,6 +83,11 @@ class PositionCollector(Collector):
         size = m.POSITION_SIZE.gauge()
         notional = m.POSITION_NOTIONAL.gauge()
         capital = m.LOCKED_CAPITAL.gauge()
+        equity = m.POSITION_EQUITY.gauge()
+        maint = m.POSITION_MAINTENANCE_MARGIN.gauge()
+        buffer = m.MARGIN_BUFFER.gauge()
+        basis = m.BASIS_PNL.gauge()
+        total = m.TOTAL_PNL.gauge()
         for v in views:
             lab = v.labels
             # one series per position: the exchange's figure when known, else ours (api rows carry both)
@@ -109,6 +114,15 @@ class PositionCollector(Collector):
                 stress_eq.add_metric([*lab, _fmt(s.shock_pct)], s.equity_usd)
                 stress_ok.add_metric([*lab, _fmt(s.shock_pct)], 1.0 if s.survives else 0.0)
             size.add_metric(lab, v.size)
+            for fam, value in (
+                (equity, v.equity_usd),
+                (maint, v.maintenance_margin_usd),
+                (buffer, v.margin_buffer_ratio),
+                (basis, v.basis_pnl_usd),
+                (total, v.total_pnl_usd),
+            ):
+                if value is not None:
+                    fam.add_metric(lab, value)
             if v.notional_usd is not None:
                 notional.add_metric(lab, v.notional_usd)
             if v.locked_capital_usd is not None:
@@ -120,6 +134,11 @@ class PositionCollector(Collector):
             adl,
             pnl,
             pnl_old,
+            equity,
+            maint,
+            buffer,
+            basis,
+            total,
             received,
             paid,
             settled,

@@ -45,6 +45,21 @@ class MarketReader:
         limit = ec.stale.price_seconds if ec is not None else 30.0
         return st.mark_price if self.clock() - st.price_at <= limit else None
 
+    def hedge_mark(self, p: Position) -> float | None:
+        """The hedge leg's live price: a perp hedge's mark; a spot hedge's, the main instrument's index
+        (the exchange's spot composite), else None."""
+        h = p.hedge
+        if h is None:
+            return None
+        if h.kind == "perp":
+            return self.mark(h.exchange, h.instrument) if h.exchange is not None and h.instrument else None
+        st = self.state.instruments.get((p.exchange, p.instrument))
+        if st is None or st.index_price is None:
+            return None
+        ec = self.config.exchanges.get(p.exchange)
+        limit = ec.stale.price_seconds if ec is not None else 30.0
+        return st.index_price if self.clock() - st.price_at <= limit else None
+
     def rate(self, ex: Exchange, instrument: str) -> tuple[float, float] | None:
         """(rate per interval, interval seconds) of the current funding rate, if fresh."""
         st = self.state.instruments.get((ex, instrument))

@@ -187,9 +187,10 @@ class PositionService:
             taker_fee=taker_fee if ACCOUNT_CLASSES[p.exchange].liq_includes_taker_fee else 0.0,
             volatility=self.market.volatility(p.exchange, p.instrument, now),
             funding=self.ledger.totals(p.name),
-            net_since_opening=self.ledger.net_since(p.name, opened) if p.capital_usd() else 0.0,
+            net_since_opening=self.ledger.net_since(p.name, opened),
             legs=self.market.carry_legs(p, mark),
             adl_rank=normalise_adl(p.exchange, p.adl_raw),
+            hedge_mark=self.market.hedge_mark(p),
         )
         return build_view(p, inputs, self.view_settings)
 

@@ -12,13 +12,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter.analytics.carry import PerpLeg, net_apy_projected_pct, net_apy_realized_pct
+from exporter.analytics.carry import PerpLeg, leg_pnl, net_apy_projected_pct, net_apy_realized_pct, total_pnl
 from exporter.analytics.risk import (
     LiqInput,
     Volatility,
+    equity_usd,
     liq_gap_pct,
     liq_hit_probability,
     liquidation_price,
+    maintenance_margin,
+    margin_buffer_ratio,
     stress,
 )
 from exporter.model import Tier
@@ -60,6 +63,11 @@ class PositionView:
     apy_projected_pct: float | None = None
     locked_capital_usd: float | None = None
     stress: Sequence[StressView] = ()
+    equity_usd: float | None = None  # margin + unrealised PnL at the mark
+    maintenance_margin_usd: float | None = None
+    margin_buffer_ratio: float | None = None  # (equity - maintenance) / equity
+    basis_pnl_usd: float | None = None  # unrealised PnL of every leg at the live marks
+    total_pnl_usd: float | None = None  # basis + net funding since opening - fees
 
     @property
     def labels(self) -> list[str]:
@@ -91,6 +99,8 @@ class ViewInputs:
     net_since_opening: float  # funding accrued since ``opened`` (realised APY numerator)
     legs: Sequence[PerpLeg]  # carry legs at current rates; empty when a leg's rate/mark is unknown
     adl_rank: float | None
+    # the hedge leg's live price (perp: its mark; spot: the main instrument's index); None: unknown
+    hedge_mark: float | None = None
 
 
 def horizon_label(hours: float) -> str:
@@ -124,6 +134,12 @@ def build_view(p: Position, x: ViewInputs, s: ViewSettings) -> PositionView:
             StressView(r.shock_pct, r.equity_usd, r.survives) for r in stress(liq_in, mark, liq, s.shocks_pct)
         )
 
+    equity = maint = buffer = None
+    if liq_in is not None and mark is not None:
+        equity = equity_usd(liq_in, mark)
+        maint = maintenance_margin(liq_in, mark)
+        buffer = margin_buffer_ratio(equity, maint)
+
     capital = p.capital_usd()
     h = p.hedge
     fees = p.fees_usd + (h.fees_usd if h is not None else 0.0)
@@ -133,6 +149,14 @@ def build_view(p: Position, x: ViewInputs, s: ViewSettings) -> PositionView:
         if x.legs:
             hold = s.holding_period_hours * 3600.0
             apy_proj = net_apy_projected_pct(x.legs, fees, p.gas_usd, p.borrow_apr, capital, hold)
+
+    basis = total = None
+    if mark is not None:
+        basis = leg_pnl(p.side, p.size, p.entry_price, mark)
+        if h is not None:  # a half-known carry would show the unhedged leg's PnL as the carry's
+            basis = None if x.hedge_mark is None else basis + leg_pnl(h.side, h.size, h.entry_price, x.hedge_mark)
+        if basis is not None:
+            total = total_pnl(basis, x.net_since_opening, fees)
 
     pnl, received, paid, n = x.funding
     return PositionView(
@@ -159,6 +183,11 @@ def build_view(p: Position, x: ViewInputs, s: ViewSettings) -> PositionView:
         apy_projected_pct=apy_proj,
         locked_capital_usd=capital,
         stress=stress_views,
+        equity_usd=equity,
+        maintenance_margin_usd=maint,
+        margin_buffer_ratio=buffer,
+        basis_pnl_usd=basis,
+        total_pnl_usd=total,
     )
 
 
@@ -186,5 +215,10 @@ def api_row(v: PositionView) -> dict[str, Any]:
         "funding_settlements": v.settlements,
         "net_apy_pct": {"realized": v.apy_realized_pct, "projected": v.apy_projected_pct},
         "locked_capital_usd": v.locked_capital_usd,
+        "equity_usd": v.equity_usd,
+        "maintenance_margin_usd": v.maintenance_margin_usd,
+        "margin_buffer_ratio": v.margin_buffer_ratio,
+        "basis_pnl_usd": v.basis_pnl_usd,
+        "total_pnl_usd": v.total_pnl_usd,
         "stress": [{"shock_pct": s.shock_pct, "equity_usd": s.equity_usd, "survives": s.survives} for s in v.stress],
     }
