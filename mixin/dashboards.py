@@ -274,13 +274,6 @@ def _funding(cfg: MixinConfig) -> dict[str, Any]:
                 "percentunit",
             ),
             Panel(
-                "Anchor watcher (effective anchor l)",
-                "Slope of funding on premium over the anchor window: near the exchange's nominal anchor the "
-                "funding follows the premium; far below it the cap/floor or the interest term dominates.",
-                [(f"{m.ANCHOR_STRENGTH}{{{MKT}}}", "{{exchange}} {{instrument}}")],
-                "none",
-            ),
-            Panel(
                 "Funding cap and floor",
                 "The exchange's clamp on the funding rate per interval, beside the current rate.",
                 [
