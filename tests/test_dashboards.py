@@ -211,6 +211,8 @@ UNDRAWN = {
     "fr_index_price": "the premium panel draws (mark - index) / index; the bare index is for ad-hoc queries",
     "fr_future_mark_price": "the term-structure panels draw it as basis against the index (fr_basis_*)",
     "fr_future_expiry_timestamp_seconds": "drawn as days to expiry (fr_future_days_to_expiry)",
+    "fr_future_estimated_settle_price": "present only in the last hour before a Binance delivery, so a panel "
+    "would be empty nearly always (the end-to-end panel test refuses empty panels)",
     "fr_stream_connected": "fr_up (drawn) is the data-flowing signal; connected-but-silent shows in message age",
     "fr_stream_last_parsed_timestamp_seconds": "the message-age panel draws the same freshness per stream",
     "fr_parse_errors_by_reason_total": "the parse-errors panel draws the total; the reason split is for diagnosis",
