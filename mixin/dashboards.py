@@ -274,16 +274,6 @@ def _funding(cfg: MixinConfig) -> dict[str, Any]:
                 "percentunit",
             ),
             Panel(
-                "Funding cap and floor",
-                "The exchange's clamp on the funding rate per interval, beside the current rate.",
-                [
-                    (f"{m.FUNDING_CAP}{{{MKT}}}", "{{exchange}} {{instrument}} cap"),
-                    (f"{m.FUNDING_FLOOR}{{{MKT}}}", "{{exchange}} {{instrument}} floor"),
-                    (f"{m.FUNDING_RATE}{{{MKT}}}", "{{exchange}} {{instrument}} rate"),
-                ],
-                "percentunit",
-            ),
-            Panel(
                 "Long/short account ratio",
                 "Accounts net long / accounts net short, as the exchange publishes it (Binance, Bybit, OKX).",
                 [(f"{m.LONG_SHORT_RATIO}{{{MKT}}}", "{{exchange}} {{instrument}}")],

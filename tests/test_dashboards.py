@@ -208,6 +208,9 @@ def test_provisioning() -> None:
 UNDRAWN = {
     "fr_effective_anchor_strength": "needs 10 one-a-minute samples (no kline backfill yet), so an anchor-watcher "
     "panel would be empty for the first 10 minutes, which the end-to-end panel test refuses",
+    "fr_funding_cap_ratio": "Binance publishes caps only for symbols with adjusted ones (fundingInfo), so a "
+    "panel is empty for most selections; the cap is in the funding alerts' context and /api/state",
+    "fr_funding_floor_ratio": "as fr_funding_cap_ratio: published for a few symbols only, so mostly empty",
     "fr_index_price": "the premium panel draws (mark - index) / index; the bare index is for ad-hoc queries",
     "fr_future_mark_price": "the term-structure panels draw it as basis against the index (fr_basis_*)",
     "fr_future_expiry_timestamp_seconds": "drawn as days to expiry (fr_future_days_to_expiry)",
