@@ -59,10 +59,10 @@ def check_url(value: str | None, schemes: tuple[str, ...]) -> str | None:
 
 
 class Fees(_Model):
-    """Trading fees per side, in basis points of notional."""
+    """Trading fees per side, in basis points of notional; negative = a rebate (maker programmes)."""
 
-    maker_bp: float = Field(2.0, ge=0)
-    taker_bp: float = Field(5.0, ge=0)
+    maker_bp: float = Field(2.0, ge=-100.0, le=100.0)
+    taker_bp: float = Field(5.0, ge=-100.0, le=100.0)
 
 
 class StaleLimits(_Model):
@@ -179,6 +179,9 @@ class AnalyticsConfig(_Model):
     zscore_min_observations: int = Field(10, ge=3)
     holding_period_hours: float = Field(7 * 24.0, gt=0)  # fees amortised over this holding period
     fee_kind: Literal["maker", "taker"] = "taker"
+    # exchange points (or any per-volume reward) valued in bp of traded notional per side: income,
+    # so it lowers the effective fee in fr_edge_bp and the fees in fr_net_apy_pct
+    points_bp: float = Field(0.0, ge=0.0, le=100.0)
     anchor_window_seconds: float = Field(6 * 3600.0, gt=0)  # funding-vs-premium regression window
     spread_top_n: int = Field(10, ge=1)
     # Threshold crossings reported as events in /api/state (the sidecar reacts at once to them)
@@ -242,7 +245,7 @@ class HedgeLeg(_Model):
     instrument: str | None = None
     size: float = Field(gt=0)  # base coin, the opposite side of the main leg
     entry_price: float = Field(gt=0)
-    fees_paid_usd: float = Field(0.0, ge=0)
+    fees_paid_usd: float = 0.0  # negative: a maker rebate received
 
 
 class PositionConfig(_Model):
@@ -257,7 +260,7 @@ class PositionConfig(_Model):
     isolated_margin_usd: float | None = Field(None, gt=0)
     wallet_balance_usd: float | None = Field(None, gt=0)  # cross margin
     opened_at: datetime | None = None
-    fees_paid_usd: float = Field(0.0, ge=0)
+    fees_paid_usd: float = 0.0  # negative: a maker rebate received
     borrow_apr: float = Field(0.0, ge=0)  # fraction per year on locked capital
     gas_usd: float = Field(0.0, ge=0)  # gas and bridge costs
     locked_capital_usd: float | None = Field(None, gt=0)

@@ -236,7 +236,8 @@ class MarketViews:
         limits = {}
         for ex, ex_cfg in cfg.exchanges.items():
             s = ex_cfg.stale
-            fee = ex_cfg.fees.taker_bp if an.fee_kind == "taker" else ex_cfg.fees.maker_bp
+            # the effective fee per side: a rebate is a negative fee, points are income
+            fee = (ex_cfg.fees.taker_bp if an.fee_kind == "taker" else ex_cfg.fees.maker_bp) - an.points_bp
             limits[ex] = (
                 now - s.price_seconds,
                 now - s.funding_seconds,

@@ -28,6 +28,7 @@ class Thresholds:
     funding_emergency: float = 0.0012  # 0.12 %
     zscore: float = 2.5  # |fr_funding_zscore| above
     edge_min_bp: float = 0.0  # fr_edge_bp below
+    carry_entry_edge_bp: float = 4.0  # fr_edge_bp at or above: the desks' entry threshold (CarryEdgeAboveEntry)
     net_apy_min_pct: float = 0.0  # fr_net_apy_pct{basis="projected"} below
     realized_apy_min_pct: float = 0.0  # fr_net_apy_pct{basis="realized"} below (NetApyRealizedNegative)
     margin_buffer_min: float = 0.15  # fr_margin_buffer_ratio below (MarginBufferLow)
@@ -55,6 +56,7 @@ class Durations:
     funding: str = "5m"
     zscore: str = "15m"
     edge: str = "30m"
+    carry_entry: str = "15m"
     net_apy: str = "30m"
     realized_apy: str = "1h"
     margin_buffer: str = "5m"

@@ -164,6 +164,21 @@ def _funding_alerts(cfg: MixinConfig) -> list[Alert]:
     )
     out.append(
         Alert(
+            name="CarryEdgeAboveEntry",
+            expr=f"{m.EDGE} >= {_fmt(t.carry_entry_edge_bp)}",
+            for_=d.carry_entry,
+            severity="info",
+            summary="Carry on {{ $labels.exchange }} {{ $labels.instrument }} pays above the entry threshold.",
+            description="Edge for the {{ $labels.side }} side of {{ $labels.exchange }} {{ $labels.instrument }} is "
+            "{{ $value | humanize }} bp per interval after fees"
+            + f" (at or above the entry threshold {_fmt(t.carry_entry_edge_bp)} bp for {d.carry_entry}).",
+            value="{{ $value | humanize }} bp",
+            dashboard="funding",
+            dashboard_vars=MARKET,
+        )
+    )
+    out.append(
+        Alert(
             name="FundingSpreadWide",
             expr=f"{m.FUNDING_SPREAD} > {_fmt(t.funding_spread_bp)}",
             for_=d.funding_spread,

@@ -231,8 +231,24 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
             "input_series": [
                 _s(m.EDGE, edge, "2 2 -1.5x40"),
                 _s(m.EDGE, {**okx_eth, "side": "long"}, "0.5x42"),
+                _s(m.EDGE, {**der_btc, "side": "short"}, "3.9x10 4x30"),  # entry threshold 4 bp from 11m
             ],
             "alert_rule_test": [
+                _none("20m", "CarryEdgeAboveEntry"),  # 4 bp since 11 m: not yet held 15 m
+                {
+                    "eval_time": "27m",
+                    "alertname": "CarryEdgeAboveEntry",
+                    "exp_alerts": [
+                        sp.exp(
+                            "CarryEdgeAboveEntry",
+                            "info",
+                            {**der_btc, "side": "short"},
+                            "Edge for the short side of deribit BTC-PERPETUAL is 4 bp per interval after fees "
+                            "(at or above the entry threshold 4 bp for 15m).",
+                            "4 bp",
+                        )
+                    ],
+                },
                 _none("20m", "EdgeTurnedNegative"),
                 {
                     "eval_time": "35m",

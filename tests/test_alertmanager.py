@@ -62,6 +62,17 @@ def test_routing_by_severity(severity: str, receiver: str) -> None:
     assert res.stdout.strip() == receiver
 
 
+@needs_amtool
+def test_carry_entry_goes_to_its_own_receiver_whatever_its_severity() -> None:
+    for severity in ("info", "warning"):
+        res = subprocess.run(
+            [amtool, "config", "routes", "test", f"--config.file={AM_FILE}", f"severity={severity}",
+             "alertname=CarryEdgeAboveEntry", "exchange=binance", "base=BTC"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert res.stdout.strip() == "slack-carry", res.stdout + res.stderr
+
+
 def test_every_rule_severity_has_a_route() -> None:
     routed = {m.split("=")[1].strip('"') for r in _config()["route"]["routes"] for m in r["matchers"]}
     assert {sev for _, sev in _rule_labels()} <= routed
@@ -83,7 +94,7 @@ def test_slack_receivers_and_grouping() -> None:
             assert "channel" not in sc and "api_url" not in sc
             files.append(sc["api_url_file"])
             assert 'template "fr.slack.text"' in sc["text"] and 'template "fr.slack.title"' in sc["title"]
-    assert len(set(files)) == len(files) == 4
+    assert len(set(files)) == len(files) == 5  # four severities and the carry-entry channel
     for pattern in cfg["templates"]:
         assert list(PROM.glob(pattern)), pattern
     for f in files:  # each has a template the README points to

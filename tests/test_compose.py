@@ -102,7 +102,7 @@ def test_startup_order_waits_for_health() -> None:
 def test_secrets_are_files() -> None:
     c = _compose()
     secrets = c["secrets"]
-    webhooks = {f"slack_webhook_url_{s}" for s in ("emergency", "critical", "warning", "info")}
+    webhooks = {f"slack_webhook_url_{s}" for s in ("emergency", "critical", "warning", "info", "carry")}
     assert set(secrets) == webhooks | {"slack_webhook_url_ai", "llm_api_key", "grafana_admin_password"}
     for name, spec in secrets.items():
         path = ROOT / spec["file"]

@@ -34,7 +34,7 @@ REQUIRED_ALERTS = {
     "ExporterDown", "ExchangeStreamDown", "ExchangeStreamStale",
     "FuturesBasisExtreme", "ImpliedFundingDivergence", "FutureRollWindow",  # issue 11: term structure
     "ShardOverlap", "ShardMissing",  # issue 10: shards
-    "MarginBufferLow", "NetApyRealizedNegative",  # issue 14: carry risk checklist
+    "MarginBufferLow", "NetApyRealizedNegative", "CarryEdgeAboveEntry",  # issue 14: carry risk checklist
 }  # fmt: skip
 
 promtool = shutil.which("promtool")

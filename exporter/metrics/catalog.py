@@ -339,11 +339,13 @@ EDGE = _def(
     "Carry edge per funding interval for the side that receives funding (label side: short "
     "when the rate is >= 0, long when negative), in basis points: |fr_funding_rate| x 1e4 "
     "- 2 x fee_bp x fr_funding_interval_seconds / (holding_hours x 3600), where fee_bp is "
-    "the configured {fee_kind} fee per side and holding_hours = "
+    "the configured {fee_kind} fee per side (negative: a rebate) minus analytics.points_bp (points "
+    "per traded notional, income) and holding_hours = "
     "{holding_hours}. Negative: the carry does not pay its fees.",
     'Carry edge of the side that receives funding (`side="short"` when the rate ≥ 0, `"long"` when '
     "negative): `|rate| × 1e4 − 2 × fee_bp × interval_s / (holding_period_hours × 3600)`. `fee_bp` is "
-    "the exchange's configured `fees.taker_bp` or `fees.maker_bp` per `analytics.fee_kind` [taker]; "
+    "the exchange's configured `fees.taker_bp` or `fees.maker_bp` per `analytics.fee_kind` [taker] "
+    "(negative: a maker rebate) minus `analytics.points_bp` [0] (points per traded notional, income); "
     "`holding_period_hours` [168]. Negative: the carry does not pay its fees.",
     fixed=True,
 )

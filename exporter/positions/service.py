@@ -70,7 +70,8 @@ class PositionService:
         self.accounts = Accounts(config, state, read_keys(config, environ), rest or {}, self.clock)
         self.accounts.owns = owns
         self.facts = RiskFacts(self.accounts, self.tiers, self.ledger)
-        self.view_settings = ViewSettings(s.hit_horizons_hours, s.shocks_pct, config.analytics.holding_period_hours)
+        an = config.analytics
+        self.view_settings = ViewSettings(s.hit_horizons_hours, s.shocks_pct, an.holding_period_hours, an.points_bp)
         self._last_poll = -math.inf
         self._views: tuple[PositionView, ...] = ()
         self.configured = ConfiguredPositions(config, self._listed, self.tiers_for, self.accounts.contract_size)

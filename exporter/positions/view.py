@@ -83,6 +83,7 @@ class ViewSettings:
     hit_horizons_hours: Sequence[float]
     shocks_pct: Sequence[float]
     holding_period_hours: float
+    points_bp: float = 0.0  # points per traded notional (bp per side), income on the opening trades
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +143,9 @@ def build_view(p: Position, x: ViewInputs, s: ViewSettings) -> PositionView:
 
     capital = p.capital_usd()
     h = p.hedge
-    fees = p.fees_usd + (h.fees_usd if h is not None else 0.0)
+    # fees paid (a negative fee, a rebate, lowers them) minus points earned on the opening trades
+    traded = p.size * p.entry_price + (h.size * h.entry_price if h is not None else 0.0)
+    fees = p.fees_usd + (h.fees_usd if h is not None else 0.0) - s.points_bp * 1e-4 * traded
     apy_real = apy_proj = None
     if capital:
         apy_real = net_apy_realized_pct(x.net_since_opening, fees, p.gas_usd, p.borrow_apr, capital, x.now - x.opened)
