@@ -234,6 +234,14 @@ UNDRAWN = {
     "fr_position_account_reads_total": "diagnostic counter of the signed reads (failures logged)",
     "fr_position_account_read_failures_total": "diagnostic counter of the signed reads (failures logged)",
     "fr_ai_estimated_liquidation_volume_usd": "the sidecar's secondary estimate; the AI panels draw probability",
+    # issue 15's new sidecar families (landed after this list was made): counts and diagram inputs
+    "fr_ai_answer_truncations_total": "diagnostic counter of the sidecar's over-long answers (logged too)",
+    "fr_ai_base_rate_ratio": "the climatology behind the skill score; the AI dashboard draws the skill itself",
+    "fr_ai_calibration_fitted_predictions": "how many predictions the recalibration was fitted on: a diagnostic",
+    "fr_ai_reliability_mean_probability_ratio": "a reliability-diagram input per probability bin: a table, not a panel",
+    "fr_ai_reliability_observed_ratio": "a reliability-diagram input per probability bin: a table, not a panel",
+    "fr_ai_reliability_predictions": "a reliability-diagram count per probability bin: a table, not a panel",
+    "fr_ai_skill_predictions": "the sample size behind the skill series (drawn); a diagnostic",
     "fr_ai_state_reads_total": "diagnostic counter of the sidecar's /api/state reads",
     "fr_ai_slack_messages_total": "diagnostic counter; Slack delivery is tested in the stack tests",
 }
