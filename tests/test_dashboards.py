@@ -211,6 +211,10 @@ UNDRAWN = {
     "fr_funding_cap_ratio": "Binance publishes caps only for symbols with adjusted ones (fundingInfo), so a "
     "panel is empty for most selections; the cap is in the funding alerts' context and /api/state",
     "fr_funding_floor_ratio": "as fr_funding_cap_ratio: published for a few symbols only, so mostly empty",
+    # issue 10's shard families (landed after this list was made)
+    "fr_shard_info": "an info series (which shard this exporter is) for joins and the shard alerts",
+    "fr_instruments_listed": "the shard split's bookkeeping, checked by ShardMissing/ShardOverlap alerts",
+    "fr_instruments_followed": "the shard split's bookkeeping, checked by ShardMissing/ShardOverlap alerts",
     "fr_index_price": "the premium panel draws (mark - index) / index; the bare index is for ad-hoc queries",
     "fr_future_mark_price": "the term-structure panels draw it as basis against the index (fr_basis_*)",
     "fr_future_expiry_timestamp_seconds": "drawn as days to expiry (fr_future_days_to_expiry)",
