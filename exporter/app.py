@@ -27,6 +27,7 @@ from exporter.limits import LIMITS
 from exporter.metrics.positions import PositionCollector
 from exporter.model import Exchange, InstrumentInfo, base_of
 from exporter.positions.service import PositionService
+from exporter.recording import Recorder
 from exporter.rest.client import RequestBudget, RestClient, RestError, RestPolicy, budget_share
 from exporter.rest.endpoints import ExchangeRest, rest_api_for
 from exporter.shard import Coverage, Shard, left_out_by_limit
@@ -135,6 +136,18 @@ def coverage_of(
     )
 
 
+def market_state(config: Config, clock: Clock) -> MarketState:
+    """The state store as the configuration's analytics want it (the exporter and replay share it)."""
+    a = config.analytics
+    return MarketState(
+        clock=clock.time,
+        funding_event_rate_8h=a.funding_event_rate_8h,
+        liquidation_event_usd_per_minute=a.liquidation_event_usd_per_minute,
+        settlement_span_seconds=a.zscore_window_seconds + 86400.0,
+        anchor_span_seconds=a.anchor_window_seconds,
+    )
+
+
 class Exporter:
     """The running exporter; :func:`run_exporter` is the usual entry point."""
 
@@ -148,17 +161,11 @@ class Exporter:
         backoff: BackoffPolicy | None = None,
         startup_budget_s: float = STARTUP_BUDGET_S,
         clock: Clock = SYSTEM_CLOCK,
+        serve: bool = True,
     ) -> None:
         self.config = config
         self.clock = clock  # state timestamps, backfill window, poll periods (tests: VirtualClock)
-        a = config.analytics
-        self.state = state or MarketState(
-            clock=clock.time,
-            funding_event_rate_8h=a.funding_event_rate_8h,
-            liquidation_event_usd_per_minute=a.liquidation_event_usd_per_minute,
-            settlement_span_seconds=a.zscore_window_seconds + 86400.0,
-            anchor_span_seconds=a.anchor_window_seconds,
-        )
+        self.state = state or market_state(config, clock)
         # What the streams, the REST client and the pollers write to: only the sink protocol.
         self.sink: RecordSink = self.state
         if feed_factory is None:
@@ -182,6 +189,17 @@ class Exporter:
         self._facts_refresh: set[Exchange] = set()  # funding-info refreshes under way (one per exchange)
         if isinstance(self.state, MarketState):
             self.state.on_interval_change = self._interval_changed
+        self.serve = serve  # False: no HTTP server (fr-exporter record)
+        self.recorder: Recorder | None = None
+        rec = config.recording
+        if rec.dir is not None:
+            self.recorder = Recorder(
+                rec.dir,
+                rotate_seconds=rec.rotate_seconds,
+                max_bytes=rec.max_bytes,
+                compression=rec.compression,
+                queue_size=rec.queue_size,
+            )
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -204,6 +222,9 @@ class Exporter:
             await self.shutdown()
 
     async def start(self) -> None:
+        if self.recorder is not None:
+            self.recorder.start()
+            log.info("recording raw frames to %s", self.config.recording.dir)
         for ex, cfg in self.config.enabled_exchanges().items():
             self.state.register_exchange(ex)
             self.runtimes[ex] = self._runtime(ex, cfg)
@@ -233,7 +254,8 @@ class Exporter:
         # out of the collector's reach keeps full collections short, so frames are not held up.
         gc.collect()
         gc.freeze()
-        self.server = self._start_server(registry)
+        if self.serve:
+            self.server = self._start_server(registry)
         for rt in self.runtimes.values():
             self._start_pollers(rt)
         if self.positions is not None:
@@ -282,6 +304,8 @@ class Exporter:
             server, self.server = self.server, None
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(server.stop)
+        if self.recorder is not None:
+            await asyncio.to_thread(self.recorder.close)
         log.info("exporter stopped")
 
     # ---- per exchange ------------------------------------------------------------------------
@@ -291,7 +315,9 @@ class Exporter:
         ws_base, rest_base = self.config.urls_for(ex)
         ctx = FeedContext(exchange=ex, instruments={}, clock=self.state.clock)  # timestamps near now
         budget = RequestBudget(LIMITS[ex], self.budget_share)
-        client = RestClient(ex, rest_base, self.sink, policy=self.rest_policy, budget=budget)
+        client = RestClient(ex, rest_base, self.sink, policy=self.rest_policy, budget=budget, clock=self.clock.time)
+        if self.recorder is not None:
+            client.recorder = self.recorder.rest_hook(ex)
         rest = rest_api_for(ex, client, feed, ctx)
         return ExchangeRuntime(ex, cfg, feed, ctx, client, rest, ws_base, self.config.instruments_for(ex))
 
@@ -354,6 +380,7 @@ class Exporter:
             self.state.register(info)
         # The parsers filter all-symbol streams (Binance !forceOrder@arr) by this mapping: followed only.
         rt.ctx.instruments = {i.instrument: i for i in (*chosen, *rt.futures)}
+        self._record_followed(rt)
         if not chosen:
             log.error("%s: no instrument to follow", rt.exchange)
 
@@ -374,6 +401,12 @@ class Exporter:
         rt.futures = chosen
         self.state.set_futures(rt.exchange, chosen)
         rt.ctx.instruments = {i.instrument: i for i in (*rt.instruments, *chosen)}
+        self._record_followed(rt)
+
+    def _record_followed(self, rt: ExchangeRuntime) -> None:
+        """A recording notes what is followed: a replay follows exactly that (all-symbol filters)."""
+        if self.recorder is not None:
+            self.recorder.meta(self.clock.time(), rt.exchange, "followed", list(rt.ctx.instruments.values()))
 
     def _sync_streams(self, rt: ExchangeRuntime) -> None:
         """Run exactly one connection task per current WsPlan (plans change with the instrument set)."""
@@ -387,7 +420,9 @@ class Exporter:
         spacing = 1.0 / (LIMITS[rt.exchange].ws_opens_per_s * self.budget_share)
         for plan in plans:
             if plan not in rt.streams:
-                conn = FeedConnection(rt.feed, plan, rt.ctx, self.sink, backoff=self.backoff)
+                conn = FeedConnection(rt.feed, plan, rt.ctx, self.sink, backoff=self.backoff, clock=self.clock.time)
+                if self.recorder is not None:
+                    conn.recorder = self.recorder.ws_hook(rt.exchange)
                 at = max(self.clock.monotonic(), rt.next_ws_open)
                 rt.next_ws_open = at + spacing
                 rt.streams[plan] = asyncio.create_task(self._open_at(conn, at), name=f"ws-{rt.exchange}-{plan.stream}")
@@ -484,6 +519,14 @@ class Exporter:
         self._spawn(self._refresh_instruments(rt), f"poll-{rt.exchange}-instruments")
         if rt.cfg.futures.enabled:
             self._spawn(self._refresh_futures(rt), f"poll-{rt.exchange}-futures")
+        self._spawn(
+            self._every(rt.cfg.poll.server_time_seconds, lambda: self._server_time(rt), f"{rt.exchange} server time"),
+            f"poll-{rt.exchange}-time",
+        )
+
+    async def _server_time(self, rt: ExchangeRuntime) -> None:
+        sent, server, received = await rt.rest.server_time()
+        self.sink.exchange_clock(rt.exchange).sample(sent, server, received)
 
     async def _every(self, period: float, job: Callable[[], Awaitable[None]], what: str) -> None:
         while True:
@@ -555,7 +598,10 @@ class Exporter:
         from exporter.metrics.shard import ShardCollector
 
         registry = build_registry(
-            self.config, self.state, extra_collectors=[ShardCollector(self.shard, lambda: dict(self.coverage))]
+            self.config,
+            self.state,
+            extra_collectors=[ShardCollector(self.shard, lambda: dict(self.coverage))],
+            recording=self.recorder.snapshot if self.recorder is not None else None,
         )
         # an invalid position that is the only one still starts the service: it reports and counts it
         if self.config.positions or self.config.position_settings.from_accounts or self.config.position_issues:

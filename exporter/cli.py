@@ -19,6 +19,7 @@ import sys
 import threading
 import urllib.parse
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from exporter import __version__
@@ -38,6 +39,8 @@ COMMANDS: dict[str, str] = {
     "check-config": "validate a configuration file and exit",
     "demo": "simulator + exporter + sidecar, offline",
     "top": "live terminal table of the exporter's state",
+    "record": "record raw exchange frames for a while, without serving",
+    "replay": "replay a recording: serve it, or write OpenMetrics",
 }
 EXIT_CONFIG = 2  # unusable configuration
 EXIT_LISTEN = 1  # cannot serve (busy port...)
@@ -224,6 +227,94 @@ def cmd_run(args: argparse.Namespace) -> int:
 # ---- the other commands ------------------------------------------------------------------------
 
 
+def cmd_record(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if args.dir:
+        config.recording.dir = Path(args.dir)
+    if config.recording.dir is None:
+        return _fail("nothing to record into: set recording.dir in the configuration or pass --dir", EXIT_CONFIG)
+    if not args.duration > 0:
+        return _fail("--duration must be > 0 seconds", EXIT_CONFIG)
+    setup_logging(args.log_level or config.log_level, args.log_format)
+    from exporter.app import Exporter
+
+    exporter = Exporter(config, serve=False)
+
+    async def record(stop: asyncio.Event) -> int:
+        async def timer() -> None:
+            await asyncio.sleep(args.duration)
+            stop.set()
+
+        t = asyncio.create_task(timer())
+        try:
+            await exporter.run(stop)
+        finally:
+            t.cancel()
+        stats = exporter.recorder.snapshot() if exporter.recorder is not None else {}
+        print(
+            f"recorded {stats.get('frames_ws', 0)} frames and {stats.get('frames_rest', 0)} REST bodies "
+            f"({stats.get('bytes', 0)} bytes, {stats.get('dropped', 0)} dropped) into {config.recording.dir}"
+        )
+        return 0
+
+    return _run_until_signal(record)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from exporter.replay import Replay, parse_step, parse_time, replay_to_openmetrics
+
+    config = _load(args.config) if args.config else Config()
+    setup_logging(args.log_level or config.log_level, args.log_format)
+    directory = Path(args.dir)
+    if not directory.is_dir():
+        return _fail(f"{directory}: not a directory", EXIT_CONFIG)
+    try:
+        start = parse_time(args.time_from) if args.time_from else None
+        end = parse_time(args.time_to) if args.time_to else None
+        step = parse_step(args.step)
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    if args.openmetrics:
+
+        async def backfill(stop: asyncio.Event) -> int:
+            stats, n = await replay_to_openmetrics(
+                config, directory, Path(args.openmetrics), step, start=start, end=end
+            )
+            print(
+                f"replayed {stats.lines} lines ({stats.first} .. {stats.last}) in {stats.wall_seconds:.1f} s; "
+                f"wrote {n} samples every {step:g} s to {args.openmetrics}"
+            )
+            return 0
+
+        return _run_until_signal(backfill)
+    if args.listen:
+        config.listen_address = args.listen
+    speed = None if args.as_fast_as_possible else args.speed
+
+    async def serve(stop: asyncio.Event) -> int:
+        from exporter.server import start_server
+
+        replay = Replay(config, directory, start=start, end=end)
+        server = start_server(config, replay.state, replay.registry)
+        log.info("replaying %s; serving on port %d", directory, server.port)
+        try:
+            run = asyncio.create_task(replay.run(speed=speed))
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if run.done():
+                s = run.result()
+                log.info(
+                    "replay done: %d lines in %.1f s; serving the end state until stopped", s.lines, s.wall_seconds
+                )
+                await stopping
+            run.cancel()
+        finally:
+            await asyncio.to_thread(server.stop)
+        return 0
+
+    return _run_until_signal(serve)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from exporter.sim import main as sim
 
@@ -386,6 +477,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit.add_arguments(parsers["fit-baseline"])
     parsers["fit-baseline"].set_defaults(handler=cmd_fit_baseline)
+
+    record = parsers["record"]
+    _config_args(record)
+    record.add_argument("--duration", type=float, required=True, metavar="S", help="seconds to record")
+    record.add_argument("--dir", help="directory of the recording (default: recording.dir of the configuration)")
+    _log_args(record)
+    record.set_defaults(handler=cmd_record)
+
+    replay = parsers["replay"]
+    replay.add_argument("dir", help="directory of the recording")
+    _config_args(replay)
+    pace = replay.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, default=1.0, metavar="N", help="N times real time (default 1)")
+    pace.add_argument("--as-fast-as-possible", action="store_true", help="no pacing")
+    replay.add_argument("--from", dest="time_from", metavar="T", help="start (Unix seconds or ISO 8601)")
+    replay.add_argument("--to", dest="time_to", metavar="T", help="end (Unix seconds or ISO 8601)")
+    replay.add_argument("--openmetrics", metavar="OUT", help="write OpenMetrics with timestamps instead of serving")
+    replay.add_argument("--step", default="15s", help="time between OpenMetrics samples (default 15s)")
+    replay.add_argument("--web.listen-address", dest="listen", metavar="ADDR", help="where to serve (default: config)")
+    _log_args(replay)
+    replay.set_defaults(handler=cmd_replay)
 
     check = parsers["check-config"]
     check.add_argument("file")

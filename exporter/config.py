@@ -83,6 +83,7 @@ class PollIntervals(_Model):
     long_short_ratio_seconds: float = Field(300.0, gt=0)
     insurance_fund_seconds: float = Field(1800.0, gt=0)
     instruments_seconds: float = Field(3600.0, gt=0)
+    server_time_seconds: float = Field(60.0, gt=0)  # clock offset and RTT (fr_exchange_clock_offset_seconds)
 
 
 DEFAULT_INSTRUMENTS: dict[Exchange, list[str]] = {
@@ -414,6 +415,16 @@ class SidecarConfig(_Model):
 # ---------------------------------------------------------------------------------------------
 
 
+class RecordingConfig(_Model):
+    """Raw frame recording (off unless ``dir`` is set): docs/recording.md."""
+
+    dir: Path | None = None
+    rotate_seconds: float = Field(3600.0, gt=0)  # a new file this often (by receive time)
+    max_bytes: int = Field(1 << 30, gt=0)  # oldest files deleted beyond this many bytes in dir
+    compression: Literal["gzip", "zstd"] = "gzip"  # zstd needs the zstandard package
+    queue_size: int = Field(100_000, gt=0)  # frames waiting for the writer; beyond: dropped and counted
+
+
 class Config(_Model):
     listen_address: str = "0.0.0.0:9466"
     # exporter-toolkit web config (TLS, mTLS, basic auth): docs in exporter/web.py, README "Security"
@@ -428,6 +439,7 @@ class Config(_Model):
     sidecar: SidecarConfig = Field(default_factory=SidecarConfig)
     shard: ShardConfig = Field(default_factory=ShardConfig)
     rest_budget: RestBudgetConfig = Field(default_factory=RestBudgetConfig)
+    recording: RecordingConfig = Field(default_factory=RecordingConfig)
     # Positions that failed validation: skipped, reported by the position service; the rest runs.
     _position_issues: list[PositionIssue] = PrivateAttr(default_factory=list)
     # Where each setting was read (YAML path -> line) and from which file, for later checks' messages.

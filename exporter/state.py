@@ -40,7 +40,7 @@ from exporter.model import (
     Side,
     SubscriptionError,
 )
-from exporter.sink import RestHealth, StreamHealth
+from exporter.sink import ExchangeClock, RestHealth, StreamHealth
 from exporter.trackers import (
     ANCHOR_SAMPLE_SECONDS,
     CONTINUOUS_OBSERVATION_SECONDS,
@@ -278,6 +278,9 @@ class MarketState:
         self.futures: dict[Key, FutureState] = {}  # dated futures (term structure), kept apart from perpetuals
         self.streams: dict[tuple[Exchange, str], StreamHealth] = {}
         self.rest: dict[tuple[Exchange, str], RestHealth] = {}
+        self.clocks: dict[Exchange, ExchangeClock] = {}  # measured exchange clock offsets
+        # settlement times that passed unseen (fr_funding_settlements_missed_total)
+        self.settlements_missed: dict[Key, int] = {}
         self.insurance: dict[tuple[Exchange, str], tuple[float, float]] = {}  # -> (balance_usd, at)
         self.exchanges: set[Exchange] = set()  # configured exchanges: fr_up is always present for them
         self.unknown_instrument_updates = 0
@@ -343,6 +346,12 @@ class MarketState:
         if h is None:
             h = self.rest[(exchange, endpoint)] = RestHealth(exchange, endpoint)
         return h
+
+    def exchange_clock(self, exchange: Exchange) -> ExchangeClock:
+        c = self.clocks.get(exchange)
+        if c is None:
+            c = self.clocks[exchange] = ExchangeClock(exchange)
+        return c
 
     # ---- writing ------------------------------------------------------------------------------
 
@@ -431,6 +440,11 @@ class MarketState:
                     changed = self._settlements.next_funding(st, nft, prev_interval, now)
                     if changed is not None and u.funding_interval_s is None:
                         self._interval_changed(st, changed)
+                    elif changed is None:
+                        missed = self._settlements.missed(st, nft, prev_interval)
+                        if missed:
+                            key = (st.info.exchange, st.info.instrument)
+                            self.settlements_missed[key] = self.settlements_missed.get(key, 0) + missed
                 st.next_funding_time = nft
             if rate is not None:
                 st.funding_rate = rate

@@ -86,6 +86,23 @@ class SettlementTracker:
             return hours * 3600.0
         return None
 
+    @staticmethod
+    def missed(st: InstrumentState, nft: float, prev_interval: float | None) -> int:
+        """Settlement times between the stored next-funding time and ``nft`` (a jump of more than one
+        interval, the interval unchanged) that passed unseen -- the stream was away -- and that no
+        funding history filled in. Called before ``nft`` is stored."""
+        old = st.next_funding_time
+        iv = prev_interval or st.funding_interval_s or st.info.funding_interval_s
+        if old is None or not iv or nft <= old + 1.5 * iv:
+            return 0
+        known = {r[0] for r in st.settlements}
+        missed, t = 0, old + iv
+        while t < nft - 0.5 * iv and missed < 1000:  # bounded: a nonsense jump is not a loop
+            if not any(abs(t - k) < 60.0 for k in known):
+                missed += 1
+            t += iv
+        return missed
+
     def continuous(self, st: InstrumentState, rate_8h: float, event_time: float | None, now: float) -> None:
         """Continuous funding (no settlement times): one observation an hour for the z-score window."""
         t = (event_time or now) // CONTINUOUS_OBSERVATION_SECONDS * CONTINUOUS_OBSERVATION_SECONDS

@@ -47,6 +47,8 @@ class Thresholds:
     ai_stale_seconds: float = 1800.0  # no valid model answer for this long (sidecar default period 300 s)
     ai_failure_ratio: float = 0.5  # failed / all model calls over the failure window
     stream_stale_seconds: float = 120.0  # no websocket message for this long
+    feed_completeness_min: float = 0.99  # 24 h completeness of a stream below (FeedCompletenessLow)
+    feed_lag_p99_seconds: float = 1.0  # p99 event lag of a stream above (FeedLagHigh)
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ class Durations:
     stream_stale: str = "2m"
     shard_overlap: str = "15m"  # longer than a resharding rollout, where old and new shards overlap
     shard_missing: str = "10m"
+    feed_completeness: str = "15m"
+    feed_lag: str = "10m"
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ class Windows:
     rate: str = "5m"  # liquidation notional rates (the recording rules' names say 5m)
     liquidation_baseline: str = "1h"
     ai_failures: str = "15m"
+    feed_lag: str = "5m"  # the p99 lag recording rule's window (its name says 5m)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 from exporter.metrics import catalog as m
 from mixin.config import MixinConfig
-from mixin.rules import DASHBOARDS, FUNDING_8H, LIQ_RATE_BASELINE, LIQ_RATE_EXCHANGE
+from mixin.rules import DASHBOARDS, FEED_COMPLETENESS, FUNDING_8H, LIQ_RATE_BASELINE, LIQ_RATE_EXCHANGE
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 MKT = 'exchange=~"$exchange",base=~"$base",instrument=~"$instrument"'
@@ -864,6 +864,98 @@ def _term(cfg: MixinConfig) -> dict[str, Any]:
     )
 
 
+def _feed(cfg: MixinConfig) -> dict[str, Any]:
+    t = cfg.thresholds
+    ex = 'exchange=~"$exchange"'
+    lag = f"sum by (exchange, le) (rate({m.STREAM_EVENT_LAG}_bucket{{{ex}}}[{RI}]))"
+    return _dashboard(
+        cfg,
+        "feed",
+        "How late and how complete each exchange's data is: event lag (exchange stamp to receipt, corrected "
+        "by the measured clock offset), clock offset and round trips, 24 h completeness, gaps, reconnects, "
+        "parse errors; and the AI model's request latency.",
+        [
+            Panel(
+                "Event lag p50 / p95 / p99 per exchange",
+                "The latency table: quantiles of the delay from the exchange's event time to receipt. "
+                f"FeedLagHigh fires when a stream's p99 stays above {t.feed_lag_p99_seconds:g} s.",
+                [(f"histogram_quantile({q}, {lag})", f"{{{{exchange}}}} p{int(q * 100)}") for q in (0.5, 0.95, 0.99)],
+                "s",
+                thresholds=[("green", None), ("red", t.feed_lag_p99_seconds)],
+                threshold_style="dashed",
+                width=24,
+            ),
+            Panel(
+                "Event lag now (table)",
+                "p50 / p95 / p99 over the last rate interval, per exchange.",
+                [
+                    (
+                        f"histogram_quantile({q}, sum by (exchange, le) "
+                        f"(rate({m.STREAM_EVENT_LAG}_bucket{{{ex}}}[{RI}])))",
+                        f"p{int(q * 100)}",
+                    )
+                    for q in (0.5, 0.95, 0.99)
+                ],
+                "s",
+                kind="table",
+                instant=True,
+            ),
+            Panel(
+                "Exchange clock offset",
+                "Exchange clock minus ours from the server-time endpoint (NTP-style); lags are corrected by it.",
+                [(f"{m.EXCHANGE_CLOCK_OFFSET}{{{ex}}}", "{{exchange}}")],
+                "s",
+            ),
+            Panel(
+                "Round trips",
+                "Server-time REST round trip and websocket ping round trip.",
+                [
+                    (f"{m.EXCHANGE_RTT}{{{ex}}}", "{{exchange}} REST"),
+                    (f"{m.STREAM_PING_RTT}{{{ex}}}", "{{exchange}} {{stream}} ping"),
+                ],
+                "s",
+            ),
+            Panel(
+                "Completeness over 24 h",
+                f"Share of the last 24 h each stream spoke within its cadence; FeedCompletenessLow below "
+                f"{t.feed_completeness_min:.0%}.",
+                [(f"{FEED_COMPLETENESS}{{{ex}}}", "{{exchange}} {{stream}}")],
+                "percentunit",
+                thresholds=[("red", None), ("green", t.feed_completeness_min)],
+                threshold_style="dashed",
+                max=1,
+            ),
+            Panel(
+                "Gaps",
+                "Seconds of silence beyond the cadence per rate interval (disconnects, stalls).",
+                [(f"sum by (exchange, stream) (increase({m.STREAM_GAP}{{{ex}}}[{RI}]))", "{{exchange}} {{stream}}")],
+                "s",
+            ),
+            Panel(
+                "Missed funding settlements",
+                "Settlement times that passed unseen (stream away, not in the history), per rate interval.",
+                [(f"sum by (exchange) (increase({m.FUNDING_SETTLEMENTS_MISSED}{{{ex}}}[{RI}]))", "{{exchange}}")],
+                "short",
+            ),
+            Panel(
+                "Reconnects and parse errors",
+                "WebSocket reconnects and unparsable frames per rate interval.",
+                [
+                    (f"sum by (exchange) (increase({m.STREAM_RECONNECTS}{{{ex}}}[{RI}]))", "{{exchange}} reconnects"),
+                    (f"sum by (exchange) (increase({m.PARSE_ERRORS}{{{ex}}}[{RI}]))", "{{exchange}} parse errors"),
+                ],
+                "short",
+            ),
+            Panel(
+                "AI model request latency p50 / p95 / p99",
+                f"The sidecar's model calls ({m.AI_REQUEST_DURATION}, per attempt).",
+                [(f"histogram_quantile({q}, {LATENCY})", f"{{{{model}}}} p{int(q * 100)}") for q in (0.5, 0.95, 0.99)],
+                "s",
+            ),
+        ],
+    )
+
+
 def dashboards(cfg: MixinConfig) -> dict[str, dict[str, Any]]:
     """File name -> dashboard JSON model."""
     return {
@@ -873,4 +965,5 @@ def dashboards(cfg: MixinConfig) -> dict[str, dict[str, Any]]:
         "fr-ai-risk.json": _ai(cfg),
         "fr-exporter-health.json": _health(cfg),
         "fr-term-structure.json": _term(cfg),
+        "fr-feed-quality.json": _feed(cfg),
     }

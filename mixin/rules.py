@@ -23,6 +23,7 @@ DASHBOARDS: dict[str, tuple[str, str]] = {
     "ai": ("fr-ai-risk", "AI risk"),
     "health": ("fr-exporter-health", "Exporter health"),
     "term": ("fr-term-structure", "Term structure"),
+    "feed": ("fr-feed-quality", "Feed quality"),
 }
 
 # Recording rules
@@ -30,6 +31,8 @@ FUNDING_8H = "fr:funding_rate_8h:ratio"
 LIQ_RATE = "fr:liquidated_notional_usd:rate5m"  # by exchange, base, instrument, side
 LIQ_RATE_EXCHANGE = "fr_exchange_base:liquidated_notional_usd:rate5m"  # by exchange, base
 LIQ_RATE_BASELINE = "fr_exchange_base:liquidated_notional_usd:rate5m_avg1h"
+FEED_COMPLETENESS = "fr:stream_completeness:ratio24h"  # by exchange, stream
+FEED_LAG_P99 = "fr:stream_event_lag_seconds:p99_5m"  # by exchange, stream
 
 PCT = "humanizePercentage"
 
@@ -106,6 +109,17 @@ def recording_rules(cfg: MixinConfig) -> list[dict[str, Any]]:
         {
             "record": LIQ_RATE_BASELINE,
             "expr": f"avg_over_time({LIQ_RATE_EXCHANGE}[{w.liquidation_baseline}])",
+        },
+        {
+            # the share of the last 24 h in which each stream spoke within its cadence
+            "record": FEED_COMPLETENESS,
+            "expr": f"1 - sum by (exchange, stream) (increase({m.STREAM_GAP}[24h])) / "
+            f"sum by (exchange, stream) (increase({m.STREAM_EXPECTED}[24h]) > 0)",
+        },
+        {
+            "record": FEED_LAG_P99,
+            "expr": f"histogram_quantile(0.99, sum by (exchange, stream, le) "
+            f"(rate({m.STREAM_EVENT_LAG}_bucket[{w.feed_lag}])))",
         },
     ]
 
@@ -521,6 +535,38 @@ def _shard_alerts(cfg: MixinConfig) -> list[Alert]:
     ]
 
 
+def _feed_alerts(cfg: MixinConfig) -> list[Alert]:
+    t, d = cfg.thresholds, cfg.durations
+    return [
+        Alert(
+            name="FeedCompletenessLow",
+            expr=f"{FEED_COMPLETENESS} < {_fmt(t.feed_completeness_min)}",
+            for_=d.feed_completeness,
+            severity="warning",
+            summary="Stream {{ $labels.stream }} of {{ $labels.exchange }} missed data over 24 h.",
+            description="{{ $labels.exchange }} {{ $labels.stream }} spoke within its cadence only "
+            "{{ $value | humanizePercentage }} of the last 24 h"
+            + f" (minimum {_pct(t.feed_completeness_min)}): gaps from disconnects or stalls.",
+            value="{{ $value | humanizePercentage }}",
+            dashboard="feed",
+            dashboard_vars=("exchange",),
+        ),
+        Alert(
+            name="FeedLagHigh",
+            expr=f"{FEED_LAG_P99} > {_fmt(t.feed_lag_p99_seconds)}",
+            for_=d.feed_lag,
+            severity="warning",
+            summary="Data from {{ $labels.exchange }} {{ $labels.stream }} arrives late.",
+            description="The p99 delay from the exchange's event time to receipt on {{ $labels.exchange }} "
+            "{{ $labels.stream }} is {{ $value | humanizeDuration }}"
+            + f" (limit {_fmt(t.feed_lag_p99_seconds)} s, held {d.feed_lag}).",
+            value="{{ $value | humanizeDuration }}",
+            dashboard="feed",
+            dashboard_vars=("exchange",),
+        ),
+    ]
+
+
 def alerts(cfg: MixinConfig) -> dict[str, list[Alert]]:
     """Alert groups by name."""
     return {
@@ -531,6 +577,7 @@ def alerts(cfg: MixinConfig) -> dict[str, list[Alert]]:
         "fr-exporter.ai": _ai_alerts(cfg),
         "fr-exporter.health": _health_alerts(cfg),
         "fr-exporter.shards": _shard_alerts(cfg),
+        "fr-exporter.feed": _feed_alerts(cfg),
     }
 
 

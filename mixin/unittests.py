@@ -775,6 +775,7 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
         }
     )
     groups.extend(_duplicate_and_shard_groups(cfg, sp, fund))
+    groups.extend(_feed_groups(sp))
     return groups
 
 
@@ -918,6 +919,74 @@ def _duplicate_and_shard_groups(cfg: MixinConfig, sp: _Spec, fund: Any) -> list[
         ],
     }
     return [ha_pair, overlap, missing]
+
+
+def _feed_groups(sp: _Spec) -> list[dict[str, Any]]:
+    """FeedCompletenessLow and FeedLagHigh, each both ways (one stream fires, one does not)."""
+    bad = {"exchange": "binance", "stream": "markPrice"}
+    good = {"exchange": "okx", "stream": "public"}
+    hourly = "0+3600x30"  # expected seconds: one hour per hour
+    completeness = {
+        "name": "feed completeness over 24 h",
+        "interval": "1h",
+        "input_series": [
+            _s(m.STREAM_EXPECTED, bad, hourly),
+            _s(m.STREAM_GAP, bad, "0+72x30"),  # 2 % of each hour silent: 98 %
+            _s(m.STREAM_EXPECTED, good, hourly),
+            _s(m.STREAM_GAP, good, "0+18x30"),  # 0.5 %: 99.5 %, above the 99 % minimum
+        ],
+        "alert_rule_test": [
+            _none("1h10m", "FeedCompletenessLow"),  # below since 1h, not yet for 15m
+            {
+                "eval_time": "25h",
+                "alertname": "FeedCompletenessLow",
+                "exp_alerts": [
+                    sp.exp(
+                        "FeedCompletenessLow",
+                        "warning",
+                        bad,
+                        "binance markPrice spoke within its cadence only 98% of the last 24 h "
+                        "(minimum 99 %): gaps from disconnects or stalls.",
+                        "98%",
+                    )
+                ],
+            },
+        ],
+    }
+
+    def buckets(labels: dict[str, str], le_values: dict[str, str]) -> list[dict[str, str]]:
+        return [_s(f"{m.STREAM_EVENT_LAG}_bucket", {**labels, "le": le}, v) for le, v in le_values.items()]
+
+    late = {"exchange": "bybit", "stream": "tickers"}
+    prompt = {"exchange": "deribit", "stream": "public"}
+    lag = {
+        "name": "feed lag p99",
+        "interval": "1m",
+        "input_series": [
+            # every frame 1-2.5 s late: p99 = 1 + 0.99 * 1.5 = 2.485 s
+            *buckets(late, {"0.1": "0x30", "1.0": "0x30", "2.5": "0+10x30", "+Inf": "0+10x30"}),
+            # every frame 50-100 ms late: p99 about 0.1 s
+            *buckets(prompt, {"0.1": "0+10x30", "1.0": "0+10x30", "2.5": "0+10x30", "+Inf": "0+10x30"}),
+        ],
+        "alert_rule_test": [
+            _none("5m", "FeedLagHigh"),
+            {
+                "eval_time": "20m",
+                "alertname": "FeedLagHigh",
+                "exp_alerts": [
+                    sp.exp(
+                        "FeedLagHigh",
+                        "warning",
+                        late,
+                        "The p99 delay from the exchange's event time to receipt on bybit tickers is 2.485s "
+                        "(limit 1 s, held 10m).",
+                        "2.485s",
+                    )
+                ],
+            },
+        ],
+    }
+    return [completeness, lag]
 
 
 def test_file(cfg: MixinConfig, rule_files: list[str]) -> dict[str, Any]:

@@ -43,7 +43,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "exporter.limits",
         ),
     ),
-    ("io", ("exporter.feeds.connection", "exporter.rest")),
+    ("io", ("exporter.feeds.connection", "exporter.rest", "exporter.recording")),
     ("state", ("exporter.state", "exporter.trackers", "exporter.positions.store")),
     ("views", ("exporter.views",)),
     ("services", ("exporter.positions",)),
@@ -52,7 +52,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("wiring", ("exporter.app",)),
     (
         "programs",
-        ("exporter.cli", "exporter.demo", "exporter.top", "exporter.sim", "exporter.sidecar", "exporter.simrun"),
+        (
+            *("exporter.cli", "exporter.demo", "exporter.top", "exporter.sim", "exporter.sidecar"),
+            *("exporter.simrun", "exporter.replay"),
+        ),
     ),
 ]
 

@@ -42,7 +42,10 @@ def test_help_lists_every_subcommand_on_one_line() -> None:
     assert r.returncode == 0
     for name, text in COMMANDS.items():
         assert any(ln.split() and ln.split()[0] == name and text in ln for ln in r.stdout.splitlines()), name
-    assert set(COMMANDS) == {"run", "simulate", "sidecar", "evaluate", "fit-baseline", "check-config", "demo", "top"}
+    assert set(COMMANDS) == {
+        *("run", "simulate", "sidecar", "evaluate", "fit-baseline", "check-config", "demo", "top"),
+        *("record", "replay"),
+    }
 
 
 def test_a_mistyped_subcommand_suggests_the_right_one(capsys: pytest.CaptureFixture[str]) -> None:

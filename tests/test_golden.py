@@ -140,6 +140,16 @@ def golden_state() -> MarketState:
             )
         h.resyncs = 1 if ex is Exchange.BYBIT else 0
         h.short_sessions = rec // 2
+    # feed quality: started an hour ago, first frame 10 s ago (3598 s beyond the 1 s cadence), three lags
+    h = state.stream(Exchange.BINANCE, "markPrice")
+    h.cadence_s = 1.0
+    h.expect_from(T0 - 3600.0)
+    h.spoke(T0 - 10.0)
+    for lag in (0.004, 0.03, 1.5):
+        h.observe_lag(lag)
+    h.ping_rtt_s = 0.012
+    state.exchange_clock(Exchange.BINANCE).sample(T0 - 0.02, T0 - 0.0125, T0)  # offset -2.5 ms, rtt 20 ms
+    state.settlements_missed[(Exchange.OKX, "BTC-USDT-SWAP")] = 1
     for ex, endpoint, requests, failures, ok_age in (
         (Exchange.BINANCE, "openInterest", 240, {"rate_limited": 3}, 30.0),
         (Exchange.BYBIT, "fundingHistory", 12, {}, 600.0),
@@ -220,7 +230,13 @@ def exporter_text(openmetrics: bool = False) -> str:
     # process_* (CPU, memory) differ on every render: not what the golden file is about
     coverage = {Exchange.BINANCE: Coverage(listed=412, selected=300, followed=97, left_out=("XYZUSDT",))}
     shard = ShardCollector(Shard(1, 3), lambda: coverage)
-    reg = build_registry(Config(), state, extra_collectors=[shard, PositionCollector(GoldenPositions())], process=False)
+    reg = build_registry(
+        Config(),
+        state,
+        extra_collectors=[shard, PositionCollector(GoldenPositions())],
+        process=False,
+        recording=lambda: {"frames_ws": 1000, "frames_rest": 12, "dropped": 3, "bytes": 65536},
+    )
     reg.views.errors.count("market", 2)  # two instrument views that failed at earlier scrapes
     body = reg.render(openmetrics=openmetrics)
     reference = generate_latest_om(reg) if openmetrics else generate_latest(reg)

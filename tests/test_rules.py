@@ -35,6 +35,7 @@ REQUIRED_ALERTS = {
     "FuturesBasisExtreme", "ImpliedFundingDivergence", "FutureRollWindow",  # issue 11: term structure
     "ShardOverlap", "ShardMissing",  # issue 10: shards
     "MarginBufferLow", "NetApyRealizedNegative", "CarryEdgeAboveEntry",  # issue 14: carry risk checklist
+    "FeedCompletenessLow", "FeedLagHigh",  # issue 12
 }  # fmt: skip
 
 promtool = shutil.which("promtool")

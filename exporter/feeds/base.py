@@ -38,6 +38,10 @@ class WsPlan:
     # (unsubscribe, then subscribe again), sent after a parse error since a lost delta would leave
     # a stale field looking current. Empty: the stream sends whole values, nothing to resync.
     resync: tuple[str, ...] = ()
+    # The longest silence of a healthy stream (its documented push interval, the allowance for a
+    # channel that is silent when nothing changed): silence beyond it counts in fr_stream_gap_seconds_total.
+    # None: an event stream (liquidations) with no cadence; no completeness is judged.
+    cadence_s: float | None = None
 
 
 @dataclass(slots=True)

@@ -82,6 +82,7 @@ class BinanceFeed:
                 url=f"{base}/market/stream?streams={'/'.join(g)}",
                 max_lifetime_s=MAX_LIFETIME_S,
                 silence_timeout_s=30.0,
+                cadence_s=1.0,  # markPrice@1s: every second, changed or not
             )
             for k, g in enumerate(groups)
         ]

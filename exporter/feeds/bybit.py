@@ -96,6 +96,7 @@ class BybitFeed:
                 ping_interval_s=20.0,
                 silence_timeout_s=30.0,
                 resync=_resync_frames([a for a in args if a.startswith("tickers.")]),
+                cadence_s=1.0,  # tickers push every 100 ms on a change; a live mark moves within 1 s
             )
             for k, args in enumerate(conns)
         ]

@@ -39,7 +39,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
 from exporter.feeds.base import Feed, FeedContext, WsPlan
 from exporter.feeds.validate import PARSER_BUG
-from exporter.model import HeartbeatRequest, MarketUpdate, ParseError, Rejected, SubscriptionError
+from exporter.model import HeartbeatRequest, Liquidation, MarketUpdate, ParseError, Rejected, SubscriptionError
 from exporter.sink import RecordSink, StreamHealth
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,11 @@ class FeedConnection:
         self.connect_kwargs = connect_kwargs or {}
         self.exchange = feed.exchange
         self.health: StreamHealth = sink.stream(self.exchange, plan.stream)
+        self.health.cadence_s = plan.cadence_s
+        self.exchange_clock = sink.exchange_clock(self.exchange)  # offset-corrects the event lag
+        # raw frames go here too when recording is on (exporter.recording); never blocks
+        # (received_at, stream, frame, parsed as JSON): the recorder embeds a JSON frame unescaped
+        self.recorder: Callable[[float, str, str | bytes, bool], None] | None = None
         self.connections_opened = 0  # sessions established (first one included)
         self.silence_reconnects = 0
         self.rotations = 0
@@ -152,6 +157,7 @@ class FeedConnection:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Keep the connection up until ``stop`` is set (or the task is cancelled)."""
         stop = stop or asyncio.Event()
+        self.health.expect_from(self.clock())
         loop_task = asyncio.create_task(self._run_forever(), name=f"ws-{self.exchange}-{self.plan.stream}")
         stop_task = asyncio.create_task(stop.wait())
         try:
@@ -287,6 +293,9 @@ class FeedConnection:
                     raise
                 now = self.clock()
                 self._last_frame = now
+                latency = ws.latency  # websocket ping round trip (the library's keepalive pings)
+                if latency > 0.0:
+                    self.health.ping_rtt_s = latency
                 await self._handle(ws, frame, now)
         finally:
             keeper.cancel()
@@ -357,9 +366,12 @@ class FeedConnection:
         h = self.health
         h.messages += 1
         h.last_message_at = received_at
+        recorder = self.recorder
         try:
             records = self.feed.parse_ws(frame, self.ctx)
         except ParseError as exc:
+            if recorder is not None:
+                recorder(received_at, self.plan.stream, frame, False)
             h.parse_errors += 1
             reasons = h.parse_error_reasons
             reasons[exc.reason] = reasons.get(exc.reason, 0) + 1
@@ -368,6 +380,8 @@ class FeedConnection:
                 await self._resync(ws, received_at)
             return
         except Exception as exc:  # a parser bug on odd input: same treatment, louder log
+            if recorder is not None:
+                recorder(received_at, self.plan.stream, frame, False)
             h.parse_errors += 1
             h.parse_error_reasons[PARSER_BUG] = h.parse_error_reasons.get(PARSER_BUG, 0) + 1
             log.warning(
@@ -381,13 +395,19 @@ class FeedConnection:
             if self.plan.resync:
                 await self._resync(ws, received_at)
             return
+        if recorder is not None:
+            # it parsed, so an object or array frame is valid JSON (the decoders check all of it)
+            recorder(received_at, self.plan.stream, frame, frame[:1] in ("{", "[", b"{", b"["))
         if not records:
             return
         data = False
         synced = self._synced
+        newest = 0.0  # the frame's newest exchange stamp: one lag observation per frame
         for r in records:
             if isinstance(r, MarketUpdate):
                 data = True
+                if r.event_time is not None and r.event_time > newest:
+                    newest = r.event_time
                 if r.confirms_ticker:
                     # A delta may stand for the fields it leaves out only on top of this session's
                     # snapshot: after a reconnect or a lost frame, it refreshes what it carries.
@@ -406,10 +426,21 @@ class FeedConnection:
                 log.debug("%s %s: element dropped: %s", self.exchange, self.plan.stream, r.message)
             else:
                 data = True
+                if isinstance(r, Liquidation) and r.event_time > newest:
+                    newest = r.event_time
         if data:
             h.last_parsed_at = received_at
             self._data_flowed = True
+            h.spoke(received_at)
+            if newest > 0.0:
+                # our receive time on the exchange's clock, minus its stamp
+                h.observe_lag(received_at + self.exchange_clock.offset_s - newest)
         self.sink.apply_many(records, received_at)
+
+    async def handle_frame(self, frame: str | bytes, received_at: float) -> None:
+        """One frame as the socket loop would hand it over, without a socket (replay of a recording:
+        same counting, parsing, lag and completeness; heartbeat replies and resyncs go nowhere)."""
+        await self._handle(_NO_SOCKET, frame, received_at)  # type: ignore[arg-type]
 
     async def _resync(self, ws: ClientConnection, now: float) -> None:
         """After a parse error on a snapshot+delta stream: deltas stop confirming what they leave
@@ -430,6 +461,16 @@ class FeedConnection:
         ws, self._ws = self._ws, None
         if ws is not None:
             await _close_quietly(ws)
+
+
+class _NoSocket:
+    """Stands in for the socket when frames come from a recording: what would be sent is dropped."""
+
+    async def send(self, _frame: str | bytes) -> None:
+        return None
+
+
+_NO_SOCKET = _NoSocket()
 
 
 async def _close_quietly(ws: ClientConnection) -> None:

@@ -111,6 +111,7 @@ class DeribitFeed:
                     subscribe=subscribe,
                     ping_frame=None,  # the server-driven heartbeat replaces pings
                     silence_timeout_s=HEARTBEAT_INTERVAL_S * 3.0,
+                    cadence_s=1.0,  # ticker.100ms: every 100 ms on a change; a live mark moves within 1 s
                 )
             )
         return plans

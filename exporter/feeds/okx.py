@@ -103,6 +103,7 @@ class OkxFeed:
                     ping_frame=PING,  # OKX drops a connection after 30 s without traffic
                     ping_interval_s=20.0,
                     silence_timeout_s=30.0,
+                    cadence_s=10.0,  # mark-price: every 200 ms on a change, every 10 s at least
                 )
             )
         return plans

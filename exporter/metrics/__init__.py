@@ -17,6 +17,7 @@ from prometheus_client.core import Metric
 
 from exporter.config import Config
 from exporter.metrics.exposition import render
+from exporter.metrics.feed import FeedQualityCollector, RecordingStats
 from exporter.metrics.health import HealthCollector
 from exporter.metrics.market import CrossCollector, MarketCollector
 from exporter.metrics.term import TermCollector
@@ -61,7 +62,12 @@ class ExporterRegistry(CollectorRegistry):
 
 
 def build_registry(
-    config: Config, state: MarketState, extra_collectors: Iterable[Any] = (), *, process: bool = True
+    config: Config,
+    state: MarketState,
+    extra_collectors: Iterable[Any] = (),
+    *,
+    process: bool = True,
+    recording: RecordingStats | None = None,
 ) -> ExporterRegistry:
     """Our own registry (never the global one) with the market, cross-exchange and health collectors,
     and (``process``) this process's process_* series."""
@@ -73,6 +79,7 @@ def build_registry(
     reg.register(CrossCollector(views))
     reg.register(TermCollector(views))
     reg.register(HealthCollector(config, state, render_errors=errors))
+    reg.register(FeedQualityCollector(state, recording))
     # process_* (resident memory, CPU, open fds): the "Exporter health" dashboard's memory panel
     if process:
         ProcessCollector(registry=reg)

@@ -56,6 +56,13 @@ SECTIONS: tuple[Section, ...] = (
     ),
     Section("health", "Exporter health"),
     Section(
+        "feed",
+        "Feed quality and recording",
+        "How late and how complete each stream's data is (the exchange's own stamps against our receive "
+        "time, corrected by the measured clock offset), and the raw recording (`recording:` in the "
+        "configuration). Method in `docs/feed-quality.md`.",
+    ),
+    Section(
         "positions",
         "Positions and carry (per configured or account position)",
         "Labels: `position`, `exchange`, `instrument`, `side` (`long`/`short`). Method details in `docs/positions.md`.",
@@ -1245,4 +1252,106 @@ AI_SLACK_MESSAGES = _def(
     "messages",
     "Slack messages by result (sent | failed | dropped).",
     "`sent` / `failed` / `dropped`.",
+)
+
+
+# ---- feed quality and recording --------------------------------------------------------------
+
+STREAM_EVENT_LAG = _def(
+    "fr_stream_event_lag_seconds",
+    "histogram",
+    "feed",
+    _STREAM,
+    "seconds",
+    "Delay from the exchange's event timestamp to local receipt, corrected by the measured clock offset "
+    "(one observation per data frame, its newest stamp).",
+    "Receive time on the exchange's clock (ours + `fr_exchange_clock_offset_seconds`) minus the newest "
+    "exchange stamp of the frame; one observation per data frame. Buckets 1 ms .. 10 s. Note that a "
+    "batched stream (Binance liquidations, 1 s snapshots) adds up to its batch period.",
+)
+EXCHANGE_CLOCK_OFFSET = _def(
+    "fr_exchange_clock_offset_seconds",
+    "gauge",
+    "feed",
+    ("exchange",),
+    "seconds",
+    "Exchange clock minus local clock, from the server-time endpoint (NTP-style, lowest-RTT of the last 8 samples).",
+    "`server − (sent + received) / 2` of the server-time call with the shortest round trip among the "
+    "last 8 (`poll.server_time_seconds`, default 60 s). Absent before the first sample.",
+)
+EXCHANGE_RTT = _def(
+    "fr_exchange_rtt_seconds",
+    "gauge",
+    "feed",
+    ("exchange",),
+    "seconds",
+    "Round trip of the last server-time REST call.",
+    "Round trip of the last server-time call (the offset's uncertainty is at most half of it).",
+)
+STREAM_PING_RTT = _def(
+    "fr_stream_ping_rtt_seconds",
+    "gauge",
+    "feed",
+    _STREAM,
+    "seconds",
+    "Round trip of the last websocket ping on the stream's connection.",
+    "Round trip of the last websocket protocol ping (keepalive every 20 s); absent before the first pong.",
+)
+STREAM_GAP = _def(
+    "fr_stream_gap_seconds_total",
+    "counter",
+    "feed",
+    _STREAM,
+    "seconds",
+    "Seconds the stream was silent beyond its expected cadence (disconnects and stalls included).",
+    "Silence beyond the stream's cadence (Binance markPrice 1 s; Bybit tickers and Deribit ticker 1 s, "
+    "their 100 ms pushes are silent when nothing changed; OKX mark-price 10 s), the silence still "
+    "going on included. Streams with no cadence (none today) are absent.",
+)
+STREAM_EXPECTED = _def(
+    "fr_stream_expected_seconds_total",
+    "counter",
+    "feed",
+    _STREAM,
+    "seconds",
+    "Seconds the stream was expected to speak (since it was first started).",
+    "Time since the stream was first started. Completeness over a range: "
+    "`1 − increase(gap) / increase(expected)` (recording rule `fr:stream_completeness:ratio24h`).",
+)
+FUNDING_SETTLEMENTS_MISSED = _def(
+    "fr_funding_settlements_missed_total",
+    "counter",
+    "feed",
+    ("exchange", "instrument"),
+    "settlements",
+    "Funding settlement times that passed without the settlement being seen (stream or history).",
+    "A next-funding time that passed without a settlement recorded within the grace period "
+    "(inferred from the stream or read from the history).",
+)
+RECORDING_FRAMES = _def(
+    "fr_recording_frames_total",
+    "counter",
+    "feed",
+    ("kind",),
+    "frames",
+    "Raw frames and REST bodies written to the recording (kind = ws | rest).",
+    "Written to the recording: `ws` frames and `rest` bodies.",
+)
+RECORDING_DROPPED = _def(
+    "fr_recording_dropped_total",
+    "counter",
+    "feed",
+    (),
+    "frames",
+    "Frames not recorded because the writer's queue was full (slow disk).",
+    "Frames not recorded because the writer fell behind (queue full): the state was still updated.",
+)
+RECORDING_BYTES = _def(
+    "fr_recording_bytes_total",
+    "counter",
+    "feed",
+    (),
+    "bytes",
+    "Compressed bytes written to the recording files.",
+    "Compressed bytes written to the recording files (rotated files deleted beyond `recording.max_bytes`).",
 )

@@ -219,6 +219,8 @@ class RestClient:
         self.rand = rand
         self._gate_until = 0.0  # no request before this time (rate limit / ban)
         self.budget = budget or RequestBudget(LIMITS[exchange], now=clock, sleep=sleep)
+        # (sent_at, received_at, endpoint, path, params, body) of every unsigned success, when recording
+        self.recorder: Callable[[float, float, str, str, Params | None, bytes], None] | None = None
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(self.policy.timeout_s),
@@ -263,6 +265,7 @@ class RestClient:
                 await self.sleep(wait)
             await self.budget.acquire(path)
             health.requests += 1
+            sent_at = self.clock()
             retry_in: float | None = None
             try:
                 if sign is None:
@@ -280,6 +283,8 @@ class RestClient:
                 if 200 <= status < 300:
                     if not (bybit and _bybit_too_many_visits(resp.content)):
                         self._count_success(endpoint)
+                        if self.recorder is not None and sign is None:  # signed account calls: never recorded
+                            self.recorder(sent_at, self.clock(), endpoint, path, params, resp.content)
                         return resp.content
                     # HTTP 200 with retCode 10006: rate-limited until the reset time Bybit gives
                     reset = _bybit_reset_in(resp.headers.get("X-Bapi-Limit-Reset-Timestamp"), self.clock())

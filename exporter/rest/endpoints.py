@@ -17,6 +17,7 @@ import orjson
 
 from exporter.feeds import dated
 from exporter.feeds.base import Feed, FeedContext
+from exporter.feeds.server_time import SERVER_TIME_PATHS, parse_server_time
 from exporter.model import (
     Exchange,
     FundingSettlement,
@@ -39,6 +40,7 @@ OPEN_INTEREST = "open_interest"
 LONG_SHORT_RATIO = "long_short_ratio"
 INSURANCE_FUND = "insurance_fund"
 FUTURES = "futures_instruments"  # dated futures' list (term structure)
+SERVER_TIME = "server_time"
 
 MAX_PAGES = 200  # a runaway paginator (server ignoring our cursor) stops here
 
@@ -111,6 +113,16 @@ class ExchangeRest:
 
     async def insurance_fund(self, instruments: Sequence[InstrumentInfo]) -> list[InsuranceFund]:
         return []
+
+    async def server_time(self) -> tuple[float, float, float]:
+        """(sent, exchange time, received) of one server-time call, on the client's clock: an NTP-style
+        sample of the exchange's clock (exporter.sink.ExchangeClock)."""
+        clock = self.client.clock
+        sent = clock()
+        body = await self._fetch(SERVER_TIME, SERVER_TIME_PATHS[self.exchange])
+        received = clock()
+        server = self._parse(SERVER_TIME, lambda: parse_server_time(self.exchange, body), body)
+        return sent, server, received
 
     def _history(self, body: bytes) -> list[FundingSettlement]:
         return self._parse(FUNDING_HISTORY, lambda: self.feed.parse_funding_history(body, self.ctx), body)

@@ -33,7 +33,9 @@ def mark_price_update(inst: Instrument, now: float) -> dict[str, Any]:
     }
 
 
-def force_order(liq: SimLiquidation, qty_decimals: int, price_decimals: int, event_time: float) -> dict[str, Any]:
+def force_order(
+    liq: SimLiquidation, qty_decimals: int, price_decimals: int, event_time: float, shift: float = 0.0
+) -> dict[str, Any]:
     """forceOrder payload. `S` is the side of the liquidation ORDER: SELL closes a long."""
     sell = liq.side is Side.LONG
     # the liquidation order is an IOC limit order priced through the book; it fills at `ap`
@@ -53,7 +55,7 @@ def force_order(liq: SimLiquidation, qty_decimals: int, price_decimals: int, eve
             "X": "FILLED",
             "l": q,
             "z": q,
-            "T": ms(liq.time),
+            "T": ms(liq.time + shift),  # shift: the exchange clock's skew
         },
     }
 
@@ -149,7 +151,7 @@ class BinanceServer(ExchangeServer):
             self._last_3s = sec // 3
             arr: list[bytes] = []
             for sym, inst in insts.items():
-                p = orjson.dumps(mark_price_update(inst, sec + 0.002), option=orjson.OPT_SERIALIZE_NUMPY)
+                p = orjson.dumps(mark_price_update(inst, now), option=orjson.OPT_SERIALIZE_NUMPY)  # E: push time
                 arr.append(p)
                 low = sym.lower()
                 self._push(f"{low}@markPrice@1s", p)
@@ -163,7 +165,7 @@ class BinanceServer(ExchangeServer):
             for liq in liqs:
                 inst = insts[liq.symbol]
                 p = orjson.dumps(
-                    force_order(liq, inst.spec.qty_decimals, inst.spec.price_decimals, sec + 0.003),
+                    force_order(liq, inst.spec.qty_decimals, inst.spec.price_decimals, sec + 0.003, self.stamp_shift_s),
                     option=orjson.OPT_SERIALIZE_NUMPY,
                 )
                 self._push(f"{liq.symbol.lower()}@forceOrder", p)
@@ -204,7 +206,7 @@ class BinanceServer(ExchangeServer):
         return {"X-MBX-USED-WEIGHT-1M": "1"}
 
     async def server_time(self, request: web.Request) -> web.Response:
-        return web.json_response({"serverTime": ms(self.market.now)})
+        return web.json_response({"serverTime": ms(self.server_now())})
 
     async def exchange_info(self, request: web.Request) -> web.Response:
         symbols = []
@@ -278,7 +280,7 @@ class BinanceServer(ExchangeServer):
             )
         body = {
             "timezone": "UTC",
-            "serverTime": ms(self.market.now),
+            "serverTime": ms(self.stamp_now()),
             "futuresType": "U_MARGINED",
             "rateLimits": [
                 {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 2400},
@@ -347,7 +349,7 @@ class BinanceServer(ExchangeServer):
             "lastFundingRate": fmt(inst.funding_rate, 8),
             "interestRate": fmt(0.0001 * inst.spec.interval_s / 28800, 8),
             "nextFundingTime": ms(inst.next_funding_time),
-            "time": ms(self.market.now),
+            "time": ms(self.stamp_now()),
         }
 
     async def premium_index(self, request: web.Request) -> web.Response:
@@ -368,7 +370,7 @@ class BinanceServer(ExchangeServer):
         body = {
             "symbol": found.spec.symbol,
             "openInterest": fmt(found.oi_base, found.spec.qty_decimals),
-            "time": ms(self.market.now),
+            "time": ms(self.stamp_now()),
         }
         return web.json_response(body, dumps=dumps, headers=self._headers())
 

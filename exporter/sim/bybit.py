@@ -143,7 +143,7 @@ class BybitServer(ExchangeServer):
             for a in good:
                 if a.startswith("tickers.") and a[8:] in perps:
                     sym = a.split(".", 1)[1]
-                    self.send(conn, self._frame(sym, "snapshot", self._last[sym], self.market.now))
+                    self.send(conn, self._frame(sym, "snapshot", self._last[sym], self.stamp_now()))
         elif op == "unsubscribe" and isinstance(args, list):
             conn.topics.difference_update(str(a) for a in args)
             self._ack(conn, "unsubscribe", req_id)
@@ -176,7 +176,7 @@ class BybitServer(ExchangeServer):
             for sym, liqs in self._liqs.items():
                 data = [
                     {
-                        "T": ms(x.time),
+                        "T": ms(x.time + self.stamp_shift_s),
                         "s": sym,
                         "S": "Buy" if x.side is Side.LONG else "Sell",
                         "v": fmt(x.qty_base, self.market.instruments[self.exchange][sym].spec.qty_decimals),
@@ -208,12 +208,12 @@ class BybitServer(ExchangeServer):
 
     def _ok(self, result: dict[str, Any]) -> web.Response:
         return web.json_response(
-            {"retCode": 0, "retMsg": "OK", "result": result, "time": ms(self.market.now)}, dumps=dumps
+            {"retCode": 0, "retMsg": "OK", "result": result, "time": ms(self.stamp_now())}, dumps=dumps
         )
 
     def _err(self, code: int, msg: str) -> web.Response:
         return web.json_response(
-            {"retCode": code, "retMsg": msg, "result": {}, "time": ms(self.market.now)}, dumps=dumps
+            {"retCode": code, "retMsg": msg, "result": {}, "time": ms(self.stamp_now())}, dumps=dumps
         )
 
     def _category(self, request: web.Request) -> web.Response | None:
@@ -229,7 +229,7 @@ class BybitServer(ExchangeServer):
         return inst if inst is not None else self._err(10001, "params error: symbol invalid")
 
     async def server_time(self, request: web.Request) -> web.Response:
-        t = self.market.now
+        t = self.server_now()
         return self._ok({"timeSecond": str(int(t)), "timeNano": str(int(t * 1e9))})
 
     async def instruments_info(self, request: web.Request) -> web.Response:

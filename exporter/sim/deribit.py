@@ -57,7 +57,7 @@ class DeribitServer(ExchangeServer):
             "public/get_funding_rate_history": self.m_funding_history,
             "public/get_book_summary_by_currency": self.m_book_summary,
             "public/ticker": self.m_ticker,
-            "public/get_time": lambda p: ms(self.market.now),
+            "public/get_time": lambda p: ms(self.server_now()),
             "public/test": lambda p: {"version": "1.2.26"},
         }
 
@@ -71,7 +71,7 @@ class DeribitServer(ExchangeServer):
         last = round(round(inst.mark / tick) * tick, s.price_decimals)
         oi = round(inst.oi_usd / s.contract_size) * s.contract_size if s.inverse else round(inst.oi_base, 4)
         return {
-            "timestamp": ms(self.market.now),
+            "timestamp": ms(self.stamp_now()),
             "state": "open",
             "stats": {
                 "high": round(st["high"], 2),
@@ -132,7 +132,7 @@ class DeribitServer(ExchangeServer):
             price = round(liq.price * 2) / 2  # tick 0.5
         else:
             price = round(liq.price, inst.spec.price_decimals)  # the truth's notional uses this price
-        return self.trade(inst, liq.time, price, float(amount), direction, "M" if maker else "T")
+        return self.trade(inst, liq.time + self.stamp_shift_s, price, float(amount), direction, "M" if maker else "T")
 
     def notify(self, channel: str, data: Any) -> str:
         return dumps({"jsonrpc": "2.0", "method": "subscription", "params": {"channel": channel, "data": data}})
@@ -239,7 +239,7 @@ class DeribitServer(ExchangeServer):
                     "funding_8h": t["funding_8h"],
                     "estimated_delivery_price": t["estimated_delivery_price"],
                     "current_funding": t["current_funding"],
-                    "creation_timestamp": ms(self.market.now),
+                    "creation_timestamp": ms(self.stamp_now()),
                     "bid_price": t["best_bid_price"],
                     "base_currency": s.base,
                     "ask_price": t["best_ask_price"],

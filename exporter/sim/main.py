@@ -83,6 +83,7 @@ class Simulator:
         self.servers: dict[Exchange, ExchangeServer] = {ex: SERVERS[ex](self.market, self.options) for ex in exchanges}
         for srv in self.servers.values():
             srv.advance_hook = self.advance
+            srv.live_now = self.now  # server time between ticks (a tick-old stamp would read as clock skew)
         self.ports: dict[Exchange, int] = {}
         self._runners: list[web.AppRunner] = []
         self._task: asyncio.Task[None] | None = None
@@ -120,7 +121,7 @@ class Simulator:
         try:
             self.market.step(dt, now=self.now())
             for srv in self.servers.values():
-                srv.on_tick(self.market.now)
+                srv.on_tick(self.market.now + srv.stamp_shift_s)  # frames stamped on the exchange's clock
                 futures_wire.publish(srv, self.market.now)
         except Exception:  # a bug in one step must not stop the market
             log.exception("simulator step failed")
@@ -238,6 +239,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--okx-funding-push-seconds", type=float, default=30.0, help="OKX funding-rate push period (real: 30-90 s)"
     )
+    parser.add_argument(
+        "--skew",
+        action="append",
+        default=[],
+        metavar="EXCHANGE=SECONDS",
+        help="the exchange's clock runs this far ahead (server time and stamps); repeatable",
+    )
+    parser.add_argument(
+        "--delay",
+        action="append",
+        default=[],
+        metavar="EXCHANGE=SECONDS",
+        help="the exchange's frames are stamped this long before they are sent; repeatable",
+    )
+
+
+def per_exchange_seconds(items: list[str], what: str) -> dict[str, float]:
+    """``["binance=0.4", ...]`` -> ``{"binance": 0.4}`` (ValueError naming the bad item)."""
+    out: dict[str, float] = {}
+    names = {e.value for e in Exchange}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = float("nan")
+        if not sep or name not in names or seconds != seconds or abs(seconds) > 3600.0:
+            raise ValueError(f"--{what} {item!r}: expected EXCHANGE=SECONDS with EXCHANGE one of {sorted(names)}")
+        out[name] = seconds
+    return out
 
 
 async def run(args: argparse.Namespace, stop: asyncio.Event | None = None) -> None:
@@ -246,6 +277,8 @@ async def run(args: argparse.Namespace, stop: asyncio.Event | None = None) -> No
         max_lifetime_s=getattr(args, "max_lifetime_seconds", 24 * 3600.0) or None,
         deribit_min_heartbeat_s=getattr(args, "deribit_min_heartbeat", 10.0),
         okx_funding_push_s=getattr(args, "okx_funding_push_seconds", 30.0),
+        skew_s=per_exchange_seconds(getattr(args, "skew", []) or [], "skew"),
+        delay_s=per_exchange_seconds(getattr(args, "delay", []) or [], "delay"),
     )
     sim = Simulator(
         seed=args.seed,

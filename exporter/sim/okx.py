@@ -60,7 +60,7 @@ class OkxServer(ExchangeServer):
             "prevFundingTime": str(prev.time_ms if prev else ms(inst.next_funding_time - s.interval_s)),
             "settFundingRate": f"{(prev.rate if prev else inst.funding_rate):.16f}",
             "settState": "settled",
-            "ts": str(ms(self.market.now)),
+            "ts": str(ms(self.stamp_now())),
         }
 
     def mark_item(self, inst: Instrument) -> dict[str, str]:
@@ -68,7 +68,7 @@ class OkxServer(ExchangeServer):
             "instId": inst.spec.symbol,
             "instType": "SWAP",
             "markPx": fmt(inst.mark, inst.spec.price_decimals),
-            "ts": str(ms(self.market.now)),
+            "ts": str(ms(self.stamp_now())),
         }
 
     def index_item(self, inst: Instrument) -> dict[str, str]:
@@ -81,7 +81,7 @@ class OkxServer(ExchangeServer):
             "low24h": fmt(self._lo[sym], pd),
             "sodUtc0": fmt(self._open[sym] * 1.001, pd),
             "sodUtc8": fmt(self._open[sym] * 0.999, pd),
-            "ts": str(ms(self.market.now)),
+            "ts": str(ms(self.stamp_now())),
         }
 
     def oi_item(self, inst: Instrument) -> dict[str, str]:
@@ -92,7 +92,7 @@ class OkxServer(ExchangeServer):
             "oi": fmt_g(round(inst.oi_base / ct, 2)),
             "oiCcy": fmt_g(round(inst.oi_base, 6)),
             "oiUsd": fmt(inst.oi_usd, 4),
-            "ts": str(ms(self.market.now)),
+            "ts": str(ms(self.stamp_now())),
         }
 
     def liq_item(self, inst: Instrument, liq: SimLiquidation) -> dict[str, Any]:
@@ -108,7 +108,7 @@ class OkxServer(ExchangeServer):
                     "posSide": "long" if long else "short",
                     "side": "sell" if long else "buy",
                     "sz": fmt_g(round(contracts, 2)),
-                    "ts": str(ms(liq.time)),
+                    "ts": str(ms(liq.time + self.stamp_shift_s)),
                 }
             ],
             "instFamily": fam,
@@ -287,7 +287,7 @@ class OkxServer(ExchangeServer):
         return self._err("50014", "Parameter instId can not be empty.")
 
     async def server_time(self, request: web.Request) -> web.Response:
-        return self._ok([{"ts": str(ms(self.market.now))}])
+        return self._ok([{"ts": str(ms(self.server_now()))}])
 
     async def instruments(self, request: web.Request) -> web.Response:
         if request.query.get("instType") == "FUTURES":

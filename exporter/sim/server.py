@@ -40,6 +40,10 @@ class SimOptions:
     okx_funding_push_s: float = 30.0  # OKX pushes funding-rate every 30-90 s
     queue_max: int = 50_000  # outgoing frames buffered per connection before it is cut
     rate_limits: bool = True  # enforce the exchanges' per-IP REST limits (429 / Binance 418 / Bybit 403)
+    # Per exchange (value -> seconds): its clock runs this far ahead of market time (server-time
+    # endpoint and every stamp), and its frames are stamped this long before they are sent (delay).
+    skew_s: dict[str, float] = field(default_factory=dict)
+    delay_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -102,6 +106,29 @@ class ExchangeServer:
         self.counter = itertools.count(1)
         # set by the Simulator: moves the shared market time (POST /_sim/advance)
         self.advance_hook: Callable[[float], Awaitable[None]] | None = None
+        self.live_now: Callable[[], float] | None = None  # set by the Simulator: market time right now
+        self.skew_s = self.options.skew_s.get(self.exchange.value, 0.0)
+        self.delay_s = self.options.delay_s.get(self.exchange.value, 0.0)
+
+    # ------------------------------------------------------------------------------------------
+    # the exchange's own clock (feed-quality tests inject skew and delay)
+
+    @property
+    def stamp_shift_s(self) -> float:
+        """What a frame's stamp differs from market time: the skewed clock, read ``delay_s`` before
+        the frame leaves (a frame stamped at the event and delivered that much later)."""
+        return self.skew_s - self.delay_s
+
+    def server_now(self) -> float:
+        """The exchange's server time (its server-time endpoint): market time plus the skew."""
+        return self._now() + self.skew_s
+
+    def stamp_now(self) -> float:
+        """The event time stamped on what is published now."""
+        return self._now() + self.stamp_shift_s
+
+    def _now(self) -> float:
+        return self.live_now() if self.live_now is not None else self.market.now
 
     # ------------------------------------------------------------------------------------------
     # to implement per exchange
@@ -279,6 +306,19 @@ class ExchangeServer:
         await self.advance_hook(seconds)
         return web.json_response({"ok": True, "time": self.market.now})
 
+    async def set_clock(self, request: web.Request) -> web.Response:
+        """``{"skew_s": float, "delay_s": float}``: this exchange's clock skew and frame delay."""
+        body = await self._json_body(request)
+        try:
+            skew = float(body.get("skew_s", self.skew_s))
+            delay = float(body.get("delay_s", self.delay_s))
+        except (TypeError, ValueError):
+            return web.json_response({"error": "skew_s and delay_s are numbers"}, status=400)
+        if not (abs(skew) < 86400.0 and 0.0 <= delay < 3600.0):
+            return web.json_response({"error": "skew_s within a day, 0 <= delay_s < 3600"}, status=400)
+        self.skew_s, self.delay_s = skew, delay
+        return web.json_response({"skew_s": skew, "delay_s": delay})
+
     def on_settle(self) -> None:
         """Hook: push what a settlement changes (OKX funding-rate)."""
 
@@ -323,6 +363,7 @@ class ExchangeServer:
         app.router.add_post("/_sim/scenario", self.scenario)
         app.router.add_post("/_sim/settle", self.settle)
         app.router.add_post("/_sim/advance", self.advance)
+        app.router.add_post("/_sim/clock", self.set_clock)
         app.router.add_post("/_sim/stop", self.stop)
         app.router.add_post("/_sim/start", self.start)
         for p in self.ws_paths:

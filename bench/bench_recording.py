@@ -1,0 +1,127 @@
+"""Recording and replay benchmarks (issue 12).
+
+1. Recording cost: the CPU of ingesting N Binance all-market mark-price frames (parse -> state, the
+   live connection path) with and without the recorder (queue put on the loop, JSON line + gzip in
+   the writer thread, all threads' CPU counted). Target: recording <= 10 % of ingest CPU.
+2. Replay speed: a recording of the same frames replayed as fast as possible through
+   ``exporter.replay.Replay`` (virtual clock, parsers, connection path, state). Prints instrument
+   updates per second on one core. Target: >= 200,000.
+
+Run: ``.venv/bin/python bench/bench_recording.py [--instruments 200] [--frames 2000] [--runs 3]``.
+Prints figures; not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from exporter.config import Config
+from exporter.feeds.base import FeedContext, WsPlan
+from exporter.feeds.binance import BinanceFeed
+from exporter.feeds.connection import FeedConnection
+from exporter.model import Exchange, InstrumentInfo
+from exporter.recording import Recorder
+from exporter.replay import Replay
+from exporter.state import MarketState
+
+T0 = 1_765_541_474.0
+
+
+def infos(n: int) -> list[InstrumentInfo]:
+    return [
+        InstrumentInfo(Exchange.BINANCE, f"B{k:04d}USDT", f"B{k:04d}", "USDT", funding_interval_s=28800.0)
+        for k in range(n)
+    ]
+
+
+def frames(n_inst: int, n_frames: int) -> list[str]:
+    out = []
+    for f in range(n_frames):
+        e = int((T0 + f) * 1000)
+        items = ",".join(
+            f'{{"e":"markPriceUpdate","E":{e},"s":"B{k:04d}USDT","p":"{100 + k + f * 0.01:.4f}",'
+            f'"i":"{100 + k:.4f}","P":"{100 + k:.4f}","r":"0.00010000","T":{e + 3_600_000}}}'
+            for k in range(n_inst)
+        )
+        out.append(f'{{"stream":"!markPrice@arr@1s","data":[{items}]}}')
+    return out
+
+
+async def ingest(frames_: list[str], instruments: list[InstrumentInfo], recorder: Recorder | None) -> float:
+    clock = [T0]
+    state = MarketState(clock=lambda: clock[0])
+    for i in instruments:
+        state.register(i)
+    ctx = FeedContext(Exchange.BINANCE, {i.instrument: i for i in instruments})
+    conn = FeedConnection(BinanceFeed(), WsPlan("markPrice", "ws://bench"), ctx, state, clock=lambda: clock[0])
+    if recorder is not None:
+        recorder.start()
+        conn.recorder = recorder.ws_hook(Exchange.BINANCE)
+    cpu0 = time.process_time()  # every thread of the process: the writer's compression included
+    for k, fr in enumerate(frames_):
+        clock[0] = T0 + k
+        await conn.handle_frame(fr, clock[0])
+    if recorder is not None:
+        recorder.close()  # the writer finishes what was queued: its CPU belongs to the figure
+        assert recorder.stats.dropped == 0, "queue too small for the benchmark"
+    return time.process_time() - cpu0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--instruments", type=int, default=200)
+    ap.add_argument("--frames", type=int, default=2000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--compression", choices=("gzip", "zstd"), default="gzip")
+    ap.add_argument("--level", type=int, default=None)
+    args = ap.parse_args()
+    insts = infos(args.instruments)
+    fr = frames(args.instruments, args.frames)
+    updates = args.instruments * args.frames
+    print(f"python {platform.python_version()}, {args.frames} frames x {args.instruments} instruments")
+    base, rec = [], []
+    for _ in range(args.runs):
+        base.append(asyncio.run(ingest(fr, insts, None)))
+        with tempfile.TemporaryDirectory() as d:
+            rec.append(
+                asyncio.run(
+                    ingest(
+                        fr,
+                        insts,
+                        Recorder(Path(d), queue_size=len(fr) + 10, compression=args.compression, level=args.level),
+                    )
+                )
+            )
+    b, r = statistics.median(base), statistics.median(rec)
+    print(f"ingest without recording: {b:.3f} s CPU ({updates / b:,.0f} instrument updates/s)")
+    share = 100 * (r - b) / b
+    print(f"ingest with recording ({args.compression}): {r:.3f} s CPU; recording = {share:.1f} % of ingest CPU")
+
+    with tempfile.TemporaryDirectory() as d:
+        recorder = Recorder(Path(d), queue_size=len(fr) + 10)
+        recorder.start()
+        recorder.meta(T0 - 1.0, Exchange.BINANCE, "followed", insts)
+        hook = recorder.ws_hook(Exchange.BINANCE)
+        for k, f in enumerate(fr):
+            hook(T0 + k, "markPrice", f)
+        recorder.close()
+        rates = []
+        for _ in range(args.runs):
+            replay = Replay(Config(), Path(d))
+            cpu0 = time.process_time()
+            stats = asyncio.run(replay.run())
+            cpu = time.process_time() - cpu0
+            assert stats.frames == len(fr)
+            rates.append(updates / cpu)
+        rate = statistics.median(rates)
+        print(f"replay as fast as possible: {rate:,.0f} instrument updates/s on one core (target >= 200,000)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,356 @@
+"""Recording: every raw websocket frame and REST body the exporter receives, to compressed files.
+
+The event loop only puts a tuple on a bounded queue (:meth:`Recorder.ws` / :meth:`Recorder.rest`,
+no encoding, no I/O); one writer thread encodes, compresses, writes and rotates. When the disk is
+slower than the feeds the queue fills and frames are dropped and counted (``dropped``): the state is
+updated as always, the recording just has a hole. Signed account calls are never handed to the
+recorder (the REST client records only unsigned calls), and a frame holds no secret: the public
+streams carry none.
+
+File format (``docs/recording.md``): one JSON object per line, gzip (``.jsonl.gz``) or zstd
+(``.jsonl.zst``), files named ``fr-YYYYmmddTHHMMSSZ-N.jsonl.gz`` after their first receive time:
+
+    {"t": 1700000000.123456, "ex": "binance", "kind": "ws", "src": "markPrice", "raw": true, "data": {"stream":...}}
+    {"t": 1700000001.5, "ex": "okx", "kind": "rest", "src": "open_interest", "path": "/api/v5/public/open-interest",
+     "q": {"instId": "BTC-USDT-SWAP"}, "data": "{\\"code\\":\\"0\\",...}"}
+
+A websocket frame that parsed (so valid JSON, without line breaks) is written as it is: ``"raw":
+true`` and ``data`` holding the frame itself as JSON (pandas gives a dict; ``read_lines`` gives back
+its exact bytes). Any other frame, and every REST body, is a JSON string in ``data``.
+REST lines carry the request's query in ``q`` (plus ``_sent``, its send time); ``kind`` ``meta``
+lines describe the recording (``src`` ``followed``: the instruments the exporter followed).
+``pandas.read_json(path, lines=True)`` reads a file (compression from the suffix).
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib
+import importlib.util
+import io
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal, cast
+
+import orjson
+
+from exporter.model import Exchange
+
+log = logging.getLogger(__name__)
+
+Compression = Literal["gzip", "zstd"]
+SUFFIX: dict[str, str] = {"gzip": ".jsonl.gz", "zstd": ".jsonl.zst"}
+NAME_RE = re.compile(r"^fr-(\d{8}T\d{6}Z)-(\d+)\.jsonl\.(gz|zst)$")
+
+# (receive time, exchange, kind, stream or endpoint, data, path, params)
+WS_JSON = "ws-json"  # internal kind: a websocket frame that parsed, so valid JSON (written unescaped)
+RAW_MARK = b'"raw":true,"data":'
+RestHook = Callable[[float, float, str, str, Any, bytes], None]
+Item = tuple[float, str, str, str, "str | bytes", "str | None", "Mapping[str, Any] | None"]
+_STOP: Any = object()
+
+
+def zstd_available() -> bool:
+    return importlib.util.find_spec("zstandard") is not None
+
+
+def _zstd() -> Any:
+    return importlib.import_module("zstandard")  # optional dependency: gzip needs none
+
+
+class _Counting(io.RawIOBase):
+    """The file under the compressor: counts the compressed bytes that reach the disk."""
+
+    def __init__(self, f: IO[bytes], on_write: Callable[[int], None]) -> None:
+        self.f = f
+        self.on_write = on_write
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        n = self.f.write(b)
+        self.on_write(n)
+        return n
+
+    def flush(self) -> None:
+        if not self.f.closed:
+            self.f.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()  # flushes first
+            self.f.close()
+
+
+@dataclass(slots=True)
+class RecordingStats:
+    frames_ws: int = 0
+    frames_rest: int = 0
+    dropped: int = 0
+    bytes: int = 0
+    files_deleted: int = 0
+
+
+class Recorder:
+    """A bounded queue and a writer thread that rotates files by time and keeps the directory under
+    ``max_bytes`` (oldest files deleted first; the file being written is never deleted)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        rotate_seconds: float = 3600.0,
+        max_bytes: int = 1 << 30,
+        compression: Compression = "gzip",
+        queue_size: int = 100_000,
+        flush_seconds: float = 1.0,
+        level: int | None = None,
+        wall: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if compression == "zstd" and not zstd_available():
+            raise ValueError("recording.compression zstd needs the zstandard package (pip install zstandard)")
+        self.directory = Path(directory)
+        self.rotate_seconds = rotate_seconds
+        self.max_bytes = max_bytes
+        self.compression = compression
+        # fast levels: recording must stay a small part of ingest CPU (bench/bench_recording.py)
+        self.level = level if level is not None else 1
+        self.flush_seconds = flush_seconds
+        self.wall = wall  # flush pacing only (the file names and rotation follow the receive times)
+        self.q: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self.stats = RecordingStats()
+        self._thread: threading.Thread | None = None
+        self._file: IO[bytes] | None = None
+        self._path: Path | None = None
+        self._opened_at = 0.0  # receive time of the current file's first line
+        self._bytes_at_open = 0
+        self._raw: _Counting | None = None
+        self._seq = 0
+
+    # ---- the event loop's side: never blocks -------------------------------------------------
+
+    def ws(self, received_at: float, exchange: Exchange | str, stream: str, frame: str | bytes) -> None:
+        self._put((received_at, str(exchange), "ws", stream, frame, None, None))
+
+    def _put(self, item: Item) -> None:
+        try:
+            self.q.put_nowait(item)
+        except queue.Full:
+            self.stats.dropped += 1  # one writer of this counter: the loop thread
+
+    def ws_hook(self, exchange: Exchange) -> Callable[[float, str, str | bytes, bool], None]:
+        """What a FeedConnection calls with (received_at, stream, frame, the frame is valid JSON)."""
+        ex = str(exchange)
+
+        def hook(received_at: float, stream: str, frame: str | bytes, json_ok: bool = False) -> None:
+            self._put((received_at, ex, WS_JSON if json_ok else "ws", stream, frame, None, None))
+
+        return hook
+
+    def rest_hook(self, exchange: Exchange) -> RestHook:
+        """What a RestClient calls with (sent_at, received_at, endpoint, path, params, body)."""
+        ex = str(exchange)
+
+        def hook(sent_at: float, received_at: float, endpoint: str, path: str, params: Any, body: bytes) -> None:
+            q = dict(params) if params else {}
+            q["_sent"] = sent_at  # the request's send time: replay re-measures the clock offset
+            self._put((received_at, ex, "rest", endpoint, body, path, q))
+
+        return hook
+
+    def meta(self, at: float, exchange: Exchange | str, what: str, value: Any) -> None:
+        """A line about the recording itself (``kind`` meta), e.g. the instruments followed."""
+        self._put((at, str(exchange), "meta", what, orjson.dumps(value).decode(), None, None))
+
+    def snapshot(self) -> dict[str, int]:
+        s = self.stats
+        return {"frames_ws": s.frames_ws, "frames_rest": s.frames_rest, "dropped": s.dropped, "bytes": s.bytes}
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, close the file. Frames recorded after this are dropped."""
+        if self._thread is None:
+            return
+        try:
+            self.q.put(_STOP, timeout=timeout)
+        except queue.Full:
+            log.warning("recording: writer stuck; closing without the queued frames")
+        self._thread.join(timeout)
+        self._thread = None
+
+    # ---- the writer thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        last_flush = self.wall()
+        try:
+            while True:
+                try:
+                    item = self.q.get(timeout=self.flush_seconds)
+                except queue.Empty:
+                    item = None
+                if item is _STOP:
+                    break
+                if item is not None:
+                    try:
+                        self._write(item)
+                    except Exception:  # a full disk must not kill the thread: count and go on
+                        self.stats.dropped += 1
+                        log.exception("recording: write failed")
+                if self._file is not None and self.wall() - last_flush >= self.flush_seconds:
+                    self._file.flush()
+                    last_flush = self.wall()
+        finally:
+            self._close_file()
+
+    def _write(self, item: Item) -> None:
+        t, ex, kind, src, data, path, params = item
+        if self._file is not None and t - self._opened_at >= self.rotate_seconds:
+            self._rotate(t)
+        parts: tuple[bytes, ...] | None = None
+        if kind == WS_JSON:
+            # A frame known to be JSON goes in as it is: no escaping, byte for byte (the costly
+            # part of a line otherwise); only one with a line break in it is escaped after all.
+            raw = data.encode("utf-8") if isinstance(data, str) else data
+            kind = "ws"
+            if b"\n" not in raw and b"\r" not in raw:
+                head = orjson.dumps({"t": t, "ex": ex, "kind": kind, "src": src, "raw": True})
+                parts = (head[:-1] + b',"data":', raw, b"}\n")  # written in pieces: no copy of the frame
+        if parts is None:
+            parts = (self._escaped(t, ex, kind, src, data, path, params),)
+        if self._file is None or self.stats.bytes - self._bytes_at_open > self.max_bytes // 4:
+            self._rotate(t)  # a file never grows past a quarter of the cap: the cap holds within that
+        assert self._file is not None
+        for part in parts:
+            self._file.write(part)
+        if kind == "ws":
+            self.stats.frames_ws += 1
+        elif kind == "rest":
+            self.stats.frames_rest += 1
+
+    @staticmethod
+    def _escaped(
+        t: float, ex: str, kind: str, src: str, data: str | bytes, path: str | None, params: Mapping[str, Any] | None
+    ) -> bytes:
+        doc: dict[str, Any] = {"t": t, "ex": ex, "kind": kind, "src": src}
+        if path is not None:
+            doc["path"] = path
+        if params:
+            doc["q"] = params
+        if isinstance(data, bytes):
+            try:
+                doc["data"] = data.decode("utf-8")
+            except UnicodeDecodeError:
+                import base64
+
+                doc["data"] = base64.b64encode(data).decode("ascii")
+                doc["b64"] = True
+        else:
+            doc["data"] = data
+        return orjson.dumps(doc) + b"\n"
+
+    def _count(self, n: int) -> None:
+        self.stats.bytes += n
+
+    def _rotate(self, t: float) -> None:
+        self._close_file()
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(t))
+        self._seq += 1
+        path = self.directory / f"fr-{stamp}-{self._seq}{SUFFIX[self.compression]}"
+        raw = _Counting(open(path, "wb"), self._count)  # noqa: SIM115 (closed in _close_file)
+        if self.compression == "zstd":
+            self._file = _zstd().ZstdCompressor(level=self.level).stream_writer(raw)
+        else:
+            self._file = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=self.level)  # type: ignore[assignment]
+        self._raw = raw
+        self._path = path
+        self._opened_at = t
+        self._bytes_at_open = self.stats.bytes
+        self._enforce_cap()
+
+    def _close_file(self) -> None:
+        f, self._file = self._file, None
+        if f is not None:
+            f.close()
+            if self._raw is not None and not self._raw.closed:
+                self._raw.close()
+
+    def _enforce_cap(self) -> None:
+        """Delete the oldest closed files until the directory is under ``max_bytes``."""
+        files = sorted(recording_files(self.directory))
+        total = sum(p.stat().st_size for p in files)
+        for p in files:
+            if total <= self.max_bytes:
+                break
+            if p == self._path:
+                continue
+            size = p.stat().st_size
+            p.unlink(missing_ok=True)
+            total -= size
+            self.stats.files_deleted += 1
+            log.info("recording: deleted %s (directory over %d bytes)", p.name, self.max_bytes)
+
+
+def recording_files(directory: Path) -> list[Path]:
+    """The recording's files, oldest first (their names sort by first receive time, then sequence)."""
+
+    def key(p: Path) -> tuple[str, int]:
+        m = NAME_RE.match(p.name)
+        assert m is not None
+        return m.group(1), int(m.group(2))
+
+    return sorted((p for p in Path(directory).iterdir() if NAME_RE.match(p.name)), key=key)
+
+
+def open_recording(path: Path) -> IO[bytes]:
+    if path.name.endswith(".zst"):
+        return cast(IO[bytes], _zstd().ZstdDecompressor().stream_reader(open(path, "rb")))
+    return cast(IO[bytes], gzip.open(path, "rb"))
+
+
+def read_lines(directory: Path) -> Iterator[dict[str, Any]]:
+    """Every recorded line of every file, in file order (a truncated last file ends quietly)."""
+    for path in recording_files(directory):
+        with open_recording(path) as f:
+            try:
+                for line in _lines(f):
+                    if line.strip():
+                        yield _decode(line)
+            except (EOFError, OSError, orjson.JSONDecodeError) as exc:  # cut by a crash mid-write
+                log.warning("recording %s: stopped at a damaged part (%s)", path.name, exc)
+
+
+def _decode(line: bytes) -> dict[str, Any]:
+    """One line; a raw JSON frame comes back as its exact bytes in ``data`` (not decoded twice)."""
+    i = line.find(RAW_MARK)
+    if i > 0 and line.rstrip().endswith(b"}"):
+        d: dict[str, Any] = orjson.loads(line[: i - 1] + b"}")
+        d["data"] = line[i + len(RAW_MARK) :].rstrip()[:-1]
+        return d
+    return dict(orjson.loads(line))
+
+
+def _lines(f: IO[bytes], chunk: int = 1 << 20) -> Iterator[bytes]:
+    """Lines of a decompressing reader, read in large chunks (the zstd reader does not iterate lines)."""
+    rest = b""
+    while True:
+        block = f.read(chunk)
+        if not block:
+            break
+        parts = (rest + block).split(b"\n")
+        rest = parts.pop()
+        yield from parts
+    if rest:
+        yield rest

@@ -1,0 +1,171 @@
+"""Recording: the line format (pandas reads it), rotation, the size cap, no secrets, and a slow
+disk that drops and counts frames without holding up the state."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd  # type: ignore[import-untyped]
+import pytest
+
+from exporter.feeds.base import FeedContext, WsPlan
+from exporter.feeds.binance import BinanceFeed
+from exporter.feeds.connection import FeedConnection
+from exporter.model import Exchange, InstrumentInfo
+from exporter.recording import Recorder, read_lines, recording_files
+from exporter.rest.client import RestClient
+from exporter.state import MarketState
+
+
+def _frame(i: int, price: float = 100.0) -> str:
+    e, t = 1_700_000_000_000 + i, 1_700_003_600_000
+    return (
+        f'{{"stream":"btcusdt@markPrice@1s","data":{{"e":"markPriceUpdate","E":{e},"s":"BTCUSDT",'
+        f'"p":"{price:.2f}","i":"{price:.2f}","P":"{price:.2f}","r":"0.00010000","T":{t}}}}}'
+    )
+
+
+def test_lines_are_json_that_pandas_reads_and_files_rotate_by_receive_time(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path, rotate_seconds=10.0)
+    rec.start()
+    for i in range(30):  # 30 s of receive time: three files
+        rec.ws(1_700_000_000.0 + i, Exchange.BINANCE, "markPrice", _frame(i))
+    rec.rest_hook(Exchange.OKX)(
+        1_700_000_029.4, 1_700_000_029.5, "open_interest", "/api/v5/public/open-interest", {"instId": "X"}, b"{}"
+    )
+    rec.close()
+    files = recording_files(tmp_path)
+    assert len(files) == 3 and all(p.name.endswith(".jsonl.gz") for p in files)
+    frames = pd.concat([pd.read_json(p, lines=True, compression="gzip") for p in files], ignore_index=True)
+    assert len(frames) == 31
+    assert list(frames["kind"]).count("ws") == 30
+    assert frames["t"].iloc[0] == pytest.approx(1_700_000_000.0)
+    assert frames["data"].iloc[5] == _frame(5)  # the raw frame, byte for byte
+    last = frames.iloc[-1]
+    assert (last["ex"], last["src"], last["path"], last["q"]) == (
+        "okx",
+        "open_interest",
+        "/api/v5/public/open-interest",
+        {"instId": "X", "_sent": 1_700_000_029.4},
+    )
+    assert rec.snapshot()["frames_ws"] == 30 and rec.snapshot()["frames_rest"] == 1
+    assert rec.snapshot()["bytes"] == sum(p.stat().st_size for p in files)
+    assert [d["t"] for d in read_lines(tmp_path)] == sorted(frames["t"])
+
+
+def test_frames_that_parsed_are_embedded_unescaped_and_come_back_byte_for_byte(tmp_path: Path) -> None:
+    import orjson
+
+    rec = Recorder(tmp_path)
+    rec.start()
+    hook = rec.ws_hook(Exchange.BINANCE)
+    hook(1_700_000_000.0, "markPrice", _frame(1), True)  # parsed: JSON, written as it is
+    hook(1_700_000_001.0, "markPrice", '{"a":\n1}', True)  # a line break inside: escaped after all
+    hook(1_700_000_002.0, "markPrice", '{"garbage": \x00<<not json', False)  # did not parse: escaped
+    rec.close()
+    (path,) = recording_files(tmp_path)
+    raw_lines = gzip.decompress(path.read_bytes()).splitlines()
+    assert raw_lines[0].endswith(b',"raw":true,"data":' + _frame(1).encode() + b"}")
+    df = pd.read_json(path, lines=True)
+    assert df["data"].iloc[0] == orjson.loads(_frame(1))  # pandas sees the frame as an object
+    assert list(df["data"].iloc[1:]) == ['{"a":\n1}', '{"garbage": \x00<<not json']
+    got = [d["data"] for d in read_lines(tmp_path)]
+    assert got == [_frame(1).encode(), '{"a":\n1}', '{"garbage": \x00<<not json']
+
+
+def test_the_oldest_files_are_deleted_beyond_the_cap(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(1)
+    noise = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(4000))  # compresses badly
+    rec = Recorder(tmp_path, rotate_seconds=1.0, max_bytes=40_000)
+    rec.start()
+    for i in range(60):
+        rec.ws(1_700_000_000.0 + i, Exchange.BYBIT, "tickers", noise[i:] + noise[:i])
+    rec.close()
+    files = recording_files(tmp_path)
+    on_disk = sum(p.stat().st_size for p in files)
+    assert on_disk <= 40_000 + 40_000 // 4 + 4096  # the cap, plus at most the file being written
+    assert rec.stats.files_deleted > 0
+    kept = [d["t"] for d in read_lines(tmp_path)]
+    assert kept == sorted(kept) and kept[-1] == 1_700_000_059.0  # the newest survive
+
+
+class _BlockedRecorder(Recorder):
+    """A disk that does not move until released: the writer holds the first frame."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.release = threading.Event()
+        self.writing = threading.Event()
+
+    def _write(self, item: Any) -> None:
+        self.writing.set()
+        self.release.wait(30)
+        super()._write(item)
+
+
+async def test_a_slow_disk_drops_and_counts_frames_but_the_state_is_updated_at_once(tmp_path: Path) -> None:
+    state = MarketState(clock=lambda: 1_700_000_000.5)
+    info = InstrumentInfo(Exchange.BINANCE, "BTCUSDT", "BTC", "USDT")
+    state.register(info)
+    ctx = FeedContext(Exchange.BINANCE, {"BTCUSDT": info})
+    conn = FeedConnection(BinanceFeed(), WsPlan("markPrice", "ws://127.0.0.1:1"), ctx, state)
+    rec = _BlockedRecorder(tmp_path, queue_size=5)
+    rec.start()
+    conn.recorder = rec.ws_hook(Exchange.BINANCE)
+    rec.ws(1.0, Exchange.BINANCE, "markPrice", _frame(0))
+    assert rec.writing.wait(10)  # the writer is stuck on its first frame; the queue is empty again
+    st = state.instruments[(Exchange.BINANCE, "BTCUSDT")]
+    for i in range(1, 51):
+        price = 100.0 + i
+        await conn._handle(None, _frame(i, price), 1_700_000_000.0 + i)  # type: ignore[arg-type]
+        # the frame's value is in the state as soon as the frame was handled, recorder or not
+        assert st.mark_price == pytest.approx(price)
+    assert rec.stats.dropped == 50 - 5  # five waited in the queue; the rest were dropped and counted
+    rec.release.set()
+    rec.close()
+    assert rec.stats.frames_ws == 1 + 5
+    assert len(list(read_lines(tmp_path))) == 6
+
+
+async def test_signed_calls_are_never_recorded(tmp_path: Path) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b'{"ok": true}')
+
+    state = MarketState()
+    client = RestClient(Exchange.BYBIT, "http://127.0.0.1:1", state, transport=httpx.MockTransport(handler))
+    rec = Recorder(tmp_path)
+    rec.start()
+    client.recorder = rec.rest_hook(Exchange.BYBIT)
+    await client.get("open_interest", "/v5/market/open-interest", {"symbol": "BTCUSDT"})
+    secret_key = "sEcReT-kEy-123"
+
+    def sign(path: str, query: str) -> tuple[str, dict[str, str]]:
+        return query + "&sign=abc", {"X-BAPI-API-KEY": secret_key}
+
+    await client.get("positions", "/v5/position/list", {"category": "linear"}, sign=sign)
+    await client.aclose()
+    rec.close()
+    lines = list(read_lines(tmp_path))
+    assert [d["src"] for d in lines] == ["open_interest"]
+    for p in recording_files(tmp_path):
+        raw = gzip.decompress(p.read_bytes())
+        assert secret_key.encode() not in raw and b"position" not in raw
+
+
+def test_zstd_files_read_the_same(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path, compression="zstd")
+    rec.start()
+    for i in range(3):
+        rec.ws(1_700_000_000.0 + i, Exchange.BINANCE, "markPrice", _frame(i))
+    rec.close()
+    (path,) = recording_files(tmp_path)
+    assert path.name.endswith(".jsonl.zst")
+    frames = pd.read_json(path, lines=True, compression="zstd")
+    assert list(frames["data"]) == [_frame(i) for i in range(3)]
+    assert [d["data"] for d in read_lines(tmp_path)] == [_frame(i) for i in range(3)]
