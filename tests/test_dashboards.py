@@ -248,6 +248,10 @@ UNDRAWN = {
     "fr_ai_skill_predictions": "the sample size behind the skill series (drawn); a diagnostic",
     "fr_ai_state_reads_total": "diagnostic counter of the sidecar's /api/state reads",
     "fr_ai_slack_messages_total": "diagnostic counter; Slack delivery is tested in the stack tests",
+    # issue 12's recording counters: recording is off by default, so a panel would be empty for most users
+    "fr_recording_frames_total": "recording is off by default (a panel would be empty); bench/ and tests check it",
+    "fr_recording_bytes_total": "recording is off by default (a panel would be empty); bench/ and tests check it",
+    "fr_recording_dropped_total": "recording is off by default (a panel would be empty); drops are logged too",
 }
 
 
