@@ -7,6 +7,7 @@ which the caller counts as ``invalid_response`` and applies nothing from.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -49,3 +50,16 @@ def rows_of(node: Any, what: str) -> list[dict[str, Any]]:
     if not isinstance(node, list) or not all(isinstance(r, dict) for r in node):
         raise ParseError(f"{what}: expected a list of objects")
     return node
+
+
+@dataclass(frozen=True, slots=True)
+class AccountFacts:
+    """What differs between exchanges in how positions are read and valued (static facts)."""
+
+    has_funding_history: bool = True  # False: funding accrues continuously (Deribit), no settlements
+    tiers_need_key: bool = False  # Binance's leverage brackets are USER_DATA
+    tiers_published: bool = True  # False: no tier table to read (Deribit)
+    tiers_per_margin_mode: bool = True  # OKX tiers differ by tdMode (cached per margin mode)
+    sizes_in_contracts: bool = False  # OKX: position sizes and tiers count contracts (x ctVal)
+    liq_includes_taker_fee: bool = False  # OKX: the liquidation margin ratio adds the taker fee
+    needs_passphrase: bool = False  # OKX keys come with a passphrase

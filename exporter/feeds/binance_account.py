@@ -8,13 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from exporter.feeds.account_fields import amount, field, load, rows_of
+from exporter.feeds.account_fields import AccountFacts, amount, field, load, rows_of
 from exporter.model import AccountPosition, Exchange, ParseError, Side, Tier
 
 EX = Exchange.BINANCE
 
 # signature / timestamp / key errors (Binance error codes)
 AUTH_CODES = frozenset({"-1021", "-1022", "-2014", "-2015", "-1002", "-1102"})
+
+
+FACTS = AccountFacts(tiers_need_key=True, tiers_per_margin_mode=False)
+
+
+def adl_rank(raw: float | None) -> float | None:
+    """``adlQuantile`` 0 (safest) .. 4 (first in line): as is."""
+    return None if raw is None else float(min(max(raw, 0.0), 4.0))
 
 
 def error_code(body: bytes) -> str | None:

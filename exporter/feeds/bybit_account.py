@@ -8,12 +8,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from exporter.feeds.account_fields import amount, field, liquidation, load, rows_of
+from exporter.feeds.account_fields import AccountFacts, amount, field, liquidation, load, rows_of
 from exporter.model import AccountPosition, Exchange, ParseError, Side, Tier
 
 EX = Exchange.BYBIT
 
 AUTH_CODES = frozenset({"10002", "10003", "10004", "10005", "10007"})
+
+
+FACTS = AccountFacts()
+
+
+def adl_rank(raw: float | None) -> float | None:
+    """``adlRankIndicator`` 0 (no position) / 1..5 -> 0..4: ``max(raw - 1, 0)``."""
+    return None if raw is None else float(min(max(raw - 1.0, 0.0), 4.0))
 
 
 def error_code(body: bytes) -> str | None:

@@ -7,12 +7,20 @@ positions' ledger accrues it at the 8 h-equivalent rate). Reference: exchanges.m
 
 from __future__ import annotations
 
-from exporter.feeds.account_fields import amount, field, liquidation, load, rows_of
+from exporter.feeds.account_fields import AccountFacts, amount, field, liquidation, load, rows_of
 from exporter.model import AccountPosition, Exchange, ParseError, Side
 
 EX = Exchange.DERIBIT
 
 AUTH_CODES = frozenset({"13004", "13009", "13010", "13011", "10000", "10001"})
+
+
+FACTS = AccountFacts(has_funding_history=False, tiers_published=False)
+
+
+def adl_rank(raw: float | None) -> float | None:
+    """Deribit has no ADL ranking (socialised losses): no value."""
+    return None
 
 
 def error_code(body: bytes) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from exporter.feeds.account_fields import amount, field, liquidation, load, rows_of
+from exporter.feeds.account_fields import AccountFacts, amount, field, liquidation, load, rows_of
 from exporter.model import AccountPosition, Exchange, ParseError, Side, Tier
 
 EX = Exchange.OKX
@@ -19,6 +19,14 @@ AUTH_CODES = frozenset({"50102", "50103", "50104", "50105", "50106", "50107", "5
 
 # OKX contract values (base coin per contract) used when the instrument list cannot be read.
 CT_VAL_FALLBACK = {"BTC-USDT-SWAP": 0.01, "ETH-USDT-SWAP": 0.1, "BTC-USDC-SWAP": 0.0001, "ETH-USDC-SWAP": 0.001}
+
+
+FACTS = AccountFacts(sizes_in_contracts=True, liq_includes_taker_fee=True, needs_passphrase=True)
+
+
+def adl_rank(raw: float | None) -> float | None:
+    """``adl`` 0..5 -> 0..4: ``raw x 4/5``."""
+    return None if raw is None else float(min(max(raw, 0.0), 5.0) * 4.0 / 5.0)
 
 
 def error_code(body: bytes) -> str | None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 
 from exporter.config import Config
 from exporter.feeds import feed_for
+from exporter.feeds.account_facts import facts_for
 from exporter.feeds.base import FeedContext
 from exporter.model import Exchange, base_of
 from exporter.positions.model import OKX_CT_VAL_FALLBACK, Position, from_account
@@ -68,7 +69,7 @@ class Accounts:
 
     def contract_size(self, ex: Exchange, instrument: str) -> float:
         """Base coin per contract where positions count contracts (OKX ctVal), else 1."""
-        if not ACCOUNT_CLASSES[ex].sizes_in_contracts:
+        if not facts_for(ex).sizes_in_contracts:
             return 1.0
         acct = self._adapters.get(ex)
         if acct is not None and instrument in acct.contract_sizes:

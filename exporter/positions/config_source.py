@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from exporter.analytics.risk import tier_for
 from exporter.config import Config, PositionConfig
+from exporter.feeds.account_facts import facts_for
 from exporter.model import Exchange, Side, Tier
 from exporter.positions.model import Hedge, Position
 
@@ -91,7 +92,7 @@ def effective_leverage(p: Position) -> float | None:
 
 def tier_value(p: Position) -> float:
     """What the exchange's tiers are keyed on: contracts (OKX) or USD notional at entry."""
-    return p.size / p.contract_size if p.exchange is Exchange.OKX else p.size * p.entry_price
+    return p.size / p.contract_size if facts_for(p.exchange).sizes_in_contracts else p.size * p.entry_price
 
 
 def check_leverage(p: Position, tiers: Sequence[Tier]) -> str | None:

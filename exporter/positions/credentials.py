@@ -6,6 +6,7 @@ import logging
 from collections.abc import Mapping
 
 from exporter.config import Config, read_secret
+from exporter.feeds.account_facts import facts_for
 from exporter.model import Exchange
 from exporter.redact import register_secret
 from exporter.rest.signing import ApiKey
@@ -32,8 +33,8 @@ def read_keys(config: Config, environ: Mapping[str, str] | None = None) -> dict[
         if not key or not secret:
             log.error("%s: credentials configured but the key or secret is empty", ex.value)
             continue
-        if ex is Exchange.OKX and not passphrase:
-            log.error("okx: credentials need a passphrase (OK-ACCESS-PASSPHRASE)")
+        if facts_for(ex).needs_passphrase and not passphrase:
+            log.error("%s: credentials need a passphrase", ex.value)
             continue
         keys[ex] = ApiKey(key, secret, passphrase)
     return keys

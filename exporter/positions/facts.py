@@ -50,7 +50,7 @@ class RiskFacts:
                 try:
                     changed |= self.tiers.put(key, await acct.tiers(inst, mode))
                 except AccountError as exc:
-                    if acct.tiers_need_key:  # a signed read: counted with the account reads
+                    if acct.facts.tiers_need_key:  # a signed read: counted with the account reads
                         self.accounts.failures[(ex.value, exc.reason)] += 1
                     log.warning("maintenance tiers for %s %s: %s", ex.value, inst, exc)
             await self._history(acct, inst, since, now)

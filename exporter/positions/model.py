@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from exporter.feeds.account_facts import adl_rank
 from exporter.feeds.okx_account import CT_VAL_FALLBACK as OKX_CT_VAL_FALLBACK
 from exporter.model import AccountPosition, Exchange, Side, Tier
 
@@ -90,16 +91,6 @@ def from_account(a: AccountPosition) -> Position:
 
 
 def normalise_adl(exchange: Exchange, raw: float | None) -> float | None:
-    """Map each exchange's ADL indicator to 0 (safest) .. 4 (first in line).
-
-    Binance ``adlQuantile`` 0..4: as is. Bybit ``adlRankIndicator`` 0 (no position) / 1..5:
-    ``max(raw - 1, 0)``. OKX ``adl`` 0..5: ``raw x 4/5``. Deribit has no ADL ranking (socialised
-    losses), so no value.
-    """
-    if raw is None or exchange is Exchange.DERIBIT:
-        return None
-    if exchange is Exchange.BINANCE:
-        return float(min(max(raw, 0.0), 4.0))
-    if exchange is Exchange.BYBIT:
-        return float(min(max(raw - 1.0, 0.0), 4.0))
-    return float(min(max(raw, 0.0), 5.0) * 4.0 / 5.0)
+    """Each exchange's ADL indicator mapped to 0 (safest) .. 4 (first in line): ``adl_rank`` of its
+    account parser (Binance 0..4 as is, Bybit 1..5 minus 1, OKX 0..5 x 4/5, Deribit none)."""
+    return adl_rank(exchange, raw)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from exporter.config import Config
+from exporter.feeds.account_facts import adl_rank, facts_for
 from exporter.model import EIGHT_HOURS, Exchange, Tier
 from exporter.positions.accounts import Accounts
 from exporter.positions.config_source import ConfiguredPositions, PositionConfigError
@@ -25,11 +26,10 @@ from exporter.positions.credentials import read_keys
 from exporter.positions.facts import RiskFacts
 from exporter.positions.ledger import FundingLedger
 from exporter.positions.market import MarketReader
-from exporter.positions.model import Position, normalise_adl
+from exporter.positions.model import Position
 from exporter.positions.store import AccrualStore
 from exporter.positions.tiers import TierBook
 from exporter.positions.view import PositionView, ViewInputs, ViewSettings, api_row, build_view
-from exporter.rest.accounts import ACCOUNT_CLASSES
 from exporter.rest.endpoints import ExchangeRest
 from exporter.state import MarketState
 
@@ -166,7 +166,7 @@ class PositionService:
             legs.append(("hedge", h.exchange, h.instrument, h.side, h.size, h.entry_price))
         for leg, ex, inst, side, size, fallback in legs:
             price = self.market.mark(ex, inst) or fallback
-            if ACCOUNT_CLASSES[ex].has_funding_history:
+            if facts_for(ex).has_funding_history:
                 settled = self.ledger.settlements(ex, inst, self.market.stream_settlements(ex, inst))
                 self.ledger.accrue_settled(p.name, leg, ex, inst, side, size, opened, now, settled, price)
             else:
@@ -185,12 +185,12 @@ class PositionService:
             opened=opened,
             mark=mark,
             tiers=self.tiers_for(p),
-            taker_fee=taker_fee if ACCOUNT_CLASSES[p.exchange].liq_includes_taker_fee else 0.0,
+            taker_fee=taker_fee if facts_for(p.exchange).liq_includes_taker_fee else 0.0,
             volatility=self.market.volatility(p.exchange, p.instrument, now),
             funding=self.ledger.totals(p.name),
             net_since_opening=self.ledger.net_since(p.name, opened),
             legs=self.market.carry_legs(p, mark),
-            adl_rank=normalise_adl(p.exchange, p.adl_raw),
+            adl_rank=adl_rank(p.exchange, p.adl_raw),
             hedge_mark=self.market.hedge_mark(p),
         )
         return build_view(p, inputs, self.view_settings)

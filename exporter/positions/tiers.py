@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 from exporter.analytics.risk import DEFAULT_TIERS, tiers_from_caps
 from exporter.config import Config
+from exporter.feeds.account_facts import facts_for
 from exporter.model import Exchange, Tier
 from exporter.positions.model import Position
-from exporter.rest.accounts import ACCOUNT_CLASSES
 
 TIERS_REFRESH_SECONDS = 3600.0
 
@@ -32,7 +32,7 @@ class TierBook:
 
     @staticmethod
     def key(ex: Exchange, instrument: str, margin_mode: str) -> TierKey:
-        return (ex, instrument, margin_mode if ACCOUNT_CLASSES[ex].tiers_per_margin_mode else "any")
+        return (ex, instrument, margin_mode if facts_for(ex).tiers_per_margin_mode else "any")
 
     def due(self, key: TierKey) -> bool:
         return key not in self._tiers or self.clock() - self._at.get(key, 0.0) >= TIERS_REFRESH_SECONDS
@@ -55,7 +55,7 @@ class TierBook:
         ec = self.config.exchanges.get(p.exchange)
         rows = ec.maintenance_tiers if ec is not None and ec.maintenance_tiers else None
         tiers = tiers_from_caps(rows) if rows else DEFAULT_TIERS
-        if ACCOUNT_CLASSES[p.exchange].sizes_in_contracts:
+        if facts_for(p.exchange).sizes_in_contracts:
             per_contract = p.contract_size * p.entry_price
             tiers = [
                 Tier(t.floor / per_contract, t.cap / per_contract, t.mmr, t.max_leverage, t.deduction) for t in tiers

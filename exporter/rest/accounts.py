@@ -1,10 +1,11 @@
 """Account endpoints per exchange, through the shared REST client (one rate-limit gate, counted).
 
 One small adapter per exchange (:class:`ExchangeAccount`) holds everything positions need that
-differs between exchanges: the signed account reads, the maintenance tiers (Binance's brackets
-need the key, Bybit and OKX publish theirs, Deribit has none), the funding history (the same
-endpoint and parser as the market backfill), contract sizes and a few static facts. Bodies are
-parsed by the pure parsers in ``exporter/feeds/*_account.py``; signing is ``rest/signing.py``.
+differs between exchanges in I/O: the signed account reads, the maintenance tiers (Binance's
+brackets need the key, Bybit and OKX publish theirs, Deribit has none), the funding history (the
+same endpoint and parser as the market backfill) and contract sizes. Bodies are parsed by the pure
+parsers in ``exporter/feeds/*_account.py``, which also declare the exchange's static facts
+(``FACTS``: continuous funding, sizes in contracts...); signing is ``rest/signing.py``.
 
 Every request goes through :class:`~exporter.rest.client.RestClient`: it waits at (or fails on) the
 exchange's 429/418 gate like market data does, and is counted in ``fr_rest_*`` under the endpoint
@@ -21,6 +22,7 @@ from types import ModuleType
 from typing import ClassVar
 
 from exporter.feeds import binance_account, bybit_account, deribit_account, okx_account
+from exporter.feeds.account_fields import AccountFacts
 from exporter.model import AccountPosition, Exchange, FundingSettlement, ParseError, Tier
 from exporter.rest.client import Params, RestError, Signer
 from exporter.rest.endpoints import ExchangeRest
@@ -57,12 +59,12 @@ class ExchangeAccount:
     """Base adapter: one exchange's account and risk-facts reads (``key`` None: public reads only)."""
 
     exchange: ClassVar[Exchange]
-    parsers: ModuleType  # the exchange's feeds/*_account module
-    has_funding_history: ClassVar[bool] = True  # False: funding accrues continuously (Deribit)
-    tiers_need_key: ClassVar[bool] = False  # Binance brackets are USER_DATA
-    tiers_per_margin_mode: ClassVar[bool] = True  # OKX tiers differ by tdMode (cached per mode)
-    sizes_in_contracts: ClassVar[bool] = False  # OKX: position sizes and tiers count contracts
-    liq_includes_taker_fee: ClassVar[bool] = False  # OKX: the liquidation ratio adds the taker fee
+    parsers: ModuleType  # the exchange's feeds/*_account module (parsers, FACTS)
+
+    @property
+    def facts(self) -> AccountFacts:
+        facts: AccountFacts = self.parsers.FACTS
+        return facts
 
     def __init__(
         self,
@@ -119,7 +121,7 @@ class ExchangeAccount:
 
     async def funding_history(self, instrument: str, start: float, end: float) -> list[FundingSettlement]:
         """Settled funding in [start, end]: the market backfill's endpoint, paging and parser."""
-        if not self.has_funding_history:
+        if not self.facts.has_funding_history:
             return []
         try:
             return await self.api.funding_history(instrument, start, end)
@@ -134,8 +136,6 @@ class ExchangeAccount:
 class BinanceAccount(ExchangeAccount):
     exchange = Exchange.BINANCE
     parsers = binance_account
-    tiers_need_key = True
-    tiers_per_margin_mode = False
 
     def _signer(self) -> Signer:
         assert self.key is not None
@@ -211,8 +211,6 @@ class BybitAccount(ExchangeAccount):
 class OkxAccount(ExchangeAccount):
     exchange = Exchange.OKX
     parsers = okx_account
-    sizes_in_contracts = True
-    liq_includes_taker_fee = True
 
     def _signer(self) -> Signer:
         assert self.key is not None
@@ -256,7 +254,6 @@ class OkxAccount(ExchangeAccount):
 class DeribitAccount(ExchangeAccount):
     exchange = Exchange.DERIBIT
     parsers = deribit_account
-    has_funding_history = False
 
     def _signer(self) -> Signer:
         assert self.key is not None
