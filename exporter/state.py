@@ -206,7 +206,7 @@ class InstrumentState:
     # so a window that spans an interval change (Binance moves capped symbols to 1 h) can be rescaled
     settlements: Window = field(default_factory=lambda: Window(3, MAX_SETTLEMENTS))
     settlements_version: int = 0  # bumped on every change, so readers can cache window stats
-    # (time, funding_rate, premium), one a minute; span = the anchor regression window
+    # (time, funding rate scaled to 8 h, premium), one a minute; span = the anchor regression window
     anchor_samples: Window = field(default_factory=lambda: Window(3, 2000))
     # (time, open_interest_usd), one a minute, two hours (for the 1 h change)
     oi_samples: Window = field(default_factory=lambda: Window(2, 180, OI_SPAN_SECONDS))

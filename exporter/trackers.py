@@ -6,8 +6,8 @@
   and what is inferred into it: the rate in force when the next funding time rolls over is what
   settled; continuous funding (Deribit) is observed once an hour; an unknown interval is taken
   from the gap between settlements.
-* :class:`Sampler`: one-a-minute samples of open interest (its 1 h change) and of (funding, premium)
-  (the anchor regression).
+* :class:`Sampler`: one-a-minute samples of open interest (its 1 h change) and of (funding per 8 h,
+  premium) (the anchor regressions).
 * :class:`FundingThreshold` and :class:`LiquidationThreshold`: threshold events for /api/state (the
   AI sidecar), numbered by an :class:`EventLog`. The liquidation tracker keeps rolling per-base sums,
   so a liquidation costs O(1) whatever the number of instruments followed.
@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from exporter.model import EIGHT_HOURS
+from exporter.model import EIGHT_HOURS, Exchange
 
 if TYPE_CHECKING:  # the store imports the trackers; they only read its instrument records
     from exporter.state import InstrumentState
@@ -136,10 +136,22 @@ class Sampler:
 
     @staticmethod
     def anchor(st: InstrumentState, now: float) -> None:
-        """(time, funding, premium) for the anchor regression, when the funding rate is known."""
+        """(time, funding per 8 h, premium) for the anchor regression, when the funding rate is known.
+
+        The rate is scaled to 8 h with the interval in force when sampled, so the slope compares
+        across 1 h / 4 h / 8 h instruments and stays right across an interval change. Deribit's rate
+        is already its 8 h equivalent. An unknown interval takes no sample (looked at again in a minute)."""
         funding = st.funding_rate
         if funding is None:
             return
+        if st.info.exchange is Exchange.DERIBIT:
+            iv: float | None = EIGHT_HOURS
+        else:
+            iv = st.funding_interval_s or st.info.funding_interval_s
+        if not iv:
+            st.anchor_sample_due = now + ANCHOR_SAMPLE_SECONDS - _EARLY
+            return
+        funding *= EIGHT_HOURS / iv  # the factor first: an 8 h rate stays bit-for-bit itself
         samples = st.anchor_samples
         last = samples.last_time()
         if last is None or now - last >= ANCHOR_SAMPLE_SECONDS:

@@ -122,7 +122,8 @@ class InstrumentView:
     acceleration: float | None
     edge_side: str | None
     edge_bp: float | None
-    anchor_strength: float | None
+    anchor_strength: float | None  # method=level: OLS of funding (per 8 h) on premium
+    anchor_difference: float | None  # method=difference: the same on one-minute changes
     fee_bp: float
 
 
@@ -273,7 +274,7 @@ class MarketViews:
                 index = st.index_price if price_ok else None
                 premium = state.premium_of(st) if price_ok else None
                 rate = st.funding_rate if funding_ok else None
-                r8 = ann = z = mom = acc = edge = anchor = None
+                r8 = ann = z = mom = acc = edge = anchor = anchor_d = None
                 side = None
                 if rate is not None:
                     # read the version before the data (see WindowCache); the interval is part of it, as
@@ -290,6 +291,7 @@ class MarketViews:
                         edge = fa.edge_bp(rate, interval, fee_bp, hold_h)
                     if premium is not None:
                         anchor = cache.anchor(st.key, st, anchor_start)
+                        anchor_d = cache.anchor_difference(st.key, st, anchor_start)
                 oi = st.open_interest_usd if oi_ok else None
                 view = InstrumentView(
                     st=st,
@@ -312,6 +314,7 @@ class MarketViews:
                     edge_side=side,
                     edge_bp=edge,
                     anchor_strength=anchor,
+                    anchor_difference=anchor_d,
                     fee_bp=fee_bp,
                 )
                 if not _finite(view):

@@ -326,7 +326,7 @@ def test_anchor_series_through_state() -> None:
             MarketUpdate(Exchange.BYBIT, "BTCUSDT", mark_price=100.0 * (1 + p), index_price=100.0, funding_rate=f)
         )
     reg = build_registry(Config(), state)
-    got = reg.get_sample_value("fr_effective_anchor_strength", labels("bybit"))
+    got = reg.get_sample_value("fr_effective_anchor_strength", labels("bybit", method="level"))
     assert got == pytest.approx(0.5, rel=1e-6)
     # The samples the regression saw are exactly the ones state took, one a minute.
     assert len(state.instruments[(Exchange.BYBIT, "BTCUSDT")].anchor_samples) == 60

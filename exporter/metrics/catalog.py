@@ -360,14 +360,20 @@ ANCHOR_STRENGTH = _def(
     "fr_effective_anchor_strength",
     "gauge",
     "market",
-    MARKET_LABELS,
+    (*MARKET_LABELS, "method"),
     "dimensionless",
-    "Effective anchor strength l: ordinary least-squares slope of the funding rate on "
-    "the premium ratio over the trailing {window} window of one-a-minute samples "
-    "(dimensionless; needs 10 samples).",
-    "Effective anchor ℓ: OLS slope of the funding rate on the premium over the trailing "
-    "`analytics.anchor_window_seconds` [6 h] of one-a-minute (rate, premium) samples; needs 10 "
-    "samples and spread in the premium.",
+    "Effective anchor strength l, in 8 h units: ordinary least-squares slope of the funding "
+    "rate (scaled to 8 h with the interval in force when sampled) on the premium ratio "
+    "(mark - index) / index over the trailing {window} window of one-a-minute samples. "
+    "method=level regresses the values, method=difference their changes between consecutive "
+    "samples at most 5 min apart. Needs 10 points and spread in the premium.",
+    "Effective anchor ℓ in 8 h units: OLS slope of the funding rate, scaled to 8 h "
+    "(`rate × 28800 / interval` with the interval in force when sampled, so 1 h, 4 h and 8 h "
+    "instruments compare; Deribit's rate is already per 8 h), on the premium `(mark − index) / index` "
+    "over the trailing `analytics.anchor_window_seconds` [6 h] of one-a-minute samples. "
+    '`method="level"` regresses the values; `method="difference"` regresses their changes between '
+    "consecutive samples (at most 5 min apart: no difference spans a gap), as desks estimate ℓ. "
+    "The per-interval slope is this × interval / 28800. Needs 10 points and spread in the premium.",
 )
 LIQUIDATIONS = _def(
     "fr_liquidations_total",

@@ -48,7 +48,9 @@ class MarketCollector:
     ... fr_funding_rate_annualized_ratio, fr_next_funding_timestamp_seconds, fr_funding_cap_ratio,
     fr_funding_floor_ratio, fr_mark_price, fr_index_price, fr_premium_ratio, fr_open_interest_usd,
     fr_long_short_account_ratio, fr_funding_zscore, fr_funding_momentum, fr_funding_acceleration,
-    fr_effective_anchor_strength (same labels), then
+    then
+    fr_effective_anchor_strength{base="BTC",exchange="binance",instrument="BTCUSDT",method="level",quote="USDT"} 0.9
+    fr_effective_anchor_strength{...,method="difference"} 0.7
     fr_edge_bp{base="BTC",exchange="binance",instrument="BTCUSDT",quote="USDT",side="short"} 0.58
     fr_liquidations_total{base="BTC",exchange="binance",instrument="BTCUSDT",quote="USDT",side="long"} 3.0
     fr_liquidated_notional_usd_total{...,side="long"} 150000.0
@@ -84,6 +86,8 @@ class MarketCollector:
         self.s_ins = m.INSURANCE_FUND.spec()
         self._ins_labels: dict[tuple[str, str], LabelSet] = {}
         self._labels: dict[Key, tuple[InstrumentInfo, LabelSet, dict[str, LabelSet]]] = {}
+        # the anchor's method label sets, per instrument base label set (same lifetime as _labels)
+        self._method_labels: dict[Key, tuple[LabelSet, LabelSet, LabelSet]] = {}
         self._calls = 0
 
     def labels_of(self, st: InstrumentState) -> Labels:
@@ -113,6 +117,7 @@ class MarketCollector:
             live = {v.st.key for v in views}
             for k in [k for k in list(self._labels) if k not in live]:  # list(): other scrapes may insert
                 self._labels.pop(k, None)
+                self._method_labels.pop(k, None)
         return rows
 
     def families(self, views: Sequence[InstrumentView] | None = None) -> list[Family]:
@@ -155,7 +160,7 @@ class MarketCollector:
             present(spec, source, attrgetter(attr))
         edges = [(sides[v.edge_side], v.edge_bp) for _, sides, v in fresh if v.edge_bp is not None and v.edge_side]
         fams.append(self.s_edge.family([lb for lb, _ in edges], [x or 0.0 for _, x in edges]))
-        present(self.s_anchor, fresh, attrgetter("anchor_strength"))
+        fams.append(self._anchor_family(fresh))
         # Counters are always present (0 before the first liquidation) so rate() works from the start.
         side_labels = [lb for _, sides, _ in rows for lb in (sides["long"], sides["short"])]
         long_, short_ = Side.LONG, Side.SHORT
@@ -172,6 +177,27 @@ class MarketCollector:
             f_ins.add(lbl, balance)
         fams.append(f_ins)
         return fams
+
+    def _anchor_family(self, fresh: Sequence[Row]) -> Family:
+        """fr_effective_anchor_strength: one series per method the instrument has a value for."""
+        labels: list[LabelSet] = []
+        values: list[float] = []
+        cache = self._method_labels
+        for lb, _, v in fresh:
+            level, diff = v.anchor_strength, v.anchor_difference
+            if level is None and diff is None:
+                continue
+            hit = cache.get(v.st.key)
+            if hit is None or hit[0] is not lb:
+                hit = cache[v.st.key] = (lb, lb.with_(method="level"), lb.with_(method="difference"))
+            if level is not None:
+                labels.append(hit[1])
+                values.append(float(level))
+            if diff is not None:
+                labels.append(hit[2])
+                values.append(float(diff))
+        yield_gil()
+        return self.s_anchor.family(labels, values)
 
     def collect(self) -> Iterable[Metric]:
         for fam in self.families():

@@ -1,0 +1,169 @@
+"""Effective anchor (l) by levels and by differences, in 8 h units: checked against numpy's polyfit
+and a hand-computed case, through the state's one-a-minute sampler and the collector."""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+
+import numpy as np
+import pytest
+from support.clock import ManualClock as Clock
+
+from exporter.analytics import funding as fa
+from exporter.config import Config
+from exporter.metrics import build_registry
+from exporter.model import EIGHT_HOURS, Exchange, InstrumentInfo, MarketUpdate
+from exporter.state import MarketState
+
+T0 = 1_700_000_000.0
+WINDOW = 6 * 3600.0
+
+
+def _labels(ex: str, inst: str, base: str, quote: str, method: str) -> dict[str, str]:
+    return {"exchange": ex, "instrument": inst, "base": base, "quote": quote, "method": method}
+
+
+def _polyfit_of_differences(samples: list[tuple[float, float, float]], start: float, max_gap: float) -> float:
+    """The independent computation: pairs built one by one, slope by numpy.polyfit."""
+    inside = [s for s in samples if s[0] > start]
+    dp, df = [], []
+    for a, b in itertools.pairwise(inside):
+        if b[0] - a[0] <= max_gap:
+            dp.append(b[2] - a[2])
+            df.append(b[1] - a[1])
+    return float(np.polyfit(dp, df, 1)[0])
+
+
+def test_difference_slope_is_polyfit_of_the_changes_inside_the_window() -> None:
+    rng = np.random.default_rng(11)
+    ts = T0 - np.arange(600)[::-1] * 60.0  # 10 h of one-a-minute samples
+    ts[400:] += 900.0  # a 15-minute hole: the change across it is no one-minute change
+    ts -= ts[-1] - T0
+    prem = np.cumsum(rng.normal(0, 1e-4, ts.size))
+    fund = 0.4 * prem + np.cumsum(rng.normal(0, 1e-5, ts.size))
+    samples = list(zip(ts.tolist(), fund.tolist(), prem.tolist(), strict=True))
+    start = T0 - WINDOW
+    expected = _polyfit_of_differences(samples, start, 300.0)
+    assert fa.anchor_strength_difference(samples, start) == pytest.approx(expected, rel=1e-9)
+    # the gap is really excluded: differencing across it gives another slope
+    with_gap = _polyfit_of_differences(samples, start, 1e9)
+    assert with_gap != pytest.approx(expected, rel=1e-6)
+    assert fa.anchor_strength_difference(samples[:8], start - 1e9) is None  # 7 differences < 10
+    flat = [(t, f, 1e-4) for t, f, _ in samples]
+    assert fa.anchor_strength_difference(flat, start) is None  # no spread in the premium changes
+    assert fa.anchor_strength_difference([], start) is None
+
+
+def test_hand_computed_case_where_levels_and_differences_disagree() -> None:
+    """funding_k = 0.5 x premium_k + 1e-5 x k (a trend in funding the premium does not share),
+    premium alternating around a rising line: every change of funding is 0.5 x the change of
+    premium plus the constant 1e-5, so the difference slope is exactly 0.5 (the intercept takes
+    the constant); the levels carry the trend and give another slope."""
+    prem = [1e-4 * k + (2e-4 if k % 2 else -2e-4) for k in range(20)]
+    fund = [0.5 * p + 1e-5 * k for k, p in enumerate(prem)]
+    samples = [(T0 + 60.0 * k, f, p) for k, (f, p) in enumerate(zip(fund, prem, strict=True))]
+    assert fa.anchor_strength_difference(samples, T0 - 1.0) == pytest.approx(0.5, rel=1e-9)
+    level = fa.anchor_strength(samples, T0 - 1.0)
+    assert level is not None and abs(level - 0.5) > 0.01
+
+
+@pytest.mark.parametrize("maxlen", [2000, 200])
+def test_cached_difference_matches_a_fresh_regression_at_every_scrape(maxlen: int) -> None:
+    rng = np.random.default_rng(5)
+
+    class Holder:
+        def __init__(self) -> None:
+            self.anchor_samples: deque[tuple[float, float, float]] = deque(maxlen=maxlen)
+
+    h = Holder()
+    cache = fa.WindowCache()
+    t = now = T0
+    checked = 0
+    for i in range(1500):
+        t += float(rng.choice([60.0, 61.0, 400.0, 3 * 3600.0], p=[0.8, 0.17, 0.02, 0.01]))
+        beta = 0.3 if i < 700 else -1.0  # a regime change the window must forget
+        x = float(rng.normal(0, 4e-4))
+        h.anchor_samples.append((t, beta * x + float(rng.normal(0, 1e-5)), x))
+        for _ in range(int(rng.integers(0, 3))):
+            now = max(now, t) + float(rng.uniform(0, 120))
+            got = cache.anchor_difference("k", h, now - WINDOW)
+            rows = list(h.anchor_samples)
+            pairs = sum(1 for a, b in itertools.pairwise(rows) if a[0] > now - WINDOW and b[0] - a[0] <= 300)
+            if pairs < 10:
+                assert got is None
+                continue
+            assert got == pytest.approx(_polyfit_of_differences(rows, now - WINDOW, 300.0), rel=1e-7)
+            checked += 1
+    assert checked > 300
+    cache.forget(set())
+    assert cache.anchor_difference("k", Holder(), T0) is None  # empty source, forgotten key
+
+
+def _feed(state: MarketState, clock: Clock, ex: Exchange, inst: str, per_interval: list[tuple[float, float]]) -> None:
+    """One update a minute (and a second) with the given (funding per interval, premium) pairs."""
+    for f, p in per_interval:
+        clock.t += 61.0
+        state.apply(MarketUpdate(ex, inst, mark_price=100.0 * (1 + p), index_price=100.0, funding_rate=f))
+
+
+def test_both_methods_in_8h_units_through_state_and_collector() -> None:
+    """A 1 h instrument whose hourly rate is 0.5/8 of the premium (0.5 per 8 h) shows 0.5 for both
+    methods, as does an 8 h instrument at 0.5 and Deribit (rate already per 8 h) at 0.5."""
+    clock = Clock(T0)
+    state = MarketState(clock=clock)
+    state.register(InstrumentInfo(Exchange.BYBIT, "BTCUSDT", "BTC", "USDT", funding_interval_s=3600.0))
+    state.register(InstrumentInfo(Exchange.OKX, "BTC-USDT-SWAP", "BTC", "USDT", funding_interval_s=EIGHT_HOURS))
+    state.register(InstrumentInfo(Exchange.DERIBIT, "BTC-PERPETUAL", "BTC", "USD", inverse=True))
+    rng = np.random.default_rng(2)
+    prem = np.cumsum(rng.normal(0, 3e-4, 60)).tolist()
+    for p in prem:
+        clock.t += 61.0
+        for ex, inst, f in (
+            (Exchange.BYBIT, "BTCUSDT", 0.5 / 8.0 * p + 1e-5),
+            (Exchange.OKX, "BTC-USDT-SWAP", 0.5 * p + 1e-4),
+            (Exchange.DERIBIT, "BTC-PERPETUAL", 0.5 * p),
+        ):
+            state.apply(MarketUpdate(ex, inst, mark_price=100.0 * (1 + p), index_price=100.0, funding_rate=f))
+    reg = build_registry(Config(), state)
+    for ex, inst, quote in (
+        ("bybit", "BTCUSDT", "USDT"),
+        ("okx", "BTC-USDT-SWAP", "USDT"),
+        ("deribit", "BTC-PERPETUAL", "USD"),
+    ):
+        for method in ("level", "difference"):
+            got = reg.get_sample_value("fr_effective_anchor_strength", _labels(ex, inst, "BTC", quote, method))
+            assert got == pytest.approx(0.5, rel=1e-6), (ex, method)
+
+
+def test_an_interval_change_inside_the_window_keeps_8h_units() -> None:
+    """Samples keep the 8 h scaling of the interval they were taken under: after an 8 h -> 1 h
+    switch at the same per-8 h relation the slope stays 0.5."""
+    clock = Clock(T0)
+    state = MarketState(clock=clock)
+    state.register(InstrumentInfo(Exchange.BINANCE, "BTCUSDT", "BTC", "USDT", funding_interval_s=EIGHT_HOURS))
+    rng = np.random.default_rng(4)
+    prem = rng.normal(0, 5e-4, 60).tolist()
+    _feed(state, clock, Exchange.BINANCE, "BTCUSDT", [(0.5 * p, p) for p in prem[:30]])
+    state.apply(MarketUpdate(Exchange.BINANCE, "BTCUSDT", funding_interval_s=3600.0))
+    _feed(state, clock, Exchange.BINANCE, "BTCUSDT", [(0.5 / 8.0 * p, p) for p in prem[30:]])
+    st = state.instruments[(Exchange.BINANCE, "BTCUSDT")]
+    rows = list(st.anchor_samples)
+    assert [r[1] for r in rows] == pytest.approx([0.5 * r[2] for r in rows], rel=1e-9, abs=1e-15)
+    reg = build_registry(Config(), state)
+    for method in ("level", "difference"):
+        got = reg.get_sample_value("fr_effective_anchor_strength", _labels("binance", "BTCUSDT", "BTC", "USDT", method))
+        assert got == pytest.approx(0.5, rel=1e-6)
+
+
+def test_no_sample_without_an_interval_and_none_shown() -> None:
+    clock = Clock(T0)
+    state = MarketState(clock=clock)
+    state.register(InstrumentInfo(Exchange.BINANCE, "ETHUSDT", "ETH", "USDT"))  # interval unknown
+    rng = np.random.default_rng(8)
+    _feed(state, clock, Exchange.BINANCE, "ETHUSDT", [(0.5 * p, p) for p in rng.normal(0, 5e-4, 20).tolist()])
+    assert len(state.instruments[(Exchange.BINANCE, "ETHUSDT")].anchor_samples) == 0
+    reg = build_registry(Config(), state)
+    for method in ("level", "difference"):
+        lb = _labels("binance", "ETHUSDT", "ETH", "USDT", method)
+        assert reg.get_sample_value("fr_effective_anchor_strength", lb) is None
