@@ -190,6 +190,16 @@ class Rejected:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class AnchorBackfill:
+    """The anchor regression's samples for the past of one instrument, rebuilt from the exchange's
+    candles at start (:mod:`exporter.analytics.anchor`): (time, funding per 8 h, premium), oldest first."""
+
+    exchange: Exchange
+    instrument: str
+    samples: tuple[tuple[float, float, float], ...]
+
+
 Record = (
     MarketUpdate
     | Liquidation
@@ -199,6 +209,7 @@ Record = (
     | HeartbeatRequest
     | SubscriptionError
     | Rejected
+    | AnchorBackfill
 )
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from exporter.model import (
     EIGHT_HOURS,
+    AnchorBackfill,
     Exchange,
     FundingSettlement,
     HeartbeatRequest,
@@ -378,6 +379,12 @@ class MarketState:
             st.ratio_at = now
         elif isinstance(record, InsuranceFund):
             self.insurance[(record.exchange, record.pool)] = (record.balance_usd, now)
+        elif isinstance(record, AnchorBackfill):
+            st = self.instruments.get((record.exchange, record.instrument))
+            if st is None:
+                self.unknown_instrument_updates += 1
+                return
+            self._sampler.backfill_anchor(st, record.samples)
         elif isinstance(record, HeartbeatRequest | SubscriptionError | Rejected):
             pass  # the connection layer acts on these; nothing to store
 

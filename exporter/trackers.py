@@ -164,6 +164,19 @@ class Sampler:
             last = now
         st.anchor_sample_due = last + ANCHOR_SAMPLE_SECONDS - _EARLY
 
+    @staticmethod
+    def backfill_anchor(st: InstrumentState, rows: Iterable[tuple[float, float, float]]) -> None:
+        """Merge rebuilt past samples in front of the live ones: a rebuilt sample is kept only where it
+        is older than the first live sample (the backfill may finish after live samples began), and
+        no closer than a sample period to it, so the window stays one sample a minute."""
+        samples = st.anchor_samples
+        live = list(samples)
+        first = live[0][0] if live else float("inf")
+        past = sorted(r for r in rows if r[0] <= first - ANCHOR_SAMPLE_SECONDS + _EARLY)
+        if not past:
+            return
+        samples.replace([*past, *live])
+
 
 @dataclass(frozen=True, slots=True)
 class ThresholdEvent:

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 from support.clock import ManualClock as Clock
 
+from exporter.analytics import anchor as an
 from exporter.analytics import funding as fa
 from exporter.config import Config
 from exporter.metrics import build_registry
-from exporter.model import EIGHT_HOURS, Exchange, InstrumentInfo, MarketUpdate
+from exporter.model import EIGHT_HOURS, AnchorBackfill, Exchange, InstrumentInfo, MarketUpdate
 from exporter.state import MarketState
 
 T0 = 1_700_000_000.0
@@ -167,3 +169,86 @@ def test_no_sample_without_an_interval_and_none_shown() -> None:
     for method in ("level", "difference"):
         lb = _labels("binance", "ETHUSDT", "ETH", "USDT", method)
         assert reg.get_sample_value("fr_effective_anchor_strength", lb) is None
+
+
+# ---- the backfill: past samples rebuilt from one-minute candles ----------------------------------
+
+
+@dataclass(frozen=True)
+class _Candle:
+    open_time: float
+    close: float
+
+
+def test_predicted_rate_hand_computed() -> None:
+    """F = clamp(P + clamp(I - P, -0.05 %, 0.05 %), floor, cap), I = 0.01 % per 8 h."""
+    assert an.predicted_rate(0.0002, EIGHT_HOURS, None, None) == pytest.approx(0.0001)  # within the band: I
+    assert an.predicted_rate(0.001, EIGHT_HOURS, None, None) == pytest.approx(0.0005)  # 0.001 - 0.0005
+    assert an.predicted_rate(-0.001, EIGHT_HOURS, None, None) == pytest.approx(-0.0005)  # -0.001 + 0.0005
+    assert an.predicted_rate(0.0, 3600.0, None, None) == pytest.approx(0.0001 / 8)  # 1 h: an eighth
+    assert an.predicted_rate(0.01, EIGHT_HOURS, 0.003, -0.003) == pytest.approx(0.003)  # capped
+    assert an.predicted_rate(-0.01, EIGHT_HOURS, 0.003, -0.003) == pytest.approx(-0.003)  # floored
+
+
+def test_backfill_samples_against_an_independent_weighted_average() -> None:
+    """4 h instrument, window 6 h: the premium-index average restarts at every 4 h boundary and
+    weighs the k-th minute of the interval k; funding is scaled to 8 h; premium from mark/index."""
+    rng = np.random.default_rng(21)
+    iv = 4 * 3600.0
+    end = 1_700_006_400.0 + 3 * 3600.0 + 600.0  # 10 min past an hour, inside a 4 h interval
+    start = end - WINDOW
+    first = np.floor(start / iv) * iv  # the premium index from the start of the first interval
+    opens = np.arange(first, end - 59.0, 60.0)
+    pidx = rng.normal(2e-4, 4e-4, opens.size)
+    idx = 100.0 + np.cumsum(rng.normal(0, 0.05, opens.size))
+    prem = rng.normal(0, 5e-4, opens.size)
+    mark = idx * (1 + prem)
+    skip = 200  # one minute without a mark candle: no sample, but the weights run on
+    cand_p = [_Candle(float(t), float(v)) for t, v in zip(opens, pidx, strict=True)]
+    cand_m = [_Candle(float(t), float(v)) for k, (t, v) in enumerate(zip(opens, mark, strict=True)) if k != skip]
+    cand_i = [_Candle(float(t), float(v)) for t, v in zip(opens, idx, strict=True)]
+    got = an.backfill_samples(cand_p, cand_m, cand_i, iv, start, end, cap=0.003, floor=-0.003)
+    expected = []
+    for k, t in enumerate(opens):
+        close_t = float(t) + 60.0
+        if not (start < close_t <= end) or k == skip:
+            continue
+        s = np.floor(t / iv) * iv
+        inside = (opens >= s) & (opens <= t)
+        weights = (opens[inside] - s) / 60.0 + 1.0
+        avg = float(np.average(pidx[inside], weights=weights))
+        interest = 1e-4 / 2.0  # 0.01 % per 8 h over a 4 h interval
+        f = min(0.003, max(-0.003, avg + min(5e-4, max(-5e-4, interest - avg))))
+        expected.append((close_t, f * 2.0, (mark[k] - idx[k]) / idx[k]))
+    assert len(got) == len(expected) == int(WINDOW / 60) - 1
+    assert [r[0] for r in got] == [r[0] for r in expected]
+    assert np.allclose([r[1:] for r in got], [r[1:] for r in expected], rtol=1e-9, atol=1e-15)
+
+
+def test_a_known_settlement_restarts_the_average() -> None:
+    """A settlement off the grid (the interval changed) starts a new interval there."""
+    opens = [T0 + 60.0 * k for k in range(10)]
+    cand = [_Candle(t, 1e-3 if k < 5 else -1e-3) for k, t in enumerate(opens)]
+    ones = [_Candle(t, 100.0) for t in opens]
+    settle = [T0 + 300.0]
+    rows = an.backfill_samples(cand, ones, ones, EIGHT_HOURS, T0, T0 + 600.0, settlements=settle)
+    assert rows[5][1] == pytest.approx(-0.0005)  # the new interval sees only -0.1 % premiums
+    rows_grid = an.backfill_samples(cand, ones, ones, EIGHT_HOURS, T0, T0 + 600.0)
+    assert rows_grid[5][1] != pytest.approx(-0.0005)
+
+
+def test_backfill_goes_in_front_of_live_samples_only() -> None:
+    clock = Clock(T0)
+    state = MarketState(clock=clock)
+    state.register(InstrumentInfo(Exchange.BYBIT, "BTCUSDT", "BTC", "USDT", funding_interval_s=EIGHT_HOURS))
+    _feed(state, clock, Exchange.BYBIT, "BTCUSDT", [(1e-4, 1e-4 * k) for k in range(3)])
+    st = state.instruments[(Exchange.BYBIT, "BTCUSDT")]
+    live = list(st.anchor_samples)
+    # rebuilt rows reach into the live samples' time: those are dropped, the older ones kept
+    rebuilt = tuple((live[0][0] - 60.0 * k, 2e-4, 3e-4) for k in range(30, -3, -1))
+    state.apply(AnchorBackfill(Exchange.BYBIT, "BTCUSDT", rebuilt))
+    rows = list(st.anchor_samples)
+    assert rows[-3:] == live
+    assert [r[0] for r in rows[:-3]] == [live[0][0] - 60.0 * k for k in range(30, 0, -1)]
+    state.apply(AnchorBackfill(Exchange.BYBIT, "NOPE", rebuilt))
+    assert state.unknown_instrument_updates == 1
