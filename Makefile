@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DURATION ?= 0
 CONFIG ?= config/live.yaml
 
-.PHONY: install demo run test test-fast lint tools bench generate clean
+.PHONY: install demo run test test-fast lint tools bench bench-cryptofeed generate clean
 
 $(BIN)/fr-exporter: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,8 +41,21 @@ test: install lint tools
 test-fast: install
 	$(BIN)/pytest -q -p no:cacheprovider -rs -m "not e2e" $(PYTEST_PAR) $(PYTEST_ARGS)
 
-bench: install
-	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+# Every benchmark prints the figures of the README's performance section. The cryptofeed
+# side-by-side runs in its own environment: cryptofeed is not a dependency of the project or of CI.
+bench: install bench-cryptofeed
+	@for b in bench/bench_*.py; do [ "$$b" = bench/bench_cryptofeed.py ] && continue; \
+	  echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+BENCH_VENV ?= .venv-bench
+$(BENCH_VENV)/.installed: pyproject.toml
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q -e . 'cryptofeed>=2.4,<2.5'
+	touch $@
+
+bench-cryptofeed: $(BENCH_VENV)/.installed
+	@echo "== bench/bench_cryptofeed.py"
+	$(BENCH_VENV)/bin/python bench/bench_cryptofeed.py
 
 generate: install
 	$(BIN)/python -m mixin.generate
