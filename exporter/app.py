@@ -612,7 +612,7 @@ class Exporter:
             except Exception as exc:  # e.g. an unwritable accrual database: market data still serves
                 log.error("position service cannot start, positions not exported: %s", exc)
             else:
-                registry.register(PositionCollector(self.positions))
+                registry.register(PositionCollector(self.positions, self.config.position_settings.stress_period_days))
         return registry
 
     def _shard_config(self) -> Config:

@@ -284,6 +284,33 @@ class PositionsConfig(_Model):
     shocks_pct: list[float] = Field(default_factory=lambda: [-15.0, -10.0, -5.0, 5.0, 10.0, 15.0])
     # marks sampled this often for the hit probability's realised volatility; 20 returns are needed
     vol_sample_seconds: float = Field(10.0, gt=0)
+    # historical stress (docs/positions.md): the worst mark move over each window in the trailing
+    # period of 1-minute closes, and the parametric moves at these confidences
+    stress_windows_seconds: list[int] = Field(default_factory=lambda: [300], min_length=1)
+    stress_period_days: float = Field(30.0, gt=0, le=365)
+    stress_confidences: list[float] = Field(default_factory=lambda: [0.99, 0.999], min_length=1)
+
+    @field_validator("stress_windows_seconds")
+    @classmethod
+    def _whole_minutes(cls, v: list[int]) -> list[int]:
+        bad = [w for w in v if w < 60 or w % 60]
+        if bad:
+            raise ValueError(f"stress windows are whole minutes of 1-minute closes (60, 300, ...): {bad}")
+        return sorted(set(v))
+
+    @field_validator("stress_confidences")
+    @classmethod
+    def _confidences(cls, v: list[float]) -> list[float]:
+        bad = [c for c in v if not 0.5 < c < 1.0]
+        if bad:
+            raise ValueError(f"stress confidences are in (0.5, 1), e.g. 0.99: {bad}")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _windows_in_period(self) -> PositionsConfig:
+        if max(self.stress_windows_seconds) >= self.stress_period_days * 86400.0:
+            raise ValueError("a stress window must be shorter than stress_period_days")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from exporter.model import (
     MarketUpdate,
     Side,
 )
+from exporter.positions.view import HistoricalStressView, ParametricStressView
 from exporter.shard import Coverage, Shard
 from exporter.sidecar.metrics import AiMetrics, make_registry
 from exporter.sidecar.schema import Action, RiskAnswer, RiskLevel
@@ -196,6 +197,11 @@ class GoldenPositions:
                 margin_buffer_ratio=0.9075,
                 basis_pnl_usd=-250.0,
                 total_pnl_usd=-260.5,
+                historical_stress=(HistoricalStressView("5m", 0.0412, True),),
+                parametric_stress=(
+                    ParametricStressView("5m", "0.99", "normal", 0.0061, True),
+                    ParametricStressView("5m", "0.999", "student_t", 0.0137, True),
+                ),
             ),
             PositionView(
                 position="eth-account",

@@ -895,6 +895,56 @@ STRESS_SURVIVES = _def(
     "1 if the position would not be liquidated after an instant mark move of shock_pct percent, else 0.",
     "1 if the position survives that move.",
 )
+HISTORICAL_WORST_MOVE = _def(
+    "fr_position_historical_worst_move_ratio",
+    "gauge",
+    "positions",
+    (*POSITION_LABELS, "window"),
+    "ratio",
+    "Worst adverse move of the mark over any window of label window in the trailing {period} of the "
+    "instrument's 1-minute mark closes (backfilled from the exchange's mark-price klines, then live): "
+    "the largest fall p_j/p_i - 1 (negative) for a long, the largest rise (positive) for a short, over "
+    "closes at most a window apart.",
+    "Worst adverse mark move over any `window` (default `5m`) in the trailing period (default 30 days) "
+    "of 1-minute closes: peak to trough for a long (negative), trough to peak for a short (positive). "
+    "Backfilled at start from mark-price klines; absent until the backfill is in.",
+    label_note="(`5m`)",
+)
+HISTORICAL_STRESS_SURVIVES = _def(
+    "fr_position_historical_stress_survives",
+    "gauge",
+    "positions",
+    (*POSITION_LABELS, "window"),
+    "0/1",
+    "1 if the position would not be liquidated (equity above maintenance margin) after the worst "
+    "adverse move of the mark over label window in the trailing {period} "
+    "(fr_position_historical_worst_move_ratio), else 0.",
+    "1 if the position survives the historical worst move from the live mark (the rule of "
+    "`fr_position_stress_survives`).",
+)
+PARAMETRIC_MOVE = _def(
+    "fr_position_parametric_move_ratio",
+    "gauge",
+    "positions",
+    (*POSITION_LABELS, "window", "confidence", "distribution"),
+    "ratio",
+    "Adverse move of the mark over label window not exceeded with probability label confidence, under a "
+    "law (label distribution: normal, or Student-t with maximum-likelihood degrees of freedom) fitted "
+    "to the log returns over every such window in the trailing {period} of 1-minute mark closes: "
+    "exp(Q(1 - confidence)) - 1 for a long (negative), exp(Q(confidence)) - 1 for a short (positive).",
+    "Parametric `window` move at `confidence` (0.99, 0.999) under a `distribution` (`normal`, "
+    "`student_t`) fitted to the same history's window log returns; signed like the worst move.",
+)
+PARAMETRIC_STRESS_SURVIVES = _def(
+    "fr_position_parametric_stress_survives",
+    "gauge",
+    "positions",
+    (*POSITION_LABELS, "window", "confidence", "distribution"),
+    "0/1",
+    "1 if the position would not be liquidated after the parametric move of the mark "
+    "(fr_position_parametric_move_ratio, same labels, fitted on the trailing {period}), else 0.",
+    "1 if the position survives that parametric move from the live mark.",
+)
 POSITION_SIZE = _def(
     "fr_position_size",
     "gauge",

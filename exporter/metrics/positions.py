@@ -53,13 +53,18 @@ class PositionCollector(Collector):
     fr_funding_pnl_usd{...} 12.5                (+ fr_funding_received_usd_total, fr_funding_paid_usd_total)
     fr_net_apy_pct{basis="projected",...} 11.2  (and basis="realized" after an hour)
     fr_position_stress_equity_usd{...,shock_pct="-10",...} 8120.0, fr_position_stress_survives{...} 1.0
+    fr_position_historical_worst_move_ratio{...,window="5m"} -0.031, fr_position_historical_stress_survives{...} 1.0
+    fr_position_parametric_move_ratio{...,distribution="student_t",confidence="0.999",window="5m"} -0.018
+    (+ fr_position_parametric_stress_survives)
     fr_position_size, fr_position_notional_usd, fr_position_locked_capital_usd,
     fr_position_funding_accruals_total, and health: fr_position_config_errors_total{field},
     fr_position_account_reads_total{exchange}, fr_position_account_read_failures_total{exchange,reason}
     """
 
-    def __init__(self, source: PositionSource) -> None:
+    def __init__(self, source: PositionSource, stress_period_days: float = 30.0) -> None:
         self.source = source
+        # the historical stress families' HELP says the period
+        self.period = f"{stress_period_days:g} day" + ("" if stress_period_days == 1 else "s")
 
     def describe(self) -> Iterator[Metric]:
         yield from self._families(())
@@ -88,6 +93,10 @@ class PositionCollector(Collector):
         buffer = m.MARGIN_BUFFER.gauge()
         basis = m.BASIS_PNL.gauge()
         total = m.TOTAL_PNL.gauge()
+        worst = m.HISTORICAL_WORST_MOVE.gauge(period=self.period)
+        worst_ok = m.HISTORICAL_STRESS_SURVIVES.gauge(period=self.period)
+        para = m.PARAMETRIC_MOVE.gauge(period=self.period)
+        para_ok = m.PARAMETRIC_STRESS_SURVIVES.gauge(period=self.period)
         for v in views:
             lab = v.labels
             # one series per position: the exchange's figure when known, else ours (api rows carry both)
@@ -113,6 +122,15 @@ class PositionCollector(Collector):
             for s in v.stress:
                 stress_eq.add_metric([*lab, _fmt(s.shock_pct)], s.equity_usd)
                 stress_ok.add_metric([*lab, _fmt(s.shock_pct)], 1.0 if s.survives else 0.0)
+            for h in v.historical_stress:
+                worst.add_metric([*lab, h.window], h.move_ratio)
+                if h.survives is not None:
+                    worst_ok.add_metric([*lab, h.window], 1.0 if h.survives else 0.0)
+            for q in v.parametric_stress:
+                qlab = [*lab, q.window, q.confidence, q.distribution]
+                para.add_metric(qlab, q.move_ratio)
+                if q.survives is not None:
+                    para_ok.add_metric(qlab, 1.0 if q.survives else 0.0)
             size.add_metric(lab, v.size)
             for fam, value in (
                 (equity, v.equity_usd),
@@ -145,6 +163,10 @@ class PositionCollector(Collector):
             apy,
             stress_eq,
             stress_ok,
+            worst,
+            worst_ok,
+            para,
+            para_ok,
             size,
             notional,
             capital,

@@ -24,6 +24,7 @@ from exporter.positions.accounts import Accounts
 from exporter.positions.config_source import ConfiguredPositions, PositionConfigError
 from exporter.positions.credentials import read_keys
 from exporter.positions.facts import RiskFacts
+from exporter.positions.history import CandleSource, StressHistory
 from exporter.positions.ledger import FundingLedger
 from exporter.positions.market import MarketReader
 from exporter.positions.model import Position
@@ -71,7 +72,10 @@ class PositionService:
         self.accounts.owns = owns
         self.facts = RiskFacts(self.accounts, self.tiers, self.ledger)
         an = config.analytics
-        self.view_settings = ViewSettings(s.hit_horizons_hours, s.shocks_pct, an.holding_period_hours, an.points_bp)
+        self.view_settings = ViewSettings(
+            s.hit_horizons_hours, s.shocks_pct, an.holding_period_hours, an.points_bp, tuple(s.stress_confidences)
+        )
+        self.history = StressHistory(s.stress_windows_seconds, s.stress_period_days * 86400.0)
         self._last_poll = -math.inf
         self._views: tuple[PositionView, ...] = ()
         self.configured = ConfiguredPositions(config, self._listed, self.tiers_for, self.accounts.contract_size)
@@ -130,7 +134,21 @@ class PositionService:
                     self.configured.recheck_leverage(self.tiers_for)
             except Exception as exc:  # an odd public body must not freeze the snapshot (stale gaps)
                 log.warning("positions: public read failed (%s)", type(exc).__name__)
+        await self.update_history(now)
         self.tick()
+
+    async def update_history(self, now: float) -> None:
+        """Hold the stress history of exactly the instruments positions hold: backfill a new one from
+        the exchange's mark candles, then recompute what is due (off the event loop)."""
+        self.history.hold((p.exchange, p.instrument) for p in self.all_positions())
+        for key in self.history.due_backfills(now):
+            await self.history.backfill(key, self.candle_source(key[0]), now)
+        await self.history.refresh(now)
+
+    def candle_source(self, ex: Exchange) -> CandleSource | None:
+        """The exchange's REST endpoints (shared client, budget and counts) if they serve price candles."""
+        api = self.accounts.adapter(ex).api
+        return api if hasattr(api, "price_candles") else None  # type: ignore[return-value]
 
     # ---- accrual and snapshot ----------------------------------------------------------------
 
@@ -148,7 +166,12 @@ class PositionService:
     def tick(self) -> None:
         now = self.clock()
         self.configured.recheck_instruments()
-        self.market.sample({(p.exchange, p.instrument) for p in self.all_positions()}, now, self.accounts.mark)
+        held = {(p.exchange, p.instrument) for p in self.all_positions()}
+        self.market.sample(held, now, self.accounts.mark)
+        for key in held:  # the live extension of the stress history (the minute's last mark is its close)
+            mark = self.market.mark(*key) or self.accounts.mark(*key)
+            if mark is not None:
+                self.history.put_mark(key, now, mark)
         views = []
         for p in self.all_positions():
             try:
@@ -192,6 +215,7 @@ class PositionService:
             legs=self.market.carry_legs(p, mark),
             adl_rank=adl_rank(p.exchange, p.adl_raw),
             hedge_mark=self.market.hedge_mark(p),
+            history=self.history.figures((p.exchange, p.instrument), now),
         )
         return build_view(p, inputs, self.view_settings)
 

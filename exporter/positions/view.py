@@ -24,6 +24,7 @@ from exporter.analytics.risk import (
     margin_buffer_ratio,
     stress,
 )
+from exporter.analytics.stress import StressFigures
 from exporter.model import Tier
 from exporter.positions.ledger import Totals
 from exporter.positions.model import Position
@@ -34,6 +35,26 @@ class StressView:
     shock_pct: float
     equity_usd: float
     survives: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HistoricalStressView:
+    """The worst adverse mark move of the trailing history over one window, and its outcome."""
+
+    window: str  # label, e.g. "5m"
+    move_ratio: float  # signed: < 0 for a long (a fall), > 0 for a short (a rise)
+    survives: bool | None  # None: the liquidation price cannot be computed (no margin known)
+
+
+@dataclass(frozen=True, slots=True)
+class ParametricStressView:
+    """The window move at a confidence under a law fitted to the same history's window returns."""
+
+    window: str
+    confidence: str  # label, e.g. "0.99"
+    distribution: str  # "normal" | "student_t"
+    move_ratio: float
+    survives: bool | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +89,8 @@ class PositionView:
     margin_buffer_ratio: float | None = None  # (equity - maintenance) / equity
     basis_pnl_usd: float | None = None  # unrealised PnL of every leg at the live marks
     total_pnl_usd: float | None = None  # basis + net funding since opening - fees
+    historical_stress: Sequence[HistoricalStressView] = ()
+    parametric_stress: Sequence[ParametricStressView] = ()
 
     @property
     def labels(self) -> list[str]:
@@ -84,6 +107,7 @@ class ViewSettings:
     shocks_pct: Sequence[float]
     holding_period_hours: float
     points_bp: float = 0.0  # points per traded notional (bp per side), income on the opening trades
+    stress_confidences: Sequence[float] = (0.99, 0.999)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +126,52 @@ class ViewInputs:
     adl_rank: float | None
     # the hedge leg's live price (perp: its mark; spot: the main instrument's index); None: unknown
     hedge_mark: float | None = None
+    # the instrument's historical stress figures per window (seconds); empty until its history is in
+    history: Mapping[int, StressFigures] = field(default_factory=dict)
 
 
 def horizon_label(hours: float) -> str:
     return f"{hours:g}h"
+
+
+def window_label(seconds: int) -> str:
+    """``300`` -> ``5m``, ``3600`` -> ``1h`` (the Prometheus duration spelling)."""
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"
+
+
+def confidence_label(confidence: float) -> str:
+    return f"{confidence:g}"
+
+
+def _historical(
+    p: Position, x: ViewInputs, s: ViewSettings, liq_in: LiqInput | None, liq: float | None
+) -> tuple[tuple[HistoricalStressView, ...], tuple[ParametricStressView, ...]]:
+    """Each window's worst and parametric moves for the position's side, and whether it survives
+    them: the same rule as the instant shocks (``stress``: the moved mark against the liquidation
+    price, i.e. equity above maintenance margin)."""
+    side = p.side
+
+    def survives(move: float) -> bool | None:
+        if liq_in is None or x.mark is None:
+            return None
+        (r,) = stress(liq_in, x.mark, liq, [move * 100.0])
+        return r.survives
+
+    hist: list[HistoricalStressView] = []
+    para: list[ParametricStressView] = []
+    for w, fig in sorted(x.history.items()):
+        label = window_label(w)
+        worst = fig.worst_move(side)
+        hist.append(HistoricalStressView(label, worst, survives(worst)))
+        for fit in fig.fits:
+            for c in s.stress_confidences:
+                move = fit.move(side, c)
+                para.append(ParametricStressView(label, confidence_label(c), fit.distribution, move, survives(move)))
+    return tuple(hist), tuple(para)
 
 
 def build_view(p: Position, x: ViewInputs, s: ViewSettings) -> PositionView:
@@ -161,6 +227,8 @@ def build_view(p: Position, x: ViewInputs, s: ViewSettings) -> PositionView:
         if basis is not None:
             total = total_pnl(basis, x.net_since_opening, fees)
 
+    hist_stress, para_stress = _historical(p, x, s, liq_in, liq)
+
     pnl, received, paid, n = x.funding
     return PositionView(
         position=p.name,
@@ -191,6 +259,8 @@ def build_view(p: Position, x: ViewInputs, s: ViewSettings) -> PositionView:
         margin_buffer_ratio=buffer,
         basis_pnl_usd=basis,
         total_pnl_usd=total,
+        historical_stress=hist_stress,
+        parametric_stress=para_stress,
     )
 
 
@@ -224,4 +294,17 @@ def api_row(v: PositionView) -> dict[str, Any]:
         "basis_pnl_usd": v.basis_pnl_usd,
         "total_pnl_usd": v.total_pnl_usd,
         "stress": [{"shock_pct": s.shock_pct, "equity_usd": s.equity_usd, "survives": s.survives} for s in v.stress],
+        "historical_stress": [
+            {"window": h.window, "move_ratio": h.move_ratio, "survives": h.survives} for h in v.historical_stress
+        ],
+        "parametric_stress": [
+            {
+                "window": q.window,
+                "confidence": q.confidence,
+                "distribution": q.distribution,
+                "move_ratio": q.move_ratio,
+                "survives": q.survives,
+            }
+            for q in v.parametric_stress
+        ],
     }

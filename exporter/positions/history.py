@@ -1,0 +1,239 @@
+"""The mark history behind the historical stress: 1-minute closes of the instruments positions hold.
+
+One :class:`CloseSeries` per held instrument (shared by every position on it): a ring of the last
+``period / 60 s`` minute closes in one float64 array (30 days: 43,201 closes, 338 KiB), NaN where no
+price is known. An instrument no position holds any more is dropped at the next cycle, so memory is
+bounded by the instruments held, not by the instruments followed.
+
+Filled at start (and when a position on a new instrument appears) from the exchange's 1-minute
+mark-price candles over the whole period (``ExchangeRest.price_candles("mark", ...)``: the shared
+REST client, its budget and ``fr_rest_*`` counts), then extended from the live mark each cycle (the
+last mark seen in a minute is that minute's close). Figures (``analytics/stress.py``) are published
+only once the backfill is in: a number computed on the first minutes after start is not the trailing
+period's and is absent rather than shown as if it were. Where the exchange publishes no mark candles
+the history grows from live marks, and figures appear once it spans the whole period.
+
+The worst moves are recomputed once a minute (a few ms each); the two fits of the window returns
+every ``FIT_SECONDS`` (the Student-t likelihood is a fraction of a second over 43,000 returns and
+moves little in a quarter of an hour), both in a worker thread so the event loop never waits on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from exporter.analytics.stress import (
+    ReturnFit,
+    StressFigures,
+    WorstMoves,
+    fit_normal,
+    fit_student_t,
+    window_returns,
+    worst_moves,
+)
+from exporter.model import Exchange
+
+log = logging.getLogger("exporter.positions")
+
+STEP_SECONDS = 60  # 1-minute closes: the finest mark-price candle every exchange publishes
+FIT_SECONDS = 900.0
+RETRY_SECONDS = 60.0  # a failed backfill is asked again after this
+
+Key = tuple[Exchange, str]
+
+
+class CandleLike(Protocol):
+    @property
+    def open_time(self) -> float: ...
+
+    @property
+    def close(self) -> float: ...
+
+
+class CandleSource(Protocol):
+    """What the history needs of an exchange's REST endpoints (``exporter.rest.endpoints.ExchangeRest``)."""
+
+    @property
+    def candle_kinds(self) -> frozenset[str]: ...
+
+    async def price_candles(
+        self, kind: str, instrument: str, interval_seconds: int, start: float, end: float
+    ) -> Sequence[CandleLike]: ...
+
+
+class CloseSeries:
+    """The last ``capacity`` minute closes of one instrument, in a ring (minute index = t // 60)."""
+
+    __slots__ = ("capacity", "first", "last", "values")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.values = np.full(capacity, np.nan)
+        self.last: int | None = None  # the newest minute written
+        self.first: int | None = None  # the oldest minute ever written (how far the history reaches)
+
+    def put(self, t: float, price: float) -> None:
+        if not (price > 0.0 and math.isfinite(price)):
+            return
+        minute = int(t // STEP_SECONDS)
+        self._advance(minute)
+        assert self.last is not None
+        if minute <= self.last - self.capacity:
+            return  # older than the period
+        self.values[minute % self.capacity] = price
+        self.first = minute if self.first is None else min(self.first, minute)
+
+    def _advance(self, minute: int) -> None:
+        """Make ``minute`` the newest slot, clearing the minutes skipped (no price known there)."""
+        if self.last is None:
+            self.last = minute
+            return
+        gap = minute - self.last
+        if gap <= 0:
+            return
+        if gap >= self.capacity:
+            self.values.fill(np.nan)
+        else:
+            self.values[np.arange(self.last + 1, minute + 1) % self.capacity] = np.nan
+        self.last = minute
+
+    def closes(self, now: float) -> npt.NDArray[np.float64]:
+        """The closes of the ``capacity`` minutes up to the one ``now`` falls in, oldest first (a copy)."""
+        minute = int(now // STEP_SECONDS)
+        self._advance(minute)
+        return np.roll(self.values, -((minute + 1) % self.capacity))
+
+    def spans(self, now: float) -> bool:
+        """Whether the closes reach back over the whole ring."""
+        return self.first is not None and self.first <= int(now // STEP_SECONDS) - self.capacity + 1
+
+
+@dataclass
+class _Held:
+    series: CloseSeries
+    backfilled: bool = False
+    live_only: bool = False  # the exchange publishes no mark candles: figures once live spans the period
+    retry_at: float = -math.inf
+    worst: dict[int, WorstMoves | None] = field(default_factory=dict)  # window seconds ->
+    worst_minute: int | None = None
+    fits: dict[int, tuple[ReturnFit, ...]] = field(default_factory=dict)
+    fitted_at: float = -math.inf
+
+
+class StressHistory:
+    """Closes of the held instruments, their backfill and the figures per window (see module doc)."""
+
+    def __init__(self, windows_seconds: Sequence[int], period_seconds: float) -> None:
+        self.windows = tuple(windows_seconds)
+        self.period_seconds = period_seconds
+        self.capacity = int(period_seconds // STEP_SECONDS) + 1
+        self._held: dict[Key, _Held] = {}
+
+    @property
+    def bytes_per_instrument(self) -> int:
+        return self.capacity * 8
+
+    def held(self) -> list[Key]:
+        return list(self._held)
+
+    def hold(self, keys: Iterable[Key]) -> None:
+        """Keep exactly these instruments (a new one waits for its backfill; a dropped one is freed)."""
+        keys = set(keys)
+        for gone in self._held.keys() - keys:
+            del self._held[gone]
+        for key in keys - self._held.keys():
+            self._held[key] = _Held(CloseSeries(self.capacity))
+
+    def put_mark(self, key: Key, t: float, price: float) -> None:
+        h = self._held.get(key)
+        if h is not None:
+            h.series.put(t, price)
+
+    def due_backfills(self, now: float) -> list[Key]:
+        return [k for k, h in self._held.items() if not h.backfilled and not h.live_only and now >= h.retry_at]
+
+    async def backfill(self, key: Key, source: CandleSource | None, now: float) -> None:
+        """Fill the instrument's period from the exchange's 1-minute mark candles (a failure is retried)."""
+        h = self._held.get(key)
+        if h is None:
+            return
+        if source is None or "mark" not in source.candle_kinds:
+            h.live_only = True
+            log.info("positions: %s %s publishes no mark candles; stress history from live marks", *key)
+            return
+        start = (int(now // STEP_SECONDS) - self.capacity + 1) * STEP_SECONDS
+        try:
+            candles = await source.price_candles("mark", key[1], STEP_SECONDS, float(start), now)
+        except Exception as exc:  # counted by the REST client; asked again later
+            h.retry_at = now + RETRY_SECONDS
+            log.warning("positions: mark history of %s %s failed (%s); retrying", key[0].value, key[1], exc)
+            return
+        if self._held.get(key) is not h:
+            return  # dropped while we waited
+        for c in candles:
+            h.series.put(c.open_time, c.close)
+        h.backfilled = True
+        h.worst_minute = None
+        h.fitted_at = -math.inf
+        log.info("positions: %s %s stress history backfilled (%d minute candles)", key[0].value, key[1], len(candles))
+
+    def ready(self, key: Key, now: float) -> bool:
+        h = self._held.get(key)
+        return h is not None and (h.backfilled or (h.live_only and h.series.spans(now)))
+
+    async def refresh(self, now: float) -> None:
+        """Recompute what is due (worst moves each new minute, fits every FIT_SECONDS) off the loop."""
+        minute = int(now // STEP_SECONDS)
+        work: list[tuple[_Held, npt.NDArray[np.float64], bool]] = []
+        for key, h in self._held.items():
+            if not self.ready(key, now) or h.worst_minute == minute:
+                continue
+            refit = now - h.fitted_at >= FIT_SECONDS
+            work.append((h, h.series.closes(now), refit))
+        if not work:
+            return
+        results = await asyncio.to_thread(self._compute, [(c, refit) for _, c, refit in work])
+        for (h, _, refit), (worst, fits) in zip(work, results, strict=True):
+            h.worst = worst
+            h.worst_minute = minute
+            if refit:
+                h.fits = fits
+                h.fitted_at = now
+
+    def _compute(
+        self, jobs: Sequence[tuple[npt.NDArray[np.float64], bool]]
+    ) -> list[tuple[dict[int, WorstMoves | None], dict[int, tuple[ReturnFit, ...]]]]:
+        out = []
+        for closes, refit in jobs:
+            worst: dict[int, WorstMoves | None] = {}
+            fits: dict[int, tuple[ReturnFit, ...]] = {}
+            for w in self.windows:
+                lag = w // STEP_SECONDS
+                worst[w] = worst_moves(closes, lag)
+                if refit:
+                    r = window_returns(closes, lag)
+                    fits[w] = tuple(f for f in (fit_normal(r), fit_student_t(r)) if f is not None)
+            out.append((worst, fits))
+        return out
+
+    def figures(self, key: Key, now: float) -> Mapping[int, StressFigures]:
+        """Window seconds -> figures of a ready instrument (empty: not ready, or nothing to say)."""
+        h = self._held.get(key)
+        if h is None or not self.ready(key, now):
+            return {}
+        out = {}
+        for w, worst in h.worst.items():
+            if worst is not None:
+                out[w] = StressFigures(worst, h.fits.get(w, ()))
+        return out
+
+
+__all__ = ["STEP_SECONDS", "CandleSource", "CloseSeries", "StressHistory"]
