@@ -62,6 +62,7 @@ class Durations:
     net_apy: str = "30m"
     realized_apy: str = "1h"
     margin_buffer: str = "5m"
+    historical_stress: str = "15m"  # the live mark must stay where a repeat of the worst move liquidates
     liq_gap: str = "1m"
     liq_hit: str = "5m"
     adl: str = "5m"
@@ -93,6 +94,7 @@ class Guards:
     liq_gap_warning: str = "add margin or reduce the position"
     liq_gap_critical: str = "close now"
     margin_buffer_low: str = "add margin or reduce the position until the buffer is back above the limit"
+    historical_stress: str = "reduce the leverage until the position survives the worst historical move"
 
 
 @dataclass(frozen=True)

@@ -319,6 +319,23 @@ def _position_alerts(cfg: MixinConfig) -> list[Alert]:
             dashboard="positions",
             dashboard_vars=POSITION,
         ),
+        Alert(
+            name="HistoricalStressNotSurvived",
+            # the value is the move itself (the survives series only says 0)
+            expr=f"{m.HISTORICAL_WORST_MOVE} and on (position, exchange, instrument, side, window) "
+            f"({m.HISTORICAL_STRESS_SURVIVES} == 0)",
+            for_=d.historical_stress,
+            severity="warning",
+            summary="Position {{ $labels.position }} would not survive its instrument's worst "
+            "{{ $labels.window }} move of the trailing history.",
+            description="A repeat of the worst {{ $labels.window }} move of the {{ $labels.exchange }} "
+            "{{ $labels.instrument }} mark in the trailing history ({{ $value | humanizePercentage }}) would "
+            "liquidate {{ $labels.position }} ({{ $labels.side }}) from the current mark"
+            + f". Recommended: {g.historical_stress}.",
+            value="{{ $value | humanizePercentage }}",
+            dashboard="positions",
+            dashboard_vars=POSITION,
+        ),
         *gap,
         Alert(
             name="LiquidationHitProbabilityHigh",

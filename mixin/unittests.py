@@ -330,6 +330,13 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
                 _s(m.MARGIN_BUFFER, pos_a, "0.1x40"),  # below 0.15
                 _s(m.MARGIN_BUFFER, pos_b, "0.15x40"),  # at the limit: no alert
                 _s(m.MARGIN_BUFFER, pos_c, "0.6x40"),
+                # a's short would not survive a +6.2 % rise (from 10 m on); b survives; c not, for 10 m only
+                _s(m.HISTORICAL_WORST_MOVE, {**pos_a, "window": "5m"}, "0.062x40"),
+                _s(m.HISTORICAL_STRESS_SURVIVES, {**pos_a, "window": "5m"}, "1x9 0x30"),
+                _s(m.HISTORICAL_WORST_MOVE, {**pos_b, "window": "5m"}, "0.05x40"),
+                _s(m.HISTORICAL_STRESS_SURVIVES, {**pos_b, "window": "5m"}, "1x40"),
+                _s(m.HISTORICAL_WORST_MOVE, {**pos_c, "window": "5m"}, "-0.08x40"),
+                _s(m.HISTORICAL_STRESS_SURVIVES, {**pos_c, "window": "5m"}, "1x4 0x9 1x26"),
             ],
             "alert_rule_test": [
                 _none("20m", "NetApyNegative"),
@@ -380,6 +387,22 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
                             "Margin buffer (equity - maintenance margin) / equity of carry-btc (short binance "
                             f"BTCUSDT) is 10% (below 15 %). Recommended: {cfg.guards.margin_buffer_low}.",
                             "10%",
+                        )
+                    ],
+                },
+                _none("20m", "HistoricalStressNotSurvived"),  # a: 0 from 10 m, held 15 m
+                {
+                    "eval_time": "30m",
+                    "alertname": "HistoricalStressNotSurvived",
+                    "exp_alerts": [
+                        sp.exp(
+                            "HistoricalStressNotSurvived",
+                            "warning",
+                            {**pos_a, "window": "5m"},
+                            "A repeat of the worst 5m move of the binance BTCUSDT mark in the trailing history "
+                            "(6.2%) would liquidate carry-btc (short) from the current mark. "
+                            f"Recommended: {cfg.guards.historical_stress}.",
+                            "6.2%",
                         )
                     ],
                 },

@@ -36,6 +36,7 @@ REQUIRED_ALERTS = {
     "ShardOverlap", "ShardMissing",  # issue 10: shards
     "MarginBufferLow", "NetApyRealizedNegative", "CarryEdgeAboveEntry",  # issue 14: carry risk checklist
     "FeedCompletenessLow", "FeedLagHigh",  # issue 12
+    "HistoricalStressNotSurvived",  # issue 14: historical stress
 }  # fmt: skip
 
 promtool = shutil.which("promtool")
