@@ -71,6 +71,10 @@ LIMITS: dict[Exchange, ExchangeLimits] = {
             Cost("/fapi/v1/fundingInfo", (("funding", 1),)),
             Cost("/futures/data/", (("weight", 1), ("futures_data", 1))),
             Cost("/fapi/v1/exchangeInfo", (("weight", 1),)),
+            # mark/index/premium klines: weight by `limit` ([100, 500) -> 2); the exporter asks 499 a page
+            Cost("/fapi/v1/markPriceKlines", (("weight", 2),)),
+            Cost("/fapi/v1/indexPriceKlines", (("weight", 2),)),
+            Cost("/fapi/v1/premiumIndexKlines", (("weight", 2),)),
             # signed account reads (positions): positionRisk 5, adlQuantile 5 (exchanges.md 2.6)
             Cost("/fapi/v2/positionRisk", (("weight", 5),)),
             Cost("/fapi/v1/adlQuantile", (("weight", 5),)),
@@ -100,11 +104,25 @@ LIMITS: dict[Exchange, ExchangeLimits] = {
             Bucket("insurance-fund", 10, 2.0),
             Bucket("rubik", 5, 2.0),
             Bucket("public", 20, 2.0),
+            # history (docs/history.md): candles 20 / 2 s, their history-* twins 10 / 2 s, premium
+            # history 20 / 2 s, contract open-interest history 10 / 2 s (IP + instId: taken per IP)
+            Bucket("mark-price-candles", 20, 2.0),
+            Bucket("index-candles", 20, 2.0),
+            Bucket("history-mark-price-candles", 10, 2.0),
+            Bucket("history-index-candles", 10, 2.0),
+            Bucket("premium-history", 20, 2.0),
+            Bucket("open-interest-history", 10, 2.0),
         ),
         costs=(
             Cost("/api/v5/public/funding-rate-history", (("funding-rate-history", 1),)),
             Cost("/api/v5/public/open-interest", (("open-interest", 1),)),
             Cost("/api/v5/public/insurance-fund", (("insurance-fund", 1),)),
+            Cost("/api/v5/market/mark-price-candles", (("mark-price-candles", 1),)),
+            Cost("/api/v5/market/index-candles", (("index-candles", 1),)),
+            Cost("/api/v5/market/history-mark-price-candles", (("history-mark-price-candles", 1),)),
+            Cost("/api/v5/market/history-index-candles", (("history-index-candles", 1),)),
+            Cost("/api/v5/public/premium-history", (("premium-history", 1),)),
+            Cost("/api/v5/rubik/stat/contracts/open-interest-history", (("open-interest-history", 1),)),
             Cost("/api/v5/rubik/", (("rubik", 1),)),
         ),
         default=(("public", 1),),

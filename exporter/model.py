@@ -107,6 +107,29 @@ class FundingSettlement:
 
 
 @dataclass(frozen=True, slots=True)
+class Candle:
+    """One candle of an exchange's price history (mark, index or premium index), from REST.
+
+    ``open_time`` in Unix seconds; prices in quote currency (a premium-index candle holds the
+    premium as a fraction). Exchange and instrument are the caller's: the bodies do not all name them.
+    """
+
+    open_time: float
+    open: float
+    high: float
+    low: float
+    close: float
+
+
+@dataclass(frozen=True, slots=True)
+class OpenInterestPoint:
+    """Open interest of one instrument at one time of the exchange's open-interest history (REST)."""
+
+    time: float  # Unix seconds
+    open_interest_usd: float
+
+
+@dataclass(frozen=True, slots=True)
 class LongShortRatio:
     exchange: Exchange
     instrument: str

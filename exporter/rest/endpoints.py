@@ -11,20 +11,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 
 from exporter.feeds import dated
+from exporter.feeds import history as H
 from exporter.feeds.base import Feed, FeedContext
 from exporter.feeds.server_time import SERVER_TIME_PATHS, parse_server_time
 from exporter.model import (
+    Candle,
     Exchange,
     FundingSettlement,
     InstrumentInfo,
     InsuranceFund,
     LongShortRatio,
     MarketUpdate,
+    OpenInterestPoint,
 )
 from exporter.rest.client import Params, RestClient, RestError
 
@@ -41,6 +44,32 @@ LONG_SHORT_RATIO = "long_short_ratio"
 INSURANCE_FUND = "insurance_fund"
 FUTURES = "futures_instruments"  # dated futures' list (term structure)
 SERVER_TIME = "server_time"
+OPEN_INTEREST_HISTORY = "open_interest_history"
+CandleKind = Literal["mark", "index", "premium"]
+
+
+def candles_endpoint(kind: str) -> str:
+    """The fr_rest_* endpoint label of a candle kind: ``mark_candles``, ``index_candles``, ``premium_candles``."""
+    return f"{kind}_candles"
+
+
+def _interval(table: dict[int, str], seconds: int, what: str) -> str:
+    try:
+        return table[int(seconds)]
+    except KeyError:
+        raise ValueError(f"{what}: interval {seconds} s is not one of {sorted(table)}") from None
+
+
+def _window(candles: list[Candle], start: float, end: float) -> list[Candle]:
+    """Oldest first, one per open time, open time within [start, end]."""
+    by_time = {c.open_time: c for c in candles if start <= c.open_time <= end}
+    return [by_time[t] for t in sorted(by_time)]
+
+
+def _points(points: list[OpenInterestPoint], start: float, end: float) -> list[OpenInterestPoint]:
+    by_time = {p.time: p for p in points if start <= p.time <= end}
+    return [by_time[t] for t in sorted(by_time)]
+
 
 MAX_PAGES = 200  # a runaway paginator (server ignoring our cursor) stops here
 
@@ -70,6 +99,9 @@ class ExchangeRest:
     has_long_short_ratio = False
     has_insurance_fund = False
     has_funding_info = False
+    # which price histories the exchange publishes (price_candles returns [] for the others)
+    candle_kinds: frozenset[str] = frozenset()
+    has_open_interest_history = False
 
     def __init__(self, client: RestClient, feed: Feed, ctx: FeedContext) -> None:
         self.client = client
@@ -112,6 +144,20 @@ class ExchangeRest:
         return []
 
     async def insurance_fund(self, instruments: Sequence[InstrumentInfo]) -> list[InsuranceFund]:
+        return []
+
+    async def price_candles(
+        self, kind: CandleKind, instrument: str, interval_seconds: int, start: float, end: float
+    ) -> list[Candle]:
+        """Candles of the mark, index or premium index with open times in [start, end], oldest first,
+        paged as the exchange needs; [] where the exchange does not publish ``kind`` (``candle_kinds``)."""
+        return []
+
+    async def open_interest_history(
+        self, instrument: str, interval_seconds: int, start: float, end: float
+    ) -> list[OpenInterestPoint]:
+        """USD open interest at ``interval_seconds`` steps within [start, end], oldest first; [] where
+        the exchange publishes no history (``has_open_interest_history``)."""
         return []
 
     async def server_time(self) -> tuple[float, float, float]:
@@ -186,6 +232,69 @@ class BinanceRest(ExchangeRest):
         body = await self._fetch(INSURANCE_FUND, "/fapi/v1/insuranceBalance")
         return self._parse(INSURANCE_FUND, lambda: self.feed.parse_insurance_fund(body, self.ctx), body)
 
+    candle_kinds = frozenset({"mark", "index", "premium"})
+    has_open_interest_history = True
+    # 499 rows a page: weight 2 ([100, 500) in the documented table), what exporter/limits.py charges
+    kline_limit = 499
+    oi_history_limit = 500
+    KLINE_PATHS = {
+        "mark": ("/fapi/v1/markPriceKlines", "symbol"),
+        "index": ("/fapi/v1/indexPriceKlines", "pair"),
+        "premium": ("/fapi/v1/premiumIndexKlines", "symbol"),
+    }
+    INTERVALS = {60: "1m", 180: "3m", 300: "5m", 900: "15m", 1800: "30m", 3600: "1h", 7200: "2h",
+                 14400: "4h", 21600: "6h", 28800: "8h", 43200: "12h", 86400: "1d"}  # fmt: skip
+    OI_PERIODS = {300: "5m", 900: "15m", 1800: "30m", 3600: "1h", 7200: "2h", 14400: "4h",
+                  21600: "6h", 43200: "12h", 86400: "1d"}  # fmt: skip
+    OI_HISTORY_SPAN_S = 30 * 86400.0  # "latest 1 month only"
+
+    async def price_candles(
+        self, kind: CandleKind, instrument: str, interval_seconds: int, start: float, end: float
+    ) -> list[Candle]:
+        if kind not in self.candle_kinds:
+            return []
+        path, key = self.KLINE_PATHS[kind]
+        interval = _interval(self.INTERVALS, interval_seconds, "binance klines")
+        endpoint = candles_endpoint(kind)
+        out: list[Candle] = []
+        cursor = _ms(start)
+        bounds = self.ctx.time_bounds()
+        for _ in range(MAX_PAGES):
+            params: Params = {key: instrument, "interval": interval, "startTime": cursor, "endTime": _ms(end),
+                              "limit": self.kline_limit}  # fmt: skip
+            body = await self._fetch(endpoint, path, params)
+            page = self._parse(endpoint, partial(H.binance_klines, body, kind, bounds), body)
+            out.extend(page)
+            if _rows(body) < self.kline_limit or not page:
+                break
+            nxt = _ms(page[-1].open_time) + 1
+            if nxt <= cursor or nxt > _ms(end):
+                break
+            cursor = nxt
+        return _window(out, start, end)
+
+    async def open_interest_history(
+        self, instrument: str, interval_seconds: int, start: float, end: float
+    ) -> list[OpenInterestPoint]:
+        period = _interval(self.OI_PERIODS, interval_seconds, "binance openInterestHist")
+        start = max(start, end - self.OI_HISTORY_SPAN_S)
+        out: list[OpenInterestPoint] = []
+        cursor = _ms(start)
+        bounds = self.ctx.time_bounds()
+        for _ in range(MAX_PAGES):
+            params: Params = {"symbol": instrument, "period": period, "startTime": cursor, "endTime": _ms(end),
+                              "limit": self.oi_history_limit}  # fmt: skip
+            body = await self._fetch(OPEN_INTEREST_HISTORY, "/futures/data/openInterestHist", params)
+            page = self._parse(OPEN_INTEREST_HISTORY, partial(H.binance_open_interest_hist, body, bounds), body)
+            out.extend(page)
+            if _rows(body) < self.oi_history_limit or not page:
+                break
+            nxt = _ms(page[-1].time) + 1
+            if nxt <= cursor or nxt > _ms(end):
+                break
+            cursor = nxt
+        return _points(out, start, end)
+
 
 class BybitRest(ExchangeRest):
     exchange = Exchange.BYBIT
@@ -254,6 +363,78 @@ class BybitRest(ExchangeRest):
         body = await self._fetch(INSURANCE_FUND, "/v5/market/insurance", {"coin": "USDT"})
         return self._parse(INSURANCE_FUND, lambda: self.feed.parse_insurance_fund(body, self.ctx), body)
 
+    candle_kinds = frozenset({"mark", "index", "premium"})
+    has_open_interest_history = True
+    kline_limit = 200  # the documented page maximum of mark- and index-price klines
+    oi_history_limit = 200
+    KLINE_PATHS = {
+        "mark": "/v5/market/mark-price-kline",
+        "index": "/v5/market/index-price-kline",
+        "premium": "/v5/market/premium-index-price-kline",
+    }
+    INTERVALS = {60: "1", 180: "3", 300: "5", 900: "15", 1800: "30", 3600: "60", 7200: "120", 14400: "240",
+                 21600: "360", 43200: "720", 86400: "D"}  # fmt: skip
+    OI_INTERVALS = {300: "5min", 900: "15min", 1800: "30min", 3600: "1h", 14400: "4h", 86400: "1d"}
+
+    def _category(self, instrument: str) -> str:
+        info = self.ctx.instruments.get(instrument)
+        return "inverse" if info is not None and info.inverse else "linear"
+
+    async def price_candles(
+        self, kind: CandleKind, instrument: str, interval_seconds: int, start: float, end: float
+    ) -> list[Candle]:
+        category = self._category(instrument)
+        if kind not in self.candle_kinds or (kind == "premium" and category != "linear"):
+            return []  # the premium index is published for linear perpetuals only
+        interval = _interval(self.INTERVALS, interval_seconds, "bybit kline")
+        endpoint = candles_endpoint(kind)
+        out: list[Candle] = []
+        end_ms = _ms(end)
+        bounds = self.ctx.time_bounds()
+        for _ in range(MAX_PAGES):
+            params: Params = {"category": category, "symbol": instrument, "interval": interval,
+                              "start": _ms(start), "end": end_ms, "limit": self.kline_limit}  # fmt: skip
+            body = await self._fetch(endpoint, self.KLINE_PATHS[kind], params)
+            page = self._parse(endpoint, partial(H.bybit_klines, body, kind, bounds), body)
+            out.extend(page)
+            # newest first on the wire: page backwards below the oldest row
+            if _rows(body, "result", "list") < self.kline_limit or not page:
+                break
+            oldest = _ms(page[0].open_time)
+            if oldest <= _ms(start) or oldest - 1 >= end_ms:
+                break
+            end_ms = oldest - 1
+        return _window(out, start, end)
+
+    async def open_interest_history(
+        self, instrument: str, interval_seconds: int, start: float, end: float
+    ) -> list[OpenInterestPoint]:
+        period = _interval(self.OI_INTERVALS, interval_seconds, "bybit open-interest")
+        inverse = self._category(instrument) == "inverse"
+        # linear open interest is in coin: the marks of the same steps convert it to USD
+        marks = (
+            []
+            if inverse
+            else await self.price_candles("mark", instrument, interval_seconds, start - interval_seconds, end)
+        )
+        out: list[OpenInterestPoint] = []
+        cursor = ""
+        bounds = self.ctx.time_bounds()
+        for _ in range(MAX_PAGES):
+            params: dict[str, str | int] = {"category": "inverse" if inverse else "linear", "symbol": instrument,
+                                            "intervalTime": period, "startTime": _ms(start), "endTime": _ms(end),
+                                            "limit": self.oi_history_limit}  # fmt: skip
+            if cursor:
+                params["cursor"] = cursor
+            body = await self._fetch(OPEN_INTEREST_HISTORY, "/v5/market/open-interest", params)
+            page, cursor = self._parse(
+                OPEN_INTEREST_HISTORY, partial(H.bybit_open_interest, body, inverse, marks, bounds), body
+            )
+            out.extend(page)
+            if not cursor or _rows(body, "result", "list") < self.oi_history_limit:
+                break
+        return _points(out, start, end)
+
 
 class OkxRest(ExchangeRest):
     exchange = Exchange.OKX
@@ -312,6 +493,94 @@ class OkxRest(ExchangeRest):
             raise errors[0]
         return out
 
+    candle_kinds = frozenset({"mark", "index", "premium"})
+    has_open_interest_history = True
+    page_limit = 100  # the documented maximum of every history endpoint used here
+    # the recent endpoints hold the latest 1,440 rows; older rows come from the history-* ones
+    CANDLE_PATHS = {
+        "mark": ("/api/v5/market/mark-price-candles", "/api/v5/market/history-mark-price-candles"),
+        "index": ("/api/v5/market/index-candles", "/api/v5/market/history-index-candles"),
+    }
+    BARS = {60: "1m", 180: "3m", 300: "5m", 900: "15m", 1800: "30m", 3600: "1H", 7200: "2H", 14400: "4H",
+            21600: "6Hutc", 43200: "12Hutc", 86400: "1Dutc"}  # fmt: skip
+    OI_PERIODS = {300: "5m", 900: "15m", 1800: "30m", 3600: "1H", 7200: "2H", 14400: "4H", 86400: "1Dutc"}
+
+    @staticmethod
+    def index_id(instrument: str) -> str:
+        """The index of a swap (BTC-USDT-SWAP -> BTC-USDT), as index-candles names it."""
+        return instrument.removesuffix("-SWAP")
+
+    async def _backwards(
+        self, endpoint: str, path: str, params: dict[str, str | int], parse: Callable[[bytes], list[Any]],
+        start: float, end: float, time_of: Callable[[Any], float],
+    ) -> tuple[list[Any], bool]:  # fmt: skip
+        """Newest-first pages below ``after`` down to ``start``; (rows, whether ``start`` was reached)."""
+        out: list[Any] = []
+        after = _ms(end) + 1  # `after`: rows strictly earlier than this time
+        for _ in range(MAX_PAGES):
+            body = await self._fetch(endpoint, path, {**params, "after": after, "limit": self.page_limit})
+            page = self._parse(endpoint, partial(parse, body), body)
+            out.extend(page)
+            if not page:
+                return out, False
+            oldest = _ms(min(time_of(r) for r in page))
+            if oldest <= _ms(start):
+                return out, True
+            if _rows(body, "data") < self.page_limit or oldest >= after:
+                return out, False
+            after = oldest
+        return out, True
+
+    async def price_candles(
+        self, kind: CandleKind, instrument: str, interval_seconds: int, start: float, end: float
+    ) -> list[Candle]:
+        if kind not in self.candle_kinds:
+            return []
+        bounds = self.ctx.time_bounds()
+        endpoint = candles_endpoint(kind)
+        if kind == "premium":  # samples, bucketed into candles of the asked interval
+            rows, _ = await self._backwards(
+                endpoint, "/api/v5/public/premium-history", {"instId": instrument},
+                lambda b: H.okx_premium_history(b, bounds), start, end, lambda c: c.open_time,
+            )  # fmt: skip
+            return _window(H.bucket(_window(rows, start, end), interval_seconds), start, end)
+        bar = _interval(self.BARS, interval_seconds, "okx candles")
+        inst_id = instrument if kind == "mark" else self.index_id(instrument)
+        recent, older = self.CANDLE_PATHS[kind]
+        out: list[Candle] = []
+        for path in (recent, older):
+            got, reached = await self._backwards(
+                endpoint, path, {"instId": inst_id, "bar": bar},
+                lambda b: H.okx_candles(b, kind, bounds), start, end if not out else out[0].open_time - 0.001,
+                lambda c: c.open_time,
+            )  # fmt: skip
+            out = sorted(got + out, key=lambda c: c.open_time)
+            if reached:
+                break
+        return _window(out, start, end)
+
+    async def open_interest_history(
+        self, instrument: str, interval_seconds: int, start: float, end: float
+    ) -> list[OpenInterestPoint]:
+        period = _interval(self.OI_PERIODS, interval_seconds, "okx open-interest-history")
+        bounds = self.ctx.time_bounds()
+        out: list[OpenInterestPoint] = []
+        end_ms = _ms(end) + 1  # `end`: rows earlier than this time
+        for _ in range(MAX_PAGES):
+            params: Params = {"instId": instrument, "period": period, "begin": _ms(start) - 1, "end": end_ms,
+                              "limit": self.page_limit}  # fmt: skip
+            path = "/api/v5/rubik/stat/contracts/open-interest-history"
+            body = await self._fetch(OPEN_INTEREST_HISTORY, path, params)
+            page = self._parse(OPEN_INTEREST_HISTORY, partial(H.okx_open_interest_history, body, bounds), body)
+            out.extend(page)
+            if _rows(body, "data") < self.page_limit or not page:
+                break
+            oldest = _ms(page[0].time)
+            if oldest <= _ms(start) or oldest >= end_ms:
+                break
+            end_ms = oldest
+        return _points(out, start, end)
+
 
 class DeribitRest(ExchangeRest):
     exchange = Exchange.DERIBIT
@@ -339,6 +608,34 @@ class DeribitRest(ExchangeRest):
             out.extend(self._parse(FUNDING_HISTORY, partial(parse, body, self.ctx, instrument=instrument), body))
             t = t2
         return out
+
+    # Deribit publishes no mark/index/premium history for perpetuals: the trade-price chart stands in
+    # for the mark (docs/history.md); there is no public open-interest history.
+    candle_kinds = frozenset({"mark"})
+    chart_rows = 1000  # candles a request asks for (the maximum is undocumented)
+    RESOLUTIONS = {60: "1", 180: "3", 300: "5", 600: "10", 900: "15", 1800: "30", 3600: "60", 7200: "120",
+                   10800: "180", 21600: "360", 43200: "720", 86400: "1D"}  # fmt: skip
+
+    async def price_candles(
+        self, kind: CandleKind, instrument: str, interval_seconds: int, start: float, end: float
+    ) -> list[Candle]:
+        if kind not in self.candle_kinds:
+            return []
+        resolution = _interval(self.RESOLUTIONS, interval_seconds, "deribit chart")
+        endpoint = candles_endpoint(kind)
+        bounds = self.ctx.time_bounds()
+        out: list[Candle] = []
+        t = start
+        while t <= end:
+            t2 = min(end, t + interval_seconds * (self.chart_rows - 1))
+            params: Params = {"instrument_name": instrument, "start_timestamp": _ms(t), "end_timestamp": _ms(t2),
+                              "resolution": resolution}  # fmt: skip
+            body = await self._fetch(endpoint, "/api/v2/public/get_tradingview_chart_data", params)
+            out.extend(self._parse(endpoint, partial(H.deribit_chart, body, bounds), body))
+            if t2 >= end:
+                break
+            t = t2 + 0.001
+        return _window(out, start, end)
 
 
 def _bybit_cursor(body: bytes) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import orjson
@@ -186,6 +187,10 @@ class BinanceServer(ExchangeServer):
             ("/futures/data/globalLongShortAccountRatio", self.long_short),
             ("/fapi/v1/insuranceBalance", self.insurance),
             ("/fapi/v1/time", self.server_time),
+            ("/fapi/v1/markPriceKlines", partial(self.klines, "mark", "symbol")),
+            ("/fapi/v1/indexPriceKlines", partial(self.klines, "index", "pair")),
+            ("/fapi/v1/premiumIndexKlines", partial(self.klines, "premium", "symbol")),
+            ("/futures/data/openInterestHist", self.open_interest_hist),
         ]
 
     def _error(self, code: int, msg: str, status: int = 400) -> web.Response:
@@ -429,3 +434,71 @@ class BinanceServer(ExchangeServer):
                 return found
             return web.json_response(group, dumps=dumps, headers=self._headers())
         return web.json_response([group], dumps=dumps, headers=self._headers())
+
+    # ---- history (exporter/sim/tape.py) ------------------------------------------------------
+
+    async def klines(self, kind: str, key: str, request: web.Request) -> web.Response:
+        """markPriceKlines / indexPriceKlines (``pair``) / premiumIndexKlines: ascending; with a
+        startTime the first ``limit`` from it, otherwise the latest ``limit`` up to endTime."""
+        name = request.query.get(key)
+        inst = self.market.get(self.exchange, (name or "").upper())
+        if inst is None:
+            return (
+                self._error(-1121, "Invalid symbol.")
+                if name
+                else self._error(-1102, f"Mandatory parameter '{key}' was not sent.")
+            )
+        interval = KLINE_INTERVALS.get(request.query.get("interval", ""))
+        if interval is None:
+            return self._error(-1120, "Invalid interval.")
+        limit = max(1, min(1500, query_int(request, "limit") or 500))
+        start, end = query_int(request, "startTime"), query_int(request, "endTime")
+        now = self.market.now
+        t_to = min(now, end / 1000) if end is not None else now
+        t_from = start / 1000 if start is not None else t_to - interval * limit
+        t_to = min(t_to, t_from + interval * limit)  # no more is served: no more is generated
+        rows = self.market.tape.candles(inst, kind, interval, t_from, t_to)
+        rows = rows[:limit] if start is not None else rows[-limit:]
+        dec = 8
+        out = [
+            [int(t * 1000), fmt(o, dec), fmt(h, dec), fmt(lo, dec), fmt(c, dec), "0", int((t + interval) * 1000) - 1,
+             "0", int(interval // 60), "0", "0", "0"]
+            for t, o, h, lo, c in rows
+        ]  # fmt: skip
+        return web.json_response(out, dumps=dumps, headers=self._headers())
+
+    async def open_interest_hist(self, request: web.Request) -> web.Response:
+        """``/futures/data/openInterestHist``: ascending; the latest 30 days only."""
+        found = self._inst(request)
+        if isinstance(found, web.Response):
+            return found
+        assert found is not None
+        period = OI_PERIODS.get(request.query.get("period", ""))
+        if period is None:
+            return self._error(-1130, "Invalid period.")
+        limit = max(1, min(500, query_int(request, "limit") or 30))
+        start, end = query_int(request, "startTime"), query_int(request, "endTime")
+        now = self.market.now
+        t_to = min(now, end / 1000) if end is not None else now
+        t_from = max(start / 1000 if start is not None else t_to - period * limit, now - 30 * 86400)
+        pts = self.market.tape.open_interest(found, period, t_from, t_to)
+        pts = pts[:limit] if start is not None else pts[-limit:]
+        out = [
+            {
+                "symbol": found.spec.symbol,
+                "sumOpenInterest": fmt(usd / mark, 8),
+                "sumOpenInterestValue": fmt(usd, 8),
+                "CMCCirculatingSupply": "0",
+                "timestamp": int(t * 1000),
+            }
+            for t, usd, mark in pts
+        ]
+        return web.json_response(out, dumps=dumps, headers=self._headers())
+
+
+KLINE_INTERVALS = {
+    "1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600, "2h": 7200, "4h": 14400,
+    "6h": 21600, "8h": 28800, "12h": 43200, "1d": 86400,
+}  # fmt: skip
+OI_PERIODS = {"5m": 300, "15m": 900, "30m": 1800, "1h": 3600, "2h": 7200, "4h": 14400, "6h": 21600,
+              "12h": 43200, "1d": 86400}  # fmt: skip

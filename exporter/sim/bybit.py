@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import orjson
@@ -13,6 +14,8 @@ from exporter.sim import futures_wire
 from exporter.sim.market import Instrument, SimLiquidation
 from exporter.sim.server import Conn, ExchangeServer, Handler, dumps, fmt, fmt_g, ms, query_int
 
+KLINE_INTERVALS = {"1": 60, "3": 180, "5": 300, "15": 900, "30": 1800, "60": 3600, "120": 7200, "240": 14400,
+                   "360": 21600, "720": 43200, "D": 86400}  # fmt: skip
 PERIODS = {"5min": 300, "15min": 900, "30min": 1800, "1h": 3600, "4h": 14400, "1d": 86400}
 
 
@@ -204,6 +207,9 @@ class BybitServer(ExchangeServer):
             ("/v5/market/account-ratio", self.account_ratio),
             ("/v5/market/insurance", self.insurance),
             ("/v5/market/time", self.server_time),
+            ("/v5/market/mark-price-kline", partial(self.kline, "mark")),
+            ("/v5/market/index-price-kline", partial(self.kline, "index")),
+            ("/v5/market/premium-index-price-kline", partial(self.kline, "premium")),
         ]
 
     def _ok(self, result: dict[str, Any]) -> web.Response:
@@ -334,24 +340,59 @@ class BybitServer(ExchangeServer):
         return found, period, max(1, min(max_limit, query_int(request, "limit") or 50))
 
     async def open_interest(self, request: web.Request) -> web.Response:
+        """Open interest at period steps (exporter/sim/tape.py), newest first, paged by cursor.
+
+        ``openInterest`` is the sum of both sides (since 2023-11), ``singleOpenInterest`` one side.
+        """
         q = self._period_query(request, "intervalTime", 200)
         if isinstance(q, web.Response):
             return q
         found, period, limit = q
-        last = math.floor(self.market.now / period) * period
-        out = []
-        for k in range(limit):
-            t = last - k * period
-            f = 1.0 if k == 0 else 1 + 0.01 * math.sin(t / 5003.0)
-            oi = found.oi_base * f
-            out.append(
-                {
-                    "openInterest": fmt(oi * 2, found.spec.qty_decimals),
-                    "singleOpenInterest": fmt(oi, found.spec.qty_decimals),
-                    "timestamp": str(int(t * 1000)),
-                }
-            )
-        return self._ok({"symbol": found.spec.symbol, "category": "linear", "list": out, "nextPageCursor": ""})
+        now = self.market.now
+        start, end = query_int(request, "startTime"), query_int(request, "endTime")
+        cursor = request.query.get("cursor") or ""
+        t_to = min(now, end / 1000) if end is not None else now
+        if cursor:
+            try:
+                t_to = min(t_to, int(cursor) / 1000 - 0.001)  # this simulator's cursor: below that time
+            except ValueError:
+                return self._err(10001, "params error: cursor invalid")
+        t_from = start / 1000 if start is not None else t_to - period * (limit + 1)
+        pts = self.market.tape.open_interest(found, period, t_from, t_to)[::-1]
+        more = len(pts) > limit
+        pts = pts[:limit]
+        out = [
+            {
+                "openInterest": fmt(2 * usd / mark, found.spec.qty_decimals + 3),
+                "singleOpenInterest": fmt(usd / mark, found.spec.qty_decimals + 3),
+                "timestamp": str(int(t * 1000)),
+            }
+            for t, usd, mark in pts
+        ]
+        nxt = str(int(pts[-1][0] * 1000)) if more and len(pts) else ""
+        return self._ok({"symbol": found.spec.symbol, "category": "linear", "list": out, "nextPageCursor": nxt})
+
+    async def kline(self, kind: str, request: web.Request) -> web.Response:
+        """mark-/index-/premium-index-price-kline: the newest ``limit`` in [start, end], newest first."""
+        if (e := self._category(request)) is not None:
+            return e
+        found = self._symbol(request, required=True)
+        if isinstance(found, web.Response):
+            return found
+        assert found is not None
+        interval = KLINE_INTERVALS.get(request.query.get("interval", ""))
+        if interval is None:
+            return self._err(10001, "params error: interval invalid")
+        limit = max(1, min(1000 if kind == "premium" else 200, query_int(request, "limit") or 200))
+        start, end = query_int(request, "start"), query_int(request, "end")
+        now = self.market.now
+        t_to = min(now, end / 1000) if end is not None else now
+        # the newest `limit` of [start, end]: only that much is generated
+        t_from = max(start / 1000 if start is not None else 0.0, t_to - interval * limit)
+        rows = self.market.tape.candles(found, kind, interval, t_from, t_to)[-limit:][::-1]
+        dec = 8 if kind == "premium" else found.spec.price_decimals + 2
+        out = [[str(int(t * 1000)), fmt(o, dec), fmt(h, dec), fmt(lo, dec), fmt(c, dec)] for t, o, h, lo, c in rows]
+        return self._ok({"symbol": found.spec.symbol, "category": "linear", "list": out})
 
     async def account_ratio(self, request: web.Request) -> web.Response:
         q = self._period_query(request, "period", 500)

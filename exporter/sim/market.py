@@ -22,6 +22,7 @@ import numpy as np
 
 from exporter.model import EIGHT_HOURS, Exchange, Side
 from exporter.sim.curve import Curve
+from exporter.sim.tape import Tape
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -359,6 +360,9 @@ class MarketModel:
         self._update_crowd_totals()
         # dated futures (term structure); their own random generator leaves the perpetuals' draws as they were
         self.curve = Curve(self, futures_short_seconds) if futures else None
+        # the minute history the exchanges' kline and open-interest history endpoints serve
+        self.tape = Tape(self)
+        self.tape.record(self.now)
 
     # ------------------------------------------------------------------------------------------
     # queries
@@ -614,6 +618,7 @@ class MarketModel:
             k = 0.08 if phase == "crash" else 0.05
             asset.pending_impact = max(-0.01, min(0.01, -k * signed_notional / asset.crowd_notional))
         self._update_crowd_totals()
+        self.tape.record(self.now)
         if self.curve is not None:
             self.curve.step(dt)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import orjson
@@ -14,6 +15,13 @@ from exporter.sim.market import INTEREST_8H, Instrument, SimLiquidation
 from exporter.sim.server import Conn, ExchangeServer, Handler, dumps, fmt, fmt_g, ms, query_int
 
 CHANNELS_BY_INST = ("funding-rate", "mark-price", "open-interest")
+
+
+BARS = {"1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800, "1H": 3600, "2H": 7200, "4H": 14400,
+        "6Hutc": 21600, "12Hutc": 43200, "1Dutc": 86400}  # fmt: skip
+OI_PERIODS = {"5m": 300, "15m": 900, "30m": 1800, "1H": 3600, "2H": 7200, "4H": 14400, "1Dutc": 86400}
+RECENT_ROWS = 1440  # mark-price-candles / index-candles: "the latest 1,440 data entries"
+PREMIUM_STEP_S = 60.0  # premium-history: one sample a minute here (the real cadence is undocumented)
 
 
 def index_id(inst: Instrument) -> str:
@@ -263,6 +271,12 @@ class OkxServer(ExchangeServer):
             ("/api/v5/rubik/stat/contracts/long-short-account-ratio-contract", self.long_short),
             ("/api/v5/public/insurance-fund", self.insurance),
             ("/api/v5/public/time", self.server_time),
+            ("/api/v5/market/mark-price-candles", partial(self.candles, "mark", RECENT_ROWS)),
+            ("/api/v5/market/index-candles", partial(self.candles, "index", RECENT_ROWS)),
+            ("/api/v5/market/history-mark-price-candles", partial(self.candles, "mark", None)),
+            ("/api/v5/market/history-index-candles", partial(self.candles, "index", None)),
+            ("/api/v5/public/premium-history", self.premium_history),
+            ("/api/v5/rubik/stat/contracts/open-interest-history", self.open_interest_history),
         ]
 
     def _ok(self, data: list[Any]) -> web.Response:
@@ -444,3 +458,74 @@ class OkxServer(ExchangeServer):
             }
         ]
         return self._ok([{"details": details, "instFamily": fam, "instType": "SWAP", "total": fmt(bal, 8)}])
+
+    # ---- history (exporter/sim/tape.py) ------------------------------------------------------
+
+    def _page(self, request: web.Request, rows: list[Any], time_of: Any, limit: int) -> list[Any]:
+        """Newest first; ``after``: rows older than it, ``before``: newer; at most ``limit``."""
+        after, before = query_int(request, "after"), query_int(request, "before")
+        rows = [r for r in rows if (after is None or time_of(r) < after) and (before is None or time_of(r) > before)]
+        rows.sort(key=time_of, reverse=True)
+        return rows[:limit]
+
+    async def candles(self, kind: str, recent: int | None, request: web.Request) -> web.Response:
+        inst_id = request.query.get("instId", "")
+        insts = self.market.instruments[self.exchange]
+        inst = (
+            insts.get(inst_id) if kind == "mark" else next((i for i in insts.values() if index_id(i) == inst_id), None)
+        )
+        if inst is None:
+            return self._err("51001", "Instrument ID, Instrument ID code, or Spread ID doesn't exist.")
+        bar = BARS.get(request.query.get("bar", "1m"))
+        if bar is None:
+            return self._err("51000", "Parameter bar error")
+        limit = max(1, min(100, query_int(request, "limit") or 100))
+        now = self.market.now
+        span = bar * (recent if recent is not None else 30 * 1440)
+        after, before = query_int(request, "after"), query_int(request, "before")
+        t_to = min(now, after / 1000 - 0.001) if after is not None else now
+        t_from = max(now - span, t_to - bar * limit) if before is None else max(now - span, before / 1000)
+        rows = self.market.tape.candles(inst, kind, bar, t_from, t_to)
+        if recent is not None:
+            first_recent = (math.floor(now / bar) - recent + 1) * bar  # the latest `recent` rows only
+            rows = rows[rows[:, 0] >= first_recent]
+        closed_before = math.floor(now / bar) * bar
+        data = [
+            [str(int(t * 1000)), fmt_g(o), fmt_g(h), fmt_g(lo), fmt_g(c), "1" if t < closed_before else "0"]
+            for t, o, h, lo, c in rows
+        ]
+        return self._ok(self._page(request, data, lambda r: int(r[0]), limit))
+
+    async def premium_history(self, request: web.Request) -> web.Response:
+        inst = self.market.instruments[self.exchange].get(request.query.get("instId", ""))
+        if inst is None:
+            return self._err("51001", "Instrument ID, Instrument ID code, or Spread ID doesn't exist.")
+        limit = max(1, min(100, query_int(request, "limit") or 100))
+        now = self.market.now
+        after = query_int(request, "after")
+        t_to = min(now, after / 1000) if after is not None else now
+        rows = self.market.tape.candles(inst, "premium", PREMIUM_STEP_S, t_to - PREMIUM_STEP_S * (limit + 1), t_to)
+        # a sample at each minute's close: stamped at the end of the minute it closes
+        data = [
+            {"instId": inst.spec.symbol, "premium": fmt_g(c), "ts": str(int((t + PREMIUM_STEP_S) * 1000))}
+            for t, _o, _h, _lo, c in rows
+            if t + PREMIUM_STEP_S <= now
+        ]
+        return self._ok(self._page(request, data, lambda r: int(r["ts"]), limit))
+
+    async def open_interest_history(self, request: web.Request) -> web.Response:
+        inst = self.market.instruments[self.exchange].get(request.query.get("instId", ""))
+        if inst is None:
+            return self._err("51001", "Instrument ID, Instrument ID code, or Spread ID doesn't exist.")
+        period = OI_PERIODS.get(request.query.get("period", "5m"))
+        if period is None:
+            return self._err("51000", "Parameter period error")
+        limit = max(1, min(100, query_int(request, "limit") or 100))
+        now = self.market.now
+        begin, end = query_int(request, "begin"), query_int(request, "end")
+        t_to = min(now, end / 1000 - 0.001) if end is not None else now
+        t_from = max(begin / 1000 + 0.001 if begin is not None else 0.0, t_to - period * limit, now - period * 1440)
+        pts = self.market.tape.open_interest(inst, period, t_from, t_to)[::-1][:limit]
+        ct = inst.spec.contract_size
+        data = [[str(int(t * 1000)), fmt_g(usd / mark / ct), fmt_g(usd / mark), fmt_g(usd)] for t, usd, mark in pts]
+        return self._ok(data)
