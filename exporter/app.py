@@ -184,6 +184,7 @@ class Exporter:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
         self.server: Any = None
+        self.registry: Any = None  # what /metrics renders (tests render it in the loop, between frames)
         self.positions: Any = None
         self._positions_task: asyncio.Task[Any] | None = None
         self._facts_refresh: set[Exchange] = set()  # funding-info refreshes under way (one per exchange)
@@ -243,7 +244,7 @@ class Exporter:
             )
         remaining = self.startup_budget_s - (time.monotonic() - t0)
         await self._wait_first_data(min(FIRST_DATA_WAIT_S, max(0.0, remaining)))
-        registry = self._build_registry()
+        registry = self.registry = self._build_registry()
         # One render before the server answers: label strings, window statistics and the other
         # scrape caches are built now, so the first scrape costs what every later one does.
         try:

@@ -132,6 +132,10 @@ class Replay:
         if dt > 0:
             self.clock.advance(dt)
 
+    def advance_to(self, t: float) -> None:
+        """Move the replay's clock to ``t`` (never back): what a scrape at ``t`` would see."""
+        self._advance(t)
+
     def _exchange(self, ex: Exchange) -> _Exchange:
         x = self.exchanges.get(ex)
         if x is None:

@@ -1,10 +1,16 @@
 """Record the simulator through the exporter (with a cascade), replay the recording as fast as
 possible, and compare: at every live scrape the replayed series equal what was scraped.
 
-The exporter, the simulator and the replay share one clock: the simulator's market time at 6x
-(60 s of market time in about 10 s of wall time). Tolerance: a live scrape is read while frames keep
-arriving, so a live value must equal a replayed value at some instant inside the scrape's window
-[clock before the request, clock after the answer] (relative 1e-9); outside the window no match.
+The simulator and the exporter share one VirtualClock that the test moves tick by tick (60 s of
+market time in under two seconds of wall time): after each tick it waits until the exporter has
+received every frame the simulator sent, so frames are stamped at the tick they belong to.
+
+A live scrape is the exporter's registry rendered in the event loop (what /metrics serves), between
+two frames: it is taken after exactly N recorded lines (the recorder's queue is counted), so the
+replay renders after the same N lines with the clock moved to the scrape's time and must show the
+same values (relative tolerance 1e-9, float formatting only). Compared: prices, funding, z-scores,
+open interest, liquidation counters and notional, stream message counts, and the dated futures'
+curve (mark, basis, annualised basis, implied funding).
 """
 
 from __future__ import annotations
@@ -13,26 +19,29 @@ import asyncio
 import contextlib
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import needs_tool
+from support import needs_tool, wait_until
 from test_app_sim import make_config
 
 from exporter.app import Exporter
-from exporter.clock import ScaledClock
+from exporter.clock import VirtualClock
 from exporter.metrics import catalog as m
 from exporter.model import Exchange
 from exporter.replay import OpenMetricsSeries, Replay, parse_step, replay_to_openmetrics
 from exporter.sim import main as sim_main
 from exporter.sim import server as sim_server
 
-SCALE = 6.0
+TICK = 0.5  # the simulator's model step: the test moves the clock by one tick at a time
 MARKET_SECONDS = 60.0
+SCRAPE_EVERY = 5.0
 COMPARED = [
     m.MARK_PRICE,
     m.INDEX_PRICE,
@@ -43,6 +52,10 @@ COMPARED = [
     m.LIQUIDATIONS,
     m.LIQUIDATED_NOTIONAL,
     m.STREAM_MESSAGES,
+    m.FUTURE_MARK_PRICE,
+    m.BASIS,
+    m.BASIS_ANNUALIZED,
+    m.IMPLIED_FUNDING,
 ]
 
 Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -58,93 +71,147 @@ def series(text: str) -> Series:
     return out
 
 
+@dataclass
+class Live:
+    sim: Any
+    exporter: Exporter
+    clock: VirtualClock
+    http: httpx.AsyncClient
+    lines: int = 0  # lines handed to the recorder so far
+    scrapes: list[tuple[float, int, Series]] = field(default_factory=list)
+
+    def delivered(self) -> bool:
+        """Every frame the simulator sent has been read by the exporter."""
+        servers = self.sim.servers.values()
+        if any(c.queue.qsize() for srv in servers for c in srv.conns):
+            return False
+        sent = sum(srv.frames_sent for srv in servers)
+        return sum(h.messages for h in self.exporter.state.streams.values()) >= sent
+
+    async def tick(self, seconds: float = TICK) -> None:
+        await self.sim.advance(seconds)
+        await wait_until(self.delivered, 30, interval=0.001, what="the exporter to read every frame sent")
+
+    def scrape(self) -> Series:
+        """/metrics as served, rendered in the loop between two frames, with the lines recorded so far."""
+        s = series(self.exporter.registry.render().decode())
+        self.scrapes.append((self.clock.time(), self.lines, s))
+        return s
+
+
 @contextlib.asynccontextmanager
-async def live_recording(directory: Path) -> AsyncIterator[tuple[Any, Exporter, ScaledClock, httpx.AsyncClient, int]]:
-    clock = ScaledClock(SCALE)
+async def live_recording(directory: Path) -> AsyncIterator[Live]:
+    clock = VirtualClock(float(int(time.time())))
     sim = sim_main.Simulator(
-        seed=11, base_port=0, tick_seconds=0.25, options=sim_server.SimOptions(okx_funding_push_s=5.0), clock=clock
+        seed=11, base_port=0, tick_seconds=TICK, options=sim_server.SimOptions(okx_funding_push_s=5.0), clock=clock
     )
     await sim.start()
-    config = make_config(sim, recording={"dir": str(directory), "rotate_seconds": 20.0})
+    config = make_config(
+        sim,
+        recording={"dir": str(directory), "rotate_seconds": 20.0},
+        # four days of settlements (12 at 8 h) give z-scores; the backfill fits in the REST budgets at once
+        analytics={"zscore_window_seconds": 4 * 86400.0},
+        rest_budget={"fraction": 1.0},
+    )
     exporter = Exporter(config, clock=clock)
+    recorder = exporter.recorder
+    assert recorder is not None
     stop = asyncio.Event()
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(exporter.run(stop, ready.set_result))
-    try:
-        port = await asyncio.wait_for(asyncio.shield(ready), 60)
-        async with httpx.AsyncClient(timeout=10.0) as http:
-            yield sim, exporter, clock, http, port
-    finally:
-        stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 30)
-        await sim.stop()
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        live = Live(sim, exporter, clock, http)
+        put = recorder._put
+
+        def counted(item: Any) -> None:
+            live.lines += 1
+            put(item)
+
+        recorder._put = counted  # type: ignore[method-assign]
+        task = asyncio.create_task(exporter.run(stop, ready.set_result))
+        try:
+            # the connections open and the first values arrive as market time passes: move it meanwhile
+            for _ in range(400):
+                if ready.done() or task.done():
+                    break
+                await live.tick()
+            await asyncio.wait_for(asyncio.shield(ready), 30)
+            yield live
+        finally:
+            stop.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, 30)
+            await sim.stop()
 
 
 async def test_replay_equals_the_live_scrapes_at_the_same_moments(tmp_path: Path) -> None:
     rec_dir = tmp_path / "rec"
-    scrapes: list[tuple[float, float, Series]] = []
-    async with live_recording(rec_dir) as (sim, exporter, clock, http, port):
-        t_start = clock.time()
-
-        async def scrape() -> None:
-            a = clock.time()
-            r = await http.get(f"http://127.0.0.1:{port}/metrics")
-            b = clock.time()
-            assert r.status_code == 200
-            scrapes.append((a, b, series(r.text)))
-
+    async with live_recording(rec_dir) as live:
+        t_start = live.clock.time()
         n = 0
-        while clock.time() - t_start < MARKET_SECONDS:
+        while live.clock.time() - t_start < MARKET_SECONDS:
             if n == 3:  # a cascade on every exchange (the market is shared)
                 for ex in Exchange:
-                    url = sim.urls(ex)[1]
-                    await http.post(url + "/_sim/scenario", json={"name": "cascade", "seconds": 3.0})
-            await scrape()
+                    url = live.sim.urls(ex)[1]
+                    r = await live.http.post(url + "/_sim/scenario", json={"name": "cascade", "seconds": 3.0})
+                    assert r.status_code == 200, r.text
+            live.scrape()
             n += 1
-            await clock.sleep(5.0)  # a scrape every 5 s of market time
+            for _ in range(round(SCRAPE_EVERY / TICK)):
+                await live.tick()
+        live.scrape()
+        exporter = live.exporter
     # after the exporter stopped: the recorder has written everything it was given
     stats = exporter.recorder.snapshot() if exporter.recorder is not None else {}
     assert stats["frames_ws"] > 100 and stats["dropped"] == 0
-    liq_live = sum(v for (name, _), v in scrapes[-1][2].items() if name == m.LIQUIDATIONS.name)
-    assert liq_live > 0, "the cascade liquidated nothing"
+    scrapes = live.scrapes
+    last = scrapes[-1][2]
+    assert sum(v for (name, _), v in last.items() if name == m.LIQUIDATIONS.name) > 0, "the cascade liquidated nothing"
+    assert any(k[0] == m.FUNDING_ZSCORE.name for k in last)
+    curve = {dict(labels)["exchange"] for name, labels in last if name == m.BASIS.name}
+    assert curve == {ex.value for ex in Exchange}, f"dated futures on the curve of {curve} only"
 
-    # replay as fast as possible; render at every line inside a scrape's window
+    # replay as fast as possible; render after exactly the lines each live scrape had seen
     replay = Replay(exporter.config, rec_dir)
-    windows = sorted(scrapes, key=lambda s: s[0])
-    seen: list[list[Series]] = [[] for _ in windows]
+    pending = sorted(scrapes, key=lambda s: s[1])
+    replayed: list[tuple[float, Series, Series]] = []
+    applied = 0
+
+    def catch_up() -> None:
+        while pending and pending[0][1] == applied:
+            at, _, live_series = pending.pop(0)
+            replay.advance_to(at)
+            replayed.append((at, live_series, series(replay.registry.render().decode())))
 
     def before_line(t: float) -> None:
-        current: Series | None = None
-        for i, (a, b, _) in enumerate(windows):
-            # the state as it stands now (every line before t applied) holds at instants in [prev, t)
-            if t > a and (not seen[i] or t <= b + 1.0):
-                if current is None:
-                    current = series(replay.registry.render().decode())
-                seen[i].append(current)
+        nonlocal applied
+        catch_up()
+        applied += 1
 
     stats_r = await replay.run(on_line=before_line)
+    catch_up()
+    assert not pending, "scrapes after more lines than were recorded"
+    assert stats_r.lines == applied == live.lines
     assert stats_r.frames == stats["frames_ws"]
-    compared = mismatched = 0
-    for (a, b, live), replays in zip(windows, seen, strict=True):
-        assert replays, (a, b)
-        for key, value in live.items():
+    compared = 0
+    mismatched: list[Any] = []
+    for at, live_series, rep in replayed:
+        for key, value in live_series.items():
             compared += 1
-            if not any(key in r and abs(r[key] - value) <= 1e-9 * max(1.0, abs(value)) for r in replays):
-                mismatched += 1
-                print("mismatch", a, b, key, value, [r.get(key) for r in replays][:5])
-    assert compared > 200
-    assert mismatched == 0
-    # liquidation counters and z-scores were among them
-    assert any(k[0] == m.LIQUIDATIONS.name and v > 0 for k, v in windows[-1][2].items())
-    assert any(k[0] == m.FUNDING_ZSCORE.name for k in windows[-1][2])
+            got = rep.get(key)
+            if got is None or abs(got - value) > 1e-9 * max(1.0, abs(value)):
+                mismatched.append((at, key, value, got))
+        missing = set(rep) - set(live_series)
+        assert not missing, ("replayed series the live scrape did not have", at, sorted(missing)[:5])
+    assert compared > 500
+    assert not mismatched, mismatched[:10]
+    # liquidation counters, z-scores and the curve were among them
+    assert {m.LIQUIDATIONS.name, m.FUNDING_ZSCORE.name, m.BASIS.name} <= {k[0] for k in last}
 
     # --- OpenMetrics with timestamps, into Prometheus blocks (e2e below) ---
     out = tmp_path / "replay.om"
     _, n_samples = await replay_to_openmetrics(exporter.config, rec_dir, out, parse_step("15s"))
     text = out.read_text()
     assert text.endswith("# EOF\n") and n_samples > 100
-    pytest.shared_openmetrics = (out, windows)  # type: ignore[attr-defined]
 
 
 def test_openmetrics_series_keeps_each_family_together_in_time_order() -> None:
