@@ -287,9 +287,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
             return 0
 
         return _run_until_signal(backfill)
+    speed = None if args.as_fast_as_possible else args.speed
+    if args.sidecar:
+        return _replay_with_sidecar(args, config, directory, start, end, speed)
     if args.listen:
         config.listen_address = args.listen
-    speed = None if args.as_fast_as_possible else args.speed
 
     async def serve(stop: asyncio.Event) -> int:
         from exporter.server import start_server
@@ -313,6 +315,50 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 0
 
     return _run_until_signal(serve)
+
+
+def _replay_with_sidecar(
+    args: argparse.Namespace,
+    config: Config,
+    directory: Path,
+    start: float | None,
+    end: float | None,
+    speed: float | None,
+) -> int:
+    """The AI sidecar (its own configuration file) on the replay's clock; then ``fr-exporter evaluate``."""
+    from exporter.replay import Replay, SidecarOnReplay
+
+    sidecar_config = _load(args.sidecar)
+    if args.sidecar_db:
+        sidecar_config.sidecar.db_path = Path(args.sidecar_db)
+
+    async def run(stop: asyncio.Event) -> int:
+        try:
+            driver = SidecarOnReplay(Replay(config, directory, start=start, end=end), sidecar_config)
+        except ConfigError as exc:
+            return _fail(f"sidecar: {exc}", EXIT_CONFIG)
+        running = asyncio.create_task(driver.run(speed=speed))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not running.done():
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+            return 130
+        try:
+            s = running.result()
+        except OSError as exc:
+            return _fail(f"sidecar: cannot serve on {sidecar_config.sidecar.listen_address}: {exc}", 1)
+        r = s.replay
+        print(
+            f"replayed {r.lines} lines ({r.first} .. {r.last}) in {r.wall_seconds:.1f} s; the sidecar made "
+            f"{s.predictions} predictions ({s.scored} scored) into {s.db}; "
+            f"scores: fr-exporter evaluate --config {args.sidecar} --db {s.db}"
+        )
+        return 0
+
+    return _run_until_signal(run)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -496,6 +542,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--openmetrics", metavar="OUT", help="write OpenMetrics with timestamps instead of serving")
     replay.add_argument("--step", default="15s", help="time between OpenMetrics samples (default 15s)")
     replay.add_argument("--web.listen-address", dest="listen", metavar="ADDR", help="where to serve (default: config)")
+    replay.add_argument(
+        "--sidecar",
+        metavar="CONFIG",
+        help="run the AI sidecar (the sidecar section of CONFIG) on the replay's clock instead of serving",
+    )
+    replay.add_argument("--sidecar-db", metavar="PATH", help="the sidecar's predictions database (default: CONFIG's)")
     _log_args(replay)
     replay.set_defaults(handler=cmd_replay)
 

@@ -15,16 +15,19 @@ timestamp per step instead, for ``promtool tsdb create-blocks-from openmetrics O
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import httpx
 import orjson
 
+from exporter.api_state import build_state_document
 from exporter.app import market_state
 from exporter.clock import VirtualClock
 from exporter.config import Config
@@ -35,6 +38,8 @@ from exporter.feeds.server_time import parse_server_time
 from exporter.metrics import ExporterRegistry, build_registry
 from exporter.model import Exchange, InstrumentInfo, Record
 from exporter.recording import read_lines
+from exporter.redact import redact
+from exporter.views import MarketViews
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +136,12 @@ class Replay:
         dt = t - self.clock.time()
         if dt > 0:
             self.clock.advance(dt)
+
+    async def _wake_until(self, t: float, settle: Callable[[], Awaitable[None]]) -> None:
+        """Deadline by deadline up to ``t``: the sleepers wake at their own times, as they would live."""
+        while (due := self.clock.next_deadline()) is not None and due <= t:
+            self.clock.set_time(max(due, self.clock.time()))
+            await settle()
 
     def advance_to(self, t: float) -> None:
         """Move the replay's clock to ``t`` (never back): what a scrape at ``t`` would see."""
@@ -241,10 +252,13 @@ class Replay:
         step: float | None = None,
         on_step: Callable[[float], None] | None = None,
         on_line: Callable[[float], None] | None = None,
+        settle: Callable[[], Awaitable[None]] | None = None,
     ) -> ReplayStats:
         """Apply every line. ``speed``: pace at N times real time (None: as fast as possible).
         ``on_step(t)`` is called at every multiple of ``step`` seconds from the first line (the clock
-        at t, every line received up to t applied); ``on_line(t)`` before each line is applied."""
+        at t, every line received up to t applied); ``on_line(t)`` before each line is applied.
+        ``settle``: tasks sleep on the replay's clock (the sidecar): before a line, the clock stops at
+        every deadline due by the line's time and ``await settle()`` lets the woken tasks finish."""
         wall0 = time.monotonic()
         t0 = self.stats.first
         next_step = t0 if (step and t0 is not None) else None
@@ -259,6 +273,8 @@ class Replay:
                 ahead = (t - t0) / speed - (time.monotonic() - wall0)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
+            if settle is not None:
+                await self._wake_until(t, settle)
             if on_line is not None:
                 on_line(t)
             await self.apply(d)
@@ -336,3 +352,93 @@ async def replay_to_openmetrics(
     with open(out, "w", encoding="utf-8") as f:
         n = series.write(f)
     return stats, n
+
+
+# ---- the AI sidecar on a replay ------------------------------------------------------------------
+
+
+class _StateTransport(httpx.AsyncBaseTransport):
+    """The replay's /api/state, answered in the event loop (no socket): a read sees the state at the
+    replay clock's current instant, between two recorded lines."""
+
+    def __init__(self, replay: Replay) -> None:
+        self.replay = replay
+        views = getattr(replay.registry, "views", None)  # the views /metrics reads (one cache)
+        self.views = views if isinstance(views, MarketViews) else MarketViews(replay.config, replay.state)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path != "/api/state":
+            return httpx.Response(404, text="not found\n")
+        doc = build_state_document(self.replay.config, self.replay.state, self.views)
+        body = redact(orjson.dumps(doc).decode()).encode()
+        return httpx.Response(200, content=body, headers={"Content-Type": "application/json"})
+
+
+@dataclass(slots=True)
+class SidecarReplayStats:
+    replay: ReplayStats
+    predictions: int
+    scored: int
+    db: Path
+    wakes: int
+
+
+SETTLE_TIMEOUT_S = 60.0  # wall seconds for the sidecar's woken loops to go back to sleep (a model call)
+
+
+class SidecarOnReplay:
+    """The AI sidecar reading a replay's /api/state on the replay's clock.
+
+    Its loops (the /api/state poll, the schedule) sleep on the replay's VirtualClock; the replay stops
+    the clock at each of their deadlines and waits until the woken loops sleep again and their
+    prediction tasks are done, so predictions are made, stored and scored at the recorded instants
+    (a model call takes the wall time it takes; the replay waits for it). A model's retry waits run on
+    wall time (a real API's rate limits do). Afterwards ``fr-exporter evaluate`` scores the database.
+    """
+
+    LOOPS = 2  # the sidecar's poll and schedule loops: asleep on the clock between turns
+
+    def __init__(self, replay: Replay, sidecar_config: Config) -> None:
+        from exporter.sidecar.main import Sidecar  # the sidecar is a program of its own: loaded only here
+
+        self.replay = replay
+        self.config = sidecar_config
+        self.sidecar = Sidecar(sidecar_config, clock=replay.clock, model_sleep=asyncio.sleep)
+        self.wakes = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def _asleep(self) -> bool:
+        return self.replay.clock.pending() >= self.LOOPS
+
+    async def settle(self) -> None:
+        self.wakes += 1
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        turns = 0
+        while not self._asleep():
+            if self._task is not None and self._task.done():
+                self._task.result()  # the sidecar stopped (cannot listen...): its error, not a hang
+                raise RuntimeError("the sidecar stopped during the replay")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the sidecar's loops did not go back to sleep on the replay's clock")
+            turns += 1
+            await asyncio.sleep(0 if turns < 100 else 0.001)  # a model call takes wall time
+        await self.sidecar.wait_idle()
+
+    async def run(self, *, speed: float | None = None) -> SidecarReplayStats:
+        sc = self.sidecar
+        await sc.http.aclose()  # reads go to the replay, in the loop
+        sc.http = httpx.AsyncClient(transport=_StateTransport(self.replay), base_url="http://replay")
+        stop = asyncio.Event()
+        task = self._task = asyncio.create_task(sc.run(stop), name="sidecar-on-replay")
+        try:
+            await self.settle()  # its first read and first schedule, at the recording's first instant
+            stats = await self.replay.run(speed=speed, settle=self.settle)
+            sc.store.score_due(self.replay.clock.time(), sc.sc.event_threshold_usd)
+            sc.refresh_scores()
+            predictions = sc.store.prediction_count()
+            scored = len(sc.store.scored())
+        finally:
+            stop.set()
+            with contextlib.suppress(Exception):  # an error of its own was raised by settle()
+                await task  # closes the store and the sidecar's server
+        return SidecarReplayStats(stats, predictions, scored, sc.sc.db_path, self.wakes)

@@ -23,6 +23,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,14 @@ class _Runner:
 
 
 class Sidecar:
-    def __init__(self, config: Config, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock = SYSTEM_CLOCK,
+        model_sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        """``model_sleep``: how a model's retries wait (default the clock's; a replay's virtual clock
+        passes wall time, since a real API's rate limits run on it)."""
         self.config = config
         self.clock = clock  # reads, predictions, scoring and the schedule (tests: VirtualClock)
         sc = config.sidecar
@@ -78,7 +86,7 @@ class Sidecar:
             self.runners.append(_Runner(BASELINE, None, tuple(sc.horizons_for(None))))
         for m in sc.models:
             key = read_secret(m.api_key_env, m.api_key_file)
-            client = ChatClient(m, key, self._attempt_hook(m.name), clock=clock)
+            client = ChatClient(m, key, self._attempt_hook(m.name), clock=clock, sleep=model_sleep)
             self.runners.append(
                 _Runner(m.name, client, tuple(sc.horizons_for(m)), m, limit=asyncio.Semaphore(m.max_concurrency))
             )
