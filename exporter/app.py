@@ -319,6 +319,7 @@ class Exporter:
         client = RestClient(ex, rest_base, self.sink, policy=self.rest_policy, budget=budget, clock=self.clock.time)
         if self.recorder is not None:
             client.recorder = self.recorder.rest_hook(ex)
+            client.failure_recorder = self.recorder.rest_failure_hook(ex)
         rest = rest_api_for(ex, client, feed, ctx)
         return ExchangeRuntime(ex, cfg, feed, ctx, client, rest, ws_base, self.config.instruments_for(ex))
 

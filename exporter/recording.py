@@ -17,8 +17,10 @@ File format (``docs/recording.md``): one JSON object per line, gzip (``.jsonl.gz
 A websocket frame that parsed (so valid JSON, without line breaks) is written as it is: ``"raw":
 true`` and ``data`` holding the frame itself as JSON (pandas gives a dict; ``read_lines`` gives back
 its exact bytes). Any other frame, and every REST body, is a JSON string in ``data``.
-REST lines carry the request's query in ``q`` (plus ``_sent``, its send time); ``kind`` ``meta``
-lines describe the recording (``src`` ``followed``: the instruments the exporter followed).
+REST lines carry the request's query in ``q`` (plus ``_sent``, its send time); a failed attempt is a
+``rest_error`` line: the failure reason in ``data`` and the HTTP status (if one came) in
+``q._status``, never the answer's body. ``kind`` ``meta`` lines describe the recording (``src``
+``followed``: the instruments the exporter followed).
 ``pandas.read_json(path, lines=True)`` reads a file (compression from the suffix).
 """
 
@@ -51,7 +53,9 @@ NAME_RE = re.compile(r"^fr-(\d{8}T\d{6}Z)-(\d+)\.jsonl\.(gz|zst)$")
 # (receive time, exchange, kind, stream or endpoint, data, path, params)
 WS_JSON = "ws-json"  # internal kind: a websocket frame that parsed, so valid JSON (written unescaped)
 RAW_MARK = b'"raw":true,"data":'
+REST_ERROR = "rest_error"  # a failed REST attempt: the reason, the status, never the body
 RestHook = Callable[[float, float, str, str, Any, bytes], None]
+RestFailureHook = Callable[[float, float, str, str, Any, str, "int | None"], None]
 Item = tuple[float, str, str, str, "str | bytes", "str | None", "Mapping[str, Any] | None"]
 _STOP: Any = object()
 
@@ -165,6 +169,22 @@ class Recorder:
 
         return hook
 
+    def rest_failure_hook(self, exchange: Exchange) -> RestFailureHook:
+        """What a RestClient calls on a failed attempt with (sent_at, received_at, endpoint, path, params,
+        reason, HTTP status or None): a ``rest_error`` line, the reason in ``data``, no body."""
+        ex = str(exchange)
+
+        def hook(
+            sent_at: float, received_at: float, endpoint: str, path: str, params: Any, reason: str, status: int | None
+        ) -> None:
+            q = dict(params) if params else {}
+            q["_sent"] = sent_at
+            if status is not None:
+                q["_status"] = status
+            self._put((received_at, ex, REST_ERROR, endpoint, reason, path, q))
+
+        return hook
+
     def meta(self, at: float, exchange: Exchange | str, what: str, value: Any) -> None:
         """A line about the recording itself (``kind`` meta), e.g. the instruments followed."""
         self._put((at, str(exchange), "meta", what, orjson.dumps(value).decode(), None, None))
@@ -237,7 +257,7 @@ class Recorder:
             self._file.write(part)
         if kind == "ws":
             self.stats.frames_ws += 1
-        elif kind == "rest":
+        elif kind == "rest" or kind == REST_ERROR:
             self.stats.frames_rest += 1
 
     @staticmethod

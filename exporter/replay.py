@@ -37,8 +37,9 @@ from exporter.feeds.connection import FeedConnection
 from exporter.feeds.server_time import parse_server_time
 from exporter.metrics import ExporterRegistry, build_registry
 from exporter.model import Exchange, InstrumentInfo, Record
-from exporter.recording import read_lines
+from exporter.recording import REST_ERROR, read_lines
 from exporter.redact import redact
+from exporter.rest.client import FAILURE_REASONS
 from exporter.views import MarketViews
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class ReplayStats:
     lines: int = 0
     frames: int = 0
     rest_bodies: int = 0
+    rest_failures: int = 0
     records: int = 0
     errors: int = 0
     first: float | None = None
@@ -187,6 +189,9 @@ class Replay:
             self._rest(
                 ex, x, str(d.get("src", "")), d.get("q") or {}, data.encode() if isinstance(data, str) else data, t
             )
+        elif kind == REST_ERROR:
+            self.stats.rest_failures += 1
+            self._rest_failure(ex, str(d.get("src", "")), str(data))
         elif kind == "meta" and d.get("src") == "followed":
             self._followed(ex, x, orjson.loads(data))
 
@@ -204,6 +209,15 @@ class Replay:
         for stream, conn in x.conns.items():
             if stream in x.plans:
                 conn.health.cadence_s = x.plans[stream].cadence_s
+
+    def _rest_failure(self, ex: Exchange, endpoint: str, reason: str) -> None:
+        """A failed attempt as live counted it; a reason we do not know is a bad line, not a new label."""
+        if reason not in FAILURE_REASONS:
+            self.stats.errors += 1
+            return
+        h = self.state.rest_endpoint(ex, endpoint)
+        h.requests += 1
+        h.failures[reason] = h.failures.get(reason, 0) + 1
 
     def _rest(self, ex: Exchange, x: _Exchange, endpoint: str, q: dict[str, Any], body: bytes, t: float) -> None:
         h = self.state.rest_endpoint(ex, endpoint)

@@ -169,3 +169,58 @@ def test_zstd_files_read_the_same(tmp_path: Path) -> None:
     frames = pd.read_json(path, lines=True, compression="zstd")
     assert list(frames["data"]) == [_frame(i) for i in range(3)]
     assert [d["data"] for d in read_lines(tmp_path)] == [_frame(i) for i in range(3)]
+
+
+async def test_failed_calls_are_recorded_without_body_and_replay_counts_them_as_live(tmp_path: Path) -> None:
+    """A 503, a 429 and a 400 (whose body echoes the query) are lines with reason and status, no body; a
+    failed signed call is not recorded; the replay's fr_rest_* counts equal the live client's."""
+    from exporter.config import Config
+    from exporter.replay import Replay
+
+    answers = [
+        httpx.Response(503, content=b"busy"),
+        httpx.Response(429, content=b"slow down", headers={"Retry-After": "0"}),
+        httpx.Response(200, content=b'{"retCode":0,"result":{"list":[]}}'),
+        httpx.Response(400, content=b'{"retMsg":"bad symbol echo-me-not"}'),
+        httpx.Response(401, content=b'{"retMsg":"sign echo-me-not"}'),
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return answers.pop(0)
+
+    async def no_wait(seconds: float) -> None:
+        return None
+
+    state = MarketState()
+    client = RestClient(
+        Exchange.BYBIT, "http://127.0.0.1:1", state, transport=httpx.MockTransport(handler), sleep=no_wait
+    )
+    rec = Recorder(tmp_path)
+    rec.start()
+    client.recorder = rec.rest_hook(Exchange.BYBIT)
+    client.failure_recorder = rec.rest_failure_hook(Exchange.BYBIT)
+    await client.get("long_short_ratio", "/v5/market/account-ratio", {"symbol": "BTCUSDT"})  # 503, 429, 200
+    with pytest.raises(Exception, match="400"):
+        await client.get("long_short_ratio", "/v5/market/account-ratio", {"symbol": "NOPE"})
+
+    def sign(path: str, query: str) -> tuple[str, dict[str, str]]:
+        return query + "&sign=abc", {"X-BAPI-API-KEY": "k"}
+
+    with pytest.raises(Exception, match="401"):
+        await client.get("positions", "/v5/position/list", {"category": "linear"}, sign=sign)
+    await client.aclose()
+    rec.close()
+
+    lines = list(read_lines(tmp_path))
+    errors = [(d["data"], d["q"].get("_status")) for d in lines if d["kind"] == "rest_error"]
+    assert errors == [("http_5xx", 503), ("rate_limited", 429), ("http_4xx", 400)]
+    for p in recording_files(tmp_path):
+        raw = gzip.decompress(p.read_bytes())
+        assert b"echo-me-not" not in raw and b"busy" not in raw and b"position" not in raw
+    live = state.rest_endpoint(Exchange.BYBIT, "long_short_ratio")
+    replay = Replay(Config(), tmp_path)
+    stats = await replay.run()
+    assert stats.rest_failures == 3 and stats.errors == 0
+    replayed = replay.state.rest_endpoint(Exchange.BYBIT, "long_short_ratio")
+    assert replayed.failures == live.failures == {"http_5xx": 1, "rate_limited": 1, "http_4xx": 1}
+    assert replayed.requests == live.requests == 4

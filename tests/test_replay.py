@@ -9,8 +9,8 @@ A live scrape is the exporter's registry rendered in the event loop (what /metri
 two frames: it is taken after exactly N recorded lines (the recorder's queue is counted), so the
 replay renders after the same N lines with the clock moved to the scrape's time and must show the
 same values (relative tolerance 1e-9, float formatting only). Compared: prices, funding, z-scores,
-open interest, liquidation counters and notional, stream message counts, and the dated futures'
-curve (mark, basis, annualised basis, implied funding).
+open interest, liquidation counters and notional, stream message counts, failed REST calls (a 503
+and a 429 injected), and the dated futures' curve (mark, basis, annualised basis, implied funding).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ COMPARED = [
     m.LIQUIDATIONS,
     m.LIQUIDATED_NOTIONAL,
     m.STREAM_MESSAGES,
+    m.REST_FAILURES,
     m.FUTURE_MARK_PRICE,
     m.BASIS,
     m.BASIS_ANNUALIZED,
@@ -154,6 +155,10 @@ async def test_replay_equals_the_live_scrapes_at_the_same_moments(tmp_path: Path
                     url = live.sim.urls(ex)[1]
                     r = await live.http.post(url + "/_sim/scenario", json={"name": "cascade", "seconds": 3.0})
                     assert r.status_code == 200, r.text
+            if n == 5:  # failed REST calls: replayed into fr_rest_request_failures_total as live counted them
+                for ex, kind in ((Exchange.BINANCE, "rest_5xx"), (Exchange.BYBIT, "rest_429")):
+                    r = await live.http.post(live.sim.urls(ex)[1] + "/_sim/fault", json={"kind": kind, "count": 2})
+                    assert r.status_code == 200, r.text
             live.scrape()
             n += 1
             for _ in range(round(SCRAPE_EVERY / TICK)):
@@ -167,6 +172,8 @@ async def test_replay_equals_the_live_scrapes_at_the_same_moments(tmp_path: Path
     last = scrapes[-1][2]
     assert sum(v for (name, _), v in last.items() if name == m.LIQUIDATIONS.name) > 0, "the cascade liquidated nothing"
     assert any(k[0] == m.FUNDING_ZSCORE.name for k in last)
+    failed = {dict(labels)["reason"] for (name, labels), v in last.items() if name == m.REST_FAILURES.name and v > 0}
+    assert {"http_5xx", "rate_limited"} <= failed, failed
     curve = {dict(labels)["exchange"] for name, labels in last if name == m.BASIS.name}
     assert curve == {ex.value for ex in Exchange}, f"dated futures on the curve of {curve} only"
 

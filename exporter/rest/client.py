@@ -221,6 +221,9 @@ class RestClient:
         self.budget = budget or RequestBudget(LIMITS[exchange], now=clock, sleep=sleep)
         # (sent_at, received_at, endpoint, path, params, body) of every unsigned success, when recording
         self.recorder: Callable[[float, float, str, str, Params | None, bytes], None] | None = None
+        # (sent_at, received_at, endpoint, path, params, reason, HTTP status) of every unsigned failed
+        # attempt, when recording: a replay counts the failures as live did (no body: it may echo the query)
+        self.failure_recorder: Callable[[float, float, str, str, Params | None, str, int | None], None] | None = None
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(self.policy.timeout_s),
@@ -240,6 +243,21 @@ class RestClient:
         """Count a failure found after the HTTP call (e.g. ``parse``) against the endpoint."""
         failures = self.sink.rest_endpoint(self.exchange, endpoint).failures
         failures[reason] = failures.get(reason, 0) + 1
+
+    def _failed(
+        self,
+        endpoint: str,
+        reason: str,
+        sent_at: float,
+        path: str,
+        params: Params | None,
+        status: int | None,
+        signed: bool,
+    ) -> None:
+        """A failed attempt: counted, and recorded when recording (signed account calls never are)."""
+        self.count_failure(endpoint, reason)
+        if self.failure_recorder is not None and not signed:
+            self.failure_recorder(sent_at, self.clock(), endpoint, path, params, reason, status)
 
     def _count_success(self, endpoint: str) -> None:
         self.sink.rest_endpoint(self.exchange, endpoint).last_success_at = self.clock()
@@ -267,6 +285,7 @@ class RestClient:
             health.requests += 1
             sent_at = self.clock()
             retry_in: float | None = None
+            status: int | None = None  # none when no answer came (timeout, connection)
             try:
                 if sign is None:
                     resp = await self._http.get(path, params=dict(params) if params else None)
@@ -290,7 +309,7 @@ class RestClient:
                     reset = _bybit_reset_in(resp.headers.get("X-Bapi-Limit-Reset-Timestamp"), self.clock())
                     self._close_gate(reset if reset is not None else p.rate_limit_default_s)
                     last = RestError("rate_limited", f"{self.exchange} {endpoint}: retCode 10006 (too many visits)")
-                    self.count_failure(endpoint, last.reason)
+                    self._failed(endpoint, last.reason, sent_at, path, params, status, sign is not None)
                     continue
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"), self.clock())
                 if status in (429, 418):
@@ -309,13 +328,13 @@ class RestClient:
                         self._close_gate(retry_after)
                 else:
                     # 4xx other than rate limits: the request itself is wrong; retrying won't help
-                    self.count_failure(endpoint, "http_4xx")
+                    self._failed(endpoint, "http_4xx", sent_at, path, params, status, sign is not None)
                     # a signed request's error text may echo what was signed: not in the message
                     detail = "" if sign is not None else f": {_snippet(resp)}"
                     msg = f"{self.exchange} {endpoint}: HTTP {status}{detail}"
                     raise RestError("http_4xx", msg, status, resp.content)
             assert last is not None
-            self.count_failure(endpoint, last.reason)
+            self._failed(endpoint, last.reason, sent_at, path, params, status, sign is not None)
             if last.reason != "rate_limited":
                 # the gate (if any) already covers rate limits; other errors back off per call
                 ceiling = min(p.retry_max_s, p.retry_initial_s * 2**attempt)
