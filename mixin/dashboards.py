@@ -38,6 +38,7 @@ class Panel:
     extra_defaults: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     instant: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # more panel keys (repeat, pluginVersion)
 
     def build(self, pid: int, x: int, y: int) -> dict[str, Any]:
         defaults: dict[str, Any] = {"unit": self.unit}
@@ -71,6 +72,7 @@ class Panel:
             "fieldConfig": {"defaults": defaults, "overrides": []},
             "options": self.options,
             "targets": targets,
+            **self.extra,
         }
 
 
@@ -766,10 +768,19 @@ def _term(cfg: MixinConfig) -> dict[str, Any]:
     t = cfg.thresholds
     sel = 'exchange=~"$exchange",base=~"$base"'
     perp_ann = f"{m.FUNDING_RATE_ANNUALIZED}{{{sel}}}"
-    # the perpetual joins the curve at day 0 (its annualised funding), labelled expiry="perpetual"
-    as_perp = 'label_replace({}, "expiry", "perpetual", "", "")'
+    # The curve: per point the same labels on x and y (the merge joins on them; no __name__, job...):
+    # the futures with an annualised basis, and the perpetual at day 0 (its annualised funding),
+    # labelled expiry="perpetual".
+    by = "max by (exchange, base, instrument, expiry)"
+    as_perp = f'{by} (label_replace({{}}, "expiry", "perpetual", "", ""))'
+    dated = f"{m.BASIS_ANNUALIZED}{{{sel}}}"
+    curve_x = f"{by} ({m.FUTURE_DAYS}{{{sel}}} and on (exchange, instrument) {dated}) or " + as_perp.format(
+        f"0 * {perp_ann}"
+    )
+    curve_y = f"{by} ({dated}) or " + as_perp.format(perp_ann)
     ann_lines = [("red", None), ("green", -t.basis_annualized), ("red", t.basis_annualized)]
     div_lines = [("red", None), ("green", -t.implied_divergence_bp), ("red", t.implied_divergence_bp)]
+    curve_units = [("Value #A", "suffix: d")]  # the x axis: days to expiry
     table_units = [
         ("Value #A", "d"),
         ("Value #B", "percentunit"),
@@ -785,27 +796,34 @@ def _term(cfg: MixinConfig) -> dict[str, Any]:
         [
             Panel(
                 "Curve: annualised basis against days to expiry",
-                "Each point is a dated future (x: days to expiry, y: annualised basis); the perpetual's annualised "
-                f"funding sits at day 0. FuturesBasisExtreme fires beyond ±{t.basis_annualized:.0%} a year.",
-                [
-                    (
-                        f"{m.FUTURE_DAYS}{{{sel}}} or " + as_perp.format(f"0 * {perp_ann}"),
-                        "{{exchange}} {{instrument}}",
-                    ),
-                    (f"{m.BASIS_ANNUALIZED}{{{sel}}} or " + as_perp.format(perp_ann), "{{exchange}} {{instrument}}"),
-                ],
+                "The curve of $base, one line per exchange: its dated futures at their days to expiry (x) and "
+                "annualised basis (y), the perpetual's annualised funding at day 0. Contracts under a day to "
+                f"expiry have no annualised figure. FuturesBasisExtreme fires beyond ±{t.basis_annualized:.0%} a year.",
+                [(curve_x, "{{exchange}} {{instrument}}"), (curve_y, "{{exchange}} {{instrument}}")],
                 "percentunit",
                 kind="xychart",
-                width=24,
+                width=24,  # the row: Grafana shares it among the repeats (two per row)
                 height=10,
                 instant=True,
                 options={
-                    "seriesMapping": "auto",
-                    "dims": {"x": "Value #A"},
-                    "series": [{"x": "Value #A", "y": "Value #B"}],
+                    # every frame (one per exchange, see the transformations) is a series: x days, y basis
+                    "mapping": "auto",
+                    "series": [
+                        {
+                            "x": {"matcher": {"id": "byName", "options": "Value #A"}},
+                            "y": {"matcher": {"id": "byName", "options": "Value #B"}},
+                        }
+                    ],
                     "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                    "tooltip": {"mode": "single", "sort": "none"},
                 },
-                extra_defaults={"custom": {"show": "points", "pointSize": {"fixed": 8}}},
+                extra_defaults={
+                    "custom": {"show": "points+lines", "pointSize": {"fixed": 7}, "lineWidth": 2},
+                    "displayName": "${__field.labels.exchange}",
+                },
+                # one panel per base ("All" repeats it); pluginVersion: the options are the current
+                # schema, not one to migrate (Grafana migrates xychart options of unversioned panels)
+                extra={"repeat": "base", "repeatDirection": "h", "maxPerRow": 2, "pluginVersion": "11.6.0"},
             ),
             Panel(
                 "Annualised basis over time",
@@ -853,9 +871,18 @@ def _term(cfg: MixinConfig) -> dict[str, Any]:
                 options={"showHeader": True, "sortBy": [{"displayName": "Value #A", "desc": False}]},
             ),
         ],
-        overrides={"Contracts followed": table_units},
+        overrides={"Contracts followed": table_units, "Curve: annualised basis against days to expiry": curve_units},
         transformations={
-            "Curve: annualised basis against days to expiry": [{"id": "merge", "options": {}}],
+            # one table (x and y joined on the labels), sorted by days (a line joins the points in row
+            # order), then one frame per exchange: one line each
+            "Curve: annualised basis against days to expiry": [
+                {"id": "merge", "options": {}},
+                {"id": "sortBy", "options": {"sort": [{"field": "Value #A", "desc": False}]}},
+                {
+                    "id": "partitionByValues",
+                    "options": {"fields": ["exchange"], "keepFields": False, "naming": {"asLabels": True}},
+                },
+            ],
             "Contracts followed": [
                 {"id": "merge", "options": {}},
                 {"id": "organize", "options": {"excludeByName": {"Time": True, "__name__": True, "job": True}}},
