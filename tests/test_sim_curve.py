@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 
-from exporter.model import Exchange
+from exporter.feeds import dated, feed_for
+from exporter.feeds.base import FeedContext
+from exporter.model import Exchange, MarketUpdate
+from exporter.sim import futures_wire
 from exporter.sim.curve import CARRY_LIMIT, DISLOCATED, DISLOCATION, quarterlies
 from exporter.sim.market import MarketModel, Scenario
 
@@ -82,3 +86,43 @@ def test_curve_dislocation_moves_one_exchange_off_the_curve() -> None:
         m.step(1.0)
     assert m.scenario == Scenario.CALM
     assert all(abs(f.carry) <= CARRY_LIMIT + 0.05 for f in m.curve.futures[DISLOCATED].values())
+
+
+def test_bybit_serves_inverse_quarterlies_and_rolls_them_as_inverse() -> None:
+    """Bybit lists USDT and inverse quarterlies (BTCUSDH26: month letter H, 1 USD a contract): the
+    inverse instruments-info rows and stream frames parse into the values of the model, and a
+    delivered inverse contract is followed by the next inverse quarterly."""
+    march = datetime(2026, 3, 27, 8, tzinfo=UTC).timestamp()
+    m = MarketModel(seed=3, start_time=march - 10.0)
+    assert m.curve is not None
+    m.step(1.0)
+    body = orjson.dumps({"retCode": 0, "retMsg": "OK", "result": {"category": "inverse", "list":
+                         futures_wire.bybit_rows(m, inverse=True), "nextPageCursor": ""}})  # fmt: skip
+    listed = dated.parse_bybit(body)
+    assert [(i.instrument, i.quote, i.inverse, i.expiry) for i in listed] == [
+        ("BTCUSDH26", "USD", True, march),
+        ("BTCUSDM26", "USD", True, datetime(2026, 6, 26, 8, tzinfo=UTC).timestamp()),
+        ("ETHUSDH26", "USD", True, march),
+        ("ETHUSDM26", "USD", True, datetime(2026, 6, 26, 8, tzinfo=UTC).timestamp()),
+    ]
+    linear = dated.parse_bybit(orjson.dumps({"retCode": 0, "result": {"list": futures_wire.bybit_rows(m)}}))
+    assert {i.instrument for i in linear} == {
+        "BTCUSDT-27MAR26",
+        "BTCUSDT-26JUN26",
+        "ETHUSDT-27MAR26",
+        "ETHUSDT-26JUN26",
+    }
+    assert not any(i.inverse for i in linear)
+    f = m.curve.futures[Exchange.BYBIT]["BTCUSDH26"]
+    ctx = FeedContext(Exchange.BYBIT, {i.instrument: i for i in listed}, clock=lambda: m.now)
+    [u] = feed_for(Exchange.BYBIT).parse_ws(orjson.dumps(futures_wire.bybit_ticker(f, m.now)), ctx)
+    assert isinstance(u, MarketUpdate)
+    assert u.mark_price == pytest.approx(f.mark, abs=0.005) and u.index_price == pytest.approx(f.index, abs=0.005)
+    for _ in range(10):
+        m.step(1.0)
+    t = m.truth(Exchange.BYBIT)
+    assert {"BTCUSDH26", "ETHUSDH26", "BTCUSDT-27MAR26", "ETHUSDT-27MAR26"} <= set(t["expired"])
+    assert t["futures"]["BTCUSDU26"]["inverse"] and t["futures"]["BTCUSDU26"]["quote"] == "USD"
+    assert t["futures"]["BTCUSDT-25SEP26"]["quote"] == "USDT"
+    sept = datetime(2026, 9, 25, 8, tzinfo=UTC).timestamp()
+    assert t["futures"]["BTCUSDU26"]["expiry"] == t["futures"]["BTCUSDT-25SEP26"]["expiry"] == sept

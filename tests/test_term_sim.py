@@ -205,6 +205,14 @@ async def test_curve_agrees_with_the_simulator_and_rolls_at_expiry() -> None:
                 assert days[0] < 1 and days[-1] > 30, (ex, days)
                 assert disagreement(ex, m, t) is None  # the ones checked above, now asserted by name
             assert len(m["fr_basis_annualized_ratio"]) >= 8  # two quarterlies of BTC per exchange at least
+            # Bybit's inverse quarterlies (BTCUSDH26 style, on /v5/public/inverse) beside its USDT ones
+            bybit = (await truth(Exchange.BYBIT))["futures"]
+            inverse = {s for s, f in bybit.items() if f["inverse"]}
+            assert len(inverse) == 4 and all(bybit[s]["quote"] == "USD" for s in inverse)
+            for s in inverse:
+                labels, _ = m["fr_future_mark_price"][("bybit", s)]
+                assert labels["quote"] == "USD" and labels["base"] == bybit[s]["base"]
+                assert ("bybit", s) in m["fr_basis_annualized_ratio"]
 
             # 2. on every exchange the nearest short contract delivers: it leaves /metrics; its successor appears
             before: dict[Exchange, tuple[str, float, set[str]]] = {}

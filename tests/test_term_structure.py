@@ -200,6 +200,23 @@ def test_bybit_futures_ticker() -> None:
     assert (u.mark_price, u.index_price, u.funding_rate) == (93010.5, 91500.5, None)
 
 
+def test_bybit_inverse_futures_ticker() -> None:
+    """An inverse dated future on ``/v5/public/inverse`` (BTCUSDH26: BTC-settled, 1 USD a contract)."""
+    info = InstrumentInfo(Y, "BTCUSDH26", "BTC", "USD", inverse=True, expiry=1774598400.0)
+    frame = {
+        "topic": "tickers.BTCUSDH26", "type": "snapshot", "ts": 1764489600000, "cs": 7,
+        "data": {"symbol": "BTCUSDH26", "tickDirection": "PlusTick", "lastPrice": "93240.50",
+                 "markPrice": "93251.25", "indexPrice": "91502.75", "openInterest": "35861012",
+                 "openInterestValue": "384.57", "fundingRate": "", "nextFundingTime": "0",
+                 "deliveryTime": "2026-03-27T08:00:00Z", "basisRate": "0.01910866", "basis": "1748.50",
+                 "predictedDeliveryPrice": "", "deliveryFeeRate": "0.0005"},
+    }  # fmt: skip
+    [u] = feed_for(Y).parse_ws(_j(frame), FeedContext(Y, {info.instrument: info}))
+    assert isinstance(u, MarketUpdate)
+    assert (u.instrument, u.mark_price, u.index_price, u.funding_rate) == ("BTCUSDH26", 93251.25, 91502.75, None)
+    assert u.event_time == 1764489600.0
+
+
 def test_okx_futures_mark_price_push() -> None:
     info = InstrumentInfo(OK, "BTC-USD-250328", "BTC", "USD", contract_size=100.0, inverse=True, expiry=1743148800.0)
     frame = {

@@ -41,7 +41,7 @@ class _Stats:
 
 class BybitServer(ExchangeServer):
     exchange = Exchange.BYBIT
-    ws_paths = ("/v5/public/linear",)
+    ws_paths = ("/v5/public/linear", "/v5/public/inverse")  # inverse: the inverse dated futures only
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -111,11 +111,15 @@ class BybitServer(ExchangeServer):
         }
         self.send(conn, dumps(body), data=False)
 
-    def _valid(self, topic: str) -> bool:
+    def _valid(self, topic: str, conn: Conn) -> bool:
+        """A topic of this connection's category: ``/v5/public/inverse`` serves inverse contracts only
+        (here the inverse dated futures), ``/v5/public/linear`` the USDT perpetuals and futures."""
         head, _, sym = topic.partition(".")
-        if head == "tickers" and sym in futures_wire.futures_of(self.market, self.exchange):
-            return True  # a dated future: tickers only
-        return head in ("tickers", "allLiquidation") and sym in self.market.instruments[self.exchange]
+        inverse = conn.path.startswith("/v5/public/inverse")
+        future = futures_wire.futures_of(self.market, self.exchange).get(sym)
+        if future is not None:
+            return head == "tickers" and future.inverse is inverse  # a dated future: tickers only
+        return not inverse and head in ("tickers", "allLiquidation") and sym in self.market.instruments[self.exchange]
 
     async def on_text(self, conn: Conn, text: str) -> None:
         try:
@@ -130,10 +134,10 @@ class BybitServer(ExchangeServer):
         if op == "ping":
             self._ack(conn, "ping", req_id, msg="pong")
         elif op == "subscribe" and isinstance(args, list):
-            bad = [a for a in args if not isinstance(a, str) or not self._valid(a)]
+            bad = [a for a in args if not isinstance(a, str) or not self._valid(a, conn)]
             if bad:
                 self._ack(conn, "subscribe", req_id, ok=False, msg=f"Invalid symbol :[{','.join(map(str, bad))}]")
-            good = [a for a in args if isinstance(a, str) and self._valid(a)]
+            good = [a for a in args if isinstance(a, str) and self._valid(a, conn)]
             perps = self.market.instruments[self.exchange]
             for a in good:
                 if a.startswith("tickers.") and a[8:] in perps and not self.subscribers(a):
@@ -239,8 +243,11 @@ class BybitServer(ExchangeServer):
         return self._ok({"timeSecond": str(int(t)), "timeNano": str(int(t * 1e9))})
 
     async def instruments_info(self, request: web.Request) -> web.Response:
-        if request.query.get("category") == "inverse":  # no inverse contract is simulated
-            return self._ok({"category": "inverse", "list": [], "nextPageCursor": ""})
+        if request.query.get("category") == "inverse":  # the inverse dated futures (no inverse perpetual)
+            rows = futures_wire.bybit_rows(self.market, inverse=True)
+            if sym := request.query.get("symbol"):
+                rows = [r for r in rows if r["symbol"] == sym.upper()]
+            return self._ok({"category": "inverse", "list": rows, "nextPageCursor": ""})
         if (e := self._category(request)) is not None:
             return e
         found = self._symbol(request, required=False)
@@ -288,6 +295,12 @@ class BybitServer(ExchangeServer):
         return self._ok({"category": "linear", "list": out, "nextPageCursor": ""})
 
     async def tickers(self, request: web.Request) -> web.Response:
+        if request.query.get("category") == "inverse":
+            now = self.stamp_now()
+            sym = (request.query.get("symbol") or "").upper()
+            futs = [f for f in futures_wire.futures_of(self.market, self.exchange).values() if f.inverse]
+            rows = [futures_wire.bybit_rest_ticker(f, now) for f in futs if not sym or f.symbol == sym]
+            return self._ok({"category": "inverse", "list": rows})
         if (e := self._category(request)) is not None:
             return e
         found = self._symbol(request, required=False)

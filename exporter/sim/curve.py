@@ -1,11 +1,12 @@
 """Dated futures of the simulated exchanges: a curve consistent with the funding regime.
 
 Per exchange and base (BTC, ETH), the two next quarterlies (last Friday of Mar/Jun/Sep/Dec, 08:00
-UTC). A future's mark is the exchange's index times ``1 + carry x days / 365``: the carry (a rate a
-year) is the exchange's perpetual funding annualised (held within +-8 %/yr, where real quarterlies
-mostly trade: the sim's funding regimes run hotter), plus a slow noise per contract and, during
-the ``curve_dislocation`` scenario, a jump on one exchange's contracts. So the basis shrinks to zero
-at the delivery. When the nearest contract expires it is delisted and the next one is listed.
+UTC; on Bybit both the USDT-margined and the inverse ones, ``BTCUSDT-27MAR26`` and ``BTCUSDH26``). A
+future's mark is the exchange's index times ``1 + carry x days / 365``: the carry (a rate a year) is
+the exchange's perpetual funding annualised (held within +-8 %/yr, where real quarterlies mostly
+trade: the sim's funding regimes run hotter), plus a slow noise per contract and, during the
+``curve_dislocation`` scenario, a jump on one exchange's contracts. So the basis shrinks to zero at
+the delivery. When the nearest contract expires it is delisted and the next one is listed.
 
 ``short_seconds`` (tests): a ladder of BTC contracts ``S`` seconds apart, the first expiring ``S``
 seconds after start, so a test sees an expiry and a roll within a minute. Their names take a date
@@ -33,6 +34,7 @@ DAY = 86400.0
 YEAR_DAYS = 365.0
 BASES = ("BTC", "ETH")
 MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+MONTH_CODES = "FGHJKMNQUVXZ"  # futures month letters: Bybit's inverse futures are BTCUSDH26 (March 2026)
 NOISE_SD = 0.005  # carry noise, a year
 CARRY_LIMIT = 0.08  # calm carry follows the annualised funding, held within +-8 %/yr
 NOISE_TAU = 1800.0
@@ -77,12 +79,15 @@ def quarterlies(now: float, n: int) -> list[float]:
     return out
 
 
-def symbol_of(exchange: Exchange, base: str, day: date) -> tuple[str, str, bool, float]:
-    """(symbol, quote, inverse, contract size) as each exchange names its dated futures."""
+def symbol_of(exchange: Exchange, base: str, day: date, inverse: bool = False) -> tuple[str, str, bool, float]:
+    """(symbol, quote, inverse, contract size) as each exchange names its dated futures (``inverse``:
+    Bybit's inverse futures, 1 USD a contract, settled in the coin)."""
     yymmdd = day.strftime("%y%m%d")
     mon = MONTHS[day.month - 1]
     if exchange is Exchange.BINANCE:
         return f"{base}USDT_{yymmdd}", "USDT", False, 1.0
+    if exchange is Exchange.BYBIT and inverse:
+        return f"{base}USD{MONTH_CODES[day.month - 1]}{day:%y}", "USD", True, 1.0
     if exchange is Exchange.BYBIT:
         return f"{base}USDT-{day.day:02d}{mon}{day:%y}", "USDT", False, 1.0
     if exchange is Exchange.OKX:
@@ -103,7 +108,10 @@ class Curve:
         for ex in market.exchanges:
             for base in self._bases(ex):
                 for t in quarterlies(now, 2):
-                    self._list(ex, base, t, datetime.fromtimestamp(t, tz=UTC).date())
+                    day = datetime.fromtimestamp(t, tz=UTC).date()
+                    self._list(ex, base, t, day)
+                    if ex is Exchange.BYBIT:  # Bybit lists both: USDT-margined and inverse quarterlies
+                        self._list(ex, base, t, day, inverse=True)
         if short_seconds:
             for ex in market.exchanges:
                 if "BTC" in self._bases(ex):
@@ -122,8 +130,10 @@ class Curve:
                 return inst
         return None
 
-    def _list(self, ex: Exchange, base: str, expiry: float, day: date, k: int = 0) -> DatedFuture:
-        sym, quote, inverse, ct = symbol_of(ex, base, day)
+    def _list(
+        self, ex: Exchange, base: str, expiry: float, day: date, k: int = 0, inverse: bool = False
+    ) -> DatedFuture:
+        sym, quote, inverse, ct = symbol_of(ex, base, day, inverse)
         f = DatedFuture(ex, sym, base, quote, inverse, ct, expiry, self.market.now, day, k)
         f.noise = float(self.rng.normal(0.0, NOISE_SD))
         self.futures[ex][sym] = f
@@ -147,7 +157,11 @@ class Curve:
                 self._price(f, now)
 
     def _roll(self, ex: Exchange, gone: DatedFuture) -> None:
-        same = [f for f in self.futures[ex].values() if f.base == gone.base and (f.k > 0) == (gone.k > 0)]
+        same = [
+            f
+            for f in self.futures[ex].values()
+            if f.base == gone.base and (f.k > 0) == (gone.k > 0) and f.inverse is gone.inverse
+        ]
         if gone.k > 0 and self.short_seconds:
             last = max(same, key=lambda f: f.k, default=gone)
             k = last.k + 1
@@ -155,7 +169,7 @@ class Curve:
             return
         after = max((f.expiry for f in same), default=gone.expiry)
         nxt = quarterlies(after, 1)[0]
-        self._list(ex, gone.base, nxt, datetime.fromtimestamp(nxt, tz=UTC).date())
+        self._list(ex, gone.base, nxt, datetime.fromtimestamp(nxt, tz=UTC).date(), inverse=gone.inverse)
 
     def _price(self, f: DatedFuture, now: float) -> None:
         perp = self._perp(f.exchange, f.base)

@@ -2,9 +2,11 @@
 
 Shapes as documented (docs/term-structure.md): Binance ``exchangeInfo`` delivery symbols and
 ``markPriceUpdate`` with ``r`` "" and ``T`` 0 (``P``: the estimated settle price, the index in the
-last hour); Bybit ``instruments-info`` ``LinearFutures`` rows and ``tickers`` snapshots with
-``deliveryTime``/``basis``/``basisRate``; OKX ``FUTURES`` instruments and ``mark-price`` pushes;
-Deribit ``get_instruments`` rows with a dated ``settlement_period`` and ``ticker`` notifications.
+last hour); Bybit ``instruments-info`` ``LinearFutures`` (category linear) and ``InverseFutures``
+(category inverse) rows and ``tickers`` snapshots with ``deliveryTime``/``basis``/``basisRate`` (on
+``/v5/public/linear`` and ``/v5/public/inverse``; REST ``tickers`` of the inverse category); OKX
+``FUTURES`` instruments and ``mark-price`` pushes; Deribit ``get_instruments`` rows with a dated
+``settlement_period`` and ``ticker`` notifications.
 """
 
 from __future__ import annotations
@@ -62,23 +64,43 @@ def binance_symbols(market: MarketModel) -> list[dict[str, Any]]:
     return out
 
 
-def bybit_rows(market: MarketModel) -> list[dict[str, Any]]:
+def bybit_rows(market: MarketModel, inverse: bool = False) -> list[dict[str, Any]]:
+    """The dated futures of one instruments-info category: linear (USDT) or inverse (USD, coin-settled)."""
     return [
         {
             "symbol": f.symbol,
-            "contractType": "LinearFutures",
+            "contractType": "InverseFutures" if f.inverse else "LinearFutures",
             "status": "Trading",
             "baseCoin": f.base,
             "quoteCoin": f.quote,
-            "settleCoin": f.quote,
+            "settleCoin": f.base if f.inverse else f.quote,
             "launchTime": str(ms(f.listed_at)),
             "deliveryTime": str(ms(f.expiry)),
             "deliveryFeeRate": "0.0005",
             "priceScale": str(D),
+            "leverageFilter": {"minLeverage": "1", "maxLeverage": "100.00", "leverageStep": "0.01"},
+            "priceFilter": {"minPrice": "0.50", "maxPrice": "1999999.00", "tickSize": "0.50"},
+            "lotSizeFilter": {"maxOrderQty": "100000000", "minOrderQty": "1", "qtyStep": "1"}
+            if f.inverse
+            else {"maxOrderQty": "500.000", "minOrderQty": "0.001", "qtyStep": "0.001"},
+            "unifiedMarginTrade": True,
             "fundingInterval": 0,
+            "copyTrading": "none",
+            "upperFundingRate": "",
+            "lowerFundingRate": "",
+            "isPreListing": False,
+            "preListingInfo": None,
         }
         for f in _ordered(market, Exchange.BYBIT)
+        if f.inverse is inverse
     ]
+
+
+def bybit_rest_ticker(f: DatedFuture, now: float) -> dict[str, str]:
+    """A dated future in ``GET /v5/market/tickers`` (``deliveryTime`` in ms there; ISO on the stream)."""
+    data: dict[str, str] = dict(bybit_ticker(f, now)["data"])
+    data["deliveryTime"] = str(ms(f.expiry))
+    return data
 
 
 def okx_rows(market: MarketModel) -> list[dict[str, Any]]:
