@@ -83,7 +83,9 @@ class MarketUpdate:
     snapshot: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, like MarketUpdate: a frozen dataclass's __init__ sets each field through
+# object.__setattr__ (4x the cost), and one of these is built per liquidation. Never mutated.
+@dataclass(slots=True)
 class Liquidation:
     exchange: Exchange
     instrument: str
@@ -94,7 +96,7 @@ class Liquidation:
     notional_usd: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see Liquidation
 class FundingSettlement:
     """A settled (historical) funding rate, from REST history or a settlement push."""
 

@@ -369,6 +369,8 @@ class MarketState:
                 return
             if record.interval_s and st.funding_interval_s is None:
                 st.funding_interval_s = record.interval_s
+            if record.funding_time == st.settlements.last_time():
+                return  # the newest settlement again (OKX repeats it in every push): known times stay
             self.add_settlements(st, [(record.funding_time, record.rate)], record.interval_s)
         elif isinstance(record, LongShortRatio):
             st = self.instruments.get((record.exchange, record.instrument))
@@ -392,8 +394,11 @@ class MarketState:
         now = self.clock() if received_at is None else received_at
         apply_market = self._apply_market
         for r in records:
-            if type(r) is MarketUpdate:  # the hot path: skip the isinstance chain of apply()
-                apply_market(r, now)
+            t = type(r)
+            if t is MarketUpdate:  # the hot paths: skip the isinstance chain of apply()
+                apply_market(r, now)  # type: ignore[arg-type]
+            elif t is Liquidation:
+                self._apply_liquidation(r, now)  # type: ignore[arg-type]
             else:
                 self.apply(r, now)
 

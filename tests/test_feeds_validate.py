@@ -40,6 +40,32 @@ BINANCE_MARK = {
         "T": 1617321600000,
     },
 }
+BINANCE_FORCE = {  # ws_forceorder_tardis
+    "stream": "btcusdt@forceOrder",
+    "data": {
+        "e": "forceOrder",
+        "E": 1584059031426,
+        "o": {
+            "s": "BTCUSDT",
+            "S": "BUY",
+            "o": "LIMIT",
+            "f": "IOC",
+            "q": "0.014",
+            "p": "4793.91",
+            "ap": "4706.04",
+            "X": "FILLED",
+            "l": "0.015",
+            "z": "0.014",
+            "T": 1584059031421,
+        },
+    },
+}
+BYBIT_OLD_LIQ = {  # ws_liquidation_v5_tardis, the deprecated topic
+    "data": {"price": "0.03803", "side": "Buy", "size": "1637", "symbol": "GALAUSDT", "updatedTime": 1673251091822},
+    "topic": "liquidation.GALAUSDT",
+    "ts": 1673251091822,
+    "type": "snapshot",
+}
 BYBIT_TICKER = {
     "topic": "tickers.BTCUSD",
     "type": "snapshot",
@@ -128,6 +154,13 @@ CASES: list[tuple[str, Exchange, dict[str, Any], tuple[Any, ...], Any, str]] = [
     ("binance absurd rate", B, BINANCE_MARK, ("data", "r"), "1e308", V.RATE),
     ("binance nan rate", B, BINANCE_MARK, ("data", "r"), "NaN", V.NOT_FINITE),
     ("binance next funding in year 5e7", B, BINANCE_MARK, ("data", "T"), 10**18, V.TIMESTAMP),
+    ("binance liquidation size nan", B, BINANCE_FORCE, ("data", "o", "z"), "NaN", V.NOT_FINITE),
+    ("binance liquidation price 1e308", B, BINANCE_FORCE, ("data", "o", "ap"), "1e308", V.PRICE),
+    ("binance liquidation in year 3e7", B, BINANCE_FORCE, ("data", "o", "T"), 10**18, V.TIMESTAMP),
+    ("bybit liquidation price 0", Y, BYBIT_OLD_LIQ, ("data", "price"), "0", V.PRICE),
+    ("bybit liquidation size -1", Y, BYBIT_OLD_LIQ, ("data", "size"), "-1", V.QTY),
+    ("okx negative oi", OK, OKX_OI, ("data", 0, "oi"), "-1", V.QTY),
+    ("okx nan premium", OK, OKX_FUNDING, ("data", 0, "premium"), "nan", V.NOT_FINITE),
     ("bybit interval 1e308 h", Y, BYBIT_TICKER, ("data", "fundingIntervalHour"), "1e308", V.INTERVAL),
     ("bybit interval 0.001 h", Y, BYBIT_TICKER, ("data", "fundingIntervalHour"), "0.001", V.INTERVAL),
     ("bybit zero mark", Y, BYBIT_TICKER, ("data", "markPrice"), "0", V.PRICE),

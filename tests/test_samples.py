@@ -20,6 +20,7 @@ from exporter.feeds.base import FeedContext
 from exporter.feeds.binance import BinanceFeed
 from exporter.feeds.binance import _fast as _binance_fast
 from exporter.feeds.bybit import BybitFeed, _decode_ticker_message
+from exporter.feeds.bybit import _fast as _bybit_fast
 from exporter.feeds.deribit import DeribitFeed
 from exporter.feeds.deribit import _fast as _deribit_fast
 from exporter.feeds.okx import OkxFeed
@@ -29,6 +30,7 @@ from exporter.model import (
     InstrumentInfo,
     Liquidation,
     MarketUpdate,
+    ParseError,
     Record,
     Side,
 )
@@ -528,3 +530,43 @@ def test_hot_frames_take_the_fast_path(shared_dir: Path, name: str, fast: Callab
     # The typed path must really handle the frequent frames (not silently fall back every time).
     handled = [fast(raw.encode()) is not None for raw in messages(shared_dir / "samples" / name)]
     assert sum(handled) >= 2
+
+
+# Liquidations and the slower pushes have typed paths too (issue 10: the cost per frame against
+# cryptofeed). Each recorded frame must be handled by the typed path itself (no exception, no
+# fallback) and give exactly what the strict path gives.
+TYPED_LIQUIDATION_FRAMES = [
+    ("binance/ws_forceorder_tardis.jsonl", 1, _binance_fast, Liquidation),
+    ("bybit/ws_liquidation_v5_tardis.jsonl", 1, _bybit_fast, Liquidation),
+    ("bybit/ws_liquidation_v5_tardis.jsonl", 2, _bybit_fast, Liquidation),
+    ("bybit/ws_liquidation_v5_tardis.jsonl", 3, _bybit_fast, Liquidation),
+    ("deribit/ws_perpetual_ticker_trades_tardis.jsonl", 4, _deribit_fast, Liquidation),
+    ("deribit/ws_perpetual_ticker_trades_tardis.jsonl", 5, _deribit_fast, Liquidation),
+    ("okx/ws_funding_rate_index_2026_tardis.jsonl", 2, OkxFeed()._fast, MarketUpdate),
+    ("okx/ws_public_v5_swap_tardis.jsonl", 5, OkxFeed()._fast, MarketUpdate),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "line", "fast", "kind"),
+    TYPED_LIQUIDATION_FRAMES,
+    ids=[f"{n}:{ln}" for n, ln, _, _ in TYPED_LIQUIDATION_FRAMES],
+)
+def test_liquidations_and_funding_pushes_take_the_typed_path(
+    shared_dir: Path, name: str, line: int, fast: Callable[[bytes, FeedContext], object], kind: type
+) -> None:
+    ex = Exchange(name.split("/")[0])
+    raw = messages(shared_dir / "samples" / name)[line - 1].encode()
+    ctx = FeedContext(ex)
+    typed = fast(raw, ctx)
+    assert isinstance(typed, list) and typed and type(typed[0]) is kind
+    assert typed == STRICT[ex].parse_ws(raw, ctx)
+
+
+def test_deribit_trades_without_a_liquidation_give_nothing_and_a_non_array_batch_is_refused() -> None:
+    batch = b'{"jsonrpc":"2.0","method":"subscription","params":{"channel":"trades.BTC-PERPETUAL.100ms","data":'
+    trade = b'{"timestamp":1765531356452,"price":92294.5,"amount":10.0,"direction":"sell",'
+    trade += b'"instrument_name":"BTC-PERPETUAL"}'
+    assert DeribitFeed().parse_ws(batch + b"[" + trade + b"]}}", FeedContext(D)) == []
+    with pytest.raises(ParseError):
+        DeribitFeed().parse_ws(batch + trade + b"}}", FeedContext(D))

@@ -263,3 +263,20 @@ def test_samples_are_taken_once_a_minute_and_never_late() -> None:
     assert [r[0] for r in s.oi_samples] == expected
     assert [r[0] for r in s.anchor_samples] == expected
     assert s.anchor_samples[-1][1:] == (1e-4, 0.01)
+
+
+def test_a_settlement_repeated_in_every_push_is_stored_once_and_an_older_one_still_merges() -> None:
+    """OKX repeats the last settlement in every funding-rate push: the window keeps one record of it
+    (and readers' caches stay valid), while an older settlement arriving late is merged in order."""
+    st, _ = make_state()
+    s = st.instruments[(Exchange.BYBIT, "BTCUSDT")]
+    t0 = 1_785_859_200.0
+    st.apply_many([FundingSettlement(Exchange.BYBIT, "BTCUSDT", t0, -2e-4, 28800.0)])
+    version = s.settlements_version
+    for _ in range(3):
+        st.apply_many([FundingSettlement(Exchange.BYBIT, "BTCUSDT", t0, -2e-4, 28800.0)])
+    assert s.settlement_window() == ((t0, -2e-4),)
+    assert s.settlements_version == version
+    st.apply_many([FundingSettlement(Exchange.BYBIT, "BTCUSDT", t0 - 28800.0, 1e-4, 28800.0)])
+    assert s.settlement_window() == ((t0 - 28800.0, 1e-4), (t0, -2e-4))
+    assert s.settlements_version == version + 1

@@ -337,8 +337,7 @@ def _event(d: Any, instruments: Mapping[str, InstrumentInfo], tb: tuple[float, f
 # straight into these; the strict path converts each orjson-decoded element, so both end in _mark().
 
 
-class _Mark(msgspec.Struct, gc=False):
-    e: str
+class _Mark(msgspec.Struct, gc=False, tag_field="e", tag="markPriceUpdate"):
     s: str
     p: str
     E: int | None = None
@@ -361,9 +360,28 @@ class _SettleFrame(msgspec.Struct, gc=False):
 _decode_settle = msgspec.json.Decoder(_SettleFrame).decode
 
 
+class _Force(msgspec.Struct, gc=False):
+    """The order of a ``forceOrder`` event (only the fields used)."""
+
+    s: str
+    S: str
+    q: str
+    p: str
+    ap: str | None = None
+    z: str | None = None
+    T: int | None = None
+
+
+class _ForceEvent(msgspec.Struct, gc=False, tag_field="e", tag="forceOrder"):
+    o: _Force
+    E: int | None = None
+
+
 class _MarkFrame(msgspec.Struct, gc=False):
     stream: str
-    data: _Mark | list[_Mark]
+    # the event type "e" tells the two apart while decoding: a liquidation never takes the
+    # failed-decoding detour through the strict path
+    data: _Mark | _ForceEvent | list[_Mark]
 
 
 _decode_mark_frame = msgspec.json.Decoder(_MarkFrame).decode
@@ -429,16 +447,17 @@ def _settle_of(el: Any) -> object:
 
 def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
     decoded = _decode_mark_frame(frame).data
+    if type(decoded) is _ForceEvent:
+        liq = _force_fast(decoded, ctx.instruments, ctx.time_bounds())
+        return [liq] if liq is not None else []
     many = isinstance(decoded, list)
-    data: list[_Mark] = decoded if isinstance(decoded, list) else [decoded]
+    data: list[_Mark] = decoded if isinstance(decoded, list) else [decoded]  # type: ignore[list-item]
     out: list[Record] = []
     append = out.append
     instruments = ctx.instruments
     tb = ctx.time_bounds()
     settles: dict[str, str | None] | None = None
     for m in data:
-        if m.e != "markPriceUpdate":
-            return None
         # !markPrice@arr carries every symbol: skip unfollowed ones before converting numbers
         if not instruments or m.s in instruments:
             settle = None
@@ -455,6 +474,48 @@ def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
             except ParseError as exc:  # one bad symbol of the array: the others keep their update
                 append(Rejected(EX, exc.reason, f"binance {m.s}: {exc}"))
     return out
+
+
+def _force_fast(
+    ev: _ForceEvent, instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float]
+) -> Liquidation | None:
+    """:func:`_force_order` on the typed event, the same rules inline. Any doubt raises, and the
+    strict path parses the frame again and names the field."""
+    o = ev.o
+    sym = o.s
+    info = instruments.get(sym)
+    if info is None:
+        if instruments or not sym:
+            if not sym:
+                raise ParseError("field 'o.s' is empty")
+            return None
+        quote = base_of(EX, sym)[1]
+    else:
+        quote = info.quote
+    side = _LIQ_SIDE[o.S]  # KeyError on an unknown side: the strict path names it
+    z = o.z
+    qty = float(z) if z else 0.0
+    if not qty:
+        qty = float(o.q)
+    ap = o.ap
+    price = float(ap) if ap else 0.0
+    if not price:
+        price = float(o.p)
+    usd = price * qty
+    t = o.T or ev.E
+    if t is None:
+        raise ParseError("no time")
+    at = t / 1000.0
+    if not (
+        0.0 < qty <= V.QTY_MAX
+        and V.PRICE_MIN <= price <= V.PRICE_MAX
+        and 0.0 <= usd <= V.USD_MAX
+        and tb[0] <= at <= tb[1]
+    ):
+        raise ParseError("a value out of its domain")
+    if quote not in USD_QUOTES:
+        return None
+    return Liquidation(EX, sym, at, side, price, qty, usd)
 
 
 def _force_order(

@@ -321,21 +321,66 @@ class _Ticker(msgspec.Struct, gc=False):
     singleOpenInterestValue: str | None = None
 
 
+class _Liq(msgspec.Struct, gc=False):
+    """One ``allLiquidation`` row."""
+
+    T: int
+    s: str
+    S: str
+    v: str
+    p: str
+
+
+class _OldLiq(msgspec.Struct, gc=False):
+    """The deprecated ``liquidation.{symbol}`` object."""
+
+    symbol: str
+    side: str
+    size: str
+    price: str
+    updatedTime: int
+
+
+class _OldLiqMessage(msgspec.Struct, gc=False):
+    data: _OldLiq
+
+
 class _TickerMessage(msgspec.Struct, gc=False):
     topic: str
-    data: _Ticker
+    # a ticker is an object, an allLiquidation batch an array: told apart while decoding
+    data: _Ticker | list[_Liq]
     ts: int | None = None
     type: str | None = None  # "snapshot" | "delta"
 
 
 _decode_ticker_message = msgspec.json.Decoder(_TickerMessage).decode
+_decode_old_liquidation = msgspec.json.Decoder(_OldLiqMessage).decode
 _TICKER_KEYS = tuple(f for f in _Ticker.__struct_fields__ if f != "symbol")
 
 
 def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
     m = _decode_ticker_message(frame)
-    if not m.topic.startswith("tickers."):
-        return None  # liquidations, acks: the strict path
+    topic = m.topic
+    data = m.data
+    if isinstance(data, list):
+        if not topic.startswith("allLiquidation."):
+            return None
+        instruments = ctx.instruments
+        tb = ctx.time_bounds()
+        out: list[Record] = []
+        for d in data:
+            liq = _liquidation_fast(d.s, d.S, d.v, d.p, d.T, instruments, tb)
+            if liq is not None:
+                out.append(liq)
+        return out
+    if not topic.startswith("tickers."):
+        if topic.startswith("liquidation."):
+            o = _decode_old_liquidation(frame).data
+            liq = _liquidation_fast(
+                o.symbol, o.side, o.size, o.price, o.updatedTime, ctx.instruments, ctx.time_bounds()
+            )
+            return [liq] if liq is not None else []
+        return None  # acks, topics we do not use: the strict path
     tb = ctx.time_bounds()
     ts = m.ts
     et = None
@@ -343,7 +388,7 @@ def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
         et = ts / 1000.0
         if not tb[0] <= et <= tb[1]:
             raise V.out_of_range("ts", et, V.TIMESTAMP)
-    return _ticker(m.data, et, m.type == "snapshot", ctx.instruments, tb)
+    return _ticker(data, et, m.type == "snapshot", ctx.instruments, tb)
 
 
 def _ticker(
@@ -443,6 +488,41 @@ def _ticker(
     except ValueError as exc:
         raise explain(msgspec.structs.asdict(t), _TICKER_KEYS, exc) from None
     return [u]
+
+
+def _liquidation_fast(
+    sym: str,
+    side: str,
+    size: str,
+    price: str,
+    t: int,
+    instruments: Mapping[str, InstrumentInfo],
+    tb: tuple[float, float],
+) -> Liquidation | None:
+    """:func:`_liquidation` on typed fields, the same rules inline. Any doubt raises (one bad row
+    fails the typed path): the strict path parses the frame again, rejecting that row alone."""
+    info = instruments.get(sym)
+    if info is None:
+        if instruments or not sym:
+            if not sym:
+                raise ParseError("field 'symbol' is empty")
+            return None
+        inverse = is_inverse(sym, instruments)
+    else:
+        inverse = info.inverse
+    pos = _POSITION_SIDE[side]  # KeyError on an unknown side
+    v = float(size)
+    p = float(price)
+    at = t / 1000.0
+    if not V.PRICE_MIN <= p <= V.PRICE_MAX:  # before dividing by it
+        raise ParseError("price out of its domain")
+    if inverse:  # size counts USD contracts
+        qty, usd = v / p, v
+    else:
+        qty, usd = v, v * p
+    if not (0.0 < qty <= V.QTY_MAX and 0.0 <= usd <= V.USD_MAX and tb[0] <= at <= tb[1]):
+        raise ParseError("a value out of its domain")
+    return Liquidation(EX, sym, at, pos, p, qty, usd)
 
 
 def _liquidation(

@@ -158,13 +158,13 @@ class OkxFeed:
             tb = ctx.time_bounds()
             for r in push.data:
                 if not instruments or r.instId in instruments:
-                    out.append(_open_interest(r, instruments, tb))
+                    out.append(_open_interest_fast(r, instruments, tb))
             return out
         if channel == "funding-rate":
             tb = ctx.time_bounds()
             for r in push.data:
                 if not instruments or r.instId in instruments:
-                    _funding(r, out, tb)
+                    _funding_fast(r, out, tb)
             return out
         return None
 
@@ -494,6 +494,110 @@ def _funding(r: _PriceRow, out: list[Record], tb: tuple[float, float]) -> None:
     sett = V.opt(V.rate, opt_num(r.settFundingRate, "settFundingRate"), "settFundingRate")
     if sett is not None and r.settState == "settled" and t_prev is not None:
         out.append(FundingSettlement(EX, inst, t_prev, sett, interval))
+
+
+class _Invalid(ValueError):
+    """A value the typed path does not take: the strict path parses the frame again and names it."""
+
+
+def _funding_fast(r: _PriceRow, out: list[Record], tb: tuple[float, float]) -> None:
+    """:func:`_funding` with the conversions and domain checks inline (a push a second or so per
+    swap); any value it does not take raises, and the strict path names it."""
+    inst = r.instId
+    if not inst:
+        raise _Invalid
+    lo, hi = tb
+    rmax = V.RATE_MAX
+    v = r.fundingTime
+    t_set = float(v) / 1000.0 if v else None
+    v = r.nextFundingTime
+    t_next = float(v) / 1000.0 if v else None
+    v = r.prevFundingTime
+    t_prev = float(v) / 1000.0 if v else None
+    v = r.ts
+    et = float(v) / 1000.0 if v else None
+    v = r.fundingRate
+    rate = float(v) if v else None
+    v = r.maxFundingRate
+    cap = float(v) if v else None
+    v = r.minFundingRate
+    floor = float(v) if v else None
+    v = r.premium
+    premium = float(v) if v else None
+    v = r.settFundingRate
+    sett = float(v) if v else None
+    # a None passes (absent); NaN and the infinities fail the chained comparisons
+    if not (
+        (t_set is None or lo <= t_set <= hi)
+        and (t_next is None or lo <= t_next <= hi)
+        and (t_prev is None or lo <= t_prev <= hi)
+        and (et is None or lo <= et <= hi)
+        and (rate is None or -rmax <= rate <= rmax)
+        and (cap is None or -rmax <= cap <= rmax)
+        and (floor is None or -rmax <= floor <= rmax)
+        and (premium is None or -rmax <= premium <= rmax)
+        and (sett is None or -rmax <= sett <= rmax)
+    ):
+        raise _Invalid
+    interval = None
+    if t_set is not None and t_next is not None and t_next > t_set:
+        interval = t_next - t_set
+    elif t_set is not None and t_prev is not None and t_set > t_prev:
+        interval = t_set - t_prev
+    if interval is not None and not V.INTERVAL_MIN <= interval <= V.INTERVAL_MAX:
+        raise _Invalid
+    out.append(
+        MarketUpdate(
+            EX,
+            inst,
+            event_time=et,
+            funding_rate=rate,
+            next_funding_time=t_set,
+            funding_interval_s=interval,
+            funding_cap=cap,
+            funding_floor=floor,
+            premium=premium,
+        )
+    )
+    if sett is not None and r.settState == "settled" and t_prev is not None:
+        out.append(FundingSettlement(EX, inst, t_prev, sett, interval))
+
+
+def _open_interest_fast(
+    r: _PriceRow, instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float]
+) -> MarketUpdate:
+    """:func:`_open_interest` with the conversions and checks inline; what it does not take raises."""
+    inst = r.instId
+    v = r.oi
+    if not inst or v is None:
+        raise _Invalid
+    oi = float(v)
+    v = r.oiCcy
+    coin = float(v) if v else None
+    v = r.oiUsd
+    usd = float(v) if v else None
+    qmax = V.QTY_MAX
+    if not (0.0 <= oi <= qmax and (coin is None or 0.0 <= coin <= qmax) and (usd is None or 0.0 <= usd <= V.USD_MAX)):
+        raise _Invalid
+    info = instruments.get(inst)
+    if info is not None and info.inverse:
+        if usd is None:
+            usd = oi * info.contract_size  # inverse contracts are worth a fixed number of USD
+            if not usd <= V.USD_MAX:
+                raise _Invalid
+    elif coin is None:
+        if info is None:
+            raise _Invalid
+        coin = oi * info.contract_size
+        if not coin <= qmax:
+            raise _Invalid
+    v = r.ts
+    et = None
+    if v:
+        et = float(v) / 1000.0
+        if not tb[0] <= et <= tb[1]:
+            raise _Invalid
+    return MarketUpdate(EX, inst, et, open_interest_base=coin, open_interest_usd=usd)
 
 
 def _open_interest(r: _PriceRow, instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float]) -> MarketUpdate:
