@@ -20,6 +20,7 @@ from exporter.views import (
     MarketViews,
     ages,
     exchange_up,
+    futures_by_exchange,
     liquidation_totals,
     liquidations_since,
     oi_change_1h,
@@ -77,6 +78,17 @@ def _rows(views: MarketViews, rows: list[InstrumentView], now: float) -> list[di
     return out
 
 
+def _futures(views: MarketViews, perps: list[InstrumentView], now: float) -> dict[str, Any]:
+    """Dated futures per exchange (term structure); a failure leaves the block empty (counted)."""
+    try:
+        block = futures_by_exchange(views.futures(now, perps=perps), now)
+    except Exception:
+        views.errors.count("api_state")
+        log.warning("/api/state: the futures block failed", exc_info=True)
+        return {}
+    return {ex: [{k: _finite_or_none(x) for k, x in row.items()} for row in rows] for ex, rows in block.items()}
+
+
 def exchanges_block(config: Config, state: MarketState, now: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
     streams = sorted(list(state.streams.items()))
@@ -111,6 +123,7 @@ def build_state_document(
         "version": __version__,
         "exchanges": exchanges_block(config, state, now),
         "instruments": _rows(views, rows, now),
+        "futures": _futures(views, rows, now),
         "positions": [],
         "events": [
             {

@@ -21,6 +21,7 @@ from bisect import bisect_left
 from collections.abc import Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any
 
@@ -473,3 +474,34 @@ def ages(st: InstrumentState, now: float) -> dict[str, float | None]:
         "open_interest": now - st.oi_at if st.oi_at else None,
         "long_short_ratio": now - st.ratio_at if st.ratio_at else None,
     }
+
+
+def futures_by_exchange(futures: Iterable[FutureView], now: float) -> dict[str, list[dict[str, Any]]]:
+    """The /api/state ``futures`` block: per exchange, its dated contracts by expiry. What /metrics
+    leaves out is null here (a stale price and what derives from it; the annualised figures under a
+    day to expiry), never an old number."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for v in sorted(futures, key=lambda v: (v.expiry, v.st.info.instrument)):
+        info = v.st.info
+        out.setdefault(info.exchange.value, []).append(
+            {
+                "instrument": info.instrument,
+                "base": info.base,
+                "quote": info.quote,
+                "inverse": info.inverse,
+                "stale": v.mark_price is None,
+                "expiry": datetime.fromtimestamp(v.expiry, tz=UTC).isoformat().replace("+00:00", "Z"),
+                "expiry_timestamp": v.expiry,
+                "days_to_expiry": v.days_to_expiry,
+                "mark_price": v.mark_price,
+                "index_price": v.index_price,
+                "estimated_settle_price": v.estimated_settle_price,
+                "basis_ratio": v.basis_ratio,
+                "basis_annualized": v.basis_annualized,
+                "implied_funding_rate_8h": v.implied_funding_8h,
+                "actual_funding_rate_8h": v.actual_funding_8h,
+                "implied_minus_actual_bp": v.implied_minus_actual_bp,
+                "price_age_seconds": now - v.st.price_at if v.st.price_at else None,
+            }
+        )
+    return dict(sorted(out.items()))

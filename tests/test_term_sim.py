@@ -205,6 +205,19 @@ async def test_curve_agrees_with_the_simulator_and_rolls_at_expiry() -> None:
                 assert days[0] < 1 and days[-1] > 30, (ex, days)
                 assert disagreement(ex, m, t) is None  # the ones checked above, now asserted by name
             assert len(m["fr_basis_annualized_ratio"]) >= 8  # two quarterlies of BTC per exchange at least
+            # /api/state lists the same contracts per exchange, from the same views (market frozen)
+            doc = (await http.get(f"http://127.0.0.1:{port}/api/state")).json()
+            for ex in Exchange:
+                t = await truth(ex)
+                rows = {r["instrument"]: r for r in doc["futures"][ex.value]}
+                assert set(rows) == set(t["futures"])
+                for sym, r in rows.items():
+                    assert r["mark_price"] == m["fr_future_mark_price"][(ex.value, sym)][1]
+                    assert r["basis_ratio"] == pytest.approx(m["fr_basis_ratio"][(ex.value, sym)][1], rel=1e-12)
+                    assert r["expiry_timestamp"] == pytest.approx(t["futures"][sym]["expiry"], abs=1e-3)
+                    assert r["inverse"] is t["futures"][sym]["inverse"] and r["stale"] is False
+                    ann = m["fr_basis_annualized_ratio"].get((ex.value, sym))
+                    assert r["basis_annualized"] == (None if ann is None else pytest.approx(ann[1], rel=1e-12))
             # Bybit's inverse quarterlies (BTCUSDH26 style, on /v5/public/inverse) beside its USDT ones
             bybit = (await truth(Exchange.BYBIT))["futures"]
             inverse = {s for s, f in bybit.items() if f["inverse"]}

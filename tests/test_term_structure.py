@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
+from exporter.api_state import build_state_document
 from exporter.config import Config
 from exporter.feeds import dated, feed_for
 from exporter.feeds.base import FeedContext
@@ -362,3 +363,49 @@ def test_stale_future_price_drops_the_derived_series() -> None:
     t[0] = NOW + 120.0  # older than the 30 s price limit
     [v] = MarketViews(Config(), st).futures()
     assert v.mark_price is None and v.basis_ratio is None and v.basis_annualized is None
+
+
+def test_api_state_lists_the_dated_contracts_per_exchange() -> None:
+    t = [NOW]
+    st = _state([("BTCUSDT_A", 90.0, 91_800.0), ("BTCUSDT_X", 0.25, 90_090.0)], 90_010.0, 90_000.0, 0.0001)
+    st.clock = lambda: t[0]
+    cfg = Config()
+    doc = orjson.loads(orjson.dumps(build_state_document(cfg, st, MarketViews(cfg, st))))  # as served
+    assert list(doc["futures"]) == ["binance"]
+    x, a = doc["futures"]["binance"]  # by expiry
+    # by hand: 1800 / 90000 = 0.02 over 90 days; 90 / 90000 = 0.001 over a quarter of a day
+    assert a == {
+        "instrument": "BTCUSDT_A",
+        "base": "BTC",
+        "quote": "USDT",
+        "inverse": False,
+        "stale": False,
+        "expiry": "2026-02-28T08:00:00Z",
+        "expiry_timestamp": NOW + 90 * DAY,
+        "days_to_expiry": 90.0,
+        "mark_price": 91_800.0,
+        "index_price": 90_000.0,
+        "estimated_settle_price": None,
+        "basis_ratio": pytest.approx(0.02, rel=1e-12),
+        "basis_annualized": pytest.approx(0.02 * 365 / 90, rel=1e-12),
+        "implied_funding_rate_8h": pytest.approx(0.02 / 270, rel=1e-12),
+        "actual_funding_rate_8h": pytest.approx(0.0001, rel=1e-12),
+        "implied_minus_actual_bp": pytest.approx((0.02 / 270 - 0.0001) * 1e4, rel=1e-9),
+        "price_age_seconds": 0.0,
+    }
+    assert x["instrument"] == "BTCUSDT_X" and x["expiry"] == "2025-11-30T14:00:00Z"
+    assert x["basis_ratio"] == pytest.approx(0.001) and x["days_to_expiry"] == pytest.approx(0.25)
+    assert x["basis_annualized"] is None and x["implied_funding_rate_8h"] is None
+    assert x["implied_minus_actual_bp"] is None
+    # stale prices: null, never the old number; past its delivery a contract is gone
+    t[0] = NOW + 0.25 * DAY + 1.0
+    doc = build_state_document(cfg, st, MarketViews(cfg, st))
+    [a] = doc["futures"]["binance"]
+    assert a["instrument"] == "BTCUSDT_A" and a["stale"] is True and a["price_age_seconds"] == 0.25 * DAY + 1.0
+    assert a["mark_price"] is None and a["basis_ratio"] is None and a["implied_minus_actual_bp"] is None
+    assert a["days_to_expiry"] == pytest.approx(90.0 - 0.25 - 1.0 / DAY)
+
+
+def test_api_state_without_futures_has_an_empty_block() -> None:
+    st = MarketState(clock=lambda: NOW)
+    assert build_state_document(Config(), st, MarketViews(Config(), st))["futures"] == {}
