@@ -1,13 +1,16 @@
 """Recording and replay benchmarks (issue 12).
 
 1. Recording cost: the CPU of ingesting N Binance all-market mark-price frames (parse -> state, the
-   live connection path) with and without the recorder (queue put on the loop, JSON line + gzip in
-   the writer thread, all threads' CPU counted). Target: recording <= 10 % of ingest CPU.
+   live connection path) with and without the recorder (queue append on the loop, JSON lines +
+   compression in the writer thread, all threads' CPU counted: ``time.process_time``). The runs are
+   interleaved (without, with, with, without, ...: drift and a neighbour's load fall on both) and
+   the figure is the median of the runs' shares. Target: recording <= 10 % of ingest CPU.
 2. Replay speed: a recording of the same frames replayed as fast as possible through
    ``exporter.replay.Replay`` (virtual clock, parsers, connection path, state). Prints instrument
    updates per second on one core. Target: >= 200,000.
 
-Run: ``.venv/bin/python bench/bench_recording.py [--instruments 200] [--frames 2000] [--runs 3]``.
+Run: ``.venv/bin/python bench/bench_recording.py [--instruments 200] [--frames 2000] [--runs 7]
+[--compression zstd|gzip] [--level N]``.
 Prints figures; not a test.
 """
 
@@ -53,7 +56,10 @@ def frames(n_inst: int, n_frames: int) -> list[str]:
     return out
 
 
-async def ingest(frames_: list[str], instruments: list[InstrumentInfo], recorder: Recorder | None) -> float:
+async def ingest(
+    frames_: list[str], instruments: list[InstrumentInfo], recorder: Recorder | None
+) -> tuple[float, float, float]:
+    """(process CPU, the loop thread's CPU, the writer thread's CPU) of ingesting the frames."""
     clock = [T0]
     state = MarketState(clock=lambda: clock[0])
     for i in instruments:
@@ -64,44 +70,63 @@ async def ingest(frames_: list[str], instruments: list[InstrumentInfo], recorder
         recorder.start()
         conn.recorder = recorder.ws_hook(Exchange.BINANCE)
     cpu0 = time.process_time()  # every thread of the process: the writer's compression included
+    loop0 = time.thread_time()
     for k, fr in enumerate(frames_):
         clock[0] = T0 + k
         await conn.handle_frame(fr, clock[0])
+    loop = time.thread_time() - loop0
+    writer = 0.0
     if recorder is not None:
         recorder.close()  # the writer finishes what was queued: its CPU belongs to the figure
         assert recorder.stats.dropped == 0, "queue too small for the benchmark"
-    return time.process_time() - cpu0
+        writer = recorder.stats.writer_cpu_s
+    return time.process_time() - cpu0, loop, writer
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--instruments", type=int, default=200)
     ap.add_argument("--frames", type=int, default=2000)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--compression", choices=("gzip", "zstd"), default="gzip")
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--compression", choices=("gzip", "zstd"), default="zstd")
     ap.add_argument("--level", type=int, default=None)
     args = ap.parse_args()
     insts = infos(args.instruments)
     fr = frames(args.instruments, args.frames)
     updates = args.instruments * args.frames
     print(f"python {platform.python_version()}, {args.frames} frames x {args.instruments} instruments")
-    base, rec = [], []
-    for _ in range(args.runs):
-        base.append(asyncio.run(ingest(fr, insts, None)))
+    base: list[float] = []
+    rec: list[float] = []
+    shares: list[float] = []  # process CPU with / without, per interleaved pair
+    writer: list[float] = []  # the writer thread's CPU / the loop's CPU without recording
+    hooked: list[float] = []  # the loop thread's extra CPU with recording on (queueing, interference)
+
+    def recorded() -> tuple[float, float, float]:
         with tempfile.TemporaryDirectory() as d:
-            rec.append(
-                asyncio.run(
-                    ingest(
-                        fr,
-                        insts,
-                        Recorder(Path(d), queue_size=len(fr) + 10, compression=args.compression, level=args.level),
-                    )
-                )
-            )
+            recorder = Recorder(Path(d), queue_size=len(fr) + 10, compression=args.compression, level=args.level)
+            return asyncio.run(ingest(fr, insts, recorder))
+
+    for k in range(args.runs):
+        if k % 2 == 0:  # ABBA: without, with / with, without
+            b1, r1 = asyncio.run(ingest(fr, insts, None)), recorded()
+        else:
+            r1, b1 = recorded(), asyncio.run(ingest(fr, insts, None))
+        base.append(b1[0])
+        rec.append(r1[0])
+        shares.append(100 * (r1[0] - b1[0]) / b1[0])
+        writer.append(100 * r1[2] / b1[1])
+        hooked.append(100 * (r1[1] - b1[1]) / b1[1])
     b, r = statistics.median(base), statistics.median(rec)
+    med = statistics.median
     print(f"ingest without recording: {b:.3f} s CPU ({updates / b:,.0f} instrument updates/s)")
-    share = 100 * (r - b) / b
-    print(f"ingest with recording ({args.compression}): {r:.3f} s CPU; recording = {share:.1f} % of ingest CPU")
+    print(
+        f"ingest with recording ({args.compression}): {r:.3f} s CPU; recording = {med(shares):.1f} % of ingest CPU "
+        f"(median of {args.runs} interleaved pairs, range {min(shares):.1f} to {max(shares):.1f} %)"
+    )
+    print(
+        f"  of which the writer thread {med(writer):.1f} % (range {min(writer):.1f} to {max(writer):.1f}), "
+        f"the loop thread {med(hooked):+.1f} % (range {min(hooked):+.1f} to {max(hooked):+.1f})"
+    )
 
     with tempfile.TemporaryDirectory() as d:
         recorder = Recorder(Path(d), queue_size=len(fr) + 10)
@@ -109,7 +134,7 @@ def main() -> None:
         recorder.meta(T0 - 1.0, Exchange.BINANCE, "followed", insts)
         hook = recorder.ws_hook(Exchange.BINANCE)
         for k, f in enumerate(fr):
-            hook(T0 + k, "markPrice", f)
+            hook(T0 + k, "markPrice", f, True)  # frames that parsed: embedded as JSON, as live
         recorder.close()
         rates = []
         for _ in range(args.runs):

@@ -448,7 +448,8 @@ class RecordingConfig(_Model):
     dir: Path | None = None
     rotate_seconds: float = Field(3600.0, gt=0)  # a new file this often (by receive time)
     max_bytes: int = Field(1 << 30, gt=0)  # oldest files deleted beyond this many bytes in dir
-    compression: Literal["gzip", "zstd"] = "gzip"  # zstd needs the zstandard package
+    # auto: zstd when the zstandard package is installed (a third of gzip's CPU), else gzip
+    compression: Literal["auto", "gzip", "zstd"] = "auto"
     queue_size: int = Field(100_000, gt=0)  # frames waiting for the writer; beyond: dropped and counted
 
 

@@ -31,10 +31,10 @@ import importlib
 import importlib.util
 import io
 import logging
-import queue
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +57,7 @@ REST_ERROR = "rest_error"  # a failed REST attempt: the reason, the status, neve
 RestHook = Callable[[float, float, str, str, Any, bytes], None]
 RestFailureHook = Callable[[float, float, str, str, Any, str, "int | None"], None]
 Item = tuple[float, str, str, str, "str | bytes", "str | None", "Mapping[str, Any] | None"]
-_STOP: Any = object()
+CHUNK = 1 << 20  # lines are joined and handed to the compressor in chunks of about this many bytes
 
 
 def zstd_available() -> bool:
@@ -100,11 +100,18 @@ class RecordingStats:
     dropped: int = 0
     bytes: int = 0
     files_deleted: int = 0
+    writer_cpu_s: float = 0.0  # the writer thread's own CPU (encoding, compression, I/O): the bench reads it
 
 
 class Recorder:
     """A bounded queue and a writer thread that rotates files by time and keeps the directory under
-    ``max_bytes`` (oldest files deleted first; the file being written is never deleted)."""
+    ``max_bytes`` (oldest files deleted first; the file being written is never deleted).
+
+    The queue is a deque the loop appends to (atomic, no lock, no wake-up per frame): the writer wakes
+    every ``flush_seconds``, or when the queue is an eighth full, takes what is there, and hands the
+    lines to the compressor in chunks of about 1 MiB. A frame costs the loop one append; the writer
+    and the loop meet a few times a second instead of once a frame (bench/bench_recording.py).
+    """
 
     def __init__(
         self,
@@ -112,23 +119,33 @@ class Recorder:
         *,
         rotate_seconds: float = 3600.0,
         max_bytes: int = 1 << 30,
-        compression: Compression = "gzip",
+        compression: Compression | Literal["auto"] = "gzip",
         queue_size: int = 100_000,
         flush_seconds: float = 1.0,
         level: int | None = None,
         wall: Callable[[], float] = time.monotonic,
     ) -> None:
+        if compression == "auto":  # zstd costs a third of gzip's CPU (bench/bench_recording.py)
+            compression = "zstd" if zstd_available() else "gzip"
         if compression == "zstd" and not zstd_available():
             raise ValueError("recording.compression zstd needs the zstandard package (pip install zstandard)")
         self.directory = Path(directory)
         self.rotate_seconds = rotate_seconds
         self.max_bytes = max_bytes
-        self.compression = compression
+        self.compression: Compression = compression
         # fast levels: recording must stay a small part of ingest CPU (bench/bench_recording.py)
         self.level = level if level is not None else 1
         self.flush_seconds = flush_seconds
         self.wall = wall  # flush pacing only (the file names and rotation follow the receive times)
-        self.q: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self.q: deque[Item] = deque()
+        self._wake_at = max(1, queue_size // 8)  # the writer is woken early at this many queued lines
+        self._chunk = min(CHUNK, max(4096, max_bytes // 16))  # the size cap holds within a chunk
+        self._wake = threading.Event()
+        self._closing = False
+        self._buf: list[bytes] = []  # encoded lines not yet handed to the compressor
+        self._buf_bytes = 0
+        self._buf_lines = 0
         self.stats = RecordingStats()
         self._thread: threading.Thread | None = None
         self._file: IO[bytes] | None = None
@@ -144,10 +161,13 @@ class Recorder:
         self._put((received_at, str(exchange), "ws", stream, frame, None, None))
 
     def _put(self, item: Item) -> None:
-        try:
-            self.q.put_nowait(item)
-        except queue.Full:
-            self.stats.dropped += 1  # one writer of this counter: the loop thread
+        q = self.q
+        if len(q) >= self.queue_size or self._closing:
+            self.stats.dropped += 1  # the loop thread counts what it could not queue
+            return
+        q.append(item)  # atomic: the writer pops from the other end
+        if len(q) == self._wake_at:
+            self._wake.set()  # a burst: do not wait for the next flush period
 
     def ws_hook(self, exchange: Exchange) -> Callable[[float, str, str | bytes, bool], None]:
         """What a FeedConnection calls with (received_at, stream, frame, the frame is valid JSON)."""
@@ -204,61 +224,93 @@ class Recorder:
         """Write what is queued, close the file. Frames recorded after this are dropped."""
         if self._thread is None:
             return
-        try:
-            self.q.put(_STOP, timeout=timeout)
-        except queue.Full:
-            log.warning("recording: writer stuck; closing without the queued frames")
+        self._closing = True
+        self._wake.set()
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("recording: writer stuck; closing without the queued frames")
         self._thread = None
 
     # ---- the writer thread -------------------------------------------------------------------
 
     def _run(self) -> None:
         last_flush = self.wall()
+        q = self.q
+        cpu0 = time.thread_time()
         try:
             while True:
-                try:
-                    item = self.q.get(timeout=self.flush_seconds)
-                except queue.Empty:
-                    item = None
-                if item is _STOP:
-                    break
-                if item is not None:
+                if len(q) < self._wake_at and not self._closing:  # a backlog is written at once
+                    self._wake.wait(self.flush_seconds)
+                self._wake.clear()
+                closing = self._closing  # read before draining: what was queued before close() is written
+                for _ in range(len(q)):  # what is there now; later lines wait for the next turn
+                    item = q.popleft()
                     try:
                         self._write(item)
                     except Exception:  # a full disk must not kill the thread: count and go on
                         self.stats.dropped += 1
                         log.exception("recording: write failed")
-                if self._file is not None and self.wall() - last_flush >= self.flush_seconds:
+                self._write_chunk()
+                if self._file is not None and (closing or self.wall() - last_flush >= self.flush_seconds):
                     self._file.flush()
                     last_flush = self.wall()
+                self.stats.writer_cpu_s = time.thread_time() - cpu0
+                if closing:
+                    self.stats.dropped += len(q)  # queued while the writer was closing
+                    break
         finally:
             self._close_file()
+            self.stats.writer_cpu_s = time.thread_time() - cpu0
 
     def _write(self, item: Item) -> None:
         t, ex, kind, src, data, path, params = item
         if self._file is not None and t - self._opened_at >= self.rotate_seconds:
             self._rotate(t)
-        parts: tuple[bytes, ...] | None = None
+        elif self._file is None or self.stats.bytes - self._bytes_at_open > self.max_bytes // 4:
+            self._rotate(t)  # a file never grows past a quarter of the cap: the cap holds within that
         if kind == WS_JSON:
             # A frame known to be JSON goes in as it is: no escaping, byte for byte (the costly
-            # part of a line otherwise); only one with a line break in it is escaped after all.
+            # part of a line otherwise); only one with a line feed in it (whitespace: JSON strings
+            # escape theirs) is escaped after all. Lines split on \n only: a \r is JSON whitespace.
             raw = data.encode("utf-8") if isinstance(data, str) else data
             kind = "ws"
-            if b"\n" not in raw and b"\r" not in raw:
+            if b"\n" not in raw:
                 head = orjson.dumps({"t": t, "ex": ex, "kind": kind, "src": src, "raw": True})
-                parts = (head[:-1] + b',"data":', raw, b"}\n")  # written in pieces: no copy of the frame
-        if parts is None:
-            parts = (self._escaped(t, ex, kind, src, data, path, params),)
-        if self._file is None or self.stats.bytes - self._bytes_at_open > self.max_bytes // 4:
-            self._rotate(t)  # a file never grows past a quarter of the cap: the cap holds within that
-        assert self._file is not None
-        for part in parts:
-            self._file.write(part)
+                self._add(head[:-1] + b',"data":', raw, b"}\n")
+            else:
+                self._add(self._escaped(t, ex, kind, src, data, path, params))
+        else:
+            self._add(self._escaped(t, ex, kind, src, data, path, params))
         if kind == "ws":
             self.stats.frames_ws += 1
         elif kind == "rest" or kind == REST_ERROR:
             self.stats.frames_rest += 1
+
+    def _add(self, *parts: bytes) -> None:
+        buf = self._buf
+        for part in parts:
+            buf.append(part)
+            self._buf_bytes += len(part)
+        self._buf_lines += 1
+        if self._buf_bytes >= self._chunk:
+            self._write_chunk()
+
+    def _write_chunk(self) -> None:
+        """The buffered lines to the compressor in one call (it releases the GIL while it works)."""
+        if not self._buf:
+            return
+        chunk = b"".join(self._buf)
+        lines = self._buf_lines
+        self._buf.clear()
+        self._buf_bytes = self._buf_lines = 0
+        if self._file is None:
+            self.stats.dropped += lines
+            return
+        try:
+            self._file.write(chunk)
+        except Exception:  # a full disk: these lines are lost, counted
+            self.stats.dropped += lines
+            log.exception("recording: write failed")
 
     @staticmethod
     def _escaped(
@@ -285,6 +337,7 @@ class Recorder:
         self.stats.bytes += n
 
     def _rotate(self, t: float) -> None:
+        self._write_chunk()  # the lines before this one belong to the file being closed
         self._close_file()
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(t))
         self._seq += 1
@@ -301,6 +354,7 @@ class Recorder:
         self._enforce_cap()
 
     def _close_file(self) -> None:
+        self._write_chunk()
         f, self._file = self._file, None
         if f is not None:
             f.close()

@@ -66,15 +66,17 @@ def test_frames_that_parsed_are_embedded_unescaped_and_come_back_byte_for_byte(t
     hook(1_700_000_000.0, "markPrice", _frame(1), True)  # parsed: JSON, written as it is
     hook(1_700_000_001.0, "markPrice", '{"a":\n1}', True)  # a line break inside: escaped after all
     hook(1_700_000_002.0, "markPrice", '{"garbage": \x00<<not json', False)  # did not parse: escaped
+    hook(1_700_000_003.0, "markPrice", '{"b":\r2}', True)  # a carriage return is JSON whitespace: as it is
     rec.close()
     (path,) = recording_files(tmp_path)
-    raw_lines = gzip.decompress(path.read_bytes()).splitlines()
+    raw_lines = gzip.decompress(path.read_bytes()).split(b"\n")
     assert raw_lines[0].endswith(b',"raw":true,"data":' + _frame(1).encode() + b"}")
     df = pd.read_json(path, lines=True)
     assert df["data"].iloc[0] == orjson.loads(_frame(1))  # pandas sees the frame as an object
-    assert list(df["data"].iloc[1:]) == ['{"a":\n1}', '{"garbage": \x00<<not json']
+    assert list(df["data"].iloc[1:3]) == ['{"a":\n1}', '{"garbage": \x00<<not json']
+    assert df["data"].iloc[3] == {"b": 2} and raw_lines[3].endswith(b'"data":{"b":\r2}}')
     got = [d["data"] for d in read_lines(tmp_path)]
-    assert got == [_frame(1).encode(), '{"a":\n1}', '{"garbage": \x00<<not json']
+    assert got == [_frame(1).encode(), '{"a":\n1}', '{"garbage": \x00<<not json', b'{"b":\r2}']
 
 
 def test_the_oldest_files_are_deleted_beyond_the_cap(tmp_path: Path) -> None:
@@ -224,3 +226,22 @@ async def test_failed_calls_are_recorded_without_body_and_replay_counts_them_as_
     replayed = replay.state.rest_endpoint(Exchange.BYBIT, "long_short_ratio")
     assert replayed.failures == live.failures == {"http_5xx": 1, "rate_limited": 1, "http_4xx": 1}
     assert replayed.requests == live.requests == 4
+
+
+def test_a_burst_wakes_the_writer_before_its_flush_period(tmp_path: Path) -> None:
+    """The loop does not wake the writer per frame: it sleeps a flush period (here a minute), unless an
+    eighth of the queue is waiting; then it writes at once, in order, and close() writes the rest."""
+    from support import wait_for
+
+    rec = Recorder(tmp_path, queue_size=80, flush_seconds=60.0)
+    rec.start()
+    hook = rec.ws_hook(Exchange.BINANCE)
+    for i in range(9):
+        hook(1_700_000_000.0 + i, "markPrice", _frame(i), True)
+    assert rec.stats.frames_ws == 0  # below the mark: queued for the next period
+    hook(1_700_000_009.0, "markPrice", _frame(9), True)  # the tenth: an eighth of 80
+    wait_for(lambda: rec.stats.frames_ws == 10, 20.0, what="the writer woken by the burst")
+    hook(1_700_000_010.0, "markPrice", _frame(10), True)
+    rec.close()
+    assert rec.stats.frames_ws == 11 and rec.stats.dropped == 0
+    assert [d["t"] for d in read_lines(tmp_path)] == [1_700_000_000.0 + i for i in range(11)]
