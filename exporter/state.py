@@ -213,6 +213,7 @@ class InstrumentState:
     oi_samples: Window = field(default_factory=lambda: Window(2, 180, OI_SPAN_SECONDS))
     # The sampler's hints: no sample is due before these times, so the hot path skips the call.
     anchor_sample_due: float = 0.0
+    funding_extreme: bool = False  # the rate (per 8 h) is at or beyond the event limit (FundingThreshold)
     oi_sample_due: float = 0.0
     # liquidations seen on the public stream, per side of the liquidated position
     liq_count: dict[Side, int] = field(default_factory=lambda: {Side.LONG: 0, Side.SHORT: 0})
@@ -276,6 +277,10 @@ class MarketState:
         self._anchor_span = anchor_span_seconds + ANCHOR_SAMPLE_SECONDS
         self.started_at = clock()
         self.instruments: dict[Key, InstrumentState] = {}
+        # The same states by exchange, then instrument id: the hot path looks up the frame's id
+        # without building a key tuple, and never reads a stored tuple to compare it (a cache miss
+        # per update at thousands of instruments).
+        self._by_exchange: dict[Exchange, dict[str, InstrumentState]] = {}
         self.futures: dict[Key, FutureState] = {}  # dated futures (term structure), kept apart from perpetuals
         self.streams: dict[tuple[Exchange, str], StreamHealth] = {}
         self.rest: dict[tuple[Exchange, str], RestHealth] = {}
@@ -314,6 +319,7 @@ class MarketState:
                 anchor_samples=Window(3, 2000, self._anchor_span),
             )
             self.instruments[key] = st
+            self._by_exchange.setdefault(info.exchange, {})[info.instrument] = st
         else:
             st.info = info
         if info.funding_cap is not None:
@@ -413,7 +419,8 @@ class MarketState:
     def _apply_market(self, u: MarketUpdate, now: float) -> None:
         # The hot path (every update of every stream): store the fields present, then let the trackers
         # see the values they follow. Fields are read once into locals.
-        st = self.instruments.get((u.exchange, u.instrument))
+        by_id = self._by_exchange.get(u.exchange)
+        st = by_id.get(u.instrument) if by_id is not None else None
         if st is None:
             self._apply_future(u, now)  # a miss only: the perpetuals' path is unchanged
             return
@@ -431,7 +438,8 @@ class MarketState:
         v = u.premium
         if v is not None:
             st.premium = v
-        prev_interval = st.funding_interval_s or st.info.funding_interval_s
+        # the interval before this update, read only when a next funding time needs it
+        prev_interval = st.funding_interval_s
         v = u.funding_interval_s
         if v is not None:
             st.funding_interval_s = v
@@ -449,6 +457,7 @@ class MarketState:
         if rate is not None or nft is not None:
             if nft is not None:
                 if nft != st.next_funding_time:
+                    prev_interval = prev_interval or st.info.funding_interval_s
                     changed = self._settlements.next_funding(st, nft, prev_interval, now)
                     if changed is not None and u.funding_interval_s is None:
                         self._interval_changed(st, changed)
@@ -518,7 +527,8 @@ class MarketState:
             st.price_at = now
 
     def _apply_liquidation(self, liq: Liquidation, now: float) -> None:
-        st = self.instruments.get((liq.exchange, liq.instrument))
+        by_id = self._by_exchange.get(liq.exchange)
+        st = by_id.get(liq.instrument) if by_id is not None else None
         if st is None:
             self.unknown_instrument_updates += 1
             return

@@ -209,25 +209,25 @@ class EventLog:
 class FundingThreshold:
     """An event when an instrument's funding rate (per 8 h) reaches the limit, once per crossing."""
 
-    __slots__ = ("_extreme", "_log", "limit_8h")
+    __slots__ = ("_log", "limit_8h")
 
     def __init__(self, limit_8h: float, log: EventLog) -> None:
         self.limit_8h = limit_8h
         self._log = log
-        self._extreme: set[tuple[object, str]] = set()  # instruments at or beyond the limit now
 
     def observe(self, st: InstrumentState, rate: float, now: float) -> None:
         interval = st.funding_interval_s or st.info.funding_interval_s
         if not interval:
             return
         r8 = rate * EIGHT_HOURS / interval
+        # "at or beyond the limit now" is a flag on the instrument's own state: no shared set to
+        # hash into on every update (at 8,000 instruments each probe is a cache miss)
         if abs(r8) >= self.limit_8h:
-            key = (st.info.exchange, st.info.instrument)
-            if key not in self._extreme:
-                self._extreme.add(key)
+            if not st.funding_extreme:
+                st.funding_extreme = True
                 self._log.emit(st, "funding", r8, now)
-        elif self._extreme:
-            self._extreme.discard((st.info.exchange, st.info.instrument))
+        elif st.funding_extreme:
+            st.funding_extreme = False
 
 
 class _BaseFlow:
