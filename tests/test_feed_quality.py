@@ -1,17 +1,22 @@
 """Feed quality: event lag, clock offset, ping round trip and completeness.
 
-The unit tests hold the arithmetic; the simulator tests inject a clock skew, a frame delay and a
-stall on one exchange and read the exporter's series back:
-offset = injected skew within 10 ms (loopback RTT plus the 1 ms resolution of the stamps); mean lag
-with a skewed clock and no delay = our own transport (< 100 ms), with a delay = that transport plus
-the delay within 50 ms; gap = stall minus the 1 s cadence within 1.2 s (pushes come on whole
-seconds, so the silence seen is 0-1 s longer).
+The unit tests hold the arithmetic; the simulator test injects a clock skew, a frame delay and a
+stall on one exchange and reads the exporter's series back, on a VirtualClock shared by the
+simulator and the exporter (our own transport takes no time on it): offset = injected skew, mean lag
+with a skewed clock and no delay = 0, with a delay = the delay, each within 2 ms (the stamps are
+whole milliseconds); gap = the silence seen minus the 1 s cadence exactly, the silence being the
+stall plus at most a cadence (pushes come on whole seconds).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import httpx
 import pytest
-from test_app_sim import get, running, total
+from prometheus_client.parser import text_string_to_metric_families
+from test_app_sim import get, total
+from test_replay import TICK, Live, live_exporter
 
 from exporter.feeds.server_time import parse_server_time
 from exporter.model import Exchange, FundingSettlement, InstrumentInfo, MarketUpdate, ParseError
@@ -108,77 +113,99 @@ def test_settlements_that_passed_unseen_are_counted_unless_the_history_has_them(
 SKEW_S = 0.4
 DELAY_S = 0.25
 STALL_S = 3.0
+STAMP_S = 0.002  # the stamps are whole milliseconds (server time and event times): 1 ms each way
+
+Metrics = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def scrape(live: Live) -> Metrics:
+    out: Metrics = {}
+    for fam in text_string_to_metric_families(live.exporter.registry.render().decode()):
+        for smp in fam.samples:
+            out.setdefault(smp.name, []).append((dict(smp.labels), float(smp.value)))
+    return out
+
+
+def lag(m: Metrics, ex: str, stream: str) -> tuple[float, float]:
+    return (
+        total(m, "fr_stream_event_lag_seconds_sum", exchange=ex, stream=stream),
+        total(m, "fr_stream_event_lag_seconds_count", exchange=ex, stream=stream),
+    )
+
+
+async def mean_lag(live: Live, ex: str, stream: str, ticks: int = 8) -> float:
+    s0, n0 = lag(scrape(live), ex, stream)
+    for _ in range(ticks):
+        await live.tick()
+    s1, n1 = lag(scrape(live), ex, stream)
+    assert n1 > n0, (ex, stream)
+    return (s1 - s0) / (n1 - n0)
 
 
 async def test_offset_lag_and_gaps_equal_what_the_simulator_injected() -> None:
-    poll = {"poll": {"server_time_seconds": 0.3, "open_interest_seconds": 1.0}}
-    async with running(binance=poll, okx=poll) as env:
-        await env.control(Exchange.BINANCE, "clock", {"skew_s": SKEW_S, "delay_s": 0.0})
-        await env.control(Exchange.OKX, "clock", {"skew_s": -SKEW_S, "delay_s": 0.0})
+    """The simulator and the exporter share a VirtualClock moved tick by tick, every frame read before
+    the next tick: our own transport takes no time, so what is measured is what was injected, to the
+    stamps' millisecond (STAMP_S)."""
+    poll = {"poll": {"server_time_seconds": 0.5, "open_interest_seconds": 1.0}}
 
-        def offsets_settled(m: dict[str, list[tuple[dict[str, str], float]]]) -> bool:
-            b = get(m, "fr_exchange_clock_offset_seconds", exchange="binance")
-            o = get(m, "fr_exchange_clock_offset_seconds", exchange="okx")
-            return b is not None and o is not None and abs(b - SKEW_S) < 0.01 and abs(o + SKEW_S) < 0.01
+    async def skew(sim: Any, http: httpx.AsyncClient) -> None:
+        for ex, s in ((Exchange.BINANCE, SKEW_S), (Exchange.OKX, -SKEW_S)):
+            r = await http.post(sim.urls(ex)[1] + "/_sim/clock", json={"skew_s": s, "delay_s": 0.0})
+            assert r.status_code == 200, r.text
 
-        m0 = await env.wait_metrics(offsets_settled, timeout=15)
-        rtt = get(m0, "fr_exchange_rtt_seconds", exchange="binance")
-        assert rtt is not None and 0.0 <= rtt < 0.5
-        # an exchange with no skew, sampled once (at start-up, under load): 0 within half its round trip
+    async with live_exporter(setup=skew, binance=poll, okx=poll) as live:
+        for _ in range(4):
+            await live.tick()
+        m0 = scrape(live)
+        b_off = get(m0, "fr_exchange_clock_offset_seconds", exchange="binance")
+        o_off = get(m0, "fr_exchange_clock_offset_seconds", exchange="okx")
         d_off = get(m0, "fr_exchange_clock_offset_seconds", exchange="deribit")
-        d_rtt = get(m0, "fr_exchange_rtt_seconds", exchange="deribit")
-        assert d_off is not None and d_rtt is not None and abs(d_off) <= d_rtt / 2 + 0.002
+        assert b_off == pytest.approx(SKEW_S, abs=STAMP_S)
+        assert o_off == pytest.approx(-SKEW_S, abs=STAMP_S)
+        assert d_off == pytest.approx(0.0, abs=STAMP_S)
+        rtt = get(m0, "fr_exchange_rtt_seconds", exchange="binance")
+        assert rtt is not None and 0.0 <= rtt <= TICK  # answered within the tick it was asked in
 
-        def lag(m: dict[str, list[tuple[dict[str, str], float]]], ex: str, stream: str) -> tuple[float, float]:
-            return (
-                total(m, "fr_stream_event_lag_seconds_sum", exchange=ex, stream=stream),
-                total(m, "fr_stream_event_lag_seconds_count", exchange=ex, stream=stream),
-            )
-
-        async def mean_lag(ex: str, stream: str, frames: int = 4) -> float:
-            s0, n0 = lag(await env.scrape(), ex, stream)
-            m1 = await env.wait_metrics(lambda m: lag(m, ex, stream)[1] >= n0 + frames, timeout=15)
-            s1, n1 = lag(m1, ex, stream)
-            return (s1 - s0) / (n1 - n0)
-
-        # skewed clocks, no delay: the skew is corrected away, what remains is our own transport
-        # (loopback and the shared event loop: tens of ms); uncorrected it would read -0.4 / +0.4 s
-        base_b = await mean_lag("binance", "markPrice")
-        base_o = await mean_lag("okx", "public")
-        assert -0.01 <= base_b < 0.1
-        assert -0.01 <= base_o < 0.1
-        # the delay adds itself to the lag (the transport measured just before subtracted)
-        await env.control(Exchange.BINANCE, "clock", {"skew_s": SKEW_S, "delay_s": DELAY_S})
-        delayed = await mean_lag("binance", "markPrice")
-        assert delayed - base_b == pytest.approx(DELAY_S, abs=0.05)
-        m1 = await env.scrape()
+        # skewed clocks, no delay: the skew is corrected away (uncorrected it would read -0.4 / +0.4 s)
+        assert await mean_lag(live, "binance", "markPrice") == pytest.approx(0.0, abs=STAMP_S)
+        assert await mean_lag(live, "okx", "public") == pytest.approx(0.0, abs=STAMP_S)
+        # a delay is the lag
+        r = await live.http.post(
+            live.sim.urls(Exchange.BINANCE)[1] + "/_sim/clock", json={"skew_s": SKEW_S, "delay_s": DELAY_S}
+        )
+        assert r.status_code == 200, r.text
+        assert await mean_lag(live, "binance", "markPrice") == pytest.approx(DELAY_S, abs=STAMP_S)
 
         # a stall: no frame for STALL_S seconds on the binance connection (it stays open)
+        h = live.exporter.state.streams[(Exchange.BINANCE, "markPrice")]
+        m1 = scrape(live)
         g0 = total(m1, "fr_stream_gap_seconds_total", exchange="binance", stream="markPrice")
         e0 = total(m1, "fr_stream_expected_seconds_total", exchange="binance", stream="markPrice")
-        msgs0 = total(m1, "fr_stream_messages_total", exchange="binance")
-        await env.control(Exchange.BINANCE, "fault", {"kind": "stall", "seconds": STALL_S})
-        m2 = await env.wait_metrics(
-            lambda m: (
-                total(m, "fr_stream_messages_total", exchange="binance") >= msgs0 + 3
-                and total(m, "fr_stream_gap_seconds_total", exchange="binance", stream="markPrice") > g0 + 1.0
-            ),
-            timeout=20,
-        )
-        m2 = await env.wait_metrics(
-            lambda m: (
-                total(m, "fr_stream_messages_total", exchange="binance")
-                >= total(m2, "fr_stream_messages_total", exchange="binance") + 2
-            ),
-            timeout=10,
-        )
+        gd0 = total(m1, "fr_stream_gap_seconds_total", exchange="deribit")
+        last_before = h.last_parsed_at
+        binance = live.sim.urls(Exchange.BINANCE)[1]
+        r = await live.http.post(binance + "/_sim/fault", json={"kind": "stall", "seconds": 600})
+        assert r.status_code == 200, r.text
+        for _ in range(round(STALL_S / TICK)):
+            await live.tick()
+        assert h.last_parsed_at == last_before, "the stalled exchange still spoke"
+        r = await live.http.post(binance + "/_sim/fault", json={"kind": "stall", "seconds": 0})  # over
+        assert r.status_code == 200, r.text
+        while h.last_parsed_at == last_before:  # the next push (on a whole second)
+            await live.tick()
+        silence = h.last_parsed_at - last_before
+        for _ in range(4):
+            await live.tick()
+        m2 = scrape(live)
         g2 = total(m2, "fr_stream_gap_seconds_total", exchange="binance", stream="markPrice")
         e2 = total(m2, "fr_stream_expected_seconds_total", exchange="binance", stream="markPrice")
-        assert g2 - g0 == pytest.approx(STALL_S - 1.0, abs=1.2)
+        # the silence seen is the stall plus at most one cadence (pushes come on whole seconds) ...
+        assert STALL_S <= silence <= STALL_S + 1.0 + TICK
+        # ... and the gap is the silence beyond the 1 s cadence, exactly
+        assert g2 - g0 == pytest.approx(silence - 1.0, abs=1e-9)
         assert e2 - e0 >= STALL_S
         # the other exchanges were not stalled: no gap beyond their cadence
-        g_dr = total(m2, "fr_stream_gap_seconds_total", exchange="deribit")
-        assert g_dr - total(m1, "fr_stream_gap_seconds_total", exchange="deribit") < 0.5
+        assert total(m2, "fr_stream_gap_seconds_total", exchange="deribit") - gd0 < 0.5
         # a ping round trip where the protocol has one (websocket pings every 20 s: maybe not yet)
         for _lbl, v in m2.get("fr_stream_ping_rtt_seconds", []):
             assert 0.0 <= v < 1.0

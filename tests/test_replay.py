@@ -3,7 +3,8 @@ possible, and compare: at every live scrape the replayed series equal what was s
 
 The simulator and the exporter share one VirtualClock that the test moves tick by tick (60 s of
 market time in under two seconds of wall time): after each tick it waits until the exporter has
-received every frame the simulator sent, so frames are stamped at the tick they belong to.
+received every frame the simulator sent and every REST answer it asked for, so frames and answers
+are stamped at the tick they belong to.
 
 A live scrape is the exporter's registry rendered in the event loop (what /metrics serves), between
 two frames: it is taken after exactly N recorded lines (the recorder's queue is counted), so the
@@ -20,7 +21,7 @@ import contextlib
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,13 +80,17 @@ class Live:
     clock: VirtualClock
     http: httpx.AsyncClient
     lines: int = 0  # lines handed to the recorder so far
+    http_in_flight: int = 0  # the exporter's REST requests sent and not yet answered
     scrapes: list[tuple[float, int, Series]] = field(default_factory=list)
 
     def delivered(self) -> bool:
-        """Every frame the simulator sent has been read by the exporter."""
+        """Every frame the simulator sent has been read by the exporter: each connection's writer waits
+        on its empty queue (no frame between the queue and the socket), and the counts agree."""
         servers = self.sim.servers.values()
-        if any(c.queue.qsize() for srv in servers for c in srv.conns):
+        if any(c.queue.qsize() or not c.queue._getters for srv in servers for c in srv.conns):  # type: ignore[attr-defined]
             return False
+        if self.http_in_flight:
+            return False  # a REST answer is stamped at the tick it was asked in, as a frame is
         sent = sum(srv.frames_sent for srv in servers)
         return sum(h.messages for h in self.exporter.state.streams.values()) >= sent
 
@@ -101,35 +106,57 @@ class Live:
 
 
 @contextlib.asynccontextmanager
-async def live_recording(directory: Path) -> AsyncIterator[Live]:
+async def live_exporter(
+    recording: Path | None = None,
+    setup: Callable[[Any, httpx.AsyncClient], Awaitable[None]] | None = None,
+    **overrides: Any,
+) -> AsyncIterator[Live]:
+    """The simulator and the exporter on one VirtualClock, started (the clock moved tick by tick until
+    the exporter serves). ``setup(sim, http)`` runs before the exporter starts (e.g. a clock skew);
+    ``overrides`` go to the exporter's configuration; ``recording``: record to that directory."""
     clock = VirtualClock(float(int(time.time())))
     sim = sim_main.Simulator(
         seed=11, base_port=0, tick_seconds=TICK, options=sim_server.SimOptions(okx_funding_push_s=5.0), clock=clock
     )
     await sim.start()
+    if recording is not None:
+        overrides["recording"] = {"dir": str(recording), "rotate_seconds": 20.0}
     config = make_config(
         sim,
-        recording={"dir": str(directory), "rotate_seconds": 20.0},
         # four days of settlements (12 at 8 h) give z-scores; the backfill fits in the REST budgets at once
         analytics={"zscore_window_seconds": 4 * 86400.0},
         rest_budget={"fraction": 1.0},
+        **overrides,
     )
     exporter = Exporter(config, clock=clock)
-    recorder = exporter.recorder
-    assert recorder is not None
     stop = asyncio.Event()
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     async with httpx.AsyncClient(timeout=10.0) as http:
         live = Live(sim, exporter, clock, http)
-        put = recorder._put
+        recorder = exporter.recorder
+        if recorder is not None:
+            put = recorder._put
 
-        def counted(item: Any) -> None:
-            live.lines += 1
-            put(item)
+            def counted(item: Any) -> None:
+                live.lines += 1
+                put(item)
 
-        recorder._put = counted  # type: ignore[method-assign]
-        task = asyncio.create_task(exporter.run(stop, ready.set_result))
+            recorder._put = counted  # type: ignore[method-assign]
+        send = httpx.AsyncClient.send
+
+        async def counted_send(client: httpx.AsyncClient, *a: Any, **kw: Any) -> httpx.Response:
+            live.http_in_flight += 1  # the test's own requests are awaited before a tick: never counted then
+            try:
+                return await send(client, *a, **kw)
+            finally:
+                live.http_in_flight -= 1
+
+        httpx.AsyncClient.send = counted_send  # type: ignore[method-assign]
+        task: asyncio.Task[None] | None = None
         try:
+            if setup is not None:
+                await setup(sim, http)
+            task = asyncio.create_task(exporter.run(stop, ready.set_result))
             # the connections open and the first values arrive as market time passes: move it meanwhile
             for _ in range(400):
                 if ready.done() or task.done():
@@ -139,9 +166,15 @@ async def live_recording(directory: Path) -> AsyncIterator[Live]:
             yield live
         finally:
             stop.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(task, 30)
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(task, 30)
+            httpx.AsyncClient.send = send  # type: ignore[method-assign]
             await sim.stop()
+
+
+def live_recording(directory: Path) -> contextlib.AbstractAsyncContextManager[Live]:
+    return live_exporter(directory)
 
 
 async def test_replay_equals_the_live_scrapes_at_the_same_moments(tmp_path: Path) -> None:
