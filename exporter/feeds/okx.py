@@ -117,10 +117,11 @@ class OkxFeed:
         return fast_or_strict(self._fast if self.fast else None, self._parse_ws_strict, frame, ctx)
 
     def _fast(self, frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
-        """The four per-instrument channels, decoded straight into typed rows. A value outside its
-        domain (NaN and infinities included: the comparisons are false) gives None: the strict
-        path then names the field."""
-        push = _decode_price_push(frame)
+        """The four per-instrument channels, decoded straight into typed rows with the decimal
+        strings already converted (see :class:`_FastRow`). A value outside its domain (NaN and
+        infinities included: the comparisons are false) gives None or raises: the strict path then
+        names the field."""
+        push = _decode_fast_push(frame)
         channel = push.arg.channel
         instruments = ctx.instruments
         out: list[Record] = []
@@ -129,26 +130,22 @@ class OkxFeed:
             for r in push.data:
                 inst = r.instId
                 if not instruments or inst in instruments:
-                    px = r.markPx
-                    ts = r.ts
-                    if px is None or ts is None or not inst:
-                        return None
-                    x, t = float(px), float(ts) / 1000.0
-                    if not (V.PRICE_MIN <= x <= V.PRICE_MAX and lo <= t <= hi):
-                        return None
+                    x = r.markPx
+                    t = r.ts / 1000.0
+                    if x is _ABSENT or not inst or not (V.PRICE_MIN <= x <= V.PRICE_MAX and lo <= t <= hi):
+                        return None  # an absent ts is NaN (/1000): out of bounds too
                     out.append(MarketUpdate(EX, inst, t, x))
             return out
         if channel == "index-tickers":
             lo, hi = ctx.time_bounds()
             mapping = self._index_map(instruments)
             for r in push.data:
-                px = r.idxPx
-                ts = r.ts
-                if px is None or ts is None or not r.instId:
+                x = r.idxPx
+                if x is _ABSENT or not r.instId:
                     return None
                 targets = mapping.get(r.instId, ()) if instruments else (f"{r.instId}-SWAP",)
                 if targets:
-                    x, t = float(px), float(ts) / 1000.0
+                    t = r.ts / 1000.0
                     if not (V.PRICE_MIN <= x <= V.PRICE_MAX and lo <= t <= hi):
                         return None
                     for inst in targets:
@@ -385,8 +382,8 @@ def _event(msg: dict[str, Any]) -> list[Record]:
     return []  # subscribe/unsubscribe acks, notice (reconnect comes from the server closing)
 
 
-# Price pushes as typed rows: only the fields used are declared, and a value that is not a string
-# (OKX sends every number as a string) fails the decoding, so the strict path runs.
+# The strict path's rows (orjson-decoded pushes and REST bodies converted field by field): only the
+# fields used are declared, every one a string as OKX sends them; the helpers convert and check them.
 
 
 class _Arg(msgspec.Struct, gc=False):
@@ -412,12 +409,39 @@ class _PriceRow(msgspec.Struct, gc=False):
     settState: str | None = None
 
 
-class _PricePush(msgspec.Struct, gc=False):
+# The typed path's rows: msgspec converts the decimal strings to floats while decoding (lax mode),
+# which saves a float() call per field. An absent field keeps the default, this very NaN object, and
+# is told apart by identity: a sent "NaN" is a new float, fails the domain checks, and the strict path
+# names it. A type that cannot be converted ("" , "null", a JSON null, true) fails the decoding, and
+# the strict path (string rows) handles the frame.
+_ABSENT = float("nan")
+
+
+class _FastRow(msgspec.Struct, gc=False):
+    instId: str
+    ts: float = _ABSENT
+    markPx: float = _ABSENT
+    idxPx: float = _ABSENT
+    oi: float = _ABSENT
+    oiCcy: float = _ABSENT
+    oiUsd: float = _ABSENT
+    fundingRate: float = _ABSENT
+    fundingTime: float = _ABSENT
+    nextFundingTime: float = _ABSENT
+    prevFundingTime: float = _ABSENT
+    maxFundingRate: float = _ABSENT
+    minFundingRate: float = _ABSENT
+    premium: float = _ABSENT
+    settFundingRate: float = _ABSENT
+    settState: str | None = None
+
+
+class _FastPush(msgspec.Struct, gc=False):
     arg: _Arg
-    data: list[_PriceRow]
+    data: list[_FastRow]
 
 
-_decode_price_push = msgspec.json.Decoder(_PricePush).decode
+_decode_fast_push = msgspec.json.Decoder(_FastPush, strict=False).decode
 
 
 def _price_ts(r: dict[str, Any], key: str, tb: tuple[float, float]) -> tuple[float, float]:
@@ -500,32 +524,33 @@ class _Invalid(ValueError):
     """A value the typed path does not take: the strict path parses the frame again and names it."""
 
 
-def _funding_fast(r: _PriceRow, out: list[Record], tb: tuple[float, float]) -> None:
-    """:func:`_funding` with the conversions and domain checks inline (a push a second or so per
-    swap); any value it does not take raises, and the strict path names it."""
+def _funding_fast(r: _FastRow, out: list[Record], tb: tuple[float, float]) -> None:
+    """:func:`_funding` on a typed row, the domain checks inline; any value it does not take raises,
+    and the strict path names it."""
     inst = r.instId
     if not inst:
         raise _Invalid
     lo, hi = tb
     rmax = V.RATE_MAX
+    a = _ABSENT
     v = r.fundingTime
-    t_set = float(v) / 1000.0 if v else None
+    t_set = None if v is a else v / 1000.0
     v = r.nextFundingTime
-    t_next = float(v) / 1000.0 if v else None
+    t_next = None if v is a else v / 1000.0
     v = r.prevFundingTime
-    t_prev = float(v) / 1000.0 if v else None
+    t_prev = None if v is a else v / 1000.0
     v = r.ts
-    et = float(v) / 1000.0 if v else None
+    et = None if v is a else v / 1000.0
     v = r.fundingRate
-    rate = float(v) if v else None
+    rate = None if v is a else v
     v = r.maxFundingRate
-    cap = float(v) if v else None
+    cap = None if v is a else v
     v = r.minFundingRate
-    floor = float(v) if v else None
+    floor = None if v is a else v
     v = r.premium
-    premium = float(v) if v else None
+    premium = None if v is a else v
     v = r.settFundingRate
-    sett = float(v) if v else None
+    sett = None if v is a else v
     # a None passes (absent); NaN and the infinities fail the chained comparisons
     if not (
         (t_set is None or lo <= t_set <= hi)
@@ -564,18 +589,18 @@ def _funding_fast(r: _PriceRow, out: list[Record], tb: tuple[float, float]) -> N
 
 
 def _open_interest_fast(
-    r: _PriceRow, instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float]
+    r: _FastRow, instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float]
 ) -> MarketUpdate:
-    """:func:`_open_interest` with the conversions and checks inline; what it does not take raises."""
+    """:func:`_open_interest` on a typed row, the checks inline; what it does not take raises."""
     inst = r.instId
-    v = r.oi
-    if not inst or v is None:
+    oi = r.oi
+    a = _ABSENT
+    if not inst or oi is a:
         raise _Invalid
-    oi = float(v)
     v = r.oiCcy
-    coin = float(v) if v else None
+    coin = None if v is a else v
     v = r.oiUsd
-    usd = float(v) if v else None
+    usd = None if v is a else v
     qmax = V.QTY_MAX
     if not (0.0 <= oi <= qmax and (coin is None or 0.0 <= coin <= qmax) and (usd is None or 0.0 <= usd <= V.USD_MAX)):
         raise _Invalid
@@ -593,8 +618,8 @@ def _open_interest_fast(
             raise _Invalid
     v = r.ts
     et = None
-    if v:
-        et = float(v) / 1000.0
+    if v is not a:
+        et = v / 1000.0
         if not tb[0] <= et <= tb[1]:
             raise _Invalid
     return MarketUpdate(EX, inst, et, open_interest_base=coin, open_interest_usd=usd)
