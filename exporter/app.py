@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from exporter.analytics import anchor as anchor_analytics
 from exporter.clock import SYSTEM_CLOCK, Clock
 from exporter.config import Config, ExchangeConfig
 from exporter.feeds import dated
@@ -25,24 +26,48 @@ from exporter.feeds.base import Feed, FeedContext, WsPlan
 from exporter.feeds.connection import BackoffPolicy, FeedConnection
 from exporter.limits import LIMITS
 from exporter.metrics.positions import PositionCollector
-from exporter.model import Exchange, InstrumentInfo, base_of
+from exporter.model import AnchorBackfill, Exchange, InstrumentInfo, base_of
 from exporter.positions.service import PositionService
 from exporter.recording import Recorder
 from exporter.rest.client import RequestBudget, RestClient, RestError, RestPolicy, budget_share
 from exporter.rest.endpoints import ExchangeRest, rest_api_for
 from exporter.shard import Coverage, Shard, left_out_by_limit
 from exporter.sink import RecordSink
-from exporter.state import MarketState
+from exporter.state import InstrumentState, MarketState
 
 log = logging.getLogger(__name__)
 
 STARTUP_BUDGET_S = 20.0  # instruments + backfill before the server answers; the rest continues behind
 FIRST_DATA_WAIT_S = 5.0  # after backfill: wait this long at most for the first stream values
 INSTRUMENTS_RETRY_S = 30.0  # instrument list unavailable at start: try again this soon
+ANCHOR_CANDLE_KINDS = frozenset({"premium", "mark", "index"})  # what the anchor backfill reads
+ANCHOR_CANDLE_S = anchor_analytics.CANDLE_SECONDS
 BACKFILL_CONCURRENCY = 4  # per exchange; funding-history buckets are small (Binance 500 / 5 min)
 POLL_CONCURRENCY = 4
 POSITIONS_STOP_S = 3.0
 FUTURES_AFTER_EXPIRY_S = 1.0  # reread the futures list this long after a delivery (the successor is listed)
+
+
+async def anchor_backfill(rest: ExchangeRest, st: InstrumentState, start: float, end: float) -> AnchorBackfill | None:
+    """The instrument's anchor samples over (start, end] rebuilt from its one-minute candles, or None
+    where they cannot be (interval unknown, continuous funding, no candles). The premium index is
+    read from the start of the funding interval that contains ``start``: the average runs from there."""
+    info = st.info
+    iv = st.interval_s
+    if not iv or info.exchange is Exchange.DERIBIT:
+        return None
+    settlements = [t for t, _ in st.settlement_window()]
+    from_ = min(start, anchor_analytics.interval_start(start, iv, settlements)) - ANCHOR_CANDLE_S
+    minute = int(ANCHOR_CANDLE_S)
+    premium = await rest.price_candles("premium", info.instrument, minute, from_, end)
+    marks = await rest.price_candles("mark", info.instrument, minute, start - ANCHOR_CANDLE_S, end)
+    indexes = await rest.price_candles("index", info.instrument, minute, start - ANCHOR_CANDLE_S, end)
+    rows = anchor_analytics.backfill_samples(
+        premium, marks, indexes, iv, start, end, st.funding_cap, st.funding_floor, settlements
+    )
+    if not rows:
+        return None
+    return AnchorBackfill(info.exchange, info.instrument, tuple(rows))
 
 
 @dataclass(slots=True)
@@ -459,6 +484,43 @@ class Exporter:
             log.warning("%s: funding info unavailable: %s", rt.exchange, exc)
 
     async def _backfill(self, rt: ExchangeRuntime) -> None:
+        await self._backfill_funding(rt)
+        # after the funding history: its settlement times say where the funding intervals start
+        await self._backfill_anchor(rt)
+
+    async def _backfill_anchor(self, rt: ExchangeRuntime) -> None:
+        """The anchor regression's window, rebuilt from one-minute candles where the exchange
+        publishes all three kinds it needs (exporter.analytics.anchor), so both methods show on the
+        first scrape."""
+        if not rt.rest.candle_kinds >= ANCHOR_CANDLE_KINDS:
+            log.info("%s: no premium-index/mark/index candles: the anchor window fills live", rt.exchange)
+            return
+        end = self.clock.time()
+        start = end - self.config.analytics.anchor_window_seconds
+        sem = asyncio.Semaphore(BACKFILL_CONCURRENCY)
+        failed: list[str] = []
+
+        async def one(info: InstrumentInfo) -> None:
+            st = self.state.instruments.get((rt.exchange, info.instrument))
+            if st is None:
+                return
+            async with sem:
+                try:
+                    record = await anchor_backfill(rt.rest, st, start, end)
+                except RestError as exc:
+                    failed.append(info.instrument)
+                    log.debug("%s %s: anchor backfill failed: %s", rt.exchange, info.instrument, exc)
+                    return
+            if record is not None:
+                self.sink.apply(record)
+
+        await asyncio.gather(*(one(i) for i in rt.instruments))
+        if failed:
+            log.warning(
+                "%s: anchor backfill failed for %d instrument(s): %s", rt.exchange, len(failed), ", ".join(failed[:10])
+            )
+
+    async def _backfill_funding(self, rt: ExchangeRuntime) -> None:
         end = self.clock.time()
         start = end - self.config.analytics.zscore_window_seconds
         sem = asyncio.Semaphore(BACKFILL_CONCURRENCY)

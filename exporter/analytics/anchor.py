@@ -26,6 +26,7 @@ list for them) and no premium candles: nothing is rebuilt there; its window fill
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
@@ -62,10 +63,8 @@ def interval_start(open_time: float, interval_s: float, settlements: Sequence[fl
     of the UTC day (00:00, 08:00, 16:00 for 8 h), or a later known settlement (an interval change
     moved the grid). ``settlements`` sorted ascending."""
     start = math.floor(open_time / interval_s) * interval_s
-    for t in reversed(settlements):
-        if t <= open_time:
-            return max(start, t)
-    return start
+    k = bisect_right(settlements, open_time)
+    return max(start, settlements[k - 1]) if k else start
 
 
 def backfill_samples(
