@@ -39,6 +39,7 @@ class Panel:
     options: dict[str, Any] = field(default_factory=dict)
     instant: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # more panel keys (repeat, pluginVersion)
+    overrides: list[dict[str, Any]] = field(default_factory=list)  # Grafana field overrides, as JSON
 
     def build(self, pid: int, x: int, y: int) -> dict[str, Any]:
         defaults: dict[str, Any] = {"unit": self.unit}
@@ -69,7 +70,7 @@ class Panel:
             "description": self.description,
             "datasource": DS,
             "gridPos": {"h": self.height, "w": self.width, "x": x, "y": y},
-            "fieldConfig": {"defaults": defaults, "overrides": []},
+            "fieldConfig": {"defaults": defaults, "overrides": self.overrides},
             "options": self.options,
             "targets": targets,
             **self.extra,
@@ -274,6 +275,33 @@ def _funding(cfg: MixinConfig) -> dict[str, Any]:
                     (f"{m.FUNDING_ACCELERATION}{{{MKT}}}", "{{exchange}} {{instrument}} acceleration"),
                 ],
                 "percentunit",
+            ),
+            Panel(
+                "Anchor watcher: effective anchor l (level and difference), funding and premium",
+                f"{m.ANCHOR_STRENGTH}: OLS slope of funding (per 8 h) on the premium over the anchor window, "
+                'by levels (method="level") and by one-minute changes (method="difference", as desks '
+                "estimate it); left axis. Near the exchange's nominal anchor the funding follows the premium; "
+                "far below it the cap/floor or the interest term dominates; a level slope well above the "
+                "difference slope is a shared trend, not anchoring. Right axis, for context: the funding rate "
+                "per 8 h and the premium (mark - index) / index. Backfilled at start from the exchanges' "
+                "candles (Deribit: from live samples, after 10 minutes).",
+                [
+                    (f"{m.ANCHOR_STRENGTH}{{{MKT}}}", "{{exchange}} {{instrument}} l {{method}}"),
+                    (f8, "{{exchange}} {{instrument}} funding (8 h)"),
+                    (f"{m.PREMIUM}{{{MKT}}}", "{{exchange}} {{instrument}} premium"),
+                ],
+                "none",
+                width=24,
+                overrides=[
+                    {
+                        "matcher": {"id": "byFrameRefID", "options": ref},
+                        "properties": [
+                            {"id": "unit", "value": "percentunit"},
+                            {"id": "custom.axisPlacement", "value": "right"},
+                        ],
+                    }
+                    for ref in ("B", "C")
+                ],
             ),
             Panel(
                 "Long/short account ratio",

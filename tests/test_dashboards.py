@@ -206,8 +206,6 @@ def test_provisioning() -> None:
 # Families no panel draws, each with the reason (issue 14: every series on a dashboard where a user
 # would look for it). A family drawn later, or a new one drawn nowhere and not listed, fails.
 UNDRAWN = {
-    "fr_effective_anchor_strength": "needs 10 one-a-minute samples (no kline backfill yet), so an anchor-watcher "
-    "panel would be empty for the first 10 minutes, which the end-to-end panel test refuses",
     "fr_funding_cap_ratio": "Binance publishes caps only for symbols with adjusted ones (fundingInfo), so a "
     "panel is empty for most selections; the cap is in the funding alerts' context and /api/state",
     "fr_funding_floor_ratio": "as fr_funding_cap_ratio: published for a few symbols only, so mostly empty",

@@ -366,14 +366,23 @@ ANCHOR_STRENGTH = _def(
     "rate (scaled to 8 h with the interval in force when sampled) on the premium ratio "
     "(mark - index) / index over the trailing {window} window of one-a-minute samples. "
     "method=level regresses the values, method=difference their changes between consecutive "
-    "samples at most 5 min apart. Needs 10 points and spread in the premium.",
+    "samples at most 5 min apart. Needs 10 points and spread in the premium. Backfilled at start "
+    "from one-minute premium-index, mark and index candles, the past predicted rate rebuilt by the "
+    "exchange's formula from the interval-to-date weighted premium index (Binance, Bybit, OKX; "
+    "Deribit publishes no such history: live samples only).",
     "Effective anchor ℓ in 8 h units: OLS slope of the funding rate, scaled to 8 h "
     "(`rate × 28800 / interval` with the interval in force when sampled, so 1 h, 4 h and 8 h "
     "instruments compare; Deribit's rate is already per 8 h), on the premium `(mark − index) / index` "
     "over the trailing `analytics.anchor_window_seconds` [6 h] of one-a-minute samples. "
     '`method="level"` regresses the values; `method="difference"` regresses their changes between '
     "consecutive samples (at most 5 min apart: no difference spans a gap), as desks estimate ℓ. "
-    "The per-interval slope is this × interval / 28800. Needs 10 points and spread in the premium.",
+    "The per-interval slope is this × interval / 28800. Needs 10 points and spread in the premium. "
+    "Backfilled at start from the exchanges' one-minute premium-index, mark and index candles: the past "
+    "predicted rate (not published historically) is rebuilt with the exchange's formula "
+    "`clamp(P + clamp(I − P, ±0.05 %), floor, cap)` from the interval-to-date premium index P weighted "
+    "1, 2, …, n, paired with that minute's `(mark − index) / index` (Binance, Bybit, OKX); Deribit "
+    "publishes no index or premium history, so its window fills from live samples (10 minutes). "
+    "Why and where: [anchor.md](anchor.md).",
 )
 LIQUIDATIONS = _def(
     "fr_liquidations_total",
