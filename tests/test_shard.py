@@ -170,6 +170,7 @@ class _StubRest:
         self.has_long_short_ratio = ex in (Exchange.BINANCE, Exchange.BYBIT)
         self.has_insurance_fund = ex in (Exchange.BINANCE, Exchange.OKX)
         self.has_funding_info = False
+        self.candle_kinds: frozenset[str] = frozenset()  # no price history: the anchor window fills live
 
     def _k(self, instrument: str) -> int:
         return sum(map(ord, instrument))
