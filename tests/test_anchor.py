@@ -252,3 +252,29 @@ def test_backfill_goes_in_front_of_live_samples_only() -> None:
     assert [r[0] for r in rows[:-3]] == [live[0][0] - 60.0 * k for k in range(30, 0, -1)]
     state.apply(AnchorBackfill(Exchange.BYBIT, "NOPE", rebuilt))
     assert state.unknown_instrument_updates == 1
+
+
+def test_a_backfill_after_live_samples_is_seen_by_the_next_scrape() -> None:
+    """The backfill may finish after the first live samples and scrapes: the cached regressions must
+    not keep the slope of the live samples alone (no new sample arrives to invalidate them)."""
+    clock = Clock(T0)
+    state = MarketState(clock=clock)
+    state.register(InstrumentInfo(Exchange.OKX, "BTC-USDT-SWAP", "BTC", "USDT", funding_interval_s=EIGHT_HOURS))
+    rng = np.random.default_rng(9)
+    prem = rng.normal(0, 5e-4, 15).tolist()
+    _feed(state, clock, Exchange.OKX, "BTC-USDT-SWAP", [(0.2 * p, p) for p in prem])
+    reg = build_registry(Config(), state)
+    lb = {m: _labels("okx", "BTC-USDT-SWAP", "BTC", "USDT", m) for m in ("level", "difference")}
+    assert reg.get_sample_value("fr_effective_anchor_strength", lb["level"]) == pytest.approx(0.2, rel=1e-6)
+    st = state.instruments[(Exchange.OKX, "BTC-USDT-SWAP")]
+    first = st.anchor_samples[-len(st.anchor_samples)][0]
+    past = tuple((first - 60.0 * k, 1.5 * p, p) for k, p in enumerate(rng.normal(0, 5e-4, 100).tolist(), 1))
+    state.apply(AnchorBackfill(Exchange.OKX, "BTC-USDT-SWAP", tuple(sorted(past))))
+    rows = list(st.anchor_samples)
+    assert len(rows) == 115
+    start = clock.t - WINDOW
+    want = {"level": fa.anchor_strength(rows, start), "difference": fa.anchor_strength_difference(rows, start)}
+    for method in ("level", "difference"):
+        got = reg.get_sample_value("fr_effective_anchor_strength", lb[method])
+        assert got == pytest.approx(want[method], rel=1e-9)
+        assert got != pytest.approx(0.2, rel=1e-3)

@@ -38,6 +38,8 @@ class _Samples(Protocol):
 
     def __iter__(self) -> Iterator[tuple[float, ...]]: ...
 
+    def __len__(self) -> int: ...
+
 
 class _AnchorSource(Protocol):
     @property
@@ -195,13 +197,16 @@ class _AnchorWindow:
 
     REBASE = 500
 
-    __slots__ = ("n", "newest", "oldest", "slope", "sx", "sxx", "sxy", "sy", "updates", "x0", "y0")
+    __slots__ = ("n", "newest", "oldest", "rows_len", "slope", "sx", "sxx", "sxy", "sy", "updates", "x0", "y0")
 
     def __init__(self) -> None:
         self.newest = self.oldest = -np.inf  # times of the newest sample seen / oldest one in the sums
         self.updates = self.REBASE  # forces a full computation first
         self.slope: float | None = None
         self.n = 0
+        # rows in the source when last seen: more with the same newest sample means rows were put in
+        # front (the start-up backfill merged in after live samples), which the running sums cannot follow
+        self.rows_len = 0
         self.x0 = self.y0 = self.sx = self.sy = self.sxx = self.sxy = 0.0
 
     def _add(self, x: float, y: float, sign: int) -> None:
@@ -232,9 +237,15 @@ class _AnchorWindow:
 
     def advance(self, rows: tuple[tuple[float, ...], ...], start: float, min_points: int) -> float | None:
         newest = rows[-1][0]
-        if newest == self.newest and self.oldest > start:
+        same_newest = newest == self.newest
+        if same_newest and self.oldest > start and len(rows) == self.rows_len:
             return self.slope  # nothing arrived, nothing left the window
-        if self.updates >= self.REBASE or newest < self.newest or self.n == 0:
+        if (
+            self.updates >= self.REBASE
+            or newest < self.newest
+            or self.n == 0
+            or (same_newest and len(rows) != self.rows_len)
+        ):
             self._rebuild(rows, start)
         else:
             lo = bisect_left(rows, (self.oldest,))  # our oldest summed sample in the source deque
@@ -255,6 +266,7 @@ class _AnchorWindow:
                 if self.n == 0:
                     self.oldest = np.inf
         self.newest = newest
+        self.rows_len = len(rows)
         self.slope = self._slope(min_points)
         return self.slope
 
@@ -282,8 +294,8 @@ class WindowCache:
         # key -> (version, oldest time in the window, window times, window rates, stats)
         self._settle: dict[Hashable, tuple[Hashable, float, np.ndarray, np.ndarray, WindowStats | None]] = {}
         self._anchor: dict[Hashable, _AnchorWindow] = {}
-        # key -> (newest sample time, oldest sample time inside the window, slope of differences)
-        self._anchor_diff: dict[Hashable, tuple[float, float, float | None]] = {}
+        # key -> (newest sample time, oldest sample time inside the window, rows in the source, slope)
+        self._anchor_diff: dict[Hashable, tuple[float, float, int, float | None]] = {}
         self._lock = threading.Lock()
 
     def settlement_stats(
@@ -319,7 +331,7 @@ class WindowCache:
         dq = samples.anchor_samples
         win = self._anchor.get(key)
         try:
-            if win is not None and dq[-1][0] == win.newest and win.oldest > start:
+            if win is not None and dq[-1][0] == win.newest and win.oldest > start and len(dq) == win.rows_len:
                 return win.slope  # nothing arrived, nothing left the window: no copy needed
         except IndexError:  # empty
             return None
@@ -341,8 +353,8 @@ class WindowCache:
         dq = samples.anchor_samples
         hit = self._anchor_diff.get(key)
         try:
-            if hit is not None and dq[-1][0] == hit[0] and hit[1] > start:
-                return hit[2]
+            if hit is not None and dq[-1][0] == hit[0] and hit[1] > start and len(dq) == hit[2]:
+                return hit[3]
         except IndexError:  # empty
             return None
         rows = tuple(dq)  # one C-level copy: the writer thread may append meanwhile
@@ -353,7 +365,7 @@ class WindowCache:
         slope = _difference_slope(arr, min_points, DIFFERENCE_MAX_GAP_SECONDS)
         oldest = float(arr[0, 0]) if arr.shape[0] else np.inf
         with self._lock:
-            self._anchor_diff[key] = (rows[-1][0], oldest, slope)
+            self._anchor_diff[key] = (rows[-1][0], oldest, len(rows), slope)
         return slope
 
     def forget(self, live_keys: set[Hashable]) -> None:
