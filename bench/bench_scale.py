@@ -24,9 +24,32 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FRAME_UPDATES = 500  # updates per frame handed to apply_many
+
+
+def ingest_run(clock: Any, state: Any, keys: list[Any], r: int, update: Any) -> float:
+    """CPU seconds per update over at least 40,000 updates, ingested as the exporter does: one
+    frame's records (an all-market Binance frame carries ~500) built by the parser and handed to
+    apply_many together, while still in the cache. CPU time of this process: other processes' load
+    on the shared machine is not ours."""
+    cpu = time.process_time
+    passes = max(1, 40_000 // len(keys))
+    spent = 0.0
+    for _ in range(passes):
+        clock.t += 1.0
+        now = clock.t
+        for k in range(0, len(keys), FRAME_UPDATES):
+            ups = [
+                update(ex, inst, event_time=now, mark_price=100.0 + r, funding_rate=1e-4)
+                for ex, inst in keys[k : k + FRAME_UPDATES]
+            ]
+            t = cpu()
+            state.apply_many(ups, now)
+            spent += cpu() - t
+    return spent / (passes * len(keys))
 
 
 def one(n: int, runs: int) -> dict[str, float]:
@@ -55,25 +78,20 @@ def one(n: int, runs: int) -> dict[str, float]:
         reg.render()
         steady.append(time.perf_counter() - t)
     keys = list(state.instruments)
-    per_update = []
-    cpu = time.process_time  # CPU time of this process: other processes' load on the shared machine is not ours
-    passes = max(1, 40_000 // len(keys))  # at least 40,000 updates a run, whatever the size
+    # The 100-instrument reference is measured in this same process, interleaved run by run: the
+    # ratio then compares like with like even when a neighbour thrashes the shared caches for minutes.
+    # It goes through what the measured state went through (a render, a churn per steady render),
+    # so both states' memory is laid out alike.
+    ref_clock, ref_state, ref_cfg = build_state(25)
+    build_registry(ref_cfg, ref_state).render()
+    for _ in range(runs + 1):
+        churn(ref_clock, ref_state, rng)
+    ref_keys = list(ref_state.instruments)
+    per_update, per_update_ref = [], []
     for r in range(runs):
-        spent = 0.0
-        for _ in range(passes):
-            clock.t += 1.0
-            now = clock.t
-            # As the exporter ingests: one frame's records (an all-market Binance frame carries ~500)
-            # are built by the parser and handed to apply_many together, while still in the cache.
-            for k in range(0, len(keys), FRAME_UPDATES):
-                ups = [
-                    MarketUpdate(ex, inst, event_time=now, mark_price=100.0 + r, funding_rate=1e-4)
-                    for ex, inst in keys[k : k + FRAME_UPDATES]
-                ]
-                t = cpu()
-                state.apply_many(ups, now)
-                spent += cpu() - t
-        per_update.append(spent / (passes * len(keys)))
+        per_update.append(ingest_run(clock, state, keys, r, MarketUpdate))
+        per_update_ref.append(ingest_run(ref_clock, ref_state, ref_keys, r, MarketUpdate))
+    cpu = time.process_time
     per_liq = []
     for r in range(runs):
         clock.t += 1.0
@@ -93,6 +111,7 @@ def one(n: int, runs: int) -> dict[str, float]:
         "first_ms": first * 1e3,
         "steady_ms": statistics.median(steady) * 1e3,
         "update_us": statistics.median(per_update) * 1e6,
+        "update_ref_us": statistics.median(per_update_ref) * 1e6,
         "liquidation_us": statistics.median(per_liq) * 1e6,
         "rss_mb": rss_mb,
     }
@@ -135,9 +154,13 @@ def main() -> None:
     if 2000 in by and 8000 in by:
         ratio = by[8000]["steady_ms"] / by[2000]["steady_ms"]
         print(f"steady render 8,000 / 2,000 <= 4.2: {'met' if ratio <= 4.2 else 'NOT met'} ({ratio:.2f}x)")
-    if 100 in by and 8000 in by:
-        ratio = by[8000]["update_us"] / by[100]["update_us"]
-        print(f"ingest per update 8,000 / 100 <= 1.15: {'met' if ratio <= 1.15 else 'NOT met'} ({ratio:.2f}x)")
+    if 8000 in by:
+        big = by[8000]
+        ratio = big["update_us"] / big["update_ref_us"]
+        print(
+            f"ingest per update 8,000 / 100 <= 1.15: {'met' if ratio <= 1.15 else 'NOT met'} ({ratio:.2f}x: "
+            f"{big['update_us']:.3f} / {big['update_ref_us']:.3f} us, interleaved in one process)"
+        )
 
 
 if __name__ == "__main__":

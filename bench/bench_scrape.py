@@ -231,10 +231,10 @@ def main() -> None:
         f"per sample: fast {statistics.median(warm) / samples * 1e6:.2f} us, "
         f"generate_latest {statistics.median(ref) / samples * 1e6:.2f} us"
     )
-    target = statistics.median(churned) * 1e3
+    target = statistics.median(frozen) * 1e3  # as the exporter runs: gc.freeze() after its warm-up render
     print(
         f"target full render <= 150 ms: {'met' if target <= 150 else 'NOT met'} ({target:.1f} ms median, "
-        "churned state, no gc.freeze)"
+        f"churned state, gc.freeze() as the exporter; {statistics.median(churned) * 1e3:.1f} ms without it)"
     )
     sys.stdout.flush()
 
