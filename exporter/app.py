@@ -421,7 +421,8 @@ class Exporter:
         except RestError as exc:
             log.warning("%s: dated futures list unavailable (%s)", rt.exchange, exc)
             return
-        chosen = dated.select(listed, fc.bases, None if fc.all_expiries else fc.nearest, self.clock.time())
+        held = {p.instrument for p in self.config.positions if p.exchange is rt.exchange}  # followed whatever else
+        chosen = dated.select(listed, fc.bases, None if fc.all_expiries else fc.nearest, self.clock.time(), held)
         chosen = self.shard.select(chosen)  # a base's futures live with its perpetuals
         if [i.instrument for i in chosen] != [i.instrument for i in rt.futures]:
             log.info("%s: dated futures followed: %s", rt.exchange, ", ".join(i.instrument for i in chosen) or "none")

@@ -126,3 +126,15 @@ def test_curve_queries_give_each_point_both_coordinates(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     res = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_term_structure_is_linked_from_the_funding_overview_and_back() -> None:
+    dash = {p.stem: json.loads(p.read_text()) for p in (ROOT / "grafana" / "dashboards").glob("*.json")}
+    urls = {link["url"] for link in dash["fr-funding-overview"]["links"]}
+    assert "/d/fr-term-structure" in urls
+    assert "/d/fr-funding-overview" in {link["url"] for link in dash["fr-term-structure"]["links"]}
+    term = dash["fr-term-structure"]
+    assert [v["name"] for v in term["templating"]["list"]][:3] == ["datasource", "exchange", "base"]
+    for panel in term["panels"]:  # units on every panel; every query on the datasource variable
+        assert panel["fieldConfig"]["defaults"]["unit"], panel["title"]
+        assert all(t["datasource"]["uid"] == "${datasource}" for t in panel["targets"]), panel["title"]

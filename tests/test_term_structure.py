@@ -271,6 +271,20 @@ def test_select_nearest_expiries_per_base_and_margin() -> None:
               mk("E1", "ETH", 1500.0), mk("S1", "SOL", 1500.0), mk("BI", "BTC", 5000.0, True)]  # fmt: skip
     assert [i.instrument for i in dated.select(listed, ["btc", "ETH"], 2, now)] == ["B1", "B2", "BI", "E1"]
     assert [i.instrument for i in dated.select(listed, ["BTC"], None, now)] == ["B1", "B2", "B3", "BI"]
+    # a contract a configured position holds is followed beyond the nearest and outside the bases;
+    # a delivered one is not
+    assert [i.instrument for i in dated.select(listed, ["BTC"], 1, now, held={"B3", "B0"})] == ["B1", "B3", "BI"]
+    assert [i.instrument for i in dated.select(listed, ["ETH"], 4, now, held={"S1"})] == ["E1", "S1"]
+
+
+def test_futures_configuration_defaults_and_every_expiry() -> None:
+    fc = Config().exchanges[B].futures
+    assert (fc.enabled, fc.bases, fc.nearest, fc.all_expiries) == (True, ["BTC", "ETH"], 4, False)
+    cfg = Config.model_validate({"exchanges": {"okx": {"futures": {"bases": ["SOL"], "all_expiries": True}}}})
+    fc = cfg.exchanges[OK].futures
+    assert fc.bases == ["SOL"] and fc.all_expiries
+    with pytest.raises(ValueError, match="nearest"):
+        Config.model_validate({"exchanges": {"okx": {"futures": {"nearest": 0}}}})
 
 
 # ---- the curve: views against an independent computation ------------------------------------------

@@ -18,7 +18,7 @@ futures have the perpetuals' shapes, so each exchange's own ``parse_ws`` parses 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import UTC, datetime
 
 import orjson
@@ -167,20 +167,33 @@ PARSERS = {
 
 
 def select(
-    listed: Iterable[InstrumentInfo], bases: Sequence[str], nearest: int | None, now: float
+    listed: Iterable[InstrumentInfo],
+    bases: Sequence[str],
+    nearest: int | None,
+    now: float,
+    held: Collection[str] = (),
 ) -> list[InstrumentInfo]:
     """The futures to follow: of the configured bases, not expired, the ``nearest`` expiries per
-    (base, quote, linear/inverse) (``None``: every listed expiry); sorted by base, then expiry."""
+    (base, quote, linear/inverse) (``None``: every listed expiry), plus any listed contract in
+    ``held`` (a configured position's: its liquidation price needs its mark, whatever the base or
+    the expiry); sorted by base, then expiry."""
     wanted = {b.upper() for b in bases}
     groups: dict[tuple[str, str, bool], list[InstrumentInfo]] = {}
+    extra: list[InstrumentInfo] = []
     for i in listed:
-        if i.expiry is None or i.expiry <= now or i.base.upper() not in wanted:
+        if i.expiry is None or i.expiry <= now:
             continue
-        groups.setdefault((i.base, i.quote, i.inverse), []).append(i)
+        if i.base.upper() in wanted:
+            groups.setdefault((i.base, i.quote, i.inverse), []).append(i)
+        elif i.instrument in held:
+            extra.append(i)
     out: list[InstrumentInfo] = []
     for group in groups.values():
         group.sort(key=lambda i: (i.expiry or 0.0, i.instrument))
-        out.extend(group if nearest is None else group[:nearest])
+        chosen = group if nearest is None else group[:nearest]
+        out.extend(chosen)
+        out.extend(i for i in group[len(chosen) :] if i.instrument in held)
+    out.extend(extra)
     out.sort(key=lambda i: (i.base, i.expiry or 0.0, i.instrument))
     return out
 
