@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
 
@@ -17,22 +16,13 @@ from support.clock import ManualClock as Clock
 from exporter.analytics.stress import fit_student_t
 from exporter.config import Config
 from exporter.metrics.positions import PositionCollector
-from exporter.model import Exchange, InstrumentInfo, MarketUpdate, Side
+from exporter.model import Candle, Exchange, InstrumentInfo, MarketUpdate, Side
 from exporter.positions.history import RETRY_SECONDS, CloseSeries, StressHistory
 from exporter.positions.service import PositionService
 from exporter.state import MarketState
 
 T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
 BTC = (Exchange.BINANCE, "BTCUSDT")
-
-
-@dataclass(frozen=True)
-class FakeCandle:
-    open_time: float
-    open: float
-    high: float
-    low: float
-    close: float
 
 
 class FakeSource:
@@ -46,12 +36,12 @@ class FakeSource:
 
     async def price_candles(
         self, kind: str, instrument: str, interval_seconds: int, start: float, end: float
-    ) -> list[FakeCandle]:
+    ) -> list[Candle]:
         self.calls.append((kind, instrument, interval_seconds, start, end))
         if self.fail:
             self.fail -= 1
             raise RuntimeError("HTTP 503")
-        return [FakeCandle(m * 60.0, c, c, c, c) for m, c in sorted(self.closes.items()) if start <= m * 60.0 <= end]
+        return [Candle(m * 60.0, c, c, c, c) for m, c in sorted(self.closes.items()) if start <= m * 60.0 <= end]
 
 
 def path(now: float, minutes: int, seed: int = 1) -> dict[int, float]:
@@ -162,8 +152,8 @@ async def test_series_on_the_first_cycle_equal_a_brute_force_on_the_candles(tmp_
     # one request per instrument (both positions share the history), over the whole trailing day
     assert [c[:3] for c in source.calls] == [("mark", "BTCUSDT", 60)]
     assert source.calls[0][3] == (now_min - 1440) * 60.0
-    lo = now_min - 1440
-    fall, rise = brute_worst(closes, lo, now_min, 5)
+    lo, hi = now_min - 1440, now_min - 1  # the completed minutes of the trailing day
+    fall, rise = brute_worst(closes, lo, hi, 5)
     assert fall < -0.05  # the planted crash is in the period
     text = render(svc)
     worst = series(text, "fr_position_historical_worst_move_ratio")
@@ -188,9 +178,7 @@ async def test_series_on_the_first_cycle_equal_a_brute_force_on_the_candles(tmp_
     assert 0.0 in ok.values() and 1.0 in ok.values()
 
     # parametric: the 5-minute log returns of the same closes, fitted here
-    r = np.array(
-        [math.log(closes[m + 5] / closes[m]) for m in range(lo, now_min - 4) if m in closes and m + 5 in closes]
-    )
+    r = np.array([math.log(closes[m + 5] / closes[m]) for m in range(lo, hi - 4) if m in closes and m + 5 in closes])
     mean, sd = float(r.mean()), float(r.std(ddof=1))
     para = series(text, "fr_position_parametric_move_ratio")
     pkey = ("confidence={}", "distribution={}", "exchange=binance", "instrument=BTCUSDT", "position=long-50x",
@@ -266,7 +254,7 @@ async def test_an_exchange_without_mark_candles_publishes_once_live_marks_span_t
             assert h.figures(key, t) == {}  # the history does not span the hour yet
     fig = h.figures(key, t)[300]
     now_min = int(t // 60)
-    fall, rise = brute_worst(live, now_min - 60, now_min, 5)
+    fall, rise = brute_worst(live, now_min - 60, now_min - 1, 5)
     assert fig.worst_move(Side.LONG) == pytest.approx(fall) and fig.worst_move(Side.SHORT) == pytest.approx(rise)
 
 

@@ -1,9 +1,10 @@
 """The mark history behind the historical stress: 1-minute closes of the instruments positions hold.
 
 One :class:`CloseSeries` per held instrument (shared by every position on it): a ring of the last
-``period / 60 s`` minute closes in one float64 array (30 days: 43,201 closes, 338 KiB), NaN where no
-price is known. An instrument no position holds any more is dropped at the next cycle, so memory is
-bounded by the instruments held, not by the instruments followed.
+``period / 60 s`` minute closes and the minute in progress, in one float64 array (30 days: 43,201
+closes, 338 KiB), NaN where no price is known; the figures use the completed minutes only. An
+instrument no position holds any more is dropped at the next cycle, so memory is bounded by the
+instruments held, not by the instruments followed.
 
 Filled at start (and when a position on a new instrument appears) from the exchange's 1-minute
 mark-price candles over the whole period (``ExchangeRest.price_candles("mark", ...)``: the shared
@@ -39,7 +40,8 @@ from exporter.analytics.stress import (
     window_returns,
     worst_moves,
 )
-from exporter.model import Exchange
+from exporter.feeds.history import CandleKind
+from exporter.model import Candle, Exchange
 
 log = logging.getLogger("exporter.positions")
 
@@ -50,14 +52,6 @@ RETRY_SECONDS = 60.0  # a failed backfill is asked again after this
 Key = tuple[Exchange, str]
 
 
-class CandleLike(Protocol):
-    @property
-    def open_time(self) -> float: ...
-
-    @property
-    def close(self) -> float: ...
-
-
 class CandleSource(Protocol):
     """What the history needs of an exchange's REST endpoints (``exporter.rest.endpoints.ExchangeRest``)."""
 
@@ -65,8 +59,8 @@ class CandleSource(Protocol):
     def candle_kinds(self) -> frozenset[str]: ...
 
     async def price_candles(
-        self, kind: str, instrument: str, interval_seconds: int, start: float, end: float
-    ) -> Sequence[CandleLike]: ...
+        self, kind: CandleKind, instrument: str, interval_seconds: int, start: float, end: float
+    ) -> list[Candle]: ...
 
 
 class CloseSeries:
@@ -197,7 +191,9 @@ class StressHistory:
             if not self.ready(key, now) or h.worst_minute == minute:
                 continue
             refit = now - h.fitted_at >= FIT_SECONDS
-            work.append((h, h.series.closes(now), refit))
+            # completed minutes only: a close is final once its minute is over, so the figures change
+            # once a minute and the backfilled minutes are the exchange's klines exactly
+            work.append((h, h.series.closes(now)[:-1], refit))
         if not work:
             return
         results = await asyncio.to_thread(self._compute, [(c, refit) for _, c, refit in work])

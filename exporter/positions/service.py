@@ -147,8 +147,7 @@ class PositionService:
 
     def candle_source(self, ex: Exchange) -> CandleSource | None:
         """The exchange's REST endpoints (shared client, budget and counts) if they serve price candles."""
-        api = self.accounts.adapter(ex).api
-        return api if hasattr(api, "price_candles") else None  # type: ignore[return-value]
+        return self.accounts.adapter(ex).api
 
     # ---- accrual and snapshot ----------------------------------------------------------------
 
