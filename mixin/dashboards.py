@@ -393,6 +393,30 @@ def _positions(cfg: MixinConfig) -> dict[str, Any]:
                 max=1,
             ),
             Panel(
+                "Historical stress: worst and parametric moves",
+                "Worst adverse mark move over any window of the trailing history of 1-minute closes (period in "
+                "the series' HELP, default 30 days), and the moves at 99 / 99.9 % under normal and Student-t "
+                "fits of the same history: negative for a long (a fall), positive for a short (a rise).",
+                [
+                    (f"{m.HISTORICAL_WORST_MOVE}{{{POS}}}", "{{position}} worst {{window}}"),
+                    (f"{m.PARAMETRIC_MOVE}{{{POS}}}", "{{position}} {{distribution}} {{confidence}} {{window}}"),
+                ],
+                "percentunit",
+            ),
+            Panel(
+                "Historical stress: survives",
+                "1 if the position survives the historical worst move (or the parametric move) from the live mark "
+                "(equity stays above maintenance margin), else 0. HistoricalStressNotSurvived fires on the worst "
+                "move's 0.",
+                [
+                    (f"{m.HISTORICAL_STRESS_SURVIVES}{{{POS}}}", "{{position}} worst {{window}}"),
+                    (f"{m.PARAMETRIC_STRESS_SURVIVES}{{{POS}}}", "{{position}} {{distribution}} {{confidence}}"),
+                ],
+                "none",
+                min=0,
+                max=1,
+            ),
+            Panel(
                 "Locked capital and notional",
                 "Capital the APY is computed on, and the perp leg's notional at the mark.",
                 [

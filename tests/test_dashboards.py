@@ -246,12 +246,6 @@ UNDRAWN = {
     "fr_ai_skill_predictions": "the sample size behind the skill series (drawn); a diagnostic",
     "fr_ai_state_reads_total": "diagnostic counter of the sidecar's /api/state reads",
     "fr_ai_slack_messages_total": "diagnostic counter; Slack delivery is tested in the stack tests",
-    # issue 14's historical stress: drawn once the mark-candle backfill serves it on the first scrape
-    "fr_position_historical_worst_move_ratio": "absent until the mark-price kline backfill is wired (helper "
-    "history's price_candles), so a panel would stay empty in the end-to-end panel test",
-    "fr_position_historical_stress_survives": "as fr_position_historical_worst_move_ratio: empty until backfilled",
-    "fr_position_parametric_move_ratio": "as fr_position_historical_worst_move_ratio: empty until backfilled",
-    "fr_position_parametric_stress_survives": "as fr_position_historical_worst_move_ratio: empty until backfilled",
     # issue 12's recording counters: recording is off by default, so a panel would be empty for most users
     "fr_recording_frames_total": "recording is off by default (a panel would be empty); bench/ and tests check it",
     "fr_recording_bytes_total": "recording is off by default (a panel would be empty); bench/ and tests check it",

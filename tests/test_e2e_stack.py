@@ -124,6 +124,7 @@ def _exporter_config(tmp: Path, sim: dict[str, dict[str, Any]], listen: str, sid
             "from_accounts": True,
             "poll_seconds": 1,
             "vol_sample_seconds": 1,  # 20 mark returns for the hit probability within the test's time
+            "stress_period_days": 1,  # historical stress: a day of mark klines to backfill, not 30
             "db_path": str(tmp / "positions.sqlite"),
         },
         "sidecar": {
