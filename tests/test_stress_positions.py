@@ -3,6 +3,7 @@ published series against computations made here from the candles themselves."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from pathlib import Path
@@ -11,6 +12,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from support import wait_until
 from support.clock import ManualClock as Clock
 
 from exporter.analytics.stress import fit_student_t
@@ -33,11 +35,14 @@ class FakeSource:
         self.candle_kinds = kinds
         self.calls: list[tuple[str, str, int, float, float]] = []
         self.fail = 0
+        self.gate: asyncio.Event | None = None  # set: the klines arrive (a slow exchange until then)
 
     async def price_candles(
         self, kind: str, instrument: str, interval_seconds: int, start: float, end: float
     ) -> list[Candle]:
         self.calls.append((kind, instrument, interval_seconds, start, end))
+        if self.gate is not None:
+            await self.gate.wait()
         if self.fail:
             self.fail -= 1
             raise RuntimeError("HTTP 503")
@@ -210,17 +215,56 @@ async def test_absent_until_backfilled_and_a_failure_is_retried(tmp_path: Path) 
     svc.state.apply(MarketUpdate(*BTC, mark_price=50_000.0))
     await svc.update_history(clock())
     svc.tick()
-    assert "fr_position_historical_worst_move_ratio{" not in render(svc)  # not a figure of one minute
+    text = render(svc)
+    assert "fr_position_size{" in text  # the position is served...
+    assert "fr_position_historical_worst_move_ratio{" not in text  # ...without a figure of one minute
     clock.t += RETRY_SECONDS / 2
     await svc.update_history(clock())
     assert len(source.calls) == 1  # not asked again before the retry time
     clock.t += RETRY_SECONDS
     svc.state.apply(MarketUpdate(*BTC, mark_price=50_000.0))
+    await svc.update_history(clock())  # the retry runs in the background now
+    await wait_until(lambda: svc.history.ready(BTC, clock()), 10, what="the retried backfill")
     await svc.update_history(clock())
     svc.tick()
     assert len(source.calls) == 2
     assert "fr_position_historical_worst_move_ratio{" in render(svc)
-    svc.store.close()
+    await svc.aclose()
+
+
+async def test_a_slow_backfill_holds_the_first_views_a_bounded_time_only(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    svc = make_service(tmp_path, clock, [SHORT], stress_period_days=1, stress_backfill_wait_seconds=0.05)
+    source = FakeSource(path(clock(), 1441))
+    source.gate = asyncio.Event()
+    svc.candle_source = lambda ex: source  # type: ignore[method-assign]
+    svc.state.apply(MarketUpdate(*BTC, mark_price=50_000.0))
+    await svc.update_history(clock())  # returns after the bounded wait: the klines are still paging
+    svc.tick()
+    assert [v.position for v in svc.views()] == ["short-5x"] and not svc.views()[0].historical_stress
+    source.gate.set()
+    await wait_until(lambda: svc.history.ready(BTC, clock()), 10, what="the backfill")
+    await svc.update_history(clock())
+    svc.tick()
+    assert [h.window for h in svc.views()[0].historical_stress] == ["5m"]
+    await svc.aclose()
+
+
+async def test_a_later_instrument_backfills_in_the_background() -> None:
+    h = StressHistory([300], 86400.0)
+    eth = (Exchange.BYBIT, "ETHUSDT")
+    fast, slow = FakeSource(path(T0, 1441)), FakeSource(path(T0, 1441, seed=2))
+    slow.gate = asyncio.Event()
+    h.hold([BTC])
+    await asyncio.gather(*h.start_backfills(lambda ex: fast, T0))
+    h.hold([BTC, eth])
+    (task,) = h.start_backfills(lambda ex: slow, T0 + 60)
+    assert h.start_backfills(lambda ex: slow, T0 + 60) == []  # not asked twice while under way
+    await h.refresh(T0 + 60)
+    assert 300 in h.figures(BTC, T0 + 60) and h.figures(eth, T0 + 60) == {}
+    h.hold([BTC])  # the ETH position closed while its klines were paging: the request is dropped
+    await asyncio.sleep(0)
+    assert task.cancelled() and h.held() == [BTC]
 
 
 async def test_history_is_held_only_for_instruments_positions_hold() -> None:

@@ -8,8 +8,10 @@ instruments held, not by the instruments followed.
 
 Filled at start (and when a position on a new instrument appears) from the exchange's 1-minute
 mark-price candles over the whole period (``ExchangeRest.price_candles("mark", ...)``: the shared
-REST client, its budget and ``fr_rest_*`` counts), then extended from the live mark each cycle (the
-last mark seen in a minute is that minute's close). Figures (``analytics/stress.py``) are published
+REST client, its budget and ``fr_rest_*`` counts), in a task per instrument so the positions cycle
+never waits on the paging (the service waits for the start-up ones a bounded time before its first
+views), then extended from the live mark each cycle (the last mark seen in a minute is that
+minute's close). Figures (``analytics/stress.py``) are published
 only once the backfill is in: a number computed on the first minutes after start is not the trailing
 period's and is absent rather than shown as if it were. Where the exchange publishes no mark candles
 the history grows from live marks, and figures appear once it spans the whole period.
@@ -24,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -99,6 +102,13 @@ class CloseSeries:
             self.values[np.arange(self.last + 1, minute + 1) % self.capacity] = np.nan
         self.last = minute
 
+    def known(self, t: float) -> bool:
+        """Whether the minute ``t`` falls in holds a close."""
+        minute = int(t // STEP_SECONDS)
+        if self.last is None or minute > self.last or minute <= self.last - self.capacity:
+            return False
+        return not math.isnan(self.values[minute % self.capacity])
+
     def closes(self, now: float) -> npt.NDArray[np.float64]:
         """The closes of the ``capacity`` minutes up to the one ``now`` falls in, oldest first (a copy)."""
         minute = int(now // STEP_SECONDS)
@@ -130,6 +140,7 @@ class StressHistory:
         self.period_seconds = period_seconds
         self.capacity = int(period_seconds // STEP_SECONDS) + 1
         self._held: dict[Key, _Held] = {}
+        self._tasks: dict[Key, asyncio.Task[None]] = {}
 
     @property
     def bytes_per_instrument(self) -> int:
@@ -143,6 +154,9 @@ class StressHistory:
         keys = set(keys)
         for gone in self._held.keys() - keys:
             del self._held[gone]
+            task = self._tasks.pop(gone, None)
+            if task is not None:
+                task.cancel()
         for key in keys - self._held.keys():
             self._held[key] = _Held(CloseSeries(self.capacity))
 
@@ -152,7 +166,32 @@ class StressHistory:
             h.series.put(t, price)
 
     def due_backfills(self, now: float) -> list[Key]:
-        return [k for k, h in self._held.items() if not h.backfilled and not h.live_only and now >= h.retry_at]
+        return [
+            k
+            for k, h in self._held.items()
+            if not h.backfilled and not h.live_only and now >= h.retry_at and k not in self._tasks
+        ]
+
+    def start_backfills(
+        self, source: Callable[[Exchange], CandleSource | None], now: float
+    ) -> list[asyncio.Task[None]]:
+        """Start the due backfills as tasks (the positions cycle goes on while klines page in)."""
+        started = []
+        for key in self.due_backfills(now):
+            task = asyncio.create_task(self.backfill(key, source(key[0]), now), name=f"stress-backfill {key[1]}")
+            self._tasks[key] = task
+            task.add_done_callback(partial(self._done, key))
+            started.append(task)
+        return started
+
+    def _done(self, key: Key, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
+
+    def cancel(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        self._tasks.clear()
 
     async def backfill(self, key: Key, source: CandleSource | None, now: float) -> None:
         """Fill the instrument's period from the exchange's 1-minute mark candles (a failure is retried)."""
@@ -172,7 +211,11 @@ class StressHistory:
             return
         if self._held.get(key) is not h:
             return  # dropped while we waited
+        live_from = int(now // STEP_SECONDS)
         for c in candles:
+            # the minute in progress when asked: its kline closed early, the live marks since are later
+            if c.open_time // STEP_SECONDS >= live_from and h.series.known(c.open_time):
+                continue
             h.series.put(c.open_time, c.close)
         h.backfilled = True
         h.worst_minute = None

@@ -76,6 +76,7 @@ class PositionService:
             s.hit_horizons_hours, s.shocks_pct, an.holding_period_hours, an.points_bp, tuple(s.stress_confidences)
         )
         self.history = StressHistory(s.stress_windows_seconds, s.stress_period_days * 86400.0)
+        self._history_started = False
         self._last_poll = -math.inf
         self._views: tuple[PositionView, ...] = ()
         self.configured = ConfiguredPositions(config, self._listed, self.tiers_for, self.accounts.contract_size)
@@ -119,6 +120,7 @@ class PositionService:
             await self.aclose()
 
     async def aclose(self) -> None:
+        self.history.cancel()
         await self.accounts.aclose()
         self.store.close()
 
@@ -141,8 +143,12 @@ class PositionService:
         """Hold the stress history of exactly the instruments positions hold: backfill a new one from
         the exchange's mark candles, then recompute what is due (off the event loop)."""
         self.history.hold((p.exchange, p.instrument) for p in self.all_positions())
-        for key in self.history.due_backfills(now):
-            await self.history.backfill(key, self.candle_source(key[0]), now)
+        started = self.history.start_backfills(self.candle_source, now)
+        if started and not self._history_started:
+            # at start the first views wait (a bounded time) for the klines, so the first scrape
+            # carries the figures; a position added later gets its backfill without freezing the rest
+            await asyncio.wait(started, timeout=self.settings.stress_backfill_wait_seconds)
+        self._history_started = True
         await self.history.refresh(now)
 
     def candle_source(self, ex: Exchange) -> CandleSource | None:
