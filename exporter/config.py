@@ -290,7 +290,7 @@ class PositionsConfig(_Model):
     stress_period_days: float = Field(30.0, gt=0, le=365)
     stress_confidences: list[float] = Field(default_factory=lambda: [0.99, 0.999], min_length=1)
     # the first positions views wait this long for the start-up kline backfills (then they go on)
-    stress_backfill_wait_seconds: float = Field(30.0, ge=0)
+    stress_backfill_wait_seconds: float = Field(10.0, ge=0)
 
     @field_validator("stress_windows_seconds")
     @classmethod

@@ -108,6 +108,9 @@ def config(
                 "from_accounts": from_accounts,
                 "poll_seconds": poll,
                 "db_path": str(tmp_path / "positions.sqlite"),
+                # a couple of hours of mark klines for the historical stress: one page per exchange, so the
+                # first cycle's bounded wait for them stays far below the signatures' receive window
+                "stress_period_days": 0.1,
             },
         }
     )

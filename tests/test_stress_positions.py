@@ -4,6 +4,7 @@ published series against computations made here from the candles themselves."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import re
 from pathlib import Path
@@ -35,6 +36,7 @@ class FakeSource:
         self.candle_kinds = kinds
         self.calls: list[tuple[str, str, int, float, float]] = []
         self.fail = 0
+        self.fail_calls: set[int] = set()  # these calls (0-based) fail
         self.gate: asyncio.Event | None = None  # set: the klines arrive (a slow exchange until then)
 
     async def price_candles(
@@ -43,8 +45,8 @@ class FakeSource:
         self.calls.append((kind, instrument, interval_seconds, start, end))
         if self.gate is not None:
             await self.gate.wait()
-        if self.fail:
-            self.fail -= 1
+        if self.fail or len(self.calls) - 1 in self.fail_calls:
+            self.fail = max(0, self.fail - 1)
             raise RuntimeError("HTTP 503")
         return [Candle(m * 60.0, c, c, c, c) for m, c in sorted(self.closes.items()) if start <= m * 60.0 <= end]
 
@@ -154,9 +156,10 @@ async def test_series_on_the_first_cycle_equal_a_brute_force_on_the_candles(tmp_
     await svc.update_history(clock())
     svc.tick()
 
-    # one request per instrument (both positions share the history), over the whole trailing day
-    assert [c[:3] for c in source.calls] == [("mark", "BTCUSDT", 60)]
-    assert source.calls[0][3] == (now_min - 1440) * 60.0
+    # one history per instrument (both positions share it), asked a day per request, the whole trailing day
+    assert {c[:3] for c in source.calls} == {("mark", "BTCUSDT", 60)}
+    assert source.calls[0][3] == (now_min - 1440) * 60.0 and source.calls[-1][4] == clock()
+    assert all(b[3] == a[4] + 60 and b[3] - a[3] <= 86400 for a, b in itertools.pairwise(source.calls))
     lo, hi = now_min - 1440, now_min - 1  # the completed minutes of the trailing day
     fall, rise = brute_worst(closes, lo, hi, 5)
     assert fall < -0.05  # the planted crash is in the period
@@ -227,7 +230,7 @@ async def test_absent_until_backfilled_and_a_failure_is_retried(tmp_path: Path) 
     await wait_until(lambda: svc.history.ready(BTC, clock()), 10, what="the retried backfill")
     await svc.update_history(clock())
     svc.tick()
-    assert len(source.calls) == 2
+    assert source.calls[1][3] == (int(clock() // 60) - 1440) * 60.0  # the retry asks the whole (later) period
     assert "fr_position_historical_worst_move_ratio{" in render(svc)
     await svc.aclose()
 
@@ -248,6 +251,26 @@ async def test_a_slow_backfill_holds_the_first_views_a_bounded_time_only(tmp_pat
     svc.tick()
     assert [h.window for h in svc.views()[0].historical_stress] == ["5m"]
     await svc.aclose()
+
+
+async def test_a_failed_day_is_asked_again_from_that_day() -> None:
+    h = StressHistory([300], 3 * 86400.0)
+    h.hold([BTC])
+    closes = path(T0, 3 * 1440 + 1)
+    source = FakeSource(closes)
+    source.fail_calls = {1}
+    await h.backfill(BTC, source, T0)
+    assert not h.ready(BTC, T0) and len(source.calls) == 2
+    later = T0 + RETRY_SECONDS
+    assert h.due_backfills(later - 1) == [] and h.due_backfills(later) == [BTC]
+    await h.backfill(BTC, source, later)
+    assert source.calls[2][3] == source.calls[1][3]  # from the day that failed, not from the start
+    assert [c[3] for c in source.calls[2:]] == [source.calls[1][3] + 86400 * k for k in range(len(source.calls) - 2)]
+    await h.refresh(later)
+    fig = h.figures(BTC, later)[300]
+    m = int(later // 60)
+    fall, rise = brute_worst(closes, m - 3 * 1440, m - 1, 5)
+    assert fig.worst_move(Side.LONG) == pytest.approx(fall) and fig.worst_move(Side.SHORT) == pytest.approx(rise)
 
 
 async def test_a_later_instrument_backfills_in_the_background() -> None:

@@ -51,6 +51,7 @@ log = logging.getLogger("exporter.positions")
 STEP_SECONDS = 60  # 1-minute closes: the finest mark-price candle every exchange publishes
 FIT_SECONDS = 900.0
 RETRY_SECONDS = 60.0  # a failed backfill is asked again after this
+CHUNK_SECONDS = 86400  # one request of price_candles per day of history
 
 Key = tuple[Exchange, str]
 
@@ -126,6 +127,7 @@ class _Held:
     backfilled: bool = False
     live_only: bool = False  # the exchange publishes no mark candles: figures once live spans the period
     retry_at: float = -math.inf
+    resume_from: float = -math.inf  # a failed backfill goes on from this day
     worst: dict[int, WorstMoves | None] = field(default_factory=dict)  # window seconds ->
     worst_minute: int | None = None
     fits: dict[int, tuple[ReturnFit, ...]] = field(default_factory=dict)
@@ -135,7 +137,10 @@ class _Held:
 class StressHistory:
     """Closes of the held instruments, their backfill and the figures per window (see module doc)."""
 
-    def __init__(self, windows_seconds: Sequence[int], period_seconds: float) -> None:
+    def __init__(
+        self, windows_seconds: Sequence[int], period_seconds: float, clock: Callable[[], float] | None = None
+    ) -> None:
+        self._clock = clock  # when a failed backfill is retried from (default: the time it was asked)
         self.windows = tuple(windows_seconds)
         self.period_seconds = period_seconds
         self.capacity = int(period_seconds // STEP_SECONDS) + 1
@@ -194,7 +199,9 @@ class StressHistory:
         self._tasks.clear()
 
     async def backfill(self, key: Key, source: CandleSource | None, now: float) -> None:
-        """Fill the instrument's period from the exchange's 1-minute mark candles (a failure is retried)."""
+        """Fill the instrument's period from the exchange's 1-minute mark candles, a day per request
+        (within every exchange's paging, and other requests of the budget get their turn between
+        days); a failure is retried later from the day that failed."""
         h = self._held.get(key)
         if h is None:
             return
@@ -202,25 +209,31 @@ class StressHistory:
             h.live_only = True
             log.info("positions: %s %s publishes no mark candles; stress history from live marks", *key)
             return
-        start = (int(now // STEP_SECONDS) - self.capacity + 1) * STEP_SECONDS
-        try:
-            candles = await source.price_candles("mark", key[1], STEP_SECONDS, float(start), now)
-        except Exception as exc:  # counted by the REST client; asked again later
-            h.retry_at = now + RETRY_SECONDS
-            log.warning("positions: mark history of %s %s failed (%s); retrying", key[0].value, key[1], exc)
-            return
-        if self._held.get(key) is not h:
-            return  # dropped while we waited
         live_from = int(now // STEP_SECONDS)
-        for c in candles:
-            # the minute in progress when asked: its kline closed early, the live marks since are later
-            if c.open_time // STEP_SECONDS >= live_from and h.series.known(c.open_time):
-                continue
-            h.series.put(c.open_time, c.close)
+        t = max(h.resume_from, float((live_from - self.capacity + 1) * STEP_SECONDS))
+        n = 0
+        while t <= now:
+            end = min(t + CHUNK_SECONDS - STEP_SECONDS, now)
+            try:
+                candles = await source.price_candles("mark", key[1], STEP_SECONDS, t, end)
+            except Exception as exc:  # counted by the REST client; asked again later
+                h.resume_from = t
+                h.retry_at = max(now, self._clock() if self._clock is not None else now) + RETRY_SECONDS
+                log.warning("positions: mark history of %s %s failed (%s); retrying", key[0].value, key[1], exc)
+                return
+            if self._held.get(key) is not h:
+                return  # dropped while we waited
+            for c in candles:
+                # the minute in progress when asked: its kline closed early, the live marks since are later
+                if c.open_time // STEP_SECONDS >= live_from and h.series.known(c.open_time):
+                    continue
+                h.series.put(c.open_time, c.close)
+            n += len(candles)
+            t = end + STEP_SECONDS
         h.backfilled = True
         h.worst_minute = None
         h.fitted_at = -math.inf
-        log.info("positions: %s %s stress history backfilled (%d minute candles)", key[0].value, key[1], len(candles))
+        log.info("positions: %s %s stress history backfilled (%d minute candles)", key[0].value, key[1], n)
 
     def ready(self, key: Key, now: float) -> bool:
         h = self._held.get(key)

@@ -75,7 +75,7 @@ class PositionService:
         self.view_settings = ViewSettings(
             s.hit_horizons_hours, s.shocks_pct, an.holding_period_hours, an.points_bp, tuple(s.stress_confidences)
         )
-        self.history = StressHistory(s.stress_windows_seconds, s.stress_period_days * 86400.0)
+        self.history = StressHistory(s.stress_windows_seconds, s.stress_period_days * 86400.0, self.clock)
         self._history_started = False
         self._last_poll = -math.inf
         self._views: tuple[PositionView, ...] = ()
