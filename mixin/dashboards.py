@@ -833,8 +833,17 @@ def _term(cfg: MixinConfig) -> dict[str, Any]:
     ann_lines = [("red", None), ("green", -t.basis_annualized), ("red", t.basis_annualized)]
     div_lines = [("red", None), ("green", -t.implied_divergence_bp), ("red", t.implied_divergence_bp)]
     curve_units = [("Value #A", "suffix: d")]  # the x axis: days to expiry
+    # the table: one column per figure, the same labels on each (no __name__, job...) so they merge
+    row = "max by (exchange, base, quote, instrument, expiry)"
+    table_columns = [
+        (m.FUTURE_DAYS, "days to expiry"),
+        (m.BASIS, "basis"),
+        (m.BASIS_ANNUALIZED, "annualised basis"),
+        (m.IMPLIED_FUNDING, "implied funding"),
+        (m.IMPLIED_MINUS_ACTUAL, "implied minus actual"),
+    ]
     table_units = [
-        ("Value #A", "d"),
+        ("Value #A", "suffix: d"),
         ("Value #B", "percentunit"),
         ("Value #C", "percentunit"),
         ("Value #D", "percentunit"),
@@ -907,20 +916,14 @@ def _term(cfg: MixinConfig) -> dict[str, Any]:
                 "Contracts followed",
                 "One row per dated future: days to expiry (FutureRollWindow under "
                 f"{t.roll_days:g} days), basis, annualised basis, implied funding per 8 h, implied minus actual.",
-                [
-                    (f"{m.FUTURE_DAYS}{{{sel}}}", "days to expiry"),
-                    (f"{m.BASIS}{{{sel}}}", "basis"),
-                    (f"{m.BASIS_ANNUALIZED}{{{sel}}}", "annualised basis"),
-                    (f"{m.IMPLIED_FUNDING}{{{sel}}}", "implied funding"),
-                    (f"{m.IMPLIED_MINUS_ACTUAL}{{{sel}}}", "implied minus actual"),
-                ],
+                [(f"{row} ({d.name}{{{sel}}})", legend) for d, legend in table_columns],
                 "none",
                 kind="table",
                 width=24,
                 height=10,
                 instant=True,
                 extra_defaults={},
-                options={"showHeader": True, "sortBy": [{"displayName": "Value #A", "desc": False}]},
+                options={"showHeader": True, "sortBy": [{"displayName": "days to expiry", "desc": False}]},
             ),
         ],
         overrides={"Contracts followed": table_units, "Curve: annualised basis against days to expiry": curve_units},
@@ -935,9 +938,16 @@ def _term(cfg: MixinConfig) -> dict[str, Any]:
                     "options": {"fields": ["exchange"], "keepFields": False, "naming": {"asLabels": True}},
                 },
             ],
+            # one row per contract (the columns carry the same labels: merged), named columns
             "Contracts followed": [
                 {"id": "merge", "options": {}},
-                {"id": "organize", "options": {"excludeByName": {"Time": True, "__name__": True, "job": True}}},
+                {
+                    "id": "organize",
+                    "options": {
+                        "excludeByName": {"Time": True},
+                        "renameByName": {f"Value #{chr(65 + i)}": c for i, (_, c) in enumerate(table_columns)},
+                    },
+                },
             ],
         },
     )

@@ -122,10 +122,51 @@ def test_curve_queries_give_each_point_both_coordinates(tmp_path: Path) -> None:
             }
         ],
     }
-    path = tmp_path / "curve_test.yml"
+    _promtool(tmp_path, doc)
+
+
+def _promtool(tmp_path: Path, doc: dict[str, Any]) -> None:
+    path = tmp_path / "panel_test.yml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     res = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+@needs_tool("promtool", package="prometheus")
+def test_contracts_table_columns_carry_the_same_labels(tmp_path: Path) -> None:
+    """The table's five columns come back with one label set per contract (exchange, base, quote,
+    instrument, expiry: no __name__, job or instance), so the merge makes one row per contract; a
+    contract under a day has days and basis only."""
+    d = json.loads((ROOT / "grafana" / "dashboards" / "fr-term-structure.json").read_text())
+    (panel,) = [p for p in d["panels"] if p["title"] == "Contracts followed"]
+    exprs = [substitute(t["expr"], {"exchange": ".*", "base": ".*"}) for t in panel["targets"]]
+    q = {"exchange": "binance", "instrument": "BTCUSDT_260327", "expiry": "2026-03-27", "quote": "USDT"}
+    s = {"exchange": "deribit", "instrument": "BTC-27DEC25", "expiry": "2025-12-27", "quote": "USD"}
+    names = [
+        "fr_future_days_to_expiry",
+        "fr_basis_ratio",
+        "fr_basis_annualized_ratio",
+        "fr_implied_funding_rate_8h",
+        "fr_implied_minus_actual_funding_bp",
+    ]
+    q_values = [90, 0.02, 0.0811, 0.000074, -0.26]
+    inputs = [_series(n, q, v) for n, v in zip(names, q_values, strict=True)]
+    inputs += [_series("fr_future_days_to_expiry", s, 0.5), _series("fr_basis_ratio", s, 0.001)]
+
+    def labels(x: dict[str, str]) -> str:
+        return "{" + ",".join(f'{k}="{v}"' for k, v in sorted({**x, "base": "BTC"}.items())) + "}"
+
+    tests = []
+    for i, expr in enumerate(exprs):
+        want = [{"labels": labels(q), "value": q_values[i]}]
+        if i < 2:
+            want.append({"labels": labels(s), "value": [0.5, 0.001][i]})
+        tests.append({"expr": expr, "eval_time": f"{EVAL_S}s", "exp_samples": want})
+    doc = {"rule_files": [], "evaluation_interval": "1m", "tests": [
+        {"interval": "1m", "input_series": inputs, "promql_expr_test": tests}]}  # fmt: skip
+    _promtool(tmp_path, doc)
+    renamed = panel["transformations"][1]["options"]["renameByName"]
+    assert renamed["Value #A"] == "days to expiry" and panel["options"]["sortBy"][0]["displayName"] == "days to expiry"
 
 
 def test_term_structure_is_linked_from_the_funding_overview_and_back() -> None:
