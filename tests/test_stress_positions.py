@@ -7,8 +7,10 @@ import asyncio
 import itertools
 import math
 import re
+import threading
 from pathlib import Path
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 import pytest
@@ -271,6 +273,46 @@ async def test_a_failed_day_is_asked_again_from_that_day() -> None:
     m = int(later // 60)
     fall, rise = brute_worst(closes, m - 3 * 1440, m - 1, 5)
     assert fig.worst_move(Side.LONG) == pytest.approx(fall) and fig.worst_move(Side.SHORT) == pytest.approx(rise)
+
+
+async def test_a_slow_recomputation_does_not_hold_the_cycle(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    svc = make_service(tmp_path, clock, [SHORT], stress_period_days=1)
+    svc.tick_seconds = 0.05
+    source = FakeSource(path(clock(), 1441))
+    svc.candle_source = lambda ex: source  # type: ignore[method-assign]
+    svc.state.apply(MarketUpdate(*BTC, mark_price=50_000.0))
+    await svc.update_history(clock())
+    svc.tick()
+    first = svc.views()[0].historical_stress[0].move_ratio
+    # the next minute's computation is stuck (many instruments' fits, a slow machine): the cycle goes on
+    release = threading.Event()
+    compute = svc.history._compute
+
+    def slow(jobs: Any) -> Any:
+        release.wait(10)
+        return compute(jobs)
+
+    svc.history._compute = slow  # type: ignore[method-assign]
+    svc.history.put_mark(BTC, clock(), 70_000.0)  # a spike in the minute that completes next
+    clock.t += 60.0
+    svc.state.apply(MarketUpdate(*BTC, mark_price=50_000.0))
+    await svc.update_history(clock())  # returns while the computation waits
+    svc.tick()
+    assert svc.views()[0].historical_stress[0].move_ratio == first  # the last figures, until the new ones
+    release.set()
+
+    async def updated() -> bool:
+        await svc.update_history(clock())
+        svc.tick()
+        return svc.views()[0].historical_stress[0].move_ratio != first
+
+    await wait_until(updated, 10, what="the new figures")
+    m = int(clock() // 60) - 1
+    closes = {**source.closes, m: 70_000.0}
+    _, rise = brute_worst(closes, m - 1439, m, 5)
+    assert svc.views()[0].historical_stress[0].move_ratio == pytest.approx(rise) and rise > 0.3
+    await svc.aclose()
 
 
 async def test_a_later_instrument_backfills_in_the_background() -> None:

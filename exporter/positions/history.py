@@ -252,7 +252,11 @@ class StressHistory:
             work.append((h, h.series.closes(now)[:-1], refit))
         if not work:
             return
-        results = await asyncio.to_thread(self._compute, [(c, refit) for _, c, refit in work])
+        try:
+            results = await asyncio.to_thread(self._compute, [(c, refit) for _, c, refit in work])
+        except Exception:  # a bad history must not end the service; the figures stay as they were
+            log.exception("positions: historical stress computation failed")
+            return
         for (h, _, refit), (worst, fits) in zip(work, results, strict=True):
             h.worst = worst
             h.worst_minute = minute

@@ -77,6 +77,7 @@ class PositionService:
         )
         self.history = StressHistory(s.stress_windows_seconds, s.stress_period_days * 86400.0, self.clock)
         self._history_started = False
+        self._refresh: asyncio.Task[None] | None = None
         self._last_poll = -math.inf
         self._views: tuple[PositionView, ...] = ()
         self.configured = ConfiguredPositions(config, self._listed, self.tiers_for, self.accounts.contract_size)
@@ -121,6 +122,8 @@ class PositionService:
 
     async def aclose(self) -> None:
         self.history.cancel()
+        if self._refresh is not None:
+            self._refresh.cancel()
         await self.accounts.aclose()
         self.store.close()
 
@@ -141,15 +144,25 @@ class PositionService:
 
     async def update_history(self, now: float) -> None:
         """Hold the stress history of exactly the instruments positions hold: backfill a new one from
-        the exchange's mark candles, then recompute what is due (off the event loop)."""
+        the exchange's mark candles, then recompute what is due (in a worker thread).
+
+        At start the first views wait a bounded time (``stress_backfill_wait_seconds``) for the klines
+        and the figures, so the first scrape carries them. Afterwards nothing here holds the cycle
+        (gaps, buffers, PnL) longer than a tick: a position added later is backfilled in the
+        background, and a recomputation that takes longer (many instruments' fits) goes on in the
+        background and is published when done."""
+        first = not self._history_started
+        self._history_started = True
         self.history.hold((p.exchange, p.instrument) for p in self.all_positions())
         started = self.history.start_backfills(self.candle_source, now)
-        if started and not self._history_started:
-            # at start the first views wait (a bounded time) for the klines, so the first scrape
-            # carries the figures; a position added later gets its backfill without freezing the rest
-            await asyncio.wait(started, timeout=self.settings.stress_backfill_wait_seconds)
-        self._history_started = True
-        await self.history.refresh(now)
+        wait = self.settings.stress_backfill_wait_seconds if first else self.tick_seconds
+        deadline = asyncio.get_running_loop().time() + wait
+        if started and first:
+            await asyncio.wait(started, timeout=wait)
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.create_task(self.history.refresh(now), name="stress-refresh")
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time()) if first else self.tick_seconds
+        await asyncio.wait({self._refresh}, timeout=remaining)
 
     def candle_source(self, ex: Exchange) -> CandleSource | None:
         """The exchange's REST endpoints (shared client, budget and counts) if they serve price candles."""
