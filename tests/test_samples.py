@@ -482,7 +482,10 @@ def binance_fast(raw: bytes) -> object:
 
 
 def bybit_fast(raw: bytes) -> object:
-    m = _decode_ticker_message(raw)
+    try:
+        m = _decode_ticker_message(raw)
+    except ValueError:  # a dated future's "" funding fields: the strict path takes those
+        return None
     return m if m.topic.startswith("tickers.") else None
 
 

@@ -345,15 +345,37 @@ class _OldLiqMessage(msgspec.Struct, gc=False):
     data: _OldLiq
 
 
+# The typed path's ticker: msgspec converts the decimal strings to floats while decoding (lax mode),
+# a float() call saved per field. An absent field keeps the default, this very NaN object, told apart
+# by identity: a sent "NaN" is a new float and fails the domain checks. What cannot be converted ("",
+# "null", a JSON null, true; dated futures send "" funding) fails the decoding: the strict path then
+# parses the frame (string fields) and either accepts it or names the field.
+_ABSENT = float("nan")
+
+
+class _FastTicker(msgspec.Struct, gc=False):
+    symbol: str
+    markPrice: float = _ABSENT
+    indexPrice: float = _ABSENT
+    fundingRate: float = _ABSENT
+    nextFundingTime: float = _ABSENT
+    fundingIntervalHour: float = _ABSENT
+    fundingCap: float = _ABSENT
+    openInterest: float = _ABSENT
+    openInterestValue: float = _ABSENT
+    singleOpenInterest: float = _ABSENT
+    singleOpenInterestValue: float = _ABSENT
+
+
 class _TickerMessage(msgspec.Struct, gc=False):
     topic: str
     # a ticker is an object, an allLiquidation batch an array: told apart while decoding
-    data: _Ticker | list[_Liq]
-    ts: int | None = None
+    data: _FastTicker | list[_Liq]
+    ts: float = _ABSENT
     type: str | None = None  # "snapshot" | "delta"
 
 
-_decode_ticker_message = msgspec.json.Decoder(_TickerMessage).decode
+_decode_ticker_message = msgspec.json.Decoder(_TickerMessage, strict=False).decode
 _decode_old_liquidation = msgspec.json.Decoder(_OldLiqMessage).decode
 _TICKER_KEYS = tuple(f for f in _Ticker.__struct_fields__ if f != "symbol")
 
@@ -384,11 +406,98 @@ def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
     tb = ctx.time_bounds()
     ts = m.ts
     et = None
-    if ts is not None:
+    if ts is not _ABSENT:
         et = ts / 1000.0
         if not tb[0] <= et <= tb[1]:
             raise V.out_of_range("ts", et, V.TIMESTAMP)
-    return _ticker(data, et, m.type == "snapshot", ctx.instruments, tb)
+    return _ticker_fast(data, et, m.type == "snapshot", ctx.instruments, tb)
+
+
+def _ticker_fast(
+    t: _FastTicker,
+    event_time: float | None,
+    snapshot: bool,
+    instruments: Mapping[str, InstrumentInfo],
+    tb: tuple[float, float],
+) -> list[Record]:
+    """:func:`_ticker` on a typed ticker, the same rules inline; any value it does not take raises,
+    and the strict path names it."""
+    sym = t.symbol
+    if not sym:
+        raise ParseError("field 'symbol' is empty")
+    info = instruments.get(sym)
+    if info is not None:
+        inverse = info.inverse
+    elif instruments:
+        return []  # not followed
+    else:
+        inverse = is_inverse(sym, instruments)
+    a = _ABSENT
+    u = MarketUpdate(EX, sym, event_time, confirms_ticker=True, snapshot=snapshot)
+    x = t.markPrice
+    if x is not a:
+        if not V.PRICE_MIN <= x <= V.PRICE_MAX:
+            raise ParseError("markPrice")
+        u.mark_price = x
+    x = t.indexPrice
+    if x is not a:
+        if not V.PRICE_MIN <= x <= V.PRICE_MAX:
+            raise ParseError("indexPrice")
+        u.index_price = x
+    x = t.fundingRate
+    if x is not a:
+        if not -V.RATE_MAX <= x <= V.RATE_MAX:
+            raise ParseError("fundingRate")
+        u.funding_rate = x
+    x = t.nextFundingTime
+    if x is not a and x != 0.0:  # "0": no next settlement
+        x /= 1000.0
+        if not tb[0] <= x <= tb[1]:
+            raise ParseError("nextFundingTime")
+        u.next_funding_time = x
+    x = t.fundingIntervalHour
+    if x is not a:
+        x *= 3600.0
+        if not V.INTERVAL_MIN <= x <= V.INTERVAL_MAX:
+            raise ParseError("fundingIntervalHour")
+        u.funding_interval_s = x
+    x = t.fundingCap
+    if x is not a:
+        if not -V.RATE_MAX <= x <= V.RATE_MAX:
+            raise ParseError("fundingCap")
+        u.funding_cap = x
+        u.funding_floor = -x  # one symmetric limit
+    # the single-side open interest wins where given, else the both-sides one is halved, field by
+    # field (see _ticker)
+    oi = t.singleOpenInterest
+    if oi is a:
+        oi = t.openInterest
+        if oi is not a:
+            oi *= 0.5
+    value = t.singleOpenInterestValue
+    if value is a:
+        value = t.openInterestValue
+        if value is not a:
+            value *= 0.5
+    if oi is not a:
+        if inverse:
+            if not 0.0 <= oi <= V.USD_MAX:  # inverse: size counts USD contracts
+                raise ParseError("openInterest")
+            u.open_interest_usd = oi
+        else:
+            if not 0.0 <= oi <= V.QTY_MAX:
+                raise ParseError("openInterest")
+            u.open_interest_base = oi
+    if value is not a:
+        if inverse:
+            if not 0.0 <= value <= V.QTY_MAX:  # inverse: the "value" is in coin
+                raise ParseError("openInterestValue")
+            u.open_interest_base = value
+        else:
+            if not 0.0 <= value <= V.USD_MAX:
+                raise ParseError("openInterestValue")
+            u.open_interest_usd = value
+    return [u]
 
 
 def _ticker(
