@@ -44,36 +44,49 @@ def test_shipped_defaults_are_what_fit_baseline_gives_on_the_shipped_data(tmp_pa
     assert {f.name for f in fields(baseline.Params)} >= set(fit.FITTED)
 
 
-def _flows(path: Path) -> dict[str, list[tuple[float, float]]]:
+def _flows(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per base: the read times and the cumulative liquidated USD up to each read, from the written file."""
     import csv
     import gzip
 
-    out: dict[str, list[tuple[float, float]]] = {}
+    rows: dict[str, list[tuple[float, float]]] = {}
     with gzip.open(path, "rt", newline="") as f:
         for r in csv.DictReader(f):
-            out.setdefault(r["base"], []).append((float(r["t"]), float(r["liquidated_usd"])))
-    return out
+            rows.setdefault(r["base"], []).append((float(r["t"]), float(r["liquidated_usd"])))
+    return {base: (np.array([t for t, _ in s]), np.cumsum([usd for _, usd in s])) for base, s in rows.items()}
 
 
-def test_baseline_has_skill_on_an_unseen_simulator_run_at_every_horizon(tmp_path: Path) -> None:
-    # a run with calm periods and cascades, another seed than the shipped fit data
-    data = simrun.run(simrun.RunConfig(hours=96.0, seed=2))
+UNSEEN = simrun.RunConfig(hours=96.0, seed=2)  # another seed than the shipped fit data
+
+
+@pytest.fixture(scope="module")
+def unseen_run() -> simrun.RunData:
+    """A run with calm periods and cascades, shared by the tests of this module (the run is most of their time)."""
+    return simrun.run(UNSEEN)
+
+
+def test_baseline_has_skill_on_an_unseen_simulator_run_at_every_horizon(
+    tmp_path: Path, unseen_run: simrun.RunData
+) -> None:
+    data = unseen_run
     assert len(data.cascades) >= 4
     _, flows_path = simrun.write(data, tmp_path)
     flows = _flows(flows_path)
     params = baseline.Params.from_config(SidecarConfig())
+    features = [baseline.Features.from_dict(s) for s in data.samples]
     figures = {}
     for h in HORIZONS:
         probs, outcomes = [], []
-        for s in data.samples:
+        for s, f in zip(data.samples, features, strict=True):
             t, base = float(s["t"]), s["base"]
-            series = flows[base]
-            if t + h * 3600 > series[-1][0]:
+            times, cum = flows[base]
+            if t + h * 3600 > times[-1]:
                 continue  # not observed to the end of the horizon
-            # outcome, computed here: liquidated notional in (t, t + H] against the threshold
-            liquidated = sum(usd for at, usd in series if t < at <= t + h * 3600)
+            # outcome, computed here: liquidated notional in (t, t + H] against the threshold (the
+            # difference of the cumulative sums; the written amounts are whole dollars: exact in floats)
+            i, j = np.searchsorted(times, (t, t + h * 3600), side="right")
+            liquidated = (cum[j - 1] if j else 0.0) - (cum[i - 1] if i else 0.0)
             outcomes.append(liquidated >= THRESHOLD)
-            f = baseline.Features.from_dict(s)
             probs.append(baseline.parts(f, params, horizon_hours=h, threshold_usd=THRESHOLD).probability)
         p, o = np.array(probs), np.array(outcomes, dtype=float)
         rate = o.mean()
@@ -122,7 +135,17 @@ def test_fit_baseline_over_a_users_store(tmp_path: Path) -> None:
     assert fit.run(_args("--db", str(tmp_path / "missing.sqlite")), io.StringIO()) == 2
 
 
-def test_simrun_is_deterministic(tmp_path: Path) -> None:
-    a = simrun.write(simrun.run(simrun.RunConfig(hours=2.0, seed=5)), tmp_path / "a")
-    b = simrun.write(simrun.run(simrun.RunConfig(hours=2.0, seed=5)), tmp_path / "b")
+def test_simrun_is_deterministic(tmp_path: Path, unseen_run: simrun.RunData) -> None:
+    """A second, shorter run of the same seed is the long run's beginning, to the written byte."""
+    short = simrun.run(simrun.RunConfig(hours=2.0, seed=UNSEEN.seed))
+    assert short.samples and short.flows
+    end = short.flows[-1][0]
+    prefix = simrun.RunData(
+        [s for s in unseen_run.samples if s["t"] <= end],
+        [f for f in unseen_run.flows if f[0] <= end],
+        [c for c in unseen_run.cascades if c <= end],
+    )
+    assert (prefix.samples, prefix.flows, prefix.cascades) == (short.samples, short.flows, short.cascades)
+    a = simrun.write(short, tmp_path / "a")
+    b = simrun.write(prefix, tmp_path / "b")
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]

@@ -24,7 +24,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -66,6 +66,8 @@ class FitData:
     cols: dict[str, np.ndarray]
     flows: dict[str, tuple[np.ndarray, np.ndarray]]  # base -> (read times, cumulative USD)
     source: str
+    # (horizon, threshold) -> outcomes and the observed rows' columns: the same for every trial of a fit
+    _observed: dict[tuple[float, float], tuple[np.ndarray, dict[str, np.ndarray]]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.times.size)
@@ -88,6 +90,14 @@ class FitData:
             liquidated[rows] = at_end - at_start
             known[rows] = end <= t[-1]
         return known, liquidated[known] >= threshold_usd
+
+    def observed(self, horizon_hours: float, threshold_usd: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(outcomes, feature columns) of the rows observed to the end of the horizon, computed once."""
+        key = (horizon_hours, threshold_usd)
+        if key not in self._observed:
+            known, y = self.outcomes(horizon_hours, threshold_usd)
+            self._observed[key] = (y, {k: v[known] for k, v in self.cols.items()})
+        return self._observed[key]
 
 
 def _flows_from(rows: Sequence[tuple[float, str, float]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -168,8 +178,7 @@ class HorizonScore:
 def evaluate(data: FitData, params: Params, horizons: Sequence[float], threshold_usd: float) -> list[HorizonScore]:
     out = []
     for h in horizons:
-        known, y = data.outcomes(h, threshold_usd)
-        cols = {k: v[known] for k, v in data.cols.items()}
+        y, cols = data.observed(h, threshold_usd)
         p = probabilities(cols, params, horizon_hours=h, threshold_usd=threshold_usd)["p"]
         yf = y.astype(float)
         n = int(yf.size)

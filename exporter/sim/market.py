@@ -129,7 +129,6 @@ class Asset:
     sentiment: float = 0.00015
     pre_sentiment: float = 0.00015  # where the sentiment returns after a scenario
     pending_impact: float = 0.0  # log-price move from last step's forced orders
-    crowd_notional: float = 1.0
 
 
 @dataclass(slots=True)
@@ -139,6 +138,10 @@ class Crowd:
     entry: np.ndarray
     liq: np.ndarray
     bk: np.ndarray
+    # (highest long, lowest short liquidation price) of the crowd or of a superset of it (closing
+    # positions only narrows the range): a mark between them liquidates nobody, the common case,
+    # decided without an array pass (None: to be computed)
+    _bounds: tuple[float, float] | None = None
 
     @staticmethod
     def empty() -> Crowd:
@@ -153,10 +156,24 @@ class Crowd:
         self.entry = np.concatenate([self.entry, entry])
         self.liq = np.concatenate([self.liq, liq])
         self.bk = np.concatenate([self.bk, bk])
+        self._bounds = None
 
     def keep(self, mask: np.ndarray) -> None:
+        # new arrays, never writes into the old ones: the step's crowd snapshot keeps reading those
         self.side, self.size, self.entry = self.side[mask], self.size[mask], self.entry[mask]
         self.liq, self.bk = self.liq[mask], self.bk[mask]
+
+    def safe_at(self, mark: float) -> bool:
+        """True when a mark of ``mark`` liquidates no position (exactly the negation of any hit)."""
+        if self._bounds is not None and self._bounds[0] < mark < self._bounds[1]:
+            return True
+        longs = self.side > 0
+        shorts = self.side < 0
+        self._bounds = (
+            float(self.liq[longs].max()) if longs.any() else -math.inf,
+            float(self.liq[shorts].min()) if shorts.any() else math.inf,
+        )
+        return self._bounds[0] < mark < self._bounds[1]
 
     def base_total(self) -> float:
         return float(self.size.sum())
@@ -357,6 +374,7 @@ class MarketModel:
                 inst.ewma_premium = inst.premium
                 self._init_funding(inst)
                 self._seed_crowd(inst)
+        self._crowd_at_step_end: list[tuple[str, np.ndarray, float]] = []
         self._update_crowd_totals()
         # dated futures (term structure); their own random generator leaves the perpetuals' draws as they were
         self.curve = Curve(self, futures_short_seconds) if futures else None
@@ -543,11 +561,16 @@ class MarketModel:
         inst.crowd.add(side, size, entry, lev)
 
     def _update_crowd_totals(self) -> None:
+        # only a step with forced orders reads the totals: keep what they are made of (the crowd's
+        # arrays are replaced, never written into) and sum them then, in the same order
+        self._crowd_at_step_end = [(inst.asset.base, inst.crowd.size, inst.mark) for inst in self.all_instruments()]
+
+    def _crowd_notional(self) -> dict[str, float]:
+        """Each base's crowd notional at the end of the previous step (at least 1 USD)."""
         tot: dict[str, float] = {}
-        for inst in self.all_instruments():
-            tot[inst.asset.base] = tot.get(inst.asset.base, 0.0) + float((inst.crowd.size * inst.mark).sum())
-        for base, v in tot.items():
-            self.assets[base].crowd_notional = max(v, 1.0)
+        for base, size, mark in self._crowd_at_step_end:
+            tot[base] = tot.get(base, 0.0) + float((size * mark).sum())
+        return {base: max(v, 1.0) for base, v in tot.items()}
 
     # ------------------------------------------------------------------------------------------
     # dynamics
@@ -612,11 +635,12 @@ class MarketModel:
                 imp = self._liquidate(inst)
                 if imp:
                     impacts[inst.asset.base] = impacts.get(inst.asset.base, 0.0) + imp
+        crowd_notional = self._crowd_notional() if impacts else {}
         for base, signed_notional in impacts.items():
             asset = self.assets[base]
             # forced selling (long liquidations) pushes down: 8 % of the whole crowd's notional = -1 %
             k = 0.08 if phase == "crash" else 0.05
-            asset.pending_impact = max(-0.01, min(0.01, -k * signed_notional / asset.crowd_notional))
+            asset.pending_impact = max(-0.01, min(0.01, -k * signed_notional / crowd_notional.get(base, 1.0)))
         self._update_crowd_totals()
         self.tape.record(self.now)
         if self.curve is not None:
@@ -702,7 +726,7 @@ class MarketModel:
     def _liquidate(self, inst: Instrument) -> float:
         """Liquidate every position the mark ran through; returns signed notional (+ = longs sold)."""
         c = inst.crowd
-        if not c.size.size:
+        if not c.size.size or c.safe_at(inst.mark):
             return 0.0
         hit = ((c.side > 0) & (inst.mark <= c.liq)) | ((c.side < 0) & (inst.mark >= c.liq))
         if not hit.any():
