@@ -29,6 +29,19 @@ def _fail_skip(report: Any, what: str) -> None:
         report.longrepr = f"{what} skipped in CI (CI=true; every tool is installed there): {reason}"
 
 
+# Test files of other areas known to take many seconds, until they carry the `slow` marker themselves.
+SLOW_FILES = frozenset({"tests/test_replay.py", "tests/test_term_sim.py"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files with a `slow` or `e2e` test run first: the workers (pytest-xdist, one file at a time, in this order:
+    `--dist loadfile --no-loadscope-reorder` in pyproject) start on the longest work, and the short
+    files fill in beside it instead of one long file running alone at the end."""
+    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow") or item.get_closest_marker("e2e")}
+    slow |= SLOW_FILES
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)  # stable: the rest keep their order
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
