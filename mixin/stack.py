@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import shutil
 import socket
 import subprocess
@@ -27,10 +28,47 @@ ROOT = Path(__file__).resolve().parent.parent
 PROM_DIR = ROOT / "prometheus"
 
 
-def free_port() -> int:
+_PICK = random.SystemRandom()  # not the seedable global generator: parallel processes must not pick alike
+LOWEST_PORT = 20000  # below: well-known ports and this project's defaults (18001-18004, 9466, 9090...)
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return lo, hi
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a loopback server could bind ``port`` now."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(count: int = 1) -> int:
+    """A loopback port (the first of ``count`` consecutive ones) free now, for a server started next.
+
+    Picked at random below the kernel's ephemeral range: a port from there (bind to 0) can be handed
+    to any outgoing connection on the machine between this pick and the server's bind, which is how a
+    pick-then-bind races on a busy machine. Down here only another explicit pick competes.
+    """
+    lo, _ = _ephemeral_range()
+    if lo - LOWEST_PORT > 1000:
+        for _ in range(200):
+            port = _PICK.randrange(LOWEST_PORT, lo - count)
+            if all(port_is_free(port + i) for i in range(count)):
+                return port
+    while True:  # a machine with no room below its ephemeral range
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if all(port_is_free(port + i) for i in range(1, count)):
+            return port
 
 
 def binary(*names: str) -> str | None:

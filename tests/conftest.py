@@ -29,17 +29,31 @@ def _fail_skip(report: Any, what: str) -> None:
         report.longrepr = f"{what} skipped in CI (CI=true; every tool is installed there): {reason}"
 
 
-# Test files of other areas known to take many seconds, until they carry the `slow` marker themselves.
-SLOW_FILES = frozenset({"tests/test_replay.py", "tests/test_term_sim.py"})
+# Test files of other areas known to take many seconds (from --durations), until they carry the marker.
+SLOW_FILES = {"tests/test_replay.py": 20.0, "tests/test_term_sim.py": 15.0}
+E2E_SECONDS = 30.0  # a real Prometheus/Alertmanager stack or a fault campaign: the longest files
+SLOW_SECONDS = 5.0  # `slow` without a figure
 
 
+def _weight(item: pytest.Item) -> float:
+    module_marks = getattr(getattr(item, "module", None), "pytestmark", [])
+    if any(m.name == "e2e" for m in (module_marks if isinstance(module_marks, list) else [module_marks])):
+        return E2E_SECONDS  # a whole e2e file (one promtool check in a file is not that)
+    mark = item.get_closest_marker("slow")
+    return float(mark.kwargs.get("seconds", SLOW_SECONDS)) if mark else 0.0
+
+
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Files with a `slow` or `e2e` test run first: the workers (pytest-xdist, one file at a time, in this order:
-    `--dist loadfile --no-loadscope-reorder` in pyproject) start on the longest work, and the short
-    files fill in beside it instead of one long file running alone at the end."""
-    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow") or item.get_closest_marker("e2e")}
-    slow |= SLOW_FILES
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)  # stable: the rest keep their order
+    """The longest files run first (`slow` tests and `e2e` files; `slow(seconds=N)` ranks them): the workers
+    (pytest-xdist, one file at a time in this order: `--dist loadfile --no-loadscope-reorder` in
+    pyproject) start on the longest work and the short files fill in beside it, instead of one long
+    file running alone at the end. Longest-first, the classic greedy schedule."""
+    weight: dict[str, float] = dict(SLOW_FILES)
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        weight[path] = max(weight.get(path, 0.0), _weight(item))
+    items.sort(key=lambda item: -weight.get(item.nodeid.split("::")[0], 0.0))  # stable within a file
 
 
 @pytest.hookimpl(hookwrapper=True)

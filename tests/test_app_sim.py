@@ -25,6 +25,8 @@ from exporter.model import Exchange, InstrumentInfo
 from exporter.sim import main as sim_main
 from exporter.sim import server as sim_server
 
+pytestmark = pytest.mark.slow(seconds=20)  # a simulator and exporter per test (tests/conftest.py)
+
 Sample = tuple[dict[str, str], float]
 
 

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from support import ROOT, free_port, wait_until
 
 import exporter.app  # noqa: F401  # the exporter process needs it: fail here, not in the subprocess
@@ -30,6 +31,8 @@ from exporter.config import Config, SidecarConfig
 from exporter.model import Exchange
 from exporter.sidecar.main import Sidecar
 from exporter.sim import main as sim_main
+
+pytestmark = pytest.mark.slow(seconds=10)  # scheduled first (tests/conftest.py)
 
 SCALE = 6.0  # market seconds per wall second
 
@@ -42,7 +45,9 @@ class MarketClock(ScaledClock):
 
 
 def _exporter_config(sim: object, port: int, path: Path) -> None:
-    lines = [f"listen_address: 127.0.0.1:{port}", "log_level: WARNING", "exchanges:"]
+    # a short backfill on the whole published limit: the start-up is the paced funding-history load
+    lines = [f"listen_address: 127.0.0.1:{port}", "log_level: WARNING", "analytics:", "  zscore_window_seconds: 345600"]
+    lines += ["rest_budget:", "  fraction: 1.0", "exchanges:"]
     for ex in Exchange:
         ws, rest = sim.urls(ex)  # type: ignore[attr-defined]
         lines += [

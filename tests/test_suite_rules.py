@@ -41,6 +41,7 @@ def test_no_test_skips_on_our_own_import() -> None:
     assert offenders == []
 
 
+@pytest.mark.slow
 def test_broken_simulator_import_fails_the_suite(tmp_path: Path) -> None:
     targets = ["tests/test_app_sim.py", "tests/test_sidecar_sim.py", "tests/test_sim_protocol.py"]
     r = _run(

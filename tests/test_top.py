@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from exporter.app import run_exporter
 from exporter.config import Config
@@ -91,6 +92,7 @@ async def exporter_on_simulator() -> AsyncIterator[str]:
         await sim.stop()
 
 
+@pytest.mark.slow
 async def test_top_once_prints_every_exchange_against_the_simulator() -> None:
     async with exporter_on_simulator() as url, httpx.AsyncClient() as http:
         deadline = time.monotonic() + 30

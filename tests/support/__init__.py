@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from mixin.stack import free_port, wait_for  # the Prometheus/Alertmanager harness defines them; one copy
+from mixin.stack import free_port, port_is_free, wait_for  # the Prometheus/Alertmanager harness defines them; one copy
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
@@ -25,7 +25,7 @@ SHARED = ROOT.parent / "shared"
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["ROOT", "SHARED", "free_port", "needs_tool", "wait_for", "wait_until"]
+__all__ = ["ROOT", "SHARED", "free_port", "needs_tool", "port_is_free", "wait_for", "wait_until"]
 
 
 def needs_tool(*binaries: str, package: str) -> Callable[[F], F]:
