@@ -144,9 +144,9 @@ def _schedule(cfg: RunConfig, rng: np.random.Generator, start: float) -> Iterato
 
 
 def run(cfg: RunConfig, progress: bool = False) -> RunData:
-    # no dated futures: the baseline reads perpetuals only (the curve has its own random stream, so
-    # the perpetuals' run is the same with or without it, at four fifths of the cost)
-    model = MarketModel(seed=cfg.seed, instruments_per_exchange=2, crowd_size=120, futures=False)
+    # no dated futures and no minute tape: the baseline reads perpetuals only (both draw from their own
+    # random streams, so the perpetuals' run is the same with or without them, at a fraction of the cost)
+    model = MarketModel(seed=cfg.seed, instruments_per_exchange=2, crowd_size=120, futures=False, tape=False)
     rng = np.random.default_rng([cfg.seed, 15])
     store = Store(":memory:", cfg.max_gap_seconds)
     start = model.now

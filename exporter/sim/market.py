@@ -310,6 +310,7 @@ class MarketModel:
         crowd_size: int = 120,
         futures: bool = True,
         futures_short_seconds: float | None = None,
+        tape: bool = True,
     ) -> None:
         self.seed = seed
         self.rng = np.random.Generator(np.random.PCG64(seed))
@@ -380,7 +381,9 @@ class MarketModel:
         self.curve = Curve(self, futures_short_seconds) if futures else None
         # the minute history the exchanges' kline and open-interest history endpoints serve
         self.tape = Tape(self)
-        self.tape.record(self.now)
+        self.record_tape = tape  # off: no minute history served (a run stepped for its perpetuals only)
+        if tape:
+            self.tape.record(self.now)
 
     # ------------------------------------------------------------------------------------------
     # queries
@@ -642,7 +645,8 @@ class MarketModel:
             k = 0.08 if phase == "crash" else 0.05
             asset.pending_impact = max(-0.01, min(0.01, -k * signed_notional / crowd_notional.get(base, 1.0)))
         self._update_crowd_totals()
-        self.tape.record(self.now)
+        if self.record_tape:
+            self.tape.record(self.now)
         if self.curve is not None:
             self.curve.step(dt)
 
