@@ -30,10 +30,11 @@ tools:
 	@bash .ci/tools
 
 # -rs prints the reason of every skip; with CI=true a skip fails the run (tests/conftest.py).
-# Two workers, one test file each at a time (the e2e stack is module-scoped and ordered): the long
-# Prometheus/Alertmanager tests run beside the rest. PYTEST_N=0 runs in one process.
+# Two workers, one test file each at a time, longest files first (pyproject addopts and
+# tests/conftest.py; docs/testing.md): the long e2e and simulator files run beside the rest.
+# PYTEST_N=0 runs in one process.
 PYTEST_N ?= 2
-PYTEST_PAR = $(if $(filter 0,$(PYTEST_N)),,-n $(PYTEST_N) --dist loadfile)
+PYTEST_PAR = $(if $(filter 0,$(PYTEST_N)),,-n $(PYTEST_N))
 test: install lint tools
 	$(BIN)/pytest -q -p no:cacheprovider -rs $(PYTEST_PAR) $(PYTEST_ARGS)
 

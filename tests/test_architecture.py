@@ -190,3 +190,45 @@ def _doc_table() -> list[tuple[str, tuple[str, ...]]]:
 
 def test_the_doc_draws_the_same_layers() -> None:
     assert _doc_table() == LAYERS
+
+
+# ---- the test harness: mixin/ (the Prometheus/Alertmanager stack) under tests/support -----------------
+
+HARNESS_ORDER = ("exporter", "mixin", "tests")  # bottom to top: each may import only those before it
+
+
+def _top_imports(path: Path) -> set[str]:
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def test_the_package_and_the_harness_import_downwards_only() -> None:
+    """The exporter imports neither the harness nor the tests; mixin/ imports no test module
+    (tests/support builds on mixin.stack, not the other way round)."""
+    wrong = []
+    for rank, top in enumerate(HARNESS_ORDER[:-1]):
+        above = set(HARNESS_ORDER[rank + 1 :]) | {"support", "conftest"}
+        for path in sorted((ROOT / top).rglob("*.py")):
+            wrong += [f"{path.relative_to(ROOT)} imports {m}" for m in _top_imports(path) & above]
+    assert wrong == []
+
+
+SHARED_HELPERS = ("def free_port(", "def port_is_free(", "def wait_for(", "def wait_until(", "class FakeSlack",
+                  "class FakeOpenAI", "class FakeExporter", "class VirtualClock", "class ManualClock")  # fmt: skip
+
+
+def test_each_shared_test_helper_is_defined_once() -> None:
+    """One port helper, one wait, one fake of each service, one clock: a second copy drifts."""
+    sources = [p for top in ("exporter", "mixin", "tests", "bench") for p in sorted((ROOT / top).rglob("*.py"))]
+    where: dict[str, list[str]] = {h: [] for h in SHARED_HELPERS}
+    for path in sources:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            for helper in SHARED_HELPERS:
+                if line.lstrip().startswith(helper) or line.lstrip().startswith("async " + helper):
+                    where[helper].append(f"{path.relative_to(ROOT)}:{n}")
+    assert {h: w for h, w in where.items() if len(w) != 1} == {}

@@ -524,10 +524,7 @@ async def test_account_reads_go_through_the_exchanges_rate_limit_gate_and_are_co
             await api.open_interest("BTCUSDT")
         assert state.rest[(ex, "open_interest")].failures == {"rate_limited": 1}
         task = asyncio.create_task(svc.accounts.poll(svc.store.forget_first_seen))
-        for _ in range(500):
-            if gate_clock.pending():
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(gate_clock.pending, what="the account read at the gate")
         assert gate_clock.pending() == 1  # the read is waiting at the gate ...
         assert await sim_private_requests(sim, ex) == sent  # ... and has not gone out
         assert state.rest[(ex, "account_positions")].requests == 1

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import free_port
+from support import free_port, wait_until
 from support.fakes import VALID_ANSWER, FakeExporter, FakeOpenAI, instrument, state
 
 from exporter.clock import VirtualClock
@@ -32,16 +31,6 @@ def _three_bases() -> dict[str, object]:
             instrument("binance", "SOLUSDT", "SOL", mark=150.0),
         ]
     )
-
-
-async def _until(cond: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    """Let the event loop run (real HTTP to the fakes) until ``cond`` holds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def _model(url: str, **kw: object) -> ModelConfig:
@@ -76,15 +65,15 @@ async def test_retry_after_blocks_the_model_for_every_base(tmp_path: Path) -> No
         try:
             await sc.read_state()
             assert sc.trigger(["BTC"], "test") == 1
-            await _until(lambda: len(llm.requests) == 1 and clock.pending() == 1, "the 429 and its wait")
+            await wait_until(lambda: len(llm.requests) == 1 and clock.pending() == 1, what="the 429 and its wait")
             # ETH and SOL are asked while the model is blocked: they wait for the same Retry-After
             assert sc.trigger(["ETH", "SOL"], "test") == 2
-            await _until(lambda: clock.pending() == 3, "all three calls waiting")
+            await wait_until(lambda: clock.pending() == 3, what="all three calls waiting")
             assert len(llm.requests) == 1  # nothing was sent for ETH or SOL
             clock.advance(29.0)
             assert clock.pending() == 3 and len(llm.requests) == 1  # still all waiting
             clock.advance(1.0)
-            await _until(lambda: len(sc.metrics.latest) == 3, "all three answers")
+            await wait_until(lambda: len(sc.metrics.latest) == 3, what="all three answers")
             assert len(llm.requests) == 4
             assert {b for (_, b, _h) in sc.metrics.latest} == {"BTC", "ETH", "SOL"}
             assert (
@@ -145,10 +134,10 @@ async def test_interval_shorter_than_poll_period_and_several_horizons(tmp_path: 
         stop = asyncio.Event()
         runner = asyncio.create_task(sc.run(stop))
         try:
-            await _until(lambda: sc.metrics.requests["baseline"] == 3, "the first run (three horizons)")
+            await wait_until(lambda: sc.metrics.requests["baseline"] == 3, what="the first run (three horizons)")
             for k in range(2, 11):  # 20 s of virtual time: ten schedule runs, still one poll
                 clock.advance(2.0)
-                await _until(lambda k=k: sc.metrics.requests["baseline"] == 3 * k, f"schedule run {k}")
+                await wait_until(lambda k=k: sc.metrics.requests["baseline"] == 3 * k, what=f"schedule run {k}")
             assert sc.metrics.state_reads["ok"] == 1
             horizons = {pub.horizon for (_, _, _h), pub in sc.metrics.latest.items()}
             assert horizons == {"15m", "4h", "8h"}

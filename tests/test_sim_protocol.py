@@ -90,10 +90,7 @@ def test_run_prints_urls_and_serves() -> None:
         stop = asyncio.Event()
         with contextlib.redirect_stdout(out):
             task = asyncio.create_task(run(args, stop))
-            for _ in range(100):
-                await asyncio.sleep(0.05)
-                if out.getvalue().endswith("\n"):
-                    break
+            await wait_until(lambda: out.getvalue().endswith("\n"), what="the line of URLs")
         info = json.loads(out.getvalue().splitlines()[0])
         async with httpx.AsyncClient() as h:
             r = await h.get(info["simulator"]["okx"]["rest"] + "/api/v5/public/instruments?instType=SWAP")

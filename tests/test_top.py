@@ -7,13 +7,13 @@ import asyncio
 import contextlib
 import os
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from support import wait_until
 
 from exporter.app import run_exporter
 from exporter.config import Config
@@ -95,14 +95,12 @@ async def exporter_on_simulator() -> AsyncIterator[str]:
 @pytest.mark.slow
 async def test_top_once_prints_every_exchange_against_the_simulator() -> None:
     async with exporter_on_simulator() as url, httpx.AsyncClient() as http:
-        deadline = time.monotonic() + 30
-        while True:  # every exchange delivering funding for both bases
+
+        async def funding_everywhere() -> bool:  # every exchange delivering funding for both bases
             doc = (await http.get(url + "/api/state")).json()
-            have = {(r["exchange"], r["base"]) for r in doc["instruments"] if r["funding_rate"] is not None}
-            if len(have) == 8:
-                break
-            assert time.monotonic() < deadline, have
-            await asyncio.sleep(0.2)
+            return len({(r["exchange"], r["base"]) for r in doc["instruments"] if r["funding_rate"] is not None}) == 8
+
+        await wait_until(funding_everywhere, 30, interval=0.1, what="funding of both bases on every exchange")
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
