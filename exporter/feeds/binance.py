@@ -382,10 +382,10 @@ class _Force(msgspec.Struct, gc=False):
 
     s: str
     S: str
-    q: str
-    p: str
-    ap: str | None = None
-    z: str | None = None
+    q: float
+    p: float
+    ap: float = _ABSENT
+    z: float = _ABSENT
     T: float = _ABSENT
 
 
@@ -560,14 +560,13 @@ def _force_fast(
     else:
         quote = info.quote
     side = _LIQ_SIDE[o.S]  # KeyError on an unknown side: the strict path names it
-    z = o.z
-    qty = float(z) if z else 0.0
-    if not qty:
-        qty = float(o.q)
-    ap = o.ap
-    price = float(ap) if ap else 0.0
-    if not price:
-        price = float(o.p)
+    # the filled quantity at the average price, else the order's own (see _force_order)
+    qty = o.z
+    if qty is _ABSENT or not qty:
+        qty = o.q
+    price = o.ap
+    if price is _ABSENT or not price:
+        price = o.p
     usd = price * qty
     t = o.T
     if t is _ABSENT or not t:

@@ -331,20 +331,6 @@ class _Liq(msgspec.Struct, gc=False):
     p: str
 
 
-class _OldLiq(msgspec.Struct, gc=False):
-    """The deprecated ``liquidation.{symbol}`` object."""
-
-    symbol: str
-    side: str
-    size: str
-    price: str
-    updatedTime: int
-
-
-class _OldLiqMessage(msgspec.Struct, gc=False):
-    data: _OldLiq
-
-
 # The typed path's ticker: msgspec converts the decimal strings to floats while decoding (lax mode),
 # a float() call saved per field. An absent field keeps the default, this very NaN object, told apart
 # by identity: a sent "NaN" is a new float and fails the domain checks. What cannot be converted ("",
@@ -365,6 +351,11 @@ class _FastTicker(msgspec.Struct, gc=False):
     openInterestValue: float = _ABSENT
     singleOpenInterest: float = _ABSENT
     singleOpenInterestValue: float = _ABSENT
+    # the deprecated liquidation.{symbol} object decodes here too (one decoding for it)
+    side: str | None = None
+    size: float = _ABSENT
+    price: float = _ABSENT
+    updatedTime: float = _ABSENT
 
 
 class _TickerMessage(msgspec.Struct, gc=False):
@@ -376,7 +367,6 @@ class _TickerMessage(msgspec.Struct, gc=False):
 
 
 _decode_ticker_message = msgspec.json.Decoder(_TickerMessage, strict=False).decode
-_decode_old_liquidation = msgspec.json.Decoder(_OldLiqMessage).decode
 _TICKER_KEYS = tuple(f for f in _Ticker.__struct_fields__ if f != "symbol")
 
 
@@ -397,9 +387,11 @@ def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
         return out
     if not topic.startswith("tickers."):
         if topic.startswith("liquidation."):
-            o = _decode_old_liquidation(frame).data
+            a = _ABSENT
+            if data.side is None or data.size is a or data.price is a or data.updatedTime is a:
+                return None
             liq = _liquidation_fast(
-                o.symbol, o.side, o.size, o.price, o.updatedTime, ctx.instruments, ctx.time_bounds()
+                data.symbol, data.side, data.size, data.price, data.updatedTime, ctx.instruments, ctx.time_bounds()
             )
             return [liq] if liq is not None else []
         return None  # acks, topics we do not use: the strict path
@@ -602,9 +594,9 @@ def _ticker(
 def _liquidation_fast(
     sym: str,
     side: str,
-    size: str,
-    price: str,
-    t: int,
+    size: str | float,
+    price: str | float,
+    t: float,
     instruments: Mapping[str, InstrumentInfo],
     tb: tuple[float, float],
 ) -> Liquidation | None:
