@@ -274,6 +274,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         step = parse_step(args.step)
     except ValueError as exc:
         return _fail(str(exc), EXIT_CONFIG)
+    if args.openmetrics and args.sidecar:
+        return _fail("--openmetrics and --sidecar: one at a time (each replays the recording once)", EXIT_CONFIG)
     if args.openmetrics:
 
         async def backfill(stop: asyncio.Event) -> int:

@@ -113,3 +113,18 @@ async def test_the_baseline_is_scored_on_a_replayed_cascade_on_the_replays_clock
     assert code == 0
     assert f"model baseline, horizon {HORIZON_H:g}h: {len(scored)} scored" in report, report
     assert "brier" in report
+
+
+def test_sidecar_replay_errors_are_one_line_and_exit_2(tmp_path: Path, capsys: Any) -> None:
+    import pytest
+
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    cfg = tmp_path / "sidecar.yaml"
+    sidecar_config(cfg, tmp_path / "db.sqlite")
+    code = cli.main(["replay", str(rec), "--sidecar", str(cfg), "--openmetrics", str(tmp_path / "o.om")])
+    assert code == 2 and "one at a time" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["replay", str(rec), "--sidecar", str(tmp_path / "absent.yaml")])
+    assert exited.value.code == 2 and "absent.yaml" in capsys.readouterr().err
+    assert not (tmp_path / "db.sqlite").exists()
