@@ -9,9 +9,11 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from support import ROOT, free_port, wait_for
 
+from exporter import cli
 from exporter.model import Exchange, InstrumentInfo
 from exporter.recording import Recorder
 
@@ -71,12 +73,12 @@ def test_replay_serves_the_replayed_state(tmp_path: Path) -> None:
         proc.wait(15)
 
 
-def test_replay_openmetrics_and_errors(tmp_path: Path) -> None:
+def test_replay_openmetrics_and_errors(tmp_path: Path, capsys: Any) -> None:
+    """In process (the serving test above runs the real command): the backfill file and the errors."""
     _recording(tmp_path / "rec")
     out = tmp_path / "out.om"
-    run = [sys.executable, "-m", "exporter.cli", "replay", str(tmp_path / "rec")]
-    done = subprocess.run([*run, "--openmetrics", str(out), "--step", "5s"], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    run = ["replay", str(tmp_path / "rec")]
+    assert cli.main([*run, "--openmetrics", str(out), "--step", "5s"]) == 0, capsys.readouterr().err
     text = out.read_text()
     lines = [ln for ln in text.splitlines() if ln.startswith("fr_mark_price{")]
     # steps at T0 (no price yet), T0+5, ..., T0+20: the price of the last frame received up to each
@@ -86,7 +88,8 @@ def test_replay_openmetrics_and_errors(tmp_path: Path) -> None:
         ["60014.0", f"{T0 + 15:.3f}"],
         ["60019.0", f"{T0 + 20:.3f}"],
     ]
-    bad = subprocess.run([*run, "--step", "0s", "--openmetrics", str(out)], cwd=ROOT, capture_output=True, text=True)
-    assert bad.returncode == 2 and "positive duration" in bad.stderr
-    missing = subprocess.run([*run[:-1], str(tmp_path / "nope")], cwd=ROOT, capture_output=True, text=True)
-    assert missing.returncode == 2 and "not a directory" in missing.stderr
+    capsys.readouterr()
+    assert cli.main([*run, "--step", "0s", "--openmetrics", str(out)]) == 2
+    assert "positive duration" in capsys.readouterr().err
+    assert cli.main([run[0], str(tmp_path / "nope")]) == 2
+    assert "not a directory" in capsys.readouterr().err
