@@ -251,3 +251,29 @@ async def test_rest_client_paces_through_its_budget() -> None:
     assert budget.requests == 60 and budget.waits == 60 - burst
     floor = (60 - burst) / (share_limit / 300)
     assert floor <= ft.t - 1000.0 <= 1.15 * floor
+
+
+async def test_timed_get_leaves_the_queueing_out_of_the_round_trip() -> None:
+    """A server-time sample's round trip (and so its offset error, half of it) is the HTTP exchange only:
+    a call that waited behind the budget is timed from when it was sent, not from when it was asked."""
+    ft = FakeTime()
+    transport = httpx.MockTransport(lambda req: httpx.Response(200, json={"serverTime": 0}))
+    budget = RequestBudget(LIMITS[Exchange.BINANCE], 0.5, now=ft.now, sleep=ft.sleep)
+    client = RestClient(
+        Exchange.BINANCE, "http://127.0.0.1:1", MarketState(), policy=RestPolicy(), transport=transport,
+        clock=ft.now, sleep=ft.sleep, budget=budget,
+    )  # fmt: skip
+    timings: list[tuple[float, float, float]] = []
+
+    async def calls() -> None:
+        for _ in range(40):  # past the burst on a tightly limited path: the later calls wait for the budget
+            asked = ft.now()
+            _, sent, received = await client.get_timed("funding_history", "/fapi/v1/fundingRate")
+            timings.append((asked, sent, received))
+
+    await ft.run(calls())
+    await client.aclose()
+    assert budget.waits > 0
+    waited = [t for t in timings if t[1] > t[0]]
+    assert waited, "no call queued behind the budget"
+    assert all(received == sent for _, sent, received in timings)  # the mock answers at once

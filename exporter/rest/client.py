@@ -272,6 +272,15 @@ class RestClient:
         ``endpoint`` is the label the call is counted under (``funding_history``...). ``sign``
         makes it a signed (account) request: the query is sent exactly as the signer returns it.
         """
+        body, _sent, _received = await self.get_timed(endpoint, path, params, sign=sign)
+        return body
+
+    async def get_timed(
+        self, endpoint: str, path: str, params: Params | None = None, *, sign: Signer | None = None
+    ) -> tuple[bytes, float, float]:
+        """As :meth:`get`, with the clock times the successful attempt was sent and answered: taken
+        after the pacing gate, so time spent queueing behind other calls is not in the round trip
+        (a server-time sample's offset error is half its round trip)."""
         health = self.sink.rest_endpoint(self.exchange, endpoint)
         p = self.policy
         last: RestError | None = None
@@ -302,9 +311,10 @@ class RestClient:
                 if 200 <= status < 300:
                     if not (bybit and _bybit_too_many_visits(resp.content)):
                         self._count_success(endpoint)
+                        received_at = self.clock()
                         if self.recorder is not None and sign is None:  # signed account calls: never recorded
-                            self.recorder(sent_at, self.clock(), endpoint, path, params, resp.content)
-                        return resp.content
+                            self.recorder(sent_at, received_at, endpoint, path, params, resp.content)
+                        return resp.content, sent_at, received_at
                     # HTTP 200 with retCode 10006: rate-limited until the reset time Bybit gives
                     reset = _bybit_reset_in(resp.headers.get("X-Bapi-Limit-Reset-Timestamp"), self.clock())
                     self._close_gate(reset if reset is not None else p.rate_limit_default_s)

@@ -163,10 +163,7 @@ class ExchangeRest:
     async def server_time(self) -> tuple[float, float, float]:
         """(sent, exchange time, received) of one server-time call, on the client's clock: an NTP-style
         sample of the exchange's clock (exporter.sink.ExchangeClock)."""
-        clock = self.client.clock
-        sent = clock()
-        body = await self._fetch(SERVER_TIME, SERVER_TIME_PATHS[self.exchange])
-        received = clock()
+        body, sent, received = await self.client.get_timed(SERVER_TIME, SERVER_TIME_PATHS[self.exchange])
         server = self._parse(SERVER_TIME, lambda: parse_server_time(self.exchange, body), body)
         return sent, server, received
 
