@@ -95,6 +95,8 @@ class Live:
         return sum(h.messages for h in self.exporter.state.streams.values()) >= sent
 
     async def tick(self, seconds: float = TICK) -> None:
+        # quiet before the clock moves too: a REST call sent late in a tick is answered in that tick
+        await wait_until(self.delivered, 30, interval=0.001, what="the exporter to read every answer due")
         await self.sim.advance(seconds)
         await wait_until(self.delivered, 30, interval=0.001, what="the exporter to read every frame sent")
 
