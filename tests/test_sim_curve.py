@@ -3,16 +3,21 @@ the roll of the nearest contract, curve_dislocation, and the perpetuals untouche
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
+import httpx
 import orjson
 import pytest
+import websockets
 
+from exporter.clock import VirtualClock
 from exporter.feeds import dated, feed_for
 from exporter.feeds.base import FeedContext
 from exporter.model import Exchange, MarketUpdate
 from exporter.sim import futures_wire
 from exporter.sim.curve import CARRY_LIMIT, DISLOCATED, DISLOCATION, quarterlies
+from exporter.sim.main import Simulator
 from exporter.sim.market import MarketModel, Scenario
 
 START = 1_767_225_600.0  # 2026-01-01 00:00 UTC
@@ -126,3 +131,45 @@ def test_bybit_serves_inverse_quarterlies_and_rolls_them_as_inverse() -> None:
     assert t["futures"]["BTCUSDT-25SEP26"]["quote"] == "USDT"
     sept = datetime(2026, 9, 25, 8, tzinfo=UTC).timestamp()
     assert t["futures"]["BTCUSDU26"]["expiry"] == t["futures"]["BTCUSDT-25SEP26"]["expiry"] == sept
+
+
+async def test_bybit_inverse_category_over_the_wire() -> None:
+    """Bybit separates the categories: the inverse quarterlies are in instruments-info and tickers of
+    category=inverse (deliveryTime in ms there) and on /v5/public/inverse (ISO deliveryTime); the
+    linear path refuses them, and the linear list does not carry them."""
+    sim = Simulator(seed=3, base_port=0, tick_seconds=0.5, clock=VirtualClock(START))
+    await sim.start()
+    try:
+        ws_base, rest = sim.urls(Exchange.BYBIT)
+        async with httpx.AsyncClient(base_url=rest) as http:
+            info = (await http.get("/v5/market/instruments-info", params={"category": "inverse"})).json()
+            rows = info["result"]["list"]
+            assert info["retCode"] == 0 and info["result"]["category"] == "inverse"
+            assert {r["symbol"] for r in rows} == {"BTCUSDH26", "BTCUSDM26", "ETHUSDH26", "ETHUSDM26"}
+            row = next(r for r in rows if r["symbol"] == "BTCUSDH26")
+            march_ms = int(datetime(2026, 3, 27, 8, tzinfo=UTC).timestamp() * 1000)
+            assert row["contractType"] == "InverseFutures" and row["deliveryTime"] == str(march_ms)
+            assert (row["baseCoin"], row["quoteCoin"], row["settleCoin"]) == ("BTC", "USD", "BTC")
+            linear = (await http.get("/v5/market/instruments-info", params={"category": "linear"})).json()
+            assert not {r["symbol"] for r in linear["result"]["list"]} & {r["symbol"] for r in rows}
+            tick = (await http.get("/v5/market/tickers", params={"category": "inverse", "symbol": "btcusdh26"})).json()
+            [t] = tick["result"]["list"]
+            truth = (await http.get("/_sim/truth")).json()["futures"]["BTCUSDH26"]
+            assert t["deliveryTime"] == str(march_ms)
+            assert float(t["markPrice"]) == pytest.approx(truth["mark"], abs=0.005)
+            assert float(t["indexPrice"]) == pytest.approx(truth["index"], abs=0.005)
+        async with websockets.connect(ws_base + "/v5/public/linear") as ws:
+            await ws.send(orjson.dumps({"req_id": "l", "op": "subscribe", "args": ["tickers.BTCUSDH26"]}).decode())
+            ack = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert ack["success"] is False and "BTCUSDH26" in ack["ret_msg"]
+        async with websockets.connect(ws_base + "/v5/public/inverse") as ws:
+            await ws.send(orjson.dumps({"req_id": "i", "op": "subscribe", "args": ["tickers.BTCUSDH26"]}).decode())
+            ack = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert ack["success"] is True and ack["req_id"] == "i"
+            await sim.advance(1.0)  # the next market second's frame
+            frame = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+            truth = sim.market.truth(Exchange.BYBIT)["futures"]["BTCUSDH26"]
+            assert frame["topic"] == "tickers.BTCUSDH26" and frame["data"]["deliveryTime"] == "2026-03-27T08:00:00Z"
+            assert float(frame["data"]["markPrice"]) == pytest.approx(truth["mark"], abs=0.005)
+    finally:
+        await sim.stop()
