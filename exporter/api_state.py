@@ -50,6 +50,8 @@ def instrument_row(v: InstrumentView, now: float) -> dict[str, Any]:
         "funding_zscore": v.zscore,
         "open_interest_usd": v.open_interest_usd,
         "open_interest_change_1h_ratio": oi_change_1h(v.st, v.open_interest_usd, now),
+        "open_interest_change_ratio": {"1h": v.oi_change_1h, "4h": v.oi_change_4h},
+        "price_volatility_ratio": {"1h": v.volatility_1h, "4h": v.volatility_4h},
         "long_short_ratio": v.long_short_ratio,
         "liquidations": liquidation_totals(v.st),
         "liquidations_1h": liquidations_since(v.st, now - LIQ_FLOW_WINDOW_SECONDS),

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exporter.analytics import anchor as anchor_analytics
+from exporter.analytics import factors
 from exporter.clock import SYSTEM_CLOCK, Clock
 from exporter.config import Config, ExchangeConfig
 from exporter.feeds import dated
@@ -26,7 +27,7 @@ from exporter.feeds.base import Feed, FeedContext, WsPlan
 from exporter.feeds.connection import BackoffPolicy, FeedConnection
 from exporter.limits import LIMITS
 from exporter.metrics.positions import PositionCollector
-from exporter.model import AnchorBackfill, Exchange, InstrumentInfo, base_of
+from exporter.model import AnchorBackfill, Exchange, HistoryBackfill, InstrumentInfo, base_of
 from exporter.positions.service import PositionService
 from exporter.recording import Recorder
 from exporter.rest.client import RequestBudget, RestClient, RestError, RestPolicy, budget_share
@@ -42,6 +43,7 @@ FIRST_DATA_WAIT_S = 5.0  # after backfill: wait this long at most for the first 
 INSTRUMENTS_RETRY_S = 30.0  # instrument list unavailable at start: try again this soon
 ANCHOR_CANDLE_KINDS = frozenset({"premium", "mark", "index"})  # what the anchor backfill reads
 ANCHOR_CANDLE_S = anchor_analytics.CANDLE_SECONDS
+OI_HISTORY_STEP_S = 300  # the open-interest history's step (5 minutes: every exchange's finest)
 BACKFILL_CONCURRENCY = 4  # per exchange; funding-history buckets are small (Binance 500 / 5 min)
 POLL_CONCURRENCY = 4
 POSITIONS_STOP_S = 3.0
@@ -357,6 +359,7 @@ class Exporter:
             jobs.append(self._funding_info(rt))
         if rt.cfg.backfill:
             jobs.append(self._backfill(rt))
+            jobs.append(self._backfill_history(rt))
         if jobs:
             await asyncio.gather(*jobs)
 
@@ -547,6 +550,46 @@ class Exporter:
             )
         else:
             log.info("%s: funding history backfilled for %d instrument(s)", rt.exchange, len(rt.instruments))
+
+    async def _backfill_history(self, rt: ExchangeRuntime) -> None:
+        """The factor signals' past (docs/history.md): 1-minute mark closes for the realised volatility
+        and 5-minute open interest for its change, so both are right on the first scrape; where open
+        interest is polled (Binance) its current value too. Paced by the exchange's budget like all REST."""
+        now = self.clock.time()
+        longest_vol = max(factors.VOLATILITY_WINDOWS.values())
+        mark_start = now // 60.0 * 60.0 - longest_vol - 2 * 60.0  # the window's first close and one more
+        oi_start = now - max(factors.OI_CHANGE_WINDOWS.values()) - OI_HISTORY_STEP_S - 600.0
+        rest = rt.rest
+        sem = asyncio.Semaphore(BACKFILL_CONCURRENCY)
+        failed: list[str] = []
+
+        async def one(info: InstrumentInfo) -> None:
+            closes: tuple[tuple[float, float], ...] = ()
+            oi: tuple[tuple[float, float], ...] = ()
+            async with sem:
+                try:
+                    if "mark" in rest.candle_kinds:
+                        candles = await rest.price_candles("mark", info.instrument, 60, mark_start, now)
+                        closes = tuple((c.open_time, c.close) for c in candles)
+                    if rest.has_open_interest_history:
+                        points = await rest.open_interest_history(info.instrument, OI_HISTORY_STEP_S, oi_start, now)
+                        oi = tuple((p.time, p.open_interest_usd) for p in points)
+                    if rest.polls_open_interest:
+                        self.sink.apply_many(await rest.open_interest(info.instrument))
+                except RestError as exc:
+                    failed.append(info.instrument)
+                    log.debug("%s %s: history backfill failed: %s", rt.exchange, info.instrument, exc)
+                if closes or oi:
+                    self.sink.apply(HistoryBackfill(rt.exchange, info.instrument, closes, oi))
+
+        await asyncio.gather(*(one(i) for i in rt.instruments))
+        if failed:
+            log.warning(
+                "%s: price/open-interest history backfill failed for %d instrument(s): %s",
+                rt.exchange,
+                len(failed),
+                ", ".join(failed[:10]),
+            )
 
     # ---- pollers -----------------------------------------------------------------------------
 

@@ -225,6 +225,18 @@ class AnchorBackfill:
     samples: tuple[tuple[float, float, float], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryBackfill:
+    """The past of one instrument's factor signals, read from the exchange's history at start:
+    1-minute mark closes as (minute open time, close) and open interest as (time, USD), oldest first.
+    Merged behind what the live stream has already brought (exporter.trackers.Sampler.backfill_history)."""
+
+    exchange: Exchange
+    instrument: str
+    mark_closes: tuple[tuple[float, float], ...] = ()
+    open_interest: tuple[tuple[float, float], ...] = ()
+
+
 Record = (
     MarketUpdate
     | Liquidation
@@ -235,6 +247,7 @@ Record = (
     | SubscriptionError
     | Rejected
     | AnchorBackfill
+    | HistoryBackfill
 )
 
 

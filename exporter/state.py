@@ -31,6 +31,7 @@ from exporter.model import (
     Exchange,
     FundingSettlement,
     HeartbeatRequest,
+    HistoryBackfill,
     InstrumentInfo,
     InsuranceFund,
     Liquidation,
@@ -81,7 +82,8 @@ def settlement_capacity(span_seconds: float) -> int:
     return max(MAX_SETTLEMENTS, math.ceil(span_seconds / SHORTEST_SETTLEMENT_S) + 24)
 
 
-OI_SPAN_SECONDS = 2 * 3600.0
+OI_SPAN_SECONDS = 4 * 3600.0 + 900.0  # the 4 h change, and a sample up to 15 min before its start
+MARK_MINUTES = 4 * 60 + 8  # 1-minute mark closes: the 4 h realised volatility (241) and a few spare
 LIQ_FLOW_WINDOW_SECONDS = 3600.0
 
 
@@ -209,8 +211,14 @@ class InstrumentState:
     settlements_version: int = 0  # bumped on every change, so readers can cache window stats
     # (time, funding rate scaled to 8 h, premium), one a minute; span = the anchor regression window
     anchor_samples: Window = field(default_factory=lambda: Window(3, 2000))
-    # (time, open_interest_usd), one a minute, two hours (for the 1 h change)
-    oi_samples: Window = field(default_factory=lambda: Window(2, 180, OI_SPAN_SECONDS))
+    # (time, open_interest_usd), one a minute (backfilled: one per 5 min), 4 h 15 min (1 h, 4 h changes)
+    oi_samples: Window = field(default_factory=lambda: Window(2, 300, OI_SPAN_SECONDS))
+    # (minute start, last mark of that minute) of complete minutes, exchange time (realised volatility);
+    # the minute in progress is kept in the three fields below and closed by the first mark after it
+    mark_minutes: Window = field(default_factory=lambda: Window(2, MARK_MINUTES))
+    mark_minute: float = -1.0  # start of the minute in progress; -1: no mark yet
+    mark_minute_end: float = 0.0
+    mark_minute_close: float = 0.0
     # The sampler's hints: no sample is due before these times, so the hot path skips the call.
     anchor_sample_due: float = 0.0
     funding_extreme: bool = False  # the rate (per 8 h) is at or beyond the event limit (FundingThreshold)
@@ -387,6 +395,12 @@ class MarketState:
             st.ratio_at = now
         elif isinstance(record, InsuranceFund):
             self.insurance[(record.exchange, record.pool)] = (record.balance_usd, now)
+        elif isinstance(record, HistoryBackfill):
+            st = self.instruments.get((record.exchange, record.instrument))
+            if st is None:
+                self.unknown_instrument_updates += 1
+                return
+            self._sampler.backfill_history(st, record.mark_closes, record.open_interest)
         elif isinstance(record, AnchorBackfill):
             st = self.instruments.get((record.exchange, record.instrument))
             if st is None:
@@ -432,6 +446,11 @@ class MarketState:
         if mark is not None or index is not None:
             if mark is not None:
                 st.mark_price = mark
+                t = u.event_time or now
+                if st.mark_minute <= t < st.mark_minute_end:
+                    st.mark_minute_close = mark  # within the minute in progress: its close so far
+                else:
+                    self._sampler.mark_minute(st, t, mark)
             if index is not None:
                 st.index_price = index
             st.price_at = now

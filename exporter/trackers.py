@@ -6,8 +6,8 @@
   and what is inferred into it: the rate in force when the next funding time rolls over is what
   settled; continuous funding (Deribit) is observed once an hour; an unknown interval is taken
   from the gap between settlements.
-* :class:`Sampler`: one-a-minute samples of open interest (its 1 h change) and of (funding per 8 h,
-  premium) (the anchor regressions).
+* :class:`Sampler`: one-a-minute samples of open interest (its 1 h and 4 h change), of (funding per
+  8 h, premium) (the anchor regressions) and the mark's 1-minute closes (realised volatility).
 * :class:`FundingThreshold` and :class:`LiquidationThreshold`: threshold events for /api/state (the
   AI sidecar), numbered by an :class:`EventLog`. The liquidation tracker keeps rolling per-base sums,
   so a liquidation costs O(1) whatever the number of instruments followed.
@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the store imports the trackers; they only read its instrume
 
 ANCHOR_SAMPLE_SECONDS = 60.0  # (funding, premium) pairs for the anchor regression, one a minute
 OI_SAMPLE_SECONDS = 60.0
+MARK_MINUTE_SECONDS = 60.0  # the mark's closes for the realised volatility: one a minute
 CONTINUOUS_OBSERVATION_SECONDS = 3600.0  # Deribit: one funding observation an hour
 LIQ_EVENT_WINDOW_SECONDS = 60.0  # liquidation events: USD liquidated per base in the last minute
 _EARLY = 1e-3  # sampler hints run this much early: float rounding never delays a due sample
@@ -163,6 +164,38 @@ class Sampler:
             samples.append((now, funding, prem))
             last = now
         st.anchor_sample_due = last + ANCHOR_SAMPLE_SECONDS - _EARLY
+
+    @staticmethod
+    def mark_minute(st: InstrumentState, t: float, mark: float) -> None:
+        """A mark at exchange time ``t`` outside the minute in progress: a later minute closes the one in
+        progress (its last mark is its close) and starts; an earlier one (a late frame) is ignored.
+        Marks within the minute in progress never come here: the store sets the close inline."""
+        m = t // MARK_MINUTE_SECONDS * MARK_MINUTE_SECONDS
+        cur = st.mark_minute
+        if m < cur:
+            return
+        if cur >= 0.0:
+            st.mark_minutes.append((cur, st.mark_minute_close))
+        st.mark_minute = m
+        st.mark_minute_end = m + MARK_MINUTE_SECONDS
+        st.mark_minute_close = mark
+
+    @staticmethod
+    def backfill_history(
+        st: InstrumentState, closes: Iterable[tuple[float, float]], oi: Iterable[tuple[float, float]]
+    ) -> None:
+        """Merge the exchange's history behind the live values: a minute or a time the live stream
+        already has keeps the live value; the minute in progress is left to the live stream."""
+        cur = st.mark_minute
+        past = {t: c for t, c in closes if cur < 0.0 or t < cur}
+        if past:
+            past.update((r[0], r[1]) for r in st.mark_minutes)
+            st.mark_minutes.replace(sorted(past.items()))
+        points = dict(oi)
+        if points:
+            points.update((r[0], r[1]) for r in st.oi_samples)
+            st.oi_samples.replace(sorted(points.items()))
+        st.oi_sample_due = 0.0  # the next live value is sampled whatever the backfill's last time
 
     @staticmethod
     def backfill_anchor(st: InstrumentState, rows: Iterable[tuple[float, float, float]]) -> None:

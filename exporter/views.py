@@ -17,7 +17,6 @@ import dataclasses
 import logging
 import threading
 import time
-from bisect import bisect_left
 from collections.abc import Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,8 +24,8 @@ from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any
 
+from exporter.analytics import factors, term
 from exporter.analytics import funding as fa
-from exporter.analytics import term
 from exporter.analytics.cross import FundingPoint
 from exporter.config import Config
 from exporter.feeds.dated import expiry_date
@@ -126,6 +125,11 @@ class InstrumentView:
     anchor_strength: float | None  # method=level: OLS of funding (per 8 h) on premium
     anchor_difference: float | None  # method=difference: the same on one-minute changes
     fee_bp: float
+    # factor signals (exporter.analytics.factors): open-interest change and realised volatility
+    oi_change_1h: float | None = None
+    oi_change_4h: float | None = None
+    volatility_1h: float | None = None
+    volatility_4h: float | None = None
 
 
 # The float fields of a view: none may be NaN or infinite (checked once per view, see _finite).
@@ -201,6 +205,9 @@ class MarketViews:
         self.state = state
         self.errors = errors if errors is not None else RenderErrors()
         self.cache = fa.WindowCache()
+        # (instrument, window) -> (what the value was computed from, realised volatility): the value
+        # changes only when a minute closes, so a scrape mostly reads it from here
+        self._vol: dict[tuple[Hashable, float], tuple[tuple[float, ...], float | None]] = {}
         self._builds = 0
         self._tls = threading.local()
 
@@ -294,6 +301,15 @@ class MarketViews:
                         anchor = cache.anchor(st.key, st, anchor_start)
                         anchor_d = cache.anchor_difference(st.key, st, anchor_start)
                 oi = st.open_interest_usd if oi_ok else None
+                oi1 = oi4 = vol1 = vol4 = None
+                if oi is not None:
+                    raw = st.oi_samples.raw()
+                    ts, vs = raw[0::2], raw[1::2]
+                    oi1 = factors.oi_change(ts, vs, oi, now, factors.OI_CHANGE_WINDOWS["1h"])
+                    oi4 = factors.oi_change(ts, vs, oi, now, factors.OI_CHANGE_WINDOWS["4h"])
+                if mark is not None:
+                    vol1 = self._volatility(st, now, factors.VOLATILITY_WINDOWS["1h"])
+                    vol4 = self._volatility(st, now, factors.VOLATILITY_WINDOWS["4h"])
                 view = InstrumentView(
                     st=st,
                     stale=not (price_ok and funding_ok),
@@ -317,6 +333,10 @@ class MarketViews:
                     anchor_strength=anchor,
                     anchor_difference=anchor_d,
                     fee_bp=fee_bp,
+                    oi_change_1h=oi1,
+                    oi_change_4h=oi4,
+                    volatility_1h=vol1,
+                    volatility_4h=vol4,
                 )
                 if not _finite(view):
                     view = _without_non_finite(view)
@@ -333,7 +353,28 @@ class MarketViews:
             # Instruments delisted from state: drop their cached windows (bounded memory).
             live: set[Hashable] = {st.key for st in instruments}
             self.cache.forget(live)
+            for k in [k for k in list(self._vol) if k[0] not in live]:
+                self._vol.pop(k, None)
         return out
+
+    def _volatility(self, st: InstrumentState, now: float, window_s: float) -> float | None:
+        """Realised volatility of the mark over ``window_s`` (analytics.factors), cached until a
+        minute closes or the window's content changes (a backfill)."""
+        w = st.mark_minutes
+        cur = st.mark_minute
+        version = (now // factors.MINUTE, float(len(w)), w.last_time() or 0.0, cur)
+        key = (st.key, window_s)
+        hit = self._vol.get(key)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        raw = w.raw()
+        times, closes = list(raw[0::2]), list(raw[1::2])
+        if cur >= 0.0 and (not times or cur > times[-1]):
+            times.append(cur)  # the minute in progress holds the close so far; complete once it has passed
+            closes.append(st.mark_minute_close)
+        value = factors.realized_volatility(times, closes, now, window_s)
+        self._vol[key] = (version, value)
+        return value
 
     def futures(self, now: float | None = None, perps: list[InstrumentView] | None = None) -> list[FutureView]:
         """The dated futures that have not expired; expired ones are left out at once (the instrument
@@ -429,18 +470,12 @@ def fresh_insurance(config: Config, state: MarketState, now: float) -> list[tupl
 
 
 def oi_change_1h(st: InstrumentState, oi_usd: float | None, now: float) -> float | None:
-    """Relative change of open interest since the sample nearest one hour ago (none within 10 min of it: None)."""
+    """Relative change of open interest over the last hour (analytics.factors.oi_change: the sample at
+    or before one hour ago, none within 10 min of it: None); the same figure as fr_open_interest_change_ratio."""
     if oi_usd is None:
         return None
-    samples = tuple(st.oi_samples)  # time-ordered
-    if len(samples) < 2:
-        return None
-    target = now - 3600.0
-    i = bisect_left(samples, (target,))
-    best = min(samples[max(0, i - 1) : i + 1], key=lambda s: abs(s[0] - target))
-    if abs(best[0] - target) > 600.0 or not best[1]:
-        return None
-    return oi_usd / best[1] - 1.0
+    raw = st.oi_samples.raw()
+    return factors.oi_change(raw[0::2], raw[1::2], oi_usd, now, factors.OI_CHANGE_WINDOWS["1h"])
 
 
 def liquidations_since(st: InstrumentState, since: float) -> dict[str, dict[str, float]]:

@@ -49,6 +49,13 @@ class Thresholds:
     stream_stale_seconds: float = 120.0  # no websocket message for this long
     feed_completeness_min: float = 0.99  # 24 h completeness of a stream below (FeedCompletenessLow)
     feed_lag_p99_seconds: float = 1.0  # p99 event lag of a stream above (FeedLagHigh)
+    # Factor signals (the multi-factor model desks run)
+    oi_surge_ratio: float = 0.20  # fr_open_interest_change_ratio{window="1h"} above (OpenInterestSurge)
+    price_volatility_1h: float = 0.03  # fr_price_volatility_ratio{window="1h"} above (PriceVolatilityHigh)
+    long_short_imbalance: float = 1.5  # fr_long_short_account_ratio above this or below 1 / this
+    # |fr_funding_acceleration| scaled to 8 h above this, in the direction of the funding, while the
+    # 8 h funding is beyond funding_warning (FundingAccelerating)
+    funding_acceleration_8h: float = 0.0003  # 0.03 % per 8 h
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,10 @@ class Durations:
     shard_missing: str = "10m"
     feed_completeness: str = "15m"
     feed_lag: str = "10m"
+    oi_surge: str = "5m"
+    price_volatility: str = "10m"
+    long_short_imbalance: str = "30m"
+    funding_accelerating: str = "15m"
 
 
 @dataclass(frozen=True)

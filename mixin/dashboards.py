@@ -305,9 +305,12 @@ def _funding(cfg: MixinConfig) -> dict[str, Any]:
             ),
             Panel(
                 "Long/short account ratio",
-                "Accounts net long / accounts net short, as the exchange publishes it (Binance, Bybit, OKX).",
+                "Accounts net long / accounts net short, as the exchange publishes it (Binance, Bybit, OKX). "
+                f"LongShortImbalance above {t.long_short_imbalance:g} or below 1/{t.long_short_imbalance:g}.",
                 [(f"{m.LONG_SHORT_RATIO}{{{MKT}}}", "{{exchange}} {{instrument}}")],
                 "none",
+                thresholds=[("red", None), ("green", 1 / t.long_short_imbalance), ("red", t.long_short_imbalance)],
+                threshold_style="dashed",
             ),
             Panel(
                 "Insurance funds",
@@ -326,6 +329,25 @@ def _funding(cfg: MixinConfig) -> dict[str, Any]:
                 "Open interest in USD notional.",
                 [(f"{m.OPEN_INTEREST}{{{MKT}}}", "{{exchange}} {{instrument}}")],
                 "currencyUSD",
+            ),
+            Panel(
+                "Open-interest change (1 h, 4 h)",
+                "Open interest now over its value one (four) hours ago, minus 1; backfilled from the exchanges' "
+                f"open-interest history (none on Deribit). OpenInterestSurge above {t.oi_surge_ratio:.0%} in 1 h.",
+                [(f"{m.OPEN_INTEREST_CHANGE}{{{MKT}}}", "{{exchange}} {{instrument}} {{window}}")],
+                "percentunit",
+                thresholds=[("green", None), ("red", t.oi_surge_ratio)],
+                threshold_style="dashed",
+            ),
+            Panel(
+                "Realised volatility of the mark (1 h, 4 h)",
+                "Stdev of the 1-minute log returns of the mark over the window, times sqrt(minutes): not "
+                f"annualised. PriceVolatilityHigh above {t.price_volatility_1h:.0%} in 1 h.",
+                [(f"{m.PRICE_VOLATILITY}{{{MKT}}}", "{{exchange}} {{instrument}} {{window}}")],
+                "percentunit",
+                min=0,
+                thresholds=[("green", None), ("red", t.price_volatility_1h)],
+                threshold_style="dashed",
             ),
         ],
     )

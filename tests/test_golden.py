@@ -13,6 +13,7 @@ is exposed by one of the two golden states (so the golden files cover the whole 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -34,6 +35,7 @@ from exporter.metrics.shard import ShardCollector
 from exporter.model import (
     Exchange,
     FundingSettlement,
+    HistoryBackfill,
     InstrumentInfo,
     InsuranceFund,
     Liquidation,
@@ -93,6 +95,13 @@ def golden_state() -> MarketState:
         if minute < MINUTES:
             clock.advance(60.0)
     assert clock.time() == T0
+    # the factor signals' past, as the start-up backfill brings it: 1-minute mark closes before the
+    # live minutes above and 5-minute open interest over the 4 h window
+    first_live = (T0 - MINUTES * 60.0) // 60.0 * 60.0
+    for n, (ex, inst, _, _, _, _, _, mark) in enumerate(INSTRUMENTS):
+        closes = tuple((first_live - 60.0 * k, mark * (1 + 0.002 * math.sin(k + n))) for k in range(240, 0, -1))
+        oi = tuple((T0 - 300.0 * k, 1.5e9 / (n + 1) * (1 - 0.0004 * k)) for k in range(52, 4, -1))
+        state.apply(HistoryBackfill(ex, inst, closes, oi))
     state.apply(LongShortRatio(Exchange.BINANCE, "BTCUSDT", T0, 1.85))
     state.apply(LongShortRatio(Exchange.BYBIT, "ETHUSDT", T0, 0.92))
     state.apply(LongShortRatio(Exchange.BYBIT, "DOGEUSDT", T0, 1.1))  # not followed: counted, ignored

@@ -384,6 +384,47 @@ ANCHOR_STRENGTH = _def(
     "publishes no index or premium history, so its window fills from live samples (10 minutes). "
     "Why and where: [anchor.md](anchor.md).",
 )
+OPEN_INTEREST_CHANGE = _def(
+    "fr_open_interest_change_ratio",
+    "gauge",
+    "market",
+    (*MARKET_LABELS, "window"),
+    "ratio",
+    "Relative change of open interest (USD) over the window: fr_open_interest_usd now divided "
+    "by the open interest at the latest sample at or before the window's start, minus 1 "
+    "(window=1h|4h; absent without a sample within 10 min of it). Backfilled at start from the "
+    "exchange's open-interest history (5-minute steps; Deribit publishes none: from the live "
+    "stream only), then one sample a minute.",
+    "`fr_open_interest_usd / OI(now − window) − 1`, `window` = `1h` | `4h`; OI(t) is the latest "
+    "sample at or before t (absent when none lies within 10 min of it). Backfilled at start from "
+    "the exchange's open-interest history at 5-minute steps (Binance `openInterestHist`, Bybit "
+    "`open-interest`, OKX contract `open-interest-history`; Deribit publishes none, so its series "
+    "appear once the exporter has run for the window), then sampled once a minute from the live "
+    "values. Absent while `fr_open_interest_usd` is stale.",
+    label_note="`window`: `1h`, `4h`.",
+)
+PRICE_VOLATILITY = _def(
+    "fr_price_volatility_ratio",
+    "gauge",
+    "market",
+    (*MARKET_LABELS, "window"),
+    "ratio",
+    "Realised volatility of the mark over the window, not annualised: sample standard "
+    "deviation (n-1) of the 1-minute log returns of the mark's minute closes over the window's "
+    "complete minutes, times sqrt(minutes in the window) (window=1h|4h). A minute without a "
+    "mark repeats the previous close; needs 80% of the minutes. Backfilled at start from the "
+    "exchange's 1-minute mark-price candles (Deribit: its trade-price chart).",
+    "Realised volatility of the mark over `window` (`1h` | `4h`), **not annualised**: the sample "
+    "standard deviation (n − 1) of the 1-minute log returns `ln(c_i / c_{i−1})` of the mark's "
+    "minute closes over the window's complete minutes (61 closes for 1 h, 241 for 4 h), times "
+    "`sqrt(60)` resp. `sqrt(240)`: the typical move over the window as a fraction. Minutes are "
+    "on the exchange's clock; a minute without a mark repeats the previous close (a zero "
+    "return); absent with fewer than 80 % of the minutes. Backfilled at start from the "
+    "exchange's 1-minute mark-price candles (Deribit publishes no mark history: its perpetual's "
+    "trade-price chart stands in, docs/history.md), then from the live mark. Absent while the "
+    "price is stale. Annualised: × sqrt(525600 / minutes in the window).",
+    label_note="`window`: `1h`, `4h`.",
+)
 LIQUIDATIONS = _def(
     "fr_liquidations_total",
     "counter",

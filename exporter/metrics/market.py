@@ -81,6 +81,10 @@ class MarketCollector:
         self.s_acc = m.FUNDING_ACCELERATION.spec(window=zw)
         self.s_edge = m.EDGE.spec(fee_kind=an.fee_kind, holding_hours=f"{an.holding_period_hours:g}")
         self.s_anchor = m.ANCHOR_STRENGTH.spec(window=aw)
+        self.s_oi_change = m.OPEN_INTEREST_CHANGE.spec()
+        self.s_vol = m.PRICE_VOLATILITY.spec()
+        # the `window` label sets per instrument base label set (same lifetime as _labels)
+        self._window_labels: dict[Key, tuple[LabelSet, LabelSet, LabelSet]] = {}
         self.s_liq = m.LIQUIDATIONS.spec()
         self.s_liq_usd = m.LIQUIDATED_NOTIONAL.spec()
         self.s_ins = m.INSURANCE_FUND.spec()
@@ -118,6 +122,7 @@ class MarketCollector:
             for k in [k for k in list(self._labels) if k not in live]:  # list(): other scrapes may insert
                 self._labels.pop(k, None)
                 self._method_labels.pop(k, None)
+                self._window_labels.pop(k, None)
         return rows
 
     def families(self, views: Sequence[InstrumentView] | None = None) -> list[Family]:
@@ -161,6 +166,8 @@ class MarketCollector:
         edges = [(sides[v.edge_side], v.edge_bp) for _, sides, v in fresh if v.edge_bp is not None and v.edge_side]
         fams.append(self.s_edge.family([lb for lb, _ in edges], [x or 0.0 for _, x in edges]))
         fams.append(self._anchor_family(fresh))
+        fams.append(self._window_family(self.s_oi_change, rows, "oi_change_1h", "oi_change_4h"))
+        fams.append(self._window_family(self.s_vol, rows, "volatility_1h", "volatility_4h"))
         # Counters are always present (0 before the first liquidation) so rate() works from the start.
         side_labels = [lb for _, sides, _ in rows for lb in (sides["long"], sides["short"])]
         long_, short_ = Side.LONG, Side.SHORT
@@ -198,6 +205,28 @@ class MarketCollector:
                 values.append(float(diff))
         yield_gil()
         return self.s_anchor.family(labels, values)
+
+    def _window_family(self, spec: Spec, rows: Sequence[Row], one_h: str, four_h: str) -> Family:
+        """A family labelled ``window`` = 1h | 4h from two view fields."""
+        labels: list[LabelSet] = []
+        values: list[float] = []
+        cache = self._window_labels
+        get1, get4 = attrgetter(one_h), attrgetter(four_h)
+        for lb, _, v in rows:
+            x1, x4 = get1(v), get4(v)
+            if x1 is None and x4 is None:
+                continue
+            hit = cache.get(v.st.key)
+            if hit is None or hit[0] is not lb:
+                hit = cache[v.st.key] = (lb, lb.with_(window="1h"), lb.with_(window="4h"))
+            if x1 is not None:
+                labels.append(hit[1])
+                values.append(float(x1))
+            if x4 is not None:
+                labels.append(hit[2])
+                values.append(float(x4))
+        yield_gil()
+        return spec.family(labels, values)
 
     def collect(self) -> Iterable[Metric]:
         for fam in self.families():

@@ -59,6 +59,9 @@ class Conn:
     closing: bool = False
 
 
+FACTOR_WINDOWS = {"1h": 3600.0, "4h": 14400.0}
+
+
 def dumps(obj: Any) -> str:
     # numpy scalars may come from the model; serialise them as plain numbers
     return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY).decode()
@@ -253,7 +256,20 @@ class ExchangeServer:
         body["frames_sent"] = self.frames_sent
         body["faults"] = self.faults.snapshot()
         body["rate_limits"] = self.limiter.snapshot() if self.limiter is not None else None
+        if request.query.get("factors"):  # on request only: it reads hours of tape per instrument
+            self._factor_truth(body)
         return web.json_response(body, dumps=dumps)
+
+    def _factor_truth(self, body: dict[str, Any]) -> None:
+        """Per instrument, the factor signals computed from the market's own minute tape (sim/tape.py):
+        ``open_interest_change_ratio`` and ``price_volatility_ratio`` per window (1h, 4h)."""
+        tape, now = self.market.tape, self.market.now
+        for sym, row in body["instruments"].items():
+            inst = self.market.get(self.exchange, sym)
+            if inst is None:
+                continue
+            row["open_interest_change_ratio"] = {w: tape.oi_change(inst, now, s) for w, s in FACTOR_WINDOWS.items()}
+            row["price_volatility_ratio"] = {w: tape.volatility(inst, now, s) for w, s in FACTOR_WINDOWS.items()}
 
     async def _json_body(self, request: web.Request) -> dict[str, Any]:
         raw = await request.read()
