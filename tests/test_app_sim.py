@@ -410,17 +410,17 @@ async def test_pollers_and_state_run_on_the_exporters_clock() -> None:
         await asyncio.wait_for(asyncio.shield(ready), 30)
         oi = exporter.state.rest_endpoint(Exchange.BINANCE, "open_interest")
         st = exporter.state.instruments[(Exchange.BINANCE, "BTCUSDT")]
-        # the first poll's value, stamped by the virtual clock
-        await wait_until(lambda: st.oi_at == clock.time(), what="the first open-interest poll")
-        assert oi.requests == 2  # one per instrument
+        # the start-up backfill's read and the first poll (one per instrument each), stamped by the virtual clock
+        await wait_until(lambda: oi.requests == 4, what="the backfill's read and the first open-interest poll")
+        assert st.oi_at == clock.time()
         t_poll = clock.time()
         await wait_until(lambda: t_poll + 600.0 in clock.deadlines(), what="the poller asleep on the clock")
-        assert oi.requests == 2  # nothing more until the clock moves
+        assert oi.requests == 4  # nothing more until the clock moves
         clock.advance(599.0)
         await asyncio.sleep(0.05)  # not due: give a wrongly woken poller the chance to show itself
-        assert oi.requests == 2
+        assert oi.requests == 4
         clock.advance(1.0)
-        await wait_until(lambda: oi.requests == 4, what="the second poll, once 600 s have passed on the clock")
+        await wait_until(lambda: oi.requests == 6, what="the second poll, once 600 s have passed on the clock")
         await wait_until(lambda: st.oi_at == clock.time(), what="the new value, stamped at the new time")
     finally:
         stop.set()
