@@ -191,6 +191,82 @@ def _funding_alerts(cfg: MixinConfig) -> list[Alert]:
             dashboard_vars=MARKET,
         )
     )
+    # --- factor signals (the multi-factor model desks run) -------------------------------------
+    oi_1h = f'{m.OPEN_INTEREST_CHANGE}{{window="1h"}}'
+    out.append(
+        Alert(
+            name="OpenInterestSurge",
+            expr=f"{oi_1h} > {_fmt(t.oi_surge_ratio)}",
+            for_=d.oi_surge,
+            severity="warning",
+            summary="Open interest on {{ $labels.exchange }} {{ $labels.instrument }} is surging.",
+            description="Open interest of {{ $labels.exchange }} {{ $labels.instrument }} rose "
+            "{{ $value | humanizePercentage }} in the last hour"
+            + f" (above {_pct(t.oi_surge_ratio)} for {d.oi_surge}): fresh leverage is piling in; "
+            "a crowded side is what a cascade liquidates.",
+            value="{{ $value | humanizePercentage }}",
+            dashboard="funding",
+            dashboard_vars=MARKET,
+        )
+    )
+    vol_1h = f'{m.PRICE_VOLATILITY}{{window="1h"}}'
+    out.append(
+        Alert(
+            name="PriceVolatilityHigh",
+            expr=f"{vol_1h} > {_fmt(t.price_volatility_1h)}",
+            for_=d.price_volatility,
+            severity="warning",
+            summary="The {{ $labels.exchange }} {{ $labels.instrument }} mark is unusually volatile.",
+            description="Realised volatility of the {{ $labels.exchange }} {{ $labels.instrument }} mark over "
+            "the last hour is {{ $value | humanizePercentage }} (1-minute returns, not annualised;"
+            + f" above {_pct(t.price_volatility_1h)} for {d.price_volatility}): liquidation distances shrink "
+            "in moves of this size.",
+            value="{{ $value | humanizePercentage }}",
+            dashboard="funding",
+            dashboard_vars=MARKET,
+        )
+    )
+    ls, hi = m.LONG_SHORT_RATIO, t.long_short_imbalance
+    out.append(
+        Alert(
+            name="LongShortImbalance",
+            # `1 / x` stays exact in the expression (a rounded 0.666667 would not be the inverse)
+            expr=f"{ls} > {_fmt(hi)} or {ls} < 1 / {_fmt(hi)}",
+            for_=d.long_short_imbalance,
+            severity="info",
+            summary="Accounts on {{ $labels.exchange }} {{ $labels.instrument }} are lopsided.",
+            description="The long/short account ratio of {{ $labels.exchange }} {{ $labels.instrument }} is "
+            '{{ $value | printf "%.2f" }}'
+            + f" (above {_fmt(hi)} or below 1/{_fmt(hi)} for {d.long_short_imbalance}): most accounts are on "
+            "one side.",
+            value='{{ $value | printf "%.2f" }}',
+            dashboard="funding",
+            dashboard_vars=MARKET,
+        )
+    )
+    # acceleration per 8 h: the instrument's own interval scaled, as the funding levels are
+    acc_8h = (
+        f"{m.FUNDING_ACCELERATION} * 28800 / on (exchange, instrument) group_left ()"
+        f" max by (exchange, instrument) ({m.FUNDING_INTERVAL})"
+    )
+    a_thr, f_thr = _fmt(t.funding_acceleration_8h), _fmt(t.funding_warning)
+    out.append(
+        Alert(
+            name="FundingAccelerating",
+            expr=f"({acc_8h} > {a_thr} and on (exchange, instrument) {FUNDING_8H} > {f_thr})"
+            f" or ({acc_8h} < -{a_thr} and on (exchange, instrument) {FUNDING_8H} < -{f_thr})",
+            for_=d.funding_accelerating,
+            severity="warning",
+            summary="Funding on {{ $labels.exchange }} {{ $labels.instrument }} is accelerating away from zero.",
+            description="The funding of {{ $labels.exchange }} {{ $labels.instrument }} is beyond the warning "
+            f"level (±{_pct(t.funding_warning)} per 8 h) and still accelerating: "
+            "{{ $value | humanizePercentage }} per 8 h between the last settlements"
+            + f" (beyond ±{_pct(t.funding_acceleration_8h)} for {d.funding_accelerating}).",
+            value="{{ $value | humanizePercentage }}",
+            dashboard="funding",
+            dashboard_vars=MARKET,
+        )
+    )
     out.append(
         Alert(
             name="FundingSpreadWide",

@@ -267,6 +267,123 @@ def tests(cfg: MixinConfig) -> list[dict[str, Any]]:
             ],
         }
     )
+    # --- factor signals --------------------------------------------------------------------------
+    w1, w4 = {"window": "1h"}, {"window": "4h"}
+    groups.append(
+        {
+            "name": "open-interest surge and price volatility over 1 h (the 4 h window does not fire them)",
+            "interval": "1m",
+            "input_series": [
+                _s(m.OPEN_INTEREST_CHANGE, {**bin_btc, **w1}, "0.1x5 0.25x30"),  # surging from 6m
+                _s(m.OPEN_INTEREST_CHANGE, {**bin_btc, **w4}, "0.5x35"),  # the 4 h change is not the alert's
+                _s(m.OPEN_INTEREST_CHANGE, {**okx_eth, **w1}, "0.2x35"),  # at the threshold: not above
+                _s(m.PRICE_VOLATILITY, {**byb_eth, **w1}, "0.01x5 0.04x30"),  # volatile from 6m
+                _s(m.PRICE_VOLATILITY, {**byb_eth, **w4}, "0.08x35"),
+                _s(m.PRICE_VOLATILITY, {**der_btc, **w1}, "0.029x35"),
+            ],
+            "alert_rule_test": [
+                _none("9m", "OpenInterestSurge"),  # above since 6m: not yet held 5m
+                {
+                    "eval_time": "12m",
+                    "alertname": "OpenInterestSurge",
+                    "exp_alerts": [
+                        sp.exp(
+                            "OpenInterestSurge",
+                            "warning",
+                            {**bin_btc, **w1},
+                            "Open interest of binance BTCUSDT rose 25% in the last hour (above 20 % for 5m): "
+                            "fresh leverage is piling in; a crowded side is what a cascade liquidates.",
+                            "25%",
+                        )
+                    ],
+                },
+                _none("14m", "PriceVolatilityHigh"),  # above since 6m: not yet held 10m
+                {
+                    "eval_time": "17m",
+                    "alertname": "PriceVolatilityHigh",
+                    "exp_alerts": [
+                        sp.exp(
+                            "PriceVolatilityHigh",
+                            "warning",
+                            {**byb_eth, **w1},
+                            "Realised volatility of the bybit ETHUSDT mark over the last hour is 4% (1-minute "
+                            "returns, not annualised; above 3 % for 10m): liquidation distances shrink in moves of "
+                            "this size.",
+                            "4%",
+                        )
+                    ],
+                },
+            ],
+        }
+    )
+
+    def ls(labels: dict[str, str], v: str) -> dict[str, Any]:
+        d = (
+            f"The long/short account ratio of {labels['exchange']} {labels['instrument']} is {v} "
+            "(above 1.5 or below 1/1.5 for 30m): most accounts are on one side."
+        )
+        return sp.exp("LongShortImbalance", "info", labels, d, v)
+
+    groups.append(
+        {
+            "name": "long/short imbalance either way, sustained",
+            "interval": "1m",
+            "input_series": [
+                _s(m.LONG_SHORT_RATIO, bin_btc, "1.6x40"),
+                _s(m.LONG_SHORT_RATIO, okx_eth, "0.6x40"),  # below 1/1.5 = 0.667
+                _s(m.LONG_SHORT_RATIO, byb_eth, "1.45x40"),  # inside the band
+                _s(m.LONG_SHORT_RATIO, der_btc, "0.7x40"),  # above 1/1.5: inside
+            ],
+            "alert_rule_test": [
+                _none("25m", "LongShortImbalance"),
+                {
+                    "eval_time": "35m",
+                    "alertname": "LongShortImbalance",
+                    "exp_alerts": [ls(bin_btc, "1.60"), ls(okx_eth, "0.60")],
+                },
+            ],
+        }
+    )
+
+    def acc(labels: dict[str, str], v: str) -> dict[str, Any]:
+        d = (
+            f"The funding of {labels['exchange']} {labels['instrument']} is beyond the warning level (±0.05 % per 8 h) "
+            f"and still accelerating: {v} per 8 h between the last settlements (beyond ±0.03 % for 15m)."
+        )
+        return sp.exp("FundingAccelerating", "warning", labels, d, v)
+
+    groups.append(
+        {
+            "name": "funding accelerating while beyond the warning level, either sign, per 8 h",
+            "interval": "1m",
+            "input_series": [
+                # 8 h instrument: funding 0.06 % per 8 h, accelerating 0.04 % per 8 h -> fires
+                _s(m.FUNDING_RATE, bin_btc, "0.0006x30"),
+                _s(m.FUNDING_INTERVAL, bin_btc, "28800x30"),
+                _s(m.FUNDING_ACCELERATION, bin_btc, "0.0004x30"),
+                # 1 h instrument: -0.0001 per hour = -0.08 % per 8 h; acceleration -0.00005 per hour = -0.04 %
+                _s(m.FUNDING_RATE, okx_eth, "-0.0001x30"),
+                _s(m.FUNDING_INTERVAL, okx_eth, "3600x30"),
+                _s(m.FUNDING_ACCELERATION, okx_eth, "-0.00005x30"),
+                # accelerating, but funding below the warning level: no alert
+                _s(m.FUNDING_RATE, byb_eth, "0.0002x30"),
+                _s(m.FUNDING_INTERVAL, byb_eth, "28800x30"),
+                _s(m.FUNDING_ACCELERATION, byb_eth, "0.001x30"),
+                # funding high, but decelerating (acceleration against its sign): no alert
+                _s(m.FUNDING_RATE, der_btc, "0.001x30"),
+                _s(m.FUNDING_INTERVAL, der_btc, "28800x30"),
+                _s(m.FUNDING_ACCELERATION, der_btc, "-0.0005x30"),
+            ],
+            "alert_rule_test": [
+                _none("10m", "FundingAccelerating"),
+                {
+                    "eval_time": "20m",
+                    "alertname": "FundingAccelerating",
+                    "exp_alerts": [acc(bin_btc, "0.04%"), acc(okx_eth, "-0.04%")],
+                },
+            ],
+        }
+    )
     spread = {"base": "BTC", "long_exchange": "okx", "short_exchange": "binance"}
     groups.append(
         {

@@ -37,6 +37,7 @@ REQUIRED_ALERTS = {
     "MarginBufferLow", "NetApyRealizedNegative", "CarryEdgeAboveEntry",  # issue 14: carry risk checklist
     "FeedCompletenessLow", "FeedLagHigh",  # issue 12
     "HistoricalStressNotSurvived",  # issue 14: historical stress
+    "OpenInterestSurge", "PriceVolatilityHigh", "LongShortImbalance", "FundingAccelerating",  # issue 14: factors
 }  # fmt: skip
 
 promtool = shutil.which("promtool")
