@@ -214,11 +214,10 @@ class InstrumentState:
     # (time, open_interest_usd), one a minute (backfilled: one per 5 min), 4 h 15 min (1 h, 4 h changes)
     oi_samples: Window = field(default_factory=lambda: Window(2, 300, OI_SPAN_SECONDS))
     # (minute start, last mark of that minute) of complete minutes, exchange time (realised volatility);
-    # the minute in progress is kept in the three fields below and closed by the first mark after it
+    # the minute in progress starts at mark_minute (-1: no mark yet) and its close so far is mark_price
     mark_minutes: Window = field(default_factory=lambda: Window(2, MARK_MINUTES))
-    mark_minute: float = -1.0  # start of the minute in progress; -1: no mark yet
-    mark_minute_end: float = 0.0
-    mark_minute_close: float = 0.0
+    mark_minute: float = -1.0
+    mark_minute_end: float = 0.0  # the hot path's only test: a mark at or after this closes the minute
     # The sampler's hints: no sample is due before these times, so the hot path skips the call.
     anchor_sample_due: float = 0.0
     funding_extreme: bool = False  # the rate (per 8 h) is at or beyond the event limit (FundingThreshold)
@@ -445,12 +444,10 @@ class MarketState:
         index = u.index_price
         if mark is not None or index is not None:
             if mark is not None:
+                # the first mark of a later minute closes the one in progress with the mark before it
+                if (v if v is not None else now) >= st.mark_minute_end:
+                    self._sampler.mark_minute(st, v if v is not None else now)
                 st.mark_price = mark
-                t = u.event_time or now
-                if st.mark_minute <= t < st.mark_minute_end:
-                    st.mark_minute_close = mark  # within the minute in progress: its close so far
-                else:
-                    self._sampler.mark_minute(st, t, mark)
             if index is not None:
                 st.index_price = index
             st.price_at = now

@@ -166,19 +166,17 @@ class Sampler:
         st.anchor_sample_due = last + ANCHOR_SAMPLE_SECONDS - _EARLY
 
     @staticmethod
-    def mark_minute(st: InstrumentState, t: float, mark: float) -> None:
-        """A mark at exchange time ``t`` outside the minute in progress: a later minute closes the one in
-        progress (its last mark is its close) and starts; an earlier one (a late frame) is ignored.
-        Marks within the minute in progress never come here: the store sets the close inline."""
-        m = t // MARK_MINUTE_SECONDS * MARK_MINUTE_SECONDS
+    def mark_minute(st: InstrumentState, t: float) -> None:
+        """A mark at exchange time ``t`` at or after the end of the minute in progress, before the store
+        takes it: the minute in progress closes with the mark before this one (``st.mark_price``) and the
+        minute of ``t`` starts. Marks within the minute never come here (the store tests the end). Marks
+        are taken in arrival order (one stream per instrument brings them, in order)."""
         cur = st.mark_minute
-        if m < cur:
-            return
-        if cur >= 0.0:
-            st.mark_minutes.append((cur, st.mark_minute_close))
+        if cur >= 0.0 and st.mark_price is not None:
+            st.mark_minutes.append((cur, st.mark_price))
+        m = t // MARK_MINUTE_SECONDS * MARK_MINUTE_SECONDS
         st.mark_minute = m
         st.mark_minute_end = m + MARK_MINUTE_SECONDS
-        st.mark_minute_close = mark
 
     @staticmethod
     def backfill_history(

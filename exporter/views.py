@@ -369,9 +369,10 @@ class MarketViews:
             return hit[1]
         raw = w.raw()
         times, closes = list(raw[0::2]), list(raw[1::2])
-        if cur >= 0.0 and (not times or cur > times[-1]):
-            times.append(cur)  # the minute in progress holds the close so far; complete once it has passed
-            closes.append(st.mark_minute_close)
+        mark = st.mark_price
+        if cur >= 0.0 and mark is not None and (not times or cur > times[-1]):
+            times.append(cur)  # the minute in progress: its close so far; complete once it has passed
+            closes.append(mark)
         value = factors.realized_volatility(times, closes, now, window_s)
         self._vol[key] = (version, value)
         return value

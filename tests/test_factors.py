@@ -83,15 +83,19 @@ def _state(now: list[float]) -> MarketState:
     return s
 
 
-def test_the_store_closes_a_minute_with_its_last_mark_and_ignores_late_frames() -> None:
+def test_the_store_closes_a_minute_with_its_last_mark() -> None:
     now = [T0 + 10.0]
     s = _state(now)
     st = s.instruments[(Exchange.BINANCE, "BTCUSDT")]
-    for t, px in ((T0 + 1, 100.0), (T0 + 30, 101.0), (T0 + 59.9, 102.0), (T0 + 61, 103.0), (T0 + 20, 99.0)):
+    for t, px in ((T0 + 1, 100.0), (T0 + 30, 101.0), (T0 + 59.9, 102.0), (T0 + 61, 103.0), (T0 + 119.5, 103.5)):
         s.apply(MarketUpdate(Exchange.BINANCE, "BTCUSDT", event_time=t, mark_price=px))
-    s.apply(MarketUpdate(Exchange.BINANCE, "BTCUSDT", event_time=T0 + 125, mark_price=104.0))
-    assert list(st.mark_minutes) == [(T0, 102.0), (T0 + 60, 103.0)]  # the late 99 (minute 0) is not a close
-    assert (st.mark_minute, st.mark_minute_close) == (T0 + 120, 104.0)
+    s.apply(MarketUpdate(Exchange.BINANCE, "BTCUSDT", event_time=T0 + 245, mark_price=104.0))  # minutes 2, 3 silent
+    assert list(st.mark_minutes) == [(T0, 102.0), (T0 + 60, 103.5)]
+    assert (st.mark_minute, st.mark_price) == (T0 + 240, 104.0)  # the minute in progress and its close so far
+    # without an exchange time, the receive time places the mark
+    now[0] = T0 + 305.0
+    s.apply(MarketUpdate(Exchange.BINANCE, "BTCUSDT", mark_price=105.0))
+    assert list(st.mark_minutes)[-1] == (T0 + 240, 104.0) and st.mark_minute == T0 + 300
 
 
 def test_backfill_merges_behind_live_values_and_the_views_publish_both_windows() -> None:
@@ -115,7 +119,7 @@ def test_backfill_merges_behind_live_values_and_the_views_publish_both_windows()
             tuple(zip(oi_times, oi_vals, strict=True)),
         )
     )
-    assert len(st.mark_minutes) == 242 and st.mark_minute_close == 500.0
+    assert len(st.mark_minutes) == 242 and st.mark_price == 500.0
     cfg = Config.model_validate({"exchanges": {"binance": {"instruments": ["BTCUSDT"]}}})
     views = MarketViews(cfg, s)
     (v,) = views.views()
