@@ -7,7 +7,8 @@
    the figure is the median of the runs' shares. Target: recording <= 10 % of ingest CPU.
 2. Replay speed: a recording of the same frames replayed as fast as possible through
    ``exporter.replay.Replay`` (virtual clock, parsers, connection path, state). Prints instrument
-   updates per second on one core. Target: >= 200,000.
+   updates per second on one core. Target: >= 200,000. Then the other shape, one instrument a frame
+   (Bybit linear ticker snapshots and deltas): frames per second.
 
 Run: ``.venv/bin/python bench/bench_recording.py [--instruments 200] [--frames 2000] [--runs 7]
 [--compression zstd|gzip] [--level N]``.
@@ -146,6 +147,61 @@ def main() -> None:
             rates.append(updates / cpu)
         rate = statistics.median(rates)
         print(f"replay as fast as possible: {rate:,.0f} instrument updates/s on one core (target >= 200,000)")
+
+    # the other shape: one instrument a frame (Bybit linear tickers, a snapshot then deltas)
+    by = bybit_infos(args.instruments)
+    by_frames = bybit_frames(by, args.frames)
+    with tempfile.TemporaryDirectory() as d:
+        recorder = Recorder(Path(d), queue_size=len(by_frames) + 10)
+        recorder.start()
+        recorder.meta(T0 - 1.0, Exchange.BYBIT, "followed", by)
+        hook = recorder.ws_hook(Exchange.BYBIT)
+        for k, f in enumerate(by_frames):
+            hook(T0 + k * 0.001, "tickers", f, True)
+        recorder.close()
+        rates = []
+        for _ in range(args.runs):
+            replay = Replay(Config(), Path(d))
+            cpu0 = time.process_time()
+            stats = asyncio.run(replay.run())
+            cpu = time.process_time() - cpu0
+            assert stats.frames == len(by_frames)
+            health = replay.state.streams[(Exchange.BYBIT, "tickers")]
+            assert health.parse_errors == 0 and health.last_parsed_at > 0, "the frames did not parse"
+            rates.append(len(by_frames) / cpu)
+        print(
+            f"replay as fast as possible, one instrument a frame (Bybit tickers): "
+            f"{statistics.median(rates):,.0f} frames (instrument updates)/s on one core"
+        )
+
+
+def bybit_infos(n: int) -> list[InstrumentInfo]:
+    return [
+        InstrumentInfo(Exchange.BYBIT, f"B{k:04d}USDT", f"B{k:04d}", "USDT", funding_interval_s=28800.0)
+        for k in range(n)
+    ]
+
+
+def bybit_frames(instruments: list[InstrumentInfo], n_frames: int) -> list[str]:
+    """A snapshot per instrument, then deltas of mark, index and funding rate round the instruments."""
+    out = []
+    nft = int((T0 + 3600) * 1000)
+    for k, info in enumerate(instruments):
+        s = info.instrument
+        out.append(
+            f'{{"topic":"tickers.{s}","type":"snapshot","data":{{"symbol":"{s}","markPrice":"{100 + k:.2f}",'
+            f'"indexPrice":"{100 + k:.2f}","fundingRate":"0.0001","nextFundingTime":"{nft}",'
+            f'"openInterest":"1000","openInterestValue":"100000"}},"cs":1,"ts":{int(T0 * 1000)}}}'
+        )
+    for f in range(n_frames * len(instruments) // 10):  # as many updates as a tenth of the array frames
+        k = f % len(instruments)
+        s = instruments[k].instrument
+        p = 100 + k + (f // len(instruments)) * 0.01
+        out.append(
+            f'{{"topic":"tickers.{s}","type":"delta","data":{{"symbol":"{s}","markPrice":"{p:.2f}",'
+            f'"indexPrice":"{p:.2f}","fundingRate":"0.0001"}},"cs":{f + 2},"ts":{int(T0 * 1000) + f}}}'
+        )
+    return out
 
 
 if __name__ == "__main__":

@@ -245,3 +245,37 @@ def test_a_burst_wakes_the_writer_before_its_flush_period(tmp_path: Path) -> Non
     rec.close()
     assert rec.stats.frames_ws == 11 and rec.stats.dropped == 0
     assert [d["t"] for d in read_lines(tmp_path)] == [1_700_000_000.0 + i for i in range(11)]
+
+
+async def test_damaged_lines_are_counted_and_skipped_by_the_replay(tmp_path: Path) -> None:
+    """Lines a hand or a bug damaged (unknown exchange, a list for one, a number for a stream, an
+    unknown failure reason) are counted as errors; the good lines around them apply."""
+    from exporter.config import Config
+    from exporter.replay import Replay
+
+    t = 1_700_000_000.0
+    lines = [
+        {
+            "t": t,
+            "ex": "binance",
+            "kind": "meta",
+            "src": "followed",
+            "data": '[{"exchange":"binance","instrument":"BTCUSDT","base":"BTC","quote":"USDT"}]',
+        },
+        {"t": t + 1, "ex": "kraken", "kind": "ws", "src": "markPrice", "data": _frame(1)},
+        {"t": t + 2, "ex": ["binance"], "kind": "ws", "src": "markPrice", "data": _frame(2)},
+        {"t": t + 3, "ex": "binance", "kind": "ws", "src": 7, "data": _frame(3)},
+        {"t": t + 4, "ex": "binance", "kind": "rest_error", "src": "open_interest", "data": "gremlins"},
+        {"t": t + 5, "ex": "binance", "kind": "ws", "src": "markPrice", "data": _frame(5, 105.0)},
+    ]
+    import orjson
+
+    (tmp_path / "fr-20231114T221320Z-1.jsonl.gz").write_bytes(
+        gzip.compress(b"".join(orjson.dumps(d) + b"\n" for d in lines))
+    )
+    replay = Replay(Config(), tmp_path)
+    stats = await replay.run()
+    assert stats.lines == 6 and stats.errors == 3  # kraken, the list, the unknown reason
+    st = replay.state.instruments[(Exchange.BINANCE, "BTCUSDT")]
+    assert st.mark_price == pytest.approx(105.0)  # the good frames applied, the "7" stream too
+    assert replay.state.stream(Exchange.BINANCE, "7").messages == 1
