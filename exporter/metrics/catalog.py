@@ -1442,8 +1442,8 @@ RECORDING_FRAMES = _def(
     "feed",
     ("kind",),
     "frames",
-    "Raw frames and REST bodies written to the recording (kind = ws | rest).",
-    "Written to the recording: `ws` frames and `rest` bodies.",
+    "Raw frames and REST lines written to the recording (kind = ws | rest; rest: bodies and failed calls).",
+    "Written to the recording: `ws` frames and `rest` lines (bodies, and failed attempts without their body).",
 )
 RECORDING_DROPPED = _def(
     "fr_recording_dropped_total",
