@@ -298,8 +298,7 @@ class MarketViews:
                         side = fa.receiving_side(rate)
                         edge = fa.edge_bp(rate, interval, fee_bp, hold_h)
                     if premium is not None:
-                        anchor = cache.anchor(st.key, st, anchor_start)
-                        anchor_d = cache.anchor_difference(st.key, st, anchor_start)
+                        anchor, anchor_d = cache.anchors(st.key, st, anchor_start)
                 oi = st.open_interest_usd if oi_ok else None
                 oi1 = oi4 = vol1 = vol4 = None
                 if oi is not None:

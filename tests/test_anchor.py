@@ -16,7 +16,7 @@ from exporter.analytics import funding as fa
 from exporter.config import Config
 from exporter.metrics import build_registry
 from exporter.model import EIGHT_HOURS, AnchorBackfill, Exchange, InstrumentInfo, MarketUpdate
-from exporter.state import MarketState
+from exporter.state import MarketState, Window
 
 T0 = 1_700_000_000.0
 WINDOW = 6 * 3600.0
@@ -278,3 +278,96 @@ def test_a_backfill_after_live_samples_is_seen_by_the_next_scrape() -> None:
         got = reg.get_sample_value("fr_effective_anchor_strength", lb[method])
         assert got == pytest.approx(want[method], rel=1e-9)
         assert got != pytest.approx(0.2, rel=1e-3)
+
+
+# ---- the running sums behind both methods ---------------------------------------------------------
+
+
+def _polyfit_of_levels(samples: list[tuple[float, float, float]], start: float) -> float:
+    inside = np.array([s for s in samples if s[0] > start])
+    return float(np.polyfit(inside[:, 2], inside[:, 1], 1)[0])
+
+
+@pytest.mark.parametrize(
+    ("seed", "offset", "drift"), [(1, 0.0, 0.0), (2, 5e-3, 0.0), (3, 0.0, 2e-5), (4, -2e-3, -1e-5)]
+)
+def test_running_sums_equal_polyfit_on_the_state_window(
+    seed: int, offset: float, drift: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both methods from the running sums, over the state's own Window (span-trimmed as in the
+    exporter), equal numpy's polyfit within 1e-9 relative at every scrape: samples about one a
+    minute with gaps around and beyond 5 minutes, premium levels far from zero (offset) or trending
+    (drift: the sums' reference point falls behind the window), regime changes, backfills merged in
+    front of the live samples, scrapes whose window start moves back a little. And the sums are
+    really running: exact recomputations are few."""
+    rebuilds = 0
+    rebuild = fa._AnchorWindow._rebuild
+
+    def counting(self: fa._AnchorWindow, *args: object) -> None:
+        nonlocal rebuilds
+        rebuilds += 1
+        rebuild(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fa._AnchorWindow, "_rebuild", counting)
+    rng = np.random.default_rng(seed)
+
+    class Holder:
+        anchor_samples = Window(3, 2000, WINDOW + 60.0)
+
+    h = Holder()
+    cache = fa.WindowCache()
+    t = now = T0
+    level_x = offset
+    checked = {"level": 0, "difference": 0}
+    steps = 3000
+    for i in range(steps):
+        t += float(rng.choice([60.0, 60.5, 300.0, 301.0, 900.0, 3 * 3600.0], p=[0.6, 0.3, 0.04, 0.03, 0.02, 0.01]))
+        beta = 0.3 if (i // 700) % 2 == 0 else -1.2  # regimes the window must forget
+        level_x += drift + float(rng.normal(0, 2e-5))
+        x = level_x + float(rng.normal(0, 4e-5))
+        h.anchor_samples.append((t, 1e-4 + beta * x + float(rng.normal(0, 2e-6)), x))
+        if i % 997 == 500:  # a backfill lands: rebuilt rows in front of the live ones
+            rows = list(h.anchor_samples)
+            first = rows[0][0]
+            past = [(first - 60.0 * k, 1e-4 + 0.7 * x + float(rng.normal(0, 1e-6)), x) for k in range(40, 0, -1)]
+            h.anchor_samples.replace([*past, *rows])
+        for _ in range(int(rng.integers(0, 3))):
+            now = max(now, t) + float(rng.uniform(0, 90))
+            start = now - WINDOW - (float(rng.uniform(0, 30)) if rng.random() < 0.05 else 0.0)
+            level, diff = cache.anchors("k", h, start)
+            rows = list(h.anchor_samples)
+            n_level = sum(1 for r in rows if r[0] > start)
+            n_diff = sum(1 for a, b in itertools.pairwise(rows) if a[0] > start and b[0] - a[0] <= 300.0)
+            if n_level < 10:
+                assert level is None
+            else:
+                assert level == pytest.approx(_polyfit_of_levels(rows, start), rel=1e-9), i
+                checked["level"] += 1
+            if n_diff < 10:
+                assert diff is None
+            else:
+                assert diff == pytest.approx(_polyfit_of_differences(rows, start, 300.0), rel=1e-9), i
+                checked["difference"] += 1
+    assert checked["level"] > 1500 and checked["difference"] > 1500
+    assert rebuilds < steps / 10, rebuilds
+
+
+def test_running_sums_without_spread_show_no_slope() -> None:
+    """A premium constant over the window (mark = index on a quiet contract) has no slope by either
+    method, also after samples with spread left the window (their rounding must not look like one)."""
+
+    class Holder:
+        anchor_samples = Window(3, 2000, 3600.0 + 60.0)
+
+    h = Holder()
+    cache = fa.WindowCache()
+    rng = np.random.default_rng(6)
+    for k in range(60):
+        x = float(rng.normal(3e-4, 1e-4))
+        h.anchor_samples.append((T0 + 60.0 * k, 0.5 * x, x))
+    assert all(s is not None for s in cache.anchors("k", h, T0 + 60.0 * 59 - 3600.0))
+    for k in range(60, 200):
+        h.anchor_samples.append((T0 + 60.0 * k, 1e-4 + 1e-6 * float(rng.normal()), 2.5e-4))
+        level, diff = cache.anchors("k", h, T0 + 60.0 * k - 3600.0)
+        if k >= 120:  # every sample with spread has left
+            assert level is None and diff is None, k

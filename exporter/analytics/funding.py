@@ -12,6 +12,7 @@ recomputation of windows that have not changed.
 from __future__ import annotations
 
 import threading
+from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
@@ -185,100 +186,180 @@ def _to_array(rows: Sequence[tuple[float, ...]], width: int) -> np.ndarray:
     return flat.reshape(-1, width)
 
 
-class _AnchorWindow:
-    """Running sums of one instrument's anchor regression over its trailing window.
+class _Sums:
+    """Least-squares sums of (x, y) points, shifted by a reference point of the window.
 
-    A new sample a minute and one leaving the window cost O(1) instead of a 360-point regression.
-    Values are shifted by a reference sample's (premium, funding) to keep the sums well conditioned,
-    and everything is recomputed from scratch every REBASE updates so rounding cannot accumulate.
-    It keeps no copy of the rows (only the window's first and last times): leaving samples are found
-    again in the instrument's own deque, and a process-wide GC pass has no extra containers to walk.
+    The reference is the point nearest the window's mean at the last exact computation, so the sums
+    stay well conditioned; when the window has drifted so far from it that the centred sums would
+    lose more than two digits to cancellation, :meth:`slope` asks for an exact recomputation.
     """
 
-    REBASE = 500
-
-    __slots__ = ("n", "newest", "oldest", "rows_len", "slope", "sx", "sxx", "sxy", "sy", "updates", "x0", "y0")
+    __slots__ = ("n", "sx", "sxx", "sxy", "sy", "syy", "x0", "y0")
 
     def __init__(self) -> None:
-        self.newest = self.oldest = -np.inf  # times of the newest sample seen / oldest one in the sums
-        self.updates = self.REBASE  # forces a full computation first
-        self.slope: float | None = None
         self.n = 0
-        # rows in the source when last seen: more with the same newest sample means rows were put in
-        # front (the start-up backfill merged in after live samples), which the running sums cannot follow
-        self.rows_len = 0
-        self.x0 = self.y0 = self.sx = self.sy = self.sxx = self.sxy = 0.0
+        self.x0 = self.y0 = self.sx = self.sy = self.sxx = self.syy = self.sxy = 0.0
 
-    def _add(self, x: float, y: float, sign: int) -> None:
+    def reset(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.n = int(x.size)
+        if not self.n:
+            self.x0 = self.y0 = self.sx = self.sy = self.sxx = self.syy = self.sxy = 0.0
+            return
+        # A value of the window itself (not its float mean): equal values then give exactly zero spread.
+        self.x0 = float(x[int(np.argmin(np.abs(x - x.mean())))])
+        self.y0 = float(y[int(np.argmin(np.abs(y - y.mean())))])
+        dx, dy = x - self.x0, y - self.y0
+        self.sx, self.sy = float(dx.sum()), float(dy.sum())
+        self.sxx, self.syy, self.sxy = float(dx @ dx), float(dy @ dy), float(dx @ dy)
+
+    def add(self, x: float, y: float) -> None:
         x -= self.x0
         y -= self.y0
-        self.n += sign
-        self.sx += sign * x
-        self.sy += sign * y
-        self.sxx += sign * x * x
-        self.sxy += sign * x * y
+        self.n += 1
+        self.sx += x
+        self.sy += y
+        self.sxx += x * x
+        self.syy += y * y
+        self.sxy += x * y
 
-    def _rebuild(self, rows: tuple[tuple[float, ...], ...], start: float) -> None:
-        i = bisect_right(rows, (start, np.inf, np.inf))
-        window = rows[i:]
-        self.updates = 0
-        if not window:
-            self.x0 = self.y0 = self.sx = self.sy = self.sxx = self.sxy = 0.0
-            self.n, self.oldest = 0, np.inf
-            return
-        arr = _to_array(window, 3)
-        self.x0, self.y0 = window[0][2], window[0][1]
-        x = arr[:, 2] - self.x0
-        y = arr[:, 1] - self.y0
-        self.n = len(window)
-        self.sx, self.sy = float(x.sum()), float(y.sum())
-        self.sxx, self.sxy = float(x @ x), float(x @ y)
-        self.oldest = window[0][0]
+    def remove(self, x: float, y: float) -> None:
+        x -= self.x0
+        y -= self.y0
+        self.n -= 1
+        self.sx -= x
+        self.sy -= y
+        self.sxx -= x * x
+        self.syy -= y * y
+        self.sxy -= x * y
 
-    def advance(self, rows: tuple[tuple[float, ...], ...], start: float, min_points: int) -> float | None:
-        newest = rows[-1][0]
-        same_newest = newest == self.newest
-        if same_newest and self.oldest > start and len(rows) == self.rows_len:
-            return self.slope  # nothing arrived, nothing left the window
-        if (
-            self.updates >= self.REBASE
-            or newest < self.newest
-            or self.n == 0
-            or (same_newest and len(rows) != self.rows_len)
-        ):
-            self._rebuild(rows, start)
-        else:
-            lo = bisect_left(rows, (self.oldest,))  # our oldest summed sample in the source deque
-            inside = bisect_right(rows, (start, np.inf, np.inf))  # first sample inside the window
-            if lo >= len(rows) or rows[lo][0] != self.oldest or inside < lo:
-                # The source dropped samples we summed, or the window start moved back (two scrape
-                # threads read the clock a little apart, or the wall clock stepped back) past samples
-                # already subtracted: the running sums cannot follow, start over.
-                self._rebuild(rows, start)
-            else:
-                first_new = bisect_right(rows, (self.newest, np.inf, np.inf))
-                for _, y, x in rows[lo : min(inside, first_new)]:  # summed, now outside
-                    self._add(x, y, -1)
-                for _, y, x in rows[max(first_new, inside) :]:  # new and inside
-                    self._add(x, y, 1)
-                self.updates += max(0, min(inside, first_new) - lo) + len(rows) - max(first_new, inside)
-                self.oldest = rows[inside][0] if inside < len(rows) else np.inf
-                if self.n == 0:
-                    self.oldest = np.inf
-        self.newest = newest
-        self.rows_len = len(rows)
-        self.slope = self._slope(min_points)
-        return self.slope
-
-    def _slope(self, min_points: int) -> float | None:
+    def slope(self, min_points: int, exact: bool) -> float | _Stale | None:
+        """The OLS slope of y on x, None with fewer than ``min_points`` points or no spread in x,
+        STALE when the running sums are too ill-conditioned to trust (``exact``: they were just
+        recomputed, so trust them)."""
         n = self.n
         if n < min_points:
             return None
-        sxx_c = self.sxx - self.sx * self.sx / n
-        # Premiums that are all equal leave only rounding residue here: that is "no spread", not a slope.
-        if sxx_c <= 1e-12 * self.sxx or sxx_c <= 0.0:
+        sxx = self.sxx
+        if sxx == 0.0:  # every x equals the reference exactly: no spread
+            return None
+        sxx_c = sxx - self.sx * self.sx / n
+        syy_c = self.syy - self.sy * self.sy / n
+        if not exact and (sxx_c < _CONDITION * sxx or syy_c < _CONDITION * self.syy):
+            return STALE
+        if sxx_c <= 0.0:
             return None
         return (self.sxy - self.sx * self.sy / n) / sxx_c
+
+
+class _Stale:
+    """The marker of running sums that need an exact recomputation."""
+
+
+STALE = _Stale()
+# Centred sums at least this share of the raw (shifted) ones: at most two digits lost to cancellation.
+_CONDITION = 1e-2
+
+
+def _flat(samples: _Samples) -> array:
+    """The samples as one flat array (t, funding, premium, t, ...), copied in one C call where the
+    source is the state's Window (the event loop may append meanwhile)."""
+    raw = getattr(samples, "raw", None)
+    if raw is not None:
+        flat: array = raw()
+        return flat
+    return array("d", chain.from_iterable(tuple(samples)))
+
+
+def _last_time(samples: _Samples) -> float:
+    last = getattr(samples, "last_time", None)
+    if last is not None:
+        t: float = last()
+        return t
+    return samples[-1][0]
+
+
+class _AnchorWindow:
+    """Running sums of one instrument's two anchor regressions over its trailing window.
+
+    ``level``: funding on premium, one point per sample with time > start. ``difference``: the change
+    of funding on the change of premium, one point per pair of consecutive samples inside the window
+    at most ``max_gap`` apart. A sample that arrives or leaves the window adds or removes its point
+    and its pair in O(1), instead of a 360-point regression of each.
+
+    The sums are recomputed exactly (vectorised) every REBASE points in or out, when they grow
+    ill-conditioned, and whenever the source changed in a way they cannot follow: samples summed but
+    dropped from the source, rows put in front of the summed ones (the start-up backfill merged in
+    after live samples), or a window start that moved back (two scrape threads read the clock a
+    little apart). No copy of the rows is kept, only the first and last summed sample's times.
+    """
+
+    REBASE = 1440  # points in or out: about once a window at one sample a minute
+
+    __slots__ = ("before", "diff", "level", "newest", "oldest", "rows", "rows_len", "slopes", "updates")
+
+    def __init__(self) -> None:
+        self.level = _Sums()
+        self.diff = _Sums()
+        self.newest = self.oldest = -np.inf  # times of the newest and oldest sample in the sums
+        self.before = np.inf  # time of the newest sample before the window (-inf: none)
+        self.rows = 0  # samples in the level sums (the window), 0 forces an exact computation
+        self.rows_len = 0  # rows in the source when last seen (a backfill adds rows, newest unchanged)
+        self.updates = 0
+        self.slopes: tuple[float | None, float | None] = (None, None)
+
+    def _rebuild(self, a: array, inside: int, max_gap: float) -> None:
+        arr = np.frombuffer(a, dtype=np.float64).reshape(-1, 3)[inside:]
+        self.level.reset(arr[:, 2], arr[:, 1])
+        d = np.diff(arr, axis=0)
+        d = d[d[:, 0] <= max_gap]
+        self.diff.reset(d[:, 2], d[:, 1])
+        self.updates = 0
+
+    def advance(self, a: array, start: float, min_points: int, max_gap: float) -> tuple[float | None, float | None]:
+        ts = a[0::3]
+        n = len(ts)
+        inside = bisect_right(ts, start)  # first sample inside the window
+        exact = True
+        if self.rows == 0 or self.updates >= self.REBASE:
+            self._rebuild(a, inside, max_gap)
+        else:
+            lo = bisect_left(ts, self.oldest)  # our oldest summed sample in the source
+            hi = lo + self.rows - 1  # our newest one, if the source still holds every summed sample
+            if inside < lo or hi >= n or ts[lo] != self.oldest or ts[hi] != self.newest:
+                self._rebuild(a, inside, max_gap)
+            else:
+                exact = False
+                level, diff = self.level, self.diff
+                out = min(inside, hi + 1)  # summed samples [lo, out) left the window
+                new = max(inside, hi + 1)  # samples [new, n) are new and inside
+                for k in range(lo, out):
+                    level.remove(a[3 * k + 2], a[3 * k + 1])
+                for k in range(new, n):
+                    level.add(a[3 * k + 2], a[3 * k + 1])
+                # pair k is (k, k + 1): summed pairs [lo, hi), now [inside, n - 1)
+                for k in range(lo, min(inside, hi)):
+                    j = 3 * k
+                    if a[j + 3] - a[j] <= max_gap:
+                        diff.remove(a[j + 5] - a[j + 2], a[j + 4] - a[j + 1])
+                for k in range(max(inside, hi), n - 1):
+                    j = 3 * k
+                    if a[j + 3] - a[j] <= max_gap:
+                        diff.add(a[j + 5] - a[j + 2], a[j + 4] - a[j + 1])
+                self.updates += 2 * (out - lo + n - new)
+        self.rows = n - inside
+        self.oldest = ts[inside] if inside < n else np.inf
+        self.before = ts[inside - 1] if inside else -np.inf
+        self.newest = ts[n - 1] if n else -np.inf
+        self.rows_len = n
+        level_s = self.level.slope(min_points, exact)
+        diff_s = self.diff.slope(min_points, exact)
+        if level_s is STALE or diff_s is STALE:
+            self._rebuild(a, inside, max_gap)
+            level_s = self.level.slope(min_points, True)
+            diff_s = self.diff.slope(min_points, True)
+        assert not isinstance(level_s, _Stale) and not isinstance(diff_s, _Stale)
+        self.slopes = (level_s, diff_s)
+        return self.slopes
 
 
 class WindowCache:
@@ -294,8 +375,6 @@ class WindowCache:
         # key -> (version, oldest time in the window, window times, window rates, stats)
         self._settle: dict[Hashable, tuple[Hashable, float, np.ndarray, np.ndarray, WindowStats | None]] = {}
         self._anchor: dict[Hashable, _AnchorWindow] = {}
-        # key -> (newest sample time, oldest sample time inside the window, rows in the source, slope)
-        self._anchor_diff: dict[Hashable, tuple[float, float, int, float | None]] = {}
         self._lock = threading.Lock()
 
     def settlement_stats(
@@ -327,51 +406,47 @@ class WindowCache:
             self._settle[key] = (version, first, times, rates, stats)
         return stats
 
-    def anchor(self, key: Hashable, samples: _AnchorSource, start: float, min_points: int = 10) -> float | None:
+    def anchors(
+        self, key: Hashable, samples: _AnchorSource, start: float, min_points: int = 10
+    ) -> tuple[float | None, float | None]:
+        """(level, difference) anchor slopes over the samples after ``start``: :func:`anchor_strength`
+        and :func:`anchor_strength_difference`, kept up to date by running sums (O(1) a sample)."""
         dq = samples.anchor_samples
+        if not len(dq):
+            return None, None
         win = self._anchor.get(key)
-        try:
-            if win is not None and dq[-1][0] == win.newest and win.oldest > start and len(dq) == win.rows_len:
-                return win.slope  # nothing arrived, nothing left the window: no copy needed
-        except IndexError:  # empty
-            return None
-        rows = tuple(dq)  # one C-level copy: the writer thread may append meanwhile
-        if not rows:
-            return None
+        if (
+            win is not None
+            and win.before <= start < win.oldest
+            and _last_time(dq) == win.newest
+            and len(dq) == win.rows_len
+        ):
+            # Nothing arrived, nothing left the window, and no sample before it entered it (a window
+            # start read a little earlier by another scrape thread): no copy needed.
+            return win.slopes
+        flat = _flat(dq)  # one C-level copy: the writer thread may append meanwhile
+        if not flat:
+            return None, None
         with self._lock:
             win = self._anchor.get(key)
             if win is None:
                 win = self._anchor[key] = _AnchorWindow()
-            return win.advance(rows, start, min_points)
+            return win.advance(flat, start, min_points, DIFFERENCE_MAX_GAP_SECONDS)
+
+    def anchor(self, key: Hashable, samples: _AnchorSource, start: float, min_points: int = 10) -> float | None:
+        """:func:`anchor_strength` (method level), kept up to date as in :meth:`anchors`."""
+        return self.anchors(key, samples, start, min_points)[0]
 
     def anchor_difference(
         self, key: Hashable, samples: _AnchorSource, start: float, min_points: int = 10
     ) -> float | None:
-        """:func:`anchor_strength_difference` over the samples after ``start``, recomputed only when a
-        sample arrived or one left the window (about once a minute per instrument, one vectorised
-        regression of a few hundred points)."""
-        dq = samples.anchor_samples
-        hit = self._anchor_diff.get(key)
-        try:
-            if hit is not None and dq[-1][0] == hit[0] and hit[1] > start and len(dq) == hit[2]:
-                return hit[3]
-        except IndexError:  # empty
-            return None
-        rows = tuple(dq)  # one C-level copy: the writer thread may append meanwhile
-        if not rows:
-            return None
-        arr = _to_array(rows, 3)
-        arr = arr[arr[:, 0] > start]
-        slope = _difference_slope(arr, min_points, DIFFERENCE_MAX_GAP_SECONDS)
-        oldest = float(arr[0, 0]) if arr.shape[0] else np.inf
-        with self._lock:
-            self._anchor_diff[key] = (rows[-1][0], oldest, len(rows), slope)
-        return slope
+        """:func:`anchor_strength_difference` (method difference), kept up to date as in :meth:`anchors`."""
+        return self.anchors(key, samples, start, min_points)[1]
 
     def forget(self, live_keys: set[Hashable]) -> None:
         """Drop entries of instruments that are no longer in state (bounded memory)."""
         with self._lock:
-            for d in (self._settle, self._anchor, self._anchor_diff):
+            for d in (self._settle, self._anchor):
                 for k in [k for k in d if k not in live_keys]:
                     del d[k]
 
