@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any
 
+import numpy as np
+
 from exporter.analytics import factors, term
 from exporter.analytics import funding as fa
 from exporter.analytics.cross import FundingPoint
@@ -94,6 +96,11 @@ class _InInterval:
 
     def settlement_window(self) -> tuple[tuple[float, float], ...]:
         return self.st.settlement_window_in(self.interval)
+
+    def settlement_columns(self) -> tuple[np.ndarray, np.ndarray]:
+        """The same as two arrays, from one copy of the state's flat storage (the first scrape reads
+        every instrument's window: no tuple per settlement)."""
+        return fa.settlement_columns(self.st.settlements.raw(), self.interval)
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ from exporter.config import Config
 from exporter.metrics import build_registry
 from exporter.model import EIGHT_HOURS, SECONDS_PER_YEAR, Exchange, InstrumentInfo, MarketUpdate
 from exporter.state import MarketState
+from exporter.views import _InInterval
 
 T0 = 1_700_000_000.0
 
@@ -377,3 +378,24 @@ def test_zscore_rescales_a_window_that_spans_an_interval_change() -> None:
     unscaled = (3e-4 - statistics.fmean(raw)) / statistics.stdev(raw)
     assert z > 2.5 > 1.0 > abs(unscaled)  # the spike shows per the current interval; mixed, it hides
     assert reg.get_sample_value("fr_funding_interval_seconds", lab) == 3600.0
+
+
+def test_settlement_columns_rescale_to_the_current_interval() -> None:
+    """The window read as two arrays (what a scrape reads) equals the pairs rescaled one by one:
+    settlements taken under 8 h, 1 h and unknown (0) intervals, read in 1 h and 8 h units."""
+    state = MarketState(clock=Clock())
+    st = state.register(InstrumentInfo(Exchange.BINANCE, "BTCUSDT", "BTC", "USDT", funding_interval_s=3600.0))
+    rows = [(T0 + 3600.0 * k, 1e-4 * (k + 1), (EIGHT_HOURS, 3600.0, 0.0)[k % 3]) for k in range(12)]
+    st.settlements.extend(rows)
+    for unit in (3600.0, EIGHT_HOURS, None):
+        times, rates = fa.settlement_columns(st.settlements.raw(), unit)
+        # as the state's settlement_window_in: the rates as settled when nothing needs rescaling
+        plain = unit is None or all(iv in (unit, 0.0) for _, _, iv in rows)
+        want = [r if plain or not iv else r * unit / iv for _, r, iv in rows]
+        assert times.tolist() == [t for t, _, _ in rows]
+        assert rates.tolist() == want  # the same float operations: bit for bit
+    cache = fa.WindowCache()
+    stats = cache.settlement_stats(st.key, 1, _InInterval(st, 3600.0), T0 + 3600.0 * 2.5)
+    inside = [r for t, r in st.settlement_window_in(3600.0) if t > T0 + 3600.0 * 2.5]
+    assert stats is not None and stats.n == len(inside) == 9
+    assert stats.mean == pytest.approx(statistics.fmean(inside), rel=1e-12)

@@ -93,6 +93,18 @@ class WindowStats:
     acceleration: float | None  # (r[-1] - r[-2]) - (r[-2] - r[-3]) over the last three settlements
 
 
+def settlement_columns(flat: array, interval_s: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """(times, rates) of the state's flat (time, rate, interval) settlement records, every rate
+    rescaled to ``interval_s`` as ``InstrumentState.settlement_window_in`` does (an interval of 0:
+    unknown, kept as settled). Views on ``flat``: pass a copy."""
+    arr = np.frombuffer(flat, dtype=np.float64).reshape(-1, 3)
+    times, rates, intervals = arr[:, 0], arr[:, 1], arr[:, 2]
+    if interval_s and ((intervals != interval_s) & (intervals != 0.0)).any():
+        known = intervals != 0.0
+        rates = np.where(known, rates * interval_s / np.where(known, intervals, 1.0), rates)
+    return times, rates
+
+
 def window_stats(times: Sequence[float], rates: Sequence[float], start: float) -> WindowStats | None:
     """Stats over the settlements with ``time > start``. ``times`` must be sorted ascending."""
     i = bisect_right(times, start)
@@ -392,8 +404,12 @@ class WindowCache:
             times, rates = times[k:], rates[k:]
         else:
             # Read the version before the data: a concurrent write then only causes a recompute later.
-            pairs = settlements.settlement_window()
-            if pairs:
+            columns = getattr(settlements, "settlement_columns", None)
+            if columns is not None:  # straight from the state's flat storage, no tuple per settlement
+                times, rates = columns()
+                k = int(np.searchsorted(times, start, side="right"))
+                times, rates = times[k:].copy(), rates[k:].copy()
+            elif pairs := settlements.settlement_window():
                 arr = _to_array(pairs, 2)
                 times, rates = arr[:, 0], arr[:, 1]
                 k = int(np.searchsorted(times, start, side="right"))
