@@ -307,7 +307,7 @@ class _AnchorWindow:
 
     REBASE = 1440  # points in or out: about once a window at one sample a minute
 
-    __slots__ = ("before", "diff", "level", "newest", "oldest", "rows", "rows_len", "slopes", "updates")
+    __slots__ = ("before", "diff", "level", "newest", "oldest", "published", "rows", "rows_len", "slopes", "updates")
 
     def __init__(self) -> None:
         self.level = _Sums()
@@ -318,6 +318,15 @@ class _AnchorWindow:
         self.rows_len = 0  # rows in the source when last seen (a backfill adds rows, newest unchanged)
         self.updates = 0
         self.slopes: tuple[float | None, float | None] = (None, None)
+        # (before, oldest, newest, rows_len, slopes) set in one assignment: what a scrape thread reads
+        # without the lock sees the slopes of the window it checks, never a half-updated mix
+        self.published: tuple[float, float, float, int, tuple[float | None, float | None]] = (
+            np.inf,
+            -np.inf,
+            -np.inf,
+            0,
+            self.slopes,
+        )
 
     def _rebuild(self, a: array, inside: int, max_gap: float) -> None:
         arr = np.frombuffer(a, dtype=np.float64).reshape(-1, 3)[inside:]
@@ -371,6 +380,7 @@ class _AnchorWindow:
             diff_s = self.diff.slope(min_points, True)
         assert not isinstance(level_s, _Stale) and not isinstance(diff_s, _Stale)
         self.slopes = (level_s, diff_s)
+        self.published = (self.before, self.oldest, self.newest, n, self.slopes)
         return self.slopes
 
 
@@ -431,15 +441,12 @@ class WindowCache:
         if not len(dq):
             return None, None
         win = self._anchor.get(key)
-        if (
-            win is not None
-            and win.before <= start < win.oldest
-            and _last_time(dq) == win.newest
-            and len(dq) == win.rows_len
-        ):
-            # Nothing arrived, nothing left the window, and no sample before it entered it (a window
-            # start read a little earlier by another scrape thread): no copy needed.
-            return win.slopes
+        if win is not None:
+            before, oldest, newest, rows_len, slopes = win.published
+            if before <= start < oldest and _last_time(dq) == newest and len(dq) == rows_len:
+                # Nothing arrived, nothing left the window, and no sample before it entered it (a
+                # window start read a little earlier by another scrape thread): no copy needed.
+                return slopes
         flat = _flat(dq)  # one C-level copy: the writer thread may append meanwhile
         if not flat:
             return None, None
