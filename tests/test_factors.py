@@ -7,14 +7,19 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from exporter.analytics.factors import oi_change, realized_volatility
 from exporter.api_state import instrument_row
+from exporter.app import Exporter
+from exporter.clock import VirtualClock
 from exporter.config import Config
 from exporter.metrics.market import MarketCollector
-from exporter.model import Exchange, HistoryBackfill, InstrumentInfo, MarketUpdate
+from exporter.model import Candle, Exchange, HistoryBackfill, InstrumentInfo, MarketUpdate
+from exporter.rest.client import RestError
 from exporter.state import MarketState
 from exporter.views import MarketViews
 
@@ -157,3 +162,41 @@ def test_stale_price_or_open_interest_hides_the_signals() -> None:
     (v,) = MarketViews(cfg, s).views()
     # no live price and no live open interest yet: nothing is shown, whatever the history says
     assert (v.volatility_1h, v.volatility_4h, v.oi_change_1h, v.oi_change_4h) == (None, None, None, None)
+
+
+# ---- the start-up backfill: a failing history endpoint loses only its own part -------------------
+
+
+class _Rest:
+    """An ExchangeRest stand-in: mark candles answer, open-interest history fails."""
+
+    candle_kinds = frozenset({"mark"})
+    has_open_interest_history = True
+    polls_open_interest = False
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, int, float, float]] = []
+
+    async def price_candles(self, kind: str, instrument: str, interval: int, start: float, end: float) -> list[Any]:
+        self.asked.append((kind, interval, start, end))
+        return [Candle(start + 60.0 * k, 1.0, 1.0, 1.0, 100.0 + k) for k in range(int((end - start) // 60))]
+
+    async def open_interest_history(self, instrument: str, interval: int, start: float, end: float) -> list[Any]:
+        self.asked.append(("oi", interval, start, end))
+        raise RestError("http_5xx", "okx open_interest_history: HTTP 503")
+
+
+async def test_backfill_keeps_the_candles_when_the_open_interest_history_fails() -> None:
+    cfg = Config.model_validate({"exchanges": {"okx": {"instruments": ["BTC-USDT-SWAP"]}}})
+    clock = VirtualClock(T0 + 4 * 3600.0 + 30.0)
+    exporter = Exporter(cfg, clock=clock, serve=False)
+    info = InstrumentInfo(Exchange.OKX, "BTC-USDT-SWAP", "BTC", "USDT", funding_interval_s=28800.0)
+    exporter.state.register(info)
+    rest = _Rest()
+    rt = SimpleNamespace(exchange=Exchange.OKX, rest=rest, instruments=[info])
+    await exporter._backfill_history(rt)  # type: ignore[arg-type]
+    st = exporter.state.instruments[(Exchange.OKX, "BTC-USDT-SWAP")]
+    # 1-minute marks from 4 h 2 min before the minute in progress; 5-minute OI from 4 h 15 min back
+    assert rest.asked[0] == ("mark", 60, T0 - 120.0, clock.time())
+    assert rest.asked[1] == ("oi", 300, clock.time() - 4 * 3600.0 - 300.0 - 600.0, clock.time())
+    assert len(st.mark_minutes) == 242 and len(st.oi_samples) == 0  # what arrived is kept
