@@ -218,8 +218,11 @@ class _Sums:
             self.x0 = self.y0 = self.sx = self.sy = self.sxx = self.syy = self.sxy = 0.0
             return
         # A value of the window itself (not its float mean): equal values then give exactly zero spread.
-        self.x0 = float(x[int(np.argmin(np.abs(x - x.mean())))])
-        self.y0 = float(y[int(np.argmin(np.abs(y - y.mean())))])
+        # (sum / n and the methods, not np.mean/np.argmin: their Python wrappers cost more than the
+        # arithmetic at a few hundred points, and the first render does this for every instrument)
+        n = self.n
+        self.x0 = float(x[int(abs(x - float(x.sum()) / n).argmin())])
+        self.y0 = float(y[int(abs(y - float(y.sum()) / n).argmin())])
         dx, dy = x - self.x0, y - self.y0
         self.sx, self.sy = float(dx.sum()), float(dy.sum())
         self.sxx, self.syy, self.sxy = float(dx @ dx), float(dy @ dy), float(dx @ dy)
@@ -331,7 +334,7 @@ class _AnchorWindow:
     def _rebuild(self, a: array, inside: int, max_gap: float) -> None:
         arr = np.frombuffer(a, dtype=np.float64).reshape(-1, 3)[inside:]
         self.level.reset(arr[:, 2], arr[:, 1])
-        d = np.diff(arr, axis=0)
+        d = arr[1:] - arr[:-1]  # np.diff, without its Python wrapper
         d = d[d[:, 0] <= max_gap]
         self.diff.reset(d[:, 2], d[:, 1])
         self.updates = 0
