@@ -78,7 +78,15 @@ async def exporter_on_simulator() -> AsyncIterator[str]:
     sim = Simulator(seed=7, base_port=0, tick_seconds=0.1)
     await sim.start()
     exchanges = {ex.value: {"ws_url": sim.urls(ex)[0], "rest_url": sim.urls(ex)[1]} for ex in Exchange}
-    config = Config.model_validate({"listen_address": "127.0.0.1:0", "exchanges": exchanges})
+    # a short backfill on the whole published limit (the simulator enforces it): start-up is that load
+    config = Config.model_validate(
+        {
+            "listen_address": "127.0.0.1:0",
+            "exchanges": exchanges,
+            "analytics": {"zscore_window_seconds": 4 * 86400.0},
+            "rest_budget": {"fraction": 1.0},
+        }
+    )
     stop = asyncio.Event()
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(run_exporter(config, stop, ready.set_result))
