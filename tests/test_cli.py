@@ -188,7 +188,7 @@ def test_demo_takes_the_simulator_ports_from_its_config() -> None:
         simulator_base_port(cfg)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=8)  # three processes and three seconds of running
 def test_demo_runs_on_the_ports_of_its_config(tmp_path: Path) -> None:
     base = free_port(4)  # four consecutive free ports for the simulator
     text = (ROOT / "config" / "demo.yaml").read_text()
