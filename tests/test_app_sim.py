@@ -93,9 +93,9 @@ def make_config(sim: Any, **overrides: Any) -> Config:
         "listen_address": "127.0.0.1:0",
         "exchanges": exchanges,
         # start-up is the backfill, paced by the request budget: four days of funding history (12
-        # settlements of 8 h: a z-score on the first scrape) on the whole published limit (the
-        # simulator enforces it) load in a third of the time of 30 days on half of it
-        "analytics": {"zscore_window_seconds": 4 * 86400.0},
+        # settlements of 8 h: a z-score on the first scrape) and an hour of anchor candles on the
+        # whole published limit (the simulator enforces it) load in a third of the time of the defaults
+        "analytics": {"zscore_window_seconds": 4 * 86400.0, "anchor_window_seconds": 3600.0},
         "rest_budget": {"fraction": 1.0},
     }
     for key, value in overrides.items():

@@ -199,7 +199,8 @@ def test_demo_runs_on_the_ports_of_its_config(tmp_path: Path) -> None:
     )
     text = text.replace("var/demo-", f"{tmp_path}/demo-")
     # a short backfill on the whole published limit: the exporter's start-up is that load
-    text += "analytics:\n  zscore_window_seconds: 345600\nrest_budget:\n  fraction: 1.0\n"
+    text += "analytics:\n  zscore_window_seconds: 345600\n  anchor_window_seconds: 3600\n"
+    text += "rest_budget:\n  fraction: 1.0\n"
     cfg = tmp_path / "demo.yaml"
     cfg.write_text(text)
     r = cli("demo", "--config", str(cfg), "--duration", "3", "--no-tour", timeout=150, cwd=tmp_path)  # logs in var/

@@ -46,7 +46,8 @@ class MarketClock(ScaledClock):
 
 def _exporter_config(sim: object, port: int, path: Path) -> None:
     # a short backfill on the whole published limit: the start-up is the paced funding-history load
-    lines = [f"listen_address: 127.0.0.1:{port}", "log_level: WARNING", "analytics:", "  zscore_window_seconds: 345600"]
+    lines = [f"listen_address: 127.0.0.1:{port}", "log_level: WARNING", "analytics:"]
+    lines += ["  zscore_window_seconds: 345600", "  anchor_window_seconds: 3600"]
     lines += ["rest_budget:", "  fraction: 1.0", "exchanges:"]
     for ex in Exchange:
         ws, rest = sim.urls(ex)  # type: ignore[attr-defined]

@@ -83,7 +83,7 @@ async def exporter_on_simulator() -> AsyncIterator[str]:
         {
             "listen_address": "127.0.0.1:0",
             "exchanges": exchanges,
-            "analytics": {"zscore_window_seconds": 4 * 86400.0},
+            "analytics": {"zscore_window_seconds": 4 * 86400.0, "anchor_window_seconds": 3600.0},
             "rest_budget": {"fraction": 1.0},
         }
     )
