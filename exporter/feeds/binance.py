@@ -14,6 +14,7 @@ import msgspec
 from exporter.feeds import (
     PARSE_FAILURES,
     USD_QUOTES,
+    ParseWs,
     arr,
     chunks,
     explain,
@@ -62,6 +63,7 @@ class BinanceFeed:
     def __init__(self, all_symbols_threshold: int = ALL_SYMBOLS_THRESHOLD, fast: bool = True) -> None:
         self.all_symbols_threshold = all_symbols_threshold
         self.fast = fast  # typed msgspec decoding of mark-price frames; False: the orjson path only (tests)
+        self.parse_ws: ParseWs = fast_or_strict(_fast if fast else None, self._parse_ws_strict)
 
     # ---- websocket ----------------------------------------------------------------------------
 
@@ -89,9 +91,6 @@ class BinanceFeed:
 
     def heartbeat_setup(self) -> tuple[str, ...]:
         return ()  # the server pings with control frames; the websocket library answers them
-
-    def parse_ws(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
-        return fast_or_strict(_fast if self.fast else None, self._parse_ws_strict, frame, ctx)
 
     def _parse_ws_strict(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
         msg = loads_or_fail(frame)

@@ -15,6 +15,7 @@ import orjson
 from exporter.feeds import (
     PARSE_FAILURES,
     USD_QUOTES,
+    ParseWs,
     arr,
     chunks,
     explain,
@@ -67,6 +68,7 @@ class BybitFeed:
 
     def __init__(self, fast: bool = True) -> None:
         self.fast = fast  # typed msgspec decoding of ticker pushes; False: the orjson path only (tests)
+        self.parse_ws: ParseWs = fast_or_strict(_fast if fast else None, self._parse_ws_strict)
 
     # ---- websocket ----------------------------------------------------------------------------
 
@@ -103,9 +105,6 @@ class BybitFeed:
 
     def heartbeat_setup(self) -> tuple[str, ...]:
         return ()
-
-    def parse_ws(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
-        return fast_or_strict(_fast if self.fast else None, self._parse_ws_strict, frame, ctx)
 
     def _parse_ws_strict(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
         try:

@@ -15,6 +15,7 @@ import orjson
 
 from exporter.feeds import (
     PARSE_FAILURES,
+    ParseWs,
     arr,
     chunks,
     fast_or_strict,
@@ -83,6 +84,7 @@ class DeribitFeed:
 
     def __init__(self, fast: bool = True) -> None:
         self.fast = fast  # typed msgspec decoding of notifications; False: the orjson path only (tests)
+        self.parse_ws: ParseWs = fast_or_strict(_fast if fast else None, self._parse_ws_strict)
 
     # ---- websocket ----------------------------------------------------------------------------
 
@@ -127,9 +129,6 @@ class DeribitFeed:
                 }
             ).decode(),
         )
-
-    def parse_ws(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
-        return fast_or_strict(_fast if self.fast else None, self._parse_ws_strict, frame, ctx)
 
     def _parse_ws_strict(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
         try:

@@ -14,6 +14,7 @@ import orjson
 
 from exporter.feeds import (
     PARSE_FAILURES,
+    ParseWs,
     arr,
     chunks,
     explain,
@@ -66,6 +67,7 @@ class OkxFeed:
 
     def __init__(self, fast: bool = True) -> None:
         self.fast = fast  # typed msgspec decoding of price pushes; False: the orjson path only (tests)
+        self.parse_ws: ParseWs = fast_or_strict(self._fast if fast else None, self._parse_ws_strict)
         # per instrument mapping (one per connection, perhaps): index id -> the swaps it prices; rebuilt
         # when the mapping's size changes. The mapping is kept referenced, so its id cannot be reused.
         self._index_cache: dict[int, tuple[Mapping[str, InstrumentInfo], int, dict[str, list[str]]]] = {}
@@ -110,11 +112,6 @@ class OkxFeed:
 
     def heartbeat_setup(self) -> tuple[str, ...]:
         return ()
-
-    def parse_ws(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
-        if frame == "pong" or frame == b"pong":
-            return []
-        return fast_or_strict(self._fast if self.fast else None, self._parse_ws_strict, frame, ctx)
 
     def _fast(self, frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
         """The four per-instrument channels, decoded straight into typed rows with the decimal
@@ -166,6 +163,8 @@ class OkxFeed:
         return None
 
     def _parse_ws_strict(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
+        if frame == "pong" or frame == b"pong":  # the reply to our ping (the typed path fails on it)
+            return []
         try:
             msg = loads(frame)
             arg = msg.get("arg")
