@@ -343,3 +343,37 @@ def test_concurrent_scrapes_while_state_is_written() -> None:
     w.join(10)
     assert not errors, errors
     assert value(reg, "fr_funding_rate") == 2e-4
+
+
+def test_cross_label_sets_are_reused_at_any_market_size_and_dropped_with_their_base(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """fr_funding_spread_bp's label sets are built once per (base, pair of exchanges), also when a
+    scrape uses more than 10,000 of them (8,000 instruments: a fixed-size cache was cleared and
+    rebuilt every scrape), and those of a base that left the market are dropped."""
+    from exporter.analytics.cross import FundingPoint
+    from exporter.metrics.market import CrossCollector
+    from exporter.views import MarketViews, RenderErrors
+
+    views = MarketViews(Config(), MarketState(clock=Clock(T0)), RenderErrors())
+    exchanges = ("binance", "bybit", "okx", "deribit")
+
+    def market(bases: range) -> list[FundingPoint]:
+        return [
+            FundingPoint(f"B{b}", ex, f"B{b}-{ex}", 1e-4 * (k + 1) + 1e-6 * b, 1e6, 2.0)
+            for b in bases
+            for k, ex in enumerate(exchanges)
+        ]
+
+    points = market(range(2000))
+    monkeypatch.setattr(views, "funding_points", lambda _views: points)
+    collector = CrossCollector(views)
+    first = collector.families([])
+    spreads = first[1].labels
+    assert len(spreads) > 10_000  # every pair of four exchanges, both ways, per base
+    again = collector.families([])
+    assert all(a is b for a, b in zip(again[1].labels, spreads, strict=True))
+    points = market(range(2000, 2010))  # the market changed: 2,000 bases left
+    collector.families([])
+    collector.families([])
+    assert len(collector._labels) < 200

@@ -252,15 +252,23 @@ class CrossCollector:
             holding_hours=f"{an.holding_period_hours:g}", fee_kind=an.fee_kind, top_n=an.spread_top_n
         )
         self._labels: dict[tuple[str, ...], LabelSet] = {}
+        self._used: dict[tuple[str, ...], LabelSet] = {}  # the label sets of the scrape in progress
 
     def _label(self, *pairs: tuple[str, str]) -> LabelSet:
         key = tuple(v for _, v in pairs)
         lbl = self._labels.get(key)
         if lbl is None:
-            if len(self._labels) > 10000:  # bases come and go with all_perpetuals: keep the cache bounded
-                self._labels.clear()
             lbl = self._labels[key] = LabelSet(pairs)
+        self._used[key] = lbl
         return lbl
+
+    def _prune(self) -> None:
+        """Keep the cache bounded as bases come and go (all_perpetuals) by what the scrape used, not
+        by a fixed size: at 8,000 instruments one scrape uses more than 10,000 label sets (a spread
+        per pair of exchanges per base), and clearing the cache every scrape rebuilt them all."""
+        used, self._used = self._used, {}
+        if len(self._labels) > 2 * len(used) + 1024:
+            self._labels = used
 
     def families(self, views: Sequence[InstrumentView] | None = None) -> list[Family]:
         mv = self.views
@@ -290,6 +298,7 @@ class CrossCollector:
                     ),
                     s.net_bp,
                 )
+        self._prune()
         return [f_oiw, f_spread]
 
     def collect(self) -> Iterable[Metric]:
