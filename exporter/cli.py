@@ -471,7 +471,10 @@ class _HelpFormatter(argparse.HelpFormatter):
         self._action_max_length = max(self._action_max_length, 4 + max(map(len, COMMANDS)))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (``command`` given) one whose other commands are listed without their
+    flags: simulate, fit-baseline, demo and top take theirs from their modules, whose imports (the
+    simulator, numpy) would cost every other command's start a third of a second."""
     p = argparse.ArgumentParser(
         prog="fr-exporter",
         description="Prometheus exporter for crypto perpetual-futures funding rates and liquidation risk.",
@@ -500,12 +503,16 @@ def build_parser() -> argparse.ArgumentParser:
     _log_args(run)
     run.set_defaults(handler=cmd_run)
 
-    from exporter.sim import main as sim
+    def wanted(name: str) -> bool:
+        return command is None or command == name
 
-    simulate = parsers["simulate"]
-    _log_args(simulate, "INFO")
-    sim.add_arguments(simulate)
-    simulate.set_defaults(handler=cmd_simulate)
+    if wanted("simulate"):
+        from exporter.sim import main as sim
+
+        simulate = parsers["simulate"]
+        _log_args(simulate, "INFO")
+        sim.add_arguments(simulate)
+        simulate.set_defaults(handler=cmd_simulate)
 
     sidecar = parsers["sidecar"]
     _config_args(sidecar)
@@ -521,10 +528,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--plot", dest="plot", default=None, help="write a PNG: reliability and skill over time")
     _log_args(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
-    from exporter.sidecar import fit  # numpy only: no heavy import for the other commands
+    if wanted("fit-baseline"):
+        from exporter.sidecar import fit
 
-    fit.add_arguments(parsers["fit-baseline"])
-    parsers["fit-baseline"].set_defaults(handler=cmd_fit_baseline)
+        fit.add_arguments(parsers["fit-baseline"])
+        parsers["fit-baseline"].set_defaults(handler=cmd_fit_baseline)
 
     record = parsers["record"]
     _config_args(record)
@@ -557,12 +565,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.set_defaults(handler=cmd_check_config)
 
-    from exporter import demo, top
+    if wanted("demo"):
+        from exporter import demo
 
-    demo.add_arguments(parsers["demo"])
-    parsers["demo"].set_defaults(handler=cmd_demo)
-    top.add_arguments(parsers["top"])
-    parsers["top"].set_defaults(handler=cmd_top)
+        demo.add_arguments(parsers["demo"])
+        parsers["demo"].set_defaults(handler=cmd_demo)
+    if wanted("top"):
+        from exporter import top
+
+        top.add_arguments(parsers["top"])
+        parsers["top"].set_defaults(handler=cmd_top)
     return p
 
 
@@ -574,7 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         close = difflib.get_close_matches(argv[0], list(COMMANDS), n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return _fail(f"unknown command {argv[0]!r}{hint} (commands: {', '.join(COMMANDS)})", EXIT_CONFIG)
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv[0]).parse_args(argv)
     return int(args.handler(args))
 
 
