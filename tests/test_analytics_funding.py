@@ -399,3 +399,12 @@ def test_settlement_columns_rescale_to_the_current_interval() -> None:
     inside = [r for t, r in st.settlement_window_in(3600.0) if t > T0 + 3600.0 * 2.5]
     assert stats is not None and stats.n == len(inside) == 9
     assert stats.mean == pytest.approx(statistics.fmean(inside), rel=1e-12)
+
+
+def test_window_stats_equal_numpy_mean_and_sample_std_bit_for_bit() -> None:
+    rng = np.random.default_rng(12)
+    for _ in range(500):
+        w = rng.normal(rng.uniform(-1e-3, 1e-3), 10 ** rng.uniform(-7, -3), int(rng.integers(2, 800)))
+        stats = fa._stats(w)
+        assert stats is not None and stats.n == w.size
+        assert stats.mean == float(np.mean(w)) and stats.std == float(np.std(w, ddof=1))

@@ -11,6 +11,7 @@ recomputation of windows that have not changed.
 
 from __future__ import annotations
 
+import math
 import threading
 from array import array
 from bisect import bisect_left, bisect_right
@@ -115,12 +116,16 @@ def _stats(window: np.ndarray) -> WindowStats | None:
     n = int(window.size)
     if n == 0:
         return None
-    mean = float(window.mean())
+    # numpy's mean and std(ddof=1) step by step, the same operations (bit-identical results) without
+    # their Python wrappers: the first render computes every instrument's window
+    total = window.sum()
+    mean = float(total / n)
     std: float | None = None
     # An exactly constant window has no spread: the float mean of equal values can leave a ~1e-20
     # residue that would turn into an absurd z-score, so test equality, not std == 0.
     if n >= 2 and float(window.max()) != float(window.min()):
-        std = float(window.std(ddof=1))
+        d = window - total / n
+        std = math.sqrt(float((d * d).sum()) / (n - 1))
     acc = None
     if n >= 3:
         acc = float((window[-1] - window[-2]) - (window[-2] - window[-3]))
