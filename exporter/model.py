@@ -98,8 +98,7 @@ class Liquidation(msgspec.Struct, gc=False):  # a Struct like MarketUpdate: one 
     notional_usd: float
 
 
-@dataclass(slots=True)  # not frozen: see Liquidation
-class FundingSettlement:
+class FundingSettlement(msgspec.Struct, gc=False):  # a Struct like MarketUpdate: OKX sends one in every funding push
     """A settled (historical) funding rate, from REST history or a settlement push."""
 
     exchange: Exchange

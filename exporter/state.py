@@ -376,15 +376,7 @@ class MarketState:
         elif isinstance(record, Liquidation):
             self._apply_liquidation(record, now)
         elif isinstance(record, FundingSettlement):
-            st = self.instruments.get((record.exchange, record.instrument))
-            if st is None:
-                self.unknown_instrument_updates += 1
-                return
-            if record.interval_s and st.funding_interval_s is None:
-                st.funding_interval_s = record.interval_s
-            if record.funding_time == st.settlements.last_time():
-                return  # the newest settlement again (OKX repeats it in every push): known times stay
-            self.add_settlements(st, [(record.funding_time, record.rate)], record.interval_s)
+            self._apply_settlement(record)
         elif isinstance(record, LongShortRatio):
             st = self.instruments.get((record.exchange, record.instrument))
             if st is None:
@@ -418,8 +410,23 @@ class MarketState:
                 apply_market(r, now)  # type: ignore[arg-type]
             elif t is Liquidation:
                 self._apply_liquidation(r, now)  # type: ignore[arg-type]
+            elif t is FundingSettlement:  # OKX repeats the last settlement in every funding push
+                self._apply_settlement(r)  # type: ignore[arg-type]
             else:
                 self.apply(r, now)
+
+    def _apply_settlement(self, record: FundingSettlement) -> None:
+        by_id = self._by_exchange.get(record.exchange)
+        st = by_id.get(record.instrument) if by_id is not None else None
+        if st is None:
+            self.unknown_instrument_updates += 1
+            return
+        iv = record.interval_s
+        if iv and st.funding_interval_s is None:
+            st.funding_interval_s = iv
+        if record.funding_time == st.settlements.last_time():
+            return  # the newest settlement again (OKX repeats it in every push): known times stay
+        self.add_settlements(st, [(record.funding_time, record.rate)], iv)
 
     def add_settlements(
         self, st: InstrumentState, pairs: Iterable[tuple[float, float]], interval_s: float | None = None
@@ -548,18 +555,20 @@ class MarketState:
         if st is None:
             self.unknown_instrument_updates += 1
             return
-        at = liq.event_time or now
-        side, usd = liq.side, liq.notional_usd
+        usd = liq.notional_usd
         if not 0.0 <= usd < 1e15:  # a counter never takes a NaN, infinite or negative increment
             self.rejected_records += 1
             return
+        at = liq.event_time or now
+        side = liq.side
         st.liq_count[side] += 1
         st.liq_notional_usd[side] += usd
         recent = st.liq_recent
         recent.append((at, side, usd))
         horizon = now - LIQ_FLOW_WINDOW_SECONDS
-        while recent and recent[0][0] < horizon:
-            recent.popleft()
+        if recent[0][0] < horizon:  # not empty: one was just appended
+            while recent and recent[0][0] < horizon:
+                recent.popleft()
         self._liquidation_events.observe(st, at, usd, now)
 
     # ---- reading helpers (pure, used by collectors and /api/state) ----------------------------

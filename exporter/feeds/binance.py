@@ -6,7 +6,6 @@ Reference: exchanges.md §2. Numbers arrive as decimal strings, times in millise
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 import msgspec
@@ -209,7 +208,7 @@ class BinanceFeed:
                     marks[(sym, t)] = mark
             out = settlements(EX, rows)
             if marks:
-                out = [replace(s, mark_price=marks.get((s.instrument, s.funding_time))) for s in out]
+                out = [msgspec.structs.replace(s, mark_price=marks.get((s.instrument, s.funding_time))) for s in out]
             return out
         except PARSE_FAILURES as exc:
             raise parse_error(EX, "fundingRate", exc) from None
@@ -461,13 +460,31 @@ def _settle_of(el: Any) -> object:
     return el.get("P") if "_" in el["s"] else None
 
 
+# bound once: a module global is one dict lookup, ``V.PRICE_MIN`` two
+_PMIN, _PMAX, _RMAX = V.PRICE_MIN, V.PRICE_MAX, V.RATE_MAX
+
+
+def _settles(frame: str | bytes) -> dict[str, str | None]:
+    """P of every delivery symbol in the frame, from a second, narrow decoding (rare)."""
+    d = _decode_settle(frame).data
+    return {x.s: x.P for x in (d if isinstance(d, list) else [d])}
+
+
 def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
     decoded = _decode_mark_frame(frame).data
-    if type(decoded) is _ForceEvent:
-        liq = _force_fast(decoded, ctx.instruments, ctx.time_bounds())
+    td = type(decoded)
+    if td is _FastMark:  # one symbol's stream, the most frequent frame: no loop, no list to wrap it
+        m: _FastMark = decoded  # type: ignore[assignment]
+        instruments = ctx.instruments
+        s = m.s
+        if instruments and s not in instruments:
+            return []
+        # a delivery symbol (rare): its estimated settle price P
+        return [_mark_fast(m, ctx.time_bounds(), _settles(frame).get(s) if "_" in s else None)]
+    if td is _ForceEvent:
+        liq = _force_fast(decoded, ctx.instruments, ctx.time_bounds())  # type: ignore[arg-type]
         return [liq] if liq is not None else []
-    many = isinstance(decoded, list)
-    data: list[_FastMark] = decoded if isinstance(decoded, list) else [decoded]  # type: ignore[list-item]
+    data: list[_FastMark] = decoded  # type: ignore[assignment]
     out: list[Record] = []
     append = out.append
     instruments = ctx.instruments
@@ -477,14 +494,10 @@ def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
         # !markPrice@arr carries every symbol: skip unfollowed ones before converting numbers
         if not instruments or m.s in instruments:
             settle = None
-            if "_" in m.s:  # a delivery symbol (rare): P from a second, narrow decoding of the frame
+            if "_" in m.s:  # a delivery symbol (rare)
                 if settles is None:
-                    d = _decode_settle(frame).data
-                    settles = {x.s: x.P for x in (d if isinstance(d, list) else [d])}
+                    settles = _settles(frame)
                 settle = settles.get(m.s)
-            if not many:
-                append(_mark_fast(m, tb, settle))
-                continue
             try:
                 append(_mark_fast(m, tb, settle))
             except ParseError as exc:  # one bad symbol of the array: the others keep their update
@@ -494,18 +507,18 @@ def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
 
 def _mark_fast(m: _FastMark, tb: tuple[float, float], settle: object = None) -> MarketUpdate:
     """:func:`_mark` on the typed path's floats: the same checks, the same errors."""
-    if not m.s:
+    s = m.s
+    if not s:
         raise ParseError("field 's' is empty")
     a = _ABSENT
     mark = m.p
-    if not V.PRICE_MIN <= mark <= V.PRICE_MAX:
+    if not _PMIN <= mark <= _PMAX:
         raise V.out_of_range("p", mark, V.PRICE)
-    i = m.i
-    index: float | None = None
-    if i is not a:
-        if not V.PRICE_MIN <= i <= V.PRICE_MAX:
-            raise V.out_of_range("i", i, V.PRICE)
-        index = i
+    index: float | None = m.i
+    if index is a:
+        index = None
+    elif not _PMIN <= index <= _PMAX:  # type: ignore[operator]
+        raise V.out_of_range("i", index, V.PRICE)  # type: ignore[arg-type]
     r = m.r
     rate = None
     if r:
@@ -513,7 +526,7 @@ def _mark_fast(m: _FastMark, tb: tuple[float, float], settle: object = None) -> 
             rate = float(r)
         except ValueError:
             raise ParseError(f"field 'r': not a number: {r!r}", V.NOT_A_NUMBER) from None
-        if not -V.RATE_MAX <= rate <= V.RATE_MAX:
+        if not -_RMAX <= rate <= _RMAX:
             raise V.out_of_range("r", rate, V.RATE)
     lo, hi = tb
     t = m.T
@@ -528,7 +541,7 @@ def _mark_fast(m: _FastMark, tb: tuple[float, float], settle: object = None) -> 
         et = e / 1000.0
         if not lo <= et <= hi:
             raise V.out_of_range("E", et, V.TIMESTAMP)
-    u = MarketUpdate(EX, m.s, et, mark, index, rate, nft)
+    u = MarketUpdate(EX, s, et, mark, index, rate, nft)
     if settle is not None and settle != "":  # a delivery contract: its estimated settle price (term structure)
         if type(settle) is not str:
             raise ParseError(f"field 'P': expected a string, got {settle!r}")

@@ -321,13 +321,13 @@ class _Ticker(msgspec.Struct, gc=False):
 
 
 class _Liq(msgspec.Struct, gc=False):
-    """One ``allLiquidation`` row."""
+    """One ``allLiquidation`` row (typed path: the decimal strings become floats while decoding)."""
 
-    T: int
+    T: float
     s: str
     S: str
-    v: str
-    p: str
+    v: float
+    p: float
 
 
 # The typed path's ticker: msgspec converts the decimal strings to floats while decoding (lax mode),
@@ -336,6 +336,8 @@ class _Liq(msgspec.Struct, gc=False):
 # "null", a JSON null, true; dated futures send "" funding) fails the decoding: the strict path then
 # parses the frame (string fields) and either accepts it or names the field.
 _ABSENT = float("nan")
+# bound once: a module global is one dict lookup, ``V.PRICE_MIN`` two
+_PMIN, _PMAX, _QMAX, _UMAX = V.PRICE_MIN, V.PRICE_MAX, V.QTY_MAX, V.USD_MAX
 
 
 class _FastTicker(msgspec.Struct, gc=False):
@@ -593,8 +595,8 @@ def _ticker(
 def _liquidation_fast(
     sym: str,
     side: str,
-    size: str | float,
-    price: str | float,
+    v: float,
+    p: float,
     t: float,
     instruments: Mapping[str, InstrumentInfo],
     tb: tuple[float, float],
@@ -611,16 +613,14 @@ def _liquidation_fast(
     else:
         inverse = info.inverse
     pos = _POSITION_SIDE[side]  # KeyError on an unknown side
-    v = float(size)
-    p = float(price)
     at = t / 1000.0
-    if not V.PRICE_MIN <= p <= V.PRICE_MAX:  # before dividing by it
+    if not _PMIN <= p <= _PMAX:  # before dividing by it
         raise ParseError("price out of its domain")
     if inverse:  # size counts USD contracts
         qty, usd = v / p, v
     else:
         qty, usd = v, v * p
-    if not (0.0 < qty <= V.QTY_MAX and 0.0 <= usd <= V.USD_MAX and tb[0] <= at <= tb[1]):
+    if not (0.0 < qty <= _QMAX and 0.0 <= usd <= _UMAX and tb[0] <= at <= tb[1]):
         raise ParseError("a value out of its domain")
     return Liquidation(EX, sym, at, pos, p, qty, usd)
 

@@ -362,31 +362,6 @@ def _ticker(t: _Ticker, instruments: Mapping[str, InstrumentInfo], tb: tuple[flo
     ]
 
 
-def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
-    n = _decode_notification(frame)
-    if n.method != "subscription":
-        return None
-    channel = n.params.channel
-    if channel.startswith("ticker."):
-        return _ticker(_decode_ticker(n.params.data), ctx.instruments, ctx.time_bounds())
-    if channel.startswith("trades."):
-        raw = n.params.data
-        if (b'"liquidation"' if type(frame) is bytes else '"liquidation"') not in frame:  # type: ignore[operator]
-            # most trade batches liquidate nobody: the frame was checked as JSON while decoding,
-            # only the batch's shape is left to check
-            if memoryview(raw)[:1] != b"[":
-                return None
-            return []
-        out: list[Record] = []
-        instruments = ctx.instruments
-        tb = ctx.time_bounds()
-        for t in _decode_trades(raw):
-            if t.liquidation is not None:
-                _trade_fast(t, instruments, tb, out)
-        return out
-    return None
-
-
 class _Trade(msgspec.Struct, gc=False):
     """One trade, the fields a liquidation needs (JSON numbers; a string fails the decoding)."""
 
@@ -398,7 +373,60 @@ class _Trade(msgspec.Struct, gc=False):
     liquidation: str | None = None
 
 
-_decode_trades = msgspec.json.Decoder(list[_Trade]).decode
+# A frame that names a liquidation is decoded once, trades and all (a ticker is an object, a trade
+# batch an array: told apart while decoding); the others keep the batch raw and never decode it.
+class _LiqParams(msgspec.Struct, gc=False):
+    channel: str
+    data: _Ticker | list[_Trade]
+
+
+class _LiqNotification(msgspec.Struct, gc=False):
+    method: str
+    params: _LiqParams
+
+
+_decode_liq_notification = msgspec.json.Decoder(_LiqNotification).decode
+# A ticker (the frequent, long frame) starts so: compared at its head, it is never searched for a
+# liquidation. Another key order only costs the search.
+_TICKER_HEAD = b'{"jsonrpc":"2.0","method":"subscription","params":{"channel":"ticker.'
+_TICKER_HEAD_STR = _TICKER_HEAD.decode()
+
+
+def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
+    if isinstance(frame, bytes):
+        liquidates = not frame.startswith(_TICKER_HEAD) and b'"liquidation"' in frame
+    else:
+        liquidates = not frame.startswith(_TICKER_HEAD_STR) and '"liquidation"' in frame
+    if liquidates:
+        ln = _decode_liq_notification(frame)
+        if ln.method != "subscription":
+            return None
+        channel = ln.params.channel
+        data = ln.params.data
+        if type(data) is _Ticker:
+            return _ticker(data, ctx.instruments, ctx.time_bounds()) if channel.startswith("ticker.") else None
+        if not channel.startswith("trades."):
+            return None
+        out: list[Record] = []
+        instruments = ctx.instruments
+        tb = ctx.time_bounds()
+        for t in data:  # type: ignore[union-attr]
+            if t.liquidation is not None:
+                _trade_fast(t, instruments, tb, out)
+        return out
+    n = _decode_notification(frame)
+    if n.method != "subscription":
+        return None
+    channel = n.params.channel
+    if channel.startswith("ticker."):
+        return _ticker(_decode_ticker(n.params.data), ctx.instruments, ctx.time_bounds())
+    if channel.startswith("trades."):
+        # no trade of the batch liquidated anybody: the frame was checked as JSON while decoding,
+        # only the batch's shape is left to check
+        if memoryview(n.params.data)[:1] != b"[":
+            return None
+        return []
+    return None
 
 
 def _trade_fast(
