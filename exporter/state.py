@@ -47,6 +47,7 @@ from exporter.trackers import (
     ANCHOR_SAMPLE_SECONDS,
     CONTINUOUS_OBSERVATION_SECONDS,
     OI_SAMPLE_SECONDS,
+    BaseFlow,
     EventLog,
     FundingThreshold,
     LiquidationThreshold,
@@ -226,6 +227,8 @@ class InstrumentState:
     liq_count: dict[Side, int] = field(default_factory=lambda: {Side.LONG: 0, Side.SHORT: 0})
     liq_notional_usd: dict[Side, float] = field(default_factory=lambda: {Side.LONG: 0.0, Side.SHORT: 0.0})
     liq_recent: deque[tuple[float, Side, float]] = field(default_factory=lambda: deque(maxlen=20000))
+    # its base's last-minute flow (LiquidationThreshold's), found once; the tracker's, not a value of the instrument
+    liq_flow: BaseFlow | None = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> Key:

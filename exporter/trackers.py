@@ -261,7 +261,7 @@ class FundingThreshold:
             st.funding_extreme = False
 
 
-class _BaseFlow:
+class BaseFlow:
     """One base asset's liquidations of the last minute and their running USD sum."""
 
     __slots__ = ("entries", "last_event", "total")
@@ -287,14 +287,17 @@ class LiquidationThreshold:
         self.limit_usd = limit_usd
         self.window_s = window_s
         self._log = log
-        self._bases: dict[str, _BaseFlow] = {}
+        self._bases: dict[str, BaseFlow] = {}
 
     def observe(self, st: InstrumentState, at: float, usd: float, now: float) -> None:
         """A liquidation of ``usd`` at exchange time ``at``, received at ``now``."""
-        base = st.info.base
-        flow = self._bases.get(base)
-        if flow is None:
-            flow = self._bases[base] = _BaseFlow()
+        flow = st.liq_flow
+        if flow is None:  # the instrument's first liquidation: its base's flow, kept on it from now on
+            base = st.info.base
+            flow = self._bases.get(base)
+            if flow is None:
+                flow = self._bases[base] = BaseFlow()
+            st.liq_flow = flow
         window = self.window_s
         cutoff = now - window
         entries = flow.entries

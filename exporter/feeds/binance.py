@@ -462,6 +462,7 @@ def _settle_of(el: Any) -> object:
 
 # bound once: a module global is one dict lookup, ``V.PRICE_MIN`` two
 _PMIN, _PMAX, _RMAX = V.PRICE_MIN, V.PRICE_MAX, V.RATE_MAX
+_PAST_S, _FUTURE_S = V.PAST_S, V.FUTURE_S
 
 
 def _settles(frame: str | bytes) -> dict[str, str | None]:
@@ -479,8 +480,14 @@ def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
         s = m.s
         if instruments and s not in instruments:
             return []
+        clock = ctx.clock  # ctx.time_bounds() inline: the most frequent frame saves the call
+        if clock is None:
+            tb = V.STATIC_BOUNDS
+        else:
+            now = clock()
+            tb = (now - _PAST_S, now + _FUTURE_S)
         # a delivery symbol (rare): its estimated settle price P
-        return [_mark_fast(m, ctx.time_bounds(), _settles(frame).get(s) if "_" in s else None)]
+        return [_mark_fast(m, tb, _settles(frame).get(s) if "_" in s else None)]
     if td is _ForceEvent:
         liq = _force_fast(decoded, ctx.instruments, ctx.time_bounds())  # type: ignore[arg-type]
         return [liq] if liq is not None else []
