@@ -513,7 +513,7 @@ class MarketState:
             st.oi_at = now
             if now >= st.oi_sample_due:
                 self._sampler.open_interest(st, now)
-        if now >= st.anchor_sample_due:
+        if now >= st.anchor_sample_due and st.funding_rate is not None:  # no rate yet: no sample to take
             self._sampler.anchor(st, now)
 
     def _apply_future(self, u: MarketUpdate, now: float) -> None:

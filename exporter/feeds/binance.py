@@ -480,14 +480,37 @@ def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
         s = m.s
         if instruments and s not in instruments:
             return []
-        clock = ctx.clock  # ctx.time_bounds() inline: the most frequent frame saves the call
+        clock = ctx.clock  # ctx.time_bounds() inline
         if clock is None:
-            tb = V.STATIC_BOUNDS
+            lo, hi = V.STATIC_BOUNDS
         else:
             now = clock()
-            tb = (now - _PAST_S, now + _FUTURE_S)
-        # a delivery symbol (rare): its estimated settle price P
-        return [_mark_fast(m, tb, _settles(frame).get(s) if "_" in s else None)]
+            lo, hi = now - _PAST_S, now + _FUTURE_S
+        if not s or "_" in s:  # empty (named there) or a delivery symbol (its settle price P)
+            return [_mark_fast(m, (lo, hi), _settles(frame).get(s) if s else None)]
+        # _mark_fast inline for a perpetual, the most frequent frame of all: the same checks; a value
+        # it does not take raises, and the strict path parses the frame again and names it
+        a = _ABSENT
+        mark = m.p
+        index: float | None = m.i
+        if index is a:
+            index = None
+        elif not _PMIN <= index <= _PMAX:  # type: ignore[operator]
+            raise ParseError("a value out of its domain")
+        r = m.r
+        rate = float(r) if r else None  # ValueError: the strict path names the field
+        t = m.T
+        nft = t / 1000.0 if t is not a and t else None
+        e = m.E
+        et = e / 1000.0 if e is not a else None
+        if not (
+            _PMIN <= mark <= _PMAX
+            and (rate is None or -_RMAX <= rate <= _RMAX)
+            and (nft is None or lo <= nft <= hi)
+            and (et is None or lo <= et <= hi)
+        ):
+            raise ParseError("a value out of its domain")
+        return [MarketUpdate(EX, s, et, mark, index, rate, nft)]
     if td is _ForceEvent:
         liq = _force_fast(decoded, ctx.instruments, ctx.time_bounds())  # type: ignore[arg-type]
         return [liq] if liq is not None else []
