@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import platform
 import threading
 from collections.abc import Iterable
@@ -377,3 +378,60 @@ def test_cross_label_sets_are_reused_at_any_market_size_and_dropped_with_their_b
     collector.families([])
     collector.families([])
     assert len(collector._labels) < 200
+
+
+class _GcProbe:
+    """A collector that records whether the cyclic collector runs while the registry renders it,
+    and can hold its render open until told to finish."""
+
+    def __init__(self) -> None:
+        self.seen: list[bool] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+
+    def collect(self) -> Iterable[Metric]:
+        self.seen.append(gc.isenabled())
+        self.entered.set()
+        assert self.release.wait(30)
+        yield GaugeMetricFamily("probe_value", "probe", value=1.0)
+
+
+def test_the_garbage_collector_pauses_for_a_render_and_comes_back_after_the_last(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _clock, state = populated()
+    reg = build_registry(Config(), state, process=False)
+    probe = _GcProbe()
+    reg.register(probe)
+    assert gc.isenabled()
+    reg.render()
+    assert probe.seen == [False] and gc.isenabled()
+    # two renders overlapping (the /metrics and /api/state threads): on again only after both
+    probe.release.clear()
+    slow = threading.Thread(target=reg.render)
+    slow.start()
+    assert probe.entered.wait(30)
+    other = build_registry(Config(), state, process=False)
+    other.render()
+    assert not gc.isenabled()  # the first render is still running
+    probe.release.set()
+    slow.join(30)
+    assert gc.isenabled()
+    # a render that fails does not leave the collector off; one turned off before stays off
+    import exporter.metrics as metrics
+
+    def broken(*_args: object) -> bytes:
+        raise RuntimeError("renderer failed")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(metrics, "render", broken)
+        with pytest.raises(RuntimeError):
+            reg.render()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        reg.render()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -8,8 +8,10 @@ can take the fast path for ours and the generic one for the others.
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
@@ -25,6 +27,35 @@ from exporter.state import MarketState
 from exporter.views import MarketViews, RenderErrors
 
 __all__ = ["ExporterRegistry", "build_registry"]
+
+
+_gc_lock = threading.Lock()
+_gc_renders = 0  # renders in progress (the /metrics and /api/state threads may overlap)
+_gc_was_enabled = True
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a render runs, back on (if it was) after the last one.
+
+    A render allocates ~100,000 short-lived, acyclic objects per 2,000 instruments (tuples, lists,
+    strings) that reference counting frees; each 700 allocations started a young collection, and
+    promotions full ones. Off, the steady render's CPU at 8,000 instruments went 457-470 -> 388-391 ms
+    and the first (warm-up) render's 1.34-1.42 -> 0.96-1.02 s (bench state, gc.freeze() as the
+    exporter). Collection is only deferred: the next allocation after the render runs it if due."""
+    global _gc_renders, _gc_was_enabled
+    with _gc_lock:
+        if _gc_renders == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_renders += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_renders -= 1
+            if _gc_renders == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 class ExporterRegistry(CollectorRegistry):
@@ -57,7 +88,7 @@ class ExporterRegistry(CollectorRegistry):
 
     def render(self, openmetrics: bool = False, names: set[str] | None = None) -> bytes:
         """The whole registry (or the families named in ``names``) in the text format 0.0.4, or OpenMetrics 1.0.0."""
-        with self.views.scrape():
+        with collector_paused(), self.views.scrape():
             return render(self.collectors(), openmetrics, names, self.views.errors)
 
 
