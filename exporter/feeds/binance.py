@@ -463,6 +463,7 @@ def _settle_of(el: Any) -> object:
 # bound once: a module global is one dict lookup, ``V.PRICE_MIN`` two
 _PMIN, _PMAX, _RMAX = V.PRICE_MIN, V.PRICE_MAX, V.RATE_MAX
 _PAST_S, _FUTURE_S = V.PAST_S, V.FUTURE_S
+_QMAX, _UMAX = V.QTY_MAX, V.USD_MAX
 
 
 def _settles(frame: str | bytes) -> dict[str, str | None]:
@@ -512,7 +513,7 @@ def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
             raise ParseError("a value out of its domain")
         return [MarketUpdate(EX, s, et, mark, index, rate, nft)]
     if td is _ForceEvent:
-        liq = _force_fast(decoded, ctx.instruments, ctx.time_bounds())  # type: ignore[arg-type]
+        liq = _force_fast(decoded, ctx)  # type: ignore[arg-type]
         return [liq] if liq is not None else []
     data: list[_FastMark] = decoded  # type: ignore[assignment]
     out: list[Record] = []
@@ -585,11 +586,10 @@ def _mark_fast(m: _FastMark, tb: tuple[float, float], settle: object = None) -> 
     return u
 
 
-def _force_fast(
-    ev: _ForceEvent, instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float]
-) -> Liquidation | None:
+def _force_fast(ev: _ForceEvent, ctx: FeedContext) -> Liquidation | None:
     """:func:`_force_order` on the typed event, the same rules inline. Any doubt raises, and the
     strict path parses the frame again and names the field."""
+    instruments = ctx.instruments
     o = ev.o
     sym = o.s
     info = instruments.get(sym)
@@ -616,12 +616,13 @@ def _force_fast(
         if t is _ABSENT:
             raise ParseError("no time")
     at = t / 1000.0
-    if not (
-        0.0 < qty <= V.QTY_MAX
-        and V.PRICE_MIN <= price <= V.PRICE_MAX
-        and 0.0 <= usd <= V.USD_MAX
-        and tb[0] <= at <= tb[1]
-    ):
+    clock = ctx.clock  # ctx.time_bounds() inline
+    if clock is None:
+        lo, hi = V.STATIC_BOUNDS
+    else:
+        now = clock()
+        lo, hi = now - _PAST_S, now + _FUTURE_S
+    if not (0.0 < qty <= _QMAX and _PMIN <= price <= _PMAX and 0.0 <= usd <= _UMAX and lo <= at <= hi):
         raise ParseError("a value out of its domain")
     if quote not in USD_QUOTES:
         return None

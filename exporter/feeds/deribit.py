@@ -290,18 +290,9 @@ class _Ticker(msgspec.Struct, gc=False):
     open_interest: float | None = None
 
 
-class _Params(msgspec.Struct, gc=False):
-    channel: str
-    data: msgspec.Raw
-
-
-class _Notification(msgspec.Struct, gc=False):
-    method: str
-    params: _Params
-
-
-_decode_notification = msgspec.json.Decoder(_Notification).decode
-_decode_ticker = msgspec.json.Decoder(_Ticker).decode
+# bound once: a module global is one dict lookup, ``V.PRICE_MIN`` two
+_PMIN, _PMAX, _QMAX, _UMAX = V.PRICE_MIN, V.PRICE_MAX, V.QTY_MAX, V.USD_MAX
+_PAST_S, _FUTURE_S = V.PAST_S, V.FUTURE_S
 
 
 def _ticker(t: _Ticker, instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float]) -> list[Record]:
@@ -373,67 +364,44 @@ class _Trade(msgspec.Struct, gc=False):
     liquidation: str | None = None
 
 
-# A frame that names a liquidation is decoded once, trades and all (a ticker is an object, a trade
-# batch an array: told apart while decoding); the others keep the batch raw and never decode it.
-class _LiqParams(msgspec.Struct, gc=False):
+# One decoding of the whole notification: a ticker is an object, a trade batch an array (told apart
+# while decoding). A batch's trades decode into a few fields each, about what searching the frame for
+# a liquidation flag cost, and a batch that holds one is not decoded twice.
+class _Params(msgspec.Struct, gc=False):
     channel: str
     data: _Ticker | list[_Trade]
 
 
-class _LiqNotification(msgspec.Struct, gc=False):
+class _Notification(msgspec.Struct, gc=False):
     method: str
-    params: _LiqParams
+    params: _Params
 
 
-_decode_liq_notification = msgspec.json.Decoder(_LiqNotification).decode
-# A ticker (the frequent, long frame) starts so: compared at its head, it is never searched for a
-# liquidation. Another key order only costs the search.
-_TICKER_HEAD = b'{"jsonrpc":"2.0","method":"subscription","params":{"channel":"ticker.'
-_TICKER_HEAD_STR = _TICKER_HEAD.decode()
+_decode_notification = msgspec.json.Decoder(_Notification).decode
 
 
 def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
-    if isinstance(frame, bytes):
-        liquidates = not frame.startswith(_TICKER_HEAD) and b'"liquidation"' in frame
-    else:
-        liquidates = not frame.startswith(_TICKER_HEAD_STR) and '"liquidation"' in frame
-    if liquidates:
-        ln = _decode_liq_notification(frame)
-        if ln.method != "subscription":
-            return None
-        channel = ln.params.channel
-        data = ln.params.data
-        if type(data) is _Ticker:
-            return _ticker(data, ctx.instruments, ctx.time_bounds()) if channel.startswith("ticker.") else None
-        if not channel.startswith("trades."):
-            return None
-        out: list[Record] = []
-        instruments = ctx.instruments
-        tb = ctx.time_bounds()
-        for t in data:  # type: ignore[union-attr]
-            if t.liquidation is not None:
-                _trade_fast(t, instruments, tb, out)
-        return out
     n = _decode_notification(frame)
     if n.method != "subscription":
         return None
-    channel = n.params.channel
-    if channel.startswith("ticker."):
-        return _ticker(_decode_ticker(n.params.data), ctx.instruments, ctx.time_bounds())
-    if channel.startswith("trades."):
-        # no trade of the batch liquidated anybody: the frame was checked as JSON while decoding,
-        # only the batch's shape is left to check
-        if memoryview(n.params.data)[:1] != b"[":
-            return None
-        return []
-    return None
+    p = n.params
+    channel = p.channel
+    data = p.data
+    if type(data) is _Ticker:
+        return _ticker(data, ctx.instruments, ctx.time_bounds()) if channel.startswith("ticker.") else None
+    if not channel.startswith("trades."):
+        return None
+    out: list[Record] = []
+    for t in data:  # type: ignore[union-attr]
+        if t.liquidation is not None:
+            _trade_fast(t, ctx, out)
+    return out
 
 
-def _trade_fast(
-    t: _Trade, instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float], out: list[Record]
-) -> None:
+def _trade_fast(t: _Trade, ctx: FeedContext, out: list[Record]) -> None:
     """:func:`_trade` on a typed trade, the same rules inline; any doubt raises and the strict path
     parses the frame again (rejecting the bad trade alone)."""
+    instruments = ctx.instruments
     inst = t.instrument_name
     info = instruments.get(inst)
     if info is None:
@@ -447,14 +415,20 @@ def _trade_fast(
     sides = _LIQUIDATED[(t.liquidation, t.direction)]  # type: ignore[index]  # KeyError: unknown flag
     price = t.price
     amount = t.amount
-    if not V.PRICE_MIN <= price <= V.PRICE_MAX:  # before dividing by it
+    if not _PMIN <= price <= _PMAX:  # before dividing by it
         raise ParseError("price out of its domain")
     if inverse:
         qty, usd = amount / price, amount  # amount counts USD
     else:
         qty, usd = amount, amount * price
     when = t.timestamp / 1000.0
-    if not (0.0 < qty <= V.QTY_MAX and 0.0 <= usd <= V.USD_MAX and tb[0] <= when <= tb[1]):
+    clock = ctx.clock  # ctx.time_bounds() inline
+    if clock is None:
+        lo, hi = V.STATIC_BOUNDS
+    else:
+        now = clock()
+        lo, hi = now - _PAST_S, now + _FUTURE_S
+    if not (0.0 < qty <= _QMAX and 0.0 <= usd <= _UMAX and lo <= when <= hi):
         raise ParseError("a value out of its domain")
     for side in sides:
         out.append(Liquidation(EX, inst, when, side, price, qty, usd))

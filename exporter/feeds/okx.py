@@ -414,6 +414,8 @@ class _PriceRow(msgspec.Struct, gc=False):
 # names it. A type that cannot be converted ("" , "null", a JSON null, true) fails the decoding, and
 # the strict path (string rows) handles the frame.
 _ABSENT = float("nan")
+# bound once: a module global is one dict lookup, ``V.RATE_MAX`` two
+_RMAX, _IMIN, _IMAX = V.RATE_MAX, V.INTERVAL_MIN, V.INTERVAL_MAX
 
 
 class _FastRow(msgspec.Struct, gc=False):
@@ -524,66 +526,74 @@ class _Invalid(ValueError):
 
 
 def _funding_fast(r: _FastRow, out: list[Record], tb: tuple[float, float]) -> None:
-    """:func:`_funding` on a typed row, the domain checks inline; any value it does not take raises,
-    and the strict path names it."""
+    """:func:`_funding` on a typed row, the domain checks inline, each value once; any value it does
+    not take raises, and the strict path names it. An absent field is the _ABSENT object (identity);
+    NaN and the infinities fail the chained comparisons."""
     inst = r.instId
     if not inst:
         raise _Invalid
     lo, hi = tb
-    rmax = V.RATE_MAX
+    rm = _RMAX
     a = _ABSENT
     v = r.fundingTime
-    t_set = None if v is a else v / 1000.0
+    t_set = None
+    if v is not a:
+        t_set = v / 1000.0
+        if not lo <= t_set <= hi:
+            raise _Invalid
     v = r.nextFundingTime
-    t_next = None if v is a else v / 1000.0
+    t_next = None
+    if v is not a:
+        t_next = v / 1000.0
+        if not lo <= t_next <= hi:
+            raise _Invalid
     v = r.prevFundingTime
-    t_prev = None if v is a else v / 1000.0
+    t_prev = None
+    if v is not a:
+        t_prev = v / 1000.0
+        if not lo <= t_prev <= hi:
+            raise _Invalid
     v = r.ts
-    et = None if v is a else v / 1000.0
-    v = r.fundingRate
-    rate = None if v is a else v
-    v = r.maxFundingRate
-    cap = None if v is a else v
-    v = r.minFundingRate
-    floor = None if v is a else v
-    v = r.premium
-    premium = None if v is a else v
-    v = r.settFundingRate
-    sett = None if v is a else v
-    # a None passes (absent); NaN and the infinities fail the chained comparisons
-    if not (
-        (t_set is None or lo <= t_set <= hi)
-        and (t_next is None or lo <= t_next <= hi)
-        and (t_prev is None or lo <= t_prev <= hi)
-        and (et is None or lo <= et <= hi)
-        and (rate is None or -rmax <= rate <= rmax)
-        and (cap is None or -rmax <= cap <= rmax)
-        and (floor is None or -rmax <= floor <= rmax)
-        and (premium is None or -rmax <= premium <= rmax)
-        and (sett is None or -rmax <= sett <= rmax)
-    ):
+    et = None
+    if v is not a:
+        et = v / 1000.0
+        if not lo <= et <= hi:
+            raise _Invalid
+    rate: float | None = r.fundingRate
+    if rate is a:
+        rate = None
+    elif not -rm <= rate <= rm:  # type: ignore[operator]
+        raise _Invalid
+    cap: float | None = r.maxFundingRate
+    if cap is a:
+        cap = None
+    elif not -rm <= cap <= rm:  # type: ignore[operator]
+        raise _Invalid
+    floor: float | None = r.minFundingRate
+    if floor is a:
+        floor = None
+    elif not -rm <= floor <= rm:  # type: ignore[operator]
+        raise _Invalid
+    premium: float | None = r.premium
+    if premium is a:
+        premium = None
+    elif not -rm <= premium <= rm:  # type: ignore[operator]
+        raise _Invalid
+    sett: float | None = r.settFundingRate
+    if sett is a:
+        sett = None
+    elif not -rm <= sett <= rm:  # type: ignore[operator]
         raise _Invalid
     interval = None
     if t_set is not None and t_next is not None and t_next > t_set:
         interval = t_next - t_set
     elif t_set is not None and t_prev is not None and t_set > t_prev:
         interval = t_set - t_prev
-    if interval is not None and not V.INTERVAL_MIN <= interval <= V.INTERVAL_MAX:
+    if interval is not None and not _IMIN <= interval <= _IMAX:
         raise _Invalid
-    out.append(
-        MarketUpdate(
-            EX,
-            inst,
-            event_time=et,
-            funding_rate=rate,
-            next_funding_time=t_set,
-            funding_interval_s=interval,
-            funding_cap=cap,
-            funding_floor=floor,
-            premium=premium,
-        )
-    )
-    if sett is not None and r.settState == "settled" and t_prev is not None:
+    # positional (fastest): the field order is pinned by a test (tests/test_feeds_deribit.py)
+    out.append(MarketUpdate(EX, inst, et, None, None, rate, t_set, interval, cap, floor, None, premium))
+    if sett is not None and t_prev is not None and r.settState == "settled":
         out.append(FundingSettlement(EX, inst, t_prev, sett, interval))
 
 
