@@ -416,25 +416,29 @@ class _PriceRow(msgspec.Struct, gc=False):
 _ABSENT = float("nan")
 # bound once: a module global is one dict lookup, ``V.RATE_MAX`` two
 _RMAX, _IMIN, _IMAX = V.RATE_MAX, V.INTERVAL_MIN, V.INTERVAL_MAX
+_QMAX, _UMAX = V.QTY_MAX, V.USD_MAX
 
 
-class _FastRow(msgspec.Struct, gc=False):
-    instId: str
-    ts: float = _ABSENT
-    markPx: float = _ABSENT
+# Fields in alphabetical order, the order of the recorded mark-price, open-interest and funding-rate
+# rows: msgspec tries the field after the last one matched first (funding rows decode ~5 % faster).
+# kw_only: the required instId may sit among the optional fields.
+class _FastRow(msgspec.Struct, gc=False, kw_only=True):
+    fundingRate: float = _ABSENT
+    fundingTime: float = _ABSENT
     idxPx: float = _ABSENT
+    instId: str
+    markPx: float = _ABSENT
+    maxFundingRate: float = _ABSENT
+    minFundingRate: float = _ABSENT
+    nextFundingTime: float = _ABSENT
     oi: float = _ABSENT
     oiCcy: float = _ABSENT
     oiUsd: float = _ABSENT
-    fundingRate: float = _ABSENT
-    fundingTime: float = _ABSENT
-    nextFundingTime: float = _ABSENT
-    prevFundingTime: float = _ABSENT
-    maxFundingRate: float = _ABSENT
-    minFundingRate: float = _ABSENT
     premium: float = _ABSENT
+    prevFundingTime: float = _ABSENT
     settFundingRate: float = _ABSENT
     settState: str | None = None
+    ts: float = _ABSENT
 
 
 class _FastPush(msgspec.Struct, gc=False):
@@ -610,14 +614,14 @@ def _open_interest_fast(
     coin = None if v is a else v
     v = r.oiUsd
     usd = None if v is a else v
-    qmax = V.QTY_MAX
-    if not (0.0 <= oi <= qmax and (coin is None or 0.0 <= coin <= qmax) and (usd is None or 0.0 <= usd <= V.USD_MAX)):
+    qmax = _QMAX
+    if not (0.0 <= oi <= qmax and (coin is None or 0.0 <= coin <= qmax) and (usd is None or 0.0 <= usd <= _UMAX)):
         raise _Invalid
     info = instruments.get(inst)
     if info is not None and info.inverse:
         if usd is None:
             usd = oi * info.contract_size  # inverse contracts are worth a fixed number of USD
-            if not usd <= V.USD_MAX:
+            if not usd <= _UMAX:
                 raise _Invalid
     elif coin is None:
         if info is None:
@@ -631,7 +635,8 @@ def _open_interest_fast(
         et = v / 1000.0
         if not tb[0] <= et <= tb[1]:
             raise _Invalid
-    return MarketUpdate(EX, inst, et, open_interest_base=coin, open_interest_usd=usd)
+    # positional (fastest): the field order is pinned by a test (tests/test_feeds_deribit.py)
+    return MarketUpdate(EX, inst, et, None, None, None, None, None, None, None, None, None, coin, usd)
 
 
 def _open_interest(r: _PriceRow, instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float]) -> MarketUpdate:
