@@ -406,11 +406,10 @@ class MarketState:
 
     def apply_many(self, records: Iterable[Record], received_at: float | None = None) -> None:
         now = self.clock() if received_at is None else received_at
-        apply_market = self._apply_market
-        for r in records:
+        for r in records:  # most frames hold one record: no method bound ahead of the loop
             t = type(r)
             if t is MarketUpdate:  # the hot paths: skip the isinstance chain of apply()
-                apply_market(r, now)  # type: ignore[arg-type]
+                self._apply_market(r, now)  # type: ignore[arg-type]
             elif t is Liquidation:
                 self._apply_liquidation(r, now)  # type: ignore[arg-type]
             elif t is FundingSettlement:  # OKX repeats the last settlement in every funding push
