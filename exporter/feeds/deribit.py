@@ -281,13 +281,15 @@ def _result(body: bytes, what: str) -> Any:
 # ticker) runs and names the problem.
 
 
-class _Ticker(msgspec.Struct, gc=False):
-    instrument_name: str
+# Fields in the order Deribit sends them (the recorded frames'): msgspec tries the field after the
+# last one matched first. kw_only: required and optional fields may mix.
+class _Ticker(msgspec.Struct, gc=False, kw_only=True):
     timestamp: int
-    mark_price: float
     index_price: float | None = None
-    funding_8h: float | None = None
+    instrument_name: str
     open_interest: float | None = None
+    mark_price: float
+    funding_8h: float | None = None
 
 
 # bound once: a module global is one dict lookup, ``V.PRICE_MIN`` two
@@ -353,15 +355,16 @@ def _ticker(t: _Ticker, instruments: Mapping[str, InstrumentInfo], tb: tuple[flo
     ]
 
 
-class _Trade(msgspec.Struct, gc=False):
-    """One trade, the fields a liquidation needs (JSON numbers; a string fails the decoding)."""
+class _Trade(msgspec.Struct, gc=False, kw_only=True):
+    """One trade, the fields a liquidation needs (JSON numbers; a string fails the decoding), in the
+    order Deribit sends them."""
 
+    timestamp: int
+    price: float
+    liquidation: str | None = None
     instrument_name: str
     direction: str
-    price: float
     amount: float
-    timestamp: int
-    liquidation: str | None = None
 
 
 # One decoding of the whole notification: a ticker is an object, a trade batch an array (told apart
