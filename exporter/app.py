@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import time
@@ -554,42 +555,68 @@ class Exporter:
     async def _backfill_history(self, rt: ExchangeRuntime) -> None:
         """The factor signals' past (docs/history.md): 1-minute mark closes for the realised volatility
         and 5-minute open interest for its change, so both are right on the first scrape; where open
-        interest is polled (Binance) its current value too. Paced by the exchange's budget like all REST."""
+        interest is polled (Binance) its current value too. Paced by the exchange's budget like all REST.
+
+        Marks and open interest are two independent passes: they are paced in different buckets
+        (Binance's open-interest history shares `futures_data` with the long/short poller and takes
+        far longer at scale), so the volatility of every instrument does not wait for it."""
         now = self.clock.time()
         longest_vol = max(factors.VOLATILITY_WINDOWS.values())
         mark_start = now // 60.0 * 60.0 - longest_vol - 2 * 60.0  # the window's first close and one more
         oi_start = now - max(factors.OI_CHANGE_WINDOWS.values()) - OI_HISTORY_STEP_S - 600.0
         rest = rt.rest
-        sem = asyncio.Semaphore(BACKFILL_CONCURRENCY)
-        failed: list[str] = []
+        failed: dict[str, list[str]] = {"mark candles": [], "open-interest history": []}
 
-        async def one(info: InstrumentInfo) -> None:
-            closes: tuple[tuple[float, float], ...] = ()
-            oi: tuple[tuple[float, float], ...] = ()
+        async def marks(info: InstrumentInfo, sem: asyncio.Semaphore) -> None:
             async with sem:
                 try:
-                    if "mark" in rest.candle_kinds:
-                        candles = await rest.price_candles("mark", info.instrument, 60, mark_start, now)
-                        closes = tuple((c.open_time, c.close) for c in candles)
-                    if rest.has_open_interest_history:
-                        points = await rest.open_interest_history(info.instrument, OI_HISTORY_STEP_S, oi_start, now)
-                        oi = tuple((p.time, p.open_interest_usd) for p in points)
+                    candles = await rest.price_candles("mark", info.instrument, 60, mark_start, now)
                     if rest.polls_open_interest:
-                        self.sink.apply_many(await rest.open_interest(info.instrument))
+                        updates = await rest.open_interest(info.instrument)
+                        st = self.state.instruments.get((rt.exchange, info.instrument))
+                        if st is not None and st.mark_price is None and candles:
+                            # no mark from the stream yet to convert the coin figure: the candle in
+                            # progress closes at the latest mark (the next poll converts with the stream's)
+                            px = candles[-1].close
+                            updates = [
+                                dataclasses.replace(u, open_interest_usd=u.open_interest_base * px)
+                                if u.open_interest_base is not None and u.open_interest_usd is None
+                                else u
+                                for u in updates
+                            ]
+                        self.sink.apply_many(updates)
                 except RestError as exc:
-                    failed.append(info.instrument)
-                    log.debug("%s %s: history backfill failed: %s", rt.exchange, info.instrument, exc)
-                if closes or oi:
-                    self.sink.apply(HistoryBackfill(rt.exchange, info.instrument, closes, oi))
+                    failed["mark candles"].append(info.instrument)
+                    log.debug("%s %s: mark history backfill failed: %s", rt.exchange, info.instrument, exc)
+                    return
+            closes = tuple((c.open_time, c.close) for c in candles)
+            if closes:
+                self.sink.apply(HistoryBackfill(rt.exchange, info.instrument, mark_closes=closes))
 
-        await asyncio.gather(*(one(i) for i in rt.instruments))
-        if failed:
-            log.warning(
-                "%s: price/open-interest history backfill failed for %d instrument(s): %s",
-                rt.exchange,
-                len(failed),
-                ", ".join(failed[:10]),
-            )
+        async def open_interest(info: InstrumentInfo, sem: asyncio.Semaphore) -> None:
+            async with sem:
+                try:
+                    points = await rest.open_interest_history(info.instrument, OI_HISTORY_STEP_S, oi_start, now)
+                except RestError as exc:
+                    failed["open-interest history"].append(info.instrument)
+                    log.debug("%s %s: open-interest history backfill failed: %s", rt.exchange, info.instrument, exc)
+                    return
+            oi = tuple((p.time, p.open_interest_usd) for p in points)
+            if oi:
+                self.sink.apply(HistoryBackfill(rt.exchange, info.instrument, open_interest=oi))
+
+        jobs: list[Awaitable[None]] = []
+        if "mark" in rest.candle_kinds or rest.polls_open_interest:
+            sem_m = asyncio.Semaphore(BACKFILL_CONCURRENCY)
+            jobs.extend(marks(i, sem_m) for i in rt.instruments)
+        if rest.has_open_interest_history:
+            sem_o = asyncio.Semaphore(BACKFILL_CONCURRENCY)
+            jobs.extend(open_interest(i, sem_o) for i in rt.instruments)
+        await asyncio.gather(*jobs)
+        for what, names in failed.items():
+            if names:
+                shown = ", ".join(names[:10])
+                log.warning("%s: %s backfill failed for %d instrument(s): %s", rt.exchange, what, len(names), shown)
 
     # ---- pollers -----------------------------------------------------------------------------
 
