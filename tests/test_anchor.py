@@ -371,3 +371,28 @@ def test_running_sums_without_spread_show_no_slope() -> None:
         level, diff = cache.anchors("k", h, T0 + 60.0 * k - 3600.0)
         if k >= 120:  # every sample with spread has left
             assert level is None and diff is None, k
+
+
+def test_a_non_finite_sample_leaves_the_running_sums_with_the_window() -> None:
+    """A NaN or infinite sample makes the slopes non-finite while it is inside the window (the views
+    then leave the series out and count it); once it has left, both slopes are polyfit's again."""
+
+    class Holder:
+        anchor_samples = Window(3, 2000, 3600.0 + 60.0)
+
+    h = Holder()
+    cache = fa.WindowCache()
+    rng = np.random.default_rng(14)
+    window = 3600.0
+    for k in range(200):
+        x = float(rng.normal(0, 4e-4))
+        y = float("nan") if k == 50 else (float("inf") if k == 70 else 0.4 * x + float(rng.normal(0, 1e-5)))
+        h.anchor_samples.append((T0 + 60.0 * k, y, x))
+        start = T0 + 60.0 * k - window
+        level, diff = cache.anchors("k", h, start)
+        rows = list(h.anchor_samples)
+        if k >= 70 + 60:  # both bad samples have left the window (start = the 70th sample's time)
+            assert level == pytest.approx(_polyfit_of_levels(rows, start), rel=1e-9), k
+            assert diff == pytest.approx(_polyfit_of_differences(rows, start, 300.0), rel=1e-9), k
+        elif k >= 60:
+            assert level is not None and not np.isfinite(level), k

@@ -268,7 +268,12 @@ class _Sums:
             return STALE
         if sxx_c <= 0.0:
             return None
-        return (self.sxy - self.sx * self.sy / n) / sxx_c
+        slope = (self.sxy - self.sx * self.sy / n) / sxx_c
+        if not exact and not math.isfinite(slope):
+            # A non-finite sample stays in running sums after it left the window (NaN - NaN is NaN):
+            # recompute from the window as it is now.
+            return STALE
+        return slope
 
 
 class _Stale:
