@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import gc
 import logging
 import time
@@ -578,12 +577,9 @@ class Exporter:
                             # no mark from the stream yet to convert the coin figure: the candle in
                             # progress closes at the latest mark (the next poll converts with the stream's)
                             px = candles[-1].close
-                            updates = [
-                                dataclasses.replace(u, open_interest_usd=u.open_interest_base * px)
-                                if u.open_interest_base is not None and u.open_interest_usd is None
-                                else u
-                                for u in updates
-                            ]
+                            for u in updates:
+                                if u.open_interest_base is not None and u.open_interest_usd is None:
+                                    u.open_interest_usd = u.open_interest_base * px
                         self.sink.apply_many(updates)
                 except RestError as exc:
                     failed["mark candles"].append(info.instrument)
