@@ -565,13 +565,14 @@ class MarketState:
         side = liq.side
         st.liq_count[side] += 1
         st.liq_notional_usd[side] += usd
+        rec = (at, side, usd)
         recent = st.liq_recent
-        recent.append((at, side, usd))
+        recent.append(rec)
         horizon = now - LIQ_FLOW_WINDOW_SECONDS
         if recent[0][0] < horizon:  # not empty: one was just appended
             while recent and recent[0][0] < horizon:
                 recent.popleft()
-        self._liquidation_events.observe(st, at, usd, now)
+        self._liquidation_events.observe(st, rec, now)
 
     # ---- reading helpers (pure, used by collectors and /api/state) ----------------------------
 

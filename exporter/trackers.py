@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from exporter.model import EIGHT_HOURS, Exchange
+from exporter.model import EIGHT_HOURS, Exchange, Side
 
 if TYPE_CHECKING:  # the store imports the trackers; they only read its instrument records
     from exporter.state import InstrumentState
@@ -267,7 +267,8 @@ class BaseFlow:
     __slots__ = ("entries", "last_event", "total")
 
     def __init__(self) -> None:
-        self.entries: deque[tuple[float, float]] = deque()  # (time, usd) in arrival order
+        # (time, side, usd) in arrival order: the very tuples the instruments' hour of liquidations holds
+        self.entries: deque[tuple[float, Side, float]] = deque()
         self.total = 0.0
         self.last_event = 0.0
 
@@ -289,8 +290,9 @@ class LiquidationThreshold:
         self._log = log
         self._bases: dict[str, BaseFlow] = {}
 
-    def observe(self, st: InstrumentState, at: float, usd: float, now: float) -> None:
-        """A liquidation of ``usd`` at exchange time ``at``, received at ``now``."""
+    def observe(self, st: InstrumentState, liq: tuple[float, Side, float], now: float) -> None:
+        """A liquidation (exchange time, side, usd), received at ``now``."""
+        at, _, usd = liq
         flow = st.liq_flow
         if flow is None:  # the instrument's first liquidation: its base's flow, kept on it from now on
             base = st.info.base
@@ -302,13 +304,13 @@ class LiquidationThreshold:
         cutoff = now - window
         entries = flow.entries
         if at >= cutoff:  # one already older than the minute (a late arrival) never counts
-            entries.append((at, usd))
+            entries.append(liq)  # shared with the instrument's hour: no tuple of its own
             flow.total += usd
         if now - flow.last_event < window:
             # No event possible yet: leaving entries wait for the next look (at most one more window).
             return
         while entries and entries[0][0] < cutoff:
-            flow.total -= entries.popleft()[1]
+            flow.total -= entries.popleft()[2]
         if not entries:
             flow.total = 0.0  # drift stops here
             return
@@ -318,7 +320,7 @@ class LiquidationThreshold:
         # Rare (at most about once a minute per base): the exact sum decides, and resets the running
         # one; liquidations that arrived out of order and left the minute go now.
         fresh = deque(e for e in entries if e[0] >= cutoff)
-        total = sum(u for _, u in fresh)
+        total = sum(e[2] for e in fresh)
         flow.entries, flow.total = fresh, total
         if total >= limit:
             flow.last_event = now
