@@ -77,6 +77,10 @@ _LIQUIDATED: dict[tuple[str, str], tuple[Side, ...]] = {
     ("MT", "sell"): (Side.LONG, Side.SHORT),
     ("MT", "buy"): (Side.SHORT, Side.LONG),
 }
+# The same by flag, then direction (typed path): two lookups of the decoded strings, no key tuple built
+_LIQUIDATED_BY_FLAG: dict[str, dict[str, tuple[Side, ...]]] = {}
+for (_flag, _direction), _sides in _LIQUIDATED.items():
+    _LIQUIDATED_BY_FLAG.setdefault(_flag, {})[_direction] = _sides
 
 
 class DeribitFeed:
@@ -415,7 +419,7 @@ def _trade_fast(t: _Trade, ctx: FeedContext, out: list[Record]) -> None:
         inverse = is_inverse(inst, instruments)
     else:
         inverse = info.inverse
-    sides = _LIQUIDATED[(t.liquidation, t.direction)]  # type: ignore[index]  # KeyError: unknown flag
+    sides = _LIQUIDATED_BY_FLAG[t.liquidation][t.direction]  # type: ignore[index]  # KeyError: unknown flag
     price = t.price
     amount = t.amount
     if not _PMIN <= price <= _PMAX:  # before dividing by it
