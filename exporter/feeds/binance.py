@@ -513,8 +513,47 @@ def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
             raise ParseError("a value out of its domain")
         return [MarketUpdate(EX, s, et, mark, index, rate, nft)]
     if td is _ForceEvent:
-        liq = _force_fast(decoded, ctx)  # type: ignore[arg-type]
-        return [liq] if liq is not None else []
+        # :func:`_force_order` on the typed event, the same rules inline (no call a liquidation). Any
+        # doubt raises, and the strict path parses the frame again and names the field.
+        ev: _ForceEvent = decoded  # type: ignore[assignment]
+        instruments = ctx.instruments
+        o = ev.o
+        sym = o.s
+        info = instruments.get(sym)
+        if info is None:
+            if instruments or not sym:
+                if not sym:
+                    raise ParseError("field 'o.s' is empty")
+                return []
+            quote = base_of(EX, sym)[1]
+        else:
+            quote = info.quote
+        side = _LIQ_SIDE[o.S]  # KeyError on an unknown side: the strict path names it
+        # the filled quantity at the average price, else the order's own (see _force_order)
+        qty = o.z
+        if qty is _ABSENT or not qty:
+            qty = o.q
+        price = o.ap
+        if price is _ABSENT or not price:
+            price = o.p
+        usd = price * qty
+        t = o.T
+        if t is _ABSENT or not t:
+            t = ev.E
+            if t is _ABSENT:
+                raise ParseError("no time")
+        at = t / 1000.0
+        clock = ctx.clock  # ctx.time_bounds() inline
+        if clock is None:
+            lo, hi = V.STATIC_BOUNDS
+        else:
+            now = clock()
+            lo, hi = now - _PAST_S, now + _FUTURE_S
+        if not (0.0 < qty <= _QMAX and _PMIN <= price <= _PMAX and 0.0 <= usd <= _UMAX and lo <= at <= hi):
+            raise ParseError("a value out of its domain")
+        if quote not in USD_QUOTES:
+            return []  # no USD notional can be given for a coin-quoted symbol
+        return [Liquidation(EX, sym, at, side, price, qty, usd)]
     data: list[_FastMark] = decoded  # type: ignore[assignment]
     out: list[Record] = []
     append = out.append
@@ -584,49 +623,6 @@ def _mark_fast(m: _FastMark, tb: tuple[float, float], settle: object = None) -> 
             raise V.out_of_range("P", est, V.PRICE)
         u.settle_price_estimate = est
     return u
-
-
-def _force_fast(ev: _ForceEvent, ctx: FeedContext) -> Liquidation | None:
-    """:func:`_force_order` on the typed event, the same rules inline. Any doubt raises, and the
-    strict path parses the frame again and names the field."""
-    instruments = ctx.instruments
-    o = ev.o
-    sym = o.s
-    info = instruments.get(sym)
-    if info is None:
-        if instruments or not sym:
-            if not sym:
-                raise ParseError("field 'o.s' is empty")
-            return None
-        quote = base_of(EX, sym)[1]
-    else:
-        quote = info.quote
-    side = _LIQ_SIDE[o.S]  # KeyError on an unknown side: the strict path names it
-    # the filled quantity at the average price, else the order's own (see _force_order)
-    qty = o.z
-    if qty is _ABSENT or not qty:
-        qty = o.q
-    price = o.ap
-    if price is _ABSENT or not price:
-        price = o.p
-    usd = price * qty
-    t = o.T
-    if t is _ABSENT or not t:
-        t = ev.E
-        if t is _ABSENT:
-            raise ParseError("no time")
-    at = t / 1000.0
-    clock = ctx.clock  # ctx.time_bounds() inline
-    if clock is None:
-        lo, hi = V.STATIC_BOUNDS
-    else:
-        now = clock()
-        lo, hi = now - _PAST_S, now + _FUTURE_S
-    if not (0.0 < qty <= _QMAX and _PMIN <= price <= _PMAX and 0.0 <= usd <= _UMAX and lo <= at <= hi):
-        raise ParseError("a value out of its domain")
-    if quote not in USD_QUOTES:
-        return None
-    return Liquidation(EX, sym, at, side, price, qty, usd)
 
 
 def _force_order(

@@ -399,46 +399,45 @@ def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
     if not channel.startswith("trades."):
         return None
     out: list[Record] = []
-    for t in data:  # type: ignore[union-attr]
-        if t.liquidation is not None:
-            _trade_fast(t, ctx, out)
-    return out
-
-
-def _trade_fast(t: _Trade, ctx: FeedContext, out: list[Record]) -> None:
-    """:func:`_trade` on a typed trade, the same rules inline; any doubt raises and the strict path
-    parses the frame again (rejecting the bad trade alone)."""
     instruments = ctx.instruments
-    inst = t.instrument_name
-    info = instruments.get(inst)
-    if info is None:
-        if instruments or not inst:
-            if not inst:
-                raise ParseError("field 'instrument_name' is empty")
-            return
-        inverse = is_inverse(inst, instruments)
-    else:
-        inverse = info.inverse
-    sides = _LIQUIDATED_BY_FLAG[t.liquidation][t.direction]  # type: ignore[index]  # KeyError: unknown flag
-    price = t.price
-    amount = t.amount
-    if not _PMIN <= price <= _PMAX:  # before dividing by it
-        raise ParseError("price out of its domain")
-    if inverse:
-        qty, usd = amount / price, amount  # amount counts USD
-    else:
-        qty, usd = amount, amount * price
-    when = t.timestamp / 1000.0
-    clock = ctx.clock  # ctx.time_bounds() inline
-    if clock is None:
-        lo, hi = V.STATIC_BOUNDS
-    else:
-        now = clock()
-        lo, hi = now - _PAST_S, now + _FUTURE_S
-    if not (0.0 < qty <= _QMAX and 0.0 <= usd <= _UMAX and lo <= when <= hi):
-        raise ParseError("a value out of its domain")
-    for side in sides:
-        out.append(Liquidation(EX, inst, when, side, price, qty, usd))
+    bounds: tuple[float, float] | None = None
+    for t in data:  # type: ignore[union-attr]
+        if t.liquidation is None:
+            continue
+        # :func:`_trade` on a typed trade, the same rules inline (no call a trade); any doubt raises
+        # and the strict path parses the frame again (rejecting the bad trade alone)
+        inst = t.instrument_name
+        info = instruments.get(inst)
+        if info is None:
+            if instruments or not inst:
+                if not inst:
+                    raise ParseError("field 'instrument_name' is empty")
+                continue
+            inverse = is_inverse(inst, instruments)
+        else:
+            inverse = info.inverse
+        sides = _LIQUIDATED_BY_FLAG[t.liquidation][t.direction]  # KeyError: an unknown flag
+        price = t.price
+        amount = t.amount
+        if not _PMIN <= price <= _PMAX:  # before dividing by it
+            raise ParseError("price out of its domain")
+        if inverse:
+            qty, usd = amount / price, amount  # amount counts USD
+        else:
+            qty, usd = amount, amount * price
+        when = t.timestamp / 1000.0
+        if bounds is None:  # ctx.time_bounds() inline, once a frame
+            clock = ctx.clock
+            if clock is None:
+                bounds = V.STATIC_BOUNDS
+            else:
+                now = clock()
+                bounds = (now - _PAST_S, now + _FUTURE_S)
+        if not (0.0 < qty <= _QMAX and 0.0 <= usd <= _UMAX and bounds[0] <= when <= bounds[1]):
+            raise ParseError("a value out of its domain")
+        for side in sides:
+            out.append(Liquidation(EX, inst, when, side, price, qty, usd))
+    return out
 
 
 def _trades(rows: list[Any], instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float]) -> list[Record]:
