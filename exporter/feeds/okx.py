@@ -149,10 +149,49 @@ class OkxFeed:
                         out.append(MarketUpdate(EX, inst, t, None, x))  # positional: index_price
             return out
         if channel == "open-interest":
-            tb = ctx.time_bounds()
+            lo, hi = ctx.time_bounds()
+            a = _ABSENT
             for r in push.data:
-                if not instruments or r.instId in instruments:
-                    out.append(_open_interest_fast(r, instruments, tb))
+                inst = r.instId
+                if instruments and inst not in instruments:
+                    continue
+                # :func:`_open_interest` on a typed row, the checks inline (no call a row); what it
+                # does not take raises, and the strict path names it
+                oi = r.oi
+                if not inst or oi is a:
+                    raise _Invalid
+                coin: float | None = r.oiCcy
+                if coin is a:
+                    coin = None
+                elif not 0.0 <= coin <= _QMAX:  # type: ignore[operator]
+                    raise _Invalid
+                usd: float | None = r.oiUsd
+                if usd is a:
+                    usd = None
+                elif not 0.0 <= usd <= _UMAX:  # type: ignore[operator]
+                    raise _Invalid
+                if not 0.0 <= oi <= _QMAX:
+                    raise _Invalid
+                info = instruments.get(inst)
+                if info is not None and info.inverse:
+                    if usd is None:
+                        usd = oi * info.contract_size  # inverse contracts are worth a fixed number of USD
+                        if not usd <= _UMAX:
+                            raise _Invalid
+                elif coin is None:
+                    if info is None:
+                        raise _Invalid
+                    coin = oi * info.contract_size
+                    if not coin <= _QMAX:
+                        raise _Invalid
+                v = r.ts
+                et = None
+                if v is not a:
+                    et = v / 1000.0
+                    if not lo <= et <= hi:
+                        raise _Invalid
+                # positional (fastest): the field order is pinned by a test (tests/test_feeds_deribit.py)
+                out.append(MarketUpdate(EX, inst, et, None, None, None, None, None, None, None, None, None, coin, usd))
             return out
         if channel == "funding-rate":
             tb = ctx.time_bounds()
@@ -599,44 +638,6 @@ def _funding_fast(r: _FastRow, out: list[Record], tb: tuple[float, float]) -> No
     out.append(MarketUpdate(EX, inst, et, None, None, rate, t_set, interval, cap, floor, None, premium))
     if sett is not None and t_prev is not None and r.settState == "settled":
         out.append(FundingSettlement(EX, inst, t_prev, sett, interval))
-
-
-def _open_interest_fast(
-    r: _FastRow, instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float]
-) -> MarketUpdate:
-    """:func:`_open_interest` on a typed row, the checks inline; what it does not take raises."""
-    inst = r.instId
-    oi = r.oi
-    a = _ABSENT
-    if not inst or oi is a:
-        raise _Invalid
-    v = r.oiCcy
-    coin = None if v is a else v
-    v = r.oiUsd
-    usd = None if v is a else v
-    qmax = _QMAX
-    if not (0.0 <= oi <= qmax and (coin is None or 0.0 <= coin <= qmax) and (usd is None or 0.0 <= usd <= _UMAX)):
-        raise _Invalid
-    info = instruments.get(inst)
-    if info is not None and info.inverse:
-        if usd is None:
-            usd = oi * info.contract_size  # inverse contracts are worth a fixed number of USD
-            if not usd <= _UMAX:
-                raise _Invalid
-    elif coin is None:
-        if info is None:
-            raise _Invalid
-        coin = oi * info.contract_size
-        if not coin <= qmax:
-            raise _Invalid
-    v = r.ts
-    et = None
-    if v is not a:
-        et = v / 1000.0
-        if not tb[0] <= et <= tb[1]:
-            raise _Invalid
-    # positional (fastest): the field order is pinned by a test (tests/test_feeds_deribit.py)
-    return MarketUpdate(EX, inst, et, None, None, None, None, None, None, None, None, None, coin, usd)
 
 
 def _open_interest(r: _PriceRow, instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float]) -> MarketUpdate:
