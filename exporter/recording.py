@@ -144,6 +144,7 @@ class Recorder:
         self._wake = threading.Event()
         self._closing = False
         self._buf: list[bytes] = []  # encoded lines not yet handed to the compressor
+        self._heads: dict[tuple[str, str], bytes] = {}  # (exchange, stream) -> a frame line's fixed part
         self._buf_bytes = 0
         self._buf_lines = 0
         self.stats = RecordingStats()
@@ -275,8 +276,11 @@ class Recorder:
             raw = data.encode("utf-8") if isinstance(data, str) else data
             kind = "ws"
             if b"\n" not in raw:
-                head = orjson.dumps({"t": t, "ex": ex, "kind": kind, "src": src, "raw": True})
-                self._add(head[:-1] + b',"data":', raw, b"}\n")
+                rest = self._heads.get((ex, src))
+                if rest is None:  # the line's fixed part per exchange and stream, encoded once
+                    head = orjson.dumps({"ex": ex, "kind": kind, "src": src, "raw": True})
+                    rest = self._heads[(ex, src)] = b"," + head[1:-1] + b',"data":'
+                self._add(b'{"t":' + orjson.dumps(t) + rest, raw, b"}\n")
             else:
                 self._add(self._escaped(t, ex, kind, src, data, path, params))
         else:
