@@ -36,7 +36,16 @@ def _config(sim: Any) -> Config:
     for ex in Exchange:
         ws, rest = sim.urls(ex)
         exchanges[ex.value] = {"ws_url": ws, "rest_url": rest}
-    return Config.model_validate({"listen_address": "127.0.0.1:0", "exchanges": exchanges})
+    # a short z-score window and the whole published limit: the start-up backfill ahead of the
+    # anchor's candles takes a fraction of the default's time (the anchor window is the default 6 h)
+    return Config.model_validate(
+        {
+            "listen_address": "127.0.0.1:0",
+            "exchanges": exchanges,
+            "analytics": {"zscore_window_seconds": 4 * 86400.0},
+            "rest_budget": {"fraction": 1.0},
+        }
+    )
 
 
 async def _expected_rows(
