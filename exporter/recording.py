@@ -58,6 +58,7 @@ RestHook = Callable[[float, float, str, str, Any, bytes], None]
 RestFailureHook = Callable[[float, float, str, str, Any, str, "int | None"], None]
 Item = tuple[float, str, str, str, "str | bytes", "str | None", "Mapping[str, Any] | None"]
 CHUNK = 1 << 20  # lines are joined and handed to the compressor in chunks of about this many bytes
+BIG_PART = 1 << 14  # a part this large goes to the compressor alone, not joined with its neighbours
 
 
 def zstd_available() -> bool:
@@ -300,18 +301,29 @@ class Recorder:
             self._write_chunk()
 
     def _write_chunk(self) -> None:
-        """The buffered lines to the compressor in one call (it releases the GIL while it works)."""
+        """The buffered lines to the compressor (it releases the GIL while it works): runs of small
+        parts joined into one call, a large frame handed over as it is (joining it would copy it
+        once more for nothing: as costly as compressing it)."""
         if not self._buf:
             return
-        chunk = b"".join(self._buf)
+        parts = self._buf
         lines = self._buf_lines
-        self._buf.clear()
+        self._buf = []
         self._buf_bytes = self._buf_lines = 0
         if self._file is None:
             self.stats.dropped += lines
             return
         try:
-            self._file.write(chunk)
+            write = self._file.write
+            start = 0
+            for i, part in enumerate(parts):
+                if len(part) >= BIG_PART:
+                    if i > start:
+                        write(b"".join(parts[start:i]))
+                    write(part)
+                    start = i + 1
+            if start < len(parts):
+                write(b"".join(parts[start:]))
         except Exception:  # a full disk: these lines are lost, counted
             self.stats.dropped += lines
             log.exception("recording: write failed")
