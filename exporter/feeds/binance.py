@@ -443,15 +443,7 @@ def _mark(m: _Mark, tb: tuple[float, float], settle: object = None) -> MarketUpd
             raise V.out_of_range("E", et, V.TIMESTAMP)
     u = MarketUpdate(EX, m.s, et, mark, index, rate, nft)
     if settle is not None and settle != "":  # a delivery contract: its estimated settle price (term structure)
-        if type(settle) is not str:
-            raise ParseError(f"field 'P': expected a string, got {settle!r}")
-        try:
-            est = float(settle)
-        except ValueError:
-            raise ParseError(f"field 'P': not a number: {settle!r}") from None
-        if not V.PRICE_MIN <= est <= V.PRICE_MAX:
-            raise V.out_of_range("P", est, V.PRICE)
-        u.settle_price_estimate = est
+        u.settle_price_estimate = _settle_estimate(settle)
     return u
 
 
@@ -613,15 +605,7 @@ def _mark_fast(m: _FastMark, tb: tuple[float, float], settle: object = None) -> 
             raise V.out_of_range("E", et, V.TIMESTAMP)
     u = MarketUpdate(EX, s, et, mark, index, rate, nft)
     if settle is not None and settle != "":  # a delivery contract: its estimated settle price (term structure)
-        if type(settle) is not str:
-            raise ParseError(f"field 'P': expected a string, got {settle!r}")
-        try:
-            est = float(settle)
-        except ValueError:
-            raise ParseError(f"field 'P': not a number: {settle!r}") from None
-        if not V.PRICE_MIN <= est <= V.PRICE_MAX:
-            raise V.out_of_range("P", est, V.PRICE)
-        u.settle_price_estimate = est
+        u.settle_price_estimate = _settle_estimate(settle)
     return u
 
 
@@ -656,3 +640,16 @@ def _force_order(
         return None  # no USD notional can be given for a coin-quoted symbol
     t = o.get("T") or event_ms
     return Liquidation(EX, sym, ms(t, "o.T", tb), side, price, qty, V.usd(price * qty, "o.q"))
+
+
+def _settle_estimate(settle: object) -> float:
+    """A delivery contract's estimated settle price (``P``, sent in its last hour), checked as a price."""
+    if type(settle) is not str:
+        raise ParseError(f"field 'P': expected a string, got {settle!r}")
+    try:
+        est = float(settle)
+    except ValueError:
+        raise ParseError(f"field 'P': not a number: {settle!r}") from None
+    if not V.PRICE_MIN <= est <= V.PRICE_MAX:
+        raise V.out_of_range("P", est, V.PRICE)
+    return est

@@ -165,9 +165,14 @@ class MarketCollector:
             present(spec, source, attrgetter(attr))
         edges = [(sides[v.edge_side], v.edge_bp) for _, sides, v in fresh if v.edge_bp is not None and v.edge_side]
         fams.append(self.s_edge.family([lb for lb, _ in edges], [x or 0.0 for _, x in edges]))
-        fams.append(self._anchor_family(fresh))
-        fams.append(self._window_family(self.s_oi_change, rows, "oi_change_1h", "oi_change_4h"))
-        fams.append(self._window_family(self.s_vol, rows, "volatility_1h", "volatility_4h"))
+        methods = ("method", "level", "difference")
+        windows = ("window", "1h", "4h")
+        anchor_fields = ("anchor_strength", "anchor_difference")
+        fams.append(self._paired_family(self.s_anchor, fresh, anchor_fields, methods, self._method_labels))
+        oi_fields = ("oi_change_1h", "oi_change_4h")
+        fams.append(self._paired_family(self.s_oi_change, rows, oi_fields, windows, self._window_labels))
+        vol_fields = ("volatility_1h", "volatility_4h")
+        fams.append(self._paired_family(self.s_vol, rows, vol_fields, windows, self._window_labels))
         # Counters are always present (0 before the first liquidation) so rate() works from the start.
         side_labels = [lb for _, sides, _ in rows for lb in (sides["long"], sides["short"])]
         long_, short_ = Side.LONG, Side.SHORT
@@ -185,46 +190,33 @@ class MarketCollector:
         fams.append(f_ins)
         return fams
 
-    def _anchor_family(self, fresh: Sequence[Row]) -> Family:
-        """fr_effective_anchor_strength: one series per method the instrument has a value for."""
+    def _paired_family(
+        self,
+        spec: Spec,
+        rows: Sequence[Row],
+        fields: tuple[str, str],
+        label: tuple[str, str, str],
+        cache: dict[Key, tuple[LabelSet, LabelSet, LabelSet]],
+    ) -> Family:
+        """A family whose rows carry two view fields, one series each, told apart by one label:
+        ``label`` = (name, value of the first, value of the second); a field that is None is left out."""
         labels: list[LabelSet] = []
         values: list[float] = []
-        cache = self._method_labels
-        for lb, _, v in fresh:
-            level, diff = v.anchor_strength, v.anchor_difference
-            if level is None and diff is None:
-                continue
-            hit = cache.get(v.st.key)
-            if hit is None or hit[0] is not lb:
-                hit = cache[v.st.key] = (lb, lb.with_(method="level"), lb.with_(method="difference"))
-            if level is not None:
-                labels.append(hit[1])
-                values.append(float(level))
-            if diff is not None:
-                labels.append(hit[2])
-                values.append(float(diff))
-        yield_gil()
-        return self.s_anchor.family(labels, values)
-
-    def _window_family(self, spec: Spec, rows: Sequence[Row], one_h: str, four_h: str) -> Family:
-        """A family labelled ``window`` = 1h | 4h from two view fields."""
-        labels: list[LabelSet] = []
-        values: list[float] = []
-        cache = self._window_labels
-        get1, get4 = attrgetter(one_h), attrgetter(four_h)
+        get_a, get_b = attrgetter(fields[0]), attrgetter(fields[1])
+        name, first, second = label
         for lb, _, v in rows:
-            x1, x4 = get1(v), get4(v)
-            if x1 is None and x4 is None:
+            xa, xb = get_a(v), get_b(v)
+            if xa is None and xb is None:
                 continue
             hit = cache.get(v.st.key)
             if hit is None or hit[0] is not lb:
-                hit = cache[v.st.key] = (lb, lb.with_(window="1h"), lb.with_(window="4h"))
-            if x1 is not None:
+                hit = cache[v.st.key] = (lb, lb.with_(**{name: first}), lb.with_(**{name: second}))
+            if xa is not None:
                 labels.append(hit[1])
-                values.append(float(x1))
-            if x4 is not None:
+                values.append(float(xa))
+            if xb is not None:
                 labels.append(hit[2])
-                values.append(float(x4))
+                values.append(float(xb))
         yield_gil()
         return spec.family(labels, values)
 
