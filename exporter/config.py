@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from exporter.logs import LEVELS
 from exporter.model import Exchange
 from exporter.redact import register_secret
 
@@ -461,6 +462,7 @@ class Config(_Model):
     web_config_file: Path | None = None
     telemetry_path: str = Field("/metrics", pattern=r"^/[^?#\s]*$")
     tls: TlsConfig | None = None  # older, TLS only; web_config_file replaces it
+    # any case, and Prometheus' `warn`, as the --log.level flag (exporter.logs.LEVELS)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     exchanges: dict[Exchange, ExchangeConfig] = Field(default_factory=lambda: {ex: ExchangeConfig() for ex in Exchange})
     analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig)
@@ -475,6 +477,11 @@ class Config(_Model):
     # Where each setting was read (YAML path -> line) and from which file, for later checks' messages.
     _lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
     _source: str = PrivateAttr("<defaults>")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, v: object) -> object:
+        return LEVELS.get(v.strip().lower(), v) if isinstance(v, str) else v
 
     @property
     def position_issues(self) -> list[PositionIssue]:

@@ -99,6 +99,21 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
     assert cfg.listen_address == "127.0.0.1:9999"
 
 
+@pytest.mark.parametrize(
+    ("given", "level"), [("warn", "WARNING"), ("warning", "WARNING"), ("Info", "INFO"), ("DEBUG", "DEBUG")]
+)
+def test_log_level_in_any_case_as_the_flag(tmp_path: Path, given: str, level: str) -> None:
+    """Prometheus' spelling (lowercase, `warn`) works in the file and the environment, as --log.level."""
+    assert load_config(write(tmp_path, f"log_level: {given}\n")).log_level == level
+    assert load_config(None, environ={"FR_LOG_LEVEL": given}).log_level == level
+
+
+def test_an_unknown_log_level_is_an_error_naming_the_field(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "log_level: verbose\n"))
+    assert "log_level" in str(err.value)
+
+
 def test_bad_environment_override_is_reported() -> None:
     with pytest.raises(ConfigError) as err:
         load_config(None, environ={"FR_EXCHANGES__OKX__MAX_INSTRUMENTS": "lots"})

@@ -1,6 +1,7 @@
 """Scale-out on loopback with the real binaries: three exporter shards over the simulator, scraped
 by Prometheus in agent mode and written to VictoriaMetrics; vmalert evaluates the shipped rules
-there and sends to Alertmanager.
+there and sends to Alertmanager. Each service runs the command, environment and files that
+docker-compose.yml's `scaleout` profile gives it, hostnames and container paths made local.
 
 Checked: VictoriaMetrics holds the same series set as one unsharded exporter serves, no instrument
 comes twice, vmalert loads every shipped rule, and a simulated funding spike fires
@@ -63,8 +64,8 @@ pytestmark = [
 ]
 
 
-def _spawn(args: list[str], log: Path) -> Process:
-    return Process([sys.executable, "-m", "exporter.cli", *args], log, cwd=ROOT, env=dict(os.environ))
+def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> Process:
+    return Process([sys.executable, "-m", "exporter.cli", *args], log, cwd=ROOT, env={**os.environ, **(env or {})})
 
 
 def _sim_urls(proc: Process) -> dict[str, dict[str, Any]]:
@@ -79,27 +80,83 @@ def _sim_urls(proc: Process) -> dict[str, dict[str, Any]]:
     return dict(wait_for(parse, 30, what="simulator URLs"))
 
 
-def _exporter_config(tmp: Path, name: str, sim: dict[str, dict[str, Any]], port: int, shard: tuple[int, int]) -> Path:
-    exchanges = {
-        ex: {
-            "ws_url": u["ws"],
-            "rest_url": u["rest"],
-            "instruments": [],
-            "all_perpetuals": True,
-            "max_instruments": PER_EXCHANGE,
-            "backfill": False,  # the funding alerts need no history; the start stays short
-        }
-        for ex, u in sim.items()
+# The scale-out profile as docker-compose.yml declares it, run on loopback: each service's own command,
+# environment and mounted files, with only what a container runtime would provide translated (service
+# hostnames to loopback ports, container paths to temporary ones) and the intervals shortened for a test.
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+SHARD_SERVICES = ("exporter", "exporter-shard-1", "exporter-shard-2")
+assert len(SHARD_SERVICES) == SHARDS and all(s in COMPOSE for s in SHARD_SERVICES)
+
+
+def _localize(value: str, replace: dict[str, str]) -> str:
+    for old, new in replace.items():
+        value = value.replace(old, new)
+    return value
+
+
+def _command(service: str, replace: dict[str, str]) -> list[str]:
+    return [_localize(str(a), replace) for a in COMPOSE[service]["command"]]
+
+
+def _no_container_names(args: list[str] | str) -> None:
+    """Guard: nothing still points at a compose service or a container path."""
+    text = " ".join(args) if isinstance(args, list) else args
+    left = [n for n in COMPOSE if f"//{n}:" in text or f"{n}:9" in text or f"{n}:8" in text]
+    assert not left and "/etc/" not in text and "/var/lib/" not in text, (left, text)
+
+
+def _compose_config_dir(tmp: Path, sim: dict[str, dict[str, Any]]) -> Path:
+    """config/scaleout.yaml as mounted at /etc/fr-exporter, pointed at the simulator instead of the exchanges
+    (fewer instruments and no history backfill: the start stays short). Everything else is as shipped: the
+    shard count, the REST budget split between shards, the analytics settings."""
+    cfg = yaml.safe_load((ROOT / "config/scaleout.yaml").read_text())
+    assert cfg["shard"]["count"] == SHARDS
+    for ex, u in sim.items():
+        cfg["exchanges"][ex].update(
+            ws_url=u["ws"], rest_url=u["rest"], max_instruments=PER_EXCHANGE, backfill=False
+        )  # fmt: skip
+    cfg["log_level"] = "warning"
+    cfg["position_settings"] = {"db_path": str(tmp / "positions.sqlite")}  # shard 0's default; 1 and 2 set theirs
+    out = tmp / "config"
+    out.mkdir()
+    (out / "scaleout.yaml").write_text(yaml.safe_dump(cfg))
+    single = {**cfg, "shard": {"index": 0, "count": 1}, "position_settings": {"db_path": str(tmp / "single.sqlite")}}
+    (out / "single.yaml").write_text(yaml.safe_dump(single))
+    return out
+
+
+def _shard_process(tmp: Path, service: str, config_dir: Path, port: int) -> Process:
+    replace = {
+        "${COMPOSE_PROFILES:-live}": "scaleout",  # COMPOSE_PROFILES=scaleout
+        "/etc/fr-exporter": str(config_dir),
+        "/var/lib/fr-exporter/var": str(tmp),
+        "0.0.0.0:9466": f"127.0.0.1:{port}",
     }
-    cfg = {
-        "listen_address": f"127.0.0.1:{port}",
-        "log_level": "WARNING",
-        "exchanges": exchanges,
-        "shard": {"index": shard[0], "count": shard[1]},
-        "position_settings": {"db_path": str(tmp / f"{name}.sqlite")},
-    }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    args = _command(service, replace)
+    env = {k: _localize(str(v), replace) for k, v in (COMPOSE[service].get("environment") or {}).items()}
+    _no_container_names(args + list(env.values()))
+    return _spawn(args, tmp / f"{service}.log", env)
+
+
+def _agent_config(tmp: Path, hosts: dict[str, str]) -> Path:
+    """prometheus/agent.yml with the compose hostnames mapped to loopback; a job whose targets are not run
+    here (the sidecar) is left out. Test timings: a 1 s scrape and remote-write deadline."""
+    cfg = yaml.safe_load((ROOT / "prometheus/agent.yml").read_text())
+    cfg["global"]["scrape_interval"] = "1s"
+    jobs = []
+    for job in cfg["scrape_configs"]:
+        for sc in job["static_configs"]:
+            sc["targets"] = [hosts[t] for t in sc["targets"] if t in hosts]
+        if any(sc["targets"] for sc in job["static_configs"]):
+            jobs.append(job)
+    cfg["scrape_configs"] = jobs
+    for rw in cfg["remote_write"]:
+        rw["url"] = _localize(rw["url"], {f"//{k}": f"//{v}" for k, v in hosts.items()})
+        rw["queue_config"] = {"batch_send_deadline": "1s"}
+    text = yaml.safe_dump(cfg)
+    _no_container_names(text)
+    path = tmp / "agent.yml"
+    path.write_text(text)
     return path
 
 
@@ -154,57 +211,55 @@ def scaleout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         run.procs.append(sim_proc)
         sim = _sim_urls(sim_proc)
         ports = [free_port() for _ in range(SHARDS + 1)]
-        for k in range(SHARDS):
-            cfg = _exporter_config(tmp, f"shard-{k}", sim, ports[k], (k, SHARDS))
-            run.procs.append(_spawn(["--config", str(cfg)], tmp / f"shard-{k}.log"))
-        single_cfg = _exporter_config(tmp, "single", sim, ports[SHARDS], (0, 1))
-        run.procs.append(_spawn(["--config", str(single_cfg)], tmp / "single.log"))
-        for port in ports:
+        config_dir = _compose_config_dir(tmp, sim)
+        exporters = [_shard_process(tmp, s, config_dir, p) for s, p in zip(SHARD_SERVICES, ports, strict=False)]
+        single = ["--config", str(config_dir / "single.yaml"), "--web.listen-address", f"127.0.0.1:{ports[SHARDS]}"]
+        exporters.append(_spawn(single, tmp / "single.log"))
+        run.procs.extend(exporters)
+        for port, proc in zip(ports, exporters, strict=True):
             url = f"http://127.0.0.1:{port}/healthz"
 
-            def up(url: str = url) -> bool:
+            def up(url: str = url, proc: Process = proc) -> bool:
+                if not proc.alive():
+                    raise RuntimeError(f"exporter exited:\n{proc.log()}")
                 return bool(_get(url))
 
             wait_for(up, 120, what=f"exporter {url}")  # four exporters start at once on a busy machine
 
-        vm_port = free_port()
+        vm_port, agent_port, vma_port = free_port(), free_port(), free_port()
         vm = f"http://127.0.0.1:{vm_port}"
-        run.start(
-            [str(victoria), f"-httpListenAddr=127.0.0.1:{vm_port}", f"-storageDataPath={tmp / 'vm-data'}",
-             "-retentionPeriod=1d", "-search.latencyOffset=1s", "-search.disableCache"],
-            "victoria-metrics.log",
+        hosts = {f"{s}:9466": f"127.0.0.1:{p}" for s, p in zip(SHARD_SERVICES, ports, strict=False)}
+        hosts["victoriametrics:8428"] = f"127.0.0.1:{vm_port}"
+        vm_args = _command(
+            "victoriametrics", {"=/storage": f"={tmp / 'vm-data'}", "=:8428": f"=127.0.0.1:{vm_port}"}
         )  # fmt: skip
+        _no_container_names(vm_args)
+        # test-only: no query cache and a 1 s latency offset, so just-written samples are read at once
+        run.start([str(victoria), *vm_args, "-search.latencyOffset=1s", "-search.disableCache"], "victoria-metrics.log")
         wait_for(lambda: _get(vm + "/health").strip() == "OK", 30, what="VictoriaMetrics healthy")
 
-        agent_cfg = {
-            "global": {"scrape_interval": "1s", "external_labels": {"monitor": "fr-exporter"}},
-            "scrape_configs": [
-                {
-                    "job_name": DEFAULT.exporter_job,
-                    "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in ports[:SHARDS]]}],
-                }
-            ],
-            "remote_write": [{"url": vm + "/api/v1/write", "queue_config": {"batch_send_deadline": "1s"}}],
-        }
-        (tmp / "agent.yml").write_text(yaml.safe_dump(agent_cfg))
-        agent_port = free_port()
-        run.start(
-            [str(prometheus), "--enable-feature=agent", f"--config.file={tmp / 'agent.yml'}",
-             f"--storage.agent.path={tmp / 'agent-data'}", f"--web.listen-address=127.0.0.1:{agent_port}"],
-            "prometheus-agent.log",
-        )  # fmt: skip
+        agent_args = _command(
+            "prometheus-agent",
+            {"/etc/prometheus/agent.yml": str(_agent_config(tmp, hosts)), "=/prometheus": f"={tmp / 'agent-data'}"},
+        )
+        _no_container_names(agent_args)
+        agent_args.append(f"--web.listen-address=127.0.0.1:{agent_port}")
+        run.start([str(prometheus), *agent_args], "prometheus-agent.log")
 
         rules = [p for p in generate.write(tmp / "mixin", fast_variant(), with_tests=False) if p.suffix == ".yml"]
         with FakeSlack() as slack, run_alertmanager(tmp, alertmanager_config(tmp, slack.url)) as am:
-            vma_port = free_port()
             vma = f"http://127.0.0.1:{vma_port}"
-            vmalert_proc = run.start(
-                [str(vmalert), *(f"-rule={p}" for p in rules), f"-datasource.url={vm}",
-                 f"-remoteWrite.url={vm}", f"-remoteRead.url={vm}", f"-notifier.url={am}",
-                 "-evaluationInterval=1s", f"-httpListenAddr=127.0.0.1:{vma_port}",
-                 "-external.label=monitor=fr-exporter"],
-                "vmalert.log",
-            )  # fmt: skip
+            hosts["alertmanager:9093"] = am.split("//", 1)[1]
+            vma_args = _command(
+                "vmalert",
+                {
+                    "/etc/vmalert/rules": str(rules[0].parent),  # the fast variant of the shipped rules (short `for`)
+                    **{f"//{k}": f"//{v}" for k, v in hosts.items()},
+                    "-evaluationInterval=15s": "-evaluationInterval=1s",
+                },
+            )
+            _no_container_names(vma_args)
+            vmalert_proc = run.start([str(vmalert), *vma_args, f"-httpListenAddr=127.0.0.1:{vma_port}"], "vmalert.log")
             wait_for(lambda: _get(vma + "/health").strip() == "OK", 30, what=f"vmalert up:\n{vmalert_proc.log()}")
             yield {
                 "sim": sim,
