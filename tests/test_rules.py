@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 import shutil
 import subprocess
@@ -44,8 +46,14 @@ promtool = shutil.which("promtool")
 needs_promtool = needs_tool("promtool", package="prometheus")
 
 
+@functools.cache
+def _load(path: Path) -> Any:
+    """A generated YAML or JSON file, parsed once per session with libyaml (read-only: copy to change)."""
+    return yaml.load(path.read_text(), Loader=yaml.CSafeLoader)
+
+
 def _rules(path: Path) -> list[dict[str, Any]]:
-    return [r for g in yaml.safe_load(path.read_text())["groups"] for r in g["rules"]]
+    return [r for g in _load(path)["groups"] for r in g["rules"]]
 
 
 def _all_alert_rules() -> list[dict[str, Any]]:
@@ -95,7 +103,7 @@ def test_promtool_unit_tests(path: Path) -> None:
 @needs_promtool
 def test_promtool_unit_tests_catch_a_wrong_expectation(tmp_path: Path) -> None:
     """The unit tests really compare rendered annotations (a wrong value must fail)."""
-    doc = yaml.safe_load((PROM / "tests" / "fr-exporter.test.yml").read_text())
+    doc = copy.deepcopy(_load(PROM / "tests" / "fr-exporter.test.yml"))
     # only the test groups that check the value (promtool's time is the number of groups it evaluates)
     doc["tests"] = [g for g in doc["tests"] if "100k USD/s" in yaml.safe_dump(g)]
     assert doc["tests"]
@@ -117,7 +125,7 @@ def test_every_alert_has_a_firing_and_a_silent_unit_test() -> None:
     fires: set[str] = set()
     silent: set[str] = set()
     for path in TEST_FILES:
-        for group in yaml.safe_load(path.read_text())["tests"]:
+        for group in _load(path)["tests"]:
             for case in group.get("alert_rule_test", []):
                 (fires if case.get("exp_alerts") else silent).add(case["alertname"])
     names = {r["alert"] for r in _all_alert_rules()}
@@ -128,7 +136,7 @@ def test_every_alert_has_a_firing_and_a_silent_unit_test() -> None:
     expected = {
         (case["alertname"], a["exp_labels"]["severity"])
         for path in TEST_FILES
-        for group in yaml.safe_load(path.read_text())["tests"]
+        for group in _load(path)["tests"]
         for case in group.get("alert_rule_test", [])
         for a in case.get("exp_alerts") or []
     }  # fmt: skip
@@ -164,7 +172,7 @@ def test_labels_and_annotations_of_every_alert() -> None:
 def test_dashboard_url_variables_exist_on_the_dashboard() -> None:
     dashboards = {}
     for path in (ROOT / "grafana" / "dashboards").glob("*.json"):
-        d = yaml.safe_load(path.read_text())
+        d = _load(path)
         dashboards[d["uid"]] = {v["name"] for v in d["templating"]["list"]}
     for rule in _all_alert_rules():
         m = re.search(r"/d/([a-z0-9-]+)(?:\?(.*))?$", rule["annotations"]["dashboard_url"])
