@@ -30,10 +30,10 @@ tools:
 	@bash .ci/tools
 
 # -rs prints the reason of every skip; with CI=true a skip fails the run (tests/conftest.py).
-# Two workers, one test file each at a time, longest files first (pyproject addopts and
-# tests/conftest.py; docs/testing.md): the long e2e and simulator files run beside the rest.
-# PYTEST_N=0 runs in one process.
-PYTEST_N ?= 2
+# Four workers on the two cores (many tests wait on sockets and subprocesses: the other workers'
+# CPU fills the waits), one test file each at a time, longest files first (pyproject addopts and
+# tests/conftest.py; docs/testing.md). PYTEST_N=0 runs in one process.
+PYTEST_N ?= 4
 PYTEST_PAR = $(if $(filter 0,$(PYTEST_N)),,-n $(PYTEST_N))
 test: install lint tools
 	$(BIN)/pytest -q -p no:cacheprovider -rs $(PYTEST_PAR) $(PYTEST_ARGS)
