@@ -189,9 +189,13 @@ class Exporter:
         startup_budget_s: float = STARTUP_BUDGET_S,
         clock: Clock = SYSTEM_CLOCK,
         serve: bool = True,
+        budget_clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.config = config
         self.clock = clock  # state timestamps, backfill window, poll periods (tests: VirtualClock)
+        # what the REST budgets pace on: the exchanges' limits are in real seconds; a test whose
+        # simulator limits on its VirtualClock passes that clock, so pacing is judged in virtual time
+        self.budget_clock = budget_clock
         self.state = state or market_state(config, clock)
         # What the streams, the REST client and the pollers write to: only the sink protocol.
         self.sink: RecordSink = self.state
@@ -342,7 +346,8 @@ class Exporter:
         feed = self.feed_factory(ex)
         ws_base, rest_base = self.config.urls_for(ex)
         ctx = FeedContext(exchange=ex, instruments={}, clock=self.state.clock)  # timestamps near now
-        budget = RequestBudget(LIMITS[ex], self.budget_share)
+        bc = self.budget_clock
+        budget = RequestBudget(LIMITS[ex], self.budget_share, now=bc.monotonic, sleep=bc.sleep)
         client = RestClient(ex, rest_base, self.sink, policy=self.rest_policy, budget=budget, clock=self.clock.time)
         if self.recorder is not None:
             client.recorder = self.recorder.rest_hook(ex)

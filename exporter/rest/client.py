@@ -104,9 +104,14 @@ class RequestBudget:
     """One exchange's request budget: a token bucket per published limit, refilled at ``share`` of it.
 
     Every request of the exchange waits here first, so the startup backfill, the pollers and the
-    instrument refresh share the budget instead of racing into a 429. Requests that cost the same
-    buckets queue in arrival order (one FIFO lock per cost); others do not wait behind them (a
-    funding-history backfill held to 500 per 5 min does not hold up open-interest polls).
+    instrument refresh share the budget instead of racing into a 429. Each bucket serves its
+    requests in arrival order, whatever their weight (one FIFO lock per bucket): a weight-2 candle
+    page is not overtaken forever by a stream of weight-1 polls, which is how the factor backfill
+    starved behind Binance's open-interest poller at 500 instruments. A request costing several
+    buckets takes their locks slowest bucket first and waits in each for its tokens, debiting all of
+    them only when it leaves: a funding-history call waits its turn in the 500 per 5 min bucket
+    without holding up the open-interest polls of the weight bucket, and enters that queue only
+    once its slow tokens are there.
 
     A bucket's burst is a tenth of ``share x limit`` (at least one request: a handful of calls,
     a test, a small exporter never wait) and its refill rate ``(share x limit - burst) / window``: in any window of the
@@ -144,7 +149,11 @@ class RequestBudget:
         self._base = now()  # times below are relative to this: small floats keep their precision
         self._t = 0.0  # time of the last refill
         self._skew = 0.0  # waits slept while the clock stood still (frozen test clocks only)
-        self._locks: dict[tuple[tuple[str, float], ...], asyncio.Lock] = {}
+        # one FIFO queue per bucket; a request holding several takes them slowest first (a global
+        # order: no two requests wait for each other's locks)
+        self._locks = {b.name: asyncio.Lock() for b in limits.buckets}
+        rank = {name: i for i, name in enumerate(sorted(self._rate, key=lambda n: (self._rate[n], n)))}
+        self._rank = rank
         self.requests = 0
         self.waits = 0  # requests that had to wait
         self.waited_s = 0.0
@@ -162,31 +171,40 @@ class RequestBudget:
                 self._tokens[name] = min(self._cap[name], self._tokens[name] + rate * dt)
 
     async def acquire(self, path: str) -> None:
-        weights = self.limits.cost(path)
-        lock = self._locks.get(weights)
-        if lock is None:
-            lock = self._locks[weights] = asyncio.Lock()
-        async with lock:
-            waited = False
-            while True:
-                self._refill()
-                # a hair below w counts as w: float rounding must not make a loop of ever tinier waits
-                wait = max(
-                    ((w - self._tokens[b]) / self._rate[b] for b, w in weights if self._tokens[b] < w - 1e-6),
-                    default=0.0,
-                )
-                if wait <= 0.0:
-                    for b, w in weights:
-                        self._tokens[b] -= w
-                    self.requests += 1
-                    self.waits += waited
-                    return
-                waited = True
-                self.waited_s += wait
-                before = self._now()
-                await self._sleep(wait)
-                if self._now() == before:
-                    self._skew += wait
+        weights = sorted(self.limits.cost(path), key=lambda bw: self._rank[bw[0]])
+        held: list[asyncio.Lock] = []
+        waited = False
+        try:
+            for name, w in weights:
+                lock = self._locks[name]
+                await lock.acquire()
+                held.append(lock)
+                # nobody else debits this bucket while we hold its lock: its tokens only grow now
+                waited = await self._wait_tokens(name, w) or waited
+            self._refill()
+            for name, w in weights:
+                self._tokens[name] -= w
+            self.requests += 1
+            self.waits += waited
+        finally:
+            for lock in reversed(held):
+                lock.release()
+
+    async def _wait_tokens(self, name: str, w: float) -> bool:
+        """Sleep until ``name`` holds ``w`` tokens; whether any wait was needed."""
+        waited = False
+        while True:
+            self._refill()
+            # a hair below w counts as w: float rounding must not make a loop of ever tinier waits
+            if self._tokens[name] >= w - 1e-6:
+                return waited
+            wait = (w - self._tokens[name]) / self._rate[name]
+            waited = True
+            self.waited_s += wait
+            before = self._now()
+            await self._sleep(wait)
+            if self._now() == before:
+                self._skew += wait
 
 
 def budget_share(fraction: float, shard_count: int, split_between_shards: bool) -> float:
