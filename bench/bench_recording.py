@@ -2,16 +2,20 @@
 
 1. Recording cost: the CPU of ingesting N Binance all-market mark-price frames (parse -> state, the
    live connection path) with and without the recorder (queue append on the loop, JSON lines +
-   compression in the writer thread, all threads' CPU counted: ``time.process_time``). The runs are
-   interleaved (without, with, with, without, ...: drift and a neighbour's load fall on both) and
-   the figure is the median of the runs' shares. Target: recording <= 10 % of ingest CPU.
+   compression in the writer thread, all threads' CPU counted: ``time.process_time``). The frames
+   are handed over as the connection layer hands them: the bytes received (``ws.recv(decode=False)``).
+   ``--old`` also measures the former hand-over in the same run: websockets decoded each text frame
+   to str on the loop (timed here as part of ingest) and the writer encoded it back to UTF-8. The
+   runs are interleaved (without, with, with, without, ... and new, old, old, new: drift and a
+   neighbour's load fall on all) and each figure is the median of the runs' shares.
+   Target: recording <= 10 % of ingest CPU.
 2. Replay speed: a recording of the same frames replayed as fast as possible through
    ``exporter.replay.Replay`` (virtual clock, parsers, connection path, state). Prints instrument
    updates per second on one core. Target: >= 200,000. Then the other shape, one instrument a frame
    (Bybit linear ticker snapshots and deltas): frames per second.
 
 Run: ``.venv/bin/python bench/bench_recording.py [--instruments 200] [--frames 2000] [--runs 7]
-[--compression zstd|gzip] [--level N]``.
+[--compression zstd|gzip] [--level N] [--old]``.
 Prints figures; not a test.
 """
 
@@ -23,6 +27,7 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from exporter.config import Config
@@ -44,7 +49,8 @@ def infos(n: int) -> list[InstrumentInfo]:
     ]
 
 
-def frames(n_inst: int, n_frames: int) -> list[str]:
+def frames(n_inst: int, n_frames: int) -> list[bytes]:
+    """The frames' bytes as they come off the socket (what the connection layer hands over)."""
     out = []
     for f in range(n_frames):
         e = int((T0 + f) * 1000)
@@ -53,14 +59,16 @@ def frames(n_inst: int, n_frames: int) -> list[str]:
             f'"i":"{100 + k:.4f}","P":"{100 + k:.4f}","r":"0.00010000","T":{e + 3_600_000}}}'
             for k in range(n_inst)
         )
-        out.append(f'{{"stream":"!markPrice@arr@1s","data":[{items}]}}')
+        out.append(f'{{"stream":"!markPrice@arr@1s","data":[{items}]}}'.encode())
     return out
 
 
 async def ingest(
-    frames_: list[str], instruments: list[InstrumentInfo], recorder: Recorder | None
+    frames_: list[bytes], instruments: list[InstrumentInfo], recorder: Recorder | None, *, as_str: bool = False
 ) -> tuple[float, float, float]:
-    """(process CPU, the loop thread's CPU, the writer thread's CPU) of ingesting the frames."""
+    """(process CPU, the loop thread's CPU, the writer thread's CPU) of ingesting the frames.
+
+    ``as_str``: the former hand-over, each frame decoded to str on the loop as websockets did."""
     clock = [T0]
     state = MarketState(clock=lambda: clock[0])
     for i in instruments:
@@ -72,9 +80,14 @@ async def ingest(
         conn.recorder = recorder.ws_hook(Exchange.BINANCE)
     cpu0 = time.process_time()  # every thread of the process: the writer's compression included
     loop0 = time.thread_time()
-    for k, fr in enumerate(frames_):
-        clock[0] = T0 + k
-        await conn.handle_frame(fr, clock[0])
+    if as_str:
+        for k, fr in enumerate(frames_):
+            clock[0] = T0 + k
+            await conn.handle_frame(fr.decode("utf-8"), clock[0])
+    else:
+        for k, fr in enumerate(frames_):
+            clock[0] = T0 + k
+            await conn.handle_frame(fr, clock[0])
     loop = time.thread_time() - loop0
     writer = 0.0
     if recorder is not None:
@@ -84,6 +97,38 @@ async def ingest(
     return time.process_time() - cpu0, loop, writer
 
 
+@dataclass
+class Cost:
+    """Per interleaved pair: ingest CPU without and with recording, and the shares."""
+
+    base: list[float] = field(default_factory=list)
+    rec: list[float] = field(default_factory=list)
+    shares: list[float] = field(default_factory=list)  # process CPU with / without
+    writer: list[float] = field(default_factory=list)  # the writer thread's CPU / the loop's CPU without recording
+    hooked: list[float] = field(default_factory=list)  # the loop thread's extra CPU with recording on
+
+    def add(self, b: tuple[float, float, float], r: tuple[float, float, float]) -> None:
+        self.base.append(b[0])
+        self.rec.append(r[0])
+        self.shares.append(100 * (r[0] - b[0]) / b[0])
+        self.writer.append(100 * r[2] / b[1])
+        self.hooked.append(100 * (r[1] - b[1]) / b[1])
+
+    def report(self, label: str, updates: int, compression: str) -> None:
+        med = statistics.median
+        b, r, sh, w, h = med(self.base), med(self.rec), self.shares, self.writer, self.hooked
+        print(f"{label}: ingest without recording: {b:.3f} s CPU ({updates / b:,.0f} instrument updates/s)")
+        print(
+            f"{label}: ingest with recording ({compression}): {r:.3f} s CPU; recording = {med(sh):.1f} % of ingest "
+            f"CPU (median of {len(sh)} interleaved pairs, range {min(sh):.1f} to {max(sh):.1f} %)"
+        )
+        print(
+            f"{label}:   of which the writer thread {med(w):.1f} % (range {min(w):.1f} to {max(w):.1f}), "
+            f"the loop thread {med(h):+.1f} % (range {min(h):+.1f} to {max(h):+.1f})"
+        )
+        print(f"{label}:   per run: {', '.join(f'{x:.1f}' for x in sh)} %")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--instruments", type=int, default=200)
@@ -91,43 +136,39 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--compression", choices=("gzip", "zstd"), default="zstd")
     ap.add_argument("--level", type=int, default=None)
+    ap.add_argument("--old", action="store_true", help="also the former str hand-over, interleaved")
     args = ap.parse_args()
     insts = infos(args.instruments)
     fr = frames(args.instruments, args.frames)
     updates = args.instruments * args.frames
     print(f"python {platform.python_version()}, {args.frames} frames x {args.instruments} instruments")
-    base: list[float] = []
-    rec: list[float] = []
-    shares: list[float] = []  # process CPU with / without, per interleaved pair
-    writer: list[float] = []  # the writer thread's CPU / the loop's CPU without recording
-    hooked: list[float] = []  # the loop thread's extra CPU with recording on (queueing, interference)
+    modes = (False, True) if args.old else (False,)
+    costs = {m: Cost() for m in modes}
 
-    def recorded() -> tuple[float, float, float]:
+    def plain(as_str: bool) -> tuple[float, float, float]:
+        return asyncio.run(ingest(fr, insts, None, as_str=as_str))
+
+    def recorded(as_str: bool) -> tuple[float, float, float]:
         with tempfile.TemporaryDirectory() as d:
             recorder = Recorder(Path(d), queue_size=len(fr) + 10, compression=args.compression, level=args.level)
-            return asyncio.run(ingest(fr, insts, recorder))
+            return asyncio.run(ingest(fr, insts, recorder, as_str=as_str))
 
     for k in range(args.runs):
-        if k % 2 == 0:  # ABBA: without, with / with, without
-            b1, r1 = asyncio.run(ingest(fr, insts, None)), recorded()
-        else:
-            r1, b1 = recorded(), asyncio.run(ingest(fr, insts, None))
-        base.append(b1[0])
-        rec.append(r1[0])
-        shares.append(100 * (r1[0] - b1[0]) / b1[0])
-        writer.append(100 * r1[2] / b1[1])
-        hooked.append(100 * (r1[1] - b1[1]) / b1[1])
-    b, r = statistics.median(base), statistics.median(rec)
-    med = statistics.median
-    print(f"ingest without recording: {b:.3f} s CPU ({updates / b:,.0f} instrument updates/s)")
-    print(
-        f"ingest with recording ({args.compression}): {r:.3f} s CPU; recording = {med(shares):.1f} % of ingest CPU "
-        f"(median of {args.runs} interleaved pairs, range {min(shares):.1f} to {max(shares):.1f} %)"
-    )
-    print(
-        f"  of which the writer thread {med(writer):.1f} % (range {min(writer):.1f} to {max(writer):.1f}), "
-        f"the loop thread {med(hooked):+.1f} % (range {min(hooked):+.1f} to {max(hooked):+.1f})"
-    )
+        for m in modes if k % 2 == 0 else modes[::-1]:  # new, old / old, new
+            if k % 2 == 0:  # ABBA: without, with / with, without
+                b1, r1 = plain(m), recorded(m)
+            else:
+                r1, b1 = recorded(m), plain(m)
+            costs[m].add(b1, r1)
+    costs[False].report("bytes (now)", updates, args.compression)
+    if args.old:
+        costs[True].report("str (before)", updates, args.compression)
+        new, old = costs[False], costs[True]
+        ratio = [n / o for n, o in zip(new.base, old.base, strict=True)]
+        print(
+            f"ingest without recording, bytes / str hand-over: {statistics.median(ratio):.3f} "
+            f"(the str decode the loop no longer pays)"
+        )
 
     with tempfile.TemporaryDirectory() as d:
         recorder = Recorder(Path(d), queue_size=len(fr) + 10)
@@ -182,7 +223,7 @@ def bybit_infos(n: int) -> list[InstrumentInfo]:
     ]
 
 
-def bybit_frames(instruments: list[InstrumentInfo], n_frames: int) -> list[str]:
+def bybit_frames(instruments: list[InstrumentInfo], n_frames: int) -> list[bytes]:
     """A snapshot per instrument, then deltas of mark, index and funding rate round the instruments."""
     out = []
     nft = int((T0 + 3600) * 1000)
@@ -191,7 +232,7 @@ def bybit_frames(instruments: list[InstrumentInfo], n_frames: int) -> list[str]:
         out.append(
             f'{{"topic":"tickers.{s}","type":"snapshot","data":{{"symbol":"{s}","markPrice":"{100 + k:.2f}",'
             f'"indexPrice":"{100 + k:.2f}","fundingRate":"0.0001","nextFundingTime":"{nft}",'
-            f'"openInterest":"1000","openInterestValue":"100000"}},"cs":1,"ts":{int(T0 * 1000)}}}'
+            f'"openInterest":"1000","openInterestValue":"100000"}},"cs":1,"ts":{int(T0 * 1000)}}}'.encode()
         )
     for f in range(n_frames * len(instruments) // 10):  # as many updates as a tenth of the array frames
         k = f % len(instruments)
@@ -199,7 +240,7 @@ def bybit_frames(instruments: list[InstrumentInfo], n_frames: int) -> list[str]:
         p = 100 + k + (f // len(instruments)) * 0.01
         out.append(
             f'{{"topic":"tickers.{s}","type":"delta","data":{{"symbol":"{s}","markPrice":"{p:.2f}",'
-            f'"indexPrice":"{p:.2f}","fundingRate":"0.0001"}},"cs":{f + 2},"ts":{int(T0 * 1000) + f}}}'
+            f'"indexPrice":"{p:.2f}","fundingRate":"0.0001"}},"cs":{f + 2},"ts":{int(T0 * 1000) + f}}}'.encode()
         )
     return out
 

@@ -274,9 +274,12 @@ class Recorder:
             # A frame known to be JSON goes in as it is: no escaping, byte for byte (the costly
             # part of a line otherwise); only one with a line feed in it (whitespace: JSON strings
             # escape theirs) is escaped after all. Lines split on \n only: a \r is JSON whitespace.
+            # The connection hands the frame's bytes as received (no UTF-8 decoding on the loop): a
+            # line holds them only if they are UTF-8 (JSON text; the decoders check only the fields
+            # they read), checked here in the writer thread, ASCII (the usual frame) in one pass.
             raw = data.encode("utf-8") if isinstance(data, str) else data
             kind = "ws"
-            if b"\n" not in raw:
+            if b"\n" not in raw and (raw.isascii() or _utf8(raw)):
                 rest = self._heads.get((ex, src))
                 if rest is None:  # the line's fixed part per exchange and stream, encoded once
                     head = orjson.dumps({"ex": ex, "kind": kind, "src": src, "raw": True})
@@ -391,6 +394,14 @@ class Recorder:
             total -= size
             self.stats.files_deleted += 1
             log.info("recording: deleted %s (directory over %d bytes)", p.name, self.max_bytes)
+
+
+def _utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def recording_files(directory: Path) -> list[Path]:

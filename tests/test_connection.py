@@ -11,8 +11,10 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+import pandas as pd  # type: ignore[import-untyped]
 import pytest
 from support import wait_until
 from websockets.asyncio.server import ServerConnection, serve
@@ -31,6 +33,7 @@ from exporter.model import (
     Record,
     SubscriptionError,
 )
+from exporter.recording import Recorder, read_lines, recording_files
 from exporter.state import MarketState
 
 EX = Exchange.BYBIT
@@ -47,6 +50,7 @@ class JsonFeed:
 
     def __init__(self, setup: tuple[str, ...] = ()) -> None:
         self.setup = setup
+        self.seen: list[str | bytes] = []  # every frame as the connection handed it over
 
     def ws_plans(self, ws_base_url: str, instruments: Sequence[InstrumentInfo]) -> list[WsPlan]:
         return [WsPlan("tickers", ws_base_url, subscribe=(SUB,))]
@@ -55,7 +59,8 @@ class JsonFeed:
         return self.setup
 
     def parse_ws(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
-        if frame == "pong":
+        self.seen.append(frame)
+        if frame == b"pong" or frame == "pong":
             return []
         try:
             msg = json.loads(frame)
@@ -196,6 +201,32 @@ async def test_reconnects_and_resubscribes_after_server_close() -> None:
         assert r.health.connected is True
         assert r.health.messages == 2
     assert r.health.connected is False
+
+
+async def test_frames_are_handed_over_and_recorded_as_the_bytes_received(tmp_path: Path) -> None:
+    # No UTF-8 decoding to str on the loop and no encoding back in the recorder: the parser and the
+    # recorder get the frame's bytes, text frames (non-ASCII included) and binary ones alike.
+    text = json.dumps({"mark": 101.0, "note": "caf\u00e9 \u2192"}, ensure_ascii=False)
+    binary = json.dumps({"index": 99.0}).encode()
+
+    async def behaviour(ws: ServerConnection, n: int, srv: Server) -> None:
+        await srv.recv(ws, n)
+        await ws.send(text)
+        await ws.send(binary)
+        await ws.send("pong")
+        await srv.drain(ws, n)
+
+    rec = Recorder(tmp_path)
+    rec.start()
+    async with Running(behaviour) as r:
+        r.conn.recorder = rec.ws_hook(EX)  # before the connection task first runs
+        await wait_until(lambda: r.health.messages == 3)
+        assert r.feed.seen == [text.encode(), binary, b"pong"]
+        assert (r.btc.mark_price, r.btc.index_price, r.health.parse_errors) == (101.0, 99.0, 0)
+    rec.close()
+    lines = list(read_lines(tmp_path))
+    assert [d["data"] for d in lines] == [text.encode(), binary, "pong"]  # JSON frames embedded as they came
+    assert pd.read_json(recording_files(tmp_path)[0], lines=True)["data"].iloc[0]["note"] == "caf\u00e9 \u2192"
 
 
 async def test_silence_watchdog_reconnects() -> None:

@@ -3,6 +3,7 @@ disk that drops and counts frames without holding up the state."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import threading
 from pathlib import Path
@@ -77,6 +78,28 @@ def test_frames_that_parsed_are_embedded_unescaped_and_come_back_byte_for_byte(t
     assert df["data"].iloc[3] == {"b": 2} and raw_lines[3].endswith(b'"data":{"b":\r2}}')
     got = [d["data"] for d in read_lines(tmp_path)]
     assert got == [_frame(1).encode(), '{"a":\n1}', '{"garbage": \x00<<not json', b'{"b":\r2}']
+
+
+def test_frame_bytes_that_are_not_utf8_are_not_embedded_as_json(tmp_path: Path) -> None:
+    # The connection hands the bytes received, undecoded, and a typed decoder reads only its fields:
+    # a frame may parse with a byte that is not UTF-8 in a field it skipped. Embedded, the line would
+    # not be JSON text; it is kept as base64 instead, and comes back byte for byte.
+    bad = b'{"e":"markPriceUpdate","x":"\xff\xfe"}'
+    good = '{"note":"caf\u00e9"}'.encode()  # non-ASCII UTF-8: embedded as it is
+    rec = Recorder(tmp_path)
+    rec.start()
+    hook = rec.ws_hook(Exchange.BINANCE)
+    hook(1_700_000_000.0, "markPrice", bad, True)
+    hook(1_700_000_001.0, "markPrice", good, True)
+    rec.close()
+    (path,) = recording_files(tmp_path)
+    raw_lines = gzip.decompress(path.read_bytes()).split(b"\n")
+    assert raw_lines[1].endswith(b',"raw":true,"data":' + good + b"}")
+    df = pd.read_json(path, lines=True)  # every line is JSON text
+    assert bool(df["b64"].iloc[0]) and df["data"].iloc[1] == {"note": "caf\u00e9"}
+    first, second = read_lines(tmp_path)
+    assert first["b64"] is True and base64.b64decode(first["data"]) == bad
+    assert second["data"] == good and "b64" not in second
 
 
 def test_the_oldest_files_are_deleted_beyond_the_cap(tmp_path: Path) -> None:

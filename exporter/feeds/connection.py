@@ -282,7 +282,10 @@ class FeedConnection:
         try:
             while True:
                 try:
-                    frame = await ws.recv()
+                    # the frame's bytes as they came: no UTF-8 decoding to str here, nor encoding back
+                    # in the recorder; the parsers decode bytes directly (msgspec/orjson check the
+                    # UTF-8 of what they read)
+                    frame = await ws.recv(decode=False)
                 except ConnectionClosed:
                     current = self._ws
                     if current is not None and current is not ws:
@@ -397,7 +400,7 @@ class FeedConnection:
             return
         if recorder is not None:
             # it parsed, so an object or array frame is valid JSON (the decoders check all of it)
-            recorder(received_at, self.plan.stream, frame, frame[:1] in ("{", "[", b"{", b"["))
+            recorder(received_at, self.plan.stream, frame, frame[:1] in (b"{", b"[", "{", "["))
         if not records:
             return
         data = False
