@@ -387,11 +387,14 @@ class MarketViews:
         """The dated futures that have not expired; expired ones are left out at once (the instrument
         list refresh then drops them from state and brings their successors)."""
         state = self.state
+        futures = sorted(list(state.futures.values()), key=lambda f: f.key)
+        if not futures:
+            return []  # no index of every perpetual built for nothing (8,000 of them sorted per scrape)
         now = state.clock() if now is None else now
         perps = self.current_views() if perps is None else perps
         ref = _reference(perps)
         out: list[FutureView] = []
-        for fs in sorted(list(state.futures.values()), key=lambda f: f.key):
+        for fs in futures:
             info = fs.info
             expiry = info.expiry
             if expiry is None or expiry <= now:

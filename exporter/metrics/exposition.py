@@ -7,8 +7,9 @@ head once per process (:class:`Spec`), so a sample line is one f-string.
 
 The output is byte-identical to ``generate_latest`` / ``openmetrics.generate_latest`` of the same
 registry (labels in sorted order, Go-style float formatting); the tests hold both to that.
-Collectors that offer ``families()`` take the fast path; any other collector's ``collect()`` is
-rendered by :func:`render_metric_family`.
+Collectors that offer ``families()`` take the fast path for each :class:`Family` they return; any
+prometheus_client family (theirs, or any other collector's ``collect()``) is rendered by
+:func:`render_metric_family`.
 """
 
 from __future__ import annotations
@@ -122,8 +123,8 @@ class Spec:
         self.kind = kind
         self.help = help
         self.om_name = name[: -len("_total")] if kind == "counter" else name
-        self.head_text = f"# HELP {name} {_escape_help_text(help)}\n# TYPE {name} {kind}\n"
-        self.head_om = f"# HELP {self.om_name} {_escape_help_om(help)}\n# TYPE {self.om_name} {kind}\n"
+        self.head_text = f"# HELP {name} {_escape_help_text(help)}\n# TYPE {name} {kind}\n".encode()
+        self.head_om = f"# HELP {self.om_name} {_escape_help_om(help)}\n# TYPE {self.om_name} {kind}\n".encode()
 
     def family(self, labels: list[LabelSet] | None = None, values: list[float] | None = None) -> Family:
         return Family(self, labels, values)
@@ -167,39 +168,47 @@ class Family:
 
 @runtime_checkable
 class FastCollector(Protocol):
-    """A collector that can hand its scrape to the fast renderer as :class:`Family` objects."""
+    """A collector that can hand its scrape to the fast renderer as :class:`Family` objects (and
+    prometheus_client families for what the fast path does not render, histograms)."""
 
-    def families(self) -> Sequence[Family]: ...
+    def families(self) -> Sequence[Family | Metric]: ...
 
     def collect(self) -> Iterable[Metric]: ...
 
 
-def render_family(fam: Family, out: list[str], openmetrics: bool) -> int:
-    """Append the family's lines; returns how many samples were left out for not being finite.
+def render_family(fam: Family, out: list[bytes], openmetrics: bool) -> int:
+    """Append the family's text (UTF-8), a thousand lines per piece; returns how many samples were
+    left out for not being finite.
 
     A NaN or an infinity is never a market value (an overflowed product, a counter gone wrong):
     its sample is left out, so a dashboard shows a gap instead of a wrong number.
+
+    Each thousand lines are joined and encoded at once: the line strings are freed while still in
+    the CPU's cache and the next thousand reuse their memory, where keeping every line to the end
+    (160,000 at 8,000 instruments, 19 MB), joining them and encoding the join sent the whole body
+    through main memory three times.
     """
     spec = fam.spec
     out.append(spec.head_om if openmetrics else spec.head_text)
     name = spec.name
     fmt = format_value
+    join = "".join
     # repr() is exactly Go's formatting for finite floats below 1e6 (most samples); the rest go
     # through format_value. The finiteness test (v - v == 0 is false for NaN and +-inf) runs only
     # for values outside the fast range. Values must be floats here.
     labels, values = fam.labels, fam.values
-    before = len(out)
+    kept = 0
     for i in range(0, len(values), YIELD_EVERY):
         if i:
             yield_gil()
-        out.extend(
-            [
-                f"{name}{lb.text} {repr(v) if -1e300 < v < 1e6 else fmt(v)}\n"
-                for lb, v in zip(labels[i : i + YIELD_EVERY], values[i : i + YIELD_EVERY], strict=True)
-                if -1e300 < v < 1e6 or v - v == 0.0
-            ]
-        )
-    return len(values) - (len(out) - before)
+        lines = [
+            f"{name}{lb.text} {repr(v) if -1e300 < v < 1e6 else fmt(v)}\n"
+            for lb, v in zip(labels[i : i + YIELD_EVERY], values[i : i + YIELD_EVERY], strict=True)
+            if -1e300 < v < 1e6 or v - v == 0.0
+        ]
+        kept += len(lines)
+        out.append(join(lines).encode())
+    return len(values) - kept
 
 
 def _labels_block(labels: dict[str, str]) -> str:
@@ -218,10 +227,18 @@ _TEXT_TYPE = {
 _TEXT_SUFFIX = {"counter": "_total", "info": "_info"}
 
 
-def render_metric_family(mf: Metric, out: list[str], openmetrics: bool) -> int:
+def render_metric_family(mf: Metric, out: list[bytes], openmetrics: bool) -> int:
     """Any prometheus_client family (histograms, info, ... from other collectors), same output as
     prometheus_client's own encoders apart from exemplars and native histograms, which we never use,
     and non-finite samples, which are left out (returns how many)."""
+    text: list[str] = []
+    dropped = _metric_family_lines(mf, text, openmetrics)
+    out.append("".join(text).encode())
+    return dropped
+
+
+def _metric_family_lines(mf: Metric, out: list[str], openmetrics: bool) -> int:
+    """The lines of :func:`render_metric_family`."""
     dropped = 0
     if openmetrics:
         out.append(f"# HELP {mf.name} {_escape_help_om(mf.documentation)}\n# TYPE {mf.name} {mf.type}\n")
@@ -266,20 +283,18 @@ def render(
     """Everything the collectors hold now, in the text format or OpenMetrics; with ``names`` only the
     families with a sample of one of those names (``?name[]=``, as prometheus_client filters).
     Left-out series (a collector that raised, non-finite samples) are counted in ``errors`` per collector."""
-    out: list[str] = []
+    out: list[bytes] = []
     for c in collectors:
-        part: list[str] = []
+        part: list[bytes] = []
         dropped = 0
         try:
             fams = getattr(c, "families", None)
-            if fams is not None:
-                for fam in fams():
+            for fam in fams() if fams is not None else c.collect():
+                if type(fam) is Family:
                     if names is None or fam.spec.name in names:
                         dropped += render_family(fam, part, openmetrics)
-            else:
-                for mf in c.collect():
-                    if names is None or mf.name in names or any(s.name in names for s in mf.samples):
-                        dropped += render_metric_family(mf, part, openmetrics)
+                elif names is None or fam.name in names or any(s.name in names for s in fam.samples):
+                    dropped += render_metric_family(fam, part, openmetrics)
         except Exception:
             # One broken collector (a position source...) must not take every other series down.
             log.exception("collector %s failed; its series are left out of this scrape", type(c).__name__)
@@ -292,8 +307,8 @@ def render(
                 errors.count(collector_label(c), dropped)
         out.extend(part)
     if openmetrics:
-        out.append("# EOF\n")
-    return "".join(out).encode("utf-8")
+        out.append(b"# EOF\n")
+    return b"".join(out)
 
 
 # ---- content negotiation ----------------------------------------------------------------------

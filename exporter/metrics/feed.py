@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterable, Mapping
 from prometheus_client.core import Metric
 
 from exporter.metrics import catalog as m
+from exporter.metrics.exposition import Family, LabelSet
 from exporter.sink import LAG_BUCKETS
-from exporter.state import MarketState
+from exporter.state import Key, MarketState
 
 _LE = [repr(b) if b < 1 else f"{b:.1f}" for b in LAG_BUCKETS] + ["+Inf"]
 
@@ -31,8 +32,28 @@ class FeedQualityCollector:
     def __init__(self, state: MarketState, recording: RecordingStats | None = None) -> None:
         self.state = state
         self.recording = recording
+        self.s_missed = m.FUNDING_SETTLEMENTS_MISSED.spec()
+        # One series per instrument: label sets built when an instrument first shows, and the sorted
+        # order kept while the instrument set is the same (sorting 8,000 keys each scrape cost more
+        # than rendering them).
+        self._missed_labels: dict[Key, LabelSet] = {}
+        self._keys: list[Key] = []
+        self._order: list[tuple[Key, LabelSet]] = []
 
-    def collect(self) -> Iterable[Metric]:
+    def _instrument_order(self) -> list[tuple[Key, LabelSet]]:
+        keys = list(self.state.instruments)  # a copy: the event loop may register meanwhile
+        if keys != self._keys:
+            cache = self._missed_labels
+            self._missed_labels = {
+                k: cache.get(k) or LabelSet([("exchange", k[0].value), ("instrument", k[1])]) for k in keys
+            }
+            self._order = sorted(self._missed_labels.items(), key=lambda kv: kv[0])
+            self._keys = keys
+        return self._order
+
+    def families(self) -> list[Family | Metric]:
+        """The histograms through prometheus_client's families, the per-instrument counter on the
+        fast path (the exposition's renderer takes both)."""
         state = self.state
         now = state.clock()
         lag = m.STREAM_EVENT_LAG.histogram()
@@ -61,12 +82,14 @@ class FeedQualityCollector:
                 offset.add_metric([ex.value], c.offset_s)
                 if c.rtt_s is not None:
                     rtt.add_metric([ex.value], c.rtt_s)
-        missed = m.FUNDING_SETTLEMENTS_MISSED.counter()
         missed_by = dict(state.settlements_missed)
-        for ex, inst in sorted(list(state.instruments)):  # from 0: increase() sees the first miss
-            missed.add_metric([ex.value, inst], missed_by.get((ex, inst), 0))
+        order = self._instrument_order()
+        # from 0: increase() sees the first miss
+        missed = self.s_missed.family([lb for _, lb in order], [float(missed_by.get(k, 0)) for k, _ in order])
         # families with no sample yet are left out (a fresh exporter's scrape stays as it was)
-        yield from (f for f in (lag, ping, gap, expected, offset, rtt, missed) if f.samples)
+        out: list[Family | Metric] = [f for f in (lag, ping, gap, expected, offset, rtt) if f.samples]
+        if order:
+            out.append(missed)
         if self.recording is not None:
             stats = self.recording()
             frames = m.RECORDING_FRAMES.counter()
@@ -76,4 +99,9 @@ class FeedQualityCollector:
             dropped.add_metric([], stats.get("dropped", 0))
             written = m.RECORDING_BYTES.counter()
             written.add_metric([], stats.get("bytes", 0))
-            yield from (frames, dropped, written)
+            out += [frames, dropped, written]
+        return out
+
+    def collect(self) -> Iterable[Metric]:
+        for f in self.families():
+            yield f.to_metric_family() if isinstance(f, Family) else f
