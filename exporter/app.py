@@ -231,6 +231,7 @@ class Exporter:
                 max_bytes=rec.max_bytes,
                 compression=rec.compression,
                 queue_size=rec.queue_size,
+                level=rec.level,
             )
 
     # ---- lifecycle ---------------------------------------------------------------------------

@@ -454,6 +454,8 @@ class RecordingConfig(_Model):
     # auto: zstd when the zstandard package is installed (a third of gzip's CPU), else gzip
     compression: Literal["auto", "gzip", "zstd"] = "auto"
     queue_size: int = Field(100_000, gt=0)  # frames waiting for the writer; beyond: dropped and counted
+    # compression level (zstd -131072..22, gzip 1..9); None: level 1 tuned for speed (docs/recording.md)
+    level: int | None = Field(None, ge=-131072, le=22)
 
 
 class Config(_Model):

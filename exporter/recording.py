@@ -57,8 +57,21 @@ REST_ERROR = "rest_error"  # a failed REST attempt: the reason, the status, neve
 RestHook = Callable[[float, float, str, str, Any, bytes], None]
 RestFailureHook = Callable[[float, float, str, str, Any, str, "int | None"], None]
 Item = tuple[float, str, str, str, "str | bytes", "str | None", "Mapping[str, Any] | None"]
-CHUNK = 1 << 20  # lines are joined and handed to the compressor in chunks of about this many bytes
-BIG_PART = 1 << 14  # a part this large goes to the compressor alone, not joined with its neighbours
+CHUNK = 1 << 20  # lines are copied into one reused buffer and handed to the compressor this much at a time
+
+
+# Level 1's match table is 2^14 entries; 2^12 stays in the core's own cache: on frames as the
+# exchanges send them (bench_recording.py, random-walk prices) 15 % less CPU for the same ratio
+# (the frames of a stream repeat their layout, so the previous one is found all the same).
+ZSTD_HASH_LOG = 12
+
+
+def _zstd_compressor(level: int | None) -> Any:
+    zstd = _zstd()
+    if level is not None:
+        return zstd.ZstdCompressor(level=level)
+    params = zstd.ZstdCompressionParameters.from_level(1, hash_log=ZSTD_HASH_LOG)
+    return zstd.ZstdCompressor(compression_params=params)
 
 
 def zstd_available() -> bool:
@@ -130,12 +143,15 @@ class Recorder:
             compression = "zstd" if zstd_available() else "gzip"
         if compression == "zstd" and not zstd_available():
             raise ValueError("recording.compression zstd needs the zstandard package (pip install zstandard)")
+        if compression == "gzip" and level is not None and not 0 <= level <= 9:
+            raise ValueError(f"recording.level {level}: gzip takes 0..9")
         self.directory = Path(directory)
         self.rotate_seconds = rotate_seconds
         self.max_bytes = max_bytes
         self.compression: Compression = compression
-        # fast levels: recording must stay a small part of ingest CPU (bench/bench_recording.py)
-        self.level = level if level is not None else 1
+        # fast levels: recording must stay a small part of ingest CPU (bench/bench_recording.py);
+        # None: zstd level 1 with a smaller match table (ZSTD_HASH_LOG), gzip level 1
+        self.level = level
         self.flush_seconds = flush_seconds
         self.wall = wall  # flush pacing only (the file names and rotation follow the receive times)
         self.queue_size = queue_size
@@ -144,10 +160,12 @@ class Recorder:
         self._chunk = min(CHUNK, max(4096, max_bytes // 16))  # the size cap holds within a chunk
         self._wake = threading.Event()
         self._closing = False
-        self._buf: list[bytes] = []  # encoded lines not yet handed to the compressor
+        # encoded lines not yet handed to the compressor: one buffer, allocated once and reused
+        self._arr = bytearray(self._chunk)
+        self._mv = memoryview(self._arr)
+        self._pos = 0  # bytes of the buffer in use
         self._heads: dict[tuple[str, str], bytes] = {}  # (exchange, stream) -> a frame line's fixed part
-        self._buf_bytes = 0
-        self._buf_lines = 0
+        self._buf_lines = 0  # lines (or parts of a line) in the buffer: counted as dropped if it cannot be written
         self.stats = RecordingStats()
         self._thread: threading.Thread | None = None
         self._file: IO[bytes] | None = None
@@ -295,38 +313,42 @@ class Recorder:
             self.stats.frames_rest += 1
 
     def _add(self, *parts: bytes) -> None:
-        buf = self._buf
+        """Copy a line's parts into the buffer; a full buffer goes to the compressor.
+
+        One reused buffer and one compressor call per ~1 MiB, rather than a call per frame (each
+        releases and takes back the GIL: a hand-over with the event loop thread every time) or a
+        join (a fresh megabyte each time: its page faults cost as much as compressing it)."""
+        mv = self._mv
+        pos = self._pos
+        size = len(mv)
         for part in parts:
-            buf.append(part)
-            self._buf_bytes += len(part)
+            n = len(part)
+            end = pos + n
+            if end > size:
+                self._pos = pos
+                self._write_chunk()
+                pos, end = 0, n
+                if n > size:  # larger than the buffer: to the compressor as it is
+                    self._write_part(part)
+                    continue
+            mv[pos:end] = part
+            pos = end
+        self._pos = pos
         self._buf_lines += 1
-        if self._buf_bytes >= self._chunk:
-            self._write_chunk()
 
     def _write_chunk(self) -> None:
-        """The buffered lines to the compressor (it releases the GIL while it works): runs of small
-        parts joined into one call, a large frame handed over as it is (joining it would copy it
-        once more for nothing: as costly as compressing it)."""
-        if not self._buf:
-            return
-        parts = self._buf
-        lines = self._buf_lines
-        self._buf = []
-        self._buf_bytes = self._buf_lines = 0
+        """The buffered lines to the compressor (which releases the GIL while it works)."""
+        pos, lines = self._pos, self._buf_lines
+        self._pos = self._buf_lines = 0
+        if pos:
+            self._write_part(self._mv[:pos], lines)
+
+    def _write_part(self, part: bytes | memoryview, lines: int = 1) -> None:
         if self._file is None:
             self.stats.dropped += lines
             return
         try:
-            write = self._file.write
-            start = 0
-            for i, part in enumerate(parts):
-                if len(part) >= BIG_PART:
-                    if i > start:
-                        write(b"".join(parts[start:i]))
-                    write(part)
-                    start = i + 1
-            if start < len(parts):
-                write(b"".join(parts[start:]))
+            self._file.write(part)
         except Exception:  # a full disk: these lines are lost, counted
             self.stats.dropped += lines
             log.exception("recording: write failed")
@@ -363,9 +385,10 @@ class Recorder:
         path = self.directory / f"fr-{stamp}-{self._seq}{SUFFIX[self.compression]}"
         raw = _Counting(open(path, "wb"), self._count)  # noqa: SIM115 (closed in _close_file)
         if self.compression == "zstd":
-            self._file = _zstd().ZstdCompressor(level=self.level).stream_writer(raw)
+            self._file = _zstd_compressor(self.level).stream_writer(raw)
         else:
-            self._file = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=self.level)  # type: ignore[assignment]
+            level = self.level if self.level is not None else 1
+            self._file = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=level)  # type: ignore[assignment]
         self._raw = raw
         self._path = path
         self._opened_at = t

@@ -183,17 +183,26 @@ async def test_signed_calls_are_never_recorded(tmp_path: Path) -> None:
         assert secret_key.encode() not in raw and b"position" not in raw
 
 
-def test_zstd_files_read_the_same(tmp_path: Path) -> None:
-    rec = Recorder(tmp_path, compression="zstd")
+@pytest.mark.parametrize("level", [None, 1, -5])  # None: level 1 with the smaller match table
+def test_zstd_files_read_the_same(tmp_path: Path, level: int | None) -> None:
+    rec = Recorder(tmp_path, compression="zstd", level=level)
     rec.start()
+    big = _frame(0).replace('"s":"BTCUSDT"', '"s":"BTCUSDT","x":"' + "y" * (1 << 21) + '"')  # > the buffer
     for i in range(3):
         rec.ws(1_700_000_000.0 + i, Exchange.BINANCE, "markPrice", _frame(i))
+    rec.ws_hook(Exchange.BINANCE)(1_700_000_003.0, "markPrice", big.encode(), True)
     rec.close()
     (path,) = recording_files(tmp_path)
     assert path.name.endswith(".jsonl.zst")
     frames = pd.read_json(path, lines=True, compression="zstd")
-    assert list(frames["data"]) == [_frame(i) for i in range(3)]
-    assert [d["data"] for d in read_lines(tmp_path)] == [_frame(i) for i in range(3)]
+    assert list(frames["data"][:3]) == [_frame(i) for i in range(3)]
+    assert frames["data"][3]["data"]["x"] == "y" * (1 << 21)
+    assert [d["data"] for d in read_lines(tmp_path)] == [_frame(i) for i in range(3)] + [big.encode()]
+
+
+def test_a_level_gzip_does_not_have_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"gzip takes 0\.\.9"):
+        Recorder(tmp_path, compression="gzip", level=-5)
 
 
 async def test_failed_calls_are_recorded_without_body_and_replay_counts_them_as_live(tmp_path: Path) -> None:
