@@ -106,9 +106,12 @@ def make_config(sim: Any, **overrides: Any) -> Config:
     return Config.model_validate(data)
 
 
-# for tests of what follows the start: no funding-history or candle backfill (half the start's CPU;
-# the first-scrape test and the others that read backfilled values keep it)
-NO_BACKFILL: dict[str, Any] = {ex.value: {"backfill": False} for ex in Exchange}
+# No dated futures (their lists, streams and pushes) where no test reads them: the term structure is
+# test_term_sim's, and the first-scrape test keeps the whole default start-up.
+NO_FUTURES: dict[str, Any] = {ex.value: {"futures": {"enabled": False}} for ex in Exchange}
+# For tests of what follows the start, also no funding-history or candle backfill (half the start's CPU;
+# the first-scrape test and the others that read backfilled values keep it).
+LEAN: dict[str, Any] = {ex.value: {"backfill": False, "futures": {"enabled": False}} for ex in Exchange}
 
 
 @contextlib.asynccontextmanager
@@ -228,7 +231,7 @@ async def test_first_scrape_and_values_agree_with_truth() -> None:
 
 
 async def test_dropped_connection_reconnects_and_resubscribes() -> None:
-    async with running(**NO_BACKFILL) as env:
+    async with running(**LEAN) as env:
         m0 = await env.scrape()
         r0 = total(m0, "fr_stream_reconnects_total", exchange="bybit")
         msgs0 = total(m0, "fr_stream_messages_total", exchange="bybit")
@@ -243,7 +246,7 @@ async def test_dropped_connection_reconnects_and_resubscribes() -> None:
 
 
 async def test_malformed_frames_counted_values_unchanged() -> None:
-    async with running(**NO_BACKFILL) as env:
+    async with running(**LEAN) as env:
         m0 = await env.scrape()
         e0 = total(m0, "fr_parse_errors_total", exchange="binance")
         await env.control(Exchange.BINANCE, "fault", {"kind": "malformed", "count": 2})
@@ -267,7 +270,7 @@ async def test_malformed_frames_counted_values_unchanged() -> None:
 
 
 async def test_stall_goes_stale_and_recovers() -> None:
-    async with running(**NO_BACKFILL) as env:
+    async with running(**LEAN) as env:
         await env.control(Exchange.OKX, "fault", {"kind": "stall", "seconds": 3.5})
         stale = await env.wait_metrics(lambda m: get(m, "fr_up", exchange="okx") == 0.0)
         await env.wait_metrics(lambda m: get(m, "fr_mark_price", exchange="okx", instrument="BTC-USDT-SWAP") is None)
@@ -283,7 +286,7 @@ async def test_stall_goes_stale_and_recovers() -> None:
 
 
 async def test_rest_429_backed_off_and_counted() -> None:
-    async with running(**NO_BACKFILL) as env:
+    async with running(**LEAN) as env:
         await env.control(Exchange.BINANCE, "fault", {"kind": "rest_429", "count": 1, "seconds": 1})
         lbl = {"exchange": "binance", "reason": "rate_limited"}
         m1 = await env.wait_metrics(lambda m: total(m, "fr_rest_request_failures_total", **lbl) >= 1)
@@ -301,7 +304,8 @@ async def test_rest_429_backed_off_and_counted() -> None:
 
 async def test_rest_unreachable_uses_configured_ids_and_streams_flow(port: int) -> None:
     # nothing listens on `port`: Bybit's instrument list and history fail, its websocket works
-    async with running(bybit={"rest_url": f"http://127.0.0.1:{port}"}) as env:
+    overrides = {**NO_FUTURES, "bybit": {"rest_url": f"http://127.0.0.1:{port}", "futures": {"enabled": False}}}
+    async with running(**overrides) as env:
         m = await env.wait_metrics(
             lambda m: get(m, "fr_mark_price", exchange="bybit", instrument="ETHUSDT") is not None
         )
@@ -330,8 +334,10 @@ async def test_positions_service_wired(tmp_path: Any) -> None:
         "entry_price": 90000.0,
         "leverage": 5.0,
     }
-    settings = {"db_path": str(tmp_path / "acc.sqlite")}
-    async with running(positions=[position], position_settings=settings, **NO_BACKFILL) as env:
+    # two hours of mark klines for the historical stress, not the default 30 days (43,200 candles to
+    # fetch and fit; test_positions_sim and test_stress_positions test the stress itself)
+    settings = {"db_path": str(tmp_path / "acc.sqlite"), "stress_period_days": 0.1}
+    async with running(positions=[position], position_settings=settings, **LEAN) as env:
         m = await env.wait_metrics(lambda m: get(m, "fr_position_size", position="carry-btc") is not None)
         assert get(m, "fr_position_size", position="carry-btc") == 0.5
         r = await env.http.get(f"http://127.0.0.1:{env.port}/api/state")

@@ -415,6 +415,9 @@ async def test_exporter_serves_positions_without_secrets(
         poll=0.5,
     )
     cfg.listen_address = "127.0.0.1:0"
+    for ex_cfg in cfg.exchanges.values():  # the market's start-up (history, dated futures) is not under test
+        ex_cfg.backfill = False
+        ex_cfg.futures.enabled = False
     stop = asyncio.Event()
     ports: list[int] = []
     task = asyncio.create_task(run_exporter(cfg, stop, ports.append))
