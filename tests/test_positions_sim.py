@@ -121,6 +121,13 @@ def config(
     )
 
 
+def next_poll(clock: Clock) -> None:
+    """One poll interval (0.05 s) on, and never behind wall time: the service signs its account reads
+    with this clock and the simulator checks the stamps against its wall clock (5 s windows), so on a
+    loaded machine a clock moved only by the polls fell seconds behind and the reads failed (-1021)."""
+    clock.t = max(clock.t + 0.06, time.time())
+
+
 def render(svc: PositionService) -> str:
     reg = CollectorRegistry()
     reg.register(PositionCollector(svc))
@@ -142,7 +149,7 @@ async def test_account_positions_are_read_published_and_vanish_when_closed(
 ) -> None:
     await install_credentials(sim, creds)
     await open_positions(sim)
-    clock = Clock(time.time())  # polls are due when this clock says so (request signing uses wall time)
+    clock = Clock(time.time())  # polls are due when this clock says so (next_poll)
     svc = PositionService(config(sim, tmp_path), MarketState(), environ=creds, clock=clock)
     await svc.step()
     views = {v.exchange: v for v in svc.views()}
@@ -172,7 +179,7 @@ async def test_account_positions_are_read_published_and_vanish_when_closed(
     assert views["bybit"].settlements == 0
     await post(sim, Exchange.BYBIT, "/_sim/settle", {})
     for _ in range(3):
-        clock.advance(0.06)  # one poll interval (0.05 s)
+        next_poll(clock)
         await svc.step()
     bybit = next(v for v in svc.views() if v.exchange == "bybit")
     last = sim.market.get(Exchange.BYBIT, "BTCUSDT").history[-1]
@@ -181,7 +188,7 @@ async def test_account_positions_are_read_published_and_vanish_when_closed(
 
     await post(sim, Exchange.BINANCE, "/_sim/positions/close", {"instrument": "BTCUSDT"})
     await post(sim, Exchange.OKX, "/_sim/positions/close", {})
-    clock.advance(0.06)
+    next_poll(clock)
     await svc.step()
     assert {v.exchange for v in svc.views()} == {"bybit", "deribit"}
     out = render(svc)
@@ -308,9 +315,9 @@ async def test_settlement_accrues_exactly_once_also_across_a_restart(
     assert {v.position: v.settlements for v in svc.views()} == {"cfg-binance": 0, "cfg-okx": 0}
 
     await post(sim, Exchange.BINANCE, "/_sim/settle", {})
-    clock.advance(0.06)
+    next_poll(clock)
     await svc.step()
-    clock.advance(0.06)
+    next_poll(clock)
     await svc.step()  # the settlement seen again: no second accrual
     v = {x.position: x for x in svc.views()}
     assert v["cfg-binance"].settlements == 1 and v["cfg-okx"].settlements == 0
