@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from exporter.analytics import anchor as anchor_analytics
 from exporter.analytics import factors
@@ -27,11 +27,12 @@ from exporter.feeds.base import Feed, FeedContext, WsPlan
 from exporter.feeds.connection import BackoffPolicy, FeedConnection
 from exporter.limits import LIMITS
 from exporter.metrics.positions import PositionCollector
-from exporter.model import AnchorBackfill, Exchange, HistoryBackfill, InstrumentInfo, base_of
+from exporter.model import AnchorBackfill, Candle, Exchange, HistoryBackfill, InstrumentInfo, base_of
 from exporter.positions.service import PositionService
 from exporter.recording import Recorder
 from exporter.rest.client import RequestBudget, RestClient, RestError, RestPolicy, budget_share
-from exporter.rest.endpoints import ExchangeRest, rest_api_for
+from exporter.rest.endpoints import CandleKind, ExchangeRest, rest_api_for
+from exporter.rest.history_store import CandleStore
 from exporter.shard import Coverage, Shard, left_out_by_limit
 from exporter.sink import RecordSink
 from exporter.state import InstrumentState, MarketState
@@ -50,7 +51,15 @@ POSITIONS_STOP_S = 3.0
 FUTURES_AFTER_EXPIRY_S = 1.0  # reread the futures list this long after a delivery (the successor is listed)
 
 
-async def anchor_backfill(rest: ExchangeRest, st: InstrumentState, start: float, end: float) -> AnchorBackfill | None:
+class CandleSource(Protocol):
+    """Where a backfill reads candles: the exchange's endpoints, or the start-up's shared reads of them."""
+
+    async def price_candles(
+        self, kind: CandleKind, instrument: str, interval_seconds: int, start: float, end: float
+    ) -> list[Candle]: ...
+
+
+async def anchor_backfill(rest: CandleSource, st: InstrumentState, start: float, end: float) -> AnchorBackfill | None:
     """The instrument's anchor samples over (start, end] rebuilt from its one-minute candles, or None
     where they cannot be (interval unknown, continuous funding, no candles). The premium index is
     read from the start of the funding interval that contains ``start``: the average runs from there."""
@@ -91,6 +100,7 @@ class ExchangeRuntime:
     next_ws_open: float = 0.0  # clock.monotonic() before which no new websocket connection is opened
     streams: dict[WsPlan, asyncio.Task[None]] = field(default_factory=dict)
     futures: list[InstrumentInfo] = field(default_factory=list)  # dated futures followed (term structure)
+    candles: CandleStore | None = None  # during the start-up's backfills: their shared candle reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +206,7 @@ class Exporter:
         # what the REST budgets pace on: the exchanges' limits are in real seconds; a test whose
         # simulator limits on its VirtualClock passes that clock, so pacing is judged in virtual time
         self.budget_clock = budget_clock
+        self.shared_reads = True  # False: each backfill reads its own candles (the comparison in tests)
         self.state = state or market_state(config, clock)
         # What the streams, the REST client and the pollers write to: only the sink protocol.
         self.sink: RecordSink = self.state
@@ -364,10 +375,18 @@ class Exporter:
         if rt.rest.has_funding_info:
             jobs.append(self._funding_info(rt))
         if rt.cfg.backfill:
-            jobs.append(self._backfill(rt))
-            jobs.append(self._backfill_history(rt))
-        if jobs:
-            await asyncio.gather(*jobs)
+            # one time for every backfill's window: the shared reads serve windows that end together
+            now = self.clock.time()
+            rt.candles = self._plan_shared_reads(rt, now)
+            jobs.append(self._backfill(rt, now))
+            jobs.append(self._backfill_history(rt, now))
+        try:
+            if jobs:
+                await asyncio.gather(*jobs)
+        finally:
+            if rt.candles is not None:
+                rt.candles.clear()
+                rt.candles = None
 
     async def _load_instruments(self, rt: ExchangeRuntime) -> None:
         listed: list[InstrumentInfo] | None = None
@@ -493,19 +512,38 @@ class Exporter:
         except RestError as exc:
             log.warning("%s: funding info unavailable: %s", rt.exchange, exc)
 
-    async def _backfill(self, rt: ExchangeRuntime) -> None:
-        await self._backfill_funding(rt)
-        # after the funding history: its settlement times say where the funding intervals start
-        await self._backfill_anchor(rt)
+    def _anchors_backfilled(self, rt: ExchangeRuntime) -> bool:
+        return rt.rest.candle_kinds >= ANCHOR_CANDLE_KINDS
 
-    async def _backfill_anchor(self, rt: ExchangeRuntime) -> None:
-        """The anchor regression's window, rebuilt from one-minute candles where the exchange
-        publishes all three kinds it needs (exporter.analytics.anchor), so both methods show on the
-        first scrape."""
-        if not rt.rest.candle_kinds >= ANCHOR_CANDLE_KINDS:
+    def _mark_window(self, now: float) -> float:
+        """Where the factor backfill's 1-minute marks start: the longest window's first close and one more."""
+        return now // 60.0 * 60.0 - max(factors.VOLATILITY_WINDOWS.values()) - 2 * 60.0
+
+    def _plan_shared_reads(self, rt: ExchangeRuntime, now: float) -> CandleStore | None:
+        """The factor and anchor backfills both read the 1-minute mark candles: one read of the window
+        that covers both serves them (exporter/rest/history_store.py), the budget spent once."""
+        if not self.shared_reads or not self._anchors_backfilled(rt):
+            return None
+        store = CandleStore(rt.rest)
+        start = min(self._mark_window(now), now - self.config.analytics.anchor_window_seconds - ANCHOR_CANDLE_S)
+        for info in rt.instruments:
+            store.plan("mark", info.instrument, int(ANCHOR_CANDLE_S), start, now, readers=2)
+        return store
+
+    async def _backfill(self, rt: ExchangeRuntime, now: float | None = None) -> None:
+        if now is None:
+            now = self.clock.time()
+        await self._backfill_funding(rt, now)
+        # after the funding history: its settlement times say where the funding intervals start
+        await self._backfill_anchor(rt, now)
+
+    async def _backfill_anchor(self, rt: ExchangeRuntime, end: float) -> None:
+        """The anchor regression's window up to ``end`` (the start-up's time), rebuilt from one-minute
+        candles where the exchange publishes all three kinds it needs (exporter.analytics.anchor), so
+        both methods show on the first scrape. The samples after ``end`` come from the live stream."""
+        if not self._anchors_backfilled(rt):
             log.info("%s: no premium-index/mark/index candles: the anchor window fills live", rt.exchange)
             return
-        end = self.clock.time()
         start = end - self.config.analytics.anchor_window_seconds
         sem = asyncio.Semaphore(BACKFILL_CONCURRENCY)
         failed: list[str] = []
@@ -516,7 +554,7 @@ class Exporter:
                 return
             async with sem:
                 try:
-                    record = await anchor_backfill(rt.rest, st, start, end)
+                    record = await anchor_backfill(rt.candles or rt.rest, st, start, end)
                 except RestError as exc:
                     failed.append(info.instrument)
                     log.debug("%s %s: anchor backfill failed: %s", rt.exchange, info.instrument, exc)
@@ -530,8 +568,7 @@ class Exporter:
                 "%s: anchor backfill failed for %d instrument(s): %s", rt.exchange, len(failed), ", ".join(failed[:10])
             )
 
-    async def _backfill_funding(self, rt: ExchangeRuntime) -> None:
-        end = self.clock.time()
+    async def _backfill_funding(self, rt: ExchangeRuntime, end: float) -> None:
         start = end - self.config.analytics.zscore_window_seconds
         sem = asyncio.Semaphore(BACKFILL_CONCURRENCY)
         failed: list[str] = []
@@ -557,7 +594,7 @@ class Exporter:
         else:
             log.info("%s: funding history backfilled for %d instrument(s)", rt.exchange, len(rt.instruments))
 
-    async def _backfill_history(self, rt: ExchangeRuntime) -> None:
+    async def _backfill_history(self, rt: ExchangeRuntime, now: float | None = None) -> None:
         """The factor signals' past (docs/history.md): 1-minute mark closes for the realised volatility
         and 5-minute open interest for its change, so both are right on the first scrape; where open
         interest is polled (Binance) its current value too. Paced by the exchange's budget like all REST.
@@ -565,9 +602,9 @@ class Exporter:
         Marks and open interest are two independent passes: they are paced in different buckets
         (Binance's open-interest history shares `futures_data` with the long/short poller and takes
         far longer at scale), so the volatility of every instrument does not wait for it."""
-        now = self.clock.time()
-        longest_vol = max(factors.VOLATILITY_WINDOWS.values())
-        mark_start = now // 60.0 * 60.0 - longest_vol - 2 * 60.0  # the window's first close and one more
+        if now is None:
+            now = self.clock.time()
+        mark_start = self._mark_window(now)
         oi_start = now - max(factors.OI_CHANGE_WINDOWS.values()) - OI_HISTORY_STEP_S - 600.0
         rest = rt.rest
         failed: dict[str, list[str]] = {"mark candles": [], "open-interest history": []}
@@ -575,7 +612,7 @@ class Exporter:
         async def marks(info: InstrumentInfo, sem: asyncio.Semaphore) -> None:
             async with sem:
                 try:
-                    candles = await rest.price_candles("mark", info.instrument, 60, mark_start, now)
+                    candles = await (rt.candles or rest).price_candles("mark", info.instrument, 60, mark_start, now)
                     if rest.polls_open_interest:
                         updates = await rest.open_interest(info.instrument)
                         st = self.state.instruments.get((rt.exchange, info.instrument))

@@ -16,9 +16,11 @@ from support import wait_until
 from exporter.app import Exporter
 from exporter.clock import VirtualClock
 from exporter.config import Config
+from exporter.feeds import history as H
 from exporter.limits import LIMITS
-from exporter.model import Exchange
-from exporter.rest.client import RequestBudget
+from exporter.model import Candle, Exchange
+from exporter.rest.client import RequestBudget, RestError
+from exporter.rest.history_store import CandleStore
 from exporter.sim import main as sim_main
 from exporter.sim import server as sim_server
 
@@ -155,3 +157,137 @@ async def test_binance_factor_backfill_completes_while_the_open_interest_poller_
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(task, 15)
         await sim.stop()
+
+
+# ---- one read of the 1-minute mark candles for the factor and the anchor backfills ----------------
+
+SHARED = (Exchange.BINANCE, Exchange.BYBIT, Exchange.OKX)  # Deribit has no anchor backfill: one reader
+PARSE = {Exchange.BINANCE: H.binance_klines, Exchange.BYBIT: H.bybit_klines, Exchange.OKX: H.okx_candles}
+
+
+class _Frozen:
+    """A clock that stands still and whose sleeps return at once."""
+
+    def time(self) -> float:
+        return START
+
+    def monotonic(self) -> float:
+        return 0.0
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(0)
+
+
+async def _backfilled(shared: bool) -> tuple[dict[Any, Any], dict[Any, Any], dict[tuple[Exchange, str], int]]:
+    """One start-up's backfills against a fresh simulator at the same instant: the windows they leave in
+    the state, the mark candles the exchange sent per (exchange, params' instrument) (open times, from
+    the bodies themselves) and every request by (exchange, endpoint)."""
+    clock = VirtualClock(START)
+    # counting, not pacing, is judged here: no limits, and the budget's waits take no time (they count
+    # as slept on a clock that stands still), so the start-up reads run at once
+    options = sim_server.SimOptions(rate_limits=False)
+    sim = sim_main.Simulator(seed=8, base_port=0, tick_seconds=1.0, exchanges=SHARED, clock=clock, options=options)
+    await sim.start()
+    exchanges: dict[str, Any] = {ex.value: {"enabled": False} for ex in Exchange}
+    for ex in SHARED:
+        ws, rest = sim.urls(ex)
+        exchanges[ex.value] = {"ws_url": ws, "rest_url": rest, "instruments": [], "all_perpetuals": True,
+                               "max_instruments": 2, "futures": {"enabled": False}}  # fmt: skip
+    cfg = Config.model_validate({"listen_address": "127.0.0.1:0", "exchanges": exchanges})
+    exporter = Exporter(cfg, clock=clock, serve=False, budget_clock=_Frozen())
+    exporter.shared_reads = shared
+    sent: dict[Any, list[float]] = {}
+    try:
+        for ex, ecfg in cfg.enabled_exchanges().items():
+            exporter.state.register_exchange(ex)
+            rt = exporter.runtimes[ex] = exporter._runtime(ex, ecfg)
+
+            def record(
+                _s: float, _r: float, endpoint: str, _p: str, params: Any, body: bytes, ex: Exchange = ex
+            ) -> None:
+                # the 1-minute marks (Bybit also reads 5-minute marks to convert its open-interest history)
+                if endpoint == "mark_candles" and params.get("interval", params.get("bar")) in ("1", "1m"):
+                    inst = params.get("symbol") or params.get("instId")
+                    sent.setdefault((ex, inst), []).extend(c.open_time for c in PARSE[ex](body, "mark"))
+
+            rt.client.recorder = record
+        await asyncio.gather(*(exporter._start_exchange(rt) for rt in exporter.runtimes.values()))
+    finally:
+        await exporter.shutdown()
+        await sim.stop()
+    windows = {
+        key: (tuple(st.mark_minutes), tuple(st.anchor_samples)) for key, st in exporter.state.instruments.items()
+    }
+    requests = {key: h.requests for key, h in exporter.state.rest.items()}
+    return windows, sent, requests
+
+
+@pytest.mark.slow(seconds=3)
+async def test_the_mark_candles_are_read_once_for_both_backfills_and_give_the_same_windows() -> None:
+    shared_windows, shared_sent, shared_requests = await _backfilled(shared=True)
+    own_windows, own_sent, own_requests = await _backfilled(shared=False)
+    assert len(shared_windows) == 2 * len(SHARED) and set(shared_sent) == set(own_sent) == set(shared_windows)
+    for key, (marks, anchors) in shared_windows.items():
+        # both consumers got what their own reads gave them: the 4 h of closes and the 6 h of anchor samples
+        assert (marks, anchors) == own_windows[key], key
+        assert len(marks) >= 240 and len(anchors) >= 300, (key, len(marks), len(anchors))
+        # each minute's mark candle came over the wire once; with a read each, the 4 h came twice
+        assert len(shared_sent[key]) == len(set(shared_sent[key])), key
+        assert len(own_sent[key]) - len(set(own_sent[key])) >= 240, key
+    for ex in SHARED:
+        # one read saves its requests (the one REST client counts each) and nothing else changes
+        assert shared_requests[(ex, "mark_candles")] < own_requests[(ex, "mark_candles")], ex
+        others = {k: v for k, v in shared_requests.items() if k[0] is ex and k[1] != "mark_candles"}
+        assert others == {k: v for k, v in own_requests.items() if k[0] is ex and k[1] != "mark_candles"}, ex
+
+
+class _CountingRest:
+    """Candles 60 s apart over any window; counts the reads; the first ``fail`` reads fail."""
+
+    candle_kinds = frozenset({"mark"})
+
+    def __init__(self, fail: int = 0) -> None:
+        self.reads: list[tuple[float, float]] = []
+        self.fail = fail
+
+    async def price_candles(self, kind: str, instrument: str, interval_seconds: int, start: float, end: float) -> Any:
+        self.reads.append((start, end))
+        await asyncio.sleep(0)  # the second reader arrives while the first read is under way
+        if len(self.reads) <= self.fail:
+            raise RestError("http_5xx", "down")
+        first = -(-start // 60) * 60
+        return [Candle(t, t, t, t, t + 0.5) for t in range(int(first), int(end) + 1, 60)]
+
+
+async def test_the_store_reads_a_planned_window_once_and_anything_else_directly() -> None:
+    rest = _CountingRest()
+    store = CandleStore(rest)  # type: ignore[arg-type]
+    store.plan("mark", "X", 60, 0.0, 6000.0, readers=2)
+    a, b = await asyncio.gather(
+        store.price_candles("mark", "X", 60, 1200.0, 6000.0), store.price_candles("mark", "X", 60, 0.0, 3000.0)
+    )
+    assert rest.reads == [(0.0, 6000.0)]  # one read of the planned window for both
+    assert [c.open_time for c in a] == list(range(1200, 6001, 60)) and a[0] == Candle(1200, 1200, 1200, 1200, 1200.5)
+    assert [c.open_time for c in b] == list(range(0, 3001, 60))
+    assert store.holding() == 0  # both planned readers have read: nothing held
+    # a third read (not planned), a window beyond the plan, another instrument: read directly
+    await store.price_candles("mark", "X", 60, 0.0, 600.0)
+    store.plan("mark", "Y", 60, 0.0, 600.0, readers=2)
+    await store.price_candles("mark", "Y", 60, 0.0, 1200.0)
+    assert rest.reads[1:] == [(0.0, 600.0), (0.0, 1200.0)] and store.direct == 2
+
+
+async def test_a_failed_shared_read_fails_its_readers_and_a_later_one_reads_anew() -> None:
+    rest = _CountingRest(fail=1)
+    store = CandleStore(rest)  # type: ignore[arg-type]
+    store.plan("mark", "X", 60, 0.0, 600.0, readers=3)
+    got = await asyncio.gather(*(store.price_candles("mark", "X", 60, 0.0, 600.0) for _ in range(2)),
+                               return_exceptions=True)  # fmt: skip
+    assert [type(g) for g in got] == [RestError, RestError] and len(rest.reads) == 1
+    later = await store.price_candles("mark", "X", 60, 0.0, 600.0)
+    assert len(later) == 11 and len(rest.reads) == 2
+    store.plan("mark", "Z", 60, 0.0, 600.0, readers=2)
+    await store.price_candles("mark", "Z", 60, 0.0, 600.0)
+    assert store.holding() == 11  # one planned reader still to come
+    store.clear()
+    assert store.holding() == 0

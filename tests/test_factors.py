@@ -193,7 +193,7 @@ async def test_backfill_keeps_the_candles_when_the_open_interest_history_fails()
     info = InstrumentInfo(Exchange.OKX, "BTC-USDT-SWAP", "BTC", "USDT", funding_interval_s=28800.0)
     exporter.state.register(info)
     rest = _Rest()
-    rt = SimpleNamespace(exchange=Exchange.OKX, rest=rest, instruments=[info])
+    rt = SimpleNamespace(exchange=Exchange.OKX, rest=rest, instruments=[info], candles=None)
     await exporter._backfill_history(rt)  # type: ignore[arg-type]
     st = exporter.state.instruments[(Exchange.OKX, "BTC-USDT-SWAP")]
     # 1-minute marks from 4 h 2 min before the minute in progress; 5-minute OI from 4 h 15 min back
