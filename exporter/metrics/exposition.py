@@ -126,27 +126,41 @@ class Spec:
         self.head_text = f"# HELP {name} {_escape_help_text(help)}\n# TYPE {name} {kind}\n".encode()
         self.head_om = f"# HELP {self.om_name} {_escape_help_om(help)}\n# TYPE {self.om_name} {kind}\n".encode()
 
-    def family(self, labels: list[LabelSet] | None = None, values: list[float] | None = None) -> Family:
-        return Family(self, labels, values)
+    def family(
+        self, labels: list[LabelSet] | None = None, values: list[float] | None = None, texts: list[str] | None = None
+    ) -> Family:
+        return Family(self, labels, values, texts)
 
 
 class Family:
-    """One scrape's samples of a family, as two parallel lists (labels, values).
+    """One scrape's samples of a family, as parallel lists (labels, values; optionally the labels'
+    texts).
 
-    Two flat lists instead of a (labels, value) tuple per sample: 40,000 fewer GC-tracked objects
-    per scrape, so scrapes do not keep triggering full collections of a large heap.
+    Flat lists instead of a (labels, value) tuple per sample: 40,000 fewer GC-tracked objects
+    per scrape, so scrapes do not keep triggering full collections of a large heap. ``texts``, when
+    given, are the label sets' ``text`` (a collector that keeps them together in memory hands them
+    over so the renderer does not visit every label set object: see MarketCollector).
     """
 
-    __slots__ = ("labels", "spec", "values")
+    __slots__ = ("labels", "spec", "texts", "values")
 
-    def __init__(self, spec: Spec, labels: list[LabelSet] | None = None, values: list[float] | None = None) -> None:
+    def __init__(
+        self,
+        spec: Spec,
+        labels: list[LabelSet] | None = None,
+        values: list[float] | None = None,
+        texts: list[str] | None = None,
+    ) -> None:
         self.spec = spec
         self.labels: list[LabelSet] = labels if labels is not None else []
         self.values: list[float] = values if values is not None else []
+        self.texts = texts
 
     def add(self, labels: LabelSet, value: float) -> None:
         self.labels.append(labels)
         self.values.append(float(value))
+        if self.texts is not None:
+            self.texts.append(labels.text)
 
     @property
     def samples(self) -> list[tuple[LabelSet, float]]:
@@ -196,14 +210,15 @@ def render_family(fam: Family, out: list[bytes], openmetrics: bool) -> int:
     # repr() is exactly Go's formatting for finite floats below 1e6 (most samples); the rest go
     # through format_value. The finiteness test (v - v == 0 is false for NaN and +-inf) runs only
     # for values outside the fast range. Values must be floats here.
-    labels, values = fam.labels, fam.values
+    values = fam.values
+    texts = fam.texts if fam.texts is not None else [lb.text for lb in fam.labels]
     kept = 0
     for i in range(0, len(values), YIELD_EVERY):
         if i:
             yield_gil()
         lines = [
-            f"{name}{lb.text} {repr(v) if -1e300 < v < 1e6 else fmt(v)}\n"
-            for lb, v in zip(labels[i : i + YIELD_EVERY], values[i : i + YIELD_EVERY], strict=True)
+            f"{name}{t} {repr(v) if -1e300 < v < 1e6 else fmt(v)}\n"
+            for t, v in zip(texts[i : i + YIELD_EVERY], values[i : i + YIELD_EVERY], strict=True)
             if -1e300 < v < 1e6 or v - v == 0.0
         ]
         kept += len(lines)
