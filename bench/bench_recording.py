@@ -28,12 +28,14 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from exporter.config import Config
-from exporter.feeds.base import FeedContext, WsPlan
+from exporter.feeds.base import Feed, FeedContext, WsPlan
 from exporter.feeds.binance import BinanceFeed
+from exporter.feeds.bybit import BybitFeed
 from exporter.feeds.connection import FeedConnection
 from exporter.model import Exchange, InstrumentInfo
 from exporter.recording import Recorder
@@ -87,30 +89,44 @@ def frames(n_inst: int, n_frames: int, *, regular: bool = False) -> list[bytes]:
     return out
 
 
-async def ingest(
-    frames_: list[bytes], instruments: list[InstrumentInfo], recorder: Recorder | None, *, as_str: bool = False
-) -> tuple[float, float, float]:
+@dataclass(eq=False)  # a dict key by identity
+class Shape:
+    """A stream as the connection layer sees it: its feed, instruments and frames."""
+
+    name: str
+    exchange: Exchange
+    stream: str
+    feed: Callable[[], Feed]
+    instruments: list[InstrumentInfo]
+    frames: list[bytes]
+    dt: float  # receive time between frames
+    updates: int  # instrument updates in the frames
+
+
+async def ingest(shape: Shape, recorder: Recorder | None, *, as_str: bool = False) -> tuple[float, float, float]:
     """(process CPU, the loop thread's CPU, the writer thread's CPU) of ingesting the frames.
 
     ``as_str``: the former hand-over, each frame decoded to str on the loop as websockets did."""
     clock = [T0]
     state = MarketState(clock=lambda: clock[0])
-    for i in instruments:
+    for i in shape.instruments:
         state.register(i)
-    ctx = FeedContext(Exchange.BINANCE, {i.instrument: i for i in instruments})
-    conn = FeedConnection(BinanceFeed(), WsPlan("markPrice", "ws://bench"), ctx, state, clock=lambda: clock[0])
+    ctx = FeedContext(shape.exchange, {i.instrument: i for i in shape.instruments})
+    plan = WsPlan(shape.stream, "ws://bench")
+    conn = FeedConnection(shape.feed(), plan, ctx, state, clock=lambda: clock[0])
     if recorder is not None:
         recorder.start()
-        conn.recorder = recorder.ws_hook(Exchange.BINANCE)
+        conn.recorder = recorder.ws_hook(shape.exchange)
+    dt = shape.dt
     cpu0 = time.process_time()  # every thread of the process: the writer's compression included
     loop0 = time.thread_time()
     if as_str:
-        for k, fr in enumerate(frames_):
-            clock[0] = T0 + k
+        for k, fr in enumerate(shape.frames):
+            clock[0] = T0 + k * dt
             await conn.handle_frame(fr.decode("utf-8"), clock[0])
     else:
-        for k, fr in enumerate(frames_):
-            clock[0] = T0 + k
+        for k, fr in enumerate(shape.frames):
+            clock[0] = T0 + k * dt
             await conn.handle_frame(fr, clock[0])
     loop = time.thread_time() - loop0
     writer = 0.0
@@ -118,6 +134,8 @@ async def ingest(
         recorder.close()  # the writer finishes what was queued: its CPU belongs to the figure
         assert recorder.stats.dropped == 0, "queue too small for the benchmark"
         writer = recorder.stats.writer_cpu_s
+    health = state.streams[(shape.exchange, shape.stream)]
+    assert health.parse_errors == 0 and health.last_parsed_at > 0, "the frames did not parse"
     return time.process_time() - cpu0, loop, writer
 
 
@@ -166,37 +184,47 @@ def main() -> None:
     insts = infos(args.instruments)
     fr = frames(args.instruments, args.frames, regular=args.regular)
     updates = args.instruments * args.frames
+    by = bybit_infos(args.instruments)
+    by_frames = bybit_frames(by, args.frames)
+    shapes = [
+        Shape("binance array", Exchange.BINANCE, "markPrice", BinanceFeed, insts, fr, 1.0, updates),
+        Shape("bybit tickers", Exchange.BYBIT, "tickers", BybitFeed, by, by_frames, 0.001, len(by_frames)),
+    ]
     print(
         f"python {platform.python_version()}, {args.frames} frames x {args.instruments} instruments, "
-        f"{sum(map(len, fr)) / len(fr):,.0f} bytes a frame ({'regular' if args.regular else 'random walk'})"
+        f"{sum(map(len, fr)) / len(fr):,.0f} bytes a frame ({'regular' if args.regular else 'random walk'}); "
+        f"{len(by_frames)} Bybit ticker frames of {sum(map(len, by_frames)) / len(by_frames):,.0f} bytes"
     )
-    modes = (False, True) if args.old else (False,)
+    modes = [(shape, as_str) for shape in shapes for as_str in ((False, True) if args.old else (False,))]
     costs = {m: Cost() for m in modes}
 
-    def plain(as_str: bool) -> tuple[float, float, float]:
-        return asyncio.run(ingest(fr, insts, None, as_str=as_str))
+    def plain(shape: Shape, as_str: bool) -> tuple[float, float, float]:
+        return asyncio.run(ingest(shape, None, as_str=as_str))
 
-    def recorded(as_str: bool) -> tuple[float, float, float]:
+    def recorded(shape: Shape, as_str: bool) -> tuple[float, float, float]:
         with tempfile.TemporaryDirectory() as d:
-            recorder = Recorder(Path(d), queue_size=len(fr) + 10, compression=args.compression, level=args.level)
-            return asyncio.run(ingest(fr, insts, recorder, as_str=as_str))
+            n = len(shape.frames) + 10
+            recorder = Recorder(Path(d), queue_size=n, compression=args.compression, level=args.level)
+            return asyncio.run(ingest(shape, recorder, as_str=as_str))
 
     for k in range(args.runs):
         for m in modes if k % 2 == 0 else modes[::-1]:  # new, old / old, new
             if k % 2 == 0:  # ABBA: without, with / with, without
-                b1, r1 = plain(m), recorded(m)
+                b1, r1 = plain(*m), recorded(*m)
             else:
-                r1, b1 = recorded(m), plain(m)
+                r1, b1 = recorded(*m), plain(*m)
             costs[m].add(b1, r1)
-    costs[False].report("bytes (now)", updates, args.compression)
-    if args.old:
-        costs[True].report("str (before)", updates, args.compression)
-        new, old = costs[False], costs[True]
-        ratio = [n / o for n, o in zip(new.base, old.base, strict=True)]
-        print(
-            f"ingest without recording, bytes / str hand-over: {statistics.median(ratio):.3f} "
-            f"(the str decode the loop no longer pays)"
-        )
+    for shape in shapes:
+        label = shape.name
+        costs[(shape, False)].report(f"{label}, bytes (now)", shape.updates, args.compression)
+        if args.old:
+            old = costs[(shape, True)]
+            old.report(f"{label}, str (before)", shape.updates, args.compression)
+            ratio = [n / o for n, o in zip(costs[(shape, False)].base, old.base, strict=True)]
+            print(
+                f"{label}: ingest without recording, bytes / str hand-over: {statistics.median(ratio):.3f} "
+                f"(the str decode the loop no longer pays)"
+            )
 
     with tempfile.TemporaryDirectory() as d:
         recorder = Recorder(Path(d), queue_size=len(fr) + 10)
@@ -218,8 +246,6 @@ def main() -> None:
         print(f"replay as fast as possible: {rate:,.0f} instrument updates/s on one core (target >= 200,000)")
 
     # the other shape: one instrument a frame (Bybit linear tickers, a snapshot then deltas)
-    by = bybit_infos(args.instruments)
-    by_frames = bybit_frames(by, args.frames)
     with tempfile.TemporaryDirectory() as d:
         recorder = Recorder(Path(d), queue_size=len(by_frames) + 10)
         recorder.start()

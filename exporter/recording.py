@@ -31,6 +31,7 @@ import importlib
 import importlib.util
 import io
 import logging
+import math
 import re
 import threading
 import time
@@ -57,6 +58,7 @@ REST_ERROR = "rest_error"  # a failed REST attempt: the reason, the status, neve
 RestHook = Callable[[float, float, str, str, Any, bytes], None]
 RestFailureHook = Callable[[float, float, str, str, Any, str, "int | None"], None]
 Item = tuple[float, str, str, str, "str | bytes", "str | None", "Mapping[str, Any] | None"]
+SMALL_FRAME = 1 << 12  # a frame this small is copied once more into its line (one call); a larger one is not
 CHUNK = 1 << 20  # lines are copied into one reused buffer and handed to the compressor this much at a time
 
 
@@ -171,6 +173,7 @@ class Recorder:
         self._file: IO[bytes] | None = None
         self._path: Path | None = None
         self._opened_at = 0.0  # receive time of the current file's first line
+        self._rotate_at = -math.inf  # a line received at or after this starts a new file (none open yet)
         self._bytes_at_open = 0
         self._raw: _Counting | None = None
         self._seq = 0
@@ -192,9 +195,18 @@ class Recorder:
     def ws_hook(self, exchange: Exchange) -> Callable[[float, str, str | bytes, bool], None]:
         """What a FeedConnection calls with (received_at, stream, frame, the frame is valid JSON)."""
         ex = str(exchange)
+        q = self.q
+        append = q.append
+        stats = self.stats
 
         def hook(received_at: float, stream: str, frame: str | bytes, json_ok: bool = False) -> None:
-            self._put((received_at, ex, WS_JSON if json_ok else "ws", stream, frame, None, None))
+            # _put inline: this runs on the event loop for every frame
+            if len(q) >= self.queue_size or self._closing:
+                stats.dropped += 1
+                return
+            append((received_at, ex, WS_JSON if json_ok else "ws", stream, frame, None, None))
+            if len(q) == self._wake_at:
+                self._wake.set()
 
         return hook
 
@@ -263,13 +275,7 @@ class Recorder:
                     self._wake.wait(self.flush_seconds)
                 self._wake.clear()
                 closing = self._closing  # read before draining: what was queued before close() is written
-                for _ in range(len(q)):  # what is there now; later lines wait for the next turn
-                    item = q.popleft()
-                    try:
-                        self._write(item)
-                    except Exception:  # a full disk must not kill the thread: count and go on
-                        self.stats.dropped += 1
-                        log.exception("recording: write failed")
+                self._drain(len(q))  # what is there now; later lines wait for the next turn
                 self._write_chunk()
                 if self._file is not None and (closing or self.wall() - last_flush >= self.flush_seconds):
                     self._file.flush()
@@ -282,12 +288,52 @@ class Recorder:
             self._close_file()
             self.stats.writer_cpu_s = time.thread_time() - cpu0
 
+    def _drain(self, n: int) -> None:
+        """Write ``n`` queued items. The usual line, a small frame that parsed, is built here in one
+        formatting call and copied into the buffer without a method call (the per-line Python work is
+        most of the writer's cost on one-instrument frames: bench_recording.py); the rest go to
+        :meth:`_write`."""
+        popleft = self.q.popleft
+        heads = self._heads
+        dumps = orjson.dumps
+        mv = self._mv
+        size = len(mv)
+        written = 0
+        for _ in range(n):
+            item = popleft()
+            t, ex, kind, src, data, _, _ = item
+            if t >= self._rotate_at:  # time or size to start a new file (or none open yet)
+                try:
+                    self._rotate(t)
+                except Exception:
+                    self.stats.dropped += 1
+                    log.exception("recording: cannot open a new file")
+                    continue
+            if kind == WS_JSON and type(data) is bytes and len(data) < SMALL_FRAME:
+                rest = heads.get((ex, src))
+                if rest is not None and b"\n" not in data and data.isascii():
+                    line = b'{"t":%b%b%b}\n' % (dumps(t), rest, data)
+                    pos = self._pos
+                    end = pos + len(line)
+                    if end <= size:
+                        mv[pos:end] = line
+                        self._pos = end
+                        self._buf_lines += 1
+                    else:
+                        self._add(line)
+                    written += 1
+                    continue
+            try:
+                self._write(item)
+            except Exception:  # a full disk must not kill the thread: count and go on
+                self.stats.dropped += 1
+                log.exception("recording: write failed")
+        self.stats.frames_ws += written
+
     def _write(self, item: Item) -> None:
         t, ex, kind, src, data, path, params = item
-        if self._file is not None and t - self._opened_at >= self.rotate_seconds:
+        if t >= self._rotate_at:
             self._rotate(t)
-        elif self._file is None or self.stats.bytes - self._bytes_at_open > self.max_bytes // 4:
-            self._rotate(t)  # a file never grows past a quarter of the cap: the cap holds within that
         if kind == WS_JSON:
             # A frame known to be JSON goes in as it is: no escaping, byte for byte (the costly
             # part of a line otherwise); only one with a line feed in it (whitespace: JSON strings
@@ -376,6 +422,8 @@ class Recorder:
 
     def _count(self, n: int) -> None:
         self.stats.bytes += n
+        if self.stats.bytes - self._bytes_at_open > self.max_bytes // 4:
+            self._rotate_at = -math.inf  # a file never grows past a quarter of the cap: the cap holds within that
 
     def _rotate(self, t: float) -> None:
         self._write_chunk()  # the lines before this one belong to the file being closed
@@ -392,6 +440,7 @@ class Recorder:
         self._raw = raw
         self._path = path
         self._opened_at = t
+        self._rotate_at = t + self.rotate_seconds
         self._bytes_at_open = self.stats.bytes
         self._enforce_cap()
 
