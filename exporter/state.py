@@ -23,7 +23,8 @@ import time
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from exporter.model import (
     EIGHT_HOURS,
@@ -184,59 +185,329 @@ class Window:
         return tuple(data[index * w : (index + 1) * w])
 
 
-@dataclass(slots=True)
+# The values every market update writes live in flat arrays, one slot per instrument (Columns), not as
+# float objects on the instrument: at thousands of instruments an update then writes a few dense array
+# slots instead of freeing the float objects it replaces, each scattered in memory (a cache miss and a
+# pool header each). InstrumentState reads and writes them through properties of the same names and
+# meanings; None is stored as NaN (no parser lets a NaN through: see exporter.feeds.validate).
+NONE = math.nan
+# column -> (attribute, default, optional: NaN reads as None)
+COLUMNS: tuple[tuple[str, float, bool], ...] = (
+    ("event_time", NONE, True),  # exchange's own timestamp of the last update
+    ("mark_price", NONE, True),
+    ("index_price", NONE, True),
+    ("price_at", 0.0, False),  # receive times (wall clock, Unix seconds); 0.0 = never received
+    ("premium", NONE, True),  # exchange-published premium index
+    ("funding_rate", NONE, True),  # per the instrument's own interval
+    ("next_funding_time", NONE, True),
+    ("funding_at", 0.0, False),
+    ("funding_interval_s", NONE, True),
+    ("funding_cap", NONE, True),
+    ("funding_floor", NONE, True),
+    ("open_interest_base", NONE, True),
+    ("open_interest_usd", NONE, True),
+    ("oi_at", 0.0, False),
+    # The trackers' hints: nothing is due before these times, so the hot path skips their calls
+    # (the mark minute closes at mark_minute_end; the sampler's one-a-minute samples; the hourly
+    # observation of continuous funding); "due" is the least of the two every update looks at.
+    ("mark_minute_end", 0.0, False),
+    ("anchor_sample_due", 0.0, False),
+    ("oi_sample_due", 0.0, False),
+    ("continuous_due", 0.0, False),
+    ("due", 0.0, False),
+    # the rate (per 8 h) is at or beyond the event limit (FundingThreshold): 1.0, else 0.0
+    ("funding_extreme_flag", 0.0, False),
+    # funding_interval_s or the instrument list's interval (0.0: unknown): what the 8 h figure uses
+    ("interval_eff", 0.0, False),
+    # |rate| per the instrument's interval at which FundingThreshold may see a change: at or above
+    # it when not extreme (positive), below minus it when extreme (negative); inf: no interval known
+    ("funding_band", math.inf, False),
+)
+(
+    C_EVENT_TIME,
+    C_MARK,
+    C_INDEX,
+    C_PRICE_AT,
+    C_PREMIUM,
+    C_RATE,
+    C_NFT,
+    C_FUNDING_AT,
+    C_INTERVAL,
+    C_CAP,
+    C_FLOOR,
+    C_OI_BASE,
+    C_OI_USD,
+    C_OI_AT,
+    C_MARK_MINUTE_END,
+    C_ANCHOR_DUE,
+    C_OI_DUE,
+    C_CONTINUOUS_DUE,
+    C_DUE,
+    C_EXTREME,
+    C_INTERVAL_EFF,
+    C_BAND,
+) = range(len(COLUMNS))
+_HINTS = (C_MARK_MINUTE_END, C_ANCHOR_DUE)  # "due" is the least of these (every update looks at both)
+_BAND_MARGIN = 1e-9  # the band errs towards calling the tracker, which decides exactly
+_DEFAULTS = tuple(d for _, d, _ in COLUMNS)
+
+
+class Columns:
+    """The per-update values of a set of instruments: one flat array of floats per value, one slot per
+    instrument (its index). Slots are added, never moved or removed. Written and read through
+    memoryviews (half the cost of an array's item access); the arrays are allocated with room to
+    spare and replaced by larger copies when full (a view pins its array's size), so keep the Columns,
+    not its arrays. A reader in another thread reads one slot in one C call."""
+
+    __slots__ = ("arrays", "count", "funding_limit_8h", "views")
+
+    def __init__(self, funding_limit_8h: float = math.inf, capacity: int = 64) -> None:
+        self.funding_limit_8h = funding_limit_8h  # FundingThreshold's limit, for the funding band
+        self.count = 0
+        self.arrays: tuple[array, ...] = ()
+        self.views: tuple[Any, ...] = ()  # memoryviews of doubles (typeshed types their items as int)
+        self._allocate(capacity)
+
+    def _allocate(self, capacity: int) -> None:
+        fresh = tuple(array("d", [d]) * capacity for d in _DEFAULTS)
+        n = self.count
+        for new, old in zip(fresh, self.arrays, strict=False):
+            new[:n] = old[:n]
+        self.arrays = fresh
+        self.views = tuple(memoryview(a) for a in fresh)
+
+    def add(self) -> int:
+        if self.count == len(self.arrays[0]):
+            self._allocate(2 * self.count)
+        self.count += 1
+        return self.count - 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Columns:
+        twin = Columns(self.funding_limit_8h, max(1, len(self.arrays[0])))
+        twin.count = self.count
+        for new, old in zip(twin.arrays, self.arrays, strict=True):
+            new[:] = old
+        return twin
+
+
+def _column(k: int, optional: bool) -> property:
+    if optional:
+
+        def get(self: InstrumentState) -> float | None:
+            v = self._columns.views[k][self._i]
+            return None if v != v else v
+
+        def put(self: InstrumentState, v: float | None) -> None:
+            self._columns.views[k][self._i] = NONE if v is None else v
+
+    else:
+
+        def get(self: InstrumentState) -> float | None:
+            return self._columns.views[k][self._i]
+
+        def put(self: InstrumentState, v: float | None) -> None:
+            self._columns.views[k][self._i] = v  # type: ignore[assignment]
+
+    return property(get, put)
+
+
+def _hint(k: int) -> property:
+    def get(self: InstrumentState) -> float:
+        return self._columns.views[k][self._i]
+
+    def put(self: InstrumentState, v: float) -> None:
+        c, i = self._columns.views, self._i
+        c[k][i] = v
+        c[C_DUE][i] = min(c[h][i] for h in _HINTS)
+
+    return property(get, put)
+
+
+if TYPE_CHECKING:  # what the properties read and take, for the type checker
+
+    class _Optional:
+        def __init__(self, k: int) -> None: ...
+        def __get__(self, obj: object, owner: object = None) -> float | None: ...
+        def __set__(self, obj: object, v: float | None) -> None: ...
+
+    class _Value:
+        def __init__(self, k: int) -> None: ...
+        def __get__(self, obj: object, owner: object = None) -> float: ...
+        def __set__(self, obj: object, v: float) -> None: ...
+
+    _Hint = _Value
+
+else:
+
+    def _Optional(k: int) -> property:
+        return _column(k, True)
+
+    def _Value(k: int) -> property:
+        return _column(k, False)
+
+    _Hint = _hint
+
+
 class InstrumentState:
-    info: InstrumentInfo
-    mark_price: float | None = None
-    index_price: float | None = None
-    premium: float | None = None  # exchange-published premium index
-    funding_rate: float | None = None  # per the instrument's own interval
-    next_funding_time: float | None = None
-    funding_interval_s: float | None = None
-    funding_cap: float | None = None
-    funding_floor: float | None = None
-    open_interest_base: float | None = None
-    open_interest_usd: float | None = None
-    long_short_ratio: float | None = None
-    # receive times (wall clock, Unix seconds); 0.0 = never received
-    price_at: float = 0.0
-    funding_at: float = 0.0
-    oi_at: float = 0.0
-    ratio_at: float = 0.0
-    event_time: float | None = None  # exchange's own timestamp of the last update
-    # rolling windows
-    # (funding_time, rate); span set by MarketState from the z-score window
-    # (funding_time, rate, interval_s the rate was for; 0 = unknown): rates are per *their* interval,
-    # so a window that spans an interval change (Binance moves capped symbols to 1 h) can be rescaled
-    settlements: Window = field(default_factory=lambda: Window(3, MAX_SETTLEMENTS))
-    settlements_version: int = 0  # bumped on every change, so readers can cache window stats
-    # (time, funding rate scaled to 8 h, premium), one a minute; span = the anchor regression window
-    anchor_samples: Window = field(default_factory=lambda: Window(3, 2000))
-    # (time, open_interest_usd), one a minute (backfilled: one per 5 min), 4 h 15 min (1 h, 4 h changes)
-    oi_samples: Window = field(default_factory=lambda: Window(2, 300, OI_SPAN_SECONDS))
-    # (minute start, last mark of that minute) of complete minutes, exchange time (realised volatility);
-    # the minute in progress starts at mark_minute (-1: no mark yet) and its close so far is mark_price
-    mark_minutes: Window = field(default_factory=lambda: Window(2, MARK_MINUTES))
-    mark_minute: float = -1.0
-    mark_minute_end: float = 0.0  # the hot path's only test: a mark at or after this closes the minute
-    # The sampler's hints: no sample is due before these times, so the hot path skips the call.
-    anchor_sample_due: float = 0.0
-    funding_extreme: bool = False  # the rate (per 8 h) is at or beyond the event limit (FundingThreshold)
-    oi_sample_due: float = 0.0
-    # liquidations seen on the public stream, per side of the liquidated position
-    liq_count: dict[Side, int] = field(default_factory=lambda: {Side.LONG: 0, Side.SHORT: 0})
-    liq_notional_usd: dict[Side, float] = field(default_factory=lambda: {Side.LONG: 0.0, Side.SHORT: 0.0})
-    liq_recent: deque[tuple[float, Side, float]] = field(default_factory=lambda: deque(maxlen=20000))
-    # its base's last-minute flow (LiquidationThreshold's), found once; the tracker's, not a value of the instrument
-    liq_flow: BaseFlow | None = field(default=None, compare=False, repr=False)
+    """One perpetual's latest values, receive times and rolling windows.
+
+    The per-update values (see COLUMNS) are properties backed by the owning state's Columns; an
+    InstrumentState made alone gets Columns of its own."""
+
+    __slots__ = (
+        "_columns",
+        "_i",
+        "_info",
+        "anchor_samples",
+        "liq_count",
+        "liq_flow",
+        "liq_notional_usd",
+        "liq_recent",
+        "long_short_ratio",
+        "mark_minute",
+        "mark_minutes",
+        "oi_samples",
+        "ratio_at",
+        "settlements",
+        "settlements_version",
+    )
+
+    # the per-update values, in the Columns (see COLUMNS for their meanings)
+    event_time = _Optional(C_EVENT_TIME)
+    mark_price = _Optional(C_MARK)
+    index_price = _Optional(C_INDEX)
+    price_at = _Value(C_PRICE_AT)
+    premium = _Optional(C_PREMIUM)
+    funding_rate = _Optional(C_RATE)
+    next_funding_time = _Optional(C_NFT)
+    funding_at = _Value(C_FUNDING_AT)
+    funding_cap = _Optional(C_CAP)
+    funding_floor = _Optional(C_FLOOR)
+    open_interest_base = _Optional(C_OI_BASE)
+    open_interest_usd = _Optional(C_OI_USD)
+    oi_at = _Value(C_OI_AT)
+    mark_minute_end = _Hint(C_MARK_MINUTE_END)
+    anchor_sample_due = _Hint(C_ANCHOR_DUE)
+    oi_sample_due = _Value(C_OI_DUE)
+    continuous_due = _Value(C_CONTINUOUS_DUE)
+
+    def __init__(
+        self,
+        info: InstrumentInfo,
+        settlements: Window | None = None,
+        anchor_samples: Window | None = None,
+        columns: Columns | None = None,
+    ) -> None:
+        cols = columns if columns is not None else Columns()
+        self._columns = cols
+        self._i = cols.add()
+        self._info = info
+        self._refresh_interval()
+        self.long_short_ratio: float | None = None
+        self.ratio_at = 0.0
+        # (funding_time, rate, interval_s the rate was for; 0 = unknown): rates are per *their* interval,
+        # so a window that spans an interval change (Binance moves capped symbols to 1 h) can be rescaled;
+        # span set by MarketState from the z-score window
+        self.settlements = settlements if settlements is not None else Window(3, MAX_SETTLEMENTS)
+        self.settlements_version = 0  # bumped on every change, so readers can cache window stats
+        # (time, funding rate scaled to 8 h, premium), one a minute; span = the anchor regression window
+        self.anchor_samples = anchor_samples if anchor_samples is not None else Window(3, 2000)
+        # (time, open_interest_usd), one a minute (backfilled: one per 5 min), 4 h 15 min (1 h, 4 h changes)
+        self.oi_samples = Window(2, 300, OI_SPAN_SECONDS)
+        # (minute start, last mark of that minute) of complete minutes, exchange time (realised volatility);
+        # the minute in progress starts at mark_minute (-1: no mark yet) and its close so far is mark_price
+        self.mark_minutes = Window(2, MARK_MINUTES)
+        self.mark_minute = -1.0
+        # liquidations seen on the public stream, per side of the liquidated position
+        self.liq_count: dict[Side, int] = {Side.LONG: 0, Side.SHORT: 0}
+        self.liq_notional_usd: dict[Side, float] = {Side.LONG: 0.0, Side.SHORT: 0.0}
+        self.liq_recent: deque[tuple[float, Side, float]] = deque(maxlen=20000)
+        # its base's last-minute flow (LiquidationThreshold's), found once; the tracker's, not a value of the instrument
+        self.liq_flow: BaseFlow | None = None
+
+    @property
+    def slot(self) -> int:
+        """This instrument's index in its Columns."""
+        return self._i
+
+    @property
+    def info(self) -> InstrumentInfo:
+        return self._info
+
+    @info.setter
+    def info(self, info: InstrumentInfo) -> None:
+        self._info = info
+        self._refresh_interval()
+
+    def _refresh_interval(self) -> None:
+        """The effective interval and the funding band follow the interval and the extreme flag."""
+        c, i = self._columns.views, self._i
+        iv = self.funding_interval_s or self._info.funding_interval_s or 0.0
+        c[C_INTERVAL_EFF][i] = iv
+        if not iv:
+            c[C_BAND][i] = math.inf  # FundingThreshold looks at nothing without an interval
+            return
+        band = self._columns.funding_limit_8h * iv / EIGHT_HOURS
+        c[C_BAND][i] = -band * (1.0 + _BAND_MARGIN) if c[C_EXTREME][i] else band * (1.0 - _BAND_MARGIN)
+
+    @property
+    def funding_interval_s(self) -> float | None:
+        v = self._columns.views[C_INTERVAL][self._i]
+        return None if v != v else v
+
+    @funding_interval_s.setter
+    def funding_interval_s(self, v: float | None) -> None:
+        self._columns.views[C_INTERVAL][self._i] = NONE if v is None else v
+        self._refresh_interval()
+
+    @property
+    def funding_extreme(self) -> bool:
+        """The rate (per 8 h) is at or beyond the event limit (FundingThreshold)."""
+        return self._columns.views[C_EXTREME][self._i] != 0.0
+
+    @funding_extreme.setter
+    def funding_extreme(self, v: bool) -> None:
+        self._columns.views[C_EXTREME][self._i] = 1.0 if v else 0.0
+        self._refresh_interval()
 
     @property
     def key(self) -> Key:
-        return (self.info.exchange, self.info.instrument)
+        return (self._info.exchange, self._info.instrument)
 
     @property
     def interval_s(self) -> float | None:
-        return self.funding_interval_s or self.info.funding_interval_s
+        return self.funding_interval_s or self._info.funding_interval_s
+
+    def _compared(self) -> tuple[object, ...]:
+        i = self._i
+        return (
+            self._info,
+            tuple(None if v != v else v for v in (a[i] for a in self._columns.views)),  # NaN (None) equals NaN here
+            self.long_short_ratio,
+            self.ratio_at,
+            self.settlements,
+            self.settlements_version,
+            self.anchor_samples,
+            self.oi_samples,
+            self.mark_minutes,
+            self.mark_minute,
+            self.liq_count,
+            self.liq_notional_usd,
+            self.liq_recent,
+        )  # liq_flow is the tracker's, not a value of the instrument
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, InstrumentState):
+            return NotImplemented
+        return self._compared() == other._compared()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"InstrumentState({self._info.exchange.value} {self._info.instrument}, mark={self.mark_price})"
 
     def settlement_window(self) -> tuple[tuple[float, float], ...]:
         """(funding_time, rate) pairs as settled, oldest first; a copy safe to use from another thread."""
@@ -291,6 +562,11 @@ class MarketState:
         # without building a key tuple, and never reads a stored tuple to compare it (a cache miss
         # per update at thousands of instruments).
         self._by_exchange: dict[Exchange, dict[str, InstrumentState]] = {}
+        # The market-update path finds the instrument's slot in the flat per-update arrays (Columns)
+        # and touches the InstrumentState object only when a tracker is called.
+        self._columns = Columns(funding_event_rate_8h)
+        self._slots: dict[Exchange, dict[str, int]] = {}
+        self._states: list[InstrumentState] = []  # by slot
         self.futures: dict[Key, FutureState] = {}  # dated futures (term structure), kept apart from perpetuals
         self.streams: dict[tuple[Exchange, str], StreamHealth] = {}
         self.rest: dict[tuple[Exchange, str], RestHealth] = {}
@@ -327,9 +603,12 @@ class MarketState:
                 info=info,
                 settlements=Window(3, self._settlement_capacity, self._settlement_span),
                 anchor_samples=Window(3, 2000, self._anchor_span),
+                columns=self._columns,
             )
             self.instruments[key] = st
             self._by_exchange.setdefault(info.exchange, {})[info.instrument] = st
+            self._slots.setdefault(info.exchange, {})[info.instrument] = st.slot
+            self._states.append(st)
         else:
             st.info = info
         if info.funding_cap is not None:
@@ -439,81 +718,134 @@ class MarketState:
         self._settlements.merge(st, pairs, interval_s)
 
     def _apply_market(self, u: MarketUpdate, now: float) -> None:
-        # The hot path (every update of every stream): store the fields present, then let the trackers
-        # see the values they follow. Fields are read once into locals.
-        by_id = self._by_exchange.get(u.exchange)
-        st = by_id.get(u.instrument) if by_id is not None else None
-        if st is None:
+        # The hot path (every update of every stream): store the fields present in the instrument's
+        # slots of the flat arrays (Columns), then let the trackers see the values they follow. The
+        # state object is fetched only for a tracker call. Fields and columns are read once into locals.
+        by_id = self._slots.get(u.exchange)
+        i = by_id.get(u.instrument) if by_id is not None else None
+        if i is None:
             self._apply_future(u, now)  # a miss only: the perpetuals' path is unchanged
             return
-        v = u.event_time
-        if v is not None:
-            st.event_time = v
+        (
+            et_a,
+            mark_a,
+            index_a,
+            price_at_a,
+            premium_a,
+            rate_a,
+            nft_a,
+            funding_at_a,
+            interval_a,
+            cap_a,
+            floor_a,
+            oi_base_a,
+            oi_usd_a,
+            oi_at_a,
+            mark_minute_end_a,
+            anchor_due_a,
+            oi_due_a,
+            continuous_due_a,
+            due_a,
+            _,
+            interval_eff_a,
+            band_a,
+        ) = self._columns.views
+        et = u.event_time
+        if et is not None:
+            et_a[i] = et
+            t = et
+        else:
+            t = now
+        # one read tells whether the mark minute or the anchor sample may be due
+        due = (t if t > now else now) >= due_a[i]
         mark = u.mark_price
         index = u.index_price
         if mark is not None or index is not None:
             if mark is not None:
                 # the first mark of a later minute closes the one in progress with the mark before it
-                if (v if v is not None else now) >= st.mark_minute_end:
-                    self._sampler.mark_minute(st, v if v is not None else now)
-                st.mark_price = mark
+                if due and t >= mark_minute_end_a[i]:
+                    self._sampler.mark_minute(self._states[i], t)
+                mark_a[i] = mark
             if index is not None:
-                st.index_price = index
-            st.price_at = now
+                index_a[i] = index
+            price_at_a[i] = now
         v = u.premium
         if v is not None:
-            st.premium = v
-        # the interval before this update, read only when a next funding time needs it
-        prev_interval = st.funding_interval_s
+            premium_a[i] = v
         v = u.funding_interval_s
+        prev_interval: float | None = None
         if v is not None:
-            st.funding_interval_s = v
+            prev_interval = interval_eff_a[i] or None  # the interval before this update
+            if v and v == interval_eff_a[i]:
+                interval_a[i] = v  # as known: the band stays
+            else:
+                self._states[i].funding_interval_s = v
         v = u.funding_cap
         if v is not None:
-            st.funding_cap = v
+            cap_a[i] = v
         v = u.funding_floor
         if v is not None:
-            st.funding_floor = v
+            floor_a[i] = v
         rate_8h = u.funding_rate_8h
         rate = u.funding_rate
         if rate is None:
             rate = rate_8h
         nft = u.next_funding_time
         if rate is not None or nft is not None:
-            if nft is not None:
-                if nft != st.next_funding_time:
-                    prev_interval = prev_interval or st.info.funding_interval_s
-                    changed = self._settlements.next_funding(st, nft, prev_interval, now)
-                    if changed is not None and u.funding_interval_s is None:
-                        self._interval_changed(st, changed)
-                    elif changed is None:
-                        missed = self._settlements.missed(st, nft, prev_interval)
-                        if missed:
-                            key = (st.info.exchange, st.info.instrument)
-                            self.settlements_missed[key] = self.settlements_missed.get(key, 0) + missed
-                st.next_funding_time = nft
+            if nft is not None and nft != nft_a[i]:  # NaN (none yet) is never equal
+                self._next_funding(self._states[i], u, nft, prev_interval, now)
+                nft_a[i] = nft
             if rate is not None:
-                st.funding_rate = rate
-                if rate_8h is not None and st.next_funding_time is None:
-                    self._settlements.continuous(st, rate_8h, u.event_time, now)
-                self._funding_events.observe(st, rate, now)
-            st.funding_at = now
-        if u.confirms_ticker:
-            self._confirm_ticker(st, now)
+                rate_a[i] = rate
+                if rate_8h is not None and t >= continuous_due_a[i] and nft_a[i] != nft_a[i]:
+                    # continuous funding (no next time): an observation an hour
+                    self._settlements.continuous(self._states[i], rate_8h, et, now)
+                # FundingThreshold looks only where the rate may have crossed its limit
+                band = band_a[i]
+                if (abs(rate) >= band) if band >= 0.0 else (abs(rate) < -band):
+                    self._funding_events.observe(self._states[i], rate, now)
+            funding_at_a[i] = now
+        elif u.confirms_ticker and rate_a[i] == rate_a[i]:  # a delta omits the unchanged: still current
+            funding_at_a[i] = now
         oi_base = u.open_interest_base
         oi_usd = u.open_interest_usd
         if oi_base is not None or oi_usd is not None:
             if oi_base is not None:
-                st.open_interest_base = oi_base
+                oi_base_a[i] = oi_base
             if oi_usd is not None:
-                st.open_interest_usd = oi_usd
-            elif oi_base is not None and st.mark_price is not None:
-                st.open_interest_usd = oi_base * st.mark_price
-            st.oi_at = now
-            if now >= st.oi_sample_due:
-                self._sampler.open_interest(st, now)
-        if now >= st.anchor_sample_due and st.funding_rate is not None:  # no rate yet: no sample to take
-            self._sampler.anchor(st, now)
+                oi_usd_a[i] = oi_usd
+            elif oi_base is not None:
+                m = mark if mark is not None else mark_a[i]
+                if m == m:  # a mark known (not NaN)
+                    oi_usd_a[i] = oi_base * m
+            oi_at_a[i] = now
+            if now >= oi_due_a[i]:
+                self._sampler.open_interest(self._states[i], now)
+        elif u.confirms_ticker and (oi_usd_a[i] == oi_usd_a[i] or oi_base_a[i] == oi_base_a[i]):
+            oi_at_a[i] = now
+        if (
+            u.confirms_ticker
+            and mark is None
+            and index is None
+            and (mark_a[i] == mark_a[i] or index_a[i] == index_a[i])
+        ):
+            price_at_a[i] = now
+        if due and now >= anchor_due_a[i] and rate_a[i] == rate_a[i]:  # no rate yet: no sample to take
+            self._sampler.anchor(self._states[i], now)
+
+    def _next_funding(
+        self, st: InstrumentState, u: MarketUpdate, nft: float, prev_interval: float | None, now: float
+    ) -> None:
+        """A new next funding time (the stored one is still the old one): settlement inference."""
+        prev_interval = prev_interval or st.interval_s
+        changed = self._settlements.next_funding(st, nft, prev_interval, now)
+        if changed is not None and u.funding_interval_s is None:
+            self._interval_changed(st, changed)
+        elif changed is None:
+            missed = self._settlements.missed(st, nft, prev_interval)
+            if missed:
+                key = (st.info.exchange, st.info.instrument)
+                self.settlements_missed[key] = self.settlements_missed.get(key, 0) + missed
 
     def _apply_future(self, u: MarketUpdate, now: float) -> None:
         fs = self.futures.get((u.exchange, u.instrument))
@@ -540,16 +872,6 @@ class MarketState:
         self.interval_changes += 1
         if self.on_interval_change is not None:
             self.on_interval_change(st.info.exchange, st.info.instrument)
-
-    @staticmethod
-    def _confirm_ticker(st: InstrumentState, now: float) -> None:
-        """A delta omits what did not change: the known funding, open interest and prices are current too."""
-        if st.funding_rate is not None:
-            st.funding_at = now
-        if st.open_interest_usd is not None or st.open_interest_base is not None:
-            st.oi_at = now
-        if st.mark_price is not None or st.index_price is not None:
-            st.price_at = now
 
     def _apply_liquidation(self, liq: Liquidation, now: float) -> None:
         by_id = self._by_exchange.get(liq.exchange)

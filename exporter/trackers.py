@@ -110,6 +110,10 @@ class SettlementTracker:
         last = st.settlements.last_time()
         if last is None or t > last:
             self.merge(st, [(t, rate_8h)], EIGHT_HOURS)
+            last = t
+        # the store's hint: no observation is due before the hour after the last one
+        hour = CONTINUOUS_OBSERVATION_SECONDS
+        st.continuous_due = max(last, t) // hour * hour + hour
 
 
 class Sampler:
