@@ -587,6 +587,7 @@ class MarketState:
         self._sampler = Sampler()
         self._funding_events = FundingThreshold(funding_event_rate_8h, log)
         self._liquidation_events = LiquidationThreshold(liquidation_event_usd_per_minute, log)
+        self._liq_window = self._liquidation_events.window_s
 
     # ---- registration -------------------------------------------------------------------------
 
@@ -890,11 +891,20 @@ class MarketState:
         rec = (at, side, usd)
         recent = st.liq_recent
         recent.append(rec)
-        horizon = now - LIQ_FLOW_WINDOW_SECONDS
-        if recent[0][0] < horizon:  # not empty: one was just appended
+        if recent[0][0] < now - LIQ_FLOW_WINDOW_SECONDS:  # not empty: one was just appended
+            horizon = now - LIQ_FLOW_WINDOW_SECONDS
             while recent and recent[0][0] < horizon:
                 recent.popleft()
-        self._liquidation_events.observe(st, rec, now)
+        # LiquidationThreshold.observe inline (a call a liquidation saved): the base's running minute
+        # sum; the tracker looks only when the sum reaches its gate or its due time has come
+        flow = st.liq_flow
+        if flow is None:
+            flow = st.liq_flow = self._liquidation_events.flow(st.info.base)
+        if at >= now - self._liq_window:  # one already older than the minute (a late arrival) never counts
+            flow.entries.append(rec)  # shared with the instrument's hour: no tuple of its own
+            flow.total += usd
+        if flow.total >= flow.gate or now >= flow.due:
+            self._liquidation_events.look(st, flow, now)
 
     # ---- reading helpers (pure, used by collectors and /api/state) ----------------------------
 

@@ -17,6 +17,7 @@ They run on the event-loop thread, the only writer, like the store itself.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -266,15 +267,21 @@ class FundingThreshold:
 
 
 class BaseFlow:
-    """One base asset's liquidations of the last minute and their running USD sum."""
+    """One base asset's liquidations of the last minute and their running USD sum.
 
-    __slots__ = ("entries", "last_event", "total")
+    The store adds each liquidation here itself (append, add) and calls the tracker only when the
+    running sum reaches ``gate`` or the clock reaches ``due``: two comparisons a liquidation, no call.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("due", "entries", "gate", "last_event", "total")
+
+    def __init__(self, gate: float) -> None:
         # (time, side, usd) in arrival order: the very tuples the instruments' hour of liquidations holds
         self.entries: deque[tuple[float, Side, float]] = deque()
         self.total = 0.0
-        self.last_event = 0.0
+        self.last_event = -math.inf
+        self.gate = gate  # the running sum that can mean an event (inf while an event's minute runs)
+        self.due = -math.inf  # when the tracker must look anyway: expire entries, end an event's minute
 
 
 class LiquidationThreshold:
@@ -282,44 +289,48 @@ class LiquidationThreshold:
     the last minute reaches the limit; at most one event a minute per base.
 
     A running sum per base (added on arrival, subtracted when a liquidation leaves the minute) makes a
-    liquidation cost O(1) however many instruments are followed. The running sum only decides when to
-    look: the event's value is the exact sum of the minute, so float drift never fires or shows one.
+    liquidation cost O(1) however many instruments are followed. The store adds to the sum itself
+    (``MarketState._apply_liquidation``: no call a liquidation) and calls :meth:`look` only when the
+    sum reaches the flow's gate or its due time has come (at least once a minute while liquidations
+    arrive, so entries leave within two minutes). The running sum only decides when to look: the
+    event's value is the exact sum of the minute, so float drift never fires or shows one.
     """
 
-    __slots__ = ("_bases", "_log", "limit_usd", "window_s")
+    __slots__ = ("_bases", "_gate", "_log", "limit_usd", "window_s")
 
     def __init__(self, limit_usd: float, log: EventLog, window_s: float = LIQ_EVENT_WINDOW_SECONDS) -> None:
         self.limit_usd = limit_usd
         self.window_s = window_s
+        self._gate = limit_usd * (1.0 - 1e-9)  # a hair under the limit: drift never hides a crossing
         self._log = log
         self._bases: dict[str, BaseFlow] = {}
 
-    def observe(self, st: InstrumentState, liq: tuple[float, Side, float], now: float) -> None:
-        """A liquidation (exchange time, side, usd), received at ``now``."""
-        at, _, usd = liq
-        flow = st.liq_flow
-        if flow is None:  # the instrument's first liquidation: its base's flow, kept on it from now on
-            base = st.info.base
-            flow = self._bases.get(base)
-            if flow is None:
-                flow = self._bases[base] = BaseFlow()
-            st.liq_flow = flow
+    def flow(self, base: str) -> BaseFlow:
+        """The base's flow (made on its first liquidation); the store keeps it on the instrument."""
+        flow = self._bases.get(base)
+        if flow is None:
+            flow = self._bases[base] = BaseFlow(self._gate)
+        return flow
+
+    def look(self, st: InstrumentState, flow: BaseFlow, now: float) -> None:
+        """Expire what left the minute; an event when the minute's exact sum reaches the limit and the
+        base's last event is a minute old. Sets the flow's next gate and due time."""
         window = self.window_s
         cutoff = now - window
         entries = flow.entries
-        if at >= cutoff:  # one already older than the minute (a late arrival) never counts
-            entries.append(liq)  # shared with the instrument's hour: no tuple of its own
-            flow.total += usd
-        if now - flow.last_event < window:
-            # No event possible yet: leaving entries wait for the next look (at most one more window).
-            return
         while entries and entries[0][0] < cutoff:
             flow.total -= entries.popleft()[2]
         if not entries:
             flow.total = 0.0  # drift stops here
+        flow.due = now + window  # look again within a minute: entries never stay much longer
+        if now - flow.last_event < window:
+            # an event's minute: none possible before it ends (a hair early: the test here decides)
+            flow.gate = math.inf
+            flow.due = flow.last_event + window - _EARLY
             return
         limit = self.limit_usd
-        if flow.total < limit * (1.0 - 1e-9):
+        flow.gate = self._gate
+        if flow.total < flow.gate:
             return
         # Rare (at most about once a minute per base): the exact sum decides, and resets the running
         # one; liquidations that arrived out of order and left the minute go now.
@@ -328,4 +339,6 @@ class LiquidationThreshold:
         flow.entries, flow.total = fresh, total
         if total >= limit:
             flow.last_event = now
+            flow.gate = math.inf
+            flow.due = now + window - _EARLY
             self._log.emit(st, "liquidation", total, now)

@@ -159,6 +159,11 @@ CASES: list[tuple[str, Exchange, dict[str, Any], tuple[Any, ...], Any, str]] = [
     ("binance liquidation in year 3e7", B, BINANCE_FORCE, ("data", "o", "T"), 10**18, V.TIMESTAMP),
     ("bybit liquidation price 0", Y, BYBIT_OLD_LIQ, ("data", "price"), "0", V.PRICE),
     ("bybit liquidation size -1", Y, BYBIT_OLD_LIQ, ("data", "size"), "-1", V.QTY),
+    ("bybit liquidation size 1e308", Y, BYBIT_OLD_LIQ, ("data", "size"), "1e308", V.QTY),
+    ("bybit liquidation price NaN", Y, BYBIT_OLD_LIQ, ("data", "price"), "NaN", V.NOT_FINITE),
+    ("bybit liquidation in year 3e7", Y, BYBIT_OLD_LIQ, ("data", "updatedTime"), 10**18, V.TIMESTAMP),
+    ("binance liquidation average 1e-13", B, BINANCE_FORCE, ("data", "o", "ap"), "1e-13", V.PRICE),
+    ("binance liquidation notional 5e13 USD", B, BINANCE_FORCE, ("data", "o", "z"), "1e10", V.USD),
     ("okx negative oi", OK, OKX_OI, ("data", 0, "oi"), "-1", V.QTY),
     ("okx nan premium", OK, OKX_FUNDING, ("data", 0, "premium"), "nan", V.NOT_FINITE),
     ("okx NaN mark", OK, OKX_MARK, ("data", 0, "markPx"), "NaN", V.NOT_FINITE),
@@ -195,13 +200,34 @@ CASES: list[tuple[str, Exchange, dict[str, Any], tuple[Any, ...], Any, str]] = [
 ]
 
 
+# The instruments of the samples, followed: the fast paths take their inline branches for a followed
+# symbol (an empty map: any symbol, the branch recorded-sample tests take).
+FOLLOWED = {
+    B: [InstrumentInfo(B, "BTCUSDT", "BTC", "USDT")],
+    Y: [InstrumentInfo(Y, "GALAUSDT", "GALA", "USDT"), InstrumentInfo(Y, "BTCUSD", "BTC", "USD", inverse=True)],
+    OK: [
+        InstrumentInfo(OK, "WNCG-USDT-SWAP", "WNCG", "USDT", contract_size=1.0),
+        InstrumentInfo(OK, "BTC-USD_UM_XPERP-310404", "BTC", "USD", contract_size=100.0, inverse=True),
+    ],
+    D: [InstrumentInfo(D, "BTC-PERPETUAL", "BTC", "USD", contract_size=10.0, inverse=True)],
+}
+
+
 @pytest.mark.parametrize(("name", "ex", "msg", "path", "value", "reason"), CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "strict"])
+@pytest.mark.parametrize("followed", [False, True], ids=["any", "followed"])
 def test_value_outside_its_domain_is_a_parse_error_with_its_reason(
-    name: str, ex: Exchange, msg: dict[str, Any], path: tuple[Any, ...], value: Any, reason: str, fast: bool
+    name: str,
+    ex: Exchange,
+    msg: dict[str, Any],
+    path: tuple[Any, ...],
+    value: Any,
+    reason: str,
+    fast: bool,
+    followed: bool,
 ) -> None:
     feed = FEEDS[ex][0 if fast else 1]
-    ctx = FeedContext(ex)
+    ctx = FeedContext(ex, {i.instrument: i for i in FOLLOWED[ex]} if followed else {})
     assert feed.parse_ws(orjson.dumps(msg), ctx), "the unmodified sample parses"
     with pytest.raises(ParseError) as info:
         feed.parse_ws(_set(msg, path, value), ctx)

@@ -231,6 +231,29 @@ def test_liquidation_events_match_a_full_scan_of_the_minute() -> None:
         assert abs(v - w) <= 1e-9 * w
 
 
+def test_a_bases_minute_of_liquidations_stays_small_below_the_limit() -> None:
+    """The running sum is looked at only at its gate or its due time: below the limit, liquidations
+    still leave the base's flow within two minutes (memory bounded by the flow, not by the uptime),
+    and a crossing after a long quiet stream is still an event, with the minute's exact sum."""
+    st, clock = make_state(liquidation_event_usd_per_minute=1_000_000.0)
+    for _ in range(1200):  # 20 minutes, one $1,000 liquidation a second: $60k a minute, no event
+        clock.t += 1.0
+        st.apply(_liq(Exchange.BYBIT, "BTCUSDT", clock.t, 1_000.0))
+    flow = st.instruments[(Exchange.BYBIT, "BTCUSDT")].liq_flow
+    assert flow is not None and 60 <= len(flow.entries) <= 121
+    assert not st.events
+    clock.t += 1.0
+    st.apply(_liq(Exchange.BINANCE, "BTCUSDT", clock.t, 940_000.0))  # the minute: 60 x $1,000 + $940k
+    assert [(e.kind, e.base, e.value) for e in st.events] == [("liquidation", "BTC", 1_000_000.0)]
+    clock.t += 1.0
+    st.apply(_liq(Exchange.BINANCE, "BTCUSDT", clock.t, 940_000.0))  # within the event's minute: none
+    assert len(st.events) == 1
+    clock.t += 60.0
+    st.apply(_liq(Exchange.BINANCE, "BTCUSDT", clock.t, 10_000.0))  # the minute: $940k + $10k, no event
+    st.apply(_liq(Exchange.BINANCE, "BTCUSDT", clock.t, 50_000.0))  # $1.0M at the same time: the next event
+    assert [e.value for e in st.events] == [1_000_000.0, 1_000_000.0]
+
+
 def test_a_liquidation_never_walks_the_instruments() -> None:
     """O(1) in the number of instruments: a liquidation looks up its own instrument and nothing else."""
 

@@ -376,15 +376,16 @@ class _FastMark(msgspec.Struct, gc=False, tag_field="e", tag="markPriceUpdate"):
 
 
 class _Force(msgspec.Struct, gc=False):
-    """The order of a ``forceOrder`` event (only the fields used)."""
+    """The order of a ``forceOrder`` event (only the fields used). Absent z, ap, T: 0, "not given"."""
 
     s: str
     S: str
-    q: float
-    p: float
-    ap: float = _ABSENT
-    z: float = _ABSENT
-    T: float = _ABSENT
+    # the domains are checked while decoding (V.Price...): what is outside fails it, and the strict path names it
+    q: V.Qty
+    p: V.Price
+    ap: V.PriceOr0 = 0.0
+    z: V.QtyOr0 = 0.0
+    T: float = 0.0
 
 
 class _ForceEvent(msgspec.Struct, gc=False, tag_field="e", tag="forceOrder"):
@@ -505,15 +506,15 @@ def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
             raise ParseError("a value out of its domain")
         return [MarketUpdate(EX, s, et, mark, index, rate, nft)]
     if td is _ForceEvent:
-        # :func:`_force_order` on the typed event, the same rules inline (no call a liquidation). Any
-        # doubt raises, and the strict path parses the frame again and names the field.
+        # :func:`_force_order` on the typed event, the same rules: the sizes and prices were checked
+        # while decoding, the rest inline (no call a liquidation). Any doubt raises, and the strict
+        # path parses the frame again and names the field.
         ev: _ForceEvent = decoded  # type: ignore[assignment]
-        instruments = ctx.instruments
         o = ev.o
         sym = o.s
-        info = instruments.get(sym)
+        info = ctx.instruments.get(sym)
         if info is None:
-            if instruments or not sym:
+            if ctx.instruments or not sym:
                 if not sym:
                     raise ParseError("field 'o.s' is empty")
                 return []
@@ -522,26 +523,18 @@ def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
             quote = info.quote
         side = _LIQ_SIDE[o.S]  # KeyError on an unknown side: the strict path names it
         # the filled quantity at the average price, else the order's own (see _force_order)
-        qty = o.z
-        if qty is _ABSENT or not qty:
-            qty = o.q
-        price = o.ap
-        if price is _ABSENT or not price:
-            price = o.p
+        qty = o.z or o.q
+        price = o.ap or o.p
         usd = price * qty
-        t = o.T
-        if t is _ABSENT or not t:
-            t = ev.E
-            if t is _ABSENT:
-                raise ParseError("no time")
-        at = t / 1000.0
+        at = (o.T or ev.E) / 1000.0  # neither time: NaN, out of any bounds
         clock = ctx.clock  # ctx.time_bounds() inline
         if clock is None:
             lo, hi = V.STATIC_BOUNDS
         else:
             now = clock()
             lo, hi = now - _PAST_S, now + _FUTURE_S
-        if not (0.0 < qty <= _QMAX and _PMIN <= price <= _PMAX and 0.0 <= usd <= _UMAX and lo <= at <= hi):
+        # a positive average price can still be below the domain; a size times a price above the USD one
+        if not (price >= _PMIN and usd <= _UMAX and lo <= at <= hi):
             raise ParseError("a value out of its domain")
         if quote not in USD_QUOTES:
             return []  # no USD notional can be given for a coin-quoted symbol

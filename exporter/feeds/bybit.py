@@ -338,6 +338,7 @@ class _Liq(msgspec.Struct, gc=False):
 _ABSENT = float("nan")
 # bound once: a module global is one dict lookup, ``V.PRICE_MIN`` two
 _PMIN, _PMAX, _QMAX, _UMAX = V.PRICE_MIN, V.PRICE_MAX, V.QTY_MAX, V.USD_MAX
+_PAST_S, _FUTURE_S = V.PAST_S, V.FUTURE_S
 
 
 class _FastTicker(msgspec.Struct, gc=False):
@@ -352,10 +353,11 @@ class _FastTicker(msgspec.Struct, gc=False):
     openInterestValue: float = _ABSENT
     singleOpenInterest: float = _ABSENT
     singleOpenInterestValue: float = _ABSENT
-    # the deprecated liquidation.{symbol} object decodes here too (one decoding for it)
+    # the deprecated liquidation.{symbol} object decodes here too (one decoding for it); its size and
+    # price are checked while decoding (V.Qty, V.Price: what is outside fails, the strict path names it)
     side: str | None = None
-    size: float = _ABSENT
-    price: float = _ABSENT
+    size: V.Qty = _ABSENT
+    price: V.Price = _ABSENT
     updatedTime: float = _ABSENT
 
 
@@ -386,15 +388,35 @@ def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
             if liq is not None:
                 out.append(liq)
         return out
-    if not topic.startswith("tickers."):
-        if topic.startswith("liquidation."):
-            a = _ABSENT
-            if data.side is None or data.size is a or data.price is a or data.updatedTime is a:
-                return None
-            liq = _liquidation_fast(
-                data.symbol, data.side, data.size, data.price, data.updatedTime, ctx.instruments, ctx.time_bounds()
-            )
+    if data.side is not None:  # only the deprecated liquidation.{symbol} object has a side
+        if not topic.startswith("liquidation."):
+            return None
+        # _liquidation_fast inline for a followed symbol (no call a liquidation): size and price were
+        # checked while decoding; an absent one is NaN and fails the comparisons below
+        sym = data.symbol
+        info = ctx.instruments.get(sym)
+        if info is None:
+            tb = ctx.time_bounds()
+            liq = _liquidation_fast(sym, data.side, data.size, data.price, data.updatedTime, ctx.instruments, tb)
             return [liq] if liq is not None else []
+        pos = _POSITION_SIDE[data.side]  # KeyError on an unknown side: the strict path names it
+        v = data.size
+        p = data.price
+        if info.inverse:  # size counts USD contracts
+            qty, usd = v / p, v
+        else:
+            qty, usd = v, v * p
+        at = data.updatedTime / 1000.0
+        clock = ctx.clock  # ctx.time_bounds() inline
+        if clock is None:
+            lo, hi = V.STATIC_BOUNDS
+        else:
+            now = clock()
+            lo, hi = now - _PAST_S, now + _FUTURE_S
+        if not (0.0 < qty <= _QMAX and usd <= _UMAX and lo <= at <= hi):
+            raise ParseError("a value out of its domain")
+        return [Liquidation(EX, sym, at, pos, p, qty, usd)]
+    if not topic.startswith("tickers."):
         return None  # acks, topics we do not use: the strict path
     tb = ctx.time_bounds()
     ts = m.ts

@@ -14,6 +14,9 @@ rejects NaN and the infinities at no extra cost.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Annotated
+
+import msgspec
 
 from exporter.model import ParseError
 
@@ -70,6 +73,15 @@ REASONS = (
 )
 
 STATIC_BOUNDS = (TS_MIN, TS_MAX)
+
+# The same domains as msgspec constraints, for the typed fast paths: a decimal string outside its
+# domain fails the decoding itself (NaN and the infinities too: the comparisons are false), and the
+# strict path parses the frame again and names the field. No Python comparison is left for them.
+Price = Annotated[float, msgspec.Meta(ge=PRICE_MIN, le=PRICE_MAX)]
+PriceOr0 = Annotated[float, msgspec.Meta(ge=0.0, le=PRICE_MAX)]  # 0 = "not given" (an unfilled average)
+Qty = Annotated[float, msgspec.Meta(gt=0.0, le=QTY_MAX)]
+QtyOr0 = Annotated[float, msgspec.Meta(ge=0.0, le=QTY_MAX)]
+Rate = Annotated[float, msgspec.Meta(ge=-RATE_MAX, le=RATE_MAX)]
 
 
 def out_of_range(key: str, x: float, reason: str) -> ParseError:
