@@ -49,6 +49,8 @@ _FIELDS = (
 _read_fields = attrgetter(*_FIELDS)
 _read_liquidations = attrgetter("st.liq_count", "st.liq_notional_usd")
 _LONG, _SHORT = Side.LONG, Side.SHORT
+_OIW_NAMES = ("base",)
+_SPREAD_NAMES = ("base", "long_exchange", "short_exchange")  # sorted: a label set's values are its key
 
 
 class InstrumentLabels:
@@ -320,24 +322,26 @@ class CrossCollector:
         self.s_spread = m.FUNDING_SPREAD.spec(
             holding_hours=f"{an.holding_period_hours:g}", fee_kind=an.fee_kind, top_n=an.spread_top_n
         )
+        # label values -> label set; a label set's values are its key (the names are in sorted order)
         self._labels: dict[tuple[str, ...], LabelSet] = {}
-        self._used: dict[tuple[str, ...], LabelSet] = {}  # the label sets of the scrape in progress
+        self._new = 0  # label sets built since their texts were last put side by side
 
-    def _label(self, *pairs: tuple[str, str]) -> LabelSet:
-        key = tuple(v for _, v in pairs)
-        lbl = self._labels.get(key)
-        if lbl is None:
-            lbl = self._labels[key] = LabelSet(pairs)
-        self._used[key] = lbl
+    def _label(self, names: tuple[str, ...], key: tuple[str, ...]) -> LabelSet:
+        lbl = self._labels[key] = LabelSet(zip(names, key, strict=True))
+        self._new += 1
         return lbl
 
-    def _prune(self) -> None:
+    def _tidy(self, used: list[LabelSet]) -> None:
         """Keep the cache bounded as bases come and go (all_perpetuals) by what the scrape used, not
         by a fixed size: at 8,000 instruments one scrape uses more than 10,000 label sets (a spread
-        per pair of exchanges per base), and clearing the cache every scrape rebuilt them all."""
-        used, self._used = self._used, {}
+        per pair of exchanges per base), and clearing the cache every scrape rebuilt them all. Then,
+        once a sixteenth of the label sets are new, their texts are put side by side in memory (see
+        market._compact): spreads that turn positive bring new ones, built among other objects."""
         if len(self._labels) > 2 * len(used) + 1024:
-            self._labels = used
+            self._labels = {lb.values: lb for lb in used}
+        if self._new * 16 > len(self._labels):
+            _compact(list(self._labels.values()))
+            self._new = 0
 
     def families(self, views: Sequence[InstrumentView] | None = None) -> list[Family]:
         mv = self.views
@@ -348,6 +352,7 @@ class CrossCollector:
             by_base.setdefault(p.base, []).append(p)
         f_oiw, f_spread = self.s_oiw.family(), self.s_spread.family()
         cfg = mv.config.analytics
+        get = self._labels.get
         # Base by base: one base whose figures cannot be computed loses its series, not the others.
         for base in sorted(by_base):
             points = by_base[base]
@@ -359,15 +364,11 @@ class CrossCollector:
                 log.warning("cross-exchange figures of %s failed; its series are left out", base, exc_info=True)
                 continue
             if oiw is not None:
-                f_oiw.add(self._label(("base", base)), oiw)
+                f_oiw.add(get((base,)) or self._label(_OIW_NAMES, (base,)), oiw)
             for s in spreads:
-                f_spread.add(
-                    self._label(
-                        ("base", s.base), ("long_exchange", s.long_exchange), ("short_exchange", s.short_exchange)
-                    ),
-                    s.net_bp,
-                )
-        self._prune()
+                key = s[:3]  # base, long_exchange, short_exchange
+                f_spread.add(get(key) or self._label(_SPREAD_NAMES, key), s.net_bp)
+        self._tidy([*f_oiw.labels, *f_spread.labels])
         return [f_oiw, f_spread]
 
     def collect(self) -> Iterable[Metric]:
