@@ -21,7 +21,9 @@ from collections.abc import Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from operator import attrgetter
+from functools import partial
+from itertools import repeat
+from operator import attrgetter, is_not, mul
 from typing import Any
 
 import numpy as np
@@ -142,6 +144,7 @@ class InstrumentView:
 # The float fields of a view: none may be NaN or infinite (checked once per view, see _finite).
 _VIEW_FLOATS = tuple(f.name for f in dataclasses.fields(InstrumentView) if f.name not in ("st", "stale", "edge_side"))
 _view_floats = attrgetter(*_VIEW_FLOATS)
+_is_value = partial(is_not, None)
 
 
 @dataclass(slots=True)
@@ -185,8 +188,9 @@ def _pick(perps: list[InstrumentView], quote: str, field: str) -> float | None:
 
 
 def _finite(v: InstrumentView) -> bool:
-    # x - x is 0.0 for every finite float, NaN for NaN and the infinities
-    return all(x is None or x - x == 0.0 for x in _view_floats(v))
+    # 0.0 * x is 0.0 for every finite float, NaN for NaN and the infinities; the sum of those is 0.0
+    # only if every one is (no overflow: the terms are zeros). All in C: no Python step per field.
+    return sum(map(mul, filter(_is_value, _view_floats(v)), repeat(0.0))) == 0.0
 
 
 def _without_non_finite(v: InstrumentView) -> InstrumentView:
@@ -212,9 +216,9 @@ class MarketViews:
         self.state = state
         self.errors = errors if errors is not None else RenderErrors()
         self.cache = fa.WindowCache()
-        # (instrument, window) -> (what the value was computed from, realised volatility): the value
-        # changes only when a minute closes, so a scrape mostly reads it from here
-        self._vol: dict[tuple[Hashable, float], tuple[tuple[float, ...], float | None]] = {}
+        # instrument -> (what the values were computed from, realised volatility over 1 h and 4 h):
+        # they change only when a minute closes, so a scrape mostly reads them from here
+        self._vol: dict[Hashable, tuple[tuple[float, ...], float | None, float | None]] = {}
         self._builds = 0
         self._tls = threading.local()
 
@@ -271,24 +275,27 @@ class MarketViews:
             try:
                 info = st.info
                 price_cut, funding_cut, oi_cut, ratio_cut, fee_bp = limits[info.exchange]
-                price_ok = st.price_at > 0.0 and st.price_at >= price_cut
+                # each stored value read once (they are properties over the state's columns)
+                price_at, funding_at, oi_at, ratio_at = st.price_at, st.funding_at, st.oi_at, st.ratio_at
+                price_ok = price_at > 0.0 and price_at >= price_cut
                 nft = st.next_funding_time
+                stored_rate = st.funding_rate
                 # a next settlement time in the past: the rate shown would be the one already settled
                 funding_ok = (
-                    st.funding_at > 0.0
-                    and st.funding_at >= funding_cut
-                    and st.funding_rate is not None
+                    funding_at > 0.0
+                    and funding_at >= funding_cut
+                    and stored_rate is not None
                     and (nft is None or nft >= now - NEXT_FUNDING_GRACE_S)
                 )
-                oi_ok = st.oi_at > 0.0 and st.oi_at >= oi_cut
-                ratio_ok = st.ratio_at > 0.0 and st.ratio_at >= ratio_cut
+                oi_ok = oi_at > 0.0 and oi_at >= oi_cut
+                ratio_ok = ratio_at > 0.0 and ratio_at >= ratio_cut
                 # Deribit funds continuously; its rate is the 8 h equivalent, so its interval is 8 h by
                 # definition (never the 1 h spacing of the observations state keeps for the z-score).
                 interval = EIGHT_HOURS if info.exchange is Exchange.DERIBIT else st.interval_s
                 mark = st.mark_price if price_ok else None
                 index = st.index_price if price_ok else None
                 premium = state.premium_of(st) if price_ok else None
-                rate = st.funding_rate if funding_ok else None
+                rate = stored_rate if funding_ok else None
                 r8 = ann = z = mom = acc = edge = anchor = anchor_d = None
                 side = None
                 if rate is not None:
@@ -314,8 +321,7 @@ class MarketViews:
                     oi1 = factors.oi_change(ts, vs, oi, now, factors.OI_CHANGE_WINDOWS["1h"])
                     oi4 = factors.oi_change(ts, vs, oi, now, factors.OI_CHANGE_WINDOWS["4h"])
                 if mark is not None:
-                    vol1 = self._volatility(st, now, factors.VOLATILITY_WINDOWS["1h"])
-                    vol4 = self._volatility(st, now, factors.VOLATILITY_WINDOWS["4h"])
+                    vol1, vol4 = self._volatility(st, now, mark)
                 view = InstrumentView(
                     st=st,
                     stale=not (price_ok and funding_ok),
@@ -326,7 +332,7 @@ class MarketViews:
                     funding_interval_s=interval,
                     funding_rate_8h=r8,
                     funding_rate_annualized=ann,
-                    next_funding_timestamp=st.next_funding_time if rate is not None else None,
+                    next_funding_timestamp=nft if rate is not None else None,
                     funding_cap=st.funding_cap,
                     funding_floor=st.funding_floor,
                     open_interest_usd=oi,
@@ -359,29 +365,29 @@ class MarketViews:
             # Instruments delisted from state: drop their cached windows (bounded memory).
             live: set[Hashable] = {st.key for st in instruments}
             self.cache.forget(live)
-            for k in [k for k in list(self._vol) if k[0] not in live]:
+            for k in [k for k in list(self._vol) if k not in live]:
                 self._vol.pop(k, None)
         return out
 
-    def _volatility(self, st: InstrumentState, now: float, window_s: float) -> float | None:
-        """Realised volatility of the mark over ``window_s`` (analytics.factors), cached until a
-        minute closes or the window's content changes (a backfill)."""
+    def _volatility(self, st: InstrumentState, now: float, mark: float) -> tuple[float | None, float | None]:
+        """Realised volatility of the mark over the 1 h and 4 h windows (analytics.factors), cached
+        until a minute closes or the window's content changes (a backfill): one lookup for both."""
         w = st.mark_minutes
         cur = st.mark_minute
         version = (now // factors.MINUTE, float(len(w)), w.last_time() or 0.0, cur)
-        key = (st.key, window_s)
+        key = st.key
         hit = self._vol.get(key)
         if hit is not None and hit[0] == version:
-            return hit[1]
+            return hit[1], hit[2]
         raw = w.raw()
         times, closes = list(raw[0::2]), list(raw[1::2])
-        mark = st.mark_price
-        if cur >= 0.0 and mark is not None and (not times or cur > times[-1]):
+        if cur >= 0.0 and (not times or cur > times[-1]):
             times.append(cur)  # the minute in progress: its close so far; complete once it has passed
             closes.append(mark)
-        value = factors.realized_volatility(times, closes, now, window_s)
-        self._vol[key] = (version, value)
-        return value
+        vol1 = factors.realized_volatility(times, closes, now, factors.VOLATILITY_WINDOWS["1h"])
+        vol4 = factors.realized_volatility(times, closes, now, factors.VOLATILITY_WINDOWS["4h"])
+        self._vol[key] = (version, vol1, vol4)
+        return vol1, vol4
 
     def futures(self, now: float | None = None, perps: list[InstrumentView] | None = None) -> list[FutureView]:
         """The dated futures that have not expired; expired ones are left out at once (the instrument
