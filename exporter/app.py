@@ -531,67 +531,57 @@ class Exporter:
         return store
 
     async def _backfill(self, rt: ExchangeRuntime, now: float | None = None) -> None:
-        if now is None:
-            now = self.clock.time()
-        await self._backfill_funding(rt, now)
-        # after the funding history: its settlement times say where the funding intervals start
-        await self._backfill_anchor(rt, now)
-
-    async def _backfill_anchor(self, rt: ExchangeRuntime, end: float) -> None:
-        """The anchor regression's window up to ``end`` (the start-up's time), rebuilt from one-minute
-        candles where the exchange publishes all three kinds it needs (exporter.analytics.anchor), so
-        both methods show on the first scrape. The samples after ``end`` come from the live stream."""
-        if not self._anchors_backfilled(rt):
+        """Each instrument's funding history (the z-score's window), then its anchor window: rebuilt
+        from one-minute candles where the exchange publishes all three kinds it needs
+        (exporter.analytics.anchor), so both methods show on the first scrape; the samples after
+        ``now`` come from the live stream. An instrument's anchor follows its own funding history (its
+        settlement times say where the funding intervals start), not the whole exchange's: the two are
+        paced in different buckets (Binance: 500 funding reads per 5 min, candles by weight), so the
+        anchors fill while the funding history is still read, not after it."""
+        end = self.clock.time() if now is None else now
+        z_start = end - self.config.analytics.zscore_window_seconds
+        a_start = end - self.config.analytics.anchor_window_seconds
+        anchors = self._anchors_backfilled(rt)
+        if not anchors:
             log.info("%s: no premium-index/mark/index candles: the anchor window fills live", rt.exchange)
-            return
-        start = end - self.config.analytics.anchor_window_seconds
-        sem = asyncio.Semaphore(BACKFILL_CONCURRENCY)
-        failed: list[str] = []
+        sem_f, sem_a = asyncio.Semaphore(BACKFILL_CONCURRENCY), asyncio.Semaphore(BACKFILL_CONCURRENCY)
+        failed: dict[str, list[str]] = {"funding history": [], "anchor": []}
 
-        async def one(info: InstrumentInfo) -> None:
+        async def funding(info: InstrumentInfo) -> None:
+            async with sem_f:
+                try:
+                    records = await rt.rest.funding_history(info.instrument, z_start, end)
+                except RestError as exc:
+                    failed["funding history"].append(info.instrument)
+                    log.debug("%s %s: backfill failed: %s", rt.exchange, info.instrument, exc)
+                    return
+                self.sink.apply_many(records)
+
+        async def anchor(info: InstrumentInfo) -> None:
             st = self.state.instruments.get((rt.exchange, info.instrument))
             if st is None:
                 return
-            async with sem:
+            async with sem_a:
                 try:
-                    record = await anchor_backfill(rt.candles or rt.rest, st, start, end)
+                    record = await anchor_backfill(rt.candles or rt.rest, st, a_start, end)
                 except RestError as exc:
-                    failed.append(info.instrument)
+                    failed["anchor"].append(info.instrument)
                     log.debug("%s %s: anchor backfill failed: %s", rt.exchange, info.instrument, exc)
                     return
             if record is not None:
                 self.sink.apply(record)
 
-        await asyncio.gather(*(one(i) for i in rt.instruments))
-        if failed:
-            log.warning(
-                "%s: anchor backfill failed for %d instrument(s): %s", rt.exchange, len(failed), ", ".join(failed[:10])
-            )
-
-    async def _backfill_funding(self, rt: ExchangeRuntime, end: float) -> None:
-        start = end - self.config.analytics.zscore_window_seconds
-        sem = asyncio.Semaphore(BACKFILL_CONCURRENCY)
-        failed: list[str] = []
-
         async def one(info: InstrumentInfo) -> None:
-            async with sem:
-                try:
-                    records = await rt.rest.funding_history(info.instrument, start, end)
-                except RestError as exc:
-                    failed.append(info.instrument)
-                    log.debug("%s %s: backfill failed: %s", rt.exchange, info.instrument, exc)
-                    return
-                self.sink.apply_many(records)
+            await funding(info)
+            if anchors:
+                await anchor(info)
 
         await asyncio.gather(*(one(i) for i in rt.instruments))
-        if failed:
-            log.warning(
-                "%s: funding history backfill failed for %d instrument(s): %s",
-                rt.exchange,
-                len(failed),
-                ", ".join(failed[:10]),
-            )
-        else:
+        for what, names in failed.items():
+            if names:
+                shown = ", ".join(names[:10])
+                log.warning("%s: %s backfill failed for %d instrument(s): %s", rt.exchange, what, len(names), shown)
+        if not failed["funding history"]:
             log.info("%s: funding history backfilled for %d instrument(s)", rt.exchange, len(rt.instruments))
 
     async def _backfill_history(self, rt: ExchangeRuntime, now: float | None = None) -> None:
