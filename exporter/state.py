@@ -18,6 +18,7 @@ collector has nothing to walk in them.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from array import array
@@ -185,143 +186,141 @@ class Window:
         return tuple(data[index * w : (index + 1) * w])
 
 
-# The values every market update writes live in flat arrays, one slot per instrument (Columns), not as
-# float objects on the instrument: at thousands of instruments an update then writes a few dense array
-# slots instead of freeing the float objects it replaces, each scattered in memory (a cache miss and a
-# pool header each). InstrumentState reads and writes them through properties of the same names and
-# meanings; None is stored as NaN (no parser lets a NaN through: see exporter.feeds.validate).
+# The values every market update writes live in flat arrays of floats, one record of RECORD floats per
+# instrument (Records), not as float objects on the instrument: at thousands of instruments an update
+# then writes two cache lines of its record instead of freeing the float objects it replaces, each
+# scattered in memory (a cache miss each) and reads its trackers' hints from the same lines.
+# InstrumentState reads and writes them through properties of the same names and meanings; None is
+# stored as NaN (no parser lets a NaN through: see exporter.feeds.validate).
 NONE = math.nan
-# column -> (attribute, default, optional: NaN reads as None)
-COLUMNS: tuple[tuple[str, float, bool], ...] = (
+# field -> (attribute, default, optional: NaN reads as None); the order is the record's layout: what
+# every price/funding update touches first (one 64-byte line), open interest and hints in the second
+RECORD_FIELDS: tuple[tuple[str, float, bool], ...] = (
     ("event_time", NONE, True),  # exchange's own timestamp of the last update
     ("mark_price", NONE, True),
     ("index_price", NONE, True),
     ("price_at", 0.0, False),  # receive times (wall clock, Unix seconds); 0.0 = never received
-    ("premium", NONE, True),  # exchange-published premium index
     ("funding_rate", NONE, True),  # per the instrument's own interval
-    ("next_funding_time", NONE, True),
     ("funding_at", 0.0, False),
-    ("funding_interval_s", NONE, True),
-    ("funding_cap", NONE, True),
-    ("funding_floor", NONE, True),
+    ("next_funding_time", NONE, True),
+    # the least of mark_minute_end and anchor_sample_due: the one hint every update reads
+    ("due", 0.0, False),
+    # |rate| per the instrument's interval at which FundingThreshold may see a change: at or above
+    # it when not extreme (positive), below minus it when extreme (negative); inf: no interval known
+    ("funding_band", math.inf, False),
     ("open_interest_base", NONE, True),
     ("open_interest_usd", NONE, True),
     ("oi_at", 0.0, False),
     # The trackers' hints: nothing is due before these times, so the hot path skips their calls
-    # (the mark minute closes at mark_minute_end; the sampler's one-a-minute samples; the hourly
-    # observation of continuous funding); "due" is the least of the two every update looks at.
-    ("mark_minute_end", 0.0, False),
-    ("anchor_sample_due", 0.0, False),
+    # (the sampler's one-a-minute samples, the hourly observation of continuous funding, the close
+    # of the mark minute: a mark at or after mark_minute_end closes the minute in progress)
     ("oi_sample_due", 0.0, False),
     ("continuous_due", 0.0, False),
-    ("due", 0.0, False),
-    # the rate (per 8 h) is at or beyond the event limit (FundingThreshold): 1.0, else 0.0
-    ("funding_extreme_flag", 0.0, False),
+    ("mark_minute_end", 0.0, False),
+    ("anchor_sample_due", 0.0, False),
+    ("premium", NONE, True),  # exchange-published premium index
+    ("funding_interval_s", NONE, True),
     # funding_interval_s or the instrument list's interval (0.0: unknown): what the 8 h figure uses
     ("interval_eff", 0.0, False),
-    # |rate| per the instrument's interval at which FundingThreshold may see a change: at or above
-    # it when not extreme (positive), below minus it when extreme (negative); inf: no interval known
-    ("funding_band", math.inf, False),
+    ("funding_cap", NONE, True),
+    ("funding_floor", NONE, True),
+    # the rate (per 8 h) is at or beyond the event limit (FundingThreshold): 1.0, else 0.0
+    ("funding_extreme", 0.0, False),
+    ("spare_1", 0.0, False),
+    ("spare_2", 0.0, False),
 )
 (
-    C_EVENT_TIME,
-    C_MARK,
-    C_INDEX,
-    C_PRICE_AT,
-    C_PREMIUM,
-    C_RATE,
-    C_NFT,
-    C_FUNDING_AT,
-    C_INTERVAL,
-    C_CAP,
-    C_FLOOR,
-    C_OI_BASE,
-    C_OI_USD,
-    C_OI_AT,
-    C_MARK_MINUTE_END,
-    C_ANCHOR_DUE,
-    C_OI_DUE,
-    C_CONTINUOUS_DUE,
-    C_DUE,
-    C_EXTREME,
-    C_INTERVAL_EFF,
-    C_BAND,
-) = range(len(COLUMNS))
-_HINTS = (C_MARK_MINUTE_END, C_ANCHOR_DUE)  # "due" is the least of these (every update looks at both)
+    F_EVENT_TIME,
+    F_MARK,
+    F_INDEX,
+    F_PRICE_AT,
+    F_RATE,
+    F_FUNDING_AT,
+    F_NFT,
+    F_DUE,
+    F_BAND,
+    F_OI_BASE,
+    F_OI_USD,
+    F_OI_AT,
+    F_OI_DUE,
+    F_CONTINUOUS_DUE,
+    F_MARK_MINUTE_END,
+    F_ANCHOR_DUE,
+    F_PREMIUM,
+    F_INTERVAL,
+    F_INTERVAL_EFF,
+    F_CAP,
+    F_FLOOR,
+    F_EXTREME,
+    _F_SPARE_1,
+    _F_SPARE_2,
+) = range(len(RECORD_FIELDS))
+RECORD = len(RECORD_FIELDS)  # 24 floats: three 64-byte lines
+_DEFAULTS_VIEW = memoryview(array("d", [d for _, d, _ in RECORD_FIELDS]))
+_HINTS = (F_MARK_MINUTE_END, F_ANCHOR_DUE)  # "due" is the least of these (every update looks at both)
 _BAND_MARGIN = 1e-9  # the band errs towards calling the tracker, which decides exactly
-_DEFAULTS = tuple(d for _, d, _ in COLUMNS)
+_LINE_FLOATS = 8  # a 64-byte cache line
 
 
-class Columns:
-    """The per-update values of a set of instruments: one flat array of floats per value, one slot per
-    instrument (its index). Slots are added, never moved or removed. Written and read through
-    memoryviews (half the cost of an array's item access); the arrays are allocated with room to
-    spare and replaced by larger copies when full (a view pins its array's size), so keep the Columns,
-    not its arrays. A reader in another thread reads one slot in one C call."""
+class Records:
+    """The per-update values of a set of instruments: a record of RECORD floats each, in flat arrays
+    of ``chunk`` records allocated as needed (never resized: each record is a memoryview of its
+    chunk, which pins its size), each record aligned to a cache line. Records are added, never moved
+    or removed; a reader in another thread reads one value in one C call."""
 
-    __slots__ = ("arrays", "count", "funding_limit_8h", "views")
+    __slots__ = ("_chunks", "_free", "_view", "chunk", "funding_limit_8h")
 
-    def __init__(self, funding_limit_8h: float = math.inf, capacity: int = 64) -> None:
+    def __init__(self, funding_limit_8h: float = math.inf, chunk: int = 256) -> None:
         self.funding_limit_8h = funding_limit_8h  # FundingThreshold's limit, for the funding band
-        self.count = 0
-        self.arrays: tuple[array, ...] = ()
-        self.views: tuple[Any, ...] = ()  # memoryviews of doubles (typeshed types their items as int)
-        self._allocate(capacity)
+        self.chunk = chunk
+        self._chunks: list[array] = []
+        self._view: Any = None  # memoryview of doubles of the newest chunk (typeshed types items as int)
+        self._free: list[int] = []  # offsets of the newest chunk's unused records, last first
 
-    def _allocate(self, capacity: int) -> None:
-        fresh = tuple(array("d", [d]) * capacity for d in _DEFAULTS)
-        n = self.count
-        for new, old in zip(fresh, self.arrays, strict=False):
-            new[:n] = old[:n]
-        self.arrays = fresh
-        self.views = tuple(memoryview(a) for a in fresh)
-
-    def add(self) -> int:
-        if self.count == len(self.arrays[0]):
-            self._allocate(2 * self.count)
-        self.count += 1
-        return self.count - 1
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __deepcopy__(self, memo: dict[int, object]) -> Columns:
-        twin = Columns(self.funding_limit_8h, max(1, len(self.arrays[0])))
-        twin.count = self.count
-        for new, old in zip(twin.arrays, self.arrays, strict=True):
-            new[:] = old
-        return twin
+    def add(self) -> Any:
+        """A new record (a memoryview of RECORD doubles) holding the defaults."""
+        if not self._free:
+            a = array("d", bytes(8 * RECORD * (self.chunk + 1)))  # a record's room to spare for the alignment
+            address = a.buffer_info()[0]
+            skip = (-address // a.itemsize) % _LINE_FLOATS  # floats up to the next line boundary
+            self._chunks.append(a)
+            self._view = memoryview(a)
+            self._free = [skip + k * RECORD for k in range(self.chunk - 1, -1, -1)]
+        o = self._free.pop()
+        record = self._view[o : o + RECORD]
+        record[:] = _DEFAULTS_VIEW
+        return record
 
 
-def _column(k: int, optional: bool) -> property:
+def _field(k: int, optional: bool) -> property:
     if optional:
 
         def get(self: InstrumentState) -> float | None:
-            v = self._columns.views[k][self._i]
+            v = self._r[k]
             return None if v != v else v
 
         def put(self: InstrumentState, v: float | None) -> None:
-            self._columns.views[k][self._i] = NONE if v is None else v
+            self._r[k] = NONE if v is None else v
 
     else:
 
         def get(self: InstrumentState) -> float | None:
-            return self._columns.views[k][self._i]
+            return self._r[k]
 
         def put(self: InstrumentState, v: float | None) -> None:
-            self._columns.views[k][self._i] = v  # type: ignore[assignment]
+            self._r[k] = v
 
     return property(get, put)
 
 
 def _hint(k: int) -> property:
     def get(self: InstrumentState) -> float:
-        return self._columns.views[k][self._i]
+        return self._r[k]
 
     def put(self: InstrumentState, v: float) -> None:
-        c, i = self._columns.views, self._i
-        c[k][i] = v
-        c[C_DUE][i] = min(c[h][i] for h in _HINTS)
+        r = self._r
+        r[k] = v
+        r[F_DUE] = min(r[h] for h in _HINTS)
 
     return property(get, put)
 
@@ -343,10 +342,10 @@ if TYPE_CHECKING:  # what the properties read and take, for the type checker
 else:
 
     def _Optional(k: int) -> property:
-        return _column(k, True)
+        return _field(k, True)
 
     def _Value(k: int) -> property:
-        return _column(k, False)
+        return _field(k, False)
 
     _Hint = _hint
 
@@ -354,13 +353,13 @@ else:
 class InstrumentState:
     """One perpetual's latest values, receive times and rolling windows.
 
-    The per-update values (see COLUMNS) are properties backed by the owning state's Columns; an
-    InstrumentState made alone gets Columns of its own."""
+    The per-update values (see RECORD_FIELDS) are properties backed by the instrument's record in
+    the owning state's Records; an InstrumentState made alone gets a record of its own."""
 
     __slots__ = (
-        "_columns",
-        "_i",
         "_info",
+        "_r",
+        "_records",
         "anchor_samples",
         "liq_count",
         "liq_flow",
@@ -375,35 +374,34 @@ class InstrumentState:
         "settlements_version",
     )
 
-    # the per-update values, in the Columns (see COLUMNS for their meanings)
-    event_time = _Optional(C_EVENT_TIME)
-    mark_price = _Optional(C_MARK)
-    index_price = _Optional(C_INDEX)
-    price_at = _Value(C_PRICE_AT)
-    premium = _Optional(C_PREMIUM)
-    funding_rate = _Optional(C_RATE)
-    next_funding_time = _Optional(C_NFT)
-    funding_at = _Value(C_FUNDING_AT)
-    funding_cap = _Optional(C_CAP)
-    funding_floor = _Optional(C_FLOOR)
-    open_interest_base = _Optional(C_OI_BASE)
-    open_interest_usd = _Optional(C_OI_USD)
-    oi_at = _Value(C_OI_AT)
-    mark_minute_end = _Hint(C_MARK_MINUTE_END)
-    anchor_sample_due = _Hint(C_ANCHOR_DUE)
-    oi_sample_due = _Value(C_OI_DUE)
-    continuous_due = _Value(C_CONTINUOUS_DUE)
+    # the per-update values, in the record (see RECORD_FIELDS for their meanings)
+    event_time = _Optional(F_EVENT_TIME)
+    mark_price = _Optional(F_MARK)
+    index_price = _Optional(F_INDEX)
+    price_at = _Value(F_PRICE_AT)
+    premium = _Optional(F_PREMIUM)
+    funding_rate = _Optional(F_RATE)
+    next_funding_time = _Optional(F_NFT)
+    funding_at = _Value(F_FUNDING_AT)
+    funding_cap = _Optional(F_CAP)
+    funding_floor = _Optional(F_FLOOR)
+    open_interest_base = _Optional(F_OI_BASE)
+    open_interest_usd = _Optional(F_OI_USD)
+    oi_at = _Value(F_OI_AT)
+    mark_minute_end = _Hint(F_MARK_MINUTE_END)
+    anchor_sample_due = _Hint(F_ANCHOR_DUE)
+    oi_sample_due = _Value(F_OI_DUE)
+    continuous_due = _Value(F_CONTINUOUS_DUE)
 
     def __init__(
         self,
         info: InstrumentInfo,
         settlements: Window | None = None,
         anchor_samples: Window | None = None,
-        columns: Columns | None = None,
+        records: Records | None = None,
     ) -> None:
-        cols = columns if columns is not None else Columns()
-        self._columns = cols
-        self._i = cols.add()
+        self._records = records if records is not None else Records(chunk=1)
+        self._r: Any = self._records.add()
         self._info = info
         self._refresh_interval()
         self.long_short_ratio: float | None = None
@@ -429,9 +427,9 @@ class InstrumentState:
         self.liq_flow: BaseFlow | None = None
 
     @property
-    def slot(self) -> int:
-        """This instrument's index in its Columns."""
-        return self._i
+    def record(self) -> Any:
+        """This instrument's record of per-update values (a memoryview of RECORD doubles)."""
+        return self._r
 
     @property
     def info(self) -> InstrumentInfo:
@@ -444,33 +442,33 @@ class InstrumentState:
 
     def _refresh_interval(self) -> None:
         """The effective interval and the funding band follow the interval and the extreme flag."""
-        c, i = self._columns.views, self._i
+        r = self._r
         iv = self.funding_interval_s or self._info.funding_interval_s or 0.0
-        c[C_INTERVAL_EFF][i] = iv
+        r[F_INTERVAL_EFF] = iv
         if not iv:
-            c[C_BAND][i] = math.inf  # FundingThreshold looks at nothing without an interval
+            r[F_BAND] = math.inf  # FundingThreshold looks at nothing without an interval
             return
-        band = self._columns.funding_limit_8h * iv / EIGHT_HOURS
-        c[C_BAND][i] = -band * (1.0 + _BAND_MARGIN) if c[C_EXTREME][i] else band * (1.0 - _BAND_MARGIN)
+        band = self._records.funding_limit_8h * iv / EIGHT_HOURS
+        r[F_BAND] = -band * (1.0 + _BAND_MARGIN) if r[F_EXTREME] else band * (1.0 - _BAND_MARGIN)
 
     @property
     def funding_interval_s(self) -> float | None:
-        v = self._columns.views[C_INTERVAL][self._i]
+        v = self._r[F_INTERVAL]
         return None if v != v else v
 
     @funding_interval_s.setter
     def funding_interval_s(self, v: float | None) -> None:
-        self._columns.views[C_INTERVAL][self._i] = NONE if v is None else v
+        self._r[F_INTERVAL] = NONE if v is None else v
         self._refresh_interval()
 
     @property
     def funding_extreme(self) -> bool:
         """The rate (per 8 h) is at or beyond the event limit (FundingThreshold)."""
-        return self._columns.views[C_EXTREME][self._i] != 0.0
+        return self._r[F_EXTREME] != 0.0
 
     @funding_extreme.setter
     def funding_extreme(self, v: bool) -> None:
-        self._columns.views[C_EXTREME][self._i] = 1.0 if v else 0.0
+        self._r[F_EXTREME] = 1.0 if v else 0.0
         self._refresh_interval()
 
     @property
@@ -481,22 +479,38 @@ class InstrumentState:
     def interval_s(self) -> float | None:
         return self.funding_interval_s or self._info.funding_interval_s
 
+    _COPIED = (
+        "anchor_samples",
+        "liq_count",
+        "liq_notional_usd",
+        "liq_recent",
+        "long_short_ratio",
+        "mark_minute",
+        "mark_minutes",
+        "oi_samples",
+        "ratio_at",
+        "settlements",
+        "settlements_version",
+    )
+
+    def __deepcopy__(self, memo: dict[int, object]) -> InstrumentState:
+        """A copy with a record of its own (a memoryview is not copied): the state as it was."""
+        twin = InstrumentState.__new__(InstrumentState)
+        memo[id(self)] = twin
+        twin._records = Records(self._records.funding_limit_8h, chunk=1)
+        twin._r = twin._records.add()
+        twin._r[:] = self._r
+        twin._info = self._info  # frozen
+        for name in self._COPIED:
+            setattr(twin, name, copy.deepcopy(getattr(self, name), memo))
+        twin.liq_flow = self.liq_flow  # the tracker's, shared
+        return twin
+
     def _compared(self) -> tuple[object, ...]:
-        i = self._i
         return (
             self._info,
-            tuple(None if v != v else v for v in (a[i] for a in self._columns.views)),  # NaN (None) equals NaN here
-            self.long_short_ratio,
-            self.ratio_at,
-            self.settlements,
-            self.settlements_version,
-            self.anchor_samples,
-            self.oi_samples,
-            self.mark_minutes,
-            self.mark_minute,
-            self.liq_count,
-            self.liq_notional_usd,
-            self.liq_recent,
+            tuple(None if v != v else v for v in self._r.tolist()),  # NaN (None) equals NaN here
+            *(getattr(self, name) for name in self._COPIED),
         )  # liq_flow is the tracker's, not a value of the instrument
 
     def __eq__(self, other: object) -> bool:
@@ -562,11 +576,10 @@ class MarketState:
         # without building a key tuple, and never reads a stored tuple to compare it (a cache miss
         # per update at thousands of instruments).
         self._by_exchange: dict[Exchange, dict[str, InstrumentState]] = {}
-        # The market-update path finds the instrument's slot in the flat per-update arrays (Columns)
-        # and touches the InstrumentState object only when a tracker is called.
-        self._columns = Columns(funding_event_rate_8h)
-        self._slots: dict[Exchange, dict[str, int]] = {}
-        self._states: list[InstrumentState] = []  # by slot
+        # The market-update path finds the instrument's record of per-update values (Records) and
+        # touches the InstrumentState object only when a tracker is called.
+        self._records = Records(funding_event_rate_8h)
+        self._record_of: dict[Exchange, dict[str, Any]] = {}
         self.futures: dict[Key, FutureState] = {}  # dated futures (term structure), kept apart from perpetuals
         self.streams: dict[tuple[Exchange, str], StreamHealth] = {}
         self.rest: dict[tuple[Exchange, str], RestHealth] = {}
@@ -604,12 +617,11 @@ class MarketState:
                 info=info,
                 settlements=Window(3, self._settlement_capacity, self._settlement_span),
                 anchor_samples=Window(3, 2000, self._anchor_span),
-                columns=self._columns,
+                records=self._records,
             )
             self.instruments[key] = st
             self._by_exchange.setdefault(info.exchange, {})[info.instrument] = st
-            self._slots.setdefault(info.exchange, {})[info.instrument] = st.slot
-            self._states.append(st)
+            self._record_of.setdefault(info.exchange, {})[info.instrument] = st.record
         else:
             st.info = info
         if info.funding_cap is not None:
@@ -720,119 +732,99 @@ class MarketState:
 
     def _apply_market(self, u: MarketUpdate, now: float) -> None:
         # The hot path (every update of every stream): store the fields present in the instrument's
-        # slots of the flat arrays (Columns), then let the trackers see the values they follow. The
-        # state object is fetched only for a tracker call. Fields and columns are read once into locals.
-        by_id = self._slots.get(u.exchange)
-        i = by_id.get(u.instrument) if by_id is not None else None
-        if i is None:
+        # record (two cache lines of flat floats), then let the trackers see the values they follow.
+        # The state object is looked up only for a tracker call. Fields are read once into locals.
+        by_id = self._record_of.get(u.exchange)
+        r = by_id.get(u.instrument) if by_id is not None else None
+        if r is None:
             self._apply_future(u, now)  # a miss only: the perpetuals' path is unchanged
             return
-        (
-            et_a,
-            mark_a,
-            index_a,
-            price_at_a,
-            premium_a,
-            rate_a,
-            nft_a,
-            funding_at_a,
-            interval_a,
-            cap_a,
-            floor_a,
-            oi_base_a,
-            oi_usd_a,
-            oi_at_a,
-            mark_minute_end_a,
-            anchor_due_a,
-            oi_due_a,
-            continuous_due_a,
-            due_a,
-            _,
-            interval_eff_a,
-            band_a,
-        ) = self._columns.views
         et = u.event_time
         if et is not None:
-            et_a[i] = et
+            r[F_EVENT_TIME] = et
             t = et
         else:
             t = now
         # one read tells whether the mark minute or the anchor sample may be due
-        due = (t if t > now else now) >= due_a[i]
+        due = (t if t > now else now) >= r[F_DUE]
         mark = u.mark_price
         index = u.index_price
         if mark is not None or index is not None:
             if mark is not None:
                 # the first mark of a later minute closes the one in progress with the mark before it
-                if due and t >= mark_minute_end_a[i]:
-                    self._sampler.mark_minute(self._states[i], t)
-                mark_a[i] = mark
+                if due and t >= r[F_MARK_MINUTE_END]:
+                    self._sampler.mark_minute(self._state_of(u), t)
+                r[F_MARK] = mark
             if index is not None:
-                index_a[i] = index
-            price_at_a[i] = now
+                r[F_INDEX] = index
+            r[F_PRICE_AT] = now
         v = u.premium
         if v is not None:
-            premium_a[i] = v
+            r[F_PREMIUM] = v
         v = u.funding_interval_s
         prev_interval: float | None = None
         if v is not None:
-            prev_interval = interval_eff_a[i] or None  # the interval before this update
-            if v and v == interval_eff_a[i]:
-                interval_a[i] = v  # as known: the band stays
+            prev_interval = r[F_INTERVAL_EFF] or None  # the interval before this update
+            if v and v == r[F_INTERVAL_EFF]:
+                r[F_INTERVAL] = v  # as known: the band stays
             else:
-                self._states[i].funding_interval_s = v
+                self._state_of(u).funding_interval_s = v
         v = u.funding_cap
         if v is not None:
-            cap_a[i] = v
+            r[F_CAP] = v
         v = u.funding_floor
         if v is not None:
-            floor_a[i] = v
+            r[F_FLOOR] = v
         rate_8h = u.funding_rate_8h
         rate = u.funding_rate
         if rate is None:
             rate = rate_8h
         nft = u.next_funding_time
         if rate is not None or nft is not None:
-            if nft is not None and nft != nft_a[i]:  # NaN (none yet) is never equal
-                self._next_funding(self._states[i], u, nft, prev_interval, now)
-                nft_a[i] = nft
+            if nft is not None and nft != r[F_NFT]:  # NaN (none yet) is never equal
+                self._next_funding(self._state_of(u), u, nft, prev_interval, now)
+                r[F_NFT] = nft
             if rate is not None:
-                rate_a[i] = rate
-                if rate_8h is not None and t >= continuous_due_a[i] and nft_a[i] != nft_a[i]:
+                r[F_RATE] = rate
+                if rate_8h is not None and t >= r[F_CONTINUOUS_DUE] and r[F_NFT] != r[F_NFT]:
                     # continuous funding (no next time): an observation an hour
-                    self._settlements.continuous(self._states[i], rate_8h, et, now)
+                    self._settlements.continuous(self._state_of(u), rate_8h, et, now)
                 # FundingThreshold looks only where the rate may have crossed its limit
-                band = band_a[i]
+                band = r[F_BAND]
                 if (abs(rate) >= band) if band >= 0.0 else (abs(rate) < -band):
-                    self._funding_events.observe(self._states[i], rate, now)
-            funding_at_a[i] = now
-        elif u.confirms_ticker and rate_a[i] == rate_a[i]:  # a delta omits the unchanged: still current
-            funding_at_a[i] = now
+                    self._funding_events.observe(self._state_of(u), rate, now)
+            r[F_FUNDING_AT] = now
+        elif u.confirms_ticker and r[F_RATE] == r[F_RATE]:  # a delta omits the unchanged: still current
+            r[F_FUNDING_AT] = now
         oi_base = u.open_interest_base
         oi_usd = u.open_interest_usd
         if oi_base is not None or oi_usd is not None:
             if oi_base is not None:
-                oi_base_a[i] = oi_base
+                r[F_OI_BASE] = oi_base
             if oi_usd is not None:
-                oi_usd_a[i] = oi_usd
+                r[F_OI_USD] = oi_usd
             elif oi_base is not None:
-                m = mark if mark is not None else mark_a[i]
+                m = mark if mark is not None else r[F_MARK]
                 if m == m:  # a mark known (not NaN)
-                    oi_usd_a[i] = oi_base * m
-            oi_at_a[i] = now
-            if now >= oi_due_a[i]:
-                self._sampler.open_interest(self._states[i], now)
-        elif u.confirms_ticker and (oi_usd_a[i] == oi_usd_a[i] or oi_base_a[i] == oi_base_a[i]):
-            oi_at_a[i] = now
+                    r[F_OI_USD] = oi_base * m
+            r[F_OI_AT] = now
+            if now >= r[F_OI_DUE]:
+                self._sampler.open_interest(self._state_of(u), now)
+        elif u.confirms_ticker and (r[F_OI_USD] == r[F_OI_USD] or r[F_OI_BASE] == r[F_OI_BASE]):
+            r[F_OI_AT] = now
         if (
             u.confirms_ticker
             and mark is None
             and index is None
-            and (mark_a[i] == mark_a[i] or index_a[i] == index_a[i])
+            and (r[F_MARK] == r[F_MARK] or r[F_INDEX] == r[F_INDEX])
         ):
-            price_at_a[i] = now
-        if due and now >= anchor_due_a[i] and rate_a[i] == rate_a[i]:  # no rate yet: no sample to take
-            self._sampler.anchor(self._states[i], now)
+            r[F_PRICE_AT] = now
+        if due and now >= r[F_ANCHOR_DUE] and r[F_RATE] == r[F_RATE]:  # no rate yet: no sample to take
+            self._sampler.anchor(self._state_of(u), now)
+
+    def _state_of(self, u: MarketUpdate) -> InstrumentState:
+        """The state of a followed perpetual (its record was found), for a tracker call."""
+        return self._by_exchange[u.exchange][u.instrument]
 
     def _next_funding(
         self, st: InstrumentState, u: MarketUpdate, nft: float, prev_interval: float | None, now: float

@@ -303,3 +303,86 @@ def test_a_settlement_repeated_in_every_push_is_stored_once_and_an_older_one_sti
     st.apply_many([FundingSettlement(Exchange.BYBIT, "BTCUSDT", t0 - 28800.0, 1e-4, 28800.0)])
     assert s.settlement_window() == ((t0 - 28800.0, 1e-4), (t0, -2e-4))
     assert s.settlements_version == version + 1
+
+
+def test_records_keep_each_instruments_values_apart_across_chunks() -> None:
+    """More instruments than one chunk of records: every instrument reads back its own values."""
+    st = MarketState(clock=Clock())
+    n = 700  # chunks of 256 records: three chunks
+    for k in range(n):
+        st.register(InstrumentInfo(Exchange.OKX, f"C{k}-USDT-SWAP", f"C{k}", "USDT", funding_interval_s=28800))
+    for k in range(n):
+        st.apply(MarketUpdate(Exchange.OKX, f"C{k}-USDT-SWAP", mark_price=1.0 + k, open_interest_usd=10.0 * k))
+    got = [(s.mark_price, s.open_interest_usd, s.index_price, s.funding_rate) for s in st.snapshot()]
+    assert got == [(1.0 + k, 10.0 * k, None, None) for k in range(n)]
+
+
+def test_an_instrument_state_alone_has_a_record_of_its_own_and_copies_keep_their_values() -> None:
+    import copy
+
+    from exporter.state import InstrumentState
+
+    info = InstrumentInfo(Exchange.BYBIT, "ETHUSDT", "ETH", "USDT", funding_interval_s=3600)
+    a, b = InstrumentState(info), InstrumentState(info)
+    assert (a.mark_price, a.funding_interval_s, a.interval_s, a.price_at, a.funding_extreme) == (
+        None,
+        None,
+        3600,
+        0.0,
+        False,
+    )
+    a.mark_price, a.price_at = 5.0, 12.0
+    assert (b.mark_price, b.price_at) == (None, 0.0) and a != b
+    twin = copy.deepcopy(a)
+    assert twin == a
+    a.mark_price = None
+    assert (a.mark_price, twin.mark_price) == (None, 5.0) and twin != a
+
+
+def test_funding_events_match_the_limit_applied_to_every_update() -> None:
+    """The hot path calls the funding tracker only near its limit: the events are those of a check
+    of every update, across interval changes (the limit is per 8 h, the rates per interval)."""
+    import random
+
+    limit = 0.001
+    st, clock = make_state(funding_event_rate_8h=limit)
+    rng = random.Random(4)
+    expected, extreme, interval = [], False, 28800.0
+    for step in range(2000):
+        if step % 250 == 0:
+            interval = rng.choice([3600.0, 14400.0, 28800.0])
+        per_interval = limit * interval / 28800.0
+        # around the limit, now and then exactly at it
+        rate = rng.choice([1, -1]) * (per_interval * rng.uniform(0.9, 1.1) if step % 7 else per_interval)
+        clock.t += 1.0
+        st.apply(MarketUpdate(Exchange.BYBIT, "BTCUSDT", funding_rate=rate, funding_interval_s=interval))
+        r8 = rate * 28800.0 / interval
+        if abs(r8) >= limit and not extreme:
+            expected.append(r8)
+        extreme = abs(r8) >= limit
+    got = [e.value for e in st.events if e.kind == "funding"]
+    assert got == expected[-len(got) :] and len(expected) > 50  # the log keeps the newest events
+    assert len(got) == min(len(expected), st.events.maxlen or len(expected))
+
+
+def test_continuous_funding_is_observed_once_an_hour_however_often_it_updates() -> None:
+    st, clock = make_state()
+    t0 = clock.t
+    for k in range(6 * 30):  # every 2 minutes for six hours
+        clock.t = t0 + 120.0 * k
+        st.apply(
+            MarketUpdate(
+                Exchange.DERIBIT,
+                "BTC-PERPETUAL",
+                event_time=clock.t,
+                funding_rate=1e-4 + k * 1e-7,
+                funding_rate_8h=1e-4 + k * 1e-7,
+            )
+        )
+    hours = sorted({(t0 + 120.0 * k) // 3600 * 3600 for k in range(6 * 30)})
+    s = st.instruments[(Exchange.DERIBIT, "BTC-PERPETUAL")]
+    assert [t for t, _ in s.settlement_window()] == hours
+    first = {}  # the rate of each hour's first update
+    for k in range(6 * 30):
+        first.setdefault((t0 + 120.0 * k) // 3600 * 3600, 1e-4 + k * 1e-7)
+    assert [r for _, r in s.settlement_window()] == [first[h] for h in hours]
