@@ -299,35 +299,38 @@ class Recorder:
         mv = self._mv
         size = len(mv)
         written = 0
+        pos = self._pos  # the buffer's state in locals; stored back before any method uses it
+        lines = self._buf_lines
+        rotate_at = self._rotate_at
         for _ in range(n):
             item = popleft()
             t, ex, kind, src, data, _, _ = item
-            if t >= self._rotate_at:  # time or size to start a new file (or none open yet)
+            if kind is WS_JSON and t < rotate_at and type(data) is bytes and len(data) < SMALL_FRAME:
+                rest = heads.get((ex, src))
+                if rest is not None and b"\n" not in data and data.isascii():
+                    line = b'{"t":%b%b%b}\n' % (dumps(t), rest, data)
+                    end = pos + len(line)
+                    if end <= size:
+                        mv[pos:end] = line
+                        pos = end
+                        lines += 1
+                        written += 1
+                        continue
+            self._pos, self._buf_lines = pos, lines
+            if t >= rotate_at:  # time or size to start a new file (or none open yet)
                 try:
                     self._rotate(t)
                 except Exception:
                     self.stats.dropped += 1
                     log.exception("recording: cannot open a new file")
                     continue
-            if kind == WS_JSON and type(data) is bytes and len(data) < SMALL_FRAME:
-                rest = heads.get((ex, src))
-                if rest is not None and b"\n" not in data and data.isascii():
-                    line = b'{"t":%b%b%b}\n' % (dumps(t), rest, data)
-                    pos = self._pos
-                    end = pos + len(line)
-                    if end <= size:
-                        mv[pos:end] = line
-                        self._pos = end
-                        self._buf_lines += 1
-                    else:
-                        self._add(line)
-                    written += 1
-                    continue
             try:
                 self._write(item)
             except Exception:  # a full disk must not kill the thread: count and go on
                 self.stats.dropped += 1
                 log.exception("recording: write failed")
+            pos, lines, rotate_at = self._pos, self._buf_lines, self._rotate_at
+        self._pos, self._buf_lines = pos, lines
         self.stats.frames_ws += written
 
     def _write(self, item: Item) -> None:
