@@ -1,21 +1,24 @@
 """Recording and replay benchmarks (issue 12).
 
-1. Recording cost: the CPU of ingesting N Binance all-market mark-price frames (parse -> state, the
-   live connection path) with and without the recorder (queue append on the loop, JSON lines +
-   compression in the writer thread, all threads' CPU counted: ``time.process_time``). The frames
-   are handed over as the connection layer hands them: the bytes received (``ws.recv(decode=False)``).
-   ``--old`` also measures the former hand-over in the same run: websockets decoded each text frame
-   to str on the loop (timed here as part of ingest) and the writer encoded it back to UTF-8. The
-   runs are interleaved (without, with, with, without, ... and new, old, old, new: drift and a
-   neighbour's load fall on all) and each figure is the median of the runs' shares.
-   Target: recording <= 10 % of ingest CPU.
+1. Recording cost: the CPU of ingesting frames (parse -> state, the live connection path) with and
+   without the recorder (queue append on the loop, JSON lines + compression in the writer thread,
+   all threads' CPU counted: ``time.process_time``), for two shapes: N Binance all-market
+   mark-price arrays (random-walk prices as the exchange sends them; ``--regular``: the former,
+   far too compressible frames) and one-instrument Bybit ticker frames. The frames are handed over
+   as the connection layer hands them, the bytes received (``ws.recv(decode=False)``);
+   ``--hand-over str``: as before, websockets' decode to str on the loop (timed as part of ingest),
+   the writer encoding back to UTF-8 (``both``: the two interleaved). To compare with older code,
+   run this script against another checkout (its ``exporter`` package first on ``sys.path``).
+   The runs are interleaved (without, with / with, without; the shapes and hand-overs in
+   alternating order: drift and a neighbour's load fall on all) and each figure is the median of
+   the runs' shares. Target: recording <= 10 % of ingest CPU.
 2. Replay speed: a recording of the same frames replayed as fast as possible through
    ``exporter.replay.Replay`` (virtual clock, parsers, connection path, state). Prints instrument
    updates per second on one core. Target: >= 200,000. Then the other shape, one instrument a frame
    (Bybit linear ticker snapshots and deltas): frames per second.
 
 Run: ``.venv/bin/python bench/bench_recording.py [--instruments 200] [--frames 2000] [--runs 7]
-[--compression zstd|gzip] [--level N] [--old]``.
+[--compression zstd|gzip] [--level N] [--hand-over bytes|str|both] [--regular] [--no-replay]``.
 Prints figures; not a test.
 """
 
@@ -178,7 +181,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--compression", choices=("gzip", "zstd"), default="zstd")
     ap.add_argument("--level", type=int, default=None)
-    ap.add_argument("--old", action="store_true", help="also the former str hand-over, interleaved")
+    ap.add_argument(
+        "--hand-over",
+        choices=("bytes", "str", "both"),
+        default="bytes",
+        help="frames as bytes (the connection now), as str (websockets' decode, before), both interleaved",
+    )
+    ap.add_argument("--no-replay", action="store_true", help="the recording cost only")
     ap.add_argument("--regular", action="store_true", help="the former, far too compressible frames")
     args = ap.parse_args()
     insts = infos(args.instruments)
@@ -195,7 +204,8 @@ def main() -> None:
         f"{sum(map(len, fr)) / len(fr):,.0f} bytes a frame ({'regular' if args.regular else 'random walk'}); "
         f"{len(by_frames)} Bybit ticker frames of {sum(map(len, by_frames)) / len(by_frames):,.0f} bytes"
     )
-    modes = [(shape, as_str) for shape in shapes for as_str in ((False, True) if args.old else (False,))]
+    hand = {"bytes": (False,), "str": (True,), "both": (False, True)}[args.hand_over]
+    modes = [(shape, as_str) for shape in shapes for as_str in hand]
     costs = {m: Cost() for m in modes}
 
     def plain(shape: Shape, as_str: bool) -> tuple[float, float, float]:
@@ -216,16 +226,18 @@ def main() -> None:
             costs[m].add(b1, r1)
     for shape in shapes:
         label = shape.name
-        costs[(shape, False)].report(f"{label}, bytes (now)", shape.updates, args.compression)
-        if args.old:
+        for as_str in hand:
+            costs[(shape, as_str)].report(f"{label}, {'str' if as_str else 'bytes'}", shape.updates, args.compression)
+        if args.hand_over == "both":
             old = costs[(shape, True)]
-            old.report(f"{label}, str (before)", shape.updates, args.compression)
             ratio = [n / o for n, o in zip(costs[(shape, False)].base, old.base, strict=True)]
             print(
                 f"{label}: ingest without recording, bytes / str hand-over: {statistics.median(ratio):.3f} "
                 f"(the str decode the loop no longer pays)"
             )
 
+    if args.no_replay:
+        return
     with tempfile.TemporaryDirectory() as d:
         recorder = Recorder(Path(d), queue_size=len(fr) + 10)
         recorder.start()

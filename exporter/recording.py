@@ -54,6 +54,7 @@ NAME_RE = re.compile(r"^fr-(\d{8}T\d{6}Z)-(\d+)\.jsonl\.(gz|zst)$")
 # (receive time, exchange, kind, stream or endpoint, data, path, params)
 WS_JSON = "ws-json"  # internal kind: a websocket frame that parsed, so valid JSON (written unescaped)
 RAW_MARK = b'"raw":true,"data":'
+JSON_OPEN = (b"{", b"[")  # a frame that parsed and opens so is a JSON object or array: embedded as it is
 REST_ERROR = "rest_error"  # a failed REST attempt: the reason, the status, never the body
 RestHook = Callable[[float, float, str, str, Any, bytes], None]
 RestFailureHook = Callable[[float, float, str, str, Any, str, "int | None"], None]
@@ -162,6 +163,7 @@ class Recorder:
         self._chunk = min(CHUNK, max(4096, max_bytes // 16))  # the size cap holds within a chunk
         self._wake = threading.Event()
         self._closing = False
+        self._limit = queue_size  # what the loop may queue: 0 once closing
         # encoded lines not yet handed to the compressor: one buffer, allocated once and reused
         self._arr = bytearray(self._chunk)
         self._mv = memoryview(self._arr)
@@ -185,7 +187,7 @@ class Recorder:
 
     def _put(self, item: Item) -> None:
         q = self.q
-        if len(q) >= self.queue_size or self._closing:
+        if len(q) >= self._limit:
             self.stats.dropped += 1  # the loop thread counts what it could not queue
             return
         q.append(item)  # atomic: the writer pops from the other end
@@ -200,12 +202,14 @@ class Recorder:
         stats = self.stats
 
         def hook(received_at: float, stream: str, frame: str | bytes, json_ok: bool = False) -> None:
-            # _put inline: this runs on the event loop for every frame
-            if len(q) >= self.queue_size or self._closing:
+            # _put inline: this runs on the event loop for every frame (the writer checks that a
+            # parsed frame is an object or array before embedding it)
+            n = len(q)
+            if n >= self._limit:
                 stats.dropped += 1
                 return
             append((received_at, ex, WS_JSON if json_ok else "ws", stream, frame, None, None))
-            if len(q) == self._wake_at:
+            if n + 1 == self._wake_at:
                 self._wake.set()
 
         return hook
@@ -257,6 +261,7 @@ class Recorder:
         if self._thread is None:
             return
         self._closing = True
+        self._limit = 0
         self._wake.set()
         self._thread.join(timeout)
         if self._thread.is_alive():
@@ -307,7 +312,7 @@ class Recorder:
             t, ex, kind, src, data, _, _ = item
             if kind is WS_JSON and t < rotate_at and type(data) is bytes and len(data) < SMALL_FRAME:
                 rest = heads.get((ex, src))
-                if rest is not None and b"\n" not in data and data.isascii():
+                if rest is not None and data[:1] in JSON_OPEN and b"\n" not in data and data.isascii():
                     line = b'{"t":%b%b%b}\n' % (dumps(t), rest, data)
                     end = pos + len(line)
                     if end <= size:
@@ -346,7 +351,7 @@ class Recorder:
             # they read), checked here in the writer thread, ASCII (the usual frame) in one pass.
             raw = data.encode("utf-8") if isinstance(data, str) else data
             kind = "ws"
-            if b"\n" not in raw and (raw.isascii() or _utf8(raw)):
+            if raw[:1] in JSON_OPEN and b"\n" not in raw and (raw.isascii() or _utf8(raw)):
                 rest = self._heads.get((ex, src))
                 if rest is None:  # the line's fixed part per exchange and stream, encoded once
                     head = orjson.dumps({"ex": ex, "kind": kind, "src": src, "raw": True})

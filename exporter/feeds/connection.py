@@ -137,7 +137,7 @@ class FeedConnection:
         self.health.cadence_s = plan.cadence_s
         self.exchange_clock = sink.exchange_clock(self.exchange)  # offset-corrects the event lag
         # raw frames go here too when recording is on (exporter.recording); never blocks
-        # (received_at, stream, frame, parsed as JSON): the recorder embeds a JSON frame unescaped
+        # (received_at, stream, frame, it parsed): the recorder embeds a parsed object or array frame unescaped
         self.recorder: Callable[[float, str, str | bytes, bool], None] | None = None
         self.connections_opened = 0  # sessions established (first one included)
         self.silence_reconnects = 0
@@ -399,8 +399,9 @@ class FeedConnection:
                 await self._resync(ws, received_at)
             return
         if recorder is not None:
-            # it parsed, so an object or array frame is valid JSON (the decoders check all of it)
-            recorder(received_at, self.plan.stream, frame, frame[:1] in (b"{", b"[", "{", "["))
+            # it parsed, so an object or array frame is valid JSON (the decoders check all of it);
+            # the recorder's writer looks at the first byte, off the loop
+            recorder(received_at, self.plan.stream, frame, True)
         if not records:
             return
         data = False
