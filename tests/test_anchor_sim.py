@@ -20,12 +20,14 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import wait_until
+from support.clock import InstantClock
 
 from exporter.app import Exporter
 from exporter.clock import VirtualClock
 from exporter.config import Config
 from exporter.model import EIGHT_HOURS, Exchange
 from exporter.sim import main as sim_main
+from exporter.sim import server as sim_server
 
 WINDOW = 6 * 3600.0
 BACKFILLED = (Exchange.BINANCE, Exchange.BYBIT, Exchange.OKX)
@@ -98,9 +100,11 @@ async def test_both_methods_on_the_first_scrape_equal_an_independent_regression(
     # moves the window start past no sample
     t0 = math.floor(time.time() / 60.0) * 60.0 + 30.25
     clock = VirtualClock(t0)
-    sim = sim_main.Simulator(seed=11, base_port=0, clock=clock)
+    # the start-up's REST reads paced on an instant clock, the simulator enforcing no limit: the backfill
+    # at full speed (the pacing is test_rate_limits' and test_backfill_schedule's)
+    sim = sim_main.Simulator(seed=11, base_port=0, clock=clock, options=sim_server.SimOptions(rate_limits=False))
     await sim.start()
-    exporter = Exporter(_config(sim), clock=clock)
+    exporter = Exporter(_config(sim), clock=clock, budget_clock=InstantClock())
     stop = asyncio.Event()
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(exporter.run(stop, ready.set_result))

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import wait_until
+from support.clock import InstantClock
 
 from exporter.app import Exporter
 from exporter.clock import VirtualClock
@@ -60,10 +61,12 @@ def samples(text: str, name: str) -> dict[tuple[str, str, str], float]:
 @pytest.mark.timeout(90)
 async def test_backfilled_factor_signals_are_on_the_first_scrape_and_equal_the_truth() -> None:
     clock = VirtualClock(START)
-    options = sim_server.SimOptions(okx_funding_push_s=1.0)
+    # the backfill's reads paced on an instant clock, the simulator enforcing no limit (its windows are
+    # wall time): the start-up at full speed; the pacing is test_rate_limits' and test_backfill_schedule's
+    options = sim_server.SimOptions(okx_funding_push_s=1.0, rate_limits=False)
     sim = sim_main.Simulator(seed=9, base_port=0, tick_seconds=0.5, options=options, clock=clock)
     await sim.start()
-    exporter = Exporter(config(sim), clock=clock)
+    exporter = Exporter(config(sim), clock=clock, budget_clock=InstantClock())
     stop = asyncio.Event()
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(exporter.run(stop, ready.set_result))
