@@ -19,6 +19,9 @@ from exporter.model import EIGHT_HOURS, SECONDS_PER_YEAR, Exchange, InstrumentIn
 from exporter.state import MarketState
 from exporter.views import _InInterval
 
+# the file: years of real funding history, incremental against fresh regressions
+pytestmark = pytest.mark.slow(seconds=8)
+
 T0 = 1_700_000_000.0
 
 

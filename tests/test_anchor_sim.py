@@ -29,6 +29,8 @@ from exporter.model import EIGHT_HOURS, Exchange
 from exporter.sim import main as sim_main
 from exporter.sim import server as sim_server
 
+pytestmark = pytest.mark.slow(seconds=5)  # the file: the start-up backfill of 6 h of candles
+
 WINDOW = 6 * 3600.0
 BACKFILLED = (Exchange.BINANCE, Exchange.BYBIT, Exchange.OKX)
 

@@ -18,6 +18,8 @@ from exporter.cli import COMMANDS, build_parser, main
 from exporter.config import Config, ConfigError, load_config
 from exporter.demo import simulator_base_port
 
+pytestmark = pytest.mark.slow(seconds=20)  # the file: a dozen subprocesses, the demo's three for seconds
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

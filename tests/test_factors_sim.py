@@ -24,6 +24,8 @@ from exporter.model import Exchange
 from exporter.sim import main as sim_main
 from exporter.sim import server as sim_server
 
+pytestmark = pytest.mark.slow(seconds=3)  # the file: the exporter's start-up against the simulator
+
 INSTRUMENTS = {
     Exchange.BINANCE: ["BTCUSDT", "ETHUSDT"],
     Exchange.BYBIT: ["BTCUSDT", "ETHUSDT"],

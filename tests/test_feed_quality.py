@@ -23,6 +23,8 @@ from exporter.model import Exchange, FundingSettlement, InstrumentInfo, MarketUp
 from exporter.sink import LAG_BUCKETS, ExchangeClock, StreamHealth
 from exporter.state import MarketState
 
+pytestmark = pytest.mark.slow(seconds=4)  # the file: a live simulator run with injected lag and gaps
+
 # ---- arithmetic ---------------------------------------------------------------------------------
 
 

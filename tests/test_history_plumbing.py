@@ -21,6 +21,8 @@ from exporter.rest.endpoints import ExchangeRest, rest_api_for
 from exporter.sim import main as sim_main
 from exporter.state import MarketState
 
+pytestmark = pytest.mark.slow(seconds=5)  # the file: the simulator's history endpoints paged through the REST client
+
 # ---- parsers: the documented samples, values read off the sample by hand -----------------------
 
 

@@ -30,6 +30,8 @@ from exporter.model import (
 )
 from exporter.state import MarketState
 
+pytestmark = pytest.mark.slow(seconds=4)  # the file: scrapes concurrent with writes
+
 T0 = 1_700_000_000.0
 BTC = {"exchange": "binance", "instrument": "BTCUSDT", "base": "BTC", "quote": "USDT"}
 

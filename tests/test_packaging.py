@@ -18,6 +18,8 @@ import pytest
 
 from exporter.cli import EXIT_CONFIG, build_parser
 
+pytestmark = pytest.mark.slow(seconds=5)  # the file: builds the sdist and the wheel
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -40,6 +40,8 @@ from exporter.replay import OpenMetricsSeries, Replay, parse_step, replay_to_ope
 from exporter.sim import main as sim_main
 from exporter.sim import server as sim_server
 
+pytestmark = pytest.mark.slow(seconds=7)  # the file: a minute of market recorded live, then replayed
+
 TICK = 0.5  # the simulator's model step: the test moves the clock by one tick at a time
 MARKET_SECONDS = 60.0
 SCRAPE_EVERY = 5.0

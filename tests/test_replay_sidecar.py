@@ -18,6 +18,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from support import free_port
 from test_replay import TICK, live_recording
@@ -25,6 +26,8 @@ from test_replay import TICK, live_recording
 from exporter import cli
 from exporter.model import Exchange
 from exporter.recording import read_lines
+
+pytestmark = pytest.mark.slow(seconds=6)  # the file: a cascade recorded live, then replayed with the sidecar
 
 POLL_S = 0.5
 SCHEDULE_S = 1.0
@@ -116,8 +119,6 @@ async def test_the_baseline_is_scored_on_a_replayed_cascade_on_the_replays_clock
 
 
 def test_sidecar_replay_errors_are_one_line_and_exit_2(tmp_path: Path, capsys: Any) -> None:
-    import pytest
-
     rec = tmp_path / "rec"
     rec.mkdir()
     cfg = tmp_path / "sidecar.yaml"

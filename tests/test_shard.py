@@ -37,6 +37,8 @@ from exporter.model import (
 from exporter.shard import Shard, hashmod
 from exporter.state import MarketState
 
+pytestmark = pytest.mark.slow(seconds=10)  # the file: exporters of several shards against one simulator
+
 NOW = 1_750_000_000.0
 BASES = [f"C{i:02d}" for i in range(40)] + ["BTC", "ETH", "SOL", "1000PEPE"]
 

@@ -16,6 +16,8 @@ from exporter.sidecar.calibration import IsotonicCalibrator, pav
 from exporter.sidecar.main import Sidecar
 from exporter.sidecar.schema import Action, RiskAnswer, RiskLevel
 
+pytestmark = pytest.mark.slow(seconds=4)  # the file: recalibration on large simulated samples
+
 THRESHOLD = 1e6
 HORIZON_H = 1 / 60  # one minute
 ALERT = 0.5

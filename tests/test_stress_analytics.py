@@ -19,6 +19,8 @@ from exporter.analytics.stress import (
 )
 from exporter.model import Side
 
+pytestmark = pytest.mark.slow(seconds=5)  # the file: Student-t fits on large samples
+
 
 def _brute_worst(p: list[float], lag: int) -> tuple[float, float]:
     fall, rise = 0.0, 0.0

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from support import ROOT
 
+pytestmark = pytest.mark.slow(seconds=6)  # the file: child pytest runs
+
 TESTS = ROOT / "tests"
 
 # Loaded with -p in a child pytest: makes `exporter.sim.main` unimportable (ModuleNotFoundError), as a
