@@ -32,7 +32,7 @@ from prometheus_client import generate_latest
 
 from exporter.config import Config
 from exporter.metrics import ExporterRegistry, build_registry
-from exporter.model import EIGHT_HOURS, Exchange, InstrumentInfo, InsuranceFund, MarketUpdate, Side
+from exporter.model import EIGHT_HOURS, Exchange, InstrumentInfo, InsuranceFund, Liquidation, MarketUpdate, Side
 from exporter.state import MAX_SETTLEMENTS, MarketState
 
 T0 = 1_765_541_474.0
@@ -117,7 +117,8 @@ def build_state(
             st.oi_samples.extend((now - (180 - i) * 60.0, 1e8 * (1 + 0.001 * i)) for i in range(180))
             for i in range(20):  # 40,000 liquidations in the last hour across the market: a busy hour
                 side = Side.LONG if i % 2 else Side.SHORT
-                st.liq_recent.append((now - 3600 + i * 180.0, side, rng.uniform(1e3, 1e5)))
+                usd = rng.uniform(1e3, 1e5)
+                st.liq_recent.append(Liquidation(ex, sym, now - 3600 + i * 180.0, side, px, usd / px, usd))
                 st.liq_count[side] += 1
                 st.liq_notional_usd[side] += 5e4
             state.apply(

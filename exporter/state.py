@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from exporter.model import (
     EIGHT_HOURS,
     AnchorBackfill,
@@ -422,7 +424,7 @@ class InstrumentState:
         # liquidations seen on the public stream, per side of the liquidated position
         self.liq_count: dict[Side, int] = {Side.LONG: 0, Side.SHORT: 0}
         self.liq_notional_usd: dict[Side, float] = {Side.LONG: 0.0, Side.SHORT: 0.0}
-        self.liq_recent: deque[tuple[float, Side, float]] = deque(maxlen=20000)
+        self.liq_recent: deque[Liquidation] = deque(maxlen=20000)  # the last hour's, oldest first
         # its base's last-minute flow (LiquidationThreshold's), found once; the tracker's, not a value of the instrument
         self.liq_flow: BaseFlow | None = None
 
@@ -876,16 +878,20 @@ class MarketState:
         if not 0.0 <= usd < 1e15:  # a counter never takes a NaN, infinite or negative increment
             self.rejected_records += 1
             return
-        at = liq.event_time or now
+        at = liq.event_time
+        if not at:  # no exchange time (no parser gives none): the windows order by the receive time
+            at = now
+            liq = msgspec.structs.replace(liq, event_time=now)
         side = liq.side
         st.liq_count[side] += 1
         st.liq_notional_usd[side] += usd
-        rec = (at, side, usd)
+        # The windows keep the record itself: no tuple a liquidation, and a gc=False Struct is nothing
+        # the garbage collector walks (a tuple holding the Side member stayed tracked for its hour).
         recent = st.liq_recent
-        recent.append(rec)
-        if recent[0][0] < now - LIQ_FLOW_WINDOW_SECONDS:  # not empty: one was just appended
+        recent.append(liq)
+        if recent[0].event_time < now - LIQ_FLOW_WINDOW_SECONDS:  # not empty: one was just appended
             horizon = now - LIQ_FLOW_WINDOW_SECONDS
-            while recent and recent[0][0] < horizon:
+            while recent and recent[0].event_time < horizon:
                 recent.popleft()
         # LiquidationThreshold.observe inline (a call a liquidation saved): the base's running minute
         # sum; the tracker looks only when the sum reaches its gate or its due time has come
@@ -893,7 +899,7 @@ class MarketState:
         if flow is None:
             flow = st.liq_flow = self._liquidation_events.flow(st.info.base)
         if at >= now - self._liq_window:  # one already older than the minute (a late arrival) never counts
-            flow.entries.append(rec)  # shared with the instrument's hour: no tuple of its own
+            flow.entries.append(liq)  # the same record as the instrument's hour
             flow.total += usd
         if flow.total >= flow.gate or now >= flow.due:
             self._liquidation_events.look(st, flow, now)

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from exporter.model import EIGHT_HOURS, Exchange, Side
+from exporter.model import EIGHT_HOURS, Exchange, Liquidation
 
 if TYPE_CHECKING:  # the store imports the trackers; they only read its instrument records
     from exporter.state import InstrumentState
@@ -276,8 +276,8 @@ class BaseFlow:
     __slots__ = ("due", "entries", "gate", "last_event", "total")
 
     def __init__(self, gate: float) -> None:
-        # (time, side, usd) in arrival order: the very tuples the instruments' hour of liquidations holds
-        self.entries: deque[tuple[float, Side, float]] = deque()
+        # in arrival order: the very records the instruments' hour of liquidations holds
+        self.entries: deque[Liquidation] = deque()
         self.total = 0.0
         self.last_event = -math.inf
         self.gate = gate  # the running sum that can mean an event (inf while an event's minute runs)
@@ -318,8 +318,8 @@ class LiquidationThreshold:
         window = self.window_s
         cutoff = now - window
         entries = flow.entries
-        while entries and entries[0][0] < cutoff:
-            flow.total -= entries.popleft()[2]
+        while entries and entries[0].event_time < cutoff:
+            flow.total -= entries.popleft().notional_usd
         if not entries:
             flow.total = 0.0  # drift stops here
         flow.due = now + window  # look again within a minute: entries never stay much longer
@@ -334,8 +334,8 @@ class LiquidationThreshold:
             return
         # Rare (at most about once a minute per base): the exact sum decides, and resets the running
         # one; liquidations that arrived out of order and left the minute go now.
-        fresh = deque(e for e in entries if e[0] >= cutoff)
-        total = sum(e[2] for e in fresh)
+        fresh = deque(e for e in entries if e.event_time >= cutoff)
+        total = sum(e.notional_usd for e in fresh)
         flow.entries, flow.total = fresh, total
         if total >= limit:
             flow.last_event = now

@@ -499,12 +499,12 @@ def liquidations_since(st: InstrumentState, since: float) -> dict[str, dict[str,
     long_: dict[str, float] = {"count": 0, "notional_usd": 0.0}
     short_: dict[str, float] = {"count": 0, "notional_usd": 0.0}
     # A full pass: event times from the exchange are not guaranteed to arrive in order.
-    for t, side, usd in tuple(st.liq_recent):
-        if t < since:
+    for liq in tuple(st.liq_recent):
+        if liq.event_time < since:
             continue
-        d = long_ if side is Side.LONG else short_
+        d = long_ if liq.side is Side.LONG else short_
         d["count"] += 1
-        d["notional_usd"] += usd
+        d["notional_usd"] += liq.notional_usd
     return {"long": long_, "short": short_}
 
 

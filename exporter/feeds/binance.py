@@ -6,7 +6,7 @@ Reference: exchanges.md §2. Numbers arrive as decimal strings, times in millise
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -54,6 +54,7 @@ MAX_LIFETIME_S = 23.5 * 3600  # Binance cuts every connection at 24 h: rotate be
 DEFAULT_INTERVAL_S = 8 * 3600.0  # symbols missing from /fapi/v1/fundingInfo use the default 8 h
 
 _LIQ_SIDE = {"SELL": Side.LONG, "BUY": Side.SHORT}  # order side -> side of the liquidated position
+_LONG, _SHORT = Side.LONG, Side.SHORT
 
 
 class BinanceFeed:
@@ -379,7 +380,7 @@ class _Force(msgspec.Struct, gc=False):
     """The order of a ``forceOrder`` event (only the fields used). Absent z, ap, T: 0, "not given"."""
 
     s: str
-    S: str
+    S: Literal["BUY", "SELL"]  # decoded to these very strings (no new object); another fails the decoding
     # the domains are checked while decoding (V.Price...): what is outside fails it, and the strict path names it
     q: V.Qty
     p: V.Price
@@ -521,7 +522,7 @@ def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
             quote = base_of(EX, sym)[1]
         else:
             quote = info.quote
-        side = _LIQ_SIDE[o.S]  # KeyError on an unknown side: the strict path names it
+        side = _SHORT if o.S == "BUY" else _LONG  # a short's order buys it back
         # the filled quantity at the average price, else the order's own (see _force_order)
         qty = o.z or o.q
         price = o.ap or o.p

@@ -7,7 +7,7 @@ carries only the fields that changed, so every absent field stays None ("unchang
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import orjson
@@ -53,6 +53,7 @@ MAX_ARGS_CHARS = 20_000  # "args" may not exceed 21,000 characters per public co
 PING = '{"op":"ping"}'
 
 _POSITION_SIDE = {"Buy": Side.LONG, "Sell": Side.SHORT}  # S is the liquidated *position* side
+_LONG, _SHORT = Side.LONG, Side.SHORT
 
 
 def is_inverse(symbol: str, instruments: Mapping[str, InstrumentInfo]) -> bool:
@@ -355,7 +356,7 @@ class _FastTicker(msgspec.Struct, gc=False):
     singleOpenInterestValue: float = _ABSENT
     # the deprecated liquidation.{symbol} object decodes here too (one decoding for it); its size and
     # price are checked while decoding (V.Qty, V.Price: what is outside fails, the strict path names it)
-    side: str | None = None
+    side: Literal["Buy", "Sell"] | None = None  # these very strings (no new object); another fails
     size: V.Qty = _ABSENT
     price: V.Price = _ABSENT
     updatedTime: float = _ABSENT
@@ -399,7 +400,7 @@ def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
             tb = ctx.time_bounds()
             liq = _liquidation_fast(sym, data.side, data.size, data.price, data.updatedTime, ctx.instruments, tb)
             return [liq] if liq is not None else []
-        pos = _POSITION_SIDE[data.side]  # KeyError on an unknown side: the strict path names it
+        pos = _LONG if data.side == "Buy" else _SHORT  # S is the liquidated position's side
         v = data.size
         p = data.price
         if info.inverse:  # size counts USD contracts
