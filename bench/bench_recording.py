@@ -11,14 +11,17 @@
    run this script against another checkout (its ``exporter`` package first on ``sys.path``).
    The runs are interleaved (without, with / with, without; the shapes and hand-overs in
    alternating order: drift and a neighbour's load fall on all) and each figure is the median of
-   the runs' shares. Target: recording <= 10 % of ingest CPU.
+   the runs' shares. Target: recording <= 10 % of ingest CPU. ``--socket``: the frames come from
+   another process through a loopback websocket (no permessage-deflate) to ``FeedConnection.run``,
+   so websockets' receive and the connection loop are in the ingest CPU, as the exporter runs
+   (TLS, which the exchanges add, is not).
 2. Replay speed: a recording of the same frames replayed as fast as possible through
    ``exporter.replay.Replay`` (virtual clock, parsers, connection path, state). Prints instrument
    updates per second on one core. Target: >= 200,000. Then the other shape, one instrument a frame
    (Bybit linear ticker snapshots and deltas): frames per second.
 
 Run: ``.venv/bin/python bench/bench_recording.py [--instruments 200] [--frames 2000] [--runs 7]
-[--compression zstd|gzip] [--level N] [--hand-over bytes|str|both] [--regular] [--no-replay]``.
+[--compression zstd|gzip] [--level N] [--hand-over bytes|str|both] [--regular] [--no-replay] [--socket]``.
 Prints figures; not a test.
 """
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import platform
 import random
 import statistics
@@ -34,6 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from exporter.config import Config
 from exporter.feeds.base import Feed, FeedContext, WsPlan
@@ -43,6 +48,7 @@ from exporter.feeds.connection import FeedConnection
 from exporter.model import Exchange, InstrumentInfo
 from exporter.recording import Recorder
 from exporter.replay import Replay
+from exporter.sink import StreamHealth
 from exporter.state import MarketState
 
 T0 = 1_765_541_474.0
@@ -104,6 +110,65 @@ class Shape:
     frames: list[bytes]
     dt: float  # receive time between frames
     updates: int  # instrument updates in the frames
+
+
+def serve_frames(shapes: list[Shape], port: Any) -> None:
+    """A child process: a loopback websocket server sending shape N's frames, as text frames, to
+    a client that connects to /N and sends anything (its subscribe frame); no permessage-deflate."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    async def handler(ws: ServerConnection) -> None:
+        shape = shapes[int(ws.request.path.strip("/")) if ws.request else 0]
+        await ws.recv()
+        for fr in shape.frames:
+            await ws.send(fr, text=True)
+        await ws.wait_closed()
+
+    async def main() -> None:
+        async with serve(handler, "127.0.0.1", 0, compression=None, max_size=None) as srv:
+            port.value = srv.sockets[0].getsockname()[1]
+            await asyncio.Future()
+
+    asyncio.run(main())
+
+
+async def ingest_socket(shape: Shape, url: str, recorder: Recorder | None) -> tuple[float, float, float]:
+    """As :func:`ingest`, the frames through a real websocket from another process (``FeedConnection.run``:
+    websockets' receive and the connection's loop counted too, as the exporter runs)."""
+    dt = shape.dt
+    received: list[StreamHealth] = []
+
+    def clock() -> float:  # receive times as in ingest(): one step a frame
+        return T0 + received[0].messages * dt if received else T0
+
+    state = MarketState(clock=clock)
+    for i in shape.instruments:
+        state.register(i)
+    health = state.stream(shape.exchange, shape.stream)
+    received.append(health)
+    ctx = FeedContext(shape.exchange, {i.instrument: i for i in shape.instruments})
+    plan = WsPlan(shape.stream, url, subscribe=("go",))
+    conn = FeedConnection(shape.feed(), plan, ctx, state, clock=clock, connect_kwargs={"compression": None})
+    if recorder is not None:
+        recorder.start()
+        conn.recorder = recorder.ws_hook(shape.exchange)
+    stop = asyncio.Event()
+    cpu0 = time.process_time()
+    loop0 = time.thread_time()
+    task = asyncio.create_task(conn.run(stop))
+    n = len(shape.frames)
+    while health.messages < n:  # a poll every 2 ms: the same small cost with and without recording
+        await asyncio.sleep(0.002)
+    loop = time.thread_time() - loop0
+    stop.set()
+    await task
+    writer = 0.0
+    if recorder is not None:
+        recorder.close()
+        assert recorder.stats.dropped == 0, "queue too small for the benchmark"
+        writer = recorder.stats.writer_cpu_s
+    assert health.parse_errors == 0 and health.last_parsed_at > 0, "the frames did not parse"
+    return time.process_time() - cpu0, loop, writer
 
 
 async def ingest(shape: Shape, recorder: Recorder | None, *, as_str: bool = False) -> tuple[float, float, float]:
@@ -188,6 +253,9 @@ def main() -> None:
         help="frames as bytes (the connection now), as str (websockets' decode, before), both interleaved",
     )
     ap.add_argument("--no-replay", action="store_true", help="the recording cost only")
+    ap.add_argument(
+        "--socket", action="store_true", help="the frames through a loopback websocket from another process"
+    )
     ap.add_argument("--regular", action="store_true", help="the former, far too compressible frames")
     args = ap.parse_args()
     insts = infos(args.instruments)
@@ -208,14 +276,32 @@ def main() -> None:
     modes = [(shape, as_str) for shape in shapes for as_str in hand]
     costs = {m: Cost() for m in modes}
 
+    server = None
+    if args.socket:  # the exporter side receives through websockets, as it runs (the frames as sent: bytes)
+        ctx = multiprocessing.get_context("fork")
+        port = ctx.Value("i", 0)
+        server = ctx.Process(target=serve_frames, args=(shapes, port), daemon=True)
+        server.start()
+        while port.value == 0:
+            time.sleep(0.05)
+        urls = {id(sh): f"ws://127.0.0.1:{port.value}/{k}" for k, sh in enumerate(shapes)}
+        hand = (False,)
+        modes = [(shape, False) for shape in shapes]
+        costs = {m: Cost() for m in modes}
+
+    def run(shape: Shape, as_str: bool, recorder: Recorder | None) -> tuple[float, float, float]:
+        if args.socket:
+            return asyncio.run(ingest_socket(shape, urls[id(shape)], recorder))
+        return asyncio.run(ingest(shape, recorder, as_str=as_str))
+
     def plain(shape: Shape, as_str: bool) -> tuple[float, float, float]:
-        return asyncio.run(ingest(shape, None, as_str=as_str))
+        return run(shape, as_str, None)
 
     def recorded(shape: Shape, as_str: bool) -> tuple[float, float, float]:
         with tempfile.TemporaryDirectory() as d:
             n = len(shape.frames) + 10
             recorder = Recorder(Path(d), queue_size=n, compression=args.compression, level=args.level)
-            return asyncio.run(ingest(shape, recorder, as_str=as_str))
+            return run(shape, as_str, recorder)
 
     for k in range(args.runs):
         for m in modes if k % 2 == 0 else modes[::-1]:  # new, old / old, new
@@ -224,8 +310,10 @@ def main() -> None:
             else:
                 r1, b1 = recorded(*m), plain(*m)
             costs[m].add(b1, r1)
+    if server is not None:
+        server.terminate()
     for shape in shapes:
-        label = shape.name
+        label = shape.name + (", websocket" if args.socket else "")
         for as_str in hand:
             costs[(shape, as_str)].report(f"{label}, {'str' if as_str else 'bytes'}", shape.updates, args.compression)
         if args.hand_over == "both":
