@@ -457,6 +457,12 @@ class RecordingConfig(_Model):
     # compression level (zstd -131072..22, gzip 1..9); None: level 1 tuned for speed (docs/recording.md)
     level: int | None = Field(None, ge=-131072, le=22)
 
+    @model_validator(mode="after")
+    def _gzip_level(self) -> RecordingConfig:
+        if self.compression == "gzip" and self.level is not None and not 0 <= self.level <= 9:
+            raise ValueError(f"recording.level {self.level}: gzip takes 0..9")
+        return self
+
 
 class Config(_Model):
     listen_address: str = "0.0.0.0:9466"

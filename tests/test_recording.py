@@ -13,6 +13,8 @@ import httpx
 import pandas as pd  # type: ignore[import-untyped]
 import pytest
 
+from exporter.app import Exporter
+from exporter.config import Config, RecordingConfig
 from exporter.feeds.base import FeedContext, WsPlan
 from exporter.feeds.binance import BinanceFeed
 from exporter.feeds.connection import FeedConnection
@@ -203,6 +205,15 @@ def test_zstd_files_read_the_same(tmp_path: Path, level: int | None) -> None:
 def test_a_level_gzip_does_not_have_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"gzip takes 0\.\.9"):
         Recorder(tmp_path, compression="gzip", level=-5)
+    with pytest.raises(ValueError, match=r"gzip takes 0\.\.9"):
+        RecordingConfig(dir=tmp_path, compression="gzip", level=12)
+
+
+def test_the_configured_level_reaches_the_recorder(tmp_path: Path) -> None:
+    config = Config.model_validate({"recording": {"dir": str(tmp_path), "compression": "zstd", "level": -3}})
+    recorder = Exporter(config).recorder
+    assert recorder is not None and (recorder.compression, recorder.level) == ("zstd", -3)
+    assert Exporter(Config.model_validate({"recording": {"dir": str(tmp_path)}})).recorder.level is None  # type: ignore[union-attr]
 
 
 async def test_failed_calls_are_recorded_without_body_and_replay_counts_them_as_live(tmp_path: Path) -> None:
