@@ -230,14 +230,17 @@ def one(n: int, runs: int) -> dict[str, float]:
     gc.collect()
     gc.freeze()  # as the exporter does after start
     churn(clock, state, rng)
-    t = time.perf_counter()
+    # wall time, and the render thread's CPU time (on a loaded machine the wall time also holds other
+    # processes' time slices)
+    t, c = time.perf_counter(), time.thread_time()
     reg.render()
-    first = time.perf_counter() - t
-    steady = []
+    first, first_cpu = time.perf_counter() - t, time.thread_time() - c
+    steady, steady_cpu = [], []
     for _ in range(runs):
         churn(clock, state, rng)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         reg.render()
+        steady_cpu.append(time.thread_time() - c)
         steady.append(time.perf_counter() - t)
     keys = list(state.instruments)
     # The 100-instrument reference is measured in this same process, interleaved run by run: the
@@ -279,7 +282,9 @@ def one(n: int, runs: int) -> dict[str, float]:
         "n": len(keys),
         "warmup_ms": warmup * 1e3,
         "first_ms": first * 1e3,
+        "first_cpu_ms": first_cpu * 1e3,
         "steady_ms": statistics.median(steady) * 1e3,
+        "steady_cpu_ms": statistics.median(steady_cpu) * 1e3,
         "update_us": statistics.median(per_update) * 1e6,
         "update_ref_us": statistics.median(per_update_ref) * 1e6,
         "frame_update_us": {k: statistics.median(v) * 1e6 for k, v in per_frame_update.items()},
@@ -363,8 +368,9 @@ def main() -> None:
         r = rows[-1]
         print(
             f"{r['n']:>6} instruments: warm-up render {r['warmup_ms']:7.1f} ms | "
-            f"first scrape {r['first_ms']:6.1f} ms | "
-            f"steady {r['steady_ms']:6.1f} ms | ingest apply-only {r['update_us']:5.2f} us/update, "
+            f"first scrape {r['first_ms']:6.1f} ms (CPU {r['first_cpu_ms']:6.1f}) | "
+            f"steady {r['steady_ms']:6.1f} ms (CPU {r['steady_cpu_ms']:6.1f}) | "
+            f"ingest apply-only {r['update_us']:5.2f} us/update, "
             f"frame-to-state {r['frame_update_us']['mean']:5.2f} us/update, "
             f"{r['liquidation_us']:5.2f} us/liquidation | peak RSS {r['rss_mb']:6.1f} MB",
             flush=True,
@@ -372,7 +378,10 @@ def main() -> None:
     by = {r["n"]: r for r in rows}
     if 2000 in by:
         f = by[2000]["first_ms"]
-        print(f"first scrape at 2,000 <= 150 ms: {'met' if f <= 150 else 'NOT met'} ({f:.1f} ms)")
+        print(
+            f"first scrape at 2,000 <= 150 ms: {'met' if f <= 150 else 'NOT met'} ({f:.1f} ms wall, "
+            f"{by[2000]['first_cpu_ms']:.1f} ms CPU; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
+        )
     if 2000 in by and 8000 in by:
         apart = by[8000]["steady_ms"] / by[2000]["steady_ms"]
         out = subprocess.run(
