@@ -9,8 +9,9 @@ Ingest per update is printed two ways, each at the size and at the 100-instrumen
 (interleaved run by run in the same process, the reference rendered and churned alike):
 - apply-only: ``state.apply_many`` of ``MarketUpdate`` records the benchmark built (the state's share);
 - frame-to-state: what the exporter does per update, frame bytes in to state: synthetic frames in
-  the exchanges' wire formats (Binance ``!markPrice@arr@1s`` arrays of 500 entries, Bybit ticker
-  deltas, OKX mark-price pushes, Deribit tickers, one instrument each), each through its feed's
+  the exchanges' wire formats (Binance ``!markPrice@arr@1s`` arrays of 500 entries in a fixed order
+  of their own, Bybit ticker deltas, OKX mark-price pushes, Deribit tickers, one instrument each, in
+  a new random order every second), built a batch at a time and each put through its feed's
   ``parse_ws`` and ``apply_many``. The figure is the mean of the four exchanges' costs per update
   (each exchange weighs the same at both sizes). At 100 instruments (25 Binance symbols) a Binance
   frame repeats the followed symbols to 500 entries, so both sizes decode frames of the same size;

@@ -792,8 +792,8 @@ class MarketState:
                     # continuous funding (no next time): an observation an hour
                     self._settlements.continuous(self._state_of(u), rate_8h, et, now)
                 # FundingThreshold looks only where the rate may have crossed its limit
-                band = r[F_BAND]
-                if (abs(rate) >= band) if band >= 0.0 else (abs(rate) < -band):
+                band = r[F_BAND]  # |rate| >= band when positive, |rate| < -band when negative (no abs() call)
+                if (rate >= band or rate <= -band) if band >= 0.0 else (band < rate < -band):
                     self._funding_events.observe(self._state_of(u), rate, now)
             r[F_FUNDING_AT] = now
         elif u.confirms_ticker and r[F_RATE] == r[F_RATE]:  # a delta omits the unchanged: still current
