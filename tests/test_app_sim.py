@@ -272,8 +272,14 @@ async def test_malformed_frames_counted_values_unchanged() -> None:
 async def test_stall_goes_stale_and_recovers() -> None:
     async with running(**LEAN) as env:
         await env.control(Exchange.OKX, "fault", {"kind": "stall", "seconds": 3.5})
-        stale = await env.wait_metrics(lambda m: get(m, "fr_up", exchange="okx") == 0.0)
-        await env.wait_metrics(lambda m: get(m, "fr_mark_price", exchange="okx", instrument="BTC-USDT-SWAP") is None)
+        # both in one scrape: they hold only while the stall lasts (2 s past the 1.5 s limits), and two
+        # waits in turn could see the first at the end of the window and miss the second (a loaded machine)
+        stale = await env.wait_metrics(
+            lambda m: (
+                get(m, "fr_up", exchange="okx") == 0.0
+                and get(m, "fr_mark_price", exchange="okx", instrument="BTC-USDT-SWAP") is None
+            )
+        )
         assert get(stale, "fr_up", exchange="bybit") == 1.0  # other exchanges unaffected
         back = await env.wait_metrics(
             lambda m: (
