@@ -129,7 +129,7 @@ class OkxFeed:
                 if not instruments or inst in instruments:
                     x = r.markPx
                     t = r.ts / 1000.0
-                    if x is _ABSENT or not inst or not (V.PRICE_MIN <= x <= V.PRICE_MAX and lo <= t <= hi):
+                    if x is _ABSENT or not inst or not lo <= t <= hi:  # the price was checked while decoding
                         return None  # an absent ts is NaN (/1000): out of bounds too
                     out.append(MarketUpdate(EX, inst, t, x))
             return out
@@ -143,7 +143,7 @@ class OkxFeed:
                 targets = mapping.get(r.instId, ()) if instruments else (f"{r.instId}-SWAP",)
                 if targets:
                     t = r.ts / 1000.0
-                    if not (V.PRICE_MIN <= x <= V.PRICE_MAX and lo <= t <= hi):
+                    if not lo <= t <= hi:  # the price was checked while decoding
                         return None
                     for inst in targets:
                         out.append(MarketUpdate(EX, inst, t, None, x))  # positional: index_price
@@ -157,21 +157,15 @@ class OkxFeed:
                     continue
                 # :func:`_open_interest` on a typed row, the checks inline (no call a row); what it
                 # does not take raises, and the strict path names it
-                oi = r.oi
+                oi = r.oi  # the three sizes were checked while decoding
                 if not inst or oi is a:
                     raise _Invalid
                 coin: float | None = r.oiCcy
                 if coin is a:
                     coin = None
-                elif not 0.0 <= coin <= _QMAX:  # type: ignore[operator]
-                    raise _Invalid
                 usd: float | None = r.oiUsd
                 if usd is a:
                     usd = None
-                elif not 0.0 <= usd <= _UMAX:  # type: ignore[operator]
-                    raise _Invalid
-                if not 0.0 <= oi <= _QMAX:
-                    raise _Invalid
                 info = instruments.get(inst)
                 if info is not None and info.inverse:
                     if usd is None:
@@ -462,20 +456,22 @@ _QMAX, _UMAX = V.QTY_MAX, V.USD_MAX
 # rows: msgspec tries the field after the last one matched first (funding rows decode ~5 % faster).
 # kw_only: the required instId may sit among the optional fields.
 class _FastRow(msgspec.Struct, gc=False, kw_only=True):
-    fundingRate: float = _ABSENT
+    # prices, sizes and rates are checked against their domains while decoding (V.Price...): what is
+    # outside (NaN and the infinities too) fails it, and the strict path names the field
+    fundingRate: V.Rate = _ABSENT
     fundingTime: float = _ABSENT
-    idxPx: float = _ABSENT
+    idxPx: V.Price = _ABSENT
     instId: str
-    markPx: float = _ABSENT
-    maxFundingRate: float = _ABSENT
-    minFundingRate: float = _ABSENT
+    markPx: V.Price = _ABSENT
+    maxFundingRate: V.Rate = _ABSENT
+    minFundingRate: V.Rate = _ABSENT
     nextFundingTime: float = _ABSENT
-    oi: float = _ABSENT
-    oiCcy: float = _ABSENT
-    oiUsd: float = _ABSENT
-    premium: float = _ABSENT
+    oi: V.Holding = _ABSENT
+    oiCcy: V.Holding = _ABSENT
+    oiUsd: V.Usd = _ABSENT
+    premium: V.Rate = _ABSENT
     prevFundingTime: float = _ABSENT
-    settFundingRate: float = _ABSENT
+    settFundingRate: V.Rate = _ABSENT
     settState: str | None = None
     ts: float = _ABSENT
 
@@ -576,8 +572,7 @@ def _funding_fast(r: _FastRow, out: list[Record], tb: tuple[float, float]) -> No
     if not inst:
         raise _Invalid
     lo, hi = tb
-    rm = _RMAX
-    a = _ABSENT
+    a = _ABSENT  # the rates were checked while decoding; the times are checked here against the clock
     v = r.fundingTime
     t_set = None
     if v is not a:
@@ -605,28 +600,18 @@ def _funding_fast(r: _FastRow, out: list[Record], tb: tuple[float, float]) -> No
     rate: float | None = r.fundingRate
     if rate is a:
         rate = None
-    elif not -rm <= rate <= rm:  # type: ignore[operator]
-        raise _Invalid
     cap: float | None = r.maxFundingRate
     if cap is a:
         cap = None
-    elif not -rm <= cap <= rm:  # type: ignore[operator]
-        raise _Invalid
     floor: float | None = r.minFundingRate
     if floor is a:
         floor = None
-    elif not -rm <= floor <= rm:  # type: ignore[operator]
-        raise _Invalid
     premium: float | None = r.premium
     if premium is a:
         premium = None
-    elif not -rm <= premium <= rm:  # type: ignore[operator]
-        raise _Invalid
     sett: float | None = r.settFundingRate
     if sett is a:
         sett = None
-    elif not -rm <= sett <= rm:  # type: ignore[operator]
-        raise _Invalid
     interval = None
     if t_set is not None and t_next is not None and t_next > t_set:
         interval = t_next - t_set

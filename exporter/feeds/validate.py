@@ -82,6 +82,8 @@ PriceOr0 = Annotated[float, msgspec.Meta(ge=0.0, le=PRICE_MAX)]  # 0 = "not give
 Qty = Annotated[float, msgspec.Meta(gt=0.0, le=QTY_MAX)]
 QtyOr0 = Annotated[float, msgspec.Meta(ge=0.0, le=QTY_MAX)]
 Rate = Annotated[float, msgspec.Meta(ge=-RATE_MAX, le=RATE_MAX)]
+Holding = Annotated[float, msgspec.Meta(ge=0.0, le=QTY_MAX)]  # open interest: zero is real
+Usd = Annotated[float, msgspec.Meta(ge=0.0, le=USD_MAX)]
 
 
 def out_of_range(key: str, x: float, reason: str) -> ParseError:
