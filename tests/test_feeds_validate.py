@@ -278,3 +278,52 @@ def test_one_bad_symbol_of_the_all_market_array_is_rejected_alone() -> None:
         assert [getattr(r, "instrument", None) for r in out] == ["BTCUSDT", None, "ETHUSDT"]
         rejected = out[1]
         assert isinstance(rejected, Rejected) and rejected.reason == V.PRICE and "XRPUSDT" in rejected.message
+
+
+DERIBIT_LIQ_TRADE = {  # ws_perpetual_ticker_trades_tardis, a trade with a liquidation
+    "jsonrpc": "2.0",
+    "method": "subscription",
+    "params": {
+        "channel": "trades.BTC-PERPETUAL.raw",
+        "data": [
+            {
+                "trade_seq": 40781986,
+                "trade_id": "66460463",
+                "timestamp": 1584058044032,
+                "tick_direction": 3,
+                "price": 4469.5,
+                "liquidation": "T",
+                "instrument_name": "BTC-PERPETUAL",
+                "index_price": 4805.41,
+                "direction": "sell",
+                "amount": 1120,
+            }
+        ],
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("price", 0.0, V.PRICE),
+        ("price", 1e300, V.PRICE),
+        ("amount", -5, V.QTY),
+        ("amount", 1e15, V.USD),  # an inverse amount counts USD
+        ("timestamp", 10**18, V.TIMESTAMP),
+        ("liquidation", "X", V.BAD_SHAPE),
+    ],
+)
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "strict"])
+@pytest.mark.parametrize("followed", [False, True], ids=["any", "followed"])
+def test_a_bad_liquidation_trade_is_rejected_alone_with_its_reason(
+    field: str, value: Any, reason: str, fast: bool, followed: bool
+) -> None:
+    """A trade batch: the bad liquidation is a Rejected record naming the domain (the batch's other
+    trades keep theirs), on the fast and the strict path, for a followed symbol and for any."""
+    feed = FEEDS[D][0 if fast else 1]
+    ctx = FeedContext(D, {i.instrument: i for i in FOLLOWED[D]} if followed else {})
+    (liq,) = feed.parse_ws(orjson.dumps(DERIBIT_LIQ_TRADE), ctx)
+    assert liq.side.value == "long" and liq.notional_usd == 1120.0  # type: ignore[union-attr]
+    (out,) = feed.parse_ws(_set(DERIBIT_LIQ_TRADE, ("params", "data", 0, field), value), ctx)
+    assert isinstance(out, Rejected) and out.reason == reason, out

@@ -8,7 +8,7 @@ count amounts and open interest in USD; linear ``*_USDC-PERPETUAL`` in coin.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import orjson
@@ -364,11 +364,12 @@ class _Trade(msgspec.Struct, gc=False, kw_only=True):
     order Deribit sends them."""
 
     timestamp: int
-    price: float
-    liquidation: str | None = None
+    price: V.Price  # checked while decoding, as the amount (V.Qty): outside fails, the strict path names it
+    # decoded to these very strings (no new object a trade); another value fails the decoding
+    liquidation: Literal["M", "T", "MT"] | None = None
     instrument_name: str
-    direction: str
-    amount: float
+    direction: Literal["buy", "sell"]
+    amount: V.Qty
 
 
 # One decoding of the whole notification: a ticker is an object, a trade batch an array (told apart
@@ -416,11 +417,9 @@ def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
             inverse = is_inverse(inst, instruments)
         else:
             inverse = info.inverse
-        sides = _LIQUIDATED_BY_FLAG[t.liquidation][t.direction]  # KeyError: an unknown flag
+        sides = _LIQUIDATED_BY_FLAG[t.liquidation][t.direction]
         price = t.price
         amount = t.amount
-        if not _PMIN <= price <= _PMAX:  # before dividing by it
-            raise ParseError("price out of its domain")
         if inverse:
             qty, usd = amount / price, amount  # amount counts USD
         else:
@@ -433,7 +432,7 @@ def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
             else:
                 now = clock()
                 bounds = (now - _PAST_S, now + _FUTURE_S)
-        if not (0.0 < qty <= _QMAX and 0.0 <= usd <= _UMAX and bounds[0] <= when <= bounds[1]):
+        if not (0.0 < qty <= _QMAX and usd <= _UMAX and bounds[0] <= when <= bounds[1]):
             raise ParseError("a value out of its domain")
         for side in sides:
             out.append(Liquidation(EX, inst, when, side, price, qty, usd))
