@@ -36,7 +36,7 @@ from exporter.metrics.exposition import (
 )
 from exporter.model import EIGHT_HOURS, Exchange, InstrumentInfo, InsuranceFund, Liquidation, MarketUpdate, Side
 from exporter.server import start_server
-from exporter.state import MarketState
+from exporter.state import InstrumentState, MarketState
 
 T0 = 1_700_000_000.0
 NASTY = 'we"ird\\inst\nrument ünï'  # quote, backslash, newline and non-ASCII in one label value
@@ -259,3 +259,52 @@ def test_non_finite_samples_are_left_out_and_counted() -> None:
     text = reg.render().decode()
     assert 'fr_render_errors_total{collector="nonfinite"} 6.0' in text  # 3 per render, two renders before
     assert 'fr_render_errors_total{collector="market"} 3.0' in text
+
+
+def test_the_label_columns_follow_the_instrument_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The market collector keeps its label sets and their texts per kind in view order, rebuilt (and
+    the texts copied side by side) when the instrument list changes: every render stays equal to
+    prometheus_client's rendering of the same families, which builds its lines from the label values."""
+    reg = registry()
+    state = reg.views.state
+    assert reg.render() == generate_latest(reg)
+    eth = '{base="ETH",exchange="binance",instrument="ETHUSDT",quote="USDT"}'
+    state.register(InstrumentInfo(Exchange.BINANCE, "ETHUSDT", "ETH", "USDT", funding_interval_s=EIGHT_HOURS))
+    state.apply(
+        MarketUpdate(
+            Exchange.BINANCE,
+            "ETHUSDT",
+            mark_price=2_000.5,
+            index_price=1_999.5,
+            funding_rate=1e-4,
+            next_funding_time=T0 + 1800,
+        )
+    )
+    added = reg.render()
+    assert added == generate_latest(reg)
+    assert f"fr_mark_price{eth} 2000.5\n".encode() in added
+    # one instrument's view fails: only its series go, and they come back with it
+    real = state.premium_of
+
+    def failing(st: InstrumentState) -> float | None:
+        if st.info.instrument == "ETHUSDT":
+            raise ZeroDivisionError("boom")
+        return real(st)
+
+    monkeypatch.setattr(state, "premium_of", failing)
+    without = reg.render()
+    assert b'instrument="ETHUSDT"' not in without.split(b"fr_funding_settlements_missed_total")[0]
+    assert f"fr_mark_price{eth.replace('ETH', 'BTC')}".encode() in without
+    monkeypatch.undo()
+    back = reg.render()  # fr_render_errors_total counted the failure: the rest as before
+    assert back == generate_latest(reg)
+    assert f"fr_mark_price{eth} 2000.5\n".encode() in back
+    assert [ln for ln in back.splitlines() if b"render_errors" not in ln] == [
+        ln for ln in added.splitlines() if b"render_errors" not in ln
+    ]
+    # its static facts change (another base): the next render shows the new label, never the old one
+    state.register(InstrumentInfo(Exchange.BINANCE, "ETHUSDT", "ETH2", "USDT", funding_interval_s=EIGHT_HOURS))
+    relabelled = reg.render()
+    assert relabelled == generate_latest(reg)
+    assert b'base="ETH2",exchange="binance",instrument="ETHUSDT"' in relabelled
+    assert eth.encode() not in relabelled
