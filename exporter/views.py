@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -145,6 +147,7 @@ class InstrumentView:
 _VIEW_FLOATS = tuple(f.name for f in dataclasses.fields(InstrumentView) if f.name not in ("st", "stale", "edge_side"))
 _view_floats = attrgetter(*_VIEW_FLOATS)
 _is_value = partial(is_not, None)
+_OI_WINDOWS = (factors.OI_CHANGE_WINDOWS["1h"], factors.OI_CHANGE_WINDOWS["4h"])
 
 
 @dataclass(slots=True)
@@ -219,6 +222,8 @@ class MarketViews:
         # instrument -> (what the values were computed from, realised volatility over 1 h and 4 h):
         # they change only when a minute closes, so a scrape mostly reads them from here
         self._vol: dict[Hashable, tuple[tuple[float, ...], float | None, float | None]] = {}
+        # instrument -> (what the window held, the samples around each OI-change window's start)
+        self._oi: dict[Hashable, tuple[tuple[float, ...], tuple[tuple[float, float, Any, Any], ...]]] = {}
         self._builds = 0
         self._tls = threading.local()
 
@@ -316,10 +321,7 @@ class MarketViews:
                 oi = st.open_interest_usd if oi_ok else None
                 oi1 = oi4 = vol1 = vol4 = None
                 if oi is not None:
-                    raw = st.oi_samples.raw()
-                    ts, vs = raw[0::2], raw[1::2]
-                    oi1 = factors.oi_change(ts, vs, oi, now, factors.OI_CHANGE_WINDOWS["1h"])
-                    oi4 = factors.oi_change(ts, vs, oi, now, factors.OI_CHANGE_WINDOWS["4h"])
+                    oi1, oi4 = self._oi_changes(st, oi, now)
                 if mark is not None:
                     vol1, vol4 = self._volatility(st, now, mark)
                 view = InstrumentView(
@@ -367,7 +369,43 @@ class MarketViews:
             self.cache.forget(live)
             for k in [k for k in list(self._vol) if k not in live]:
                 self._vol.pop(k, None)
+            for k in [k for k in list(self._oi) if k not in live]:
+                self._oi.pop(k, None)
         return out
+
+    def _oi_changes(self, st: InstrumentState, oi: float, now: float) -> tuple[float | None, float | None]:
+        """Open-interest change over 1 h and 4 h (analytics.factors.oi_change) from the sample at or
+        before each window's start. The samples around those starts are kept per instrument while
+        the window holds the same samples (count, first and last time) and each start stays between
+        the same two samples: a scrape then reads no copy of the window (2.9 KB an instrument, 23 MB
+        a scrape at 8,000 instruments, more than the caches hold). The figure is computed by the same
+        function, from the one sample it would pick."""
+        w = st.oi_samples
+        n = len(w)
+        version = (n, w[-n][0] if n else 0.0, w.last_time() or 0.0)
+        key = st.key
+        hit = self._oi.get(key)
+        targets = (now - _OI_WINDOWS[0], now - _OI_WINDOWS[1])
+        if (
+            hit is None
+            or hit[0] != version
+            or not (hit[1][0][0] <= targets[0] < hit[1][0][1] and hit[1][1][0] <= targets[1] < hit[1][1][1])
+        ):
+            raw = w.raw()  # one consistent copy (the event loop may append meanwhile)
+            ts, vs = raw[0::2], raw[1::2]
+            around = []
+            for t in targets:
+                i = bisect_right(ts, t) - 1
+                lo = ts[i] if i >= 0 else -math.inf
+                hi = ts[i + 1] if i + 1 < len(ts) else math.inf
+                around.append((lo, hi, ts[i : i + 1] if i >= 0 else ts[:0], vs[i : i + 1] if i >= 0 else vs[:0]))
+            n = len(ts)
+            hit = self._oi[key] = ((n, ts[0] if n else 0.0, ts[-1] if n else 0.0), tuple(around))
+        (_, _, t1, v1), (_, _, t4, v4) = hit[1]
+        return (
+            factors.oi_change(t1, v1, oi, now, _OI_WINDOWS[0]),
+            factors.oi_change(t4, v4, oi, now, _OI_WINDOWS[1]),
+        )
 
     def _volatility(self, st: InstrumentState, now: float, mark: float) -> tuple[float | None, float | None]:
         """Realised volatility of the mark over the 1 h and 4 h windows (analytics.factors), cached

@@ -202,3 +202,33 @@ async def test_backfill_keeps_the_candles_when_the_open_interest_history_fails()
         ("oi", 300, clock.time() - 4 * 3600.0 - 300.0 - 600.0, clock.time()),
     ]
     assert len(st.mark_minutes) == 242 and len(st.oi_samples) == 0  # what arrived is kept
+
+
+def test_the_views_open_interest_change_follows_the_window_scrape_after_scrape() -> None:
+    """The views keep the samples around each window's start between scrapes (no copy of the window
+    per scrape): scrape after scrape, as samples arrive, leave, pause and a backfill merges history
+    in behind them, the published changes equal oi_change over the whole window."""
+    now = [T0]
+    s = _state(now)
+    st = s.instruments[(Exchange.BINANCE, "BTCUSDT")]
+    cfg = Config.model_validate({"exchanges": {"binance": {"instruments": ["BTCUSDT"]}}})
+    views = MarketViews(cfg, s)
+    checked = {"1h": 0, "4h": 0}
+    for step in range(6 * 240):  # six hours of 15 s scrapes
+        now[0] = T0 + 15.0 * step
+        if not (150 <= step < 230 or 300 <= step < 600):  # silences of 20 and 75 minutes: no sample
+            s.apply(MarketUpdate(Exchange.BINANCE, "BTCUSDT", open_interest_usd=1_000.0 + 3.0 * step + step % 7))
+        if step == 620:  # history merged in behind the live samples: before them, and the 75 minutes' gap
+            gap = tuple((T0 + 4500.0 + 300.0 * k, 1_700.0 + k) for k in range(15))
+            history = tuple((T0 - 3600.0 + 300.0 * k, 900.0 + k) for k in range(12)) + gap
+            s.apply(HistoryBackfill(Exchange.BINANCE, "BTCUSDT", (), history))
+        (v,) = views.views()
+        raw = st.oi_samples.raw()
+        oi = v.open_interest_usd
+        if oi is None:
+            continue
+        for window, got in (("1h", v.oi_change_1h), ("4h", v.oi_change_4h)):
+            want = oi_change(raw[0::2], raw[1::2], oi, now[0], 3600.0 if window == "1h" else 4 * 3600.0)
+            assert got == want, (step, window)
+            checked[window] += want is not None
+    assert checked["1h"] > 500 and checked["4h"] > 100  # both windows had figures, not only None
