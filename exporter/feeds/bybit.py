@@ -390,7 +390,7 @@ def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
                 out.append(liq)
         return out
     if data.side is not None:  # only the deprecated liquidation.{symbol} object has a side
-        if not topic.startswith("liquidation."):
+        if "liquidation." not in topic:  # its topic (``in``: a third of startswith's cost; "allLiquidation." differs)
             return None
         # _liquidation_fast inline for a followed symbol (no call a liquidation): size and price were
         # checked while decoding; an absent one is NaN and fails the comparisons below
