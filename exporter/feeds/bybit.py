@@ -342,8 +342,16 @@ _PMIN, _PMAX, _QMAX, _UMAX = V.PRICE_MIN, V.PRICE_MAX, V.QTY_MAX, V.USD_MAX
 _PAST_S, _FUTURE_S = V.PAST_S, V.FUTURE_S
 
 
-class _FastTicker(msgspec.Struct, gc=False):
+class _FastTicker(msgspec.Struct, gc=False, kw_only=True):
+    # The deprecated liquidation.{symbol} object decodes here too (one decoding for it), its fields
+    # first in the order Bybit sends them (msgspec tries the field after the last one matched first;
+    # a ticker's symbol is found three fields later). Its size and price are checked while decoding
+    # (V.Qty, V.Price: what is outside fails, the strict path names it).
+    price: V.Price = _ABSENT
+    side: Literal["Buy", "Sell"] | None = None  # these very strings (no new object); another fails
+    size: V.Qty = _ABSENT
     symbol: str
+    updatedTime: float = _ABSENT
     markPrice: float = _ABSENT
     indexPrice: float = _ABSENT
     fundingRate: float = _ABSENT
@@ -354,12 +362,6 @@ class _FastTicker(msgspec.Struct, gc=False):
     openInterestValue: float = _ABSENT
     singleOpenInterest: float = _ABSENT
     singleOpenInterestValue: float = _ABSENT
-    # the deprecated liquidation.{symbol} object decodes here too (one decoding for it); its size and
-    # price are checked while decoding (V.Qty, V.Price: what is outside fails, the strict path names it)
-    side: Literal["Buy", "Sell"] | None = None  # these very strings (no new object); another fails
-    size: V.Qty = _ABSENT
-    price: V.Price = _ABSENT
-    updatedTime: float = _ABSENT
 
 
 class _TickerMessage(msgspec.Struct, gc=False):
@@ -367,7 +369,7 @@ class _TickerMessage(msgspec.Struct, gc=False):
     # a ticker is an object, an allLiquidation batch an array: told apart while decoding
     data: _FastTicker | list[_Liq]
     ts: float = _ABSENT
-    type: str | None = None  # "snapshot" | "delta"
+    type: Literal["snapshot", "delta"] | None = None  # these very strings: no new object a frame
 
 
 _decode_ticker_message = msgspec.json.Decoder(_TickerMessage, strict=False).decode
