@@ -18,6 +18,7 @@ import gzip
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from itertools import compress
 from typing import Any, Protocol, runtime_checkable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -139,10 +140,13 @@ class Family:
     Flat lists instead of a (labels, value) tuple per sample: 40,000 fewer GC-tracked objects
     per scrape, so scrapes do not keep triggering full collections of a large heap. ``texts``, when
     given, are the label sets' ``text`` (a collector that keeps them together in memory hands them
-    over so the renderer does not visit every label set object: see MarketCollector).
+    over so the renderer does not visit every label set object: see MarketCollector). With
+    :meth:`masked` the label list itself is built only when read (``collect()``, tests): the fast
+    renderer never touches the label set objects, which at 8,000 instruments lie scattered in
+    memory (each one a cache miss and a reference count written, per family).
     """
 
-    __slots__ = ("labels", "spec", "texts", "values")
+    __slots__ = ("_labels", "_masked", "spec", "texts", "values")
 
     def __init__(
         self,
@@ -152,9 +156,28 @@ class Family:
         texts: list[str] | None = None,
     ) -> None:
         self.spec = spec
-        self.labels: list[LabelSet] = labels if labels is not None else []
+        self._labels: list[LabelSet] | None = labels if labels is not None else []
+        self._masked: tuple[Sequence[LabelSet], Sequence[bool]] | None = None
         self.values: list[float] = values if values is not None else []
         self.texts = texts
+
+    @classmethod
+    def masked(
+        cls, spec: Spec, labels: Sequence[LabelSet], mask: Sequence[bool], values: list[float], texts: list[str]
+    ) -> Family:
+        """The samples of ``labels`` where ``mask`` is true, with their ``values`` and ``texts``."""
+        fam = cls(spec, None, values, texts)
+        fam._labels = None
+        fam._masked = (labels, mask)
+        return fam
+
+    @property
+    def labels(self) -> list[LabelSet]:
+        if self._labels is None:
+            assert self._masked is not None
+            self._labels = list(compress(*self._masked))
+            self._masked = None
+        return self._labels
 
     def add(self, labels: LabelSet, value: float) -> None:
         self.labels.append(labels)

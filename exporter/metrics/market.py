@@ -119,8 +119,8 @@ def _present(spec: Spec, col: _Column, values: Sequence[Any]) -> Family:
     """The family of one optional value: only the instruments that have it (all in C: no Python
     step per instrument)."""
     mask = list(map(is_not, values, repeat(None)))
-    return spec.family(
-        list(compress(col.labels, mask)), list(map(float, compress(values, mask))), list(compress(col.texts, mask))
+    return Family.masked(
+        spec, col.labels, mask, list(map(float, compress(values, mask))), list(compress(col.texts, mask))
     )
 
 
@@ -248,12 +248,12 @@ class MarketCollector:
         # the values derived from the funding rate are shown only with a fresh rate
         fresh_mask = list(map(is_not, cols["funding_rate"], repeat(None)))
         if all(fresh_mask):
-            fresh_base, fresh_records, fresh_methods = base, lc.records, lc.methods
+            fresh_base, fresh_methods = base, lc.methods
 
             def fresh(field: str) -> Sequence[Any]:
                 return cols[field]
         else:
-            fresh_base, fresh_records = base.subset(fresh_mask), list(compress(lc.records, fresh_mask))
+            fresh_base = base.subset(fresh_mask)
             fresh_methods = lc.methods.subset(_interleave(fresh_mask, fresh_mask))
 
             def fresh(field: str) -> Sequence[Any]:
@@ -282,12 +282,24 @@ class MarketCollector:
             add(_present(spec, base, cols[field]))
         for spec, field in ((self.s_z, "zscore"), (self.s_mom, "momentum"), (self.s_acc, "acceleration")):
             add(_present(spec, fresh_base, fresh(field)))
-        edges = [
-            (r.sides[side], x)
-            for r, side, x in zip(fresh_records, fresh("edge_side"), fresh("edge_bp"), strict=True)
-            if x is not None and side
-        ]
-        add(self.s_edge.family([lb for lb, _ in edges], [float(x) for _, x in edges], [lb.text for lb, _ in edges]))
+        # the receiving side's label set of each instrument with an edge: long, short side by side
+        # in lc.sides (an edge exists only with a fresh rate)
+        side_col, edge_col = cols["edge_side"], cols["edge_bp"]
+        edge_mask = [x is not None and bool(side) for side, x in zip(side_col, edge_col, strict=True)]
+        chosen = list(
+            chain.from_iterable(
+                (m and side != "short", m and side == "short") for m, side in zip(edge_mask, side_col, strict=True)
+            )
+        )
+        add(
+            Family.masked(
+                self.s_edge,
+                lc.sides.labels,
+                chosen,
+                list(map(float, compress(edge_col, edge_mask))),
+                list(compress(lc.sides.texts, chosen)),
+            )
+        )
         add(_present(self.s_anchor, fresh_methods, _interleave(fresh("anchor_strength"), fresh("anchor_difference"))))
         add(_present(self.s_oi_change, lc.windows, _interleave(cols["oi_change_1h"], cols["oi_change_4h"])))
         add(_present(self.s_vol, lc.windows, _interleave(cols["volatility_1h"], cols["volatility_4h"])))
