@@ -869,9 +869,9 @@ class MarketState:
             self.on_interval_change(st.info.exchange, st.info.instrument)
 
     def _apply_liquidation(self, liq: Liquidation, now: float) -> None:
-        by_id = self._by_exchange.get(liq.exchange)
-        st = by_id.get(liq.instrument) if by_id is not None else None
-        if st is None:
+        try:  # subscripts, not .get(): no method call; an unknown one is the rare case
+            st = self._by_exchange[liq.exchange][liq.instrument]
+        except KeyError:
             self.unknown_instrument_updates += 1
             return
         usd = liq.notional_usd

@@ -254,6 +254,16 @@ def test_a_bases_minute_of_liquidations_stays_small_below_the_limit() -> None:
     assert [e.value for e in st.events] == [1_000_000.0, 1_000_000.0]
 
 
+def test_a_liquidation_of_an_unknown_instrument_or_exchange_is_counted_and_changes_nothing() -> None:
+    st, clock = make_state(liquidation_event_usd_per_minute=1_000.0)
+    st.apply(_liq(Exchange.BYBIT, "NOPEUSDT", clock.t, 5_000.0))  # not followed
+    st.apply_many([_liq(Exchange.DERIBIT, "NOPE-PERPETUAL", clock.t, 5_000.0)], clock.t)
+    fresh, _ = make_state()
+    fresh.apply(_liq(Exchange.OKX, "BTC-USDT-SWAP", clock.t, 5_000.0))  # no instrument of that exchange
+    assert st.unknown_instrument_updates == 2 and fresh.unknown_instrument_updates == 1
+    assert not st.events and all(sum(s.liq_count.values()) == 0 for s in st.snapshot())
+
+
 def test_a_liquidation_never_walks_the_instruments() -> None:
     """O(1) in the number of instruments: a liquidation looks up its own instrument and nothing else."""
 
