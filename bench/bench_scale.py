@@ -48,59 +48,103 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 FRAME_UPDATES = 500  # updates per frame handed to apply_many
 FRAME_BATCH = 25  # single-instrument frames built, then ingested, together (the 100-instrument market's 25 each)
-NEXT_FUNDING_S = 28_800.0  # frames announce a next funding time this far past the first frame
+NEXT_FUNDING_S = 28_800.0  # the frames' funding interval: the next funding time they announce is constant within it
 
 
-def ingest_run(clock: Any, state: Any, keys: list[Any], r: int, update: Any) -> float:
+class Walk:
+    """Values that move as the exchanges send them, per instrument: mark and index on a random walk
+    (the index a few basis points off the mark), a funding rate that changes on every update (the
+    exchanges publish an estimated rate that moves each second), the next funding time constant
+    within an interval. The same steps at every size: the 100-instrument reference sees the same kind
+    of values as the 8,000."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.values: dict[str, list[float]] = {}
+
+    def step(self, sym: str) -> tuple[float, float, float]:
+        """(mark, index, rate) of ``sym``'s next update."""
+        v = self.values.get(sym)
+        rng = self.rng
+        if v is None:
+            v = self.values[sym] = [10 ** rng.uniform(-2, 4.8), rng.gauss(1e-4, 5e-5)]
+        v[0] *= 1.0 + rng.gauss(0.0, 2e-4)
+        # at least a unit of Bybit's 6 decimals: the rate shows a change on every exchange's wire
+        v[1] += rng.choice((-1.0, 1.0)) * (1e-6 + abs(rng.gauss(0.0, 5e-7)))
+        return v[0], v[0] * (1.0 + rng.gauss(0.0, 3e-4)), v[1]
+
+
+def next_funding(t: float) -> float:
+    """The next funding time (Unix seconds) the frames announce at ``t``: constant within 8 h."""
+    return (t // NEXT_FUNDING_S + 1) * NEXT_FUNDING_S
+
+
+def ingest_run(clock: Any, state: Any, keys: list[Any], walk: Walk, update: Any) -> float:
     """CPU seconds per update over at least 40,000 updates, ingested as the exporter does: one
     frame's records (an all-market Binance frame carries ~500) built by the parser and handed to
-    apply_many together, while still in the cache. CPU time of this process: other processes' load
-    on the shared machine is not ours."""
+    apply_many together, while still in the cache. The values move (``Walk``): Deribit's as its
+    continuous 8 h rate without a next funding time, the others' with theirs. CPU time of this
+    process: other processes' load on the shared machine is not ours."""
+    from exporter.model import Exchange
+
     cpu = time.process_time
     passes = max(1, 40_000 // len(keys))
     spent = 0.0
     for _ in range(passes):
         clock.t += 1.0
         now = clock.t
+        nft = next_funding(now)
         for k in range(0, len(keys), FRAME_UPDATES):
-            ups = [
-                update(ex, inst, event_time=now, mark_price=100.0 + r, funding_rate=1e-4)
-                for ex, inst in keys[k : k + FRAME_UPDATES]
-            ]
+            ups = []
+            for ex, inst in keys[k : k + FRAME_UPDATES]:
+                mark, index, rate = walk.step(inst)
+                if ex is Exchange.DERIBIT:
+                    u = update(ex, inst, event_time=now, mark_price=mark, index_price=index, funding_rate_8h=rate)
+                else:
+                    u = update(
+                        ex,
+                        inst,
+                        event_time=now,
+                        mark_price=mark,
+                        index_price=index,
+                        funding_rate=rate,
+                        next_funding_time=nft,
+                    )
+                ups.append(u)
             t = cpu()
             state.apply_many(ups, now)
             spent += cpu() - t
     return spent / (passes * len(keys))
 
 
-def _frames(ex: Any, syms: list[str], t: float, r: int) -> list[bytes]:
-    """One second of ``syms``' updates in ``ex``'s wire format, stamped ``t`` (Unix seconds)."""
+def _frames(ex: Any, syms: list[str], t: float, walk: Walk) -> list[bytes]:
+    """One second of ``syms``' updates in ``ex``'s wire format, stamped ``t`` (Unix seconds), the
+    values moving as the exchanges send them (``Walk``): Binance's at its 8 decimals, Bybit's rate at
+    its 6; OKX sends a mark-price push and a funding-rate push per instrument."""
     import orjson
 
     from exporter.model import Exchange
 
     ms = int(t * 1000)
-    nft = int((t // NEXT_FUNDING_S + 1) * NEXT_FUNDING_S * 1000)
-    rate = 1e-4 + r * 1e-7
-
-    def px(k: int) -> float:
-        return 100.0 + k % 97 + (t % 60) * 0.01
+    nft = int(next_funding(t) * 1000)
 
     if ex is Exchange.BINANCE:
-        rows = [
-            {
-                "e": "markPriceUpdate",
-                "E": ms,
-                "s": s,
-                "p": f"{px(k):.8f}",
-                "ap": f"{px(k) * 1.0001:.8f}",
-                "P": f"{px(k) * 0.9999:.8f}",
-                "i": f"{px(k) * 0.9998:.8f}",
-                "r": f"{rate:.8f}",
-                "T": nft,
-            }
-            for k, s in enumerate(syms)
-        ]
+        rows = []
+        for s in syms:
+            mark, index, rate = walk.step(s)
+            rows.append(
+                {
+                    "e": "markPriceUpdate",
+                    "E": ms,
+                    "s": s,
+                    "p": f"{mark:.8f}",
+                    "ap": f"{mark * 1.00001:.8f}",
+                    "P": f"{(mark + index) / 2:.8f}",
+                    "i": f"{index:.8f}",
+                    "r": f"{rate:.8f}",
+                    "T": nft,
+                }
+            )
         while len(rows) < FRAME_UPDATES:  # a small market: the same frame size (see the docstring)
             rows.extend(rows[: FRAME_UPDATES - len(rows)])
         return [
@@ -109,7 +153,7 @@ def _frames(ex: Any, syms: list[str], t: float, r: int) -> list[bytes]:
         ]
     out = []
     for k, s in enumerate(syms):
-        p = px(k)
+        p, index, rate = walk.step(s)
         if ex is Exchange.BYBIT:
             msg: dict[str, Any] = {
                 "topic": f"tickers.{s}",
@@ -118,7 +162,7 @@ def _frames(ex: Any, syms: list[str], t: float, r: int) -> list[bytes]:
                     "symbol": s,
                     "price24hPcnt": "0.023362",
                     "markPrice": f"{p:.4f}",
-                    "indexPrice": f"{p * 1.0003:.4f}",
+                    "indexPrice": f"{index:.4f}",
                     "openInterest": f"{1000 + k:.3f}",
                     "fundingRate": f"{rate:.6f}",
                     "bid1Price": f"{p:.4f}",
@@ -130,9 +174,37 @@ def _frames(ex: Any, syms: list[str], t: float, r: int) -> list[bytes]:
                 "ts": ms,
             }
         elif ex is Exchange.OKX:
+            out.append(
+                orjson.dumps(
+                    {
+                        "arg": {"channel": "mark-price", "instId": s},
+                        "data": [{"instId": s, "instType": "SWAP", "markPx": f"{p:.4f}", "ts": str(ms)}],
+                    }
+                )
+            )
             msg = {
-                "arg": {"channel": "mark-price", "instId": s},
-                "data": [{"instId": s, "instType": "SWAP", "markPx": f"{p:.4f}", "ts": str(ms)}],
+                "arg": {"channel": "funding-rate", "instId": s},
+                "data": [
+                    {
+                        "formulaType": "withRate",
+                        "fundingRate": f"{rate:.16f}",
+                        "fundingTime": str(nft),
+                        "impactValue": "10000.0000000000000000",
+                        "instId": s,
+                        "instType": "SWAP",
+                        "interestRate": "0.0001000000000000",
+                        "maxFundingRate": "0.003",
+                        "method": "current_period",
+                        "minFundingRate": "-0.003",
+                        "nextFundingRate": "",
+                        "nextFundingTime": str(nft + int(NEXT_FUNDING_S * 1000)),
+                        "premium": f"{(p - index) / index:.16f}",
+                        "prevFundingTime": str(nft - int(NEXT_FUNDING_S * 1000)),
+                        "settFundingRate": "0.0001000000000000",
+                        "settState": "settled",
+                        "ts": str(ms),
+                    }
+                ],
             }
         else:
             msg = {
@@ -144,18 +216,18 @@ def _frames(ex: Any, syms: list[str], t: float, r: int) -> list[bytes]:
                         "timestamp": ms,
                         "state": "open",
                         "stats": {"high": p * 1.02, "low": p * 0.97, "price_change": 2.3, "volume": 11897.3},
-                        "index_price": round(p * 0.9998, 4),
+                        "index_price": round(index, 4),
                         "instrument_name": s,
                         "last_price": p,
                         "settlement_price": p,
                         "min_price": round(p * 0.98, 4),
                         "max_price": round(p * 1.02, 4),
                         "open_interest": 1e6 + k,
-                        "mark_price": round(p * 1.0001, 4),
+                        "mark_price": round(p, 4),
                         "interest_value": 0.0028,
                         "best_ask_price": round(p * 1.0001, 4),
                         "best_bid_price": p,
-                        "estimated_delivery_price": round(p * 0.9998, 4),
+                        "estimated_delivery_price": round(index, 4),
                         "best_ask_amount": 186520.0,
                         "best_bid_amount": 117660.0,
                         "current_funding": 0.0,
@@ -176,6 +248,7 @@ class FrameIngest:
 
         self.clock, self.state = clock, state
         self.rng = random.Random(5)
+        self.walk = Walk(7)
         self.plans = []
         for ex in sorted({ex for ex, _ in state.instruments}, key=lambda e: e.value):
             infos = {i: st.info for (e, i), st in state.instruments.items() if e is ex}
@@ -184,7 +257,7 @@ class FrameIngest:
             self.rng.shuffle(syms)  # the exchange's own order, not the order the state registered them in
             self.plans.append((ex, syms, feed_for(ex).parse_ws, ctx))
 
-    def run(self, r: int) -> dict[Any, float]:
+    def run(self) -> dict[Any, float]:
         """CPU seconds per update by exchange over at least 10,000 updates of each. Frames are built
         a batch at a time (one Binance array, 25 single-instrument frames) and ingested at once, while
         their bytes are in the cache as a received frame's are: the same batches at every size. Binance
@@ -205,7 +278,7 @@ class FrameIngest:
                 if ex is not Exchange.BINANCE:
                     self.rng.shuffle(syms)
                 for k in range(0, len(syms), batch):
-                    frames = _frames(ex, syms[k : k + batch], now, r)
+                    frames = _frames(ex, syms[k : k + batch], now, self.walk)
                     t = cpu()
                     for f in frames:
                         recs = parse(f, ctx)
@@ -260,11 +333,12 @@ def one(n: int, runs: int) -> dict[str, float]:
     frames_big, frames_ref = FrameIngest(clock, state), FrameIngest(ref_clock, ref_state)
     per_frame_update: dict[str, list[float]] = {}
     per_frame_update_ref: dict[str, list[float]] = {}
-    for r in range(runs):
-        per_update.append(ingest_run(clock, state, keys, r, MarketUpdate))
-        per_update_ref.append(ingest_run(ref_clock, ref_state, ref_keys, r, MarketUpdate))
+    walk, walk_ref = Walk(11), Walk(11)
+    for _ in range(runs):
+        per_update.append(ingest_run(clock, state, keys, walk, MarketUpdate))
+        per_update_ref.append(ingest_run(ref_clock, ref_state, ref_keys, walk_ref, MarketUpdate))
         for into, fi in ((per_frame_update, frames_big), (per_frame_update_ref, frames_ref)):
-            costs = fi.run(r)
+            costs = fi.run()
             for ex, c in costs.items():
                 into.setdefault(ex.value, []).append(c)
             into.setdefault("mean", []).append(statistics.fmean(costs.values()))
