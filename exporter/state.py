@@ -50,6 +50,8 @@ from exporter.sink import ExchangeClock, RestHealth, StreamHealth
 from exporter.trackers import (
     ANCHOR_SAMPLE_SECONDS,
     CONTINUOUS_OBSERVATION_SECONDS,
+    NFT_QUIET_STEP_S,
+    NFT_SETTLED_NEAR_S,
     OI_SAMPLE_SECONDS,
     BaseFlow,
     EventLog,
@@ -784,7 +786,17 @@ class MarketState:
         nft = u.next_funding_time
         if rate is not None or nft is not None:
             if nft is not None and nft != r[F_NFT]:  # NaN (none yet) is never equal
-                self._next_funding(self._state_of(u), u, nft, prev_interval, now)
+                # A step the settlement tracker would find nothing in is only stored (a next time that
+                # creeps or is corrected): it is called when the old time may have settled (near it or
+                # past it), for a step that may be a new interval (about an hour or more) and for one
+                # that may skip a settlement (over 1.5 intervals): SettlementTracker.next_funding/missed
+                old = r[F_NFT]
+                iv = prev_interval or r[F_INTERVAL_EFF]
+                if not (
+                    (nft <= old + 1.0 or (nft - old < NFT_QUIET_STEP_S and now < old - NFT_SETTLED_NEAR_S))
+                    and (not iv or nft <= old + 1.5 * iv)
+                ):  # NaN (no time yet) fails every comparison: the tracker's
+                    self._next_funding(self._state_of(u), u, nft, prev_interval, now)
                 r[F_NFT] = nft
             if rate is not None:
                 r[F_RATE] = rate

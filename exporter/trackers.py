@@ -33,6 +33,11 @@ OI_SAMPLE_SECONDS = 60.0
 MARK_MINUTE_SECONDS = 60.0  # the mark's closes for the realised volatility: one a minute
 CONTINUOUS_OBSERVATION_SECONDS = 3600.0  # Deribit: one funding observation an hour
 LIQ_EVENT_WINDOW_SECONDS = 60.0  # liquidation events: USD liquidated per base in the last minute
+# A next funding time that moves on when now is this close to the old one (or past it): the old one settled
+NFT_SETTLED_NEAR_S = 5.0
+NFT_STEP_TOLERANCE_S = 60.0  # a step within this of a whole number of hours announces that interval
+# A smaller forward step of the next funding time is no interval change (at least one hour, less the tolerance)
+NFT_QUIET_STEP_S = 3600.0 - NFT_STEP_TOLERANCE_S
 _EARLY = 1e-3  # sampler hints run this much early: float rounding never delays a due sample
 
 
@@ -74,16 +79,16 @@ class SettlementTracker:
         old = st.next_funding_time
         if old is None or nft <= old + 1.0:
             return None
-        if st.funding_rate is not None and now >= old - 5.0:
+        if st.funding_rate is not None and now >= old - NFT_SETTLED_NEAR_S:
             self.merge(st, [(old, st.funding_rate)], prev_interval)
         step = nft - old
         hours = round(step / 3600.0)
         if (
             prev_interval
-            and now < old + prev_interval - 5.0
+            and now < old + prev_interval - NFT_SETTLED_NEAR_S
             and 1 <= hours <= 24
-            and abs(step - hours * 3600.0) <= 60.0
-            and abs(hours * 3600.0 - prev_interval) > 60.0
+            and abs(step - hours * 3600.0) <= NFT_STEP_TOLERANCE_S
+            and abs(hours * 3600.0 - prev_interval) > NFT_STEP_TOLERANCE_S
         ):
             return hours * 3600.0
         return None

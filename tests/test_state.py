@@ -396,3 +396,39 @@ def test_continuous_funding_is_observed_once_an_hour_however_often_it_updates() 
     for k in range(6 * 30):
         first.setdefault((t0 + 120.0 * k) // 3600 * 3600, 1e-4 + k * 1e-7)
     assert [r for _, r in s.settlement_window()] == [first[h] for h in hours]
+
+
+def test_next_funding_steps_store_only_what_the_settlement_tracker_ignores() -> None:
+    """The hot path calls the settlement tracker only for a next-funding-time step it could act on:
+    settlements, missed settlements and interval changes are those of a state whose tracker sees every
+    new next funding time (creeping times, corrections back, rolls at and before settlement, jumps)."""
+    import random
+
+    fast, clock = make_state()
+    slow, _ = make_state(clock)
+    key = (Exchange.BINANCE, "BTCUSDT")
+    rng = random.Random(8)
+    t = clock.t
+    nft = t + 600.0
+    steps = (0.001, 0.5, 1.0, 1.000001, -3.0, 10.0, 1000.0, 3539.0, 3540.0, 3600.0, 14400.0, 28800.0, 57600.0, 86400.0)
+    for k in range(3000):
+        if k % 20 == 0:  # a stream states the interval now and then (20 min: steps of a few intervals)
+            interval = rng.choice([1200.0, 3600.0, 14400.0, 28800.0])
+            fast.apply(MarketUpdate(*key, funding_interval_s=interval))
+            slow.instruments[key].funding_interval_s = interval
+        # now before, near or after the stored next funding time (or long after: the stream was away)
+        clock.t = t = max(t, nft + rng.choice([-7200.0, -600.0, -6.0, -5.0, -4.0, 0.0, 30.0, 30000.0, 90000.0]))
+        nft += rng.choice(steps)
+        rate = rng.gauss(1e-4, 5e-5)
+        fast.apply(MarketUpdate(*key, event_time=t, funding_rate=rate, next_funding_time=nft))
+        s = slow.instruments[key]
+        u = MarketUpdate(*key, event_time=t, funding_rate=rate, next_funding_time=nft)
+        if s.next_funding_time != nft:  # the tracker on every new next funding time
+            slow._next_funding(s, u, nft, s.interval_s, t)
+        s.next_funding_time = nft
+        s.funding_rate = rate
+    a, b = fast.instruments[key], slow.instruments[key]
+    assert a.settlement_window() == b.settlement_window() and len(a.settlement_window()) > 50
+    assert fast.settlements_missed == slow.settlements_missed and fast.settlements_missed[key] > 100
+    assert fast.interval_changes == slow.interval_changes > 10
+    assert (a.funding_interval_s, a.next_funding_time) == (b.funding_interval_s, b.next_funding_time)
