@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import csv
 import statistics
 from collections import deque
@@ -58,6 +59,9 @@ def test_zscore_matches_independent_computation_on_real_history(shared_dir: Path
     state = MarketState(clock=clock)
     st = state.register(InstrumentInfo(Exchange.BINANCE, "BTCUSDT", "BTC", "USDT", funding_interval_s=EIGHT_HOURS))
     reg = build_registry(cfg, state)
+    times = [ts for ts, _ in history]
+    rates = [r for _, r in history]
+    assert times == sorted(times)  # the window below is a slice of the time-ordered history
     checked = none_seen = 0
     for i, (t, rate) in enumerate(history[:-1]):
         state.add_settlements(st, [(t, rate)])
@@ -70,7 +74,7 @@ def test_zscore_matches_independent_computation_on_real_history(shared_dir: Path
         lbl = labels()
         values = {x.name: x.value for fam in reg.collect() for x in fam.samples if x.labels == lbl}
         got = values.get("fr_funding_zscore")
-        win = [r for (ts, r) in history[: i + 1] if ts > clock.t - window]
+        win = rates[bisect.bisect_right(times, clock.t - window, 0, i + 1) : i + 1]  # ts > clock.t - window
         if len(win) < min_obs or len(set(win)) == 1:
             assert got is None
             none_seen += 1

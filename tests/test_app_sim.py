@@ -107,7 +107,7 @@ def make_config(sim: Any, **overrides: Any) -> Config:
 
 
 # No dated futures (their lists, streams and pushes) where no test reads them: the term structure is
-# test_term_sim's, and the first-scrape test keeps the whole default start-up.
+# test_term_sim's.
 NO_FUTURES: dict[str, Any] = {ex.value: {"futures": {"enabled": False}} for ex in Exchange}
 # For tests of what follows the start, also no funding-history or candle backfill (half the start's CPU;
 # the first-scrape test and the others that read backfilled values keep it).
@@ -151,7 +151,7 @@ def within(value: float | None, a: float, b: float, rel: float) -> bool:
 
 
 async def test_first_scrape_and_values_agree_with_truth() -> None:
-    async with running() as env:
+    async with running(**NO_FUTURES) as env:
         first = await env.scrape()
         # backfill happened before ready(): the z-score is there on the very first scrape
         for ex, insts in INSTRUMENTS.items():

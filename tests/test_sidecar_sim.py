@@ -57,6 +57,8 @@ def _exporter_config(sim: object, port: int, path: Path) -> None:
             f"    rest_url: {rest}",
             "    poll:",
             "      open_interest_seconds: 1",
+            "    futures:",  # the sidecar reads no dated future: their lists and streams are not started
+            "      enabled: false",
         ]
     path.write_text("\n".join(lines) + "\n")
 
