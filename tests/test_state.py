@@ -432,3 +432,22 @@ def test_next_funding_steps_store_only_what_the_settlement_tracker_ignores() -> 
     assert fast.settlements_missed == slow.settlements_missed and fast.settlements_missed[key] > 100
     assert fast.interval_changes == slow.interval_changes > 10
     assert (a.funding_interval_s, a.next_funding_time) == (b.funding_interval_s, b.next_funding_time)
+
+
+def test_a_full_update_lets_the_trackers_see_the_values_it_replaces() -> None:
+    """An update with every price and funding field (Binance's arrays, Deribit's tickers) is stored in
+    one call after the trackers ran: the minute it closes keeps the mark before it, the rollover it
+    brings settles the rate before it, and every value and receive time is its own afterwards."""
+    st, clock = make_state()
+    key = (Exchange.BINANCE, "BTCUSDT")
+    t0 = (clock.t // 60.0 + 1) * 60.0  # a minute start ahead
+    nft = t0 + 30.0
+    clock.t = t0 + 10.0
+    st.apply(MarketUpdate(*key, t0 + 10.0, 101.0, 100.5, 0.0002, nft))
+    clock.t = nft + 40.0  # the next minute, after the settlement time
+    st.apply(MarketUpdate(*key, nft + 40.0, 102.0, 101.5, 0.0003, nft + 28800.0))
+    s = st.instruments[key]
+    assert list(s.mark_minutes) == [(t0, 101.0)]
+    assert s.settlement_window() == ((nft, 0.0002),)
+    assert (s.event_time, s.mark_price, s.index_price, s.funding_rate) == (nft + 40.0, 102.0, 101.5, 0.0003)
+    assert (s.price_at, s.funding_at, s.next_funding_time) == (clock.t, clock.t, nft + 28800.0)
