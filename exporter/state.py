@@ -845,7 +845,16 @@ class MarketState:
         elif u.confirms_ticker and (r[F_OI_USD] == r[F_OI_USD] or r[F_OI_BASE] == r[F_OI_BASE]):
             r[F_OI_AT] = now
         if due and now >= r[F_ANCHOR_DUE] and r[F_RATE] == r[F_RATE]:  # no rate yet: no sample to take
-            self._sampler.anchor(self._state_of(u), now)
+            # Nor without a premium (the sampler would return having changed nothing, and a stream
+            # without prices, e.g. Bybit deltas before any snapshot, would call it on every update)
+            # unless the interval is unknown (the sampler then sets the hint a minute on).
+            i = r[F_INDEX]
+            if (
+                (r[F_MARK] == r[F_MARK] and i == i and i != 0.0)
+                or r[F_PREMIUM] == r[F_PREMIUM]
+                or not r[F_INTERVAL_EFF]
+            ):
+                self._sampler.anchor(self._state_of(u), now)
 
     def _state_of(self, u: MarketUpdate) -> InstrumentState:
         """The state of a followed perpetual (its record was found), for a tracker call."""

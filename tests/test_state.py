@@ -451,3 +451,33 @@ def test_a_full_update_lets_the_trackers_see_the_values_it_replaces() -> None:
     assert s.settlement_window() == ((nft, 0.0002),)
     assert (s.event_time, s.mark_price, s.index_price, s.funding_rate) == (nft + 40.0, 102.0, 101.5, 0.0003)
     assert (s.price_at, s.funding_at, s.next_funding_time) == (clock.t, clock.t, nft + 28800.0)
+
+
+def test_updates_without_a_premium_leave_the_anchor_sampler_alone_until_one_is_known() -> None:
+    """Ticker deltas with a funding rate but no price known yet (no snapshot) take no anchor sample and
+    do not call the sampler on every update; the first price makes the sample at once."""
+    from exporter.trackers import Sampler
+
+    calls = []
+
+    class Counting(Sampler):
+        __slots__ = ()
+
+        @staticmethod
+        def anchor(st: object, now: float) -> None:
+            calls.append(now)
+            Sampler.anchor(st, now)  # type: ignore[arg-type]
+
+    st, clock = make_state()
+    st._sampler = Counting()
+    key = (Exchange.BYBIT, "BTCUSDT")
+    t0 = clock.t
+    for k in range(600):  # ten a second for a minute
+        clock.t = t0 + k * 0.1
+        st.apply(MarketUpdate(*key, event_time=clock.t, funding_rate=1e-4 + k * 1e-8, confirms_ticker=True))
+    s = st.instruments[key]
+    assert len(s.anchor_samples) == 0 and len(calls) == 0
+    clock.t += 0.1
+    st.apply(MarketUpdate(*key, event_time=clock.t, mark_price=100.2, index_price=100.0, confirms_ticker=True))
+    assert [r[0] for r in s.anchor_samples] == [clock.t] and calls == [clock.t]
+    assert abs(s.anchor_samples[0][2] - 0.002) < 1e-12  # the premium of that first price
