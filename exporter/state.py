@@ -718,15 +718,17 @@ class MarketState:
                 self.apply(r, now)
 
     def _apply_settlement(self, record: FundingSettlement) -> None:
-        by_id = self._by_exchange.get(record.exchange)
-        st = by_id.get(record.instrument) if by_id is not None else None
-        if st is None:
+        try:  # subscripts, not .get(): no method call; an unknown one is the rare case
+            st = self._by_exchange[record.exchange][record.instrument]
+        except KeyError:
             self.unknown_instrument_updates += 1
             return
         iv = record.interval_s
         if iv and st.funding_interval_s is None:
             st.funding_interval_s = iv
-        if record.funding_time == st.settlements.last_time():
+        win = st.settlements
+        a = win._a  # Window.last_time() inline (this module's class): no call a push
+        if a and record.funding_time == a[len(a) - win.width]:
             return  # the newest settlement again (OKX repeats it in every push): known times stay
         self.add_settlements(st, [(record.funding_time, record.rate)], iv)
 

@@ -254,13 +254,15 @@ def test_a_bases_minute_of_liquidations_stays_small_below_the_limit() -> None:
     assert [e.value for e in st.events] == [1_000_000.0, 1_000_000.0]
 
 
-def test_a_liquidation_of_an_unknown_instrument_or_exchange_is_counted_and_changes_nothing() -> None:
+def test_a_liquidation_or_settlement_of_an_unknown_instrument_or_exchange_is_counted_and_changes_nothing() -> None:
     st, clock = make_state(liquidation_event_usd_per_minute=1_000.0)
     st.apply(_liq(Exchange.BYBIT, "NOPEUSDT", clock.t, 5_000.0))  # not followed
     st.apply_many([_liq(Exchange.DERIBIT, "NOPE-PERPETUAL", clock.t, 5_000.0)], clock.t)
     fresh, _ = make_state()
     fresh.apply(_liq(Exchange.OKX, "BTC-USDT-SWAP", clock.t, 5_000.0))  # no instrument of that exchange
-    assert st.unknown_instrument_updates == 2 and fresh.unknown_instrument_updates == 1
+    fresh.apply_many([FundingSettlement(Exchange.OKX, "BTC-USDT-SWAP", clock.t, 1e-4, 28800.0)], clock.t)
+    fresh.apply_many([FundingSettlement(Exchange.BYBIT, "NOPEUSDT", clock.t, 1e-4, 28800.0)], clock.t)
+    assert st.unknown_instrument_updates == 2 and fresh.unknown_instrument_updates == 3
     assert not st.events and all(sum(s.liq_count.values()) == 0 for s in st.snapshot())
 
 
