@@ -397,65 +397,70 @@ _TICKER_KEYS = tuple(f for f in _Ticker.__struct_fields__ if f != "symbol")
 
 
 def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
-    m: _TickerMessage | _OldLiqMessage | None = None
+    data: _OldLiq | _FastTicker | None = None
+    topic = ""
     if frame[2] == _D:  # b'{"d': the deprecated liquidation message naming its data first (a ticker: its topic)
         try:
-            m = _decode_old_liq_message(frame)
+            om = _decode_old_liq_message(frame)
         except ValueError:  # another shape that starts so: the general decoding below
-            m = None
-    if m is None:  # the general decoding (the deprecated liquidation in another key order too)
+            pass
+        else:
+            topic, data = om.topic, om.data
+    if data is None:  # the general decoding (the deprecated liquidation in another key order too)
         m = _decode_ticker_message(frame)
-    topic = m.topic
-    data = m.data
-    if isinstance(data, list):
-        if not topic.startswith("allLiquidation."):
-            return None
-        instruments = ctx.instruments
-        tb = ctx.time_bounds()
-        out: list[Record] = []
-        for d in data:
-            liq = _liquidation_fast(d.s, d.S, d.v, d.p, d.T, instruments, tb)
-            if liq is not None:
-                out.append(liq)
-        return out
-    if data.side is not None:  # only the deprecated liquidation.{symbol} object has a side
-        if "liquidation." not in topic:  # its topic (``in``: a third of startswith's cost; "allLiquidation." differs)
-            return None
-        # _liquidation_fast inline for a followed symbol (no call a liquidation): size and price were
-        # checked while decoding; an absent one is NaN and fails the comparisons below
-        sym = data.symbol
-        info = ctx.instruments.get(sym)
-        if info is None:
+        topic = m.topic
+        decoded = m.data
+        if isinstance(decoded, list):
+            if not topic.startswith("allLiquidation."):
+                return None
+            instruments = ctx.instruments
             tb = ctx.time_bounds()
-            liq = _liquidation_fast(sym, data.side, data.size, data.price, data.updatedTime, ctx.instruments, tb)
-            return [liq] if liq is not None else []
-        pos = _LONG if data.side == "Buy" else _SHORT  # S is the liquidated position's side
-        v = data.size
-        p = data.price
-        if info.inverse:  # size counts USD contracts
-            qty, usd = v / p, v
-        else:
-            qty, usd = v, v * p
-        at = data.updatedTime / 1000.0
-        clock = ctx.clock  # ctx.time_bounds() inline
-        if clock is None:
-            lo, hi = V.STATIC_BOUNDS
-        else:
-            now = clock()
-            lo, hi = now - _PAST_S, now + _FUTURE_S
-        if not (0.0 < qty <= _QMAX and usd <= _UMAX and lo <= at <= hi):
-            raise ParseError("a value out of its domain")
-        return [Liquidation(EX, sym, at, pos, p, qty, usd)]
-    if not topic.startswith("tickers."):
-        return None  # acks, topics we do not use: the strict path
-    tb = ctx.time_bounds()
-    ts = m.ts  # type: ignore[union-attr]  # a ticker: the general decoding's message
-    et = None
-    if ts is not _ABSENT:
-        et = ts / 1000.0
-        if not tb[0] <= et <= tb[1]:
-            raise V.out_of_range("ts", et, V.TIMESTAMP)
-    return _ticker_fast(data, et, m.type == "snapshot", ctx.instruments, tb)  # type: ignore[union-attr,arg-type]
+            out: list[Record] = []
+            for d in decoded:
+                liq = _liquidation_fast(d.s, d.S, d.v, d.p, d.T, instruments, tb)
+                if liq is not None:
+                    out.append(liq)
+            return out
+        if decoded.side is None:  # only the deprecated liquidation.{symbol} object has a side
+            if not topic.startswith("tickers."):
+                return None  # acks, topics we do not use: the strict path
+            tb = ctx.time_bounds()
+            ts = m.ts
+            et = None
+            if ts is not _ABSENT:
+                et = ts / 1000.0
+                if not tb[0] <= et <= tb[1]:
+                    raise V.out_of_range("ts", et, V.TIMESTAMP)
+            return _ticker_fast(decoded, et, m.type == "snapshot", ctx.instruments, tb)
+        data = decoded
+    # the deprecated liquidation.{symbol} object
+    if "liquidation." not in topic:  # its topic (``in``: a third of startswith's cost; "allLiquidation." differs)
+        return None
+    # _liquidation_fast inline for a followed symbol (no call a liquidation): size and price were
+    # checked while decoding; an absent one is NaN and fails the comparisons below
+    sym = data.symbol
+    info = ctx.instruments.get(sym)
+    if info is None:
+        tb = ctx.time_bounds()
+        liq = _liquidation_fast(sym, data.side, data.size, data.price, data.updatedTime, ctx.instruments, tb)  # type: ignore[arg-type]
+        return [liq] if liq is not None else []
+    pos = _LONG if data.side == "Buy" else _SHORT  # S is the liquidated position's side
+    v = data.size
+    p = data.price
+    if info.inverse:  # size counts USD contracts
+        qty, usd = v / p, v
+    else:
+        qty, usd = v, v * p
+    at = data.updatedTime / 1000.0
+    clock = ctx.clock  # ctx.time_bounds() inline
+    if clock is None:
+        lo, hi = V.STATIC_BOUNDS
+    else:
+        now = clock()
+        lo, hi = now - _PAST_S, now + _FUTURE_S
+    if not (0.0 < qty <= _QMAX and usd <= _UMAX and lo <= at <= hi):
+        raise ParseError("a value out of its domain")
+    return [Liquidation(EX, sym, at, pos, p, qty, usd)]
 
 
 def _ticker_fast(
