@@ -1,6 +1,6 @@
 """CPU seconds of the test suite now against an earlier commit, for the same test files (issue 16).
 
-    python bench/suite_cpu.py [--base 0fb9db2] [--rounds 3] [--keep] [--per-file]
+    python bench/suite_cpu.py [--base 0fb9db2] [--rounds 3] [--keep] [--per-file] [--same-tests]
 
 The test files that exist at ``--base`` (less the ones that start external daemons: Prometheus,
 Alertmanager) are run in one pytest process each, at the base commit (a temporary git worktree) and
@@ -9,6 +9,10 @@ alike. Each run's user and system CPU is that of the pytest process and every ch
 (simulators, exporters, promtool), from ``wait4``. Prints each run, the medians and the ratio
 now / base. Both run with this checkout's virtualenv (the same library versions); the base's own
 ``exporter`` is imported from its worktree (PYTHONPATH).
+
+``--same-tests`` runs the same *tests* rather than the same files: the test ids collected both at the
+base and now (tests added to those files since, by any area, are left out; a renamed test drops out on
+both sides), the same id list on both sides.
 
 ``--per-file`` also prints each file's CPU (median over the rounds, base and now, largest growth first):
 the CPU of each test's setup, call and teardown (this process and its children), summed per file; what
@@ -71,6 +75,15 @@ def pytest_sessionfinish(session):
 """
 
 
+def collect(tree: Path, files: list[str]) -> set[str]:
+    """The test ids pytest collects from ``files`` in ``tree`` (one process, no workers)."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("CI", None)
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only", *files]
+    out = subprocess.run(args, cwd=tree, env=env, capture_output=True, text=True).stdout
+    return {line.strip() for line in out.splitlines() if "::" in line and not line.startswith(" ")}
+
+
 def run_once(
     tree: Path, files: list[str], per_test: Path | None = None
 ) -> tuple[float, float, int, str, dict[str, float]]:
@@ -109,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="runs of each side, alternating (default 3)")
     p.add_argument("--keep", action="store_true", help="keep the base worktree")
     p.add_argument("--per-file", action="store_true", help="also each file's CPU (a per-test plugin in both runs)")
+    p.add_argument(
+        "--same-tests",
+        action="store_true",
+        help="run only the tests (ids) that exist both at the base and now, not every test of the base's files",
+    )
     args = p.parse_args(argv)
     files = test_files(args.base)
     wt = Path(tempfile.mkdtemp(prefix="suite-cpu-")) / "base"
@@ -117,7 +135,21 @@ def main(argv: list[str] | None = None) -> int:
     shared = ROOT.parent / "shared"
     if shared.exists() and not (wt.parent / "shared").exists():
         (wt.parent / "shared").symlink_to(shared.resolve())
-    print(f"{len(files)} test files of {args.base}, {args.rounds} rounds, one process each, base then now")
+    what = f"{len(files)} test files of {args.base}"
+    run_args = files
+    if args.same_tests:
+        # the tests themselves, not their files: tests added to these files since the base are left out,
+        # and both sides run exactly the ids collected in both (an @file of ids: pytest reads it)
+        base_ids, now_ids = collect(wt, files), collect(ROOT, files)
+        same = sorted(base_ids & now_ids)
+        ids_file = wt.parent / "same-tests.txt"
+        ids_file.write_text("\n".join(same) + "\n")
+        run_args = [f"@{ids_file}"]
+        what = (
+            f"{len(same)} tests collected both at {args.base} ({len(base_ids)}) and now ({len(now_ids)}), "
+            f"in {len(files)} files"
+        )
+    print(f"{what}, {args.rounds} rounds, one process each, base then now")
     cpu: dict[str, list[float]] = {"base": [], "now": []}
     files_cpu: dict[str, dict[str, list[float]]] = {"base": {}, "now": {}}
     plugin_dir = None
@@ -130,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             for side, tree in (("base", wt), ("now", ROOT)):
                 with open("/proc/loadavg") as f:
                     load = " ".join(f.read().split()[:3])
-                c, w, code, last, per_file = run_once(tree, files, plugin_dir)
+                c, w, code, last, per_file = run_once(tree, run_args, plugin_dir)
                 cpu[side].append(c)
                 for path, v in per_file.items():
                     files_cpu[side].setdefault(path, []).append(v)
