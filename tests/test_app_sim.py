@@ -344,7 +344,8 @@ async def test_positions_service_wired(tmp_path: Any) -> None:
     # fetch and fit; test_positions_sim and test_stress_positions test the stress itself)
     settings = {"db_path": str(tmp_path / "acc.sqlite"), "stress_period_days": 0.1}
     async with running(positions=[position], position_settings=settings, **LEAN) as env:
-        m = await env.wait_metrics(lambda m: get(m, "fr_position_size", position="carry-btc") is not None)
+        # the first views may wait up to stress_backfill_wait_seconds (10 s) for the klines: a longer guard
+        m = await env.wait_metrics(lambda m: get(m, "fr_position_size", position="carry-btc") is not None, 30)
         assert get(m, "fr_position_size", position="carry-btc") == 0.5
         r = await env.http.get(f"http://127.0.0.1:{env.port}/api/state")
         assert [p["position"] for p in r.json()["positions"]] == ["carry-btc"]

@@ -210,7 +210,7 @@ async def test_exporter_at_2000_instruments_starts_without_a_single_429() -> Non
                 return all(t["rate_limits"]["accepted"] >= 40 for t in truths.values())
 
             with contextlib.suppress(AssertionError):  # not engaged in time: the asserts below say where
-                await wait_until(engaged, 30, interval=0.25, what="40 accepted requests on every exchange")
+                await wait_until(engaged, 90, interval=0.25, what="40 accepted requests on every exchange")
             accepted = {ex: t["rate_limits"]["accepted"] for ex, t in truths.items()}
             metrics = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
         for ex, t in truths.items():
