@@ -161,7 +161,9 @@ async def test_long_retry_after_blocks_the_model_without_waiting(tmp_path: Path)
             llm.then("429")
             started = time.monotonic()
             await _predict(sc)
-            assert time.monotonic() - started < 1.0
+            # no retry (one request), and no sleep through the 30 s Retry-After (the bound is far from
+            # both it and a loaded machine's scheduling delays)
+            assert time.monotonic() - started < 10.0
             assert len(llm.requests) == 1
             await _predict(sc)  # still inside Retry-After: not even asked
             assert len(llm.requests) == 1
@@ -187,7 +189,8 @@ async def test_slow_model_does_not_delay_baseline_or_metrics(tmp_path: Path) -> 
                 assert ("fake-gpt", "BTC", 8.0) not in sc.metrics.latest  # still thinking
                 t0 = time.monotonic()
                 resp = await client.get(f"http://{host_port}/metrics")
-                assert time.monotonic() - t0 < 0.5
+                assert time.monotonic() - t0 < 1.5
+                assert ("fake-gpt", "BTC", 8.0) not in sc.metrics.latest  # answered while the model still thinks
                 assert 'fr_ai_risk_probability{base="BTC",calibration="raw",horizon="8h",model="baseline"}' in resp.text
                 assert (await client.get(f"http://{host_port}/healthz")).status_code == 200
             # the poll loop keeps running while the slow call is in flight, and no second call piles up
