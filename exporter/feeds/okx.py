@@ -7,7 +7,7 @@ contracts (``ctVal`` coin per contract for linear swaps, USD per contract for in
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import orjson
@@ -149,11 +149,17 @@ class OkxFeed:
                         out.append(MarketUpdate(EX, inst, t, None, x))  # positional: index_price
             return out
         if channel == "open-interest":
-            lo, hi = ctx.time_bounds()
+            clock = ctx.clock  # ctx.time_bounds() inline
+            if clock is None:
+                lo, hi = V.STATIC_BOUNDS
+            else:
+                now = clock()
+                lo, hi = now - _PAST_S, now + _FUTURE_S
             a = _ABSENT
             for r in push.data:
                 inst = r.instId
-                if instruments and inst not in instruments:
+                info = instruments.get(inst)
+                if info is None and instruments:
                     continue
                 # :func:`_open_interest` on a typed row, the checks inline (no call a row); what it
                 # does not take raises, and the strict path names it
@@ -166,7 +172,6 @@ class OkxFeed:
                 usd: float | None = r.oiUsd
                 if usd is a:
                     usd = None
-                info = instruments.get(inst)
                 if info is not None and info.inverse:
                     if usd is None:
                         usd = oi * info.contract_size  # inverse contracts are worth a fixed number of USD
@@ -419,7 +424,9 @@ def _event(msg: dict[str, Any]) -> list[Record]:
 
 
 class _Arg(msgspec.Struct, gc=False):
-    channel: str
+    # the typed path's channels, decoded to these very strings (no new object a push); another channel
+    # fails the decoding and takes the strict path (liquidation-orders, acks' args)
+    channel: Literal["mark-price", "index-tickers", "open-interest", "funding-rate"]
 
 
 class _PriceRow(msgspec.Struct, gc=False):
@@ -450,6 +457,7 @@ _ABSENT = float("nan")
 # bound once: a module global is one dict lookup, ``V.RATE_MAX`` two
 _RMAX, _IMIN, _IMAX = V.RATE_MAX, V.INTERVAL_MIN, V.INTERVAL_MAX
 _QMAX, _UMAX = V.QTY_MAX, V.USD_MAX
+_PAST_S, _FUTURE_S = V.PAST_S, V.FUTURE_S
 
 
 # Fields in alphabetical order, the order of the recorded mark-price, open-interest and funding-rate
