@@ -383,6 +383,19 @@ def one(n: int, runs: int) -> dict[str, float]:
     }
 
 
+def _pair_summary(sizes: Any, runs: int, wall: list[list[float]], cpu: list[list[float]]) -> dict[str, Any]:
+    """Medians of each size's renders and of the ratios of the pairs measured back to back (the
+    steadiest figure)."""
+    return {
+        "sizes": list(sizes),
+        "runs": runs,
+        "wall_ms": [statistics.median(w) * 1e3 for w in wall],
+        "cpu_ms": [statistics.median(c) * 1e3 for c in cpu],
+        "cpu_ratio": statistics.median(b / a for a, b in zip(cpu[0], cpu[1], strict=True)),
+        "wall_ratio": statistics.median(b / a for a, b in zip(wall[0], wall[1], strict=True)),
+    }
+
+
 def render_pair(sizes: tuple[int, int], runs: int) -> dict[str, Any]:
     """The steady render at two sizes in one process, interleaved render by render (small, large,
     large, small, ...): both see the same machine state, where two processes minutes apart do not
@@ -415,15 +428,7 @@ def render_pair(sizes: tuple[int, int], runs: int) -> dict[str, Any]:
             reg.render()
             cpu[i].append(time.thread_time() - c)
             wall[i].append(time.perf_counter() - t)
-    return {
-        "sizes": list(sizes),
-        "runs": runs,
-        "wall_ms": [statistics.median(w) * 1e3 for w in wall],
-        "cpu_ms": [statistics.median(c) * 1e3 for c in cpu],
-        # the ratio of each pair measured back to back, then the median: the steadiest figure
-        "cpu_ratio": statistics.median(b / a for a, b in zip(cpu[0], cpu[1], strict=True)),
-        "wall_ratio": statistics.median(b / a for a, b in zip(wall[0], wall[1], strict=True)),
-    }
+    return _pair_summary(sizes, runs, wall, cpu)
 
 
 def render_server(n: int) -> None:
@@ -480,14 +485,7 @@ def render_pair_processes(sizes: tuple[int, int], runs: int) -> dict[str, Any]:
             if p.stdin is not None:
                 p.stdin.close()
             p.wait()
-    return {
-        "sizes": list(sizes),
-        "runs": runs,
-        "wall_ms": [statistics.median(w) * 1e3 for w in wall],
-        "cpu_ms": [statistics.median(c) * 1e3 for c in cpu],
-        "cpu_ratio": statistics.median(b / a for a, b in zip(cpu[0], cpu[1], strict=True)),
-        "wall_ratio": statistics.median(b / a for a, b in zip(wall[0], wall[1], strict=True)),
-    }
+    return _pair_summary(sizes, runs, wall, cpu)
 
 
 def main() -> None:

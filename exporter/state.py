@@ -487,19 +487,8 @@ class InstrumentState:
     def interval_s(self) -> float | None:
         return self.funding_interval_s or self._info.funding_interval_s
 
-    _COPIED = (
-        "anchor_samples",
-        "liq_count",
-        "liq_notional_usd",
-        "liq_recent",
-        "long_short_ratio",
-        "mark_minute",
-        "mark_minutes",
-        "oi_samples",
-        "ratio_at",
-        "settlements",
-        "settlements_version",
-    )
+    # every slot but the record, the frozen facts and the tracker's shared flow: one list with __slots__
+    _COPIED = tuple(n for n in __slots__ if n not in ("_info", "_r", "_records", "liq_flow"))
 
     def __deepcopy__(self, memo: dict[int, object]) -> InstrumentState:
         """A copy with a record of its own (a memoryview is not copied): the state as it was."""
