@@ -36,18 +36,10 @@ START = 1_767_225_600.0 + 7 * 86400.0 + 1.0
 WHAT = ("funding history", "anchors", "marks 4h", "oi history")
 
 
-def _config(sim: sim_main.Simulator, ex: Exchange, n: int) -> Config:
-    ws, rest = sim.urls(ex)
-    exchanges: dict[str, object] = {e.value: {"enabled": False} for e in Exchange}
-    exchanges[ex.value] = {
-        "ws_url": ws,
-        "rest_url": rest,
-        "instruments": [],
-        "all_perpetuals": True,
-        "max_instruments": n,
-        # simulated time moves in steps: nothing goes stale while the start is watched
-        "stale": {"price_seconds": 86400, "funding_seconds": 86400, "open_interest_seconds": 86400},
-    }
+def _config(sim: sim_main.Simulator, n: int) -> Config:
+    # simulated time moves in steps: nothing goes stale while the start is watched
+    stale = {"price_seconds": 86400, "funding_seconds": 86400, "open_interest_seconds": 86400}
+    exchanges = sim.exporter_exchanges(n, stale=stale)  # the simulator runs the one exchange measured
     return Config.model_validate({"listen_address": "127.0.0.1:0", "exchanges": exchanges})
 
 
@@ -67,7 +59,7 @@ async def run(ex: Exchange, n: int) -> str:
     assert limiter is not None
     limiter.clock = clock.monotonic  # the limits judged in the seconds the budgets pace in
     await sim.start()
-    exporter = Exporter(_config(sim, ex, n), clock=clock, budget_clock=clock, serve=False, startup_budget_s=0.0)
+    exporter = Exporter(_config(sim, n), clock=clock, budget_clock=clock, serve=False, startup_budget_s=0.0)
     anchors = exporter.runtimes  # filled by start(); read below
     stop = asyncio.Event()
     wall0 = time.perf_counter()

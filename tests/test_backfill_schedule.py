@@ -80,22 +80,16 @@ def test_a_heavier_request_is_not_overtaken_forever_by_lighter_ones() -> None:
 
 
 def _config(sim: sim_main.Simulator, n: int, oi_poll_s: float) -> Config:
-    ws, rest = sim.urls(Exchange.BINANCE)
-    binance = {
-        "ws_url": ws,
-        "rest_url": rest,
-        "instruments": [],
-        "all_perpetuals": True,
-        "max_instruments": n,
-        "futures": {"enabled": False},
+    exchanges = sim.exporter_exchanges(
+        n,
+        futures={"enabled": False},
         # market time moves in steps the test makes: nothing may go stale while it looks
-        "stale": {"price_seconds": 3600, "funding_seconds": 3600, "open_interest_seconds": 3600},
-        "poll": {"open_interest_seconds": oi_poll_s},
-    }
-    others = {ex.value: {"enabled": False} for ex in Exchange if ex is not Exchange.BINANCE}
+        stale={"price_seconds": 3600, "funding_seconds": 3600, "open_interest_seconds": 3600},
+        poll={"open_interest_seconds": oi_poll_s},
+    )  # the simulator runs Binance only: the others disabled
     # a tenth of the limits: the same contention as 500 instruments at the default share, at 40
     return Config.model_validate(
-        {"listen_address": "127.0.0.1:0", "exchanges": {"binance": binance, **others}, "rest_budget": {"fraction": 0.1}}
+        {"listen_address": "127.0.0.1:0", "exchanges": exchanges, "rest_budget": {"fraction": 0.1}}
     )
 
 
@@ -193,11 +187,7 @@ async def _backfilled(shared: bool) -> tuple[dict[Any, Any], dict[Any, Any], dic
     options = sim_server.SimOptions(rate_limits=False)
     sim = sim_main.Simulator(seed=8, base_port=0, tick_seconds=1.0, exchanges=SHARED, clock=clock, options=options)
     await sim.start()
-    exchanges: dict[str, Any] = {ex.value: {"enabled": False} for ex in Exchange}
-    for ex in SHARED:
-        ws, rest = sim.urls(ex)
-        exchanges[ex.value] = {"ws_url": ws, "rest_url": rest, "instruments": [], "all_perpetuals": True,
-                               "max_instruments": 2, "futures": {"enabled": False}}  # fmt: skip
+    exchanges = sim.exporter_exchanges(2, futures={"enabled": False})  # SHARED followed, the others disabled
     cfg = Config.model_validate({"listen_address": "127.0.0.1:0", "exchanges": exchanges})
     exporter = Exporter(cfg, clock=clock, serve=False, budget_clock=_Frozen())
     exporter.shared_reads = shared

@@ -172,17 +172,7 @@ async def test_unpaced_burst_is_refused_and_the_client_gate_holds() -> None:
 
 
 def _config(sim: sim_main.Simulator, n: int) -> Config:
-    exchanges: dict[str, Any] = {}
-    for ex in Exchange:
-        ws, rest = sim.urls(ex)
-        exchanges[ex.value] = {
-            "ws_url": ws,
-            "rest_url": rest,
-            "instruments": [],
-            "all_perpetuals": True,
-            "max_instruments": n,
-        }
-    return Config.model_validate({"listen_address": "127.0.0.1:0", "exchanges": exchanges})
+    return Config.model_validate({"listen_address": "127.0.0.1:0", "exchanges": sim.exporter_exchanges(n)})
 
 
 @pytest.mark.e2e

@@ -92,6 +92,17 @@ class Simulator:
         port = self.ports[exchange]
         return f"ws://{self.host}:{port}", f"http://{self.host}:{port}"
 
+    def exporter_exchanges(self, max_instruments: int, **settings: Any) -> dict[str, dict[str, Any]]:
+        """The exporter's ``exchanges:`` settings that follow every perpetual this simulator lists (up to
+        ``max_instruments`` an exchange) on the exchanges it runs, the others disabled; ``settings`` are
+        added to each followed exchange."""
+        out: dict[str, dict[str, Any]] = {ex.value: {"enabled": False} for ex in Exchange}
+        for ex in self.exchanges:
+            ws, rest = self.urls(ex)
+            out[ex.value] = {"ws_url": ws, "rest_url": rest, "instruments": [], "all_perpetuals": True,
+                             "max_instruments": max_instruments, **settings}  # fmt: skip
+        return out
+
     def describe(self) -> dict[str, Any]:
         return {
             "simulator": {
