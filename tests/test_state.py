@@ -329,6 +329,28 @@ def test_records_keep_each_instruments_values_apart_across_chunks() -> None:
     assert got == [(1.0 + k, 10.0 * k, None, None) for k in range(n)]
 
 
+def test_record_rows_reads_every_instruments_values_in_order() -> None:
+    """The bulk read the scrape's views take: each instrument's record, in the order given, with
+    None as NaN (the fields by their F_* index)."""
+    from array import array
+
+    from exporter.state import F_MARK, F_OI_USD, F_PRICE_AT, F_RATE, RECORD, record_rows
+
+    st = MarketState(clock=Clock())
+    n = 300  # more than one chunk of records
+    for k in range(n):
+        st.register(InstrumentInfo(Exchange.OKX, f"C{k}-USDT-SWAP", f"C{k}", "USDT", funding_interval_s=28800))
+    for k in range(n):
+        st.apply(MarketUpdate(Exchange.OKX, f"C{k}-USDT-SWAP", mark_price=1.0 + k, open_interest_usd=10.0 * k), 5.0)
+    order = st.snapshot()[::-1]
+    rows = array("d", record_rows(order))
+    assert len(rows) == n * RECORD
+    got = [rows[i * RECORD : (i + 1) * RECORD] for i in range(n)]
+    assert [(r[F_MARK], r[F_OI_USD], r[F_PRICE_AT]) for r in got] == [(1.0 + k, 10.0 * k, 5.0) for k in range(n)][::-1]
+    assert all(r[F_RATE] != r[F_RATE] for r in got)  # never received: NaN
+    assert record_rows([]) == b""
+
+
 def test_an_instrument_state_alone_has_a_record_of_its_own_and_copies_keep_their_values() -> None:
     import copy
 
