@@ -12,16 +12,22 @@
    The runs are interleaved (without, with / with, without; the shapes and hand-overs in
    alternating order: drift and a neighbour's load fall on all) and each figure is the median of
    the runs' shares. Target: recording <= 10 % of ingest CPU. ``--socket``: the frames come from
-   another process through a loopback websocket (no permessage-deflate) to ``FeedConnection.run``,
-   so websockets' receive and the connection loop are in the ingest CPU, as the exporter runs
-   (TLS, which the exchanges add, is not).
+   another process through a loopback websocket to ``FeedConnection.run`` (the exporter's own
+   connect options), so websockets' receive and the connection loop are in the ingest CPU, as the
+   exporter runs: the plain socket (no permessage-deflate, no TLS: the former figure), then
+   permessage-deflate as each exchange answers the exporter's offer (``EXCHANGE_DEFLATE``: Binance
+   yes; Bybit UNVERIFIED, both measured; sources in docs/recording.md); ``--tls`` adds the same
+   over TLS (a certificate made for the run). ``--levels 1,-3``: compression levels compared in
+   the same runs, interleaved, each with the disk it takes an hour at the exchanges' rate
+   (arrays: one a second; tickers: ``--ticker-hz`` a second per instrument).
 2. Replay speed: a recording of the same frames replayed as fast as possible through
    ``exporter.replay.Replay`` (virtual clock, parsers, connection path, state). Prints instrument
    updates per second on one core. Target: >= 200,000. Then the other shape, one instrument a frame
    (Bybit linear ticker snapshots and deltas): frames per second.
 
 Run: ``.venv/bin/python bench/bench_recording.py [--instruments 200] [--frames 2000] [--runs 7]
-[--compression zstd|gzip] [--level N] [--hand-over bytes|str|both] [--regular] [--no-replay] [--socket]``.
+[--compression zstd|gzip] [--level N | --levels N,M,...] [--hand-over bytes|str|both] [--regular] [--no-replay]
+[--socket [--tls]] [--ticker-hz 1]``.
 Prints figures; not a test.
 """
 
@@ -30,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import platform
 import random
 import statistics
@@ -112,10 +119,55 @@ class Shape:
     updates: int  # instrument updates in the frames
 
 
-def serve_frames(shapes: list[Shape], port: Any) -> None:
-    """A child process: a loopback websocket server sending shape N's frames, as text frames, to
-    a client that connects to /N and sends anything (its subscribe frame); no permessage-deflate."""
+@dataclass(frozen=True)
+class Transport:
+    """How the frames reach the connection over the loopback socket: permessage-deflate negotiated
+    or not, TLS or not (the exchanges' streams are wss)."""
+
+    deflate: bool
+    tls: bool
+
+    @property
+    def label(self) -> str:
+        return f"{'deflate' if self.deflate else 'no deflate'}, {'TLS' if self.tls else 'no TLS'}"
+
+
+PLAIN = Transport(deflate=False, tls=False)  # the figures before session 5 (the old "--socket")
+
+# Whether each exchange's server accepts the permessage-deflate that the exporter offers
+# (websockets' default: exporter/feeds/connection.py passes no ``compression``): True, False, or
+# None when it is not known (UNVERIFIED: both measured). Sources: docs/recording.md.
+EXCHANGE_DEFLATE: dict[Exchange, bool | None] = {
+    Exchange.BINANCE: True,  # answers with server_max_window_bits=15 (coder/websocket#351, ccxt/go-binance#430)
+    Exchange.BYBIT: None,  # UNVERIFIED for v5 (a bad answer on the old endpoints: websockets#1068)
+    Exchange.OKX: None,  # UNVERIFIED for v5 (v3 did not answer the offer: boostorg/beast#1813)
+    Exchange.DERIBIT: None,  # UNVERIFIED (nothing found)
+}
+
+
+def transports(exchange: Exchange, tls: bool) -> list[Transport]:
+    """The plain socket (the former figure), then the exporter's path as the exchange serves it."""
+    known = EXCHANGE_DEFLATE.get(exchange)
+    deflates = [True, False] if known is None else [known]
+    out = [PLAIN]
+    for d in deflates:
+        for t in (False, True) if tls else (False,):
+            tr = Transport(d, t)
+            if tr not in out:
+                out.append(tr)
+    return out
+
+
+def serve_frames(shapes: list[Shape], kinds: list[Transport], cert: tuple[bytes, bytes] | None, ports: Any) -> None:
+    """A child process: one loopback websocket server per transport, sending shape N's frames, as text
+    frames, to a client that connects to /N and sends anything (its subscribe frame). With deflate
+    the server answers the client's offer as Binance does (``server_max_window_bits=15``) and
+    compresses each frame here, in this process (the client's inflate is what the bench counts);
+    with TLS it serves the run's self-signed certificate."""
+    import ssl
+
     from websockets.asyncio.server import ServerConnection, serve
+    from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 
     async def handler(ws: ServerConnection) -> None:
         shape = shapes[int(ws.request.path.strip("/")) if ws.request else 0]
@@ -125,16 +177,34 @@ def serve_frames(shapes: list[Shape], port: Any) -> None:
         await ws.wait_closed()
 
     async def main() -> None:
-        async with serve(handler, "127.0.0.1", 0, compression=None, max_size=None) as srv:
-            port.value = srv.sockets[0].getsockname()[1]
-            await asyncio.Future()
+        servers = []
+        for k, tr in enumerate(kinds):
+            ctx = None
+            if tr.tls:
+                assert cert is not None
+                ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                with tempfile.NamedTemporaryFile() as f:  # load_cert_chain reads a file
+                    f.write(cert[0] + cert[1])
+                    f.flush()
+                    ctx.load_cert_chain(f.name)
+            ext = [ServerPerMessageDeflateFactory(server_max_window_bits=15)] if tr.deflate else None
+            srv = await serve(
+                handler, "127.0.0.1", 0, compression=None, extensions=ext, max_size=None, ssl=ctx
+            ).__aenter__()
+            servers.append(srv)
+            ports[k] = srv.sockets[0].getsockname()[1]
+        await asyncio.Future()
 
     asyncio.run(main())
 
 
-async def ingest_socket(shape: Shape, url: str, recorder: Recorder | None) -> tuple[float, float, float]:
+async def ingest_socket(
+    shape: Shape, url: str, recorder: Recorder | None, transport: Transport, client_ssl: Any = None
+) -> tuple[float, float, float]:
     """As :func:`ingest`, the frames through a real websocket from another process (``FeedConnection.run``:
-    websockets' receive and the connection's loop counted too, as the exporter runs)."""
+    websockets' receive and the connection's loop counted too, as the exporter runs). The connection
+    is opened with the exporter's own options (it offers permessage-deflate: the server decides);
+    with TLS, the client trusts the run's certificate authority."""
     dt = shape.dt
     received: list[StreamHealth] = []
 
@@ -148,7 +218,8 @@ async def ingest_socket(shape: Shape, url: str, recorder: Recorder | None) -> tu
     received.append(health)
     ctx = FeedContext(shape.exchange, {i.instrument: i for i in shape.instruments})
     plan = WsPlan(shape.stream, url, subscribe=("go",))
-    conn = FeedConnection(shape.feed(), plan, ctx, state, clock=clock, connect_kwargs={"compression": None})
+    kwargs = {"ssl": client_ssl} if transport.tls else {}
+    conn = FeedConnection(shape.feed(), plan, ctx, state, clock=clock, connect_kwargs=kwargs)
     if recorder is not None:
         recorder.start()
         conn.recorder = recorder.ws_hook(shape.exchange)
@@ -160,6 +231,9 @@ async def ingest_socket(shape: Shape, url: str, recorder: Recorder | None) -> tu
     while health.messages < n:  # a poll every 2 ms: the same small cost with and without recording
         await asyncio.sleep(0.002)
     loop = time.thread_time() - loop0
+    ws = conn._ws
+    negotiated = ws is not None and any(e.name == "permessage-deflate" for e in ws.protocol.extensions)
+    assert negotiated == transport.deflate, f"permessage-deflate negotiated: {negotiated}, expected {transport.deflate}"
     stop.set()
     await task
     writer = 0.0
@@ -216,21 +290,24 @@ class Cost:
     shares: list[float] = field(default_factory=list)  # process CPU with / without
     writer: list[float] = field(default_factory=list)  # the writer thread's CPU / the loop's CPU without recording
     hooked: list[float] = field(default_factory=list)  # the loop thread's extra CPU with recording on
+    disk: list[int] = field(default_factory=list)  # compressed bytes written for the frames
 
-    def add(self, b: tuple[float, float, float], r: tuple[float, float, float]) -> None:
+    def add(self, b: tuple[float, float, float], r: tuple[float, float, float], disk: int = 0) -> None:
         self.base.append(b[0])
         self.rec.append(r[0])
         self.shares.append(100 * (r[0] - b[0]) / b[0])
         self.writer.append(100 * r[2] / b[1])
         self.hooked.append(100 * (r[1] - b[1]) / b[1])
+        self.disk.append(disk)
 
-    def report(self, label: str, updates: int, compression: str) -> None:
+    def report(self, label: str, updates: int, compression: str, disk_per_hour: float = 0.0) -> None:
         med = statistics.median
         b, r, sh, w, h = med(self.base), med(self.rec), self.shares, self.writer, self.hooked
         print(f"{label}: ingest without recording: {b:.3f} s CPU ({updates / b:,.0f} instrument updates/s)")
+        disk = f"; {disk_per_hour / 1e6:,.3g} MB on disk an hour" if disk_per_hour else ""
         print(
             f"{label}: ingest with recording ({compression}): {r:.3f} s CPU; recording = {med(sh):.1f} % of ingest "
-            f"CPU (median of {len(sh)} interleaved pairs, range {min(sh):.1f} to {max(sh):.1f} %)"
+            f"CPU (median of {len(sh)} interleaved pairs, range {min(sh):.1f} to {max(sh):.1f} %){disk}"
         )
         print(
             f"{label}:   of which the writer thread {med(w):.1f} % (range {min(w):.1f} to {max(w):.1f}), "
@@ -245,7 +322,12 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=2000)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--compression", choices=("gzip", "zstd"), default="zstd")
-    ap.add_argument("--level", type=int, default=None)
+    ap.add_argument(
+        "--levels",
+        default=None,
+        help="compression levels to compare, interleaved in each run (e.g. 1,-1,-3,-5); default: the recorder's",
+    )
+    ap.add_argument("--level", type=int, default=None, help="one level (as --levels N)")
     ap.add_argument(
         "--hand-over",
         choices=("bytes", "str", "both"),
@@ -254,10 +336,24 @@ def main() -> None:
     )
     ap.add_argument("--no-replay", action="store_true", help="the recording cost only")
     ap.add_argument(
-        "--socket", action="store_true", help="the frames through a loopback websocket from another process"
+        "--socket",
+        action="store_true",
+        help="the frames through a loopback websocket from another process: the plain socket (no deflate, "
+        "no TLS: the former figure) and permessage-deflate as each exchange answers the exporter's offer",
+    )
+    ap.add_argument("--tls", action="store_true", help="with --socket: also over TLS (a self-signed certificate)")
+    ap.add_argument(
+        "--ticker-hz",
+        type=float,
+        default=1.0,
+        help="Bybit ticker frames a second per instrument, for the disk an hour (Bybit pushes at most every 100 ms)",
     )
     ap.add_argument("--regular", action="store_true", help="the former, far too compressible frames")
     args = ap.parse_args()
+    if args.levels is not None:
+        levels: list[int | None] = [int(x) for x in args.levels.split(",")]
+    else:
+        levels = [args.level]
     insts = infos(args.instruments)
     fr = frames(args.instruments, args.frames, regular=args.regular)
     updates = args.instruments * args.frames
@@ -267,62 +363,117 @@ def main() -> None:
         Shape("binance array", Exchange.BINANCE, "markPrice", BinanceFeed, insts, fr, 1.0, updates),
         Shape("bybit tickers", Exchange.BYBIT, "tickers", BybitFeed, by, by_frames, 0.001, len(by_frames)),
     ]
+    # frames an hour as the exchanges send them: the all-market array every second; a ticker frame per
+    # instrument at --ticker-hz
+    per_hour = {shapes[0].name: 3600.0, shapes[1].name: 3600.0 * args.ticker_hz * len(by)}
     print(
         f"python {platform.python_version()}, {args.frames} frames x {args.instruments} instruments, "
         f"{sum(map(len, fr)) / len(fr):,.0f} bytes a frame ({'regular' if args.regular else 'random walk'}); "
-        f"{len(by_frames)} Bybit ticker frames of {sum(map(len, by_frames)) / len(by_frames):,.0f} bytes"
+        f"{len(by_frames)} Bybit ticker frames of {sum(map(len, by_frames)) / len(by_frames):,.0f} bytes; "
+        f"{time.strftime('%H:%M:%S UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f}"
     )
     hand = {"bytes": (False,), "str": (True,), "both": (False, True)}[args.hand_over]
-    modes = [(shape, as_str) for shape in shapes for as_str in hand]
-    costs = {m: Cost() for m in modes}
+    # a mode: (shape, str hand-over, transport or None without the socket)
+    modes: list[tuple[Shape, bool, Transport | None]] = [(shape, s, None) for shape in shapes for s in hand]
 
     server = None
+    urls: dict[tuple[int, Transport], str] = {}
+    client_ssl = None
     if args.socket:  # the exporter side receives through websockets, as it runs (the frames as sent: bytes)
-        ctx = multiprocessing.get_context("fork")
-        port = ctx.Value("i", 0)
-        server = ctx.Process(target=serve_frames, args=(shapes, port), daemon=True)
-        server.start()
-        while port.value == 0:
-            time.sleep(0.05)
-        urls = {id(sh): f"ws://127.0.0.1:{port.value}/{k}" for k, sh in enumerate(shapes)}
-        hand = (False,)
-        modes = [(shape, False) for shape in shapes]
-        costs = {m: Cost() for m in modes}
+        kinds: list[Transport] = []
+        modes = []
+        for shape in shapes:
+            for tr in transports(shape.exchange, args.tls):
+                modes.append((shape, False, tr))
+                if tr not in kinds:
+                    kinds.append(tr)
+        cert = None
+        if args.tls:  # a certificate authority and a certificate for 127.0.0.1, made for this run
+            import ssl
 
-    def run(shape: Shape, as_str: bool, recorder: Recorder | None) -> tuple[float, float, float]:
-        if args.socket:
-            return asyncio.run(ingest_socket(shape, urls[id(shape)], recorder))
+            import trustme
+
+            ca = trustme.CA()
+            issued = ca.issue_cert("127.0.0.1")
+            cert = (issued.private_key_pem.bytes(), b"".join(c.bytes() for c in issued.cert_chain_pems))
+            client_ssl = ssl.create_default_context()
+            ca.configure_trust(client_ssl)
+        ctx = multiprocessing.get_context("fork")
+        ports = ctx.Array("i", len(kinds))
+        server = ctx.Process(target=serve_frames, args=(shapes, kinds, cert, ports), daemon=True)
+        server.start()
+        while 0 in ports[:]:
+            time.sleep(0.05)
+        for k, tr in enumerate(kinds):
+            for n, sh in enumerate(shapes):
+                urls[(id(sh), tr)] = f"{'wss' if tr.tls else 'ws'}://127.0.0.1:{ports[k]}/{n}"
+    costs = {(m, lv): Cost() for m in modes for lv in levels}
+
+    def run(m: tuple[Shape, bool, Transport | None], recorder: Recorder | None) -> tuple[float, float, float]:
+        shape, as_str, tr = m
+        if tr is not None:
+            return asyncio.run(ingest_socket(shape, urls[(id(shape), tr)], recorder, tr, client_ssl))
         return asyncio.run(ingest(shape, recorder, as_str=as_str))
 
-    def plain(shape: Shape, as_str: bool) -> tuple[float, float, float]:
-        return run(shape, as_str, None)
-
-    def recorded(shape: Shape, as_str: bool) -> tuple[float, float, float]:
+    def recorded(m: tuple[Shape, bool, Transport | None], level: int | None) -> tuple[tuple[float, float, float], int]:
         with tempfile.TemporaryDirectory() as d:
-            n = len(shape.frames) + 10
-            recorder = Recorder(Path(d), queue_size=n, compression=args.compression, level=args.level)
-            return run(shape, as_str, recorder)
+            n = len(m[0].frames) + 10
+            recorder = Recorder(Path(d), queue_size=n, compression=args.compression, level=level)
+            out = run(m, recorder)
+            return out, recorder.stats.bytes
 
     for k in range(args.runs):
         for m in modes if k % 2 == 0 else modes[::-1]:  # new, old / old, new
+            order = levels if k % 2 == 0 else levels[::-1]
             if k % 2 == 0:  # ABBA: without, with / with, without
-                b1, r1 = plain(*m), recorded(*m)
+                b1 = run(m, None)
+                recs = {lv: recorded(m, lv) for lv in order}
             else:
-                r1, b1 = recorded(*m), plain(*m)
-            costs[m].add(b1, r1)
+                recs = {lv: recorded(m, lv) for lv in order}
+                b1 = run(m, None)
+            for lv, (r1, disk) in recs.items():
+                costs[(m, lv)].add(b1, r1, disk)
     if server is not None:
         server.terminate()
+    med = statistics.median
     for shape in shapes:
-        label = shape.name + (", websocket" if args.socket else "")
-        for as_str in hand:
-            costs[(shape, as_str)].report(f"{label}, {'str' if as_str else 'bytes'}", shape.updates, args.compression)
+        for m in modes:
+            if m[0] is not shape:
+                continue
+            _, as_str, tr = m
+            label = shape.name + (f", websocket ({tr.label})" if tr is not None else "")
+            for lv in levels:
+                c = costs[(m, lv)]
+                name = f"{args.compression} level {lv if lv is not None else 'default'}"
+                hourly = med(c.disk) / len(shape.frames) * per_hour[shape.name]
+                c.report(f"{label}, {'str' if as_str else 'bytes'}, {name}", shape.updates, name, hourly)
+        first = [m for m in modes if m[0] is shape]
+        if args.socket:  # what deflate and TLS add to the ingest (the denominator of the share)
+            plain = costs[(first[0], levels[0])].base
+            for m in first[1:]:
+                ratio = [n / o for n, o in zip(costs[(m, levels[0])].base, plain, strict=True)]
+                assert m[2] is not None
+                print(
+                    f"{shape.name}: ingest CPU without recording, {m[2].label} / plain socket: "
+                    f"{med(ratio):.3f} (range {min(ratio):.3f} to {max(ratio):.3f})"
+                )
         if args.hand_over == "both":
-            old = costs[(shape, True)]
-            ratio = [n / o for n, o in zip(costs[(shape, False)].base, old.base, strict=True)]
+            new, old = costs[(first[0], levels[0])], costs[(first[1], levels[0])]
+            ratio = [n / o for n, o in zip(new.base, old.base, strict=True)]
             print(
-                f"{label}: ingest without recording, bytes / str hand-over: {statistics.median(ratio):.3f} "
+                f"{shape.name}: ingest without recording, bytes / str hand-over: {med(ratio):.3f} "
                 f"(the str decode the loop no longer pays)"
             )
+
+    print("summary: shape | transport | level | recording % of ingest CPU, median [range] | writer % | MB an hour")
+    for (m, lv), c in costs.items():
+        shape, as_str, tr = m
+        print(
+            f"  {shape.name} | {tr.label if tr is not None else ('str' if as_str else 'bytes') + ', no socket'} | "
+            f"{lv if lv is not None else 'default'} | {med(c.shares):.1f} [{min(c.shares):.1f}, {max(c.shares):.1f}] | "
+            f"{med(c.writer):.1f} | {med(c.disk) / len(shape.frames) * per_hour[shape.name] / 1e6:,.3g}"
+        )
+    print(f"end {time.strftime('%H:%M:%S UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f}")
 
     if args.no_replay:
         return
