@@ -139,9 +139,19 @@ class Window:
     def _trim(self) -> None:
         a, w = self._a, self.width
         n = len(a) // w
-        drop = max(0, n - self.maxlen)
-        if self.span is not None and n:
-            cutoff = a[(n - 1) * w] - self.span
+        drop = n - self.maxlen if n > self.maxlen else 0
+        span = self.span
+        if span is not None and n:
+            cutoff = a[(n - 1) * w] - span
+            # One sample a minute leaves about as one arrives: look at the oldest two before searching
+            # (the search is ~10 Python steps a call, on every sample of every full window)
+            if a[drop * w] >= cutoff:
+                if drop:
+                    del a[: drop * w]
+                return
+            if drop + 1 < n and a[(drop + 1) * w] >= cutoff:
+                del a[: (drop + 1) * w]
+                return
             lo, hi = drop, n
             while lo < hi:  # first record at or after the cutoff
                 mid = (lo + hi) // 2
@@ -841,7 +851,9 @@ class MarketState:
                 if m == m:  # a mark known (not NaN)
                     r[F_OI_USD] = oi_base * m
             r[F_OI_AT] = now
-            if now >= r[F_OI_DUE]:
+            # no USD figure (OKX's contracts before any mark): the sampler would return having changed
+            # nothing and be called again on every update
+            if now >= r[F_OI_DUE] and r[F_OI_USD] == r[F_OI_USD]:
                 self._sampler.open_interest(self._state_of(u), now)
         elif u.confirms_ticker and (r[F_OI_USD] == r[F_OI_USD] or r[F_OI_BASE] == r[F_OI_BASE]):
             r[F_OI_AT] = now

@@ -125,6 +125,30 @@ def test_window_bounds_by_count_and_span_and_reads_records() -> None:
     assert tuple(w) == ((1.0, 1.0), (2.0, 2.0)) and list(w.raw()) == [1.0, 1.0, 2.0, 2.0]
 
 
+def test_a_window_keeps_what_the_bounds_allow_whatever_the_steps() -> None:
+    """Trimming looks at the oldest records before it searches: the result is that of the bounds
+    applied to everything appended (the last ``maxlen`` records no older than newest - span)."""
+    import random
+
+    from exporter.state import Window
+
+    rng = random.Random(4)
+    for maxlen, span in ((5, 100.0), (50, 300.0), (3, 1e9), (40, 0.0)):
+        w, every, t = Window(2, maxlen, span), [], 0.0
+        for k in range(600):
+            new = []
+            for _ in range(1 + (k % 7 == 3)):  # now and then two at once (extend)
+                t += rng.choice((0.0, 1.0, 7.0, 60.0, 60.0, 150.0, 1000.0)) * rng.random()
+                new.append((t, float(len(every) + len(new))))
+            if len(new) == 1:
+                w.append(new[0])
+            else:
+                w.extend(new)
+            every += new
+            kept = [r for r in every if r[0] >= t - span][-maxlen:]
+            assert list(w) == kept, (maxlen, span, k)
+
+
 def test_bybit_deltas_keep_unchanged_funding_fresh_but_other_streams_do_not() -> None:
     """A Bybit delta omits the funding rate when it did not change: it is still current, and must not
     go stale (and vanish from /metrics) while the ticker keeps streaming. An OKX mark-price push says
@@ -505,3 +529,39 @@ def test_updates_without_a_premium_leave_the_anchor_sampler_alone_until_one_is_k
     st.apply(MarketUpdate(*key, event_time=clock.t, mark_price=100.2, index_price=100.0, confirms_ticker=True))
     assert [r[0] for r in s.anchor_samples] == [clock.t] and calls == [clock.t]
     assert abs(s.anchor_samples[0][2] - 0.002) < 1e-12  # the premium of that first price
+
+
+def test_open_interest_without_a_usd_figure_leaves_the_sampler_alone_until_one_is_known() -> None:
+    """Open interest in base units only (OKX's pushes before any mark) takes no sample and does not call
+    the sampler on every update; the first mark gives the USD figure and the sample at once."""
+    from exporter.trackers import Sampler
+
+    calls = []
+
+    class Counting(Sampler):
+        __slots__ = ()
+
+        @staticmethod
+        def open_interest(st: object, now: float) -> None:
+            calls.append(now)
+            Sampler.open_interest(st, now)  # type: ignore[arg-type]
+
+    st, clock = make_state()
+    st._sampler = Counting()
+    key = (Exchange.BYBIT, "BTCUSDT")
+    t0 = clock.t
+    for k in range(200):  # three a second for over a minute
+        clock.t = t0 + k / 3.0
+        st.apply(MarketUpdate(*key, event_time=clock.t, open_interest_base=1000.0 + k))
+    s = st.instruments[key]
+    assert len(s.oi_samples) == 0 and calls == [] and s.open_interest_usd is None
+    clock.t += 0.5
+    st.apply(MarketUpdate(*key, event_time=clock.t, mark_price=20.0, open_interest_base=1500.0))
+    assert s.open_interest_usd == 1500.0 * 20.0
+    assert list(s.oi_samples) == [(clock.t, 30000.0)] and calls == [clock.t]
+    clock.t += 30.0  # within the minute: no sample, no call
+    st.apply(MarketUpdate(*key, event_time=clock.t, open_interest_base=1600.0))
+    assert len(s.oi_samples) == 1 and len(calls) == 1
+    clock.t += 30.0
+    st.apply(MarketUpdate(*key, event_time=clock.t, open_interest_base=1700.0))
+    assert list(s.oi_samples)[-1] == (clock.t, 1700.0 * 20.0) and len(calls) == 2
