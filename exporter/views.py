@@ -19,7 +19,7 @@ import math
 import threading
 import time
 from bisect import bisect_right
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,8 +35,27 @@ from exporter.analytics import funding as fa
 from exporter.analytics.cross import FundingPoint
 from exporter.config import Config
 from exporter.feeds.dated import expiry_date
-from exporter.model import EIGHT_HOURS, Exchange, Side
-from exporter.state import LIQ_FLOW_WINDOW_SECONDS, FutureState, InstrumentState, MarketState
+from exporter.model import EIGHT_HOURS, Exchange, InstrumentInfo, Side
+from exporter.state import (
+    F_CAP,
+    F_FLOOR,
+    F_FUNDING_AT,
+    F_INDEX,
+    F_INTERVAL_EFF,
+    F_MARK,
+    F_NFT,
+    F_OI_AT,
+    F_OI_USD,
+    F_PREMIUM,
+    F_PRICE_AT,
+    F_RATE,
+    LIQ_FLOW_WINDOW_SECONDS,
+    RECORD,
+    FutureState,
+    InstrumentState,
+    MarketState,
+    record_rows,
+)
 
 __all__ = [
     "LIQ_FLOW_WINDOW_SECONDS",
@@ -44,6 +63,7 @@ __all__ = [
     "InstrumentView",
     "MarketViews",
     "RenderErrors",
+    "ViewTable",
     "ages",
     "exchange_up",
     "fresh_insurance",
@@ -55,6 +75,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 YIELD_EVERY_INSTRUMENTS = 500
+# the bulk views look up one cache per instrument in each of four passes: about the same work as
+# YIELD_EVERY_INSTRUMENTS instruments built one by one between two yields
+_LOOKUPS_PER_YIELD = 4 * YIELD_EVERY_INSTRUMENTS
 # After a settlement the exchanges push the next settlement time within seconds; a next-funding
 # time older than this means the rate is the settled one, stale by definition.
 NEXT_FUNDING_GRACE_S = 60.0
@@ -206,6 +229,90 @@ def _without_non_finite(v: InstrumentView) -> InstrumentView:
     return dataclasses.replace(v, **bad)
 
 
+# exporter.analytics.funding, typed for floats, called with arrays (looked up at each call)
+_fa_columns: Any = fa
+_info_of = attrgetter("info")
+_ratio = attrgetter("long_short_ratio")
+_ratio_at = attrgetter("ratio_at")
+# InstrumentView's fields in order, and where the table keeps each
+_VIEW_FIELDS = tuple(f.name for f in dataclasses.fields(InstrumentView))
+
+
+class _Static:
+    """What the bulk views need of a list of instruments' static facts, kept while the list holds."""
+
+    __slots__ = ("deribit", "ex_index", "exchanges", "infos", "keys")
+
+    def __init__(self, infos: list[InstrumentInfo]) -> None:
+        n = len(infos)
+        self.infos = infos
+        self.exchanges = list(dict.fromkeys(i.exchange for i in infos))
+        index = {ex: k for k, ex in enumerate(self.exchanges)}
+        self.ex_index = np.fromiter((index[i.exchange] for i in infos), dtype=np.intp, count=n)
+        self.deribit = np.fromiter((i.exchange is Exchange.DERIBIT for i in infos), dtype=bool, count=n)
+        self.keys = [(i.exchange, i.instrument) for i in infos]  # InstrumentState.key
+
+
+class ViewTable:
+    """One scrape's views as columns, in instrument order: ``cols`` holds one float64 array per
+    float field of :class:`InstrumentView` (NaN: None), ``stale`` and ``short`` (the side receiving
+    funding, where there is an edge) are boolean arrays. Readers of every instrument (the market
+    and cross-exchange collectors) take the columns: a family is a pass over contiguous memory, not
+    a read of an object per instrument. :meth:`views` gives the same as InstrumentView objects."""
+
+    __slots__ = ("_views", "cols", "infos", "short", "stale", "states")
+
+    def __init__(
+        self,
+        states: list[InstrumentState],
+        infos: list[InstrumentInfo],
+        cols: dict[str, np.ndarray],
+        stale: np.ndarray,
+        short: np.ndarray,
+    ) -> None:
+        self.states = states
+        self.infos = infos
+        self.cols = cols
+        self.stale = stale
+        self.short = short
+        self._views: list[InstrumentView] | None = None
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    @classmethod
+    def from_views(cls, views: Sequence[InstrumentView]) -> ViewTable:
+        """The columns of views built one by one (the per-instrument path, tests)."""
+        n = len(views)
+        cols = {name: np.array([getattr(v, name) for v in views], dtype=np.float64).reshape(n) for name in _VIEW_FLOATS}
+        # an edge is shown with its side only
+        cols["edge_bp"] = np.where(np.array([bool(v.edge_side) for v in views], dtype=bool), cols["edge_bp"], np.nan)
+        table = cls(
+            [v.st for v in views],
+            [v.st.info for v in views],
+            cols,
+            np.array([v.stale for v in views], dtype=bool),
+            np.array([v.edge_side == "short" for v in views], dtype=bool),
+        )
+        table._views = list(views)
+        return table
+
+    def views(self) -> list[InstrumentView]:
+        """The views as :class:`InstrumentView` objects (built once, when first asked)."""
+        if self._views is None:
+            lists: dict[str, list[Any]] = {
+                name: [None if x != x else x for x in self.cols[name].tolist()] for name in _VIEW_FLOATS
+            }
+            lists["st"] = self.states
+            lists["stale"] = self.stale.tolist()
+            lists["edge_side"] = [
+                None if e is None else ("short" if s else "long")
+                for e, s in zip(lists["edge_bp"], self.short.tolist(), strict=True)
+            ]
+            self._views = list(map(InstrumentView, *(lists[name] for name in _VIEW_FIELDS)))
+        return self._views
+
+
 class MarketViews:
     """Builds :class:`InstrumentView` lists; owns the window caches shared by scrapes.
 
@@ -225,6 +332,7 @@ class MarketViews:
         # instrument -> (what the window held, the samples around each OI-change window's start)
         self._oi: dict[Hashable, tuple[tuple[float, ...], tuple[tuple[float, float, Any, Any], ...]]] = {}
         self._builds = 0
+        self._static_cache: _Static | None = None
         self._tls = threading.local()
 
     @contextmanager
@@ -238,26 +346,58 @@ class MarketViews:
         finally:
             tls.depth = depth
             if depth == 0:
-                tls.views = None
+                tls.table = None
 
-    def current_views(self) -> list[InstrumentView]:
+    def current_table(self) -> ViewTable:
+        """This scrape's views (built once per scrape, shared by every reader in it)."""
         tls = self._tls
         if not getattr(tls, "depth", 0):
-            return self.views()
-        views = getattr(tls, "views", None)
-        if views is None:
-            views = tls.views = self.views()
-        return views
+            return self.table()
+        table = getattr(tls, "table", None)
+        if table is None:
+            table = tls.table = self.table()
+        return table
+
+    def current_views(self) -> list[InstrumentView]:
+        return self.current_table().views()
 
     def views(self, now: float | None = None) -> list[InstrumentView]:
+        """One :class:`InstrumentView` per instrument (those of :meth:`table`)."""
+        return self.table(now).views()
+
+    def table(self, now: float | None = None) -> ViewTable:
+        """Every instrument's view at ``now``, as columns (see :class:`ViewTable`).
+
+        Built in bulk: the stored values read in one copy (``record_rows``), staleness and the
+        derived values computed over whole columns by the same functions, only the windowed figures
+        (z-score statistics, anchors, open-interest change, volatility) looked up per instrument in
+        their caches. If anything raises there, the scrape is built again instrument by instrument
+        (:meth:`_views_each`): one instrument whose figures cannot be built loses its values, the
+        others keep theirs."""
         state = self.state
         now = state.clock() if now is None else now
+        instruments = state.snapshot()
+        try:
+            table = self._table_bulk(instruments, now)
+        except Exception:
+            log.debug("views in bulk failed; built instrument by instrument", exc_info=True)
+            table = ViewTable.from_views(self._views_each(instruments, now))
+        self._builds += 1
+        if self._builds % 100 == 0:
+            # Instruments delisted from state: drop their cached windows (bounded memory).
+            live: set[Hashable] = {st.key for st in instruments}
+            self.cache.forget(live)
+            for k in [k for k in list(self._vol) if k not in live]:
+                self._vol.pop(k, None)
+            for k in [k for k in list(self._oi) if k not in live]:
+                self._oi.pop(k, None)
+        return table
+
+    def _limits(self, now: float) -> dict[Exchange, tuple[float, float, float, float, float]]:
+        """Per exchange: the receive times below which price, funding, open interest and the
+        long/short ratio are stale, and the effective fee per side."""
         cfg = self.config
         an = cfg.analytics
-        z_start = now - an.zscore_window_seconds
-        anchor_start = now - an.anchor_window_seconds
-        min_obs = an.zscore_min_observations
-        hold_h = an.holding_period_hours
         limits = {}
         for ex, ex_cfg in cfg.exchanges.items():
             s = ex_cfg.stale
@@ -270,7 +410,186 @@ class MarketViews:
                 now - s.long_short_ratio_seconds,
                 fee,
             )
-        instruments = state.snapshot()
+        return limits
+
+    def _static(self, instruments: list[InstrumentState]) -> _Static:
+        infos = list(map(_info_of, instruments))
+        st = self._static_cache
+        if st is None or infos != st.infos:  # identity first: the same objects compare in C
+            st = self._static_cache = _Static(infos)
+        return st
+
+    def _table_bulk(self, instruments: list[InstrumentState], now: float) -> ViewTable:
+        """The columns of every instrument (see :meth:`table`): the per-instrument view's rules, over
+        arrays. None is NaN in a column; a value that is there but not finite is left out (NaN) and
+        its instrument counted once in ``errors``, as the per-instrument path does."""
+        an = self.config.analytics
+        static = self._static(instruments)
+        n = len(instruments)
+        limits = self._limits(now)
+        per_ex = np.array([limits[ex] for ex in static.exchanges], dtype=np.float64).reshape(-1, 5)
+        cuts = per_ex[static.ex_index] if n else np.empty((0, 5))
+        rec = np.frombuffer(record_rows(instruments), dtype=np.float64).reshape(n, RECORD)
+        nan = np.nan
+        with np.errstate(all="ignore"):
+            price_at, funding_at, oi_at = rec[:, F_PRICE_AT], rec[:, F_FUNDING_AT], rec[:, F_OI_AT]
+            ratio_at = np.fromiter(map(_ratio_at, instruments), dtype=np.float64, count=n)
+            ratio_s = np.array(list(map(_ratio, instruments)), dtype=np.float64).reshape(n)  # None: NaN
+            price_ok = (price_at > 0.0) & (price_at >= cuts[:, 0])
+            rate_s, nft = rec[:, F_RATE], rec[:, F_NFT]
+            # a next settlement time in the past: the rate shown would be the one already settled
+            funding_ok = (
+                (funding_at > 0.0)
+                & (funding_at >= cuts[:, 1])
+                & ~np.isnan(rate_s)
+                & (np.isnan(nft) | (nft >= now - NEXT_FUNDING_GRACE_S))
+            )
+            oi_ok = (oi_at > 0.0) & (oi_at >= cuts[:, 2])
+            ratio_ok = (ratio_at > 0.0) & (ratio_at >= cuts[:, 3])
+            fee = cuts[:, 4].copy()
+            # Deribit's interval is 8 h by definition (see _views_each); the others' the stored one or
+            # the instrument list's (interval_s; 0.0 or None when neither is known)
+            interval = np.where(static.deribit, EIGHT_HOURS, rec[:, F_INTERVAL_EFF])
+            for i in np.flatnonzero(interval == 0.0).tolist():
+                x = instruments[i].interval_s
+                interval[i] = nan if x is None else x
+            mark_s, index_s, prem_s = rec[:, F_MARK], rec[:, F_INDEX], rec[:, F_PREMIUM]
+            mark = np.where(price_ok, mark_s, nan)
+            index = np.where(price_ok, index_s, nan)
+            # MarketState.premium_of: from mark and index when both are known, else the published one
+            computed = ~np.isnan(mark_s) & ~np.isnan(index_s) & (index_s != 0.0)
+            premium = np.where(computed, (mark_s - index_s) / index_s, prem_s)
+            premium_has = price_ok & (computed | ~np.isnan(prem_s))
+            rate = np.where(funding_ok, rate_s, nan)
+            with_interval = funding_ok & (interval != 0.0) & ~np.isnan(interval)
+            # the per-instrument formulas themselves, over the columns (their arithmetic broadcasts)
+            r8 = _fa_columns.rate_8h(rate, interval)
+            ann = _fa_columns.annualize(rate, interval)
+            edge = _fa_columns.edge_bp(rate, interval, fee, an.holding_period_hours)
+            cols: dict[str, np.ndarray] = {
+                "mark_price": mark,
+                "index_price": index,
+                "premium_ratio": np.where(premium_has, premium, nan),
+                "funding_rate": rate,
+                "funding_interval_s": interval,
+                "funding_rate_8h": np.where(with_interval, r8, nan),
+                "funding_rate_annualized": np.where(with_interval, ann, nan),
+                "next_funding_timestamp": np.where(funding_ok, nft, nan),
+                "funding_cap": rec[:, F_CAP].copy(),
+                "funding_floor": rec[:, F_FLOOR].copy(),
+                "open_interest_usd": np.where(oi_ok, rec[:, F_OI_USD], nan),
+                "long_short_ratio": np.where(ratio_ok, ratio_s, nan),
+                "edge_bp": np.where(with_interval, edge, nan),
+                "fee_bp": fee,
+            }
+            # present but not finite: a derived value that overflowed or a stored infinity
+            present = {
+                "premium_ratio": premium_has,
+                "funding_rate_8h": with_interval,
+                "funding_rate_annualized": with_interval,
+                "edge_bp": with_interval,
+            }
+            cols.update(self._windowed(instruments, static, now, cols, funding_ok, premium_has, present))
+            bad = np.zeros(n, dtype=bool)
+            for name, col in cols.items():
+                has = present.get(name)
+                wrong = ~np.isfinite(col) & (has if has is not None else ~np.isnan(col))
+                if wrong.any():
+                    bad |= wrong
+                    cols[name] = np.where(wrong, nan, col)
+        if bad.any():
+            self.errors.count("market", int(np.count_nonzero(bad)))
+        # the side that receives funding: shorts unless the rate is negative (fa.receiving_side)
+        short = ~(rate < 0.0)
+        return ViewTable(instruments, static.infos, cols, ~(price_ok & funding_ok), short)
+
+    def _windowed(
+        self,
+        instruments: list[InstrumentState],
+        static: _Static,
+        now: float,
+        cols: dict[str, np.ndarray],
+        funding_ok: np.ndarray,
+        premium_has: np.ndarray,
+        present: dict[str, np.ndarray],
+    ) -> dict[str, np.ndarray]:
+        """The figures over each instrument's windows, from the caches (looked up per instrument, only
+        where their inputs are fresh): z-score, momentum, acceleration, anchors, open-interest change,
+        volatility. A None is NaN in the columns; the presence masks say which values were computed."""
+        an = self.config.analytics
+        z_start = now - an.zscore_window_seconds
+        anchor_start = now - an.anchor_window_seconds
+        min_obs = an.zscore_min_observations
+        n = len(instruments)
+        keys = static.keys
+        cache = self.cache
+        rates = cols["funding_rate"].tolist()
+        intervals = [None if x != x else x for x in cols["funding_interval_s"].tolist()]
+        z: list[float | None] = [None] * n
+        mom: list[float | None] = [None] * n
+        acc: list[float | None] = [None] * n
+        level: list[float | None] = [None] * n
+        diff: list[float | None] = [None] * n
+        oi1: list[float | None] = [None] * n
+        oi4: list[float | None] = [None] * n
+        vol1: list[float | None] = [None] * n
+        vol4: list[float | None] = [None] * n
+        with_rate = np.flatnonzero(funding_ok).tolist()
+        for k, i in enumerate(with_rate):
+            if k and not k % _LOOKUPS_PER_YIELD:
+                _yield_gil()
+            st, interval, rate = instruments[i], intervals[i], rates[i]
+            # read the version before the data (see WindowCache); the interval is part of it, as
+            # the window is rescaled to the current interval when an exchange changes it
+            stats = cache.settlement_stats(
+                keys[i], (st.settlements_version, interval), _InInterval(st, interval), z_start
+            )
+            z[i] = fa.zscore(rate, stats, min_obs)
+            mom[i] = fa.momentum(rate, stats, min_obs)
+            acc[i] = stats.acceleration if stats is not None else None
+        for k, i in enumerate(np.flatnonzero(funding_ok & premium_has).tolist()):
+            if k and not k % _LOOKUPS_PER_YIELD:
+                _yield_gil()
+            level[i], diff[i] = cache.anchors(keys[i], instruments[i], anchor_start)
+        oi = cols["open_interest_usd"]
+        ois = oi.tolist()
+        for k, i in enumerate(np.flatnonzero(~np.isnan(oi)).tolist()):
+            if k and not k % _LOOKUPS_PER_YIELD:
+                _yield_gil()
+            oi1[i], oi4[i] = self._oi_changes(instruments[i], ois[i], now)
+        mark = cols["mark_price"]
+        marks = mark.tolist()
+        for k, i in enumerate(np.flatnonzero(~np.isnan(mark)).tolist()):
+            if k and not k % _LOOKUPS_PER_YIELD:
+                _yield_gil()
+            vol1[i], vol4[i] = self._volatility(instruments[i], now, marks[i])
+        out = {}
+        for name, values in (
+            ("zscore", z),
+            ("momentum", mom),
+            ("acceleration", acc),
+            ("anchor_strength", level),
+            ("anchor_difference", diff),
+            ("oi_change_1h", oi1),
+            ("oi_change_4h", oi4),
+            ("volatility_1h", vol1),
+            ("volatility_4h", vol4),
+        ):
+            out[name] = np.array(values, dtype=np.float64).reshape(n)  # None: NaN
+            present[name] = np.fromiter(map(_is_value, values), dtype=bool, count=n)
+        return out
+
+    def _views_each(self, instruments: list[InstrumentState], now: float) -> list[InstrumentView]:
+        """The views built instrument by instrument: the reference for the bulk path, and its
+        fallback when something in it raises (one instrument's failure then costs only its values)."""
+        state = self.state
+        cfg = self.config
+        an = cfg.analytics
+        z_start = now - an.zscore_window_seconds
+        anchor_start = now - an.anchor_window_seconds
+        min_obs = an.zscore_min_observations
+        hold_h = an.holding_period_hours
+        limits = self._limits(now)
         out: list[InstrumentView] = []
         cache = self.cache
         errors = self.errors
@@ -362,15 +681,6 @@ class MarketViews:
                 log.warning("%s %s: view failed; left out", st.info.exchange, st.info.instrument, exc_info=True)
                 continue
             out.append(view)
-        self._builds += 1
-        if self._builds % 100 == 0:
-            # Instruments delisted from state: drop their cached windows (bounded memory).
-            live: set[Hashable] = {st.key for st in instruments}
-            self.cache.forget(live)
-            for k in [k for k in list(self._vol) if k not in live]:
-                self._vol.pop(k, None)
-            for k in [k for k in list(self._oi) if k not in live]:
-                self._oi.pop(k, None)
         return out
 
     def _oi_changes(self, st: InstrumentState, oi: float, now: float) -> tuple[float | None, float | None]:
@@ -478,8 +788,23 @@ class MarketViews:
             )
         return out
 
-    def funding_points(self, views: Iterable[InstrumentView]) -> list[FundingPoint]:
+    def funding_points(self, views: ViewTable | Iterable[InstrumentView]) -> list[FundingPoint]:
         """The cross-exchange inputs: instruments with a fresh 8 h rate."""
+        if isinstance(views, ViewTable):
+            cols, infos = views.cols, views.infos
+            r8 = cols["funding_rate_8h"]
+            rates, ois, fees = r8.tolist(), cols["open_interest_usd"].tolist(), cols["fee_bp"].tolist()
+            return [
+                FundingPoint(
+                    (info := infos[i]).base,
+                    info.exchange.value,
+                    info.instrument,
+                    rates[i],
+                    None if ois[i] != ois[i] else ois[i],
+                    fees[i],
+                )
+                for i in np.flatnonzero(~np.isnan(r8)).tolist()
+            ]
         return [
             FundingPoint(
                 v.st.info.base,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 from collections.abc import Iterable
+from typing import Any
 
 import httpx
 import pytest
@@ -36,7 +37,7 @@ from exporter.metrics.exposition import (
 )
 from exporter.model import EIGHT_HOURS, Exchange, InstrumentInfo, InsuranceFund, Liquidation, MarketUpdate, Side
 from exporter.server import start_server
-from exporter.state import InstrumentState, MarketState
+from exporter.state import MarketState
 
 T0 = 1_700_000_000.0
 NASTY = 'we"ird\\inst\nrument ünï'  # quote, backslash, newline and non-ASCII in one label value
@@ -284,14 +285,14 @@ def test_the_label_columns_follow_the_instrument_list(monkeypatch: pytest.Monkey
     assert added == generate_latest(reg)
     assert f"fr_mark_price{eth} 2000.5\n".encode() in added
     # one instrument's view fails: only its series go, and they come back with it
-    real = state.premium_of
+    real = reg.views.cache.settlement_stats
 
-    def failing(st: InstrumentState) -> float | None:
-        if st.info.instrument == "ETHUSDT":
+    def failing(key: Any, *args: Any) -> Any:
+        if key[1] == "ETHUSDT":
             raise ZeroDivisionError("boom")
-        return real(st)
+        return real(key, *args)
 
-    monkeypatch.setattr(state, "premium_of", failing)
+    monkeypatch.setattr(reg.views.cache, "settlement_stats", failing)
     without = reg.render()
     assert b'instrument="ETHUSDT"' not in without.split(b"fr_funding_settlements_missed_total")[0]
     assert f"fr_mark_price{eth.replace('ETH', 'BTC')}".encode() in without

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from itertools import chain, compress, repeat
-from operator import attrgetter, is_not, mul
+from itertools import chain, compress
+from operator import attrgetter
 from typing import Any
 
+import numpy as np
 from prometheus_client.core import Metric
 
 from exporter.analytics.cross import FundingPoint, funding_spreads, oi_weighted_funding
@@ -19,35 +20,9 @@ from exporter.metrics import catalog as m
 from exporter.metrics.exposition import Family, LabelSet, Spec, yield_gil
 from exporter.model import InstrumentInfo, Side
 from exporter.state import InstrumentState, Key
-from exporter.views import InstrumentView, MarketViews
+from exporter.views import InstrumentView, MarketViews, ViewTable
 
-# The view fields the market families read, pulled from every view in one pass (see families()).
-_FIELDS = (
-    "funding_rate",
-    "funding_interval_s",
-    "funding_rate_annualized",
-    "next_funding_timestamp",
-    "funding_cap",
-    "funding_floor",
-    "mark_price",
-    "index_price",
-    "premium_ratio",
-    "open_interest_usd",
-    "long_short_ratio",
-    "zscore",
-    "momentum",
-    "acceleration",
-    "edge_side",
-    "edge_bp",
-    "anchor_strength",
-    "anchor_difference",
-    "oi_change_1h",
-    "oi_change_4h",
-    "volatility_1h",
-    "volatility_4h",
-)
-_read_fields = attrgetter(*_FIELDS)
-_read_liquidations = attrgetter("st.liq_count", "st.liq_notional_usd")
+_read_liquidations = attrgetter("liq_count", "liq_notional_usd")
 _LONG, _SHORT = Side.LONG, Side.SHORT
 _compacted = attrgetter("compacted")
 _OIW_NAMES = ("base",)
@@ -115,20 +90,21 @@ class _Column:
         return out
 
 
-def _floats(values: Iterable[Any]) -> list[float]:
-    """The values as new float objects, allocated one after the other (``x * 1.0`` keeps -0.0 and
-    turns an int into a float; ``float()`` then turns a numpy scalar into a plain float). A view's
-    floats lie between its other values: at 8,000 instruments one field's 8,000 floats spread over
-    the views' ~4 MB, a cache line each, read again by the renderer and once more when freed. The
-    copies are side by side, so those passes read a sixth of the lines."""
-    return list(map(float, map(mul, values, repeat(1.0))))
+def _present(spec: Spec, col: _Column, values: np.ndarray) -> Family:
+    """The family of one optional value (a column, NaN where absent): only the instruments that have
+    it. ``tolist()`` makes the values' float objects one after the other, so the renderer reads
+    them from contiguous memory (at 8,000 instruments a view's floats, spread among its other
+    values, were a cache line each)."""
+    mask = ~np.isnan(values)
+    keep = mask.tolist()
+    return Family.masked(spec, col.labels, keep, values[mask].tolist(), list(compress(col.texts, keep)))
 
 
-def _present(spec: Spec, col: _Column, values: Sequence[Any]) -> Family:
-    """The family of one optional value: only the instruments that have it (all in C: no Python
-    step per instrument)."""
-    mask = list(map(is_not, values, repeat(None)))
-    return Family.masked(spec, col.labels, mask, _floats(compress(values, mask)), list(compress(col.texts, mask)))
+def _pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The two columns interleaved (a0, b0, a1, b1, ...): an instrument's two series side by side."""
+    out = np.empty(2 * len(a), dtype=np.float64)
+    out[0::2], out[1::2] = a, b
+    return out
 
 
 def _interleave(a: Sequence[Any], b: Sequence[Any]) -> list[Any]:
@@ -225,59 +201,45 @@ class MarketCollector:
         hit = self._labels[st.key] = InstrumentLabels(info)
         return hit
 
-    def _columns_of(self, views: Sequence[InstrumentView]) -> _Columns:
-        infos = [v.st.info for v in views]
+    def _columns_of(self, table: ViewTable) -> _Columns:
+        infos = table.infos
         if infos == self._columns.infos:  # identity first: the same objects compare in C, no __eq__ call
             return self._columns
         labels_of = self.labels_of
-        cols = self._columns = _Columns(infos, [labels_of(v.st) for v in views])
+        cols = self._columns = _Columns(infos, [labels_of(st) for st in table.states])
         self._calls += 1
-        if self._calls % 100 == 0 or len(self._labels) > len(views) + 64:
+        if self._calls % 100 == 0 or len(self._labels) > len(table) + 64:
             # Instruments delisted from state: drop their cached labels (bounded memory).
-            live = {v.st.key for v in views}
+            live = {st.key for st in table.states}
             for k in [k for k in list(self._labels) if k not in live]:  # list(): other scrapes may insert
                 self._labels.pop(k, None)
         return cols
 
-    def families(self, views: Sequence[InstrumentView] | None = None) -> list[Family]:
+    def families(self, views: ViewTable | Sequence[InstrumentView] | None = None) -> list[Family]:
         if views is None:
-            views = self.views.current_views()
-        lc = self._columns_of(views)
-        # Every field of every view read in one pass, then one column per family: the views (1.9 MB
-        # at 8,000 instruments) are walked once instead of once per family, and each family's step
-        # runs in C over a column of its own. Values must be floats for the renderer's repr() fast
-        # path (map(float)).
-        if views:
-            cols = dict(zip(_FIELDS, zip(*map(_read_fields, views), strict=True), strict=True))
+            table = self.views.current_table()
+        elif isinstance(views, ViewTable):
+            table = views
         else:
-            cols = {f: () for f in _FIELDS}
+            table = ViewTable.from_views(views)
+        lc = self._columns_of(table)
+        # Each family from its column of the scrape's views (a float array, NaN where absent): a
+        # mask, the present values and their label texts, all in C. The values derived from the
+        # funding rate are absent with it (a stale rate), so no subset is needed for them.
+        cols = table.cols
         base = lc.base
-        # the values derived from the funding rate are shown only with a fresh rate
-        fresh_mask = list(map(is_not, cols["funding_rate"], repeat(None)))
-        if all(fresh_mask):
-            fresh_base, fresh_methods = base, lc.methods
-
-            def fresh(field: str) -> Sequence[Any]:
-                return cols[field]
-        else:
-            fresh_base = base.subset(fresh_mask)
-            fresh_methods = lc.methods.subset(_interleave(fresh_mask, fresh_mask))
-
-            def fresh(field: str) -> Sequence[Any]:
-                return list(compress(cols[field], fresh_mask))
-
         fams: list[Family] = []
 
         def add(fam: Family) -> None:
             fams.append(fam)
             yield_gil()  # a family's worth of work (~1-3 ms at 8,000 instruments) between two yields
 
-        add(_present(self.s_rate, fresh_base, fresh("funding_rate")))
-        interval = [x or None for x in cols["funding_interval_s"]]  # unknown (None) or 0: no series
-        add(_present(self.s_interval, base, interval))
-        for spec, field in ((self.s_ann, "funding_rate_annualized"), (self.s_next, "next_funding_timestamp")):
-            add(_present(spec, fresh_base, fresh(field)))
+        add(_present(self.s_rate, base, cols["funding_rate"]))
+        interval = cols["funding_interval_s"]
+        add(_present(self.s_interval, base, np.where(interval == 0.0, np.nan, interval)))  # unknown or 0: none
         for spec, field in (
+            (self.s_ann, "funding_rate_annualized"),
+            (self.s_next, "next_funding_timestamp"),
             (self.s_cap, "funding_cap"),
             (self.s_floor, "funding_floor"),
             (self.s_mark, "mark_price"),
@@ -285,34 +247,28 @@ class MarketCollector:
             (self.s_premium, "premium_ratio"),
             (self.s_oi, "open_interest_usd"),
             (self.s_ls, "long_short_ratio"),
+            (self.s_z, "zscore"),
+            (self.s_mom, "momentum"),
+            (self.s_acc, "acceleration"),
         ):
             add(_present(spec, base, cols[field]))
-        for spec, field in ((self.s_z, "zscore"), (self.s_mom, "momentum"), (self.s_acc, "acceleration")):
-            add(_present(spec, fresh_base, fresh(field)))
         # the receiving side's label set of each instrument with an edge: long, short side by side
         # in lc.sides (an edge exists only with a fresh rate)
-        side_col, edge_col = cols["edge_side"], cols["edge_bp"]
-        edge_mask = [x is not None and bool(side) for side, x in zip(side_col, edge_col, strict=True)]
-        chosen = list(
-            chain.from_iterable(
-                (m and side != "short", m and side == "short") for m, side in zip(edge_mask, side_col, strict=True)
-            )
-        )
+        edge = cols["edge_bp"]
+        has_edge = ~np.isnan(edge)
+        short = table.short
+        chosen = _pairs(has_edge & ~short, has_edge & short).astype(bool).tolist()
         add(
             Family.masked(
-                self.s_edge,
-                lc.sides.labels,
-                chosen,
-                _floats(compress(edge_col, edge_mask)),
-                list(compress(lc.sides.texts, chosen)),
+                self.s_edge, lc.sides.labels, chosen, edge[has_edge].tolist(), list(compress(lc.sides.texts, chosen))
             )
         )
-        add(_present(self.s_anchor, fresh_methods, _interleave(fresh("anchor_strength"), fresh("anchor_difference"))))
-        add(_present(self.s_oi_change, lc.windows, _interleave(cols["oi_change_1h"], cols["oi_change_4h"])))
-        add(_present(self.s_vol, lc.windows, _interleave(cols["volatility_1h"], cols["volatility_4h"])))
+        add(_present(self.s_anchor, lc.methods, _pairs(cols["anchor_strength"], cols["anchor_difference"])))
+        add(_present(self.s_oi_change, lc.windows, _pairs(cols["oi_change_1h"], cols["oi_change_4h"])))
+        add(_present(self.s_vol, lc.windows, _pairs(cols["volatility_1h"], cols["volatility_4h"])))
         # Counters are always present (0 before the first liquidation) so rate() works from the start.
         sides = lc.sides
-        counts = list(map(_read_liquidations, views))
+        counts = list(map(_read_liquidations, table.states))
         liq = [float(c.get(s, 0)) for c, _ in counts for s in (_LONG, _SHORT)]
         add(self.s_liq.family(list(sides.labels), liq, list(sides.texts)))
         liq_usd = [float(n.get(s, 0.0)) for _, n in counts for s in (_LONG, _SHORT)]
@@ -370,10 +326,10 @@ class CrossCollector:
             _compact(list(self._labels.values()))
             self._new = 0
 
-    def families(self, views: Sequence[InstrumentView] | None = None) -> list[Family]:
+    def families(self, views: ViewTable | Sequence[InstrumentView] | None = None) -> list[Family]:
         mv = self.views
         if views is None:
-            views = mv.current_views()
+            views = mv.current_table()
         by_base: dict[str, list[FundingPoint]] = {}
         for p in mv.funding_points(views):
             by_base.setdefault(p.base, []).append(p)

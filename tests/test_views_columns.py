@@ -1,0 +1,143 @@
+"""The scrape's views built in bulk, as columns, against the same views built instrument by instrument.
+
+``MarketViews.table`` reads every instrument's stored values in one copy and applies the view rules
+(staleness, the settled-rate guard, Deribit's 8 h interval, the derived values, non-finite values
+left out and counted) over whole columns; ``MarketViews._views_each`` is the per-instrument path it
+replaced, kept as its fallback. Both must give the same views, value for value (NaN, -0.0 and None
+told apart), the same error counts, and the same exposition byte for byte.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import pytest
+
+from exporter.config import Config
+from exporter.metrics import build_registry
+from exporter.model import EIGHT_HOURS, Exchange, InstrumentInfo, Liquidation, MarketUpdate, Side
+from exporter.state import MarketState
+from exporter.views import InstrumentView, MarketViews, ViewTable
+
+T0 = 1_767_225_600.0
+FIELDS = tuple(InstrumentView.__dataclass_fields__)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = T0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _market(seed: int = 3, per_exchange: int = 40) -> tuple[Clock, MarketState]:
+    """Instruments in every condition a view tells apart: fresh and stale prices, funding and open
+    interest; a settled rate (next funding time in the past); no rate; a 1 h and an unknown interval;
+    a negative rate (longs receive) and a zero one; a published premium without an index; windows full
+    enough for z-scores, anchors, volatility and open-interest changes; and one value that overflows."""
+    rng = random.Random(seed)
+    clock = Clock()
+    state = MarketState(clock=clock)
+    now = clock.t
+    for ex in Exchange:
+        state.register_exchange(ex)
+        for k in range(per_exchange):
+            sym = f"C{k}{ex.value[:2].upper()}"
+            interval = None if k % 9 == 4 else (3600.0 if k % 5 == 0 else EIGHT_HOURS)
+            st = state.register(
+                InstrumentInfo(
+                    ex, sym, f"C{k}", "USDT", funding_interval_s=interval, funding_cap=0.003 if k % 2 else None
+                )
+            )
+            step = interval or EIGHT_HOURS
+            state.add_settlements(
+                st, [(now - (i + 1) * step, rng.gauss(1e-4, 5e-5)) for i in range(30 if k % 6 else 2)]
+            )
+            st.anchor_samples.extend(
+                (now - (400 - i) * 60.0, rng.gauss(1e-4, 2e-5), rng.gauss(0, 5e-4))
+                for i in range(0 if k % 7 == 3 else 400)
+            )
+            st.oi_samples.extend((now - (250 - i) * 60.0, 1e8 * (1 + 0.001 * i)) for i in range(250))
+            px = 10 ** rng.uniform(-2, 4)
+            st.mark_minutes.extend(
+                (math.floor(now / 60) * 60 - (250 - i) * 60.0, px * (1 + rng.gauss(0, 1e-3))) for i in range(250)
+            )
+            rate = (-1 if k % 4 == 1 else 1) * rng.uniform(0, 3e-4) if k % 10 != 7 else 0.0
+            received = now - (1000.0 if k % 8 == 2 else 1.0)  # some stale
+            state.apply(
+                MarketUpdate(
+                    ex,
+                    sym,
+                    mark_price=px,
+                    index_price=None if k % 11 == 5 else px * (1 + rng.gauss(0, 5e-4)),
+                    premium=rng.gauss(0, 1e-4) if k % 11 == 5 else None,
+                    funding_rate=None if k % 13 == 6 else rate,
+                    next_funding_time=None if ex is Exchange.DERIBIT else now + (-600 if k % 12 == 8 else 600),
+                    open_interest_usd=rng.uniform(1e6, 5e9),
+                ),
+                received,
+            )
+            if k % 3 == 0:
+                st.long_short_ratio, st.ratio_at = rng.uniform(0.5, 2), now - (10.0 if k % 2 else 10_000.0)
+            if k % 5 == 1:
+                st.liq_recent.append(Liquidation(ex, sym, now - 60, Side.LONG, px, 1.0, px))
+                st.liq_count[Side.LONG] += 1
+                st.liq_notional_usd[Side.LONG] += px
+    # an interval so small that the 8 h rate overflows: those values are left out and counted
+    next(iter(state.snapshot())).funding_interval_s = 5e-324
+    return clock, state
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as a reader sees them: None apart from NaN, -0.0 apart from 0.0."""
+    if a is None or b is None:
+        return a is b
+    if isinstance(a, float) or isinstance(b, float):
+        return repr(float(a)) == repr(float(b))
+    return bool(a == b)
+
+
+def _rows(views: list[InstrumentView]) -> list[tuple[Any, ...]]:
+    return [tuple(getattr(v, f) for f in FIELDS) for v in views]
+
+
+def test_bulk_views_equal_the_per_instrument_views_value_for_value() -> None:
+    clock, state = _market()
+    for _ in range(3):  # cached windows and moved time, as between scrapes
+        clock.t += 4.0
+        bulk, each = MarketViews(Config(), state), MarketViews(Config(), state)
+        got = bulk.table().views()
+        want = each._views_each(state.snapshot(), clock.t)
+        assert len(got) == len(want) == len(state.instruments)
+        for g, w in zip(_rows(got), _rows(want), strict=True):
+            bad = [(f, x, y) for f, x, y in zip(FIELDS, g, w, strict=True) if f != "st" and not _same(x, y)]
+            assert not bad, (g[0], bad)
+            assert g[0] is w[0]
+        assert bulk.errors.snapshot() == each.errors.snapshot() == {"market": 1}
+    # what the conditions above must have produced, so that the comparison covers them
+    assert {v.stale for v in want} == {True, False}
+    assert {v.edge_side for v in want} == {"long", "short", None}
+    for f in ("zscore", "anchor_strength", "anchor_difference", "oi_change_1h", "volatility_4h", "long_short_ratio"):
+        assert {getattr(v, f) is None for v in want} == {True, False}, f
+
+
+def test_bulk_render_equals_the_per_instrument_render_byte_for_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, state = _market(seed=5)
+    body = build_registry(Config(), state, process=False).render()
+    assert body.count(b"\n") > 2000
+    # the same registry built instrument by instrument: the bulk path made to fail
+    monkeypatch.setattr(MarketViews, "_table_bulk", lambda *_: 1 / 0)
+    assert build_registry(Config(), state, process=False).render() == body
+
+
+def test_a_table_from_views_gives_back_the_same_views() -> None:
+    clock, state = _market(seed=7, per_exchange=10)
+    views = MarketViews(Config(), state)._views_each(state.snapshot(), clock.t)
+    table = ViewTable.from_views(views)
+    assert len(table) == len(views)
+    table._views = None  # built again from the columns
+    for g, w in zip(_rows(table.views()), _rows(views), strict=True):
+        assert all(_same(x, y) for f, x, y in zip(FIELDS, g, w, strict=True) if f != "st"), (g, w)
