@@ -445,6 +445,24 @@ class SidecarConfig(_Model):
 # ---------------------------------------------------------------------------------------------
 
 
+# recording.level: the ranges zstd and gzip take (zstd: ZSTD_minCLevel()..ZSTD_maxCLevel(); a negative
+# level is faster and writes larger files), and the defaults, chosen by bench/bench_recording.py
+# --levels on frames as the exchanges send them (docs/recording.md "Which zstd level")
+ZSTD_LEVELS = (-131072, 22)
+GZIP_LEVELS = (0, 9)
+RECORDING_ZSTD_LEVEL = -3
+RECORDING_GZIP_LEVEL = 1
+
+
+def recording_compression(compression: str) -> str:
+    """``auto`` resolved: zstd when the zstandard package is installed (a third of gzip's CPU), else gzip."""
+    if compression == "auto":
+        import importlib.util
+
+        return "zstd" if importlib.util.find_spec("zstandard") is not None else "gzip"
+    return compression
+
+
 class RecordingConfig(_Model):
     """Raw frame recording (off unless ``dir`` is set): docs/recording.md."""
 
@@ -454,13 +472,20 @@ class RecordingConfig(_Model):
     # auto: zstd when the zstandard package is installed (a third of gzip's CPU), else gzip
     compression: Literal["auto", "gzip", "zstd"] = "auto"
     queue_size: int = Field(100_000, gt=0)  # frames waiting for the writer; beyond: dropped and counted
-    # compression level (zstd -131072..22, gzip 1..9); None: level 1 tuned for speed (docs/recording.md)
-    level: int | None = Field(None, ge=-131072, le=22)
+    # compression level; unset: RECORDING_ZSTD_LEVEL (-3) with zstd, RECORDING_GZIP_LEVEL (1) with gzip,
+    # filled in at validation (docs/recording.md: CPU and disk of each level)
+    level: int | None = None
 
     @model_validator(mode="after")
-    def _gzip_level(self) -> RecordingConfig:
-        if self.compression == "gzip" and self.level is not None and not 0 <= self.level <= 9:
-            raise ValueError(f"recording.level {self.level}: gzip takes 0..9")
+    def _level(self) -> RecordingConfig:
+        compression = recording_compression(self.compression)
+        if self.level is None:
+            self.level = RECORDING_ZSTD_LEVEL if compression == "zstd" else RECORDING_GZIP_LEVEL
+            return self
+        lo, hi = ZSTD_LEVELS if compression == "zstd" else GZIP_LEVELS
+        if not lo <= self.level <= hi:
+            hint = " (negative levels: faster, larger files)" if compression == "zstd" else ""
+            raise ValueError(f"recording.level {self.level}: {compression} takes {lo}..{hi}{hint}")
         return self
 
 

@@ -185,7 +185,7 @@ async def test_signed_calls_are_never_recorded(tmp_path: Path) -> None:
         assert secret_key.encode() not in raw and b"position" not in raw
 
 
-@pytest.mark.parametrize("level", [None, 1, -5])  # None: level 1 with the smaller match table
+@pytest.mark.parametrize("level", [None, 1, -5])  # None: the default (-3); 1 with the smaller match table
 def test_zstd_files_read_the_same(tmp_path: Path, level: int | None) -> None:
     rec = Recorder(tmp_path, compression="zstd", level=level)
     rec.start()
@@ -213,7 +213,8 @@ def test_the_configured_level_reaches_the_recorder(tmp_path: Path) -> None:
     config = Config.model_validate({"recording": {"dir": str(tmp_path), "compression": "zstd", "level": -3}})
     recorder = Exporter(config).recorder
     assert recorder is not None and (recorder.compression, recorder.level) == ("zstd", -3)
-    assert Exporter(Config.model_validate({"recording": {"dir": str(tmp_path)}})).recorder.level is None  # type: ignore[union-attr]
+    gz = Config.model_validate({"recording": {"dir": str(tmp_path), "compression": "gzip", "level": 6}})
+    assert Exporter(gz).recorder.level == 6  # type: ignore[union-attr]
 
 
 async def test_failed_calls_are_recorded_without_body_and_replay_counts_them_as_live(tmp_path: Path) -> None:
