@@ -30,9 +30,10 @@ from exporter.metrics.positions import PositionCollector
 from exporter.model import AnchorBackfill, Candle, Exchange, HistoryBackfill, InstrumentInfo, base_of
 from exporter.positions.service import PositionService
 from exporter.recording import Recorder
-from exporter.rest.client import RequestBudget, RestClient, RestError, RestPolicy, budget_share
-from exporter.rest.endpoints import CandleKind, ExchangeRest, rest_api_for
+from exporter.rest.client import REQUEST_LANE, RequestBudget, RestClient, RestError, RestPolicy, budget_share
+from exporter.rest.endpoints import LONG_SHORT_RATIO, OPEN_INTEREST, CandleKind, ExchangeRest, rest_api_for
 from exporter.rest.history_store import CandleStore
+from exporter.rest.split import PollDemand, PollShare, describe, split
 from exporter.shard import Coverage, Shard, left_out_by_limit
 from exporter.sink import RecordSink
 from exporter.state import InstrumentState, MarketState
@@ -101,6 +102,8 @@ class ExchangeRuntime:
     streams: dict[WsPlan, asyncio.Task[None]] = field(default_factory=dict)
     futures: list[InstrumentInfo] = field(default_factory=list)  # dated futures followed (term structure)
     candles: CandleStore | None = None  # during the start-up's backfills: their shared candle reads
+    budget_split: list[PollShare] = field(default_factory=list)  # the pollers' guaranteed shares (rest/split.py)
+    stale_configured: dict[str, float] = field(default_factory=dict)  # staleness limits before any followed a round
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,11 @@ class Poller:
     name: str
     period_s: float
     job: Callable[[], Awaitable[None]]
+    lane: str | None = None  # its guaranteed share of the budget (the split); None: the common share
+
+
+# per-instrument pollers: lane (endpoint label) -> the staleness limit of the series each refreshes
+POLLED_SERIES = {OPEN_INTEREST: "open_interest_seconds", LONG_SHORT_RATIO: "long_short_ratio_seconds"}
 
 
 def fallback_instrument(exchange: Exchange, instrument: str) -> InstrumentInfo:
@@ -436,8 +444,41 @@ class Exporter:
         # The parsers filter all-symbol streams (Binance !forceOrder@arr) by this mapping: followed only.
         rt.ctx.instruments = {i.instrument: i for i in (*chosen, *rt.futures)}
         self._record_followed(rt)
+        self._split_budget(rt)
         if not chosen:
             log.error("%s: no instrument to follow", rt.exchange)
+
+    def _poll_demands(self, rt: ExchangeRuntime) -> list[PollDemand]:
+        """What the per-instrument pollers ask of the budget at their configured periods."""
+        poll, stale = rt.cfg.poll, rt.cfg.stale
+        periods = {OPEN_INTEREST: poll.open_interest_seconds, LONG_SHORT_RATIO: poll.long_short_ratio_seconds}
+        polled = {OPEN_INTEREST: rt.rest.polls_open_interest, LONG_SHORT_RATIO: rt.rest.has_long_short_ratio}
+        limits = LIMITS[rt.exchange]
+        out = []
+        for lane, path in rt.rest.poll_paths.items():
+            if polled.get(lane):
+                field_ = POLLED_SERIES[lane]
+                limit = rt.stale_configured.setdefault(field_, getattr(stale, field_))
+                out.append(PollDemand(lane, len(rt.instruments), periods[lane], limit, limits.cost(path)))
+        return out
+
+    def _split_budget(self, rt: ExchangeRuntime) -> None:
+        """Guarantee each poller its share of the exchange's budget for the instruments followed (the
+        backfills take the rest: exporter/rest/split.py); where a round is stretched beyond its series'
+        staleness limit, the limit follows it. Logged when it changes (at start, then with the count)."""
+        budget = rt.client.budget
+        demands = self._poll_demands(rt)
+        buckets = {b for d in demands for b, _ in d.weights}
+        rates = {b: budget.rate(b) for b in sorted(buckets)}
+        shares = split(rates, demands)
+        if shares == rt.budget_split:
+            return
+        for s in shares:
+            budget.guarantee(s.demand.poller, s.guaranteed)
+            setattr(rt.cfg.stale, POLLED_SERIES[s.demand.poller], s.stale_s)
+        rt.budget_split = shares
+        if shares:
+            log.info("%s", describe(rt.exchange.value, rates, shares))
 
     async def _load_futures(self, rt: ExchangeRuntime) -> None:
         """The dated futures of the configured bases (term structure); a failed read keeps the last list."""
@@ -663,6 +704,7 @@ class Exporter:
                     f"{ex} open interest",
                     poll.open_interest_seconds,
                     lambda: self._per_instrument(rt, rt.rest.open_interest),
+                    OPEN_INTEREST,
                 )
             )
         if rt.rest.has_long_short_ratio:
@@ -671,6 +713,7 @@ class Exporter:
                     f"{ex} long/short ratio",
                     poll.long_short_ratio_seconds,
                     lambda: self._per_instrument(rt, rt.rest.long_short_ratio),
+                    LONG_SHORT_RATIO,
                 )
             )
         if rt.rest.has_insurance_fund and self.shard.exchange_wide:  # one shard publishes exchange-wide series
@@ -679,7 +722,7 @@ class Exporter:
 
     def _start_pollers(self, rt: ExchangeRuntime) -> None:
         for p in self.pollers(rt):
-            self._spawn(self._every(p.period_s, p.job, p.name), f"poll {p.name}")
+            self._spawn(self._every(p.period_s, p.job, p.name, p.lane), f"poll {p.name}")
         self._spawn(self._refresh_instruments(rt), f"poll-{rt.exchange}-instruments")
         if rt.cfg.futures.enabled:
             self._spawn(self._refresh_futures(rt), f"poll-{rt.exchange}-futures")
@@ -692,7 +735,11 @@ class Exporter:
         sent, server, received = await rt.rest.server_time()
         self.sink.exchange_clock(rt.exchange).sample(sent, server, received)
 
-    async def _every(self, period: float, job: Callable[[], Awaitable[None]], what: str) -> None:
+    async def _every(
+        self, period: float, job: Callable[[], Awaitable[None]], what: str, lane: str | None = None
+    ) -> None:
+        # this task's requests (and those of the tasks its rounds start) are served from the lane's share
+        REQUEST_LANE.set(lane)
         while True:
             started = self.clock.monotonic()
             try:
@@ -759,12 +806,16 @@ class Exporter:
 
     def _build_registry(self) -> Any:
         from exporter.metrics import build_registry
+        from exporter.metrics.budget import BudgetCollector
         from exporter.metrics.shard import ShardCollector
 
         registry = build_registry(
             self.config,
             self.state,
-            extra_collectors=[ShardCollector(self.shard, lambda: dict(self.coverage))],
+            extra_collectors=[
+                ShardCollector(self.shard, lambda: dict(self.coverage)),
+                BudgetCollector(self._budget_splits),
+            ],
             recording=self.recorder.snapshot if self.recorder is not None else None,
         )
         # an invalid position that is the only one still starts the service: it reports and counts it
@@ -778,6 +829,14 @@ class Exporter:
             else:
                 registry.register(PositionCollector(self.positions, self.config.position_settings.stress_period_days))
         return registry
+
+    def _budget_splits(self) -> dict[Exchange, tuple[list[PollShare], dict[str, float]]]:
+        """Per exchange: its pollers' guaranteed shares and its budget's rate in each bucket they use."""
+        out = {}
+        for ex, rt in self.runtimes.items():
+            buckets = {b for s in rt.budget_split for b in s.guaranteed}
+            out[ex] = (rt.budget_split, {b: rt.client.budget.rate(b) for b in buckets})
+        return out
 
     def _shard_config(self) -> Config:
         """The configuration with only the positions whose base this shard follows."""

@@ -10,6 +10,7 @@ import contextlib
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from support import wait_until
 
 from exporter.app import Exporter
@@ -18,7 +19,7 @@ from exporter.config import Config
 from exporter.feeds import history as H
 from exporter.limits import LIMITS
 from exporter.model import Candle, Exchange
-from exporter.rest.client import RequestBudget, RestError
+from exporter.rest.client import REQUEST_LANE, RequestBudget, RestError
 from exporter.rest.history_store import CandleStore
 from exporter.sim import main as sim_main
 from exporter.sim import server as sim_server
@@ -77,6 +78,89 @@ def test_a_heavier_request_is_not_overtaken_forever_by_lighter_ones() -> None:
     assert pages >= 0.8 * polls
     # a funding-history call waits in its own slow bucket (500 per 5 min) without holding up the weight bucket
     assert funding == pytest.approx(allowed(500, 300), abs=2)
+
+
+async def _lane_caller(budget: RequestBudget, path: str, lane: str | None, until: float, done: dict[str, int]) -> None:
+    REQUEST_LANE.set(lane)  # this task's requests are the lane's
+    key = lane or path
+    while budget._now() < until:
+        await budget.acquire(path)
+        done[key] = done.get(key, 0) + 1
+
+
+def _contend(guarantee: float | None, others: bool = True) -> dict[str, int]:
+    """300 s of Binance's weight bucket at the default share: four open-interest callers in the lane
+    ``open_interest`` (guaranteed ``guarantee`` weight/s), and unless ``others`` is False four candle
+    callers (weight 2) and four open-interest callers outside the lane."""
+    clock = VirtualClock(1000.0)
+    budget = RequestBudget(LIMITS[Exchange.BINANCE], 0.5, now=clock.monotonic, sleep=clock.sleep)
+    if guarantee is not None:
+        budget.guarantee("open_interest", {"weight": guarantee})
+    done: dict[str, int] = {}
+    callers = [("/fapi/v1/openInterest", "open_interest")]
+    if others:
+        callers += [("/fapi/v1/markPriceKlines", None), ("/fapi/v1/openInterest", None)]
+
+    async def main() -> None:
+        tasks = [
+            asyncio.ensure_future(_lane_caller(budget, path, lane, 1300.0, done))
+            for path, lane in callers
+            for _ in range(4)
+        ]
+        await clock.sleep(300.0)
+        await asyncio.sleep(0)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(_run_until(clock, main()))
+    return done
+
+
+def test_a_guaranteed_lane_gets_its_rate_and_the_turns_share_the_rest() -> None:
+    budget = RequestBudget(LIMITS[Exchange.BINANCE], 0.5)
+    rate = budget.rate("weight")
+    window = 0.1 * 1200 + rate * 300  # the burst (a tenth of the share) and 300 s of refill
+    lane = _contend(8.0)
+    assert lane["open_interest"] >= 0.98 * 8.0 * 300  # at least its guarantee, whatever else waits
+    used = lane["open_interest"] + 2 * lane["/fapi/v1/markPriceKlines"] + lane["/fapi/v1/openInterest"]
+    assert 0.95 * window <= used <= window + 1  # the one pool: never above the budget, nothing idle
+    # the others share what is left by turns: the candle pages are not starved
+    assert lane["/fapi/v1/markPriceKlines"] >= 0.8 * lane["/fapi/v1/openInterest"] > 0
+    # without the guarantee, the same callers by turns alone: the lane gets far less than 8/s
+    turns = _contend(None)
+    assert turns["open_interest"] < 0.75 * 8.0 * 300
+    # and a lane alone takes the whole bucket, not only its guarantee
+    alone = _contend(8.0, others=False)
+    assert alone["open_interest"] >= 0.95 * window
+
+
+def test_guarantees_cannot_promise_more_than_the_bucket() -> None:
+    budget = RequestBudget(LIMITS[Exchange.BINANCE], 0.5)
+    half = budget.rate("weight") / 2
+    budget.guarantee("a", {"weight": half})
+    budget.guarantee("b", {"weight": half})
+    with pytest.raises(ValueError, match="weight"):
+        budget.guarantee("c", {"weight": 0.1})
+    budget.guarantee("b", {})  # withdrawn: room again
+    budget.guarantee("c", {"weight": half})
+    assert (budget.guaranteed("b", "weight"), budget.guaranteed("c", "weight")) == (0.0, half)
+
+
+async def test_a_cancelled_request_hands_its_turn_on() -> None:
+    clock = VirtualClock(1000.0)
+    budget = RequestBudget(LIMITS[Exchange.BINANCE], 0.5, now=clock.monotonic, sleep=clock.sleep)
+    for _ in range(25):  # the funding bucket's burst (a tenth of 250) spent: the next call waits
+        await budget.acquire("/fapi/v1/fundingRate")
+    first = asyncio.ensure_future(budget.acquire("/fapi/v1/fundingRate"))
+    second = asyncio.ensure_future(budget.acquire("/fapi/v1/fundingRate"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    first.cancel()  # it holds the bucket's turn, waiting for tokens
+    await asyncio.gather(first, return_exceptions=True)
+    await clock.advance_async(10.0)
+    await asyncio.wait_for(second, 5)
+    assert first.cancelled() and budget.requests == 26
 
 
 def _config(sim: sim_main.Simulator, n: int, oi_poll_s: float) -> Config:
@@ -286,3 +370,123 @@ async def test_a_failed_shared_read_fails_its_readers_and_a_later_one_reads_anew
     assert store.holding() == 11  # one planned reader still to come
     store.clear()
     assert store.holding() == 0
+
+
+# ---- the pollers' guaranteed share while the backfill runs (2,000 Binance instruments) -------------
+
+
+@pytest.mark.slow(seconds=12)
+@pytest.mark.timeout(240)
+async def test_open_interest_never_goes_stale_at_2000_binance_instruments_while_the_backfill_runs() -> None:
+    """2,000 Binance instruments at the default share, scaled: 40 instruments at a fiftieth of it (0.01
+    of each limit), the same requests per unit of budget. The open-interest poller asks 3.7 times the
+    weight bucket (2,000 every 30 s of 17.8 weight/s) while the funding-history backfill runs for about
+    50 minutes: with the bucket served only by turns, an open-interest round lasted longer than the
+    series' 300 s staleness limit. Every gap between two values of an instrument's open interest (and
+    from the start to its first) is measured in virtual seconds, and the backfill must still complete
+    without one refused request."""
+    n, share = 40, 0.01
+    clock = VirtualClock(START)
+    sim = sim_main.Simulator(
+        seed=7,
+        base_port=0,
+        tick_seconds=5.0,
+        instruments_per_exchange=n,
+        exchanges=(Exchange.BINANCE,),
+        options=sim_server.SimOptions(okx_funding_push_s=30.0),
+        clock=clock,
+    )
+    limiter = sim.servers[Exchange.BINANCE].limiter
+    assert limiter is not None
+    limiter.clock = clock.monotonic
+    await sim.start()
+    # prices and funding never go stale between the steps; open interest keeps its default limit
+    stale = {"price_seconds": 86400, "funding_seconds": 86400}
+    exchanges = sim.exporter_exchanges(n, futures={"enabled": False}, stale=stale)
+    cfg = Config.model_validate(
+        {"listen_address": "127.0.0.1:0", "exchanges": exchanges, "rest_budget": {"fraction": share}}
+    )
+    limit = cfg.exchanges[Exchange.BINANCE].stale.open_interest_seconds
+    assert limit == 300.0 and cfg.exchanges[Exchange.BINANCE].poll.open_interest_seconds == 30.0
+    exporter = Exporter(cfg, clock=clock, budget_clock=clock, serve=False, startup_budget_s=0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(exporter.run(stop))
+    answered = [0]
+
+    def answer(*_: object) -> None:
+        answered[0] += 1
+
+    last: dict[str, float] = {}  # instrument -> when its open interest last arrived (START before any)
+    gaps: dict[str, float] = {}  # instrument -> the longest time without a new value
+
+    def watch() -> None:
+        now = clock.time()
+        for (ex, inst), st in exporter.state.instruments.items():
+            if ex is not Exchange.BINANCE:
+                continue
+            at = st.oi_at
+            prev = last.get(inst, START)
+            if at > prev:
+                gaps[inst] = max(gaps.get(inst, 0.0), at - prev)
+                last[inst] = prev = at
+            gaps[inst] = max(gaps.get(inst, 0.0), now - prev)
+
+    def complete() -> bool:
+        sts = [st for (ex, _), st in exporter.state.instruments.items() if ex is Exchange.BINANCE]
+        return len(sts) == n and all(
+            len(st.settlements) >= 20
+            and len(st.anchor_samples) >= 300
+            and len(st.mark_minutes) >= 200
+            and len(st.oi_samples) >= 40
+            for st in sts
+        )
+
+    def sent() -> int:
+        return sum(h.requests for (ex, _), h in exporter.state.rest.items() if ex is Exchange.BINANCE)
+
+    try:
+        await wait_until(lambda: Exchange.BINANCE in exporter.runtimes, 10, 0.001)
+        client = exporter.runtimes[Exchange.BINANCE].client
+        client.recorder = answer
+        client.failure_recorder = answer
+        while not complete() and clock.time() < START + 4500:
+            # time moves only once every request sent is answered and its answer applied
+            await wait_until(lambda: answered[0] >= sent(), 10, 0.0)
+            for _ in range(5):
+                await asyncio.sleep(0)
+            watch()
+            nxt = clock.next_deadline()
+            await clock.advance_async(min(1.0, max(0.0, nxt - clock.time())) if nxt is not None else 1.0)
+        took = clock.time() - START
+        watch()
+        assert complete(), f"the backfill was not complete after {took:.0f} virtual seconds"
+        assert took > 1800  # the funding history's pace: the pollers ran beside it for most of an hour
+        worst = max(gaps.values())
+        late = sorted(i for i, g in gaps.items() if g > limit)
+        assert len(gaps) == n and not late, f"{len(late)} instrument(s) without open interest for up to {worst:.0f} s"
+        await wait_until(lambda: answered[0] >= sent(), 10, 0.001)
+        assert (limiter.refused, limiter.banned) == (0, 0) and limiter.accepted >= sent()
+        # the split is published: the open-interest round as the guarantee allows it (within 0.9 of the
+        # limit, which stays), the long/short round stretched and its staleness limit following it
+        text = exporter.registry.render(names={"fr_rest_poll_period_seconds", "fr_rest_poll_budget_ratio"}).decode()
+        got = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+        }
+        ex = ("exchange", "binance")
+        oi_period = got[("fr_rest_poll_period_seconds", (ex, ("poller", "open_interest")))]
+        oi_share = got[("fr_rest_poll_budget_ratio", (("bucket", "weight"), ex, ("poller", "open_interest")))]
+        ls_period = got[("fr_rest_poll_period_seconds", (ex, ("poller", "long_short_ratio")))]
+        budget = exporter.runtimes[Exchange.BINANCE].client.budget
+        # n requests of weight 1 at the guaranteed part of the weight bucket's rate make one round
+        assert oi_period == pytest.approx(n / (oi_share * budget.rate("weight")))
+        assert 30.0 < oi_period <= 0.9 * limit and worst <= oi_period + 30.0
+        stale = exporter.config.exchanges[Exchange.BINANCE].stale
+        assert stale.open_interest_seconds == limit
+        assert ls_period > 0.9 * 1800.0 and stale.long_short_ratio_seconds == pytest.approx(ls_period / 0.9)
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(task, 15)
+        await sim.stop()

@@ -801,6 +801,33 @@ INSTRUMENTS_FOLLOWED = _def(
     "listed when `max_instruments` cuts (the instruments left out are logged once).",
 )
 
+POLL_PERIOD = _def(
+    "fr_rest_poll_period_seconds",
+    "gauge",
+    "health",
+    ("exchange", "poller"),
+    "seconds",
+    "Effective period of a per-instrument REST poller: the configured one, or the round its guaranteed "
+    "share of the exchange's request budget allows when that is longer (the longest a round can take).",
+    "Effective period of a per-instrument poller (`poller`: `open_interest`, `long_short_ratio`): the "
+    "configured `poll` period, or, where the instruments followed ask more than the pollers' half of a "
+    "budget bucket, the round the poller's guaranteed share allows (a bound: rounds are shorter whenever "
+    "the backfills leave room). Where it exceeds 0.9 of the series' staleness limit, the limit follows it. "
+    "See `docs/rate-limits.md`.",
+)
+POLL_BUDGET_SHARE = _def(
+    "fr_rest_poll_budget_ratio",
+    "gauge",
+    "health",
+    ("exchange", "poller", "bucket"),
+    "ratio",
+    "Part of the exchange's REST budget bucket guaranteed to the poller (0-1); the backfills and other "
+    "requests keep the rest, and either side takes what the other leaves.",
+    "Part (0–1) of a request-budget bucket (`bucket` as in `exporter/limits.py`) guaranteed to the poller; "
+    "the pollers together are guaranteed at most half of any bucket, the backfills and refreshes keep the "
+    "rest, and either side takes what the other leaves unused. See `docs/rate-limits.md`.",
+)
+
 # ---- positions and carry ----------------------------------------------------------------------
 
 LIQUIDATION_PRICE = _def(

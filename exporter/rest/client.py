@@ -21,7 +21,8 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 import httpx
@@ -99,19 +100,54 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
 DEFAULT_SHARE = 0.5  # of each published limit: room for other users of the IP and for limits that shrank
 
+# The guaranteed share a request is served from: a poller's task sets its lane (the requests of its
+# round inherit it); None is the common share (backfills, refreshes, account reads).
+REQUEST_LANE: ContextVar[str | None] = ContextVar("fr_request_lane", default=None)
+LANE_BURST_S = 2.0  # a lane's unused guarantee is kept this long at most (its priority burst)
+
+
+@dataclass(slots=True)
+class _Credit:
+    """A lane's guarantee in one bucket: weight per second, and what it has not used yet."""
+
+    rate: float
+    cap: float
+    left: float
+
+
+@dataclass(slots=True)
+class _Waiter:
+    turn: asyncio.Future[None]
+    credit: _Credit | None
+    weight: float
+
+
+@dataclass(slots=True)
+class _Queue:
+    """Whose turn it is to take one bucket's tokens: one request at a time, the others waiting."""
+
+    held: bool = False
+    waiting: list[_Waiter] = field(default_factory=list)
+
 
 class RequestBudget:
     """One exchange's request budget: a token bucket per published limit, refilled at ``share`` of it.
 
     Every request of the exchange waits here first, so the startup backfill, the pollers and the
-    instrument refresh share the budget instead of racing into a 429. Each bucket serves its
-    requests in arrival order, whatever their weight (one FIFO lock per bucket): a weight-2 candle
-    page is not overtaken forever by a stream of weight-1 polls, which is how the factor backfill
-    starved behind Binance's open-interest poller at 500 instruments. A request costing several
-    buckets takes their locks slowest bucket first and waits in each for its tokens, debiting all of
-    them only when it leaves: a funding-history call waits its turn in the 500 per 5 min bucket
-    without holding up the open-interest polls of the weight bucket, and enters that queue only
-    once its slow tokens are there.
+    instrument refresh share the budget instead of racing into a 429. Each bucket serves one request
+    at a time in arrival order, whatever its weight: a weight-2 candle page is not overtaken forever by
+    a stream of weight-1 polls, which is how the factor backfill starved behind Binance's open-interest
+    poller at 500 instruments. A request costing several buckets takes their turns slowest bucket
+    first and waits in each for its tokens, debiting all of them only when it leaves: a funding-history
+    call waits its turn in the 500 per 5 min bucket without holding up the open-interest polls of the
+    weight bucket, and enters that queue only once its slow tokens are there.
+
+    Guarantees (:meth:`guarantee`, the split of exporter/rest/split.py): a lane (a poller, named by
+    :data:`REQUEST_LANE`) is promised a rate in a bucket. Its credit grows at that rate (kept for
+    ``LANE_BURST_S`` at most) and every request of the lane spends it; a waiting request whose lane
+    has credit goes before the others. So a lane gets at least its rate whatever else waits, and the
+    turns by arrival share what is left: nothing reserved is idle (the tokens are one pool), and the
+    window bound below holds as before.
 
     A bucket's burst is a tenth of ``share x limit`` (at least one request: a handful of calls,
     a test, a small exporter never wait) and its refill rate ``(share x limit - burst) / window``: in any window of the
@@ -149,18 +185,47 @@ class RequestBudget:
         self._base = now()  # times below are relative to this: small floats keep their precision
         self._t = 0.0  # time of the last refill
         self._skew = 0.0  # waits slept while the clock stood still (frozen test clocks only)
-        # one FIFO queue per bucket; a request holding several takes them slowest first (a global
-        # order: no two requests wait for each other's locks)
-        self._locks = {b.name: asyncio.Lock() for b in limits.buckets}
+        # one queue per bucket; a request holding several takes them slowest first (a global order:
+        # no two requests wait for each other's turns)
+        self._queues = {b.name: _Queue() for b in limits.buckets}
         rank = {name: i for i, name in enumerate(sorted(self._rate, key=lambda n: (self._rate[n], n)))}
         self._rank = rank
+        self._lanes: dict[str, dict[str, _Credit]] = {}
+        self._heaviest = {b.name: 1.0 for b in limits.buckets}
+        for weights in (*(c.weights for c in limits.costs), limits.default):
+            for name, w in weights:
+                self._heaviest[name] = max(self._heaviest[name], w)
         self.requests = 0
         self.waits = 0  # requests that had to wait
         self.waited_s = 0.0
 
     def rate(self, bucket: str) -> float:
-        """Sustained requests per second this budget allows in ``bucket``."""
+        """Sustained weight per second this budget allows in ``bucket``."""
         return self._rate[bucket]
+
+    def guarantee(self, lane: str, rates: Mapping[str, float]) -> None:
+        """Promise ``lane`` at least ``rates[bucket]`` weight per second in each bucket (replacing what it
+        was promised before; an empty mapping withdraws it). The promises of a bucket together may not
+        exceed its rate."""
+        self._refill()
+        for name, r in rates.items():
+            others = sum(c[name].rate for ln, c in self._lanes.items() if ln != lane and name in c)
+            if r < 0 or others + r > self._rate[name] * (1 + 1e-9):
+                raise ValueError(f"{lane}: {r:.3f}/s of {name} is more than its {self._rate[name] - others:.3f}/s left")
+        old = self._lanes.pop(lane, {})
+        credits: dict[str, _Credit] = {}
+        for name, r in rates.items():
+            if r > 0:
+                cap = max(self._heaviest[name], r * LANE_BURST_S)  # room for any one request
+                left = min(cap, old[name].left) if name in old else cap
+                credits[name] = _Credit(r, cap, left)
+        if credits:
+            self._lanes[lane] = credits
+
+    def guaranteed(self, lane: str, bucket: str) -> float:
+        """Weight per second promised to ``lane`` in ``bucket`` (0 if none)."""
+        c = self._lanes.get(lane, {}).get(bucket)
+        return c.rate if c is not None else 0.0
 
     def _refill(self) -> None:
         t = max(self._now() - self._base + self._skew, self._t)
@@ -169,26 +234,64 @@ class RequestBudget:
         if dt > 0:
             for name, rate in self._rate.items():
                 self._tokens[name] = min(self._cap[name], self._tokens[name] + rate * dt)
+            for credits in self._lanes.values():
+                for c in credits.values():
+                    c.left = min(c.cap, c.left + c.rate * dt)
 
     async def acquire(self, path: str) -> None:
         weights = sorted(self.limits.cost(path), key=lambda bw: self._rank[bw[0]])
-        held: list[asyncio.Lock] = []
+        lane = REQUEST_LANE.get()
+        credits = self._lanes.get(lane, {}) if lane is not None else {}
+        held: list[str] = []
         waited = False
         try:
             for name, w in weights:
-                lock = self._locks[name]
-                await lock.acquire()
-                held.append(lock)
-                # nobody else debits this bucket while we hold its lock: its tokens only grow now
+                await self._take_turn(name, credits.get(name), w)
+                held.append(name)
+                # nobody else debits this bucket while we hold its turn: its tokens only grow now
                 waited = await self._wait_tokens(name, w) or waited
             self._refill()
             for name, w in weights:
                 self._tokens[name] -= w
+                c = credits.get(name)
+                if c is not None:  # the lane's own use counts against its guarantee, however it was served
+                    c.left = max(0.0, c.left - w)
             self.requests += 1
             self.waits += waited
         finally:
-            for lock in reversed(held):
-                lock.release()
+            for name in reversed(held):
+                self._pass_turn(name)
+
+    async def _take_turn(self, name: str, credit: _Credit | None, w: float) -> None:
+        q = self._queues[name]
+        if not q.held:
+            q.held = True
+            return
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), credit, w)
+        q.waiting.append(waiter)
+        try:
+            await waiter.turn
+        except asyncio.CancelledError:
+            if waiter.turn.done() and not waiter.turn.cancelled():
+                self._pass_turn(name)  # the turn was ours already: hand it on
+            elif waiter in q.waiting:
+                q.waiting.remove(waiter)
+            raise
+
+    def _pass_turn(self, name: str) -> None:
+        """The next turn: the longest-waiting request whose lane has credit for it, else the longest-waiting."""
+        q = self._queues[name]
+        q.waiting = [wt for wt in q.waiting if not wt.turn.done()]  # cancelled while waiting
+        if not q.waiting:
+            q.held = False
+            return
+        self._refill()
+        pick = 0
+        for i, wt in enumerate(q.waiting):
+            if wt.credit is not None and wt.credit.left >= wt.weight - 1e-6:
+                pick = i
+                break
+        q.waiting.pop(pick).turn.set_result(None)
 
     async def _wait_tokens(self, name: str, w: float) -> bool:
         """Sleep until ``name`` holds ``w`` tokens; whether any wait was needed."""

@@ -9,7 +9,7 @@ its endpoint and raised as :class:`RestError` -- nothing is applied from it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, Literal, TypeVar
 
@@ -102,6 +102,8 @@ class ExchangeRest:
     # which price histories the exchange publishes (price_candles returns [] for the others)
     candle_kinds: frozenset[str] = frozenset()
     has_open_interest_history = False
+    # the per-instrument pollers' request paths (their cost in the budget split, exporter/rest/split.py)
+    poll_paths: Mapping[str, str] = {}
 
     def __init__(self, client: RestClient, feed: Feed, ctx: FeedContext) -> None:
         self.client = client
@@ -178,6 +180,7 @@ class BinanceRest(ExchangeRest):
     has_insurance_fund = True
     has_funding_info = True
     history_limit = 1000
+    poll_paths = {OPEN_INTEREST: "/fapi/v1/openInterest", LONG_SHORT_RATIO: "/futures/data/globalLongShortAccountRatio"}
 
     async def instruments(self) -> list[InstrumentInfo]:
         body = await self._fetch(INSTRUMENTS, "/fapi/v1/exchangeInfo")
@@ -217,12 +220,12 @@ class BinanceRest(ExchangeRest):
         return self._parse(FUNDING_INFO, lambda: list(parse(body)), body)
 
     async def open_interest(self, instrument: str) -> list[MarketUpdate]:
-        body = await self._fetch(OPEN_INTEREST, "/fapi/v1/openInterest", {"symbol": instrument})
+        body = await self._fetch(OPEN_INTEREST, self.poll_paths[OPEN_INTEREST], {"symbol": instrument})
         return self._parse(OPEN_INTEREST, lambda: self.feed.parse_open_interest(body, self.ctx), body)
 
     async def long_short_ratio(self, instrument: str) -> list[LongShortRatio]:
         params: Params = {"symbol": instrument, "period": "5m", "limit": 1}
-        body = await self._fetch(LONG_SHORT_RATIO, "/futures/data/globalLongShortAccountRatio", params)
+        body = await self._fetch(LONG_SHORT_RATIO, self.poll_paths[LONG_SHORT_RATIO], params)
         return self._parse(LONG_SHORT_RATIO, lambda: self.feed.parse_long_short_ratio(body, self.ctx), body)
 
     async def insurance_fund(self, instruments: Sequence[InstrumentInfo]) -> list[InsuranceFund]:
@@ -298,6 +301,7 @@ class BybitRest(ExchangeRest):
     has_long_short_ratio = True
     has_insurance_fund = True
     history_limit = 200
+    poll_paths = {LONG_SHORT_RATIO: "/v5/market/account-ratio"}
 
     async def instruments(self) -> list[InstrumentInfo]:
         out: list[InstrumentInfo] = []
@@ -353,7 +357,7 @@ class BybitRest(ExchangeRest):
 
     async def long_short_ratio(self, instrument: str) -> list[LongShortRatio]:
         params: Params = {"category": "linear", "symbol": instrument, "period": "5min", "limit": 1}
-        body = await self._fetch(LONG_SHORT_RATIO, "/v5/market/account-ratio", params)
+        body = await self._fetch(LONG_SHORT_RATIO, self.poll_paths[LONG_SHORT_RATIO], params)
         return self._parse(LONG_SHORT_RATIO, lambda: self.feed.parse_long_short_ratio(body, self.ctx), body)
 
     async def insurance_fund(self, instruments: Sequence[InstrumentInfo]) -> list[InsuranceFund]:
@@ -438,6 +442,7 @@ class OkxRest(ExchangeRest):
     has_long_short_ratio = True
     has_insurance_fund = True
     history_limit = 100
+    poll_paths = {LONG_SHORT_RATIO: "/api/v5/rubik/stat/contracts/long-short-account-ratio-contract"}
 
     async def instruments(self) -> list[InstrumentInfo]:
         body = await self._fetch(INSTRUMENTS, "/api/v5/public/instruments", {"instType": "SWAP"})
@@ -468,8 +473,7 @@ class OkxRest(ExchangeRest):
 
     async def long_short_ratio(self, instrument: str) -> list[LongShortRatio]:
         params: Params = {"instId": instrument, "period": "5m", "limit": 1}
-        path = "/api/v5/rubik/stat/contracts/long-short-account-ratio-contract"
-        body = await self._fetch(LONG_SHORT_RATIO, path, params)
+        body = await self._fetch(LONG_SHORT_RATIO, self.poll_paths[LONG_SHORT_RATIO], params)
         parse: Any = self.feed.parse_long_short_ratio  # the body does not name the instrument
         return self._parse(LONG_SHORT_RATIO, lambda: parse(body, self.ctx, instrument=instrument), body)
 

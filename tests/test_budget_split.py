@@ -1,0 +1,82 @@
+"""The split of an exchange's REST budget between its pollers and the backfills (exporter/rest/split.py):
+pure arithmetic on the documented weights, the budget's rates and the instrument count."""
+
+from __future__ import annotations
+
+import pytest
+
+from exporter.limits import LIMITS
+from exporter.model import Exchange
+from exporter.rest.client import RequestBudget
+from exporter.rest.endpoints import BinanceRest, OkxRest
+from exporter.rest.split import POLLERS_CAP, ROUND_FIT, PollDemand, describe, split
+
+
+def _binance(n: int, share: float = 0.5) -> tuple[dict[str, float], list[PollDemand]]:
+    budget = RequestBudget(LIMITS[Exchange.BINANCE], share)
+    rates = {b.name: budget.rate(b.name) for b in LIMITS[Exchange.BINANCE].buckets}
+    cost = LIMITS[Exchange.BINANCE].cost
+    paths = BinanceRest.poll_paths
+    demands = [
+        PollDemand("open_interest", n, 30.0, 300.0, cost(paths["open_interest"])),
+        PollDemand("long_short_ratio", n, 300.0, 1800.0, cost(paths["long_short_ratio"])),
+    ]
+    return rates, demands
+
+
+def _load(shares: list, bucket: str) -> float:
+    return sum(s.guaranteed.get(bucket, 0.0) for s in shares)
+
+
+def test_a_few_instruments_get_what_their_periods_ask() -> None:
+    rates, demands = _binance(40)
+    shares = split(rates, demands)
+    for s, d in zip(shares, demands, strict=True):
+        assert not s.stretched and s.fraction == 1.0
+        assert (s.period_s, s.stale_s) == (d.period_s, d.stale_s)
+        assert s.guaranteed == {b: 40 * w / d.period_s for b, w in d.weights}
+    assert "as configured" in describe("binance", rates, shares)
+
+
+def test_at_2000_binance_instruments_open_interest_fits_its_limit_and_long_short_follows() -> None:
+    rates, demands = _binance(2000)
+    oi, ls = split(rates, demands)
+    for bucket, rate in rates.items():  # the pollers never hold more than their cap of a bucket
+        assert _load([oi, ls], bucket) <= POLLERS_CAP * rate * (1 + 1e-9)
+    # long/short is held by futures_data (1 a request), which it fills; open interest takes the rest of
+    # the pollers' half of the weight bucket, which it fills too
+    assert _load([oi, ls], "futures_data") == pytest.approx(POLLERS_CAP * rates["futures_data"])
+    assert _load([oi, ls], "weight") == pytest.approx(POLLERS_CAP * rates["weight"])
+    assert oi.fraction > ls.fraction and oi.stretched and ls.stretched
+    # a round: 2,000 requests at the guaranteed rate; open interest's fits 0.9 of its 300 s limit
+    assert oi.period_s == pytest.approx(2000 / oi.guaranteed["weight"]) and oi.period_s <= ROUND_FIT * 300.0
+    assert oi.stale_s == 300.0
+    assert ls.period_s == pytest.approx(2000 / ls.guaranteed["futures_data"]) and ls.period_s > ROUND_FIT * 1800.0
+    assert ls.stale_s == pytest.approx(ls.period_s / ROUND_FIT)
+    line = describe("binance", rates, [oi, ls])
+    assert "stretched" in line and "follows the round" in line
+
+
+def test_the_split_scales_with_the_share() -> None:
+    """40 instruments at a fiftieth of the default share ask what 2,000 do at the default: the same
+    split (tests/test_backfill_schedule.py runs the start-up that way)."""
+    big = split(*_binance(2000, 0.5))
+    small = split(*_binance(40, 0.01))
+    for b, s in zip(big, small, strict=True):
+        assert s.fraction == pytest.approx(b.fraction, rel=0.02)
+        assert s.period_s == pytest.approx(b.period_s, rel=0.02)
+
+
+def test_no_instruments_or_a_bucket_to_itself() -> None:
+    rates, demands = _binance(0)
+    assert all(s.guaranteed == {} and not s.stretched for s in split(rates, demands))
+    # OKX: long/short alone in its rubik bucket, cut to the pollers' half of it at 2,000
+    budget = RequestBudget(LIMITS[Exchange.OKX], 0.5)
+    path = OkxRest.poll_paths["long_short_ratio"]
+    (ls,) = split(
+        {"rubik": budget.rate("rubik")},
+        [PollDemand("long_short_ratio", 2000, 300.0, 1800.0, LIMITS[Exchange.OKX].cost(path))],
+    )
+    assert ls.guaranteed == {"rubik": pytest.approx(POLLERS_CAP * budget.rate("rubik"))}
+    with pytest.raises(KeyError):
+        split({}, [PollDemand("x", 1, 1.0, 1.0, (("nowhere", 1.0),))])
