@@ -173,6 +173,7 @@ class _StubRest:
         self.has_insurance_fund = ex in (Exchange.BINANCE, Exchange.OKX)
         self.has_funding_info = False
         self.candle_kinds: frozenset[str] = frozenset()  # no price history: the anchor window fills live
+        self.poll_paths: dict[str, str] = {}  # its polls never reach a request budget: nothing to split
 
     def _k(self, instrument: str) -> int:
         return sum(map(ord, instrument))
