@@ -30,6 +30,7 @@ from exporter.build import build_labels
 from exporter.clock import VirtualClock
 from exporter.config import Config
 from exporter.metrics import build_registry, catalog
+from exporter.metrics.budget import BudgetCollector
 from exporter.metrics.positions import PositionCollector, PositionView, StressView
 from exporter.metrics.shard import ShardCollector
 from exporter.model import (
@@ -44,6 +45,7 @@ from exporter.model import (
     Side,
 )
 from exporter.positions.view import HistoricalStressView, ParametricStressView
+from exporter.rest.split import PollDemand, PollShare
 from exporter.shard import Coverage, Shard
 from exporter.sidecar.metrics import AiMetrics, make_registry
 from exporter.sidecar.schema import Action, RiskAnswer, RiskLevel
@@ -245,10 +247,14 @@ def exporter_text(openmetrics: bool = False) -> str:
     # process_* (CPU, memory) differ on every render: not what the golden file is about
     coverage = {Exchange.BINANCE: Coverage(listed=412, selected=300, followed=97, left_out=("XYZUSDT",))}
     shard = ShardCollector(Shard(1, 3), lambda: coverage)
+    # a poller cut to half the weight bucket: a round of 250 s instead of 30 s
+    oi = PollDemand("open_interest", 2000, 30.0, 300.0, (("weight", 1.0),))
+    split = {Exchange.BINANCE: ([PollShare(oi, {"weight": 8.0}, 0.12, 250.0, 300.0)], {"weight": 16.0})}
+    budget = BudgetCollector(lambda: split)
     reg = build_registry(
         Config(),
         state,
-        extra_collectors=[shard, PositionCollector(GoldenPositions())],
+        extra_collectors=[shard, budget, PositionCollector(GoldenPositions())],
         process=False,
         recording=lambda: {"frames_ws": 1000, "frames_rest": 12, "dropped": 3, "bytes": 65536},
     )
