@@ -273,7 +273,6 @@ RECORD_FIELDS: tuple[tuple[str, float, bool], ...] = (
 ) = range(len(RECORD_FIELDS))
 RECORD = len(RECORD_FIELDS)  # 24 floats: three 64-byte lines
 _DEFAULTS_VIEW = memoryview(array("d", [d for _, d, _ in RECORD_FIELDS]))
-_HINTS = (F_MARK_MINUTE_END, F_ANCHOR_DUE)  # "due" is the least of these (every update looks at both)
 _BAND_MARGIN = 1e-9  # the band errs towards calling the tracker, which decides exactly
 _LINE_FLOATS = 8  # a 64-byte cache line
 # the first six fields of a record in one call (event time, mark, index, price time, rate, funding time)
@@ -339,7 +338,9 @@ def _hint(k: int) -> property:
     def put(self: InstrumentState, v: float) -> None:
         r = self._r
         r[k] = v
-        r[F_DUE] = min(r[h] for h in _HINTS)
+        a = r[F_MARK_MINUTE_END]
+        b = r[F_ANCHOR_DUE]
+        r[F_DUE] = a if a < b else b  # not min() over a generator: ~0.5 us a sample
 
     return property(get, put)
 
@@ -857,7 +858,7 @@ class MarketState:
                 self._sampler.open_interest(self._state_of(u), now)
         elif u.confirms_ticker and (r[F_OI_USD] == r[F_OI_USD] or r[F_OI_BASE] == r[F_OI_BASE]):
             r[F_OI_AT] = now
-        if due and now >= r[F_ANCHOR_DUE] and r[F_RATE] == r[F_RATE]:  # no rate yet: no sample to take
+        if due and r[F_RATE] == r[F_RATE] and now >= r[F_ANCHOR_DUE]:  # no rate yet: no sample to take
             # Nor without a premium (the sampler would return having changed nothing, and a stream
             # without prices, e.g. Bybit deltas before any snapshot, would call it on every update)
             # unless the interval is unknown (the sampler then sets the hint a minute on).
