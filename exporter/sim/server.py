@@ -44,6 +44,14 @@ class SimOptions:
     # endpoint and every stamp), and its frames are stamped this long before they are sent (delay).
     skew_s: dict[str, float] = field(default_factory=dict)
     delay_s: dict[str, float] = field(default_factory=dict)
+    # Per exchange (value -> bool): whether its websocket accepts the permessage-deflate the client
+    # offers (the exporter offers it). Binance does; for Bybit, OKX and Deribit it is UNVERIFIED and
+    # the simulator accepts, as before (docs/recording.md "The exporter's receive path").
+    ws_deflate: dict[str, bool] = field(default_factory=lambda: dict(WS_DEFLATE))
+
+
+# What the exchanges answer to a permessage-deflate offer, as far as public sources show (docs/recording.md)
+WS_DEFLATE: dict[str, bool] = {"binance": True, "bybit": True, "okx": True, "deribit": True}
 
 
 @dataclass(eq=False)
@@ -209,7 +217,8 @@ class ExchangeServer:
     async def ws_handler(self, request: web.Request) -> web.StreamResponse:
         if self.down:
             return web.Response(status=503, text="exchange down (simulated)")
-        ws = web.WebSocketResponse(heartbeat=self.ws_heartbeat(), max_msg_size=1 << 22)
+        deflate = self.options.ws_deflate.get(self.exchange.value, True)
+        ws = web.WebSocketResponse(heartbeat=self.ws_heartbeat(), max_msg_size=1 << 22, compress=deflate)
         await ws.prepare(request)
         conn = Conn(ws=ws, path=request.path_qs)
         self.conns.add(conn)
