@@ -228,7 +228,8 @@ def ours(k: Kind) -> Callable[[int], None]:
     for info in infos:
         state.register(info)
     now = k.now
-    ctx = FeedContext(k.exchange, {i.instrument: i for i in infos}, clock=lambda: now)
+    # as the exporter builds it (app.py): one sink, so a settlement already passed on is not repeated
+    ctx = FeedContext(k.exchange, {i.instrument: i for i in infos}, clock=lambda: now, settled={})
     parse = feed_for(k.exchange).parse_ws
     apply_many = state.apply_many
     frame = k.frame

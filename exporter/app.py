@@ -365,7 +365,8 @@ class Exporter:
     def _runtime(self, ex: Exchange, cfg: ExchangeConfig) -> ExchangeRuntime:
         feed = self.feed_factory(ex)
         ws_base, rest_base = self.config.urls_for(ex)
-        ctx = FeedContext(exchange=ex, instruments={}, clock=self.state.clock)  # timestamps near now
+        # timestamps near now; settled: the one sink (this state) has the settlements passed on already
+        ctx = FeedContext(exchange=ex, instruments={}, clock=self.state.clock, settled={})
         bc = self.budget_clock
         budget = RequestBudget(LIMITS[ex], self.budget_share, now=bc.monotonic, sleep=bc.sleep)
         client = RestClient(ex, rest_base, self.sink, policy=self.rest_policy, budget=budget, clock=self.clock.time)

@@ -154,7 +154,8 @@ class Replay:
         x = self.exchanges.get(ex)
         if x is None:
             self.state.register_exchange(ex)
-            x = self.exchanges[ex] = _Exchange(feed_for(ex), FeedContext(ex, {}, clock=self.state.clock))
+            ctx = FeedContext(ex, {}, clock=self.state.clock, settled={})  # one sink: see FeedContext.settled
+            x = self.exchanges[ex] = _Exchange(feed_for(ex), ctx)
         return x
 
     def _conn(self, x: _Exchange, stream: str) -> FeedConnection:

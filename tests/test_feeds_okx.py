@@ -81,6 +81,84 @@ def test_processing_settlement_is_not_reported_as_settled() -> None:
     assert [type(r) for r in got] == [MarketUpdate]
 
 
+def test_a_settlement_passed_on_is_not_repeated_on_a_context_that_remembers() -> None:
+    # OKX repeats the last settlement in every funding push: a context with ``settled`` (the exporter's,
+    # one sink) passes it on once; without it (a parse of one frame alone) every push carries it.
+    ctx = FeedContext(EX, settled={})
+    frame = push("funding-rate", [FUNDING], instId="BTC-USDT-SWAP")
+    first = FEED.parse_ws(frame, ctx)
+    assert [type(r) for r in first] == [MarketUpdate, FundingSettlement]
+    again = FEED.parse_ws(frame, ctx)
+    assert again == first[:1]  # the same update, no settlement
+    assert FEED.parse_ws(frame, EMPTY) == first  # a context without the memory: every time
+    # the next settlement (the times move on one interval) is passed on once again
+    nxt = {
+        **FUNDING,
+        "prevFundingTime": FUNDING["fundingTime"],
+        "fundingTime": FUNDING["nextFundingTime"],
+        "nextFundingTime": str(int(FUNDING["nextFundingTime"]) + 28_800_000),
+        "settFundingRate": "0.0002",
+    }
+    moved = FEED.parse_ws(push("funding-rate", [nxt]), ctx)
+    assert [type(r) for r in moved] == [MarketUpdate, FundingSettlement]
+    assert (moved[1].funding_time, moved[1].rate) == (int(FUNDING["fundingTime"]) / 1000, 0.0002)
+    assert FEED.parse_ws(push("funding-rate", [nxt]), ctx) == moved[:1]
+
+
+def test_a_rejected_frame_leaves_its_settlements_to_be_passed_on() -> None:
+    # the first row would pass its settlement on, the second is refused after it (an interval of ten
+    # seconds): the frame is an error, and the next good push still carries the settlement (it never
+    # reached the store)
+    ctx = FeedContext(EX, settled={})
+    other = {**FUNDING, "instId": "ETH-USDT-SWAP", "nextFundingTime": str(int(FUNDING["fundingTime"]) + 10_000)}
+    with pytest.raises(ParseError, match="interval"):
+        FEED.parse_ws(push("funding-rate", [FUNDING, other]), ctx)
+    got = FEED.parse_ws(push("funding-rate", [FUNDING]), ctx)
+    assert [type(r) for r in got] == [MarketUpdate, FundingSettlement]
+
+
+def test_remembered_settlements_give_the_store_the_same_settlements() -> None:
+    # The same pushes (one settlement repeated, then the next one, a skipped one after a gap) into two
+    # stores: through a context that remembers, and through one that passes every repeat on.
+    from exporter.state import MarketState
+
+    h8 = 28_800_000
+    t0 = int(FUNDING["fundingTime"])
+
+    def row(k: int, rate: str) -> dict[str, Any]:  # k intervals after the sample's
+        return {
+            **FUNDING,
+            "prevFundingTime": str(t0 - h8 + k * h8),
+            "fundingTime": str(t0 + k * h8),
+            "nextFundingTime": str(t0 + (k + 1) * h8),
+            "settFundingRate": rate,
+            "ts": str(t0 - 3_600_000 + k * h8),
+        }
+
+    rows = [row(0, "0.0001")] * 3 + [row(1, "0.0002")] * 3 + [row(3, "0.0004")] * 2  # 2 skipped
+    stores = []
+    counts = []
+    for settled in ({}, None):
+        now = [0.0]
+        state = MarketState(clock=lambda now=now: now[0])  # type: ignore[misc]
+        state.register(LINEAR)
+        ctx = FeedContext(EX, {LINEAR.instrument: LINEAR}, clock=lambda now=now: now[0], settled=settled)
+        n = 0
+        for r in rows:
+            now[0] = int(r["ts"]) / 1000 + 1.0
+            records = FEED.parse_ws(push("funding-rate", [r]), ctx)
+            n += len(records)
+            state.apply_many(records, now[0])
+        stores.append(state)
+        counts.append(n)
+    mine, every = (s.instruments[(EX, LINEAR.instrument)] for s in stores)
+    assert mine.settlement_window() == every.settlement_window()
+    assert len(mine.settlement_window()) >= 3
+    assert stores[0].settlements_missed == stores[1].settlements_missed != {}
+    assert (mine.funding_interval_s, mine.funding_rate) == (every.funding_interval_s, every.funding_rate)
+    assert counts == [len(rows) + 3, 2 * len(rows)]  # three settlements passed on, not eight
+
+
 def test_old_shape_without_funding_rate_invents_nothing() -> None:
     row = {"fundingTime": "1640851200000", "instId": "SOS-USDT-SWAP", "instType": "SWAP", "nextFundingRate": "0.0003"}
     (u,) = FEED.parse_ws(push("funding-rate", [row]), EMPTY)

@@ -52,6 +52,11 @@ class FeedContext:
     exchange: Exchange
     instruments: Mapping[str, InstrumentInfo] = field(default_factory=dict)
     clock: Callable[[], float] | None = None  # None: static bounds only (tests of recorded samples)
+    # The newest settlement time passed on per instrument by this context's stream (its one sink):
+    # OKX repeats the last settlement in every funding push, and an unchanged one is not passed on
+    # again (the store would find its time known and change nothing). None: every push passes it
+    # (a parse that depends on the frame alone, as the tests of single frames want).
+    settled: dict[str, float] | None = None
 
     def time_bounds(self) -> tuple[float, float]:
         """Timestamps outside these (Unix seconds) are parse errors: a window around now, if known."""

@@ -183,20 +183,69 @@ class OkxFeed:
                     coin = oi * info.contract_size
                     if not coin <= _QMAX:
                         raise _Invalid
-                v = r.ts
-                et = None
-                if v is not a:
-                    et = v / 1000.0
-                    if not lo <= et <= hi:
+                et: float | None = r.ts / 1000.0  # NaN when absent: no time
+                if not lo <= et <= hi:  # type: ignore[operator]
+                    if et == et:
                         raise _Invalid
+                    et = None
                 # positional (fastest): the field order is pinned by a test (tests/test_feeds_deribit.py)
                 out.append(MarketUpdate(EX, inst, et, None, None, None, None, None, None, None, None, None, coin, usd))
             return out
         if channel == "funding-rate":
-            tb = ctx.time_bounds()
+            clock = ctx.clock  # ctx.time_bounds() inline
+            if clock is None:
+                lo, hi = V.STATIC_BOUNDS
+            else:
+                now = clock()
+                lo, hi = now - _PAST_S, now + _FUTURE_S
+            a = _ABSENT
+            settled = ctx.settled
+            fresh: list[tuple[str, float]] | None = None
             for r in push.data:
-                if not instruments or r.instId in instruments:
-                    _funding_fast(r, out, tb)
+                inst = r.instId
+                if instruments and inst not in instruments:
+                    continue
+                # The usual row, checked in one chained comparison: the three settlement times and
+                # the event time present (an absent one is NaN: every comparison false), in their
+                # order and within the bounds. Anything else takes _funding_fast, the general case.
+                t_set = r.fundingTime / 1000.0
+                t_next = r.nextFundingTime / 1000.0
+                t_prev = r.prevFundingTime / 1000.0
+                et = r.ts / 1000.0
+                if not (lo <= t_prev < t_set < t_next <= hi and lo <= et <= hi and inst):
+                    _funding_fast(r, out, (lo, hi))
+                    continue
+                interval = t_next - t_set
+                if not _IMIN <= interval <= _IMAX:
+                    raise _Invalid
+                # the rates were checked while decoding (V.Rate); an absent one is unknown, not 0
+                rate: float | None = r.fundingRate
+                if rate is a:
+                    rate = None
+                cap: float | None = r.maxFundingRate
+                if cap is a:
+                    cap = None
+                floor: float | None = r.minFundingRate
+                if floor is a:
+                    floor = None
+                premium: float | None = r.premium
+                if premium is a:
+                    premium = None
+                # positional (fastest): the field order is pinned by a test (tests/test_feeds_deribit.py)
+                out.append(MarketUpdate(EX, inst, et, None, None, rate, t_set, interval, cap, floor, None, premium))
+                sett = r.settFundingRate
+                if sett is not a and r.settState == "settled":
+                    if settled is None:
+                        out.append(FundingSettlement(EX, inst, t_prev, sett, interval))
+                    elif settled.get(inst) != t_prev:  # not passed on yet by this context's stream
+                        out.append(FundingSettlement(EX, inst, t_prev, sett, interval))
+                        if fresh is None:
+                            fresh = []
+                        fresh.append((inst, t_prev))
+            if fresh is not None:
+                # remembered once the whole frame is taken: a later row that raises sends the frame to
+                # the strict path, which passes every settlement on
+                settled.update(fresh)  # type: ignore[union-attr]
             return out
         return None
 
