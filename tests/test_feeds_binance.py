@@ -11,6 +11,7 @@ import pytest
 from exporter.feeds import feed_for
 from exporter.feeds.base import FeedContext
 from exporter.feeds.binance import BinanceFeed
+from exporter.feeds.binance import _fast as binance_fast
 from exporter.model import (
     Exchange,
     InstrumentInfo,
@@ -105,6 +106,24 @@ def test_optional_mark_fields_absent_are_none(missing: str) -> None:
 def test_empty_funding_rate_is_none_not_zero() -> None:
     (u,) = FEED.parse_ws(wrap({**MARK, "r": ""}), EMPTY)
     assert u.funding_rate is None
+
+
+@pytest.mark.parametrize("stream", ["btcusdt@markPrice@1s", "!markPrice@arr@1s"])
+def test_a_zero_funding_rate_is_zero_not_none(stream: str) -> None:
+    # the single stream decodes the rate as a checked float ("" kept apart), the array as a string
+    d = {**MARK, "r": "0.00000000"}
+    frame = wrap([d] if "@arr" in stream else d, stream)
+    (u,) = FEED.parse_ws(frame, EMPTY)
+    assert u.funding_rate == 0.0
+    assert [u] == BinanceFeed(fast=False).parse_ws(frame, EMPTY)
+
+
+def test_an_odd_value_of_an_unfollowed_symbol_keeps_the_array_on_the_typed_path() -> None:
+    # the array's values are checked for followed symbols only: a zero price of another symbol
+    # (a delisted one) must not fail the typed decoding of the whole array
+    rows = [{**MARK, "s": "JUNKUSDT", "p": "0", "r": "7"}, {**MARK, "s": "BTCUSDT"}]
+    got = binance_fast(wrap(rows, "!markPrice@arr@1s"), ctx("BTCUSDT"))
+    assert [(u.instrument, u.mark_price) for u in got] == [("BTCUSDT", float(MARK["p"]))]  # type: ignore[union-attr]
 
 
 def test_array_keeps_only_followed_symbols() -> None:

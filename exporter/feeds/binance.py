@@ -368,11 +368,28 @@ _ABSENT = float("nan")
 
 
 class _FastMark(msgspec.Struct, gc=False, tag_field="e", tag="markPriceUpdate"):
+    """One symbol's stream, the most frequent frame: the mark, the index and the rate are checked
+    against their domains while decoding (what is outside fails it, and the strict path names it)."""
+
+    s: str
+    p: V.Price
+    E: float = _ABSENT
+    i: V.Price = _ABSENT  # absent in 2019 captures
+    r: V.Rate | Literal[""] = ""  # "" (also the default: absent) for symbols without funding
+    T: float = _ABSENT
+
+
+class _FastMarkElement(msgspec.Struct, gc=False, tag_field="e", tag="markPriceUpdate"):
+    """An element of ``!markPrice@arr`` (every symbol of the exchange): values are converted but
+    checked only for followed symbols, so one odd value of another symbol (a delisted one's price)
+    never sends the whole array to the strict path. The rate stays a string: symbols without
+    funding send "" in every array."""
+
     s: str
     p: float
     E: float = _ABSENT
-    i: float = _ABSENT  # absent in 2019 captures
-    r: str | None = None  # "" for symbols without funding
+    i: float = _ABSENT
+    r: str | None = None
     T: float = _ABSENT
 
 
@@ -398,7 +415,7 @@ class _MarkFrame(msgspec.Struct, gc=False):
     stream: str
     # the event type "e" tells the two apart while decoding: a liquidation never takes the
     # failed-decoding detour through the strict path
-    data: _FastMark | _ForceEvent | list[_FastMark]
+    data: _FastMark | _ForceEvent | list[_FastMarkElement]
 
 
 _decode_mark_frame = msgspec.json.Decoder(_MarkFrame, strict=False).decode
@@ -483,29 +500,26 @@ def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
             lo, hi = now - _PAST_S, now + _FUTURE_S
         if not s or "_" in s:  # empty (named there) or a delivery symbol (its settle price P)
             return [_mark_fast(m, (lo, hi), _settles(frame).get(s) if s else None)]
-        # _mark_fast inline for a perpetual, the most frequent frame of all: the same checks; a value
-        # it does not take raises, and the strict path parses the frame again and names it
-        a = _ABSENT
-        mark = m.p
+        # _mark_fast inline for a perpetual, the most frequent frame of all: the same checks (the mark,
+        # index and rate were checked while decoding, the times are here); a value it does not take
+        # raises, and the strict path parses the frame again and names it
         index: float | None = m.i
-        if index is a:
+        if index is _ABSENT:
             index = None
-        elif not _PMIN <= index <= _PMAX:  # type: ignore[operator]
-            raise ParseError("a value out of its domain")
         r = m.r
-        rate = float(r) if r else None  # ValueError: the strict path names the field
-        t = m.T
-        nft = t / 1000.0 if t is not a and t else None
-        e = m.E
-        et = e / 1000.0 if e is not a else None
-        if not (
-            _PMIN <= mark <= _PMAX
-            and (rate is None or -_RMAX <= rate <= _RMAX)
-            and (nft is None or lo <= nft <= hi)
-            and (et is None or lo <= et <= hi)
-        ):
-            raise ParseError("a value out of its domain")
-        return [MarketUpdate(EX, s, et, mark, index, rate, nft)]
+        rate = r if r.__class__ is float else None  # "": no funding
+        # an absent time is NaN (/1000): out of bounds, and not equal to itself
+        nft: float | None = m.T / 1000.0
+        if not lo <= nft <= hi:  # type: ignore[operator]
+            if nft == nft and nft:  # 0: no next funding time (delivery symbols)
+                raise ParseError("a value out of its domain")
+            nft = None
+        et: float | None = m.E / 1000.0
+        if not lo <= et <= hi:  # type: ignore[operator]
+            if et == et:
+                raise ParseError("a value out of its domain")
+            et = None
+        return [MarketUpdate(EX, s, et, m.p, index, rate, nft)]
     if td is _ForceEvent:
         # :func:`_force_order` on the typed event, the same rules: the sizes and prices were checked
         # while decoding, the rest inline (no call a liquidation). Any doubt raises, and the strict
@@ -540,28 +554,28 @@ def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
         if quote not in USD_QUOTES:
             return []  # no USD notional can be given for a coin-quoted symbol
         return [Liquidation(EX, sym, at, side, price, qty, usd)]
-    data: list[_FastMark] = decoded  # type: ignore[assignment]
+    data: list[_FastMarkElement] = decoded  # type: ignore[assignment]
     out: list[Record] = []
     append = out.append
     instruments = ctx.instruments
     tb = ctx.time_bounds()
     settles: dict[str, str | None] | None = None
-    for m in data:
+    for el in data:
         # !markPrice@arr carries every symbol: skip unfollowed ones before converting numbers
-        if not instruments or m.s in instruments:
+        if not instruments or el.s in instruments:
             settle = None
-            if "_" in m.s:  # a delivery symbol (rare)
+            if "_" in el.s:  # a delivery symbol (rare)
                 if settles is None:
                     settles = _settles(frame)
-                settle = settles.get(m.s)
+                settle = settles.get(el.s)
             try:
-                append(_mark_fast(m, tb, settle))
+                append(_mark_fast(el, tb, settle))
             except ParseError as exc:  # one bad symbol of the array: the others keep their update
-                append(Rejected(EX, exc.reason, f"binance {m.s}: {exc}"))
+                append(Rejected(EX, exc.reason, f"binance {el.s}: {exc}"))
     return out
 
 
-def _mark_fast(m: _FastMark, tb: tuple[float, float], settle: object = None) -> MarketUpdate:
+def _mark_fast(m: _FastMark | _FastMarkElement, tb: tuple[float, float], settle: object = None) -> MarketUpdate:
     """:func:`_mark` on the typed path's floats: the same checks, the same errors."""
     s = m.s
     if not s:
@@ -577,7 +591,9 @@ def _mark_fast(m: _FastMark, tb: tuple[float, float], settle: object = None) -> 
         raise V.out_of_range("i", index, V.PRICE)  # type: ignore[arg-type]
     r = m.r
     rate = None
-    if r:
+    if r.__class__ is float:  # a single stream's rate, checked while decoding (0.0 included)
+        rate = r  # type: ignore[assignment]
+    elif r:
         try:
             rate = float(r)
         except ValueError:
