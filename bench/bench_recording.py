@@ -350,6 +350,11 @@ def main() -> None:
         help="Bybit ticker frames a second per instrument, for the disk an hour (Bybit pushes at most every 100 ms)",
     )
     ap.add_argument("--regular", action="store_true", help="the former, far too compressible frames (both shapes)")
+    ap.add_argument(
+        "--writer-parts",
+        action="store_true",
+        help="only the writer's CPU per line in parts (Python by each path, compression) for each shape and level",
+    )
     args = ap.parse_args()
     if args.levels is not None:
         levels: list[int | None] = [int(x) for x in args.levels.split(",")]
@@ -373,6 +378,11 @@ def main() -> None:
         f"{len(by_frames)} Bybit ticker frames of {sum(map(len, by_frames)) / len(by_frames):,.0f} bytes; "
         f"{time.strftime('%H:%M:%S UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f}"
     )
+    if args.writer_parts:
+        for shape in shapes:
+            for lv in levels:
+                writer_parts(shape, lv, max(3, args.runs))
+        return
     hand = {"bytes": (False,), "str": (True,), "both": (False, True)}[args.hand_over]
     # a mode: (shape, str hand-over, transport or None without the socket)
     modes: list[tuple[Shape, bool, Transport | None]] = [(shape, s, None) for shape in shapes for s in hand]
@@ -485,6 +495,82 @@ def main() -> None:
     print(
         "replay as fast as possible, one instrument a frame (Bybit tickers): "
         f"{rate:,.0f} frames (instrument updates)/s on one core"
+    )
+
+
+def writer_parts(shape: Shape, level: int | None, rounds: int) -> None:
+    """The writer's CPU per line, in parts (``time.thread_time`` in this thread, medians of ``rounds``,
+    the two paths interleaved): the Python of building and copying the lines (the compressor replaced
+    by a writer that drops them), by the batch path and item by item, then the compression of the same
+    lines alone, in 1 MiB calls as the recorder makes them."""
+    import io
+
+    import exporter.recording as recording
+
+    class Drop(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b: Any) -> int:
+            return len(b)
+
+    def python(bulk_min: int) -> float:
+        saved = recording.BULK_MIN
+        recording.BULK_MIN = bulk_min
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                rec = Recorder(Path(d), queue_size=len(shape.frames) + 10, compression="zstd", level=level)
+                hook = rec.ws_hook(shape.exchange)
+                hook(T0 - 1.0, shape.stream, shape.frames[0], True)
+                rec._drain(1)  # the file opened and the stream's head made, outside the timing
+                for k, f in enumerate(shape.frames):
+                    hook(T0 + k * shape.dt, shape.stream, f, True)
+                file, rec._file = rec._file, Drop()  # type: ignore[assignment]
+                cpu0 = time.thread_time()
+                rec._drain(len(shape.frames))
+                rec._write_chunk()
+                cpu = time.thread_time() - cpu0
+                rec._file = file
+                rec._close_file()
+        finally:
+            recording.BULK_MIN = saved
+        return cpu / len(shape.frames) * 1e9
+
+    import orjson
+
+    head = b',"ex":"%b","kind":"ws","src":"%b","raw":true,"data":' % (
+        str(shape.exchange).encode(),
+        shape.stream.encode(),
+    )
+    data = b"".join(b'{"t":%b%b%b}\n' % (orjson.dumps(T0 + k * shape.dt), head, f) for k, f in enumerate(shape.frames))
+
+    def compress() -> tuple[float, float]:
+        out = io.BytesIO()
+        w = recording._zstd_compressor(level if level is not None else recording.RECORDING_ZSTD_LEVEL)
+        sw = w.stream_writer(out, closefd=False)
+        cpu0 = time.thread_time()
+        for i in range(0, len(data), recording.CHUNK):
+            sw.write(data[i : i + recording.CHUNK])
+        sw.flush(recording._zstd().FLUSH_FRAME)
+        cpu = time.thread_time() - cpu0
+        return cpu / len(shape.frames) * 1e9, len(data) / len(out.getvalue())
+
+    batch, each, comp = [], [], []
+    for k in range(rounds):
+        if k % 2 == 0:
+            batch.append(python(recording.BULK_MIN))
+            each.append(python(1 << 30))
+        else:
+            each.append(python(1 << 30))
+            batch.append(python(recording.BULK_MIN))
+        comp.append(compress())
+    med = statistics.median
+    line = len(data) / len(shape.frames)
+    c = med(x[0] for x in comp)
+    print(
+        f"writer parts, {shape.name} ({line:,.0f}-byte lines), zstd level {level if level is not None else 'default'}: "
+        f"Python {med(batch):,.0f} ns a line by the batch path, {med(each):,.0f} item by item; "
+        f"compression {c:,.0f} ns a line ({c / line:.2f} ns a byte, ratio {comp[0][1]:.2f})"
     )
 
 

@@ -322,23 +322,29 @@ class Recorder:
         """A batch the batch path cannot take (a REST line, a new stream, a rotation in it) is halved
         until it can, or is small enough for the item-by-item path: one odd line costs a few C-level
         passes, not the batch's lines their cheap way."""
-        if len(items) < BULK_MIN:
-            self._each(items)
-        elif not self._bulk(items):
+        done = False if len(items) < BULK_MIN else self._bulk(items)
+        if done is False and len(items) >= BULK_MIN:
             half = len(items) // 2
             self._batch(items[:half])
             self._batch(items[half:])
+        elif not done:  # a few items, or only large frames
+            self._each(items)
 
-    def _bulk(self, items: list[Item]) -> bool:
+    def _bulk(self, items: list[Item]) -> bool | None:
         """The lines of a batch of websocket frames that parsed, all bytes, ASCII, with no line feed,
         each an object or array, of streams already seen, before the next rotation, built and copied
         into the buffer with C-level calls only (map, join, count: a third of the per-line loop's
         cost on 170-byte frames, bench_recording.py). False, with nothing written, when one item
-        does not qualify: the caller writes the batch item by item."""
+        does not qualify (the caller halves the batch), None when every frame is large (item by
+        item: a large frame is copied once into the buffer, its line is not built)."""
         ts, exs, kinds, srcs, datas, _, _ = zip(*items, strict=True)
         k = len(items)
         if kinds.count(WS_JSON) != k or max(ts) >= self._rotate_at:
             return False
+        # a large frame (an all-market array) goes item by item: joining such frames would copy
+        # megabytes several times (3.9 -> 10.5 us a 30 KB array, bench_recording.py --writer-parts)
+        if max(map(len, datas)) >= SMALL_FRAME:
+            return None if min(map(len, datas)) >= SMALL_FRAME else False
         heads = self._heads
         ex, src = exs[0], srcs[0]
         if exs.count(ex) == k and srcs.count(src) == k:  # one stream (the usual batch): its head
@@ -365,16 +371,8 @@ class Recorder:
         # the receive times in one encoder call (orjson writes each float as dumps(t) would), each
         # line's middle joined in C, the lines joined with their ends as the separator
         stamps = orjson.dumps(ts)[1:-1].split(b",")
-        out = LINE_OPEN + LINE_SEP.join(map(b"".join, zip(stamps, hs, datas, strict=True))) + LINE_CLOSE
-        n = len(out)
-        if self._pos + n > len(self._mv):
-            self._write_chunk()
-        if n > len(self._mv):
-            self._write_part(out, k)
-        else:
-            self._mv[self._pos : self._pos + n] = out
-            self._pos += n
-            self._buf_lines += k
+        self._add(LINE_OPEN, LINE_SEP.join(map(b"".join, zip(stamps, hs, datas, strict=True))), LINE_CLOSE)
+        self._buf_lines += k - 1  # _add counted one
         self.stats.frames_ws += k
         return True
 

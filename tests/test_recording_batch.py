@@ -46,6 +46,8 @@ def _feed(rec: Recorder) -> None:
         t = T0 + i * 0.01  # 30 s of receive time: rotation every 10 s falls inside batches
         if i in odd:
             odd[i](t)
+        elif 2600 <= i < 2640:  # a run of large frames (all-market arrays): item by item, not halved
+            bybit(t, "tickers", b"[%d]" % i + b" " * 5000, True)
         elif i % 3 == 0 and i > 2100:
             okx(t, "mark-price", b'{"arg":{"channel":"mark-price"},"data":[{"markPx":"%d"}]}' % i, True)
         else:
@@ -58,9 +60,9 @@ def _record(directory: Path, bulk_min: int, monkeypatch: pytest.MonkeyPatch, com
     monkeypatch.setattr(recording, "BULK_MIN", bulk_min)
     done: list[int] = []
 
-    def spy(self: Recorder, items: list[Any]) -> bool:
+    def spy(self: Recorder, items: list[Any]) -> bool | None:
         ok = BULK(self, items)
-        if ok:
+        if ok is True:
             done.append(len(items))
         return ok
 
@@ -80,7 +82,7 @@ def test_the_batch_path_writes_the_same_bytes_as_item_by_item(
     one = _record(tmp_path / "one", 1 << 30, monkeypatch, compression)  # never batched
     batched = _record(tmp_path / "batched", BULK_MIN, monkeypatch, compression)
     assert one == []
-    assert sum(batched) > 2700, sum(batched)  # the odd items and their neighbours go item by item
+    assert sum(batched) > 2650, sum(batched)  # the odd items and their neighbours go item by item
     files_one, files_batched = recording_files(tmp_path / "one"), recording_files(tmp_path / "batched")
     assert [p.name for p in files_one] == [p.name for p in files_batched] and len(files_one) == 3
 
