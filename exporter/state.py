@@ -76,6 +76,7 @@ __all__ = [
     "ThresholdEvent",
     "Window",
     "record_rows",
+    "window_ends",
 ]
 
 Key = tuple[Exchange, str]
@@ -554,6 +555,18 @@ def record_rows(instruments: Iterable[InstrumentState]) -> bytes:
     copy instead of a property call per value. Each record is copied whole, so a value is never
     torn; the event loop may write between two records."""
     return b"".join([st._r for st in instruments])
+
+
+def window_ends(windows: Iterable[Window]) -> list[tuple[int, float, float]]:
+    """Each window's (records, first time, last time), -inf times when empty: what tells a reader of
+    every instrument (the scrape's caches) whether a window changed since it last looked, without a
+    copy of it or a method call per value."""
+    out = []
+    empty = (0, -math.inf, -math.inf)
+    for w in windows:
+        a = w._a
+        out.append((len(a) // w.width, a[0], a[-w.width]) if a else empty)
+    return out
 
 
 @dataclass(slots=True)

@@ -55,6 +55,7 @@ from exporter.state import (
     InstrumentState,
     MarketState,
     record_rows,
+    window_ends,
 )
 
 __all__ = [
@@ -234,6 +235,8 @@ _fa_columns: Any = fa
 _info_of = attrgetter("info")
 _ratio = attrgetter("long_short_ratio")
 _ratio_at = attrgetter("ratio_at")
+_mark_minute = attrgetter("mark_minute")
+_settlements_version = attrgetter("settlements_version")
 # InstrumentView's fields in order, and where the table keeps each
 _VIEW_FIELDS = tuple(f.name for f in dataclasses.fields(InstrumentView))
 
@@ -251,6 +254,51 @@ class _Static:
         self.ex_index = np.fromiter((index[i.exchange] for i in infos), dtype=np.intp, count=n)
         self.deribit = np.fromiter((i.exchange is Exchange.DERIBIT for i in infos), dtype=bool, count=n)
         self.keys = [(i.exchange, i.instrument) for i in infos]  # InstrumentState.key
+
+
+def _ends(windows: list[Any]) -> np.ndarray:
+    """Each window's (records, first time, last time), -inf times when empty, as an (n, 3) array."""
+    return np.array(window_ends(windows), dtype=np.float64).reshape(len(windows), 3)
+
+
+class _Cached:
+    """Per instrument of a list (the positions of a ``_Static``), what its windowed figures were last
+    computed from and their values, as columns: NaN where never computed (NaN equals nothing)."""
+
+    __slots__ = (
+        "anc",
+        "anc_has",
+        "anc_published",
+        "oi_bounds",
+        "oi_ends",
+        "oi_then",
+        "set_interval",
+        "set_oldest",
+        "set_stats",
+        "set_version",
+        "static",
+        "vol",
+        "vol_has",
+        "vol_sig",
+    )
+
+    def __init__(self, static: _Static) -> None:
+        n = len(static.infos)
+        self.static = static
+        self.oi_ends = np.full((n, 3), np.nan)  # the OI window's (records, first time, last time)
+        self.oi_bounds = np.full((n, 4), np.nan)  # each start's samples before and after: lo1, hi1, lo4, hi4
+        self.oi_then = np.full((n, 4), np.nan)  # the sample each start picks: t1, v1, t4, v4 (NaN: none)
+        self.vol_sig = np.full((n, 4), np.nan)  # minute, mark minutes' records and last time, minute in progress
+        self.vol = np.full((n, 2), np.nan)
+        self.vol_has = np.zeros((n, 2), dtype=bool)
+        # the settlement window's version, interval and oldest time; its statistics n, mean, std, acceleration
+        self.set_version = np.full(n, np.nan)
+        self.set_interval = np.full(n, np.nan)
+        self.set_oldest = np.full(n, np.nan)
+        self.set_stats = np.full((n, 4), np.nan)
+        self.anc_published = np.full((n, 4), np.nan)  # WindowCache.anchor_published
+        self.anc = np.full((n, 2), np.nan)  # level, difference
+        self.anc_has = np.zeros((n, 2), dtype=bool)
 
 
 class ViewTable:
@@ -333,6 +381,7 @@ class MarketViews:
         self._oi: dict[Hashable, tuple[tuple[float, ...], tuple[tuple[float, float, Any, Any], ...]]] = {}
         self._builds = 0
         self._static_cache: _Static | None = None
+        self._cached: _Cached | None = None
         self._tls = threading.local()
 
     @contextmanager
@@ -523,61 +572,147 @@ class MarketViews:
         n = len(instruments)
         keys = static.keys
         cache = self.cache
-        rates = cols["funding_rate"].tolist()
         intervals = [None if x != x else x for x in cols["funding_interval_s"].tolist()]
-        z: list[float | None] = [None] * n
-        mom: list[float | None] = [None] * n
-        acc: list[float | None] = [None] * n
-        level: list[float | None] = [None] * n
-        diff: list[float | None] = [None] * n
-        oi1: list[float | None] = [None] * n
-        oi4: list[float | None] = [None] * n
-        vol1: list[float | None] = [None] * n
-        vol4: list[float | None] = [None] * n
-        with_rate = np.flatnonzero(funding_ok).tolist()
-        for k, i in enumerate(with_rate):
+        c = self._cached_for(static)
+        nan = np.nan
+        # z-score statistics: per instrument with a fresh rate, while its settlements' version and
+        # interval hold and no settlement left the window, the kept ones stand
+        idx = np.flatnonzero(funding_ok)
+        sts = [instruments[i] for i in idx.tolist()]
+        version = np.fromiter(map(_settlements_version, sts), dtype=np.float64, count=len(sts))
+        interval = cols["funding_interval_s"][idx]
+        stale = ~((c.set_version[idx] == version) & (c.set_interval[idx] == interval) & (c.set_oldest[idx] > z_start))
+        for k, j in enumerate(np.flatnonzero(stale).tolist()):
             if k and not k % _LOOKUPS_PER_YIELD:
                 _yield_gil()
-            st, interval, rate = instruments[i], intervals[i], rates[i]
+            i = int(idx[j])
+            st, iv = instruments[i], intervals[i]
             # read the version before the data (see WindowCache); the interval is part of it, as
             # the window is rescaled to the current interval when an exchange changes it
-            stats = cache.settlement_stats(
-                keys[i], (st.settlements_version, interval), _InInterval(st, interval), z_start
-            )
-            z[i] = fa.zscore(rate, stats, min_obs)
-            mom[i] = fa.momentum(rate, stats, min_obs)
-            acc[i] = stats.acceleration if stats is not None else None
-        for k, i in enumerate(np.flatnonzero(funding_ok & premium_has).tolist()):
+            stats = cache.settlement_stats(keys[i], (int(version[j]), iv), _InInterval(st, iv), z_start)
+            c.set_version[i], c.set_interval[i] = version[j], interval[j]
+            c.set_oldest[i] = cache.settlement_oldest(keys[i])
+            if stats is None:  # no settlement in the window: NaN, never enough observations
+                c.set_stats[i] = (nan, nan, nan, nan)
+            else:
+                s_std, s_acc = stats.std, stats.acceleration
+                c.set_stats[i] = (stats.n, stats.mean, nan if s_std is None else s_std, nan if s_acc is None else s_acc)
+        stats_cols = np.full((n, 4), nan)
+        stats_cols[idx] = c.set_stats[idx]
+        stats_n = stats_cols[:, 0]
+        mean, std, acc = stats_cols[:, 1], stats_cols[:, 2], stats_cols[:, 3]
+        enough = funding_ok & (stats_n >= min_obs)  # NaN (no statistics) is never enough
+        z_has = enough & ~np.isnan(std)
+        rate = cols["funding_rate"]
+        out = {
+            "zscore": np.where(z_has, fa.zscore_columns(rate, mean, std), nan),
+            "momentum": np.where(enough, fa.momentum_columns(rate, mean), nan),
+            "acceleration": np.where(funding_ok, acc, nan),
+        }
+        present.update(zscore=z_has, momentum=enough, acceleration=funding_ok & ~np.isnan(acc))
+        # anchors: while nothing arrived or left the window, the kept slopes stand (WindowCache.anchors)
+        idx = np.flatnonzero(funding_ok & premium_has)
+        ends = _ends([instruments[i].anchor_samples for i in idx.tolist()])
+        pub = c.anc_published[idx]
+        stale = ~(
+            (pub[:, 0] <= anchor_start)
+            & (anchor_start < pub[:, 1])
+            & (pub[:, 2] == ends[:, 2])
+            & (pub[:, 3] == ends[:, 0])
+        )
+        for k, j in enumerate(np.flatnonzero(stale).tolist()):
             if k and not k % _LOOKUPS_PER_YIELD:
                 _yield_gil()
-            level[i], diff[i] = cache.anchors(keys[i], instruments[i], anchor_start)
-        oi = cols["open_interest_usd"]
-        ois = oi.tolist()
-        for k, i in enumerate(np.flatnonzero(~np.isnan(oi)).tolist()):
-            if k and not k % _LOOKUPS_PER_YIELD:
-                _yield_gil()
-            oi1[i], oi4[i] = self._oi_changes(instruments[i], ois[i], now)
-        mark = cols["mark_price"]
-        marks = mark.tolist()
-        for k, i in enumerate(np.flatnonzero(~np.isnan(mark)).tolist()):
-            if k and not k % _LOOKUPS_PER_YIELD:
-                _yield_gil()
-            vol1[i], vol4[i] = self._volatility(instruments[i], now, marks[i])
-        out = {}
-        for name, values in (
-            ("zscore", z),
-            ("momentum", mom),
-            ("acceleration", acc),
-            ("anchor_strength", level),
-            ("anchor_difference", diff),
-            ("oi_change_1h", oi1),
-            ("oi_change_4h", oi4),
-            ("volatility_1h", vol1),
-            ("volatility_4h", vol4),
+            i = int(idx[j])
+            level, diff = cache.anchors(keys[i], instruments[i], anchor_start)
+            published = cache.anchor_published(keys[i])
+            c.anc_published[i] = (nan, nan, nan, nan) if published is None else published
+            c.anc[i] = (nan if level is None else level, nan if diff is None else diff)
+            c.anc_has[i] = (level is not None, diff is not None)
+        anc = np.full((n, 2), nan)
+        anc_has = np.zeros((n, 2), dtype=bool)
+        anc[idx], anc_has[idx] = c.anc[idx], c.anc_has[idx]
+        out.update(anchor_strength=anc[:, 0].copy(), anchor_difference=anc[:, 1].copy())
+        present.update(anchor_strength=anc_has[:, 0], anchor_difference=anc_has[:, 1])
+        oi1c, oi4c, vol1c, vol4c, vol_has = self._factor_columns(instruments, static, now, cols)
+        for name, col, has in (
+            ("oi_change_1h", oi1c, ~np.isnan(oi1c)),  # oi / then - 1 of finite values: NaN only when absent
+            ("oi_change_4h", oi4c, ~np.isnan(oi4c)),
+            ("volatility_1h", vol1c, vol_has[:, 0]),
+            ("volatility_4h", vol4c, vol_has[:, 1]),
         ):
-            out[name] = np.array(values, dtype=np.float64).reshape(n)  # None: NaN
-            present[name] = np.fromiter(map(_is_value, values), dtype=bool, count=n)
+            out[name] = col
+            present[name] = has
         return out
+
+    def _factor_columns(
+        self, instruments: list[InstrumentState], static: _Static, now: float, cols: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Open-interest change and volatility over 1 h and 4 h of every instrument, as columns.
+
+        What each was last computed from is kept per instrument of the list (``_Cached``): the
+        windows' ends (records, first and last time), the open-interest samples around each
+        window's start, the minute and the minute in progress. A scrape compares those columns with
+        the windows' ends now and asks :meth:`_oi_changes` / :meth:`_volatility` only for the
+        instruments whose inputs moved; the open-interest change itself is computed over the
+        columns from the sample each window's start picks (factors.oi_change_columns)."""
+        c = self._cached_for(static)
+        nan = np.nan
+        keys = static.keys
+        oi = cols["open_interest_usd"]
+        idx = np.flatnonzero(~np.isnan(oi))
+        ends = _ends([instruments[i].oi_samples for i in idx.tolist()])
+        t1, t4 = now - _OI_WINDOWS[0], now - _OI_WINDOWS[1]
+        b = c.oi_bounds[idx]
+        valid = (
+            (c.oi_ends[idx] == ends).all(axis=1) & (b[:, 0] <= t1) & (t1 < b[:, 1]) & (b[:, 2] <= t4) & (t4 < b[:, 3])
+        )
+        ois = oi.tolist()
+        for k, j in enumerate(np.flatnonzero(~valid).tolist()):
+            if k and not k % _LOOKUPS_PER_YIELD:
+                _yield_gil()
+            i = int(idx[j])
+            self._oi_changes(instruments[i], ois[i], now)  # refreshes self._oi
+            (lo1, hi1, ts1, vs1), (lo4, hi4, ts4, vs4) = self._oi[keys[i]][1]
+            c.oi_ends[i] = ends[j]
+            c.oi_bounds[i] = (lo1, hi1, lo4, hi4)
+            c.oi_then[i] = (
+                ts1[0] if ts1 else nan,
+                vs1[0] if vs1 else nan,
+                ts4[0] if ts4 else nan,
+                vs4[0] if vs4 else nan,
+            )
+        then = np.full((len(instruments), 4), nan)
+        then[idx] = c.oi_then[idx]
+        oi1 = factors.oi_change_columns(then[:, 0], then[:, 1], oi, now, _OI_WINDOWS[0])
+        oi4 = factors.oi_change_columns(then[:, 2], then[:, 3], oi, now, _OI_WINDOWS[1])
+        mark = cols["mark_price"]
+        idx = np.flatnonzero(~np.isnan(mark))
+        sts = [instruments[i] for i in idx.tolist()]
+        ends = _ends([st.mark_minutes for st in sts])
+        sig = np.empty((len(idx), 4))
+        sig[:, 0] = now // factors.MINUTE
+        sig[:, 1:3] = ends[:, (0, 2)]
+        sig[:, 3] = np.fromiter(map(_mark_minute, sts), dtype=np.float64, count=len(sts))
+        marks = mark.tolist()
+        for k, j in enumerate(np.flatnonzero(~(c.vol_sig[idx] == sig).all(axis=1)).tolist()):
+            if k and not k % _LOOKUPS_PER_YIELD:
+                _yield_gil()
+            i = int(idx[j])
+            v1, v4 = self._volatility(instruments[i], now, marks[i])
+            c.vol_sig[i] = sig[j]
+            c.vol[i] = (nan if v1 is None else v1, nan if v4 is None else v4)
+            c.vol_has[i] = (v1 is not None, v4 is not None)
+        vol = np.full((len(instruments), 2), nan)
+        vol_has = np.zeros((len(instruments), 2), dtype=bool)
+        vol[idx], vol_has[idx] = c.vol[idx], c.vol_has[idx]
+        return oi1, oi4, vol[:, 0].copy(), vol[:, 1].copy(), vol_has
+
+    def _cached_for(self, static: _Static) -> _Cached:
+        c = self._cached
+        if c is None or c.static is not static:
+            c = self._cached = _Cached(static)
+        return c
 
     def _views_each(self, instruments: list[InstrumentState], now: float) -> list[InstrumentView]:
         """The views built instrument by instrument: the reference for the bulk path, and its

@@ -293,6 +293,9 @@ def test_the_label_columns_follow_the_instrument_list(monkeypatch: pytest.Monkey
         return real(key, *args)
 
     monkeypatch.setattr(reg.views.cache, "settlement_stats", failing)
+    # a settlement changes its window: its statistics are computed again (a scrape asks the cache
+    # only for windows that changed), and fail (one settlement: no z-score before or after)
+    state.add_settlements(state.instruments[(Exchange.BINANCE, "ETHUSDT")], [(T0 - 3600.0, 1e-4)])
     without = reg.render()
     assert b'instrument="ETHUSDT"' not in without.split(b"fr_funding_settlements_missed_total")[0]
     assert f"fr_mark_price{eth.replace('ETH', 'BTC')}".encode() in without

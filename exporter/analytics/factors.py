@@ -78,3 +78,21 @@ def oi_change(
     if not then > 0.0:
         return None
     return oi_now / then - 1.0
+
+
+def oi_change_columns(
+    then_times: np.ndarray,
+    then_values: np.ndarray,
+    oi_now: np.ndarray,
+    now: float,
+    window_s: float,
+    *,
+    tolerance_s: float = 600.0,
+) -> np.ndarray:
+    """:func:`oi_change` of many instruments at once, each given the sample it picks (the latest at or
+    before ``now - window_s``; NaN time: none): NaN where :func:`oi_change` gives None, else the
+    same float (the same operations)."""
+    target = now - window_s
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        ok = ~np.isnan(then_times) & ~(then_times < target - tolerance_s) & (then_values > 0.0)
+        return np.where(ok, oi_now / then_values - 1.0, np.nan)

@@ -139,6 +139,18 @@ def zscore(current: float, stats: WindowStats | None, min_observations: int) -> 
     return (current - stats.mean) / stats.std
 
 
+def zscore_columns(current: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """:func:`zscore` over columns, where it is defined (enough observations, a spread): the same
+    operations, so the same floats."""
+    with np.errstate(all="ignore"):
+        return (current - mean) / std
+
+
+def momentum_columns(current: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """:func:`momentum` over columns, where it is defined."""
+    return current - mean
+
+
 def momentum(current: float, stats: WindowStats | None, min_observations: int) -> float | None:
     """Current rate minus the window mean (fraction per interval)."""
     if stats is None or stats.n < min_observations:
@@ -468,6 +480,21 @@ class WindowCache:
             if win is None:
                 win = self._anchor[key] = _AnchorWindow()
             return win.advance(flat, start, min_points, DIFFERENCE_MAX_GAP_SECONDS)
+
+    def anchor_published(self, key: Hashable) -> tuple[float, float, float, int] | None:
+        """What :meth:`anchors` of ``key`` last computed its slopes over: the newest sample before the
+        window, the oldest and newest inside it, the samples the source held (None: nothing yet).
+        The slopes stand while ``before <= start < oldest`` and the source's newest time and length
+        are those: a reader of many instruments checks that over columns and asks only the others."""
+        win = self._anchor.get(key)
+        return None if win is None else win.published[:4]
+
+    def settlement_oldest(self, key: Hashable) -> float:
+        """The time of the oldest settlement in the window :meth:`settlement_stats` of ``key`` last
+        computed (inf: none, or never computed): its statistics stand, for the same version, while
+        the window's start stays before it."""
+        hit = self._settle.get(key)
+        return np.inf if hit is None else hit[1]
 
     def anchor(self, key: Hashable, samples: _AnchorSource, start: float, min_points: int = 10) -> float | None:
         """:func:`anchor_strength` (method level), kept up to date as in :meth:`anchors`."""
