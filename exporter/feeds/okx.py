@@ -164,14 +164,22 @@ class OkxFeed:
                 # :func:`_open_interest` on a typed row, the checks inline (no call a row); what it
                 # does not take raises, and the strict path names it
                 oi = r.oi  # the three sizes were checked while decoding
-                if not inst or oi is a:
-                    raise _Invalid
                 coin: float | None = r.oiCcy
-                if coin is a:
-                    coin = None
                 usd: float | None = r.oiUsd
                 if usd is a:
                     usd = None
+                et: float | None = r.ts / 1000.0  # NaN when absent: no time
+                # the usual row (its coin given, a time, a linear swap) in one test; else the cases below
+                usual = coin is not a and oi is not a and inst and lo <= et <= hi  # type: ignore[operator]
+                if usual and (info is None or not info.inverse):
+                    out.append(
+                        MarketUpdate(EX, inst, et, None, None, None, None, None, None, None, None, None, coin, usd)
+                    )
+                    continue
+                if not inst or oi is a:
+                    raise _Invalid
+                if coin is a:
+                    coin = None
                 if info is not None and info.inverse:
                     if usd is None:
                         usd = oi * info.contract_size  # inverse contracts are worth a fixed number of USD
@@ -183,7 +191,6 @@ class OkxFeed:
                     coin = oi * info.contract_size
                     if not coin <= _QMAX:
                         raise _Invalid
-                et: float | None = r.ts / 1000.0  # NaN when absent: no time
                 if not lo <= et <= hi:  # type: ignore[operator]
                     if et == et:
                         raise _Invalid
