@@ -24,7 +24,8 @@ cryptofeed is not a dependency of the project: ``make bench-cryptofeed`` runs th
 environment (``.venv-bench``, git-ignored) with cryptofeed 2.4.x installed there. Without cryptofeed
 it prints our figures only and says so.
 
-Run: ``make bench-cryptofeed`` or ``.venv-bench/bin/python bench/bench_cryptofeed.py [--runs 9] [--batch-ms 40]``.
+Run: ``make bench-cryptofeed`` or ``.venv-bench/bin/python bench/bench_cryptofeed.py [--runs 9] [--batch-ms 40]
+[--only okx,...] [--split]`` (``--split``: ours' parse alone and store alone beside the whole, same batches).
 Prints figures; not a test. Goals (issue 10): ours <= 0.5x cf no-op and <= 1/3 of cf gauge, every kind.
 """
 
@@ -221,8 +222,10 @@ def dummies(ex: Exchange) -> list[InstrumentInfo]:
     return [_info(ex, f"C{n:03d}USDT", f"C{n:03d}", "USDT", funding_interval_s=28800.0) for n in range(DUMMIES)]
 
 
-def ours(k: Kind) -> Callable[[int], None]:
-    """n frames through parse_ws + apply_many, as FeedConnection hands them over."""
+def ours(k: Kind, split: bool = False) -> dict[str, Callable[[int], None]]:
+    """{"ours": n frames through parse_ws + apply_many, as FeedConnection hands them over}; with
+    ``split`` also "parse" (parse_ws alone) and "store" (apply_many of the records a frame gives once
+    the state has seen it: what every push after the first costs the store)."""
     state = MarketState(clock=lambda: k.now)
     infos = [*dummies(k.exchange), *k.infos]
     for info in infos:
@@ -238,6 +241,8 @@ def ours(k: Kind) -> Callable[[int], None]:
     # a kind must produce records (the non-liquidation trades frame is allowed to be empty)
     if bad or state.unknown_instrument_updates or (not recs and "none liquidated" not in k.name):
         raise SystemExit(f"{k.name}: our parser gave {recs!r}: the benchmark's frame or instruments are wrong")
+    apply_many(recs, now)  # the first frame reaches the store, as in the exporter
+    steady = parse(frame, ctx)  # what every later frame gives (OKX: no repeated settlement)
 
     # The exporter's liquidation windows hold a minute (the base's flow) to an hour (the instrument's)
     # and the records leave them as the clock moves; with the receive time fixed here nothing would ever
@@ -256,7 +261,26 @@ def ours(k: Kind) -> Callable[[int], None]:
         for _ in range(n):
             apply_many(parse(frame, ctx), now)
 
-    return run
+    out: dict[str, Callable[[int], None]] = {"ours": run}
+    if split:
+
+        def parse_only(n: int) -> None:
+            for _ in range(n):
+                parse(frame, ctx)
+
+        def store_only(n: int) -> None:
+            for st in held:
+                st.liq_recent.clear()
+                flow = st.liq_flow
+                if flow is not None:
+                    flow.entries.clear()
+                    flow.total = 0.0
+            for _ in range(n):
+                apply_many(steady, now)
+
+        out["parse"] = parse_only
+        out["store"] = store_only
+    return out
 
 
 def records_of(k: Kind) -> list[Record]:
@@ -394,6 +418,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=9, help="interleaved batches per variant (median printed)")
     ap.add_argument("--batch-ms", type=float, default=40.0, help="CPU time of one batch")
     ap.add_argument("--only", default="", help="comma-separated substrings of kind names to run")
+    ap.add_argument(
+        "--split", action="store_true", help="also ours' parse alone and store alone (interleaved with the rest)"
+    )
     args = ap.parse_args()
     sys.path.insert(0, HERE)
     from importlib.metadata import PackageNotFoundError
@@ -420,7 +447,7 @@ def main() -> None:
     prepared = []
     for k in ks:
         records_of(k)
-        variants = {"ours": ours(k)}
+        variants = ours(k, args.split)
         if k.cf_class is not None and cf_version is not None:
             variants.update(cryptofeed_variants(k))
         prepared.append((k, variants))
@@ -433,14 +460,16 @@ def main() -> None:
     for k, variants in prepared:
         res = measure(variants, args.runs, args.batch_ms / 1000.0)
         o = res["ours"]
+        parts = f"  [parse {res['parse']:.2f}, store {res['store']:.2f}]" if args.split else ""
         if "cf no-op" not in res:
             note = k.cf_note if k.cf_class is None else "cryptofeed not installed"
-            print(f"{k.name:<33} {o:>7.2f} {'-':>9} {'-':>9} {'-':>11} {'-':>11}  ({note})")
+            print(f"{k.name:<33} {o:>7.2f} {'-':>9} {'-':>9} {'-':>11} {'-':>11}  ({note}){parts}")
             continue
         rn, rg = o / res["cf no-op"], o / res["cf gauge"]
         worst_noop, worst_gauge = max(worst_noop, rn), max(worst_gauge, rg)
         ok = "met" if rn <= 0.5 and rg <= 1 / 3 else "NOT met"
-        print(f"{k.name:<33} {o:>7.2f} {res['cf no-op']:>9.2f} {res['cf gauge']:>9.2f} {rn:>10.2f}x {rg:>10.2f}x  {ok}")
+        cf = f"{res['cf no-op']:>9.2f} {res['cf gauge']:>9.2f}"
+        print(f"{k.name:<33} {o:>7.2f} {cf} {rn:>10.2f}x {rg:>10.2f}x  {ok}{parts}")
     if worst_noop:
         print(
             f"worst: ours/no-op {worst_noop:.2f}x (goal <= 0.50: {'met' if worst_noop <= 0.5 else 'NOT met'}), "
