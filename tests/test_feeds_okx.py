@@ -159,6 +159,49 @@ def test_remembered_settlements_give_the_store_the_same_settlements() -> None:
     assert counts == [len(rows) + 3, 2 * len(rows)]  # three settlements passed on, not eight
 
 
+def _without(row: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in keys}
+
+
+_H8 = 28_800_000
+FUNDING_SHAPES: list[tuple[str, dict[str, Any]]] = [
+    ("usual", FUNDING),
+    ("no next time", _without(FUNDING, "nextFundingTime")),
+    ("no previous time", _without(FUNDING, "prevFundingTime")),
+    ("no funding time", _without(FUNDING, "fundingTime")),
+    ("no event time", _without(FUNDING, "ts")),
+    ("no settlement", _without(FUNDING, "settFundingRate", "settState")),
+    ("no rates", _without(FUNDING, "fundingRate", "maxFundingRate", "minFundingRate", "premium")),
+    ("next before funding", {**FUNDING, "nextFundingTime": str(int(FUNDING["fundingTime"]) - _H8)}),
+    ("previous after funding", {**FUNDING, "prevFundingTime": str(int(FUNDING["fundingTime"]) + _H8)}),
+    ("times equal", {**FUNDING, "prevFundingTime": FUNDING["fundingTime"], "nextFundingTime": FUNDING["fundingTime"]}),
+    ("interval of ten seconds", {**FUNDING, "nextFundingTime": str(int(FUNDING["fundingTime"]) + 10_000)}),
+    ("interval of two days", {**FUNDING, "nextFundingTime": str(int(FUNDING["fundingTime"]) + 6 * _H8)}),
+    ("event time a week ahead", {**FUNDING, "ts": str(int(FUNDING["ts"]) + 21 * _H8)}),
+    ("previous time years back", {**FUNDING, "prevFundingTime": "1000000000000"}),
+    ("next time a week ahead", {**FUNDING, "nextFundingTime": str(int(FUNDING["fundingTime"]) + 21 * _H8)}),
+]
+
+
+@pytest.mark.parametrize("row", [r for _, r in FUNDING_SHAPES], ids=[n for n, _ in FUNDING_SHAPES])
+@pytest.mark.parametrize("clocked", [False, True], ids=["static bounds", "clock"])
+def test_funding_rows_of_every_shape_give_what_the_strict_path_gives(row: dict[str, Any], clocked: bool) -> None:
+    # the usual row is checked in one chained comparison, any other shape by the general checks: both
+    # must give exactly the strict path's records, or the same refusal
+    clock = (lambda: int(FUNDING["ts"]) / 1000 + 1.0) if clocked else None
+    ctx = FeedContext(EX, clock=clock)
+    frame = push("funding-rate", [row])
+    try:
+        want: list[Any] | str = OkxFeed(fast=False).parse_ws(frame, ctx)
+    except ParseError as exc:
+        want = exc.reason
+    try:
+        got: list[Any] | str = FEED.parse_ws(frame, ctx)
+    except ParseError as exc:
+        got = exc.reason
+    assert got == want
+
+
 def test_old_shape_without_funding_rate_invents_nothing() -> None:
     row = {"fundingTime": "1640851200000", "instId": "SOS-USDT-SWAP", "instType": "SWAP", "nextFundingRate": "0.0003"}
     (u,) = FEED.parse_ws(push("funding-rate", [row]), EMPTY)
