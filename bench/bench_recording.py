@@ -476,13 +476,17 @@ def main() -> None:
                 f"(the str decode the loop no longer pays)"
             )
 
-    print("summary: shape | transport | level | recording % of ingest CPU, median [range] | writer % | MB an hour")
+    print(
+        "summary: shape | transport | level | recording % of ingest CPU, median [range] | writer thread % | "
+        "loop thread +% | ingest updates/s without recording | MB an hour"
+    )
     for (m, lv), c in costs.items():
         shape, as_str, tr = m
         print(
             f"  {shape.name} | {tr.label if tr is not None else ('str' if as_str else 'bytes') + ', no socket'} | "
             f"{lv if lv is not None else 'default'} | {med(c.shares):.1f} [{min(c.shares):.1f}, {max(c.shares):.1f}] | "
-            f"{med(c.writer):.1f} | {med(c.disk) / len(shape.frames) * per_hour[shape.name] / 1e6:,.3g}"
+            f"{med(c.writer):.1f} | {med(c.hooked):+.1f} | {shape.updates / med(c.base):,.0f} | "
+            f"{med(c.disk) / len(shape.frames) * per_hour[shape.name] / 1e6:,.3g}"
         )
     print(f"end {time.strftime('%H:%M:%S UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f}")
 
