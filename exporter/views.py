@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from itertools import repeat
+from itertools import compress, repeat
 from operator import attrgetter, is_not, mul
 from typing import Any
 
@@ -244,7 +244,7 @@ _VIEW_FIELDS = tuple(f.name for f in dataclasses.fields(InstrumentView))
 class _Static:
     """What the bulk views need of a list of instruments' static facts, kept while the list holds."""
 
-    __slots__ = ("deribit", "ex_index", "exchanges", "infos", "keys")
+    __slots__ = ("bases", "deribit", "ex_index", "exchange_values", "exchanges", "infos", "instruments", "keys")
 
     def __init__(self, infos: list[InstrumentInfo]) -> None:
         n = len(infos)
@@ -254,6 +254,9 @@ class _Static:
         self.ex_index = np.fromiter((index[i.exchange] for i in infos), dtype=np.intp, count=n)
         self.deribit = np.fromiter((i.exchange is Exchange.DERIBIT for i in infos), dtype=bool, count=n)
         self.keys = [(i.exchange, i.instrument) for i in infos]  # InstrumentState.key
+        self.bases = [i.base for i in infos]
+        self.exchange_values = [i.exchange.value for i in infos]
+        self.instruments = [i.instrument for i in infos]
 
 
 def _ends(windows: list[Any]) -> np.ndarray:
@@ -308,7 +311,7 @@ class ViewTable:
     and cross-exchange collectors) take the columns: a family is a pass over contiguous memory, not
     a read of an object per instrument. :meth:`views` gives the same as InstrumentView objects."""
 
-    __slots__ = ("_views", "cols", "infos", "short", "stale", "states")
+    __slots__ = ("_views", "cols", "infos", "short", "stale", "states", "static")
 
     def __init__(
         self,
@@ -317,12 +320,14 @@ class ViewTable:
         cols: dict[str, np.ndarray],
         stale: np.ndarray,
         short: np.ndarray,
+        static: _Static | None = None,
     ) -> None:
         self.states = states
         self.infos = infos
         self.cols = cols
         self.stale = stale
         self.short = short
+        self.static: _Static | None = static
         self._views: list[InstrumentView] | None = None
 
     def __len__(self) -> int:
@@ -550,7 +555,7 @@ class MarketViews:
             self.errors.count("market", int(np.count_nonzero(bad)))
         # the side that receives funding: shorts unless the rate is negative (fa.receiving_side)
         short = ~(rate < 0.0)
-        return ViewTable(instruments, static.infos, cols, ~(price_ok & funding_ok), short)
+        return ViewTable(instruments, static.infos, cols, ~(price_ok & funding_ok), short, static)
 
     def _windowed(
         self,
@@ -926,20 +931,28 @@ class MarketViews:
     def funding_points(self, views: ViewTable | Iterable[InstrumentView]) -> list[FundingPoint]:
         """The cross-exchange inputs: instruments with a fresh 8 h rate."""
         if isinstance(views, ViewTable):
-            cols, infos = views.cols, views.infos
+            cols, static = views.cols, views.static or _Static(views.infos)
             r8 = cols["funding_rate_8h"]
-            rates, ois, fees = r8.tolist(), cols["open_interest_usd"].tolist(), cols["fee_bp"].tolist()
-            return [
-                FundingPoint(
-                    (info := infos[i]).base,
-                    info.exchange.value,
-                    info.instrument,
-                    rates[i],
-                    None if ois[i] != ois[i] else ois[i],
-                    fees[i],
+            has = ~np.isnan(r8)
+            keep = has.tolist()
+            oi = cols["open_interest_usd"][has]
+            oi_or_none = oi.astype(object)
+            oi_or_none[np.isnan(oi)] = None  # unknown or stale
+            # the labels' strings from the instrument list's static facts, the values in C
+            return list(
+                map(
+                    FundingPoint._make,
+                    zip(
+                        compress(static.bases, keep),
+                        compress(static.exchange_values, keep),
+                        compress(static.instruments, keep),
+                        r8[has].tolist(),
+                        oi_or_none.tolist(),
+                        cols["fee_bp"][has].tolist(),
+                        strict=True,
+                    ),
                 )
-                for i in np.flatnonzero(~np.isnan(r8)).tolist()
-            ]
+            )
         return [
             FundingPoint(
                 v.st.info.base,

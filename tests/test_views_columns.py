@@ -14,6 +14,7 @@ import random
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from exporter.config import Config
 from exporter.metrics import build_registry
@@ -181,3 +182,30 @@ def test_a_table_from_views_gives_back_the_same_views() -> None:
     table._views = None  # built again from the columns
     for g, w in zip(_rows(table.views()), _rows(views), strict=True):
         assert all(_same(x, y) for f, x, y in zip(FIELDS, g, w, strict=True) if f != "st"), (g, w)
+
+
+def test_kept_value_texts_follow_every_change() -> None:
+    """A value's text is kept from one scrape to the next while the value stays the same bit for
+    bit: after each change (0.0 to -0.0 and back, across Go's exponent threshold of 1e6, absent and
+    back, a counter) the render equals prometheus_client's of the same registry."""
+    _, state = _market(seed=9, per_exchange=6)
+    state.snapshot()[0].funding_interval_s = EIGHT_HOURS  # no overflow: fr_render_errors_total stays
+    reg = build_registry(Config(), state, process=False)
+    bodies = [reg.render()]
+    sts = state.snapshot()
+    a, b, c = sts[5], sts[6], sts[7]  # fresh ones
+    for change in (
+        lambda: setattr(a, "funding_cap", -0.0),
+        lambda: setattr(a, "funding_cap", 0.0),
+        lambda: setattr(b, "open_interest_usd", 999_999.5),
+        lambda: setattr(b, "open_interest_usd", 1_000_000.5),
+        lambda: setattr(c, "funding_floor", -0.002),
+        lambda: setattr(c, "funding_floor", None),
+        lambda: a.liq_count.__setitem__(Side.SHORT, a.liq_count[Side.SHORT] + 1),
+    ):
+        change()
+        body = reg.render()
+        assert body == generate_latest(reg)
+        assert body != bodies[-1]
+        bodies.append(body)
+    assert b"-0.0\n" in bodies[1] and b"1.0000005e+06\n" in bodies[4]

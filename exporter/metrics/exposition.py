@@ -18,7 +18,7 @@ import gzip
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from itertools import compress
+from itertools import chain, compress, repeat
 from typing import Any, Protocol, runtime_checkable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -71,6 +71,12 @@ def format_value(v: float) -> str:
             mantissa = (s[0] + "." + s[1:dot] + s[dot + 1 :]).rstrip("0.")
             return f"{mantissa}e+{dot - 1:02d}"
     return s
+
+
+def value_text(v: float) -> str:
+    """A finite sample value's text, as :func:`render_family` writes it: ``repr`` below 1e6 (Go's
+    formatting there), :func:`format_value` above."""
+    return repr(v) if -1e300 < v < 1e6 else format_value(v)
 
 
 def escape_label_value(v: str) -> str:
@@ -146,7 +152,7 @@ class Family:
     memory (each one a cache miss and a reference count written, per family).
     """
 
-    __slots__ = ("_labels", "_masked", "spec", "texts", "values")
+    __slots__ = ("_labels", "_masked", "spec", "strs", "texts", "values")
 
     def __init__(
         self,
@@ -160,6 +166,8 @@ class Family:
         self._masked: tuple[Sequence[LabelSet], Sequence[bool]] | None = None
         self.values: list[float] = values if values is not None else []
         self.texts = texts
+        # the values' texts (value_text), when the collector has them: finite values only
+        self.strs: list[str] | None = None
 
     @classmethod
     def masked(
@@ -180,6 +188,7 @@ class Family:
         return self._labels
 
     def add(self, labels: LabelSet, value: float) -> None:
+        self.strs = None
         self.labels.append(labels)
         self.values.append(float(value))
         if self.texts is not None:
@@ -235,6 +244,14 @@ def render_family(fam: Family, out: list[bytes], openmetrics: bool) -> int:
     # for values outside the fast range. Values must be floats here.
     values = fam.values
     texts = fam.texts if fam.texts is not None else [lb.text for lb in fam.labels]
+    strs = fam.strs
+    if strs is not None:  # the collector's texts of finite values: the lines joined in C
+        for i in range(0, len(strs), YIELD_EVERY):
+            if i:
+                yield_gil()
+            part = zip(repeat(name), texts[i : i + YIELD_EVERY], repeat(" "), strs[i : i + YIELD_EVERY], repeat("\n"))
+            out.append(join(chain.from_iterable(part)).encode())
+        return 0
     kept = 0
     for i in range(0, len(values), YIELD_EVERY):
         if i:

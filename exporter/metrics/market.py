@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from prometheus_client.core import Metric
 
-from exporter.analytics.cross import FundingPoint, funding_spreads, oi_weighted_funding
+from exporter.analytics.cross import FundingPoint, Spread, funding_spreads, oi_weighted_funding
 from exporter.metrics import catalog as m
-from exporter.metrics.exposition import Family, LabelSet, Spec, yield_gil
+from exporter.metrics.exposition import Family, LabelSet, Spec, value_text, yield_gil
 from exporter.model import InstrumentInfo, Side
 from exporter.state import InstrumentState, Key
 from exporter.views import InstrumentView, MarketViews, ViewTable
@@ -90,14 +90,46 @@ class _Column:
         return out
 
 
-def _present(spec: Spec, col: _Column, values: np.ndarray) -> Family:
+class _Texts:
+    """A family's value texts of the last scrape, one per position of its label column (None:
+    absent), and the values they were made from."""
+
+    __slots__ = ("col", "strs", "values")
+
+    def __init__(self, col: _Column, values: np.ndarray, strs: list[str | None]) -> None:
+        self.col, self.values, self.strs = col, values, strs
+
+
+def _present(spec: Spec, col: _Column, values: np.ndarray, kept: dict[str, _Texts]) -> Family:
     """The family of one optional value (a column, NaN where absent): only the instruments that have
-    it. ``tolist()`` makes the values' float objects one after the other, so the renderer reads
-    them from contiguous memory (at 8,000 instruments a view's floats, spread among its other
-    values, were a cache line each)."""
+    it, all in C. ``tolist()`` makes the values' float objects one after the other (at 8,000
+    instruments a view's floats, spread among its other values, were a cache line each).
+
+    Each value's text is made once and kept while the value stays the same, bit for bit (``kept``,
+    per family): many values do not move between two scrapes (intervals, caps, next funding times,
+    counters, a minute's volatility and anchors), and formatting (``repr``; Go's exponent form from
+    1e6 up, a Python function) is most of a family's rendering. The texts are the renderer's own
+    (``exposition.value_text``), so the lines are the same bytes."""
     mask = ~np.isnan(values)
     keep = mask.tolist()
-    return Family.masked(spec, col.labels, keep, values[mask].tolist(), list(compress(col.texts, keep)))
+    present = values[mask]
+    texts = list(compress(col.texts, keep))
+    if not np.isfinite(present).all():  # the renderer leaves these out and counts them
+        return Family.masked(spec, col.labels, keep, present.tolist(), texts)
+    hit = kept.get(spec.name)
+    if hit is None or hit.col is not col:
+        strs: list[str | None] = [None] * len(values)
+        moved = mask
+    else:
+        strs = list(hit.strs)  # a copy: another scrape thread may be reading the kept one
+        moved = mask & (hit.values.view(np.int64) != values.view(np.int64))  # bits: -0.0 is not 0.0
+    idx = np.flatnonzero(moved)
+    for i, v in zip(idx.tolist(), values[idx].tolist(), strict=True):
+        strs[i] = value_text(v)
+    kept[spec.name] = _Texts(col, values, strs)
+    fam = Family.masked(spec, col.labels, keep, present.tolist(), texts)
+    fam.strs = list(compress(strs, keep))  # type: ignore[arg-type]  # present: never None
+    return fam
 
 
 def _pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -191,6 +223,8 @@ class MarketCollector:
         # scrape over the same instruments takes them as they are, without a lookup per instrument
         self._columns = _Columns([], [])
         self._calls = 0
+        # per family, the value texts of the last scrape (see _present); a scrape at a time
+        self._texts: dict[str, _Texts] = {}
 
     def labels_of(self, st: InstrumentState) -> InstrumentLabels:
         """The instrument's label sets, rendered once and reused while its static facts hold."""
@@ -234,9 +268,10 @@ class MarketCollector:
             fams.append(fam)
             yield_gil()  # a family's worth of work (~1-3 ms at 8,000 instruments) between two yields
 
-        add(_present(self.s_rate, base, cols["funding_rate"]))
+        kept = self._texts
+        add(_present(self.s_rate, base, cols["funding_rate"], kept))
         interval = cols["funding_interval_s"]
-        add(_present(self.s_interval, base, np.where(interval == 0.0, np.nan, interval)))  # unknown or 0: none
+        add(_present(self.s_interval, base, np.where(interval == 0.0, np.nan, interval), kept))  # unknown or 0: none
         for spec, field in (
             (self.s_ann, "funding_rate_annualized"),
             (self.s_next, "next_funding_timestamp"),
@@ -251,28 +286,21 @@ class MarketCollector:
             (self.s_mom, "momentum"),
             (self.s_acc, "acceleration"),
         ):
-            add(_present(spec, base, cols[field]))
+            add(_present(spec, base, cols[field], kept))
         # the receiving side's label set of each instrument with an edge: long, short side by side
         # in lc.sides (an edge exists only with a fresh rate)
-        edge = cols["edge_bp"]
-        has_edge = ~np.isnan(edge)
-        short = table.short
-        chosen = _pairs(has_edge & ~short, has_edge & short).astype(bool).tolist()
-        add(
-            Family.masked(
-                self.s_edge, lc.sides.labels, chosen, edge[has_edge].tolist(), list(compress(lc.sides.texts, chosen))
-            )
-        )
-        add(_present(self.s_anchor, lc.methods, _pairs(cols["anchor_strength"], cols["anchor_difference"])))
-        add(_present(self.s_oi_change, lc.windows, _pairs(cols["oi_change_1h"], cols["oi_change_4h"])))
-        add(_present(self.s_vol, lc.windows, _pairs(cols["volatility_1h"], cols["volatility_4h"])))
+        edge, short = cols["edge_bp"], table.short
+        add(_present(self.s_edge, lc.sides, _pairs(np.where(short, np.nan, edge), np.where(short, edge, np.nan)), kept))
+        add(_present(self.s_anchor, lc.methods, _pairs(cols["anchor_strength"], cols["anchor_difference"]), kept))
+        add(_present(self.s_oi_change, lc.windows, _pairs(cols["oi_change_1h"], cols["oi_change_4h"]), kept))
+        add(_present(self.s_vol, lc.windows, _pairs(cols["volatility_1h"], cols["volatility_4h"]), kept))
         # Counters are always present (0 before the first liquidation) so rate() works from the start.
         sides = lc.sides
         counts = list(map(_read_liquidations, table.states))
-        liq = [float(c.get(s, 0)) for c, _ in counts for s in (_LONG, _SHORT)]
-        add(self.s_liq.family(list(sides.labels), liq, list(sides.texts)))
-        liq_usd = [float(n.get(s, 0.0)) for _, n in counts for s in (_LONG, _SHORT)]
-        add(self.s_liq_usd.family(list(sides.labels), liq_usd, list(sides.texts)))
+        liq = np.array([float(c.get(s, 0)) for c, _ in counts for s in (_LONG, _SHORT)], dtype=np.float64)
+        add(_present(self.s_liq, sides, liq, kept))
+        liq_usd = np.array([float(n.get(s, 0.0)) for _, n in counts for s in (_LONG, _SHORT)], dtype=np.float64)
+        add(_present(self.s_liq_usd, sides, liq_usd, kept))
         f_ins = self.s_ins.family()
         for ex, pool, balance in self.views.insurance(self.views.state.clock()):
             lbl = self._ins_labels.get((ex, pool))
@@ -330,27 +358,43 @@ class CrossCollector:
         mv = self.views
         if views is None:
             views = mv.current_table()
-        by_base: dict[str, list[FundingPoint]] = {}
-        for p in mv.funding_points(views):
-            by_base.setdefault(p.base, []).append(p)
+        points = mv.funding_points(views)
         f_oiw, f_spread = self.s_oiw.family(), self.s_spread.family()
         cfg = mv.config.analytics
         get = self._labels.get
-        # Base by base: one base whose figures cannot be computed loses its series, not the others.
-        for base in sorted(by_base):
-            points = by_base[base]
-            try:
-                oiw = oi_weighted_funding(points).get(base)
-                spreads = funding_spreads(points, cfg.holding_period_hours, cfg.spread_top_n)
-            except Exception:
-                mv.errors.count("cross")
-                log.warning("cross-exchange figures of %s failed; its series are left out", base, exc_info=True)
-                continue
-            if oiw is not None:
-                f_oiw.add(get((base,)) or self._label(_OIW_NAMES, (base,)), oiw)
-            for s in spreads:
-                key = s[:3]  # base, long_exchange, short_exchange
-                f_spread.add(get(key) or self._label(_SPREAD_NAMES, key), s.net_bp)
+        try:
+            # Every base at once (each function keeps the bases apart, in sorted order): one call
+            # each instead of two per base. Should one base's figures raise, base by base below.
+            oiw_all = oi_weighted_funding(points)
+            spreads_all: list[Spread] | None = funding_spreads(points, cfg.holding_period_hours, cfg.spread_top_n)
+        except Exception:
+            spreads_all = None
+        if spreads_all is not None:
+            bases = sorted(oiw_all)
+            labels = [get((base,)) or self._label(_OIW_NAMES, (base,)) for base in bases]
+            f_oiw = self.s_oiw.family(labels, [float(oiw_all[b]) for b in bases], [lb.text for lb in labels])
+            # a spread's first three fields are its label values: base, long_exchange, short_exchange
+            labels = [get(s[:3]) or self._label(_SPREAD_NAMES, s[:3]) for s in spreads_all]
+            f_spread = self.s_spread.family(labels, [float(s.net_bp) for s in spreads_all], [lb.text for lb in labels])
+        else:
+            by_base: dict[str, list[FundingPoint]] = {}
+            for p in points:
+                by_base.setdefault(p.base, []).append(p)
+            # Base by base: one base whose figures cannot be computed loses its series, not the others.
+            for base in sorted(by_base):
+                group = by_base[base]
+                try:
+                    oiw = oi_weighted_funding(group).get(base)
+                    spreads = funding_spreads(group, cfg.holding_period_hours, cfg.spread_top_n)
+                except Exception:
+                    mv.errors.count("cross")
+                    log.warning("cross-exchange figures of %s failed; its series are left out", base, exc_info=True)
+                    continue
+                if oiw is not None:
+                    f_oiw.add(get((base,)) or self._label(_OIW_NAMES, (base,)), oiw)
+                for s in spreads:
+                    key = s[:3]  # base, long_exchange, short_exchange
+                    f_spread.add(get(key) or self._label(_SPREAD_NAMES, key), s.net_bp)
         self._tidy([*f_oiw.labels, *f_spread.labels])
         return [f_oiw, f_spread]
 
