@@ -32,7 +32,7 @@ import numpy as np
 
 from exporter.analytics import factors, term
 from exporter.analytics import funding as fa
-from exporter.analytics.cross import FundingPoint
+from exporter.analytics.cross import FundingColumns, FundingPoint
 from exporter.config import Config
 from exporter.feeds.dated import expiry_date
 from exporter.model import EIGHT_HOURS, Exchange, InstrumentInfo, Side
@@ -244,7 +244,17 @@ _VIEW_FIELDS = tuple(f.name for f in dataclasses.fields(InstrumentView))
 class _Static:
     """What the bulk views need of a list of instruments' static facts, kept while the list holds."""
 
-    __slots__ = ("bases", "deribit", "ex_index", "exchange_values", "exchanges", "infos", "instruments", "keys")
+    __slots__ = (
+        "_names",
+        "bases",
+        "deribit",
+        "ex_index",
+        "exchange_values",
+        "exchanges",
+        "infos",
+        "instruments",
+        "keys",
+    )
 
     def __init__(self, infos: list[InstrumentInfo]) -> None:
         n = len(infos)
@@ -257,6 +267,21 @@ class _Static:
         self.bases = [i.base for i in infos]
         self.exchange_values = [i.exchange.value for i in infos]
         self.instruments = [i.instrument for i in infos]
+        self._names: tuple[list[str], np.ndarray, list[str], np.ndarray] | None = None
+
+    def name_codes(self) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
+        """The bases and exchanges sorted, and each instrument's codes into them (built once)."""
+        if self._names is None:
+            bases, exchanges = sorted(set(self.bases)), sorted(set(self.exchange_values))
+            bi = {b: k for k, b in enumerate(bases)}
+            ei = {e: k for k, e in enumerate(exchanges)}
+            self._names = (
+                bases,
+                np.array([bi[b] for b in self.bases], dtype=np.intp),
+                exchanges,
+                np.array([ei[e] for e in self.exchange_values], dtype=np.intp),
+            )
+        return self._names
 
 
 def _ends(windows: list[Any]) -> np.ndarray:
@@ -927,6 +952,24 @@ class MarketViews:
                 )
             )
         return out
+
+    def funding_columns(self, views: ViewTable | Sequence[InstrumentView]) -> FundingColumns:
+        """The cross-exchange inputs as columns: the instruments with a fresh 8 h rate."""
+        if not isinstance(views, ViewTable):
+            return FundingColumns.from_points(self.funding_points(views))
+        cols, static = views.cols, views.static or _Static(views.infos)
+        r8 = cols["funding_rate_8h"]
+        has = ~np.isnan(r8)
+        bases, base_codes, exchanges, exchange_codes = static.name_codes()
+        return FundingColumns(
+            bases,
+            exchanges,
+            base_codes[has],
+            exchange_codes[has],
+            r8[has],
+            cols["open_interest_usd"][has],
+            cols["fee_bp"][has],
+        )
 
     def funding_points(self, views: ViewTable | Iterable[InstrumentView]) -> list[FundingPoint]:
         """The cross-exchange inputs: instruments with a fresh 8 h rate."""

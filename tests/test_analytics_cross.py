@@ -87,3 +87,42 @@ def test_cross_series_normalise_intervals_and_skip_stale() -> None:
         reg.get_sample_value("fr_funding_spread_bp", {**lb, "long_exchange": "bybit", "short_exchange": "binance"})
         is None
     )
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_column_functions_equal_the_point_functions(seed: int) -> None:
+    """oi_weighted_columns and spreads_columns (what a scrape of thousands of instruments runs) give
+    what oi_weighted_funding and funding_spreads give, the same floats in the same order: random
+    markets with several instruments of a base on one exchange, equal rates (the earliest leg),
+    unknown and zero open interest, negative rates, bases on one exchange only."""
+    import random
+
+    from exporter.analytics.cross import FundingColumns, oi_weighted_columns, spreads_columns
+
+    rng = random.Random(seed)
+    exchanges = ["binance", "bybit", "okx", "deribit"]
+    fees = {"binance": 4.0, "bybit": 5.5, "okx": 5.0, "deribit": 0.0}
+    points = []
+    for k in range(300):
+        base = f"B{rng.randrange(60)}"
+        ex = rng.choice(exchanges[: rng.randint(1, 4)])
+        rate = rng.choice([1e-4, -2e-4, 0.0, 3e-4]) if rng.random() < 0.3 else rng.gauss(1e-4, 2e-4)
+        oi = rng.choice([None, 0.0, rng.uniform(1e5, 1e9)])
+        points.append(FundingPoint(base, ex, f"{base}-{ex}-{k}", rate, oi, fees[ex]))
+    cols = FundingColumns.from_points(points)
+    codes, values = oi_weighted_columns(cols)
+    want = oi_weighted_funding(points)
+    assert [cols.bases[c] for c in codes.tolist()] == sorted(want)
+    assert [repr(v) for v in values.tolist()] == [repr(want[b]) for b in sorted(want)]
+    for top_n in (1, 3, 12):
+        b, lo, sh, gross, net = spreads_columns(cols, 24.0, top_n)
+        got = [
+            (cols.bases[x], cols.exchanges[y], cols.exchanges[z], repr(g), repr(n))
+            for x, y, z, g, n in zip(b.tolist(), lo.tolist(), sh.tolist(), gross.tolist(), net.tolist(), strict=True)
+        ]
+        expected = [
+            (s.base, s.long_exchange, s.short_exchange, repr(s.gross_bp), repr(s.net_bp))
+            for s in funding_spreads(points, 24.0, top_n)
+        ]
+        assert got == expected
+        assert len(expected) > 20

@@ -354,7 +354,7 @@ def test_cross_label_sets_are_reused_at_any_market_size_and_dropped_with_their_b
     """fr_funding_spread_bp's label sets are built once per (base, pair of exchanges), also when a
     scrape uses more than 10,000 of them (8,000 instruments: a fixed-size cache was cleared and
     rebuilt every scrape), and those of a base that left the market are dropped."""
-    from exporter.analytics.cross import FundingPoint
+    from exporter.analytics.cross import FundingColumns, FundingPoint
     from exporter.metrics.market import CrossCollector
     from exporter.views import MarketViews, RenderErrors
 
@@ -369,7 +369,7 @@ def test_cross_label_sets_are_reused_at_any_market_size_and_dropped_with_their_b
         ]
 
     points = market(range(2000))
-    monkeypatch.setattr(views, "funding_points", lambda _views: points)
+    monkeypatch.setattr(views, "funding_columns", lambda _views: FundingColumns.from_points(points))
     collector = CrossCollector(views)
     first = collector.families([])
     spreads = first[1].labels

@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 from prometheus_client.core import Metric
 
-from exporter.analytics.cross import FundingPoint, Spread, funding_spreads, oi_weighted_funding
+from exporter.analytics.cross import (
+    FundingPoint,
+    funding_spreads,
+    oi_weighted_columns,
+    oi_weighted_funding,
+    spreads_columns,
+)
 from exporter.metrics import catalog as m
 from exporter.metrics.exposition import Family, LabelSet, Spec, value_text, yield_gil
 from exporter.model import InstrumentInfo, Side
@@ -358,27 +364,33 @@ class CrossCollector:
         mv = self.views
         if views is None:
             views = mv.current_table()
-        points = mv.funding_points(views)
         f_oiw, f_spread = self.s_oiw.family(), self.s_spread.family()
         cfg = mv.config.analytics
         get = self._labels.get
         try:
-            # Every base at once (each function keeps the bases apart, in sorted order): one call
-            # each instead of two per base. Should one base's figures raise, base by base below.
-            oiw_all = oi_weighted_funding(points)
-            spreads_all: list[Spread] | None = funding_spreads(points, cfg.holding_period_hours, cfg.spread_top_n)
+            # Every base at once, over columns (the same floats and order as the functions over
+            # points). Should anything raise, base by base below: one base loses its series.
+            fc = mv.funding_columns(views)
+            codes, oiw_col = oi_weighted_columns(fc)
+            sb, sl, ss, _, net = spreads_columns(fc, cfg.holding_period_hours, cfg.spread_top_n)
+            ok = True
         except Exception:
-            spreads_all = None
-        if spreads_all is not None:
-            bases = sorted(oiw_all)
-            labels = [get((base,)) or self._label(_OIW_NAMES, (base,)) for base in bases]
-            f_oiw = self.s_oiw.family(labels, [float(oiw_all[b]) for b in bases], [lb.text for lb in labels])
-            # a spread's first three fields are its label values: base, long_exchange, short_exchange
-            labels = [get(s[:3]) or self._label(_SPREAD_NAMES, s[:3]) for s in spreads_all]
-            f_spread = self.s_spread.family(labels, [float(s.net_bp) for s in spreads_all], [lb.text for lb in labels])
+            log.debug("cross-exchange figures over columns failed; base by base", exc_info=True)
+            ok = False
+        if ok:
+            names, exchanges = fc.bases, fc.exchanges
+            labels = [get((names[b],)) or self._label(_OIW_NAMES, (names[b],)) for b in codes.tolist()]
+            f_oiw = self.s_oiw.family(labels, oiw_col.tolist(), [lb.text for lb in labels])
+            # a spread's label values, in sorted name order: base, long_exchange, short_exchange
+            keys = [
+                (names[b], exchanges[lo], exchanges[sh])
+                for b, lo, sh in zip(sb.tolist(), sl.tolist(), ss.tolist(), strict=True)
+            ]
+            labels = [get(k) or self._label(_SPREAD_NAMES, k) for k in keys]
+            f_spread = self.s_spread.family(labels, net.tolist(), [lb.text for lb in labels])
         else:
             by_base: dict[str, list[FundingPoint]] = {}
-            for p in points:
+            for p in mv.funding_points(views):
                 by_base.setdefault(p.base, []).append(p)
             # Base by base: one base whose figures cannot be computed loses its series, not the others.
             for base in sorted(by_base):
