@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import websockets
@@ -26,12 +27,12 @@ async def test_each_exchange_accepts_deflate_as_set_and_frames_arrive_either_way
         async with websockets.connect(binance + "/market/stream?streams=btcusdt@markPrice@1s") as ws:
             assert _deflate(ws)  # websockets offers it by default, as the exporter's connection does
             await sim.advance(1.0)
-            assert json.loads(await ws.recv())["data"]["s"] == "BTCUSDT"
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["data"]["s"] == "BTCUSDT"
         bybit, _ = sim.urls(Exchange.BYBIT)
         async with websockets.connect(bybit + "/v5/public/linear") as ws:
             assert not _deflate(ws)
             await ws.send(json.dumps({"req_id": "r1", "op": "subscribe", "args": ["tickers.BTCUSDT"]}))
-            assert json.loads(await ws.recv())["success"] is True
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["success"] is True
         okx, _ = sim.urls(Exchange.OKX)  # not in the options' map: accepts, as before
         async with websockets.connect(okx + "/ws/v5/public") as ws:
             assert _deflate(ws)
