@@ -27,7 +27,7 @@ from exporter.feeds.base import Feed, FeedContext, WsPlan
 from exporter.feeds.connection import BackoffPolicy, FeedConnection
 from exporter.limits import LIMITS
 from exporter.metrics.positions import PositionCollector
-from exporter.model import AnchorBackfill, Candle, Exchange, HistoryBackfill, InstrumentInfo, base_of
+from exporter.model import AnchorBackfill, Candle, Exchange, FundingSettlement, HistoryBackfill, InstrumentInfo, base_of
 from exporter.positions.service import PositionService
 from exporter.recording import Recorder
 from exporter.rest.client import REQUEST_LANE, RequestBudget, RestClient, RestError, RestPolicy, budget_share
@@ -597,7 +597,7 @@ class Exporter:
                     failed["funding history"].append(info.instrument)
                     log.debug("%s %s: backfill failed: %s", rt.exchange, info.instrument, exc)
                     return
-                self.sink.apply_many(records)
+                self._apply_history(rt.exchange, info.instrument, records)
 
         async def anchor(info: InstrumentInfo) -> None:
             st = self.state.instruments.get((rt.exchange, info.instrument))
@@ -625,6 +625,36 @@ class Exporter:
                 log.warning("%s: %s backfill failed for %d instrument(s): %s", rt.exchange, what, len(names), shown)
         if not failed["funding history"]:
             log.info("%s: funding history backfilled for %d instrument(s)", rt.exchange, len(rt.instruments))
+
+    def _apply_history(self, exchange: Exchange, instrument: str, records: Sequence[FundingSettlement]) -> None:
+        """One instrument's settlement history merged into its window at once, per funding interval,
+        not record by record: behind a live settlement each record merged alone re-sorts the whole
+        window, quadratic in its length (Deribit's 720 hourly observations of 30 days: 19 s of CPU at
+        100 instruments). Leaves the window :meth:`MarketState.apply_many` of the records leaves: each
+        record's interval resolved as it would be (its own, else the instrument's as the records before
+        it set it), a time already seen kept from its first record."""
+        st = self.state.instruments.get((exchange, instrument))
+        if (
+            st is None
+            or not isinstance(self.state, MarketState)
+            or any(r.exchange is not exchange or r.instrument != instrument for r in records)
+        ):
+            self.sink.apply_many(records)
+            return
+        by_interval: dict[float | None, list[tuple[float, float]]] = {}
+        seen: set[float] = set()
+        for r in records:
+            if r.interval_s and st.funding_interval_s is None:
+                st.funding_interval_s = r.interval_s
+            iv = r.interval_s or st.funding_interval_s or st.info.funding_interval_s
+            if iv is None:  # the merge would infer the interval from the spacing as it goes: one by one
+                self.sink.apply_many(records)
+                return
+            if r.funding_time not in seen and r.rate == r.rate:  # a NaN rate is dropped, its time left free
+                seen.add(r.funding_time)
+                by_interval.setdefault(iv, []).append((r.funding_time, r.rate))
+        for iv, pairs in by_interval.items():
+            self.state.add_settlements(st, pairs, iv)
 
     async def _backfill_history(self, rt: ExchangeRuntime, now: float | None = None) -> None:
         """The factor signals' past (docs/history.md): 1-minute mark closes for the realised volatility

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 from typing import Any
 
+import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import wait_until
@@ -18,7 +19,7 @@ from exporter.clock import VirtualClock
 from exporter.config import Config
 from exporter.feeds import history as H
 from exporter.limits import LIMITS
-from exporter.model import Candle, Exchange
+from exporter.model import Candle, Exchange, FundingSettlement, InstrumentInfo
 from exporter.rest.client import REQUEST_LANE, RequestBudget, RestError
 from exporter.rest.history_store import CandleStore
 from exporter.sim import main as sim_main
@@ -490,3 +491,30 @@ async def test_open_interest_never_goes_stale_at_2000_binance_instruments_while_
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(task, 15)
         await sim.stop()
+
+
+def test_a_settlement_history_merged_at_once_leaves_the_window_record_by_record_does() -> None:
+    """Deribit's 30 days of hourly observations behind a live one: merged record by record, every record
+    re-sorted the whole window (quadratic); the start-up merges an instrument's page at once. The
+    window is the same: order, duplicates at a page boundary, a NaN, two intervals, the live record."""
+    cfg = Config.model_validate({"listen_address": "127.0.0.1:0"})
+    info = InstrumentInfo(Exchange.DERIBIT, "BTC-PERPETUAL", "BTC", "USD", inverse=True, funding_interval_s=28800)
+    t0 = START - 30 * 86400.0
+    records = [
+        FundingSettlement(Exchange.DERIBIT, info.instrument, t0 + 3600.0 * k, 1e-5 * (k % 7 - 3)) for k in range(720)
+    ]
+    records[100:100] = [records[99]]  # a page boundary repeated
+    records[5] = msgspec.structs.replace(records[5], rate=float("nan"))
+    records[6] = msgspec.structs.replace(records[6], interval_s=3600.0)
+    records.reverse()  # newest first, as some exchanges page
+    windows = []
+    for at_once in (False, True):
+        exporter = Exporter(cfg, clock=VirtualClock(START), serve=False)
+        st = exporter.state.register(info)
+        exporter.state.apply(FundingSettlement(Exchange.DERIBIT, info.instrument, START - 60.0, 2e-5))  # live
+        if at_once:
+            exporter._apply_history(Exchange.DERIBIT, info.instrument, records)
+        else:
+            exporter.state.apply_many(records)
+        windows.append((list(st.settlements), st.funding_interval_s))
+    assert windows[0] == windows[1] and len(windows[0][0]) == 720  # 720 times, less the NaN, plus the live one
