@@ -34,7 +34,9 @@ ratios of back-to-back pairs.
 Targets (issue 10): first scrape at 2,000 within 150 ms; steady render at 8,000 within 4.2x the
 2,000 figure; ingest per update at 8,000 within 15 % of that at 100.
 
-Run: ``.venv/bin/python bench/bench_scale.py [--sizes 100,500,2000,8000] [--runs 5]``.
+Run: ``.venv/bin/python bench/bench_scale.py [--sizes 100,500,2000,8000] [--runs 5]``;
+``--phases --sizes 2000,8000`` prints only where the steady render's CPU goes at each size (the
+views' columns, each collector's families and rendering), both sizes in one process, alternated.
 Prints figures; not a test.
 """
 
@@ -469,6 +471,58 @@ def render_pair(sizes: tuple[int, int], runs: int) -> dict[str, Any]:
     return _pair_summary(sizes, runs, wall, cpu)
 
 
+def render_phases(sizes: tuple[int, ...], runs: int) -> dict[str, list[float]]:
+    """Where a steady render's CPU goes, both sizes in one process, renders alternated: the views
+    (the scrape's columns, built once and shared by the collectors), then each collector's families
+    and their rendering. Medians in ms per phase, one entry per size (the rendering thread's CPU)."""
+    sys.path.insert(0, HERE)
+    from bench_scrape import build_state, churn
+
+    from exporter.metrics import build_registry
+    from exporter.metrics.exposition import Family, render_family, render_metric_family
+
+    rng = random.Random(5)
+    setups = []
+    for n in sizes:
+        clock, state, cfg = build_state(max(1, n // 4))
+        reg = build_registry(cfg, state)
+        reg.render()
+        setups.append((clock, state, reg))
+    gc.collect()
+    gc.freeze()
+    spent: list[dict[str, list[float]]] = [{} for _ in sizes]
+    tt = time.thread_time
+    for r in range(runs):
+        for i in range(len(sizes)) if r % 2 else reversed(range(len(sizes))):
+            clock, state, reg = setups[i]
+            churn(clock, state, rng)
+            d = spent[i]
+            gc.disable()  # as a render (exporter.metrics.collector_paused)
+            try:
+                start = tt()
+                with reg.views.scrape():
+                    c = tt()
+                    reg.views.current_table()
+                    d.setdefault("views (columns)", []).append(tt() - c)
+                    for col in reg.collectors():
+                        name = type(col).__name__.removesuffix("Collector").lower()
+                        c = tt()
+                        fams = col.families() if hasattr(col, "families") else list(col.collect())
+                        c2 = tt()
+                        out: list[bytes] = []
+                        for f in fams:
+                            if type(f) is Family:
+                                render_family(f, out, False)
+                            else:
+                                render_metric_family(f, out, False)
+                        d.setdefault(f"{name}: families", []).append(c2 - c)
+                        d.setdefault(f"{name}: render", []).append(tt() - c2)
+                d.setdefault("whole render", []).append(tt() - start)
+            finally:
+                gc.enable()
+    return {k: [statistics.median(d[k]) * 1e3 for d in spent] for k in spent[0]}
+
+
 def render_server(n: int) -> None:
     """Child process: one state of ``n`` instruments, built, warm-up rendered and frozen as in ``one``;
     then, per line "render" on stdin, a churn and a render, answered with its wall and CPU seconds."""
@@ -534,7 +588,19 @@ def main() -> None:
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process: one size, JSON out
     ap.add_argument("--pair", help=argparse.SUPPRESS)  # child process: two sizes interleaved, JSON out
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # child process: renders on request
+    ap.add_argument(
+        "--phases", action="store_true", help="only where the render's CPU goes at each size (one process, alternated)"
+    )
     args = ap.parse_args()
+    if args.phases:
+        sizes = tuple(int(x) for x in args.sizes.split(","))
+        phases = render_phases(sizes, args.pair_runs)
+        print(f"{'phase (CPU ms, medians)':28}" + "".join(f"{n:>10,}" for n in sizes) + "   last / first")
+        for k, v in phases.items():
+            ratio = f"   {v[-1] / v[0]:.2f}x" if v[0] >= 0.05 else ""
+            print(f"{k:28}" + "".join(f"{x:10.2f}" for x in v) + ratio)
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        return
     if args.serve:
         render_server(args.serve)
         return

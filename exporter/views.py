@@ -1,9 +1,10 @@
 """The view layer: where a stored value becomes what a reader is shown.
 
-:class:`MarketViews` turns a snapshot of :class:`~exporter.state.MarketState` into one
-:class:`InstrumentView` per instrument: a stale value becomes ``None`` (so its series disappears
-and /api/state says ``null``), and derived values (8 h rate, APY, z-score, edge, anchor strength)
-are computed from fresh inputs only. The metric collectors, ``/api/state`` and the server read
+:class:`MarketViews` turns a snapshot of :class:`~exporter.state.MarketState` into the views of
+every instrument, built in bulk as columns (:class:`ViewTable`; an :class:`InstrumentView` per
+instrument on demand): a stale value becomes ``None`` (so its series disappears and /api/state
+says ``null``), and derived values (8 h rate, APY, z-score, edge, anchor strength) are computed
+from fresh inputs only. The metric collectors, ``/api/state`` and the server read
 these views, so /metrics and /api/state can never disagree. Exchange liveness (``fr_up``), fresh
 insurance funds and the /api/state extras (1 h open-interest change, liquidations of the last
 hour, ages) are views too.
