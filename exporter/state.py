@@ -845,7 +845,7 @@ class MarketState:
                 r[F_OI_AT] = now
                 # no USD figure (OKX's contracts before any mark): the sampler would return having changed
                 # nothing and be called again on every update
-                if r[F_OI_USD] == r[F_OI_USD] and now >= r[F_OI_DUE]:
+                if now >= r[F_OI_DUE] and r[F_OI_USD] == r[F_OI_USD]:  # the hint first: usually not due
                     self._sampler.open_interest(self._state_of(u), now)
             elif u.confirms_ticker and (r[F_OI_USD] == r[F_OI_USD] or r[F_OI_BASE] == r[F_OI_BASE]):
                 r[F_OI_AT] = now
