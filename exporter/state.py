@@ -843,9 +843,7 @@ class MarketState:
                     if m == m:  # a mark known (not NaN)
                         r[F_OI_USD] = oi_base * m
                 r[F_OI_AT] = now
-                # no USD figure (OKX's contracts before any mark): the sampler would return having changed
-                # nothing and be called again on every update
-                if now >= r[F_OI_DUE] and r[F_OI_USD] == r[F_OI_USD]:  # the hint first: usually not due
+                if now >= r[F_OI_DUE]:  # without a USD figure yet the sampler sets the hint a minute on
                     self._sampler.open_interest(self._state_of(u), now)
             elif u.confirms_ticker and (r[F_OI_USD] == r[F_OI_USD] or r[F_OI_BASE] == r[F_OI_BASE]):
                 r[F_OI_AT] = now

@@ -136,7 +136,8 @@ class Sampler:
     @staticmethod
     def open_interest(st: InstrumentState, now: float) -> None:
         oi = st.open_interest_usd
-        if oi is None:
+        if oi is None:  # no USD figure yet (base units before any mark): look again in a minute
+            st.oi_sample_due = now + OI_SAMPLE_SECONDS - _EARLY
             return
         samples = st.oi_samples
         last = samples.last_time()

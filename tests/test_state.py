@@ -531,9 +531,12 @@ def test_updates_without_a_premium_leave_the_anchor_sampler_alone_until_one_is_k
     assert abs(s.anchor_samples[0][2] - 0.002) < 1e-12  # the premium of that first price
 
 
-def test_open_interest_without_a_usd_figure_leaves_the_sampler_alone_until_one_is_known() -> None:
-    """Open interest in base units only (OKX's pushes before any mark) takes no sample and does not call
-    the sampler on every update; the first mark gives the USD figure and the sample at once."""
+def test_open_interest_without_a_usd_figure_calls_the_sampler_once_a_minute_until_one_is_known() -> None:
+    """Open interest in base units only (OKX's pushes before any mark) takes no sample and calls the
+    sampler once a minute, not on every update; once a mark gives the USD figure, the first sample
+    comes within the minute and the next ones a minute apart."""
+    from itertools import pairwise
+
     from exporter.trackers import Sampler
 
     calls = []
@@ -550,18 +553,25 @@ def test_open_interest_without_a_usd_figure_leaves_the_sampler_alone_until_one_i
     st._sampler = Counting()
     key = (Exchange.BYBIT, "BTCUSDT")
     t0 = clock.t
-    for k in range(200):  # three a second for over a minute
+    for k in range(400):  # three a second for over two minutes
         clock.t = t0 + k / 3.0
         st.apply(MarketUpdate(*key, event_time=clock.t, open_interest_base=1000.0 + k))
     s = st.instruments[key]
-    assert len(s.oi_samples) == 0 and calls == [] and s.open_interest_usd is None
+    assert len(s.oi_samples) == 0 and s.open_interest_usd is None
+    assert len(calls) == 3 and all(59.0 < b - a <= 60.0 for a, b in pairwise(calls))
     clock.t += 0.5
     st.apply(MarketUpdate(*key, event_time=clock.t, mark_price=20.0, open_interest_base=1500.0))
     assert s.open_interest_usd == 1500.0 * 20.0
-    assert list(s.oi_samples) == [(clock.t, 30000.0)] and calls == [clock.t]
+    before = len(calls)
+    while not s.oi_samples:  # an update a second: the first at or after the hint the last call left
+        clock.t += 1.0
+        st.apply(MarketUpdate(*key, event_time=clock.t, open_interest_base=1600.0))
+    assert list(s.oi_samples) == [(clock.t, 1600.0 * 20.0)]
+    assert len(calls) == before + 1 and calls[-1] == clock.t and clock.t - calls[-2] < 61.0
+    n = len(calls)
     clock.t += 30.0  # within the minute: no sample, no call
-    st.apply(MarketUpdate(*key, event_time=clock.t, open_interest_base=1600.0))
-    assert len(s.oi_samples) == 1 and len(calls) == 1
-    clock.t += 30.0
     st.apply(MarketUpdate(*key, event_time=clock.t, open_interest_base=1700.0))
-    assert list(s.oi_samples)[-1] == (clock.t, 1700.0 * 20.0) and len(calls) == 2
+    assert len(s.oi_samples) == 1 and len(calls) == n
+    clock.t += 30.0
+    st.apply(MarketUpdate(*key, event_time=clock.t, open_interest_base=1800.0))
+    assert list(s.oi_samples)[-1] == (clock.t, 1800.0 * 20.0) and len(calls) == n + 1
