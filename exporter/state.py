@@ -557,16 +557,16 @@ def record_rows(instruments: Iterable[InstrumentState]) -> bytes:
     return b"".join([st._r for st in instruments])
 
 
-def window_ends(windows: Iterable[Window]) -> list[tuple[int, float, float]]:
-    """Each window's (records, first time, last time), -inf times when empty: what tells a reader of
-    every instrument (the scrape's caches) whether a window changed since it last looked, without a
-    copy of it or a method call per value."""
-    out = []
-    empty = (0, -math.inf, -math.inf)
-    for w in windows:
-        a = w._a
-        out.append((len(a) // w.width, a[0], a[-w.width]) if a else empty)
-    return out
+def window_ends(windows: Iterable[Window], first: bool = True) -> list[tuple[float, ...]]:
+    """Each window's (records, first time, last time), -inf times when empty; without the first time
+    when ``first`` is false (a cache line less a window): what tells a reader of every instrument
+    (the scrape's caches) whether a window changed since it last looked, without a copy of it or a
+    method call per value."""
+    if first:
+        empty: tuple[float, ...] = (0, -math.inf, -math.inf)
+        return [(len(a) // w.width, a[0], a[-w.width]) if (a := w._a) else empty for w in windows]
+    empty = (0, -math.inf)
+    return [(len(a) // w.width, a[-w.width]) if (a := w._a) else empty for w in windows]
 
 
 @dataclass(slots=True)

@@ -285,9 +285,10 @@ class _Static:
         return self._names
 
 
-def _ends(windows: list[Any]) -> np.ndarray:
-    """Each window's (records, first time, last time), -inf times when empty, as an (n, 3) array."""
-    return np.array(window_ends(windows), dtype=np.float64).reshape(len(windows), 3)
+def _ends(windows: list[Any], first: bool = True) -> np.ndarray:
+    """Each window's (records, first time, last time), -inf times when empty, as an (n, 3) array;
+    (records, last time), (n, 2), without ``first``."""
+    return np.array(window_ends(windows, first), dtype=np.float64).reshape(len(windows), 3 if first else 2)
 
 
 class _Cached:
@@ -643,12 +644,12 @@ class MarketViews:
         present.update(zscore=z_has, momentum=enough, acceleration=funding_ok & ~np.isnan(acc))
         # anchors: while nothing arrived or left the window, the kept slopes stand (WindowCache.anchors)
         idx = np.flatnonzero(funding_ok & premium_has)
-        ends = _ends([instruments[i].anchor_samples for i in idx.tolist()])
+        ends = _ends([instruments[i].anchor_samples for i in idx.tolist()], first=False)
         pub = c.anc_published[idx]
         stale = ~(
             (pub[:, 0] <= anchor_start)
             & (anchor_start < pub[:, 1])
-            & (pub[:, 2] == ends[:, 2])
+            & (pub[:, 2] == ends[:, 1])
             & (pub[:, 3] == ends[:, 0])
         )
         for k, j in enumerate(np.flatnonzero(stale).tolist()):
@@ -720,10 +721,10 @@ class MarketViews:
         mark = cols["mark_price"]
         idx = np.flatnonzero(~np.isnan(mark))
         sts = [instruments[i] for i in idx.tolist()]
-        ends = _ends([st.mark_minutes for st in sts])
+        ends = _ends([st.mark_minutes for st in sts], first=False)
         sig = np.empty((len(idx), 4))
         sig[:, 0] = now // factors.MINUTE
-        sig[:, 1:3] = ends[:, (0, 2)]
+        sig[:, 1:3] = ends
         sig[:, 3] = np.fromiter(map(_mark_minute, sts), dtype=np.float64, count=len(sts))
         marks = mark.tolist()
         for k, j in enumerate(np.flatnonzero(~(c.vol_sig[idx] == sig).all(axis=1)).tolist()):
