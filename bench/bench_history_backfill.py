@@ -155,6 +155,8 @@ async def run(ex: Exchange, n: int, limit_s: float, tick_s: float = TICK_S) -> s
 def one(case: tuple[Exchange, int, float, float]) -> str:
     """One (exchange, N) in this process (a pool worker): its table row."""
     logging.basicConfig(level=logging.ERROR)
+    # the simulator's streams closing under a last compressed frame at the end: not the figures' business
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     ex, n, limit_s, tick_s = case
     return asyncio.run(run(ex, n, limit_s, tick_s))
 

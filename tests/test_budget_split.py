@@ -43,18 +43,29 @@ def test_at_2000_binance_instruments_open_interest_fits_its_limit_and_long_short
     oi, ls = split(rates, demands)
     for bucket, rate in rates.items():  # the pollers never hold more than their cap of a bucket
         assert _load([oi, ls], bucket) <= POLLERS_CAP * rate * (1 + 1e-9)
-    # long/short is held by futures_data (1 a request), which it fills; open interest takes the rest of
-    # the pollers' half of the weight bucket, which it fills too
-    assert _load([oi, ls], "futures_data") == pytest.approx(POLLERS_CAP * rates["futures_data"])
-    assert _load([oi, ls], "weight") == pytest.approx(POLLERS_CAP * rates["weight"])
-    assert oi.fraction > ls.fraction and oi.stretched and ls.stretched
-    # a round: 2,000 requests at the guaranteed rate; open interest's fits 0.9 of its 300 s limit
-    assert oi.period_s == pytest.approx(2000 / oi.guaranteed["weight"]) and oi.period_s <= ROUND_FIT * 300.0
-    assert oi.stale_s == 300.0
+    # open interest is guaranteed what a round needs to fit 0.9 of its 300 s limit: 2,000 requests of
+    # weight 1 in 270 s; its limit stays
+    assert oi.guaranteed == {"weight": pytest.approx(2000 / (ROUND_FIT * 300.0))}
+    assert oi.period_s == pytest.approx(ROUND_FIT * 300.0) and oi.stale_s == 300.0 and oi.stretched
+    # long/short would need 83 % of futures_data for its 1,800 s: it gets the pollers' half of it, its round
+    # is the requests at that rate and its staleness limit follows the round
+    assert ls.guaranteed["futures_data"] == pytest.approx(POLLERS_CAP * rates["futures_data"])
     assert ls.period_s == pytest.approx(2000 / ls.guaranteed["futures_data"]) and ls.period_s > ROUND_FIT * 1800.0
     assert ls.stale_s == pytest.approx(ls.period_s / ROUND_FIT)
     line = describe("binance", rates, [oi, ls])
-    assert "stretched" in line and "follows the round" in line
+    assert "a round within 270 s" in line and "follows the round" in line
+
+
+def test_at_500_the_pollers_get_what_freshness_needs_and_the_backfills_the_rest() -> None:
+    """The periods ask more than half the weight bucket (500 open-interest polls every 30 s): each poller
+    is guaranteed what fits its staleness limit, far less than it asks; the backfills keep the rest."""
+    rates, demands = _binance(500)
+    oi, ls = split(rates, demands)
+    assert oi.guaranteed["weight"] == pytest.approx(500 / (ROUND_FIT * 300.0))
+    assert oi.fraction < 0.15  # of the 16.7 weight/s its 30 s period asks
+    assert ls.guaranteed["futures_data"] == pytest.approx(500 / (ROUND_FIT * 1800.0))
+    assert (oi.stale_s, ls.stale_s) == (300.0, 1800.0)  # both rounds fit their limits
+    assert rates["weight"] - _load([oi, ls], "weight") > 0.85 * rates["weight"]
 
 
 def test_the_split_scales_with_the_share() -> None:

@@ -811,9 +811,9 @@ POLL_PERIOD = _def(
     "share of the exchange's request budget allows when that is longer (the longest a round can take).",
     "Effective period of a per-instrument poller (`poller`: `open_interest`, `long_short_ratio`): the "
     "configured `poll` period, or, where the instruments followed ask more than the pollers' half of a "
-    "budget bucket, the round the poller's guaranteed share allows (a bound: rounds are shorter whenever "
-    "the backfills leave room). Where it exceeds 0.9 of the series' staleness limit, the limit follows it. "
-    "See `docs/rate-limits.md`.",
+    "budget bucket, the round the poller's guaranteed share allows: 0.9 of the series' staleness limit, "
+    "or longer where even that does not fit (then the limit follows the round). A bound: rounds are "
+    "shorter whenever the backfills leave room. See `docs/rate-limits.md`.",
 )
 POLL_BUDGET_SHARE = _def(
     "fr_rest_poll_budget_ratio",

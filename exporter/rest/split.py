@@ -6,19 +6,25 @@ bucket its requests cost, the backfills and refreshes take the rest, and whateve
 unused the other takes (the budget serves the guarantees first, then by turns:
 :class:`exporter.rest.client.RequestBudget`).
 
-The rule: a poller is guaranteed what its configured period asks (instruments x weight / period), as
-long as all the pollers' guarantees in a bucket stay within ``POLLERS_CAP`` of it; beyond that they
-are cut by progressive filling (every poller of a full bucket gets the same fraction of its ask, and
-what a poller limited elsewhere leaves is shared by the others). A cut poller's round is *stretched*
-to ``instruments x weight / guarantee`` (its effective period: the longest a round can take, shorter
-whenever the backfills leave room), and where that round would not fit in ``ROUND_FIT`` of its
-series' staleness limit the limit *follows* it: a value as old as the round the budget allows is the
-latest there can be, and dropping it between rounds would only make the series flap.
+The rule, per exchange:
+- where every bucket can give the pollers what their configured periods ask (instruments x weight /
+  period) within ``POLLERS_CAP`` of it, each is guaranteed that: the periods hold as configured;
+- otherwise each is guaranteed what a round needs to fit in ``ROUND_FIT`` of its series' staleness
+  limit (instruments x weight / (0.9 x limit)), no more: the rest of the bucket goes to the backfills
+  by turns, so the pollers are not handed more than freshness needs while the start-up reads history.
+  Where even that exceeds ``POLLERS_CAP`` of a bucket, the guarantees are cut by progressive filling
+  (every poller of a full bucket gets the same fraction of its need, and what a poller held by another
+  bucket leaves goes to the others), and the staleness limit *follows* the round: a value as old as
+  the round the budget allows is the latest there can be, and dropping it between rounds would only
+  make the series flap.
+A poller's effective period is ``instruments x weight / guarantee`` (never below the configured one):
+the longest a round can take, shorter whenever the backfills leave room (either side takes the turns
+the other leaves).
 
-Why a cap rather than "whatever the staleness needs": at 2,000 Binance instruments the long/short
+Why a cap rather than whatever each staleness limit needs: at 2,000 Binance instruments the long/short
 ratio alone would need 83 % of `futures_data` to fit its 1,800 s limit, leaving the open-interest
-history backfill a sixth of the bucket (2 h instead of 45 min). Half of each bucket keeps the open
-interest within its limit (a round of 245 s against 300 s) and bounds every backfill's time.
+history backfill a sixth of the bucket. Half of each bucket keeps the open interest within its limit
+(a round of at most 270 s against 300 s) and bounds every backfill's time.
 """
 
 from __future__ import annotations
@@ -45,25 +51,18 @@ class PollDemand:
 class PollShare:
     demand: PollDemand
     guaranteed: Mapping[str, float]  # bucket -> weight per second promised
-    fraction: float  # of the configured ask that is guaranteed (1: none cut)
+    fraction: float  # of what the configured period asks that is guaranteed (1: the period holds)
     period_s: float  # effective: the configured period, or the stretched round
     stale_s: float  # effective staleness limit: the configured one, or what the round needs
 
     @property
     def stretched(self) -> bool:
-        return self.fraction < 1.0
+        return self.period_s > self.demand.period_s
 
 
-def split(rates: Mapping[str, float], demands: Sequence[PollDemand], cap: float = POLLERS_CAP) -> list[PollShare]:
-    """Each poller's guaranteed share of ``rates`` (bucket -> weight per second the budget allows)."""
-    ask = {
-        d.poller: {b: d.requests * w / d.period_s for b, w in d.weights if w > 0}
-        for d in demands
-        if d.requests > 0 and d.period_s > 0
-    }
-    for b in (b for a in ask.values() for b in a):
-        if b not in rates:
-            raise KeyError(f"unknown bucket {b!r}")
+def _fill(rates: Mapping[str, float], ask: Mapping[str, Mapping[str, float]], cap: float) -> dict[str, float]:
+    """Progressive filling: the largest common fraction (at most 1) of each poller's ``ask`` (bucket ->
+    weight per second) such that the pollers of every bucket stay within ``cap`` of its rate."""
     level = dict.fromkeys(ask, 0.0)
     active = {p for p, a in ask.items() if a}
     for p in set(ask) - active:
@@ -85,15 +84,39 @@ def split(rates: Mapping[str, float], demands: Sequence[PollDemand], cap: float 
             and any(b in ask[p] for p in active)
         }
         active = {p for p in active if level[p] < 1.0 - 1e-12 and not full.intersection(ask[p])}
+    return level
+
+
+def split(rates: Mapping[str, float], demands: Sequence[PollDemand], cap: float = POLLERS_CAP) -> list[PollShare]:
+    """Each poller's guaranteed share of ``rates`` (bucket -> weight per second the budget allows)."""
+    live = [d for d in demands if d.requests > 0 and d.period_s > 0 and any(w > 0 for _, w in d.weights)]
+    for b in (b for d in live for b, _ in d.weights):
+        if b not in rates:
+            raise KeyError(f"unknown bucket {b!r}")
+    asked = {d.poller: {b: d.requests * w / d.period_s for b, w in d.weights if w > 0} for d in live}
+    load = {b: sum(a.get(b, 0.0) for a in asked.values()) for b in rates}
+    if all(load[b] <= cap * rates[b] * (1 + 1e-9) for b in rates):
+        target = asked  # every period holds as configured within the pollers' part
+    else:  # what a round needs to fit its staleness limit, never more than the period asks
+        target = {
+            d.poller: {
+                b: min(asked[d.poller][b], d.requests * w / (ROUND_FIT * d.stale_s)) for b, w in d.weights if w > 0
+            }
+            for d in live
+        }
+    level = _fill(rates, target, cap)
     out: list[PollShare] = []
     for d in demands:
-        x = min(1.0, level.get(d.poller, 1.0))
-        if d.requests <= 0 or d.poller not in ask:
+        if d.poller not in target:
             out.append(PollShare(d, {}, 1.0, d.period_s, d.stale_s))
             continue
-        period = d.period_s / x if x > 0 else float("inf")
+        got = {b: level[d.poller] * v for b, v in target[d.poller].items()}
+        # a round: the requests at the guarantee of the bucket that holds it back most
+        rounds = [d.requests * w / got[b] for b, w in d.weights if w > 0 and got.get(b, 0.0) > 0]
+        period = max([d.period_s, *rounds]) if rounds else float("inf")
+        fraction = min(got[b] / asked[d.poller][b] for b in got) if got else 0.0
         stale = max(d.stale_s, period / ROUND_FIT)
-        out.append(PollShare(d, {b: x * a for b, a in ask[d.poller].items()}, x, period, stale))
+        out.append(PollShare(d, got, fraction, period, stale))
     return out
 
 
@@ -103,11 +126,9 @@ def describe(exchange: str, rates: Mapping[str, float], shares: Sequence[PollSha
     for s in shares:
         d = s.demand
         got = ", ".join(f"{r:.3g}/s of {b} ({r / rates[b]:.0%})" for b, r in sorted(s.guaranteed.items()))
-        how = "stretched" if s.stretched else "as configured"
+        period = f"a round within {s.period_s:.0f} s" if s.stretched else f"period {s.period_s:.0f} s as configured"
         stale = f"staleness {s.stale_s:.0f} s" + (" (follows the round)" if s.stale_s > d.stale_s else "")
-        parts.append(
-            f"{d.poller}: {d.requests} a round, {got or 'nothing'}: period {s.period_s:.0f} s ({how}), {stale}"
-        )
+        parts.append(f"{d.poller}: {d.requests} a round, {got or 'nothing'}: {period}, {stale}")
     rest = {b: r - sum(s.guaranteed.get(b, 0.0) for s in shares) for b, r in rates.items()}
     left = ", ".join(f"{b} {r:.3g}/s" for b, r in sorted(rest.items()))
     return f"{exchange}: REST budget split: " + "; ".join(parts) + f"; backfills and the rest at least: {left}"
