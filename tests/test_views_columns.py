@@ -209,3 +209,38 @@ def test_kept_value_texts_follow_every_change() -> None:
         assert body != bodies[-1]
         bodies.append(body)
     assert b"-0.0\n" in bodies[1] and b"1.0000005e+06\n" in bodies[4]
+
+
+def test_cross_figures_base_by_base_equal_the_columns_and_isolate_a_failing_base(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cross-exchange families over columns equal the base-by-base path they fall back to, byte
+    for byte; there, a base whose figures raise loses only its own series (counted)."""
+    import exporter.metrics.market as market
+    from exporter.analytics import cross
+
+    _, state = _market(seed=13, per_exchange=12)
+    state.snapshot()[0].funding_interval_s = EIGHT_HOURS  # no overflow: fr_render_errors_total stays
+    columns = build_registry(Config(), state, process=False).render()
+    assert columns.count(b"fr_funding_spread_bp{") > 10
+
+    def fail(*_: Any) -> Any:
+        raise RuntimeError("columns")
+
+    monkeypatch.setattr(market, "spreads_columns", fail)
+    reg = build_registry(Config(), state, process=False)
+    assert reg.render() == columns
+    real = cross.funding_spreads
+
+    def one_base_fails(points: Any, *args: Any) -> Any:
+        if points and points[0].base == "C3":
+            raise ZeroDivisionError("C3")
+        return real(points, *args)
+
+    monkeypatch.setattr(market, "funding_spreads", one_base_fails)
+    body = reg.render()
+    lines = set(body.splitlines())
+    left_out = {ln for ln in columns.splitlines() if ln not in lines}
+    assert left_out and all(b'base="C3"' in ln for ln in left_out if b"render_errors" not in ln)
+    assert all(b"fr_funding_spread_bp" in ln or b"fr_oi_weighted" in ln for ln in left_out if b'base="C3"' in ln)
+    assert reg.views.errors.snapshot() == {"cross": 1}
