@@ -629,10 +629,10 @@ class Exporter:
     def _apply_history(self, exchange: Exchange, instrument: str, records: Sequence[FundingSettlement]) -> None:
         """One instrument's settlement history merged into its window at once, per funding interval,
         not record by record: behind a live settlement each record merged alone re-sorts the whole
-        window, quadratic in its length (Deribit's 720 hourly observations of 30 days: 19 s of CPU at
-        100 instruments). Leaves the window :meth:`MarketState.apply_many` of the records leaves: each
-        record's interval resolved as it would be (its own, else the instrument's as the records before
-        it set it), a time already seen kept from its first record."""
+        window, quadratic in its length (Deribit's 720 hourly observations of 30 days: the start at 100
+        instruments took 8.3 s of CPU, 1.4 s at once). Leaves the window :meth:`MarketState.apply_many`
+        of the records leaves: each record's interval resolved as it would be (its own, else the
+        instrument's as the records before it set it), a time already seen kept from its first record."""
         st = self.state.instruments.get((exchange, instrument))
         if (
             st is None

@@ -376,7 +376,7 @@ async def test_a_failed_shared_read_fails_its_readers_and_a_later_one_reads_anew
 # ---- the pollers' guaranteed share while the backfill runs (2,000 Binance instruments) -------------
 
 
-@pytest.mark.slow(seconds=12)
+@pytest.mark.slow(seconds=6)
 @pytest.mark.timeout(240)
 async def test_open_interest_never_goes_stale_at_2000_binance_instruments_while_the_backfill_runs() -> None:
     """2,000 Binance instruments at the default share, scaled: 40 instruments at a fiftieth of it (0.01
