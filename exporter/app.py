@@ -33,7 +33,7 @@ from exporter.recording import Recorder
 from exporter.rest.client import REQUEST_LANE, RequestBudget, RestClient, RestError, RestPolicy, budget_share
 from exporter.rest.endpoints import LONG_SHORT_RATIO, OPEN_INTEREST, CandleKind, ExchangeRest, rest_api_for
 from exporter.rest.history_store import CandleStore
-from exporter.rest.split import PollDemand, PollShare, describe, split
+from exporter.rest.split import POLLERS_CAP, POLLERS_CAP_AFTER_BACKFILL, PollDemand, PollShare, describe, split
 from exporter.shard import Coverage, Shard, left_out_by_limit
 from exporter.sink import RecordSink
 from exporter.state import InstrumentState, MarketState
@@ -104,6 +104,7 @@ class ExchangeRuntime:
     candles: CandleStore | None = None  # during the start-up's backfills: their shared candle reads
     budget_split: list[PollShare] = field(default_factory=list)  # the pollers' guaranteed shares (rest/split.py)
     stale_configured: dict[str, float] = field(default_factory=dict)  # staleness limits before any followed a round
+    backfilling: bool = False  # the start-up's backfills are under way: the pollers get at most half a bucket
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,6 +378,7 @@ class Exporter:
         return ExchangeRuntime(ex, cfg, feed, ctx, client, rest, ws_base, self.config.instruments_for(ex))
 
     async def _start_exchange(self, rt: ExchangeRuntime) -> None:
+        rt.backfilling = rt.cfg.backfill  # the budget's first split leaves the backfills half of each bucket
         await self._load_instruments(rt)
         await self._load_futures(rt)
         self._sync_streams(rt)
@@ -396,6 +398,9 @@ class Exporter:
             if rt.candles is not None:
                 rt.candles.clear()
                 rt.candles = None
+        if rt.backfilling:  # done: the pollers may have more of the budget
+            rt.backfilling = False
+            self._split_budget(rt)
 
     async def _load_instruments(self, rt: ExchangeRuntime) -> None:
         listed: list[InstrumentInfo] | None = None
@@ -471,15 +476,27 @@ class Exporter:
         demands = self._poll_demands(rt)
         buckets = {b for d in demands for b, _ in d.weights}
         rates = {b: budget.rate(b) for b in sorted(buckets)}
-        shares = split(rates, demands)
+        shares = split(rates, demands, POLLERS_CAP if rt.backfilling else POLLERS_CAP_AFTER_BACKFILL)
         if shares == rt.budget_split:
             return
+        rt.budget_split = shares
         for s in shares:
             budget.guarantee(s.demand.poller, s.guaranteed)
-            setattr(rt.cfg.stale, POLLED_SERIES[s.demand.poller], s.stale_s)
-        rt.budget_split = shares
+            field_ = POLLED_SERIES[s.demand.poller]
+            if s.stale_s >= getattr(rt.cfg.stale, field_):
+                setattr(rt.cfg.stale, field_, s.stale_s)
+            else:  # values read under the old split may be as old as its limit: lower it a new span later
+                self._spawn(self._lower_stale(rt, field_, s.stale_s), f"stale-{rt.exchange}-{field_}")
         if shares:
-            log.info("%s", describe(rt.exchange.value, rates, shares))
+            after = "" if rt.backfilling or not rt.cfg.backfill else " (the start-up's backfills done)"
+            log.info("%s%s", describe(rt.exchange.value, rates, shares), after)
+
+    async def _lower_stale(self, rt: ExchangeRuntime, field_: str, limit: float) -> None:
+        """Lower a staleness limit that followed a round, once the new rounds have refreshed every value:
+        one span of the new limit later, unless a newer split said otherwise meanwhile."""
+        await self.clock.sleep(limit)
+        if any(POLLED_SERIES[s.demand.poller] == field_ and s.stale_s == limit for s in rt.budget_split):
+            setattr(rt.cfg.stale, field_, limit)
 
     async def _load_futures(self, rt: ExchangeRuntime) -> None:
         """The dated futures of the configured bases (term structure); a failed read keeps the last list."""

@@ -450,7 +450,8 @@ async def test_open_interest_never_goes_stale_at_2000_binance_instruments_while_
         client = exporter.runtimes[Exchange.BINANCE].client
         client.recorder = answer
         client.failure_recorder = answer
-        while not complete() and clock.time() < START + 4500:
+
+        async def step() -> None:
             # time moves only once every request sent is answered and its answer applied
             await wait_until(lambda: answered[0] >= sent(), 10, 0.0)
             for _ in range(5):
@@ -458,6 +459,22 @@ async def test_open_interest_never_goes_stale_at_2000_binance_instruments_while_
             watch()
             nxt = clock.next_deadline()
             await clock.advance_async(min(1.0, max(0.0, nxt - clock.time())) if nxt is not None else 1.0)
+
+        def published() -> dict[str, float]:
+            """The split as /metrics shows it: each poller's period and its part of the bucket that holds it."""
+            text = exporter.registry.render(names={"fr_rest_poll_period_seconds", "fr_rest_poll_budget_ratio"})
+            out = {}
+            for fam in text_string_to_metric_families(text.decode()):
+                for sm in fam.samples:
+                    key = sm.labels["poller"] + (f" {sm.labels['bucket']}" if "bucket" in sm.labels else "")
+                    out[key] = sm.value
+            return out
+
+        while clock.time() < START + 600:
+            await step()
+        during = published()
+        while not complete() and clock.time() < START + 4500:
+            await step()
         took = clock.time() - START
         watch()
         assert complete(), f"the backfill was not complete after {took:.0f} virtual seconds"
@@ -467,25 +484,31 @@ async def test_open_interest_never_goes_stale_at_2000_binance_instruments_while_
         assert len(gaps) == n and not late, f"{len(late)} instrument(s) without open interest for up to {worst:.0f} s"
         await wait_until(lambda: answered[0] >= sent(), 10, 0.001)
         assert (limiter.refused, limiter.banned) == (0, 0) and limiter.accepted >= sent()
-        # the split is published: the open-interest round as the guarantee allows it (within 0.9 of the
+        # the split was published: the open-interest round as the guarantee allows it (within 0.9 of the
         # limit, which stays), the long/short round stretched and its staleness limit following it
-        text = exporter.registry.render(names={"fr_rest_poll_period_seconds", "fr_rest_poll_budget_ratio"}).decode()
-        got = {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text)
-            for s in fam.samples
-        }
-        ex = ("exchange", "binance")
-        oi_period = got[("fr_rest_poll_period_seconds", (ex, ("poller", "open_interest")))]
-        oi_share = got[("fr_rest_poll_budget_ratio", (("bucket", "weight"), ex, ("poller", "open_interest")))]
-        ls_period = got[("fr_rest_poll_period_seconds", (ex, ("poller", "long_short_ratio")))]
         budget = exporter.runtimes[Exchange.BINANCE].client.budget
+        oi_period, ls_period = during["open_interest"], during["long_short_ratio"]
         # n requests of weight 1 at the guaranteed part of the weight bucket's rate make one round
-        assert oi_period == pytest.approx(n / (oi_share * budget.rate("weight")))
+        assert oi_period == pytest.approx(n / (during["open_interest weight"] * budget.rate("weight")))
         assert 30.0 < oi_period <= 0.9 * limit and worst <= oi_period + 30.0
+        assert ls_period > 0.9 * 1800.0
         stale = exporter.config.exchanges[Exchange.BINANCE].stale
-        assert stale.open_interest_seconds == limit
-        assert ls_period > 0.9 * 1800.0 and stale.long_short_ratio_seconds == pytest.approx(ls_period / 0.9)
+        followed = stale.long_short_ratio_seconds
+        assert stale.open_interest_seconds == limit and followed == pytest.approx(ls_period / 0.9)
+        # the backfills done, the split is made again: long/short's round fits its own limit now, which
+        # comes back down one span of it later (values read under the old split never go absent at once)
+        rt = exporter.runtimes[Exchange.BINANCE]
+        while rt.backfilling and clock.time() < START + 4600:
+            await step()
+        assert not rt.backfilling
+        after = published()
+        assert after["long_short_ratio"] <= 0.9 * 1800.0 < ls_period
+        assert stale.long_short_ratio_seconds == followed
+        switched = clock.time()
+        while clock.time() < switched + 1800.0 + 5.0:
+            await step()
+        assert stale.long_short_ratio_seconds == 1800.0 and stale.open_interest_seconds == limit
+        assert max(gaps.values()) <= limit  # and open interest stayed fresh throughout
     finally:
         stop.set()
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):

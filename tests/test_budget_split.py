@@ -9,7 +9,7 @@ from exporter.limits import LIMITS
 from exporter.model import Exchange
 from exporter.rest.client import RequestBudget
 from exporter.rest.endpoints import BinanceRest, OkxRest
-from exporter.rest.split import POLLERS_CAP, ROUND_FIT, PollDemand, describe, split
+from exporter.rest.split import POLLERS_CAP, POLLERS_CAP_AFTER_BACKFILL, ROUND_FIT, PollDemand, describe, split
 
 
 def _binance(n: int, share: float = 0.5) -> tuple[dict[str, float], list[PollDemand]]:
@@ -91,3 +91,17 @@ def test_no_instruments_or_a_bucket_to_itself() -> None:
     assert ls.guaranteed == {"rubik": pytest.approx(POLLERS_CAP * budget.rate("rubik"))}
     with pytest.raises(KeyError):
         split({}, [PollDemand("x", 1, 1.0, 1.0, (("nowhere", 1.0),))])
+
+
+def test_once_the_backfills_are_done_a_followed_limit_comes_back() -> None:
+    """After the start-up the pollers may have nine tenths of a bucket: long/short at 2,000 Binance
+    instruments then fits its 1,800 s limit (83 % of futures_data), which no longer follows the round."""
+    rates, demands = _binance(2000)
+    during = split(rates, demands)[1]
+    oi, ls = split(rates, demands, POLLERS_CAP_AFTER_BACKFILL)
+    assert during.stale_s > 1800.0
+    assert ls.guaranteed["futures_data"] == pytest.approx(2000 / (ROUND_FIT * 1800.0))
+    assert ls.period_s == pytest.approx(ROUND_FIT * 1800.0) and ls.stale_s == 1800.0
+    assert oi.period_s == pytest.approx(ROUND_FIT * 300.0)
+    for bucket, rate in rates.items():
+        assert _load([oi, ls], bucket) <= POLLERS_CAP_AFTER_BACKFILL * rate * (1 + 1e-9)

@@ -17,6 +17,10 @@ The rule, per exchange:
   bucket leaves goes to the others), and the staleness limit *follows* the round: a value as old as
   the round the budget allows is the latest there can be, and dropping it between rounds would only
   make the series flap.
+Once the start-up's backfills are done the split is made again with ``POLLERS_CAP_AFTER_BACKFILL``: a
+poller cut during the start gets what its staleness needs where that fits now, and a limit that
+followed a round comes back down (exporter/app.py lowers it one new limit's span later, so no value
+read under the old split goes absent at the switch).
 A poller's effective period is ``instruments x weight / guarantee`` (never below the configured one):
 the longest a round can take, shorter whenever the backfills leave room (either side takes the turns
 the other leaves).
@@ -33,6 +37,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 POLLERS_CAP = 0.5  # of each bucket's rate, for all pollers together: the backfills keep at least the rest
+# once the start-up's backfills are done: a tenth stays for the refreshes, funding info and account reads
+POLLERS_CAP_AFTER_BACKFILL = 0.9
 ROUND_FIT = 0.9  # a round fits its staleness limit when it takes at most this part of it
 
 
