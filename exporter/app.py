@@ -533,7 +533,12 @@ class Exporter:
                 del rt.streams[plan]
         # Connection opens are spaced within the exchange's per-IP limit on new connections (our share).
         spacing = 1.0 / (LIMITS[rt.exchange].ws_opens_per_s * self.budget_share)
-        for plan in plans:
+        new = [plan for plan in plans if plan not in rt.streams]
+        if new and self.recorder is not None:
+            # each stream's counters are published from here on, before its first frame (which may
+            # never come): a replay registers them at this line too, not at the stream's first frame
+            self.recorder.meta(self.clock.time(), rt.exchange, "streams", [p.stream for p in new])
+        for plan in new:
             if plan not in rt.streams:
                 conn = FeedConnection(rt.feed, plan, rt.ctx, self.sink, backoff=self.backoff, clock=self.clock.time)
                 if self.recorder is not None:

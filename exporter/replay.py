@@ -31,7 +31,7 @@ from exporter.api_state import build_state_document
 from exporter.app import market_state
 from exporter.clock import VirtualClock
 from exporter.config import Config
-from exporter.feeds import feed_for
+from exporter.feeds import dated, feed_for
 from exporter.feeds.base import Feed, FeedContext, WsPlan
 from exporter.feeds.connection import FeedConnection
 from exporter.feeds.server_time import parse_server_time
@@ -158,12 +158,14 @@ class Replay:
             x = self.exchanges[ex] = _Exchange(feed_for(ex), ctx)
         return x
 
-    def _conn(self, x: _Exchange, stream: str) -> FeedConnection:
+    def _conn(self, x: _Exchange, stream: str, expected_from: float | None = None) -> FeedConnection:
+        """The stream's connection, made (its counters registered) at the recording's ``streams`` line
+        as live made it, or at its first frame in a recording without one."""
         conn = x.conns.get(stream)
         if conn is None:
             plan = x.plans.get(stream) or WsPlan(stream, "replay")
             conn = x.conns[stream] = FeedConnection(x.feed, plan, x.ctx, self.state, clock=self.clock.time)
-            conn.health.expect_from(self.stats.first or self.clock.time())
+            conn.health.expect_from(expected_from or self.stats.first or self.clock.time())
         return conn
 
     async def apply(self, d: dict[str, Any]) -> None:
@@ -200,8 +202,14 @@ class Replay:
         elif kind == REST_ERROR:
             self.stats.rest_failures += 1
             self._rest_failure(ex, str(d.get("src", "")), str(data))
-        elif kind == "meta" and d.get("src") == "followed":
-            self._followed(ex, x, orjson.loads(data))
+        elif kind == "meta":
+            src = d.get("src")
+            if src == "followed":
+                self._followed(ex, x, orjson.loads(data))
+            elif src == "streams":  # live registered these streams' counters here, frames or not
+                for stream in orjson.loads(data):
+                    if isinstance(stream, str):
+                        self._conn(x, stream, t)
 
     def _followed(self, ex: Exchange, x: _Exchange, rows: list[dict[str, Any]]) -> None:
         infos = [_info(r) for r in rows]
@@ -213,7 +221,9 @@ class Replay:
         if futures and hasattr(self.state, "set_futures"):
             self.state.set_futures(ex, futures)
         # the live connections' plans, for each stream's cadence
-        x.plans = {p.stream: p for p in x.feed.ws_plans("ws://replay", perps)} if perps else {}
+        plans = x.feed.ws_plans("ws://replay", perps) if perps else []
+        plans += dated.ws_plans(ex, "ws://replay", futures)
+        x.plans = {p.stream: p for p in plans}
         for stream, conn in x.conns.items():
             if stream in x.plans:
                 conn.health.cadence_s = x.plans[stream].cadence_s

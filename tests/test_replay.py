@@ -34,9 +34,11 @@ from test_app_sim import make_config
 
 from exporter.app import Exporter
 from exporter.clock import VirtualClock
+from exporter.feeds import dated
+from exporter.feeds.connection import FeedConnection
 from exporter.metrics import catalog as m
 from exporter.model import Exchange
-from exporter.replay import OpenMetricsSeries, Replay, parse_step, replay_to_openmetrics
+from exporter.replay import OpenMetricsSeries, Replay, ReplayStats, parse_step, replay_to_openmetrics
 from exporter.sim import main as sim_main
 from exporter.sim import server as sim_server
 
@@ -193,6 +195,32 @@ def live_recording(directory: Path) -> contextlib.AbstractAsyncContextManager[Li
     return live_exporter(directory)
 
 
+async def replay_at_the_scrapes(live: Live, rec_dir: Path) -> tuple[list[tuple[float, Series, Series]], ReplayStats]:
+    """Replay as fast as possible, rendering after exactly the lines each live scrape had seen:
+    (time, live series, replayed series) per scrape."""
+    replay = Replay(live.exporter.config, rec_dir)
+    pending = sorted(live.scrapes, key=lambda s: s[1])
+    replayed: list[tuple[float, Series, Series]] = []
+    applied = 0
+
+    def catch_up() -> None:
+        while pending and pending[0][1] == applied:
+            at, _, live_series = pending.pop(0)
+            replay.advance_to(at)
+            replayed.append((at, live_series, series(replay.registry.render().decode())))
+
+    def before_line(t: float) -> None:
+        nonlocal applied
+        catch_up()
+        applied += 1
+
+    stats = await replay.run(on_line=before_line)
+    catch_up()
+    assert not pending, "scrapes after more lines than were recorded"
+    assert stats.lines == applied == live.lines
+    return replayed, stats
+
+
 async def test_replay_equals_the_live_scrapes_at_the_same_moments(tmp_path: Path) -> None:
     rec_dir = tmp_path / "rec"
     async with live_recording(rec_dir) as live:
@@ -226,27 +254,7 @@ async def test_replay_equals_the_live_scrapes_at_the_same_moments(tmp_path: Path
     curve = {dict(labels)["exchange"] for name, labels in last if name == m.BASIS.name}
     assert curve == {ex.value for ex in Exchange}, f"dated futures on the curve of {curve} only"
 
-    # replay as fast as possible; render after exactly the lines each live scrape had seen
-    replay = Replay(exporter.config, rec_dir)
-    pending = sorted(scrapes, key=lambda s: s[1])
-    replayed: list[tuple[float, Series, Series]] = []
-    applied = 0
-
-    def catch_up() -> None:
-        while pending and pending[0][1] == applied:
-            at, _, live_series = pending.pop(0)
-            replay.advance_to(at)
-            replayed.append((at, live_series, series(replay.registry.render().decode())))
-
-    def before_line(t: float) -> None:
-        nonlocal applied
-        catch_up()
-        applied += 1
-
-    stats_r = await replay.run(on_line=before_line)
-    catch_up()
-    assert not pending, "scrapes after more lines than were recorded"
-    assert stats_r.lines == applied == live.lines
+    replayed, stats_r = await replay_at_the_scrapes(live, rec_dir)
     assert stats_r.frames == stats["frames_ws"]
     compared = 0
     mismatched: list[Any] = []
@@ -268,6 +276,35 @@ async def test_replay_equals_the_live_scrapes_at_the_same_moments(tmp_path: Path
     _, n_samples = await replay_to_openmetrics(exporter.config, rec_dir, out, parse_step("15s"))
     text = out.read_text()
     assert text.endswith("# EOF\n") and n_samples > 100
+
+
+async def test_a_stream_without_a_frame_yet_is_replayed_as_live_showed_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Live publishes a stream's counters from the moment its connection is made, at 0 before any
+    frame (a slow handshake under load, an exchange that refuses it): the replay shows them from the
+    same line, not from the stream's first frame. Here Binance's dated-futures stream never connects."""
+    never = asyncio.Event()
+    open_ = FeedConnection._open
+
+    async def open_or_hang(conn: FeedConnection, replacing: Any = None) -> Any:
+        if conn.exchange is Exchange.BINANCE and conn.plan.stream == dated.STREAM:
+            await never.wait()  # cancelled when the exporter stops
+        return await open_(conn, replacing)
+
+    monkeypatch.setattr(FeedConnection, "_open", open_or_hang)
+    rec_dir = tmp_path / "rec"
+    async with live_recording(rec_dir) as live:
+        for _ in range(4):
+            await live.tick()
+        live.scrape()
+    key = (m.STREAM_MESSAGES.name, (("exchange", "binance"), ("stream", dated.STREAM)))
+    assert live.scrapes[-1][2].get(key) == 0.0, "the stream's counter is not published live before a frame"
+    replayed, _ = await replay_at_the_scrapes(live, rec_dir)
+    for at, live_series, rep in replayed:
+        streams = {k: v for k, v in live_series.items() if k[0] == m.STREAM_MESSAGES.name}
+        assert {k: v for k, v in rep.items() if k[0] == m.STREAM_MESSAGES.name} == streams, at
+        assert len(streams) > 4  # every exchange's streams, the silent one among them
 
 
 def test_openmetrics_series_keeps_each_family_together_in_time_order() -> None:
