@@ -88,6 +88,13 @@ class MarketUpdate(msgspec.Struct, gc=False):
     snapshot: bool = False
 
 
+class FundingUpdate(MarketUpdate, gc=False):
+    """A :class:`MarketUpdate` of the funding fields alone (an OKX ``funding-rate`` push): event time,
+    rate, next funding time, interval, cap, floor, premium. The store applies it on a path that reads
+    only these (``MarketState.apply_many``); every other field must stay None/False (the parsers that
+    build it set none: ``tests/test_state_paths.py`` checks the paths agree)."""
+
+
 class Liquidation(msgspec.Struct, gc=False):  # a Struct like MarketUpdate: one is built per liquidation
     exchange: Exchange
     instrument: str
@@ -239,7 +246,7 @@ class HistoryBackfill:
 
 
 Record = (
-    MarketUpdate
+    MarketUpdate  # FundingUpdate too (a subclass)
     | Liquidation
     | FundingSettlement
     | LongShortRatio

@@ -35,6 +35,7 @@ from exporter.model import (
     AnchorBackfill,
     Exchange,
     FundingSettlement,
+    FundingUpdate,
     HeartbeatRequest,
     HistoryBackfill,
     InstrumentInfo,
@@ -737,10 +738,67 @@ class MarketState:
             if kind is not MarketUpdate:
                 if kind is Liquidation:
                     self._apply_liquidation(u, now)  # type: ignore[arg-type]
-                elif kind is FundingSettlement:  # OKX repeats the last settlement in every funding push
-                    self._apply_settlement(u)  # type: ignore[arg-type]
+                    continue
+                if kind is not FundingUpdate:
+                    if kind is FundingSettlement:  # OKX repeats the last settlement in every funding push
+                        self._apply_settlement(u)  # type: ignore[arg-type]
+                    else:
+                        self.apply(u, now)
+                    continue
+                # A funding update (OKX funding-rate): the market-update path below with only the
+                # funding fields read (no price, open interest, 8 h rate or ticker flag: none is set),
+                # so each value goes where the general path puts it, in the same order.
+                try:  # a subscript, not .get(): no method call; a miss is rare
+                    r = self._record_of[u.exchange][u.instrument]
+                except KeyError:
+                    self._apply_future(u, now)
+                    continue
+                et = u.event_time
+                if et is not None:
+                    due = (et if et > now else now) >= r[F_DUE]
+                    r[F_EVENT_TIME] = et
                 else:
-                    self.apply(u, now)
+                    due = now >= r[F_DUE]
+                v = u.premium
+                if v is not None:
+                    r[F_PREMIUM] = v
+                v = u.funding_interval_s
+                prev_iv: float | None = None  # the interval before this update
+                if v is not None:
+                    if v == r[F_INTERVAL] and v:  # as stored: the effective interval is this one, the band stays
+                        prev_iv = v
+                    else:
+                        prev_iv = r[F_INTERVAL_EFF] or None
+                        if v and v == r[F_INTERVAL_EFF]:
+                            r[F_INTERVAL] = v
+                        else:
+                            self._state_of(u).funding_interval_s = v
+                v = u.funding_cap
+                if v is not None:
+                    r[F_CAP] = v
+                v = u.funding_floor
+                if v is not None:
+                    r[F_FLOOR] = v
+                nft = u.next_funding_time
+                if nft is not None and nft != r[F_NFT]:  # NaN (none yet) is never equal
+                    self._next_funding_time(r, u, nft, prev_iv, now)
+                rate = u.funding_rate
+                if rate is not None:
+                    r[F_RATE] = rate
+                    r[F_FUNDING_AT] = now
+                    band = r[F_BAND]
+                    if (rate >= band or rate <= -band) if band >= 0.0 else (band < rate < -band):
+                        self._funding_events.observe(self._state_of(u), rate, now)
+                elif nft is not None:
+                    r[F_FUNDING_AT] = now
+                if due and r[F_RATE] == r[F_RATE] and now >= r[F_ANCHOR_DUE]:
+                    i = r[F_INDEX]
+                    if (
+                        (r[F_MARK] == r[F_MARK] and i == i and i != 0.0)
+                        or r[F_PREMIUM] == r[F_PREMIUM]
+                        or not r[F_INTERVAL_EFF]
+                    ):
+                        self._sampler.anchor(self._state_of(u), now)
                 continue
             # The hot path (every update of every stream): store the fields present in the instrument's
             # record (two cache lines of flat floats), then let the trackers see the values they follow.
@@ -802,18 +860,7 @@ class MarketState:
             nft = u.next_funding_time
             if rate is not None or nft is not None:
                 if nft is not None and nft != r[F_NFT]:  # NaN (none yet) is never equal
-                    # A step the settlement tracker would find nothing in is only stored (a next time that
-                    # creeps or is corrected): it is called when the old time may have settled (near it or
-                    # past it), for a step that may be a new interval (about an hour or more) and for one
-                    # that may skip a settlement (over 1.5 intervals): SettlementTracker.next_funding/missed
-                    old = r[F_NFT]
-                    iv = prev_interval or r[F_INTERVAL_EFF]
-                    if not (
-                        (nft <= old + 1.0 or (nft - old < NFT_QUIET_STEP_S and now < old - NFT_SETTLED_NEAR_S))
-                        and (not iv or nft <= old + 1.5 * iv)
-                    ):  # NaN (no time yet) fails every comparison: the tracker's
-                        self._next_funding(self._state_of(u), u, nft, prev_interval, now)
-                    r[F_NFT] = nft
+                    self._next_funding_time(r, u, nft, prev_interval, now)
                 if full:
                     _put_first6(r, 0, et, mark, index, now, rate, now)
                 elif rate is not None:
@@ -885,6 +932,22 @@ class MarketState:
     def _state_of(self, u: MarketUpdate) -> InstrumentState:
         """The state of a followed perpetual (its record was found), for a tracker call."""
         return self._by_exchange[u.exchange][u.instrument]
+
+    def _next_funding_time(self, r: Any, u: MarketUpdate, nft: float, prev_interval: float | None, now: float) -> None:
+        """A next funding time that differs from the stored one (called only then: rare), stored.
+
+        A step the settlement tracker would find nothing in is only stored (a next time that creeps
+        or is corrected): the tracker is called when the old time may have settled (near it or past
+        it), for a step that may be a new interval (about an hour or more) and for one that may skip
+        a settlement (over 1.5 intervals): SettlementTracker.next_funding/missed."""
+        old = r[F_NFT]
+        iv = prev_interval or r[F_INTERVAL_EFF]
+        if not (
+            (nft <= old + 1.0 or (nft - old < NFT_QUIET_STEP_S and now < old - NFT_SETTLED_NEAR_S))
+            and (not iv or nft <= old + 1.5 * iv)
+        ):  # NaN (no time yet) fails every comparison: the tracker's
+            self._next_funding(self._state_of(u), u, nft, prev_interval, now)
+        r[F_NFT] = nft
 
     def _next_funding(
         self, st: InstrumentState, u: MarketUpdate, nft: float, prev_interval: float | None, now: float

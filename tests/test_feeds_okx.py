@@ -13,6 +13,7 @@ from exporter.feeds.okx import OkxFeed
 from exporter.model import (
     Exchange,
     FundingSettlement,
+    FundingUpdate,
     InstrumentInfo,
     Liquidation,
     MarketUpdate,
@@ -78,7 +79,7 @@ def test_interval_from_previous_settlement_when_next_is_absent() -> None:
 
 def test_processing_settlement_is_not_reported_as_settled() -> None:
     got = FEED.parse_ws(push("funding-rate", [{**FUNDING, "settState": "processing"}]), EMPTY)
-    assert [type(r) for r in got] == [MarketUpdate]
+    assert [type(r) for r in got] == [FundingUpdate]
 
 
 def test_a_settlement_passed_on_is_not_repeated_on_a_context_that_remembers() -> None:
@@ -87,7 +88,7 @@ def test_a_settlement_passed_on_is_not_repeated_on_a_context_that_remembers() ->
     ctx = FeedContext(EX, settled={})
     frame = push("funding-rate", [FUNDING], instId="BTC-USDT-SWAP")
     first = FEED.parse_ws(frame, ctx)
-    assert [type(r) for r in first] == [MarketUpdate, FundingSettlement]
+    assert [type(r) for r in first] == [FundingUpdate, FundingSettlement]
     again = FEED.parse_ws(frame, ctx)
     assert again == first[:1]  # the same update, no settlement
     assert FEED.parse_ws(frame, EMPTY) == first  # a context without the memory: every time
@@ -100,7 +101,7 @@ def test_a_settlement_passed_on_is_not_repeated_on_a_context_that_remembers() ->
         "settFundingRate": "0.0002",
     }
     moved = FEED.parse_ws(push("funding-rate", [nxt]), ctx)
-    assert [type(r) for r in moved] == [MarketUpdate, FundingSettlement]
+    assert [type(r) for r in moved] == [FundingUpdate, FundingSettlement]
     assert (moved[1].funding_time, moved[1].rate) == (int(FUNDING["fundingTime"]) / 1000, 0.0002)
     assert FEED.parse_ws(push("funding-rate", [nxt]), ctx) == moved[:1]
 
@@ -114,7 +115,7 @@ def test_a_rejected_frame_leaves_its_settlements_to_be_passed_on() -> None:
     with pytest.raises(ParseError, match="interval"):
         FEED.parse_ws(push("funding-rate", [FUNDING, other]), ctx)
     got = FEED.parse_ws(push("funding-rate", [FUNDING]), ctx)
-    assert [type(r) for r in got] == [MarketUpdate, FundingSettlement]
+    assert [type(r) for r in got] == [FundingUpdate, FundingSettlement]
 
 
 def test_remembered_settlements_give_the_store_the_same_settlements() -> None:

@@ -27,6 +27,7 @@ from exporter.feeds.okx import OkxFeed
 from exporter.model import (
     Exchange,
     FundingSettlement,
+    FundingUpdate,
     InstrumentInfo,
     Liquidation,
     MarketUpdate,
@@ -545,7 +546,7 @@ TYPED_LIQUIDATION_FRAMES = [
     ("bybit/ws_liquidation_v5_tardis.jsonl", 3, _bybit_fast, Liquidation),
     ("deribit/ws_perpetual_ticker_trades_tardis.jsonl", 4, _deribit_fast, Liquidation),
     ("deribit/ws_perpetual_ticker_trades_tardis.jsonl", 5, _deribit_fast, Liquidation),
-    ("okx/ws_funding_rate_index_2026_tardis.jsonl", 2, OkxFeed()._fast, MarketUpdate),
+    ("okx/ws_funding_rate_index_2026_tardis.jsonl", 2, OkxFeed()._fast, FundingUpdate),
     ("okx/ws_public_v5_swap_tardis.jsonl", 5, OkxFeed()._fast, MarketUpdate),
 ]
 

@@ -34,6 +34,7 @@ from exporter.feeds.base import FeedContext, WsPlan
 from exporter.model import (
     Exchange,
     FundingSettlement,
+    FundingUpdate,
     InstrumentInfo,
     InsuranceFund,
     Liquidation,
@@ -239,16 +240,25 @@ class OkxFeed:
                 if premium is a:
                     premium = None
                 # positional (fastest): the field order is pinned by a test (tests/test_feeds_deribit.py)
-                out.append(MarketUpdate(EX, inst, et, None, None, rate, t_set, interval, cap, floor, None, premium))
+                out.append(FundingUpdate(EX, inst, et, None, None, rate, t_set, interval, cap, floor, None, premium))
+                # the settlement, unless this context's stream has passed it on already (the usual
+                # push: one subscript, the settlement's fields not read)
+                if settled is None:
+                    sett = r.settFundingRate
+                    if sett is not a and r.settState == "settled":
+                        out.append(FundingSettlement(EX, inst, t_prev, sett, interval))
+                    continue
+                try:
+                    if settled[inst] == t_prev:
+                        continue
+                except KeyError:  # the instrument's first push
+                    pass
                 sett = r.settFundingRate
                 if sett is not a and r.settState == "settled":
-                    if settled is None:
-                        out.append(FundingSettlement(EX, inst, t_prev, sett, interval))
-                    elif settled.get(inst) != t_prev:  # not passed on yet by this context's stream
-                        out.append(FundingSettlement(EX, inst, t_prev, sett, interval))
-                        if fresh is None:
-                            fresh = []
-                        fresh.append((inst, t_prev))
+                    out.append(FundingSettlement(EX, inst, t_prev, sett, interval))
+                    if fresh is None:
+                        fresh = []
+                    fresh.append((inst, t_prev))
             if fresh is not None:
                 # remembered once the whole frame is taken: a later row that raises sends the frame to
                 # the strict path, which passes every settlement on
@@ -605,7 +615,7 @@ def _funding(r: _PriceRow, out: list[Record], tb: tuple[float, float]) -> None:
         interval = V.interval(t_set - t_prev, "prevFundingTime")
     ts = opt_num(r.ts, "ts")
     out.append(
-        MarketUpdate(
+        FundingUpdate(
             EX,
             inst,
             event_time=V.timestamp(ts / 1000.0, "ts", tb) if ts is not None else None,
@@ -684,7 +694,7 @@ def _funding_fast(r: _FastRow, out: list[Record], tb: tuple[float, float]) -> No
     if interval is not None and not _IMIN <= interval <= _IMAX:
         raise _Invalid
     # positional (fastest): the field order is pinned by a test (tests/test_feeds_deribit.py)
-    out.append(MarketUpdate(EX, inst, et, None, None, rate, t_set, interval, cap, floor, None, premium))
+    out.append(FundingUpdate(EX, inst, et, None, None, rate, t_set, interval, cap, floor, None, premium))
     if sett is not None and t_prev is not None and r.settState == "settled":
         out.append(FundingSettlement(EX, inst, t_prev, sett, interval))
 
