@@ -3,7 +3,11 @@
 Per size: the warm-up render the exporter does at start (before the server answers), the first
 scrape after it (one scrape interval of updates later), the steady render (median of churned
 renders, as in bench_scrape.py), ingest cost per market update and per liquidation (state.apply),
-and the process's peak RSS. State as in bench_scrape.py: full windows, every value fresh.
+and the process's peak RSS. State as in bench_scrape.py: full windows, every value fresh. Between two
+renders a churn applies one scrape interval (15 s) of the market: ``RealisticChurn`` by default (mark,
+index, funding rate and open interest at the shares of instruments the exchanges push them in 15 s);
+``--churn old`` is ``bench_scrape.churn`` (mark and funding rate of every instrument, index and open
+interest never: their kept texts were never re-formatted, and the open interest went stale after 300 s).
 
 Ingest per update is printed two ways, each at the size and at the 100-instrument reference
 (interleaved run by run in the same process, the reference rendered and churned alike, both warmed by
@@ -37,6 +41,8 @@ Targets (issue 10): first scrape at 2,000 within 150 ms; steady render at 8,000 
 Run: ``.venv/bin/python bench/bench_scale.py [--sizes 100,500,2000,8000] [--runs 5]``;
 ``--phases --sizes 2000,8000`` prints only where the steady render's CPU goes at each size (the
 views' columns, each collector's families and rendering), both sizes in one process, alternated.
+``--churns --sizes 2000,8000`` prints only the render with each churn side by side (first scrape,
+steady render and the ratio, old and realistic; one process per size and churn, the four alternated).
 Prints figures; not a test.
 """
 
@@ -58,6 +64,82 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 FRAME_UPDATES = 500  # updates per frame handed to apply_many
 FRAME_BATCH = 25  # single-instrument frames built, then ingested, together (the 100-instrument market's 25 each)
 NEXT_FUNDING_S = 28_800.0  # the frames' funding interval: the next funding time they announce is constant within it
+SCRAPE_S = 15.0  # the scrape interval a churn stands for
+# Binance open interest is REST only (no stream): polled on the budget, the exporter's share of the
+# 2,400 weight/min per IP (rest_budget.fraction 0.5: 20 requests/s at weight 1), every instrument
+# at most every poll.open_interest_seconds (30 s): a round takes max(30 s, instruments / 20 s)
+BINANCE_OI_PER_S = 20.0
+BINANCE_OI_PERIOD_S = 30.0
+OKX_FUNDING_PUSH_S = 60.0  # OKX pushes funding-rate every 30-90 s; the others push it with the mark
+
+
+class RealisticChurn:
+    """What one scrape interval of a live market changes, as the exchanges push it (the render keeps a
+    value's text while the value is bit for bit the same, so what moves is what it pays for):
+    - every instrument a new mark and index (Binance markPrice@1s, Bybit tickers deltas, OKX mark-price
+      and index-tickers on change, Deribit ticker 100 ms), the index moving with the mark;
+    - a new funding rate on every instrument but OKX's, whose funding-rate push comes every 30-90 s
+      (a quarter of them per 15 s, in turn);
+    - new open interest on every Bybit, OKX (open-interest every 3 s) and Deribit instrument (in the
+      ticker); Binance's from the REST poll: 15 s of a round of max(30 s, instruments / 20 per s), in turn;
+    - an eighth settle, as ``bench_scrape.churn`` (pessimistic: real settlements bunch at 8 h marks).
+    The in-turn shares keep every value within its staleness limit, as the exchanges' cadences do.
+    ``bench_scrape.churn`` (the "old" churn) moves only the mark and the funding rate of every instrument."""
+
+    def __init__(self) -> None:
+        self.cursor: dict[tuple[Any, str], float] = {}  # (exchange, field) -> position of the turn
+
+    def _turn(self, ex: Any, field: str, n: int, share: float) -> tuple[float, float]:
+        start = self.cursor.get((ex, field), 0.0)
+        self.cursor[(ex, field)] = (start + share * n) % max(1, n)
+        return start, share * n
+
+    def __call__(self, clock: Any, state: Any, rng: random.Random, settle_share: float = 0.125) -> None:
+        from exporter.model import Exchange, MarketUpdate
+
+        clock.t += SCRAPE_S
+        sts = state.snapshot()
+        counts: dict[Any, int] = {}
+        for st in sts:
+            counts[st.info.exchange] = counts.get(st.info.exchange, 0) + 1
+        turns = {}
+        for ex, n in counts.items():
+            oi = 1.0
+            if ex is Exchange.BINANCE:
+                oi = min(1.0, SCRAPE_S / max(BINANCE_OI_PERIOD_S, n / BINANCE_OI_PER_S))
+            rate = min(1.0, SCRAPE_S / OKX_FUNDING_PUSH_S) if ex is Exchange.OKX else 1.0
+            turns[ex] = (n, self._turn(ex, "rate", n, rate), self._turn(ex, "oi", n, oi))
+        seen: dict[Any, int] = {}
+        for st in sts:
+            info = st.info
+            ex = info.exchange
+            k = seen[ex] = seen.get(ex, -1) + 1
+            n, (r0, rn), (o0, on) = turns[ex]
+            move = 1.0 + rng.gauss(0, 3e-4)
+            mark = (st.mark_price or 1.0) * move
+            index = (st.index_price or mark) * move * (1.0 + rng.gauss(0, 2e-5))
+            rate = (st.funding_rate or 0.0) + rng.gauss(0, 1e-6) if (k - r0) % n < rn else None
+            oi = (st.open_interest_usd or 1e6) * (1.0 + rng.gauss(0, 1e-3)) if (k - o0) % n < on else None
+            state.apply(
+                MarketUpdate(
+                    ex, info.instrument, mark_price=mark, index_price=index, funding_rate=rate, open_interest_usd=oi
+                ),
+                clock.t,
+            )
+            if rng.random() < settle_share:
+                state.add_settlements(st, [(clock.t, st.funding_rate or 0.0)])
+
+
+def make_churn(kind: str) -> Any:
+    """``realistic`` (RealisticChurn) or ``old`` (bench_scrape.churn: mark and funding rate only)."""
+    if kind == "old":
+        sys.path.insert(0, HERE)
+        from bench_scrape import churn
+
+        return churn
+    if kind == "realistic":
+        return RealisticChurn()
+    raise ValueError(f"churn {kind!r}: realistic or old")
 
 
 class Walk:
@@ -328,9 +410,11 @@ class FrameIngest:
         return out
 
 
-def one(n: int, runs: int) -> dict[str, Any]:
+def one(n: int, runs: int, churn_kind: str = "realistic") -> dict[str, Any]:
     sys.path.insert(0, HERE)
-    from bench_scrape import build_state, churn
+    from bench_scrape import build_state
+
+    churn, ref_churn = make_churn(churn_kind), make_churn(churn_kind)
 
     from exporter.metrics import build_registry
     from exporter.model import Exchange, Liquidation, MarketUpdate, Side
@@ -378,7 +462,7 @@ def one(n: int, runs: int) -> dict[str, Any]:
     ref_clock, ref_state, ref_cfg = build_state(25)
     build_registry(ref_cfg, ref_state).render()
     for _ in range(runs + 1):
-        churn(ref_clock, ref_state, rng)
+        ref_churn(ref_clock, ref_state, rng)
     ref_keys = list(ref_state.instruments)
     per_update: dict[str, list[float]] = {}
     per_update_ref: dict[str, list[float]] = {}
@@ -436,7 +520,7 @@ def _pair_summary(sizes: Any, runs: int, wall: list[list[float]], cpu: list[list
     }
 
 
-def render_pair(sizes: tuple[int, int], runs: int) -> dict[str, Any]:
+def render_pair(sizes: tuple[int, int], runs: int, churn_kind: str = "realistic") -> dict[str, Any]:
     """The steady render at two sizes in one process, interleaved render by render (small, large,
     large, small, ...): both see the same machine state, where two processes minutes apart do not
     (the ratio of separate runs moved between 3.9x and 6.7x with the machine). Each state is built,
@@ -445,7 +529,7 @@ def render_pair(sizes: tuple[int, int], runs: int) -> dict[str, Any]:
     Per render: wall time, and the rendering thread's CPU time (what the render costs; the wall time
     on a shared machine also holds other processes' time slices and the GIL hand-overs' sleeps)."""
     sys.path.insert(0, HERE)
-    from bench_scrape import build_state, churn
+    from bench_scrape import build_state
 
     from exporter.metrics import build_registry
 
@@ -455,14 +539,14 @@ def render_pair(sizes: tuple[int, int], runs: int) -> dict[str, Any]:
         clock, state, cfg = build_state(max(1, n // 4))
         reg = build_registry(cfg, state)
         reg.render()
-        setups.append((clock, state, reg))
+        setups.append((clock, state, reg, make_churn(churn_kind)))
     gc.collect()
     gc.freeze()
     wall: list[list[float]] = [[], []]
     cpu: list[list[float]] = [[], []]
     for r in range(runs):
         for i in (0, 1) if r % 2 else (1, 0):
-            clock, state, reg = setups[i]
+            clock, state, reg, churn = setups[i]
             churn(clock, state, rng)
             t, c = time.perf_counter(), time.thread_time()
             reg.render()
@@ -471,12 +555,12 @@ def render_pair(sizes: tuple[int, int], runs: int) -> dict[str, Any]:
     return _pair_summary(sizes, runs, wall, cpu)
 
 
-def render_phases(sizes: tuple[int, ...], runs: int) -> dict[str, list[float]]:
+def render_phases(sizes: tuple[int, ...], runs: int, churn_kind: str = "realistic") -> dict[str, list[float]]:
     """Where a steady render's CPU goes, both sizes in one process, renders alternated: the views
     (the scrape's columns, built once and shared by the collectors), then each collector's families
     and their rendering. Medians in ms per phase, one entry per size (the rendering thread's CPU)."""
     sys.path.insert(0, HERE)
-    from bench_scrape import build_state, churn
+    from bench_scrape import build_state
 
     from exporter.metrics import build_registry
     from exporter.metrics.exposition import Family, render_family, render_metric_family
@@ -487,14 +571,14 @@ def render_phases(sizes: tuple[int, ...], runs: int) -> dict[str, list[float]]:
         clock, state, cfg = build_state(max(1, n // 4))
         reg = build_registry(cfg, state)
         reg.render()
-        setups.append((clock, state, reg))
+        setups.append((clock, state, reg, make_churn(churn_kind)))
     gc.collect()
     gc.freeze()
     spent: list[dict[str, list[float]]] = [{} for _ in sizes]
     tt = time.thread_time
     for r in range(runs):
         for i in range(len(sizes)) if r % 2 else reversed(range(len(sizes))):
-            clock, state, reg = setups[i]
+            clock, state, reg, churn = setups[i]
             churn(clock, state, rng)
             d = spent[i]
             gc.disable()  # as a render (exporter.metrics.collector_paused)
@@ -523,14 +607,15 @@ def render_phases(sizes: tuple[int, ...], runs: int) -> dict[str, list[float]]:
     return {k: [statistics.median(d[k]) * 1e3 for d in spent] for k in spent[0]}
 
 
-def render_server(n: int) -> None:
+def render_server(n: int, churn_kind: str = "realistic") -> None:
     """Child process: one state of ``n`` instruments, built, warm-up rendered and frozen as in ``one``;
     then, per line "render" on stdin, a churn and a render, answered with its wall and CPU seconds."""
     sys.path.insert(0, HERE)
-    from bench_scrape import build_state, churn
+    from bench_scrape import build_state
 
     from exporter.metrics import build_registry
 
+    churn = make_churn(churn_kind)
     clock, state, cfg = build_state(max(1, n // 4))
     reg = build_registry(cfg, state)
     reg.render()
@@ -548,36 +633,122 @@ def render_server(n: int) -> None:
         print(json.dumps([time.perf_counter() - t, cpu]), flush=True)
 
 
-def render_pair_processes(sizes: tuple[int, int], runs: int) -> dict[str, Any]:
+class _RenderServers:
+    """One ``render_server`` process per (size, churn), started and made ready; ``render(i)`` asks the
+    i-th for a churn and a render and returns its (wall, CPU) seconds."""
+
+    def __init__(self, specs: list[tuple[int, str]]) -> None:
+        self.procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--serve", str(n), "--churn", kind],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for n, kind in specs
+        ]
+
+    def __enter__(self) -> _RenderServers:
+        try:
+            for p in self.procs:
+                assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def render(self, i: int) -> tuple[float, float]:
+        p = self.procs[i]
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.write("render\n")
+        p.stdin.flush()
+        w, c = json.loads(p.stdout.readline())
+        return w, c
+
+    def __exit__(self, *_: Any) -> None:
+        for p in self.procs:
+            if p.stdin is not None:
+                p.stdin.close()
+            p.wait()
+
+
+def render_pair_processes(sizes: tuple[int, int], runs: int, churn_kind: str = "realistic") -> dict[str, Any]:
     """The steady render at two sizes, each in its own process as an exporter of that size runs, the
     renders alternated between the two (small, large, large, small, ...) so both meet the same machine
     state: a render is asked of one process, then of the other. Medians as in ``render_pair``."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        for n in sizes
-    ]
-    try:
-        for p in procs:
-            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    with _RenderServers([(n, churn_kind) for n in sizes]) as servers:
+        for i in (0, 1):
+            servers.render(i)  # the first scrape after the warm-up: not a steady render
         wall: list[list[float]] = [[], []]
         cpu: list[list[float]] = [[], []]
         for r in range(runs):
             for i in (0, 1) if r % 2 else (1, 0):
-                p = procs[i]
-                assert p.stdin is not None and p.stdout is not None
-                p.stdin.write("render\n")
-                p.stdin.flush()
-                w, c = json.loads(p.stdout.readline())
+                w, c = servers.render(i)
                 wall[i].append(w)
                 cpu[i].append(c)
-    finally:
-        for p in procs:
-            if p.stdin is not None:
-                p.stdin.close()
-            p.wait()
     return _pair_summary(sizes, runs, wall, cpu)
+
+
+CHURNS = ("old", "realistic")
+
+
+def render_churns(sizes: tuple[int, int], runs: int) -> dict[str, Any]:
+    """Both churns side by side: one process per (size, churn), four processes, asked for a render in
+    turn (the order reversed every run), so all four meet the same machine state. Per churn: the first
+    scrape after the warm-up (one churn later) and the steady render of each size (medians), and the
+    render ratio large / small (median of the back-to-back ratios); per size, realistic / old."""
+    specs = [(n, kind) for kind in CHURNS for n in sizes]
+    with _RenderServers(specs) as servers:
+        first = [servers.render(i) for i in range(len(specs))]
+        wall: list[list[float]] = [[] for _ in specs]
+        cpu: list[list[float]] = [[] for _ in specs]
+        order = list(range(len(specs)))
+        for r in range(runs):
+            for i in order if r % 2 else reversed(order):
+                w, c = servers.render(i)
+                wall[i].append(w)
+                cpu[i].append(c)
+    out: dict[str, Any] = {"sizes": list(sizes), "runs": runs}
+    for k, kind in enumerate(CHURNS):
+        a, b = 2 * k, 2 * k + 1
+        out[kind] = {
+            "first_wall_ms": [first[a][0] * 1e3, first[b][0] * 1e3],
+            "first_cpu_ms": [first[a][1] * 1e3, first[b][1] * 1e3],
+            "wall_ms": [statistics.median(wall[a]) * 1e3, statistics.median(wall[b]) * 1e3],
+            "cpu_ms": [statistics.median(cpu[a]) * 1e3, statistics.median(cpu[b]) * 1e3],
+            "cpu_ratio": statistics.median(y / x for x, y in zip(cpu[a], cpu[b], strict=True)),
+            "wall_ratio": statistics.median(y / x for x, y in zip(wall[a], wall[b], strict=True)),
+        }
+    # realistic / old at each size, from the renders asked of the two back to back
+    out["realistic_over_old_cpu"] = [
+        statistics.median(y / x for x, y in zip(cpu[j], cpu[2 + j], strict=True)) for j in (0, 1)
+    ]
+    return out
+
+
+def print_churns(q: dict[str, Any]) -> None:
+    small, large = q["sizes"]
+    print(f"render by churn (one process per size and churn, four alternated, {q['runs']} renders each, medians):")
+    print(
+        f"  {'churn':10} {'first ' + f'{small:,}':>18} {'steady ' + f'{small:,}':>18} "
+        f"{'first ' + f'{large:,}':>18} {'steady ' + f'{large:,}':>18} {'ratio CPU':>10} {'ratio wall':>10}"
+    )
+    for kind in CHURNS:
+        r = q[kind]
+        cells = [
+            f"{r['first_wall_ms'][0]:.1f} ({r['first_cpu_ms'][0]:.1f})",
+            f"{r['wall_ms'][0]:.1f} ({r['cpu_ms'][0]:.1f})",
+            f"{r['first_wall_ms'][1]:.1f} ({r['first_cpu_ms'][1]:.1f})",
+            f"{r['wall_ms'][1]:.1f} ({r['cpu_ms'][1]:.1f})",
+        ]
+        print(
+            f"  {kind:10} " + " ".join(f"{c:>18}" for c in cells) + f" {r['cpu_ratio']:9.2f}x {r['wall_ratio']:9.2f}x"
+        )
+    a, b = q["realistic_over_old_cpu"]
+    print(
+        f"  wall ms (render thread CPU ms); realistic / old steady render CPU: {a:.2f}x at {small:,}, "
+        f"{b:.2f}x at {large:,}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
 
 
 def main() -> None:
@@ -591,10 +762,21 @@ def main() -> None:
     ap.add_argument(
         "--phases", action="store_true", help="only where the render's CPU goes at each size (one process, alternated)"
     )
+    ap.add_argument(
+        "--churn",
+        choices=CHURNS,
+        default="realistic",
+        help="what changes between scrapes (RealisticChurn; old: mark and rate)",
+    )
+    ap.add_argument(
+        "--churns",
+        action="store_true",
+        help="only the render with each churn side by side (the first two sizes; one process per size and churn)",
+    )
     args = ap.parse_args()
     if args.phases:
         sizes = tuple(int(x) for x in args.sizes.split(","))
-        phases = render_phases(sizes, args.pair_runs)
+        phases = render_phases(sizes, args.pair_runs, args.churn)
         print(f"{'phase (CPU ms, medians)':28}" + "".join(f"{n:>10,}" for n in sizes) + "   last / first")
         for k, v in phases.items():
             ratio = f"   {v[-1] / v[0]:.2f}x" if v[0] >= 0.05 else ""
@@ -602,14 +784,18 @@ def main() -> None:
         print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         return
     if args.serve:
-        render_server(args.serve)
+        render_server(args.serve, args.churn)
         return
     if args.one:
-        print(json.dumps(one(args.one, args.runs)))
+        print(json.dumps(one(args.one, args.runs, args.churn)))
         return
     if args.pair:
         small, large = (int(x) for x in args.pair.split(","))
-        print(json.dumps(render_pair((small, large), args.pair_runs)))
+        print(json.dumps(render_pair((small, large), args.pair_runs, args.churn)))
+        return
+    if args.churns:
+        small, large = (int(x) for x in args.sizes.split(",")[:2])
+        print_churns(render_churns((small, large), args.pair_runs))
         return
     sys.path.insert(0, HERE)
     from bench_scrape import machine
@@ -618,7 +804,7 @@ def main() -> None:
     rows = []
     for n in (int(x) for x in args.sizes.split(",")):
         out = subprocess.run(
-            [sys.executable, __file__, "--one", str(n), "--runs", str(args.runs)],
+            [sys.executable, __file__, "--one", str(n), "--runs", str(args.runs), "--churn", args.churn],
             capture_output=True,
             text=True,
             check=True,
@@ -644,13 +830,22 @@ def main() -> None:
     if 2000 in by and 8000 in by:
         apart = by[8000]["steady_ms"] / by[2000]["steady_ms"]
         out = subprocess.run(
-            [sys.executable, __file__, "--pair", "2000,8000", "--pair-runs", str(args.pair_runs)],
+            [
+                sys.executable,
+                __file__,
+                "--pair",
+                "2000,8000",
+                "--pair-runs",
+                str(args.pair_runs),
+                "--churn",
+                args.churn,
+            ],
             capture_output=True,
             text=True,
             check=True,
         ).stdout
         p = json.loads(out.strip().splitlines()[-1])
-        q = render_pair_processes((2000, 8000), args.pair_runs)
+        q = render_pair_processes((2000, 8000), args.pair_runs, args.churn)
         (cs, cl), (ws, wl) = q["cpu_ms"], q["wall_ms"]
         ratio = q["cpu_ratio"]
         print(
