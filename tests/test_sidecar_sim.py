@@ -35,6 +35,7 @@ from exporter.sim import main as sim_main
 pytestmark = pytest.mark.slow(seconds=10)  # scheduled first (tests/conftest.py)
 
 SCALE = 6.0  # market seconds per wall second
+BTC_8H = ("baseline", "BTC", 8.0)  # the published answer followed: (model, base, horizon hours)
 
 
 class MarketClock(ScaledClock):
@@ -96,7 +97,7 @@ async def test_baseline_rises_before_cascade_and_falls_after(tmp_path: Path) -> 
     stop = asyncio.Event()
     runner: asyncio.Task[None] | None = None
     try:
-        await _wait_state(exporter_url, 20)
+        await _wait_state(exporter_url, 60)  # a deadlock guard: the process starts slowly on a loaded machine
         cfg = Config(
             sidecar=SidecarConfig(
                 exporter_url=exporter_url,
@@ -119,15 +120,18 @@ async def test_baseline_rises_before_cascade_and_falls_after(tmp_path: Path) -> 
                 background_rate_per_hour=0.0,
             )
         )
-        sc = Sidecar(cfg, clock=clock)
+        sidecar = sc = Sidecar(cfg, clock=clock)
         runner = asyncio.create_task(sc.run(stop))
+        # the calm window is 5 market seconds of the sidecar's own baselines: it starts at its first one
+        # (on a loaded machine the sidecar's start can take longer than the window in wall time)
+        await wait_until(lambda: BTC_8H in sidecar.metrics.latest, 30, what="the sidecar's first BTC baseline")
         _, rest = sim.urls(Exchange.BINANCE)
         samples: list[tuple[float, str, float]] = []
 
         async def sample(client: httpx.AsyncClient) -> str:
             truth = (await client.get(f"{rest}/_sim/truth")).json()
             phase = truth.get("cascade_phase") or ""
-            pub = sc.metrics.latest.get(("baseline", "BTC", 8.0)) if sc else None
+            pub = sidecar.metrics.latest.get(BTC_8H)
             if pub is not None:
                 samples.append((time.monotonic(), phase, pub.answer.liquidation_probability))
             return phase
@@ -140,6 +144,7 @@ async def test_baseline_rises_before_cascade_and_falls_after(tmp_path: Path) -> 
                 await sample(client)
                 await asyncio.sleep(period)
             calm = [p for _, _, p in samples[-8:]]
+            assert calm, "no baseline published in the calm warm-up"
             r = await client.post(f"{rest}/_sim/scenario", json={"name": "cascade", "seconds": 8})
             assert r.status_code == 200, r.text
             build: list[float] = []
