@@ -95,6 +95,12 @@ class FundingUpdate(MarketUpdate, gc=False):
     build it set none: ``tests/test_state_paths.py`` checks the paths agree)."""
 
 
+class OpenInterestUpdate(MarketUpdate, gc=False):
+    """A :class:`MarketUpdate` of the open interest alone (an OKX ``open-interest`` push or REST row):
+    event time, open interest in base coin and/or USD. The store applies it on a path that reads only
+    these; every other field must stay None/False (``tests/test_state_paths.py``)."""
+
+
 class Liquidation(msgspec.Struct, gc=False):  # a Struct like MarketUpdate: one is built per liquidation
     exchange: Exchange
     instrument: str
@@ -246,7 +252,7 @@ class HistoryBackfill:
 
 
 Record = (
-    MarketUpdate  # FundingUpdate too (a subclass)
+    MarketUpdate  # FundingUpdate and OpenInterestUpdate too (subclasses)
     | Liquidation
     | FundingSettlement
     | LongShortRatio

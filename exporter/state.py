@@ -43,6 +43,7 @@ from exporter.model import (
     Liquidation,
     LongShortRatio,
     MarketUpdate,
+    OpenInterestUpdate,
     Record,
     Rejected,
     Side,
@@ -740,7 +741,43 @@ class MarketState:
                     self._apply_liquidation(u, now)  # type: ignore[arg-type]
                     continue
                 if kind is not FundingUpdate:
-                    if kind is FundingSettlement:  # OKX repeats the last settlement in every funding push
+                    if kind is OpenInterestUpdate:
+                        # An open-interest update (OKX open-interest): the market-update path below with
+                        # only its fields read (event time, open interest), each value where it puts it.
+                        try:  # a subscript, not .get(): no method call; a miss is rare
+                            r = self._record_of[u.exchange][u.instrument]
+                        except KeyError:
+                            self._apply_future(u, now)
+                            continue
+                        et = u.event_time
+                        if et is not None:
+                            due = (et if et > now else now) >= r[F_DUE]
+                            r[F_EVENT_TIME] = et
+                        else:
+                            due = now >= r[F_DUE]
+                        oi_base = u.open_interest_base
+                        oi_usd = u.open_interest_usd
+                        if oi_base is not None or oi_usd is not None:
+                            if oi_base is not None:
+                                r[F_OI_BASE] = oi_base
+                            if oi_usd is not None:
+                                r[F_OI_USD] = oi_usd
+                            else:
+                                m = r[F_MARK]
+                                if m == m:  # a mark known (not NaN)
+                                    r[F_OI_USD] = oi_base * m  # type: ignore[operator]  # not None here
+                            r[F_OI_AT] = now
+                            if now >= r[F_OI_DUE]:
+                                self._sampler.open_interest(self._state_of(u), now)
+                        if due and r[F_RATE] == r[F_RATE] and now >= r[F_ANCHOR_DUE]:
+                            i = r[F_INDEX]
+                            if (
+                                (r[F_MARK] == r[F_MARK] and i == i and i != 0.0)
+                                or r[F_PREMIUM] == r[F_PREMIUM]
+                                or not r[F_INTERVAL_EFF]
+                            ):
+                                self._sampler.anchor(self._state_of(u), now)
+                    elif kind is FundingSettlement:  # OKX repeats the last settlement in every funding push
                         self._apply_settlement(u)  # type: ignore[arg-type]
                     else:
                         self.apply(u, now)

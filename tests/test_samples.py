@@ -31,6 +31,7 @@ from exporter.model import (
     InstrumentInfo,
     Liquidation,
     MarketUpdate,
+    OpenInterestUpdate,
     ParseError,
     Record,
     Side,
@@ -547,7 +548,7 @@ TYPED_LIQUIDATION_FRAMES = [
     ("deribit/ws_perpetual_ticker_trades_tardis.jsonl", 4, _deribit_fast, Liquidation),
     ("deribit/ws_perpetual_ticker_trades_tardis.jsonl", 5, _deribit_fast, Liquidation),
     ("okx/ws_funding_rate_index_2026_tardis.jsonl", 2, OkxFeed()._fast, FundingUpdate),
-    ("okx/ws_public_v5_swap_tardis.jsonl", 5, OkxFeed()._fast, MarketUpdate),
+    ("okx/ws_public_v5_swap_tardis.jsonl", 5, OkxFeed()._fast, OpenInterestUpdate),
 ]
 
 

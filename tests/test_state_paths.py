@@ -1,10 +1,12 @@
-"""Property: the store's own path for a funding update (``FundingUpdate``, what an OKX funding-rate push
-gives) leaves exactly the state the general market-update path leaves for the same fields.
+"""Property: the store's own paths for a funding update (``FundingUpdate``, what an OKX funding-rate push
+gives) and an open-interest update (``OpenInterestUpdate``, OKX open-interest) leave exactly the state
+the general market-update path leaves for the same fields.
 
 Two stores take the same sequence: one the records as parsed (``FundingUpdate``), the other the same
 fields as a plain ``MarketUpdate``. Rates that cross the event limit, next funding times that creep,
-settle, skip settlements or step back, intervals that change, absent fields, prices between them
-(anchor samples, mark minutes) and instruments nobody follows: after every step the instruments'
+settle, skip settlements or step back, intervals that change, open interest in coin, USD, both or
+neither (with and without a mark to price it), absent fields, prices between them (anchor samples,
+mark minutes, open-interest samples) and instruments nobody follows: after every step the instruments'
 records and windows, the events, the missed settlements and the counters are equal.
 """
 
@@ -16,7 +18,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.model import Exchange, FundingUpdate, InstrumentInfo, MarketUpdate
+from exporter.model import Exchange, FundingUpdate, InstrumentInfo, MarketUpdate, OpenInterestUpdate
 from exporter.state import MarketState
 
 EX = Exchange.OKX
@@ -53,6 +55,16 @@ funding = st.fixed_dictionaries(
         "premium": st.none() | st.sampled_from([0.0, -0.0009, 0.0012]),
     }
 )
+open_interest = st.fixed_dictionaries(
+    {
+        "kind": st.just("open-interest"),
+        "instrument": st.sampled_from(INSTRUMENTS),
+        "dt": st.sampled_from([0.0, 0.5, 30.0, 61.0, 600.0]),
+        "event_lag": st.none() | st.sampled_from([0.0, 0.3, -1.0]),
+        "base": st.none() | st.sampled_from([0.0, 644195.0, 12.5]),
+        "usd": st.none() | st.sampled_from([0.0, 1.4e6, 3.2e9]),
+    }
+)
 price = st.fixed_dictionaries(
     {
         "kind": st.just("price"),
@@ -70,6 +82,8 @@ def _records(step: dict[str, Any], now: float, nft: dict[str, float]) -> list[Ma
     et = None if lag is None else now - lag
     if step["kind"] == "price":
         return [MarketUpdate(EX, inst, now, step["mark"], step["index"])]
+    if step["kind"] == "open-interest":
+        return [OpenInterestUpdate(EX, inst, et, open_interest_base=step["base"], open_interest_usd=step["usd"])]
     next_time = None
     if step["nft_step"] is not None:
         next_time = nft[inst] = nft.get(inst, T0 + H8) + step["nft_step"]
@@ -104,8 +118,10 @@ def _same(a: MarketState, b: MarketState) -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(funding | price, min_size=1, max_size=40))
-def test_the_funding_path_leaves_the_state_the_general_path_leaves(steps: list[dict[str, Any]]) -> None:
+@given(st.lists(funding | open_interest | price, min_size=1, max_size=40))
+def test_the_funding_and_open_interest_paths_leave_the_state_the_general_path_leaves(
+    steps: list[dict[str, Any]],
+) -> None:
     own, general = _state(), _state()
     changed: list[tuple[str, str]] = []
     own.on_interval_change = lambda ex, inst: changed.append(("own", inst))
@@ -131,4 +147,15 @@ def test_a_funding_update_reaches_its_instrument_through_apply_and_apply_many() 
     assert (st_.funding_cap, st_.funding_floor, st_.premium, st_.event_time) == (0.00375, -0.00375, -0.0009, T0)
     assert st_.funding_at == T0 + 1.0
     s.apply_many([msgspec.structs.replace(u, instrument="NOT-FOLLOWED-SWAP")], T0 + 2.0)
+    assert s.unknown_instrument_updates == 1
+
+
+def test_an_open_interest_update_reaches_its_instrument_through_apply_and_apply_many() -> None:
+    s = _state()
+    s.apply(MarketUpdate(EX, FOLLOWED[0], T0, 2.0), T0)
+    s.apply(OpenInterestUpdate(EX, FOLLOWED[0], T0 + 1.0, open_interest_base=3.0), T0 + 1.5)
+    st_ = s.instruments[(EX, FOLLOWED[0])]
+    # priced with the mark known (2.0 USD): 6 USD
+    assert (st_.open_interest_base, st_.open_interest_usd, st_.oi_at, st_.event_time) == (3.0, 6.0, T0 + 1.5, T0 + 1.0)
+    s.apply_many([OpenInterestUpdate(EX, "NOT-FOLLOWED-SWAP", T0, open_interest_usd=1.0)], T0 + 2.0)
     assert s.unknown_instrument_updates == 1

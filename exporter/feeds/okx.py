@@ -40,6 +40,7 @@ from exporter.model import (
     Liquidation,
     LongShortRatio,
     MarketUpdate,
+    OpenInterestUpdate,
     ParseError,
     Record,
     Rejected,
@@ -174,7 +175,9 @@ class OkxFeed:
                 usual = coin is not a and oi is not a and inst and lo <= et <= hi  # type: ignore[operator]
                 if usual and (info is None or not info.inverse):
                     out.append(
-                        MarketUpdate(EX, inst, et, None, None, None, None, None, None, None, None, None, coin, usd)
+                        OpenInterestUpdate(
+                            EX, inst, et, None, None, None, None, None, None, None, None, None, coin, usd
+                        )
                     )
                     continue
                 if not inst or oi is a:
@@ -197,7 +200,9 @@ class OkxFeed:
                         raise _Invalid
                     et = None
                 # positional (fastest): the field order is pinned by a test (tests/test_feeds_deribit.py)
-                out.append(MarketUpdate(EX, inst, et, None, None, None, None, None, None, None, None, None, coin, usd))
+                out.append(
+                    OpenInterestUpdate(EX, inst, et, None, None, None, None, None, None, None, None, None, coin, usd)
+                )
             return out
         if channel == "funding-rate":
             clock = ctx.clock  # ctx.time_bounds() inline
@@ -699,7 +704,9 @@ def _funding_fast(r: _FastRow, out: list[Record], tb: tuple[float, float]) -> No
         out.append(FundingSettlement(EX, inst, t_prev, sett, interval))
 
 
-def _open_interest(r: _PriceRow, instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float]) -> MarketUpdate:
+def _open_interest(
+    r: _PriceRow, instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float]
+) -> OpenInterestUpdate:
     """One ``open-interest`` row (stream push or REST body). Recorded wire (ws_public_v5_swap_tardis.jsonl)::
 
     {"arg":{"channel":"open-interest","instId":"WNCG-USDT-SWAP"},"data":[{"instId":"WNCG-USDT-SWAP",
@@ -722,7 +729,9 @@ def _open_interest(r: _PriceRow, instruments: Mapping[str, InstrumentInfo], tb: 
             raise ParseError(f"{inst}: oi in contracts without oiCcy, and ctVal unknown")
         coin = V.holding(oi * info.contract_size, "oi")
     ts = r.ts
-    return MarketUpdate(EX, inst, ms(ts, "ts", tb) if ts else None, open_interest_base=coin, open_interest_usd=usd)
+    return OpenInterestUpdate(
+        EX, inst, ms(ts, "ts", tb) if ts else None, open_interest_base=coin, open_interest_usd=usd
+    )
 
 
 def _liquidations(rows: list[Any], instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float]) -> list[Record]:
