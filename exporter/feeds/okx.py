@@ -13,12 +13,12 @@ import msgspec
 import orjson
 
 from exporter.feeds import (
+    FAST_FAILURES,
     PARSE_FAILURES,
     ParseWs,
     arr,
     chunks,
     explain,
-    fast_or_strict,
     label,
     loads,
     ms,
@@ -69,7 +69,7 @@ class OkxFeed:
 
     def __init__(self, fast: bool = True) -> None:
         self.fast = fast  # typed msgspec decoding of price pushes; False: the orjson path only (tests)
-        self.parse_ws: ParseWs = fast_or_strict(self._fast if fast else None, self._parse_ws_strict)
+        self.parse_ws: ParseWs = self._typed if fast else self._parse_ws_strict
         # per instrument mapping (one per connection, perhaps): index id -> the swaps it prices; rebuilt
         # when the mapping's size changes. The mapping is kept referenced, so its id cannot be reused.
         self._index_cache: dict[int, tuple[Mapping[str, InstrumentInfo], int, dict[str, list[str]]]] = {}
@@ -116,160 +116,173 @@ class OkxFeed:
         return ()
 
     def _fast(self, frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
-        """The four per-instrument channels, decoded straight into typed rows with the decimal
-        strings already converted (see :class:`_FastRow`). A value outside its domain (NaN and
-        infinities included: the comparisons are false) gives None or raises: the strict path then
-        names the field."""
-        push = _decode_fast_push(frame)
-        channel = push.arg.channel
-        instruments = ctx.instruments
-        out: list[Record] = []
-        if channel == "mark-price":
-            lo, hi = ctx.time_bounds()
-            for r in push.data:
-                inst = r.instId
-                if not instruments or inst in instruments:
-                    x = r.markPx
-                    t = r.ts / 1000.0
-                    if x is _ABSENT or not inst or not lo <= t <= hi:  # the price was checked while decoding
-                        return None  # an absent ts is NaN (/1000): out of bounds too
-                    out.append(MarketUpdate(EX, inst, t, x))
-            return out
-        if channel == "index-tickers":
-            lo, hi = ctx.time_bounds()
-            mapping = self._index_map(instruments)
-            for r in push.data:
-                x = r.idxPx
-                if x is _ABSENT or not r.instId:
-                    return None
-                targets = mapping.get(r.instId, ()) if instruments else (f"{r.instId}-SWAP",)
-                if targets:
-                    t = r.ts / 1000.0
-                    if not lo <= t <= hi:  # the price was checked while decoding
-                        return None
-                    for inst in targets:
-                        out.append(MarketUpdate(EX, inst, t, None, x))  # positional: index_price
-            return out
-        if channel == "open-interest":
-            clock = ctx.clock  # ctx.time_bounds() inline
-            if clock is None:
-                lo, hi = V.STATIC_BOUNDS
-            else:
-                now = clock()
-                lo, hi = now - _PAST_S, now + _FUTURE_S
-            a = _ABSENT
-            for r in push.data:
-                inst = r.instId
-                info = instruments.get(inst)
-                if info is None and instruments:
-                    continue
-                # :func:`_open_interest` on a typed row, the checks inline (no call a row); what it
-                # does not take raises, and the strict path names it
-                oi = r.oi  # the three sizes were checked while decoding
-                coin: float | None = r.oiCcy
-                usd: float | None = r.oiUsd
-                if usd is a:
-                    usd = None
-                et: float | None = r.ts / 1000.0  # NaN when absent: no time
-                # the usual row (its coin given, a time, a linear swap) in one test; else the cases below
-                usual = coin is not a and oi is not a and inst and lo <= et <= hi  # type: ignore[operator]
-                if usual and (info is None or not info.inverse):
+        """The typed path alone (tests): None where it leaves the frame to the strict path."""
+        out = self._typed(frame, ctx, False)
+        return None if out is _UNTYPED else out
+
+    def _typed(self, frame: str | bytes, ctx: FeedContext, strict: bool = True) -> list[Record]:
+        """``parse_ws``: the four per-instrument channels, decoded straight into typed rows with the
+        decimal strings already converted (see :class:`_FastRow`); any other frame, and a value the
+        typed path does not take (outside its domain, NaN and infinities included: the comparisons
+        are false), goes to the strict path, which names the field. :func:`fast_or_strict`'s dispatch
+        written into the typed path itself: one call a push, not two (~5 % of an OKX push)."""
+        try:
+            push = _decode_fast_push(frame)
+            channel = push.arg.channel
+            instruments = ctx.instruments
+            out: list[Record] = []
+            if channel == "mark-price":
+                lo, hi = ctx.time_bounds()
+                for r in push.data:
+                    inst = r.instId
+                    if not instruments or inst in instruments:
+                        x = r.markPx
+                        t = r.ts / 1000.0
+                        if x is _ABSENT or not inst or not lo <= t <= hi:  # the price was checked while decoding
+                            raise _Invalid  # an absent ts is NaN (/1000): out of bounds too
+                        out.append(MarketUpdate(EX, inst, t, x))
+                return out
+            if channel == "index-tickers":
+                lo, hi = ctx.time_bounds()
+                mapping = self._index_map(instruments)
+                for r in push.data:
+                    x = r.idxPx
+                    if x is _ABSENT or not r.instId:
+                        raise _Invalid
+                    targets = mapping.get(r.instId, ()) if instruments else (f"{r.instId}-SWAP",)
+                    if targets:
+                        t = r.ts / 1000.0
+                        if not lo <= t <= hi:  # the price was checked while decoding
+                            raise _Invalid
+                        for inst in targets:
+                            out.append(MarketUpdate(EX, inst, t, None, x))  # positional: index_price
+                return out
+            if channel == "open-interest":
+                clock = ctx.clock  # ctx.time_bounds() inline
+                if clock is None:
+                    lo, hi = V.STATIC_BOUNDS
+                else:
+                    now = clock()
+                    lo, hi = now - _PAST_S, now + _FUTURE_S
+                a = _ABSENT
+                for r in push.data:
+                    inst = r.instId
+                    info = instruments.get(inst)
+                    if info is None and instruments:
+                        continue
+                    # :func:`_open_interest` on a typed row, the checks inline (no call a row); what it
+                    # does not take raises, and the strict path names it
+                    oi = r.oi  # the three sizes were checked while decoding
+                    coin: float | None = r.oiCcy
+                    usd: float | None = r.oiUsd
+                    if usd is a:
+                        usd = None
+                    et: float | None = r.ts / 1000.0  # NaN when absent: no time
+                    # the usual row (its coin given, a time, a linear swap) in one test; else the cases below
+                    usual = coin is not a and oi is not a and inst and lo <= et <= hi  # type: ignore[operator]
+                    if usual and (info is None or not info.inverse):
+                        out.append(
+                            OpenInterestUpdate(
+                                EX, inst, et, None, None, None, None, None, None, None, None, None, coin, usd
+                            )
+                        )
+                        continue
+                    if not inst or oi is a:
+                        raise _Invalid
+                    if coin is a:
+                        coin = None
+                    if info is not None and info.inverse:
+                        if usd is None:
+                            usd = oi * info.contract_size  # inverse contracts are worth a fixed number of USD
+                            if not usd <= _UMAX:
+                                raise _Invalid
+                    elif coin is None:
+                        if info is None:
+                            raise _Invalid
+                        coin = oi * info.contract_size
+                        if not coin <= _QMAX:
+                            raise _Invalid
+                    if not lo <= et <= hi:  # type: ignore[operator]
+                        if et == et:
+                            raise _Invalid
+                        et = None
+                    # positional (fastest): the field order is pinned by a test (tests/test_feeds_deribit.py)
                     out.append(
                         OpenInterestUpdate(
                             EX, inst, et, None, None, None, None, None, None, None, None, None, coin, usd
                         )
                     )
-                    continue
-                if not inst or oi is a:
-                    raise _Invalid
-                if coin is a:
-                    coin = None
-                if info is not None and info.inverse:
-                    if usd is None:
-                        usd = oi * info.contract_size  # inverse contracts are worth a fixed number of USD
-                        if not usd <= _UMAX:
-                            raise _Invalid
-                elif coin is None:
-                    if info is None:
+                return out
+            if channel == "funding-rate":
+                clock = ctx.clock  # ctx.time_bounds() inline
+                if clock is None:
+                    lo, hi = V.STATIC_BOUNDS
+                else:
+                    now = clock()
+                    lo, hi = now - _PAST_S, now + _FUTURE_S
+                a = _ABSENT
+                settled = ctx.settled
+                fresh: list[tuple[str, float]] | None = None
+                for r in push.data:
+                    inst = r.instId
+                    if instruments and inst not in instruments:
+                        continue
+                    # The usual row, checked in one chained comparison: the three settlement times and
+                    # the event time present (an absent one is NaN: every comparison false), in their
+                    # order and within the bounds. Anything else takes _funding_fast, the general case.
+                    t_set = r.fundingTime / 1000.0
+                    t_next = r.nextFundingTime / 1000.0
+                    t_prev = r.prevFundingTime / 1000.0
+                    et = r.ts / 1000.0
+                    if not (lo <= t_prev < t_set < t_next <= hi and lo <= et <= hi and inst):
+                        _funding_fast(r, out, (lo, hi))
+                        continue
+                    interval = t_next - t_set
+                    if not _IMIN <= interval <= _IMAX:
                         raise _Invalid
-                    coin = oi * info.contract_size
-                    if not coin <= _QMAX:
-                        raise _Invalid
-                if not lo <= et <= hi:  # type: ignore[operator]
-                    if et == et:
-                        raise _Invalid
-                    et = None
-                # positional (fastest): the field order is pinned by a test (tests/test_feeds_deribit.py)
-                out.append(
-                    OpenInterestUpdate(EX, inst, et, None, None, None, None, None, None, None, None, None, coin, usd)
-                )
-            return out
-        if channel == "funding-rate":
-            clock = ctx.clock  # ctx.time_bounds() inline
-            if clock is None:
-                lo, hi = V.STATIC_BOUNDS
-            else:
-                now = clock()
-                lo, hi = now - _PAST_S, now + _FUTURE_S
-            a = _ABSENT
-            settled = ctx.settled
-            fresh: list[tuple[str, float]] | None = None
-            for r in push.data:
-                inst = r.instId
-                if instruments and inst not in instruments:
-                    continue
-                # The usual row, checked in one chained comparison: the three settlement times and
-                # the event time present (an absent one is NaN: every comparison false), in their
-                # order and within the bounds. Anything else takes _funding_fast, the general case.
-                t_set = r.fundingTime / 1000.0
-                t_next = r.nextFundingTime / 1000.0
-                t_prev = r.prevFundingTime / 1000.0
-                et = r.ts / 1000.0
-                if not (lo <= t_prev < t_set < t_next <= hi and lo <= et <= hi and inst):
-                    _funding_fast(r, out, (lo, hi))
-                    continue
-                interval = t_next - t_set
-                if not _IMIN <= interval <= _IMAX:
-                    raise _Invalid
-                # the rates were checked while decoding (V.Rate); an absent one is unknown, not 0
-                rate: float | None = r.fundingRate
-                if rate is a:
-                    rate = None
-                cap: float | None = r.maxFundingRate
-                if cap is a:
-                    cap = None
-                floor: float | None = r.minFundingRate
-                if floor is a:
-                    floor = None
-                premium: float | None = r.premium
-                if premium is a:
-                    premium = None
-                # positional (fastest): the field order is pinned by a test (tests/test_feeds_deribit.py)
-                out.append(FundingUpdate(EX, inst, et, None, None, rate, t_set, interval, cap, floor, None, premium))
-                # the settlement, unless this context's stream has passed it on already (the usual
-                # push: one subscript, the settlement's fields not read)
-                if settled is None:
+                    # the rates were checked while decoding (V.Rate); an absent one is unknown, not 0
+                    rate: float | None = r.fundingRate
+                    if rate is a:
+                        rate = None
+                    cap: float | None = r.maxFundingRate
+                    if cap is a:
+                        cap = None
+                    floor: float | None = r.minFundingRate
+                    if floor is a:
+                        floor = None
+                    premium: float | None = r.premium
+                    if premium is a:
+                        premium = None
+                    # positional (fastest): the field order is pinned by a test (tests/test_feeds_deribit.py)
+                    out.append(
+                        FundingUpdate(EX, inst, et, None, None, rate, t_set, interval, cap, floor, None, premium)
+                    )
+                    # the settlement, unless this context's stream has passed it on already (the usual
+                    # push: one subscript, the settlement's fields not read)
+                    if settled is None:
+                        sett = r.settFundingRate
+                        if sett is not a and r.settState == "settled":
+                            out.append(FundingSettlement(EX, inst, t_prev, sett, interval))
+                        continue
+                    try:
+                        if settled[inst] == t_prev:
+                            continue
+                    except KeyError:  # the instrument's first push
+                        pass
                     sett = r.settFundingRate
                     if sett is not a and r.settState == "settled":
                         out.append(FundingSettlement(EX, inst, t_prev, sett, interval))
-                    continue
-                try:
-                    if settled[inst] == t_prev:
-                        continue
-                except KeyError:  # the instrument's first push
-                    pass
-                sett = r.settFundingRate
-                if sett is not a and r.settState == "settled":
-                    out.append(FundingSettlement(EX, inst, t_prev, sett, interval))
-                    if fresh is None:
-                        fresh = []
-                    fresh.append((inst, t_prev))
-            if fresh is not None:
-                # remembered once the whole frame is taken: a later row that raises sends the frame to
-                # the strict path, which passes every settlement on
-                settled.update(fresh)  # type: ignore[union-attr]
-            return out
-        return None
+                        if fresh is None:
+                            fresh = []
+                        fresh.append((inst, t_prev))
+                if fresh is not None:
+                    # remembered once the whole frame is taken: a later row that raises sends the frame to
+                    # the strict path, which passes every settlement on
+                    settled.update(fresh)  # type: ignore[union-attr]
+                return out
+        except FAST_FAILURES:
+            pass
+        return self._parse_ws_strict(frame, ctx) if strict else _UNTYPED
 
     def _parse_ws_strict(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
         if frame == "pong" or frame == b"pong":  # the reply to our ping (the typed path fails on it)
@@ -561,6 +574,7 @@ class _FastPush(msgspec.Struct, gc=False):
 
 
 _decode_fast_push = msgspec.json.Decoder(_FastPush, strict=False).decode
+_UNTYPED: list[Record] = []  # OkxFeed._typed without the strict path: the frame is not the typed path's
 
 
 def _price_ts(r: dict[str, Any], key: str, tb: tuple[float, float]) -> tuple[float, float]:
