@@ -520,20 +520,14 @@ def _pair_summary(sizes: Any, runs: int, wall: list[list[float]], cpu: list[list
     }
 
 
-def render_pair(sizes: tuple[int, int], runs: int, churn_kind: str = "realistic") -> dict[str, Any]:
-    """The steady render at two sizes in one process, interleaved render by render (small, large,
-    large, small, ...): both see the same machine state, where two processes minutes apart do not
-    (the ratio of separate runs moved between 3.9x and 6.7x with the machine). Each state is built,
-    warm-up rendered and churned as in ``one``, with gc.freeze() after both warm-ups as the exporter.
-
-    Per render: wall time, and the rendering thread's CPU time (what the render costs; the wall time
-    on a shared machine also holds other processes' time slices and the GIL hand-overs' sleeps)."""
+def _render_setups(sizes: Any, churn_kind: str) -> list[tuple[Any, Any, Any, Any]]:
+    """Each size's (clock, state, registry, churn), built, warm-up rendered and churned as in ``one``,
+    then gc.freeze() after all warm-ups as the exporter does once started."""
     sys.path.insert(0, HERE)
     from bench_scrape import build_state
 
     from exporter.metrics import build_registry
 
-    rng = random.Random(5)
     setups = []
     for n in sizes:
         clock, state, cfg = build_state(max(1, n // 4))
@@ -542,6 +536,19 @@ def render_pair(sizes: tuple[int, int], runs: int, churn_kind: str = "realistic"
         setups.append((clock, state, reg, make_churn(churn_kind)))
     gc.collect()
     gc.freeze()
+    return setups
+
+
+def render_pair(sizes: tuple[int, int], runs: int, churn_kind: str = "realistic") -> dict[str, Any]:
+    """The steady render at two sizes in one process, interleaved render by render (small, large,
+    large, small, ...): both see the same machine state, where two processes minutes apart do not
+    (the ratio of separate runs moved between 3.9x and 6.7x with the machine). Each state is built,
+    warm-up rendered and churned as in ``one``, with gc.freeze() after both warm-ups as the exporter.
+
+    Per render: wall time, and the rendering thread's CPU time (what the render costs; the wall time
+    on a shared machine also holds other processes' time slices and the GIL hand-overs' sleeps)."""
+    setups = _render_setups(sizes, churn_kind)
+    rng = random.Random(5)
     wall: list[list[float]] = [[], []]
     cpu: list[list[float]] = [[], []]
     for r in range(runs):
@@ -559,21 +566,10 @@ def render_phases(sizes: tuple[int, ...], runs: int, churn_kind: str = "realisti
     """Where a steady render's CPU goes, both sizes in one process, renders alternated: the views
     (the scrape's columns, built once and shared by the collectors), then each collector's families
     and their rendering. Medians in ms per phase, one entry per size (the rendering thread's CPU)."""
-    sys.path.insert(0, HERE)
-    from bench_scrape import build_state
-
-    from exporter.metrics import build_registry
     from exporter.metrics.exposition import Family, render_family, render_metric_family
 
+    setups = _render_setups(sizes, churn_kind)
     rng = random.Random(5)
-    setups = []
-    for n in sizes:
-        clock, state, cfg = build_state(max(1, n // 4))
-        reg = build_registry(cfg, state)
-        reg.render()
-        setups.append((clock, state, reg, make_churn(churn_kind)))
-    gc.collect()
-    gc.freeze()
     spent: list[dict[str, list[float]]] = [{} for _ in sizes]
     tt = time.thread_time
     for r in range(runs):

@@ -501,23 +501,27 @@ def test_a_full_update_lets_the_trackers_see_the_values_it_replaces() -> None:
     assert (s.price_at, s.funding_at, s.next_funding_time) == (clock.t, clock.t, nft + 28800.0)
 
 
+def counting_sampler(st: MarketState, method: str) -> list[float]:
+    """Install a sampler that records the times its ``method`` is called (then does what it does)."""
+    from exporter.trackers import Sampler
+
+    calls: list[float] = []
+    inner = getattr(Sampler, method)
+
+    def counted(inst: object, now: float) -> None:
+        calls.append(now)
+        inner(inst, now)
+
+    counting = type("Counting", (Sampler,), {"__slots__": (), method: staticmethod(counted)})
+    st._sampler = counting()
+    return calls
+
+
 def test_updates_without_a_premium_leave_the_anchor_sampler_alone_until_one_is_known() -> None:
     """Ticker deltas with a funding rate but no price known yet (no snapshot) take no anchor sample and
     do not call the sampler on every update; the first price makes the sample at once."""
-    from exporter.trackers import Sampler
-
-    calls = []
-
-    class Counting(Sampler):
-        __slots__ = ()
-
-        @staticmethod
-        def anchor(st: object, now: float) -> None:
-            calls.append(now)
-            Sampler.anchor(st, now)  # type: ignore[arg-type]
-
     st, clock = make_state()
-    st._sampler = Counting()
+    calls = counting_sampler(st, "anchor")
     key = (Exchange.BYBIT, "BTCUSDT")
     t0 = clock.t
     for k in range(600):  # ten a second for a minute
@@ -537,20 +541,8 @@ def test_open_interest_without_a_usd_figure_calls_the_sampler_once_a_minute_unti
     comes within the minute and the next ones a minute apart."""
     from itertools import pairwise
 
-    from exporter.trackers import Sampler
-
-    calls = []
-
-    class Counting(Sampler):
-        __slots__ = ()
-
-        @staticmethod
-        def open_interest(st: object, now: float) -> None:
-            calls.append(now)
-            Sampler.open_interest(st, now)  # type: ignore[arg-type]
-
     st, clock = make_state()
-    st._sampler = Counting()
+    calls = counting_sampler(st, "open_interest")
     key = (Exchange.BYBIT, "BTCUSDT")
     t0 = clock.t
     for k in range(400):  # three a second for over two minutes
