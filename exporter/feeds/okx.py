@@ -225,7 +225,7 @@ class OkxFeed:
                 fresh: list[tuple[str, float]] | None = None
                 for r in push.data:
                     inst = r.instId
-                    if instruments and inst not in instruments:
+                    if inst not in instruments and instruments:  # the usual: followed, one test
                         continue
                     # The usual row, checked in one chained comparison: the three settlement times and
                     # the event time present (an absent one is NaN: every comparison false), in their
