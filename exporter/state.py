@@ -770,13 +770,7 @@ class MarketState:
                             if now >= r[F_OI_DUE]:
                                 self._sampler.open_interest(self._state_of(u), now)
                         if due and r[F_RATE] == r[F_RATE] and now >= r[F_ANCHOR_DUE]:
-                            i = r[F_INDEX]
-                            if (
-                                (r[F_MARK] == r[F_MARK] and i == i and i != 0.0)
-                                or r[F_PREMIUM] == r[F_PREMIUM]
-                                or not r[F_INTERVAL_EFF]
-                            ):
-                                self._sampler.anchor(self._state_of(u), now)
+                            self._anchor_due(r, u, now)
                     elif kind is FundingSettlement:  # OKX repeats the last settlement in every funding push
                         self._apply_settlement(u)  # type: ignore[arg-type]
                     else:
@@ -829,13 +823,7 @@ class MarketState:
                 elif nft is not None:
                     r[F_FUNDING_AT] = now
                 if due and r[F_RATE] == r[F_RATE] and now >= r[F_ANCHOR_DUE]:
-                    i = r[F_INDEX]
-                    if (
-                        (r[F_MARK] == r[F_MARK] and i == i and i != 0.0)
-                        or r[F_PREMIUM] == r[F_PREMIUM]
-                        or not r[F_INTERVAL_EFF]
-                    ):
-                        self._sampler.anchor(self._state_of(u), now)
+                    self._anchor_due(r, u, now)
                 continue
             # The hot path (every update of every stream): store the fields present in the instrument's
             # record (two cache lines of flat floats), then let the trackers see the values they follow.
@@ -932,16 +920,7 @@ class MarketState:
             elif u.confirms_ticker and (r[F_OI_USD] == r[F_OI_USD] or r[F_OI_BASE] == r[F_OI_BASE]):
                 r[F_OI_AT] = now
             if due and r[F_RATE] == r[F_RATE] and now >= r[F_ANCHOR_DUE]:  # no rate yet: no sample to take
-                # Nor without a premium (the sampler would return having changed nothing, and a stream
-                # without prices, e.g. Bybit deltas before any snapshot, would call it on every update)
-                # unless the interval is unknown (the sampler then sets the hint a minute on).
-                i = r[F_INDEX]
-                if (
-                    (r[F_MARK] == r[F_MARK] and i == i and i != 0.0)
-                    or r[F_PREMIUM] == r[F_PREMIUM]
-                    or not r[F_INTERVAL_EFF]
-                ):
-                    self._sampler.anchor(self._state_of(u), now)
+                self._anchor_due(r, u, now)
 
     def _apply_settlement(self, record: FundingSettlement) -> None:
         try:  # subscripts, not .get(): no method call; an unknown one is the rare case
@@ -969,6 +948,15 @@ class MarketState:
     def _state_of(self, u: MarketUpdate) -> InstrumentState:
         """The state of a followed perpetual (its record was found), for a tracker call."""
         return self._by_exchange[u.exchange][u.instrument]
+
+    def _anchor_due(self, r: Any, u: MarketUpdate, now: float) -> None:
+        """The anchor sample is due (a rate known): taken, but not without a premium (the sampler would
+        return having changed nothing, and a stream without prices, e.g. Bybit deltas before any
+        snapshot, would call it on every update) unless the interval is unknown (the sampler then sets
+        the hint a minute on)."""
+        i = r[F_INDEX]
+        if (r[F_MARK] == r[F_MARK] and i == i and i != 0.0) or r[F_PREMIUM] == r[F_PREMIUM] or not r[F_INTERVAL_EFF]:
+            self._sampler.anchor(self._state_of(u), now)
 
     def _next_funding_time(self, r: Any, u: MarketUpdate, nft: float, prev_interval: float | None, now: float) -> None:
         """A next funding time that differs from the stored one (called only then: rare), stored.
