@@ -251,13 +251,16 @@ def ours(k: Kind, split: bool = False) -> dict[str, Callable[[int], None]]:
     # includes its leaving, as in the exporter.
     held = [state.instruments[(k.exchange, i.instrument)] for i in k.infos]
 
-    def run(n: int) -> None:
+    def release() -> None:
         for st in held:
             st.liq_recent.clear()
             flow = st.liq_flow
             if flow is not None:
                 flow.entries.clear()
                 flow.total = 0.0
+
+    def run(n: int) -> None:
+        release()
         for _ in range(n):
             apply_many(parse(frame, ctx), now)
 
@@ -269,12 +272,7 @@ def ours(k: Kind, split: bool = False) -> dict[str, Callable[[int], None]]:
                 parse(frame, ctx)
 
         def store_only(n: int) -> None:
-            for st in held:
-                st.liq_recent.clear()
-                flow = st.liq_flow
-                if flow is not None:
-                    flow.entries.clear()
-                    flow.total = 0.0
+            release()
             for _ in range(n):
                 apply_many(steady, now)
 
