@@ -4,9 +4,9 @@
 maps every exchange to its feed. The helpers below convert wire values strictly: a value that is not
 a finite number raises :class:`~exporter.model.ParseError` instead of becoming a wrong number, and
 :mod:`exporter.feeds.validate` checks each converted quantity against its domain.
-:func:`fast_or_strict` is the dispatch of Binance's and Deribit's ``parse_ws``; OKX's and Bybit's typed
-paths have the same dispatch written into them (``_typed``): their pushes are the smallest, and a
-second call is ~4-5 % of one.
+Every feed's ``parse_ws`` is its ``_typed`` method: the typed path with the strict path written in as
+its fallback (on :data:`FAST_FAILURES`), one call a frame: a separate dispatch function in front of it
+cost a second call, ~4-5 % of a small push.
 """
 
 from __future__ import annotations
@@ -121,8 +121,9 @@ def arr(v: object, what: str) -> list[Any]:
 PARSE_FAILURES = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 
-# What makes a typed fast path give up (the same kinds; msgspec errors are ValueErrors): the strict
-# (orjson) path then parses the frame again and either accepts it or raises a ParseError naming the problem.
+# What makes a feed's typed path give up (the same kinds; msgspec errors are ValueErrors): its ``_typed``
+# then hands the frame to the strict (orjson) path, which parses it again and either accepts it or raises
+# a ParseError naming the problem.
 FAST_FAILURES = PARSE_FAILURES
 
 
@@ -147,33 +148,6 @@ Frame = str | bytes
 
 
 ParseWs = Callable[[Frame, "FeedContext"], list[Record]]
-
-
-def fast_or_strict(
-    fast: Callable[[Frame, FeedContext], list[Record] | None] | None,
-    strict: Callable[[Frame, FeedContext], list[Record]],
-) -> ParseWs:
-    """The one parse dispatch of every feed: the typed fast path for the frequent pushes, the
-    strict path for everything else. A feed's ``parse_ws`` is the function returned (set once per
-    feed, so a frame pays one call before its fast path, not two).
-
-    ``fast`` returns None (or raises one of :data:`FAST_FAILURES`, a ParseError included) when the
-    frame is not the usual shape or holds a bad value; the strict path then parses it again and
-    either accepts it or raises a ParseError naming the field and the reason. ``fast=None``: strict only.
-    """
-    if fast is None:
-        return strict
-
-    def parse_ws(frame: Frame, ctx: FeedContext) -> list[Record]:
-        try:
-            out = fast(frame, ctx)
-        except FAST_FAILURES:
-            out = None
-        if out is not None:
-            return out
-        return strict(frame, ctx)
-
-    return parse_ws
 
 
 def chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:

@@ -11,13 +11,13 @@ from typing import Any, Literal
 import msgspec
 
 from exporter.feeds import (
+    FAST_FAILURES,
     PARSE_FAILURES,
     USD_QUOTES,
     ParseWs,
     arr,
     chunks,
     explain,
-    fast_or_strict,
     label,
     loads,
     ms,
@@ -63,7 +63,7 @@ class BinanceFeed:
     def __init__(self, all_symbols_threshold: int = ALL_SYMBOLS_THRESHOLD, fast: bool = True) -> None:
         self.all_symbols_threshold = all_symbols_threshold
         self.fast = fast  # typed msgspec decoding of mark-price frames; False: the orjson path only (tests)
-        self.parse_ws: ParseWs = fast_or_strict(_fast if fast else None, self._parse_ws_strict)
+        self.parse_ws: ParseWs = self._typed if fast else self._parse_ws_strict
 
     # ---- websocket ----------------------------------------------------------------------------
 
@@ -91,6 +91,103 @@ class BinanceFeed:
 
     def heartbeat_setup(self) -> tuple[str, ...]:
         return ()  # the server pings with control frames; the websocket library answers them
+
+    def _typed(self, frame: str | bytes, ctx: FeedContext, strict: bool = True) -> list[Record]:
+        """``parse_ws``: the typed path for the frequent pushes, with the strict path written in for
+        any other frame and any value the typed path does not take (one call a frame, not two)."""
+        try:
+            decoded = _decode_mark_frame(frame).data
+            td = type(decoded)
+            if td is _FastMark:  # one symbol's stream, the most frequent frame: no loop, no list to wrap it
+                m: _FastMark = decoded  # type: ignore[assignment]
+                instruments = ctx.instruments
+                s = m.s
+                if instruments and s not in instruments:
+                    return []
+                clock = ctx.clock  # ctx.time_bounds() inline
+                if clock is None:
+                    lo, hi = V.STATIC_BOUNDS
+                else:
+                    now = clock()
+                    lo, hi = now - _PAST_S, now + _FUTURE_S
+                if not s or "_" in s:  # empty (named there) or a delivery symbol (its settle price P)
+                    return [_mark_fast(m, (lo, hi), _settles(frame).get(s) if s else None)]
+                # _mark_fast inline for a perpetual, the most frequent frame of all: the same checks (the mark,
+                # index and rate were checked while decoding, the times are here); a value it does not take
+                # raises, and the strict path parses the frame again and names it
+                index: float | None = m.i
+                if index is _ABSENT:
+                    index = None
+                r = m.r
+                rate = r if r.__class__ is float else None  # "": no funding
+                # an absent time is NaN (/1000): out of bounds, and not equal to itself
+                nft: float | None = m.T / 1000.0
+                if not lo <= nft <= hi:  # type: ignore[operator]
+                    if nft == nft and nft:  # 0: no next funding time (delivery symbols)
+                        raise ParseError("a value out of its domain")
+                    nft = None
+                et: float | None = m.E / 1000.0
+                if not lo <= et <= hi:  # type: ignore[operator]
+                    if et == et:
+                        raise ParseError("a value out of its domain")
+                    et = None
+                return [MarketUpdate(EX, s, et, m.p, index, rate, nft)]
+            if td is _ForceEvent:
+                # :func:`_force_order` on the typed event, the same rules: the sizes and prices were checked
+                # while decoding, the rest inline (no call a liquidation). Any doubt raises, and the strict
+                # path parses the frame again and names the field.
+                ev: _ForceEvent = decoded  # type: ignore[assignment]
+                o = ev.o
+                sym = o.s
+                info = ctx.instruments.get(sym)
+                if info is None:
+                    if ctx.instruments or not sym:
+                        if not sym:
+                            raise ParseError("field 'o.s' is empty")
+                        return []
+                    quote = base_of(EX, sym)[1]
+                else:
+                    quote = info.quote
+                side = _SHORT if o.S == "BUY" else _LONG  # a short's order buys it back
+                # the filled quantity at the average price, else the order's own (see _force_order)
+                qty = o.z or o.q
+                price = o.ap or o.p
+                usd = price * qty
+                at = (o.T or ev.E) / 1000.0  # neither time: NaN, out of any bounds
+                clock = ctx.clock  # ctx.time_bounds() inline
+                if clock is None:
+                    lo, hi = V.STATIC_BOUNDS
+                else:
+                    now = clock()
+                    lo, hi = now - _PAST_S, now + _FUTURE_S
+                # a positive average price can still be below the domain; a size times a price above the USD one
+                if not (price >= _PMIN and usd <= _UMAX and lo <= at <= hi):
+                    raise ParseError("a value out of its domain")
+                if quote not in USD_QUOTES:
+                    return []  # no USD notional can be given for a coin-quoted symbol
+                return [Liquidation(EX, sym, at, side, price, qty, usd)]
+            data: list[_FastMarkElement] = decoded  # type: ignore[assignment]
+            out: list[Record] = []
+            append = out.append
+            instruments = ctx.instruments
+            tb = ctx.time_bounds()
+            settles: dict[str, str | None] | None = None
+            for el in data:
+                # !markPrice@arr carries every symbol: skip unfollowed ones before converting numbers
+                if not instruments or el.s in instruments:
+                    settle = None
+                    if "_" in el.s:  # a delivery symbol (rare)
+                        if settles is None:
+                            settles = _settles(frame)
+                        settle = settles.get(el.s)
+                    try:
+                        append(_mark_fast(el, tb, settle))
+                    except ParseError as exc:  # one bad symbol of the array: the others keep their update
+                        append(Rejected(EX, exc.reason, f"binance {el.s}: {exc}"))
+            return out
+        except FAST_FAILURES:
+            pass
+        return self._parse_ws_strict(frame, ctx) if strict else _UNTYPED
 
     def _parse_ws_strict(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
         msg = loads_or_fail(frame)
@@ -483,96 +580,17 @@ def _settles(frame: str | bytes) -> dict[str, str | None]:
     return {x.s: x.P for x in (d if isinstance(d, list) else [d])}
 
 
+_UNTYPED: list[Record] = []  # BinanceFeed._typed without the strict path: not the typed path's frame
+
+
+class _NotTyped(ValueError):
+    """A frame the typed path does not handle: the strict path takes it."""
+
+
 def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
-    decoded = _decode_mark_frame(frame).data
-    td = type(decoded)
-    if td is _FastMark:  # one symbol's stream, the most frequent frame: no loop, no list to wrap it
-        m: _FastMark = decoded  # type: ignore[assignment]
-        instruments = ctx.instruments
-        s = m.s
-        if instruments and s not in instruments:
-            return []
-        clock = ctx.clock  # ctx.time_bounds() inline
-        if clock is None:
-            lo, hi = V.STATIC_BOUNDS
-        else:
-            now = clock()
-            lo, hi = now - _PAST_S, now + _FUTURE_S
-        if not s or "_" in s:  # empty (named there) or a delivery symbol (its settle price P)
-            return [_mark_fast(m, (lo, hi), _settles(frame).get(s) if s else None)]
-        # _mark_fast inline for a perpetual, the most frequent frame of all: the same checks (the mark,
-        # index and rate were checked while decoding, the times are here); a value it does not take
-        # raises, and the strict path parses the frame again and names it
-        index: float | None = m.i
-        if index is _ABSENT:
-            index = None
-        r = m.r
-        rate = r if r.__class__ is float else None  # "": no funding
-        # an absent time is NaN (/1000): out of bounds, and not equal to itself
-        nft: float | None = m.T / 1000.0
-        if not lo <= nft <= hi:  # type: ignore[operator]
-            if nft == nft and nft:  # 0: no next funding time (delivery symbols)
-                raise ParseError("a value out of its domain")
-            nft = None
-        et: float | None = m.E / 1000.0
-        if not lo <= et <= hi:  # type: ignore[operator]
-            if et == et:
-                raise ParseError("a value out of its domain")
-            et = None
-        return [MarketUpdate(EX, s, et, m.p, index, rate, nft)]
-    if td is _ForceEvent:
-        # :func:`_force_order` on the typed event, the same rules: the sizes and prices were checked
-        # while decoding, the rest inline (no call a liquidation). Any doubt raises, and the strict
-        # path parses the frame again and names the field.
-        ev: _ForceEvent = decoded  # type: ignore[assignment]
-        o = ev.o
-        sym = o.s
-        info = ctx.instruments.get(sym)
-        if info is None:
-            if ctx.instruments or not sym:
-                if not sym:
-                    raise ParseError("field 'o.s' is empty")
-                return []
-            quote = base_of(EX, sym)[1]
-        else:
-            quote = info.quote
-        side = _SHORT if o.S == "BUY" else _LONG  # a short's order buys it back
-        # the filled quantity at the average price, else the order's own (see _force_order)
-        qty = o.z or o.q
-        price = o.ap or o.p
-        usd = price * qty
-        at = (o.T or ev.E) / 1000.0  # neither time: NaN, out of any bounds
-        clock = ctx.clock  # ctx.time_bounds() inline
-        if clock is None:
-            lo, hi = V.STATIC_BOUNDS
-        else:
-            now = clock()
-            lo, hi = now - _PAST_S, now + _FUTURE_S
-        # a positive average price can still be below the domain; a size times a price above the USD one
-        if not (price >= _PMIN and usd <= _UMAX and lo <= at <= hi):
-            raise ParseError("a value out of its domain")
-        if quote not in USD_QUOTES:
-            return []  # no USD notional can be given for a coin-quoted symbol
-        return [Liquidation(EX, sym, at, side, price, qty, usd)]
-    data: list[_FastMarkElement] = decoded  # type: ignore[assignment]
-    out: list[Record] = []
-    append = out.append
-    instruments = ctx.instruments
-    tb = ctx.time_bounds()
-    settles: dict[str, str | None] | None = None
-    for el in data:
-        # !markPrice@arr carries every symbol: skip unfollowed ones before converting numbers
-        if not instruments or el.s in instruments:
-            settle = None
-            if "_" in el.s:  # a delivery symbol (rare)
-                if settles is None:
-                    settles = _settles(frame)
-                settle = settles.get(el.s)
-            try:
-                append(_mark_fast(el, tb, settle))
-            except ParseError as exc:  # one bad symbol of the array: the others keep their update
-                append(Rejected(EX, exc.reason, f"binance {el.s}: {exc}"))
-    return out
+    """The typed path alone (tests): None where it leaves the frame to the strict path."""
+    out = _TYPED_ONLY._typed(frame, ctx, False)
+    return None if out is _UNTYPED else out
 
 
 def _mark_fast(m: _FastMark | _FastMarkElement, tb: tuple[float, float], settle: object = None) -> MarketUpdate:
@@ -663,3 +681,6 @@ def _settle_estimate(settle: object) -> float:
     if not V.PRICE_MIN <= est <= V.PRICE_MAX:
         raise V.out_of_range("P", est, V.PRICE)
     return est
+
+
+_TYPED_ONLY = BinanceFeed()  # what _fast runs the typed path on

@@ -110,7 +110,7 @@ class BybitFeed:
     def _typed(self, frame: str | bytes, ctx: FeedContext, strict: bool = True) -> list[Record]:
         """``parse_ws``: the typed path for the frequent pushes (tickers, liquidations), with the
         strict path written in for any other frame and any value the typed path does not take
-        (:func:`fast_or_strict`'s dispatch inline: one call a frame, not two, as OKX's)."""
+        (one call a frame, not two)."""
         try:
             data: _OldLiq | _FastTicker | None = None
             topic = ""

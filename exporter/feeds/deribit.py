@@ -14,11 +14,11 @@ import msgspec
 import orjson
 
 from exporter.feeds import (
+    FAST_FAILURES,
     PARSE_FAILURES,
     ParseWs,
     arr,
     chunks,
-    fast_or_strict,
     jnum,
     label,
     loads,
@@ -88,7 +88,7 @@ class DeribitFeed:
 
     def __init__(self, fast: bool = True) -> None:
         self.fast = fast  # typed msgspec decoding of notifications; False: the orjson path only (tests)
-        self.parse_ws: ParseWs = fast_or_strict(_fast if fast else None, self._parse_ws_strict)
+        self.parse_ws: ParseWs = self._typed if fast else self._parse_ws_strict
 
     # ---- websocket ----------------------------------------------------------------------------
 
@@ -133,6 +133,64 @@ class DeribitFeed:
                 }
             ).decode(),
         )
+
+    def _typed(self, frame: str | bytes, ctx: FeedContext, strict: bool = True) -> list[Record]:
+        """``parse_ws``: the typed path for the frequent pushes, with the strict path written in for
+        any other frame and any value the typed path does not take (one call a frame, not two)."""
+        try:
+            n = _decode_notification(frame)
+            if n.method != "subscription":
+                raise _NotTyped
+            p = n.params
+            channel = p.channel
+            data = p.data
+            if type(data) is _Ticker:
+                if not channel.startswith("ticker."):
+                    raise _NotTyped
+                return _ticker(data, ctx.instruments, ctx.time_bounds())
+            if not channel.startswith("trades."):
+                raise _NotTyped
+            out: list[Record] = []
+            instruments = ctx.instruments
+            bounds: tuple[float, float] | None = None
+            for t in data:  # type: ignore[union-attr]
+                if t.liquidation is None:
+                    continue
+                # :func:`_trade` on a typed trade, the same rules inline (no call a trade); any doubt raises
+                # and the strict path parses the frame again (rejecting the bad trade alone)
+                inst = t.instrument_name
+                info = instruments.get(inst)
+                if info is None:
+                    if instruments or not inst:
+                        if not inst:
+                            raise ParseError("field 'instrument_name' is empty")
+                        continue
+                    inverse = is_inverse(inst, instruments)
+                else:
+                    inverse = info.inverse
+                sides = _LIQUIDATED_BY_FLAG[t.liquidation][t.direction]
+                price = t.price
+                amount = t.amount
+                if inverse:
+                    qty, usd = amount / price, amount  # amount counts USD
+                else:
+                    qty, usd = amount, amount * price
+                when = t.timestamp / 1000.0
+                if bounds is None:  # ctx.time_bounds() inline, once a frame
+                    clock = ctx.clock
+                    if clock is None:
+                        bounds = V.STATIC_BOUNDS
+                    else:
+                        now = clock()
+                        bounds = (now - _PAST_S, now + _FUTURE_S)
+                if not (0.0 < qty <= _QMAX and usd <= _UMAX and bounds[0] <= when <= bounds[1]):
+                    raise ParseError("a value out of its domain")
+                for side in sides:
+                    out.append(Liquidation(EX, inst, when, side, price, qty, usd))
+            return out
+        except FAST_FAILURES:
+            pass
+        return self._parse_ws_strict(frame, ctx) if strict else _UNTYPED
 
     def _parse_ws_strict(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
         try:
@@ -388,55 +446,17 @@ class _Notification(msgspec.Struct, gc=False):
 _decode_notification = msgspec.json.Decoder(_Notification).decode
 
 
+_UNTYPED: list[Record] = []  # DeribitFeed._typed without the strict path: not the typed path's frame
+
+
+class _NotTyped(ValueError):
+    """A frame the typed path does not handle: the strict path takes it."""
+
+
 def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
-    n = _decode_notification(frame)
-    if n.method != "subscription":
-        return None
-    p = n.params
-    channel = p.channel
-    data = p.data
-    if type(data) is _Ticker:
-        return _ticker(data, ctx.instruments, ctx.time_bounds()) if channel.startswith("ticker.") else None
-    if not channel.startswith("trades."):
-        return None
-    out: list[Record] = []
-    instruments = ctx.instruments
-    bounds: tuple[float, float] | None = None
-    for t in data:  # type: ignore[union-attr]
-        if t.liquidation is None:
-            continue
-        # :func:`_trade` on a typed trade, the same rules inline (no call a trade); any doubt raises
-        # and the strict path parses the frame again (rejecting the bad trade alone)
-        inst = t.instrument_name
-        info = instruments.get(inst)
-        if info is None:
-            if instruments or not inst:
-                if not inst:
-                    raise ParseError("field 'instrument_name' is empty")
-                continue
-            inverse = is_inverse(inst, instruments)
-        else:
-            inverse = info.inverse
-        sides = _LIQUIDATED_BY_FLAG[t.liquidation][t.direction]
-        price = t.price
-        amount = t.amount
-        if inverse:
-            qty, usd = amount / price, amount  # amount counts USD
-        else:
-            qty, usd = amount, amount * price
-        when = t.timestamp / 1000.0
-        if bounds is None:  # ctx.time_bounds() inline, once a frame
-            clock = ctx.clock
-            if clock is None:
-                bounds = V.STATIC_BOUNDS
-            else:
-                now = clock()
-                bounds = (now - _PAST_S, now + _FUTURE_S)
-        if not (0.0 < qty <= _QMAX and usd <= _UMAX and bounds[0] <= when <= bounds[1]):
-            raise ParseError("a value out of its domain")
-        for side in sides:
-            out.append(Liquidation(EX, inst, when, side, price, qty, usd))
-    return out
+    """The typed path alone (tests): None where it leaves the frame to the strict path."""
+    out = _TYPED_ONLY._typed(frame, ctx, False)
+    return None if out is _UNTYPED else out
 
 
 def _trades(rows: list[Any], instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float]) -> list[Record]:
@@ -477,3 +497,6 @@ def _trade(t: Any, instruments: Mapping[str, InstrumentInfo], tb: tuple[float, f
     V.usd(usd, "amount")
     when = ms(t["timestamp"], "timestamp", tb)
     out.extend(Liquidation(EX, inst, when, side, price, qty, usd) for side in sides)
+
+
+_TYPED_ONLY = DeribitFeed()  # what _fast runs the typed path on

@@ -124,8 +124,8 @@ class OkxFeed:
         """``parse_ws``: the four per-instrument channels, decoded straight into typed rows with the
         decimal strings already converted (see :class:`_FastRow`); any other frame, and a value the
         typed path does not take (outside its domain, NaN and infinities included: the comparisons
-        are false), goes to the strict path, which names the field. :func:`fast_or_strict`'s dispatch
-        written into the typed path itself: one call a push, not two (~5 % of an OKX push)."""
+        are false), goes to the strict path, which names the field. The fallback is written into the typed
+        path itself: one call a push, not two (~5 % of an OKX push)."""
         try:
             push = _decode_fast_push(frame)
             channel = push.arg.channel
