@@ -24,6 +24,7 @@ from exporter.feeds.bybit import _fast as _bybit_fast
 from exporter.feeds.deribit import DeribitFeed
 from exporter.feeds.deribit import _fast as _deribit_fast
 from exporter.feeds.okx import OkxFeed
+from exporter.feeds.okx import _fast as _okx_fast
 from exporter.model import (
     Exchange,
     FundingSettlement,
@@ -493,7 +494,7 @@ def bybit_fast(raw: bytes) -> object:
 
 def okx_fast(raw: bytes) -> object:
     try:
-        return OkxFeed()._fast(raw, FeedContext(OK)) or None
+        return _okx_fast(raw, FeedContext(OK)) or None
     except ValueError:  # msgspec refuses shapes other than price pushes
         return None
 
@@ -547,8 +548,8 @@ TYPED_LIQUIDATION_FRAMES = [
     ("bybit/ws_liquidation_v5_tardis.jsonl", 3, _bybit_fast, Liquidation),
     ("deribit/ws_perpetual_ticker_trades_tardis.jsonl", 4, _deribit_fast, Liquidation),
     ("deribit/ws_perpetual_ticker_trades_tardis.jsonl", 5, _deribit_fast, Liquidation),
-    ("okx/ws_funding_rate_index_2026_tardis.jsonl", 2, OkxFeed()._fast, FundingUpdate),
-    ("okx/ws_public_v5_swap_tardis.jsonl", 5, OkxFeed()._fast, OpenInterestUpdate),
+    ("okx/ws_funding_rate_index_2026_tardis.jsonl", 2, _okx_fast, FundingUpdate),
+    ("okx/ws_public_v5_swap_tardis.jsonl", 5, _okx_fast, OpenInterestUpdate),
 ]
 
 

@@ -13,6 +13,7 @@ import msgspec
 from exporter.feeds import (
     FAST_FAILURES,
     PARSE_FAILURES,
+    UNTYPED,
     USD_QUOTES,
     ParseWs,
     arr,
@@ -28,6 +29,7 @@ from exporter.feeds import (
     parse_error,
     settlements,
     text,
+    typed_only,
 )
 from exporter.feeds import validate as V
 from exporter.feeds.base import FeedContext, WsPlan
@@ -187,7 +189,7 @@ class BinanceFeed:
             return out
         except FAST_FAILURES:
             pass
-        return self._parse_ws_strict(frame, ctx) if strict else _UNTYPED
+        return self._parse_ws_strict(frame, ctx) if strict else UNTYPED
 
     def _parse_ws_strict(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
         msg = loads_or_fail(frame)
@@ -580,19 +582,6 @@ def _settles(frame: str | bytes) -> dict[str, str | None]:
     return {x.s: x.P for x in (d if isinstance(d, list) else [d])}
 
 
-_UNTYPED: list[Record] = []  # BinanceFeed._typed without the strict path: not the typed path's frame
-
-
-class _NotTyped(ValueError):
-    """A frame the typed path does not handle: the strict path takes it."""
-
-
-def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
-    """The typed path alone (tests): None where it leaves the frame to the strict path."""
-    out = _TYPED_ONLY._typed(frame, ctx, False)
-    return None if out is _UNTYPED else out
-
-
 def _mark_fast(m: _FastMark | _FastMarkElement, tb: tuple[float, float], settle: object = None) -> MarketUpdate:
     """:func:`_mark` on the typed path's floats: the same checks, the same errors."""
     s = m.s
@@ -683,4 +672,4 @@ def _settle_estimate(settle: object) -> float:
     return est
 
 
-_TYPED_ONLY = BinanceFeed()  # what _fast runs the typed path on
+_fast = typed_only(BinanceFeed())  # the typed path alone, for the tests

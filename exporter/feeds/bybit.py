@@ -15,7 +15,9 @@ import orjson
 from exporter.feeds import (
     FAST_FAILURES,
     PARSE_FAILURES,
+    UNTYPED,
     USD_QUOTES,
+    NotTyped,
     ParseWs,
     arr,
     chunks,
@@ -29,6 +31,7 @@ from exporter.feeds import (
     parse_error,
     settlements,
     text,
+    typed_only,
 )
 from exporter.feeds import validate as V
 from exporter.feeds.base import FeedContext, WsPlan
@@ -127,7 +130,7 @@ class BybitFeed:
                 decoded = m.data
                 if isinstance(decoded, list):
                     if not topic.startswith("allLiquidation."):
-                        raise _NotTyped
+                        raise NotTyped
                     instruments = ctx.instruments
                     tb = ctx.time_bounds()
                     out: list[Record] = []
@@ -138,7 +141,7 @@ class BybitFeed:
                     return out
                 if decoded.side is None:  # only the deprecated liquidation.{symbol} object has a side
                     if not topic.startswith("tickers."):
-                        raise _NotTyped  # acks, topics we do not use: the strict path
+                        raise NotTyped  # acks, topics we do not use: the strict path
                     tb = ctx.time_bounds()
                     ts = m.ts
                     et = None
@@ -152,7 +155,7 @@ class BybitFeed:
             if (
                 "liquidation." not in topic
             ):  # its topic (``in``: a third of startswith's cost; "allLiquidation." differs)
-                raise _NotTyped
+                raise NotTyped
             # _liquidation_fast inline for a followed symbol (no call a liquidation): size and price were
             # checked while decoding; an absent one is NaN and fails the comparisons below
             sym = data.symbol
@@ -180,7 +183,7 @@ class BybitFeed:
             return [Liquidation(EX, sym, at, pos, p, qty, usd)]
         except FAST_FAILURES:
             pass
-        return self._parse_ws_strict(frame, ctx) if strict else _UNTYPED
+        return self._parse_ws_strict(frame, ctx) if strict else UNTYPED
 
     def _parse_ws_strict(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
         try:
@@ -469,17 +472,6 @@ class _OldLiqMessage(msgspec.Struct, gc=False):
 _decode_old_liq_message = msgspec.json.Decoder(_OldLiqMessage, strict=False).decode
 _D = ord("d")
 _TICKER_KEYS = tuple(f for f in _Ticker.__struct_fields__ if f != "symbol")
-_UNTYPED: list[Record] = []  # BybitFeed._typed without the strict path: not the typed path's frame
-
-
-class _NotTyped(ValueError):
-    """A frame the typed path does not handle (acks, topics not used): the strict path takes it."""
-
-
-def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
-    """The typed path alone (tests): None where it leaves the frame to the strict path."""
-    out = _TYPED_ONLY._typed(frame, ctx, False)
-    return None if out is _UNTYPED else out
 
 
 def _ticker_fast(
@@ -728,4 +720,4 @@ def _liquidation(
     return Liquidation(EX, sym, ms(t, "T", tb), pos, p, V.qty(v, "v"), V.usd(v * p, "v"))
 
 
-_TYPED_ONLY = BybitFeed()  # what _fast runs the typed path on
+_fast = typed_only(BybitFeed())  # the typed path alone, for the tests

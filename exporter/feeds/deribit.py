@@ -16,6 +16,8 @@ import orjson
 from exporter.feeds import (
     FAST_FAILURES,
     PARSE_FAILURES,
+    UNTYPED,
+    NotTyped,
     ParseWs,
     arr,
     chunks,
@@ -27,6 +29,7 @@ from exporter.feeds import (
     parse_error,
     settlements,
     text,
+    typed_only,
 )
 from exporter.feeds import validate as V
 from exporter.feeds.base import FeedContext, WsPlan
@@ -140,16 +143,16 @@ class DeribitFeed:
         try:
             n = _decode_notification(frame)
             if n.method != "subscription":
-                raise _NotTyped
+                raise NotTyped
             p = n.params
             channel = p.channel
             data = p.data
             if type(data) is _Ticker:
                 if not channel.startswith("ticker."):
-                    raise _NotTyped
+                    raise NotTyped
                 return _ticker(data, ctx.instruments, ctx.time_bounds())
             if not channel.startswith("trades."):
-                raise _NotTyped
+                raise NotTyped
             out: list[Record] = []
             instruments = ctx.instruments
             bounds: tuple[float, float] | None = None
@@ -190,7 +193,7 @@ class DeribitFeed:
             return out
         except FAST_FAILURES:
             pass
-        return self._parse_ws_strict(frame, ctx) if strict else _UNTYPED
+        return self._parse_ws_strict(frame, ctx) if strict else UNTYPED
 
     def _parse_ws_strict(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
         try:
@@ -446,19 +449,6 @@ class _Notification(msgspec.Struct, gc=False):
 _decode_notification = msgspec.json.Decoder(_Notification).decode
 
 
-_UNTYPED: list[Record] = []  # DeribitFeed._typed without the strict path: not the typed path's frame
-
-
-class _NotTyped(ValueError):
-    """A frame the typed path does not handle: the strict path takes it."""
-
-
-def _fast(frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
-    """The typed path alone (tests): None where it leaves the frame to the strict path."""
-    out = _TYPED_ONLY._typed(frame, ctx, False)
-    return None if out is _UNTYPED else out
-
-
 def _trades(rows: list[Any], instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float]) -> list[Record]:
     """Trades -> the liquidations among them. Recorded wire (ws_perpetual_ticker_trades_tardis.jsonl, 2020-03)::
 
@@ -499,4 +489,4 @@ def _trade(t: Any, instruments: Mapping[str, InstrumentInfo], tb: tuple[float, f
     out.extend(Liquidation(EX, inst, when, side, price, qty, usd) for side in sides)
 
 
-_TYPED_ONLY = DeribitFeed()  # what _fast runs the typed path on
+_fast = typed_only(DeribitFeed())  # the typed path alone, for the tests

@@ -15,6 +15,7 @@ import orjson
 from exporter.feeds import (
     FAST_FAILURES,
     PARSE_FAILURES,
+    UNTYPED,
     ParseWs,
     arr,
     chunks,
@@ -28,6 +29,7 @@ from exporter.feeds import (
     parse_error,
     settlements,
     text,
+    typed_only,
 )
 from exporter.feeds import validate as V
 from exporter.feeds.base import FeedContext, WsPlan
@@ -114,11 +116,6 @@ class OkxFeed:
 
     def heartbeat_setup(self) -> tuple[str, ...]:
         return ()
-
-    def _fast(self, frame: str | bytes, ctx: FeedContext) -> list[Record] | None:
-        """The typed path alone (tests): None where it leaves the frame to the strict path."""
-        out = self._typed(frame, ctx, False)
-        return None if out is _UNTYPED else out
 
     def _typed(self, frame: str | bytes, ctx: FeedContext, strict: bool = True) -> list[Record]:
         """``parse_ws``: the four per-instrument channels, decoded straight into typed rows with the
@@ -282,7 +279,7 @@ class OkxFeed:
                 return out
         except FAST_FAILURES:
             pass
-        return self._parse_ws_strict(frame, ctx) if strict else _UNTYPED
+        return self._parse_ws_strict(frame, ctx) if strict else UNTYPED
 
     def _parse_ws_strict(self, frame: str | bytes, ctx: FeedContext) -> list[Record]:
         if frame == "pong" or frame == b"pong":  # the reply to our ping (the typed path fails on it)
@@ -574,7 +571,6 @@ class _FastPush(msgspec.Struct, gc=False):
 
 
 _decode_fast_push = msgspec.json.Decoder(_FastPush, strict=False).decode
-_UNTYPED: list[Record] = []  # OkxFeed._typed without the strict path: the frame is not the typed path's
 
 
 def _price_ts(r: dict[str, Any], key: str, tb: tuple[float, float]) -> tuple[float, float]:
@@ -786,3 +782,6 @@ def _liquidation(d: Any, inst: str, info: InstrumentInfo, tb: tuple[float, float
         qty = contracts * info.contract_size
         usd = qty * price
     out.append(Liquidation(EX, inst, ms(d["ts"], "ts", tb), side, price, V.qty(qty, "sz"), V.usd(usd, "sz")))
+
+
+_fast = typed_only(OkxFeed())  # the typed path alone, for the tests
