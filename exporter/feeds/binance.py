@@ -100,18 +100,19 @@ class BinanceFeed:
         try:
             decoded = _decode_mark_frame(frame).data
             td = type(decoded)
+            # the time bounds once a frame, for every shape (ctx.time_bounds() inline: no call)
+            clock = ctx.clock
+            if clock is None:
+                lo, hi = V.STATIC_BOUNDS
+            else:
+                now = clock()
+                lo, hi = now - _PAST_S, now + _FUTURE_S
             if td is _FastMark:  # one symbol's stream, the most frequent frame: no loop, no list to wrap it
                 m: _FastMark = decoded  # type: ignore[assignment]
                 instruments = ctx.instruments
                 s = m.s
                 if instruments and s not in instruments:
                     return []
-                clock = ctx.clock  # ctx.time_bounds() inline
-                if clock is None:
-                    lo, hi = V.STATIC_BOUNDS
-                else:
-                    now = clock()
-                    lo, hi = now - _PAST_S, now + _FUTURE_S
                 if not s or "_" in s:  # empty (named there) or a delivery symbol (its settle price P)
                     return [_mark_fast(m, (lo, hi), _settles(frame).get(s) if s else None)]
                 # _mark_fast inline for a perpetual, the most frequent frame of all: the same checks (the mark,
@@ -156,12 +157,6 @@ class BinanceFeed:
                 price = o.ap or o.p
                 usd = price * qty
                 at = (o.T or ev.E) / 1000.0  # neither time: NaN, out of any bounds
-                clock = ctx.clock  # ctx.time_bounds() inline
-                if clock is None:
-                    lo, hi = V.STATIC_BOUNDS
-                else:
-                    now = clock()
-                    lo, hi = now - _PAST_S, now + _FUTURE_S
                 # a positive average price can still be below the domain; a size times a price above the USD one
                 if not (price >= _PMIN and usd <= _UMAX and lo <= at <= hi):
                     raise ParseError("a value out of its domain")
@@ -172,7 +167,7 @@ class BinanceFeed:
             out: list[Record] = []
             append = out.append
             instruments = ctx.instruments
-            tb = ctx.time_bounds()
+            tb = (lo, hi)
             settles: dict[str, str | None] | None = None
             for el in data:
                 # !markPrice@arr carries every symbol: skip unfollowed ones before converting numbers

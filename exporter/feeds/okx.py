@@ -127,9 +127,15 @@ class OkxFeed:
             push = _decode_fast_push(frame)
             channel = push.arg.channel
             instruments = ctx.instruments
+            # the time bounds once a push, for every channel (ctx.time_bounds() inline: no call)
+            clock = ctx.clock
+            if clock is None:
+                lo, hi = V.STATIC_BOUNDS
+            else:
+                now = clock()
+                lo, hi = now - _PAST_S, now + _FUTURE_S
             out: list[Record] = []
             if channel == "mark-price":
-                lo, hi = ctx.time_bounds()
                 for r in push.data:
                     inst = r.instId
                     if not instruments or inst in instruments:
@@ -140,7 +146,6 @@ class OkxFeed:
                         out.append(MarketUpdate(EX, inst, t, x))
                 return out
             if channel == "index-tickers":
-                lo, hi = ctx.time_bounds()
                 mapping = self._index_map(instruments)
                 for r in push.data:
                     x = r.idxPx
@@ -155,12 +160,6 @@ class OkxFeed:
                             out.append(MarketUpdate(EX, inst, t, None, x))  # positional: index_price
                 return out
             if channel == "open-interest":
-                clock = ctx.clock  # ctx.time_bounds() inline
-                if clock is None:
-                    lo, hi = V.STATIC_BOUNDS
-                else:
-                    now = clock()
-                    lo, hi = now - _PAST_S, now + _FUTURE_S
                 a = _ABSENT
                 for r in push.data:
                     inst = r.instId
@@ -211,12 +210,6 @@ class OkxFeed:
                     )
                 return out
             if channel == "funding-rate":
-                clock = ctx.clock  # ctx.time_bounds() inline
-                if clock is None:
-                    lo, hi = V.STATIC_BOUNDS
-                else:
-                    now = clock()
-                    lo, hi = now - _PAST_S, now + _FUTURE_S
                 a = _ABSENT
                 settled = ctx.settled
                 fresh: list[tuple[str, float]] | None = None
