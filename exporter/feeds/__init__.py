@@ -75,11 +75,6 @@ def jnum(v: object, key: str) -> float:
     raise ParseError(f"field {key!r}: expected a JSON number, got {tv.__name__} {v!r}", V.BAD_SHAPE)
 
 
-def not_finite(key: str, v: object) -> ParseError:
-    """For hot paths that convert with float() and test ``x - x`` (NaN, hence truthy, for NaN/inf)."""
-    return ParseError(f"field {key!r}: not a finite number: {v!r}", V.NOT_FINITE)
-
-
 def opt_num(v: object, key: str) -> float | None:
     """Like :func:`num`, but absent (``None``) or an empty string means "not given" -> None, never 0."""
     if v is None or v == "":
