@@ -17,8 +17,8 @@ from __future__ import annotations
 import gzip
 import logging
 import time
-from collections.abc import Iterable, Sequence
-from itertools import chain, compress, repeat
+from collections.abc import Callable, Iterable, Sequence
+from itertools import compress
 from typing import Any, Protocol, runtime_checkable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -150,9 +150,13 @@ class Family:
     :meth:`masked` the label list itself is built only when read (``collect()``, tests): the fast
     renderer never touches the label set objects, which at 8,000 instruments lie scattered in
     memory (each one a cache miss and a reference count written, per family).
+
+    With :meth:`rendered` the collector hands over the sample lines already rendered (``body``:
+    UTF-8 pieces, the same bytes :func:`render_family` would write) and the lists are built only
+    when read: a collector that keeps the lines of values that did not move renders only the others.
     """
 
-    __slots__ = ("_labels", "_masked", "spec", "strs", "texts", "values")
+    __slots__ = ("_labels", "_lazy", "_masked", "_texts", "_values", "body", "spec")
 
     def __init__(
         self,
@@ -164,10 +168,11 @@ class Family:
         self.spec = spec
         self._labels: list[LabelSet] | None = labels if labels is not None else []
         self._masked: tuple[Sequence[LabelSet], Sequence[bool]] | None = None
-        self.values: list[float] = values if values is not None else []
-        self.texts = texts
-        # the values' texts (value_text), when the collector has them: finite values only
-        self.strs: list[str] | None = None
+        self._values: list[float] = values if values is not None else []
+        self._texts = texts
+        # the sample lines, rendered by the collector (see rendered), and what builds the lists
+        self.body: list[bytes] | None = None
+        self._lazy: Callable[[], tuple[list[LabelSet], list[float], list[str]]] | None = None
 
     @classmethod
     def masked(
@@ -179,20 +184,53 @@ class Family:
         fam._masked = (labels, mask)
         return fam
 
+    @classmethod
+    def rendered(
+        cls,
+        spec: Spec,
+        body: list[bytes],
+        lists: Callable[[], tuple[list[LabelSet], list[float], list[str]]],
+    ) -> Family:
+        """Samples whose lines the collector rendered (``body``, finite values only); ``lists()``
+        gives their label sets, values and label texts when something reads them."""
+        fam = cls(spec)
+        fam.body = body
+        fam._lazy = lists
+        return fam
+
+    def _build(self) -> None:
+        lazy = self._lazy
+        if lazy is not None:
+            self._labels, self._values, self._texts = lazy()
+            self._masked = None
+            self._lazy = None
+
     @property
     def labels(self) -> list[LabelSet]:
+        self._build()
         if self._labels is None:
             assert self._masked is not None
             self._labels = list(compress(*self._masked))
             self._masked = None
         return self._labels
 
+    @property
+    def values(self) -> list[float]:
+        self._build()
+        return self._values
+
+    @property
+    def texts(self) -> list[str] | None:
+        self._build()
+        return self._texts
+
     def add(self, labels: LabelSet, value: float) -> None:
-        self.strs = None
+        self._build()
+        self.body = None
         self.labels.append(labels)
-        self.values.append(float(value))
-        if self.texts is not None:
-            self.texts.append(labels.text)
+        self._values.append(float(value))
+        if self._texts is not None:
+            self._texts.append(labels.text)
 
     @property
     def samples(self) -> list[tuple[LabelSet, float]]:
@@ -236,6 +274,9 @@ def render_family(fam: Family, out: list[bytes], openmetrics: bool) -> int:
     """
     spec = fam.spec
     out.append(spec.head_om if openmetrics else spec.head_text)
+    if fam.body is not None:  # the collector's lines (finite values only), the same in both formats
+        out.extend(fam.body)
+        return 0
     name = spec.name
     fmt = format_value
     join = "".join
@@ -244,14 +285,6 @@ def render_family(fam: Family, out: list[bytes], openmetrics: bool) -> int:
     # for values outside the fast range. Values must be floats here.
     values = fam.values
     texts = fam.texts if fam.texts is not None else [lb.text for lb in fam.labels]
-    strs = fam.strs
-    if strs is not None:  # the collector's texts of finite values: the lines joined in C
-        for i in range(0, len(strs), YIELD_EVERY):
-            if i:
-                yield_gil()
-            part = zip(repeat(name), texts[i : i + YIELD_EVERY], repeat(" "), strs[i : i + YIELD_EVERY], repeat("\n"))
-            out.append(join(chain.from_iterable(part)).encode())
-        return 0
     kept = 0
     for i in range(0, len(values), YIELD_EVERY):
         if i:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from itertools import chain, compress
+from itertools import chain, compress, repeat
 from operator import attrgetter
 from typing import Any
 
@@ -23,7 +23,7 @@ from exporter.analytics.cross import (
     spreads_columns,
 )
 from exporter.metrics import catalog as m
-from exporter.metrics.exposition import Family, LabelSet, Spec, value_text, yield_gil
+from exporter.metrics.exposition import Family, LabelSet, Spec, format_value, yield_gil
 from exporter.model import InstrumentInfo, Side
 from exporter.state import InstrumentState, Key
 from exporter.views import InstrumentView, MarketViews, ViewTable
@@ -96,46 +96,85 @@ class _Column:
         return out
 
 
+# A family's lines are kept in pieces of this many positions of its label column: a piece in which
+# no value moved since the last scrape is written again as it is (no label or value text read)
+_BLOCK = 1024
+
+
 class _Texts:
-    """A family's value texts of the last scrape, one per position of its label column (None:
-    absent), and the values they were made from."""
+    """A family's output of the last scrape, per piece of ``_BLOCK`` positions of its label column:
+    each position's value text (None: absent) and the piece's lines (UTF-8); and the values they
+    were made from. Never changed once made (another scrape thread may be reading it)."""
 
-    __slots__ = ("col", "strs", "values")
+    __slots__ = ("blocks", "col", "strs", "values")
 
-    def __init__(self, col: _Column, values: np.ndarray, strs: list[str | None]) -> None:
-        self.col, self.values, self.strs = col, values, strs
+    def __init__(self, col: _Column, values: np.ndarray, strs: list[list[str | None]], blocks: list[bytes]) -> None:
+        self.col, self.values, self.strs, self.blocks = col, values, strs, blocks
+
+
+def _value_texts(values: np.ndarray) -> list[str]:
+    """``exposition.value_text`` of each finite value, ``repr`` (most values) mapped in C."""
+    vals = values.tolist()
+    small = (values > -1e300) & (values < 1e6)
+    if small.all():
+        return list(map(repr, vals))
+    if not small.any():
+        return list(map(format_value, vals))
+    return [repr(v) if -1e300 < v < 1e6 else format_value(v) for v in vals]
 
 
 def _present(spec: Spec, col: _Column, values: np.ndarray, kept: dict[str, _Texts]) -> Family:
     """The family of one optional value (a column, NaN where absent): only the instruments that have
-    it, all in C. ``tolist()`` makes the values' float objects one after the other (at 8,000
-    instruments a view's floats, spread among its other values, were a cache line each).
+    it, all in C.
 
     Each value's text is made once and kept while the value stays the same, bit for bit (``kept``,
     per family): many values do not move between two scrapes (intervals, caps, next funding times,
     counters, a minute's volatility and anchors), and formatting (``repr``; Go's exponent form from
-    1e6 up, a Python function) is most of a family's rendering. The texts are the renderer's own
-    (``exposition.value_text``), so the lines are the same bytes."""
+    1e6 up) is most of a family's rendering. The texts are the renderer's own
+    (``exposition.value_text``), so the lines are the same bytes. The lines themselves are kept too,
+    per piece of ``_BLOCK`` positions: a piece in which nothing moved is handed to the renderer as it
+    was (at 8,000 instruments half the families do not move between two scrapes, and joining their
+    lines read every label text again, spread over megabytes). The label sets, values and texts as
+    lists are built only when read (``collect()``, tests)."""
     mask = ~np.isnan(values)
-    keep = mask.tolist()
-    present = values[mask]
-    texts = list(compress(col.texts, keep))
-    if not np.isfinite(present).all():  # the renderer leaves these out and counts them
-        return Family.masked(spec, col.labels, keep, present.tolist(), texts)
+    if np.isinf(values).any():  # the renderer leaves these out and counts them
+        keep = mask.tolist()
+        return Family.masked(spec, col.labels, keep, values[mask].tolist(), list(compress(col.texts, keep)))
+    n = len(values)
+    nblocks = -(-n // _BLOCK)
     hit = kept.get(spec.name)
     if hit is None or hit.col is not col:
-        strs: list[str | None] = [None] * len(values)
+        strs: list[list[str | None]] = [[None] * min(_BLOCK, n - b * _BLOCK) for b in range(nblocks)]
+        blocks: list[bytes] = [b""] * nblocks
         moved = mask
+        changed = range(nblocks)
     else:
-        strs = list(hit.strs)  # a copy: another scrape thread may be reading the kept one
-        moved = mask & (hit.values.view(np.int64) != values.view(np.int64))  # bits: -0.0 is not 0.0
+        strs, blocks = list(hit.strs), list(hit.blocks)  # copies: the kept ones stay as they are
+        diff = hit.values.view(np.int64) != values.view(np.int64)  # bits: -0.0 is not 0.0
+        moved = mask & diff
+        changed = np.unique(np.flatnonzero(diff) // _BLOCK).tolist()
     idx = np.flatnonzero(moved)
-    for i, v in zip(idx.tolist(), values[idx].tolist(), strict=True):
-        strs[i] = value_text(v)
-    kept[spec.name] = _Texts(col, values, strs)
-    fam = Family.masked(spec, col.labels, keep, present.tolist(), texts)
-    fam.strs = list(compress(strs, keep))  # type: ignore[arg-type]  # present: never None
-    return fam
+    new = _value_texts(values[idx])
+    bounds = np.searchsorted(idx, [b * _BLOCK for b in range(nblocks + 1)]).tolist()
+    name, texts = spec.name, col.texts
+    join = "".join
+    for k, b in enumerate(changed):
+        if k:
+            yield_gil()  # a piece is ~a thousand lines, as the renderer's own pieces
+        start, lo, hi = b * _BLOCK, bounds[b], bounds[b + 1]
+        blk = strs[b] = list(strs[b])
+        any(map(blk.__setitem__, (idx[lo:hi] - start).tolist(), new[lo:hi]))  # the moved values' texts, in C
+        keep = mask[start : start + _BLOCK].tolist()
+        labels = compress(texts[start : start + _BLOCK], keep)
+        part = zip(repeat(name), labels, repeat(" "), compress(blk, keep), repeat("\n"))
+        blocks[b] = join(chain.from_iterable(part)).encode()  # type: ignore[arg-type]  # present: never None
+    kept[spec.name] = _Texts(col, values, strs, blocks)
+
+    def lists() -> tuple[list[LabelSet], list[float], list[str]]:
+        keep = mask.tolist()
+        return list(compress(col.labels, keep)), values[mask].tolist(), list(compress(col.texts, keep))
+
+    return Family.rendered(spec, [b for b in blocks if b], lists)
 
 
 def _pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
