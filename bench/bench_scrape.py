@@ -119,8 +119,12 @@ def build_state(
                 side = Side.LONG if i % 2 else Side.SHORT
                 usd = rng.uniform(1e3, 1e5)
                 st.liq_recent.append(Liquidation(ex, sym, now - 3600 + i * 180.0, side, px, usd / px, usd))
-                st.liq_count[side] += 1
-                st.liq_notional_usd[side] += 5e4
+                if side is Side.LONG:
+                    st.liq_long_count += 1
+                    st.liq_long_usd += 5e4
+                else:
+                    st.liq_short_count += 1
+                    st.liq_short_usd += 5e4
             state.apply(
                 MarketUpdate(
                     ex,

@@ -1066,10 +1066,9 @@ def liquidations_since(st: InstrumentState, since: float) -> dict[str, dict[str,
 
 def liquidation_totals(st: InstrumentState) -> dict[str, dict[str, float]]:
     """Liquidation count and USD notional per side since the exporter started."""
-    count, notional = dict(st.liq_count), dict(st.liq_notional_usd)
     return {
-        "long": {"count": count.get(Side.LONG, 0), "notional_usd": notional.get(Side.LONG, 0.0)},
-        "short": {"count": count.get(Side.SHORT, 0), "notional_usd": notional.get(Side.SHORT, 0.0)},
+        "long": {"count": st.liq_long_count, "notional_usd": st.liq_long_usd},
+        "short": {"count": st.liq_short_count, "notional_usd": st.liq_short_usd},
     }
 
 

@@ -248,7 +248,7 @@ def test_non_finite_samples_are_left_out_and_counted() -> None:
     """No NaN or +-Inf sample is ever rendered, on the fast path or the generic one; each is counted."""
     state = rich_state()
     st = state.instruments[(Exchange.BINANCE, "BTCUSDT")]
-    st.liq_notional_usd[Side.LONG] = math.inf  # a counter gone wrong (state written around the checks)
+    st.liq_long_usd = math.inf  # a counter gone wrong (state written around the checks)
     reg = build_registry(Config(), state, extra_collectors=[NonFiniteCollector()])
     for om in (False, True):
         text = reg.render(openmetrics=om).decode()

@@ -89,8 +89,8 @@ def _market(seed: int = 3, per_exchange: int = 40) -> tuple[Clock, MarketState]:
                 st.long_short_ratio, st.ratio_at = rng.uniform(0.5, 2), now - (10.0 if k % 2 else 10_000.0)
             if k % 5 == 1:
                 st.liq_recent.append(Liquidation(ex, sym, now - 60, Side.LONG, px, 1.0, px))
-                st.liq_count[Side.LONG] += 1
-                st.liq_notional_usd[Side.LONG] += px
+                st.liq_long_count += 1
+                st.liq_long_usd += px
     # an interval so small that the 8 h rate overflows: those values are left out and counted
     next(iter(state.snapshot())).funding_interval_s = 5e-324
     return clock, state
@@ -204,7 +204,7 @@ def test_kept_value_texts_follow_every_change(block: int, monkeypatch: pytest.Mo
         lambda: setattr(b, "open_interest_usd", 1_000_000.5),
         lambda: setattr(c, "funding_floor", -0.002),
         lambda: setattr(c, "funding_floor", None),
-        lambda: a.liq_count.__setitem__(Side.SHORT, a.liq_count[Side.SHORT] + 1),
+        lambda: setattr(a, "liq_short_count", a.liq_short_count + 1),
     ):
         change()
         body = reg.render()

@@ -28,7 +28,7 @@ from exporter.model import InstrumentInfo, Side
 from exporter.state import InstrumentState, Key
 from exporter.views import InstrumentView, MarketViews, ViewTable
 
-_read_liquidations = attrgetter("liq_count", "liq_notional_usd")
+_read_liquidations = attrgetter("liq_long_count", "liq_short_count", "liq_long_usd", "liq_short_usd")
 _LONG, _SHORT = Side.LONG, Side.SHORT
 _compacted = attrgetter("compacted")
 _OIW_NAMES = ("base",)
@@ -341,11 +341,11 @@ class MarketCollector:
         add(_present(self.s_vol, lc.windows, _pairs(cols["volatility_1h"], cols["volatility_4h"]), kept))
         # Counters are always present (0 before the first liquidation) so rate() works from the start.
         sides = lc.sides
-        counts = list(map(_read_liquidations, table.states))
-        liq = np.array([float(c.get(s, 0)) for c, _ in counts for s in (_LONG, _SHORT)], dtype=np.float64)
-        add(_present(self.s_liq, sides, liq, kept))
-        liq_usd = np.array([float(n.get(s, 0.0)) for _, n in counts for s in (_LONG, _SHORT)], dtype=np.float64)
-        add(_present(self.s_liq_usd, sides, liq_usd, kept))
+        # per instrument (long count, short count, long USD, short USD): counts in columns 0-1, USD in 2-3,
+        # long and short side by side as lc.sides has them
+        counts = np.array(list(map(_read_liquidations, table.states)), dtype=np.float64).reshape(-1, 4)
+        add(_present(self.s_liq, sides, counts[:, :2].ravel(), kept))
+        add(_present(self.s_liq_usd, sides, counts[:, 2:].ravel(), kept))
         f_ins = self.s_ins.family()
         for ex, pool, balance in self.views.insurance(self.views.state.clock()):
             lbl = self._ins_labels.get((ex, pool))
