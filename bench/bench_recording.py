@@ -355,6 +355,9 @@ def main() -> None:
         action="store_true",
         help="only the writer's CPU per line in parts (Python by each path, compression) for each shape and level",
     )
+    ap.add_argument(
+        "--shape", choices=("arrays", "tickers"), default=None, help="one shape only (default: both)"
+    )
     args = ap.parse_args()
     if args.levels is not None:
         levels: list[int | None] = [int(x) for x in args.levels.split(",")]
@@ -369,9 +372,11 @@ def main() -> None:
         Shape("binance array", Exchange.BINANCE, "markPrice", BinanceFeed, insts, fr, 1.0, updates),
         Shape("bybit tickers", Exchange.BYBIT, "tickers", BybitFeed, by, by_frames, 0.001, len(by_frames)),
     ]
+    if args.shape is not None:
+        shapes = [shapes[0] if args.shape == "arrays" else shapes[1]]
     # frames an hour as the exchanges send them: the all-market array every second; a ticker frame per
     # instrument at --ticker-hz
-    per_hour = {shapes[0].name: 3600.0, shapes[1].name: 3600.0 * args.ticker_hz * len(by)}
+    per_hour = {"binance array": 3600.0, "bybit tickers": 3600.0 * args.ticker_hz * len(by)}
     print(
         f"python {platform.python_version()}, {args.frames} frames x {args.instruments} instruments, "
         f"{sum(map(len, fr)) / len(fr):,.0f} bytes a frame ({'regular' if args.regular else 'random walk'}); "
