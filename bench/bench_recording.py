@@ -355,9 +355,7 @@ def main() -> None:
         action="store_true",
         help="only the writer's CPU per line in parts (Python by each path, compression) for each shape and level",
     )
-    ap.add_argument(
-        "--shape", choices=("arrays", "tickers"), default=None, help="one shape only (default: both)"
-    )
+    ap.add_argument("--shape", choices=("arrays", "tickers"), default=None, help="one shape only (default: both)")
     args = ap.parse_args()
     if args.levels is not None:
         levels: list[int | None] = [int(x) for x in args.levels.split(",")]
