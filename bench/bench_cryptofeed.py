@@ -18,7 +18,7 @@ each is driven with ``send(None)``, so no event-loop overhead is counted on eith
 Frames are the recorded ones in ``/work/shared/samples`` (``../shared/samples`` from the repo). Kinds
 cryptofeed 2.4.1 does not handle are listed with the reason (Bybit ``allLiquidation``: it routes only
 the deprecated ``liquidation.`` topic; OKX ``mark-price``: ignored; OKX ``index-tickers``: matched as
-``tickers`` and fails on the missing bid/ask; OKX liquidations: REST polling only).
+``tickers`` and fails on the missing bid/ask; OKX ``liquidation-orders``: REST polling only).
 
 cryptofeed is not a dependency of the project: ``make bench-cryptofeed`` runs this in its own
 environment (``.venv-bench``, git-ignored) with cryptofeed 2.4.x installed there. Without cryptofeed
@@ -180,6 +180,15 @@ def kinds() -> list[Kind]:
             1640131260.0,
             None,
             cf_note="cryptofeed 2.4.1 has no mark-price channel (the frame is ignored)",
+        ),
+        Kind(
+            "okx liquidation-orders",
+            OK,
+            line("okx/ws_liquidation_orders_tardis.jsonl", 1),
+            [_info(OK, "XRP-USD-230929", "XRP", "USD", contract_size=10.0, inverse=True)],
+            1680173248.0,
+            None,
+            cf_note="cryptofeed 2.4.1 polls OKX liquidations over REST: no stream handler",
         ),
         Kind(
             "deribit ticker",

@@ -141,10 +141,7 @@ class DeribitFeed:
         """``parse_ws``: the typed path for the frequent pushes, with the strict path written in for
         any other frame and any value the typed path does not take (one call a frame, not two)."""
         try:
-            n = _decode_notification(frame)
-            if n.method != "subscription":
-                raise NotTyped
-            p = n.params
+            p = _decode_notification(frame).params  # a subscription's (method checked while decoding)
             channel = p.channel
             data = p.data
             if type(data) is _Ticker:
@@ -442,7 +439,9 @@ class _Params(msgspec.Struct, gc=False):
 
 
 class _Notification(msgspec.Struct, gc=False):
-    method: str
+    # the very string (no new object a frame); another method (an RPC answer, a heartbeat) fails the
+    # decoding, and the strict path takes the frame
+    method: Literal["subscription"]
     params: _Params
 
 
