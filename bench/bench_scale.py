@@ -370,6 +370,7 @@ class FrameIngest:
             syms = list(infos)
             self.rng.shuffle(syms)  # the exchange's own order, not the order the state registered them in
             self.plans.append((ex, syms, feed_for(ex).parse_ws, ctx))
+            ctx.take_array_order()  # the exporter's housekeeping asks for the streams' order (app._relayout)
 
     def run(self) -> dict[Any, float]:
         """CPU seconds per update by exchange over whole minutes (``whole_minutes``, at least 10,000
@@ -405,6 +406,9 @@ class FrameIngest:
                         updates += len(recs)
                     spent += cpu() - t
             out[ex] = spent / updates
+            # untimed: the exporter's once-a-minute housekeeping, the records laid out in the order the
+            # array frames sent them when it changed (app._relayout; a run is whole minutes)
+            self.state.relayout(ex, ctx.take_array_order())
         if self.state.unknown_instrument_updates or self.state.rejected_records:
             raise SystemExit("frames for unknown instruments or rejected: the benchmark frames are wrong")
         return out
@@ -478,6 +482,9 @@ def one(n: int, runs: int, churn_kind: str = "realistic") -> dict[str, Any]:
     ingest_run(ref_clock, ref_state, ref_keys, walk_ref, MarketUpdate)
     frames_big.run()
     frames_ref.run()
+    # apply-only in the state's own order: its records' order in memory, which the frames' pass may have
+    # changed (the exporter's housekeeping lays Binance's out in the order its arrays send them)
+    keys, ref_keys = state.record_order(), ref_state.record_order()
 
     def add(into: dict[str, list[float]], costs: dict[Any, float]) -> None:
         for ex, c in costs.items():

@@ -50,6 +50,7 @@ BACKFILL_CONCURRENCY = 4  # per exchange; funding-history buckets are small (Bin
 POLL_CONCURRENCY = 4
 POSITIONS_STOP_S = 3.0
 FUTURES_AFTER_EXPIRY_S = 1.0  # reread the futures list this long after a delivery (the successor is listed)
+RELAYOUT_PERIOD_S = 60.0  # how often the records follow a stream's order (a relayout only when it changed)
 
 
 class CandleSource(Protocol):
@@ -783,6 +784,19 @@ class Exporter:
             self._every(rt.cfg.poll.server_time_seconds, lambda: self._server_time(rt), f"{rt.exchange} server time"),
             f"poll-{rt.exchange}-time",
         )
+        if isinstance(self.state, MarketState):
+            self._spawn(
+                self._every(RELAYOUT_PERIOD_S, lambda: self._relayout(rt), f"{rt.exchange} record layout"),
+                f"housekeeping-{rt.exchange}-layout",
+            )
+
+    async def _relayout(self, rt: ExchangeRuntime) -> None:
+        """Housekeeping: the state's records laid out in the order the exchange's array frames send
+        the instruments (Binance's all-market array; docs/scaling.md), when that order changed. The
+        parser keeps the frames of one period (FeedContext.array_frames); nothing on the hot path."""
+        order = rt.ctx.take_array_order()
+        if order and isinstance(self.state, MarketState):
+            self.state.relayout(rt.exchange, order)
 
     async def _server_time(self, rt: ExchangeRuntime) -> None:
         sent, server, received = await rt.rest.server_time()

@@ -681,6 +681,43 @@ class MarketState:
             st.funding_floor = info.funding_floor
         return st
 
+    def relayout(self, exchange: Exchange, order: Iterable[str]) -> bool:
+        """Lay the records out again, ``exchange``'s in ``order`` (the order its stream sends them; ids
+        not followed are ignored, followed ones not named follow in their present order), every other
+        exchange's as they are: a stream that sends its instruments in a fixed order (Binance's
+        all-market array) then reads and writes its records, their views and its lookup's entries in
+        memory order instead of at addresses its order makes random. Off the hot path (a housekeeping
+        step); False, and nothing done, when the order is the present one.
+
+        Every record is copied whole into fresh chunks and each InstrumentState swapped onto its new
+        view: a reader in another thread reads an instrument's old record or its new one, each whole;
+        the event loop (the only writer) is in this call, so nothing is written in between."""
+        present = self._record_of[exchange]
+        ranked = dict.fromkeys(i for i in order if i in present)
+        ranked.update(dict.fromkeys(present))  # the rest, in their present order (known ones stay put)
+        if list(ranked) == list(present):
+            return False
+        records = Records(self._records.funding_limit_8h, self._records.chunk)
+        for ex in Exchange:
+            ids = list(ranked) if ex is exchange else list(self._record_of[ex])
+            by_id = self._by_exchange.get(ex, {})
+            fresh: dict[str, Any] = {}
+            for inst in ids:
+                st = by_id[inst]
+                r = records.add()
+                r[:] = st._r
+                st._r = r
+                st._records = records
+                fresh[inst] = r
+            self._record_of[ex] = fresh  # one swap: the hot path finds the old records or the new ones
+        self._records = records
+        return True
+
+    def record_order(self) -> list[Key]:
+        """Every followed perpetual, exchange by exchange, in the order their records lie in memory
+        (registration order until a relayout)."""
+        return [(ex, inst) for ex, records in self._record_of.items() for inst in records]
+
     def set_futures(self, exchange: Exchange, infos: Iterable[InstrumentInfo]) -> None:
         """The dated futures followed on ``exchange`` now: new ones are added, delisted (expired) ones
         dropped, kept ones keep their live values. One dict swap: readers see the old or the new set."""

@@ -44,6 +44,9 @@ class WsPlan:
     cadence_s: float | None = None
 
 
+ARRAY_FRAMES_KEPT = 8  # a whole all-market array is one frame; more frames are the same order again
+
+
 @dataclass(slots=True)
 class FeedContext:
     """What a parser may need to know besides the frame: instrument facts (contract sizes...) and,
@@ -57,6 +60,18 @@ class FeedContext:
     # again (the store would find its time known and change nothing). None: every push passes it
     # (a parse that depends on the frame alone, as the tests of single frames want).
     settled: dict[str, float] | None = None
+    # The order a stream sends its instruments in, kept for a housekeeping step that lays the state's
+    # records out in it (MarketState.relayout): while a list, a parser of array frames (Binance's
+    # all-market array) appends each array's records to it, up to ARRAY_FRAMES_KEPT frames; None: not
+    # asked. A test an array frame (hundreds of updates), nothing on any other frame.
+    array_frames: list[list[Record]] | None = None
+
+    def take_array_order(self) -> list[str]:
+        """The instrument ids of the array frames kept since the last call, in the order sent (each
+        once), and a fresh list for the next frames."""
+        frames, self.array_frames = self.array_frames, []
+        ids = (r.instrument for f in frames or () for r in f if isinstance(r, MarketUpdate))
+        return list(dict.fromkeys(ids))
 
     def time_bounds(self) -> tuple[float, float]:
         """Timestamps outside these (Unix seconds) are parse errors: a window around now, if known."""

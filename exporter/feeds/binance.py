@@ -32,7 +32,7 @@ from exporter.feeds import (
     typed_only,
 )
 from exporter.feeds import validate as V
-from exporter.feeds.base import FeedContext, WsPlan
+from exporter.feeds.base import ARRAY_FRAMES_KEPT, FeedContext, WsPlan
 from exporter.model import (
     Exchange,
     FundingSettlement,
@@ -181,6 +181,9 @@ class BinanceFeed:
                         append(_mark_fast(el, tb, settle))
                     except ParseError as exc:  # one bad symbol of the array: the others keep their update
                         append(Rejected(EX, exc.reason, f"binance {el.s}: {exc}"))
+            kept = ctx.array_frames  # the order sent, when a housekeeping step asks for it (FeedContext)
+            if kept is not None and len(kept) < ARRAY_FRAMES_KEPT:
+                kept.append(out)
             return out
         except FAST_FAILURES:
             pass
