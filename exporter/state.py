@@ -842,10 +842,7 @@ class MarketState:
                             continue
                         et = u.event_time
                         if et is not None:
-                            due = (et if et > now else now) >= r[F_DUE]
                             r[F_EVENT_TIME] = et
-                        else:
-                            due = now >= r[F_DUE]
                         oi_base = u.open_interest_base
                         oi_usd = u.open_interest_usd
                         if oi_base is not None or oi_usd is not None:
@@ -860,7 +857,7 @@ class MarketState:
                             r[F_OI_AT] = now
                             if now >= r[F_OI_DUE]:
                                 self._sampler.open_interest(self._state_of(u), now)
-                        if due and r[F_RATE] == r[F_RATE] and now >= r[F_ANCHOR_DUE]:
+                        if now >= r[F_ANCHOR_DUE] and r[F_RATE] == r[F_RATE]:  # see the funding path's
                             self._anchor_due(r, u, now)
                     elif kind is FundingSettlement:  # OKX repeats the last settlement in every funding push
                         self._apply_settlement(u)  # type: ignore[arg-type]
@@ -877,10 +874,7 @@ class MarketState:
                     continue
                 et = u.event_time
                 if et is not None:
-                    due = (et if et > now else now) >= r[F_DUE]
                     r[F_EVENT_TIME] = et
-                else:
-                    due = now >= r[F_DUE]
                 v = u.premium
                 if v is not None:
                     r[F_PREMIUM] = v
@@ -913,7 +907,12 @@ class MarketState:
                         self._funding_events.observe(self._state_of(u), rate, now)
                 elif nft is not None:
                     r[F_FUNDING_AT] = now
-                if due and r[F_RATE] == r[F_RATE] and now >= r[F_ANCHOR_DUE]:
+                # The anchor sample, the one hint this path serves (no mark minute to close): its due time
+                # read alone, not the record's ``due`` (the least of it and the mark minute's end; a
+                # record without marks has that at 0, always passed, and paid three reads a push). The
+                # same decision: nothing here moves the anchor's due time, and once it is passed so is
+                # ``due``.
+                if now >= r[F_ANCHOR_DUE] and r[F_RATE] == r[F_RATE]:
                     self._anchor_due(r, u, now)
                 continue
             # The hot path (every update of every stream): store the fields present in the instrument's

@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from exporter.feeds import feed_for
+from exporter.feeds import validate as V
 from exporter.feeds.base import FeedContext
 from exporter.feeds.okx import OkxFeed
 from exporter.model import (
@@ -104,6 +105,42 @@ def test_a_settlement_passed_on_is_not_repeated_on_a_context_that_remembers() ->
     assert [type(r) for r in moved] == [FundingUpdate, FundingSettlement]
     assert (moved[1].funding_time, moved[1].rate) == (int(FUNDING["fundingTime"]) / 1000, 0.0002)
     assert FEED.parse_ws(push("funding-rate", [nxt]), ctx) == moved[:1]
+
+
+def test_a_repeat_of_a_settled_period_does_not_read_the_previous_settlement_again() -> None:
+    # Once a stream has passed a settlement on, the pushes of the same funding period (the same
+    # fundingTime) are decoded without the previous settlement's fields: what they hold there is not
+    # passed on (it was not before either), so it is not checked either. The rate, the times, cap,
+    # floor and premium still are; the first push of a period checks its settlement as always.
+    ctx = FeedContext(EX, settled={})
+    first = FEED.parse_ws(push("funding-rate", [FUNDING]), ctx)
+    assert [type(r) for r in first] == [FundingUpdate, FundingSettlement]
+    odd = {**FUNDING, "settFundingRate": "1e200", "prevFundingTime": "1", "settState": "?"}
+    assert FEED.parse_ws(push("funding-rate", [odd]), ctx) == first[:1]
+    for key, value in (("fundingRate", "-7"), ("maxFundingRate", "NaN"), ("premium", "1e200"), ("ts", "1")):
+        with pytest.raises(ParseError):
+            FEED.parse_ws(push("funding-rate", [{**FUNDING, key: value}]), ctx)
+    # a new period: its settlement is read and checked (a refused frame passes nothing on)
+    h8 = 28_800_000
+    nxt = {
+        **FUNDING,
+        "prevFundingTime": FUNDING["fundingTime"],
+        "fundingTime": FUNDING["nextFundingTime"],
+        "nextFundingTime": str(int(FUNDING["nextFundingTime"]) + h8),
+    }
+    with pytest.raises(ParseError) as info:
+        FEED.parse_ws(push("funding-rate", [{**nxt, "settFundingRate": "1e200"}]), ctx)
+    assert info.value.reason == V.RATE
+    moved = FEED.parse_ws(push("funding-rate", [nxt]), ctx)
+    assert [type(r) for r in moved] == [FundingUpdate, FundingSettlement]
+
+
+def test_a_settlement_still_processing_is_passed_on_once_settled() -> None:
+    ctx = FeedContext(EX, settled={})
+    processing = FEED.parse_ws(push("funding-rate", [{**FUNDING, "settState": "processing"}]), ctx)
+    assert [type(r) for r in processing] == [FundingUpdate]
+    assert [type(r) for r in FEED.parse_ws(push("funding-rate", [FUNDING]), ctx)] == [FundingUpdate, FundingSettlement]
+    assert [type(r) for r in FEED.parse_ws(push("funding-rate", [FUNDING]), ctx)] == [FundingUpdate]
 
 
 def test_a_rejected_frame_leaves_its_settlements_to_be_passed_on() -> None:

@@ -55,10 +55,11 @@ class FeedContext:
     exchange: Exchange
     instruments: Mapping[str, InstrumentInfo] = field(default_factory=dict)
     clock: Callable[[], float] | None = None  # None: static bounds only (tests of recorded samples)
-    # The newest settlement time passed on per instrument by this context's stream (its one sink):
-    # OKX repeats the last settlement in every funding push, and an unchanged one is not passed on
-    # again (the store would find its time known and change nothing). None: every push passes it
-    # (a parse that depends on the frame alone, as the tests of single frames want).
+    # Per instrument, the settlement this context's stream (its one sink) has passed on: OKX repeats the
+    # last settlement in every funding push, and an unchanged one is not passed on again (the store
+    # would find its time known and change nothing). OKX keeps the funding time (ms, as sent) that the
+    # settlement precedes: a push of that period is parsed without the settlement's fields. None: every
+    # push passes it (a parse that depends on the frame alone, as the tests of single frames want).
     settled: dict[str, float] | None = None
     # The order a stream sends its instruments in, kept for a housekeeping step that lays the state's
     # records out in it (MarketState.relayout): while a list, a parser of array frames (Binance's

@@ -210,66 +210,54 @@ class OkxFeed:
                     )
                 return out
             if channel == "funding-rate":
-                a = _ABSENT
                 settled = ctx.settled
-                fresh: list[tuple[str, float]] | None = None
-                for r in push.data:
-                    inst = r.instId
-                    if inst not in instruments and instruments:  # the usual: followed, one test
-                        continue
-                    # The usual row, checked in one chained comparison: the three settlement times and
-                    # the event time present (an absent one is NaN: every comparison false), in their
-                    # order and within the bounds. Anything else takes _funding_fast, the general case.
-                    t_set = r.fundingTime / 1000.0
-                    t_next = r.nextFundingTime / 1000.0
-                    t_prev = r.prevFundingTime / 1000.0
-                    et = r.ts / 1000.0
-                    if not (lo <= t_prev < t_set < t_next <= hi and lo <= et <= hi and inst):
-                        _funding_fast(r, out, (lo, hi))
-                        continue
-                    interval = t_next - t_set
-                    if not _IMIN <= interval <= _IMAX:
-                        raise _Invalid
-                    # the rates were checked while decoding (V.Rate); an absent one is unknown, not 0
-                    rate: float | None = r.fundingRate
-                    if rate is a:
-                        rate = None
-                    cap: float | None = r.maxFundingRate
-                    if cap is a:
-                        cap = None
-                    floor: float | None = r.minFundingRate
-                    if floor is a:
-                        floor = None
-                    premium: float | None = r.premium
-                    if premium is a:
-                        premium = None
-                    # positional (fastest): the field order is pinned by a test (tests/test_feeds_deribit.py)
-                    out.append(
-                        FundingUpdate(EX, inst, et, None, None, rate, t_set, interval, cap, floor, None, premium)
-                    )
-                    # the settlement, unless this context's stream has passed it on already (the usual
-                    # push: one subscript, the settlement's fields not read)
-                    if settled is None:
-                        sett = r.settFundingRate
-                        if sett is not a and r.settState == "settled":
-                            out.append(FundingSettlement(EX, inst, t_prev, sett, interval))
-                        continue
-                    try:
-                        if settled[inst] == t_prev:
+                if settled is not None:
+                    # The usual push repeats a funding period whose settlement this stream has passed on
+                    # (the memory holds its funding time): the row is decoded without the previous
+                    # settlement's fields (prevFundingTime, settFundingRate, settState: ~9 % of the push),
+                    # which this push would not pass on, and its times are checked in one chained
+                    # comparison (present, in order, within the bounds; an absent one is NaN: false).
+                    a = _ABSENT
+                    for r in push.data:
+                        inst = r.instId
+                        if inst not in instruments and instruments:  # the usual: followed, one test
                             continue
-                    except KeyError:  # the instrument's first push
-                        pass
-                    sett = r.settFundingRate
-                    if sett is not a and r.settState == "settled":
-                        out.append(FundingSettlement(EX, inst, t_prev, sett, interval))
-                        if fresh is None:
-                            fresh = []
-                        fresh.append((inst, t_prev))
-                if fresh is not None:
-                    # remembered once the whole frame is taken: a later row that raises sends the frame to
-                    # the strict path, which passes every settlement on
-                    settled.update(fresh)  # type: ignore[union-attr]
-                return out
+                        t_set = r.fundingTime
+                        try:
+                            if settled[inst] != t_set:
+                                break  # a new funding period: its settlement to pass on
+                        except KeyError:  # the instrument's first push
+                            break
+                        t_set /= 1000.0
+                        t_next = r.nextFundingTime / 1000.0
+                        et = r.ts / 1000.0
+                        if not (lo <= t_set < t_next <= hi and lo <= et <= hi and inst):
+                            break  # an unusual row: the general checks
+                        interval = t_next - t_set
+                        if not _IMIN <= interval <= _IMAX:
+                            raise _Invalid
+                        # the rates were checked while decoding (V.Rate); an absent one is unknown, not 0
+                        rate: float | None = r.fundingRate
+                        if rate is a:
+                            rate = None
+                        cap: float | None = r.maxFundingRate
+                        if cap is a:
+                            cap = None
+                        floor: float | None = r.minFundingRate
+                        if floor is a:
+                            floor = None
+                        premium: float | None = r.premium
+                        if premium is a:
+                            premium = None
+                        # positional (fastest): the field order is pinned by a test (tests/test_feeds_deribit.py)
+                        out.append(
+                            FundingUpdate(EX, inst, et, None, None, rate, t_set, interval, cap, floor, None, premium)
+                        )
+                    else:
+                        return out
+                # A new funding period (once a period per instrument), an unusual row, or no memory: the
+                # frame decoded again with every funding field (its channel is known: ``arg`` not read).
+                return _funding_rows(_decode_funding_push(frame).data, instruments, settled, lo, hi)
         except FAST_FAILURES:
             pass
         return self._parse_ws_strict(frame, ctx) if strict else UNTYPED
@@ -552,10 +540,9 @@ class _FastRow(msgspec.Struct, gc=False, kw_only=True):
     oiCcy: V.Holding = _ABSENT
     oiUsd: V.Usd = _ABSENT
     premium: V.Rate = _ABSENT
-    prevFundingTime: float = _ABSENT
-    settFundingRate: V.Rate = _ABSENT
-    settState: str | None = None
     ts: float = _ABSENT
+    # not the previous settlement's fields (prevFundingTime, settFundingRate, settState): a funding push
+    # that needs them is decoded again as a _FundingPush (once a funding period per instrument)
 
 
 class _FastPush(msgspec.Struct, gc=False):
@@ -564,6 +551,29 @@ class _FastPush(msgspec.Struct, gc=False):
 
 
 _decode_fast_push = msgspec.json.Decoder(_FastPush, strict=False).decode
+
+
+class _FundingRow(msgspec.Struct, gc=False, kw_only=True):
+    """Every funding field of a funding-rate row (:class:`_FastRow`'s types and defaults)."""
+
+    fundingRate: V.Rate = _ABSENT
+    fundingTime: float = _ABSENT
+    instId: str
+    maxFundingRate: V.Rate = _ABSENT
+    minFundingRate: V.Rate = _ABSENT
+    nextFundingTime: float = _ABSENT
+    premium: V.Rate = _ABSENT
+    prevFundingTime: float = _ABSENT
+    settFundingRate: V.Rate = _ABSENT
+    settState: str | None = None
+    ts: float = _ABSENT
+
+
+class _FundingPush(msgspec.Struct, gc=False):
+    data: list[_FundingRow]  # no ``arg``: decoded once the general decoding has read the channel
+
+
+_decode_funding_push = msgspec.json.Decoder(_FundingPush, strict=False).decode
 
 
 def _price_ts(r: dict[str, Any], key: str, tb: tuple[float, float]) -> tuple[float, float]:
@@ -646,7 +656,7 @@ class _Invalid(ValueError):
     """A value the typed path does not take: the strict path parses the frame again and names it."""
 
 
-def _funding_fast(r: _FastRow, out: list[Record], tb: tuple[float, float]) -> None:
+def _funding_fast(r: _FundingRow, out: list[Record], tb: tuple[float, float]) -> None:
     """:func:`_funding` on a typed row, the domain checks inline, each value once; any value it does
     not take raises, and the strict path names it. An absent field is the _ABSENT object (identity);
     NaN and the infinities fail the chained comparisons."""
@@ -705,6 +715,65 @@ def _funding_fast(r: _FastRow, out: list[Record], tb: tuple[float, float]) -> No
     out.append(FundingUpdate(EX, inst, et, None, None, rate, t_set, interval, cap, floor, None, premium))
     if sett is not None and t_prev is not None and r.settState == "settled":
         out.append(FundingSettlement(EX, inst, t_prev, sett, interval))
+
+
+def _funding_rows(
+    rows: list[_FundingRow],
+    instruments: Mapping[str, InstrumentInfo],
+    settled: dict[str, float] | None,
+    lo: float,
+    hi: float,
+) -> list[Record]:
+    """A funding push's rows with every funding field (:class:`_FundingRow`): the current rate, and the
+    previous settlement unless ``settled`` (the stream's memory) holds the row's funding time, i.e.
+    the stream has passed it on. A settlement passed on is remembered by the funding time it precedes
+    once the whole frame is taken (a later row that raises sends the frame to the strict path, which
+    passes every settlement on)."""
+    a = _ABSENT
+    out: list[Record] = []
+    fresh: list[tuple[str, float]] | None = None
+    for r in rows:
+        inst = r.instId
+        if inst not in instruments and instruments:
+            continue
+        # The usual row, checked in one chained comparison: the three settlement times and the event
+        # time present (an absent one is NaN: every comparison false), in their order and within the
+        # bounds. Anything else takes _funding_fast, the general case (which passes every settlement on).
+        t_set = r.fundingTime / 1000.0
+        t_next = r.nextFundingTime / 1000.0
+        t_prev = r.prevFundingTime / 1000.0
+        et = r.ts / 1000.0
+        if not (lo <= t_prev < t_set < t_next <= hi and lo <= et <= hi and inst):
+            _funding_fast(r, out, (lo, hi))
+            continue
+        interval = t_next - t_set
+        if not _IMIN <= interval <= _IMAX:
+            raise _Invalid
+        rate: float | None = r.fundingRate  # the rates were checked while decoding (V.Rate)
+        if rate is a:
+            rate = None
+        cap: float | None = r.maxFundingRate
+        if cap is a:
+            cap = None
+        floor: float | None = r.minFundingRate
+        if floor is a:
+            floor = None
+        premium: float | None = r.premium
+        if premium is a:
+            premium = None
+        out.append(FundingUpdate(EX, inst, et, None, None, rate, t_set, interval, cap, floor, None, premium))
+        if settled is not None and settled.get(inst) == r.fundingTime:
+            continue  # passed on already (a row the usual path did not take)
+        sett = r.settFundingRate
+        if sett is not a and r.settState == "settled":
+            out.append(FundingSettlement(EX, inst, t_prev, sett, interval))
+            if settled is not None:
+                if fresh is None:
+                    fresh = []
+                fresh.append((inst, r.fundingTime))
+    if fresh is not None:
+        settled.update(fresh)  # type: ignore[union-attr]
+    return out
 
 
 def _open_interest(
