@@ -7,7 +7,7 @@ these collectors only give them names and labels. Nothing here writes to state o
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import chain, compress, repeat
 from operator import attrgetter
 from typing import Any
@@ -23,7 +23,7 @@ from exporter.analytics.cross import (
     spreads_columns,
 )
 from exporter.metrics import catalog as m
-from exporter.metrics.exposition import Family, LabelSet, Spec, format_value, yield_gil
+from exporter.metrics.exposition import YIELD_EVERY, Family, LabelSet, Spec, format_value, yield_gil
 from exporter.model import InstrumentInfo, Side
 from exporter.state import InstrumentState, Key
 from exporter.views import InstrumentView, MarketViews, ViewTable
@@ -360,6 +360,56 @@ class MarketCollector:
             yield fam.to_metric_family()
 
 
+class _CrossCodes:
+    """The cross-exchange label sets of one list of bases and exchanges (``FundingColumns``' names:
+    the same list objects while the instrument list holds), by code: a base's, and a (base, long
+    exchange, short exchange)'s at ``(base * E + long) * E + short``, with their texts; each filled
+    when first used. A scrape then takes its label texts by the codes, in C, where a lookup by the
+    values' tuple per series and a read of each label set object cost 4 ms at 8,000 instruments."""
+
+    __slots__ = ("bases", "exchanges", "oiw", "spread")
+
+    def __init__(self, bases: list[str], exchanges: list[str]) -> None:
+        self.bases, self.exchanges = bases, exchanges
+        ne = len(exchanges)
+        self.oiw = _Coded(len(bases))
+        self.spread = _Coded(len(bases) * ne * ne)
+
+
+class _Coded:
+    """Label sets and their texts by an integer code (object arrays), and which codes are filled."""
+
+    __slots__ = ("known", "labels", "texts")
+
+    def __init__(self, n: int) -> None:
+        self.labels = np.full(n, None, dtype=object)
+        self.texts = np.full(n, None, dtype=object)
+        self.known = np.zeros(n, dtype=bool)
+
+    def take(self, codes: np.ndarray, make: Callable[[int], LabelSet]) -> tuple[np.ndarray, list[str]]:
+        """The label sets (an object array) and texts of ``codes``; ``make(code)`` for a new one."""
+        for c in np.unique(codes[~self.known[codes]]).tolist():
+            lb = make(c)
+            self.labels[c], self.texts[c], self.known[c] = lb, lb.text, True
+        return self.labels[codes], self.texts[codes].tolist()
+
+
+def _rendered(spec: Spec, labels: np.ndarray, texts: list[str], values: np.ndarray) -> Family:
+    """The family of ``labels`` (an object array) with their ``texts`` and ``values``, its lines
+    rendered here a thousand at a time (value texts mapped in C, ``exposition.value_text``'s), or,
+    should a value not be finite, left to the renderer, which leaves it out and counts it."""
+    if not np.isfinite(values).all():
+        return spec.family(labels.tolist(), values.tolist(), texts)
+    name, join, body = spec.name, "".join, []
+    for i in range(0, len(texts), YIELD_EVERY):
+        if i:
+            yield_gil()
+        strs = _value_texts(values[i : i + YIELD_EVERY])
+        part = zip(repeat(name), texts[i : i + YIELD_EVERY], repeat(" "), strs, repeat("\n"))
+        body.append(join(chain.from_iterable(part)).encode())
+    return Family.rendered(spec, body, lambda: (labels.tolist(), values.tolist(), texts))
+
+
 class CrossCollector:
     """Per base asset, across exchanges.
 
@@ -381,29 +431,37 @@ class CrossCollector:
         # label values -> label set; a label set's values are its key (the names are in sorted order)
         self._labels: dict[tuple[str, ...], LabelSet] = {}
         self._new = 0  # label sets built since their texts were last put side by side
+        self._codes: _CrossCodes | None = None  # the same label sets by code, for the scrape's names
 
     def _label(self, names: tuple[str, ...], key: tuple[str, ...]) -> LabelSet:
         lbl = self._labels[key] = LabelSet(zip(names, key, strict=True))
         self._new += 1
         return lbl
 
-    def _tidy(self, used: list[LabelSet]) -> None:
-        """Keep the cache bounded as bases come and go (all_perpetuals) by what the scrape used, not
-        by a fixed size: at 8,000 instruments one scrape uses more than 10,000 label sets (a spread
-        per pair of exchanges per base), and clearing the cache every scrape rebuilt them all. Then,
-        once a sixteenth of the label sets are new, their texts are put side by side in memory (see
-        market._compact): spreads that turn positive bring new ones, built among other objects."""
-        if len(self._labels) > 2 * len(used) + 1024:
-            self._labels = {lb.values: lb for lb in used}
+    def _tidy(self, n_used: int, used: Callable[[], Iterable[LabelSet]]) -> None:
+        """Keep the cache bounded as bases come and go (all_perpetuals) by what the scrape used
+        (``n_used`` label sets, ``used()``), not by a fixed size: at 8,000 instruments one scrape
+        uses more than 10,000 label sets (a spread per pair of exchanges per base), and clearing the
+        cache every scrape rebuilt them all. Then, once a sixteenth of the label sets are new, their
+        texts are put side by side in memory (see market._compact): spreads that turn positive bring
+        new ones, built among other objects (the texts by code are taken again from the label sets)."""
+        if len(self._labels) > 2 * n_used + 1024:
+            self._labels = {lb.values: lb for lb in used()}
         if self._new * 16 > len(self._labels):
             _compact(list(self._labels.values()))
             self._new = 0
+            self._codes = None
+
+    def _codes_for(self, bases: list[str], exchanges: list[str]) -> _CrossCodes:
+        c = self._codes
+        if c is None or c.bases is not bases or c.exchanges is not exchanges:
+            c = self._codes = _CrossCodes(bases, exchanges)
+        return c
 
     def families(self, views: ViewTable | Sequence[InstrumentView] | None = None) -> list[Family]:
         mv = self.views
         if views is None:
             views = mv.current_table()
-        f_oiw, f_spread = self.s_oiw.family(), self.s_spread.family()
         cfg = mv.config.analytics
         get = self._labels.get
         try:
@@ -418,35 +476,44 @@ class CrossCollector:
             ok = False
         if ok:
             names, exchanges = fc.bases, fc.exchanges
-            labels = [get((names[b],)) or self._label(_OIW_NAMES, (names[b],)) for b in codes.tolist()]
-            f_oiw = self.s_oiw.family(labels, oiw_col.tolist(), [lb.text for lb in labels])
-            # a spread's label values, in sorted name order: base, long_exchange, short_exchange
-            keys = [
-                (names[b], exchanges[lo], exchanges[sh])
-                for b, lo, sh in zip(sb.tolist(), sl.tolist(), ss.tolist(), strict=True)
-            ]
-            labels = [get(k) or self._label(_SPREAD_NAMES, k) for k in keys]
-            f_spread = self.s_spread.family(labels, net.tolist(), [lb.text for lb in labels])
-        else:
-            by_base: dict[str, list[FundingPoint]] = {}
-            for p in mv.funding_points(views):
-                by_base.setdefault(p.base, []).append(p)
-            # Base by base: one base whose figures cannot be computed loses its series, not the others.
-            for base in sorted(by_base):
-                group = by_base[base]
-                try:
-                    oiw = oi_weighted_funding(group).get(base)
-                    spreads = funding_spreads(group, cfg.holding_period_hours, cfg.spread_top_n)
-                except Exception:
-                    mv.errors.count("cross")
-                    log.warning("cross-exchange figures of %s failed; its series are left out", base, exc_info=True)
-                    continue
-                if oiw is not None:
-                    f_oiw.add(get((base,)) or self._label(_OIW_NAMES, (base,)), oiw)
-                for s in spreads:
-                    key = s[:3]  # base, long_exchange, short_exchange
-                    f_spread.add(get(key) or self._label(_SPREAD_NAMES, key), s.net_bp)
-        self._tidy([*f_oiw.labels, *f_spread.labels])
+            coded = self._codes_for(names, exchanges)
+            ne = len(exchanges)
+
+            def base_label(b: int) -> LabelSet:
+                return get((names[b],)) or self._label(_OIW_NAMES, (names[b],))
+
+            def spread_label(code: int) -> LabelSet:
+                b, pair = divmod(code, ne * ne)
+                # a spread's label values, in sorted name order: base, long_exchange, short_exchange
+                key = (names[b], exchanges[pair // ne], exchanges[pair % ne])
+                return get(key) or self._label(_SPREAD_NAMES, key)
+
+            oiw_labels, oiw_texts = coded.oiw.take(codes, base_label)
+            f_oiw = _rendered(self.s_oiw, oiw_labels, oiw_texts, oiw_col)
+            spread_labels, spread_texts = coded.spread.take((sb * ne + sl) * ne + ss, spread_label)
+            f_spread = _rendered(self.s_spread, spread_labels, spread_texts, net)
+            self._tidy(len(oiw_labels) + len(spread_labels), lambda: chain(oiw_labels, spread_labels))
+            return [f_oiw, f_spread]
+        f_oiw, f_spread = self.s_oiw.family(), self.s_spread.family()
+        by_base: dict[str, list[FundingPoint]] = {}
+        for p in mv.funding_points(views):
+            by_base.setdefault(p.base, []).append(p)
+        # Base by base: one base whose figures cannot be computed loses its series, not the others.
+        for base in sorted(by_base):
+            group = by_base[base]
+            try:
+                oiw = oi_weighted_funding(group).get(base)
+                spreads = funding_spreads(group, cfg.holding_period_hours, cfg.spread_top_n)
+            except Exception:
+                mv.errors.count("cross")
+                log.warning("cross-exchange figures of %s failed; its series are left out", base, exc_info=True)
+                continue
+            if oiw is not None:
+                f_oiw.add(get((base,)) or self._label(_OIW_NAMES, (base,)), oiw)
+            for s in spreads:
+                key = s[:3]  # base, long_exchange, short_exchange
+                f_spread.add(get(key) or self._label(_SPREAD_NAMES, key), s.net_bp)
+        self._tidy(len(f_oiw.labels) + len(f_spread.labels), lambda: [*f_oiw.labels, *f_spread.labels])
         return [f_oiw, f_spread]
 
     def collect(self) -> Iterable[Metric]:
