@@ -199,6 +199,15 @@ def serve_frames(shapes: list[Shape], kinds: list[Transport], cert: tuple[bytes,
     asyncio.run(main())
 
 
+def frame_hook(recorder: Recorder, shape: Shape) -> Any:
+    """The connection's recorder hook, as the exporter sets it: one stream's (received_at, frame, it
+    parsed); the code before session 6 (an older checkout on ``sys.path``) took the stream at each call."""
+    stream_hook = getattr(recorder, "stream_hook", None)
+    if stream_hook is not None:
+        return stream_hook(shape.exchange, shape.stream)
+    return recorder.ws_hook(shape.exchange)
+
+
 async def ingest_socket(
     shape: Shape, url: str, recorder: Recorder | None, transport: Transport, client_ssl: Any = None
 ) -> tuple[float, float, float]:
@@ -223,7 +232,7 @@ async def ingest_socket(
     conn = FeedConnection(shape.feed(), plan, ctx, state, clock=clock, connect_kwargs=kwargs)
     if recorder is not None:
         recorder.start()
-        conn.recorder = recorder.ws_hook(shape.exchange)
+        conn.recorder = frame_hook(recorder, shape)
     stop = asyncio.Event()
     cpu0 = time.process_time()
     loop0 = time.thread_time()
@@ -259,7 +268,7 @@ async def ingest(shape: Shape, recorder: Recorder | None, *, as_str: bool = Fals
     conn = FeedConnection(shape.feed(), plan, ctx, state, clock=lambda: clock[0])
     if recorder is not None:
         recorder.start()
-        conn.recorder = recorder.ws_hook(shape.exchange)
+        conn.recorder = frame_hook(recorder, shape)
     dt = shape.dt
     cpu0 = time.process_time()  # every thread of the process: the writer's compression included
     loop0 = time.thread_time()

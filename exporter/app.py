@@ -543,7 +543,7 @@ class Exporter:
             if plan not in rt.streams:
                 conn = FeedConnection(rt.feed, plan, rt.ctx, self.sink, backoff=self.backoff, clock=self.clock.time)
                 if self.recorder is not None:
-                    conn.recorder = self.recorder.ws_hook(rt.exchange)
+                    conn.recorder = self.recorder.stream_hook(rt.exchange, plan.stream)
                 at = max(self.clock.monotonic(), rt.next_ws_open)
                 rt.next_ws_open = at + spacing
                 rt.streams[plan] = asyncio.create_task(self._open_at(conn, at), name=f"ws-{rt.exchange}-{plan.stream}")

@@ -60,7 +60,9 @@ Compression = Literal["gzip", "zstd"]
 SUFFIX: dict[str, str] = {"gzip": ".jsonl.gz", "zstd": ".jsonl.zst"}
 NAME_RE = re.compile(r"^fr-(\d{8}T\d{6}Z)-(\d+)\.jsonl\.(gz|zst)$")
 
-# (receive time, exchange, kind, stream or endpoint, data, path, params)
+# A queued item: (receive time, key, frame) for a websocket frame, (receive time, key, data, path,
+# params) for the rest; key = (exchange, kind, stream or endpoint), one tuple per stream made once by
+# its hook (a frame's item is three references: the loop builds nothing else)
 WS_JSON = "ws-json"  # internal kind: a websocket frame that parsed, so valid JSON (written unescaped)
 RAW_MARK = b'"raw":true,"data":'
 JSON_OPEN = (b"{", b"[")  # a frame that parsed and opens so is a JSON object or array: embedded as it is
@@ -69,7 +71,8 @@ _FIRST = operator.itemgetter(0)
 REST_ERROR = "rest_error"  # a failed REST attempt: the reason, the status, never the body
 RestHook = Callable[[float, float, str, str, Any, bytes], None]
 RestFailureHook = Callable[[float, float, str, str, Any, str, "int | None"], None]
-Item = tuple[float, str, str, str, "str | bytes", "str | None", "Mapping[str, Any] | None"]
+Key = tuple[str, str, str]
+Item = tuple[float, Key, "str | bytes"] | tuple[float, Key, "str | bytes", "str | None", "Mapping[str, Any] | None"]
 SMALL_FRAME = 1 << 12  # a frame this small is copied once more into its line (one call); a larger one is not
 CHUNK = 1 << 20  # lines are copied into one reused buffer and handed to the compressor this much at a time
 BATCH = 512  # the writer takes this many queued items at a time (_drain)
@@ -191,7 +194,7 @@ class Recorder:
         self._arr = bytearray(self._chunk)
         self._mv = memoryview(self._arr)
         self._pos = 0  # bytes of the buffer in use
-        self._heads: dict[tuple[str, str], bytes] = {}  # (exchange, stream) -> a frame line's fixed part
+        self._heads: dict[Key, bytes] = {}  # (exchange, WS_JSON, stream) -> a frame line's fixed part
         self._buf_lines = 0  # lines (or parts of a line) in the buffer: counted as dropped if it cannot be written
         self.stats = RecordingStats()
         self._thread: threading.Thread | None = None
@@ -206,7 +209,7 @@ class Recorder:
     # ---- the event loop's side: never blocks -------------------------------------------------
 
     def ws(self, received_at: float, exchange: Exchange | str, stream: str, frame: str | bytes) -> None:
-        self._put((received_at, str(exchange), "ws", stream, frame, None, None))
+        self._put((received_at, (str(exchange), "ws", stream), frame))
 
     def _put(self, item: Item) -> None:
         q = self.q
@@ -217,23 +220,40 @@ class Recorder:
         if len(q) == self._wake_at:
             self._wake.set()  # a burst: do not wait for the next flush period
 
-    def ws_hook(self, exchange: Exchange) -> Callable[[float, str, str | bytes, bool], None]:
-        """What a FeedConnection calls with (received_at, stream, frame, the frame is valid JSON)."""
+    def stream_hook(self, exchange: Exchange | str, stream: str) -> Callable[[float, str | bytes, bool], None]:
+        """What a FeedConnection calls with (received_at, frame, the frame is valid JSON): one stream's
+        frames. This runs on the event loop for every frame, so it only appends three references (the
+        receive time, the stream's key, the frame: the writer checks that a parsed frame is an object
+        or array before embedding it); the queue's bound and the early wake-up inline."""
         ex = str(exchange)
+        ok_key, bad_key = (ex, WS_JSON, stream), (ex, "ws", stream)
         q = self.q
         append = q.append
         stats = self.stats
+        wake_at = self._wake_at
+        wake = self._wake.set
 
-        def hook(received_at: float, stream: str, frame: str | bytes, json_ok: bool = False) -> None:
-            # _put inline: this runs on the event loop for every frame (the writer checks that a
-            # parsed frame is an object or array before embedding it)
+        def hook(received_at: float, frame: str | bytes, json_ok: bool = False) -> None:
             n = len(q)
             if n >= self._limit:
                 stats.dropped += 1
                 return
-            append((received_at, ex, WS_JSON if json_ok else "ws", stream, frame, None, None))
-            if n + 1 == self._wake_at:
-                self._wake.set()
+            append((received_at, ok_key if json_ok else bad_key, frame))
+            if n + 1 == wake_at:
+                wake()  # a burst: do not wait for the next flush period
+
+        return hook
+
+    def ws_hook(self, exchange: Exchange) -> Callable[[float, str, str | bytes, bool], None]:
+        """Frames of any stream of an exchange, called with (received_at, stream, frame, it is valid
+        JSON): one :meth:`stream_hook` per stream."""
+        hooks: dict[str, Callable[[float, str | bytes, bool], None]] = {}
+
+        def hook(received_at: float, stream: str, frame: str | bytes, json_ok: bool = False) -> None:
+            h = hooks.get(stream)
+            if h is None:
+                h = hooks[stream] = self.stream_hook(exchange, stream)
+            h(received_at, frame, json_ok)
 
         return hook
 
@@ -244,7 +264,7 @@ class Recorder:
         def hook(sent_at: float, received_at: float, endpoint: str, path: str, params: Any, body: bytes) -> None:
             q = dict(params) if params else {}
             q["_sent"] = sent_at  # the request's send time: replay re-measures the clock offset
-            self._put((received_at, ex, "rest", endpoint, body, path, q))
+            self._put((received_at, (ex, "rest", endpoint), body, path, q))
 
         return hook
 
@@ -260,13 +280,13 @@ class Recorder:
             q["_sent"] = sent_at
             if status is not None:
                 q["_status"] = status
-            self._put((received_at, ex, REST_ERROR, endpoint, reason, path, q))
+            self._put((received_at, (ex, REST_ERROR, endpoint), reason, path, q))
 
         return hook
 
     def meta(self, at: float, exchange: Exchange | str, what: str, value: Any) -> None:
         """A line about the recording itself (``kind`` meta), e.g. the instruments followed."""
-        self._put((at, str(exchange), "meta", what, orjson.dumps(value).decode(), None, None))
+        self._put((at, (str(exchange), "meta", what), orjson.dumps(value).decode(), None, None))
 
     def snapshot(self) -> dict[str, int]:
         s = self.stats
@@ -345,23 +365,26 @@ class Recorder:
         cost on 170-byte frames, bench_recording.py). False, with nothing written, when one item
         does not qualify (the caller halves the batch), None when every frame is large (item by
         item: a large frame is copied once into the buffer, its line is not built)."""
-        ts, exs, kinds, srcs, datas, _, _ = zip(*items, strict=True)
+        try:
+            ts, keys, datas = zip(*items, strict=True)  # a REST or meta item (five fields) raises
+        except ValueError:
+            return False
         k = len(items)
-        if kinds.count(WS_JSON) != k or max(ts) >= self._rotate_at:
+        if max(ts) >= self._rotate_at:
             return False
         # a large frame (an all-market array) goes item by item: joining such frames would copy
         # megabytes several times (3.9 -> 10.5 us a 30 KB array, bench_recording.py --writer-parts)
         if max(map(len, datas)) >= SMALL_FRAME:
             return None if min(map(len, datas)) >= SMALL_FRAME else False
+        # only a stream's parsed frames have a head (made by its first line, _write): the kind checked too
         heads = self._heads
-        ex, src = exs[0], srcs[0]
-        if exs.count(ex) == k and srcs.count(src) == k:  # one stream (the usual batch): its head
-            head = heads.get((ex, src))
-            if head is None:  # a stream's first line makes its head (_write)
+        key = keys[0]
+        if keys.count(key) == k:  # one stream (the usual batch): its head
+            head = heads.get(key)
+            if head is None:
                 return False
             hs: list[bytes] = [head] * k
         else:
-            keys = list(zip(exs, srcs, strict=True))
             if not all(map(heads.__contains__, set(keys))):
                 return False
             hs = list(map(heads.__getitem__, keys))
@@ -404,9 +427,9 @@ class Recorder:
         lines = self._buf_lines
         rotate_at = self._rotate_at
         for item in items:
-            t, ex, kind, src, data, _, _ = item
-            if kind is WS_JSON and t < rotate_at and type(data) is bytes:
-                rest = heads.get((ex, src))
+            t, key, data = item[0], item[1], item[2]
+            if t < rotate_at and type(data) is bytes:
+                rest = heads.get(key)  # only a parsed frame's key has a head
                 if rest is not None and data[:1] in JSON_OPEN and b"\n" not in data and data.isascii():
                     if len(data) < SMALL_FRAME:
                         line = LINE % (dumps(t), rest, data)
@@ -447,7 +470,9 @@ class Recorder:
         self.stats.frames_ws += written
 
     def _write(self, item: Item) -> None:
-        t, ex, kind, src, data, path, params = item
+        t, key, data = item[0], item[1], item[2]
+        ex, kind, src = key
+        path, params = (item[3], item[4]) if len(item) == 5 else (None, None)  # type: ignore[misc]
         if t >= self._rotate_at:
             self._rotate(t)
         if kind == WS_JSON:
@@ -460,10 +485,10 @@ class Recorder:
             raw = data.encode("utf-8") if isinstance(data, str) else data
             kind = "ws"
             if raw[:1] in JSON_OPEN and b"\n" not in raw and (raw.isascii() or _utf8(raw)):
-                rest = self._heads.get((ex, src))
+                rest = self._heads.get(key)
                 if rest is None:  # the line's fixed part per exchange and stream, encoded once
                     head = orjson.dumps({"ex": ex, "kind": kind, "src": src, "raw": True})
-                    rest = self._heads[(ex, src)] = b"," + head[1:-1] + b',"data":'
+                    rest = self._heads[key] = b"," + head[1:-1] + b',"data":'
                 self._add(b'{"t":' + orjson.dumps(t) + rest, raw, b"}\n")
             else:
                 self._add(self._escaped(t, ex, kind, src, data, path, params))

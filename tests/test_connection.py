@@ -219,7 +219,7 @@ async def test_frames_are_handed_over_and_recorded_as_the_bytes_received(tmp_pat
     rec = Recorder(tmp_path)
     rec.start()
     async with Running(behaviour) as r:
-        r.conn.recorder = rec.ws_hook(EX)  # before the connection task first runs
+        r.conn.recorder = rec.stream_hook(EX, r.conn.plan.stream)  # before the connection task first runs
         await wait_until(lambda: r.health.messages == 3)
         assert r.feed.seen == [text.encode(), binary, b"pong"]
         assert (r.btc.mark_price, r.btc.index_price, r.health.parse_errors) == (101.0, 99.0, 0)

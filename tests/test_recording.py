@@ -144,7 +144,7 @@ async def test_a_slow_disk_drops_and_counts_frames_but_the_state_is_updated_at_o
     conn = FeedConnection(BinanceFeed(), WsPlan("markPrice", "ws://127.0.0.1:1"), ctx, state)
     rec = _BlockedRecorder(tmp_path, queue_size=5)
     rec.start()
-    conn.recorder = rec.ws_hook(Exchange.BINANCE)
+    conn.recorder = rec.stream_hook(Exchange.BINANCE, "markPrice")
     rec.ws(1.0, Exchange.BINANCE, "markPrice", _frame(0))
     assert rec.writing.wait(10)  # the writer is stuck on its first frame; the queue is empty again
     st = state.instruments[(Exchange.BINANCE, "BTCUSDT")]

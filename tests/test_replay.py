@@ -148,10 +148,10 @@ async def live_exporter(
                 put(item)
 
             recorder._put = counted  # type: ignore[method-assign]
-            ws_hook = recorder.ws_hook  # the frames' hook queues without _put (one call less a frame)
+            stream_hook = recorder.stream_hook  # the frames' hook queues without _put (one call less a frame)
 
-            def counted_ws_hook(exchange: Any) -> Any:
-                hook = ws_hook(exchange)
+            def counted_stream_hook(*args: Any) -> Any:
+                hook = stream_hook(*args)
 
                 def counted_frame(*a: Any) -> None:
                     live.lines += 1
@@ -159,7 +159,7 @@ async def live_exporter(
 
                 return counted_frame
 
-            recorder.ws_hook = counted_ws_hook  # type: ignore[method-assign]
+            recorder.stream_hook = counted_stream_hook  # type: ignore[method-assign]
         send = httpx.AsyncClient.send
 
         async def counted_send(client: httpx.AsyncClient, *a: Any, **kw: Any) -> httpx.Response:

@@ -136,9 +136,10 @@ class FeedConnection:
         self.health: StreamHealth = sink.stream(self.exchange, plan.stream)
         self.health.cadence_s = plan.cadence_s
         self.exchange_clock = sink.exchange_clock(self.exchange)  # offset-corrects the event lag
-        # raw frames go here too when recording is on (exporter.recording); never blocks
-        # (received_at, stream, frame, it parsed): the recorder embeds a parsed object or array frame unescaped
-        self.recorder: Callable[[float, str, str | bytes, bool], None] | None = None
+        # raw frames go here too when recording is on (exporter.recording: Recorder.stream_hook for
+        # this stream); never blocks. (received_at, frame, it parsed): the recorder embeds a parsed
+        # object or array frame unescaped
+        self.recorder: Callable[[float, str | bytes, bool], None] | None = None
         self.connections_opened = 0  # sessions established (first one included)
         self.silence_reconnects = 0
         self.rotations = 0
@@ -374,7 +375,7 @@ class FeedConnection:
             records = self.feed.parse_ws(frame, self.ctx)
         except ParseError as exc:
             if recorder is not None:
-                recorder(received_at, self.plan.stream, frame, False)
+                recorder(received_at, frame, False)
             h.parse_errors += 1
             reasons = h.parse_error_reasons
             reasons[exc.reason] = reasons.get(exc.reason, 0) + 1
@@ -384,7 +385,7 @@ class FeedConnection:
             return
         except Exception as exc:  # a parser bug on odd input: same treatment, louder log
             if recorder is not None:
-                recorder(received_at, self.plan.stream, frame, False)
+                recorder(received_at, frame, False)
             h.parse_errors += 1
             h.parse_error_reasons[PARSER_BUG] = h.parse_error_reasons.get(PARSER_BUG, 0) + 1
             log.warning(
@@ -401,7 +402,7 @@ class FeedConnection:
         if recorder is not None:
             # it parsed, so an object or array frame is valid JSON (the decoders check all of it);
             # the recorder's writer looks at the first byte, off the loop
-            recorder(received_at, self.plan.stream, frame, True)
+            recorder(received_at, frame, True)
         if not records:
             return
         data = False
