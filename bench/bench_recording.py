@@ -364,6 +364,12 @@ def main() -> None:
         action="store_true",
         help="only the writer's CPU per line in parts (Python by each path, compression) for each shape and level",
     )
+    ap.add_argument(
+        "--zstd-params",
+        action="store_true",
+        help="only zstd's parameters at level -3 (match table, minimum match, window) and nearby levels: ns a "
+        "byte, ratio and disk an hour on each shape's lines, the variants interleaved",
+    )
     ap.add_argument("--shape", choices=("arrays", "tickers"), default=None, help="one shape only (default: both)")
     args = ap.parse_args()
     if args.levels is not None:
@@ -390,6 +396,9 @@ def main() -> None:
         f"{len(by_frames)} Bybit ticker frames of {sum(map(len, by_frames)) / len(by_frames):,.0f} bytes; "
         f"{time.strftime('%H:%M:%S UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f}"
     )
+    if args.zstd_params:
+        zstd_params(shapes, per_hour, max(3, args.runs))
+        return
     if args.writer_parts:
         for shape in shapes:
             for lv in levels:
@@ -463,8 +472,8 @@ def main() -> None:
         for m in modes:
             if m[0] is not shape:
                 continue
-            _, as_str, tr = m
-            label = shape.name + (f", websocket ({tr.label})" if tr is not None else "")
+            _, as_str, via = m
+            label = shape.name + (f", websocket ({via.label})" if via is not None else "")
             for lv in levels:
                 c = costs[(m, lv)]
                 name = f"{args.compression} level {lv if lv is not None else 'default'}"
@@ -493,9 +502,9 @@ def main() -> None:
         "loop thread +% | ingest updates/s without recording | MB an hour"
     )
     for (m, lv), c in costs.items():
-        shape, as_str, tr = m
+        shape, as_str, via = m
         print(
-            f"  {shape.name} | {tr.label if tr is not None else ('str' if as_str else 'bytes') + ', no socket'} | "
+            f"  {shape.name} | {via.label if via is not None else ('str' if as_str else 'bytes') + ', no socket'} | "
             f"{lv if lv is not None else 'default'} | {med(c.shares):.1f} [{min(c.shares):.1f}, {max(c.shares):.1f}] | "
             f"{med(c.writer):.1f} | {med(c.hooked):+.1f} | {shape.updates / med(c.base):,.0f} | "
             f"{med(c.disk) / len(shape.frames) * per_hour[shape.name] / 1e6:,.3g}"
@@ -590,6 +599,72 @@ def writer_parts(shape: Shape, level: int | None, rounds: int) -> None:
     )
 
 
+# zstd parameter sets compared by --zstd-params: (label, level, parameters over zstd's own for the level)
+ZSTD_VARIANTS: list[tuple[str, int, dict[str, int]]] = [
+    ("-3 as zstd sets it (hash_log 13, min_match 6; the default until session 6)", -3, {}),
+    ("-3 min_match 7", -3, {"min_match": 7}),
+    ("-3 hash_log 12", -3, {"hash_log": 12}),
+    ("-3 hash_log 12, min_match 7 (the default since session 6)", -3, {"hash_log": 12, "min_match": 7}),
+    ("-3 hash_log 11, min_match 7", -3, {"hash_log": 11, "min_match": 7}),
+    ("-3 hash_log 12, min_match 5", -3, {"hash_log": 12, "min_match": 5}),
+    ("-3 hash_log 12, window_log 17", -3, {"hash_log": 12, "window_log": 17}),
+    ("-2 hash_log 12", -2, {"hash_log": 12}),
+    ("-5 hash_log 12, min_match 7", -5, {"hash_log": 12, "min_match": 7}),
+    ("1 hash_log 12 (the default until session 5)", 1, {"hash_log": 12}),
+]
+
+
+def zstd_params(shapes: list[Shape], per_hour: dict[str, float], rounds: int) -> None:
+    """Compression alone on each shape's lines as the recorder writes them (1 MiB calls to a stream
+    writer, ``time.thread_time``), for each parameter set, the sets interleaved (forward, backward),
+    medians of ``rounds``; with the ratio and the disk it takes an hour at the exchanges' rate."""
+    import io
+
+    import orjson
+    import zstandard
+
+    data = {}
+    for shape in shapes:
+        head = b',"ex":"%b","kind":"ws","src":"%b","raw":true,"data":' % (
+            str(shape.exchange).encode(),
+            shape.stream.encode(),
+        )
+        data[shape.name] = b"".join(
+            b'{"t":%b%b%b}\n' % (orjson.dumps(T0 + k * shape.dt), head, f) for k, f in enumerate(shape.frames)
+        )
+
+    def run(level: int, tuned: dict[str, int], lines: bytes) -> tuple[float, int]:
+        params = zstandard.ZstdCompressionParameters.from_level(level, **tuned)
+        out = io.BytesIO()
+        w = zstandard.ZstdCompressor(compression_params=params).stream_writer(out, closefd=False)
+        step = 1 << 20
+        cpu0 = time.thread_time()
+        for i in range(0, len(lines), step):
+            w.write(lines[i : i + step])
+        w.flush(zstandard.FLUSH_FRAME)
+        return (time.thread_time() - cpu0) / len(lines) * 1e9, len(out.getvalue())
+
+    got: dict[tuple[str, str], list[tuple[float, int]]] = {(v[0], s.name): [] for v in ZSTD_VARIANTS for s in shapes}
+    for r in range(rounds):
+        for label, level, tuned in ZSTD_VARIANTS if r % 2 == 0 else ZSTD_VARIANTS[::-1]:
+            for shape in shapes:
+                got[(label, shape.name)].append(run(level, tuned, data[shape.name]))
+    med = statistics.median
+    for shape in shapes:
+        first = med(x[0] for x in got[(ZSTD_VARIANTS[0][0], shape.name)])
+        lines = data[shape.name]
+        print(f"zstd parameters, {shape.name} ({len(lines) / len(shape.frames):,.0f}-byte lines), medians of {rounds}:")
+        for label, _, _ in ZSTD_VARIANTS:
+            ns = med(x[0] for x in got[(label, shape.name)])
+            size = got[(label, shape.name)][0][1]
+            hourly = size / len(shape.frames) * per_hour[shape.name] / 1e6
+            print(
+                f"  {label}: {ns:.3f} ns a byte (x{ns / first:.2f}), ratio {len(lines) / size:.2f}, "
+                f"{hourly:,.1f} MB an hour"
+            )
+    print(f"end {time.strftime('%H:%M:%S UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f}")
+
+
 def replay_rate(
     ex: Exchange, stream: str, infos: list[InstrumentInfo], frames: list[bytes], step: float, runs: int
 ) -> float:
@@ -659,12 +734,12 @@ def bybit_frames(instruments: list[InstrumentInfo], n_frames: int, *, regular: b
             continue
         mark[k] *= 1 + rng.gauss(0, 2e-4)
         rate[k] += rng.gauss(0, 2e-7)
-        m, d = mark[k], dec[k]
+        mk, d = mark[k], dec[k]
         out.append(
-            f'{{"topic":"tickers.{s}","type":"delta","data":{{"symbol":"{s}","markPrice":"{m:.{d}f}",'
-            f'"indexPrice":"{m * (1 + rng.gauss(0, 3e-4)):.{d}f}","fundingRate":"{rate[k]:.6f}",'
-            f'"bid1Price":"{m * (1 - 1e-4):.{d}f}","bid1Size":"{rng.uniform(0, 1000):.3f}",'
-            f'"ask1Price":"{m * (1 + 1e-4):.{d}f}","ask1Size":"{rng.uniform(0, 1000):.3f}"}},'
+            f'{{"topic":"tickers.{s}","type":"delta","data":{{"symbol":"{s}","markPrice":"{mk:.{d}f}",'
+            f'"indexPrice":"{mk * (1 + rng.gauss(0, 3e-4)):.{d}f}","fundingRate":"{rate[k]:.6f}",'
+            f'"bid1Price":"{mk * (1 - 1e-4):.{d}f}","bid1Size":"{rng.uniform(0, 1000):.3f}",'
+            f'"ask1Price":"{mk * (1 + 1e-4):.{d}f}","ask1Size":"{rng.uniform(0, 1000):.3f}"}},'
             f'"cs":{f + 2},"ts":{int(T0 * 1000) + f}}}'.encode()
         )
     return out
