@@ -152,13 +152,14 @@ class BinanceFeed:
                 else:
                     quote = info.quote
                 side = _SHORT if o.S == "BUY" else _LONG  # a short's order buys it back
-                # the filled quantity at the average price, else the order's own (see _force_order)
-                qty = o.z or o.q
-                price = o.ap or o.p
+                # the filled quantity at the average price, at the trade time (see _force_order); a zero
+                # or absent one fails the comparisons below, and the strict path takes its fallbacks
+                qty = o.z
+                price = o.ap
                 usd = price * qty
-                at = (o.T or ev.E) / 1000.0  # neither time: NaN, out of any bounds
+                at = o.T / 1000.0
                 # a positive average price can still be below the domain; a size times a price above the USD one
-                if not (price >= _PMIN and usd <= _UMAX and lo <= at <= hi):
+                if not (price >= _PMIN and 0.0 < usd <= _UMAX and lo <= at <= hi):
                     raise ParseError("a value out of its domain")
                 if quote not in USD_QUOTES:
                     return []  # no USD notional can be given for a coin-quoted symbol
@@ -491,13 +492,14 @@ class _FastMarkElement(msgspec.Struct, gc=False, tag_field="e", tag="markPriceUp
 
 
 class _Force(msgspec.Struct, gc=False):
-    """The order of a ``forceOrder`` event (only the fields used). Absent z, ap, T: 0, "not given"."""
+    """The order of a ``forceOrder`` event: only what a filled order's liquidation reads (the filled
+    quantity at the average price, the trade time). Absent z, ap, T: 0, "not given": the strict path
+    then takes the frame (it falls back to the order's own quantity and price, and the event's time),
+    so the typed path never decodes the fallbacks (three floats a liquidation) for what Binance sends."""
 
     s: str
     S: Literal["BUY", "SELL"]  # decoded to these very strings (no new object); another fails the decoding
     # the domains are checked while decoding (V.Price...): what is outside fails it, and the strict path names it
-    q: V.Qty
-    p: V.Price
     ap: V.PriceOr0 = 0.0
     z: V.QtyOr0 = 0.0
     T: float = 0.0
@@ -505,7 +507,6 @@ class _Force(msgspec.Struct, gc=False):
 
 class _ForceEvent(msgspec.Struct, gc=False, tag_field="e", tag="forceOrder"):
     o: _Force
-    E: float = _ABSENT
 
 
 class _MarkFrame(msgspec.Struct, gc=False):
