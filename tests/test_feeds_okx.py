@@ -240,6 +240,46 @@ def test_funding_rows_of_every_shape_give_what_the_strict_path_gives(row: dict[s
     assert got == want
 
 
+_PUSHES = [
+    ("mark-price", {"instId": "BTC-USDT-SWAP", "instType": "SWAP", "markPx": "2.1729", "ts": TS}),
+    ("index-tickers", {"instId": "BTC-USDT", "idxPx": "64280", "open24h": "1", "ts": TS}),
+    ("open-interest", {"instId": "BTC-USDT-SWAP", "oi": "5000", "oiCcy": "50", "oiUsd": "3e6", "ts": TS}),
+    ("funding-rate", FUNDING),
+    ("funding-rate", {**FUNDING, "premium": "1e200"}),  # refused alike
+    ("mark-price", {"instId": "BTC-USDT-SWAP", "markPx": "0", "ts": TS}),
+    ("mark-price-candle1m", {"instId": "BTC-USDT-SWAP", "candle": ["1"]}),  # a channel we do not use
+    ("index-candle30m", {"instId": "BTC-USDT"}),
+    ("opt-summary", {"instId": "BTC-USD-240329-70000-C"}),
+    ("fills", {"instId": "BTC-USDT-SWAP"}),
+]
+
+
+@pytest.mark.parametrize(("channel", "row"), _PUSHES, ids=[f"{c} {i}" for i, (c, _) in enumerate(_PUSHES)])
+def test_the_decoder_chosen_by_the_channel_letter_gives_what_every_layout_gives(
+    channel: str, row: dict[str, Any]
+) -> None:
+    # the channel's first letter picks a decoder of its fields alone; a str frame or another key order
+    # takes the decoder of every channel, the strict path decides for the rest: the same answer
+    now = int(row.get("ts", TS)) / 1000 + 1.0
+    ctx = FeedContext(EX, {i.instrument: i for i in (LINEAR, INVERSE)}, clock=lambda: now)
+    frame = push(channel, [row])
+    assert frame.startswith(b'{"arg":{"channel":"')
+    layouts = {
+        "bytes": frame,
+        "str": frame.decode(),
+        "data first": orjson.dumps({"data": [row], "arg": {"channel": channel}}),
+        "strict": frame,
+    }
+    answers: dict[str, Any] = {}
+    for name, f in layouts.items():
+        feed = OkxFeed(fast=False) if name == "strict" else FEED
+        try:
+            answers[name] = feed.parse_ws(f, ctx)
+        except ParseError as exc:
+            answers[name] = exc.reason
+    assert answers["bytes"] == answers["str"] == answers["data first"] == answers["strict"], answers
+
+
 def test_old_shape_without_funding_rate_invents_nothing() -> None:
     row = {"fundingTime": "1640851200000", "instId": "SOS-USDT-SWAP", "instType": "SWAP", "nextFundingRate": "0.0003"}
     (u,) = FEED.parse_ws(push("funding-rate", [row]), EMPTY)
