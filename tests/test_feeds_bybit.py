@@ -368,3 +368,39 @@ def test_funding_history_bad_rate_raises() -> None:
     body = ok({"list": [{"symbol": "BTCUSDT", "fundingRate": "inf", "fundingRateTimestamp": "1"}]})
     with pytest.raises(ParseError, match="fundingRate"):
         FEED.parse_funding_history(body, EMPTY)
+
+
+# The deprecated liquidation.{symbol} topic as recorded (ws_liquidation_v5_tardis.jsonl): a linear symbol
+# with its data first, an inverse one with its topic first (the general decoding)
+OLD_LIQ_LINEAR = (
+    b'{"data":{"price":"0.03803","side":"Buy","size":"1637","symbol":"GALAUSDT","updatedTime":1673251091822},'
+    b'"topic":"liquidation.GALAUSDT","ts":1673251091822,"type":"snapshot"}'
+)
+OLD_LIQ_INVERSE = (
+    b'{"topic":"liquidation.XRPUSD","type":"snapshot","ts":1680673944093,"data":{"updatedTime":1680673944093,'
+    b'"symbol":"XRPUSD","side":"Sell","size":"6949","price":"0.5149"}}'
+)
+OLD_LIQ_INFOS = {
+    "GALAUSDT": InstrumentInfo(EX, "GALAUSDT", "GALA", "USDT"),
+    "XRPUSD": InstrumentInfo(EX, "XRPUSD", "XRP", "USD", inverse=True),
+}
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "strict"])
+def test_deprecated_liquidation_topic_of_followed_symbols_with_a_clock(fast: bool) -> None:
+    """The exporter's case (followed symbols, a clock): a linear size counts coins, an inverse one USD;
+    a time outside the clock's bounds is refused on both paths."""
+    feed = BybitFeed(fast=fast)
+    ctx = FeedContext(EX, OLD_LIQ_INFOS, clock=lambda: 1_680_700_000.0)
+    (a,) = feed.parse_ws(OLD_LIQ_LINEAR, ctx)
+    assert isinstance(a, Liquidation)
+    assert (a.instrument, a.side, a.price, a.quantity_base) == ("GALAUSDT", Side.LONG, 0.03803, 1637.0)
+    assert a.event_time == 1673251091822 / 1000 and a.notional_usd == pytest.approx(62.25511)
+    (b,) = feed.parse_ws(OLD_LIQ_INVERSE, ctx)
+    assert isinstance(b, Liquidation)
+    assert (b.instrument, b.side, b.price, b.notional_usd) == ("XRPUSD", Side.SHORT, 0.5149, 6949.0)
+    assert b.event_time == 1680673944093 / 1000 and b.quantity_base == pytest.approx(6949 / 0.5149)
+    years_on = FeedContext(EX, OLD_LIQ_INFOS, clock=lambda: 1_680_700_000.0 + 6 * 366 * 86400.0)
+    for frame_ in (OLD_LIQ_LINEAR, OLD_LIQ_INVERSE):
+        with pytest.raises(ParseError):
+            feed.parse_ws(frame_, years_on)

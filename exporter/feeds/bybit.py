@@ -116,14 +116,16 @@ class BybitFeed:
         (one call a frame, not two)."""
         try:
             data: _OldLiq | _FastTicker | None = None
-            topic = ""
             if frame[2] == _D:  # b'{"d': the deprecated liquidation message naming its data first (a ticker: its topic)
                 try:
                     om = _decode_old_liq_message(frame)
                 except ValueError:  # another shape that starts so: the general decoding below
                     pass
                 else:
-                    topic, data = om.topic, om.data
+                    # its topic (``in``: a third of startswith's cost; "allLiquidation." differs)
+                    if "liquidation." not in om.topic:
+                        raise NotTyped
+                    data = om.data
             if data is None:  # the general decoding (the deprecated liquidation in another key order too)
                 m = _decode_ticker_message(frame)
                 topic = m.topic
@@ -150,37 +152,39 @@ class BybitFeed:
                         if not tb[0] <= et <= tb[1]:
                             raise V.out_of_range("ts", et, V.TIMESTAMP)
                     return _ticker_fast(decoded, et, m.type == "snapshot", ctx.instruments, tb)
+                if "liquidation." not in topic:  # the deprecated liquidation.{symbol} object (see above)
+                    raise NotTyped
                 data = decoded
-            # the deprecated liquidation.{symbol} object
-            if (
-                "liquidation." not in topic
-            ):  # its topic (``in``: a third of startswith's cost; "allLiquidation." differs)
-                raise NotTyped
-            # _liquidation_fast inline for a followed symbol (no call a liquidation): size and price were
-            # checked while decoding; an absent one is NaN and fails the comparisons below
+            # _liquidation_fast inline for a followed symbol and a clock (no call a liquidation): size and
+            # price were checked while decoding (an absent one is NaN and fails the comparisons below)
             sym = data.symbol
             info = ctx.instruments.get(sym)
-            if info is None:
-                tb = ctx.time_bounds()
-                liq = _liquidation_fast(sym, data.side, data.size, data.price, data.updatedTime, ctx.instruments, tb)  # type: ignore[arg-type]
+            clock = ctx.clock
+            if info is None or clock is None:
+                liq = _liquidation_fast(
+                    sym,
+                    data.side,  # type: ignore[arg-type]
+                    data.size,
+                    data.price,
+                    data.updatedTime,
+                    ctx.instruments,
+                    ctx.time_bounds(),
+                )
                 return [liq] if liq is not None else []
-            pos = _LONG if data.side == "Buy" else _SHORT  # S is the liquidated position's side
             v = data.size
             p = data.price
-            if info.inverse:  # size counts USD contracts
-                qty, usd = v / p, v
-            else:
-                qty, usd = v, v * p
             at = data.updatedTime / 1000.0
-            clock = ctx.clock  # ctx.time_bounds() inline
-            if clock is None:
-                lo, hi = V.STATIC_BOUNDS
-            else:
-                now = clock()
-                lo, hi = now - _PAST_S, now + _FUTURE_S
-            if not (0.0 < qty <= _QMAX and usd <= _UMAX and lo <= at <= hi):
+            now = clock()  # ctx.time_bounds() inline
+            if info.inverse:  # size counts USD contracts
+                qty = v / p
+                if not (0.0 < qty <= _QMAX and v <= _UMAX and now - _PAST_S <= at <= now + _FUTURE_S):
+                    raise ParseError("a value out of its domain")
+                return [Liquidation(EX, sym, at, _LONG if data.side == "Buy" else _SHORT, p, qty, v)]
+            usd = v * p  # the size (V.Qty) was checked while decoding
+            if not (usd <= _UMAX and now - _PAST_S <= at <= now + _FUTURE_S):
                 raise ParseError("a value out of its domain")
-            return [Liquidation(EX, sym, at, pos, p, qty, usd)]
+            # S is the liquidated position's side
+            return [Liquidation(EX, sym, at, _LONG if data.side == "Buy" else _SHORT, p, v, usd)]
         except FAST_FAILURES:
             pass
         return self._parse_ws_strict(frame, ctx) if strict else UNTYPED
