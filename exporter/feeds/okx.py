@@ -168,7 +168,6 @@ class OkxFeed:
                     # settlement's fields (prevFundingTime, settFundingRate, settState: ~9 % of the push),
                     # which this push would not pass on, and its times are checked in one chained
                     # comparison (present, in order, within the bounds; an absent one is NaN: false).
-                    a = _ABSENT
                     for r in push.data:
                         inst = r.instId
                         if inst not in instruments and instruments:  # the usual: followed, one test
@@ -187,22 +186,23 @@ class OkxFeed:
                         interval = t_next - t_set
                         if not _IMIN <= interval <= _IMAX:
                             raise _Invalid
-                        # the rates were checked while decoding (V.Rate); an absent one is unknown, not 0
-                        rate: float | None = r.fundingRate
-                        if rate is a:
-                            rate = None
-                        cap: float | None = r.maxFundingRate
-                        if cap is a:
-                            cap = None
-                        floor: float | None = r.minFundingRate
-                        if floor is a:
-                            floor = None
-                        premium: float | None = r.premium
-                        if premium is a:
-                            premium = None
-                        # positional (fastest): the field order is pinned by a test (tests/test_feeds_deribit.py)
+                        # The rates were checked while decoding (V.Rate); an absent one is None (unknown, not
+                        # 0). Positional (fastest): the field order is pinned by a test (test_feeds_deribit.py)
                         out.append(
-                            FundingUpdate(EX, inst, et, None, None, rate, t_set, interval, cap, floor, None, premium)
+                            FundingUpdate(
+                                EX,
+                                inst,
+                                et,
+                                None,
+                                None,
+                                r.fundingRate,
+                                t_set,
+                                interval,
+                                r.maxFundingRate,
+                                r.minFundingRate,
+                                None,
+                                r.premium,
+                            )
                         )
                     else:
                         return out
@@ -220,9 +220,7 @@ class OkxFeed:
                     # does not take raises, and the strict path names it
                     oi = r.oi  # the three sizes were checked while decoding
                     coin: float | None = r.oiCcy
-                    usd: float | None = r.oiUsd
-                    if usd is a:
-                        usd = None
+                    usd: float | None = r.oiUsd  # None when absent
                     et = r.ts / 1000.0  # NaN when absent: no time
                     # the usual row (its coin given, a time, a linear swap) in one test; else the cases below
                     usual = coin is not a and oi is not a and inst and lo <= et <= hi  # type: ignore[operator]
@@ -528,8 +526,10 @@ class _PriceRow(msgspec.Struct, gc=False):
 # The typed path's rows: msgspec converts the decimal strings to floats while decoding (lax mode),
 # which saves a float() call per field. An absent field keeps the default, this very NaN object, and
 # is told apart by identity: a sent "NaN" is a new float, fails the domain checks, and the strict path
-# names it. A type that cannot be converted ("" , "null", a JSON null, true) fails the decoding, and
-# the strict path (string rows) handles the frame.
+# names it. The values a record takes as they are (the rates, oiUsd) default to None instead, what the
+# record holds for "not in this message" (no test a field): the type still has no None, so a sent null
+# fails as before. A type that cannot be converted ("" , "null", a JSON null, true) fails the
+# decoding, and the strict path (string rows) handles the frame.
 _ABSENT = float("nan")
 # bound once: a module global is one dict lookup, ``V.RATE_MAX`` two
 _RMAX, _IMIN, _IMAX = V.RATE_MAX, V.INTERVAL_MIN, V.INTERVAL_MAX
@@ -543,18 +543,18 @@ _PAST_S, _FUTURE_S = V.PAST_S, V.FUTURE_S
 class _FastRow(msgspec.Struct, gc=False, kw_only=True):
     # prices, sizes and rates are checked against their domains while decoding (V.Price...): what is
     # outside (NaN and the infinities too) fails it, and the strict path names the field
-    fundingRate: V.Rate = _ABSENT
+    fundingRate: V.Rate = None  # type: ignore[assignment]  # passed on as is
     fundingTime: float = _ABSENT
     idxPx: V.Price = _ABSENT
     instId: str
     markPx: V.Price = _ABSENT
-    maxFundingRate: V.Rate = _ABSENT
-    minFundingRate: V.Rate = _ABSENT
+    maxFundingRate: V.Rate = None  # type: ignore[assignment]  # passed on as is
+    minFundingRate: V.Rate = None  # type: ignore[assignment]  # passed on as is
     nextFundingTime: float = _ABSENT
     oi: V.Holding = _ABSENT
     oiCcy: V.Holding = _ABSENT
-    oiUsd: V.Usd = _ABSENT
-    premium: V.Rate = _ABSENT
+    oiUsd: V.Usd = None  # type: ignore[assignment]  # passed on as is
+    premium: V.Rate = None  # type: ignore[assignment]  # passed on as is
     ts: float = _ABSENT
     # not the previous settlement's fields (prevFundingTime, settFundingRate, settState): a funding push
     # that needs them is decoded again as a _FundingPush (once a funding period per instrument)
@@ -593,15 +593,15 @@ _decode_funding_rate_push = _channel_decoder(
 class _FundingRow(msgspec.Struct, gc=False, kw_only=True):
     """Every funding field of a funding-rate row (:class:`_FastRow`'s types and defaults)."""
 
-    fundingRate: V.Rate = _ABSENT
+    fundingRate: V.Rate = None  # type: ignore[assignment]  # passed on as is
     fundingTime: float = _ABSENT
     instId: str
-    maxFundingRate: V.Rate = _ABSENT
-    minFundingRate: V.Rate = _ABSENT
+    maxFundingRate: V.Rate = None  # type: ignore[assignment]  # passed on as is
+    minFundingRate: V.Rate = None  # type: ignore[assignment]  # passed on as is
     nextFundingTime: float = _ABSENT
-    premium: V.Rate = _ABSENT
+    premium: V.Rate = None  # type: ignore[assignment]  # passed on as is
     prevFundingTime: float = _ABSENT
-    settFundingRate: V.Rate = _ABSENT
+    settFundingRate: V.Rate = None  # type: ignore[assignment]  # passed on as is
     settState: str | None = None
     ts: float = _ABSENT
 
@@ -726,21 +726,11 @@ def _funding_fast(r: _FundingRow, out: list[Record], tb: tuple[float, float]) ->
         et = v / 1000.0
         if not lo <= et <= hi:
             raise _Invalid
-    rate: float | None = r.fundingRate
-    if rate is a:
-        rate = None
-    cap: float | None = r.maxFundingRate
-    if cap is a:
-        cap = None
-    floor: float | None = r.minFundingRate
-    if floor is a:
-        floor = None
-    premium: float | None = r.premium
-    if premium is a:
-        premium = None
-    sett: float | None = r.settFundingRate
-    if sett is a:
-        sett = None
+    rate = r.fundingRate  # the rates: None when absent
+    cap = r.maxFundingRate
+    floor = r.minFundingRate
+    premium = r.premium
+    sett = r.settFundingRate
     interval = None
     if t_set is not None and t_next is not None and t_next > t_set:
         interval = t_next - t_set
@@ -766,7 +756,6 @@ def _funding_rows(
     the stream has passed it on. A settlement passed on is remembered by the funding time it precedes
     once the whole frame is taken (a later row that raises sends the frame to the strict path, which
     passes every settlement on)."""
-    a = _ABSENT
     out: list[Record] = []
     fresh: list[tuple[str, float]] | None = None
     for r in rows:
@@ -786,23 +775,27 @@ def _funding_rows(
         interval = t_next - t_set
         if not _IMIN <= interval <= _IMAX:
             raise _Invalid
-        rate: float | None = r.fundingRate  # the rates were checked while decoding (V.Rate)
-        if rate is a:
-            rate = None
-        cap: float | None = r.maxFundingRate
-        if cap is a:
-            cap = None
-        floor: float | None = r.minFundingRate
-        if floor is a:
-            floor = None
-        premium: float | None = r.premium
-        if premium is a:
-            premium = None
-        out.append(FundingUpdate(EX, inst, et, None, None, rate, t_set, interval, cap, floor, None, premium))
+        # the rates were checked while decoding (V.Rate), None when absent
+        out.append(
+            FundingUpdate(
+                EX,
+                inst,
+                et,
+                None,
+                None,
+                r.fundingRate,
+                t_set,
+                interval,
+                r.maxFundingRate,
+                r.minFundingRate,
+                None,
+                r.premium,
+            )
+        )
         if settled is not None and settled.get(inst) == r.fundingTime:
             continue  # passed on already (a row the usual path did not take)
         sett = r.settFundingRate
-        if sett is not a and r.settState == "settled":
+        if sett is not None and r.settState == "settled":
             out.append(FundingSettlement(EX, inst, t_prev, sett, interval))
             if settled is not None:
                 if fresh is None:
