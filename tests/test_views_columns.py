@@ -273,3 +273,27 @@ def test_kept_lines_equal_a_fresh_render_over_moving_scrapes(block: int, monkeyp
         collector._texts.update(kept)
         bodies.append(body)
     assert len(set(bodies)) == len(bodies)
+
+
+@pytest.mark.parametrize("block", [1024, 3])
+def test_a_percent_sign_in_a_label_is_written_as_it_is(block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A piece in which most values moved is written from a template with ``%r`` for its values:
+    a ``%`` in a label value (an instrument id is the exchange's string) is a character of the
+    line, never a placeholder, before and after the values move."""
+    monkeypatch.setattr(market, "_BLOCK", block)
+    clock = Clock()
+    state = MarketState(clock=clock)
+    for k, sym in enumerate(("A%rB", "C%%D", "E%sF", "G%")):
+        state.register(InstrumentInfo(Exchange.BYBIT, sym, f"B{k}", "USDT", funding_interval_s=EIGHT_HOURS))
+    reg = build_registry(Config(), state, process=False)
+    for step in range(3):
+        for k, sym in enumerate(("A%rB", "C%%D", "E%sF", "G%")):
+            state.apply(
+                MarketUpdate(Exchange.BYBIT, sym, mark_price=1.5 + k + step, funding_rate=1e-4 * (k + step + 1)),
+                clock.t,
+            )
+        body = reg.render()
+        assert body == generate_latest(reg)
+        line = f'fr_mark_price{{base="B2",exchange="bybit",instrument="E%sF",quote="USDT"}} {3.5 + step!r}\n'
+        assert line.encode() in body
+        clock.t += 15.0

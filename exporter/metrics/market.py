@@ -103,13 +103,21 @@ _BLOCK = 1024
 
 class _Texts:
     """A family's output of the last scrape, per piece of ``_BLOCK`` positions of its label column:
-    each position's value text (None: absent) and the piece's lines (UTF-8); and the values they
-    were made from. Never changed once made (another scrape thread may be reading it)."""
+    the piece's lines (UTF-8), each position's value text (None: absent; the whole list None when the
+    piece was written by its template) and the piece's template with the mask it was made for; and
+    the values they were made from. Never changed once made (another scrape thread may be reading it)."""
 
-    __slots__ = ("blocks", "col", "strs", "values")
+    __slots__ = ("blocks", "col", "strs", "templates", "values")
 
-    def __init__(self, col: _Column, values: np.ndarray, strs: list[list[str | None]], blocks: list[bytes]) -> None:
-        self.col, self.values, self.strs, self.blocks = col, values, strs, blocks
+    def __init__(
+        self,
+        col: _Column,
+        values: np.ndarray,
+        strs: list[list[str | None] | None],
+        blocks: list[bytes],
+        templates: list[tuple[np.ndarray, str] | None],
+    ) -> None:
+        self.col, self.values, self.strs, self.blocks, self.templates = col, values, strs, blocks, templates
 
 
 def _value_texts(values: np.ndarray) -> list[str]:
@@ -123,19 +131,31 @@ def _value_texts(values: np.ndarray) -> list[str]:
     return [repr(v) if -1e300 < v < 1e6 else format_value(v) for v in vals]
 
 
+def _template(name: str, texts: Iterable[str]) -> str:
+    """The lines of ``texts`` with ``%r`` where each value goes (a ``%`` of a label text doubled)."""
+    labels = list(texts)
+    tmpl = "".join(chain.from_iterable(zip(repeat(name), labels, repeat(" %r\n"))))
+    if tmpl.count("%") != len(labels):
+        tmpl = "".join(chain.from_iterable(zip(repeat(name), (t.replace("%", "%%") for t in labels), repeat(" %r\n"))))
+    return tmpl
+
+
 def _present(spec: Spec, col: _Column, values: np.ndarray, kept: dict[str, _Texts]) -> Family:
     """The family of one optional value (a column, NaN where absent): only the instruments that have
     it, all in C.
 
-    Each value's text is made once and kept while the value stays the same, bit for bit (``kept``,
-    per family): many values do not move between two scrapes (intervals, caps, next funding times,
-    counters, a minute's volatility and anchors), and formatting (``repr``; Go's exponent form from
-    1e6 up) is most of a family's rendering. The texts are the renderer's own
-    (``exposition.value_text``), so the lines are the same bytes. The lines themselves are kept too,
-    per piece of ``_BLOCK`` positions: a piece in which nothing moved is handed to the renderer as it
-    was (at 8,000 instruments half the families do not move between two scrapes, and joining their
-    lines read every label text again, spread over megabytes). The label sets, values and texts as
-    lists are built only when read (``collect()``, tests)."""
+    The lines are kept per piece of ``_BLOCK`` positions (``kept``, per family): a piece in which no
+    value moved since the last scrape, bit for bit, is handed to the renderer as it was (at 8,000
+    instruments half the families do not move between two scrapes, and joining their lines read
+    every label text again, spread over megabytes). A piece in which most values moved is written
+    in one C call from its template (its lines with ``%r`` for the values, kept while the same
+    positions are present): ``%r`` is ``repr``, the renderer's own text below 1e6
+    (``exposition.value_text``), and no text per value is made or kept. A piece with few values
+    moved, or one with a value outside ``repr``'s range (Go's exponent form from 1e6 up), keeps a
+    text per value (made for every value when the piece was last written from its template) and
+    formats only the moved ones: many values do not move between two scrapes (intervals, caps, next
+    funding times, counters, a minute's volatility and anchors). The label sets, values and texts
+    as lists are built only when read (``collect()``, tests)."""
     mask = ~np.isnan(values)
     if np.isinf(values).any():  # the renderer leaves these out and counts them
         keep = mask.tolist()
@@ -143,32 +163,49 @@ def _present(spec: Spec, col: _Column, values: np.ndarray, kept: dict[str, _Text
     n = len(values)
     nblocks = -(-n // _BLOCK)
     hit = kept.get(spec.name)
+    strs: list[list[str | None] | None]
+    templates: list[tuple[np.ndarray, str] | None]
     if hit is None or hit.col is not col:
-        strs: list[list[str | None]] = [[None] * min(_BLOCK, n - b * _BLOCK) for b in range(nblocks)]
-        blocks: list[bytes] = [b""] * nblocks
+        strs, blocks, templates = [None] * nblocks, [b""] * nblocks, [None] * nblocks
         moved = mask
         changed = range(nblocks)
     else:
-        strs, blocks = list(hit.strs), list(hit.blocks)  # copies: the kept ones stay as they are
+        # copies: the kept ones stay as they are
+        strs, blocks, templates = list(hit.strs), list(hit.blocks), list(hit.templates)
         diff = hit.values.view(np.int64) != values.view(np.int64)  # bits: -0.0 is not 0.0
         moved = mask & diff
         changed = np.unique(np.flatnonzero(diff) // _BLOCK).tolist()
     idx = np.flatnonzero(moved)
-    new = _value_texts(values[idx])
     bounds = np.searchsorted(idx, [b * _BLOCK for b in range(nblocks + 1)]).tolist()
     name, texts = spec.name, col.texts
     join = "".join
     for k, b in enumerate(changed):
         if k:
             yield_gil()  # a piece is ~a thousand lines, as the renderer's own pieces
-        start, lo, hi = b * _BLOCK, bounds[b], bounds[b + 1]
-        blk = strs[b] = list(strs[b])
-        any(map(blk.__setitem__, (idx[lo:hi] - start).tolist(), new[lo:hi]))  # the moved values' texts, in C
-        keep = mask[start : start + _BLOCK].tolist()
-        labels = compress(texts[start : start + _BLOCK], keep)
-        part = zip(repeat(name), labels, repeat(" "), compress(blk, keep), repeat("\n"))
+        start, end = b * _BLOCK, min(n, (b + 1) * _BLOCK)
+        present = mask[start:end]
+        pv = values[start:end][present]
+        old = strs[b]
+        if 2 * (bounds[b + 1] - bounds[b]) >= len(pv) and ((pv > -1e300) & (pv < 1e6)).all():
+            t = templates[b]
+            if t is None or not np.array_equal(t[0], present):
+                t = templates[b] = (present.copy(), _template(name, compress(texts[start:end], present.tolist())))
+            blocks[b] = (t[1] % tuple(pv.tolist())).encode()
+            strs[b] = None
+            continue
+        if old is None:  # the piece was written by its template (or is new): every present value's text
+            blk: list[str | None] = [None] * (end - start)
+            at, new = np.flatnonzero(present).tolist(), _value_texts(pv)
+        else:
+            blk = list(old)
+            lo, hi = bounds[b], bounds[b + 1]
+            at, new = (idx[lo:hi] - start).tolist(), _value_texts(values[idx[lo:hi]])
+        any(map(blk.__setitem__, at, new))  # the texts, in C
+        strs[b] = blk
+        keep = present.tolist()
+        part = zip(repeat(name), compress(texts[start:end], keep), repeat(" "), compress(blk, keep), repeat("\n"))
         blocks[b] = join(chain.from_iterable(part)).encode()  # type: ignore[arg-type]  # present: never None
-    kept[spec.name] = _Texts(col, values, strs, blocks)
+    kept[spec.name] = _Texts(col, values, strs, blocks, templates)
 
     def lists() -> tuple[list[LabelSet], list[float], list[str]]:
         keep = mask.tolist()
