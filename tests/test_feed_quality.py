@@ -110,6 +110,40 @@ def test_settlements_that_passed_unseen_are_counted_unless_the_history_has_them(
     assert state.settlements_missed == {(Exchange.BINANCE, "BTCUSDT"): 2}
 
 
+def test_the_missed_settlement_counter_lines_follow_the_counts_and_the_instruments() -> None:
+    """fr_funding_settlements_missed_total has a line per instrument, from 0; its lines are kept from
+    one scrape to the next while the counts and the instruments stay the same: a new count, a new
+    instrument and a count of 1e6 and more (Go's exponent form) each show in the next scrape."""
+    from prometheus_client import generate_latest
+
+    from exporter.config import Config
+    from exporter.metrics import build_registry
+
+    state = MarketState(clock=lambda: 1_700_000_000.0)
+    for sym in ("BTCUSDT", "ETHUSDT"):
+        state.register(InstrumentInfo(Exchange.BINANCE, sym, sym[:3], "USDT", funding_interval_s=3600.0))
+    reg = build_registry(Config(), state, process=False)
+    name = b"fr_funding_settlements_missed_total"
+
+    def lines() -> list[bytes]:
+        body = reg.render()
+        assert body == generate_latest(reg)
+        return [ln for ln in body.splitlines() if ln.startswith(name + b"{")]
+
+    zero = lines()
+    assert zero == [
+        name + b'{exchange="binance",instrument="BTCUSDT"} 0.0',
+        name + b'{exchange="binance",instrument="ETHUSDT"} 0.0',
+    ]
+    assert lines() == zero
+    state.settlements_missed[(Exchange.BINANCE, "ETHUSDT")] = 2
+    assert lines()[1] == name + b'{exchange="binance",instrument="ETHUSDT"} 2.0'
+    state.register(InstrumentInfo(Exchange.BINANCE, "ADAUSDT", "ADA", "USDT", funding_interval_s=3600.0))
+    assert lines()[0] == name + b'{exchange="binance",instrument="ADAUSDT"} 0.0'
+    state.settlements_missed[(Exchange.BINANCE, "BTCUSDT")] = 1_500_000
+    assert lines()[1] == name + b'{exchange="binance",instrument="BTCUSDT"} 1.5e+06'
+
+
 # ---- against the simulator ------------------------------------------------------------------------
 
 SKEW_S = 0.4

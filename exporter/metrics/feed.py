@@ -14,11 +14,12 @@ Thin: the connection layer keeps the numbers on :class:`~exporter.sink.StreamHea
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from itertools import chain, repeat
 
 from prometheus_client.core import Metric
 
 from exporter.metrics import catalog as m
-from exporter.metrics.exposition import Family, LabelSet
+from exporter.metrics.exposition import YIELD_EVERY, Family, LabelSet, yield_gil
 from exporter.sink import LAG_BUCKETS
 from exporter.state import Key, MarketState
 
@@ -39,6 +40,9 @@ class FeedQualityCollector:
         self._missed_labels: dict[Key, LabelSet] = {}
         self._keys: list[Key] = []
         self._order: list[tuple[Key, LabelSet]] = []
+        self._position: dict[Key, int] = {}  # an instrument's place in _order
+        # the last scrape's counter lines: (the order they are in, the values, the lines)
+        self._missed_lines: tuple[list[tuple[Key, LabelSet]], list[float], list[bytes]] | None = None
 
     def _instrument_order(self) -> list[tuple[Key, LabelSet]]:
         keys = list(self.state.instruments)  # a copy: the event loop may register meanwhile
@@ -48,8 +52,40 @@ class FeedQualityCollector:
                 k: cache.get(k) or LabelSet([("exchange", k[0].value), ("instrument", k[1])]) for k in keys
             }
             self._order = sorted(self._missed_labels.items(), key=lambda kv: kv[0])
+            self._position = {k: i for i, (k, _) in enumerate(self._order)}
             self._keys = keys
         return self._order
+
+    def _missed(self, order: list[tuple[Key, LabelSet]]) -> Family:
+        """fr_funding_settlements_missed_total of every instrument, from 0 (increase() sees the first
+        miss). Few instruments ever miss one (the state counts only those), so the values are zeros
+        with the few counts set, and the lines are those of the last scrape while the values are the
+        same (at 8,000 instruments a line per instrument formatted again every scrape: 2 ms)."""
+        values = [0.0] * len(order)
+        position = self._position
+        for k, n in list(self.state.settlements_missed.items()):  # a copy: the event loop may write
+            i = position.get(k)
+            if i is not None:
+                values[i] = float(n)
+        last = self._missed_lines
+        if last is not None and last[0] is order and last[1] == values:
+            lines = last[2]
+        elif max(values, default=0.0) < 1e6:  # repr is the renderer's text: value_text
+            lines = []
+            name = self.s_missed.name
+            for i in range(0, len(order), YIELD_EVERY):
+                if i:
+                    yield_gil()
+                labels = (lb.text for _, lb in order[i : i + YIELD_EVERY])
+                strs = map(repr, values[i : i + YIELD_EVERY])
+                part = zip(repeat(name), labels, repeat(" "), strs, repeat("\n"))
+                lines.append("".join(chain.from_iterable(part)).encode())
+            self._missed_lines = (order, values, lines)
+        else:
+            return self.s_missed.family([lb for _, lb in order], values)
+        return Family.rendered(
+            self.s_missed, lines, lambda: ([lb for _, lb in order], values, [lb.text for _, lb in order])
+        )
 
     def families(self) -> list[Family | Metric]:
         """The histograms through prometheus_client's families, the per-instrument counter on the
@@ -82,14 +118,11 @@ class FeedQualityCollector:
                 offset.add_metric([ex.value], c.offset_s)
                 if c.rtt_s is not None:
                     rtt.add_metric([ex.value], c.rtt_s)
-        missed_by = dict(state.settlements_missed)
         order = self._instrument_order()
-        # from 0: increase() sees the first miss
-        missed = self.s_missed.family([lb for _, lb in order], [float(missed_by.get(k, 0)) for k, _ in order])
         # families with no sample yet are left out (a fresh exporter's scrape stays as it was)
         out: list[Family | Metric] = [f for f in (lag, ping, gap, expected, offset, rtt) if f.samples]
         if order:
-            out.append(missed)
+            out.append(self._missed(order))
         if self.recording is not None:
             stats = self.recording()
             frames = m.RECORDING_FRAMES.counter()
