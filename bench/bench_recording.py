@@ -27,7 +27,9 @@
 
 Run: ``.venv/bin/python bench/bench_recording.py [--instruments 200] [--frames 2000] [--runs 7]
 [--compression zstd|gzip] [--level N | --levels N,M,...] [--hand-over bytes|str|both] [--regular] [--no-replay]
-[--socket [--tls]] [--ticker-hz 1]``.
+[--socket [--tls]] [--ticker-hz 1] [--shape arrays|tickers]``; parts only: ``--writer-parts`` (the
+writer's CPU a line: Python, compression), ``--loop-parts`` (the loop thread's extra CPU a frame),
+``--zstd-params`` (zstd's parameters at -3: ns a byte, ratio, disk an hour).
 Prints figures; not a test.
 """
 
@@ -370,6 +372,12 @@ def main() -> None:
         help="only zstd's parameters at level -3 (match table, minimum match, window) and nearby levels: ns a "
         "byte, ratio and disk an hour on each shape's lines, the variants interleaved",
     )
+    ap.add_argument(
+        "--loop-parts",
+        action="store_true",
+        help="only the loop thread's extra CPU a frame, in parts (a hook that does nothing, an append that "
+        "keeps nothing, an append that keeps the frames, the recorder), without the socket",
+    )
     ap.add_argument("--shape", choices=("arrays", "tickers"), default=None, help="one shape only (default: both)")
     args = ap.parse_args()
     if args.levels is not None:
@@ -398,6 +406,10 @@ def main() -> None:
     )
     if args.zstd_params:
         zstd_params(shapes, per_hour, max(3, args.runs))
+        return
+    if args.loop_parts:
+        for shape in shapes:
+            loop_parts(shape, max(3, args.runs))
         return
     if args.writer_parts:
         for shape in shapes:
@@ -597,6 +609,73 @@ def writer_parts(shape: Shape, level: int | None, rounds: int) -> None:
         f"Python {med(batch):,.0f} ns a line by the batch path, {med(each):,.0f} item by item; "
         f"compression {c:,.0f} ns a line ({c / line:.2f} ns a byte, ratio {comp[0][1]:.2f})"
     )
+
+
+class _HookOnly:
+    """Stands in for the recorder in :func:`loop_parts`: the connection gets ``hook``, nothing is written."""
+
+    def __init__(self, hook: Callable[[float, bytes, bool], None]) -> None:
+        self.hook = hook
+        self.stats = type("Stats", (), {"dropped": 0, "writer_cpu_s": 0.0})()
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def stream_hook(self, exchange: Exchange, stream: str) -> Callable[[float, bytes, bool], None]:
+        return self.hook
+
+
+def loop_parts(shape: Shape, rounds: int) -> None:
+    """The loop thread's extra CPU a frame (``time.thread_time``, :func:`ingest` without the socket,
+    the variants interleaved, medians of ``rounds``): what calling a hook costs, what appending the
+    frame's item costs when nothing is kept (a deque of 64), when every frame is kept until the end
+    (the memory the loop allocates next is not the memory it just freed), and the recorder itself
+    (its hook, the frames kept until the writer takes them, the writer thread beside the loop)."""
+    from collections import deque
+
+    key = (str(shape.exchange), "ws-json", shape.stream)
+
+    def nothing(t: float, f: bytes, ok: bool) -> None:
+        pass
+
+    def appender(maxlen: int | None) -> Callable[[float, bytes, bool], None]:
+        append = deque[tuple[float, tuple[str, str, str], bytes]](maxlen=maxlen).append
+
+        def hook(t: float, f: bytes, ok: bool) -> None:
+            append((t, key, f))
+
+        return hook
+
+    def recorder() -> Recorder:
+        return Recorder(Path(tempfile.mkdtemp()), queue_size=len(shape.frames) + 10, compression="zstd")
+
+    variants: dict[str, Callable[[], Any]] = {
+        "without recording": lambda: None,
+        "a hook that does nothing": lambda: _HookOnly(nothing),
+        "the item appended, nothing kept": lambda: _HookOnly(appender(64)),
+        "the item appended, every frame kept": lambda: _HookOnly(appender(None)),
+        "the recorder": recorder,
+    }
+    got: dict[str, list[float]] = {k: [] for k in variants}
+    for r in range(rounds):
+        for name, make in list(variants.items()) if r % 2 == 0 else list(variants.items())[::-1]:
+            rec = make()
+            got[name].append(asyncio.run(ingest(shape, rec))[1])
+            if isinstance(rec, Recorder):
+                import shutil
+
+                shutil.rmtree(rec.directory, ignore_errors=True)
+    med = statistics.median
+    base = med(got["without recording"])
+    n = len(shape.frames)
+    print(f"loop parts, {shape.name}: the loop thread {base / n * 1e6:.3f} us a frame without recording; extra:")
+    for name in list(variants)[1:]:
+        x = med(got[name])
+        print(f"  {name}: {(x - base) / n * 1e6:+.3f} us ({100 * (x - base) / base:+.1f} %)")
+    print(f"end {time.strftime('%H:%M:%S UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f}")
 
 
 # zstd parameter sets compared by --zstd-params: (label, level, parameters over zstd's own for the level)
