@@ -652,8 +652,29 @@ def loop_parts(shape: Shape, rounds: int) -> None:
     def recorder() -> Recorder:
         return Recorder(Path(tempfile.mkdtemp()), queue_size=len(shape.frames) + 10, compression="zstd")
 
+    def busy() -> Any:
+        """No recorder; a thread compressing other data (zstd -3, the GIL released) a third of the time."""
+        import threading
+
+        import zstandard
+
+        blob = b"".join(shape.frames[:3000])
+        done = threading.Event()
+
+        def work() -> None:
+            c = zstandard.ZstdCompressor(level=-3)
+            while not done.wait(0.0):
+                t0 = time.perf_counter()
+                c.compress(blob)
+                done.wait(2 * (time.perf_counter() - t0))
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        return done, thread
+
     variants: dict[str, Callable[[], Any]] = {
         "without recording": lambda: None,
+        "no recorder, a thread compressing other data a third of the time": busy,
         "a hook that does nothing": lambda: _HookOnly(nothing),
         "the item appended, nothing kept": lambda: _HookOnly(appender(64)),
         "the item appended, every frame kept": lambda: _HookOnly(appender(None)),
@@ -663,6 +684,11 @@ def loop_parts(shape: Shape, rounds: int) -> None:
     for r in range(rounds):
         for name, make in list(variants.items()) if r % 2 == 0 else list(variants.items())[::-1]:
             rec = make()
+            if isinstance(rec, tuple):  # the busy thread: stopped after the run
+                got[name].append(asyncio.run(ingest(shape, None))[1])
+                rec[0].set()
+                rec[1].join()
+                continue
             got[name].append(asyncio.run(ingest(shape, rec))[1])
             if isinstance(rec, Recorder):
                 import shutil
