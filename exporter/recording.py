@@ -87,8 +87,8 @@ LINE_SEP = LINE_CLOSE + LINE_OPEN
 # as the exchanges send them (bench_recording.py --zstd-params: random-walk prices) level 1's 2^14
 # entries -> 2^12 cost 15 % less CPU for the same ratio (a stream's frames repeat their layout, so the
 # previous one is found all the same); at -3 (the default) 2^13 -> 2^12 and matches of at least 7
-# bytes instead of 6 (6 % less on the Binance arrays, ratio 4.00 -> 4.09; 4 % less on the Bybit
-# tickers, ratio 5.86 -> 5.54)
+# bytes instead of 6 (8 % less on the Binance arrays, ratio 4.00 -> 4.10; 5 % less on the Bybit
+# ticker deltas, ratio 5.86 -> 5.54: docs/recording.md "Session 6")
 ZSTD_TUNED: dict[int, dict[str, int]] = {1: {"hash_log": 12}, -3: {"hash_log": 12, "min_match": 7}}
 
 
@@ -472,7 +472,7 @@ class Recorder:
     def _write(self, item: Item) -> None:
         t, key, data = item[0], item[1], item[2]
         ex, kind, src = key
-        path, params = (item[3], item[4]) if len(item) == 5 else (None, None)  # type: ignore[misc]
+        path, params = (item[3], item[4]) if len(item) == 5 else (None, None)
         if t >= self._rotate_at:
             self._rotate(t)
         if kind == WS_JSON:
