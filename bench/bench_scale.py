@@ -366,7 +366,10 @@ class FrameIngest:
         self.plans = []
         for ex in sorted({ex for ex, _ in state.instruments}, key=lambda e: e.value):
             infos = {i: st.info for (e, i), st in state.instruments.items() if e is ex}
-            ctx = FeedContext(ex, infos, clock=clock)  # as the connection: time bounds around now
+            # as the exporter's: time bounds around now, and the settlements passed on remembered (OKX
+            # repeats the last one in every funding push; the exporter's store sees each once, see
+            # FeedContext.settled: without it every push carried a settlement record to the store)
+            ctx = FeedContext(ex, infos, clock=clock, settled={})
             syms = list(infos)
             self.rng.shuffle(syms)  # the exchange's own order, not the order the state registered them in
             self.plans.append((ex, syms, feed_for(ex).parse_ws, ctx))
