@@ -181,7 +181,8 @@ class OkxFeed:
                         t_set /= 1000.0
                         t_next = r.nextFundingTime / 1000.0
                         et = r.ts / 1000.0
-                        if not (lo <= t_set < t_next <= hi and lo <= et <= hi and inst):
+                        # (the instrument id is not empty: the memory holds none that is)
+                        if not (lo <= t_set < t_next <= hi and lo <= et <= hi):
                             break  # an unusual row: the general checks
                         interval = t_next - t_set
                         if not _IMIN <= interval <= _IMAX:
