@@ -165,7 +165,7 @@ class OkxFeed:
                 if settled is not None:
                     # The usual push repeats a funding period whose settlement this stream has passed on
                     # (the memory holds its funding time): the row is decoded without the previous
-                    # settlement's fields (prevFundingTime, settFundingRate, settState: ~9 % of the push),
+                    # settlement's fields (prevFundingTime, settFundingRate, settState: ~5 % of the push),
                     # which this push would not pass on, and its times are checked in one chained
                     # comparison (present, in order, within the bounds; an absent one is NaN: false).
                     for r in push.data:
