@@ -43,6 +43,8 @@ Run: ``.venv/bin/python bench/bench_scale.py [--sizes 100,500,2000,8000] [--runs
 views' columns, each collector's families and rendering), both sizes in one process, alternated.
 ``--churns --sizes 2000,8000`` prints only the render with each churn side by side (first scrape,
 steady render and the ratio, old and realistic; one process per size and churn, the four alternated).
+``--against TREE --sizes 2000,8000`` prints only the steady render of this checkout against another's
+(``git worktree add --detach TREE <commit>``; one process per checkout and size, the four alternated).
 Prints figures; not a test.
 """
 
@@ -641,18 +643,25 @@ def render_server(n: int, churn_kind: str = "realistic") -> None:
 
 class _RenderServers:
     """One ``render_server`` process per (size, churn), started and made ready; ``render(i)`` asks the
-    i-th for a churn and a render and returns its (wall, CPU) seconds."""
+    i-th for a churn and a render and returns its (wall, CPU) seconds. ``trees``: per process, the
+    checkout whose benchmark and exporter it runs (PYTHONPATH; None: this one)."""
 
-    def __init__(self, specs: list[tuple[int, str]]) -> None:
-        self.procs = [
-            subprocess.Popen(
-                [sys.executable, __file__, "--serve", str(n), "--churn", kind],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
+    def __init__(self, specs: list[tuple[int, str]], trees: list[str | None] | None = None) -> None:
+        self.procs = []
+        for (n, kind), tree in zip(specs, trees or [None] * len(specs), strict=True):
+            script, env = __file__, None
+            if tree is not None:
+                script = os.path.join(tree, "bench", "bench_scale.py")
+                env = {**os.environ, "PYTHONPATH": tree}
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, script, "--serve", str(n), "--churn", kind],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    env=env,
+                )
             )
-            for n, kind in specs
-        ]
 
     def __enter__(self) -> _RenderServers:
         try:
@@ -696,6 +705,47 @@ def render_pair_processes(sizes: tuple[int, int], runs: int, churn_kind: str = "
 
 
 CHURNS = ("old", "realistic")
+
+
+def render_against(sizes: tuple[int, int], runs: int, tree: str, churn_kind: str = "realistic") -> dict[str, Any]:
+    """This checkout's render against another's (``tree``: a git worktree of an earlier commit), one
+    process per (checkout, size), the four asked for a render in turn (the order reversed every run)
+    so all four meet the same machine state: each checkout's steady render at each size (medians),
+    its ratio large / small, and this / that at each size (medians of the back-to-back ratios)."""
+    specs = [(n, churn_kind) for _ in range(2) for n in sizes]
+    with _RenderServers(specs, [tree, tree, None, None]) as servers:
+        for i in range(len(specs)):
+            servers.render(i)  # the first scrape after the warm-up: not a steady render
+        cpu: list[list[float]] = [[] for _ in specs]
+        order = list(range(len(specs)))
+        for r in range(runs):
+            for i in order if r % 2 else reversed(order):
+                cpu[i].append(servers.render(i)[1])
+    med = [statistics.median(c) * 1e3 for c in cpu]
+    return {
+        "sizes": list(sizes),
+        "runs": runs,
+        "cpu_ms": {"that": med[:2], "this": med[2:]},
+        "ratio": {
+            k: statistics.median(y / x for x, y in zip(cpu[a], cpu[a + 1], strict=True))
+            for k, a in (("that", 0), ("this", 2))
+        },
+        "this_over_that": [statistics.median(y / x for x, y in zip(cpu[j], cpu[2 + j], strict=True)) for j in (0, 1)],
+    }
+
+
+def print_against(q: dict[str, Any], tree: str) -> None:
+    small, large = q["sizes"]
+    print(
+        f"steady render, this checkout against {tree} (one process per checkout and size, four alternated, "
+        f"{q['runs']} renders each, CPU ms, medians):"
+    )
+    for k in ("that", "this"):
+        a, b = q["cpu_ms"][k]
+        print(f"  {k:5} {small:>6,}: {a:7.1f}  {large:>6,}: {b:7.1f}  {large:,} / {small:,}: {q['ratio'][k]:.2f}x")
+    a, b = q["this_over_that"]
+    load = f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    print(f"  this / that: {a:.3f}x at {small:,}, {b:.3f}x at {large:,}; {load}")
 
 
 def render_churns(sizes: tuple[int, int], runs: int) -> dict[str, Any]:
@@ -775,6 +825,11 @@ def main() -> None:
         help="what changes between scrapes (RealisticChurn; old: mark and rate)",
     )
     ap.add_argument(
+        "--against",
+        metavar="TREE",
+        help="only the steady render against another checkout's (a worktree of an earlier commit), the first two sizes",
+    )
+    ap.add_argument(
         "--churns",
         action="store_true",
         help="only the render with each churn side by side (the first two sizes; one process per size and churn)",
@@ -798,6 +853,10 @@ def main() -> None:
     if args.pair:
         small, large = (int(x) for x in args.pair.split(","))
         print(json.dumps(render_pair((small, large), args.pair_runs, args.churn)))
+        return
+    if args.against:
+        small, large = (int(x) for x in args.sizes.split(",")[:2])
+        print_against(render_against((small, large), args.pair_runs, args.against, args.churn), args.against)
         return
     if args.churns:
         small, large = (int(x) for x in args.sizes.split(",")[:2])
