@@ -53,6 +53,11 @@ class FeedContext:
     when given, the clock that bounds plausible timestamps (a parser still does no I/O)."""
 
     exchange: Exchange
+    # The ids of the inverse contracts among ``instruments`` (value fixed in USD), set with them (see
+    # __setattr__): a ticker parser tells the units of an inverse contract's open interest from this
+    # small set instead of reading the instrument's facts (a cache miss an update at thousands of
+    # instruments). Assign ``instruments`` anew to change them, never mutate the mapping in place.
+    inverse: frozenset[str] = field(init=False, default=frozenset())
     instruments: Mapping[str, InstrumentInfo] = field(default_factory=dict)
     clock: Callable[[], float] | None = None  # None: static bounds only (tests of recorded samples)
     # Per instrument, the settlement this context's stream (its one sink) has passed on: OKX repeats the
@@ -66,6 +71,12 @@ class FeedContext:
     # all-market array) appends each array's records to it, up to ARRAY_FRAMES_KEPT frames; None: not
     # asked. A test an array frame (hundreds of updates), nothing on any other frame.
     array_frames: list[list[Record]] | None = None
+
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+        if name == "instruments":  # the inverse ids follow (__init__ assigns through here too)
+            ids = frozenset(k for k, info in value.items() if info.inverse)  # type: ignore[attr-defined]
+            object.__setattr__(self, "inverse", ids)
 
     def take_array_order(self) -> list[str]:
         """The instrument ids of the array frames kept since the last call, in the order sent (each

@@ -147,7 +147,7 @@ class DeribitFeed:
             if type(data) is _Ticker:
                 if not channel.startswith("ticker."):
                     raise NotTyped
-                return _ticker(data, ctx.instruments, ctx.time_bounds())
+                return _ticker(data, ctx.instruments, ctx.time_bounds(), ctx.inverse)
             if not channel.startswith("trades."):
                 raise NotTyped
             out: list[Record] = []
@@ -201,7 +201,7 @@ class DeribitFeed:
                 channel = params["channel"]
                 if channel.startswith("ticker."):
                     t = msgspec.convert(obj(params["data"], "data"), _Ticker)
-                    return _ticker(t, ctx.instruments, ctx.time_bounds())
+                    return _ticker(t, ctx.instruments, ctx.time_bounds(), ctx.inverse)
                 if channel.startswith("trades."):
                     return _trades(arr(params["data"], "data"), ctx.instruments, ctx.time_bounds())
                 return []  # a channel we do not use
@@ -359,7 +359,12 @@ _PMIN, _PMAX, _QMAX, _UMAX = V.PRICE_MIN, V.PRICE_MAX, V.QTY_MAX, V.USD_MAX
 _PAST_S, _FUTURE_S = V.PAST_S, V.FUTURE_S
 
 
-def _ticker(t: _Ticker, instruments: Mapping[str, InstrumentInfo], tb: tuple[float, float]) -> list[Record]:
+def _ticker(
+    t: _Ticker,
+    instruments: Mapping[str, InstrumentInfo],
+    tb: tuple[float, float],
+    inverse_ids: frozenset[str],
+) -> list[Record]:
     """A decoded ticker -> its update ([] for an instrument not followed). Both paths end here.
 
     Recorded wire (ws_ticker_trades_2025_nautilus.jsonl, 2025-12)::
@@ -378,9 +383,14 @@ def _ticker(t: _Ticker, instruments: Mapping[str, InstrumentInfo], tb: tuple[flo
     inst = t.instrument_name
     if not inst:
         raise ParseError("field 'instrument_name' is empty")
-    if instruments and inst not in instruments:
-        return []
-    inverse = is_inverse(inst, instruments)
+    if instruments:
+        if inst not in instruments:
+            return []
+        # the inverse ones among them (FeedContext.inverse): no read of the instrument's facts, a
+        # cache miss an update at thousands of instruments
+        inverse = inst in inverse_ids
+    else:
+        inverse = is_inverse(inst, instruments)
     rate = t.funding_8h  # perpetuals only; already the 8 h-equivalent rate
     oi = t.open_interest
     x = t.mark_price
