@@ -11,6 +11,7 @@ from exporter.feeds import feed_for
 from exporter.feeds import validate as V
 from exporter.feeds.base import FeedContext
 from exporter.feeds.okx import OkxFeed
+from exporter.feeds.okx import _fast as okx_typed
 from exporter.model import (
     Exchange,
     FundingSettlement,
@@ -381,6 +382,26 @@ def test_liquidation_contracts_to_coin() -> None:
 
 def test_liquidation_of_unknown_instrument_is_dropped() -> None:
     assert FEED.parse_ws(liq_push(DETAIL, inst="DOGE-USDT-SWAP"), CTX) == []
+
+
+def test_liquidation_pushes_take_the_typed_path_and_give_what_the_strict_path_gives() -> None:
+    """The typed path itself handles a liquidation push (no fallback), with a clock as the exporter has
+    one, and gives exactly the strict path's records; a detail it does not take (a bad side, a size out
+    of its domain, a time out of the clock's bounds) leaves the push to the strict path."""
+    clocked = FeedContext(EX, CTX.instruments, clock=lambda: 1_680_200_000.0)
+    strict = OkxFeed(fast=False)
+    net = {k: v for k, v in DETAIL.items() if k != "posSide"}  # net mode may omit posSide
+    pushes = [
+        liq_push(DETAIL, {**DETAIL, "posSide": "short", "side": "buy"}, {**DETAIL, "posSide": "net"}, net),
+        liq_push({**DETAIL, "sz": "2", "bkPx": "0.55205"}, inst="BTC-USD-SWAP"),
+        liq_push(DETAIL, inst="DOGE-USDT-SWAP"),  # not followed: nothing
+    ]
+    for frame in pushes:
+        typed = okx_typed(frame, clocked)
+        assert typed is not None and typed == strict.parse_ws(frame, clocked)
+    assert [r.side for r in okx_typed(pushes[0], clocked) or []] == [Side.LONG, Side.SHORT, Side.LONG, Side.LONG]
+    for bad in ({**DETAIL, "posSide": "net", "side": "hold"}, {**DETAIL, "sz": "1e400"}, {**DETAIL, "ts": "1"}):
+        assert okx_typed(liq_push(DETAIL, bad), clocked) is None
 
 
 # ---- control frames and refusals ----------------------------------------------------------------

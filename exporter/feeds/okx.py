@@ -138,6 +138,8 @@ class OkxFeed:
                 push = _decode_open_interest_push(frame)
             elif c == 105:  # i
                 push = _decode_index_push(frame)
+            elif c == 108:  # l: liquidation-orders (its own rows; rare next to the others: a call)
+                return _liquidation_push(frame, ctx)
             else:
                 push = _decode_fast_push(frame)
             channel = push.arg.channel
@@ -875,6 +877,67 @@ def _liquidation(d: Any, inst: str, info: InstrumentInfo, tb: tuple[float, float
         qty = contracts * info.contract_size
         usd = qty * price
     out.append(Liquidation(EX, inst, ms(d["ts"], "ts", tb), side, price, V.qty(qty, "sz"), V.usd(usd, "sz")))
+
+
+# liquidation-orders on the typed path: the detail's fields in OKX's (alphabetical) order, the size and
+# the bankruptcy price checked while decoding; the sides decode as these very strings and another value
+# fails the decoding (the strict path then names it). kw_only: the required fields sit among optional ones.
+class _LiqDetail(msgspec.Struct, gc=False, kw_only=True):
+    bkPx: V.Price
+    posSide: Literal["long", "short", "net"] = "net"
+    side: Literal["buy", "sell"] | None = None
+    sz: V.Qty
+    ts: float
+
+
+class _LiqRow(msgspec.Struct, gc=False):
+    details: list[_LiqDetail]
+    instId: str
+
+
+class _LiqArg(msgspec.Struct, gc=False):
+    channel: Literal["liquidation-orders"]
+
+
+class _LiqPush(msgspec.Struct, gc=False):
+    arg: _LiqArg
+    data: list[_LiqRow]
+
+
+_decode_liq_push = msgspec.json.Decoder(_LiqPush, strict=False).decode
+
+
+def _liquidation_push(frame: str | bytes, ctx: FeedContext) -> list[Record]:
+    """:func:`_liquidations` on typed rows, the same rules (an unfollowed instrument's rows are skipped:
+    no contract size). Any doubt raises, and the strict path parses the push again, rejecting a bad
+    detail alone."""
+    push = _decode_liq_push(frame)
+    instruments = ctx.instruments
+    lo, hi = ctx.time_bounds()
+    out: list[Record] = []
+    for r in push.data:
+        inst = r.instId
+        info = instruments.get(inst)
+        if info is None:
+            if not inst:
+                raise _Invalid  # the strict path names the empty id
+            continue
+        cs = info.contract_size
+        for d in r.details:
+            ps = d.posSide
+            side = _NET_SIDE[d.side] if ps == "net" else _POS_SIDE[ps]  # type: ignore[index]  # None: KeyError
+            price = d.bkPx
+            if info.inverse:
+                usd = d.sz * cs
+                qty = usd / price
+            else:
+                qty = d.sz * cs
+                usd = qty * price
+            at = d.ts / 1000.0  # NaN (absent) is refused: the field is required
+            if not (0.0 < qty <= _QMAX and 0.0 <= usd <= _UMAX and lo <= at <= hi):
+                raise _Invalid
+            out.append(Liquidation(EX, inst, at, side, price, qty, usd))
+    return out
 
 
 _fast = typed_only(OkxFeed())  # the typed path alone, for the tests
