@@ -36,6 +36,7 @@ Prints figures; not a test.
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import math
 import multiprocessing
@@ -632,8 +633,10 @@ def loop_parts(shape: Shape, rounds: int) -> None:
     """The loop thread's extra CPU a frame (``time.thread_time``, :func:`ingest` without the socket,
     the variants interleaved, medians of ``rounds``): what calling a hook costs, what appending the
     frame's item costs when nothing is kept (a deque of 64), when every frame is kept until the end
-    (the memory the loop allocates next is not the memory it just freed), and the recorder itself
-    (its hook, the frames kept until the writer takes them, the writer thread beside the loop)."""
+    (the memory the loop allocates next is not the memory it just freed), the recorder itself
+    (its hook, the frames kept until the writer takes them, the writer thread beside the loop), and
+    the loop's side of a batch hand-over tried in session 6 and not kept (each frame copied into a
+    buffer, its time and end into arrays: :func:`copier`)."""
     from collections import deque
 
     key = (str(shape.exchange), "ws-json", shape.stream)
@@ -651,6 +654,27 @@ def loop_parts(shape: Shape, rounds: int) -> None:
 
     def recorder() -> Recorder:
         return Recorder(Path(tempfile.mkdtemp()), queue_size=len(shape.frames) + 10, compression="zstd")
+
+    def copier(frame: bool, meta: bool) -> Callable[[float, bytes, bool], None]:
+        """Session 6's "tried and not kept" (docs/recording.md): the loop copies each frame into a batch
+        buffer (a bytearray) and/or its receive time and end into arrays, so no frame outlives its
+        handling; each batch of 512 frames is dropped on the loop (no writer: the loop's side alone)."""
+        st: list[Any] = [bytearray(), array.array("d"), array.array("q")]
+
+        def hook(t: float, f: bytes, ok: bool) -> None:
+            if frame:
+                buf = st[0]
+                buf += f
+            if meta:
+                st[1].append(t)
+                ends = st[2]
+                ends.append(len(st[0]))
+                if len(ends) >= 512:
+                    st[:] = bytearray(), array.array("d"), array.array("q")
+            elif len(st[0]) >= 512 * 256:
+                st[0] = bytearray()
+
+        return hook
 
     def busy() -> Any:
         """No recorder; a thread compressing other data (zstd -3, the GIL released) a third of the time."""
@@ -679,6 +703,9 @@ def loop_parts(shape: Shape, rounds: int) -> None:
         "the item appended, nothing kept": lambda: _HookOnly(appender(64)),
         "the item appended, every frame kept": lambda: _HookOnly(appender(None)),
         "the recorder": recorder,
+        "the frame copied into a batch buffer (dropped on the loop)": lambda: _HookOnly(copier(True, False)),
+        "the time and the frame's end into arrays (dropped on the loop)": lambda: _HookOnly(copier(False, True)),
+        "both: the loop's side of a batch the writer would take": lambda: _HookOnly(copier(True, True)),
     }
     got: dict[str, list[float]] = {k: [] for k in variants}
     for r in range(rounds):
