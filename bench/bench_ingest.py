@@ -295,7 +295,9 @@ def measure(
     state = MarketState()
     for info in infos:
         state.register(info)
-    ctx = FeedContext(ex, {i.instrument: i for i in infos}, clock=time.time)  # as the connection: bounds near now
+    # as the connection: bounds near now, and the settlements passed on remembered (OKX repeats the last
+    # one in every funding push; the exporter's context passes it on once)
+    ctx = FeedContext(ex, {i.instrument: i for i in infos}, clock=time.time, settled={})
     parse = feed.parse_ws
     apply_many = state.apply_many
     loads = orjson.loads
@@ -377,12 +379,12 @@ def compare_futures(seconds: float, runs: int) -> None:
             for info in infos:
                 state.register(info)
             ctx = FeedContext(
-                ex, {i.instrument: i for i in infos}, clock=time.time
-            )  # as the connection: bounds near now
+                ex, {i.instrument: i for i in infos}, clock=time.time, settled={}
+            )  # as the connection: bounds near now, settlements passed on once
             mixed = list(frames)
             if on:
                 state.set_futures(ex, finfos)
-                ctx = FeedContext(ex, {i.instrument: i for i in (*infos, *finfos)})
+                ctx = FeedContext(ex, {i.instrument: i for i in (*infos, *finfos)}, settled={})
                 step = max(1, len(frames) // len(fframes))  # spread the futures frames through the market's
                 for n, f in enumerate(fframes):
                     mixed.insert(min(len(mixed), (n + 1) * step + n), f)
