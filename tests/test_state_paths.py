@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.state import assert_same_state
 
 from exporter.model import Exchange, FundingUpdate, InstrumentInfo, MarketUpdate, OpenInterestUpdate
 from exporter.state import MarketState
@@ -103,20 +104,6 @@ def _plain(records: list[MarketUpdate]) -> list[MarketUpdate]:
     return [MarketUpdate(**msgspec.structs.asdict(r)) for r in records]
 
 
-def _same(a: MarketState, b: MarketState) -> None:
-    assert a.instruments.keys() == b.instruments.keys()
-    for key, st_a in a.instruments.items():
-        assert st_a == b.instruments[key], key
-    assert list(a.events) == list(b.events)
-    assert a.settlements_missed == b.settlements_missed
-    assert (a.interval_changes, a.unknown_instrument_updates, a.rejected_records) == (
-        b.interval_changes,
-        b.unknown_instrument_updates,
-        b.rejected_records,
-    )
-    assert a.futures == b.futures  # dataclasses: compared field by field
-
-
 @settings(max_examples=150, deadline=None)
 @given(st.lists(funding | open_interest | price, min_size=1, max_size=40))
 def test_the_funding_and_open_interest_paths_leave_the_state_the_general_path_leaves(
@@ -133,7 +120,7 @@ def test_the_funding_and_open_interest_paths_leave_the_state_the_general_path_le
         records = _records(step, now, nft)
         own.apply_many(records, now)
         general.apply_many(_plain(records), now)
-        _same(own, general)
+        assert_same_state(own, general)
     assert [i for w, i in changed if w == "own"] == [i for w, i in changed if w == "general"]
 
 

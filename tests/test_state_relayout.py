@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.state import assert_same_state
 
 from exporter.app import Exporter
 from exporter.config import Config
@@ -41,19 +42,6 @@ def _state() -> MarketState:
             quote = "USD" if ex is Exchange.DERIBIT else "USDT"
             s.register(InstrumentInfo(ex, inst, base, quote, funding_interval_s=H8))
     return s
-
-
-def _same(a: MarketState, b: MarketState) -> None:
-    assert a.instruments.keys() == b.instruments.keys()
-    for key, st_a in a.instruments.items():
-        assert st_a == b.instruments[key], key
-    assert list(a.events) == list(b.events)
-    assert a.settlements_missed == b.settlements_missed
-    assert (a.interval_changes, a.unknown_instrument_updates, a.rejected_records) == (
-        b.interval_changes,
-        b.unknown_instrument_updates,
-        b.rejected_records,
-    )
 
 
 update = st.fixed_dictionaries(
@@ -91,7 +79,7 @@ def test_a_relayout_changes_no_value_window_event_or_exposition(steps: list[dict
             ids = [*IDS[step["exchange"]], "UNKNOWN"]
             random.Random(step["seed"]).shuffle(ids)
             relaid.relayout(step["exchange"], ids[: step["keep"]])
-            _same(relaid, kept)
+            assert_same_state(relaid, kept)
             continue
         if step["kind"] == "register":  # after a relayout: into the fresh chunks
             for state in (relaid, kept):
@@ -118,7 +106,7 @@ def test_a_relayout_changes_no_value_window_event_or_exposition(steps: list[dict
             records.append(Liquidation(ex, inst, now, Side.LONG, 100.0, 2.0, 200.0))
         relaid.apply_many(records, now)
         kept.apply_many(records, now)
-        _same(relaid, kept)
+        assert_same_state(relaid, kept)
     assert _exposition(relaid) == _exposition(kept)
 
 
