@@ -59,3 +59,56 @@ def test_the_ticker_paths_take_the_units_from_the_instrument_list() -> None:
         assert isinstance(v, MarketUpdate)
         assert v.open_interest_base is not None and v.open_interest_base >= 500.0, ex  # counted in coin
         assert (u.open_interest_usd, u.open_interest_base) != (v.open_interest_usd, v.open_interest_base)
+
+
+def _okx_push(channel: str, row: dict[str, str]) -> bytes:
+    return orjson.dumps({"arg": {"channel": channel, "instId": row["instId"]}, "data": [row]})
+
+
+def test_okx_open_interest_takes_the_units_from_the_instrument_list() -> None:
+    ex = Exchange.OKX
+    inst = "ODD-USDT-SWAP"  # a linear name: the list says inverse first
+    frame = _okx_push("open-interest", {"instId": inst, "oi": "1000", "oiCcy": "7", "ts": str(T_MS)})
+    parse = feed_for(ex).parse_ws
+    ctx = FeedContext(ex, {inst: _info(ex, inst, True)})
+    (u,) = parse(frame, ctx)
+    assert (u.open_interest_base, u.open_interest_usd) == (7.0, 1000.0 * ctx.instruments[inst].contract_size)
+    ctx.instruments = {inst: _info(ex, inst, False)}
+    (v,) = parse(frame, ctx)
+    assert (v.open_interest_base, v.open_interest_usd) == (7.0, None)  # no USD given for a linear swap
+
+
+def test_the_settlement_memory_keeps_followed_instruments_only() -> None:
+    # OKX's funding path finds a repeated period by the memory alone (a hit is a followed instrument):
+    # an instrument dropped from the list is forgotten, and its pushes give nothing again
+    ex = Exchange.OKX
+    a, b = "A-USDT-SWAP", "B-USDT-SWAP"
+    h8 = 28_800_000
+    t_set = (T_MS // h8 + 1) * h8
+
+    def funding(inst: str) -> bytes:
+        row = {
+            "instId": inst,
+            "fundingRate": "0.0001",
+            "fundingTime": str(t_set),
+            "nextFundingTime": str(t_set + h8),
+            "prevFundingTime": str(t_set - h8),
+            "settFundingRate": "0.0002",
+            "settState": "settled",
+            "ts": str(T_MS),
+        }
+        return _okx_push("funding-rate", row)
+
+    parse = feed_for(ex).parse_ws
+    ctx = FeedContext(ex, {a: _info(ex, a, False), b: _info(ex, b, False)}, settled={})
+    for inst in (a, b):
+        assert [type(r).__name__ for r in parse(funding(inst), ctx)] == ["FundingUpdate", "FundingSettlement"]
+        assert [r.instrument for r in parse(funding(inst), ctx)] == [inst]  # the repeat: no settlement
+    assert ctx.settled == {a: float(t_set), b: float(t_set)}
+    ctx.instruments = {a: ctx.instruments[a]}
+    assert ctx.settled == {a: float(t_set)}
+    assert parse(funding(b), ctx) == []  # not followed any more
+    assert [r.instrument for r in parse(funding(a), ctx)] == [a]
+    # a memory given to a context is held to its instruments too; with no list every instrument is followed
+    assert FeedContext(ex, {a: _info(ex, a, False)}, settled={a: 1.0, b: 2.0}).settled == {a: 1.0}
+    assert FeedContext(ex, settled={a: 1.0, b: 2.0}).settled == {a: 1.0, b: 2.0}

@@ -64,7 +64,8 @@ class FeedContext:
     # last settlement in every funding push, and an unchanged one is not passed on again (the store
     # would find its time known and change nothing). OKX keeps the funding time (ms, as sent) that the
     # settlement precedes: a push of that period is parsed without the settlement's fields. None: every
-    # push passes it (a parse that depends on the frame alone, as the tests of single frames want).
+    # push passes it (a parse that depends on the frame alone, as the tests of single frames want). It
+    # holds followed instruments only (see __setattr__), so a hit in it tells a followed instrument.
     settled: dict[str, float] | None = None
     # The order a stream sends its instruments in, kept for a housekeeping step that lays the state's
     # records out in it (MarketState.relayout): while a list, a parser of array frames (Binance's
@@ -77,6 +78,13 @@ class FeedContext:
         if name == "instruments":  # the inverse ids follow (__init__ assigns through here too)
             ids = frozenset(k for k, info in value.items() if info.inverse)  # type: ignore[attr-defined]
             object.__setattr__(self, "inverse", ids)
+        if name in ("instruments", "settled"):
+            # the settlement memory forgets instruments no longer followed (none when all are: empty)
+            instruments = getattr(self, "instruments", None)
+            settled = getattr(self, "settled", None)
+            if instruments and settled:
+                for k in [k for k in settled if k not in instruments]:
+                    del settled[k]
 
     def take_array_order(self) -> list[str]:
         """The instrument ids of the array frames kept since the last call, in the order sent (each
