@@ -105,6 +105,9 @@ def test_the_settlement_memory_keeps_followed_instruments_only() -> None:
         assert [type(r).__name__ for r in parse(funding(inst), ctx)] == ["FundingUpdate", "FundingSettlement"]
         assert [r.instrument for r in parse(funding(inst), ctx)] == [inst]  # the repeat: no settlement
     assert ctx.settled == {a: float(t_set), b: float(t_set)}
+    # its keys are the instruments' own id strings (not the decoded ones), its times one object per time
+    assert all(k is ctx.instruments[k].instrument for k in ctx.settled)
+    assert ctx.settled[a] is ctx.settled[b]
     ctx.instruments = {a: ctx.instruments[a]}
     assert ctx.settled == {a: float(t_set)}
     assert parse(funding(b), ctx) == []  # not followed any more

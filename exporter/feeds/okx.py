@@ -809,8 +809,23 @@ def _funding_rows(
                     fresh = []
                 fresh.append((inst, r.fundingTime))
     if fresh is not None:
-        settled.update(fresh)  # type: ignore[union-attr]
+        # The memory's keys are the instruments' own id strings (the store's lookup compares with the same
+        # ones) and its times one object per funding time (the instruments that settle together share it):
+        # a repeat's lookup reads no string and no float of its own (two cache misses a push at thousands)
+        for inst, t in fresh:
+            info = instruments.get(inst)
+            if info is not None and info.instrument == inst:
+                inst = info.instrument
+            if len(_TIMES) > _TIMES_KEPT:
+                _TIMES.clear()
+            settled[inst] = _TIMES.setdefault(t, t)  # type: ignore[index]
     return out
+
+
+# funding time (ms) -> one float object for it, for the settlement memories (see _funding_rows); a few
+# distinct times are current at once (one per interval length), so a small table, emptied when it grows
+_TIMES: dict[float, float] = {}
+_TIMES_KEPT = 64
 
 
 def _open_interest(
