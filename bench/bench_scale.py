@@ -43,6 +43,10 @@ Run: ``.venv/bin/python bench/bench_scale.py [--sizes 100,500,2000,8000] [--runs
 views' columns, each collector's families and rendering), both sizes in one process, alternated.
 ``--churns --sizes 2000,8000`` prints only the render with each churn side by side (first scrape,
 steady render and the ratio, old and realistic; one process per size and churn, the four alternated).
+``--minute --sizes 2000,8000`` prints only the first scrape after a minute boundary against the other
+scrapes (every size of 2,000 and up in the default run prints it too), with each instrument's window of
+minute closes full (``build_state(mark_history=True)``): the scrape in which every volatility, anchor
+and open-interest window moved, one in four at a 15 s interval.
 ``--against TREE --sizes 2000,8000`` prints only the steady render of this checkout against another's
 (``git worktree add --detach TREE <commit>``; one process per checkout and size, the four alternated).
 Prints figures; not a test.
@@ -641,6 +645,67 @@ def render_server(n: int, churn_kind: str = "realistic") -> None:
         print(json.dumps([time.perf_counter() - t, cpu]), flush=True)
 
 
+def minute_scrapes(n: int, minutes: int, churn_kind: str = "realistic") -> dict[str, Any]:
+    """Child process: the scrape that comes first after a minute boundary against the others. One
+    state of ``n`` instruments whose windows of minute closes are full (4 h, as after the start-up
+    backfill; ``build_state(mark_history=True)``), warm-up rendered and frozen as in ``one``, then
+    ``minutes`` minutes of churned renders at the scrape interval (four a minute): when a minute has
+    closed, every instrument's volatility, anchors and open-interest change have a window that moved.
+    Medians of each kind's CPU and wall time; the first render after the warm-up is left out."""
+    sys.path.insert(0, HERE)
+    from bench_scrape import build_state
+
+    from exporter.metrics import build_registry
+
+    churn = make_churn(churn_kind)
+    clock, state, cfg = build_state(max(1, n // 4), mark_history=True)
+    reg = build_registry(cfg, state)
+    reg.render()
+    gc.collect()
+    gc.freeze()
+    rng = random.Random(5)
+    runs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    minute = clock.t // 60.0
+    for r in range(int(minutes * 60 / SCRAPE_S) + 1):
+        churn(clock, state, rng)
+        crossed = clock.t // 60.0 != minute
+        minute = clock.t // 60.0
+        t, c = time.perf_counter(), time.thread_time()
+        reg.render()
+        cpu = time.thread_time() - c
+        if r:
+            runs[crossed].append((time.perf_counter() - t, cpu))
+    med = {
+        k: (statistics.median(w for w, _ in v) * 1e3, statistics.median(c for _, c in v) * 1e3) for k, v in runs.items()
+    }
+    return {
+        "n": len(state.instruments),
+        "minute_ms": med[True][0],
+        "minute_cpu_ms": med[True][1],
+        "other_ms": med[False][0],
+        "other_cpu_ms": med[False][1],
+        "cpu_ratio": med[True][1] / med[False][1],
+        "minutes": len(runs[True]),
+    }
+
+
+def print_minute(n: int, minutes: int, churn_kind: str) -> None:
+    out = subprocess.run(
+        [sys.executable, __file__, "--minute-one", str(n), "--minutes", str(minutes), "--churn", churn_kind],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    m = json.loads(out.strip().splitlines()[-1])
+    print(
+        f"minute scrape {m['n']:,}: CPU {m['minute_cpu_ms']:.1f} ms (wall {m['minute_ms']:.1f}) against "
+        f"{m['other_cpu_ms']:.1f} ms (wall {m['other_ms']:.1f}) for the other scrapes: {m['cpu_ratio']:.2f}x CPU "
+        f"(the first scrape after each of {m['minutes']} minute boundaries, 4 h of minute closes held, medians; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)",
+        flush=True,
+    )
+
+
 class _RenderServers:
     """One ``render_server`` process per (size, churn), started and made ready; ``render(i)`` asks the
     i-th for a churn and a render and returns its (wall, CPU) seconds. ``trees``: per process, the
@@ -815,6 +880,13 @@ def main() -> None:
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process: one size, JSON out
     ap.add_argument("--pair", help=argparse.SUPPRESS)  # child process: two sizes interleaved, JSON out
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # child process: renders on request
+    ap.add_argument("--minute-one", type=int, help=argparse.SUPPRESS)  # child process: minute scrapes, JSON out
+    ap.add_argument("--minutes", type=int, default=6, help="minute boundaries crossed for the minute scrape line")
+    ap.add_argument(
+        "--minute",
+        action="store_true",
+        help="only the first scrape after a minute boundary against the others (sizes 2,000 and 8,000 of --sizes)",
+    )
     ap.add_argument(
         "--phases", action="store_true", help="only where the render's CPU goes at each size (one process, alternated)"
     )
@@ -846,6 +918,13 @@ def main() -> None:
         return
     if args.serve:
         render_server(args.serve, args.churn)
+        return
+    if args.minute_one:
+        print(json.dumps(minute_scrapes(args.minute_one, args.minutes, args.churn)))
+        return
+    if args.minute:
+        for n in (int(x) for x in args.sizes.split(",")):
+            print_minute(n, args.minutes, args.churn)
         return
     if args.one:
         print(json.dumps(one(args.one, args.runs, args.churn)))
@@ -923,6 +1002,9 @@ def main() -> None:
             f"  both sizes in one process, interleaved: {p['cpu_ratio']:.2f}x CPU ({cl:.1f} / {cs:.1f} ms), "
             f"wall {p['wall_ratio']:.2f}x ({wl:.1f} / {ws:.1f} ms); the rows above, minutes apart: {apart:.2f}x wall"
         )
+    for n in by:
+        if n >= 2000:
+            print_minute(n, args.minutes, args.churn)
     for n, big in by.items():
         if n <= 100:
             continue

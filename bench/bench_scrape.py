@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gc
 import gzip
+import math
 import os
 import platform
 import random
@@ -33,7 +34,7 @@ from prometheus_client import generate_latest
 from exporter.config import Config
 from exporter.metrics import ExporterRegistry, build_registry
 from exporter.model import EIGHT_HOURS, Exchange, InstrumentInfo, InsuranceFund, Liquidation, MarketUpdate, Side
-from exporter.state import MAX_SETTLEMENTS, MarketState
+from exporter.state import MARK_MINUTES, MAX_SETTLEMENTS, MarketState
 
 T0 = 1_765_541_474.0
 
@@ -79,10 +80,14 @@ def _interval(ex: Exchange, n: int) -> float:
 
 
 def build_state(
-    per_exchange: int = 500, worst: bool = False, seed: int = 1, t0: float = T0
+    per_exchange: int = 500, worst: bool = False, seed: int = 1, t0: float = T0, mark_history: bool = False
 ) -> tuple[Clock, MarketState, Config]:
-    """2,000 instruments with full windows, fresh at ``t0`` (see the module docstring)."""
+    """2,000 instruments with full windows, fresh at ``t0`` (see the module docstring). ``mark_history``:
+    each instrument's window of minute closes full too (4 h and the spare, as the start-up backfill
+    leaves it), so the realised volatility has every window to compute (without it the windows hold
+    only the minutes the run itself closes, and the volatility stays absent)."""
     rng = random.Random(seed)
+    hist = random.Random(seed + 1)  # the closes' own: every other value the same with or without them
     clock = Clock(t0)
     state = MarketState(clock=clock)
     cfg = Config()
@@ -115,6 +120,14 @@ def build_state(
                 (now - (n_anchor - i) * 60.0, rate + rng.gauss(0, 2e-5), rng.gauss(0, 5e-4)) for i in range(n_anchor)
             )
             st.oi_samples.extend((now - (180 - i) * 60.0, 1e8 * (1 + 0.001 * i)) for i in range(180))
+            if mark_history:
+                minute = now // 60.0 * 60.0
+                closes = MARK_MINUTES
+                walk, x = [], px
+                for _ in range(closes):  # a random walk of minute moves of 0.1 %
+                    x *= math.exp(hist.gauss(0, 1e-3))
+                    walk.append(x)
+                st.mark_minutes.extend((minute - (closes - i) * 60.0, walk[i]) for i in range(closes))
             for i in range(20):  # 40,000 liquidations in the last hour across the market: a busy hour
                 side = Side.LONG if i % 2 else Side.SHORT
                 usd = rng.uniform(1e3, 1e5)

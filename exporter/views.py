@@ -393,6 +393,39 @@ class ViewTable:
         return self._views
 
 
+# The volatility of this many instruments is computed in one call (their windows copied, searched and
+# reduced together), the GIL handed over between two: a minute's close moves every instrument's window
+_VOLATILITY_BLOCK = 1024
+_VOLATILITY_WINDOWS = (factors.VOLATILITY_WINDOWS["1h"], factors.VOLATILITY_WINDOWS["4h"])
+
+
+def _volatility_columns(sts: list[InstrumentState], marks: np.ndarray, now: float) -> np.ndarray:
+    """Realised volatility over 1 h and 4 h of each instrument (a row each; NaN: None), as
+    :meth:`MarketViews._volatility` computes it one by one: the closed minutes of its window, and the
+    minute in progress with the mark as its close so far when it is later than the last one;
+    computed over all of them at once (factors.realized_volatility_columns, the same floats)."""
+    k = len(sts)
+    # one copy of each window, taken with the minute in progress beside it (the event loop may close
+    # a minute meanwhile: each window is read once and matched with the minute read with it)
+    raws = [st.mark_minutes.raw() for st in sts]
+    cur = np.fromiter(map(_mark_minute, sts), dtype=np.float64, count=k)
+    lengths = np.fromiter(map(len, raws), dtype=np.intp, count=k) // 2
+    flat = np.frombuffer(b"".join(raws), dtype=np.float64).reshape(-1, 2)
+    ends = np.cumsum(lengths)
+    last_t = np.where(lengths > 0, flat[np.maximum(ends - 1, 0), 0] if len(flat) else np.nan, np.nan)
+    with np.errstate(invalid="ignore"):
+        extra = (cur >= 0.0) & ((lengths == 0) | (cur > last_t))
+    total = lengths + extra
+    starts = np.cumsum(total) - total
+    times = np.empty(int(total.sum()))
+    closes = np.empty_like(times)
+    rows = np.repeat(starts - (ends - lengths), lengths) + np.arange(len(flat))
+    times[rows], closes[rows] = flat[:, 0], flat[:, 1]
+    tail = (starts + lengths)[extra]
+    times[tail], closes[tail] = cur[extra], marks[extra]
+    return factors.realized_volatility_columns(times, closes, total, now, _VOLATILITY_WINDOWS)
+
+
 class MarketViews:
     """Builds :class:`InstrumentView` lists; owns the window caches shared by scrapes.
 
@@ -726,15 +759,16 @@ class MarketViews:
         sig[:, 0] = now // factors.MINUTE
         sig[:, 1:3] = ends
         sig[:, 3] = np.fromiter(map(_mark_minute, sts), dtype=np.float64, count=len(sts))
-        marks = mark.tolist()
-        for k, j in enumerate(np.flatnonzero(~(c.vol_sig[idx] == sig).all(axis=1)).tolist()):
-            if k and not k % _LOOKUPS_PER_YIELD:
+        moved = np.flatnonzero(~(c.vol_sig[idx] == sig).all(axis=1))
+        for k in range(0, len(moved), _VOLATILITY_BLOCK):
+            if k:
                 _yield_gil()
-            i = int(idx[j])
-            v1, v4 = self._volatility(instruments[i], now, marks[i])
-            c.vol_sig[i] = sig[j]
-            c.vol[i] = (nan if v1 is None else v1, nan if v4 is None else v4)
-            c.vol_has[i] = (v1 is not None, v4 is not None)
+            block = moved[k : k + _VOLATILITY_BLOCK]
+            at = idx[block]
+            vol_block = _volatility_columns([instruments[i] for i in at.tolist()], mark[at], now)
+            c.vol_sig[at] = sig[block]
+            c.vol[at] = vol_block
+            c.vol_has[at] = ~np.isnan(vol_block)
         vol = np.full((len(instruments), 2), nan)
         vol_has = np.zeros((len(instruments), 2), dtype=bool)
         vol[idx], vol_has[idx] = c.vol[idx], c.vol_has[idx]

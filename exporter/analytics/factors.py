@@ -60,6 +60,81 @@ def realized_volatility(
     return float(np.std(r, ddof=1) * math.sqrt(n))
 
 
+def realized_volatility_columns(
+    times: np.ndarray,
+    closes: np.ndarray,
+    lengths: np.ndarray,
+    now: float,
+    windows_s: Sequence[float],
+    *,
+    step_s: float = MINUTE,
+    min_coverage: float = 0.8,
+    max_gap_s: float = 600.0,
+) -> np.ndarray:
+    """:func:`realized_volatility` of many series at once, over each of ``windows_s``: a (series,
+    windows) array, NaN where :func:`realized_volatility` gives None, else the same float.
+
+    ``times``/``closes``: the series one after another (each sorted by time, as the store keeps its
+    windows; one that is not is handed to the reference function), ``lengths`` how many points each
+    has. Every window's grid of period starts is the end of the longest one's (the same ``now``), so
+    where each grid point falls in every series is found in one pass: each time's first grid point at
+    or after it (one search over all points), counted per series and grid point; the position of the
+    latest point at or before a grid point is that count minus one. The rest is the reference's own
+    steps over rows (the same operations on the same numbers: gather, log, diff, std with ddof=1 along
+    each row)."""
+    k = len(lengths)
+    out = np.full((k, len(windows_s)), np.nan)
+    ns = [round(w / step_s) for w in windows_s]
+    if k == 0 or not any(n >= 2 for n in ns):
+        return out
+    lengths = np.asarray(lengths, dtype=np.intp)
+    t = np.asarray(times, dtype=float)
+    c = np.asarray(closes, dtype=float)
+    big = max(ns)
+    current = math.floor(now / step_s) * step_s
+    grid = current - step_s * np.arange(big + 1, 0, -1)
+    g = len(grid)
+    # slot: the first grid point at or after each time (g: after every one); per series, the number of
+    # its times at or before grid point j is the cumulative count of its slots up to j
+    seg = np.repeat(np.arange(k, dtype=np.intp), lengths)
+    slot = np.searchsorted(grid, t, side="left")
+    counts = np.bincount(seg * (g + 1) + slot, minlength=k * (g + 1)).reshape(k, g + 1)
+    at_or_before = np.cumsum(counts, axis=1)[:, :g]
+    offsets = np.cumsum(lengths) - lengths
+    last = max(len(t) - 1, 0)
+    # a series out of order (or with a NaN time) is searched as the reference searches it: on its own
+    with np.errstate(invalid="ignore"):
+        back = np.flatnonzero(~(t[1:] >= t[:-1])) + 1  # a point before the one ahead of it, or NaN
+    back = back[seg[back] == seg[back - 1]]  # within a series (a series may start earlier than the last ended)
+    odd = np.unique(seg[back]).tolist()
+    for w, n in enumerate(ns):
+        if n < 2 or not len(t):
+            continue
+        sub = grid[g - (n + 1) :]
+        local = at_or_before[:, g - (n + 1) :] - 1  # -1: no point at or before it
+        ok = (lengths >= 2) & (local[:, 0] >= 0)
+        idx = np.minimum(offsets[:, None] + np.maximum(local, 0), last)
+        ts = t[idx]
+        with np.errstate(invalid="ignore"):
+            ok &= ~(ts[:, 0] < sub[0] - max_gap_s)
+            ok &= ~(np.count_nonzero(ts == sub, axis=1) < min_coverage * (n + 1))
+            px = c[idx]
+            ok &= np.all(px > 0.0, axis=1)
+        rows = np.flatnonzero(ok)
+        if not len(rows):
+            continue
+        r = np.diff(np.log(px[rows]), axis=1)
+        out[rows, w] = np.std(r, axis=1, ddof=1) * math.sqrt(n)
+    for j in odd:
+        part = slice(int(offsets[j]), int(offsets[j] + lengths[j]))
+        for w, window in enumerate(windows_s):
+            v = realized_volatility(
+                t[part], c[part], now, window, step_s=step_s, min_coverage=min_coverage, max_gap_s=max_gap_s
+            )
+            out[j, w] = np.nan if v is None else v
+    return out
+
+
 def oi_change(
     times: Sequence[float],
     values: Sequence[float],

@@ -1,0 +1,135 @@
+"""Realised volatility of many series at once (analytics.factors.realized_volatility_columns, what a
+scrape computes when a minute closes) against the reference function series by series: the same
+float bit for bit, NaN exactly where the reference gives None, over random windows of minute closes
+with gaps, backfilled stretches, points off the minute grid, bad closes, a minute in progress and
+``now`` anywhere in a minute."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exporter.analytics.factors import MINUTE, VOLATILITY_WINDOWS, realized_volatility, realized_volatility_columns
+
+T0 = 1_767_225_600.0
+
+
+@st.composite
+def series(draw: st.DrawFn) -> tuple[list[float], list[float]]:
+    """One store window: minute starts in order (runs of minutes, gaps between, now and then a point
+    off the grid as a backfill may bring; rarely a time repeated or one that goes back, which the
+    reference searches as it is), closes mostly a random walk, sometimes zero, negative or NaN."""
+    n = draw(st.integers(0, 300))
+    times: list[float] = []
+    closes: list[float] = []
+    t = T0 + 60.0 * draw(st.integers(-30, 30))
+    px = draw(st.floats(1e-3, 1e5))
+    for _ in range(n):
+        gap = draw(st.sampled_from([1, 1, 1, 1, 1, 1, 2, 3, 11, 15, 0, -17]))  # 0, -17: out of order
+        t += 60.0 * gap
+        off = draw(st.sampled_from([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5, 30.0, 59.999]))
+        px *= math.exp(draw(st.floats(-0.01, 0.01)))
+        bad = draw(st.sampled_from([None] * 30 + [0.0, -1.0, math.nan]))
+        times.append(t + off)
+        closes.append(px if bad is None else bad)
+    return times, closes
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    many=st.lists(series(), min_size=1, max_size=8),
+    in_progress=st.lists(st.booleans(), min_size=8, max_size=8),
+    minutes_after=st.integers(-5, 40),
+    second=st.floats(0.0, 59.999),
+    extra=st.sampled_from([120.0, 300.0, 600.0, 60.0, 3590.0]),
+)
+def test_columns_equal_the_reference_series_by_series(
+    many: list[tuple[list[float], list[float]]],
+    in_progress: list[bool],
+    minutes_after: int,
+    second: float,
+    extra: float,
+) -> None:
+    ends = [ts[-1] for ts, _ in many if ts]
+    last = max(ends) if ends else T0
+    now = math.floor(last / MINUTE) * MINUTE + MINUTE * minutes_after + second
+    windows = (VOLATILITY_WINDOWS["1h"], VOLATILITY_WINDOWS["4h"], extra)
+    rows: list[tuple[list[float], list[float]]] = []
+    for (ts, cs), more in zip(many, in_progress, strict=False):
+        ts, cs = list(ts), list(cs)
+        cur = math.floor(now / MINUTE) * MINUTE
+        if more and (not ts or cur > ts[-1]):  # the minute in progress, as the views add it
+            ts.append(cur)
+            cs.append(cs[-1] if cs else 1.0)
+        rows.append((ts, cs))
+    got = realized_volatility_columns(
+        np.array([t for ts, _ in rows for t in ts], dtype=float),
+        np.array([c for _, cs in rows for c in cs], dtype=float),
+        np.array([len(ts) for ts, _ in rows]),
+        now,
+        windows,
+    )
+    assert got.shape == (len(rows), len(windows))
+    for k, (ts, cs) in enumerate(rows):
+        for w, window in enumerate(windows):
+            want = realized_volatility(ts, cs, now, window)
+            if want is None:
+                assert math.isnan(got[k, w]), (k, window)
+            else:
+                assert got[k, w] == want, (k, window, got[k, w], want)  # bit for bit
+
+
+def test_full_windows_of_thousands_of_series_equal_the_reference() -> None:
+    """Full 4 h windows as a steady exporter holds them, many series in one call (the rows reduced
+    together): every value equal to the reference's, and every one present."""
+    rng = np.random.default_rng(7)
+    k, m = 300, 248
+    now = T0 + 17.0
+    times = np.tile(T0 - MINUTE * np.arange(m, 0, -1), k)
+    closes = np.exp(np.cumsum(rng.normal(0, 1e-3, size=(k, m)), axis=1)).ravel() * 50.0
+    got = realized_volatility_columns(times, closes, np.full(k, m), now, (3600.0, 14400.0))
+    for j in range(k):
+        ts, cs = times[j * m : (j + 1) * m], closes[j * m : (j + 1) * m]
+        assert got[j, 0] == realized_volatility(ts, cs, now, 3600.0)
+        assert got[j, 1] == realized_volatility(ts, cs, now, 14400.0)
+
+
+def test_no_series_and_empty_series() -> None:
+    empty = np.array([], dtype=float)
+    assert realized_volatility_columns(empty, empty, np.array([], dtype=int), T0, (3600.0,)).shape == (0, 1)
+    got = realized_volatility_columns(empty, empty, np.array([0, 0]), T0, (3600.0, 14400.0))
+    assert got.shape == (2, 2) and np.isnan(got).all()
+
+
+def test_the_edges_of_the_rules_series_by_series() -> None:
+    """Each rule at its edge, all in one call: the latest close before the window at exactly the
+    largest gap allowed and a second beyond it, coverage at exactly 80 % and one minute under, a
+    close of zero, a close at a grid point's very time and a hair after it."""
+    now = T0 + 61 * MINUTE + 5.0  # the window: closes at T0 + 0 .. T0 + 60 minutes
+    grid = [T0 + MINUTE * j for j in range(61)]
+    full = [100.0 * math.exp(0.001 * math.sin(j)) for j in range(61)]
+    cases: list[tuple[list[float], list[float]]] = []
+    for before in (600.0, 601.0, 599.5):  # only a close this long before the window's start, then the rest
+        cases.append(([T0 - before, *grid[1:]], full))
+    need = math.ceil(0.8 * 61)
+    for own in (need, need - 1):  # closes of their own at the first `own` grid points only
+        cases.append((grid[:own], full[:own]))
+    cases.append((grid, [*full[:30], 0.0, *full[31:]]))
+    cases.append(([grid[0] + 1e-6, *grid[1:]], full))
+    cases.append(([grid[0] - 1e-6, *grid[1:]], full))
+    got = realized_volatility_columns(
+        np.array([t for ts, _ in cases for t in ts]),
+        np.array([c for _, cs in cases for c in cs]),
+        np.array([len(ts) for ts, _ in cases]),
+        now,
+        (3600.0,),
+    )
+    present = []
+    for k, (ts, cs) in enumerate(cases):
+        want = realized_volatility(ts, cs, now, 3600.0)
+        present.append(want is not None)
+        assert (math.isnan(got[k, 0]) and want is None) or got[k, 0] == want, k
+    assert present == [True, False, True, True, False, False, False, True]
