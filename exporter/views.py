@@ -426,6 +426,34 @@ def _volatility_columns(sts: list[InstrumentState], marks: np.ndarray, now: floa
     return factors.realized_volatility_columns(times, closes, total, now, _VOLATILITY_WINDOWS)
 
 
+def _oi_columns(sts: list[InstrumentState], targets: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What :meth:`MarketViews._oi_changes` keeps of each instrument's open-interest window, for many
+    at once: per window start (``targets``), the times of the samples before and after it (lo, hi:
+    -inf / inf where none; columns lo1, hi1, lo4, hi4) and the sample it picks (t, v: NaN where none;
+    t1, v1, t4, v4); and the positions of the windows out of order, left to the per-instrument path."""
+    k = len(sts)
+    raws = [st.oi_samples.raw() for st in sts]  # one copy each (the event loop may append meanwhile)
+    lengths = np.fromiter(map(len, raws), dtype=np.intp, count=k) // 2
+    flat = np.frombuffer(b"".join(raws), dtype=np.float64).reshape(-1, 2)
+    times = flat[:, 0]
+    pos, odd = factors.latest_at_or_before(times, lengths, targets)
+    # a NaN after the last point: position -1 and the position after a series' last read it
+    t = np.append(times, np.nan)
+    v = np.append(flat[:, 1], np.nan)
+    offsets = np.cumsum(lengths) - lengths
+    bounds = np.empty((k, 4))
+    then = np.empty((k, 4))
+    for j in range(len(targets)):
+        p = pos[:, j]
+        has = p >= 0
+        after = np.where(has, p + 1, offsets)
+        bounds[:, 2 * j] = np.where(has, t[p], -np.inf)
+        bounds[:, 2 * j + 1] = np.where(after < offsets + lengths, t[after], np.inf)
+        then[:, 2 * j] = np.where(has, t[p], np.nan)
+        then[:, 2 * j + 1] = np.where(has, v[p], np.nan)
+    return bounds, then, np.array(odd, dtype=np.intp)
+
+
 class MarketViews:
     """Builds :class:`InstrumentView` lists; owns the window caches shared by scrapes.
 
@@ -733,9 +761,19 @@ class MarketViews:
             (c.oi_ends[idx] == ends).all(axis=1) & (b[:, 0] <= t1) & (t1 < b[:, 1]) & (b[:, 2] <= t4) & (t4 < b[:, 3])
         )
         ois = oi.tolist()
-        for k, j in enumerate(np.flatnonzero(~valid).tolist()):
-            if k and not k % _LOOKUPS_PER_YIELD:
+        moved = np.flatnonzero(~valid)
+        odd: list[int] = []
+        for k in range(0, len(moved), _VOLATILITY_BLOCK):
+            if k:
                 _yield_gil()
+            block = moved[k : k + _VOLATILITY_BLOCK]
+            at = idx[block]
+            bounds, then, out_of_order = _oi_columns([instruments[i] for i in at.tolist()], (t1, t4))
+            c.oi_ends[at] = ends[block]
+            c.oi_bounds[at] = bounds
+            c.oi_then[at] = then
+            odd.extend(block[out_of_order].tolist())
+        for j in odd:  # a window out of order: searched as the reference searches it
             i = int(idx[j])
             self._oi_changes(instruments[i], ois[i], now)  # refreshes self._oi
             (lo1, hi1, ts1, vs1), (lo4, hi4, ts4, vs4) = self._oi[keys[i]][1]

@@ -7,12 +7,20 @@ with gaps, backfilled stretches, points off the minute grid, bad closes, a minut
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
+from itertools import pairwise
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.analytics.factors import MINUTE, VOLATILITY_WINDOWS, realized_volatility, realized_volatility_columns
+from exporter.analytics.factors import (
+    MINUTE,
+    VOLATILITY_WINDOWS,
+    latest_at_or_before,
+    realized_volatility,
+    realized_volatility_columns,
+)
 
 T0 = 1_767_225_600.0
 
@@ -133,3 +141,27 @@ def test_the_edges_of_the_rules_series_by_series() -> None:
         present.append(want is not None)
         assert (math.isnan(got[k, 0]) and want is None) or got[k, 0] == want, k
     assert present == [True, False, True, True, False, False, False, True]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    many=st.lists(series(), min_size=1, max_size=8),
+    targets=st.lists(st.integers(-60, 400).map(lambda m: T0 + 60.0 * m + (m % 7) * 0.5), min_size=1, max_size=3),
+)
+def test_latest_at_or_before_is_what_bisect_picks(
+    many: list[tuple[list[float], list[float]]], targets: list[float]
+) -> None:
+    """The open-interest change's sample search over many windows at once against ``bisect_right``
+    window by window (the reference's search): the same position for every sorted window and target,
+    and every window out of order reported, none in order."""
+    times = np.array([t for ts, _ in many for t in ts], dtype=float)
+    pos, odd = latest_at_or_before(times, np.array([len(ts) for ts, _ in many]), targets)
+    offset = 0
+    for k, (ts, _) in enumerate(many):
+        ordered = all(b >= a for a, b in pairwise(ts))
+        assert (k in odd) is (not ordered)
+        if ordered:
+            for j, x in enumerate(targets):
+                i = bisect_right(ts, x) - 1
+                assert pos[k, j] == (offset + i if i >= 0 else -1)
+        offset += len(ts)

@@ -103,10 +103,7 @@ def realized_volatility_columns(
     offsets = np.cumsum(lengths) - lengths
     last = max(len(t) - 1, 0)
     # a series out of order (or with a NaN time) is searched as the reference searches it: on its own
-    with np.errstate(invalid="ignore"):
-        back = np.flatnonzero(~(t[1:] >= t[:-1])) + 1  # a point before the one ahead of it, or NaN
-    back = back[seg[back] == seg[back - 1]]  # within a series (a series may start earlier than the last ended)
-    odd = np.unique(seg[back]).tolist()
+    odd = out_of_order(t, seg)
     for w, n in enumerate(ns):
         if n < 2 or not len(t):
             continue
@@ -133,6 +130,34 @@ def realized_volatility_columns(
             )
             out[j, w] = np.nan if v is None else v
     return out
+
+
+def out_of_order(times: np.ndarray, seg: np.ndarray) -> list[int]:
+    """The series (numbers in ``seg``, one per point, the series one after another) with a point
+    earlier than the one before it, or a NaN time: a binary search over them is not a search."""
+    with np.errstate(invalid="ignore"):
+        back = np.flatnonzero(~(times[1:] >= times[:-1])) + 1  # a point before the one ahead of it, or NaN
+    back = back[seg[back] == seg[back - 1]]  # within a series (a series may start earlier than the last ended)
+    odd: list[int] = np.unique(seg[back]).tolist()
+    return odd
+
+
+def latest_at_or_before(
+    times: np.ndarray, lengths: np.ndarray, targets: Sequence[float]
+) -> tuple[np.ndarray, list[int]]:
+    """Per series and target, the position in ``times`` of the series' latest point at or before the
+    target (the point ``bisect_right(series, target) - 1`` picks), -1 where there is none; and the
+    series out of order (:func:`out_of_order`), whose positions are not searched (the caller searches
+    them as the reference does). ``times``: the series one after another, ``lengths`` their sizes."""
+    lengths = np.asarray(lengths, dtype=np.intp)
+    k = len(lengths)
+    seg = np.repeat(np.arange(k, dtype=np.intp), lengths)
+    offsets = np.cumsum(lengths) - lengths
+    out = np.empty((k, len(targets)), dtype=np.intp)
+    for j, x in enumerate(targets):
+        count = np.bincount(seg[times <= x], minlength=k)  # of a sorted series: bisect_right
+        out[:, j] = np.where(count > 0, offsets + count - 1, -1)
+    return out, out_of_order(times, seg)
 
 
 def oi_change(
