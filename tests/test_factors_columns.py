@@ -7,6 +7,7 @@ with gaps, backfilled stretches, points off the minute grid, bad closes, a minut
 from __future__ import annotations
 
 import math
+import random
 from bisect import bisect_right
 from itertools import pairwise
 
@@ -29,28 +30,41 @@ T0 = 1_767_225_600.0
 def series(draw: st.DrawFn) -> tuple[list[float], list[float]]:
     """One store window: minute starts in order (runs of minutes, gaps between, now and then a point
     off the grid as a backfill may bring; rarely a time repeated or one that goes back, which the
-    reference searches as it is), closes mostly a random walk, sometimes zero, negative or NaN."""
+    reference searches as it is), closes a random walk, sometimes zero, negative or NaN. Hypothesis
+    draws the shape (length, how often each oddity comes, the start); the points come from a seeded
+    generator (drawing each of thousands of points would make an example slow)."""
     n = draw(st.integers(0, 300))
+    rnd = random.Random(draw(st.integers(0, 2**32)))
+    p_gap = draw(st.sampled_from([0.0, 0.0, 0.02, 0.1, 0.4]))
+    p_off = draw(st.sampled_from([0.0, 0.0, 0.05]))
+    p_back = draw(st.sampled_from([0.0, 0.0, 0.0, 0.01]))
+    p_bad = draw(st.sampled_from([0.0, 0.0, 0.0, 0.002, 0.05]))
+    t = T0
+    px = draw(st.floats(1e-3, 1e5))
     times: list[float] = []
     closes: list[float] = []
-    t = T0 + 60.0 * draw(st.integers(-30, 30))
-    px = draw(st.floats(1e-3, 1e5))
     for _ in range(n):
-        gap = draw(st.sampled_from([1, 1, 1, 1, 1, 1, 2, 3, 11, 15, 0, -17]))  # 0, -17: out of order
+        if rnd.random() < p_back:
+            gap = rnd.choice([0, -17])  # out of order
+        elif rnd.random() < p_gap:
+            gap = rnd.choice([2, 3, 10, 11, 15])
+        else:
+            gap = 1
         t += 60.0 * gap
-        off = draw(st.sampled_from([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5, 30.0, 59.999]))
-        px *= math.exp(draw(st.floats(-0.01, 0.01)))
-        bad = draw(st.sampled_from([None] * 30 + [0.0, -1.0, math.nan]))
+        off = rnd.choice([0.5, 30.0, 59.999]) if rnd.random() < p_off else 0.0
+        px *= math.exp(rnd.uniform(-0.01, 0.01))
         times.append(t + off)
-        closes.append(px if bad is None else bad)
-    return times, closes
+        closes.append(rnd.choice([0.0, -1.0, math.nan]) if rnd.random() < p_bad else px)
+    # every series ending within a few minutes of T0, as the instruments of one store do
+    shift = (T0 + 60.0 * draw(st.integers(-3, 3))) - (t if times else T0)
+    return [x + shift for x in times], closes
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     many=st.lists(series(), min_size=1, max_size=8),
     in_progress=st.lists(st.booleans(), min_size=8, max_size=8),
-    minutes_after=st.integers(-5, 40),
+    minutes_after=st.sampled_from([-2, -1, 0, 0, 1, 1, 1, 2, 3, 5, 12]),
     second=st.floats(0.0, 59.999),
     extra=st.sampled_from([120.0, 300.0, 600.0, 60.0, 3590.0]),
 )
@@ -143,7 +157,7 @@ def test_the_edges_of_the_rules_series_by_series() -> None:
     assert present == [True, False, True, True, False, False, False, True]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     many=st.lists(series(), min_size=1, max_size=8),
     targets=st.lists(st.integers(-60, 400).map(lambda m: T0 + 60.0 * m + (m % 7) * 0.5), min_size=1, max_size=3),
