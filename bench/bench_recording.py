@@ -208,7 +208,8 @@ def frame_hook(recorder: Recorder, shape: Shape) -> Any:
     stream_hook = getattr(recorder, "stream_hook", None)
     if stream_hook is not None:
         return stream_hook(shape.exchange, shape.stream)
-    return recorder.ws_hook(shape.exchange)
+    ws_hook = recorder.ws_hook  # type: ignore[attr-defined]  # an older checkout's Recorder
+    return ws_hook(shape.exchange)
 
 
 async def ingest_socket(
@@ -558,11 +559,11 @@ def writer_parts(shape: Shape, level: int | None, rounds: int) -> None:
         try:
             with tempfile.TemporaryDirectory() as d:
                 rec = Recorder(Path(d), queue_size=len(shape.frames) + 10, compression="zstd", level=level)
-                hook = rec.ws_hook(shape.exchange)
-                hook(T0 - 1.0, shape.stream, shape.frames[0], True)
+                hook = rec.stream_hook(shape.exchange, shape.stream)
+                hook(T0 - 1.0, shape.frames[0], True)
                 rec._drain(1)  # the file opened and the stream's head made, outside the timing
                 for k, f in enumerate(shape.frames):
-                    hook(T0 + k * shape.dt, shape.stream, f, True)
+                    hook(T0 + k * shape.dt, f, True)
                 file, rec._file = rec._file, Drop()  # type: ignore[assignment]
                 cpu0 = time.thread_time()
                 rec._drain(len(shape.frames))
@@ -806,9 +807,9 @@ def replay_rate(
         recorder = Recorder(Path(d), queue_size=len(frames) + 10)
         recorder.start()
         recorder.meta(T0 - 1.0, ex, "followed", infos)
-        hook = recorder.ws_hook(ex)
+        hook = recorder.stream_hook(ex, stream)
         for k, f in enumerate(frames):
-            hook(T0 + k * step, stream, f, True)
+            hook(T0 + k * step, f, True)
         recorder.close()
         rates = []
         for _ in range(runs):

@@ -244,19 +244,6 @@ class Recorder:
 
         return hook
 
-    def ws_hook(self, exchange: Exchange) -> Callable[[float, str, str | bytes, bool], None]:
-        """Frames of any stream of an exchange, called with (received_at, stream, frame, it is valid
-        JSON): one :meth:`stream_hook` per stream."""
-        hooks: dict[str, Callable[[float, str | bytes, bool], None]] = {}
-
-        def hook(received_at: float, stream: str, frame: str | bytes, json_ok: bool = False) -> None:
-            h = hooks.get(stream)
-            if h is None:
-                h = hooks[stream] = self.stream_hook(exchange, stream)
-            h(received_at, frame, json_ok)
-
-        return hook
-
     def rest_hook(self, exchange: Exchange) -> RestHook:
         """What a RestClient calls with (sent_at, received_at, endpoint, path, params, body)."""
         ex = str(exchange)

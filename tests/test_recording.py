@@ -65,11 +65,11 @@ def test_frames_that_parsed_are_embedded_unescaped_and_come_back_byte_for_byte(t
 
     rec = Recorder(tmp_path)
     rec.start()
-    hook = rec.ws_hook(Exchange.BINANCE)
-    hook(1_700_000_000.0, "markPrice", _frame(1), True)  # parsed: JSON, written as it is
-    hook(1_700_000_001.0, "markPrice", '{"a":\n1}', True)  # a line break inside: escaped after all
-    hook(1_700_000_002.0, "markPrice", '{"garbage": \x00<<not json', False)  # did not parse: escaped
-    hook(1_700_000_003.0, "markPrice", '{"b":\r2}', True)  # a carriage return is JSON whitespace: as it is
+    hook = rec.stream_hook(Exchange.BINANCE, "markPrice")
+    hook(1_700_000_000.0, _frame(1), True)  # parsed: JSON, written as it is
+    hook(1_700_000_001.0, '{"a":\n1}', True)  # a line break inside: escaped after all
+    hook(1_700_000_002.0, '{"garbage": \x00<<not json', False)  # did not parse: escaped
+    hook(1_700_000_003.0, '{"b":\r2}', True)  # a carriage return is JSON whitespace: as it is
     rec.close()
     (path,) = recording_files(tmp_path)
     raw_lines = gzip.decompress(path.read_bytes()).split(b"\n")
@@ -90,9 +90,9 @@ def test_frame_bytes_that_are_not_utf8_are_not_embedded_as_json(tmp_path: Path) 
     good = '{"note":"caf\u00e9"}'.encode()  # non-ASCII UTF-8: embedded as it is
     rec = Recorder(tmp_path)
     rec.start()
-    hook = rec.ws_hook(Exchange.BINANCE)
-    hook(1_700_000_000.0, "markPrice", bad, True)
-    hook(1_700_000_001.0, "markPrice", good, True)
+    hook = rec.stream_hook(Exchange.BINANCE, "markPrice")
+    hook(1_700_000_000.0, bad, True)
+    hook(1_700_000_001.0, good, True)
     rec.close()
     (path,) = recording_files(tmp_path)
     raw_lines = gzip.decompress(path.read_bytes()).split(b"\n")
@@ -192,7 +192,7 @@ def test_zstd_files_read_the_same(tmp_path: Path, level: int | None) -> None:
     big = _frame(0).replace('"s":"BTCUSDT"', '"s":"BTCUSDT","x":"' + "y" * (1 << 21) + '"')  # > the buffer
     for i in range(3):
         rec.ws(1_700_000_000.0 + i, Exchange.BINANCE, "markPrice", _frame(i))
-    rec.ws_hook(Exchange.BINANCE)(1_700_000_003.0, "markPrice", big.encode(), True)
+    rec.stream_hook(Exchange.BINANCE, "markPrice")(1_700_000_003.0, big.encode(), True)
     rec.close()
     (path,) = recording_files(tmp_path)
     assert path.name.endswith(".jsonl.zst")
@@ -279,13 +279,13 @@ def test_a_burst_wakes_the_writer_before_its_flush_period(tmp_path: Path) -> Non
 
     rec = Recorder(tmp_path, queue_size=80, flush_seconds=60.0)
     rec.start()
-    hook = rec.ws_hook(Exchange.BINANCE)
+    hook = rec.stream_hook(Exchange.BINANCE, "markPrice")
     for i in range(9):
-        hook(1_700_000_000.0 + i, "markPrice", _frame(i), True)
+        hook(1_700_000_000.0 + i, _frame(i), True)
     assert rec.stats.frames_ws == 0  # below the mark: queued for the next period
-    hook(1_700_000_009.0, "markPrice", _frame(9), True)  # the tenth: an eighth of 80
+    hook(1_700_000_009.0, _frame(9), True)  # the tenth: an eighth of 80
     wait_for(lambda: rec.stats.frames_ws == 10, 20.0, what="the writer woken by the burst")
-    hook(1_700_000_010.0, "markPrice", _frame(10), True)
+    hook(1_700_000_010.0, _frame(10), True)
     rec.close()
     assert rec.stats.frames_ws == 11 and rec.stats.dropped == 0
     assert [d["t"] for d in read_lines(tmp_path)] == [1_700_000_000.0 + i for i in range(11)]

@@ -28,30 +28,31 @@ def _ticker(i: int) -> bytes:
 def _feed(rec: Recorder) -> None:
     """3,000 items as the loop queues them: small parsed frames of three streams, and among them
     everything the batch path must leave to the item-by-item path, in places that split batches."""
-    bybit = rec.ws_hook(Exchange.BYBIT)
-    okx = rec.ws_hook(Exchange.OKX)
+    bybit = rec.stream_hook(Exchange.BYBIT, "tickers")
+    bybit_liq = rec.stream_hook(Exchange.BYBIT, "liquidation")
+    okx = rec.stream_hook(Exchange.OKX, "mark-price")
     rest = rec.rest_hook(Exchange.OKX)
     odd: dict[int, Any] = {
-        700: lambda t: bybit(t, "tickers", _ticker(1).decode(), True),  # str (the former hand-over)
-        901: lambda t: bybit(t, "tickers", '{"note":"caf\u00e9"}'.encode(), True),  # UTF-8, not ASCII
-        1100: lambda t: bybit(t, "tickers", b'{"x":"\xff"}', True),  # not UTF-8: base64
-        1300: lambda t: bybit(t, "tickers", b'{"a":\n1}', True),  # a line feed: escaped
-        1500: lambda t: bybit(t, "tickers", b"<not json>", False),  # did not parse
-        1700: lambda t: bybit(t, "tickers", b"[1,2]" + b" " * 5000, True),  # larger than SMALL_FRAME
+        700: lambda t: bybit(t, _ticker(1).decode(), True),  # str (the former hand-over)
+        901: lambda t: bybit(t, '{"note":"caf\u00e9"}'.encode(), True),  # UTF-8, not ASCII
+        1100: lambda t: bybit(t, b'{"x":"\xff"}', True),  # not UTF-8: base64
+        1300: lambda t: bybit(t, b'{"a":\n1}', True),  # a line feed: escaped
+        1500: lambda t: bybit(t, b"<not json>", False),  # did not parse
+        1700: lambda t: bybit(t, b"[1,2]" + b" " * 5000, True),  # larger than SMALL_FRAME
         1900: lambda t: rest(t - 0.5, t, "open_interest", "/api/v5/public/open-interest", {"instId": "X"}, b"{}"),
-        2100: lambda t: okx(t, "mark-price", b'{"arg":{"channel":"mark-price"}}', True),  # a new stream
-        2400: lambda t: bybit(t, "liquidation", b'{"topic":"allLiquidation"}', True),  # and another
+        2100: lambda t: okx(t, b'{"arg":{"channel":"mark-price"}}', True),  # a new stream
+        2400: lambda t: bybit_liq(t, b'{"topic":"allLiquidation"}', True),  # and another
     }
     for i in range(3000):
         t = T0 + i * 0.01  # 30 s of receive time: rotation every 10 s falls inside batches
         if i in odd:
             odd[i](t)
         elif 2600 <= i < 2640:  # a run of large frames (all-market arrays): item by item, not halved
-            bybit(t, "tickers", b"[%d]" % i + b" " * 5000, True)
+            bybit(t, b"[%d]" % i + b" " * 5000, True)
         elif i % 3 == 0 and i > 2100:
-            okx(t, "mark-price", b'{"arg":{"channel":"mark-price"},"data":[{"markPx":"%d"}]}' % i, True)
+            okx(t, b'{"arg":{"channel":"mark-price"},"data":[{"markPx":"%d"}]}' % i, True)
         else:
-            bybit(t, "tickers", _ticker(i), True)
+            bybit(t, _ticker(i), True)
 
 
 def _record(directory: Path, bulk_min: int, monkeypatch: pytest.MonkeyPatch, compression: str) -> list[int]:

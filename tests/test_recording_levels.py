@@ -71,9 +71,9 @@ def test_replay_reads_a_recording_of_every_level(tmp_path: Path, compression: st
     rec = Recorder(tmp_path, compression=compression, level=level)  # type: ignore[arg-type]
     rec.start()
     rec.meta(T0 - 1.0, Exchange.BINANCE, "followed", [INFO])
-    hook = rec.ws_hook(Exchange.BINANCE)
+    hook = rec.stream_hook(Exchange.BINANCE, "markPrice")
     for i in range(40):  # a batch of small frames (the writer's batch path) and single ones
-        hook(T0 + i, "markPrice", _frame(i), True)
+        hook(T0 + i, _frame(i), True)
     rec.close()
     (path,) = recording_files(tmp_path)
     assert path.name.endswith(".jsonl.zst" if compression == "zstd" else ".jsonl.gz")

@@ -360,9 +360,9 @@ async def test_openmetrics_backfill_into_prometheus_returns_the_recorded_values(
     info = InstrumentInfo(Exchange.BINANCE, "BTCUSDT", "BTC", "USDT", funding_interval_s=28800.0)
     rec.meta(t0 - 1.0, Exchange.BINANCE, "followed", [info])
     prices = {i: 50_000.0 + i for i in range(300)}
-    hook = rec.ws_hook(Exchange.BINANCE)
+    hook = rec.stream_hook(Exchange.BINANCE, "markPrice")
     for i, price in prices.items():
-        hook(t0 + i + 0.02, "markPrice", _mark_frame("BTCUSDT", price, int((t0 + i) * 1000)))
+        hook(t0 + i + 0.02, _mark_frame("BTCUSDT", price, int((t0 + i) * 1000)))
     rec.close()
     out = tmp_path / "backfill.om"
     _, n = await replay_to_openmetrics(Config(), tmp_path / "rec", out, 15.0)

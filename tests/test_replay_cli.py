@@ -31,9 +31,9 @@ def _recording(directory: Path) -> None:
     rec = Recorder(directory)
     rec.start()
     rec.meta(T0, Exchange.BINANCE, "followed", [InstrumentInfo(Exchange.BINANCE, "BTCUSDT", "BTC", "USDT")])
-    hook = rec.ws_hook(Exchange.BINANCE)
+    hook = rec.stream_hook(Exchange.BINANCE, "markPrice")
     for i in range(20):
-        hook(T0 + 1 + i, "markPrice", _frame(60_000.0 + i, int((T0 + 1 + i) * 1000)), True)
+        hook(T0 + 1 + i, _frame(60_000.0 + i, int((T0 + 1 + i) * 1000)), True)
     rec.close()
 
 
