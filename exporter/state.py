@@ -506,16 +506,6 @@ class InstrumentState:
         return (self._info.exchange, self._info.instrument)
 
     @property
-    def liq_count(self) -> dict[Side, int]:
-        """Liquidations seen per side of the liquidated position (a copy of the slots)."""
-        return {Side.LONG: self.liq_long_count, Side.SHORT: self.liq_short_count}
-
-    @property
-    def liq_notional_usd(self) -> dict[Side, float]:
-        """USD notional liquidated per side of the liquidated position (a copy of the slots)."""
-        return {Side.LONG: self.liq_long_usd, Side.SHORT: self.liq_short_usd}
-
-    @property
     def interval_s(self) -> float | None:
         return self.funding_interval_s or self._info.funding_interval_s
 

@@ -90,8 +90,8 @@ def test_liquidations_accumulate_per_side_and_fire_an_event() -> None:
     for usd in (400_000.0, 700_000.0):
         st.apply(Liquidation(Exchange.BYBIT, "BTCUSDT", clock.t, Side.LONG, 100.0, usd / 100, usd))
     s = st.instruments[(Exchange.BYBIT, "BTCUSDT")]
-    assert s.liq_count[Side.LONG] == 2 and s.liq_count[Side.SHORT] == 0
-    assert s.liq_notional_usd[Side.LONG] == 1_100_000.0
+    assert s.liq_long_count == 2 and s.liq_short_count == 0
+    assert s.liq_long_usd == 1_100_000.0
     kinds = [(e.kind, e.base) for e in st.events]
     assert kinds == [("liquidation", "BTC")]
 
@@ -287,7 +287,7 @@ def test_a_liquidation_or_settlement_of_an_unknown_instrument_or_exchange_is_cou
     fresh.apply_many([FundingSettlement(Exchange.OKX, "BTC-USDT-SWAP", clock.t, 1e-4, 28800.0)], clock.t)
     fresh.apply_many([FundingSettlement(Exchange.BYBIT, "NOPEUSDT", clock.t, 1e-4, 28800.0)], clock.t)
     assert st.unknown_instrument_updates == 2 and fresh.unknown_instrument_updates == 3
-    assert not st.events and all(sum(s.liq_count.values()) == 0 for s in st.snapshot())
+    assert not st.events and all(s.liq_long_count + s.liq_short_count == 0 for s in st.snapshot())
 
 
 def test_a_liquidation_never_walks_the_instruments() -> None:
