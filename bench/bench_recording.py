@@ -27,7 +27,7 @@
 
 Run: ``.venv/bin/python bench/bench_recording.py [--instruments 200] [--frames 2000] [--runs 7]
 [--compression zstd|gzip] [--level N | --levels N,M,...] [--hand-over bytes|str|both] [--regular] [--no-replay]
-[--socket [--tls]] [--ticker-hz 1] [--shape arrays|tickers]``; parts only: ``--writer-parts`` (the
+[--socket [--tls] [--transports tls]] [--ticker-hz 1] [--shape arrays|tickers]``; parts only: ``--writer-parts`` (the
 writer's CPU a line: Python, compression), ``--loop-parts`` (the loop thread's extra CPU a frame),
 ``--zstd-params`` (zstd's parameters at -3: ns a byte, ratio, disk an hour).
 Prints figures; not a test.
@@ -149,8 +149,13 @@ EXCHANGE_DEFLATE: dict[Exchange, bool | None] = {
 }
 
 
-def transports(exchange: Exchange, tls: bool) -> list[Transport]:
-    """The plain socket (the former figure), then the exporter's path as the exchange serves it."""
+TRANSPORT_NAMES = {"plain": PLAIN, "deflate": Transport(True, False), "deflate+tls": Transport(True, True)}
+TRANSPORT_NAMES["tls"] = Transport(False, True)
+
+
+def transports(exchange: Exchange, tls: bool, only: list[Transport] | None = None) -> list[Transport]:
+    """The plain socket (the former figure), then the exporter's path as the exchange serves it;
+    ``only``: those of them (``--transports``)."""
     known = EXCHANGE_DEFLATE.get(exchange)
     deflates = [True, False] if known is None else [known]
     out = [PLAIN]
@@ -159,7 +164,7 @@ def transports(exchange: Exchange, tls: bool) -> list[Transport]:
             tr = Transport(d, t)
             if tr not in out:
                 out.append(tr)
-    return out
+    return out if only is None else [t for t in out if t in only]
 
 
 def serve_frames(shapes: list[Shape], kinds: list[Transport], cert: tuple[bytes, bytes] | None, ports: Any) -> None:
@@ -295,6 +300,14 @@ async def ingest(shape: Shape, recorder: Recorder | None, *, as_str: bool = Fals
     return time.process_time() - cpu0, loop, writer
 
 
+def quartiles(xs: list[float]) -> tuple[float, float, float]:
+    """(first quartile, median, third quartile); with fewer than two values, the value thrice."""
+    if len(xs) < 2:
+        return xs[0], xs[0], xs[0]
+    q1, q2, q3 = statistics.quantiles(xs, n=4, method="inclusive")
+    return q1, q2, q3
+
+
 @dataclass
 class Cost:
     """Per interleaved pair: ingest CPU without and with recording, and the shares."""
@@ -314,15 +327,29 @@ class Cost:
         self.hooked.append(100 * (r[1] - b[1]) / b[1])
         self.disk.append(disk)
 
-    def report(self, label: str, updates: int, compression: str, disk_per_hour: float = 0.0) -> None:
+    def report(self, label: str, updates: int, compression: str, disk_per_hour: float = 0.0, frames: int = 0) -> None:
+        """The share as the median of the pairs' shares with its quartiles (half the pairs lie between:
+        the spread a neighbour's load leaves) and range, the share of the medians (median CPU with over
+        median CPU without: a second estimate, which agrees when the pairs are trustworthy), and the
+        extra CPU a frame; and the share of the fastest run with over the fastest without (the runs a
+        neighbour disturbed least: a third estimate, the steadiest on a busy machine)."""
         med = statistics.median
         b, r, sh, w, h = med(self.base), med(self.rec), self.shares, self.writer, self.hooked
         print(f"{label}: ingest without recording: {b:.3f} s CPU ({updates / b:,.0f} instrument updates/s)")
         disk = f"; {disk_per_hour / 1e6:,.3g} MB on disk an hour" if disk_per_hour else ""
+        q1, q2, q3 = quartiles(sh)
         print(
-            f"{label}: ingest with recording ({compression}): {r:.3f} s CPU; recording = {med(sh):.1f} % of ingest "
-            f"CPU (median of {len(sh)} interleaved pairs, range {min(sh):.1f} to {max(sh):.1f} %){disk}"
+            f"{label}: ingest with recording ({compression}): {r:.3f} s CPU; recording = {q2:.1f} % of ingest "
+            f"CPU (median of {len(sh)} interleaved pairs, quartiles {q1:.1f} to {q3:.1f} %, range {min(sh):.1f} "
+            f"to {max(sh):.1f} %; share of the medians {100 * (r - b) / b:.1f} %){disk}"
         )
+        if frames:
+            extra = [(x - y) / frames * 1e6 for x, y in zip(self.rec, self.base, strict=True)]
+            lo = 100 * (min(self.rec) - min(self.base)) / min(self.base)
+            print(
+                f"{label}:   extra CPU a frame {med(extra):.3f} us (median of the pairs' differences) over "
+                f"{b / frames * 1e6:.3f} us of ingest; share of the fastest runs {lo:.1f} %"
+            )
         print(
             f"{label}:   of which the writer thread {med(w):.1f} % (range {min(w):.1f} to {max(w):.1f}), "
             f"the loop thread {med(h):+.1f} % (range {min(h):+.1f} to {max(h):+.1f})"
@@ -356,6 +383,12 @@ def main() -> None:
         "no TLS: the former figure) and permessage-deflate as each exchange answers the exporter's offer",
     )
     ap.add_argument("--tls", action="store_true", help="with --socket: also over TLS (a self-signed certificate)")
+    ap.add_argument(
+        "--transports",
+        default=None,
+        help="with --socket: only these, comma-separated, of plain, deflate, deflate+tls, tls (TLS without "
+        "deflate: the Bybit tickers' figure of issue 12), so that all the pairs go to the figure asked for",
+    )
     ap.add_argument(
         "--ticker-hz",
         type=float,
@@ -429,7 +462,8 @@ def main() -> None:
         kinds: list[Transport] = []
         modes = []
         for shape in shapes:
-            for tr in transports(shape.exchange, args.tls):
+            only = [TRANSPORT_NAMES[x] for x in args.transports.split(",")] if args.transports else None
+            for tr in transports(shape.exchange, args.tls, only):
                 modes.append((shape, False, tr))
                 if tr not in kinds:
                     kinds.append(tr)
@@ -492,9 +526,13 @@ def main() -> None:
                 c = costs[(m, lv)]
                 name = f"{args.compression} level {lv if lv is not None else 'default'}"
                 hourly = med(c.disk) / len(shape.frames) * per_hour[shape.name]
-                c.report(f"{label}, {'str' if as_str else 'bytes'}, {name}", shape.updates, name, hourly)
+                c.report(
+                    f"{label}, {'str' if as_str else 'bytes'}, {name}", shape.updates, name, hourly, len(shape.frames)
+                )
         first = [m for m in modes if m[0] is shape]
-        if args.socket:  # what deflate and TLS add to the ingest (the denominator of the share)
+        if (
+            args.socket and first and first[0][2] == PLAIN
+        ):  # what deflate and TLS add to the ingest (the denominator of the share)
             plain = costs[(first[0], levels[0])].base
             for m in first[1:]:
                 ratio = [n / o for n, o in zip(costs[(m, levels[0])].base, plain, strict=True)]
@@ -512,14 +550,16 @@ def main() -> None:
             )
 
     print(
-        "summary: shape | transport | level | recording % of ingest CPU, median [range] | writer thread % | "
-        "loop thread +% | ingest updates/s without recording | MB an hour"
+        "summary: shape | transport | level | recording % of ingest CPU, median (quartiles) [range] | writer "
+        "thread % | loop thread +% | ingest updates/s without recording | MB an hour"
     )
     for (m, lv), c in costs.items():
         shape, as_str, via = m
+        q1, q2, q3 = quartiles(c.shares)
         print(
             f"  {shape.name} | {via.label if via is not None else ('str' if as_str else 'bytes') + ', no socket'} | "
-            f"{lv if lv is not None else 'default'} | {med(c.shares):.1f} [{min(c.shares):.1f}, {max(c.shares):.1f}] | "
+            f"{lv if lv is not None else 'default'} | {q2:.1f} ({q1:.1f}-{q3:.1f}) "
+            f"[{min(c.shares):.1f}, {max(c.shares):.1f}] | "
             f"{med(c.writer):.1f} | {med(c.hooked):+.1f} | {shape.updates / med(c.base):,.0f} | "
             f"{med(c.disk) / len(shape.frames) * per_hour[shape.name] / 1e6:,.3g}"
         )
@@ -613,56 +653,75 @@ def writer_parts(shape: Shape, level: int | None, rounds: int) -> None:
     )
 
 
-class _HookOnly:
-    """Stands in for the recorder in :func:`loop_parts`: the connection gets ``hook``, nothing is written."""
+Extend = Callable[[tuple[float, Any, bytes]], None]
 
-    def __init__(self, hook: Callable[[float, bytes, bool], None]) -> None:
-        self.hook = hook
+
+class _Tap:
+    """What the connection appends to (``extend``, as the recorder's ``StreamTap``): a variant's stand-in."""
+
+    def __init__(self, extend: Extend) -> None:
+        self.extend, self.ok, self.bad = extend, ("x", "ws-json", "x"), ("x", "ws", "x")
+
+    def attach(self, health: Any) -> None:
+        pass
+
+
+class _HookOnly:
+    """Stands in for the recorder in :func:`loop_parts`: the connection gets ``extend``, nothing is written."""
+
+    def __init__(self, extend: Extend, gc_off: bool = False) -> None:
+        self.extend = extend
+        self.gc_off = gc_off
         self.stats = type("Stats", (), {"dropped": 0, "writer_cpu_s": 0.0})()
 
     def start(self) -> None:
-        pass
+        if self.gc_off:
+            import gc
+
+            gc.disable()
 
     def close(self) -> None:
-        pass
+        if self.gc_off:
+            import gc
 
-    def stream_hook(self, exchange: Exchange, stream: str) -> Callable[[float, bytes, bool], None]:
-        return self.hook
+            gc.enable()
+
+    def stream_hook(self, exchange: Exchange, stream: str) -> _Tap:
+        return _Tap(self.extend)
 
 
 def loop_parts(shape: Shape, rounds: int) -> None:
     """The loop thread's extra CPU a frame (``time.thread_time``, :func:`ingest` without the socket,
-    the variants interleaved, medians of ``rounds``): what calling a hook costs, what appending the
-    frame's item costs when nothing is kept (a deque of 64), when every frame is kept until the end
-    (the memory the loop allocates next is not the memory it just freed), the recorder itself
-    (its hook, the frames kept until the writer takes them, the writer thread beside the loop), and
-    the loop's side of a batch hand-over tried in session 6 and not kept (each frame copied into a
-    buffer, its time and end into arrays: :func:`copier`)."""
+    the variants interleaved, medians of ``rounds``, with the quartiles): what the connection's call
+    costs when it goes to a Python function that does nothing (the hook before session 7), a
+    tuple item appended to a deque and kept (the queue before session 7: a tracked tuple a frame,
+    which makes the garbage collector's youngest generation run every 700 frames; the same with the
+    collector off), the item's three entries added by ``deque.extend`` with nothing kept (a deque of
+    63) and kept until the end (the queue now, without a writer), the recorder itself (the writer
+    thread beside the loop), and the loop's side of a batch hand-over tried in session 6 and not kept
+    (each frame copied into a buffer, its time and end into arrays: :func:`copier`)."""
     from collections import deque
 
-    key = (str(shape.exchange), "ws-json", shape.stream)
-
-    def nothing(t: float, f: bytes, ok: bool) -> None:
+    def nothing(item: tuple[float, Any, bytes]) -> None:
         pass
 
-    def appender(maxlen: int | None) -> Callable[[float, bytes, bool], None]:
-        append = deque[tuple[float, tuple[str, str, str], bytes]](maxlen=maxlen).append
+    def appender() -> Extend:
+        return deque[tuple[float, Any, bytes]]().append
 
-        def hook(t: float, f: bytes, ok: bool) -> None:
-            append((t, key, f))
-
-        return hook
+    def extender(maxlen: int | None) -> Extend:
+        return deque[Any](maxlen=maxlen).extend
 
     def recorder() -> Recorder:
         return Recorder(Path(tempfile.mkdtemp()), queue_size=len(shape.frames) + 10, compression="zstd")
 
-    def copier(frame: bool, meta: bool) -> Callable[[float, bytes, bool], None]:
+    def copier(frame: bool, meta: bool) -> Extend:
         """Session 6's "tried and not kept" (docs/recording.md): the loop copies each frame into a batch
         buffer (a bytearray) and/or its receive time and end into arrays, so no frame outlives its
         handling; each batch of 512 frames is dropped on the loop (no writer: the loop's side alone)."""
         st: list[Any] = [bytearray(), array.array("d"), array.array("q")]
 
-        def hook(t: float, f: bytes, ok: bool) -> None:
+        def hook(item: tuple[float, Any, bytes]) -> None:
+            t, _, f = item
             if frame:
                 buf = st[0]
                 buf += f
@@ -700,9 +759,11 @@ def loop_parts(shape: Shape, rounds: int) -> None:
     variants: dict[str, Callable[[], Any]] = {
         "without recording": lambda: None,
         "no recorder, a thread compressing other data a third of the time": busy,
-        "a hook that does nothing": lambda: _HookOnly(nothing),
-        "the item appended, nothing kept": lambda: _HookOnly(appender(64)),
-        "the item appended, every frame kept": lambda: _HookOnly(appender(None)),
+        "a Python function that does nothing (the hook's call before session 7)": lambda: _HookOnly(nothing),
+        "a tuple item appended, every frame kept (the queue before session 7)": lambda: _HookOnly(appender()),
+        "the same, the garbage collector off": lambda: _HookOnly(appender(), gc_off=True),
+        "the item's entries extended, nothing kept": lambda: _HookOnly(extender(63)),
+        "the item's entries extended, every frame kept (the queue now)": lambda: _HookOnly(extender(None)),
         "the recorder": recorder,
         "the frame copied into a batch buffer (dropped on the loop)": lambda: _HookOnly(copier(True, False)),
         "the time and the frame's end into arrays (dropped on the loop)": lambda: _HookOnly(copier(False, True)),
@@ -728,7 +789,11 @@ def loop_parts(shape: Shape, rounds: int) -> None:
     print(f"loop parts, {shape.name}: the loop thread {base / n * 1e6:.3f} us a frame without recording; extra:")
     for name in list(variants)[1:]:
         x = med(got[name])
-        print(f"  {name}: {(x - base) / n * 1e6:+.3f} us ({100 * (x - base) / base:+.1f} %)")
+        q1, _, q3 = quartiles([(v - base) / n * 1e6 for v in got[name]])
+        print(
+            f"  {name}: {(x - base) / n * 1e6:+.3f} us ({100 * (x - base) / base:+.1f} %; "
+            f"quartiles {q1:+.3f}, {q3:+.3f})"
+        )
     print(f"end {time.strftime('%H:%M:%S UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f}")
 
 

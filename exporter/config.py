@@ -471,7 +471,7 @@ class RecordingConfig(_Model):
     max_bytes: int = Field(1 << 30, gt=0)  # oldest files deleted beyond this many bytes in dir
     # auto: zstd when the zstandard package is installed (a third of gzip's CPU), else gzip
     compression: Literal["auto", "gzip", "zstd"] = "auto"
-    queue_size: int = Field(100_000, gt=0)  # frames waiting for the writer; beyond: dropped and counted
+    queue_size: int = Field(100_000, gt=0)  # frames waiting for the writer; beyond: the oldest dropped, counted
     # compression level; unset: RECORDING_ZSTD_LEVEL (-3) with zstd, RECORDING_GZIP_LEVEL (1) with gzip,
     # filled in at validation (docs/recording.md: CPU and disk of each level)
     level: int | None = None

@@ -1,9 +1,11 @@
 """Recording: every raw websocket frame and REST body the exporter receives, to compressed files.
 
-The event loop only puts a tuple on a bounded queue (:meth:`Recorder.ws` / :meth:`Recorder.rest`,
-no encoding, no I/O); one writer thread encodes, compresses, writes and rotates. When the disk is
-slower than the feeds the queue fills and frames are dropped and counted (``dropped``): the state is
-updated as always, the recording just has a hole. Signed account calls are never handed to the
+The event loop only adds an item's three references to a bounded queue (a connection calls the
+queue's ``deque.extend`` itself: :meth:`Recorder.stream_hook`; REST and meta lines through
+:meth:`Recorder.rest_hook` / :meth:`Recorder.meta`; no encoding, no I/O); one writer thread encodes,
+compresses, writes and rotates. When the disk is slower than the feeds the queue fills and its oldest
+items give way, counted as dropped (``stats.dropped``): the state is updated as always, the recording
+just has a hole. Signed account calls are never handed to the
 recorder (the REST client records only unsigned calls), and a frame holds no secret: the public
 streams carry none.
 
@@ -60,9 +62,12 @@ Compression = Literal["gzip", "zstd"]
 SUFFIX: dict[str, str] = {"gzip": ".jsonl.gz", "zstd": ".jsonl.zst"}
 NAME_RE = re.compile(r"^fr-(\d{8}T\d{6}Z)-(\d+)\.jsonl\.(gz|zst)$")
 
-# A queued item: (receive time, key, frame) for a websocket frame, (receive time, key, data, path,
-# params) for the rest; key = (exchange, kind, stream or endpoint), one tuple per stream made once by
-# its hook (a frame's item is three references: the loop builds nothing else)
+# The queue is flat: each item is three entries, (receive time, key, frame) for a websocket frame,
+# (receive time, key, (data, path, params)) for the rest; key = (exchange, kind, stream or endpoint),
+# one tuple per stream made once by its tap. The loop extends the deque by the three at once (one C
+# call, atomic for the writer), so nothing it keeps for the writer is a tracked container: a kept
+# tuple a frame made the garbage collector's youngest generation run every 700 frames
+# (docs/recording.md, session 7)
 WS_JSON = "ws-json"  # internal kind: a websocket frame that parsed, so valid JSON (written unescaped)
 RAW_MARK = b'"raw":true,"data":'
 JSON_OPEN = (b"{", b"[")  # a frame that parsed and opens so is a JSON object or array: embedded as it is
@@ -72,7 +77,10 @@ REST_ERROR = "rest_error"  # a failed REST attempt: the reason, the status, neve
 RestHook = Callable[[float, float, str, str, Any, bytes], None]
 RestFailureHook = Callable[[float, float, str, str, Any, str, "int | None"], None]
 Key = tuple[str, str, str]
-Item = tuple[float, Key, "str | bytes"] | tuple[float, Key, "str | bytes", "str | None", "Mapping[str, Any] | None"]
+Payload = tuple["str | bytes", "str | None", "Mapping[str, Any] | None"]  # a REST, REST error or meta item's
+Item = tuple[float, Key, "str | bytes | Payload"]
+WIDTH = 3  # queue entries an item
+POLL_SECONDS = 0.05  # the writer looks at the queue's length this often (the loop never wakes it)
 SMALL_FRAME = 1 << 12  # a frame this small is copied once more into its line (one call); a larger one is not
 CHUNK = 1 << 20  # lines are copied into one reused buffer and handed to the compressor this much at a time
 BATCH = 512  # the writer takes this many queued items at a time (_drain)
@@ -138,20 +146,48 @@ class _Counting(io.RawIOBase):
 class RecordingStats:
     frames_ws: int = 0
     frames_rest: int = 0
-    dropped: int = 0
+    dropped: int = 0  # Recorder.stats: the frames the full queue gave way to, and lines a write lost
     bytes: int = 0
     files_deleted: int = 0
     writer_cpu_s: float = 0.0  # the writer thread's own CPU (encoding, compression, I/O): the bench reads it
+
+
+class StreamTap:
+    """One stream's way into the recorder (:meth:`Recorder.stream_hook`). A FeedConnection appends a
+    frame's item itself, ``extend((received_at, ok or bad, frame))``: the queue's bound C method, no
+    Python call, no check (the deque's ``maxlen`` bounds it; what it pushed out is counted from the
+    totals, :meth:`Recorder.stats`). The connection ``attach``es its StreamHealth, whose ``messages``
+    count the frames it handed over (every frame it handles is recorded). Calling the tap does the
+    same for a caller without a connection (tests, benchmarks)."""
+
+    __slots__ = ("_recorder", "bad", "calls", "extend", "ok")
+
+    def __init__(self, recorder: Recorder, extend: Callable[[Item], None], ok: Key, bad: Key) -> None:
+        self.extend = extend  # the queue's deque.extend
+        self.ok = ok  # the key of a frame that parsed (so valid JSON: embedded as it is)
+        self.bad = bad  # the key of any other frame
+        self.calls = 0  # frames handed over by calling the tap
+        self._recorder = recorder
+
+    def __call__(self, received_at: float, frame: str | bytes, json_ok: bool = False) -> None:
+        self.extend((received_at, self.ok if json_ok else self.bad, frame))
+        self.calls += 1  # after the item: a count read meanwhile is low, never high
+
+    def attach(self, health: Any) -> None:
+        """A connection hands this stream's frames over and counts them in ``health.messages``."""
+        self._recorder._count_from(health)
 
 
 class Recorder:
     """A bounded queue and a writer thread that rotates files by time and keeps the directory under
     ``max_bytes`` (oldest files deleted first; the file being written is never deleted).
 
-    The queue is a deque the loop appends to (atomic, no lock, no wake-up per frame): the writer wakes
-    every ``flush_seconds``, or when the queue is an eighth full, takes what is there, and hands the
-    lines to the compressor in chunks of about 1 MiB. A frame costs the loop one append; the writer
-    and the loop meet a few times a second instead of once a frame (bench/bench_recording.py).
+    The queue is a deque the loop extends (atomic, no lock, no check, no wake-up per frame): the
+    writer looks at its length every ``POLL_SECONDS`` and, every ``flush_seconds`` or when the queue
+    is an eighth full, takes what is there and hands the lines to the compressor in chunks of about
+    1 MiB. A full queue pushes its oldest items out (``maxlen``), counted as dropped. A frame costs
+    the loop one C call; the writer and the loop meet a few times a second instead of once a frame
+    (bench/bench_recording.py).
     """
 
     def __init__(
@@ -184,19 +220,27 @@ class Recorder:
         self.flush_seconds = flush_seconds
         self.wall = wall  # flush pacing only (the file names and rotation follow the receive times)
         self.queue_size = queue_size
-        self.q: deque[Item] = deque()
-        self._wake_at = max(1, queue_size // 8)  # the writer is woken early at this many queued lines
+        # flat: WIDTH entries an item (see Item); the oldest items give way when it is full
+        self.q: deque[Any] = deque(maxlen=WIDTH * queue_size)
+        self._wake_at = max(1, queue_size // 8)  # the writer drains early at this many queued lines
         self._chunk = min(CHUNK, max(4096, max_bytes // 16))  # the size cap holds within a chunk
         self._wake = threading.Event()
         self._closing = False
-        self._limit = queue_size  # what the loop may queue: 0 once closing
+        self._writer_done = False  # the writer has exited: what is still queued is dropped
+        # the totals the dropped count is derived from (the loop does not count per frame):
+        self._puts = 0  # items queued by _put (REST, meta, ws())
+        self._taps: list[StreamTap] = []
+        self._counted: list[tuple[Any, int]] = []  # (a connection's StreamHealth, its messages when attached)
+        self._counted_ids: set[int] = set()
+        self._taken = 0  # items the writer took off the queue (counted before taking them)
+        self._overflow = 0  # the largest count of frames pushed out seen so far (a counter never goes back)
         # encoded lines not yet handed to the compressor: one buffer, allocated once and reused
         self._arr = bytearray(self._chunk)
         self._mv = memoryview(self._arr)
         self._pos = 0  # bytes of the buffer in use
         self._heads: dict[Key, bytes] = {}  # (exchange, WS_JSON, stream) -> a frame line's fixed part
         self._buf_lines = 0  # lines (or parts of a line) in the buffer: counted as dropped if it cannot be written
-        self.stats = RecordingStats()
+        self._stats = RecordingStats()  # dropped here: lines a write lost (the writer's own count)
         self._thread: threading.Thread | None = None
         self._file: IO[bytes] | None = None
         self._path: Path | None = None
@@ -209,40 +253,49 @@ class Recorder:
     # ---- the event loop's side: never blocks -------------------------------------------------
 
     def ws(self, received_at: float, exchange: Exchange | str, stream: str, frame: str | bytes) -> None:
-        self._put((received_at, (str(exchange), "ws", stream), frame))
+        self._put(received_at, (str(exchange), "ws", stream), frame)
 
-    def _put(self, item: Item) -> None:
-        q = self.q
-        if len(q) >= self._limit:
-            self.stats.dropped += 1  # the loop thread counts what it could not queue
-            return
-        q.append(item)  # atomic: the writer pops from the other end
-        if len(q) == self._wake_at:
-            self._wake.set()  # a burst: do not wait for the next flush period
+    def _put(self, received_at: float, key: Key, data: str | bytes | Payload) -> None:
+        self.q.extend((received_at, key, data))  # atomic: the writer pops from the other end
+        self._puts += 1  # after the item: a count read meanwhile is low, never high
 
-    def stream_hook(self, exchange: Exchange | str, stream: str) -> Callable[[float, str | bytes, bool], None]:
-        """What a FeedConnection calls with (received_at, frame, the frame is valid JSON): one stream's
-        frames. This runs on the event loop for every frame, so it only appends three references (the
-        receive time, the stream's key, the frame: the writer checks that a parsed frame is an object
-        or array before embedding it); the queue's bound and the early wake-up inline."""
+    def stream_hook(self, exchange: Exchange | str, stream: str) -> StreamTap:
+        """One stream's frames: what a FeedConnection appends (received_at, key, frame) to, the key
+        telling a frame that parsed (valid JSON) from one that did not. This runs on the event loop
+        for every frame, so it is three references added to the queue by one C call (the writer
+        checks that a parsed frame is an object or array before embedding it)."""
         ex = str(exchange)
-        ok_key, bad_key = (ex, WS_JSON, stream), (ex, "ws", stream)
-        q = self.q
-        append = q.append
-        stats = self.stats
-        wake_at = self._wake_at
-        wake = self._wake.set
+        tap = StreamTap(self, self.q.extend, (ex, WS_JSON, stream), (ex, "ws", stream))
+        self._taps.append(tap)
+        return tap
 
-        def hook(received_at: float, frame: str | bytes, json_ok: bool = False) -> None:
-            n = len(q)
-            if n >= self._limit:
-                stats.dropped += 1
-                return
-            append((received_at, ok_key if json_ok else bad_key, frame))
-            if n + 1 == wake_at:
-                wake()  # a burst: do not wait for the next flush period
+    def _count_from(self, health: Any) -> None:
+        if id(health) not in self._counted_ids:  # two connections of one stream share its health
+            self._counted_ids.add(id(health))
+            self._counted.append((health, health.messages))
 
-        return hook
+    def handed(self) -> int:
+        """Items handed to the recorder so far (frames, REST and meta lines), exact on the event loop."""
+        return (
+            self._puts
+            + sum(t.calls for t in list(self._taps))
+            + sum(h.messages - base for h, base in list(self._counted))
+        )
+
+    @property
+    def stats(self) -> RecordingStats:
+        """The counts now. ``dropped``: the items a full queue pushed out (derived from the totals:
+        handed over, taken by the writer, still queued; never lower than a value shown before, and
+        exact on the event loop's thread, where the metrics read it), and the lines a write lost."""
+        handed = self.handed()  # first: a count read later can only make the result lower, not higher
+        queued = 0 if self._writer_done else len(self.q) // WIDTH
+        overflow = handed - queued - self._taken
+        if overflow > self._overflow:
+            self._overflow = overflow
+        s = self._stats
+        return RecordingStats(
+            s.frames_ws, s.frames_rest, self._overflow + s.dropped, s.bytes, s.files_deleted, s.writer_cpu_s
+        )
 
     def rest_hook(self, exchange: Exchange) -> RestHook:
         """What a RestClient calls with (sent_at, received_at, endpoint, path, params, body)."""
@@ -251,7 +304,7 @@ class Recorder:
         def hook(sent_at: float, received_at: float, endpoint: str, path: str, params: Any, body: bytes) -> None:
             q = dict(params) if params else {}
             q["_sent"] = sent_at  # the request's send time: replay re-measures the clock offset
-            self._put((received_at, (ex, "rest", endpoint), body, path, q))
+            self._put(received_at, (ex, "rest", endpoint), (body, path, q))
 
         return hook
 
@@ -267,13 +320,13 @@ class Recorder:
             q["_sent"] = sent_at
             if status is not None:
                 q["_status"] = status
-            self._put((received_at, (ex, REST_ERROR, endpoint), reason, path, q))
+            self._put(received_at, (ex, REST_ERROR, endpoint), (reason, path, q))
 
         return hook
 
     def meta(self, at: float, exchange: Exchange | str, what: str, value: Any) -> None:
         """A line about the recording itself (``kind`` meta), e.g. the instruments followed."""
-        self._put((at, (str(exchange), "meta", what), orjson.dumps(value).decode(), None, None))
+        self._put(at, (str(exchange), "meta", what), (orjson.dumps(value).decode(), None, None))
 
     def snapshot(self) -> dict[str, int]:
         s = self.stats
@@ -291,7 +344,6 @@ class Recorder:
         if self._thread is None:
             return
         self._closing = True
-        self._limit = 0
         self._wake.set()
         self._thread.join(timeout)
         if self._thread.is_alive():
@@ -301,62 +353,69 @@ class Recorder:
     # ---- the writer thread -------------------------------------------------------------------
 
     def _run(self) -> None:
-        last_flush = self.wall()
+        last_flush = last_drain = self.wall()
         q = self.q
+        early = WIDTH * self._wake_at  # a backlog of this many entries is written at once
+        poll = min(POLL_SECONDS, self.flush_seconds)
         cpu0 = time.thread_time()
         try:
             while True:
-                if len(q) < self._wake_at and not self._closing:  # a backlog is written at once
-                    self._wake.wait(self.flush_seconds)
-                self._wake.clear()
+                # the loop does not wake the writer (no call a frame): it looks at the queue's length
+                if len(q) < early and not self._closing:
+                    self._wake.wait(poll)  # set by close()
+                    if len(q) < early and not self._closing and self.wall() - last_drain < self.flush_seconds:
+                        continue
                 closing = self._closing  # read before draining: what was queued before close() is written
                 self._drain(len(q))  # what is there now; later lines wait for the next turn
                 self._write_chunk()
-                if self._file is not None and (closing or self.wall() - last_flush >= self.flush_seconds):
+                last_drain = self.wall()
+                if self._file is not None and (closing or last_drain - last_flush >= self.flush_seconds):
                     self._file.flush()
-                    last_flush = self.wall()
-                self.stats.writer_cpu_s = time.thread_time() - cpu0
+                    last_flush = last_drain
+                self._stats.writer_cpu_s = time.thread_time() - cpu0
                 if closing:
-                    self.stats.dropped += len(q)  # queued while the writer was closing
-                    break
+                    break  # what is queued now stays (Recorder.stats counts it as dropped)
         finally:
+            self._writer_done = True
             self._close_file()
-            self.stats.writer_cpu_s = time.thread_time() - cpu0
+            self._stats.writer_cpu_s = time.thread_time() - cpu0
 
     def _drain(self, n: int) -> None:
-        """Write ``n`` queued items, taken off the queue ``BATCH`` at a time. A batch of small frames
-        that parsed (the usual case on one-instrument streams) is turned into lines by C-level calls
-        (:meth:`_bulk`: no Python bytecode per line); any other batch goes through :meth:`_each`."""
+        """Write the items of ``n`` queue entries, taken off the queue ``BATCH`` items at a time. A
+        batch of small frames that parsed (the usual case on one-instrument streams) is turned into
+        lines by C-level calls (:meth:`_bulk`: no Python bytecode per line); any other batch goes
+        through :meth:`_each`."""
         popleft = self.q.popleft
+        step = WIDTH * BATCH
         while n > 0:
-            k = n if n < BATCH else BATCH
+            k = n if n < step else step
             n -= k
-            self._batch(list(starmap(popleft, repeat((), k))))  # popleft called k times, in C
+            self._taken += k // WIDTH  # before taking them: a dropped count read meanwhile is low, not high
+            # popleft called k times in C: no other thread runs meanwhile, so whole items
+            self._batch(list(starmap(popleft, repeat((), k))))
 
-    def _batch(self, items: list[Item]) -> None:
-        """A batch the batch path cannot take (a REST line, a new stream, a rotation in it) is halved
-        until it can, or is small enough for the item-by-item path: one odd line costs a few C-level
-        passes, not the batch's lines their cheap way."""
-        done = False if len(items) < BULK_MIN else self._bulk(items)
-        if done is False and len(items) >= BULK_MIN:
-            half = len(items) // 2
+    def _batch(self, items: list[Any]) -> None:
+        """A batch (flat: WIDTH entries an item) the batch path cannot take (a REST line, a new
+        stream, a rotation in it) is halved until it can, or is small enough for the item-by-item
+        path: one odd line costs a few C-level passes, not the batch's lines their cheap way."""
+        n = len(items) // WIDTH
+        done = False if n < BULK_MIN else self._bulk(items)
+        if done is False and n >= BULK_MIN:
+            half = n // 2 * WIDTH
             self._batch(items[:half])
             self._batch(items[half:])
         elif not done:  # a few items, or only large frames
             self._each(items)
 
-    def _bulk(self, items: list[Item]) -> bool | None:
+    def _bulk(self, items: list[Any]) -> bool | None:
         """The lines of a batch of websocket frames that parsed, all bytes, ASCII, with no line feed,
         each an object or array, of streams already seen, before the next rotation, built and copied
         into the buffer with C-level calls only (map, join, count: a third of the per-line loop's
         cost on 170-byte frames, bench_recording.py). False, with nothing written, when one item
         does not qualify (the caller halves the batch), None when every frame is large (item by
         item: a large frame is copied once into the buffer, its line is not built)."""
-        try:
-            ts, keys, datas = zip(*items, strict=True)  # a REST or meta item (five fields) raises
-        except ValueError:
-            return False
-        k = len(items)
+        ts, keys, datas = items[0::3], items[1::3], items[2::3]  # (WIDTH) a REST or meta item has no head
+        k = len(ts)
         if max(ts) >= self._rotate_at:
             return False
         # a large frame (an all-market array) goes item by item: joining such frames would copy
@@ -398,10 +457,10 @@ class Recorder:
         parts[-1] = LINE_CLOSE
         self._add(LINE_OPEN, b"".join(parts))
         self._buf_lines += k - 1  # _add counted one
-        self.stats.frames_ws += k
+        self._stats.frames_ws += k
         return True
 
-    def _each(self, items: list[Item]) -> None:
+    def _each(self, items: list[Any]) -> None:
         """Write items one by one. The usual line, a small frame that parsed, is built here in one
         formatting call and copied into the buffer without a method call; the rest go to
         :meth:`_write`."""
@@ -413,8 +472,7 @@ class Recorder:
         pos = self._pos  # the buffer's state in locals; stored back before any method uses it
         lines = self._buf_lines
         rotate_at = self._rotate_at
-        for item in items:
-            t, key, data = item[0], item[1], item[2]
+        for t, key, data in zip(items[0::3], items[1::3], items[2::3], strict=True):  # (WIDTH)
             if t < rotate_at and type(data) is bytes:
                 rest = heads.get(key)  # only a parsed frame's key has a head
                 if rest is not None and data[:1] in JSON_OPEN and b"\n" not in data and data.isascii():
@@ -444,22 +502,26 @@ class Recorder:
                 try:
                     self._rotate(t)
                 except Exception:
-                    self.stats.dropped += 1
+                    self._stats.dropped += 1
                     log.exception("recording: cannot open a new file")
                     continue
             try:
-                self._write(item)
+                self._write((t, key, data))
             except Exception:  # a full disk must not kill the thread: count and go on
-                self.stats.dropped += 1
+                self._stats.dropped += 1
                 log.exception("recording: write failed")
             pos, lines, rotate_at = self._pos, self._buf_lines, self._rotate_at
         self._pos, self._buf_lines = pos, lines
-        self.stats.frames_ws += written
+        self._stats.frames_ws += written
 
     def _write(self, item: Item) -> None:
-        t, key, data = item[0], item[1], item[2]
+        t, key, payload = item
         ex, kind, src = key
-        path, params = (item[3], item[4]) if len(item) == 5 else (None, None)
+        path = params = None
+        if kind == WS_JSON or kind == "ws":
+            data = cast("str | bytes", payload)
+        else:  # REST, REST error, meta: (data, path, params)
+            data, path, params = cast(Payload, payload)
         if t >= self._rotate_at:
             self._rotate(t)
         if kind == WS_JSON:
@@ -482,9 +544,9 @@ class Recorder:
         else:
             self._add(self._escaped(t, ex, kind, src, data, path, params))
         if kind == "ws":
-            self.stats.frames_ws += 1
+            self._stats.frames_ws += 1
         elif kind == "rest" or kind == REST_ERROR:
-            self.stats.frames_rest += 1
+            self._stats.frames_rest += 1
 
     def _add(self, *parts: bytes) -> None:
         """Copy a line's parts into the buffer; a full buffer goes to the compressor.
@@ -519,12 +581,12 @@ class Recorder:
 
     def _write_part(self, part: bytes | memoryview, lines: int = 1) -> None:
         if self._file is None:
-            self.stats.dropped += lines
+            self._stats.dropped += lines
             return
         try:
             self._file.write(part)
         except Exception:  # a full disk: these lines are lost, counted
-            self.stats.dropped += lines
+            self._stats.dropped += lines
             log.exception("recording: write failed")
 
     @staticmethod
@@ -549,8 +611,8 @@ class Recorder:
         return orjson.dumps(doc) + b"\n"
 
     def _count(self, n: int) -> None:
-        self.stats.bytes += n
-        if self.stats.bytes - self._bytes_at_open > self.max_bytes // 4:
+        self._stats.bytes += n
+        if self._stats.bytes - self._bytes_at_open > self.max_bytes // 4:
             self._rotate_at = -math.inf  # a file never grows past a quarter of the cap: the cap holds within that
 
     def _rotate(self, t: float) -> None:
@@ -568,7 +630,7 @@ class Recorder:
         self._path = path
         self._opened_at = t
         self._rotate_at = t + self.rotate_seconds
-        self._bytes_at_open = self.stats.bytes
+        self._bytes_at_open = self._stats.bytes
         self._enforce_cap()
 
     def _close_file(self) -> None:
@@ -591,7 +653,7 @@ class Recorder:
             size = p.stat().st_size
             p.unlink(missing_ok=True)
             total -= size
-            self.stats.files_deleted += 1
+            self._stats.files_deleted += 1
             log.info("recording: deleted %s (directory over %d bytes)", p.name, self.max_bytes)
 
 

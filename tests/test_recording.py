@@ -160,6 +160,51 @@ async def test_a_slow_disk_drops_and_counts_frames_but_the_state_is_updated_at_o
     assert len(list(read_lines(tmp_path))) == 6
 
 
+def test_a_full_queue_gives_way_to_the_newest_items_and_counts_each_one_pushed_out(tmp_path: Path) -> None:
+    """The loop never checks the queue's length: a full queue pushes its oldest items out, whole (a
+    REST line among frames too), and the dropped count says how many, from the totals."""
+    rec = Recorder(tmp_path, queue_size=4)  # not started yet: the writer takes nothing
+    hook = rec.stream_hook(Exchange.BINANCE, "markPrice")
+    rest = rec.rest_hook(Exchange.BINANCE)
+    t0 = 1_700_000_000.0
+    hook(t0, _frame(0).encode(), True)
+    rest(t0 + 0.5, t0 + 1.0, "premium_index", "/fapi/v1/premiumIndex", {"symbol": "BTCUSDT"}, b"{}")
+    for i in range(2, 7):
+        hook(t0 + i, _frame(i).encode(), True)
+    assert rec.handed() == 7
+    assert rec.stats.dropped == 3  # seven items into room for four: frame 0, the REST line, frame 2
+    rec.start()
+    rec.close()
+    lines = list(read_lines(tmp_path))
+    assert [d["t"] for d in lines] == [t0 + i for i in range(3, 7)] and {d["kind"] for d in lines} == {"ws"}
+    assert lines[0]["data"] == _frame(3).encode()
+    s = rec.stats
+    assert (s.frames_ws, s.frames_rest, s.dropped) == (4, 0, 3)
+    hook(t0 + 7, _frame(7).encode(), True)  # after close: handed over, never written, counted
+    assert rec.stats.dropped == 4 and rec.snapshot()["dropped"] == 4
+
+
+async def test_two_connections_of_one_stream_count_their_frames_once(tmp_path: Path) -> None:
+    """A connection hands its frames to the queue itself and counts them once, in its stream's
+    health; two connections sharing that health (a replaced plan) are not counted twice."""
+    state = MarketState(clock=lambda: 1_700_000_000.5)
+    info = InstrumentInfo(Exchange.BINANCE, "BTCUSDT", "BTC", "USDT")
+    state.register(info)
+    ctx = FeedContext(Exchange.BINANCE, {"BTCUSDT": info})
+    rec = Recorder(tmp_path, queue_size=100)
+    conns = [FeedConnection(BinanceFeed(), WsPlan("markPrice", "ws://127.0.0.1:1"), ctx, state) for _ in range(2)]
+    assert conns[0].health is conns[1].health
+    for c in conns:
+        c.recorder = rec.stream_hook(Exchange.BINANCE, "markPrice")
+    for i in range(6):
+        await conns[i % 2].handle_frame(_frame(i).encode(), 1_700_000_000.0 + i)
+    assert rec.handed() == 6 and rec.stats.dropped == 0
+    rec.start()
+    rec.close()
+    assert [d["t"] for d in read_lines(tmp_path)] == [1_700_000_000.0 + i for i in range(6)]
+    assert rec.stats.frames_ws == 6 and rec.stats.dropped == 0
+
+
 async def test_signed_calls_are_never_recorded(tmp_path: Path) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=b'{"ok": true}')

@@ -83,9 +83,14 @@ class Live:
     exporter: Exporter
     clock: VirtualClock
     http: httpx.AsyncClient
-    lines: int = 0  # lines handed to the recorder so far
     http_in_flight: int = 0  # the exporter's REST requests sent and not yet answered
     scrapes: list[tuple[float, int, Series]] = field(default_factory=list)
+
+    @property
+    def lines(self) -> int:
+        """Lines handed to the recorder so far (frames, REST and meta lines)."""
+        recorder = self.exporter.recorder
+        return recorder.handed() if recorder is not None else 0
 
     def delivered(self) -> bool:
         """Every frame the simulator sent has been read by the exporter: each connection's writer waits
@@ -139,27 +144,6 @@ async def live_exporter(
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     async with httpx.AsyncClient(timeout=10.0) as http:
         live = Live(sim, exporter, clock, http)
-        recorder = exporter.recorder
-        if recorder is not None:
-            put = recorder._put
-
-            def counted(item: Any) -> None:
-                live.lines += 1
-                put(item)
-
-            recorder._put = counted  # type: ignore[method-assign]
-            stream_hook = recorder.stream_hook  # the frames' hook queues without _put (one call less a frame)
-
-            def counted_stream_hook(*args: Any) -> Any:
-                hook = stream_hook(*args)
-
-                def counted_frame(*a: Any) -> None:
-                    live.lines += 1
-                    hook(*a)
-
-                return counted_frame
-
-            recorder.stream_hook = counted_stream_hook  # type: ignore[method-assign]
         send = httpx.AsyncClient.send
 
         async def counted_send(client: httpx.AsyncClient, *a: Any, **kw: Any) -> httpx.Response:

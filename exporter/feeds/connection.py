@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
@@ -101,6 +101,23 @@ def _excerpt(frame: str | bytes) -> str:
     return text[:EXCERPT_CHARS] + ("..." if len(text) > EXCERPT_CHARS else "")
 
 
+class FrameTap(Protocol):
+    """Where a connection puts its raw frames when recording is on (``exporter.recording.StreamTap``):
+    the connection appends ``(received_at, ok or bad, frame)`` with ``extend`` itself, a bound C
+    method (a deque's), so recording costs the loop no Python call a frame; ``ok`` is the key of a
+    frame that parsed (valid JSON), ``bad`` of any other; ``attach`` is told the connection's
+    StreamHealth, whose ``messages`` count what it handed over."""
+
+    @property
+    def extend(self) -> Callable[[tuple[float, Any, str | bytes]], None]: ...
+    @property
+    def ok(self) -> Any: ...
+    @property
+    def bad(self) -> Any: ...
+
+    def attach(self, health: StreamHealth) -> None: ...
+
+
 class _Rotate(Exception):
     """Internal: the session ended because the planned lifetime is over."""
 
@@ -136,10 +153,12 @@ class FeedConnection:
         self.health: StreamHealth = sink.stream(self.exchange, plan.stream)
         self.health.cadence_s = plan.cadence_s
         self.exchange_clock = sink.exchange_clock(self.exchange)  # offset-corrects the event lag
-        # raw frames go here too when recording is on (exporter.recording: Recorder.stream_hook for
-        # this stream); never blocks. (received_at, frame, it parsed): the recorder embeds a parsed
-        # object or array frame unescaped
-        self.recorder: Callable[[float, str | bytes, bool], None] | None = None
+        # raw frames go here too when recording is on (the ``recorder`` property: a FrameTap); never
+        # blocks. The recorder embeds a parsed object or array frame unescaped
+        self._recorder: FrameTap | None = None
+        self._record: Callable[[tuple[float, Any, str | bytes]], None] | None = None  # the tap's extend
+        self._record_ok: Any = None
+        self._record_bad: Any = None
         self.connections_opened = 0  # sessions established (first one included)
         self.silence_reconnects = 0
         self.rotations = 0
@@ -154,6 +173,21 @@ class FeedConnection:
         self._last_resync = float("-inf")
 
     # ---- public ------------------------------------------------------------------------------
+
+    @property
+    def recorder(self) -> FrameTap | None:
+        return self._recorder
+
+    @recorder.setter
+    def recorder(self, tap: FrameTap | None) -> None:
+        """Record this connection's frames (``Recorder.stream_hook(exchange, stream)``), or stop."""
+        self._recorder = tap
+        if tap is None:
+            self._record = None
+            return
+        tap.attach(self.health)  # the recorder counts what was handed over from the health's messages
+        self._record_ok, self._record_bad = tap.ok, tap.bad
+        self._record = tap.extend
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Keep the connection up until ``stop`` is set (or the task is cancelled)."""
@@ -370,12 +404,13 @@ class FeedConnection:
         h = self.health
         h.messages += 1
         h.last_message_at = received_at
-        recorder = self.recorder
+        # recording: the item appended by the queue's own C method (three references, no Python call)
+        record = self._record
         try:
             records = self.feed.parse_ws(frame, self.ctx)
         except ParseError as exc:
-            if recorder is not None:
-                recorder(received_at, frame, False)
+            if record is not None:
+                record((received_at, self._record_bad, frame))
             h.parse_errors += 1
             reasons = h.parse_error_reasons
             reasons[exc.reason] = reasons.get(exc.reason, 0) + 1
@@ -384,8 +419,8 @@ class FeedConnection:
                 await self._resync(ws, received_at)
             return
         except Exception as exc:  # a parser bug on odd input: same treatment, louder log
-            if recorder is not None:
-                recorder(received_at, frame, False)
+            if record is not None:
+                record((received_at, self._record_bad, frame))
             h.parse_errors += 1
             h.parse_error_reasons[PARSER_BUG] = h.parse_error_reasons.get(PARSER_BUG, 0) + 1
             log.warning(
@@ -399,10 +434,10 @@ class FeedConnection:
             if self.plan.resync:
                 await self._resync(ws, received_at)
             return
-        if recorder is not None:
+        if record is not None:
             # it parsed, so an object or array frame is valid JSON (the decoders check all of it);
             # the recorder's writer looks at the first byte, off the loop
-            recorder(received_at, frame, True)
+            record((received_at, self._record_ok, frame))
         if not records:
             return
         data = False
