@@ -578,6 +578,13 @@ def window_ends(windows: Iterable[Window], first: bool = True) -> list[tuple[flo
     return [(len(a) // w.width, a[-w.width]) if (a := w._a) else empty for w in windows]
 
 
+def window_storage(windows: Iterable[Window]) -> list[array]:
+    """Each window's flat storage object itself, not a copy: a reader that keeps sums over a window
+    reads its ends from it (a slice of it is one C call). While a window keeps the same object, records
+    are only appended to it and cut from its front; ``replace`` and ``clear`` swap in another one."""
+    return [w._a for w in windows]
+
+
 @dataclass(slots=True)
 class FutureState:
     """A dated future: its latest prices and when they arrived (0.0 = never)."""

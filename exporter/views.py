@@ -57,6 +57,7 @@ from exporter.state import (
     MarketState,
     record_rows,
     window_ends,
+    window_storage,
 )
 
 __all__ = [
@@ -296,9 +297,7 @@ class _Cached:
     computed from and their values, as columns: NaN where never computed (NaN equals nothing)."""
 
     __slots__ = (
-        "anc",
-        "anc_has",
-        "anc_published",
+        "anchor",
         "oi_bounds",
         "oi_ends",
         "oi_then",
@@ -326,9 +325,7 @@ class _Cached:
         self.set_interval = np.full(n, np.nan)
         self.set_oldest = np.full(n, np.nan)
         self.set_stats = np.full((n, 4), np.nan)
-        self.anc_published = np.full((n, 4), np.nan)  # WindowCache.anchor_published
-        self.anc = np.full((n, 2), np.nan)  # level, difference
-        self.anc_has = np.zeros((n, 2), dtype=bool)
+        self.anchor = fa.AnchorColumns(n)  # the anchor regressions' running sums and slopes
 
 
 class ViewTable:
@@ -706,28 +703,29 @@ class MarketViews:
             "acceleration": np.where(funding_ok, acc, nan),
         }
         present.update(zscore=z_has, momentum=enough, acceleration=funding_ok & ~np.isnan(acc))
-        # anchors: while nothing arrived or left the window, the kept slopes stand (WindowCache.anchors)
+        # anchors: while nothing arrived or left the window, the kept slopes stand (WindowCache.anchors);
+        # the others are advanced together, over columns (AnchorColumns)
         idx = np.flatnonzero(funding_ok & premium_has)
-        ends = _ends([instruments[i].anchor_samples for i in idx.tolist()], first=False)
-        pub = c.anc_published[idx]
+        windows = [instruments[i].anchor_samples for i in idx.tolist()]
+        ends = _ends(windows, first=False)
+        anchor = c.anchor
+        pub = anchor.published(idx)
         stale = ~(
             (pub[:, 0] <= anchor_start)
             & (anchor_start < pub[:, 1])
             & (pub[:, 2] == ends[:, 1])
             & (pub[:, 3] == ends[:, 0])
         )
-        for k, j in enumerate(np.flatnonzero(stale).tolist()):
-            if k and not k % _LOOKUPS_PER_YIELD:
+        moved = np.flatnonzero(stale)
+        for k in range(0, len(moved), _LOOKUPS_PER_YIELD):
+            if k:
                 _yield_gil()
-            i = int(idx[j])
-            level, diff = cache.anchors(keys[i], instruments[i], anchor_start)
-            published = cache.anchor_published(keys[i])
-            c.anc_published[i] = (nan, nan, nan, nan) if published is None else published
-            c.anc[i] = (nan if level is None else level, nan if diff is None else diff)
-            c.anc_has[i] = (level is not None, diff is not None)
+            block = moved[k : k + _LOOKUPS_PER_YIELD]
+            storages = window_storage([windows[j] for j in block.tolist()])
+            anchor.advance(idx[block], storages, ends[block, 0], anchor_start)
         anc = np.full((n, 2), nan)
         anc_has = np.zeros((n, 2), dtype=bool)
-        anc[idx], anc_has[idx] = c.anc[idx], c.anc_has[idx]
+        anc[idx], anc_has[idx] = anchor.slopes[idx], anchor.has[idx]
         out.update(anchor_strength=anc[:, 0].copy(), anchor_difference=anc[:, 1].copy())
         present.update(anchor_strength=anc_has[:, 0], anchor_difference=anc_has[:, 1])
         oi1c, oi4c, vol1c, vol4c, vol_has = self._factor_columns(instruments, static, now, cols)

@@ -12,12 +12,14 @@ recomputation of windows that have not changed.
 from __future__ import annotations
 
 import math
+import operator
 import threading
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
+from operator import itemgetter
 from typing import Protocol
 
 import numpy as np
@@ -515,3 +517,276 @@ class WindowCache:
 
     def __len__(self) -> int:
         return len(self._settle)
+
+
+# What AnchorColumns reads of each window per step: its first and last records (samples leave the
+# window at its front and arrive at its end, about one a minute each; a scrape every 15 s)
+_EDGE_RECORDS = 4
+_EDGES = itemgetter(slice(None, 3 * _EDGE_RECORDS), slice(-3 * _EDGE_RECORDS, None))
+# the sums of one regression, one row each (as _Sums holds them)
+_N, _X0, _Y0, _SX, _SY, _SXX, _SYY, _SXY = range(8)
+
+
+class AnchorColumns:
+    """The two anchor regressions of many instruments (positions 0..size-1 of the caller's list),
+    their running sums kept as columns: what :class:`_AnchorWindow` keeps per instrument, advanced
+    for all the instruments whose window moved in a few array operations instead of a copy of each
+    window and a Python loop per instrument.
+
+    A step reads only each window's storage object and its first and last ``_EDGE_RECORDS`` records
+    (``_EDGES``, one C call: one instant of the window), and applies the samples that left the
+    window at its front and those that arrived at its end with the same float operations, in the
+    same order, as :meth:`_AnchorWindow.advance`: the slopes are those of the per-instrument path bit
+    for bit. That holds because a window's storage is only appended to and cut at its front while it
+    stays the same object (``Window.replace``/``clear`` swap it), and its times were strictly
+    increasing when last read whole and every record since arrived through the read end, after the
+    newest. Everything else goes through :class:`_AnchorWindow` itself, loaded from and stored back
+    into the columns, on a copy of the whole window: the first step, another storage object (a
+    backfill), times not strictly increasing, more samples in or out than the edges hold, a count
+    that does not match the one the caller read (the event loop appended meanwhile), the periodic
+    exact recomputation (REBASE) and sums too ill-conditioned to trust."""
+
+    __slots__ = (
+        "before",
+        "diff",
+        "has",
+        "level",
+        "newest",
+        "oldest",
+        "ordered",
+        "rows",
+        "rows_len",
+        "slopes",
+        "storage",
+        "updates",
+    )
+
+    def __init__(self, size: int) -> None:
+        self.level = np.zeros((8, size))
+        self.diff = np.zeros((8, size))
+        # what the slopes were computed over (_AnchorWindow.published): NaN, equal to nothing, until then
+        self.before = np.full(size, np.nan)
+        self.oldest = np.full(size, np.nan)
+        self.newest = np.full(size, np.nan)
+        self.rows_len = np.full(size, np.nan)
+        self.rows = np.zeros(size)  # samples in the level sums; 0: none (the next step recomputes them)
+        self.updates = np.zeros(size)
+        self.slopes = np.full((size, 2), np.nan)  # level, difference
+        self.has = np.zeros((size, 2), dtype=bool)  # which slopes there are (a slope may be NaN)
+        self.ordered = np.zeros(size, dtype=bool)  # times strictly increasing when last read whole
+        self.storage: list[object] = [None] * size
+
+    def published(self, at: np.ndarray) -> np.ndarray:
+        """(before, oldest, newest, records) of positions ``at``, as ``WindowCache.anchor_published``:
+        the slopes stand while ``before <= start < oldest`` and the window's newest time and count are
+        those."""
+        return np.column_stack((self.before[at], self.oldest[at], self.newest[at], self.rows_len[at]))
+
+    def advance(
+        self,
+        at: np.ndarray,
+        storages: list[array],
+        counts: np.ndarray,
+        start: float,
+        min_points: int = 10,
+        max_gap: float = DIFFERENCE_MAX_GAP_SECONDS,
+    ) -> None:
+        """Step positions ``at`` (whose windows moved) to the window start ``start``: ``storages`` their
+        windows' flat (time, funding, premium) storage objects, ``counts`` the records each held when
+        the caller read it. An empty window gives no slopes and leaves its sums as they were."""
+        k = len(at)
+        if not k:
+            return
+        at = np.asarray(at, dtype=np.intp)
+        counts = np.asarray(counts, dtype=np.float64)
+        empty = at[counts == 0]
+        self.slopes[empty] = np.nan
+        self.has[empty] = False
+        heads, tails = zip(*map(_EDGES, storages), strict=True)
+        hl = np.fromiter(map(len, heads), dtype=np.intp, count=k) // 3
+        tl = np.fromiter(map(len, tails), dtype=np.intp, count=k) // 3
+        h = _left_aligned(heads, hl, _EDGE_RECORDS)
+        t = _left_aligned(tails, tl, _EDGE_RECORDS)
+        ht, tt = h[:, :, 0], t[:, :, 0]
+        rows, rows_len = self.rows[at], self.rows_len[at]
+        oldest, newest = self.oldest[at], self.newest[at]
+        same = np.fromiter(map(operator.is_, storages, (self.storage[i] for i in at.tolist())), dtype=bool, count=k)
+        r = np.arange(k)
+        cols = np.arange(_EDGE_RECORDS)
+        with np.errstate(invalid="ignore"):
+            # within the edges read, strictly increasing times (NaN fails)
+            inc_h = ((ht[:, 1:] > ht[:, :-1]) | (cols[None, 1:] >= hl[:, None])).all(axis=1)
+            inc_t = ((tt[:, 1:] > tt[:, :-1]) | (cols[None, 1:] >= tl[:, None])).all(axis=1)
+            ok = same & self.ordered[at] & (rows > 0) & (self.updates[at] < _AnchorWindow.REBASE) & inc_h & inc_t
+            ok &= counts > 0
+            # where our oldest summed sample is now (bisect_left), how many were cut before it, and how
+            # many arrived after our newest
+            lo = np.count_nonzero(ht < oldest[:, None], axis=1)
+            ok &= (lo < hl) & (ht[r, np.minimum(lo, _EDGE_RECORDS - 1)] == oldest)
+            new_count = np.count_nonzero(tt > newest[:, None], axis=1)
+            ok &= (new_count < tl) & (tt[r, np.clip(tl - 1 - new_count, 0, _EDGE_RECORDS - 1)] == newest)
+            cut = rows_len - rows - lo
+            n = rows_len - cut + new_count
+            ok &= (cut >= 0) & (n == counts)
+            inside = np.count_nonzero(ht <= start, axis=1)  # bisect_right: the first sample inside
+            ok &= (inside < hl) | (hl == n)
+            ok &= inside >= lo  # rows put in front of the summed ones: recomputed (the reference's rule)
+            hi = lo + rows - 1
+            out = np.minimum(inside, hi + 1)  # summed [lo, out) left the window
+            new = np.maximum(inside, hi + 1)  # [new, n) are new and inside
+            low_pairs = np.minimum(inside, hi)  # summed pairs [lo, low_pairs) left
+            high_pairs = np.maximum(inside, hi)  # pairs [high_pairs, n - 1) are new
+            first_tail = n - tl  # the window position of the tail's first record
+            ok &= out <= hl
+            ok &= (low_pairs <= lo) | (low_pairs < hl)
+            ok &= (new >= n) | (new >= first_tail)
+            ok &= (high_pairs >= n - 1) | (high_pairs >= first_tail)
+            idx = np.flatnonzero(ok)
+            if len(idx):
+                self._step(
+                    at[idx],
+                    h[idx],
+                    t[idx],
+                    lo[idx],
+                    out[idx],
+                    new[idx],
+                    low_pairs[idx],
+                    high_pairs[idx],
+                    n[idx],
+                    first_tail[idx],
+                    max_gap,
+                )
+                pos = at[idx]
+                ins = inside[idx]
+                ri = np.arange(len(idx))
+                hi_rec = ht[idx]
+                self.updates[pos] += 2 * (out[idx] - lo[idx] + n[idx] - new[idx])
+                self.rows[pos] = n[idx] - ins
+                self.oldest[pos] = np.where(ins < n[idx], hi_rec[ri, np.minimum(ins, _EDGE_RECORDS - 1)], np.inf)
+                self.before[pos] = np.where(ins > 0, hi_rec[ri, np.maximum(ins - 1, 0)], -np.inf)
+                self.newest[pos] = tt[idx][ri, tl[idx] - 1]
+                self.rows_len[pos] = n[idx]
+                level, level_stale = _slope_columns(self.level[:, pos], min_points)
+                diff, diff_stale = _slope_columns(self.diff[:, pos], min_points)
+                self.slopes[pos, 0], self.slopes[pos, 1] = level, diff
+                self.has[pos, 0], self.has[pos, 1] = ~np.isnan(level), ~np.isnan(diff)
+                stale = level_stale | diff_stale
+                ok[idx[stale]] = False  # recomputed exactly, as the reference does
+                self.rows[pos[stale]] = 0.0
+        # the others one by one, through the reference on a copy of the whole window
+        for j in np.flatnonzero(~ok & (counts > 0)).tolist():
+            self._one(int(at[j]), storages[j], start, min_points, max_gap)
+
+    def _step(
+        self,
+        pos: np.ndarray,
+        h: np.ndarray,
+        t: np.ndarray,
+        lo: np.ndarray,
+        out: np.ndarray,
+        new: np.ndarray,
+        low_pairs: np.ndarray,
+        high_pairs: np.ndarray,
+        n: np.ndarray,
+        first_tail: np.ndarray,
+        max_gap: float,
+    ) -> None:
+        """The running sums' removals and additions of :meth:`_AnchorWindow.advance`, in its order
+        (each regression's removals by position, then its additions), as masked column operations."""
+        level = self.level[:, pos]
+        diff = self.diff[:, pos]
+        for p in range(_EDGE_RECORDS):  # level: samples that left, at the head's positions
+            m = (lo <= p) & (p < out)
+            if m.any():
+                _apply(level, m, h[:, p, 2], h[:, p, 1], -1.0)
+        for q in range(_EDGE_RECORDS):  # level: samples that arrived, at the tail's
+            k = first_tail + q
+            m = (k >= new) & (k < n)
+            if m.any():
+                _apply(level, m, t[:, q, 2], t[:, q, 1], 1.0)
+        for p in range(_EDGE_RECORDS - 1):  # pairs (p, p + 1) that left
+            m = (lo <= p) & (p < low_pairs) & (h[:, p + 1, 0] - h[:, p, 0] <= max_gap)
+            if m.any():
+                _apply(diff, m, h[:, p + 1, 2] - h[:, p, 2], h[:, p + 1, 1] - h[:, p, 1], -1.0)
+        for q in range(_EDGE_RECORDS - 1):  # pairs that arrived
+            k = first_tail + q
+            m = (k >= high_pairs) & (k < n - 1) & (t[:, q + 1, 0] - t[:, q, 0] <= max_gap)
+            if m.any():
+                _apply(diff, m, t[:, q + 1, 2] - t[:, q, 2], t[:, q + 1, 1] - t[:, q, 1], 1.0)
+        self.level[:, pos] = level
+        self.diff[:, pos] = diff
+
+    def _one(self, i: int, storage: array, start: float, min_points: int, max_gap: float) -> None:
+        """Position ``i`` through :class:`_AnchorWindow` (loaded from the columns, stored back)."""
+        a = storage[:]  # one C-level copy: the event loop may append meanwhile
+        if not a:  # emptied meanwhile: no slopes, the sums left as they were (WindowCache.anchors)
+            self.slopes[i] = np.nan
+            self.has[i] = False
+            return
+        win = _AnchorWindow()
+        if self.rows[i] > 0:
+            _load(win.level, self.level[:, i])
+            _load(win.diff, self.diff[:, i])
+            win.oldest, win.newest = float(self.oldest[i]), float(self.newest[i])
+            win.rows, win.updates = int(self.rows[i]), int(self.updates[i])
+        level, diff = win.advance(a, start, min_points, max_gap)
+        self.level[:, i] = _saved(win.level)
+        self.diff[:, i] = _saved(win.diff)
+        self.oldest[i], self.newest[i], self.before[i] = win.oldest, win.newest, win.before
+        self.rows[i], self.rows_len[i], self.updates[i] = win.rows, win.rows_len, win.updates
+        self.slopes[i] = (np.nan if level is None else level, np.nan if diff is None else diff)
+        self.has[i] = (level is not None, diff is not None)
+        ts = np.frombuffer(a, dtype=np.float64)[0::3]
+        with np.errstate(invalid="ignore"):
+            self.ordered[i] = bool((ts[1:] > ts[:-1]).all())
+        self.storage[i] = storage
+
+
+def _left_aligned(parts: Sequence[array], lengths: np.ndarray, k: int) -> np.ndarray:
+    """Records of (time, funding, premium), up to ``k`` per part, as a (parts, k, 3) array, each
+    part's records first and NaN after them."""
+    flat = np.frombuffer(b"".join(parts), dtype=np.float64).reshape(-1, 3)
+    if (lengths == k).all():
+        return flat.reshape(-1, k, 3)
+    out = np.full((len(parts), k, 3), np.nan)
+    seg = np.repeat(np.arange(len(parts)), lengths)
+    within = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out[seg, within] = flat
+    return out
+
+
+def _apply(s: np.ndarray, m: np.ndarray, x: np.ndarray, y: np.ndarray, sign: float) -> None:
+    """:meth:`_Sums.add` (``sign`` 1) or :meth:`_Sums.remove` (-1) of (x, y) where ``m``, over columns:
+    the same operations on the same floats."""
+    x = x - s[_X0]
+    y = y - s[_Y0]
+    if sign > 0:
+        upd = (s[_N] + 1.0, s[_SX] + x, s[_SY] + y, s[_SXX] + x * x, s[_SYY] + y * y, s[_SXY] + x * y)
+    else:
+        upd = (s[_N] - 1.0, s[_SX] - x, s[_SY] - y, s[_SXX] - x * x, s[_SYY] - y * y, s[_SXY] - x * y)
+    for row, value in zip((_N, _SX, _SY, _SXX, _SYY, _SXY), upd, strict=True):
+        s[row] = np.where(m, value, s[row])
+
+
+def _slope_columns(s: np.ndarray, min_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """:meth:`_Sums.slope` (not exact) over columns: the slopes (NaN: None) and where the sums are
+    too ill-conditioned to trust (STALE)."""
+    n, sx, sy, sxx, syy, sxy = s[_N], s[_SX], s[_SY], s[_SXX], s[_SYY], s[_SXY]
+    with np.errstate(all="ignore"):
+        sxx_c = sxx - sx * sx / n
+        syy_c = syy - sy * sy / n
+        slope = (sxy - sx * sy / n) / sxx_c
+        some = (n >= min_points) & (sxx != 0.0)
+        stale = some & ((sxx_c < _CONDITION * sxx) | (syy_c < _CONDITION * syy))
+        some &= ~stale & ~(sxx_c <= 0.0)
+        stale |= some & ~np.isfinite(slope)
+    return np.where(some & ~stale, slope, np.nan), stale
+
+
+def _load(sums: _Sums, col: np.ndarray) -> None:
+    n, sums.x0, sums.y0, sums.sx, sums.sy, sums.sxx, sums.syy, sums.sxy = col.tolist()
+    sums.n = int(n)
+
+
+def _saved(sums: _Sums) -> tuple[float, ...]:
+    return (sums.n, sums.x0, sums.y0, sums.sx, sums.sy, sums.sxx, sums.syy, sums.sxy)
