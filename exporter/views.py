@@ -403,7 +403,8 @@ def _volatility_columns(sts: list[InstrumentState], marks: np.ndarray, now: floa
     """Realised volatility over 1 h and 4 h of each instrument (a row each; NaN: None), as
     :meth:`MarketViews._volatility` computes it one by one: the closed minutes of its window, and the
     minute in progress with the mark as its close so far when it is later than the last one;
-    computed over all of them at once (factors.realized_volatility_columns, the same floats)."""
+    computed over all of them at once (factors.realized_volatility_rows where the windows are full
+    and none misses a minute, factors.realized_volatility_columns for the others: the same floats)."""
     k = len(sts)
     # one copy of each window, taken with the minute in progress beside it (the event loop may close
     # a minute meanwhile: each window is read once and matched with the minute read with it)
@@ -415,6 +416,29 @@ def _volatility_columns(sts: list[InstrumentState], marks: np.ndarray, now: floa
     last_t = np.where(lengths > 0, flat[np.maximum(ends - 1, 0), 0] if len(flat) else np.nan, np.nan)
     with np.errstate(invalid="ignore"):
         extra = (cur >= 0.0) & ((lengths == 0) | (cur > last_t))
+    if k and len(flat) and (lengths == lengths[0]).all():
+        # Windows of one length (full ones) read as rows, no copy. A row the rows' path answers has
+        # its last close at the last complete minute: a minute in progress later than that is after
+        # every point of the grid and changes nothing, so it is not added there.
+        rows = flat.reshape(k, int(lengths[0]), 2)
+        out, done = factors.realized_volatility_rows(rows[:, :, 0], rows[:, :, 1], now, _VOLATILITY_WINDOWS)
+        rest = np.flatnonzero(~done)
+        if not len(rest):
+            return out
+        out[rest] = _volatility_general(
+            [raws[i] for i in rest.tolist()], cur[rest], marks[rest], lengths[rest], extra[rest], now
+        )
+        return out
+    return _volatility_general(raws, cur, marks, lengths, extra, now)
+
+
+def _volatility_general(
+    raws: list[Any], cur: np.ndarray, marks: np.ndarray, lengths: np.ndarray, extra: np.ndarray, now: float
+) -> np.ndarray:
+    """:func:`_volatility_columns` of any windows: the minute in progress put after each window where
+    it is later than its last close, and the windows searched together (realized_volatility_columns)."""
+    flat = np.frombuffer(b"".join(raws), dtype=np.float64).reshape(-1, 2)
+    ends = np.cumsum(lengths)
     total = lengths + extra
     starts = np.cumsum(total) - total
     times = np.empty(int(total.sum()))

@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
+from exporter.analytics import factors
 from exporter.config import Config
 from exporter.metrics import build_registry, market
 from exporter.model import EIGHT_HOURS, Exchange, InstrumentInfo, Liquidation, MarketUpdate, Side
-from exporter.state import MarketState
+from exporter.state import MARK_MINUTES, MarketState
 from exporter.views import InstrumentView, MarketViews, ViewTable
 
 T0 = 1_767_225_600.0
@@ -163,6 +164,48 @@ def test_bulk_views_equal_the_per_instrument_views_value_for_value() -> None:
     assert {v.edge_side for v in want} == {"long", "short", None}
     for f in ("zscore", "anchor_strength", "anchor_difference", "oi_change_1h", "volatility_4h", "long_short_ratio"):
         assert {getattr(v, f) is None for v in want} == {True, False}, f
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_bulk_volatility_of_full_windows_equals_the_per_instrument_views(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every window of minute closes full (one length: the bulk path reads them as rows, without a
+    search), some with a minute missing or a bad close; at first each one's last complete minute is
+    still in progress (no mark has closed it: it counts, with the mark as its close): the bulk views
+    equal the per-instrument ones over moving scrapes across minute boundaries (some instruments
+    miss minutes: a gap), and most rows were answered as rows."""
+    clock, state = _market(seed=21, per_exchange=30)
+    rng = random.Random(2)
+    minute = math.floor(clock.t / 60) * 60
+    for k, st in enumerate(state.snapshot()):
+        px = st.mark_price or 1.0
+        # the closes up to the minute before the one in progress
+        last = (st.mark_minute if st.mark_minute >= 0 else minute) - 60.0
+        closes = [(last - (MARK_MINUTES - 1 - i) * 60.0, px * (1 + rng.gauss(0, 1e-3))) for i in range(MARK_MINUTES)]
+        if k % 9 == 1:
+            del closes[MARK_MINUTES - 30]
+            closes.insert(0, (closes[0][0] - 60.0, px))
+        if k % 11 == 2:
+            closes[-5] = (closes[-5][0], 0.0)
+        st.mark_minutes.replace(closes)
+    answered: list[int] = []
+    real = factors.realized_volatility_rows
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        out, done = real(*args, **kwargs)
+        answered.append(int(done.sum()))
+        return out, done
+
+    monkeypatch.setattr(factors, "realized_volatility_rows", spy)
+    bulk, each = MarketViews(Config(), state), MarketViews(Config(), state)
+    for step in range(10):
+        got = bulk.table().views()
+        want = each._views_each(state.snapshot(), clock.t)
+        for g, w in zip(_rows(got), _rows(want), strict=True):
+            bad = [(f, x, y) for f, x, y in zip(FIELDS, g, w, strict=True) if f != "st" and not _same(x, y)]
+            assert not bad, (step, g[0], bad)
+        _move(clock, state, rng, step)
+    assert sum(answered) > 2 * len(state.instruments)
+    assert {v.volatility_4h is None for v in want} == {True, False}
 
 
 def test_bulk_render_equals_the_per_instrument_render_byte_for_byte(monkeypatch: pytest.MonkeyPatch) -> None:

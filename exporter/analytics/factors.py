@@ -132,6 +132,49 @@ def realized_volatility_columns(
     return out
 
 
+def realized_volatility_rows(
+    times: np.ndarray,
+    closes: np.ndarray,
+    now: float,
+    windows_s: Sequence[float],
+    *,
+    step_s: float = MINUTE,
+    min_coverage: float = 0.8,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`realized_volatility` of series of one length, given as rows (``times``/``closes``:
+    (series, points), views of the store's windows read together), for the rows whose last points
+    are the longest window's grid itself: every period's own close, in order, and the points before
+    them in order too (the common case: a window of minute closes with none missing). There the
+    latest close at or before each grid point is the grid point's own, so no search is needed: the
+    reference's steps on the same numbers (log, diff, std with ddof=1 along each row). Returns the
+    values (NaN where :func:`realized_volatility` gives None) and which rows they are; every other
+    row is left NaN, for :func:`realized_volatility_columns`."""
+    k, length = times.shape
+    out = np.full((k, len(windows_s)), np.nan)
+    ns = [round(w / step_s) for w in windows_s]
+    big = max(ns, default=0)
+    g = big + 1
+    if k == 0 or big < 2 or length < g or min_coverage > 1.0:
+        return out, np.zeros(k, dtype=bool)
+    current = math.floor(now / step_s) * step_s
+    grid = current - step_s * np.arange(big + 1, 0, -1)
+    with np.errstate(invalid="ignore"):
+        regular = (times[:, length - g :] == grid).all(axis=1)
+        if length > g:  # the points before the grid in order too: the reference's search is a search
+            regular &= (times[:, 1 : length - g + 1] > times[:, : length - g]).all(axis=1)
+        rows = np.flatnonzero(regular)
+        px_all = closes[rows, length - g :]
+        positive = px_all > 0.0
+        logs = np.log(np.where(positive, px_all, 1.0))  # a bad close's row gives None below
+    for w, n in enumerate(ns):
+        if n < 2:
+            continue
+        ok = positive[:, g - (n + 1) :].all(axis=1)
+        r = np.diff(logs[ok, g - (n + 1) :], axis=1)
+        out[rows[ok], w] = np.std(r, axis=1, ddof=1) * math.sqrt(n)
+    return out, regular
+
+
 def out_of_order(times: np.ndarray, seg: np.ndarray) -> list[int]:
     """The series (numbers in ``seg``, one per point, the series one after another) with a point
     earlier than the one before it, or a NaN time: a binary search over them is not a search."""
