@@ -417,7 +417,10 @@ class FrameIngest:
             out[ex] = spent / updates
             # untimed: the exporter's once-a-minute housekeeping, the records laid out in the order the
             # array frames sent them when it changed (app._relayout; a run is whole minutes)
-            self.state.relayout(ex, ctx.take_array_order())
+            order = ctx.take_array_order()
+            if order:
+                self.state.relayout(ex, order)
+                ctx.follow_order(self.state.record_ids(ex))  # and the parser's lookup in that order, as the app's
         if self.state.unknown_instrument_updates or self.state.rejected_records:
             raise SystemExit("frames for unknown instruments or rejected: the benchmark frames are wrong")
         return out

@@ -792,11 +792,14 @@ class Exporter:
 
     async def _relayout(self, rt: ExchangeRuntime) -> None:
         """Housekeeping: the state's records laid out in the order the exchange's array frames send
-        the instruments (Binance's all-market array; docs/scaling.md), when that order changed. The
-        parser keeps the frames of one period (FeedContext.array_frames); nothing on the hot path."""
+        the instruments (Binance's all-market array; docs/scaling.md), when that order changed, and the
+        parser's instruments in that order, keyed by the state's own key strings (a listing refresh
+        assigns them in the listing's order: the next round puts them back). The parser keeps the
+        frames of one period (FeedContext.array_frames); nothing on the hot path."""
         order = rt.ctx.take_array_order()
         if order and isinstance(self.state, MarketState):
             self.state.relayout(rt.exchange, order)
+            rt.ctx.follow_order(self.state.record_ids(rt.exchange))
 
     async def _server_time(self, rt: ExchangeRuntime) -> None:
         sent, server, received = await rt.rest.server_time()

@@ -710,6 +710,12 @@ class MarketState:
         self._records = records
         return True
 
+    def record_ids(self, exchange: Exchange) -> list[str]:
+        """``exchange``'s followed perpetuals in the order their records lie in memory, as the very
+        string objects its lookup is keyed by: a parser's own lookup keyed by them in this order
+        (FeedContext.follow_order) touches the key string the store's lookup compares with next."""
+        return list(self._record_of[exchange])
+
     def record_order(self) -> list[Key]:
         """Every followed perpetual, exchange by exchange, in the order their records lie in memory
         (registration order until a relayout)."""

@@ -3,7 +3,8 @@ change nothing anyone sees: two stores take the same updates, one relaid in a ra
 them; after every step their instruments (records and windows), events and counters are equal, and at
 the end their exposition is byte for byte the same. The Binance parser keeps its array frames' order
 only when asked (``FeedContext.array_frames``), and the exporter's housekeeping step lays the records
-out in it.
+out in it and puts the parser's instruments in the same order, keyed by the state's own strings
+(``FeedContext.follow_order``): a parser on the reordered context gives the same records as before.
 """
 
 from __future__ import annotations
@@ -164,6 +165,49 @@ def test_the_binance_parser_keeps_the_array_order_only_when_asked() -> None:
     assert ctx.array_frames == []
 
 
+LISTED = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT", "BTCUSDT_260327", "ETHUSDT_260327")
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.sampled_from(LISTED), max_size=5, unique=True),  # the followed ones (none: every symbol)
+    st.lists(st.sampled_from([*LISTED, "NOTLISTED", "ETHUSDT"]), max_size=9),  # the order given, repeats too
+    st.lists(st.sampled_from([*LISTED, "UNFOLLOWED"]), min_size=1, max_size=8),  # an array frame's symbols
+)
+def test_a_context_in_another_order_parses_every_frame_alike(
+    followed: list[str], order: list[str], symbols: list[str]
+) -> None:
+    infos = {i: InstrumentInfo(Exchange.BINANCE, i, i[:3], "USDT", inverse=i == "ETHUSDT") for i in followed}
+    before = FeedContext(Exchange.BINANCE, dict(infos), clock=lambda: T0)
+    ctx = FeedContext(Exchange.BINANCE, dict(infos), clock=lambda: T0)
+    keys = ["".join(list(i)) for i in order]  # equal strings, other objects (as the state's lookup keys are)
+    ctx.follow_order(keys)
+    assert ctx.instruments == before.instruments and ctx.inverse == before.inverse  # the same facts, each
+    named = list(dict.fromkeys(k for k in keys if k in infos))
+    assert list(ctx.instruments)[: len(named)] == named  # in the order given, the rest after
+    assert [k for k in ctx.instruments if k not in named] == [k for k in infos if k not in named]
+    for k in named:  # keyed by the objects given
+        assert next(x for x in ctx.instruments if x == k) is next(x for x in keys if x == k)
+    parse = feed_for(Exchange.BINANCE).parse_ws
+    frame = _array_frame(symbols)
+    assert parse(frame, ctx) == parse(frame, before)  # followed, unfollowed and delivery symbols alike
+    assert not ctx.follow_order(list(ctx.instruments))  # already so: nothing assigned
+
+
+def test_follow_order_changes_the_order_and_keys_only() -> None:
+    infos = {i: InstrumentInfo(Exchange.BINANCE, i, i[:3], "USDT") for i in ("BTCUSDT", "ETHUSDT", "SOLUSDT")}
+    ctx = FeedContext(Exchange.BINANCE, infos, clock=lambda: T0)
+    sol = "".join(["SOL", "USDT"])
+    assert ctx.follow_order([sol, "NOPEUSDT"])
+    assert list(ctx.instruments) == ["SOLUSDT", "BTCUSDT", "ETHUSDT"]
+    assert next(iter(ctx.instruments)) is sol and ctx.instruments["SOLUSDT"] is infos["SOLUSDT"]
+    assert ctx.instruments is not infos and list(infos) == ["BTCUSDT", "ETHUSDT", "SOLUSDT"]  # a new mapping
+    assert not ctx.follow_order([sol])  # the same order, the same key objects
+    assert ctx.follow_order(["".join(["SOL", "USDT"])])  # equal keys, other objects: keyed by those
+    empty = FeedContext(Exchange.BINANCE, {}, clock=lambda: T0)
+    assert not empty.follow_order(["BTCUSDT"]) and empty.instruments == {}  # nothing followed yet: every symbol
+
+
 async def test_the_housekeeping_step_lays_the_records_out_in_the_streams_order() -> None:
     exporter = Exporter(Config(), state=_state())
     state = exporter.state
@@ -176,4 +220,15 @@ async def test_the_housekeeping_step_lays_the_records_out_in_the_streams_order()
     await exporter._relayout(rt)
     assert list(state._record_of[Exchange.BINANCE]) == order
     assert state.instruments[(Exchange.BINANCE, "SOLUSDT")].mark_price == 100.5
+    # the parser's instruments in that order too, keyed by the very strings of the state's lookup
+    assert list(rt.ctx.instruments) == order
+    assert all(a is b for a, b in zip(rt.ctx.instruments, state.record_ids(Exchange.BINANCE), strict=True))
+    # a listing refresh assigns them in the listing's order: the next round puts them back, though the
+    # records need no new layout
+    rt.ctx.instruments = {i: st_.info for (ex, i), st_ in state.instruments.items() if ex is Exchange.BINANCE}
+    assert list(rt.ctx.instruments) != order
+    state.apply_many(parse(_array_frame(order), rt.ctx), T0 + 1)
+    await exporter._relayout(rt)
+    assert list(rt.ctx.instruments) == order
+    assert all(a is b for a, b in zip(rt.ctx.instruments, state.record_ids(Exchange.BINANCE), strict=True))
     await rt.client.aclose()

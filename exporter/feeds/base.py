@@ -7,7 +7,7 @@ bodies into typed records. It performs no I/O; ``connection.py`` and ``exporter.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -92,6 +92,23 @@ class FeedContext:
         frames, self.array_frames = self.array_frames, []
         ids = (r.instrument for f in frames or () for r in f if isinstance(r, MarketUpdate))
         return list(dict.fromkeys(ids))
+
+    def follow_order(self, ids: Iterable[str]) -> bool:
+        """``instruments`` assigned anew in the order of ``ids`` and keyed by those very string objects
+        (ids not in it are ignored; the instruments not named follow in their present order), the same
+        facts under each: what the parser looks up for each entry of an all-market array (its followed
+        check) then lies in the array's order, and its key string is the one the store's lookup compares
+        with next (MarketState.record_ids), one line instead of two a different order puts anywhere.
+        Off the hot path (housekeeping); False, and nothing assigned, when already so. A reader sees the
+        old mapping or the new one, whole (one assignment)."""
+        present = self.instruments
+        ranked = {k: present[k] for k in ids if k in present}
+        if len(ranked) < len(present):
+            ranked.update((k, v) for k, v in present.items() if k not in ranked)  # the rest, as they were
+        if all(a is b for a, b in zip(ranked, present, strict=True)):  # same keys, same order, the same objects
+            return False
+        self.instruments = ranked
+        return True
 
     def time_bounds(self) -> tuple[float, float]:
         """Timestamps outside these (Unix seconds) are parse errors: a window around now, if known."""
