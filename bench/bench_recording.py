@@ -601,12 +601,12 @@ def writer_parts(shape: Shape, level: int | None, rounds: int) -> None:
                 rec = Recorder(Path(d), queue_size=len(shape.frames) + 10, compression="zstd", level=level)
                 hook = rec.stream_hook(shape.exchange, shape.stream)
                 hook(T0 - 1.0, shape.frames[0], True)
-                rec._drain(1)  # the file opened and the stream's head made, outside the timing
+                rec._drain(len(rec.q))  # the file opened and the stream's head made, outside the timing
                 for k, f in enumerate(shape.frames):
                     hook(T0 + k * shape.dt, f, True)
                 file, rec._file = rec._file, Drop()  # type: ignore[assignment]
                 cpu0 = time.thread_time()
-                rec._drain(len(shape.frames))
+                rec._drain(len(rec.q))
                 rec._write_chunk()
                 cpu = time.thread_time() - cpu0
                 rec._file = file

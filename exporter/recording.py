@@ -96,8 +96,11 @@ LINE_SEP = LINE_CLOSE + LINE_OPEN
 # entries -> 2^12 cost 15 % less CPU for the same ratio (a stream's frames repeat their layout, so the
 # previous one is found all the same); at -3 (the default) 2^13 -> 2^12 and matches of at least 7
 # bytes instead of 6 (8 % less on the Binance arrays, ratio 4.00 -> 4.10; 5 % less on the Bybit
-# ticker deltas, ratio 5.86 -> 5.54: docs/recording.md "Session 6")
-ZSTD_TUNED: dict[int, dict[str, int]] = {1: {"hash_log": 12}, -3: {"hash_log": 12, "min_match": 7}}
+# ticker deltas, ratio 5.86 -> 5.54: docs/recording.md "Session 6"); since session 7 -3 keeps a window of
+# 2^17 bytes, not 2^19: zstd then no longer takes its fast compressor's external-dictionary variant
+# (41 % of its instructions at 2^19 on the ticker lines, none at 2^17: 11 % fewer in all, cachegrind),
+# 8 % less compression CPU on both shapes, ratio 5.54 -> 5.22 (tickers) and 4.09 -> 3.93 (arrays)
+ZSTD_TUNED: dict[int, dict[str, int]] = {1: {"hash_log": 12}, -3: {"hash_log": 12, "min_match": 7, "window_log": 17}}
 
 
 def _zstd_compressor(level: int) -> Any:
@@ -218,6 +221,7 @@ class Recorder:
         # zstd levels 1 and -3 run with a smaller match table (ZSTD_TUNED)
         self.level: int = level
         self.flush_seconds = flush_seconds
+        self.poll_seconds = POLL_SECONDS  # how often the writer looks at the queue's length
         self.wall = wall  # flush pacing only (the file names and rotation follow the receive times)
         self.queue_size = queue_size
         # flat: WIDTH entries an item (see Item); the oldest items give way when it is full
@@ -356,7 +360,7 @@ class Recorder:
         last_flush = last_drain = self.wall()
         q = self.q
         early = WIDTH * self._wake_at  # a backlog of this many entries is written at once
-        poll = min(POLL_SECONDS, self.flush_seconds)
+        poll = min(self.poll_seconds, self.flush_seconds)
         cpu0 = time.thread_time()
         try:
             while True:
@@ -418,9 +422,11 @@ class Recorder:
         k = len(ts)
         if max(ts) >= self._rotate_at:
             return False
-        # a large frame (an all-market array) goes item by item: joining such frames would copy
-        # megabytes several times (3.9 -> 10.5 us a 30 KB array, bench_recording.py --writer-parts)
-        if max(map(len, datas)) >= SMALL_FRAME:
+        # a batch of large frames (all-market arrays) goes item by item: joining such frames would copy
+        # megabytes several times (3.9 -> 10.5 us a 30 KB array, bench_recording.py --writer-parts).
+        # Its first frame tells (each frame's length cost 27 ns a line, session 7): a large frame among
+        # small ones is joined with them, the same bytes (the join's size is bounded below)
+        if len(datas[0]) >= SMALL_FRAME:
             return None if min(map(len, datas)) >= SMALL_FRAME else False
         # only a stream's parsed frames have a head (made by its first line, _write): the kind checked too
         heads = self._heads
