@@ -733,23 +733,24 @@ class MarketViews:
         windows = [instruments[i].anchor_samples for i in idx.tolist()]
         ends = _ends(windows, first=False)
         anchor = c.anchor
-        pub = anchor.published(idx)
-        stale = ~(
-            (pub[:, 0] <= anchor_start)
-            & (anchor_start < pub[:, 1])
-            & (pub[:, 2] == ends[:, 1])
-            & (pub[:, 3] == ends[:, 0])
-        )
-        moved = np.flatnonzero(stale)
-        for k in range(0, len(moved), _LOOKUPS_PER_YIELD):
-            if k:
-                _yield_gil()
-            block = moved[k : k + _LOOKUPS_PER_YIELD]
-            storages = window_storage([windows[j] for j in block.tolist()])
-            anchor.advance(idx[block], storages, ends[block, 0], anchor_start)
         anc = np.full((n, 2), nan)
         anc_has = np.zeros((n, 2), dtype=bool)
-        anc[idx], anc_has[idx] = anchor.slopes[idx], anchor.has[idx]
+        with anchor.lock:
+            pub = anchor.published(idx)
+            stale = ~(
+                (pub[:, 0] <= anchor_start)
+                & (anchor_start < pub[:, 1])
+                & (pub[:, 2] == ends[:, 1])
+                & (pub[:, 3] == ends[:, 0])
+            )
+            moved = np.flatnonzero(stale)
+            for k in range(0, len(moved), _LOOKUPS_PER_YIELD):
+                if k:
+                    _yield_gil()
+                block = moved[k : k + _LOOKUPS_PER_YIELD]
+                storages = window_storage([windows[j] for j in block.tolist()])
+                anchor.advance(idx[block], storages, ends[block, 0], anchor_start)
+            anc[idx], anc_has[idx] = anchor.slopes[idx], anchor.has[idx]
         out.update(anchor_strength=anc[:, 0].copy(), anchor_difference=anc[:, 1].copy())
         present.update(anchor_strength=anc_has[:, 0], anchor_difference=anc_has[:, 1])
         oi1c, oi4c, vol1c, vol4c, vol_has = self._factor_columns(instruments, static, now, cols)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
 
 from exporter.analytics import factors
+from exporter.analytics import funding as fa
 from exporter.config import Config
 from exporter.metrics import build_registry, market
 from exporter.model import EIGHT_HOURS, Exchange, InstrumentInfo, Liquidation, MarketUpdate, Side
@@ -206,6 +208,45 @@ def test_bulk_volatility_of_full_windows_equals_the_per_instrument_views(monkeyp
         _move(clock, state, rng, step)
     assert sum(answered) > 2 * len(state.instruments)
     assert {v.volatility_4h is None for v in want} == {True, False}
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_two_scrape_threads_never_apply_the_same_anchor_samples_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two scrapes at once (an HA pair of Prometheus servers, /api/state): the first to step the
+    anchors' running sums waits there for the other to step too (half a second: with the lock the
+    other cannot, which is what is checked), and both see the per-instrument views' anchors."""
+    clock, state = _market(seed=8, per_exchange=12)
+    rng = random.Random(4)
+    bulk, each = MarketViews(Config(), state), MarketViews(Config(), state)
+    bulk.table()
+    each._views_each(state.snapshot(), clock.t)
+    for step in range(4):  # samples arrive, and leave the window as it moves on
+        _move(clock, state, rng, step)
+    real = fa.AnchorColumns._step
+    both = threading.Barrier(2)
+    waits: list[bool] = []
+
+    def step_then_wait(self: fa.AnchorColumns, *args: Any) -> None:
+        real(self, *args)
+        try:  # the other thread's step, if it could get there
+            both.wait(timeout=0.5)
+            waits.append(True)
+        except threading.BrokenBarrierError:
+            waits.append(False)
+
+    monkeypatch.setattr(fa.AnchorColumns, "_step", step_then_wait)
+    tables: list[Any] = []
+    threads = [threading.Thread(target=lambda: tables.append(bulk.table(clock.t).views())) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    want = each._views_each(state.snapshot(), clock.t)
+    assert len(tables) == 2 and waits and not any(waits)
+    for got in tables:
+        for g, w in zip(got, want, strict=True):
+            assert _same(g.anchor_strength, w.anchor_strength) and _same(g.anchor_difference, w.anchor_difference)
+    assert sum(v.anchor_strength is not None for v in want) > 10
 
 
 def test_bulk_render_equals_the_per_instrument_render_byte_for_byte(monkeypatch: pytest.MonkeyPatch) -> None:

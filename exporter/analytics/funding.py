@@ -551,6 +551,7 @@ class AnchorColumns:
         "diff",
         "has",
         "level",
+        "lock",
         "newest",
         "oldest",
         "ordered",
@@ -575,6 +576,9 @@ class AnchorColumns:
         self.has = np.zeros((size, 2), dtype=bool)  # which slopes there are (a slope may be NaN)
         self.ordered = np.zeros(size, dtype=bool)  # times strictly increasing when last read whole
         self.storage: list[object] = [None] * size
+        # held by a reader from its check of what moved to its read of the slopes: two scrape threads
+        # (an HA pair of Prometheus servers, /api/state) must not apply the same samples twice
+        self.lock = threading.Lock()
 
     def published(self, at: np.ndarray) -> np.ndarray:
         """(before, oldest, newest, records) of positions ``at``, as ``WindowCache.anchor_published``:
