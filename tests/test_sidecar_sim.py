@@ -122,51 +122,71 @@ async def test_baseline_rises_before_cascade_and_falls_after(tmp_path: Path) -> 
         )
         sidecar = sc = Sidecar(cfg, clock=clock)
         runner = asyncio.create_task(sc.run(stop))
-        # the calm window is 5 market seconds of the sidecar's own baselines: it starts at its first one
-        # (on a loaded machine the sidecar's start can take longer than the window in wall time)
+        # The phases are told by what the sidecar has done, on its clock, not by windows of wall time: on
+        # a loaded machine its loops run late and a wall window can end before it has published anything
+        # worth comparing (the calm samples were then the prior it starts with, before any volatility).
         await wait_until(lambda: BTC_8H in sidecar.metrics.latest, 30, what="the sidecar's first BTC baseline")
+        first_at = sidecar.metrics.latest[BTC_8H].at
         _, rest = sim.urls(Exchange.BINANCE)
-        samples: list[tuple[float, str, float]] = []
+        # (wall time, simulator phase, probability, when the sidecar made the answer on its clock)
+        samples: list[tuple[float, str, float, float]] = []
 
         async def sample(client: httpx.AsyncClient) -> str:
             truth = (await client.get(f"{rest}/_sim/truth")).json()
             phase = truth.get("cascade_phase") or ""
             pub = sidecar.metrics.latest.get(BTC_8H)
             if pub is not None:
-                samples.append((time.monotonic(), phase, pub.answer.liquidation_probability))
+                samples.append((time.monotonic(), phase, pub.answer.liquidation_probability, pub.at))
             return phase
 
+        def made_since(t: float) -> list[float]:
+            return [p for _, _, p, at in samples if at >= t]
+
+        # the polls pace the observation (as a chart's scrape interval); each phase ends on a condition,
+        # the timeouts are deadlock guards
+        period = 0.25 / SCALE
         async with httpx.AsyncClient() as client:
-            # the sampling sleeps pace the observation (as a chart's scrape interval), they wait for nothing
-            period = 0.25 / SCALE
-            end = time.monotonic() + 5 / SCALE
-            while time.monotonic() < end:  # calm warm-up: volatility history
+            # calm warm-up (volatility history): 5 market seconds of the sidecar's baselines, and 8
+            # samples of baselines made with its volatility known (10 returns)
+            vol_known: list[float] = []
+
+            async def calm_seen() -> bool:
                 await sample(client)
-                await asyncio.sleep(period)
-            calm = [p for _, _, p in samples[-8:]]
-            assert calm, "no baseline published in the calm warm-up"
+                if not vol_known and sidecar.vol("BTC", clock.time())[1] >= 10:
+                    vol_known.append(clock.time())
+                return bool(vol_known) and clock.time() >= first_at + 5 and len(made_since(vol_known[0])) >= 8
+
+            await wait_until(calm_seen, 60, interval=period, what="a calm warm-up of the sidecar's baselines")
+            calm = made_since(vol_known[0])[-8:]
             r = await client.post(f"{rest}/_sim/scenario", json={"name": "cascade", "seconds": 8})
             assert r.status_code == 200, r.text
             build: list[float] = []
             crash_seen = False
-            end = time.monotonic() + 40 / SCALE
-            while time.monotonic() < end:
+
+            async def cascade_over() -> bool:
+                nonlocal crash_seen
                 phase = await sample(client)
                 if phase == "build":
                     build.append(samples[-1][2])
                 elif phase == "crash":
                     crash_seen = True
                 elif crash_seen:
-                    break
-                await asyncio.sleep(period)
-            assert crash_seen, "the simulator never reached the crash"
-            end = time.monotonic() + 15 / SCALE  # calm again: flow and volatility memories decay
-            while time.monotonic() < end:
+                    return True
+                return False
+
+            await wait_until(cascade_over, 60, interval=period, what="the simulator's build-up, crash and calm")
+            # calm again: flow and volatility memories decay; the answers compared were made 15 market
+            # seconds after the crash on the sidecar's clock, however late its loops ran
+            calm_again = clock.time() + 15
+
+            async def decayed() -> bool:
                 await sample(client)
-                await asyncio.sleep(period)
-        after = [p for _, _, p in samples[-4:]]
-        crash = [p for _, ph, p in samples if ph == "crash"]
-        trace = [(round(t - samples[0][0], 1), ph, round(p, 3)) for t, ph, p in samples]
+                return len(made_since(calm_again)) >= 4
+
+            await wait_until(decayed, 60, interval=period, what="the sidecar's baselines after the cascade")
+        after = made_since(calm_again)[-4:]
+        crash = [p for _, ph, p, _ in samples if ph == "crash"]
+        trace = [(round(t - samples[0][0], 1), ph, round(p, 3)) for t, ph, p, _ in samples]
         assert build and crash, trace
         peak_before_crash = max(build[-8:])
         assert peak_before_crash > 2 * max(calm), f"no rise before the cascade: {trace}"
