@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import gzip
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,38 @@ def test_a_full_queue_gives_way_to_the_newest_items_and_counts_each_one_pushed_o
     assert (s.frames_ws, s.frames_rest, s.dropped) == (4, 0, 3)
     hook(t0 + 7, _frame(7).encode(), True)  # after close: handed over, never written, counted
     assert rec.stats.dropped == 4 and rec.snapshot()["dropped"] == 4
+
+
+def _took_more(rec: Recorder, written: int) -> bool:
+    return rec.stats.frames_ws > written
+
+
+def test_while_the_writer_works_the_dropped_count_only_grows_and_ends_exact(tmp_path: Path) -> None:
+    """Bursts into a small queue with the writer draining beside them (it takes items while the count
+    is read): the count never goes back, and at the end every frame is either written or counted as
+    dropped, none twice."""
+    from support import wait_for
+
+    rec = Recorder(tmp_path, queue_size=64, flush_seconds=0.005)
+    rec.start()
+    hook = rec.stream_hook(Exchange.BINANCE, "markPrice")
+    frame = _frame(0).encode()
+    seen = [0]
+    n = 0
+    for _ in range(30):
+        written = rec.stats.frames_ws
+        for _ in range(200):  # a burst: more than the queue holds
+            hook(1_700_000_000.0 + n * 1e-3, frame, True)
+            n += 1
+            if n % 7 == 0:
+                seen.append(rec.stats.dropped)
+        wait_for(partial(_took_more, rec, written), 20.0, 0.002, "the writer to take some")
+        seen.append(rec.stats.dropped)
+    assert seen == sorted(seen) and seen[-1] > 0  # a counter: never lower than a value shown before
+    rec.close()
+    s = rec.stats
+    assert s.frames_ws + s.dropped == n and s.dropped >= seen[-1] and s.frames_ws >= 30
+    assert sum(1 for _ in read_lines(tmp_path)) == s.frames_ws
 
 
 async def test_two_connections_of_one_stream_count_their_frames_once(tmp_path: Path) -> None:
