@@ -25,8 +25,11 @@ Each figure is the mean of the four exchanges' costs per update (each exchange w
 both sizes; each is printed too), each run whole minutes of one update per instrument a second
 (``whole_minutes``): the once-a-minute work of an update (the mark minute's close, the anchor sample)
 weighs the same at every size. At 100 instruments (25 Binance symbols) a Binance
-  frame repeats the followed symbols to 500 entries, so both sizes decode frames of the same size;
-  the real all-market frame also carries unfollowed symbols, which the parser skips.
+  frame holds 20 successive seconds of the followed symbols (``array_seconds``: 500 entries, each
+  stamped its own second), so both sizes decode frames of the same size and each instrument still
+  gets one update a second (until session 7 the 25 symbols were repeated 20 times at one second: the
+  once-a-minute work then weighed once in 1,200 updates at 100 and once in 60 at 8,000); the real
+  all-market frame also carries unfollowed symbols, which the parser skips.
 
 The render ratio 8,000 / 2,000 is measured with the renders of the two sizes alternated, so that
 both meet the same machine state (separate runs minutes apart moved between 3.9x and 6.7x): one
@@ -237,10 +240,20 @@ def ingest_run(clock: Any, state: Any, keys: list[Any], walk: Walk, update: Any)
     return {ex: spent[ex] / (seconds * len(insts)) for ex, insts in by_ex.items()}
 
 
-def _frames(ex: Any, syms: list[str], t: float, walk: Walk) -> list[bytes]:
+def array_seconds(symbols: int) -> int:
+    """The seconds of Binance's array one benchmark frame holds for ``symbols`` followed symbols: a
+    small market's frame holds as many successive seconds as make it FRAME_UPDATES entries (25
+    symbols: 20 seconds), so every size decodes frames of the same size while each instrument still
+    gets one update a second, and its once-a-minute work (the mark minute's close, the anchor sample)
+    weighs once in 60 of its updates at every size."""
+    return max(1, FRAME_UPDATES // symbols) if symbols else 1
+
+
+def _frames(ex: Any, syms: list[str], t: float, walk: Walk, seconds: int = 1) -> list[bytes]:
     """One second of ``syms``' updates in ``ex``'s wire format, stamped ``t`` (Unix seconds), the
     values moving as the exchanges send them (``Walk``): Binance's at its 8 decimals, Bybit's rate at
-    its 6; OKX sends a mark-price push and a funding-rate push per instrument."""
+    its 6; OKX sends a mark-price push and a funding-rate push per instrument. Binance's array holds
+    ``seconds`` successive seconds ending at ``t`` (``array_seconds``), each stamped its own second."""
     import orjson
 
     from exporter.model import Exchange
@@ -250,23 +263,23 @@ def _frames(ex: Any, syms: list[str], t: float, walk: Walk) -> list[bytes]:
 
     if ex is Exchange.BINANCE:
         rows = []
-        for s in syms:
-            mark, index, rate = walk.step(s)
-            rows.append(
-                {
-                    "e": "markPriceUpdate",
-                    "E": ms,
-                    "s": s,
-                    "p": f"{mark:.8f}",
-                    "ap": f"{mark * 1.00001:.8f}",
-                    "P": f"{(mark + index) / 2:.8f}",
-                    "i": f"{index:.8f}",
-                    "r": f"{rate:.8f}",
-                    "T": nft,
-                }
-            )
-        while len(rows) < FRAME_UPDATES:  # a small market: the same frame size (see the docstring)
-            rows.extend(rows[: FRAME_UPDATES - len(rows)])
+        for second in range(seconds - 1, -1, -1):
+            nft = int(next_funding(t - second) * 1000)
+            for s in syms:
+                mark, index, rate = walk.step(s)
+                rows.append(
+                    {
+                        "e": "markPriceUpdate",
+                        "E": ms - 1000 * second,
+                        "s": s,
+                        "p": f"{mark:.8f}",
+                        "ap": f"{mark * 1.00001:.8f}",
+                        "P": f"{(mark + index) / 2:.8f}",
+                        "i": f"{index:.8f}",
+                        "r": f"{rate:.8f}",
+                        "T": nft,
+                    }
+                )
         return [
             orjson.dumps({"stream": "!markPrice@arr@1s", "data": rows[k : k + FRAME_UPDATES]})
             for k in range(0, len(rows), FRAME_UPDATES)
@@ -395,15 +408,19 @@ class FrameIngest:
         out = {}
         for ex, syms, parse, ctx in self.plans:
             batch = FRAME_UPDATES if ex is Exchange.BINANCE else FRAME_BATCH
-            passes = whole_minutes(10_000, len(syms))
+            # seconds a pass stands for: a small market's Binance frame holds several (array_seconds)
+            step = array_seconds(len(syms)) if ex is Exchange.BINANCE else 1
+            seconds = whole_minutes(10_000, len(syms))
+            while seconds % step:
+                seconds += 60
             spent, updates = 0.0, 0
-            for p in range(-1, passes):  # -1: untimed, see whole_minutes
-                self.clock.t += 1.0
+            for p in range(-1, seconds // step):  # -1: untimed, see whole_minutes
+                self.clock.t += step
                 now = self.clock.t
                 if ex is not Exchange.BINANCE:
                     self.rng.shuffle(syms)
                 for k in range(0, len(syms), batch):
-                    frames = _frames(ex, syms[k : k + batch], now, self.walk)
+                    frames = _frames(ex, syms[k : k + batch], now, self.walk, step)
                     if p < 0:
                         for f in frames:
                             apply_many(parse(f, ctx), now)

@@ -58,13 +58,14 @@ def child(n: int, seconds: int, helper: str) -> None:
     random.Random(5).shuffle(syms)  # the exchange's own order (bench_scale's FrameIngest)
     parse = feed_for(ex).parse_ws
     walk = B.Walk(7)
+    step = B.array_seconds(len(syms))  # the seconds a frame holds (a small market's several, as FrameIngest's)
 
     def frames() -> tuple[float, list[bytes]]:
-        clock.t += 1.0
+        clock.t += step
         return clock.t, [
             f
             for k in range(0, len(syms), B.FRAME_UPDATES)
-            for f in B._frames(ex, syms[k : k + B.FRAME_UPDATES], clock.t, walk)
+            for f in B._frames(ex, syms[k : k + B.FRAME_UPDATES], clock.t, walk, step)
         ]
 
     ctx.take_array_order()
@@ -81,11 +82,11 @@ def child(n: int, seconds: int, helper: str) -> None:
         for f in fs:
             state.apply_many(parse(f, ctx), now)
     updates = 0
-    for _ in range(seconds):  # as FrameIngest: a frame built, then parsed and applied while in the cache
-        clock.t += 1.0
+    for _ in range(-(-seconds // step)):  # as FrameIngest: a frame built, then parsed and applied while in the cache
+        clock.t += step
         now = clock.t
         for k in range(0, len(syms), B.FRAME_UPDATES):
-            for f in B._frames(ex, syms[k : k + B.FRAME_UPDATES], now, walk):
+            for f in B._frames(ex, syms[k : k + B.FRAME_UPDATES], now, walk, step):
                 cg.cg_toggle()
                 recs = parse(f, ctx)
                 state.apply_many(recs, now)
