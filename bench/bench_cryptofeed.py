@@ -242,6 +242,9 @@ def ours(k: Kind, split: bool = False) -> dict[str, Callable[[int], None]]:
     now = k.now
     # as the exporter builds it (app.py): one sink, so a settlement already passed on is not repeated
     ctx = FeedContext(k.exchange, {i.instrument: i for i in infos}, clock=lambda: now, settled={})
+    bind = getattr(state, "bind", None)  # the state's handles, as the exporter's (app._bind)
+    if bind is not None:
+        bind(ctx)
     parse = feed_for(k.exchange).parse_ws
     apply_many = state.apply_many
     frame = k.frame

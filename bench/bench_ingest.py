@@ -298,6 +298,7 @@ def measure(
     # as the connection: bounds near now, and the settlements passed on remembered (OKX repeats the last
     # one in every funding push; the exporter's context passes it on once)
     ctx = FeedContext(ex, {i.instrument: i for i in infos}, clock=time.time, settled={})
+    state.bind(ctx)  # the state's handles (the exporter's contexts have them: app._bind)
     parse = feed.parse_ws
     apply_many = state.apply_many
     loads = orjson.loads

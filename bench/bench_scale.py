@@ -389,6 +389,9 @@ class FrameIngest:
             # repeats the last one in every funding push; the exporter's store sees each once, see
             # FeedContext.settled: without it every push carried a settlement record to the store)
             ctx = FeedContext(ex, infos, clock=clock, settled={})
+            bind = getattr(state, "bind", None)  # the state's handles, as the exporter's (app._bind)
+            if bind is not None:  # (absent before them: the benchmark runs on an older tree too)
+                bind(ctx)
             syms = list(infos)
             self.rng.shuffle(syms)  # the exchange's own order, not the order the state registered them in
             self.plans.append((ex, syms, feed_for(ex).parse_ws, ctx))

@@ -450,6 +450,7 @@ class Exporter:
             self.state.register(info)
         # The parsers filter all-symbol streams (Binance !forceOrder@arr) by this mapping: followed only.
         rt.ctx.instruments = {i.instrument: i for i in (*chosen, *rt.futures)}
+        self._bind(rt)
         self._record_followed(rt)
         self._split_budget(rt)
         if not chosen:
@@ -517,7 +518,14 @@ class Exporter:
         rt.futures = chosen
         self.state.set_futures(rt.exchange, chosen)
         rt.ctx.instruments = {i.instrument: i for i in (*rt.instruments, *chosen)}
+        self._bind(rt)
         self._record_followed(rt)
+
+    def _bind(self, rt: ExchangeRuntime) -> None:
+        """The context's handles from the state its records go to (MarketState.bind: the parser's
+        followed check finds the record, and the store skips its own lookup), after its instruments change."""
+        if isinstance(self.state, MarketState) and self.sink is self.state:
+            self.state.bind(rt.ctx)
 
     def _record_followed(self, rt: ExchangeRuntime) -> None:
         """A recording notes what is followed: a replay follows exactly that (all-symbol filters)."""

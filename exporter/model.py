@@ -56,7 +56,8 @@ class InstrumentInfo:
 
 # The two records built per frame on the hot paths are msgspec Structs: their __init__ is C (a third of
 # a slots dataclass's, which runs Python code per field), reads are slot reads, equality and repr the
-# same. gc=False: they hold only numbers, strings and enums, never a cycle. Not frozen: a frozen
+# same. gc=False: they hold only numbers, strings and enums (and the sink's opaque handle, which refers
+# to no record), never a cycle. Not frozen: a frozen
 # __init__ costs more, and a parser sets a rare field after building the record.
 class MarketUpdate(msgspec.Struct, gc=False):
     """Mark/index/funding/open-interest fields of one instrument at one moment.
@@ -86,6 +87,9 @@ class MarketUpdate(msgspec.Struct, gc=False):
     # True for a snapshot of a snapshot+delta stream (Bybit "type":"snapshot"): a fresh baseline
     # after which the deltas of the same session may confirm the fields they leave out.
     snapshot: bool = False
+    # Opaque to everyone but the sink that gave it (FeedContext.handles, MarketState.bind): where the
+    # sink keeps this instrument, so that it skips its own lookup. None: the sink looks the id up.
+    handle: object = None
 
 
 class FundingUpdate(MarketUpdate, gc=False):

@@ -66,6 +66,9 @@ from exporter.trackers import (
     ThresholdEvent,
 )
 
+if TYPE_CHECKING:
+    from exporter.feeds.base import FeedContext
+
 __all__ = [
     "ANCHOR_SAMPLE_SECONDS",
     "CONTINUOUS_OBSERVATION_SECONDS",
@@ -627,6 +630,9 @@ class MarketState:
         # touches the InstrumentState object only when a tracker is called.
         self._records = Records(funding_event_rate_8h)
         self._record_of: dict[Exchange, dict[str, Any]] = {ex: {} for ex in Exchange}
+        # The feed contexts given handles (bind): each with the handles dict it was given, which this
+        # state keeps current while the context still holds that very dict.
+        self._bound: list[tuple[FeedContext, dict[str, object]]] = []
         self.futures: dict[Key, FutureState] = {}  # dated futures (term structure), kept apart from perpetuals
         self.streams: dict[tuple[Exchange, str], StreamHealth] = {}
         self.rest: dict[tuple[Exchange, str], RestHealth] = {}
@@ -670,6 +676,9 @@ class MarketState:
             self.instruments[key] = st
             self._by_exchange.setdefault(info.exchange, {})[info.instrument] = st
             self._record_of[info.exchange][info.instrument] = st.record
+            for ctx, handles in self._bound:  # a bound context following it finds it at once
+                if ctx.exchange is info.exchange and ctx.handles is handles and info.instrument in ctx.instruments:
+                    handles[info.instrument] = st.record
         else:
             st.info = info
         if info.funding_cap is not None:
@@ -677,6 +686,25 @@ class MarketState:
         if info.funding_floor is not None:
             st.funding_floor = info.funding_floor
         return st
+
+    def bind(self, ctx: FeedContext) -> None:
+        """Give ``ctx`` (a feed context whose records come to this state alone) the handles of its
+        followed instruments (FeedContext.handles: each the instrument's record), and keep them current:
+        registration adds, a relayout gives the new records, while the context holds the dict given.
+        Call it again after assigning the context's instruments (the ids it already follows keep theirs).
+        A parser passes a handle on in the update, and ``apply_many`` then writes through it without
+        looking the id up (a record a relayout left reads as due, and a due update finds its record
+        by the id)."""
+        handles: dict[str, object] = {}
+        self._bound = [(c, h) for c, h in self._bound if c is not ctx and c.handles is h]
+        self._bound.append((ctx, handles))
+        self._fill(ctx, handles)
+        ctx.handles = handles
+
+    def _fill(self, ctx: FeedContext, handles: dict[str, object]) -> None:
+        records = self._record_of[ctx.exchange]
+        handles.clear()
+        handles.update((i, records[i]) for i in ctx.instruments if i in records)
 
     def relayout(self, exchange: Exchange, order: Iterable[str]) -> bool:
         """Lay the records out again, ``exchange``'s in ``order`` (the order its stream sends them; ids
@@ -703,11 +731,15 @@ class MarketState:
                 st = by_id[inst]
                 r = records.add()
                 r[:] = st._r
+                st._r[F_DUE] = -math.inf  # a handle to the old record: its first read finds the new one
                 st._r = r
                 st._records = records
                 fresh[inst] = r
             self._record_of[ex] = fresh  # one swap: the hot path finds the old records or the new ones
         self._records = records
+        for ctx, handles in self._bound:  # the handles given follow (in place: the parser's dict)
+            if ctx.handles is handles:
+                self._fill(ctx, handles)
         return True
 
     def record_ids(self, exchange: Exchange) -> list[str]:
@@ -921,14 +953,25 @@ class MarketState:
             # The hot path (every update of every stream): store the fields present in the instrument's
             # record (two cache lines of flat floats), then let the trackers see the values they follow.
             # The state object is looked up only for a tracker call. Fields are read once into locals.
-            r = self._record_of[u.exchange].get(u.instrument)  # a dict for every exchange: no .get() on it
+            r = u.handle  # the record itself, when the parser had it from this state (bind): no lookup
             if r is None:
-                self._apply_future(u, now)  # a miss only: the perpetuals' path is unchanged
-                continue
+                r = self._record_of[u.exchange].get(u.instrument)  # a dict for every exchange: no .get() on it
+                if r is None:
+                    self._apply_future(u, now)  # a miss only: the perpetuals' path is unchanged
+                    continue
             et = u.event_time
             t = et if et is not None else now
             # one read tells whether the mark minute or the anchor sample may be due
             due = (t if t > now else now) >= r[F_DUE]
+            if due and u.handle is not None:
+                # Rare (a minute's close, an anchor sample): the record found by the id, as without a
+                # handle. A record a relayout left reads as due (-inf), so a handle to it, should an
+                # update still carry one, never writes there: the instrument's record now is found.
+                r = self._record_of[u.exchange].get(u.instrument)
+                if r is None:
+                    self._apply_future(u, now)
+                    continue
+                due = (t if t > now else now) >= r[F_DUE]
             mark = u.mark_price
             index = u.index_price
             rate_8h = u.funding_rate_8h

@@ -68,10 +68,10 @@ def test_feed_for_gives_the_deribit_feed() -> None:
 def test_market_update_field_order_used_positionally() -> None:
     # The hot-path parsers build MarketUpdate with positional arguments: pin the order they rely on.
     names = list(MarketUpdate.__struct_fields__)
-    assert names[:14] == [
+    assert names[:18] == [
         "exchange", "instrument", "event_time", "mark_price", "index_price", "funding_rate", "next_funding_time",
         "funding_interval_s", "funding_cap", "funding_floor", "funding_rate_8h", "premium", "open_interest_base",
-        "open_interest_usd",
+        "open_interest_usd", "confirms_ticker", "settle_price_estimate", "snapshot", "handle",
     ]  # fmt: skip
 
 

@@ -72,19 +72,27 @@ class FeedContext:
     # all-market array) appends each array's records to it, up to ARRAY_FRAMES_KEPT frames; None: not
     # asked. A test an array frame (hundreds of updates), nothing on any other frame.
     array_frames: list[list[Record]] | None = None
+    # Per instrument id, an opaque handle from this context's one sink (MarketState.bind, which keeps
+    # them current): a parser that finds the frame's instrument here passes the handle on in the
+    # update (MarketUpdate.handle) and the sink skips its own lookup of the id (at thousands of
+    # instruments a dict entry is a cache miss an update; the parser's lookup here is the followed
+    # check). It holds ids of ``instruments`` only (see __setattr__), so a hit tells a followed
+    # instrument; an id not in it is looked up in ``instruments`` as without it. None: no sink gave any.
+    handles: dict[str, object] | None = None
 
     def __setattr__(self, name: str, value: object) -> None:
         object.__setattr__(self, name, value)
         if name == "instruments":  # the inverse ids follow (__init__ assigns through here too)
             ids = frozenset(k for k, info in value.items() if info.inverse)  # type: ignore[attr-defined]
             object.__setattr__(self, "inverse", ids)
-        if name in ("instruments", "settled"):
-            # the settlement memory forgets instruments no longer followed (none when all are: empty)
+        if name in ("instruments", "settled", "handles"):
+            # the settlement memory and the handles forget instruments no longer followed (none when
+            # all are: empty; changed in place: the sink that gave the handles knows them by identity)
             instruments = getattr(self, "instruments", None)
-            settled = getattr(self, "settled", None)
-            if instruments and settled:
-                for k in [k for k in settled if k not in instruments]:
-                    del settled[k]
+            for kept in (getattr(self, "settled", None), getattr(self, "handles", None)):
+                if instruments and kept:
+                    for k in [k for k in kept if k not in instruments]:
+                        del kept[k]
 
     def take_array_order(self) -> list[str]:
         """The instrument ids of the array frames kept since the last call, in the order sent (each

@@ -151,7 +151,7 @@ class BybitFeed:
                         et = ts / 1000.0
                         if not tb[0] <= et <= tb[1]:
                             raise V.out_of_range("ts", et, V.TIMESTAMP)
-                    return _ticker_fast(decoded, et, m.type == "snapshot", ctx.instruments, tb, ctx.inverse)
+                    return _ticker_fast(decoded, et, m.type == "snapshot", ctx, tb)
                 if "liquidation." not in topic:  # the deprecated liquidation.{symbol} object (see above)
                     raise NotTyped
                 data = decoded
@@ -479,27 +479,34 @@ _TICKER_KEYS = tuple(f for f in _Ticker.__struct_fields__ if f != "symbol")
 
 
 def _ticker_fast(
-    t: _FastTicker,
-    event_time: float | None,
-    snapshot: bool,
-    instruments: Mapping[str, InstrumentInfo],
-    tb: tuple[float, float],
-    inverse_ids: frozenset[str],
+    t: _FastTicker, event_time: float | None, snapshot: bool, ctx: FeedContext, tb: tuple[float, float]
 ) -> list[Record]:
     """:func:`_ticker` on a typed ticker, the same rules inline; any value it does not take raises,
-    and the strict path names it. ``inverse_ids``: the inverse ones among ``instruments``
-    (FeedContext.inverse): told without reading the instrument's facts, a cache miss at thousands."""
+    and the strict path names it. The inverse ids among the instruments (FeedContext.inverse) are
+    told without reading the instrument's facts, a cache miss at thousands; a followed symbol is found
+    in the sink's handles when it gave them (FeedContext.handles: the one lookup of the update)."""
     sym = t.symbol
     if not sym:
         raise ParseError("field 'symbol' is empty")
-    if sym in instruments:
-        inverse = sym in inverse_ids
-    elif instruments:
-        return []  # not followed
+    handles = ctx.handles
+    handle = None
+    if handles is not None:
+        try:  # a subscript (no method call); a symbol without a handle is the rare case
+            handle = handles[sym]
+        except KeyError:
+            pass
+    if handle is not None:  # followed (the handles hold followed ids only)
+        inverse = sym in ctx.inverse
     else:
-        inverse = is_inverse(sym, instruments)
+        instruments = ctx.instruments
+        if sym in instruments:
+            inverse = sym in ctx.inverse
+        elif instruments:
+            return []  # not followed
+        else:
+            inverse = is_inverse(sym, instruments)
     a = _ABSENT
-    u = MarketUpdate(EX, sym, event_time, confirms_ticker=True, snapshot=snapshot)
+    u = MarketUpdate(EX, sym, event_time, confirms_ticker=True, snapshot=snapshot, handle=handle)
     x = t.markPrice
     if x is not a:
         if not V.PRICE_MIN <= x <= V.PRICE_MAX:

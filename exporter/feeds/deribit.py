@@ -147,7 +147,7 @@ class DeribitFeed:
             if type(data) is _Ticker:
                 if not channel.startswith("ticker."):
                     raise NotTyped
-                return _ticker(data, ctx.instruments, ctx.time_bounds(), ctx.inverse)
+                return _ticker(data, ctx, ctx.time_bounds())
             if not channel.startswith("trades."):
                 raise NotTyped
             out: list[Record] = []
@@ -201,7 +201,7 @@ class DeribitFeed:
                 channel = params["channel"]
                 if channel.startswith("ticker."):
                     t = msgspec.convert(obj(params["data"], "data"), _Ticker)
-                    return _ticker(t, ctx.instruments, ctx.time_bounds(), ctx.inverse)
+                    return _ticker(t, ctx, ctx.time_bounds())
                 if channel.startswith("trades."):
                     return _trades(arr(params["data"], "data"), ctx.instruments, ctx.time_bounds())
                 return []  # a channel we do not use
@@ -359,12 +359,7 @@ _PMIN, _PMAX, _QMAX, _UMAX = V.PRICE_MIN, V.PRICE_MAX, V.QTY_MAX, V.USD_MAX
 _PAST_S, _FUTURE_S = V.PAST_S, V.FUTURE_S
 
 
-def _ticker(
-    t: _Ticker,
-    instruments: Mapping[str, InstrumentInfo],
-    tb: tuple[float, float],
-    inverse_ids: frozenset[str],
-) -> list[Record]:
+def _ticker(t: _Ticker, ctx: FeedContext, tb: tuple[float, float]) -> list[Record]:
     """A decoded ticker -> its update ([] for an instrument not followed). Both paths end here.
 
     Recorded wire (ws_ticker_trades_2025_nautilus.jsonl, 2025-12)::
@@ -383,14 +378,27 @@ def _ticker(
     inst = t.instrument_name
     if not inst:
         raise ParseError("field 'instrument_name' is empty")
-    if instruments:
-        if inst not in instruments:
-            return []
-        # the inverse ones among them (FeedContext.inverse): no read of the instrument's facts, a
-        # cache miss an update at thousands of instruments
-        inverse = inst in inverse_ids
+    # A followed instrument is found in the sink's handles when it gave them (FeedContext.handles, the
+    # one lookup of the update: the store writes through the handle), else in the instruments; the
+    # inverse ones among them (FeedContext.inverse): no read of the instrument's facts, a cache miss an
+    # update at thousands of instruments
+    handles = ctx.handles
+    handle = None
+    if handles is not None:
+        try:  # a subscript (no method call); an id without a handle is the rare case
+            handle = handles[inst]
+        except KeyError:
+            pass
+    if handle is not None:  # followed (the handles hold followed ids only)
+        inverse = inst in ctx.inverse
     else:
-        inverse = is_inverse(inst, instruments)
+        instruments = ctx.instruments
+        if instruments:
+            if inst not in instruments:
+                return []
+            inverse = inst in ctx.inverse
+        else:
+            inverse = is_inverse(inst, instruments)
     rate = t.funding_8h  # perpetuals only; already the 8 h-equivalent rate
     oi = t.open_interest
     x = t.mark_price
@@ -423,6 +431,10 @@ def _ticker(
             None,
             None if oi is None or inverse else oi,  # linear *_USDC-PERPETUAL: coin
             oi if inverse else None,  # inverse perpetuals count open interest in USD
+            False,
+            None,
+            False,
+            handle,
         )
     ]
 

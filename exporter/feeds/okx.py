@@ -153,14 +153,24 @@ class OkxFeed:
                 lo, hi = now - _PAST_S, now + _FUTURE_S
             out: list[Record] = []
             if channel == "mark-price":
+                handles = ctx.handles
                 for r in push.data:
                     inst = r.instId
-                    if not instruments or inst in instruments:
+                    # a followed instrument found in the sink's handles when it gave them (the one lookup
+                    # of the update: the store writes through the handle, FeedContext.handles), else in
+                    # the instruments
+                    handle = None
+                    if handles is not None:
+                        try:  # a subscript (no method call); an id without a handle is the rare case
+                            handle = handles[inst]
+                        except KeyError:
+                            pass
+                    if handle is not None or not instruments or inst in instruments:
                         x = r.markPx
                         t = r.ts / 1000.0
                         if x is _ABSENT or not inst or not lo <= t <= hi:  # the price was checked while decoding
                             raise _Invalid  # an absent ts is NaN (/1000): out of bounds too
-                        out.append(MarketUpdate(EX, inst, t, x))
+                        out.append(MarketUpdate(EX, inst, t, x, handle=handle))
                 return out
             if channel == "funding-rate":
                 settled = ctx.settled
