@@ -10,6 +10,7 @@ makes a symbol followed that the instruments do not list.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
@@ -240,3 +241,38 @@ def test_a_stale_handle_writes_into_the_instruments_record_now_and_never_into_an
     assert (btc.mark_price, btc.funding_rate, btc.open_interest_base) == (123.0, 0.0002, 2e6)
     assert old.tobytes() == left  # nothing written where the handle pointed
     assert eth.record.tobytes() == eth_before
+
+
+class _Listing:
+    """An exchange's instrument list, the only REST call the app's instrument step makes here."""
+
+    polls_open_interest = False
+    has_long_short_ratio = False
+    poll_paths: dict[str, str] = {}  # no poll reaches a request budget: nothing to split
+
+    def __init__(self, listed: list[InstrumentInfo]) -> None:
+        self.listed = listed
+
+    async def instruments(self) -> list[InstrumentInfo]:
+        return list(self.listed)
+
+
+def test_the_exporter_binds_its_context_to_the_state_when_it_loads_the_instruments() -> None:
+    from exporter.app import Exporter
+    from exporter.config import Config
+
+    ex = Exchange.BYBIT
+    config = Config.model_validate({"exchanges": {"bybit": {"enabled": True, "instruments": ["BTCUSDT", "ETHUSDT"]}}})
+    exporter = Exporter(config, state=MarketState(clock=lambda: T0))
+    rt = exporter._runtime(ex, config.exchanges[ex])
+    rt.rest = _Listing([_info(ex, "BTCUSDT"), _info(ex, "ETHUSDT"), _info(ex, "SOLUSDT")])  # type: ignore[assignment]
+
+    async def load() -> None:
+        await exporter._load_instruments(rt)
+        await rt.client.aclose()
+
+    asyncio.run(load())
+    state = exporter.state
+    assert rt.ctx.handles == {i: state.instruments[(ex, i)].record for i in ("BTCUSDT", "ETHUSDT")}
+    (v,) = feed_for(ex).parse_ws(_frame(ex, "ETHUSDT", T0, 1.0, None, None), rt.ctx)  # as the stream's parser
+    assert isinstance(v, MarketUpdate) and v.handle is state.instruments[(ex, "ETHUSDT")].record
