@@ -841,7 +841,12 @@ class MarketViews:
     def _cached_for(self, static: _Static) -> _Cached:
         c = self._cached
         if c is None or c.static is not static:
-            c = self._cached = _Cached(static)
+            fresh = _Cached(static)
+            if c is not None:  # the instruments still listed keep their anchors' running sums
+                old = {key: i for i, key in enumerate(c.static.keys)}
+                source = np.fromiter((old.get(key, -1) for key in static.keys), dtype=np.intp, count=len(static.keys))
+                fresh.anchor.take(c.anchor, source)
+            c = self._cached = fresh
         return c
 
     def _views_each(self, instruments: list[InstrumentState], now: float) -> list[InstrumentView]:

@@ -249,6 +249,48 @@ def test_two_scrape_threads_never_apply_the_same_anchor_samples_twice(monkeypatc
     assert sum(v.anchor_strength is not None for v in want) > 10
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_a_listing_keeps_the_anchors_running_sums_of_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An instrument listed between two scrapes (the list of instruments changes): the others keep
+    their anchors' running sums, only the new one is computed from its whole window, and the views
+    still equal the per-instrument ones."""
+    clock, state = _market(seed=12, per_exchange=10)
+    rng = random.Random(9)
+    bulk, each = MarketViews(Config(), state), MarketViews(Config(), state)
+    _move(clock, state, rng, 0)
+    bulk.table()
+    each._views_each(state.snapshot(), clock.t)  # the same history of sums on both sides
+    cached = bulk._cached
+    assert cached is not None
+    summed = {key for key, s in zip(cached.static.keys, cached.anchor.storage, strict=True) if s is not None}
+    whole: list[int] = []
+    real = fa.AnchorColumns._one
+
+    def counted(self: fa.AnchorColumns, i: int, *args: Any) -> None:
+        whole.append(i)
+        real(self, i, *args)
+
+    monkeypatch.setattr(fa.AnchorColumns, "_one", counted)
+    info = InstrumentInfo(Exchange.BYBIT, "NEWUSDT", "NEW", "USDT", funding_interval_s=EIGHT_HOURS)
+    st = state.register(info)
+    st.anchor_samples.extend((clock.t - (30 - i) * 60.0, 1e-4 + 1e-6 * i, 1e-4 * (i % 7)) for i in range(30))
+    state.apply(MarketUpdate(Exchange.BYBIT, "NEWUSDT", mark_price=2.0, index_price=1.999, funding_rate=1e-4), clock.t)
+    for step in range(1, 4):
+        _move(clock, state, rng, step)
+        got = bulk.table().views()
+        want = each._views_each(state.snapshot(), clock.t)
+        for g, w in zip(got, want, strict=True):
+            assert _same(g.anchor_strength, w.anchor_strength) and _same(g.anchor_difference, w.anchor_difference)
+        if step == 1:
+            keys = [v.st.key for v in got]
+            # from its whole window: the new one, and any that never had sums (stale until now)
+            assert (Exchange.BYBIT, "NEWUSDT") in {keys[i] for i in whole}
+            assert not summed & {keys[i] for i in whole} and len(summed) > 20
+            assert want[keys.index((Exchange.BYBIT, "NEWUSDT"))].anchor_strength is not None
+        whole.clear()
+    assert sum(v.anchor_strength is not None for v in want) > 10
+
+
 def test_bulk_render_equals_the_per_instrument_render_byte_for_byte(monkeypatch: pytest.MonkeyPatch) -> None:
     _, state = _market(seed=5)
     body = build_registry(Config(), state, process=False).render()

@@ -580,6 +580,22 @@ class AnchorColumns:
         # (an HA pair of Prometheus servers, /api/state) must not apply the same samples twice
         self.lock = threading.Lock()
 
+    def take(self, other: AnchorColumns, source: np.ndarray) -> None:
+        """Carry ``other``'s sums over to this one's positions: position i takes ``other``'s position
+        ``source[i]`` (-1: none, left as never stepped). The instrument list changed (a listing): the
+        instruments still in it keep their sums instead of being recomputed from whole windows."""
+        with other.lock:
+            has = np.flatnonzero(source >= 0)
+            src = source[has]
+            for name in ("before", "oldest", "newest", "rows_len", "rows", "updates", "ordered"):
+                getattr(self, name)[has] = getattr(other, name)[src]
+            self.level[:, has] = other.level[:, src]
+            self.diff[:, has] = other.diff[:, src]
+            self.slopes[has] = other.slopes[src]
+            self.has[has] = other.has[src]
+            for i, j in zip(has.tolist(), src.tolist(), strict=True):
+                self.storage[i] = other.storage[j]
+
     def published(self, at: np.ndarray) -> np.ndarray:
         """(before, oldest, newest, records) of positions ``at``, as ``WindowCache.anchor_published``:
         the slopes stand while ``before <= start < oldest`` and the window's newest time and count are
