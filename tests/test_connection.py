@@ -168,7 +168,7 @@ class Running:
 
     async def __aexit__(self, *exc: object) -> None:
         self.stop.set()
-        await asyncio.wait_for(self.task, 5)
+        await asyncio.wait_for(self.task, 30)
         await self._serve.__aexit__(None, None, None)
 
     @property
@@ -374,7 +374,7 @@ async def test_refused_connection_retries_until_server_appears(port: int) -> Non
     async with serve(handler, "127.0.0.1", port):
         await wait_until(lambda: state.instruments[(EX, "BTCUSDT")].mark_price == 7.0)
         stop.set()
-        await asyncio.wait_for(task, 5)
+        await asyncio.wait_for(task, 30)
     assert state.stream(EX, "tickers").connected is False
 
 

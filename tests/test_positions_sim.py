@@ -353,7 +353,7 @@ async def test_settlement_accrues_exactly_once_also_across_a_restart(
         counts = {x.position: x.settlements for x in svc2.views()}  # ... still exactly one per settlement
     finally:
         stop.set()
-        await asyncio.wait_for(task, 5.0)
+        await asyncio.wait_for(task, 30)
     assert counts == {"cfg-binance": 2, "cfg-okx": 1}
     okx_last = sim.market.get(Exchange.OKX, "BTC-USDT-SWAP").history[-1]
     okx_view = next(x for x in svc2.views() if x.position == "cfg-okx")

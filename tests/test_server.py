@@ -256,7 +256,7 @@ def test_connections_are_capped_and_the_excess_refused_at_once() -> None:
     h = _limited(ServerLimits(max_connections=4, request_read_timeout_s=30.0))
     idle = [_raw(h.port) for _ in range(4)]
     try:
-        wait_for(lambda: h.active_connections >= 4, 5, interval=0.01, what="four connections accepted")
+        wait_for(lambda: h.active_connections >= 4, 30, interval=0.01, what="four connections accepted")
         assert h.active_connections == 4
         extra = _raw(h.port)
         extra.settimeout(5)
@@ -266,7 +266,7 @@ def test_connections_are_capped_and_the_excess_refused_at_once() -> None:
     finally:
         for s in idle:
             s.close()
-    wait_for(lambda: h.active_connections == 0, 5, interval=0.01, what="the connections' slots released")
+    wait_for(lambda: h.active_connections == 0, 30, interval=0.01, what="the connections' slots released")
     try:
         assert httpx.get(h.url + "/healthz").status_code == 200  # slots come back
     finally:
@@ -310,7 +310,7 @@ def test_backlog_nodelay_and_one_write_per_response(monkeypatch: pytest.MonkeyPa
                 assert c.get(h.url + path).status_code in (200, 404)
                 assert len(writes) == 1, (path, writes)
             conn = _raw(h.port)
-            wait_for(lambda: h.active_connections >= 2, 5, interval=0.01, what="the raw connection accepted")
+            wait_for(lambda: h.active_connections >= 2, 30, interval=0.01, what="the raw connection accepted")
             flags = {s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in list(h._server._active)}
             conn.close()
         assert flags == {1}

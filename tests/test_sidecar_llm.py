@@ -197,11 +197,11 @@ async def test_slow_model_does_not_delay_baseline_or_metrics(tmp_path: Path) -> 
                 assert (await client.get(f"http://{host_port}/healthz")).status_code == 200
             # the poll loop keeps running while the slow call is in flight, and no second call piles up
             reads = exp.reads
-            await wait_until(lambda: exp.reads > reads, 5, what="another state read")
+            await wait_until(lambda: exp.reads > reads, 30, what="another state read")
             assert len(llm.requests) == 1
         finally:
             stop.set()
-            await asyncio.wait_for(runner, 5)
+            await asyncio.wait_for(runner, 30)
 
 
 async def test_threshold_event_triggers_prediction_and_exporter_outage_is_survived(
@@ -234,7 +234,7 @@ async def test_threshold_event_triggers_prediction_and_exporter_outage_is_surviv
             await asyncio.sleep(0.2)  # a negative check: the unknown base starts no call
             assert len(llm.requests) == 2
             exp.fail = True  # exporter down: no crash, the last value stays
-            await wait_until(lambda: sc.metrics.state_reads["error"] > 0, 5, what="a failed state read")
+            await wait_until(lambda: sc.metrics.state_reads["error"] > 0, 30, what="a failed state read")
             assert ("fake-gpt", "BTC", 8.0) in sc.metrics.latest
             exp.fail = False
             exp.state["events"] = [{"seq": 1, "at": 4.0, "base": "BTC", "kind": "funding"}]  # exporter restarted
@@ -242,7 +242,7 @@ async def test_threshold_event_triggers_prediction_and_exporter_outage_is_surviv
             assert not runner.done()
         finally:
             stop.set()
-            await asyncio.wait_for(runner, 5)
+            await asyncio.wait_for(runner, 30)
         assert SECRET not in caplog.text
 
 

@@ -103,7 +103,7 @@ async def test_metrics_endpoint_contract_and_no_secrets(
                 health = await client.get(f"http://{listen}/healthz")
         finally:
             stop.set()
-            await asyncio.wait_for(task, 5)
+            await asyncio.wait_for(task, 30)
         assert llm.auth_headers[0] == f"Bearer {LLM_KEY}"  # the file's key was used (stripped)
         assert slack.auth_headers and slack.auth_headers[0] == f"Bearer {SLACK_TOKEN}"
 

@@ -147,7 +147,7 @@ async def test_interval_shorter_than_poll_period_and_several_horizons(tmp_path: 
             assert 'fr_ai_risk_probability{base="BTC",calibration="raw",horizon="15m",model="baseline"}' in text
         finally:
             stop.set()
-            await asyncio.wait_for(runner, 5)
+            await asyncio.wait_for(runner, 30)
 
 
 def _scrape(listen: str) -> str:
