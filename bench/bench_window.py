@@ -1,6 +1,6 @@
 """The once-a-minute appends to full windows (exporter.state.Window), alone: per instrument and minute,
 the mark minute's close, the open-interest sample and the anchor sample, each appended to its full
-window (248, 255 and 361 records, as the store keeps them), the instruments in a new random order
+window (248, 256 and 362 records, as the store keeps them), the instruments in a new random order
 every minute. Printed: the mean cost of one instrument's minute (three appends) over all the timed
 minutes (a window's occasional copy included, shared out), and the median minute, at each size.
 
