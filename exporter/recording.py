@@ -234,8 +234,9 @@ class Recorder:
         # the totals the dropped count is derived from (the loop does not count per frame):
         self._puts = 0  # items queued by _put (REST, meta, ws())
         self._taps: list[StreamTap] = []
-        self._counted: list[tuple[Any, int]] = []  # (a connection's StreamHealth, its messages when attached)
-        self._counted_ids: set[int] = set()
+        # per connection StreamHealth (by identity: two connections of one stream share one), the health
+        # and its messages when attached
+        self._counted: dict[int, tuple[Any, int]] = {}
         self._taken = 0  # items the writer took off the queue (counted before taking them)
         self._overflow = 0  # the largest count of frames pushed out seen so far (a counter never goes back)
         # encoded lines not yet handed to the compressor: one buffer, allocated once and reused
@@ -274,16 +275,14 @@ class Recorder:
         return tap
 
     def _count_from(self, health: Any) -> None:
-        if id(health) not in self._counted_ids:  # two connections of one stream share its health
-            self._counted_ids.add(id(health))
-            self._counted.append((health, health.messages))
+        self._counted.setdefault(id(health), (health, health.messages))  # counted once, from its first attach
 
     def handed(self) -> int:
         """Items handed to the recorder so far (frames, REST and meta lines), exact on the event loop."""
         return (
             self._puts
             + sum(t.calls for t in list(self._taps))
-            + sum(h.messages - base for h, base in list(self._counted))
+            + sum(h.messages - base for h, base in list(self._counted.values()))
         )
 
     @property
